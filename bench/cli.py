@@ -1,0 +1,346 @@
+"""`python -m bench quick|full`: bulk TCP throughput of relay beside direct, haproxy and ssh -R."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import machine, report
+from bench.contestants import ALL, RELAY_BIN_ENV, SSHD, Contestant, Haproxy
+from bench.procs import BenchError, free_port
+from bench.scenarios import SCENARIOS, Measurement, Scenario, measure
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+
+
+@dataclass(frozen=True)
+class Mode:
+    duration: float
+    reps: int
+    warmup: float
+
+
+MODES = {
+    "quick": Mode(duration=5.0, reps=3, warmup=1.0),
+    "full": Mode(duration=15.0, reps=5, warmup=2.0),
+}
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("mode", nargs="?", choices=sorted(MODES), default="quick")
+    p.add_argument(
+        "--contestants",
+        default=",".join(ALL),
+        help="comma-separated subset of: " + ", ".join(ALL) + " (direct is always included)",
+    )
+    p.add_argument(
+        "--scenarios", default=",".join(s.key for s in SCENARIOS), help="subset of scenarios"
+    )
+    p.add_argument("--duration", type=float, help="seconds per iperf3 run (overrides the mode)")
+    p.add_argument("--reps", type=int, help="repetitions (overrides the mode)")
+    p.add_argument("--haproxy-nbthread", type=int, default=1, help="haproxy nbthread (default 1)")
+    p.add_argument("--relay-bin", help="relay CLI to run (default: .venv/bin/relay, then PATH)")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results directory")
+    p.add_argument("--no-setup", action="store_true", help="never run bench/setup.sh")
+    p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs)")
+    return p.parse_args(argv)
+
+
+def tools_missing(keys: list[str]) -> list[str]:
+    need = ["iperf3"]
+    if "haproxy" in keys:
+        need.append("haproxy")
+    if "ssh" in keys:
+        need += ["ssh", "ssh-keygen", SSHD]
+    return [
+        t for t in need if not (os.access(t, os.X_OK) if t.startswith("/") else shutil.which(t))
+    ]
+
+
+def ensure_prereqs(keys: list[str], allow_setup: bool) -> None:
+    missing = tools_missing(keys)
+    if not missing:
+        return
+    if not allow_setup:
+        log(f"missing tools: {', '.join(missing)} (not running bench/setup.sh: --no-setup)")
+        return
+    log(f"missing tools: {', '.join(missing)} — running bench/setup.sh to install them")
+    try:
+        subprocess.run(
+            ["bash", str(BENCH_DIR / "setup.sh")],
+            stdin=subprocess.DEVNULL,
+            timeout=900,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        log("bench/setup.sh timed out after 900 s")
+    still = tools_missing(keys)
+    if still:
+        log(f"still missing after setup: {', '.join(still)}; those contestants will be skipped")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def progress_line(i: int, total: int, reps: int, m: Measurement, label: str) -> str:
+    rep = "warm-up" if m.rep == 0 else f"rep {m.rep}/{reps}"
+    head = f"[{i:>3}/{total}] {rep:<9} {m.scenario:<11} {label:<8}"
+    if not m.ok:
+        first = (m.error or "").splitlines()[0] if m.error else "unknown error"
+        return f"{head} FAILED: {first}"
+    cpu = ""
+    if m.cpu_s and m.bytes:
+        cpu = f"  cpu {m.cpu_total / (m.bytes / 1e9):.2f} s/GB"
+    return f"{head} {m.gbps:6.2f} Gbit/s{cpu}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    mode = MODES[args.mode]
+    duration = args.duration or mode.duration
+    reps = args.reps or mode.reps
+    keys = ["direct", *[k for k in args.contestants.split(",") if k and k != "direct"]]
+    unknown = [k for k in keys if k not in ALL]
+    scen_keys = args.scenarios.split(",")
+    scenarios = [s for s in SCENARIOS if s.key in scen_keys]
+    bad_scen = [k for k in scen_keys if k not in {s.key for s in SCENARIOS}]
+    if unknown or bad_scen or not scenarios:
+        log(f"unknown contestants {unknown} / scenarios {bad_scen}")
+        return 2
+    if args.relay_bin:
+        os.environ[RELAY_BIN_ENV] = args.relay_bin
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    t_start = time.monotonic()
+    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    command = shlex.join([sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+
+    ensure_prereqs(keys, not args.no_setup)
+    if not shutil.which("iperf3"):
+        log("iperf3 is not installed; cannot run any scenario (run bench/setup.sh)")
+        return 1
+    log("describing the machine and tool versions")
+    mach = machine.describe(REPO)
+
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    measurements: list[Measurement] = []
+    info: dict[str, dict[str, Any]] = {}
+    active: list[Contestant] = []
+    interrupted: str | None = None
+    try:
+        with ExitStack() as stack:
+            origin_port = free_port()
+            for key in keys:
+                c: Contestant = (
+                    Haproxy(tmp, origin_port, args.haproxy_nbthread)
+                    if key == "haproxy"
+                    else ALL[key](tmp, origin_port)
+                )
+                info[key] = {"key": key, "label": c.label}
+                why = c.unavailable()
+                if why:
+                    log(f"skipping {c.label}: {why}")
+                    info[key]["skipped"] = why
+                    continue
+                stack.callback(c.stop)
+                log(f"starting {c.label}")
+                try:
+                    c.start()
+                except BenchError as e:
+                    log(f"skipping {c.label}: failed to start: {e}")
+                    info[key]["skipped"] = f"failed to start: {str(e).splitlines()[0]}"
+                    info[key]["start_error"] = str(e)
+                    info[key]["logs"] = c.logs()
+                    info[key]["config"] = c.config
+                    c.stop()
+                    continue
+                info[key]["config"] = c.config
+                info[key]["pids"] = {role: p.pid for role, p in c.procs.items()}
+                info[key]["visitor_port"] = c.visitor_port()
+                active.append(c)
+
+            per_rep = len(scenarios) * len(active)
+            total = len(active) + reps * per_rep
+            est = len(active) * (mode.warmup + 1) + reps * per_rep * (duration + 1.0)
+            log(
+                f"{total} iperf3 runs ({len(active)} warm-up + {reps} reps x"
+                f" {len(scenarios)} scenarios x {len(active)} contestants, {duration:g} s each),"
+                f" about {est / 60:.1f} min"
+            )
+            try:
+                run_all(
+                    active, scenarios, reps, duration, mode.warmup, origin_port, tmp, measurements
+                )
+            except (KeyboardInterrupt, SystemExit) as e:
+                interrupted = f"interrupted ({type(e).__name__}) after {len(measurements)} runs"
+                log(f"{interrupted}; stopping contestants and writing partial results")
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for c in active:
+                dead = [role for role, p in c.procs.items() if not p.alive()]
+                if dead:
+                    info[c.key]["died"] = {r: c.procs[r].describe_exit() for r in dead}
+                    info[c.key]["logs"] = c.logs()
+    finally:
+        # ExitStack has stopped every contestant by now (or on the way out of an exception).
+        if args.keep_temp:
+            log(f"temp dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    mach["loadavg_at_end"] = machine.loadavg()
+    return write_results(
+        args,
+        mode,
+        duration,
+        reps,
+        started_at,
+        command,
+        mach,
+        keys,
+        info,
+        scenarios,
+        measurements,
+        time.monotonic() - t_start,
+        interrupted,
+    )
+
+
+def run_all(
+    active: list[Contestant],
+    scenarios: list[Scenario],
+    reps: int,
+    duration: float,
+    warmup: float,
+    origin_port: int,
+    tmp: Path,
+    measurements: list[Measurement],
+) -> None:
+    """One warm-up per contestant, then reps x scenarios, contestants alternated and rotated."""
+    total = len(active) * (1 + reps * len(scenarios))
+    seq = 0
+
+    def one(s: Scenario, c: Contestant, rep: int, secs: float) -> None:
+        nonlocal seq
+        seq += 1
+        m = measure(s, c.key, rep, c.visitor_port(), origin_port, secs, c.cpu_procs(), tmp, seq)
+        measurements.append(m)
+        log(progress_line(seq, total, reps, m, c.label))
+        time.sleep(0.2)
+
+    for c in active:
+        one(scenarios[0], c, 0, warmup)
+    for rep in range(1, reps + 1):
+        for si, s in enumerate(scenarios):
+            shift = (rep - 1 + si) % max(len(active), 1)
+            for c in active[shift:] + active[:shift]:
+                one(s, c, rep, duration)
+
+
+def _contestant_summary(key: str, cfg: dict[str, Any]) -> str:
+    if key == "direct":
+        return "iperf3 client → iperf3 server, no hop"
+    if key == "haproxy":
+        return f"one plain TCP hop, `mode tcp`, nbthread {cfg.get('nbthread', '?')}"
+    if key == "ssh":
+        return f"OpenSSH `ssh -N -R`, cipher {cfg.get('cipher', '?')}, sshd on 127.0.0.1"
+    if key == "relay":
+        return "relay edge + `relay tcp` agent (TLS agent link)" + (
+            f"; agent said: `{cfg['forwarding_line']}`" if cfg.get("forwarding_line") else ""
+        )
+    return ""
+
+
+def write_results(
+    args: argparse.Namespace,
+    mode: Mode,
+    duration: float,
+    reps: int,
+    started_at: str,
+    command: str,
+    mach: dict[str, Any],
+    keys: list[str],
+    info: dict[str, dict[str, Any]],
+    scenarios: list[Scenario],
+    measurements: list[Measurement],
+    wall: float,
+    interrupted: str | None,
+) -> int:
+    cells = report.summarize(measurements)
+    relay_skip = info.get("relay", {}).get("skipped") if "relay" in info else "not selected"
+    tgts = report.targets(cells, scenarios, relay_skip)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{started_at}-{args.mode}"
+    for k in keys:
+        info[k]["summary"] = _contestant_summary(k, info[k].get("config", {}))
+    result: dict[str, Any] = {
+        "mode": args.mode,
+        "started_at": started_at,
+        "command": command,
+        "machine": mach,
+        "config": {
+            "duration_s": duration,
+            "reps": reps,
+            "warmup_s": mode.warmup,
+            "haproxy_nbthread": args.haproxy_nbthread,
+            "tool": "iperf3 --json, end.sum_received",
+        },
+        "contestants": [info[k] for k in keys],
+        "scenarios": [
+            {"key": s.key, "label": s.label, "streams": s.streams, "reverse": s.reverse}
+            for s in scenarios
+        ],
+        "results": {
+            s.key: {k: cells[(s.key, k)].to_json() for k in keys if (s.key, k) in cells}
+            for s in scenarios
+        },
+        "ratios": {
+            s.key: {
+                k: {b: report.ratio(cells, s.key, k, b) for b, _ in report.BASELINES}
+                for k in keys
+                if (s.key, k) in cells
+            }
+            for s in scenarios
+        },
+        "targets": [t.to_json() for t in tgts],
+        "measurements": [m.to_json() for m in measurements],
+        "wall_seconds": round(wall, 1),
+        "interrupted": interrupted,
+        "json_name": f"{stem}.json",
+    }
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    md = report.markdown(result, cells)
+    md_path.write_text(md)
+    latest = out / f"latest-{args.mode}.md"
+    with contextlib.suppress(OSError):
+        latest.unlink()
+    shutil.copyfile(md_path, latest)
+    print(md)
+    log(f"wrote {json_path}, {md_path} and {latest} ({wall:.0f} s)")
+    if interrupted:
+        return 130
+    ok = sum(1 for m in measurements if m.ok)
+    return 0 if ok else 1

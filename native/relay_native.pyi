@@ -1,0 +1,165 @@
+"""Type stub for relay_native: a sans-IO yamux session (hashicorp/yamux spec.md).
+
+No sockets, no threads, no clock of the caller's: bytes go in through ``receive``,
+application calls queue frames, and ``take_outgoing`` hands back the bytes to write.
+The session reads the monotonic clock itself (for RTT, window tuning and keepalive).
+
+``receive`` returns *packed events*: a ``bytes`` whose length is a multiple of 16,
+each event four native-endian ``uint32``: ``(kind, stream_id, a, b)``. Packing them
+lets the compiled byte path walk events without allocating a Python object per frame.
+"""
+
+from typing import Final
+
+__version__: Final[str]
+
+# ---- event kinds (first uint32 of each packed event) -----------------------------
+EVENT_OPENED: Final[int]    # 1: peer opened stream_id (SYN); call accept_stream() to ACK it
+EVENT_DATA: Final[int]      # 2: payload for stream_id is input[a : a + b] of this receive() call
+EVENT_FIN: Final[int]       # 3: peer half-closed stream_id; no more data will arrive on it
+EVENT_RESET: Final[int]     # 4: peer reset (or refused) stream_id; it is gone
+EVENT_WRITABLE: Final[int]  # 5: stream_id's unsent backlog fell to <= pending_low_water again
+EVENT_CLOSED: Final[int]    # 6: stream_id fully closed both ways and forgotten
+EVENT_GOAWAY: Final[int]    # 7: peer sent GoAway; a = code (0 normal, 1 protocol, 2 internal)
+EVENT_PONG: Final[int]      # 8: a ping we sent was answered; a = round-trip time in microseconds
+EVENT_ACKED: Final[int]     # 9: peer accepted a stream we opened (ACK)
+
+GOAWAY_NORMAL: Final[int]    # 0
+GOAWAY_PROTOCOL: Final[int]  # 1
+GOAWAY_INTERNAL: Final[int]  # 2
+
+class YamuxError(Exception):
+    """Root of every error the session raises.
+
+    ``goaway_code`` is the code sent in the GoAway frame (or that would be) and
+    ``name`` a stable identifier such as ``"window_overflow"``.
+    """
+
+    goaway_code: int
+    name: str
+
+class ProtocolError(YamuxError):
+    """The peer broke the protocol. A GoAway(1) is already queued; the session is dead."""
+
+class InvalidVersion(ProtocolError): ...
+class UnknownFrameType(ProtocolError): ...
+class InvalidFlags(ProtocolError): ...            # e.g. SYN+ACK together, flags on ping/goaway misuse
+class InvalidStreamId(ProtocolError): ...         # wrong parity for a SYN, id 0 on a stream frame, ids not increasing
+class DuplicateStream(ProtocolError): ...         # SYN on a live stream id
+class WindowOverflow(ProtocolError): ...          # send credit would pass 2**32 - 1
+class FlowControlViolation(ProtocolError): ...    # data beyond the advertised receive window (incl. oversize SYN)
+class StreamResetFlood(ProtocolError): ...        # open-then-reset churn past the configured rate
+class SessionBudgetExceeded(ProtocolError): ...   # buffered receive bytes past the session budget
+class FrameTooLarge(ProtocolError): ...           # a data frame longer than the largest window we could ever grant
+
+class KeepaliveTimeout(YamuxError):
+    """A keepalive ping went unanswered past ``keepalive_timeout_ms``. GoAway(2) queued."""
+
+class StreamLimitReached(YamuxError):
+    """open_stream(): ``max_streams`` streams are already open. The session lives on."""
+
+class SessionClosed(YamuxError):
+    """open_stream()/send() after GoAway was sent or received, or after a fatal error."""
+
+class UnknownStream(YamuxError):
+    """A call named a stream id that is not open (already closed, reset or never opened)."""
+
+class Session:
+    def __init__(
+        self,
+        *,
+        client: bool,
+        initial_window: int = 256 * 1024,
+        max_window: int = 16 * 1024 * 1024,
+        session_budget: int = 64 * 1024 * 1024,
+        max_frame_payload: int = 16 * 1024,
+        max_streams: int = 65536,
+        accept_backlog: int = 256,
+        keepalive_interval_ms: int = 30_000,
+        keepalive_timeout_ms: int = 10_000,
+        pending_high_water: int = 1024 * 1024,
+        pending_low_water: int = 256 * 1024,
+        max_resets_per_second: int = 1000,
+    ) -> None:
+        """``client`` opens odd stream ids, the server even ones.
+
+        ``keepalive_interval_ms = 0`` disables keepalive pings. ``initial_window`` must be
+        at least 256 KiB (the spec's default). Bad values raise ``ValueError``.
+        """
+
+    # --- input --------------------------------------------------------------------------
+    def receive(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Feed bytes read from the link; return packed events (see module doc).
+
+        Partial frames are fine: up to 11 header bytes are kept for the next call, and
+        payload is reported as it arrives (an EVENT_DATA may hold part of a frame).
+        On a protocol violation: GoAway(1) is queued in the outgoing buffer and a
+        ``ProtocolError`` subclass is raised; events before the fault are lost, the
+        session is dead.
+        """
+
+    # --- streams ------------------------------------------------------------------------
+    def open_stream(self) -> int:
+        """Open a stream; queue its SYN (a WindowUpdate carrying extra credit if the
+        window is larger than 256 KiB). Returns the new stream id."""
+
+    def accept_stream(self, stream_id: int) -> None:
+        """ACK a stream the peer opened (EVENT_OPENED). More than ``accept_backlog``
+        opened-but-unaccepted streams are reset by the session itself."""
+
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue data (copied). Frames go out within the send window, split at
+        ``max_frame_payload``; the rest waits in the stream's backlog. Returns that
+        backlog in bytes: when it passes ``pending_high_water`` the caller should stop
+        reading its source until EVENT_WRITABLE."""
+
+    def close_stream(self, stream_id: int) -> None:
+        """Half-close our side (FIN after any backlog). Closing twice is a no-op."""
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Reset (RST) at once, dropping any backlog. Resetting an unknown id is a no-op."""
+
+    def set_read_paused(self, stream_id: int, paused: bool) -> None:
+        """While paused, received payload of the stream counts as unconsumed and no
+        window credit is returned for it: the peer stops once the window is used up.
+        Unpausing returns the credit (window update once half the window is consumed)."""
+
+    # --- session ------------------------------------------------------------------------
+    def ping(self) -> int:
+        """Queue a ping (SYN); its answer arrives as EVENT_PONG. Returns the opaque value."""
+
+    def tick(self) -> int:
+        """Drive timers: send a keepalive ping when due; raise KeepaliveTimeout when an
+        outstanding ping is older than the timeout. Returns milliseconds until the next
+        call is useful."""
+
+    def go_away(self, code: int = 0) -> None:
+        """Queue GoAway(code): no new streams either way; existing streams go on."""
+
+    def take_outgoing(self) -> bytes:
+        """All bytes queued for the link since the last call (b"" if none)."""
+
+    @property
+    def outgoing_len(self) -> int: ...
+    @property
+    def stream_count(self) -> int: ...
+    @property
+    def is_closed(self) -> bool:
+        """True after a fatal error or once GoAway went both ways and no stream is left."""
+    @property
+    def local_went_away(self) -> bool: ...
+    @property
+    def remote_went_away(self) -> bool: ...
+    @property
+    def rtt_us(self) -> int:
+        """Smoothed round-trip time from pings, 0 until measured."""
+
+    def stream_window(self, stream_id: int) -> tuple[int, int]:
+        """(receive window, send window) of a stream, for tests and metrics."""
+
+    def stats(self) -> dict[str, int]:
+        """Monotonic counters: frames_in, frames_out, bytes_in, bytes_out (payload),
+        data_frames_in, data_frames_out, window_updates_in, window_updates_out,
+        pings_in, pings_out, streams_opened_local, streams_opened_remote,
+        streams_reset_local, streams_reset_remote, window_stalls (times a stream had
+        backlog and zero send window), window_grows, protocol_errors."""

@@ -1,0 +1,298 @@
+//! The PyO3 face: module `relay_native`. Thin: argument conversion, errors → exceptions.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::error::{Error, GOAWAY_INTERNAL, GOAWAY_NORMAL, GOAWAY_PROTOCOL};
+use crate::session::{self, Config, Session};
+
+mod exc {
+    use pyo3::create_exception;
+    use pyo3::exceptions::PyException;
+
+    create_exception!(relay_native, YamuxError, PyException, "Root of every error the session raises.");
+    create_exception!(relay_native, ProtocolError, YamuxError, "The peer broke the protocol; GoAway(1) queued.");
+    create_exception!(relay_native, InvalidVersion, ProtocolError);
+    create_exception!(relay_native, UnknownFrameType, ProtocolError);
+    create_exception!(relay_native, InvalidFlags, ProtocolError);
+    create_exception!(relay_native, InvalidStreamId, ProtocolError);
+    create_exception!(relay_native, DuplicateStream, ProtocolError);
+    create_exception!(relay_native, WindowOverflow, ProtocolError);
+    create_exception!(relay_native, FlowControlViolation, ProtocolError);
+    create_exception!(relay_native, StreamResetFlood, ProtocolError);
+    create_exception!(relay_native, SessionBudgetExceeded, ProtocolError);
+    create_exception!(relay_native, FrameTooLarge, ProtocolError);
+    create_exception!(relay_native, KeepaliveTimeout, YamuxError, "A keepalive ping went unanswered.");
+    create_exception!(relay_native, StreamLimitReached, YamuxError);
+    create_exception!(relay_native, SessionClosed, YamuxError);
+    create_exception!(relay_native, UnknownStream, YamuxError);
+    create_exception!(relay_native, StreamClosed, UnknownStream, "send() on a stream closed for sending.");
+}
+
+/// Convert a session error into the matching exception, with `goaway_code` and `name` set.
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let msg = e.to_string();
+    let err = match e {
+        Error::InvalidVersion(_) => exc::InvalidVersion::new_err(msg),
+        Error::UnknownFrameType(_) => exc::UnknownFrameType::new_err(msg),
+        Error::InvalidFlags(_) => exc::InvalidFlags::new_err(msg),
+        Error::InvalidStreamId(_) => exc::InvalidStreamId::new_err(msg),
+        Error::DuplicateStream(_) => exc::DuplicateStream::new_err(msg),
+        Error::WindowOverflow(_) => exc::WindowOverflow::new_err(msg),
+        Error::FlowControlViolation(_) => exc::FlowControlViolation::new_err(msg),
+        Error::StreamResetFlood => exc::StreamResetFlood::new_err(msg),
+        Error::SessionBudgetExceeded => exc::SessionBudgetExceeded::new_err(msg),
+        Error::FrameTooLarge(_) => exc::FrameTooLarge::new_err(msg),
+        Error::KeepaliveTimeout => exc::KeepaliveTimeout::new_err(msg),
+        Error::StreamLimitReached => exc::StreamLimitReached::new_err(msg),
+        Error::SessionClosed => exc::SessionClosed::new_err(msg),
+        Error::UnknownStream(_) => exc::UnknownStream::new_err(msg),
+        Error::StreamClosed(_) => exc::StreamClosed::new_err(msg),
+    };
+    let v = err.value(py);
+    let _ = v.setattr("goaway_code", e.goaway_code());
+    let _ = v.setattr("name", e.name());
+    err
+}
+
+/// Run `f` over the bytes of a bytes/bytearray/memoryview (any C-contiguous byte buffer)
+/// without copying them.
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.downcast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    let buf = PyBuffer::<u8>::get(data)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err("buffer must be C-contiguous"));
+    }
+    let len = buf.len_bytes();
+    let slice: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the buffer is held (and so pinned) for the duration of `f`, it is
+        // C-contiguous with `len` bytes, and we hold the GIL and never release it or call
+        // back into Python meanwhile, so no Python code can resize or mutate it.
+        unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) }
+    };
+    let r = f(slice);
+    drop(buf);
+    Ok(r)
+}
+
+fn arg<T: TryFrom<u64>>(name: &str, v: &Bound<'_, PyAny>) -> PyResult<T> {
+    let n: u64 = v
+        .extract()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a non-negative integer")))?;
+    T::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} is out of range")))
+}
+
+/// A sans-IO yamux session.
+#[pyclass(unsendable, module = "relay_native", name = "Session")]
+pub struct PySession {
+    inner: Session,
+}
+
+#[pymethods]
+impl PySession {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        client,
+        initial_window = None,
+        max_window = None,
+        session_budget = None,
+        max_frame_payload = None,
+        max_streams = None,
+        accept_backlog = None,
+        keepalive_interval_ms = None,
+        keepalive_timeout_ms = None,
+        pending_high_water = None,
+        pending_low_water = None,
+        max_resets_per_second = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        client: bool,
+        initial_window: Option<&Bound<'_, PyAny>>,
+        max_window: Option<&Bound<'_, PyAny>>,
+        session_budget: Option<&Bound<'_, PyAny>>,
+        max_frame_payload: Option<&Bound<'_, PyAny>>,
+        max_streams: Option<&Bound<'_, PyAny>>,
+        accept_backlog: Option<&Bound<'_, PyAny>>,
+        keepalive_interval_ms: Option<&Bound<'_, PyAny>>,
+        keepalive_timeout_ms: Option<&Bound<'_, PyAny>>,
+        pending_high_water: Option<&Bound<'_, PyAny>>,
+        pending_low_water: Option<&Bound<'_, PyAny>>,
+        max_resets_per_second: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let mut c = Config::new(client);
+        macro_rules! set {
+            ($field:ident) => {
+                if let Some(v) = $field {
+                    c.$field = arg(stringify!($field), v)?;
+                }
+            };
+        }
+        set!(initial_window);
+        set!(max_window);
+        set!(session_budget);
+        set!(max_frame_payload);
+        set!(max_streams);
+        set!(accept_backlog);
+        set!(keepalive_interval_ms);
+        set!(keepalive_timeout_ms);
+        set!(pending_high_water);
+        set!(pending_low_water);
+        set!(max_resets_per_second);
+        let inner = Session::new(c).map_err(|e| PyValueError::new_err(e.0))?;
+        Ok(PySession { inner })
+    }
+
+    /// Feed bytes read from the link; return packed events.
+    fn receive<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &mut self.inner;
+        with_bytes(data, |buf| match inner.receive(buf) {
+            Ok(ev) => Ok(PyBytes::new(py, ev)),
+            Err(e) => Err(to_py(py, e)),
+        })?
+    }
+
+    /// Events queued by calls since the last receive()/take_events() (e.g. EVENT_CLOSED
+    /// when close_stream completes a close); receive() returns them too.
+    fn take_events<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.take_events())
+    }
+
+    fn open_stream(&mut self, py: Python<'_>) -> PyResult<u32> {
+        self.inner.open_stream().map_err(|e| to_py(py, e))
+    }
+
+    fn accept_stream(&mut self, py: Python<'_>, stream_id: u32) -> PyResult<()> {
+        self.inner.accept_stream(stream_id).map_err(|e| to_py(py, e))
+    }
+
+    fn send(&mut self, py: Python<'_>, stream_id: u32, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let inner = &mut self.inner;
+        with_bytes(data, |buf| inner.send(stream_id, buf))?.map_err(|e| to_py(py, e))
+    }
+
+    fn close_stream(&mut self, py: Python<'_>, stream_id: u32) -> PyResult<()> {
+        self.inner.close_stream(stream_id).map_err(|e| to_py(py, e))
+    }
+
+    fn reset_stream(&mut self, py: Python<'_>, stream_id: u32) -> PyResult<()> {
+        self.inner.reset_stream(stream_id).map_err(|e| to_py(py, e))
+    }
+
+    fn set_read_paused(&mut self, py: Python<'_>, stream_id: u32, paused: bool) -> PyResult<()> {
+        self.inner.set_read_paused(stream_id, paused).map_err(|e| to_py(py, e))
+    }
+
+    fn ping(&mut self, py: Python<'_>) -> PyResult<u32> {
+        self.inner.ping().map_err(|e| to_py(py, e))
+    }
+
+    fn tick(&mut self, py: Python<'_>) -> PyResult<u64> {
+        self.inner.tick().map_err(|e| to_py(py, e))
+    }
+
+    #[pyo3(signature = (code = 0))]
+    fn go_away(&mut self, code: u32) {
+        self.inner.go_away(code)
+    }
+
+    fn take_outgoing<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let b = PyBytes::new(py, self.inner.outgoing());
+        self.inner.clear_outgoing();
+        b
+    }
+
+    #[getter]
+    fn outgoing_len(&self) -> usize {
+        self.inner.outgoing_len()
+    }
+    #[getter]
+    fn stream_count(&self) -> usize {
+        self.inner.stream_count()
+    }
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+    #[getter]
+    fn local_went_away(&self) -> bool {
+        self.inner.local_went_away()
+    }
+    #[getter]
+    fn remote_went_away(&self) -> bool {
+        self.inner.remote_went_away()
+    }
+    #[getter]
+    fn rtt_us(&self) -> u64 {
+        self.inner.rtt_us()
+    }
+
+    fn stream_window(&self, py: Python<'_>, stream_id: u32) -> PyResult<(u32, u32)> {
+        self.inner.stream_window(stream_id).map_err(|e| to_py(py, e))
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.stats().fields() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
+
+/// relay_native: a sans-IO yamux session (hashicorp/yamux spec.md).
+#[pymodule]
+#[pyo3(name = "relay_native")]
+fn relay_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", crate::VERSION)?;
+    m.add("EVENT_OPENED", session::EVENT_OPENED)?;
+    m.add("EVENT_DATA", session::EVENT_DATA)?;
+    m.add("EVENT_FIN", session::EVENT_FIN)?;
+    m.add("EVENT_RESET", session::EVENT_RESET)?;
+    m.add("EVENT_WRITABLE", session::EVENT_WRITABLE)?;
+    m.add("EVENT_CLOSED", session::EVENT_CLOSED)?;
+    m.add("EVENT_GOAWAY", session::EVENT_GOAWAY)?;
+    m.add("EVENT_PONG", session::EVENT_PONG)?;
+    m.add("EVENT_ACKED", session::EVENT_ACKED)?;
+    m.add("GOAWAY_NORMAL", GOAWAY_NORMAL)?;
+    m.add("GOAWAY_PROTOCOL", GOAWAY_PROTOCOL)?;
+    m.add("GOAWAY_INTERNAL", GOAWAY_INTERNAL)?;
+    macro_rules! add_exc {
+        ($($name:ident),*) => {$(
+            m.add(stringify!($name), py.get_type::<exc::$name>())?;
+        )*};
+    }
+    add_exc!(
+        YamuxError,
+        ProtocolError,
+        InvalidVersion,
+        UnknownFrameType,
+        InvalidFlags,
+        InvalidStreamId,
+        DuplicateStream,
+        WindowOverflow,
+        FlowControlViolation,
+        StreamResetFlood,
+        SessionBudgetExceeded,
+        FrameTooLarge,
+        KeepaliveTimeout,
+        StreamLimitReached,
+        SessionClosed,
+        UnknownStream,
+        StreamClosed
+    );
+    // Class-level defaults so the attributes exist even on exceptions raised from Python.
+    let root = py.get_type::<exc::YamuxError>();
+    root.setattr("goaway_code", GOAWAY_INTERNAL)?;
+    root.setattr("name", "yamux_error")?;
+    m.add_class::<PySession>()?;
+    Ok(())
+}

@@ -1,0 +1,1052 @@
+//! The sans-IO yamux session: bytes in → packed events out; calls in → bytes to send.
+//!
+//! * `receive` parses frames from the caller's buffer without copying payload: an
+//!   [`EVENT_DATA`] names `(offset, len)` into that very buffer. At most 11 header bytes are
+//!   kept between calls; a frame's payload is reported chunk by chunk as it arrives.
+//! * Every frame we produce is appended to one outgoing buffer (like h2's `data_to_send`),
+//!   handed out by [`Session::take_outgoing`]. Per stream the order is preserved (SYN before
+//!   data, FIN after data). Window updates are coalesced — at most one pending per stream in
+//!   the outgoing buffer, later credit is added into it in place — and ping answers too (at
+//!   most one pending, patched to the latest opaque value), so a peer that pings or sends
+//!   data but never reads cannot grow our queue without bound.
+//! * Time is passed in (`*_at(now)`) so tests are deterministic; the plain methods read
+//!   `Instant::now()`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::{Duration, Instant};
+
+use crate::error::{ConfigError, Error, GOAWAY_INTERNAL, GOAWAY_PROTOCOL};
+use crate::flow::Budget;
+use crate::frame::{Flags, FrameType, Header, DEFAULT_WINDOW, HEADER_LEN};
+use crate::stream::Stream;
+
+/// Peer opened `stream_id` (SYN); accept it with [`Session::accept_stream`].
+pub const EVENT_OPENED: u32 = 1;
+/// Payload for `stream_id` is `input[a .. a + b]` of this `receive` call.
+pub const EVENT_DATA: u32 = 2;
+/// Peer half-closed `stream_id`.
+pub const EVENT_FIN: u32 = 3;
+/// Peer reset (or refused) `stream_id`; it is gone.
+pub const EVENT_RESET: u32 = 4;
+/// `stream_id`'s backlog fell to `<= pending_low_water` after passing high water.
+pub const EVENT_WRITABLE: u32 = 5;
+/// `stream_id` is closed both ways and forgotten.
+pub const EVENT_CLOSED: u32 = 6;
+/// Peer sent GoAway; `a` = code.
+pub const EVENT_GOAWAY: u32 = 7;
+/// A ping we sent was answered; `a` = RTT in microseconds.
+pub const EVENT_PONG: u32 = 8;
+/// Peer accepted (ACK) a stream we opened.
+pub const EVENT_ACKED: u32 = 9;
+
+/// Size of one packed event.
+pub const EVENT_LEN: usize = 16;
+
+/// Outstanding pings we track (more are sent but their answers are ignored).
+const MAX_TRACKED_PINGS: usize = 64;
+
+/// Session configuration (see the Python stub for meanings and defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub client: bool,
+    pub initial_window: u32,
+    pub max_window: u32,
+    pub session_budget: u64,
+    pub max_frame_payload: u32,
+    pub max_streams: u32,
+    pub accept_backlog: u32,
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    pub pending_high_water: usize,
+    pub pending_low_water: usize,
+    pub max_resets_per_second: u32,
+}
+
+impl Config {
+    /// The defaults of the Python stub.
+    pub fn new(client: bool) -> Config {
+        Config {
+            client,
+            initial_window: DEFAULT_WINDOW,
+            max_window: 16 * 1024 * 1024,
+            session_budget: 64 * 1024 * 1024,
+            max_frame_payload: 16 * 1024,
+            max_streams: 65536,
+            accept_backlog: 256,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            pending_high_water: 1024 * 1024,
+            pending_low_water: 256 * 1024,
+            max_resets_per_second: 1000,
+        }
+    }
+
+    /// Check ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if self.initial_window < DEFAULT_WINDOW {
+            return bad("initial_window must be at least 262144 (256 KiB)");
+        }
+        if self.max_window < self.initial_window {
+            return bad("max_window must be >= initial_window");
+        }
+        if self.session_budget < self.initial_window as u64 {
+            return bad("session_budget must be >= initial_window");
+        }
+        if self.max_frame_payload == 0 {
+            return bad("max_frame_payload must be positive");
+        }
+        if self.max_streams == 0 {
+            return bad("max_streams must be positive");
+        }
+        if self.keepalive_interval_ms > 0 && self.keepalive_timeout_ms == 0 {
+            return bad("keepalive_timeout_ms must be positive when keepalive is enabled");
+        }
+        if self.pending_low_water > self.pending_high_water {
+            return bad("pending_low_water must be <= pending_high_water");
+        }
+        if self.max_resets_per_second == 0 {
+            return bad("max_resets_per_second must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Monotonic counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub data_frames_in: u64,
+    pub data_frames_out: u64,
+    pub window_updates_in: u64,
+    pub window_updates_out: u64,
+    pub pings_in: u64,
+    pub pings_out: u64,
+    pub streams_opened_local: u64,
+    pub streams_opened_remote: u64,
+    pub streams_reset_local: u64,
+    pub streams_reset_remote: u64,
+    pub window_stalls: u64,
+    pub window_grows: u64,
+    pub protocol_errors: u64,
+}
+
+impl Stats {
+    /// `(name, value)` pairs in a stable order.
+    pub fn fields(&self) -> [(&'static str, u64); 17] {
+        [
+            ("frames_in", self.frames_in),
+            ("frames_out", self.frames_out),
+            ("bytes_in", self.bytes_in),
+            ("bytes_out", self.bytes_out),
+            ("data_frames_in", self.data_frames_in),
+            ("data_frames_out", self.data_frames_out),
+            ("window_updates_in", self.window_updates_in),
+            ("window_updates_out", self.window_updates_out),
+            ("pings_in", self.pings_in),
+            ("pings_out", self.pings_out),
+            ("streams_opened_local", self.streams_opened_local),
+            ("streams_opened_remote", self.streams_opened_remote),
+            ("streams_reset_local", self.streams_reset_local),
+            ("streams_reset_remote", self.streams_reset_remote),
+            ("window_stalls", self.window_stalls),
+            ("window_grows", self.window_grows),
+            ("protocol_errors", self.protocol_errors),
+        ]
+    }
+}
+
+/// One unpacked event (tests and Rust callers; Python walks the packed bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    pub stream_id: u32,
+    pub a: u32,
+    pub b: u32,
+}
+
+/// Unpack packed events.
+pub fn unpack_events(buf: &[u8]) -> impl Iterator<Item = Event> + '_ {
+    buf.chunks_exact(EVENT_LEN).map(|c| {
+        let w = |i: usize| u32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+        Event {
+            kind: w(0),
+            stream_id: w(4),
+            a: w(8),
+            b: w(12),
+        }
+    })
+}
+
+/// Cheap hasher for stream ids (sequential integers; keys are not attacker-chosen in a way
+/// that matters: the peer's ids must strictly increase).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type StreamMap = HashMap<u32, Stream, BuildHasherDefault<IdHasher>>;
+
+/// A data frame whose payload is still arriving.
+#[derive(Debug, Clone, Copy)]
+struct Payload {
+    sid: u32,
+    remaining: u32,
+    flags: Flags,
+    deliver: bool,
+}
+
+/// What flushing a stream did.
+#[derive(Default)]
+struct Flushed {
+    fin_sent: bool,
+    writable: bool,
+}
+
+/// The session.
+pub struct Session {
+    cfg: Config,
+    streams: StreamMap,
+    /// Next id we open (u64 so exhaustion is visible).
+    next_id: u64,
+    /// Highest id the peer opened (0: none).
+    peer_max_id: u32,
+    /// Inbound streams not yet accepted.
+    unaccepted: u32,
+    // ---- input ----
+    hdr: [u8; HEADER_LEN],
+    hdr_len: usize,
+    payload: Option<Payload>,
+    events: Vec<u8>,
+    events_handed: bool,
+    // ---- output ----
+    out: Vec<u8>,
+    /// Bumped whenever the outgoing buffer is taken; pending-frame offsets are valid only in
+    /// their generation.
+    out_gen: u64,
+    ping_ack_at: usize,
+    ping_ack_gen: u64,
+    // ---- pings ----
+    next_ping: u32,
+    pings: VecDeque<(u32, Instant)>,
+    srtt: Option<Duration>,
+    rtt_probe_sent: bool,
+    next_keepalive: Instant,
+    // ---- lifecycle ----
+    local_goaway: bool,
+    remote_goaway: bool,
+    dead: bool,
+    // ---- rapid-reset defence ----
+    reset_window_start: Instant,
+    resets_in_window: u32,
+    budget: Budget,
+    stats: Stats,
+}
+
+impl Session {
+    /// A session reading the monotonic clock.
+    pub fn new(cfg: Config) -> Result<Session, ConfigError> {
+        Session::new_at(cfg, Instant::now())
+    }
+
+    /// A session created at `now`.
+    pub fn new_at(cfg: Config, now: Instant) -> Result<Session, ConfigError> {
+        cfg.validate()?;
+        let next_id = if cfg.client { 1 } else { 2 };
+        let budget = Budget::new(cfg.session_budget);
+        Ok(Session {
+            next_keepalive: now + Duration::from_millis(cfg.keepalive_interval_ms),
+            cfg,
+            streams: StreamMap::default(),
+            next_id,
+            peer_max_id: 0,
+            unaccepted: 0,
+            hdr: [0; HEADER_LEN],
+            hdr_len: 0,
+            payload: None,
+            events: Vec::with_capacity(64 * EVENT_LEN),
+            events_handed: false,
+            out: Vec::with_capacity(64 * 1024),
+            out_gen: 1,
+            ping_ack_at: 0,
+            ping_ack_gen: 0,
+            next_ping: 1,
+            pings: VecDeque::new(),
+            srtt: None,
+            rtt_probe_sent: false,
+            local_goaway: false,
+            remote_goaway: false,
+            dead: false,
+            reset_window_start: now,
+            resets_in_window: 0,
+            budget,
+            stats: Stats::default(),
+        })
+    }
+
+    // ================================================================ properties
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn outgoing_len(&self) -> usize {
+        self.out.len()
+    }
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+    pub fn is_closed(&self) -> bool {
+        self.dead || (self.local_goaway && self.remote_goaway && self.streams.is_empty())
+    }
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+    pub fn local_went_away(&self) -> bool {
+        self.local_goaway
+    }
+    pub fn remote_went_away(&self) -> bool {
+        self.remote_goaway
+    }
+    /// Smoothed RTT in microseconds, 0 until measured.
+    pub fn rtt_us(&self) -> u64 {
+        self.srtt.map_or(0, |d| d.as_micros() as u64)
+    }
+    /// Sum of all streams' receive windows (bounded by `session_budget` for growth).
+    pub fn receive_windows_total(&self) -> u64 {
+        self.budget.windows
+    }
+    /// `(receive window, send window)` of a stream.
+    pub fn stream_window(&self, sid: u32) -> Result<(u32, u32), Error> {
+        let st = self.streams.get(&sid).ok_or(Error::UnknownStream(sid))?;
+        Ok((st.recv.window(), st.send.get()))
+    }
+    /// Unsent bytes of a stream.
+    pub fn stream_backlog(&self, sid: u32) -> Result<usize, Error> {
+        let st = self.streams.get(&sid).ok_or(Error::UnknownStream(sid))?;
+        Ok(st.backlog.len())
+    }
+
+    // ================================================================ output
+
+    /// The bytes queued for the link (not yet taken).
+    pub fn outgoing(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Forget the queued bytes (after copying them out), keeping the buffer's capacity.
+    pub fn clear_outgoing(&mut self) {
+        self.out.clear();
+        if self.out.capacity() > 4 * 1024 * 1024 {
+            self.out.shrink_to(64 * 1024);
+        }
+        self.out_gen += 1;
+    }
+
+    /// All bytes queued for the link since the last call.
+    pub fn take_outgoing(&mut self) -> Vec<u8> {
+        self.out_gen += 1;
+        std::mem::take(&mut self.out)
+    }
+
+    /// Events queued by calls (e.g. EVENT_CLOSED when `close_stream` completes a close)
+    /// since the last `receive`/`take_events`; `receive` returns them first as well.
+    pub fn take_events(&mut self) -> &[u8] {
+        if self.events_handed {
+            self.events.clear();
+        }
+        self.events_handed = true;
+        &self.events
+    }
+
+    // ================================================================ input
+
+    /// Feed bytes read from the link; returns packed events.
+    pub fn receive(&mut self, data: &[u8]) -> Result<&[u8], Error> {
+        self.receive_at(data, Instant::now())
+    }
+
+    /// `receive` at time `now`.
+    pub fn receive_at(&mut self, data: &[u8], now: Instant) -> Result<&[u8], Error> {
+        if self.dead {
+            return Err(Error::SessionClosed);
+        }
+        if self.events_handed {
+            self.events.clear();
+            self.events_handed = false;
+        }
+        match self.receive_inner(data, now) {
+            Ok(()) => {
+                self.events_handed = true;
+                Ok(&self.events)
+            }
+            Err(e) => {
+                self.events.clear();
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    fn receive_inner(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
+        let mut pos = 0usize;
+        while pos < data.len() {
+            if let Some(mut p) = self.payload {
+                let n = (p.remaining as usize).min(data.len() - pos) as u32;
+                self.stats.bytes_in += n as u64;
+                if p.deliver {
+                    p.deliver = self.deliver(p.sid, pos, n, now);
+                }
+                pos += n as usize;
+                p.remaining -= n;
+                if p.remaining == 0 {
+                    self.payload = None;
+                    self.finish_frame(p.sid, p.flags, now)?;
+                } else {
+                    self.payload = Some(p);
+                }
+                continue;
+            }
+            let header = if self.hdr_len == 0 && data.len() - pos >= HEADER_LEN {
+                let h = Header::decode(data[pos..pos + HEADER_LEN].try_into().expect("12 bytes"));
+                pos += HEADER_LEN;
+                h?
+            } else {
+                let take = (HEADER_LEN - self.hdr_len).min(data.len() - pos);
+                self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&data[pos..pos + take]);
+                self.hdr_len += take;
+                pos += take;
+                if self.hdr_len < HEADER_LEN {
+                    break;
+                }
+                self.hdr_len = 0;
+                Header::decode(&self.hdr)?
+            };
+            self.on_header(header, now)?;
+        }
+        Ok(())
+    }
+
+    /// A chunk of a data frame's payload arrived. Returns whether later chunks are delivered.
+    fn deliver(&mut self, sid: u32, pos: usize, n: u32, now: Instant) -> bool {
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return false; // reset by a call between two receive() calls
+        };
+        st.recv.deliver(n);
+        let due = st.recv.update_due();
+        push_event(&mut self.events, EVENT_DATA, sid, pos as u32, n);
+        if due {
+            self.grant_window(sid, now);
+        }
+        true
+    }
+
+    fn on_header(&mut self, h: Header, now: Instant) -> Result<(), Error> {
+        self.stats.frames_in += 1;
+        match h.typ {
+            FrameType::Data | FrameType::WindowUpdate => self.on_stream_frame(h, now),
+            FrameType::Ping => self.on_ping(h, now),
+            FrameType::GoAway => {
+                if h.stream_id != 0 {
+                    return Err(Error::InvalidStreamId(h.stream_id));
+                }
+                self.remote_goaway = true;
+                self.push_event(EVENT_GOAWAY, 0, h.length, 0);
+                Ok(())
+            }
+        }
+    }
+
+    fn is_ours(&self, sid: u32) -> bool {
+        (sid % 2 == 1) == self.cfg.client
+    }
+
+    fn on_stream_frame(&mut self, h: Header, now: Instant) -> Result<(), Error> {
+        let sid = h.stream_id;
+        let f = h.flags;
+        let is_data = h.typ == FrameType::Data;
+        if is_data {
+            self.stats.data_frames_in += 1;
+        } else {
+            self.stats.window_updates_in += 1;
+        }
+        if sid == 0 {
+            return Err(Error::InvalidStreamId(0));
+        }
+        if f.contains(Flags::SYN) && f.contains(Flags::ACK) {
+            return Err(Error::InvalidFlags(f.bits()));
+        }
+        let live = if f.contains(Flags::SYN) {
+            // CVE-2026-32314: refuse an oversize SYN data frame before allocating anything.
+            if is_data && h.length > DEFAULT_WINDOW {
+                return Err(Error::FlowControlViolation(sid));
+            }
+            self.open_inbound(sid, now)?
+        } else if self.streams.contains_key(&sid) {
+            true
+        } else {
+            // Not live: a late frame for a stream that existed is ignored; an id that was
+            // never opened is a protocol error.
+            let known = if self.is_ours(sid) {
+                (sid as u64) < self.next_id
+            } else {
+                sid <= self.peer_max_id
+            };
+            if !known {
+                return Err(Error::InvalidStreamId(sid));
+            }
+            false
+        };
+        if is_data && h.length > self.cfg.max_window {
+            return Err(Error::FrameTooLarge(h.length));
+        }
+        if !live {
+            if is_data && h.length > 0 {
+                self.payload = Some(Payload {
+                    sid,
+                    remaining: h.length,
+                    flags: f,
+                    deliver: false,
+                });
+            }
+            return Ok(());
+        }
+        let st = self.streams.get_mut(&sid).expect("live stream");
+        if f.contains(Flags::ACK) && st.on_ack() {
+            self.push_event(EVENT_ACKED, sid, 0, 0);
+        }
+        let st = self.streams.get_mut(&sid).expect("live stream");
+        if is_data {
+            let deliver = st.state().can_receive();
+            if deliver {
+                st.recv.check(h.length, sid)?;
+            }
+            if h.length == 0 {
+                return self.finish_frame(sid, f, now);
+            }
+            self.payload = Some(Payload {
+                sid,
+                remaining: h.length,
+                flags: f,
+                deliver,
+            });
+            return Ok(());
+        }
+        // Window update: credit (for SYN/ACK the extra above 256 KiB), then flags.
+        if f.contains(Flags::RST) {
+            return self.finish_frame(sid, f, now);
+        }
+        st.send.credit(h.length, sid)?;
+        if h.length > 0 {
+            self.flush(sid);
+        }
+        self.finish_frame(sid, f, now)
+    }
+
+    /// The peer opened `sid`. Returns whether the stream is live (false: refused with RST).
+    fn open_inbound(&mut self, sid: u32, now: Instant) -> Result<bool, Error> {
+        if self.is_ours(sid) {
+            return Err(Error::InvalidStreamId(sid));
+        }
+        if self.streams.contains_key(&sid) {
+            return Err(Error::DuplicateStream(sid));
+        }
+        if sid <= self.peer_max_id {
+            return Err(Error::InvalidStreamId(sid));
+        }
+        self.peer_max_id = sid;
+        if self.local_goaway
+            || self.remote_goaway
+            || self.streams.len() >= self.cfg.max_streams as usize
+            || self.unaccepted >= self.cfg.accept_backlog
+        {
+            self.emit_rst(sid);
+            return Ok(false);
+        }
+        let mut st = Stream::new(sid, false, DEFAULT_WINDOW, DEFAULT_WINDOW, now);
+        st.on_syn_received();
+        self.streams.insert(sid, st);
+        self.unaccepted += 1;
+        self.budget.windows += DEFAULT_WINDOW as u64;
+        self.stats.streams_opened_remote += 1;
+        self.push_event(EVENT_OPENED, sid, 0, 0);
+        Ok(true)
+    }
+
+    /// A frame of a live stream ended: FIN/RST take effect after its payload.
+    fn finish_frame(&mut self, sid: u32, f: Flags, now: Instant) -> Result<(), Error> {
+        if f.contains(Flags::RST) {
+            return self.on_peer_reset(sid, now);
+        }
+        if f.contains(Flags::FIN) {
+            let Some(st) = self.streams.get_mut(&sid) else {
+                return Ok(());
+            };
+            if !st.state().can_receive() {
+                return Ok(()); // duplicate FIN
+            }
+            let closed = st.on_fin_received();
+            self.push_event(EVENT_FIN, sid, 0, 0);
+            if closed {
+                self.forget(sid);
+                self.push_event(EVENT_CLOSED, sid, 0, 0);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_peer_reset(&mut self, sid: u32, now: Instant) -> Result<(), Error> {
+        let Some(st) = self.forget(sid) else {
+            return Ok(());
+        };
+        self.stats.streams_reset_remote += 1;
+        self.push_event(EVENT_RESET, sid, 0, 0);
+        if !st.outbound {
+            // Rapid-reset defence: streams the peer opens and resets, per one-second window.
+            if now.saturating_duration_since(self.reset_window_start) >= Duration::from_secs(1) {
+                self.reset_window_start = now;
+                self.resets_in_window = 0;
+            }
+            self.resets_in_window += 1;
+            if self.resets_in_window > self.cfg.max_resets_per_second {
+                return Err(Error::StreamResetFlood);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ping(&mut self, h: Header, now: Instant) -> Result<(), Error> {
+        if h.stream_id != 0 {
+            return Err(Error::InvalidStreamId(h.stream_id));
+        }
+        self.stats.pings_in += 1;
+        let syn = h.flags.contains(Flags::SYN);
+        let ack = h.flags.contains(Flags::ACK);
+        if syn == ack {
+            return Err(Error::InvalidFlags(h.flags.bits()));
+        }
+        if syn {
+            // Coalesce: at most one pending answer, carrying the latest opaque value.
+            if self.ping_ack_gen == self.out_gen {
+                let at = self.ping_ack_at + 8;
+                self.out[at..at + 4].copy_from_slice(&h.length.to_be_bytes());
+            } else {
+                self.ping_ack_at = self.out.len();
+                self.ping_ack_gen = self.out_gen;
+                self.emit(Header::new(FrameType::Ping, Flags::ACK, 0, h.length));
+                self.stats.pings_out += 1;
+            }
+            return Ok(());
+        }
+        // A pong. Answers may be coalesced by the peer, so one answers all earlier pings too.
+        if let Some(i) = self.pings.iter().position(|&(o, _)| o == h.length) {
+            let sent = self.pings[i].1;
+            self.pings.drain(..=i);
+            let rtt = now.saturating_duration_since(sent);
+            self.srtt = Some(match self.srtt {
+                None => rtt,
+                Some(s) => (s * 7 + rtt) / 8,
+            });
+            let us = rtt.as_micros().min(u32::MAX as u128) as u32;
+            self.push_event(EVENT_PONG, 0, us, 0);
+        }
+        Ok(())
+    }
+
+    // ================================================================ calls
+
+    /// Open a stream; returns its id.
+    pub fn open_stream(&mut self) -> Result<u32, Error> {
+        self.open_stream_at(Instant::now())
+    }
+
+    /// `open_stream` at time `now`.
+    pub fn open_stream_at(&mut self, now: Instant) -> Result<u32, Error> {
+        if self.dead || self.local_goaway || self.remote_goaway {
+            return Err(Error::SessionClosed);
+        }
+        if self.streams.len() >= self.cfg.max_streams as usize || self.next_id > u32::MAX as u64 {
+            return Err(Error::StreamLimitReached);
+        }
+        let sid = self.next_id as u32;
+        self.next_id += 2;
+        let iw = self.cfg.initial_window;
+        let mut st = Stream::new(sid, true, iw, DEFAULT_WINDOW, now);
+        emit_wu(&mut self.out, self.out_gen, &mut self.stats, &mut st, Flags::SYN, iw - DEFAULT_WINDOW);
+        st.on_syn_sent();
+        self.streams.insert(sid, st);
+        self.budget.windows += iw as u64;
+        self.stats.streams_opened_local += 1;
+        Ok(sid)
+    }
+
+    /// ACK a stream the peer opened.
+    pub fn accept_stream(&mut self, sid: u32) -> Result<(), Error> {
+        if self.dead {
+            return Err(Error::SessionClosed);
+        }
+        match self.streams.get(&sid) {
+            Some(st) if st.awaiting_accept() => {
+                self.accept(sid);
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            // Reset by the peer before we got to it: not the caller's fault.
+            None if !self.is_ours(sid) && sid != 0 && sid <= self.peer_max_id => Ok(()),
+            None => Err(Error::UnknownStream(sid)),
+        }
+    }
+
+    fn accept(&mut self, sid: u32) {
+        let st = self.streams.get_mut(&sid).expect("live stream");
+        if !st.on_accept() {
+            return;
+        }
+        self.unaccepted -= 1;
+        let extra = self.cfg.initial_window - DEFAULT_WINDOW;
+        st.recv.enlarge(extra);
+        self.budget.windows += extra as u64;
+        emit_wu(&mut self.out, self.out_gen, &mut self.stats, st, Flags::ACK, extra);
+    }
+
+    /// Queue data; returns the stream's backlog in bytes.
+    pub fn send(&mut self, sid: u32, data: &[u8]) -> Result<usize, Error> {
+        if self.dead {
+            return Err(Error::SessionClosed);
+        }
+        let st = self.streams.get_mut(&sid).ok_or(Error::UnknownStream(sid))?;
+        if !st.state().can_send() || st.fin_pending {
+            return Err(Error::StreamClosed(sid));
+        }
+        if st.awaiting_accept() {
+            self.accept(sid); // the ACK goes before our first data
+        }
+        let st = self.streams.get_mut(&sid).expect("live stream");
+        if st.backlog.is_empty() {
+            // Fast path: straight into the outgoing buffer within the window.
+            let n = (st.send.get() as usize).min(data.len());
+            write_data(&mut self.out, &mut self.stats, &self.cfg, st, &data[..n], Flags::NONE);
+            st.backlog.extend(&data[n..]);
+        } else {
+            st.backlog.extend(data);
+        }
+        let backlog = st.backlog.len();
+        if backlog > self.cfg.pending_high_water {
+            st.over_high_water = true;
+        }
+        note_stall(&mut self.stats, st);
+        Ok(backlog)
+    }
+
+    /// Half-close (FIN after the backlog). Closing twice, or an unknown id, is a no-op.
+    pub fn close_stream(&mut self, sid: u32) -> Result<(), Error> {
+        if self.dead {
+            return Ok(());
+        }
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return Ok(());
+        };
+        if !st.state().can_send() || st.fin_pending {
+            return Ok(());
+        }
+        if st.awaiting_accept() {
+            self.accept(sid);
+        }
+        self.streams.get_mut(&sid).expect("live stream").fin_pending = true;
+        self.flush(sid);
+        Ok(())
+    }
+
+    /// Reset at once, dropping the backlog. Unknown ids are a no-op.
+    pub fn reset_stream(&mut self, sid: u32) -> Result<(), Error> {
+        if self.dead {
+            return Ok(());
+        }
+        if self.forget(sid).is_some() {
+            self.emit_rst(sid);
+        }
+        Ok(())
+    }
+
+    /// Pause or resume returning credit for received payload of a stream.
+    pub fn set_read_paused(&mut self, sid: u32, paused: bool) -> Result<(), Error> {
+        self.set_read_paused_at(sid, paused, Instant::now())
+    }
+
+    /// `set_read_paused` at time `now`.
+    pub fn set_read_paused_at(&mut self, sid: u32, paused: bool, now: Instant) -> Result<(), Error> {
+        if self.dead {
+            return Ok(());
+        }
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return Ok(());
+        };
+        st.recv.set_paused(paused);
+        if !paused && st.recv.update_due() && st.state().can_receive() {
+            self.grant_window(sid, now);
+        }
+        Ok(())
+    }
+
+    /// Queue a ping; returns its opaque value.
+    pub fn ping(&mut self) -> Result<u32, Error> {
+        self.ping_at(Instant::now())
+    }
+
+    /// `ping` at time `now`.
+    pub fn ping_at(&mut self, now: Instant) -> Result<u32, Error> {
+        if self.dead {
+            return Err(Error::SessionClosed);
+        }
+        Ok(self.send_ping(now))
+    }
+
+    fn send_ping(&mut self, now: Instant) -> u32 {
+        let opaque = self.next_ping;
+        self.next_ping = self.next_ping.wrapping_add(1);
+        if self.pings.len() < MAX_TRACKED_PINGS {
+            self.pings.push_back((opaque, now));
+        }
+        self.emit(Header::new(FrameType::Ping, Flags::SYN, 0, opaque));
+        self.stats.pings_out += 1;
+        opaque
+    }
+
+    /// Drive timers; returns milliseconds until the next call is useful.
+    pub fn tick(&mut self) -> Result<u64, Error> {
+        self.tick_at(Instant::now())
+    }
+
+    /// `tick` at time `now`.
+    pub fn tick_at(&mut self, now: Instant) -> Result<u64, Error> {
+        const IDLE: Duration = Duration::from_secs(60);
+        if self.dead || self.cfg.keepalive_interval_ms == 0 {
+            return Ok(IDLE.as_millis() as u64);
+        }
+        let timeout = Duration::from_millis(self.cfg.keepalive_timeout_ms);
+        if let Some(&(_, sent)) = self.pings.front() {
+            if now.saturating_duration_since(sent) >= timeout {
+                return Err(self.fail(Error::KeepaliveTimeout));
+            }
+        }
+        let interval = Duration::from_millis(self.cfg.keepalive_interval_ms);
+        if now >= self.next_keepalive {
+            if self.pings.is_empty() {
+                self.send_ping(now);
+            }
+            self.next_keepalive = now + interval;
+        }
+        let mut wait = self.next_keepalive.saturating_duration_since(now);
+        if let Some(&(_, sent)) = self.pings.front() {
+            wait = wait.min((sent + timeout).saturating_duration_since(now));
+        }
+        Ok((wait.as_micros().div_ceil(1000) as u64).max(1))
+    }
+
+    /// Queue GoAway(code): no new streams either way; existing streams go on.
+    pub fn go_away(&mut self, code: u32) {
+        if self.dead || self.local_goaway {
+            return;
+        }
+        self.local_goaway = true;
+        self.emit(Header::new(FrameType::GoAway, Flags::NONE, 0, code));
+    }
+
+    // ================================================================ internals
+
+    fn push_event(&mut self, kind: u32, sid: u32, a: u32, b: u32) {
+        if self.events_handed {
+            self.events.clear();
+            self.events_handed = false;
+        }
+        push_event(&mut self.events, kind, sid, a, b);
+    }
+
+    fn emit(&mut self, h: Header) {
+        h.encode_into(&mut self.out);
+        self.stats.frames_out += 1;
+    }
+
+    fn emit_rst(&mut self, sid: u32) {
+        self.emit(Header::new(FrameType::WindowUpdate, Flags::RST, sid, 0));
+        self.stats.window_updates_out += 1;
+        self.stats.streams_reset_local += 1;
+    }
+
+    /// Remove a stream from the table, fixing the accounting.
+    fn forget(&mut self, sid: u32) -> Option<Stream> {
+        let mut st = self.streams.remove(&sid)?;
+        self.budget.windows -= st.recv.window() as u64;
+        if st.awaiting_accept() {
+            self.unaccepted -= 1;
+        }
+        st.on_reset();
+        Some(st)
+    }
+
+    /// Send the due window update of a stream (auto-tuning the window).
+    fn grant_window(&mut self, sid: u32, now: Instant) {
+        if self.srtt.is_none() && !self.rtt_probe_sent {
+            // Measure the RTT the first time auto-tuning needs it.
+            self.rtt_probe_sent = true;
+            self.send_ping(now);
+        }
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return;
+        };
+        let g = st.recv.grant(now, self.srtt, self.cfg.max_window, &mut self.budget);
+        if g.grown > 0 {
+            self.stats.window_grows += 1;
+        }
+        emit_wu(&mut self.out, self.out_gen, &mut self.stats, st, Flags::NONE, g.credit);
+    }
+
+    /// Move a stream's backlog into the outgoing buffer within its send window; FIN once
+    /// empty if pending; WRITABLE when it drops to low water; CLOSED when both FINs are done.
+    fn flush(&mut self, sid: u32) {
+        let Some(st) = self.streams.get_mut(&sid) else {
+            return;
+        };
+        let r = flush_stream(&mut self.out, &mut self.stats, &self.cfg, st);
+        if r.writable {
+            self.push_event(EVENT_WRITABLE, sid, 0, 0);
+        }
+        if r.fin_sent {
+            let st = self.streams.get_mut(&sid).expect("live stream");
+            if st.on_fin_sent() {
+                self.forget(sid);
+                self.push_event(EVENT_CLOSED, sid, 0, 0);
+            }
+        }
+    }
+
+    /// A fatal error: queue GoAway, mark the session dead.
+    fn fail(&mut self, e: Error) -> Error {
+        if e.is_fatal() && !self.dead {
+            if e.is_protocol() {
+                self.stats.protocol_errors += 1;
+            }
+            let code = if e.is_protocol() { GOAWAY_PROTOCOL } else { GOAWAY_INTERNAL };
+            self.emit(Header::new(FrameType::GoAway, Flags::NONE, 0, code));
+            self.local_goaway = true;
+            self.dead = true;
+            self.payload = None;
+            self.hdr_len = 0;
+        }
+        e
+    }
+}
+
+fn push_event(events: &mut Vec<u8>, kind: u32, sid: u32, a: u32, b: u32) {
+    let mut e = [0u8; EVENT_LEN];
+    e[0..4].copy_from_slice(&kind.to_ne_bytes());
+    e[4..8].copy_from_slice(&sid.to_ne_bytes());
+    e[8..12].copy_from_slice(&a.to_ne_bytes());
+    e[12..16].copy_from_slice(&b.to_ne_bytes());
+    events.extend_from_slice(&e);
+}
+
+/// Queue a window update for `st`, merged into its pending one if still in the buffer.
+fn emit_wu(out: &mut Vec<u8>, gen: u64, stats: &mut Stats, st: &mut Stream, flags: Flags, credit: u32) {
+    if st.wu_gen == gen {
+        let at = st.wu_at;
+        let old_flags = u16::from_be_bytes([out[at + 2], out[at + 3]]);
+        let old = u32::from_be_bytes([out[at + 8], out[at + 9], out[at + 10], out[at + 11]]);
+        if let Some(sum) = old.checked_add(credit) {
+            out[at + 2..at + 4].copy_from_slice(&(old_flags | flags.bits()).to_be_bytes());
+            out[at + 8..at + 12].copy_from_slice(&sum.to_be_bytes());
+            return;
+        }
+    }
+    st.wu_at = out.len();
+    st.wu_gen = gen;
+    Header::new(FrameType::WindowUpdate, flags, st.id, credit).encode_into(out);
+    stats.frames_out += 1;
+    stats.window_updates_out += 1;
+}
+
+/// Write `data` (which fits the send window) as data frames split at `max_frame_payload`;
+/// `last_flags` go on the last frame.
+fn write_data(out: &mut Vec<u8>, stats: &mut Stats, cfg: &Config, st: &mut Stream, data: &[u8], last_flags: Flags) {
+    let max = cfg.max_frame_payload as usize;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = rest.len().min(max);
+        let flags = if n == rest.len() { last_flags } else { Flags::NONE };
+        Header::new(FrameType::Data, flags, st.id, n as u32).encode_into(out);
+        out.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        stats.frames_out += 1;
+        stats.data_frames_out += 1;
+        stats.bytes_out += n as u64;
+    }
+    st.send.spend(data.len() as u32);
+}
+
+fn note_stall(stats: &mut Stats, st: &mut Stream) {
+    if !st.backlog.is_empty() && st.send.get() == 0 {
+        if !st.stalled {
+            st.stalled = true;
+            stats.window_stalls += 1;
+        }
+    } else {
+        st.stalled = false;
+    }
+}
+
+fn flush_stream(out: &mut Vec<u8>, stats: &mut Stats, cfg: &Config, st: &mut Stream) -> Flushed {
+    let mut r = Flushed::default();
+    let max = cfg.max_frame_payload as usize;
+    while !st.backlog.is_empty() && st.send.get() > 0 {
+        let n = st.backlog.len().min(st.send.get() as usize).min(max);
+        let last = n == st.backlog.len() && st.fin_pending;
+        let flags = if last { Flags::FIN } else { Flags::NONE };
+        Header::new(FrameType::Data, flags, st.id, n as u32).encode_into(out);
+        let (a, b) = st.backlog.as_slices();
+        let na = n.min(a.len());
+        out.extend_from_slice(&a[..na]);
+        out.extend_from_slice(&b[..n - na]);
+        st.backlog.drain(..n);
+        st.send.spend(n as u32);
+        stats.frames_out += 1;
+        stats.data_frames_out += 1;
+        stats.bytes_out += n as u64;
+        r.fin_sent |= last;
+    }
+    if st.backlog.is_empty() && st.fin_pending && !r.fin_sent {
+        Header::new(FrameType::Data, Flags::FIN, st.id, 0).encode_into(out);
+        stats.frames_out += 1;
+        stats.data_frames_out += 1;
+        r.fin_sent = true;
+    }
+    if st.over_high_water && st.backlog.len() <= cfg.pending_low_water {
+        st.over_high_water = false;
+        r.writable = true;
+    }
+    if st.backlog.is_empty() && st.backlog.capacity() > 64 * 1024 {
+        st.backlog = VecDeque::new();
+    }
+    note_stall(stats, st);
+    r
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

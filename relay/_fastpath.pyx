@@ -1,0 +1,549 @@
+# cython: language_level=3
+"""The byte path: asyncio protocols that move payload between sockets and a yamux session.
+
+Per connection, Python decides (which stream, which upstream); per chunk only this
+compiled code runs:
+
+* ``Link`` is the ``BufferedProtocol`` of the agent link (a TLS transport). uvloop
+  decrypts straight into one preallocated buffer; the native session parses it and
+  returns packed events whose payload points into that same buffer, so a chunk is
+  copied exactly once, into the destination socket's write.
+* ``Pump`` is the ``BufferedProtocol`` of a visitor (edge) or upstream (agent) socket.
+  All pumps of a link read into one shared buffer: uvloop calls ``get_buffer`` and
+  ``buffer_updated`` back to back, and ``Session.send`` copies before returning, so no
+  view outlives the call and an idle stream costs no buffer of its own.
+* ``BufferChannel`` collects a stream's bytes for Python (the control stream, and the
+  agent's wait for a StreamHeader before it dials the upstream).
+
+Outgoing frames accumulate in the session and are flushed once per event-loop
+iteration (one TLS record batch, one ``write``), never once per frame.
+
+Backpressure, both ways:
+  destination socket full  -> ``set_read_paused``: the session withholds window credit,
+                              the peer stops once the window is spent;
+  stream backlog too large -> ``pause_reading`` on the source socket until WRITABLE;
+  agent link full          -> every pump of the link stops reading until it drains.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+from libc.stdint cimport uint32_t
+
+import relay_native
+
+cdef enum:
+    EV_OPENED = 1
+    EV_DATA = 2
+    EV_FIN = 3
+    EV_RESET = 4
+    EV_WRITABLE = 5
+    EV_CLOSED = 6
+    EV_GOAWAY = 7
+    EV_PONG = 8
+    EV_ACKED = 9
+
+# The enum above must agree with the native module; fail at import, not at run time.
+assert (relay_native.EVENT_OPENED, relay_native.EVENT_DATA, relay_native.EVENT_FIN,
+        relay_native.EVENT_RESET, relay_native.EVENT_WRITABLE, relay_native.EVENT_CLOSED,
+        relay_native.EVENT_GOAWAY, relay_native.EVENT_PONG, relay_native.EVENT_ACKED) == (
+        1, 2, 3, 4, 5, 6, 7, 8, 9), "relay_native event numbering changed"
+
+cdef object YamuxError = relay_native.YamuxError
+
+#: Write-buffer limits of the agent link transport. Above the asyncio default (64 KiB)
+#: so bulk transfers do not toggle every pump's reading on each TLS write.
+LINK_WRITE_HIGH = 1024 * 1024
+LINK_WRITE_LOW = 256 * 1024
+LINK_READ_BUFFER = 256 * 1024
+PUMP_READ_BUFFER = 256 * 1024
+#: A BufferChannel pauses the stream's credit once this much is waiting for Python.
+CHANNEL_HIGH_WATER = 256 * 1024
+
+
+cdef class Channel:
+    """Where a stream's incoming payload goes."""
+
+    cdef readonly Link link
+    cdef readonly int stream_id
+
+    cdef void deliver(self, const char* data, Py_ssize_t length):
+        pass
+
+    cdef void remote_fin(self):
+        pass
+
+    cdef void remote_reset(self):
+        pass
+
+    cdef void writable(self):
+        pass
+
+    cdef void stream_closed(self):
+        pass
+
+    cdef void link_lost(self):
+        self.remote_reset()
+
+
+cdef class Link:
+    """Protocol of the agent link: feeds the session, dispatches events, flushes frames."""
+
+    cdef readonly object session
+    cdef readonly object transport
+    cdef readonly object loop
+    cdef readonly object handler
+    cdef bytearray _rbuf
+    cdef object _rview
+    cdef bytearray _pump_buf
+    cdef object _pump_view
+    cdef readonly dict channels
+    cdef bint _flush_scheduled
+    cdef readonly bint write_paused
+    cdef readonly bint closed
+    cdef object _flush_cb
+    cdef object _tick_handle
+    cdef readonly object close_exc
+    cdef readonly Py_ssize_t pending_high_water
+
+    def __init__(self, session, handler, loop, Py_ssize_t pending_high_water=1024 * 1024):
+        """``handler`` is the Python side of the session (edge or agent). It gets:
+        ``link_made(link)``, ``stream_opened(stream_id)``, ``goaway(code)``,
+        ``pong(rtt_us)``, ``link_lost(exc)``. ``pending_high_water`` must equal the
+        session's: a pump stops reading when its stream's backlog reaches it."""
+        self.session = session
+        self.pending_high_water = pending_high_water
+        self.handler = handler
+        self.loop = loop
+        self._rbuf = bytearray(LINK_READ_BUFFER)
+        self._rview = memoryview(self._rbuf)
+        self._pump_buf = bytearray(PUMP_READ_BUFFER)
+        self._pump_view = memoryview(self._pump_buf)
+        self.channels = {}
+        self._flush_scheduled = False
+        self.write_paused = False
+        self.closed = False
+        self._flush_cb = self._flush
+        self._tick_handle = None
+        self.close_exc = None
+
+    # --- asyncio protocol -----------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(LINK_WRITE_HIGH, LINK_WRITE_LOW)
+        self._schedule_tick(0.0)
+        self.handler.link_made(self)
+        self.schedule_flush()
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        return self._rview
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef bytes events
+        cdef const uint32_t* ev
+        cdef Py_ssize_t i, count
+        cdef uint32_t kind, sid, a, b
+        cdef const char* base = PyByteArray_AS_STRING(self._rbuf)
+        cdef object channel
+        if self.closed:
+            return
+        try:
+            events = self.session.receive(self._rview[:nbytes])
+        except YamuxError as exc:
+            self.fail(exc)
+            return
+        ev = <const uint32_t*>PyBytes_AS_STRING(events)
+        count = PyBytes_GET_SIZE(events) // 16
+        for i in range(count):
+            kind = ev[4 * i]
+            sid = ev[4 * i + 1]
+            a = ev[4 * i + 2]
+            b = ev[4 * i + 3]
+            if kind == EV_DATA:
+                channel = self.channels.get(sid)
+                if channel is not None:
+                    (<Channel>channel).deliver(base + a, b)
+            elif kind == EV_WRITABLE:
+                channel = self.channels.get(sid)
+                if channel is not None:
+                    (<Channel>channel).writable()
+            elif kind == EV_FIN:
+                channel = self.channels.get(sid)
+                if channel is not None:
+                    (<Channel>channel).remote_fin()
+            elif kind == EV_RESET:
+                channel = self.channels.pop(sid, None)
+                if channel is not None:
+                    (<Channel>channel).remote_reset()
+            elif kind == EV_CLOSED:
+                channel = self.channels.pop(sid, None)
+                if channel is not None:
+                    (<Channel>channel).stream_closed()
+            elif kind == EV_OPENED:
+                self.handler.stream_opened(sid)
+            elif kind == EV_GOAWAY:
+                self.handler.goaway(a)
+            elif kind == EV_PONG:
+                self.handler.pong(a)
+        self.schedule_flush()
+
+    def eof_received(self):
+        return False
+
+    def pause_writing(self):
+        self.write_paused = True
+        for channel in list(self.channels.values()):
+            if isinstance(channel, Pump):
+                (<Pump>channel).set_link_paused(True)
+
+    def resume_writing(self):
+        self.write_paused = False
+        for channel in list(self.channels.values()):
+            if isinstance(channel, Pump):
+                (<Pump>channel).set_link_paused(False)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.close_exc is None:
+            self.close_exc = exc
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for channel in channels:
+            (<Channel>channel).link_lost()
+        self.handler.link_lost(self.close_exc)
+
+    # --- flushing and timers ----------------------------------------------------------
+
+    cpdef schedule_flush(self):
+        if not self._flush_scheduled and not self.closed:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_cb)
+
+    def _flush(self):
+        self._flush_scheduled = False
+        if self.closed or self.transport is None:
+            return
+        data = self.session.take_outgoing()
+        if PyBytes_GET_SIZE(data):
+            self.transport.write(data)
+
+    cdef _schedule_tick(self, double delay):
+        self._tick_handle = self.loop.call_later(delay, self._tick)
+
+    def _tick(self):
+        self._tick_handle = None
+        if self.closed:
+            return
+        try:
+            next_ms = self.session.tick()
+        except YamuxError as exc:
+            self.fail(exc)
+            return
+        self.schedule_flush()
+        self._schedule_tick(max(next_ms, 10) / 1000.0)
+
+    # --- used by Python -----------------------------------------------------------------
+
+    def fail(self, exc):
+        """End the link after a fatal session error: the GoAway the session queued goes
+        out first, then the transport closes."""
+        if self.closed:
+            return
+        self.close_exc = exc
+        self._flush()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self):
+        """Flush what is queued (e.g. a GoAway) and close the transport."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._flush()
+        self.transport.close()
+
+    def abort(self):
+        if self.transport is not None:
+            self.transport.abort()
+
+    def open_buffer_channel(self, int stream_id):
+        """Register a BufferChannel for a stream (the control stream, or a new inbound
+        stream whose header Python must read)."""
+        channel = BufferChannel(self, stream_id)
+        self.channels[stream_id] = channel
+        return channel
+
+    def send(self, int stream_id, data):
+        backlog = self.session.send(stream_id, data)
+        self.schedule_flush()
+        return backlog
+
+    def pump_count(self):
+        return sum(1 for c in self.channels.values() if isinstance(c, Pump))
+
+
+cdef class BufferChannel(Channel):
+    """Collects a stream's payload for Python code (control messages, stream headers)."""
+
+    cdef bytearray _data
+    cdef readonly bint fin
+    cdef readonly bint reset
+    cdef readonly bint closed
+    cdef object _waiter
+    cdef bint _paused
+
+    def __init__(self, Link link, int stream_id):
+        self.link = link
+        self.stream_id = stream_id
+        self._data = bytearray()
+        self.fin = False
+        self.reset = False
+        self.closed = False
+        self._waiter = None
+        self._paused = False
+
+    cdef void deliver(self, const char* data, Py_ssize_t length):
+        self._data += PyMemoryView_FromMemory(<char*>data, length, PyBUF_READ)
+        if not self._paused and PyByteArray_GET_SIZE(self._data) > CHANNEL_HIGH_WATER:
+            self._paused = True
+            self.link.session.set_read_paused(self.stream_id, True)
+        self._wake()
+
+    cdef void remote_fin(self):
+        self.fin = True
+        self._wake()
+
+    cdef void remote_reset(self):
+        self.reset = True
+        self._wake()
+
+    cdef void stream_closed(self):
+        self.closed = True
+        self.fin = True
+        self._wake()
+
+    cdef void _wake(self):
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def buffered(self):
+        return PyByteArray_GET_SIZE(self._data)
+
+    def peek(self):
+        """The buffered bytes, left in place."""
+        return bytes(self._data)
+
+    def take(self, Py_ssize_t n=-1):
+        """Take up to ``n`` buffered bytes (all when n < 0)."""
+        cdef Py_ssize_t size = PyByteArray_GET_SIZE(self._data)
+        if n < 0 or n > size:
+            n = size
+        out = bytes(self._data[:n])
+        del self._data[:n]
+        if self._paused and PyByteArray_GET_SIZE(self._data) <= CHANNEL_HIGH_WATER // 2:
+            self._paused = False
+            if not self.link.closed and self.stream_id in self.link.channels:
+                self.link.session.set_read_paused(self.stream_id, False)
+                self.link.schedule_flush()
+        return out
+
+    def hold(self):
+        """Stop returning window credit (the agent does this while it dials upstream)."""
+        if not self._paused:
+            self._paused = True
+            self.link.session.set_read_paused(self.stream_id, True)
+
+    def wait(self):
+        """A future that completes when data, FIN or RST arrives (or the link dies)."""
+        if self._waiter is None or self._waiter.done():
+            self._waiter = self.link.loop.create_future()
+        return self._waiter
+
+
+cdef class Pump(Channel):
+    """Protocol of a visitor or upstream socket, joined to one stream of a Link.
+
+    ``Pump(link, header_factory=f)`` opens a new stream when its socket connects (edge
+    side) and sends ``f(transport)`` (the StreamHeader) first; ``Pump(link, stream_id=n)``
+    adopts a stream that already exists (agent side): bytes that its BufferChannel
+    collected while the upstream was being dialled are written first.
+    """
+
+    cdef readonly object transport
+    cdef object _header_factory
+    cdef bint _backlog_paused
+    cdef bint _link_paused
+    cdef bint _reading_paused
+    cdef bint _local_eof
+    cdef readonly bint remote_eof
+    cdef readonly bint finished
+    cdef object _on_close
+
+    def __init__(self, Link link, int stream_id=-1, header_factory=None, on_close=None):
+        self.link = link
+        self.stream_id = stream_id
+        self._header_factory = header_factory
+        self._backlog_paused = False
+        self._link_paused = False
+        self._reading_paused = False
+        self._local_eof = False
+        self.remote_eof = False
+        self.finished = False
+        self._on_close = on_close
+
+    # --- asyncio protocol -----------------------------------------------------------
+
+    def connection_made(self, transport):
+        cdef Link link = self.link
+        self.transport = transport
+        if link.closed:
+            transport.abort()
+            self.finished = True
+            return
+        if self.stream_id < 0:
+            try:
+                header = self._header_factory(transport)
+                self.stream_id = link.session.open_stream()
+            except YamuxError:
+                transport.abort()
+                self.finished = True
+                return
+            self._header_factory = None
+            link.session.send(self.stream_id, header)
+        else:
+            previous = link.channels.get(self.stream_id)
+            if previous is None:
+                # The stream ended while the upstream was being dialled.
+                transport.abort()
+                self.finished = True
+                return
+            if isinstance(previous, BufferChannel):
+                early = (<BufferChannel>previous).take(-1)
+                if early:
+                    transport.write(early)
+                if (<BufferChannel>previous).reset:
+                    transport.abort()
+                    self.finished = True
+                    return
+                if (<BufferChannel>previous).fin:
+                    self.remote_eof = True
+                    if transport.can_write_eof():
+                        transport.write_eof()
+            link.session.set_read_paused(self.stream_id, False)
+        link.channels[self.stream_id] = self
+        if link.write_paused:
+            self.set_link_paused(True)
+        link.schedule_flush()
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        return self.link._pump_view
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef Link link = self.link
+        if self.finished or link.closed:
+            return
+        try:
+            backlog = link.session.send(self.stream_id, link._pump_view[:nbytes])
+        except YamuxError:
+            self._abort()
+            return
+        link.schedule_flush()
+        if backlog > link.pending_high_water and not self._backlog_paused:
+            self._backlog_paused = True
+            self._update_reading()
+
+    def eof_received(self):
+        cdef Link link = self.link
+        self._local_eof = True
+        if not self.finished and not link.closed:
+            try:
+                link.session.close_stream(self.stream_id)
+            except YamuxError:
+                pass
+            link.schedule_flush()
+        # Keep the socket open for writing: the other direction may still be busy.
+        return True
+
+    def pause_writing(self):
+        if not self.finished and not self.link.closed:
+            self.link.session.set_read_paused(self.stream_id, True)
+
+    def resume_writing(self):
+        if not self.finished and not self.link.closed:
+            self.link.session.set_read_paused(self.stream_id, False)
+            self.link.schedule_flush()
+
+    def connection_lost(self, exc):
+        cdef Link link = self.link
+        was_finished = self.finished
+        self.finished = True
+        if not was_finished and self.stream_id >= 0 and not link.closed:
+            # The socket died before the stream ended cleanly: tell the peer at once.
+            link.channels.pop(self.stream_id, None)
+            try:
+                link.session.reset_stream(self.stream_id)
+            except YamuxError:
+                pass
+            link.schedule_flush()
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
+
+    # --- events from the link ---------------------------------------------------------
+
+    cdef void deliver(self, const char* data, Py_ssize_t length):
+        if self.transport is not None and not self.finished:
+            self.transport.write(PyBytes_FromStringAndSize(data, length))
+
+    cdef void remote_fin(self):
+        self.remote_eof = True
+        if self.transport is None or self.finished:
+            return
+        if self._local_eof:
+            return  # both directions done; EV_CLOSED follows and closes the socket
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    cdef void remote_reset(self):
+        self._abort()
+
+    cdef void writable(self):
+        if self._backlog_paused:
+            self._backlog_paused = False
+            self._update_reading()
+
+    cdef void stream_closed(self):
+        self.finished = True
+        if self.transport is not None:
+            self.transport.close()  # flushes what is buffered, then closes
+
+    cdef void set_link_paused(self, bint paused):
+        self._link_paused = paused
+        self._update_reading()
+
+    cdef void _update_reading(self):
+        cdef bint want_paused = self._backlog_paused or self._link_paused
+        if self.transport is None or self.finished or want_paused == self._reading_paused:
+            return
+        self._reading_paused = want_paused
+        if want_paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    cdef void _abort(self):
+        self.finished = True
+        if self.transport is not None:
+            self.transport.abort()
+
+

@@ -1,0 +1,1 @@
+"""The agent: dials the edge, authenticates, binds endpoints, dials upstreams per visitor."""

@@ -1,0 +1,331 @@
+"""The agent session: connect with backoff, authenticate, bind, serve visitor streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay import __version__
+from relay.agent.backoff import Backoff
+from relay.errors import (
+    AuthError,
+    BindError,
+    ConnectError,
+    ProtocolViolation,
+    RelayError,
+    TlsError,
+    error_from_code,
+)
+from relay.mux import ControlChannel, MuxConfig, MuxStream, StreamReset
+from relay.mux import Pump as _Pump
+from relay.protocol import (
+    Auth,
+    AuthOk,
+    Bind,
+    Bound,
+    Message,
+    Notice,
+    Restart,
+    Stop,
+    StreamHeader,
+)
+from relay.protocol import AuthError as AuthErrorMessage
+from relay.protocol import BindError as BindErrorMessage
+from relay.tls import check_pin, client_context
+
+log = logging.getLogger("relay.agent")
+
+#: How long a visitor stream may take to deliver its StreamHeader.
+HEADER_TIMEOUT = 10.0
+#: How long dialling the upstream may take before the visitor is reset.
+UPSTREAM_CONNECT_TIMEOUT = 10.0
+#: How long the edge may take to answer Auth or Bind.
+REPLY_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    kind: str
+    upstream_host: str
+    upstream_port: int
+    remote_port: int = 0
+    name: str = ""
+
+    @property
+    def upstream(self) -> str:
+        host = f"[{self.upstream_host}]" if ":" in self.upstream_host else self.upstream_host
+        return f"{host}:{self.upstream_port}"
+
+
+@dataclass
+class BoundEndpoint:
+    spec: EndpointSpec
+    endpoint_id: str
+    url: str
+    remote_port: int
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    edge_host: str
+    edge_port: int
+    token: str
+    endpoints: tuple[EndpointSpec, ...]
+    ca_file: Path | None = None
+    pin: str | None = None
+    server_name: str | None = None
+    mux: MuxConfig = MuxConfig()
+    connect_timeout: float = 10.0
+    agent_id: str = field(default_factory=lambda: "a_" + secrets.token_hex(8))
+
+
+class SessionEnded(Exception):
+    """The link is gone; reconnect."""
+
+
+class FatalAgentError(RelayError):
+    """Reconnecting would not help (bad token, forbidden bind, Stop from the edge)."""
+
+
+class Agent:
+    def __init__(
+        self, options: AgentOptions, *, status: Callable[[str], None] | None = None
+    ) -> None:
+        self.options = options
+        self.status = status or (lambda line: log.info("%s", line))
+        self.backoff = Backoff()
+        self.bound: dict[str, BoundEndpoint] = {}  # endpoint_id -> endpoint
+        self.remembered_ports: dict[EndpointSpec, int] = {}
+        self.link: Any = None
+        self.sessions_started = 0
+        self._stopping = False
+        self._session_done: asyncio.Future[BaseException | None] | None = None
+        self._control: ControlChannel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stopped; raise FatalAgentError (or an AuthError/BindError) when the
+        edge refuses us for a reason that reconnecting would not fix."""
+        while not self._stopping:
+            try:
+                await self._run_session()
+            except (AuthError, FatalAgentError):
+                raise
+            except BindError:
+                if not self.sessions_started_ok:
+                    raise
+                log.warning("re-binding failed; will retry")
+            except (OSError, ConnectError, TlsError, SessionEnded, ProtocolViolation) as exc:
+                if self._stopping:
+                    break
+                self.status(f"session lost: {exc}; reconnecting")
+            if self._stopping:
+                break
+            delay = self.backoff.next_delay()
+            log.info("reconnecting in %.2fs", delay)
+            await asyncio.sleep(delay)
+
+    @property
+    def sessions_started_ok(self) -> bool:
+        return self.sessions_started > 0
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.link is not None and not self.link.closed:
+            self.link.session.go_away(0)
+            self.link.close()
+        if self._session_done is not None and not self._session_done.done():
+            self._session_done.set_result(None)
+
+    async def _run_session(self) -> None:
+        loop = asyncio.get_running_loop()
+        options = self.options
+        ctx = client_context(ca_file=options.ca_file, pin=options.pin)
+        self._session_done = loop.create_future()
+        link = options.mux.new_link(self, loop, client=True)
+        server_name = options.server_name or options.edge_host
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: link,
+                    options.edge_host,
+                    options.edge_port,
+                    ssl=ctx,
+                    server_hostname=server_name,
+                    ssl_handshake_timeout=options.connect_timeout,
+                ),
+                options.connect_timeout + 1,
+            )
+        except TimeoutError:
+            raise ConnectError(f"timed out connecting to {options.edge_host}") from None
+        except ssl_errors() as exc:
+            raise TlsError(f"TLS with the edge failed: {exc}") from None
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot reach the edge at {options.edge_host}:{options.edge_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        try:
+            await self._handshake(link)
+            self.sessions_started += 1
+            self.backoff.reset()
+            await self._serve_control()
+        finally:
+            if not link.closed:
+                link.close()
+            self.link = None
+
+    async def _handshake(self, link: Any) -> None:
+        if self.options.pin is not None:
+            check_pin(link.transport.get_extra_info("ssl_object"), self.options.pin)
+        stream_id = link.session.open_stream()
+        channel = link.open_buffer_channel(stream_id)
+        control = ControlChannel(MuxStream(link, channel))
+        self._control = control
+        control.send(
+            Auth(
+                token=self.options.token,
+                agent_id=self.options.agent_id,
+                version=f"relay-agent/{__version__}",
+                hostname=socket.gethostname(),
+            )
+        )
+        reply = await self._reply(control)
+        if isinstance(reply, AuthErrorMessage):
+            raise error_from_code(reply.code, reply.message)
+        if not isinstance(reply, AuthOk):
+            raise ProtocolViolation(f"expected auth_ok, got {reply.TYPE}")
+        self.status(f"session {reply.session_id} established (edge {reply.edge_version})")
+        self.bound.clear()
+        for request_id, spec in enumerate(self.options.endpoints, start=1):
+            port = self.remembered_ports.get(spec, spec.remote_port)
+            control.send(Bind(request_id, spec.kind, spec.name, port, spec.upstream))
+            answer = await self._reply(control)
+            if isinstance(answer, BindErrorMessage):
+                raise error_from_code(answer.code, answer.message)
+            if not isinstance(answer, Bound):
+                raise ProtocolViolation(f"expected bound, got {answer.TYPE}")
+            self.bound[answer.endpoint_id] = BoundEndpoint(
+                spec, answer.endpoint_id, answer.url, answer.remote_port
+            )
+            self.remembered_ports[spec] = answer.remote_port
+            self.status(f"Forwarding  {answer.url} -> {spec.upstream}")
+
+    async def _reply(self, control: ControlChannel) -> Message:
+        try:
+            return await asyncio.wait_for(self._recv_or_end(control), REPLY_TIMEOUT)
+        except TimeoutError:
+            raise SessionEnded("the edge did not answer in time") from None
+
+    async def _recv_or_end(self, control: ControlChannel) -> Message:
+        try:
+            return await control.recv()
+        except (EOFError, StreamReset):
+            exc = self.link.close_exc if self.link is not None else None
+            raise SessionEnded(f"the edge closed the session{_reason(exc)}") from None
+
+    async def _serve_control(self) -> None:
+        control = self._control
+        assert control is not None and self._session_done is not None
+        receiver = asyncio.ensure_future(self._control_loop(control))
+        try:
+            await asyncio.wait(
+                [receiver, self._session_done], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            receiver.cancel()
+        if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
+            raise receiver.exception()  # type: ignore[misc]
+        if not self._stopping:
+            raise SessionEnded("the link closed")
+
+    async def _control_loop(self, control: ControlChannel) -> None:
+        while True:
+            message = await self._recv_or_end(control)
+            if isinstance(message, Stop):
+                raise FatalAgentError(message.message, code=message.code)
+            if isinstance(message, Restart):
+                raise SessionEnded(f"the edge asked us to reconnect ({message.message})")
+            if isinstance(message, Notice):
+                self.status(f"notice from the edge: {message.message}")
+            else:
+                log.warning("ignoring unexpected %s from the edge", message.TYPE)
+
+    # --- Link handler -----------------------------------------------------------------
+
+    def link_made(self, link: Any) -> None:
+        self.link = link
+
+    def stream_opened(self, stream_id: int) -> None:
+        link = self.link
+        link.session.accept_stream(stream_id)
+        channel = link.open_buffer_channel(stream_id)
+        task = asyncio.get_running_loop().create_task(self._serve_visitor(link, channel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def goaway(self, code: int) -> None:
+        log.info("edge sent GoAway(%d)", code)
+
+    def pong(self, rtt_us: int) -> None:
+        pass
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        done = self._session_done
+        if done is not None and not done.done():
+            done.set_result(exc)
+
+    # --- visitors ---------------------------------------------------------------------
+
+    async def _serve_visitor(self, link: Any, channel: Any) -> None:
+        stream_id = int(channel.stream_id)
+        stream = MuxStream(link, channel)
+        try:
+            header, used = await asyncio.wait_for(self._read_header(channel), HEADER_TIMEOUT)
+            endpoint = self.bound.get(header.endpoint_id)
+            if endpoint is None:
+                raise ProtocolViolation(f"stream for unknown endpoint {header.endpoint_id}")
+            channel.take(used)
+            channel.hold()  # credit waits until the upstream is there to take the bytes
+            spec = endpoint.spec
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Pump(link, stream_id=stream_id),
+                    spec.upstream_host,
+                    spec.upstream_port,
+                ),
+                UPSTREAM_CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError, RelayError, StreamReset) as exc:
+            log.info("visitor stream %d: %s", stream_id, exc)
+            stream.reset()
+
+    async def _read_header(self, channel: Any) -> tuple[StreamHeader, int]:
+        while True:
+            if channel.reset:
+                raise StreamReset("visitor went away before its header arrived")
+            parsed = StreamHeader.parse(channel.peek())
+            if parsed is not None:
+                return parsed
+            if channel.fin:
+                raise ProtocolViolation("stream ended inside its header")
+            await channel.wait()
+
+
+def ssl_errors() -> tuple[type[BaseException], ...]:
+    import ssl
+
+    return (ssl.SSLError, ssl.CertificateError)
+
+
+def _reason(exc: BaseException | None) -> str:
+    return f": {exc}" if exc is not None else ""

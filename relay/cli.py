@@ -1,0 +1,326 @@
+"""The ``relay`` command: run an edge, manage tokens, expose local services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from relay import __version__
+from relay.errors import AuthError, BindError, ConfigError, RelayError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_BIND = 4
+
+
+def fail(err: RelayError) -> NoReturn:
+    click.echo(err.one_line(), err=True)
+    if isinstance(err, AuthError):
+        sys.exit(EXIT_AUTH)
+    if isinstance(err, BindError):
+        sys.exit(EXIT_BIND)
+    if isinstance(err, ConfigError):
+        sys.exit(EXIT_USAGE)
+    sys.exit(EXIT_ERROR)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_async(main: Callable[[], Awaitable[None]]) -> None:
+    """Run on uvloop; RelayError becomes one line with its code, not a traceback."""
+    import uvloop
+
+    try:
+        uvloop.run(main())
+    except RelayError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        pass
+
+
+def install_stop_handlers(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        envvar="RELAY_DATA_DIR",
+        help="Edge data directory (database, CA, keys). Default: ~/.local/share/relay.",
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="relay")
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="How much to log on stderr.",
+)
+def main(log_level: str) -> None:
+    """relay — give a local service a public address through your own edge.
+
+    \b
+    Run an edge (a point of presence) on a public machine:
+        relay token create --description laptop      # prints a token, once
+        relay edge --listen 0.0.0.0:7000
+    Then, on the private machine, expose a local port:
+        relay tcp 22 --edge edge.example.com:7000 --token rly_… --ca-file ca.pem
+    """
+    setup_logging(log_level)
+
+
+# --- edge ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="YAML file with edge settings (flags override it).")
+@data_dir_option
+@click.option("--listen", default=None, help="Agent listener HOST:PORT (TLS). Default 0.0.0.0:7000.")
+@click.option("--tcp-ports", default=None,
+              help="Range for TCP endpoints, e.g. 20000-20999 (the default).")
+@click.option("--tcp-bind", default=None, help="Address TCP endpoints listen on. Default 0.0.0.0.")
+@click.option("--public-host", default=None, help="Host name shown in endpoint URLs.")
+@click.option("--region", default=None, help="Region id of this PoP, e.g. eu.")
+@click.option("--reclaim-grace", type=float, default=None,
+              help="Seconds an endpoint stays reserved for its token after the agent vanished.")
+@click.option("--drain-timeout", type=float, default=None,
+              help="Seconds live streams may take to finish on SIGTERM.")
+def edge(config_file: Path | None, **flags: Any) -> None:
+    """Start an edge (PoP): accept agents over TLS and serve their endpoints.
+
+    On first start it creates its data directory, a local CA and the agent-link
+    certificate; agents trust it with --ca-file DATA_DIR/ca/ca.pem or --pin.
+    SIGTERM drains: no new visitors, GoAway to agents, live streams get --drain-timeout.
+    """
+    from relay.config import load_edge_config
+    from relay.edge.server import Edge
+
+    async def serve() -> None:
+        config = load_edge_config(config_file, flags)
+        server = Edge(config)
+        await server.start()
+        assert server.address is not None
+        click.echo(
+            f"relay edge {__version__} listening for agents on "
+            f"{server.address[0]}:{server.address[1]} (TLS), tcp ports {config.tcp_ports}",
+            err=True,
+        )
+        if server.ca_file is not None:
+            click.echo(f"agents trust it with: --ca-file {server.ca_file}", err=True)
+        click.echo(f"or pin it with:        --pin {server.fingerprint}", err=True)
+        stopped = asyncio.Event()
+        install_stop_handlers(stopped.set)
+        await stopped.wait()
+        click.echo("draining…", err=True)
+        await server.stop()
+
+    run_async(serve)
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke agent authtokens (stored only as salted hashes)."""
+
+
+def _open_store(data_dir: Path | None) -> Any:
+    from relay.config import default_data_dir
+    from relay.edge.server import open_store, prepare_data_dir
+
+    directory = data_dir or default_data_dir()
+    prepare_data_dir(directory)
+    return directory, open_store(directory)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    unit = text[-1:]
+    if unit not in DURATION_UNITS or not text[:-1].isdigit():
+        raise ConfigError(f"duration {text!r} is not like 30m, 12h or 90d")
+    return timedelta(seconds=int(text[:-1]) * DURATION_UNITS[unit])
+
+
+@token.command("create")
+@data_dir_option
+@click.option("--description", default="", help="What the token is for (shown in lists).")
+@click.option("--expires-in", default=None, help="Lifetime, e.g. 12h or 90d. Default: none.")
+@click.option("--allow", "allow", multiple=True,
+              help="Bind ACL pattern (repeatable): '*', 'tcp:*', 'tcp:20000-20100'. Default '*'.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def token_create(data_dir: Path | None, description: str, expires_in: str | None,
+                 allow: tuple[str, ...], output: str) -> None:
+    """Create a token and print it. It is shown once and cannot be recovered."""
+    from relay.control.tokens import load_or_create_pepper
+
+    try:
+        directory, store = _open_store(data_dir)
+        expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+        record, plaintext = store.create_token(
+            description=description,
+            expires_at=expires_at,
+            bind_acl=list(allow) or None,
+            pepper=load_or_create_pepper(directory),
+        )
+        store.close()
+    except RelayError as err:
+        fail(err)
+    if output == "json":
+        click.echo(json.dumps({"id": record.id, "token": plaintext}))
+    else:
+        click.echo(f"token id {record.id} created; it is shown only now:", err=True)
+        click.echo(plaintext)
+
+
+@token.command("list")
+@data_dir_option
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def token_list(data_dir: Path | None, output: str) -> None:
+    """List tokens (ids and metadata; secrets are never stored)."""
+    try:
+        _, store = _open_store(data_dir)
+        records = store.list_tokens()
+        store.close()
+    except RelayError as err:
+        fail(err)
+    rows = [
+        {
+            "id": r.id,
+            "status": str(r.status),
+            "description": r.description,
+            "created_at": r.created_at.isoformat(),
+            "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+            "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+            "allow": list(r.bind_acl),
+        }
+        for r in records
+    ]
+    if output == "json":
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'ID':<14} {'STATUS':<8} {'CREATED':<20} {'EXPIRES':<20} DESCRIPTION")
+    for row in rows:
+        click.echo(
+            f"{row['id']:<14} {row['status']:<8} {row['created_at'][:19]:<20} "
+            f"{(row['expires_at'] or '-')[:19]:<20} {row['description']}"
+        )
+
+
+@token.command("revoke")
+@data_dir_option
+@click.argument("token_id")
+def token_revoke(data_dir: Path | None, token_id: str) -> None:
+    """Revoke a token by id: agents using it can no longer connect."""
+    try:
+        _, store = _open_store(data_dir)
+        record = store.revoke_token(token_id)
+        store.close()
+    except RelayError as err:
+        fail(err)
+    click.echo(f"token {record.id} revoked")
+
+
+# --- agent --------------------------------------------------------------------------------
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """'8080', 'localhost:8080', '192.168.1.2:80', '[::1]:80'."""
+    if text.isdigit():
+        host, port = "127.0.0.1", text
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ConfigError(f"upstream {text!r} is not PORT or HOST:PORT")
+        host = host.strip("[]")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"upstream {text!r} has no valid port")
+    return host, int(port)
+
+
+@main.command()
+@click.argument("upstream")
+@click.option("--edge", "edge_addr", envvar="RELAY_EDGE", required=True,
+              help="Edge agent address HOST:PORT (env RELAY_EDGE).")
+@click.option("--token", envvar="RELAY_TOKEN", required=True,
+              help="Authtoken from 'relay token create' (env RELAY_TOKEN).")
+@click.option("--remote-port", type=int, default=0,
+              help="Public port to ask for; 0 (default) lets the edge pick one.")
+@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              envvar="RELAY_CA_FILE", help="Trust the edge's certificate through this CA file.")
+@click.option("--pin", envvar="RELAY_PIN", default=None,
+              help="Trust the edge by certificate fingerprint (sha256:…), printed by 'relay edge'.")
+@click.option("--server-name", default=None, help="TLS name of the edge if not its host.")
+def tcp(upstream: str, edge_addr: str, token: str, remote_port: int, ca_file: Path | None,
+        pin: str | None, server_name: str | None) -> None:
+    """Expose a local TCP port: UPSTREAM is PORT or HOST:PORT.
+
+    \b
+    Example:
+        relay tcp 22 --edge edge.example.com:7000 --token rly_… --ca-file ca.pem
+    Without --ca-file or --pin the system trust store is used.
+    """
+    from relay.agent.client import Agent, AgentOptions, EndpointSpec
+    from relay.config import parse_host_port
+
+    try:
+        host, port = parse_upstream(upstream)
+        edge_host, edge_port = parse_host_port(edge_addr, what="--edge")
+    except RelayError as err:
+        fail(err)
+    options = AgentOptions(
+        edge_host=edge_host,
+        edge_port=edge_port,
+        token=token,
+        endpoints=(EndpointSpec("tcp", host, port, remote_port),),
+        ca_file=ca_file,
+        pin=pin,
+        server_name=server_name,
+    )
+
+    async def serve() -> None:
+        agent = Agent(options, status=lambda line: click.echo(line, err=False))
+        install_stop_handlers(agent.stop)
+        await agent.run()
+
+    run_async(serve)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path(".relay-demo"), show_default=True)
+def demo(data_dir: Path) -> None:
+    """Start an edge, an agent and a small web service on loopback, all in one process."""
+    from relay.demo import run_demo
+
+    run_async(lambda: run_demo(data_dir))
+
+
+if __name__ == "__main__":
+    main()

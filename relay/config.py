@@ -1,0 +1,114 @@
+"""Edge configuration: defaults, an optional YAML file, then command-line flags.
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.edge.ports import PortRange
+from relay.errors import ConfigError
+from relay.mux import MuxConfig
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("RELAY_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "relay"
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: Agents connect here (TLS).
+    listen: str = "0.0.0.0:7000"
+    #: TCP endpoints are allocated from this range and bound on ``tcp_bind``.
+    tcp_ports: PortRange = PortRange(20000, 20999)
+    tcp_bind: str = "0.0.0.0"
+    #: Host name or address shown in endpoint URLs.
+    public_host: str = "127.0.0.1"
+    region: str = "local"
+    #: Extra DNS names / IPs for the agent-link certificate issued by the local CA.
+    cert_names: tuple[str, ...] = ()
+    #: Operator-provided certificate for the agent link (replaces the local CA's).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: An agent must authenticate within this many seconds of connecting.
+    handshake_timeout: float = 10.0
+    #: How long an endpoint whose agent vanished stays reserved for that token.
+    reclaim_grace: float = 60.0
+    max_endpoints_per_session: int = 64
+    max_sessions: int = 10_000
+    #: SIGTERM: how long live streams may take to finish.
+    drain_timeout: float = 30.0
+    mux: MuxConfig = MuxConfig()
+
+    def listen_address(self) -> tuple[str, int]:
+        return parse_host_port(self.listen, what="listen")
+
+
+def parse_host_port(text: str, *, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} {text!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if name == "mux":
+            if not isinstance(value, dict):
+                raise ConfigError("mux must be a mapping")
+            known = {f.name for f in fields(MuxConfig)}
+            unknown = set(value) - known
+            if unknown:
+                raise ConfigError(f"unknown mux settings: {', '.join(sorted(unknown))}")
+            return MuxConfig(**{k: int(v) for k, v in value.items()})
+        if name == "tcp_ports":
+            return PortRange.parse(str(value))
+        if name in ("data_dir", "tls_cert", "tls_key"):
+            return None if value is None else Path(str(value)).expanduser()
+        if name == "cert_names":
+            if not isinstance(value, list):
+                raise ConfigError("cert_names must be a list")
+            return tuple(str(v) for v in value)
+        if name in ("handshake_timeout", "reclaim_grace", "drain_timeout"):
+            return float(value)
+        if name in ("max_endpoints_per_session", "max_sessions"):
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig:
+    """Defaults ← file ← overrides (flags that were given; None means not given)."""
+    config = EdgeConfig()
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path} must be a mapping")
+        raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
+        known = {f.name for f in fields(EdgeConfig)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings: {', '.join(sorted(unknown))}")
+        values.update(raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    converted = {k: _convert(k, None, v) for k, v in values.items()}
+    config = replace(config, **converted)
+    config.listen_address()  # validate early
+    return config

@@ -1,0 +1,510 @@
+"""The control-plane store: authtokens (and, later, everything else) in SQLAlchemy 2.
+
+SQLite is the embedded default; the same code runs on PostgreSQL. Every method is one short
+transaction, because the edge calls :meth:`Store.verify_token` straight from the event loop —
+an indexed primary-key lookup plus one small write on SQLite is well under a millisecond.
+
+Secrets never touch this module's storage or logs: a token's plaintext is returned once by
+:meth:`Store.create_token`, and only ``HMAC(pepper, salt || secret)`` is kept. The pepper is
+passed in by the caller (see :func:`relay.control.tokens.load_or_create_pepper`) rather than
+stored here, so a copy of the database alone can't be used to check guesses.
+
+Every grant, revocation and failed use is written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Dialect,
+    Engine,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from relay.control import tokens
+from relay.control.audit import AuditLog, append_event, audit_metadata
+from relay.errors import (
+    ConfigError,
+    DataDirError,
+    ExpiredToken,
+    InvalidToken,
+    NotFound,
+    RelayError,
+    RevokedToken,
+)
+
+__all__ = [
+    "DEFAULT_BIND_ACL",
+    "Store",
+    "TokenRecord",
+    "TokenStatus",
+    "token_allows_bind",
+    "validate_bind_acl",
+]
+
+T = TypeVar("T")
+TokenStatus = Literal["active", "revoked", "expired"]
+
+DEFAULT_BIND_ACL: tuple[str, ...] = ("*",)
+MAX_DESCRIPTION = 256
+MAX_ACL_PATTERNS = 64
+_WRITE_RETRIES = 5
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python, naive UTC in the database.
+
+    SQLite has no timezone type and returns naive datetimes; normalizing at this boundary keeps
+    every datetime the rest of relay sees aware. Naive input is a bug and is refused.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime passed to the store; use timezone-aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+tokens_table = Table(
+    "tokens",
+    metadata,
+    Column("id", String(12), primary_key=True),  # public token id
+    Column("salt", LargeBinary(16), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("bind_acl", JSON, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What the store knows about a token, minus anything secret."""
+
+    id: str
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    bind_acl: tuple[str, ...]
+
+    def status_at(self, now: datetime) -> TokenStatus:
+        """Status at a given time; revocation wins over expiry (it was a deliberate act)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    @property
+    def status(self) -> TokenStatus:
+        return self.status_at(datetime.now(UTC))
+
+
+def _record(m: Any) -> TokenRecord:
+    return TokenRecord(
+        id=m["id"],
+        description=m["description"],
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
+        revoked_at=m["revoked_at"],
+        last_used_at=m["last_used_at"],
+        bind_acl=tuple(m["bind_acl"]),
+    )
+
+
+class Store:
+    """Control-plane storage. Create with :meth:`Store.open`."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.audit = AuditLog(self)
+        # Compared against when a token id is unknown, so that "unknown id" and "wrong secret"
+        # take the same time and an attacker can't enumerate ids by timing.
+        self._dummy_salt = tokens.new_salt()
+        self._dummy_hash = bytes(32)
+
+    @classmethod
+    def open(cls, url: str, *, clock: Callable[[], datetime] | None = None) -> Store:
+        """Open (and on first use create) the database at ``url``, e.g. ``sqlite:///relay.db``.
+
+        ``clock`` returns the current aware UTC time; tests inject one to move time forward.
+        """
+        try:
+            parsed = make_url(url)
+        except Exception as exc:  # sqlalchemy raises ArgumentError/ValueError variants
+            raise ConfigError(f"invalid database URL: {exc}") from exc
+        engine = create_engine(parsed)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine, memory=parsed.database in (None, "", ":memory:"))
+        try:
+            # TODO(alembic): replace create_all with Alembic migrations once the schema has a
+            # second version; create_all only creates missing tables and never alters them.
+            metadata.create_all(engine)
+            audit_metadata.create_all(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise DataDirError(f"cannot open database: {exc.orig}") from exc
+        return cls(engine, clock=clock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def now(self) -> datetime:
+        """Current time as the store sees it (aware UTC)."""
+        return self._clock()
+
+    def run_in_transaction(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one transaction, retrying a few times on a unique-key race.
+
+        The race that matters is two writers appending audit event N+1 at once (or, with
+        negligible probability, two new tokens drawing the same id): the loser's insert fails
+        and its whole transaction is replayed on top of the winner's.
+        """
+        for attempt in range(_WRITE_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except IntegrityError:
+                if attempt == _WRITE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        *,
+        description: str = "",
+        expires_at: datetime | None = None,
+        bind_acl: Sequence[str] | None = None,
+        pepper: bytes,
+        actor: str = "admin",
+    ) -> tuple[TokenRecord, str]:
+        """Create a token; return its record and its plaintext (shown once, never stored)."""
+        if len(description) > MAX_DESCRIPTION:
+            raise ConfigError(f"description is longer than {MAX_DESCRIPTION} characters")
+        acl = validate_bind_acl(DEFAULT_BIND_ACL if bind_acl is None else bind_acl)
+        now = self.now()
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                raise ConfigError("expires_at must be timezone-aware")
+            expires_at = expires_at.astimezone(UTC)
+            if expires_at <= now:
+                raise ConfigError("expires_at is in the past")
+
+        def tx(conn: Connection) -> tuple[TokenRecord, str]:
+            plaintext, token_id, secret = tokens.generate_token()
+            salt = tokens.new_salt()
+            conn.execute(
+                tokens_table.insert().values(
+                    id=token_id,
+                    salt=salt,
+                    hash=tokens.hash_secret(secret, salt, pepper),
+                    description=description,
+                    created_at=now,
+                    expires_at=expires_at,
+                    bind_acl=list(acl),
+                )
+            )
+            append_event(
+                conn,
+                at=now,
+                actor=actor,
+                action="token.create",
+                target=token_id,
+                detail={
+                    "description": description,
+                    "expires_at": None if expires_at is None else expires_at.isoformat(),
+                    "bind_acl": list(acl),
+                },
+            )
+            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
+            return _record(row._mapping), plaintext
+
+        return self.run_in_transaction(tx)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """All tokens, oldest first."""
+        stmt = select(tokens_table).order_by(tokens_table.c.created_at, tokens_table.c.id)
+        with self.engine.connect() as conn:
+            return [_record(row._mapping) for row in conn.execute(stmt)]
+
+    def get_token(self, token_id: str) -> TokenRecord:
+        """The record for ``token_id``; :class:`~relay.errors.NotFound` if there is none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).first()
+        if row is None:
+            raise NotFound(f"no token with id {token_id!r}")
+        return _record(row._mapping)
+
+    def revoke_token(self, token_id: str, *, actor: str = "admin") -> TokenRecord:
+        """Revoke a token. Idempotent: revoking twice keeps the first revocation time."""
+
+        def tx(conn: Connection) -> TokenRecord:
+            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).first()
+            if row is None:
+                raise NotFound(f"no token with id {token_id!r}")
+            already = row.revoked_at is not None
+            now = self.now()
+            if not already:
+                conn.execute(
+                    tokens_table.update()
+                    .where(tokens_table.c.id == token_id)
+                    .values(revoked_at=now)
+                )
+            append_event(
+                conn,
+                at=now,
+                actor=actor,
+                action="token.revoke",
+                target=token_id,
+                detail={"already_revoked": already},
+            )
+            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
+            return _record(row._mapping)
+
+        return self.run_in_transaction(tx)
+
+    def verify_token(self, plaintext: str, *, pepper: bytes, actor: str = "agent") -> TokenRecord:
+        """Authenticate an authtoken; return its record with ``last_used_at`` updated.
+
+        Raises :class:`~relay.errors.InvalidToken` (malformed, unknown id, or wrong secret — one
+        message for all three), :class:`~relay.errors.RevokedToken` or
+        :class:`~relay.errors.ExpiredToken`. Revocation and expiry are only revealed to a caller
+        who presented the right secret. Each failure is audited as ``auth.fail`` with the token
+        id when one could be parsed — never the secret. ``actor`` names the caller (e.g. the
+        agent's address) for the audit log.
+        """
+        try:
+            token_id, secret = tokens.parse_token(plaintext)
+        except InvalidToken:
+            # The parse error only describes the shape ("too long", "whitespace"), never the input.
+            self.audit.append(actor, "auth.fail", "", {"reason": "malformed"})
+            raise
+
+        def tx(conn: Connection) -> TokenRecord | tuple[str, RelayError]:
+            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).first()
+            now = self.now()
+            failure: tuple[str, RelayError] | None = None
+            if row is None:
+                tokens.verify_secret(secret, self._dummy_salt, pepper, self._dummy_hash)
+                failure = ("unknown_id", InvalidToken("invalid authtoken"))
+            elif not tokens.verify_secret(secret, row.salt, pepper, row.hash):
+                failure = ("bad_secret", InvalidToken("invalid authtoken"))
+            else:
+                record = _record(row._mapping)
+                status = record.status_at(now)
+                if status == "revoked":
+                    failure = ("revoked", RevokedToken("authtoken has been revoked"))
+                elif status == "expired":
+                    failure = ("expired", ExpiredToken("authtoken has expired"))
+            if failure is not None:
+                reason = failure[0]
+                append_event(
+                    conn,
+                    at=now,
+                    actor=actor,
+                    action="auth.fail",
+                    target=token_id,
+                    detail={"reason": reason},
+                )
+                return failure
+            conn.execute(
+                tokens_table.update().where(tokens_table.c.id == token_id).values(last_used_at=now)
+            )
+            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
+            return _record(row._mapping)
+
+        result = self.run_in_transaction(tx)
+        if isinstance(result, tuple):
+            raise result[1]
+        return result
+
+
+def _configure_sqlite(engine: Engine, *, memory: bool) -> None:
+    """Make SQLite transactions real and serial.
+
+    pysqlite's legacy mode opens transactions lazily (after our first SELECT), so two writers
+    could read the same audit-chain head. ``BEGIN IMMEDIATE`` takes the write lock up front;
+    WAL lets the event loop's readers proceed while a writer commits. This is the recipe from
+    SQLAlchemy's SQLite dialect documentation.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=5000")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# -- bind ACLs -----------------------------------------------------------------------------
+
+_HOST_KINDS = frozenset({"http", "https", "tls"})
+_KINDS = _HOST_KINDS | {"tcp"}
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOST_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_PORT_RANGE_RE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
+
+
+def validate_bind_acl(patterns: Sequence[str]) -> tuple[str, ...]:
+    """Check and normalize (lower-case) a bind ACL; :class:`ConfigError` on a bad pattern.
+
+    Grammar::
+
+        pattern  = "*"                      anything
+                 | "tcp:" ports             tcp endpoints; ports = "*" | N | N-M
+                 | kind ":" host            kind in http/https/tls; host as below
+                 | host                     any hostname kind (http, https, tls)
+        host     = "*" | "*." domain | domain
+
+    ``*.example.com`` matches exactly one extra label (``a.example.com``, not
+    ``a.b.example.com`` nor ``example.com``), the same rule as wildcard certificates: a grant
+    never reaches further than a reader of the pattern would expect.
+    """
+    if isinstance(patterns, str):
+        raise ConfigError("bind ACL must be a list of patterns, not a string")
+    if len(patterns) > MAX_ACL_PATTERNS:
+        raise ConfigError(f"bind ACL has more than {MAX_ACL_PATTERNS} patterns")
+    out: list[str] = []
+    for raw in patterns:
+        if not isinstance(raw, str):
+            raise ConfigError("bind ACL patterns must be strings")
+        pat = raw.strip().lower()
+        if not _pattern_ok(pat):
+            raise ConfigError(f"invalid bind ACL pattern {raw!r}")
+        out.append(pat)
+    return tuple(out)
+
+
+def _pattern_ok(pat: str) -> bool:
+    if pat == "*":
+        return True
+    kind, sep, target = pat.partition(":")
+    if not sep:
+        return _host_pattern_ok(pat)
+    if kind == "tcp":
+        return target == "*" or _port_range(target) is not None
+    if kind in _HOST_KINDS:
+        return _host_pattern_ok(target)
+    return False
+
+
+def _host_pattern_ok(target: str) -> bool:
+    if target == "*":
+        return True
+    name = target[2:] if target.startswith("*.") else target
+    return len(name) <= 253 and _HOST_RE.fullmatch(name) is not None
+
+
+def _port_range(target: str) -> tuple[int, int] | None:
+    m = _PORT_RANGE_RE.fullmatch(target)
+    if m is None:
+        return None
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
+    if not (1 <= lo <= hi <= 65535):
+        return None
+    return lo, hi
+
+
+def _host_matches(pattern: str, hostname: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        label, dot, rest = hostname.partition(".")
+        return bool(dot) and bool(label) and rest == pattern[2:]
+    return hostname == pattern
+
+
+def token_allows_bind(
+    record: TokenRecord, kind: str, port: int | None = None, hostname: str | None = None
+) -> bool:
+    """Whether ``record``'s bind ACL allows binding a ``kind`` endpoint on ``port``/``hostname``.
+
+    Pure ACL check (status is :meth:`Store.verify_token`'s job). A tcp port range pattern needs
+    the concrete port: the edge picks a port first, then asks. Hostnames are compared
+    case-insensitively, trailing dot ignored; IP literals never match hostname patterns other
+    than ``*``.
+    """
+    if kind not in _KINDS:
+        return False
+    host = None
+    if hostname is not None:
+        host = hostname.lower().rstrip(".")
+        if not _is_hostname(host):
+            host = None
+    for pat in record.bind_acl:
+        if pat == "*":
+            return True
+        pkind, sep, target = pat.partition(":")
+        if not sep:
+            pkind, target = "", pat
+        if pkind == "tcp":
+            if kind != "tcp":
+                continue
+            if target == "*":
+                return True
+            rng = _port_range(target)
+            if rng is not None and port is not None and rng[0] <= port <= rng[1]:
+                return True
+        elif kind in _HOST_KINDS and pkind in ("", kind):
+            if target == "*":
+                return True
+            if host is not None and _host_matches(target, host):
+                return True
+    return False
+
+
+def _is_hostname(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOST_RE.fullmatch(host) is not None
+    return False

@@ -1,0 +1,1 @@
+"""The point of presence: agent listener, agent sessions, endpoints and their listeners."""

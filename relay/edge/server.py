@@ -1,0 +1,248 @@
+"""The edge process: agent listener, sessions, TCP endpoints, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
+from relay.config import EdgeConfig
+from relay.control.store import Store, TokenRecord, token_allows_bind
+from relay.control.tokens import load_or_create_pepper
+from relay.edge.ports import PortAllocator
+from relay.edge.registry import Holder, InMemoryRegistry
+from relay.edge.session import AgentSession
+from relay.edge.tcp import Refuse, TcpEndpoint
+from relay.errors import (
+    BindError,
+    BindNotAllowed,
+    DataDirError,
+    PortUnavailable,
+    TooManyEndpoints,
+)
+from relay.protocol import Bind
+from relay.tls import server_context
+
+log = logging.getLogger("relay.edge")
+
+
+def open_store(data_dir: Path) -> Store:
+    return Store.open(f"sqlite:///{data_dir / 'relay.db'}")
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DataDirError(f"cannot create data directory {data_dir}: {exc}") from None
+
+
+class Edge:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.sessions: set[AgentSession] = set()
+        self.endpoints: dict[str, TcpEndpoint] = {}  # endpoint_id -> endpoint
+        self.by_key: dict[str, TcpEndpoint] = {}
+        self.registry = InMemoryRegistry()
+        self.ports = PortAllocator(config.tcp_ports)
+        self.server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] | None = None
+        self.ca_file: Path | None = None
+        self.fingerprint = ""
+        self._stopping = False
+        self.store: Store | None = None
+        self.pepper = b""
+        self.tokens: dict[str, TokenRecord] = {}  # token_id -> record, for bind ACLs
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        prepare_data_dir(config.data_dir)
+        self.pepper = load_or_create_pepper(config.data_dir)
+        self.store = open_store(config.data_dir)
+        host, port = config.listen_address()
+        if config.tls_cert is not None and config.tls_key is not None:
+            cert_file, key_file = config.tls_cert, config.tls_key
+        else:
+            ca = LocalCA.load_or_create(config.data_dir)
+            self.ca_file = ca.ca_pem_path
+            names, ips = _certificate_names(host, config)
+            cert_file, key_file = edge_certificate(config.data_dir, names, ips)
+        self.fingerprint = fingerprint_sha256(_leaf_pem(cert_file.read_bytes()))
+        ssl_ctx = server_context(cert_file, key_file)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._new_agent_link,
+            host,
+            port,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=config.handshake_timeout,
+            reuse_address=True,
+            backlog=1024,
+        )
+        sockname = self.server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+
+    def _new_agent_link(self) -> Any:
+        if self._stopping or len(self.sessions) >= self.config.max_sessions:
+            log.warning("refusing agent link: %s", "draining" if self._stopping else "full")
+            return Refuse()
+        session = AgentSession(self)
+        link = self.config.mux.new_link(session, asyncio.get_running_loop(), client=False)
+        self.sessions.add(session)
+        return link
+
+    async def stop(self) -> None:
+        """Drain: no new agents or visitors; GoAway and Restart to every agent; let live
+        streams finish until ``drain_timeout``; then close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.server is not None:
+            self.server.close()
+        for endpoint in list(self.endpoints.values()):
+            endpoint.close()
+        for session in list(self.sessions):
+            if session.link is not None:
+                session.drain()
+        deadline = time.monotonic() + self.config.drain_timeout
+        while time.monotonic() < deadline and any(s.live_streams() for s in self.sessions):
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            if session.link is not None:
+                session.link.close()
+        await asyncio.sleep(0.05)  # let the GoAway/close frames reach the sockets
+        for session in list(self.sessions):
+            if session.link is not None and not session.link.closed:
+                session.link.abort()
+        if self.store is not None:
+            self.store.close()
+
+    # --- used by sessions ---------------------------------------------------------------
+
+    def verify_token(self, token: str, *, peer: str) -> TokenRecord:
+        assert self.store is not None
+        record = self.store.verify_token(token, pepper=self.pepper, actor=f"agent@{peer}")
+        self.tokens[record.id] = record
+        return record
+
+    async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint:
+        if request.kind != "tcp":
+            raise BindError(f"endpoint kind {request.kind!r} is not supported by this edge")
+        assert session.token_id is not None and session.agent_id is not None
+        if len(session.endpoints) >= self.config.max_endpoints_per_session:
+            raise TooManyEndpoints(
+                f"a session may hold at most {self.config.max_endpoints_per_session} endpoints"
+            )
+        record = self.tokens[session.token_id]
+        port = request.remote_port
+        if port and not token_allows_bind(record, "tcp", port=port):
+            raise BindNotAllowed(f"token {record.id} may not bind tcp port {port}")
+        holder = Holder(session.token_id, session.agent_id, session)
+        if port:
+            existing = self.by_key.get(f"tcp:{port}")
+            if existing is not None:
+                return self._take_over(existing, holder, session)
+            self.ports.reserve(port)
+            candidates = [port]
+        else:
+            candidates = [
+                p for p in self.ports.candidates()[:32] if token_allows_bind(record, "tcp", port=p)
+            ]
+            if not candidates:
+                raise BindNotAllowed(f"token {record.id} may not bind any port of this edge")
+        last_error: OSError | None = None
+        for candidate in candidates:
+            if candidate != port:
+                try:
+                    self.ports.reserve(candidate)
+                except PortUnavailable:
+                    continue
+            endpoint = TcpEndpoint(
+                "ep_" + secrets.token_hex(6), candidate, holder, self.config.public_host
+            )
+            try:
+                await endpoint.listen(self.config.tcp_bind)
+            except OSError as exc:
+                self.ports.release(candidate)
+                last_error = exc
+                continue
+            self.registry.claim(endpoint.key, holder)
+            self.endpoints[endpoint.endpoint_id] = endpoint
+            self.by_key[endpoint.key] = endpoint
+            session.endpoints[endpoint.endpoint_id] = endpoint
+            log.info("session %s bound %s", session.session_id, endpoint.url)
+            return endpoint
+        raise PortUnavailable(f"cannot listen on tcp port(s) {candidates[:3]}…: {last_error}")
+
+    def _take_over(
+        self, endpoint: TcpEndpoint, holder: Holder, session: AgentSession
+    ) -> TcpEndpoint:
+        previous = self.registry.claim(endpoint.key, holder)  # raises if not ours to take
+        if previous is not None and previous.session is not None:
+            previous.session.endpoints.pop(endpoint.endpoint_id, None)
+        if endpoint.orphan_timer is not None:
+            endpoint.orphan_timer.cancel()
+            endpoint.orphan_timer = None
+        endpoint.holder = holder
+        session.endpoints[endpoint.endpoint_id] = endpoint
+        log.info("session %s took back %s", session.session_id, endpoint.url)
+        return endpoint
+
+    def unbind(self, session: AgentSession, endpoint_id: str) -> None:
+        endpoint = session.endpoints.pop(endpoint_id, None)
+        if endpoint is not None:
+            self._remove(endpoint)
+
+    def _remove(self, endpoint: TcpEndpoint) -> None:
+        endpoint.close()
+        self.registry.release(endpoint.key, endpoint.holder)
+        self.ports.release(endpoint.port)
+        self.endpoints.pop(endpoint.endpoint_id, None)
+        self.by_key.pop(endpoint.key, None)
+
+    def session_ended(self, session: AgentSession) -> None:
+        self.sessions.discard(session)
+        loop = asyncio.get_running_loop()
+        for endpoint in list(session.endpoints.values()):
+            if endpoint.holder.session is not session:
+                continue
+            endpoint.holder.session = None  # orphaned: visitors are refused meanwhile
+            if self._stopping:
+                continue
+            endpoint.orphan_timer = loop.call_later(
+                self.config.reclaim_grace, self._orphan_expired, endpoint
+            )
+        session.endpoints.clear()
+
+    def _orphan_expired(self, endpoint: TcpEndpoint) -> None:
+        endpoint.orphan_timer = None
+        if endpoint.holder.session is None:
+            log.info("releasing %s: its agent did not come back", endpoint.url)
+            self._remove(endpoint)
+
+
+def _leaf_pem(chain_pem: bytes) -> bytes:
+    end = b"-----END CERTIFICATE-----"
+    return chain_pem[: chain_pem.index(end) + len(end)] + b"\n"
+
+
+def _certificate_names(listen_host: str, config: EdgeConfig) -> tuple[list[str], list[str]]:
+    names = ["localhost"]
+    ips = ["127.0.0.1", "::1"]
+    for name in (listen_host, config.public_host, *config.cert_names):
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            if name and name not in names:
+                names.append(name)
+        else:
+            if not ip.is_unspecified and str(ip) not in ips:
+                ips.append(str(ip))
+    return names, ips

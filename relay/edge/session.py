@@ -1,0 +1,194 @@
+"""One agent's session at the edge: handshake, authentication, binds, teardown.
+
+This is the Link handler for an agent connection. The first stream the agent opens is
+the control stream; every other stream is opened by the edge, one per visitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from relay import __version__
+from relay.errors import AuthError as AuthFailure
+from relay.errors import BindError as BindFailure
+from relay.errors import ProtocolViolation, RelayError
+from relay.mux import ControlChannel, MuxStream
+from relay.protocol import (
+    PROTOCOL_VERSION,
+    Auth,
+    AuthError,
+    AuthOk,
+    Bind,
+    BindError,
+    Bound,
+    Message,
+    Restart,
+    Stop,
+    Unbind,
+)
+
+if TYPE_CHECKING:
+    from relay.edge.server import Edge
+
+log = logging.getLogger("relay.edge.session")
+
+
+class AgentSession:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.session_id = "s_" + secrets.token_hex(8)
+        self.link: Any = None
+        self.control: ControlChannel | None = None
+        self.token_id: str | None = None
+        self.agent_id: str | None = None
+        self.peer = ""
+        self.authenticated = False
+        self.draining = False
+        self.endpoints: dict[str, Any] = {}
+        self.rtt_us = 0
+        self._task: asyncio.Task[None] | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def accepting_visitors(self) -> bool:
+        return self.authenticated and not self.draining and not self.link.closed
+
+    # --- Link handler -----------------------------------------------------------------
+
+    def link_made(self, link: Any) -> None:
+        self.link = link
+        peer = link.transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._handshake_timer = link.loop.call_later(
+            self.edge.config.handshake_timeout, self._handshake_expired
+        )
+
+    def stream_opened(self, stream_id: int) -> None:
+        if self.control is None:
+            self.link.session.accept_stream(stream_id)
+            channel = self.link.open_buffer_channel(stream_id)
+            self.control = ControlChannel(MuxStream(self.link, channel))
+            self._task = asyncio.get_running_loop().create_task(self._serve_control())
+        else:
+            # Agents open exactly one stream; visitor streams are opened by the edge.
+            self.link.session.reset_stream(stream_id)
+
+    def goaway(self, code: int) -> None:
+        log.info("session %s: agent sent GoAway(%d)", self.session_id, code)
+        self.draining = True
+
+    def pong(self, rtt_us: int) -> None:
+        self.rtt_us = rtt_us
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if exc is not None:
+            log.info("session %s (%s) ended: %s", self.session_id, self.peer, exc)
+        self.edge.session_ended(self)
+
+    # --- control stream -----------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        if not self.authenticated:
+            log.warning("agent %s did not authenticate in time; closing", self.peer)
+            self.link.abort()
+
+    async def _serve_control(self) -> None:
+        assert self.control is not None
+        try:
+            first = await self.control.recv()
+            if not isinstance(first, Auth):
+                raise ProtocolViolation(f"expected auth, got {first.TYPE}")
+            if not self._authenticate(first):
+                return
+            while True:
+                message = await self.control.recv()
+                await self._handle(message)
+        except EOFError:
+            self.link.close()
+        except RelayError as exc:
+            log.warning("session %s (%s): %s", self.session_id, self.peer, exc)
+            self.control.send(AuthError(exc.code, str(exc)))
+            self.link.session.go_away(1)
+            self.link.close()
+        except Exception:  # a bug: never leave a half-dead session behind
+            log.exception("session %s: internal error", self.session_id)
+            self.link.session.go_away(2)
+            self.link.close()
+
+    def _authenticate(self, auth: Auth) -> bool:
+        assert self.control is not None
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        try:
+            if auth.protocol != PROTOCOL_VERSION:
+                raise AuthFailure(
+                    f"agent speaks protocol {auth.protocol}, edge {PROTOCOL_VERSION}",
+                    code="RLY_302",
+                )
+            record = self.edge.verify_token(auth.token, peer=self.peer)
+        except AuthFailure as exc:
+            log.warning("agent %s: authentication failed: %s", self.peer, exc.one_line())
+            self.control.send(AuthError(exc.code, str(exc)))
+            self.link.session.go_away(0)
+            self.link.close()
+            return False
+        self.token_id = record.id
+        self.agent_id = auth.agent_id[:128]
+        self.authenticated = True
+        self.control.send(
+            AuthOk(self.session_id, __version__, self.edge.config.region, record.id)
+        )
+        log.info(
+            "session %s: agent %s (token %s, %s) authenticated",
+            self.session_id,
+            self.peer,
+            record.id,
+            auth.version,
+        )
+        return True
+
+    async def _handle(self, message: Message) -> None:
+        assert self.control is not None
+        if isinstance(message, Bind):
+            try:
+                endpoint = await self.edge.bind(self, message)
+            except BindFailure as exc:
+                self.control.send(BindError(message.request_id, exc.code, str(exc)))
+                return
+            self.control.send(
+                Bound(message.request_id, endpoint.endpoint_id, endpoint.url, endpoint.port)
+            )
+        elif isinstance(message, Unbind):
+            self.edge.unbind(self, message.endpoint_id)
+        else:
+            raise ProtocolViolation(f"unexpected {message.TYPE} from agent")
+
+    # --- edge-initiated -------------------------------------------------------------------
+
+    def stop(self, code: str, message: str) -> None:
+        """Tell the agent to go away for good (revoked token, suspension)."""
+        if self.control is not None and not self.link.closed:
+            self.control.send(Stop(code, message))
+        self.link.session.go_away(0)
+        self.link.close()
+
+    def drain(self) -> None:
+        """Edge shutdown: no new streams, ask the agent to reconnect elsewhere/later."""
+        self.draining = True
+        if self.link.closed:
+            return
+        if self.control is not None and self.authenticated:
+            self.control.send(Restart("edge is shutting down"))
+        self.link.session.go_away(0)
+        self.link.schedule_flush()
+
+    def live_streams(self) -> int:
+        return 0 if self.link is None or self.link.closed else int(self.link.pump_count())

@@ -1,0 +1,77 @@
+"""TCP endpoints: a public port whose every connection becomes one stream to the agent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from relay.mux import Pump
+from relay.protocol import StreamHeader, StreamProtocol
+
+if TYPE_CHECKING:
+    from relay.edge.registry import Holder
+
+
+def format_address(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+class Refuse(asyncio.Protocol):
+    """A visitor arrived while no agent serves the endpoint: reset at once, say nothing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+
+
+class TcpEndpoint:
+    def __init__(self, endpoint_id: str, port: int, holder: Holder, public_host: str) -> None:
+        self.endpoint_id = endpoint_id
+        self.port = port
+        self.holder = holder
+        self.public_host = public_host
+        self.server: asyncio.AbstractServer | None = None
+        self.orphan_timer: asyncio.TimerHandle | None = None
+        self.visitors_total = 0
+        self.visitors_refused = 0
+
+    @property
+    def key(self) -> str:
+        return f"tcp:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.public_host}:{self.port}"
+
+    async def listen(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._new_visitor, host, self.port, reuse_address=True, backlog=1024
+        )
+
+    def _new_visitor(self) -> asyncio.BaseProtocol:
+        session = self.holder.session
+        if session is None or not session.accepting_visitors:
+            self.visitors_refused += 1
+            return Refuse()
+        self.visitors_total += 1
+        return Pump(session.link, header_factory=self._header)  # type: ignore[no-any-return]
+
+    def _header(self, transport: asyncio.BaseTransport) -> bytes:
+        return StreamHeader(
+            endpoint_id=self.endpoint_id,
+            visitor_addr=format_address(transport.get_extra_info("peername")),
+            protocol=StreamProtocol.TCP,
+        ).to_wire()
+
+    def close(self) -> None:
+        if self.orphan_timer is not None:
+            self.orphan_timer.cancel()
+            self.orphan_timer = None
+        if self.server is not None:
+            # Not wait_closed(): it would wait for live visitor connections too.
+            self.server.close()
+            self.server = None

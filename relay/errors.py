@@ -1,0 +1,258 @@
+"""The one exception root for relay, with stable error codes.
+
+Every error a user can see carries a code (``RLY_xxx``) that never changes meaning, so it can be
+searched for in the docs and sent over the wire: the edge puts ``(code, message)`` in an
+``AuthError``/``BindError`` control message and the agent rebuilds the same class with
+:func:`error_from_code`. Messages are for humans and may change; codes may not.
+
+Codes
+-----
+========  ======================  ===============================================================
+code      class                   meaning
+========  ======================  ===============================================================
+RLY_000   RelayError              unclassified error (also: an unknown code received from a peer)
+RLY_101   AuthError               authentication failed (family root)
+RLY_101   InvalidToken            unknown or garbled authtoken
+RLY_102   RevokedToken            the authtoken was revoked
+RLY_103   ExpiredToken            the authtoken has expired
+RLY_201   BindError               an endpoint could not be bound (family root)
+RLY_202   PortUnavailable         port in use or outside the allowed range
+RLY_203   PortRangeExhausted      no free port left in the configured range
+RLY_204   EndpointAlreadyBound    the endpoint is held by another agent
+RLY_205   BindNotAllowed          the token's bind ACL forbids this endpoint
+RLY_206   TooManyEndpoints        the per-session/per-token endpoint limit is reached
+RLY_301   ProtocolViolation       malformed control message
+RLY_302   UnsupportedVersion      the peer speaks a protocol version we don't
+RLY_401   ConfigError             invalid configuration or argument
+RLY_402   DataDirError            the data directory is unusable (permissions, corrupt files)
+RLY_501   TlsError                edge certificate not trusted / fingerprint mismatch
+RLY_502   ConnectError            cannot reach the edge
+RLY_601   NotFound                the named object (e.g. a token id) does not exist
+RLY_701   AuditChainBroken        the audit log's hash chain does not verify
+========  ======================  ===============================================================
+
+``AuthError`` and ``InvalidToken`` share RLY_101 on purpose: to an agent every "who are you?"
+failure that isn't revocation or expiry looks the same, so no oracle tells valid ids apart.
+On the wire RLY_101 is rebuilt as :class:`InvalidToken` (still an ``AuthError``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "ERROR_CODES",
+    "AuditChainBroken",
+    "AuthError",
+    "BindError",
+    "BindNotAllowed",
+    "ConfigError",
+    "ConnectError",
+    "DataDirError",
+    "EndpointAlreadyBound",
+    "ExpiredToken",
+    "InvalidToken",
+    "NotFound",
+    "PortRangeExhausted",
+    "PortUnavailable",
+    "ProtocolViolation",
+    "RelayError",
+    "RevokedToken",
+    "TlsError",
+    "TooManyEndpoints",
+    "UnsupportedVersion",
+    "error_from_code",
+]
+
+_CODE_RE = re.compile(r"RLY_[0-9]{3}")
+
+
+class RelayError(Exception):
+    """Root of every error relay raises on purpose.
+
+    ``str(err)`` is the human message alone (so it composes into other messages); ``err.code``
+    is the stable code; ``err.one_line()`` is what a CLI prints.
+    """
+
+    code: str = "RLY_000"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            # Instance attribute shadows the class default only when asked to.
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+    def one_line(self) -> str:
+        """``error RLY_xxx: message`` — the form users paste into a search box."""
+        return f"error {self.code}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only ``code`` would otherwise be lost when pickled (e.g. across processes).
+        return (_rebuild, (type(self), self.message, self.code))
+
+
+def _rebuild(cls: type[RelayError], message: str, code: str) -> RelayError:
+    err = cls(message)
+    err.code = code
+    return err
+
+
+class AuthError(RelayError):
+    """Authentication failed (family root)."""
+
+    code = "RLY_101"
+
+
+class InvalidToken(AuthError):
+    """Unknown or garbled authtoken. Deliberately says nothing about which part was wrong."""
+
+    code = "RLY_101"
+
+
+class RevokedToken(AuthError):
+    """The authtoken was valid but has been revoked."""
+
+    code = "RLY_102"
+
+
+class ExpiredToken(AuthError):
+    """The authtoken was valid but its expiry time has passed."""
+
+    code = "RLY_103"
+
+
+class BindError(RelayError):
+    """An endpoint could not be bound (family root)."""
+
+    code = "RLY_201"
+
+
+class PortUnavailable(BindError):
+    """The requested port is in use or outside the allowed range."""
+
+    code = "RLY_202"
+
+
+class PortRangeExhausted(BindError):
+    """No free port is left in the configured allocation range."""
+
+    code = "RLY_203"
+
+
+class EndpointAlreadyBound(BindError):
+    """The endpoint is held by another agent."""
+
+    code = "RLY_204"
+
+
+class BindNotAllowed(BindError):
+    """The token's bind ACL does not allow this endpoint."""
+
+    code = "RLY_205"
+
+
+class TooManyEndpoints(BindError):
+    """The endpoint limit is reached."""
+
+    code = "RLY_206"
+
+
+class ProtocolViolation(RelayError):
+    """A control message was malformed."""
+
+    code = "RLY_301"
+
+
+class UnsupportedVersion(RelayError):
+    """The peer speaks a protocol version this build does not."""
+
+    code = "RLY_302"
+
+
+class ConfigError(RelayError):
+    """Invalid configuration or argument supplied by the operator or user."""
+
+    code = "RLY_401"
+
+
+class DataDirError(RelayError):
+    """The data directory is unusable: wrong permissions, corrupt or inconsistent files."""
+
+    code = "RLY_402"
+
+
+class TlsError(RelayError):
+    """The edge certificate is not trusted, or its fingerprint does not match the pin."""
+
+    code = "RLY_501"
+
+
+class ConnectError(RelayError):
+    """The edge cannot be reached."""
+
+    code = "RLY_502"
+
+
+class NotFound(RelayError):
+    """The named object does not exist (e.g. a token id on revoke)."""
+
+    code = "RLY_601"
+
+
+class AuditChainBroken(RelayError):
+    """The audit log's hash chain does not verify; ``seq`` is the first bad event."""
+
+    code = "RLY_701"
+
+    def __init__(self, message: str, *, seq: int | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.seq = seq
+
+
+ERROR_CODES: dict[str, type[RelayError]] = {
+    cls.code: cls
+    for cls in (
+        RelayError,
+        # InvalidToken (not AuthError) owns RLY_101: it is the concrete thing that happened.
+        InvalidToken,
+        RevokedToken,
+        ExpiredToken,
+        BindError,
+        PortUnavailable,
+        PortRangeExhausted,
+        EndpointAlreadyBound,
+        BindNotAllowed,
+        TooManyEndpoints,
+        ProtocolViolation,
+        UnsupportedVersion,
+        ConfigError,
+        DataDirError,
+        TlsError,
+        ConnectError,
+        NotFound,
+        AuditChainBroken,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> RelayError:
+    """Rebuild an error received from a peer (the edge) as the matching local class.
+
+    An unknown but well-formed code (a newer edge) becomes a plain :class:`RelayError` that
+    keeps the code, so the user still sees what the edge said. A code that isn't ``RLY_ddd`` at
+    all is not trusted to reach a terminal and becomes RLY_000.
+    """
+    cls = ERROR_CODES.get(code)
+    if cls is not None:
+        return cls(message)
+    if _CODE_RE.fullmatch(code) is None:
+        return RelayError(message)
+    return RelayError(message, code=code)

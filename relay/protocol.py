@@ -1,0 +1,283 @@
+"""The wire above yamux: control-stream messages and the per-visitor StreamHeader.
+
+Every message a peer can send is defined here and nowhere else.
+
+* **Control messages** travel on the first stream the agent opens. Each is a 4-byte
+  big-endian length followed by a UTF-8 JSON object whose ``"type"`` names the message.
+  They are rare (per session, per bind), so readability beats compactness.
+* **StreamHeader** is the first thing on every stream the edge opens for a visitor. It is
+  per connection, so it is binary and small: a 2-byte big-endian length, then a version
+  byte, a protocol byte and length-prefixed UTF-8 fields.
+
+Decoding never trusts lengths: oversize or malformed input raises ``ProtocolViolation``
+(code RLY_301) before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from relay.errors import ProtocolViolation, UnsupportedVersion
+
+#: ALPN protocol name on the agent link; the number is the control-protocol version.
+ALPN_PROTOCOL = "relay/1"
+PROTOCOL_VERSION = 1
+
+#: Largest control message accepted (a Bind with a long hostname list is far smaller).
+MAX_CONTROL_MESSAGE = 64 * 1024
+#: Largest StreamHeader accepted.
+MAX_STREAM_HEADER = 4 * 1024
+
+_LEN32 = struct.Struct(">I")
+_LEN16 = struct.Struct(">H")
+
+
+# --------------------------------------------------------------------------------------
+# control messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every control message; ``TYPE`` is its name on the wire."""
+
+    TYPE: ClassVar[str] = ""
+
+    def to_wire(self) -> bytes:
+        body = json.dumps({"type": self.TYPE, **asdict(self)}, separators=(",", ":")).encode()
+        if len(body) > MAX_CONTROL_MESSAGE:
+            raise ProtocolViolation(f"control message {self.TYPE} too large ({len(body)} bytes)")
+        return _LEN32.pack(len(body)) + body
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    """Agent → edge, first message: who am I. ``agent_id`` is stable across reconnects of
+    one agent process so the edge can hand its endpoints back to it."""
+
+    TYPE: ClassVar[str] = "auth"
+    token: str
+    agent_id: str
+    version: str
+    protocol: int = PROTOCOL_VERSION
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class AuthOk(Message):
+    TYPE: ClassVar[str] = "auth_ok"
+    session_id: str
+    edge_version: str
+    region: str
+    token_id: str
+
+
+@dataclass(frozen=True)
+class AuthError(Message):
+    TYPE: ClassVar[str] = "auth_error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Bind(Message):
+    """Agent → edge: expose an endpoint. ``remote_port`` 0 lets the edge allocate one."""
+
+    TYPE: ClassVar[str] = "bind"
+    request_id: int
+    kind: str  # "tcp" for now
+    name: str = ""
+    remote_port: int = 0
+    upstream: str = ""  # informational: shown by the edge, never dialled by it
+
+
+@dataclass(frozen=True)
+class Bound(Message):
+    TYPE: ClassVar[str] = "bound"
+    request_id: int
+    endpoint_id: str
+    url: str
+    remote_port: int
+
+
+@dataclass(frozen=True)
+class BindError(Message):
+    TYPE: ClassVar[str] = "bind_error"
+    request_id: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Unbind(Message):
+    TYPE: ClassVar[str] = "unbind"
+    endpoint_id: str
+
+
+@dataclass(frozen=True)
+class Stop(Message):
+    """Edge → agent: end the session and do not reconnect (e.g. token revoked)."""
+
+    TYPE: ClassVar[str] = "stop"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Restart(Message):
+    """Edge → agent: reconnect (e.g. the edge is draining for an upgrade)."""
+
+    TYPE: ClassVar[str] = "restart"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Notice(Message):
+    TYPE: ClassVar[str] = "notice"
+    level: str
+    message: str
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Auth, AuthOk, AuthError, Bind, Bound, BindError, Unbind, Stop, Restart, Notice)
+}
+
+
+def decode_message(body: bytes) -> Message:
+    """Decode one control message body (without its length prefix)."""
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolViolation(f"control message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolViolation("control message is not a JSON object")
+    kind = obj.pop("type", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolViolation(f"unknown control message type {kind!r}")
+    expected = {f.name: f for f in fields(cls)}
+    unknown = set(obj) - set(expected)
+    if unknown:
+        raise ProtocolViolation(f"{kind}: unknown fields {sorted(unknown)}")
+    for name, value in obj.items():
+        want = expected[name].type
+        if not _type_ok(want, value):
+            raise ProtocolViolation(f"{kind}.{name}: expected {want}, got {type(value).__name__}")
+    try:
+        return cls(**obj)
+    except TypeError as exc:  # a required field is missing
+        raise ProtocolViolation(f"{kind}: {exc}") from None
+
+
+def _type_ok(annotation: Any, value: Any) -> bool:
+    # Annotations are strings under ``from __future__ import annotations``.
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return False
+
+
+class MessageReader:
+    """Incremental decoder for the control stream: feed bytes, take whole messages."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        self._buf += data
+        out: list[Message] = []
+        while len(self._buf) >= 4:
+            (length,) = _LEN32.unpack_from(self._buf)
+            if length > MAX_CONTROL_MESSAGE:
+                raise ProtocolViolation(
+                    f"control message of {length} bytes exceeds {MAX_CONTROL_MESSAGE}"
+                )
+            if len(self._buf) < 4 + length:
+                break
+            body = bytes(self._buf[4 : 4 + length])
+            del self._buf[: 4 + length]
+            out.append(decode_message(body))
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# per-visitor stream header
+
+
+class StreamProtocol(IntEnum):
+    TCP = 1
+    HTTP = 2
+    HTTPS = 3
+    TLS = 4
+
+
+STREAM_HEADER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What the agent needs to know about a visitor before the first byte of payload."""
+
+    endpoint_id: str
+    visitor_addr: str  # "ip:port" (IPv6 as "[ip]:port")
+    protocol: StreamProtocol = StreamProtocol.TCP
+    server_name: str = ""  # SNI or Host, when the protocol has one
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_wire(self) -> bytes:
+        parts = [bytes((STREAM_HEADER_VERSION, int(self.protocol)))]
+        strings = [self.endpoint_id, self.visitor_addr, self.server_name]
+        for key, value in self.extra.items():
+            strings += [key, value]
+        for text in strings:
+            raw = text.encode()
+            parts.append(_LEN16.pack(len(raw)))
+            parts.append(raw)
+        body = b"".join(parts)
+        if len(body) > MAX_STREAM_HEADER:
+            raise ProtocolViolation(f"stream header too large ({len(body)} bytes)")
+        return _LEN16.pack(len(body)) + body
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> tuple[StreamHeader, int] | None:
+        """Parse from the start of ``data``. Returns (header, bytes used), or None when
+        more bytes are needed."""
+        if len(data) < 2:
+            return None
+        (length,) = _LEN16.unpack_from(data)
+        if length > MAX_STREAM_HEADER or length < 2:
+            raise ProtocolViolation(f"stream header length {length} out of range")
+        if len(data) < 2 + length:
+            return None
+        body = bytes(data[2 : 2 + length])
+        version, proto = body[0], body[1]
+        if version != STREAM_HEADER_VERSION:
+            raise UnsupportedVersion(f"stream header version {version}")
+        try:
+            protocol = StreamProtocol(proto)
+        except ValueError:
+            raise ProtocolViolation(f"unknown stream protocol {proto}") from None
+        strings: list[str] = []
+        pos = 2
+        while pos < len(body):
+            if pos + 2 > len(body):
+                raise ProtocolViolation("truncated stream header field")
+            (n,) = _LEN16.unpack_from(body, pos)
+            pos += 2
+            if pos + n > len(body):
+                raise ProtocolViolation("truncated stream header field")
+            try:
+                strings.append(body[pos : pos + n].decode())
+            except UnicodeDecodeError:
+                raise ProtocolViolation("stream header field is not UTF-8") from None
+            pos += n
+        if len(strings) < 3 or len(strings) % 2 == 0:
+            raise ProtocolViolation("stream header has the wrong number of fields")
+        extra = dict(zip(strings[3::2], strings[4::2], strict=True))
+        header = cls(strings[0], strings[1], protocol, strings[2], extra)
+        return header, 2 + length

@@ -1,0 +1,70 @@
+"""TLS for the agent link: TLS 1.2+ only, Mozilla "intermediate" ciphers, ALPN ``relay/1``.
+
+The agent trusts the edge in one of three ways: a CA file (the edge's local CA by
+default), a pinned SHA-256 fingerprint of the edge's certificate, or the system trust
+store when the edge has a publicly trusted certificate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from pathlib import Path
+
+from relay.certs.local_ca import cert_pem_fingerprint_matches
+from relay.errors import TlsError
+from relay.protocol import ALPN_PROTOCOL
+
+#: Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are always on and all AEAD).
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(INTERMEDIATE_CIPHERS)
+    ctx.set_alpn_protocols([ALPN_PROTOCOL])
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """Context for the edge's agent listener."""
+    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+def client_context(*, ca_file: Path | None = None, pin: str | None = None) -> ssl.SSLContext:
+    """Context for the agent. With ``pin`` the chain is not checked against any CA —
+    the pin is checked after the handshake by ``check_pin`` instead, before the agent
+    sends its token."""
+    ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    if pin is not None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot load CA file {ca_file}: {exc}") from None
+    else:
+        ctx.load_default_certs()
+    return ctx
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def check_pin(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, pin: str) -> None:
+    """Raise TlsError unless the peer's certificate has the pinned fingerprint."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise TlsError("the edge presented no certificate")
+    if not cert_pem_fingerprint_matches(der, pin):
+        got = certificate_fingerprint(der)
+        raise TlsError(f"edge certificate fingerprint {got} does not match the pin {pin}")
