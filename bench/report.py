@@ -11,6 +11,7 @@ from bench.scenarios import Measurement, Scenario
 X = "\u00d7"  # multiplication sign
 EN = "\u2013"  # en dash
 
+LABELS = {"direct": "direct", "ssh": "ssh -R", "haproxy": "haproxy", "relay": "relay"}
 BASELINES = (("direct", f"{X} direct"), ("ssh", f"{X} ssh -R"), ("haproxy", f"{X} haproxy"))
 
 
@@ -113,7 +114,7 @@ def targets(
                 Target(
                     tname,
                     r >= factor,
-                    f"relay {_fmt(rm.median)} vs {base} {_fmt(bm.median)} Gbit/s"
+                    f"relay {_fmt(rm.median)} vs {LABELS[base]} {_fmt(bm.median)} Gbit/s"
                     f" = {r:.2f}{X} (need ≥ {factor}{X})",
                 )
             )

@@ -21,7 +21,7 @@ HOST = "127.0.0.1"
 def goyamux_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     go = shutil.which("go")
     if go is None:
-        pytest.skip("go toolchain not found: the interop tests need `go` (see scripts/check-prereqs.sh)")
+        pytest.skip("go not found: the interop tests need the Go toolchain")
     out = tmp_path_factory.mktemp("goyamux") / "goyamux"
     env = dict(os.environ, GOFLAGS="-mod=mod -buildvcs=false", GOTOOLCHAIN="local")
     proc = subprocess.run(
@@ -73,7 +73,9 @@ class GoPeer:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"goyamux did not exit within {timeout}s\n{self.describe()}") from None
+            raise AssertionError(
+                f"goyamux did not exit within {timeout}s\n{self.describe()}"
+            ) from None
         assert rc == 0, f"goyamux failed with exit status {rc}\n{self.describe()}"
 
     def stop(self) -> None:
@@ -101,7 +103,15 @@ def go_peer(
     def start(
         scenario: str, *, go_role: str, go_listens: bool, timeout_s: int = 60, **flags: Any
     ) -> tuple[GoPeer, socket.socket]:
-        args = [str(goyamux_bin), "-scenario", scenario, "-role", go_role, "-timeout", f"{timeout_s}s"]
+        args = [
+            str(goyamux_bin),
+            "-scenario",
+            scenario,
+            "-role",
+            go_role,
+            "-timeout",
+            f"{timeout_s}s",
+        ]
         for k, v in flags.items():
             args += [f"-{k.replace('_', '-')}", str(v)]
         listener = None
@@ -113,7 +123,9 @@ def go_peer(
             args += ["-dial", f"{HOST}:{listener.getsockname()[1]}"]
         stderr_path = tmp_path / f"goyamux-{len(started)}.stderr"
         with stderr_path.open("wb") as err:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
         peer = GoPeer(proc, stderr_path)
         started.append(peer)
         try:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 import relay_native as rn
 
 from .yamux_driver import Driver, Stream, split_duplex_reply, stream_header
@@ -79,7 +78,7 @@ def check_duplex(st: Stream, sent: bytes, q_size: int) -> None:
 @pytest.mark.parametrize(
     ("python_client", "go_listens"),
     [(True, True), (True, False), (False, True), (False, False)],
-    ids=["py-client-go-listens", "py-client-py-listens", "py-server-go-listens", "py-server-py-listens"],
+    ids=["pyclient-golisten", "pyclient-pylisten", "pyserver-golisten", "pyserver-pylisten"],
 )
 def test_streams_from_both_sides(go_peer: StartPeer, python_client: bool, go_listens: bool) -> None:
     n = 8
@@ -90,14 +89,16 @@ def test_streams_from_both_sides(go_peer: StartPeer, python_client: bool, go_lis
         data = rnd.randbytes(rnd.randrange(0, 300 * KiB))
         st = drv.open(stream_header("ECHO", len(data)), data, fin=True)
         mine[st.sid] = data
-        assert parity_ok(st.sid, python_client), f"we opened stream {st.sid} as client={python_client}"
+        assert parity_ok(st.sid, python_client), (
+            f"we opened stream {st.sid} as client={python_client}"
+        )
 
     def done() -> bool:
         peer_streams = [s for s in drv.opened_by_peer if s != drv.ctrl_sid]
         return (
-            all(drv.streams[s].closed for s in mine)
+            all(drv.finished(s) for s in mine)
             and len(peer_streams) == n
-            and all(drv.streams[s].closed for s in peer_streams)
+            and all(drv.finished(s) for s in peer_streams)
         )
 
     drv.run_until(done, timeout=30, what="all streams echoed and closed")
@@ -140,7 +141,7 @@ def test_hundred_concurrent_streams(go_peer: StartPeer) -> None:
     assert big >= 20, "the plan should have many streams larger than a window"
     t0 = time.monotonic()
     drv.run_until(
-        lambda: all(drv.streams[s].closed for s in plan),
+        lambda: all(drv.finished(s) for s in plan),
         timeout=60,
         what="100 duplex streams to complete",
     )
@@ -162,15 +163,17 @@ def test_half_close(go_peer: StartPeer) -> None:
     data = random.Random(3).randbytes(600 * KiB)
     st = drv.open(stream_header("AFTR", len(data)), data, fin=True)
     drv.run_until(lambda: st.fin_sent, timeout=10, what="our FIN to be queued")
-    drv.run_until(lambda: st.closed, timeout=30, what="the AFTR stream we opened to close")
+    drv.run_until(lambda: drv.finished(st.sid), timeout=30, what="our AFTR stream to close")
     assert st.fin
-    assert len(st.recv) == len(data), f"got {len(st.recv)} bytes back after our FIN, want {len(data)}"
+    assert len(st.recv) == len(data), (
+        f"got {len(st.recv)} bytes back after our FIN, want {len(data)}"
+    )
     assert hashlib.sha256(st.recv).digest() == hashlib.sha256(data).digest()
     finish(peer, drv)
     assert len(drv.opened_by_peer) == 2, drv.opened_by_peer  # control + AFTR
-    theirs = drv.streams[[s for s in drv.opened_by_peer if s != drv.ctrl_sid][0]]
+    theirs = drv.streams[next(s for s in drv.opened_by_peer if s != drv.ctrl_sid)]
     assert theirs.op == "AFTR" and theirs.fin and theirs.answered_fin
-    assert theirs.closed, "goyamux's AFTR stream was not closed both ways"
+    assert drv.finished(theirs.sid), "goyamux's AFTR stream was not closed both ways"
 
 
 # ---- 4. reset mid-transfer from each side ----------------------------------------------
@@ -204,7 +207,7 @@ def test_reset_mid_transfer(go_peer: StartPeer) -> None:
     with pytest.raises(rn.UnknownStream):
         drv.session.send(theirs.sid, b"x")
 
-    drv.run_until(lambda: bystander.closed, timeout=30, what="the unaffected stream")
+    drv.run_until(lambda: drv.finished(bystander.sid), timeout=30, what="the unaffected stream")
     check_duplex(bystander, p, 2 * MiB)
     assert not ours.reset, "the stream we reset was reported as reset by the peer"
     finish(peer, drv)
@@ -231,7 +234,7 @@ def test_slow_reader_window(go_peer: StartPeer) -> None:
     assert 0 < got_paused <= WINDOW, f"received {got_paused} unconsumed bytes, window {WINDOW}"
     assert not st.fin
     drv.session.set_read_paused(sid, False)
-    drv.run_until(lambda: st.closed, timeout=30, what="the paused stream to complete")
+    drv.run_until(lambda: drv.finished(st.sid), timeout=30, what="the paused stream to complete")
     check_duplex(st, b"", size)
 
     # us -> goyamux: goyamux reads nothing for 1.5 s; our backlog holds the rest.
@@ -246,10 +249,12 @@ def test_slow_reader_window(go_peer: StartPeer) -> None:
     drv.run_for(1.0)
     mid = drv.session.stats()
     sent_while_stalled = mid["bytes_out"] - before["bytes_out"]
-    assert sent_while_stalled <= WINDOW, f"{sent_while_stalled} payload bytes beyond a {WINDOW} window"
+    assert sent_while_stalled <= WINDOW, (
+        f"{sent_while_stalled} payload bytes beyond a {WINDOW} window"
+    )
     assert mid["window_stalls"] > before["window_stalls"], (before, mid)
     assert st2.writable_events == 0, "EVENT_WRITABLE while the peer was not reading"
-    drv.run_until(lambda: st2.closed, timeout=30, what="goyamux to read everything")
+    drv.run_until(lambda: drv.finished(st2.sid), timeout=30, what="goyamux to read everything")
     check_duplex(st2, payload, 0)
     assert st2.writable_events >= 1, "no EVENT_WRITABLE after the backlog drained"
     finish(peer, drv)
@@ -297,7 +302,7 @@ def test_goaway_from_python(go_peer: StartPeer) -> None:
     drv.write(st.sid, b"AFTER" + data, fin=True)  # goyamux checks OpenStream fails now
     with pytest.raises(rn.SessionClosed):
         drv.session.open_stream()
-    drv.run_until(lambda: st.closed, timeout=20, what="echo on a stream after GoAway")
+    drv.run_until(lambda: drv.finished(st.sid), timeout=20, what="echo on a stream after GoAway")
     assert st.recv == data
     finish(peer, drv)
     assert drv.goaways == []
@@ -316,12 +321,12 @@ def test_goaway_from_go(go_peer: StartPeer) -> None:
     # existing streams go on
     data = random.Random(8).randbytes(300 * KiB)
     drv.write(st.sid, data, fin=True)
-    drv.run_until(lambda: st.closed, timeout=20, what="echo after the peer's GoAway")
+    drv.run_until(lambda: drv.finished(st.sid), timeout=20, what="echo after the peer's GoAway")
     assert st.recv == data
     drv.session.go_away(rn.GOAWAY_NORMAL)
     drv.run_until(lambda: drv.verdict is not None, timeout=20, what="goyamux verdict")
     drv.run_until(
-        lambda: all(s.closed for s in drv.streams.values()), timeout=10, what="all streams closed"
+        lambda: all(drv.finished(s) for s in drv.streams), timeout=10, what="all streams closed"
     )
     assert drv.session.stream_count == 0
     assert drv.session.is_closed, "GoAway went both ways and no stream is left"
@@ -350,9 +355,9 @@ def test_bulk_64mib_large_windows(go_peer: StartPeer) -> None:
 
     def done() -> bool:
         nonlocal max_recv_window
-        if not st.closed and not st.fin:
+        if not st.fin:
             max_recv_window = max(max_recv_window, drv.session.stream_window(st.sid)[0])
-        return st.closed
+        return drv.finished(st.sid)
 
     drv.run_until(done, timeout=60, what="64 MiB each way")
     elapsed = time.monotonic() - t0
@@ -360,7 +365,8 @@ def test_bulk_64mib_large_windows(go_peer: StartPeer) -> None:
     stats = drv.session.stats()
     print(
         f"bulk: 2x64 MiB in {elapsed:.2f}s; window_grows={stats['window_grows']} "
-        f"max receive window seen={max_recv_window} window_updates_out={stats['window_updates_out']} "
+        f"max receive window seen={max_recv_window} "
+        f"window_updates_out={stats['window_updates_out']} "
         f"window_updates_in={stats['window_updates_in']}"
     )
     finish(peer, drv)

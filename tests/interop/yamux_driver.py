@@ -45,7 +45,7 @@ class Stream:
     closed: bool = False  # EVENT_CLOSED
     acked: bool = False  # EVENT_ACKED
     writable_events: int = 0
-    data_after_fin: int = 0  # bytes reported after EVENT_FIN, EVENT_RESET or our reset (must stay 0)
+    data_after_fin: int = 0  # bytes seen after EVENT_FIN/EVENT_RESET/our reset: must stay 0
     local_reset: bool = False  # we reset it
     # outgoing data the driver feeds into the session, respecting the backlog
     pending: deque[memoryview] = field(default_factory=deque)
@@ -109,6 +109,23 @@ class Driver:
         st.pending.clear()
         st.local_reset = True
         self.session.reset_stream(sid)
+
+    def finished(self, sid: int) -> bool:
+        """Closed both ways and forgotten by the session.
+
+        EVENT_CLOSED comes out of receive(); when our FIN is the second one the stream
+        ends in close_stream(), so the session no longer knowing the id counts too.
+        """
+        st = self.streams[sid]
+        if st.closed:
+            return True
+        if not (st.fin and st.fin_sent) or self.wbuf:
+            return False
+        try:
+            self.session.stream_window(sid)
+        except rn.UnknownStream:
+            return True
+        return False
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -241,10 +258,9 @@ class Driver:
                 self.ctrl_sid = st.sid
             else:
                 assert st.op in ("ECHO", "AFTR"), f"stream {st.sid}: unexpected op {st.op!r}"
-        if st.op == "ECHO":
-            if st.recv:
-                self.write(st.sid, bytes(st.recv))
-                st.recv.clear()
+        if st.op == "ECHO" and st.recv:
+            self.write(st.sid, bytes(st.recv))
+            st.recv.clear()
         if st.fin and not st.answered_fin:
             st.answered_fin = True
             if st.op == "AFTR":
@@ -296,7 +312,7 @@ class Driver:
 def split_duplex_reply(st: Stream, size: int) -> dict[str, Any]:
     """Parse a DPLX reply: Q (size bytes) | sha256(Q) | sha256(P) | len(P) u64."""
     body = bytes(st.recv)
-    assert len(body) == size + 72, f"stream {st.sid}: DPLX reply of {len(body)} bytes, want {size + 72}"
+    assert len(body) == size + 72, f"stream {st.sid}: DPLX reply of {len(body)} B, want {size + 72}"
     q = body[:size]
     return {
         "q_ok": hashlib.sha256(q).digest() == body[size : size + 32],

@@ -1,0 +1,790 @@
+//! Unit tests of the session, one per behaviour rule.
+
+use super::*;
+
+const W: u32 = DEFAULT_WINDOW;
+const D: FrameType = FrameType::Data;
+const WU: FrameType = FrameType::WindowUpdate;
+
+fn cfg(client: bool) -> Config {
+    let mut c = Config::new(client);
+    c.keepalive_interval_ms = 0;
+    c
+}
+
+fn server_with(c: Config) -> (Session, Instant) {
+    let t = Instant::now();
+    (Session::new_at(c, t).unwrap(), t)
+}
+
+fn server() -> (Session, Instant) {
+    server_with(cfg(false))
+}
+
+fn client() -> (Session, Instant) {
+    server_with(cfg(true))
+}
+
+fn hdr(typ: FrameType, flags: Flags, sid: u32, len: u32) -> Vec<u8> {
+    Header::new(typ, flags, sid, len).encode().to_vec()
+}
+
+fn data(sid: u32, flags: Flags, payload: &[u8]) -> Vec<u8> {
+    let mut v = hdr(D, flags, sid, payload.len() as u32);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn evs(b: &[u8]) -> Vec<Event> {
+    unpack_events(b).collect()
+}
+
+fn ev(kind: u32, stream_id: u32, a: u32, b: u32) -> Event {
+    Event { kind, stream_id, a, b }
+}
+
+/// Parse a byte stream of frames: (header, payload) with payload only for data frames.
+fn parse(out: &[u8]) -> Vec<(Header, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut p = 0;
+    while p < out.len() {
+        let h = Header::decode_prefix(&out[p..]).unwrap().unwrap();
+        p += HEADER_LEN;
+        let mut pl = Vec::new();
+        if h.typ == D {
+            pl = out[p..p + h.length as usize].to_vec();
+            p += h.length as usize;
+        }
+        v.push((h, pl));
+    }
+    v
+}
+
+fn headers(out: &[u8]) -> Vec<Header> {
+    parse(out).into_iter().map(|(h, _)| h).collect()
+}
+
+/// Server with client stream 1 opened and accepted; outgoing cleared.
+fn server_with_stream() -> (Session, Instant) {
+    let (mut s, t) = server();
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    s.accept_stream(1).unwrap();
+    s.take_outgoing();
+    (s, t)
+}
+
+fn receive_err(s: &mut Session, bytes: &[u8], t: Instant) -> Error {
+    s.receive_at(bytes, t).map(|e| e.to_vec()).unwrap_err()
+}
+
+fn assert_goaway(s: &mut Session, code: u32) {
+    let hs = headers(&s.take_outgoing());
+    let last = hs.last().expect("a frame");
+    assert_eq!(last.typ, FrameType::GoAway);
+    assert_eq!(last.length, code);
+    assert!(s.is_dead() && s.is_closed());
+}
+
+// ------------------------------------------------------------------ events
+
+#[test]
+fn events_are_packed_native_endian_u32_quadruples() {
+    let (mut s, t) = server();
+    let mut input = hdr(WU, Flags::SYN, 1, 0);
+    input.extend(data(1, Flags::NONE, b"hello"));
+    let out = s.receive_at(&input, t).unwrap().to_vec();
+    assert_eq!(out.len(), 2 * EVENT_LEN);
+    let w = |i: usize| u32::from_ne_bytes(out[i..i + 4].try_into().unwrap());
+    assert_eq!((w(0), w(4), w(8), w(12)), (EVENT_OPENED, 1, 0, 0));
+    assert_eq!((w(16), w(20), w(24), w(28)), (EVENT_DATA, 1, 24, 5));
+}
+
+#[test]
+fn data_events_are_offsets_into_the_input_buffer() {
+    let (mut s, t) = server_with_stream();
+    let mut input = data(1, Flags::NONE, b"abc");
+    input.extend(data(1, Flags::NONE, b"defgh"));
+    let e = evs(s.receive_at(&input, t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_DATA, 1, 12, 3), ev(EVENT_DATA, 1, 27, 5)]);
+    assert_eq!(&input[12..15], b"abc");
+    assert_eq!(&input[27..32], b"defgh");
+}
+
+#[test]
+fn partial_header_keeps_at_most_11_bytes_between_calls() {
+    let (mut s, t) = server_with_stream();
+    let input = data(1, Flags::NONE, b"xy");
+    for (i, b) in input[..11].iter().enumerate() {
+        assert!(s.receive_at(std::slice::from_ref(b), t).unwrap().is_empty());
+        assert_eq!(s.hdr_len, i + 1);
+    }
+    // The 12th byte completes the header; payload follows in the same call.
+    let e = evs(s.receive_at(&input[11..], t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_DATA, 1, 1, 2)]);
+    assert_eq!(s.hdr_len, 0);
+}
+
+#[test]
+fn payload_spanning_receive_calls_reports_each_chunk() {
+    let (mut s, t) = server_with_stream();
+    let input = data(1, Flags::FIN, b"0123456789");
+    assert_eq!(evs(s.receive_at(&input[..15], t).unwrap()), vec![ev(EVENT_DATA, 1, 12, 3)]);
+    assert_eq!(evs(s.receive_at(&input[15..16], t).unwrap()), vec![ev(EVENT_DATA, 1, 0, 1)]);
+    // FIN takes effect after the last chunk.
+    assert_eq!(
+        evs(s.receive_at(&input[16..], t).unwrap()),
+        vec![ev(EVENT_DATA, 1, 0, 6), ev(EVENT_FIN, 1, 0, 0)]
+    );
+    assert_eq!(s.stats().bytes_in, 10);
+}
+
+#[test]
+fn flow_control_is_accounted_per_delivered_chunk() {
+    let (mut s, t) = server_with_stream();
+    let payload = vec![7u8; (W / 2) as usize];
+    let input = data(1, Flags::NONE, &payload);
+    let half = input.len() / 2;
+    s.receive_at(&input[..half], t).unwrap();
+    assert!(s.outgoing().is_empty(), "no update before half the window is consumed");
+    s.receive_at(&input[half..], t + Duration::from_secs(1)).unwrap();
+    let hs = headers(&s.take_outgoing());
+    let wu: Vec<_> = hs.iter().filter(|h| h.typ == WU).collect();
+    assert_eq!(wu.len(), 1);
+    assert_eq!(wu[0].length, W / 2);
+}
+
+// ------------------------------------------------------------------ outgoing
+
+#[test]
+fn outgoing_accumulates_until_taken() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, b"one").unwrap();
+    c.send(a, b"two").unwrap();
+    let len = c.outgoing_len();
+    assert_eq!(len, 12 + 2 * (12 + 3));
+    let out = c.take_outgoing();
+    assert_eq!(out.len(), len);
+    assert!(c.take_outgoing().is_empty());
+}
+
+#[test]
+fn stream_order_syn_before_data_fin_after_data() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, b"payload").unwrap();
+    c.close_stream(a).unwrap();
+    let f = parse(&c.take_outgoing());
+    assert_eq!(f.len(), 3);
+    assert!(f[0].0.flags.contains(Flags::SYN));
+    assert_eq!(f[1].1, b"payload");
+    assert_eq!(f[2].0.flags, Flags::FIN);
+    // Reset: RST follows the data already queued.
+    let b = c.open_stream_at(t).unwrap();
+    c.send(b, b"x").unwrap();
+    c.reset_stream(b).unwrap();
+    let f = parse(&c.take_outgoing());
+    assert_eq!(f.last().unwrap().0.flags, Flags::RST);
+}
+
+#[test]
+fn window_updates_are_coalesced_one_pending_per_stream() {
+    let (mut s, t) = server_with_stream();
+    // Consume a full window in four quarter frames, spaced out so no growth happens.
+    let q = vec![0u8; (W / 4) as usize];
+    for i in 0..4u64 {
+        s.receive_at(&data(1, Flags::NONE, &q), t + Duration::from_secs(i + 1)).unwrap();
+    }
+    let hs = headers(&s.take_outgoing());
+    let wu: Vec<_> = hs.iter().filter(|h| h.typ == WU && h.stream_id == 1).collect();
+    assert_eq!(wu.len(), 1, "{hs:?}");
+    assert_eq!(wu[0].length, W, "merged credit");
+    assert_eq!(s.stats().window_updates_out, 2, "ACK + one update");
+    // After the buffer is taken, the next update is a new frame.
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]), t + Duration::from_secs(9)).unwrap();
+    assert_eq!(headers(&s.take_outgoing()).len(), 1);
+}
+
+#[test]
+fn ping_acks_are_coalesced_so_a_peer_that_never_reads_cannot_grow_our_queue() {
+    let (mut s, t) = server_with_stream();
+    let mut input = Vec::new();
+    for i in 0..10_000u32 {
+        input.extend(hdr(FrameType::Ping, Flags::SYN, 0, i));
+    }
+    // Plus data that keeps earning window updates on one stream.
+    for _ in 0..64 {
+        input.extend(data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]));
+    }
+    for chunk in input.chunks(4096) {
+        s.receive_at(chunk, t + Duration::from_secs(5)).unwrap();
+    }
+    // Never taken: at most one ping answer, one update per stream, one RTT probe ping.
+    assert!(s.outgoing_len() <= 3 * HEADER_LEN, "{}", s.outgoing_len());
+    let hs = headers(s.outgoing());
+    let ack = hs.iter().find(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK).unwrap();
+    assert_eq!(ack.length, 9_999, "the latest opaque value");
+}
+
+// ------------------------------------------------------------------ opening
+
+#[test]
+fn open_stream_syn_carries_credit_above_256k() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    assert_eq!(a, 1);
+    assert_eq!(c.open_stream_at(t).unwrap(), 3);
+    let hs = headers(&c.take_outgoing());
+    assert_eq!(hs[0], Header::new(WU, Flags::SYN, 1, 0));
+    let mut big = cfg(true);
+    big.initial_window = 1 << 20;
+    let (mut c2, t2) = server_with(big);
+    c2.open_stream_at(t2).unwrap();
+    assert_eq!(headers(&c2.take_outgoing())[0], Header::new(WU, Flags::SYN, 1, (1 << 20) - W));
+    assert_eq!(c2.stream_window(1).unwrap(), (1 << 20, W));
+    // The server opens even ids.
+    let (mut s, t3) = server();
+    assert_eq!(s.open_stream_at(t3).unwrap(), 2);
+}
+
+#[test]
+fn peer_syn_and_ack_credit_adds_to_send_window() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    let e = evs(c.receive_at(&hdr(WU, Flags::ACK, a, 1000), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_ACKED, a, 0, 0)]);
+    assert_eq!(c.stream_window(a).unwrap().1, W + 1000);
+    let (mut s, t) = server();
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 5000), t).unwrap();
+    assert_eq!(s.stream_window(1).unwrap(), (W, W + 5000));
+}
+
+#[test]
+fn data_may_be_sent_before_the_ack_arrives() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    assert_eq!(c.send(a, &[1u8; 100]).unwrap(), 0);
+    let f = parse(&c.take_outgoing());
+    assert_eq!(f[1].1.len(), 100);
+}
+
+#[test]
+fn inbound_syn_emits_opened_and_accept_queues_ack_with_extra_credit() {
+    let mut c = cfg(false);
+    c.initial_window = 512 * 1024;
+    let (mut s, t) = server_with(c);
+    let e = evs(s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_OPENED, 1, 0, 0)]);
+    assert!(s.outgoing().is_empty());
+    s.accept_stream(1).unwrap();
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::ACK, 1, 256 * 1024)]);
+    assert_eq!(s.stream_window(1).unwrap().0, 512 * 1024);
+    // Accepting twice is a no-op.
+    s.accept_stream(1).unwrap();
+    assert!(s.outgoing().is_empty());
+}
+
+#[test]
+fn accept_backlog_overflow_is_answered_with_rst() {
+    let mut c = cfg(false);
+    c.accept_backlog = 2;
+    let (mut s, t) = server_with(c);
+    for id in [1, 3] {
+        s.receive_at(&hdr(WU, Flags::SYN, id, 0), t).unwrap();
+    }
+    assert!(s.outgoing().is_empty());
+    let e = evs(s.receive_at(&data(5, Flags::SYN, b"dropped"), t).unwrap());
+    assert!(e.is_empty());
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 5, 0)]);
+    assert_eq!(s.stream_count(), 2);
+    assert!(!s.is_dead());
+    // Accepting one frees a slot.
+    s.accept_stream(1).unwrap();
+    let e = evs(s.receive_at(&hdr(WU, Flags::SYN, 7, 0), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_OPENED, 7, 0, 0)]);
+}
+
+#[test]
+fn max_streams_overflow_is_answered_with_rst() {
+    let mut c = cfg(false);
+    c.max_streams = 2;
+    let (mut s, t) = server_with(c);
+    s.open_stream_at(t).unwrap();
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    s.take_outgoing();
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t).unwrap();
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 3, 0)]);
+    assert_eq!(s.open_stream_at(t), Err(Error::StreamLimitReached));
+}
+
+#[test]
+fn after_goaway_sent_or_received_syns_get_rst_and_open_stream_is_session_closed() {
+    let (mut s, t) = server();
+    s.go_away(0);
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(FrameType::GoAway, Flags::NONE, 0, 0)]);
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 1, 0)]);
+    assert_eq!(s.open_stream_at(t), Err(Error::SessionClosed));
+
+    let (mut s, t) = server();
+    let e = evs(s.receive_at(&hdr(FrameType::GoAway, Flags::NONE, 0, 0), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_GOAWAY, 0, 0, 0)]);
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 1, 0)]);
+    assert_eq!(s.open_stream_at(t), Err(Error::SessionClosed));
+}
+
+#[test]
+fn oversize_syn_data_frame_is_refused_before_any_stream_state_cve_2026_32314() {
+    let (mut s, t) = server();
+    // Only the header of a 262,145-byte SYN data frame: refused at once.
+    let err = receive_err(&mut s, &hdr(D, Flags::SYN, 1, W + 1), t);
+    assert_eq!(err, Error::FlowControlViolation(1));
+    assert_eq!(s.stream_count(), 0);
+    assert_eq!(s.receive_windows_total(), 0);
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+    // Exactly the initial window is fine.
+    let (mut s, t) = server();
+    let e = evs(s.receive_at(&data(1, Flags::SYN, &vec![0u8; W as usize]), t).unwrap());
+    assert_eq!(e[0], ev(EVENT_OPENED, 1, 0, 0));
+}
+
+// ------------------------------------------------------------------ protocol errors
+
+#[test]
+fn data_beyond_the_receive_window_is_flow_control_violation() {
+    let (mut s, t) = server_with_stream();
+    s.set_read_paused_at(1, true, t).unwrap();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t).unwrap();
+    let err = receive_err(&mut s, &data(1, Flags::NONE, b"x"), t);
+    assert_eq!(err, Error::FlowControlViolation(1));
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+    assert_eq!(s.stats().protocol_errors, 1);
+}
+
+#[test]
+fn window_update_past_u32_max_is_window_overflow() {
+    let (mut s, t) = server_with_stream();
+    s.receive_at(&hdr(WU, Flags::NONE, 1, u32::MAX - W), t).unwrap();
+    assert_eq!(s.stream_window(1).unwrap().1, u32::MAX);
+    let err = receive_err(&mut s, &hdr(WU, Flags::NONE, 1, 1), t);
+    assert_eq!(err, Error::WindowOverflow(1));
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+}
+
+#[test]
+fn nonzero_version_is_invalid_version_and_unknown_type_is_unknown_frame_type() {
+    let (mut s, t) = server();
+    let mut b = hdr(WU, Flags::SYN, 1, 0);
+    b[0] = 1;
+    assert_eq!(receive_err(&mut s, &b, t), Error::InvalidVersion(1));
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+    let (mut s, t) = server();
+    let mut b = hdr(WU, Flags::SYN, 1, 0);
+    b[1] = 9;
+    assert_eq!(receive_err(&mut s, &b, t), Error::UnknownFrameType(9));
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+}
+
+#[test]
+fn syn_on_a_live_id_is_duplicate_stream() {
+    let (mut s, t) = server_with_stream();
+    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 1, 0), t), Error::DuplicateStream(1));
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+}
+
+#[test]
+fn bad_stream_ids_are_invalid_stream_id() {
+    // Wrong parity: a client may not open even ids.
+    let (mut s, t) = server();
+    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 2, 0), t), Error::InvalidStreamId(2));
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+    // Stream frames on id 0.
+    let (mut s, t) = server();
+    assert_eq!(receive_err(&mut s, &data(0, Flags::NONE, b"x"), t), Error::InvalidStreamId(0));
+    // Ids not increasing (lower than, or equal to, one already seen and gone).
+    let (mut s, t) = server();
+    s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap();
+    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 3, 0), t), Error::InvalidStreamId(3));
+    let (mut s, t) = server();
+    s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap();
+    s.reset_stream(5).unwrap();
+    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 5, 0), t), Error::InvalidStreamId(5));
+}
+
+#[test]
+fn frames_for_a_forgotten_stream_are_ignored_but_never_opened_ids_are_errors() {
+    let (mut s, t) = server_with_stream();
+    s.reset_stream(1).unwrap();
+    s.take_outgoing();
+    let mut input = data(1, Flags::NONE, &[9u8; 1000]);
+    input.extend(hdr(WU, Flags::NONE, 1, 10));
+    input.extend(data(1, Flags::FIN, b""));
+    assert!(s.receive_at(&input, t).unwrap().is_empty());
+    assert!(s.outgoing().is_empty());
+    // Our own id that we never opened, and a peer id never opened.
+    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::NONE, 2, 1), t), Error::InvalidStreamId(2));
+    let (mut s, t) = server_with_stream();
+    assert_eq!(receive_err(&mut s, &data(3, Flags::NONE, b"x"), t), Error::InvalidStreamId(3));
+}
+
+#[test]
+fn ping_and_goaway_must_be_on_stream_0() {
+    let (mut s, t) = server();
+    assert_eq!(receive_err(&mut s, &hdr(FrameType::Ping, Flags::SYN, 1, 0), t), Error::InvalidStreamId(1));
+    let (mut s, t) = server();
+    assert_eq!(receive_err(&mut s, &hdr(FrameType::GoAway, Flags::NONE, 2, 0), t), Error::InvalidStreamId(2));
+}
+
+#[test]
+fn invalid_flag_combinations_are_invalid_flags() {
+    let (mut s, t) = server();
+    let e = receive_err(&mut s, &hdr(WU, Flags::SYN | Flags::ACK, 1, 0), t);
+    assert_eq!(e, Error::InvalidFlags(3));
+    let (mut s, t) = server();
+    assert_eq!(receive_err(&mut s, &hdr(FrameType::Ping, Flags::NONE, 0, 0), t), Error::InvalidFlags(0));
+}
+
+#[test]
+fn oversize_data_frame_for_a_forgotten_stream_is_frame_too_large() {
+    let (mut s, t) = server_with_stream();
+    s.reset_stream(1).unwrap();
+    let e = receive_err(&mut s, &hdr(D, Flags::NONE, 1, s.config().max_window + 1), t);
+    assert!(matches!(e, Error::FrameTooLarge(_)));
+}
+
+#[test]
+fn protocol_error_queues_goaway_1_and_kills_the_session() {
+    let (mut s, t) = server_with_stream();
+    let mut input = data(1, Flags::NONE, b"fine");
+    input.extend(hdr(WU, Flags::SYN, 2, 0));
+    let err = receive_err(&mut s, &input, t);
+    assert!(err.is_protocol());
+    assert_eq!(err.goaway_code(), 1);
+    assert_goaway(&mut s, 1);
+    assert_eq!(s.receive_at(b"", t).unwrap_err(), Error::SessionClosed);
+    assert_eq!(s.send(1, b"x"), Err(Error::SessionClosed));
+    assert_eq!(s.open_stream_at(t), Err(Error::SessionClosed));
+}
+
+#[test]
+fn open_then_reset_churn_past_the_rate_is_stream_reset_flood() {
+    let mut c = cfg(false);
+    c.max_resets_per_second = 10;
+    let (mut s, t) = server_with(c);
+    let mut id = 1;
+    let mut churn = |s: &mut Session, at: Instant, n: usize| -> Result<(), Error> {
+        for _ in 0..n {
+            let mut b = hdr(WU, Flags::SYN, id, 0);
+            b.extend(hdr(WU, Flags::RST, id, 0));
+            s.receive_at(&b, at).map(|_| ())?;
+            id += 2;
+        }
+        Ok(())
+    };
+    churn(&mut s, t, 10).unwrap();
+    // A new one-second window starts afresh.
+    churn(&mut s, t + Duration::from_millis(1500), 10).unwrap();
+    assert_eq!(
+        churn(&mut s, t + Duration::from_millis(1600), 1),
+        Err(Error::StreamResetFlood)
+    );
+    assert_goaway(&mut s, GOAWAY_PROTOCOL);
+}
+
+// ------------------------------------------------------------------ flow control
+
+#[test]
+fn read_paused_stream_holds_credit_until_unpaused() {
+    let (mut s, t) = server_with_stream();
+    s.set_read_paused_at(1, true, t).unwrap();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t).unwrap();
+    let hs = headers(&s.take_outgoing());
+    assert!(hs.iter().all(|h| h.typ != WU), "no credit while paused: {hs:?}");
+    s.set_read_paused_at(1, false, t + Duration::from_secs(1)).unwrap();
+    let hs = headers(&s.take_outgoing());
+    let wu = hs.iter().find(|h| h.typ == WU).unwrap();
+    assert_eq!(wu.length, W);
+}
+
+#[test]
+fn window_update_is_sent_once_half_the_window_is_consumed() {
+    let (mut s, t) = server_with_stream();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2 - 1) as usize]), t).unwrap();
+    assert!(s.outgoing().is_empty());
+    s.receive_at(&data(1, Flags::NONE, b"x"), t + Duration::from_secs(1)).unwrap();
+    let hs = headers(&s.take_outgoing());
+    assert!(hs.contains(&Header::new(WU, Flags::NONE, 1, W / 2)));
+}
+
+#[test]
+fn auto_tuning_doubles_the_window_when_updates_come_faster_than_two_rtts() {
+    let (mut s, t) = server_with_stream();
+    // Measure an RTT of 50 ms.
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + Duration::from_millis(50)).unwrap();
+    assert_eq!(s.rtt_us(), 50_000);
+    s.take_outgoing();
+    // Half a window consumed 10 ms after the stream's last update: grow.
+    let t1 = t + Duration::from_millis(60);
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]), t1).unwrap();
+    assert_eq!(s.stream_window(1).unwrap().0, 2 * W);
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::NONE, 1, W / 2 + W)]);
+    assert_eq!(s.stats().window_grows, 1);
+    // Slow consumption (more than 2 × RTT later): no growth.
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t1 + Duration::from_secs(1)).unwrap();
+    assert_eq!(s.stream_window(1).unwrap().0, 2 * W);
+    assert_eq!(s.stats().window_grows, 1);
+}
+
+#[test]
+fn auto_tuning_is_capped_by_max_window_and_session_budget() {
+    let mut c = cfg(false);
+    c.max_window = 3 * W;
+    c.session_budget = 5 * W as u64;
+    let (mut s, t) = server_with(c);
+    for id in [1, 3] {
+        s.receive_at(&hdr(WU, Flags::SYN, id, 0), t).unwrap();
+        s.accept_stream(id).unwrap();
+    }
+    // Unknown RTT: the 1 ms assumption; consume instantly so every update is "fast".
+    let mut now = t;
+    for _ in 0..8 {
+        for id in [1u32, 3] {
+            let win = s.stream_window(id).unwrap().0;
+            s.receive_at(&data(id, Flags::NONE, &vec![0u8; (win / 2) as usize]), now).unwrap();
+        }
+        now += Duration::from_micros(100);
+    }
+    let (w1, w3) = (s.stream_window(1).unwrap().0, s.stream_window(3).unwrap().0);
+    assert!(w1 <= 3 * W && w3 <= 3 * W);
+    assert_eq!(w1 as u64 + w3 as u64, 5 * W as u64, "grown up to the budget");
+    assert_eq!(s.receive_windows_total(), 5 * W as u64);
+    // The first update with an unknown RTT sent one RTT probe ping.
+    assert_eq!(s.stats().pings_out, 1);
+}
+
+#[test]
+fn send_splits_frames_at_max_frame_payload_within_the_window_and_the_rest_waits() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.take_outgoing();
+    let payload: Vec<u8> = (0..W as usize + 50_000).map(|i| i as u8).collect();
+    assert_eq!(c.send(a, &payload).unwrap(), 50_000);
+    let f = parse(&c.take_outgoing());
+    assert_eq!(f.len(), 16);
+    assert!(f.iter().all(|(h, p)| h.length == 16 * 1024 && p.len() == 16 * 1024));
+    assert_eq!(c.stream_window(a).unwrap().1, 0);
+    // Credit releases the rest.
+    c.receive_at(&hdr(WU, Flags::ACK, a, 30_000), t).unwrap();
+    let f = parse(&c.take_outgoing());
+    let sent: usize = f.iter().map(|(_, p)| p.len()).sum();
+    assert_eq!(sent, 30_000);
+    c.receive_at(&hdr(WU, Flags::NONE, a, 1 << 20), t).unwrap();
+    let mut all: Vec<u8> = Vec::new();
+    for (_, p) in f.iter().chain(parse(&c.take_outgoing()).iter()) {
+        all.extend(p);
+    }
+    assert_eq!(&all[..], &payload[W as usize..]);
+    assert_eq!(c.stream_backlog(a).unwrap(), 0);
+}
+
+#[test]
+fn writable_when_backlog_over_high_water_drops_to_low_water() {
+    let mut cf = cfg(true);
+    cf.pending_high_water = 100_000;
+    cf.pending_low_water = 20_000;
+    let (mut c, t) = server_with(cf);
+    let a = c.open_stream_at(t).unwrap();
+    assert_eq!(c.send(a, &vec![0u8; W as usize + 150_000]).unwrap(), 150_000);
+    let e = evs(c.receive_at(&hdr(WU, Flags::ACK, a, 100_000), t).unwrap());
+    assert!(e.iter().all(|e| e.kind != EVENT_WRITABLE), "50000 left > low water");
+    let e = evs(c.receive_at(&hdr(WU, Flags::NONE, a, 40_000), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_WRITABLE, a, 0, 0)]);
+    // Reported once.
+    let e = evs(c.receive_at(&hdr(WU, Flags::NONE, a, 10_000), t).unwrap());
+    assert!(e.is_empty());
+}
+
+#[test]
+fn window_stalls_count_streams_blocked_by_a_zero_send_window() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, &vec![0u8; W as usize + 1]).unwrap();
+    c.send(a, b"more").unwrap();
+    assert_eq!(c.stats().window_stalls, 1, "counted once per stall");
+    c.receive_at(&hdr(WU, Flags::ACK, a, 10), t).unwrap();
+    c.send(a, &[0u8; 100]).unwrap();
+    assert_eq!(c.stats().window_stalls, 2);
+}
+
+// ------------------------------------------------------------------ closing
+
+#[test]
+fn close_stream_sends_fin_after_the_backlog() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, &vec![1u8; W as usize + 10]).unwrap();
+    c.close_stream(a).unwrap();
+    c.close_stream(a).unwrap(); // twice: no-op
+    let f = parse(&c.take_outgoing());
+    assert!(f.iter().all(|(h, _)| !h.flags.contains(Flags::FIN)));
+    assert_eq!(c.send(a, b"late"), Err(Error::StreamClosed(a)));
+    c.receive_at(&hdr(WU, Flags::ACK, a, 10), t).unwrap();
+    let f = parse(&c.take_outgoing());
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].0.flags, Flags::FIN, "FIN rides on the last data frame");
+    assert_eq!(f[0].1.len(), 10);
+}
+
+#[test]
+fn both_fins_close_and_forget_the_stream() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.close_stream(a).unwrap();
+    let e = evs(c.receive_at(&data(a, Flags::ACK | Flags::FIN, b"bye"), t).unwrap());
+    assert_eq!(
+        e,
+        vec![ev(EVENT_ACKED, a, 0, 0), ev(EVENT_DATA, a, 12, 3), ev(EVENT_FIN, a, 0, 0), ev(EVENT_CLOSED, a, 0, 0)]
+    );
+    assert_eq!(c.stream_count(), 0);
+    assert_eq!(c.receive_windows_total(), 0);
+    // Late frames for it are ignored.
+    assert!(c.receive_at(&hdr(WU, Flags::NONE, a, 5), t).unwrap().is_empty());
+    // Closing after the peer's FIN: CLOSED comes with the next events.
+    let b = c.open_stream_at(t).unwrap();
+    c.receive_at(&data(b, Flags::FIN, b""), t).unwrap();
+    c.close_stream(b).unwrap();
+    assert_eq!(evs(c.take_events()), vec![ev(EVENT_CLOSED, b, 0, 0)]);
+    assert!(c.take_events().is_empty());
+}
+
+#[test]
+fn reset_stream_sends_rst_at_once_and_drops_the_backlog() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, &vec![1u8; W as usize + 10_000]).unwrap();
+    c.take_outgoing();
+    c.reset_stream(a).unwrap();
+    assert_eq!(headers(&c.take_outgoing()), vec![Header::new(WU, Flags::RST, a, 0)]);
+    assert_eq!(c.stream_count(), 0);
+    assert_eq!(c.send(a, b"x"), Err(Error::UnknownStream(a)));
+    c.reset_stream(a).unwrap(); // unknown: no-op
+    assert!(c.outgoing().is_empty());
+    assert_eq!(c.stats().streams_reset_local, 1);
+}
+
+#[test]
+fn peer_rst_gives_reset_and_peer_fin_gives_fin() {
+    let (mut s, t) = server_with_stream();
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t).unwrap();
+    let mut input = data(1, Flags::FIN, b"");
+    input.extend(hdr(WU, Flags::RST, 3, 0));
+    let e = evs(s.receive_at(&input, t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_FIN, 1, 0, 0), ev(EVENT_RESET, 3, 0, 0)]);
+    assert_eq!(s.stream_count(), 1);
+    assert_eq!(s.stats().streams_reset_remote, 1);
+    // We can still send on a half-closed stream.
+    s.send(1, b"reply").unwrap();
+    // Accepting a stream the peer already reset is a harmless no-op.
+    s.accept_stream(3).unwrap();
+}
+
+// ------------------------------------------------------------------ keepalive, ping, goaway
+
+#[test]
+fn keepalive_pings_when_due_and_times_out_unanswered() {
+    let mut c = cfg(false);
+    c.keepalive_interval_ms = 1000;
+    c.keepalive_timeout_ms = 500;
+    let (mut s, t) = server_with(c);
+    assert_eq!(s.tick_at(t).unwrap(), 1000);
+    assert!(s.outgoing().is_empty());
+    assert_eq!(s.tick_at(t + Duration::from_millis(1000)).unwrap(), 500);
+    let hs = headers(&s.take_outgoing());
+    assert_eq!(hs, vec![Header::new(FrameType::Ping, Flags::SYN, 0, 1)]);
+    // Answered: no timeout; the next ping a full interval later.
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, 1), t + Duration::from_millis(1100)).unwrap();
+    assert_eq!(s.rtt_us(), 100_000);
+    assert_eq!(s.tick_at(t + Duration::from_millis(1600)).unwrap(), 400);
+    s.tick_at(t + Duration::from_millis(2000)).unwrap();
+    assert_eq!(headers(&s.take_outgoing()).len(), 1);
+    // Unanswered past the timeout: KeepaliveTimeout, GoAway(2).
+    s.tick_at(t + Duration::from_millis(2499)).unwrap();
+    assert_eq!(s.tick_at(t + Duration::from_millis(2500)), Err(Error::KeepaliveTimeout));
+    assert_goaway(&mut s, GOAWAY_INTERNAL);
+}
+
+#[test]
+fn ping_syn_is_answered_with_the_same_opaque_and_pong_reports_rtt() {
+    let (mut s, t) = server();
+    s.receive_at(&hdr(FrameType::Ping, Flags::SYN, 0, 0xdead_beef), t).unwrap();
+    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(FrameType::Ping, Flags::ACK, 0, 0xdead_beef)]);
+    let p1 = s.ping_at(t).unwrap();
+    let p2 = s.ping_at(t + Duration::from_millis(1)).unwrap();
+    assert_ne!(p1, p2);
+    // The answer to the later ping answers the earlier one too (peers coalesce answers).
+    let e = evs(s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p2), t + Duration::from_millis(3)).unwrap());
+    assert_eq!(e, vec![ev(EVENT_PONG, 0, 2000, 0)]);
+    assert!(s.pings.is_empty());
+    // Unknown pong: ignored.
+    assert!(s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, 77), t).unwrap().is_empty());
+}
+
+#[test]
+fn goaway_received_is_an_event_and_existing_streams_go_on() {
+    let (mut s, t) = server_with_stream();
+    let mut input = hdr(FrameType::GoAway, Flags::NONE, 0, 2);
+    input.extend(data(1, Flags::NONE, b"still"));
+    let e = evs(s.receive_at(&input, t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_GOAWAY, 0, 2, 0), ev(EVENT_DATA, 1, 24, 5)]);
+    assert!(s.remote_went_away() && !s.is_closed());
+    s.send(1, b"reply").unwrap();
+    s.go_away(0);
+    assert!(!s.is_closed());
+    s.reset_stream(1).unwrap();
+    assert!(s.is_closed());
+}
+
+#[test]
+fn stats_count_frames_bytes_and_streams() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, b"12345").unwrap();
+    c.ping_at(t).unwrap();
+    let mut input = hdr(WU, Flags::ACK, a, 0);
+    input.extend(data(a, Flags::NONE, b"abc"));
+    input.extend(hdr(FrameType::Ping, Flags::SYN, 0, 4));
+    input.extend(hdr(WU, Flags::RST, a, 0));
+    c.receive_at(&input, t).unwrap();
+    let st = c.stats().clone();
+    assert_eq!(st.frames_out, 4);
+    assert_eq!((st.data_frames_out, st.window_updates_out, st.pings_out), (1, 1, 2));
+    assert_eq!(st.bytes_out, 5);
+    assert_eq!(st.frames_in, 4);
+    assert_eq!((st.data_frames_in, st.window_updates_in, st.pings_in), (1, 2, 1));
+    assert_eq!(st.bytes_in, 3);
+    assert_eq!((st.streams_opened_local, st.streams_reset_remote), (1, 1));
+    assert_eq!(st.fields().len(), 17);
+}
+
+#[test]
+fn config_validation_rejects_bad_values() {
+    let ok = Config::new(true);
+    assert!(ok.validate().is_ok());
+    let cases: Vec<fn(&mut Config)> = vec![
+        |c| c.initial_window = W - 1,
+        |c| c.max_window = c.initial_window - 1,
+        |c| c.session_budget = 1,
+        |c| c.max_frame_payload = 0,
+        |c| c.max_streams = 0,
+        |c| c.keepalive_timeout_ms = 0,
+        |c| c.pending_low_water = c.pending_high_water + 1,
+        |c| c.max_resets_per_second = 0,
+    ];
+    for f in cases {
+        let mut c = ok.clone();
+        f(&mut c);
+        assert!(Session::new(c).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import Agent, EchoServer, Edge
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[Edge]:
+    server = Edge(tmp_path / "edge").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    """Agents a test starts go in this list; all are stopped by PID afterwards."""
+    started: list[Agent] = []
+    try:
+        yield started
+    finally:
+        for agent in started:
+            agent.proc.stop()

@@ -1,0 +1,327 @@
+"""Real processes for end-to-end tests: an edge, agents, and small upstream servers.
+
+Everything listens on 127.0.0.1 only. Every process is stopped by its PID (SIGTERM, then
+SIGKILL after a deadline), also when the test fails; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+RELAY = [sys.executable, "-m", "relay.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_range(size: int = 20) -> tuple[int, int]:
+    """A run of ports that are free right now (best effort: probe each)."""
+    for _ in range(50):
+        first = free_port()
+        if first + size > 65000:
+            continue
+        ok = True
+        for port in range(first, first + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first, first + size - 1
+    raise RuntimeError("no free port range found")
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            try:
+                s.connect(("127.0.0.1", port))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout}s")
+
+
+class Proc:
+    """A child process whose output lines are collected by a thread."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip("\n"))
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, needle: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line with {needle!r}; output:\n" + self.text())
+            try:
+                line = self.lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    time.sleep(0.1)
+                    if self.lines.empty():
+                        raise RuntimeError(
+                            f"exited {self.proc.returncode} without {needle!r}:\n" + self.text()
+                        ) from None
+                continue
+            if needle in line:
+                return line
+
+    def text(self) -> str:
+        return "\n".join(self.output)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM by PID; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(2)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+class Edge:
+    def __init__(self, data_dir: Path, *, listen_port: int | None = None,
+                 ports: tuple[int, int] | None = None, extra: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.listen_port = listen_port or free_port()
+        self.ports = ports or free_port_range()
+        self.extra = extra or []
+        self.proc: Proc | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "ca" / "ca.pem"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listen_port}"
+
+    def start(self) -> Edge:
+        self.proc = Proc(
+            [*RELAY, "edge", "--data-dir", str(self.data_dir),
+             "--listen", self.address, "--tcp-ports", f"{self.ports[0]}-{self.ports[1]}",
+             "--tcp-bind", "127.0.0.1", *self.extra]
+        )
+        self.proc.wait_line("listening for agents", timeout=30)
+        return self
+
+    def stop(self) -> int:
+        return self.proc.stop() if self.proc else 0
+
+    def token(self, *extra: str) -> tuple[str, str]:
+        out = subprocess.run(
+            [*RELAY, "token", "create", "--data-dir", str(self.data_dir), "-o", "json", *extra],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        obj = json.loads(out.stdout.strip().splitlines()[-1])
+        return obj["id"], obj["token"]
+
+
+class Agent:
+    def __init__(self, edge: Edge, token: str, upstream_port: int, *, remote_port: int = 0,
+                 extra: list[str] | None = None) -> None:
+        args = [*RELAY, "tcp", f"127.0.0.1:{upstream_port}", "--edge", edge.address,
+                "--token", token, "--ca-file", str(edge.ca_file), "--server-name", "localhost"]
+        if remote_port:
+            args += ["--remote-port", str(remote_port)]
+        self.proc = Proc(args + (extra or []))
+        self.remote_port = 0
+
+    def wait_bound(self, timeout: float = 30.0) -> int:
+        line = self.proc.wait_line("Forwarding", timeout)
+        url = line.split()[1]
+        self.remote_port = int(url.rsplit(":", 1)[1])
+        return self.remote_port
+
+    def stop(self) -> int:
+        return self.proc.stop()
+
+
+# --- upstream servers, in threads of the test process ------------------------------------
+
+
+class EchoServer:
+    """Echoes every byte; on the client's half-close, finishes and half-closes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(120)
+            try:
+                while True:
+                    data = conn.recv(262144)
+                    if not data:
+                        conn.shutdown(socket.SHUT_WR)
+                        return
+                    conn.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+class SourceServer:
+    """Writes up to ``limit`` bytes to each client as fast as the socket takes them and
+    records how much it managed to write (a blocked writer shows backpressure)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.written = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        chunk = os.urandom(65536)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(0.2)
+                while self.written < self.limit and not self._stop.is_set():
+                    try:
+                        self.written += conn.send(chunk)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
+
+
+def payload(seed: int, size: int) -> bytes:
+    return hashlib.shake_256(seed.to_bytes(8, "big")).digest(size)
+
+
+@contextlib.contextmanager
+def connect(port: int, timeout: float = 30.0) -> Iterator[socket.socket]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def echo_roundtrip(port: int, data: bytes, *, half_close: bool = True, timeout: float = 60.0) -> bytes:
+    """Send ``data`` (from a thread), half-close, read everything back until EOF."""
+    with connect(port, timeout) as sock:
+        error: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                view = memoryview(data)
+                for i in range(0, len(view), 1 << 20):
+                    sock.sendall(view[i : i + (1 << 20)])
+                if half_close:
+                    sock.shutdown(socket.SHUT_WR)
+            except BaseException as exc:  # surfaced below
+                error.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        chunks = []
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not half_close and sum(map(len, chunks)) >= len(data):
+                break
+        sender.join(timeout)
+        if error:
+            raise error[0]
+        return b"".join(chunks)

@@ -1,0 +1,91 @@
+"""Bytes through a TCP tunnel arrive whole and in order, checked by hash."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+
+import pytest
+
+from tests.e2e.procs import Agent, EchoServer, Edge, connect, echo_roundtrip, payload
+
+
+def start_agent(edge: Edge, echo: EchoServer, agents: list[Agent]) -> int:
+    _, token = edge.token()
+    agent = Agent(edge, token, echo.port)
+    agents.append(agent)
+    return agent.wait_bound()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_gib_on_one_stream_arrives_intact(edge: Edge, echo: EchoServer, agents: list[Agent]) -> None:
+    port = start_agent(edge, echo, agents)
+    total = 1 << 30
+    block = payload(1, 1 << 20)
+    sent_hash = hashlib.sha256()
+    got_hash = hashlib.sha256()
+    received = 0
+    with connect(port, timeout=120) as sock:
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                for i in range(total // len(block)):
+                    # Vary each block so a dropped or repeated block changes the hash.
+                    chunk = i.to_bytes(8, "big") + block[8:]
+                    sent_hash.update(chunk)
+                    sock.sendall(chunk)
+                sock.shutdown(socket.SHUT_WR)
+            except BaseException as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            received += len(data)
+            got_hash.update(data)
+        sender.join(120)
+    assert not errors
+    assert received == total
+    assert got_hash.hexdigest() == sent_hash.hexdigest()
+
+
+@pytest.mark.timeout(180)
+def test_two_hundred_concurrent_streams_each_get_their_bytes(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
+    port = start_agent(edge, echo, agents)
+
+    async def one(i: int) -> tuple[str, str]:
+        data = payload(1000 + i, 64 * 1024 + i * 997)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        writer.write_eof()
+        echoed = await asyncio.wait_for(reader.read(-1), 120)
+        writer.close()
+        return hashlib.sha256(data).hexdigest(), hashlib.sha256(echoed).hexdigest()
+
+    async def main() -> list[tuple[str, str]]:
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    results = asyncio.run(main())
+    assert len(results) == 200
+    mismatched = [i for i, (sent, got) in enumerate(results) if sent != got]
+    assert mismatched == []
+    assert echo.connections == 200
+
+
+def test_visitor_half_close_still_receives_the_rest(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
+    port = start_agent(edge, echo, agents)
+    data = payload(7, 3 * 1024 * 1024 + 17)  # more than one window
+    echoed = echo_roundtrip(port, data, half_close=True)
+    assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(data).hexdigest()
