@@ -288,7 +288,9 @@ def write_results(
     interrupted: str | None,
 ) -> int:
     cells = report.summarize(measurements)
-    relay_skip = info.get("relay", {}).get("skipped") if "relay" in info else "not selected"
+    relay_skip: str | None = "not in this run (--contestants)"
+    if "relay" in info:
+        relay_skip = "skipped (see Contestants)" if info["relay"].get("skipped") else None
     tgts = report.targets(cells, scenarios, relay_skip)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

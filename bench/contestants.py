@@ -242,6 +242,7 @@ class Relay(Contestant):
         self.edge_port = 0
         self.port = 0
         self.forwarding_line: str | None = None
+        self.edge_help = ""
 
     def unavailable(self) -> str | None:
         if self.bin is None:
@@ -251,6 +252,8 @@ class Relay(Contestant):
                 r = run_tool([self.bin, *sub], timeout=60)
             except BenchError as e:
                 return f"`relay {' '.join(sub)}` failed: {e}"
+            if sub[0] == "edge":
+                self.edge_help = r.stdout
             if r.returncode != 0:
                 err = (r.stderr or r.stdout).strip().splitlines()
                 last = err[-1] if err else "(no output)"
@@ -295,6 +298,11 @@ class Relay(Contestant):
             "--tcp-ports",
             f"{lo}-{hi}",
         ]
+        # Keep visitor endpoints on loopback and shutdown short, where the CLI has the options.
+        if "--tcp-bind" in self.edge_help:
+            edge_argv += ["--tcp-bind", "127.0.0.1"]
+        if "--drain-timeout" in self.edge_help:
+            edge_argv += ["--drain-timeout", "1"]
         edge = self._spawn("edge", edge_argv)
         wait_listening(self.edge_port, "relay edge", START_TIMEOUT, [edge])
         ca = data_dir / "ca" / "ca.pem"

@@ -100,7 +100,7 @@ def targets(
         for s in singles:
             tname = f"{name} ({'download' if s.reverse else 'upload'})"
             if relay_skip:
-                out.append(Target(tname, None, "not evaluated: relay skipped (see Contestants)"))
+                out.append(Target(tname, None, f"not evaluated: relay {relay_skip}"))
                 continue
             r = ratio(cells, s.key, "relay", base)
             rm = cells.get((s.key, "relay"))
@@ -126,7 +126,7 @@ def targets(
             continue
         tname = f"{s.streams} streams ≥ 1 stream ({'download' if s.reverse else 'upload'})"
         if relay_skip:
-            out.append(Target(tname, None, "not evaluated: relay skipped (see Contestants)"))
+            out.append(Target(tname, None, f"not evaluated: relay {relay_skip}"))
             continue
         many, one = cells.get((s.key, "relay")), cells.get((single.key, "relay"))
         if not many or not one or many.median is None or one.median is None:

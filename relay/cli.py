@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -43,7 +43,7 @@ def setup_logging(level: str) -> None:
     )
 
 
-def run_async(main: Callable[[], Awaitable[None]]) -> None:
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run on uvloop; RelayError becomes one line with its code, not a traceback."""
     import uvloop
 
@@ -96,19 +96,34 @@ def main(log_level: str) -> None:
 
 
 @main.command()
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="YAML file with edge settings (flags override it).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="YAML file with edge settings (flags override it).",
+)
 @data_dir_option
-@click.option("--listen", default=None, help="Agent listener HOST:PORT (TLS). Default 0.0.0.0:7000.")
-@click.option("--tcp-ports", default=None,
-              help="Range for TCP endpoints, e.g. 20000-20999 (the default).")
+@click.option(
+    "--listen", default=None, help="Agent listener HOST:PORT (TLS). Default 0.0.0.0:7000."
+)
+@click.option(
+    "--tcp-ports", default=None, help="Range for TCP endpoints, e.g. 20000-20999 (the default)."
+)
 @click.option("--tcp-bind", default=None, help="Address TCP endpoints listen on. Default 0.0.0.0.")
 @click.option("--public-host", default=None, help="Host name shown in endpoint URLs.")
 @click.option("--region", default=None, help="Region id of this PoP, e.g. eu.")
-@click.option("--reclaim-grace", type=float, default=None,
-              help="Seconds an endpoint stays reserved for its token after the agent vanished.")
-@click.option("--drain-timeout", type=float, default=None,
-              help="Seconds live streams may take to finish on SIGTERM.")
+@click.option(
+    "--reclaim-grace",
+    type=float,
+    default=None,
+    help="Seconds an endpoint stays reserved for its token after the agent vanished.",
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=None,
+    help="Seconds live streams may take to finish on SIGTERM.",
+)
 def edge(config_file: Path | None, **flags: Any) -> None:
     """Start an edge (PoP): accept agents over TLS and serve their endpoints.
 
@@ -172,11 +187,20 @@ def parse_duration(text: str) -> timedelta:
 @data_dir_option
 @click.option("--description", default="", help="What the token is for (shown in lists).")
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 12h or 90d. Default: none.")
-@click.option("--allow", "allow", multiple=True,
-              help="Bind ACL pattern (repeatable): '*', 'tcp:*', 'tcp:20000-20100'. Default '*'.")
+@click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    help="Bind ACL pattern (repeatable): '*', 'tcp:*', 'tcp:20000-20100'. Default '*'.",
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-def token_create(data_dir: Path | None, description: str, expires_in: str | None,
-                 allow: tuple[str, ...], output: str) -> None:
+def token_create(
+    data_dir: Path | None,
+    description: str,
+    expires_in: str | None,
+    allow: tuple[str, ...],
+    output: str,
+) -> None:
     """Create a token and print it. It is shown once and cannot be recovered."""
     from relay.control.tokens import load_or_create_pepper
 
@@ -266,19 +290,47 @@ def parse_upstream(text: str) -> tuple[str, int]:
 
 @main.command()
 @click.argument("upstream")
-@click.option("--edge", "edge_addr", envvar="RELAY_EDGE", required=True,
-              help="Edge agent address HOST:PORT (env RELAY_EDGE).")
-@click.option("--token", envvar="RELAY_TOKEN", required=True,
-              help="Authtoken from 'relay token create' (env RELAY_TOKEN).")
-@click.option("--remote-port", type=int, default=0,
-              help="Public port to ask for; 0 (default) lets the edge pick one.")
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              envvar="RELAY_CA_FILE", help="Trust the edge's certificate through this CA file.")
-@click.option("--pin", envvar="RELAY_PIN", default=None,
-              help="Trust the edge by certificate fingerprint (sha256:…), printed by 'relay edge'.")
+@click.option(
+    "--edge",
+    "edge_addr",
+    envvar="RELAY_EDGE",
+    required=True,
+    help="Edge agent address HOST:PORT (env RELAY_EDGE).",
+)
+@click.option(
+    "--token",
+    envvar="RELAY_TOKEN",
+    required=True,
+    help="Authtoken from 'relay token create' (env RELAY_TOKEN).",
+)
+@click.option(
+    "--remote-port",
+    type=int,
+    default=0,
+    help="Public port to ask for; 0 (default) lets the edge pick one.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    envvar="RELAY_CA_FILE",
+    help="Trust the edge's certificate through this CA file.",
+)
+@click.option(
+    "--pin",
+    envvar="RELAY_PIN",
+    default=None,
+    help="Trust the edge by certificate fingerprint (sha256:…), printed by 'relay edge'.",
+)
 @click.option("--server-name", default=None, help="TLS name of the edge if not its host.")
-def tcp(upstream: str, edge_addr: str, token: str, remote_port: int, ca_file: Path | None,
-        pin: str | None, server_name: str | None) -> None:
+def tcp(
+    upstream: str,
+    edge_addr: str,
+    token: str,
+    remote_port: int,
+    ca_file: Path | None,
+    pin: str | None,
+    server_name: str | None,
+) -> None:
     """Expose a local TCP port: UPSTREAM is PORT or HOST:PORT.
 
     \b
@@ -313,8 +365,12 @@ def tcp(upstream: str, edge_addr: str, token: str, remote_port: int, ca_file: Pa
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=Path(".relay-demo"), show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".relay-demo"),
+    show_default=True,
+)
 def demo(data_dir: Path) -> None:
     """Start an edge, an agent and a small web service on loopback, all in one process."""
     from relay.demo import run_demo

@@ -31,7 +31,7 @@ class EdgeConfig:
     #: Agents connect here (TLS).
     listen: str = "0.0.0.0:7000"
     #: TCP endpoints are allocated from this range and bound on ``tcp_bind``.
-    tcp_ports: PortRange = PortRange(20000, 20999)
+    tcp_ports: PortRange = field(default_factory=lambda: PortRange(20000, 20999))
     tcp_bind: str = "0.0.0.0"
     #: Host name or address shown in endpoint URLs.
     public_host: str = "127.0.0.1"
@@ -49,7 +49,7 @@ class EdgeConfig:
     max_sessions: int = 10_000
     #: SIGTERM: how long live streams may take to finish.
     drain_timeout: float = 30.0
-    mux: MuxConfig = MuxConfig()
+    mux: MuxConfig = field(default_factory=MuxConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_host_port(self.listen, what="listen")

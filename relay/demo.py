@@ -42,9 +42,7 @@ async def _hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def run_demo(data_dir: Path) -> None:
     prepare_data_dir(data_dir)
     store = open_store(data_dir)
-    _, token = store.create_token(
-        description="relay demo", pepper=load_or_create_pepper(data_dir)
-    )
+    _, token = store.create_token(description="relay demo", pepper=load_or_create_pepper(data_dir))
     store.close()
     service = await asyncio.start_server(_hello, "127.0.0.1", 0)
     service_port = service.sockets[0].getsockname()[1]

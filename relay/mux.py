@@ -13,13 +13,9 @@ from typing import Any
 
 import relay_native
 
-from relay import _fastpath
+from relay._fastpath import BufferChannel, Link, Pump
 from relay.errors import ProtocolViolation
 from relay.protocol import Message, MessageReader
-
-Link = _fastpath.Link
-BufferChannel = _fastpath.BufferChannel
-Pump = _fastpath.Pump
 
 
 @dataclass(frozen=True)

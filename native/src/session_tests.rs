@@ -449,7 +449,8 @@ fn invalid_flag_combinations_are_invalid_flags() {
 fn oversize_data_frame_for_a_forgotten_stream_is_frame_too_large() {
     let (mut s, t) = server_with_stream();
     s.reset_stream(1).unwrap();
-    let e = receive_err(&mut s, &hdr(D, Flags::NONE, 1, s.config().max_window + 1), t);
+    let big = s.config().max_window + 1;
+    let e = receive_err(&mut s, &hdr(D, Flags::NONE, 1, big), t);
     assert!(matches!(e, Error::FrameTooLarge(_)));
 }
 

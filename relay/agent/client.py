@@ -80,7 +80,7 @@ class AgentOptions:
     ca_file: Path | None = None
     pin: str | None = None
     server_name: str | None = None
-    mux: MuxConfig = MuxConfig()
+    mux: MuxConfig = field(default_factory=MuxConfig)
     connect_timeout: float = 10.0
     agent_id: str = field(default_factory=lambda: "a_" + secrets.token_hex(8))
 
@@ -237,13 +237,13 @@ class Agent:
         assert control is not None and self._session_done is not None
         receiver = asyncio.ensure_future(self._control_loop(control))
         try:
-            await asyncio.wait(
-                [receiver, self._session_done], return_when=asyncio.FIRST_COMPLETED
-            )
+            waiting: set[asyncio.Future[Any]] = {receiver, self._session_done}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             receiver.cancel()
-        if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
-            raise receiver.exception()  # type: ignore[misc]
+        failure = receiver.exception() if receiver.done() and not receiver.cancelled() else None
+        if failure is not None:
+            raise failure
         if not self._stopping:
             raise SessionEnded("the link closed")
 

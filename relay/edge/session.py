@@ -143,9 +143,7 @@ class AgentSession:
         self.token_id = record.id
         self.agent_id = auth.agent_id[:128]
         self.authenticated = True
-        self.control.send(
-            AuthOk(self.session_id, __version__, self.edge.config.region, record.id)
-        )
+        self.control.send(AuthOk(self.session_id, __version__, self.edge.config.region, record.id))
         log.info(
             "session %s: agent %s (token %s, %s) authenticated",
             self.session_id,

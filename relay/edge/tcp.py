@@ -58,7 +58,7 @@ class TcpEndpoint:
             self.visitors_refused += 1
             return Refuse()
         self.visitors_total += 1
-        return Pump(session.link, header_factory=self._header)  # type: ignore[no-any-return]
+        return Pump(session.link, header_factory=self._header)
 
     def _header(self, transport: asyncio.BaseTransport) -> bytes:
         return StreamHeader(

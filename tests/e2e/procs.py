@@ -48,7 +48,9 @@ def free_port_range(size: int = 20) -> tuple[int, int]:
     raise RuntimeError("no free port range found")
 
 
-def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[str] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen[str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -141,8 +143,14 @@ class Proc:
 
 
 class Edge:
-    def __init__(self, data_dir: Path, *, listen_port: int | None = None,
-                 ports: tuple[int, int] | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        listen_port: int | None = None,
+        ports: tuple[int, int] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.listen_port = listen_port or free_port()
         self.ports = ports or free_port_range()
@@ -159,9 +167,19 @@ class Edge:
 
     def start(self) -> Edge:
         self.proc = Proc(
-            [*RELAY, "edge", "--data-dir", str(self.data_dir),
-             "--listen", self.address, "--tcp-ports", f"{self.ports[0]}-{self.ports[1]}",
-             "--tcp-bind", "127.0.0.1", *self.extra]
+            [
+                *RELAY,
+                "edge",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                self.address,
+                "--tcp-ports",
+                f"{self.ports[0]}-{self.ports[1]}",
+                "--tcp-bind",
+                "127.0.0.1",
+                *self.extra,
+            ]
         )
         self.proc.wait_line("listening for agents", timeout=30)
         return self
@@ -172,17 +190,38 @@ class Edge:
     def token(self, *extra: str) -> tuple[str, str]:
         out = subprocess.run(
             [*RELAY, "token", "create", "--data-dir", str(self.data_dir), "-o", "json", *extra],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         obj = json.loads(out.stdout.strip().splitlines()[-1])
         return obj["id"], obj["token"]
 
 
 class Agent:
-    def __init__(self, edge: Edge, token: str, upstream_port: int, *, remote_port: int = 0,
-                 extra: list[str] | None = None) -> None:
-        args = [*RELAY, "tcp", f"127.0.0.1:{upstream_port}", "--edge", edge.address,
-                "--token", token, "--ca-file", str(edge.ca_file), "--server-name", "localhost"]
+    def __init__(
+        self,
+        edge: Edge,
+        token: str,
+        upstream_port: int,
+        *,
+        remote_port: int = 0,
+        extra: list[str] | None = None,
+    ) -> None:
+        args = [
+            *RELAY,
+            "tcp",
+            f"127.0.0.1:{upstream_port}",
+            "--edge",
+            edge.address,
+            "--token",
+            token,
+            "--ca-file",
+            str(edge.ca_file),
+            "--server-name",
+            "localhost",
+        ]
         if remote_port:
             args += ["--remote-port", str(remote_port)]
         self.proc = Proc(args + (extra or []))
@@ -296,7 +335,9 @@ def connect(port: int, timeout: float = 30.0) -> Iterator[socket.socket]:
         sock.close()
 
 
-def echo_roundtrip(port: int, data: bytes, *, half_close: bool = True, timeout: float = 60.0) -> bytes:
+def echo_roundtrip(
+    port: int, data: bytes, *, half_close: bool = True, timeout: float = 60.0
+) -> bytes:
     """Send ``data`` (from a thread), half-close, read everything back until EOF."""
     with connect(port, timeout) as sock:
         error: list[BaseException] = []

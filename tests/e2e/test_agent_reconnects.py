@@ -88,9 +88,7 @@ def test_killed_agent_visitors_refused_then_restart_recovers(
 
 
 @pytest.mark.timeout(60)
-def test_wrong_token_is_refused_with_a_code_and_binds_nothing(
-    edge: Edge, echo: EchoServer
-) -> None:
+def test_wrong_token_is_refused_with_a_code_and_binds_nothing(edge: Edge, echo: EchoServer) -> None:
     wanted = edge.ports[0]
     bogus = "rly_aaaaaaaaaaaa_" + "A" * 43
     agent = Agent(edge, bogus, echo.port, remote_port=wanted)
@@ -112,7 +110,9 @@ def test_revoked_token_is_refused_with_its_own_code(edge: Edge, echo: EchoServer
     token_id, token = edge.token()
     subprocess.run(
         [*RELAY, "token", "revoke", "--data-dir", str(edge.data_dir), token_id],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     agent = Agent(edge, token, echo.port, remote_port=edge.ports[0])
     try:
@@ -125,7 +125,9 @@ def test_revoked_token_is_refused_with_its_own_code(edge: Edge, echo: EchoServer
 
 
 @pytest.mark.timeout(60)
-def test_agent_with_wrong_pin_never_authenticates(tmp_path: Path, edge: Edge, echo: EchoServer) -> None:
+def test_agent_with_wrong_pin_never_authenticates(
+    tmp_path: Path, edge: Edge, echo: EchoServer
+) -> None:
     _, token = edge.token()
     agent = Agent(edge, token, echo.port, extra=["--pin", "sha256:" + "00" * 32])
     # --pin replaces --ca-file's role; the fingerprint does not match the edge's.
@@ -138,10 +140,11 @@ def test_agent_with_wrong_pin_never_authenticates(tmp_path: Path, edge: Edge, ec
 
 
 @pytest.mark.timeout(60)
-def test_agent_with_the_right_pin_connects(edge: Edge, echo: EchoServer, agents: list[Agent]) -> None:
+def test_agent_with_the_right_pin_connects(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
     fingerprint = edge.proc.wait_line("--pin", timeout=5).split("--pin", 1)[1].strip()
     _, token = edge.token()
     agent = Agent(edge, token, echo.port, extra=["--pin", fingerprint])
     agents.append(agent)
     assert_echo(agent.wait_bound())
-

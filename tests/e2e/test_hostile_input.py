@@ -94,10 +94,14 @@ def test_agent_link_speaks_tls_1_2_and_1_3_with_alpn(edge: Edge) -> None:
         ctx = ssl.create_default_context(cafile=str(edge.ca_file))
         ctx.minimum_version = ctx.maximum_version = version
         ctx.set_alpn_protocols(["relay/1"])
-        with socket.create_connection(("127.0.0.1", edge.listen_port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            assert tls.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
-                                     ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+        with (
+            socket.create_connection(("127.0.0.1", edge.listen_port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert (
+                tls.version()
+                == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+            )
             assert tls.selected_alpn_protocol() == "relay/1"
 
 

@@ -21,7 +21,9 @@ def start_agent(edge: Edge, echo: EchoServer, agents: list[Agent]) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_one_gib_on_one_stream_arrives_intact(edge: Edge, echo: EchoServer, agents: list[Agent]) -> None:
+def test_one_gib_on_one_stream_arrives_intact(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
     port = start_agent(edge, echo, agents)
     total = 1 << 30
     block = payload(1, 1 << 20)

@@ -181,7 +181,9 @@ def test_verify_secret_accepts_only_the_right_secret() -> None:
     salt, pepper = new_salt(), os.urandom(32)
     stored = hash_secret(secret, salt, pepper)
     assert verify_secret(secret, salt, pepper, stored)
-    assert not verify_secret(secret[:-1] + ("B" if secret[-1] != "B" else "C"), salt, pepper, stored)
+    assert not verify_secret(
+        secret[:-1] + ("B" if secret[-1] != "B" else "C"), salt, pepper, stored
+    )
     assert not verify_secret(secret, salt, pepper, stored[:-1])
     assert not verify_secret(secret, salt, pepper, b"")
 

@@ -152,7 +152,9 @@ def test_corrupt_ca_files_are_refused(tmp_path: Path, ca: LocalCA) -> None:
 
 
 def test_issued_leaf_has_the_documented_profile(ca: LocalCA) -> None:
-    chain_pem, key_pem = ca.issue_server_cert(["localhost", "edge.example.com"], ["127.0.0.1", "::1"])
+    chain_pem, key_pem = ca.issue_server_cert(
+        ["localhost", "edge.example.com"], ["127.0.0.1", "::1"]
+    )
     leaf, ca_cert = _chain(chain_pem)
     assert ca_cert == ca.cert
     key = serialization.load_pem_private_key(key_pem, password=None)
@@ -186,7 +188,7 @@ def _verifier(ca: LocalCA, subject: x509.verification.Subject) -> xv.ServerVerif
 def test_issued_leaf_verifies_against_the_ca(ca: LocalCA) -> None:
     chain_pem, _ = ca.issue_server_cert(["localhost"], ["127.0.0.1"])
     leaf = _chain(chain_pem)[0]
-    for subject in (xv.DNSName("localhost"), xv.IPAddress(ipaddress.ip_address("127.0.0.1"))):
+    for subject in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
         path = _verifier(ca, subject).verify(leaf, [])
         assert path[-1] == ca.cert
 
@@ -195,16 +197,16 @@ def test_issued_leaf_does_not_verify_for_other_names_or_cas(tmp_path: Path, ca: 
     chain_pem, _ = ca.issue_server_cert(["localhost"], [])
     leaf = _chain(chain_pem)[0]
     with pytest.raises(xv.VerificationError):
-        _verifier(ca, xv.DNSName("example.com")).verify(leaf, [])
+        _verifier(ca, x509.DNSName("example.com")).verify(leaf, [])
     other = LocalCA.load_or_create(tmp_path / "other")
     with pytest.raises(xv.VerificationError):
-        _verifier(other, xv.DNSName("localhost")).verify(leaf, [])
+        _verifier(other, x509.DNSName("localhost")).verify(leaf, [])
 
 
 def test_wildcard_hostnames_are_issued(ca: LocalCA) -> None:
     chain_pem, _ = ca.issue_server_cert(["*.tunnels.example.com"], [])
     leaf = _chain(chain_pem)[0]
-    _verifier(ca, xv.DNSName("abc.tunnels.example.com")).verify(leaf, [])
+    _verifier(ca, x509.DNSName("abc.tunnels.example.com")).verify(leaf, [])
 
 
 def test_leaf_never_outlives_the_ca(ca: LocalCA) -> None:
@@ -315,7 +317,7 @@ def test_tls_handshake_fails_for_wrong_name_or_other_ca(tmp_path: Path) -> None:
     other = LocalCA.load_or_create(tmp_path / "other")
     with tls_server(cert_path, key_path) as (port, _errors):
         good = _client_ctx(LocalCA.load_or_create(tmp_path).ca_pem_path)
-        with pytest.raises(ssl.SSLCertVerificationError, match="[Hh]ostname"):
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"[Hh]ostname"):
             _connect(port, good, "edge.example.com")
         with pytest.raises(ssl.SSLCertVerificationError):
             _connect(port, _client_ctx(other.ca_pem_path), "localhost")
@@ -335,7 +337,15 @@ def test_pinned_fingerprint_matches_the_live_certificate(tmp_path: Path) -> None
 
     hexpin = pin.removeprefix("sha256:")
     colons = ":".join(hexpin[i : i + 2] for i in range(0, 64, 2))
-    for form in (pin, hexpin, hexpin.upper(), colons, colons.upper(), "SHA256:" + hexpin, f" {pin} "):
+    for form in (
+        pin,
+        hexpin,
+        hexpin.upper(),
+        colons,
+        colons.upper(),
+        "SHA256:" + hexpin,
+        f" {pin} ",
+    ):
         assert cert_pem_fingerprint_matches(der, form), form
 
     other_cert, _ = edge_certificate(tmp_path / "other", ["localhost"], [])
@@ -344,7 +354,9 @@ def test_pinned_fingerprint_matches_the_live_certificate(tmp_path: Path) -> None
     assert not cert_pem_fingerprint_matches(der, flipped)
 
 
-@pytest.mark.parametrize("pin", ["", "sha256:", "abc", "sha1:" + "a" * 40, "g" * 64, "a" * 63, "a" * 65])
+@pytest.mark.parametrize(
+    "pin", ["", "sha256:", "abc", "sha1:" + "a" * 40, "g" * 64, "a" * 63, "a" * 65]
+)
 def test_malformed_pins_are_config_errors(pin: str) -> None:
     with pytest.raises(ConfigError):
         normalize_pin(pin)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import relay.control.store as store_mod
+import relay.control.tokens as tokens_mod
 import relay.errors as errors_mod
 from relay.control.store import Store, TokenRecord, token_allows_bind, validate_bind_acl
 from relay.control.tokens import generate_token, load_or_create_pepper, parse_token
@@ -222,13 +222,13 @@ def test_unknown_id_still_computes_an_hmac(
     store: Store, pepper: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    real = store_mod.tokens.verify_secret
+    real = tokens_mod.verify_secret
 
     def spy(secret: str, salt: bytes, pep: bytes, expected: bytes) -> bool:
         calls.append(secret)
         return real(secret, salt, pep, expected)
 
-    monkeypatch.setattr(store_mod.tokens, "verify_secret", spy)
+    monkeypatch.setattr(tokens_mod, "verify_secret", spy)
     unknown, _, secret = generate_token()
     with pytest.raises(InvalidToken):
         store.verify_token(unknown, pepper=pepper)
@@ -363,15 +363,15 @@ def test_token_operations_are_audited_without_secrets(store: Store, pepper: byte
     assert store.audit.verify() == 4
 
 
-def test_auth_fail_reasons_are_distinguished_in_the_audit_log(
-    store: Store, pepper: bytes
-) -> None:
+def test_auth_fail_reasons_are_distinguished_in_the_audit_log(store: Store, pepper: bytes) -> None:
     _, plaintext = store.create_token(pepper=pepper)
     unknown, unknown_id, _ = generate_token()
     for bad in (_with_other_secret(plaintext), unknown):
         with pytest.raises(InvalidToken):
             store.verify_token(bad, pepper=pepper)
-    fails = [(e.target, e.detail["reason"]) for e in store.audit.events() if e.action == "auth.fail"]
+    fails = [
+        (e.target, e.detail["reason"]) for e in store.audit.events() if e.action == "auth.fail"
+    ]
     assert fails == [(parse_token(plaintext)[0], "bad_secret"), (unknown_id, "unknown_id")]
 
 

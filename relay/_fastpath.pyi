@@ -1,0 +1,65 @@
+"""Stub of the Cython byte path (relay/_fastpath.pyx)."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+LINK_WRITE_HIGH: int
+LINK_WRITE_LOW: int
+LINK_READ_BUFFER: int
+PUMP_READ_BUFFER: int
+CHANNEL_HIGH_WATER: int
+
+class Channel:
+    @property
+    def link(self) -> Link: ...
+    @property
+    def stream_id(self) -> int: ...
+
+class Link(asyncio.BufferedProtocol):
+    session: Any
+    transport: asyncio.Transport | None
+    loop: asyncio.AbstractEventLoop
+    handler: Any
+    channels: dict[int, Channel]
+    write_paused: bool
+    closed: bool
+    close_exc: BaseException | None
+    pending_high_water: int
+    def __init__(
+        self,
+        session: Any,
+        handler: Any,
+        loop: asyncio.AbstractEventLoop,
+        pending_high_water: int = ...,
+    ) -> None: ...
+    def schedule_flush(self) -> None: ...
+    def fail(self, exc: BaseException) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def open_buffer_channel(self, stream_id: int) -> BufferChannel: ...
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int: ...
+    def pump_count(self) -> int: ...
+
+class BufferChannel(Channel):
+    fin: bool
+    reset: bool
+    closed: bool
+    def __init__(self, link: Link, stream_id: int) -> None: ...
+    def buffered(self) -> int: ...
+    def peek(self) -> bytes: ...
+    def take(self, n: int = -1) -> bytes: ...
+    def hold(self) -> None: ...
+    def wait(self) -> asyncio.Future[None]: ...
+
+class Pump(Channel, asyncio.BufferedProtocol):
+    transport: asyncio.Transport | None
+    remote_eof: bool
+    finished: bool
+    def __init__(
+        self,
+        link: Link,
+        stream_id: int = -1,
+        header_factory: Callable[[asyncio.BaseTransport], bytes] | None = None,
+        on_close: Callable[[Pump], None] | None = None,
+    ) -> None: ...
