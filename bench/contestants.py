@@ -277,7 +277,7 @@ class Relay(Contestant):
         if r.returncode != 0 or not lines:
             msg = (r.stderr or r.stdout).strip().splitlines()
             raise BenchError(
-                f"`relay token create` exited {r.returncode}: {' '.join(msg[-3:]) or '(no output)'}"
+                f"`relay token create` exited {r.returncode}: {msg[-1] if msg else '(no output)'}"
             )
         return lines[-1]
 

@@ -143,6 +143,13 @@ def targets(
     return out
 
 
+def _load1(text: object) -> float | None:
+    try:
+        return float(str(text).split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
 def markdown(result: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> str:
     mach = result["machine"]
     ver = mach["versions"]
@@ -174,6 +181,13 @@ def markdown(result: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> str:
         f" ({mach['cores_usable']} usable); memory {mach['memory_gib']} GiB"
     )
     add(f"- Kernel: {mach['kernel']}")
+    load1 = _load1(mach.get("loadavg_at_start"))
+    if load1 is not None and load1 > 1.0:
+        add(
+            f"- **Note:** 1-minute load average was {load1:.2f} at start on"
+            f" {mach['cores_usable']} cores — other work was running; absolute numbers are noisy,"
+            " ratios less so."
+        )
     add(
         f"- Load average at start / end: {mach['loadavg_at_start']}"
         f" / {mach.get('loadavg_at_end', '?')}"

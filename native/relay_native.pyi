@@ -32,7 +32,8 @@ class YamuxError(Exception):
     """Root of every error the session raises.
 
     ``goaway_code`` is the code sent in the GoAway frame (or that would be) and
-    ``name`` a stable identifier such as ``"window_overflow"``.
+    ``name`` a stable identifier such as ``"window_overflow"``. Errors of calls that
+    send no GoAway (StreamLimitReached, SessionClosed, UnknownStream) report 2.
     """
 
     goaway_code: int
@@ -49,7 +50,7 @@ class DuplicateStream(ProtocolError): ...         # SYN on a live stream id
 class WindowOverflow(ProtocolError): ...          # send credit would pass 2**32 - 1
 class FlowControlViolation(ProtocolError): ...    # data beyond the advertised receive window (incl. oversize SYN)
 class StreamResetFlood(ProtocolError): ...        # open-then-reset churn past the configured rate
-class SessionBudgetExceeded(ProtocolError): ...   # buffered receive bytes past the session budget
+class SessionBudgetExceeded(ProtocolError): ...   # reserved: the budget caps window growth instead; not raised by 0.1.0
 class FrameTooLarge(ProtocolError): ...           # a data frame longer than the largest window we could ever grant
 
 class KeepaliveTimeout(YamuxError):
@@ -59,10 +60,14 @@ class StreamLimitReached(YamuxError):
     """open_stream(): ``max_streams`` streams are already open. The session lives on."""
 
 class SessionClosed(YamuxError):
-    """open_stream()/send() after GoAway was sent or received, or after a fatal error."""
+    """open_stream() after GoAway was sent or received; any stream call (send, accept,
+    ping, receive) after a fatal error. Existing streams keep working after a GoAway."""
 
 class UnknownStream(YamuxError):
     """A call named a stream id that is not open (already closed, reset or never opened)."""
+
+class StreamClosed(UnknownStream):
+    """send() on a stream we already half-closed (close_stream was called)."""
 
 class Session:
     def __init__(
@@ -97,6 +102,11 @@ class Session:
         ``ProtocolError`` subclass is raised; events before the fault are lost, the
         session is dead.
         """
+
+    def take_events(self) -> bytes:
+        """Packed events caused by calls rather than input (EVENT_CLOSED when
+        close_stream() completes a close the peer had half-done) since the last
+        receive()/take_events(); receive() returns these first too."""
 
     # --- streams ------------------------------------------------------------------------
     def open_stream(self) -> int:

@@ -117,8 +117,12 @@ impl fmt::Display for Error {
                 write!(f, "stream {id}: data beyond the receive window")
             }
             Error::StreamResetFlood => write!(f, "open-then-reset churn past the configured rate"),
-            Error::SessionBudgetExceeded => write!(f, "buffered receive bytes past the session budget"),
-            Error::FrameTooLarge(len) => write!(f, "data frame of {len} bytes is larger than any window"),
+            Error::SessionBudgetExceeded => {
+                write!(f, "buffered receive bytes past the session budget")
+            }
+            Error::FrameTooLarge(len) => {
+                write!(f, "data frame of {len} bytes is larger than any window")
+            }
             Error::KeepaliveTimeout => write!(f, "keepalive ping unanswered"),
             Error::StreamLimitReached => write!(f, "max_streams streams are open"),
             Error::SessionClosed => write!(f, "session is closed"),

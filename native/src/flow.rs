@@ -201,7 +201,13 @@ mod tests {
         let mut b = Budget::new(u64::MAX);
         // Slow: no growth.
         let g = w.grant(t + Duration::from_secs(1), None, 16 << 20, &mut b);
-        assert_eq!(g, Grant { credit: W / 2, grown: 0 });
+        assert_eq!(
+            g,
+            Grant {
+                credit: W / 2,
+                grown: 0
+            }
+        );
         assert_eq!(w.available(), W);
     }
 
@@ -226,7 +232,12 @@ mod tests {
         b.windows = W as u64;
         w.deliver(W / 2);
         // Fast consumer: update due well within 2 × RTT.
-        let g = w.grant(t + Duration::from_micros(100), Some(Duration::from_millis(10)), 16 << 20, &mut b);
+        let g = w.grant(
+            t + Duration::from_micros(100),
+            Some(Duration::from_millis(10)),
+            16 << 20,
+            &mut b,
+        );
         // Budget allows only W/2 more.
         assert_eq!(g.grown, W / 2);
         assert_eq!(w.window(), W + W / 2);

@@ -143,7 +143,12 @@ mod tests {
 
     #[test]
     fn header_is_big_endian_on_the_wire() {
-        let h = Header::new(FrameType::WindowUpdate, Flags::SYN | Flags::ACK, 0x0102_0304, 0x0a0b_0c0d);
+        let h = Header::new(
+            FrameType::WindowUpdate,
+            Flags::SYN | Flags::ACK,
+            0x0102_0304,
+            0x0a0b_0c0d,
+        );
         assert_eq!(h.encode(), [0, 1, 0, 3, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d]);
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }

@@ -12,8 +12,18 @@ mod exc {
     use pyo3::create_exception;
     use pyo3::exceptions::PyException;
 
-    create_exception!(relay_native, YamuxError, PyException, "Root of every error the session raises.");
-    create_exception!(relay_native, ProtocolError, YamuxError, "The peer broke the protocol; GoAway(1) queued.");
+    create_exception!(
+        relay_native,
+        YamuxError,
+        PyException,
+        "Root of every error the session raises."
+    );
+    create_exception!(
+        relay_native,
+        ProtocolError,
+        YamuxError,
+        "The peer broke the protocol; GoAway(1) queued."
+    );
     create_exception!(relay_native, InvalidVersion, ProtocolError);
     create_exception!(relay_native, UnknownFrameType, ProtocolError);
     create_exception!(relay_native, InvalidFlags, ProtocolError);
@@ -24,11 +34,21 @@ mod exc {
     create_exception!(relay_native, StreamResetFlood, ProtocolError);
     create_exception!(relay_native, SessionBudgetExceeded, ProtocolError);
     create_exception!(relay_native, FrameTooLarge, ProtocolError);
-    create_exception!(relay_native, KeepaliveTimeout, YamuxError, "A keepalive ping went unanswered.");
+    create_exception!(
+        relay_native,
+        KeepaliveTimeout,
+        YamuxError,
+        "A keepalive ping went unanswered."
+    );
     create_exception!(relay_native, StreamLimitReached, YamuxError);
     create_exception!(relay_native, SessionClosed, YamuxError);
     create_exception!(relay_native, UnknownStream, YamuxError);
-    create_exception!(relay_native, StreamClosed, UnknownStream, "send() on a stream closed for sending.");
+    create_exception!(
+        relay_native,
+        StreamClosed,
+        UnknownStream,
+        "send() on a stream closed for sending."
+    );
 }
 
 /// Convert a session error into the matching exception, with `goaway_code` and `name` set.
@@ -151,7 +171,11 @@ impl PySession {
     }
 
     /// Feed bytes read from the link; return packed events.
-    fn receive<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn receive<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &mut self.inner;
         with_bytes(data, |buf| match inner.receive(buf) {
             Ok(ev) => Ok(PyBytes::new(py, ev)),
@@ -170,7 +194,9 @@ impl PySession {
     }
 
     fn accept_stream(&mut self, py: Python<'_>, stream_id: u32) -> PyResult<()> {
-        self.inner.accept_stream(stream_id).map_err(|e| to_py(py, e))
+        self.inner
+            .accept_stream(stream_id)
+            .map_err(|e| to_py(py, e))
     }
 
     fn send(&mut self, py: Python<'_>, stream_id: u32, data: &Bound<'_, PyAny>) -> PyResult<usize> {
@@ -187,7 +213,9 @@ impl PySession {
     }
 
     fn set_read_paused(&mut self, py: Python<'_>, stream_id: u32, paused: bool) -> PyResult<()> {
-        self.inner.set_read_paused(stream_id, paused).map_err(|e| to_py(py, e))
+        self.inner
+            .set_read_paused(stream_id, paused)
+            .map_err(|e| to_py(py, e))
     }
 
     fn ping(&mut self, py: Python<'_>) -> PyResult<u32> {
@@ -235,7 +263,9 @@ impl PySession {
     }
 
     fn stream_window(&self, py: Python<'_>, stream_id: u32) -> PyResult<(u32, u32)> {
-        self.inner.stream_window(stream_id).map_err(|e| to_py(py, e))
+        self.inner
+            .stream_window(stream_id)
+            .map_err(|e| to_py(py, e))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -689,7 +689,14 @@ impl Session {
         self.next_id += 2;
         let iw = self.cfg.initial_window;
         let mut st = Stream::new(sid, true, iw, DEFAULT_WINDOW, now);
-        emit_wu(&mut self.out, self.out_gen, &mut self.stats, &mut st, Flags::SYN, iw - DEFAULT_WINDOW);
+        emit_wu(
+            &mut self.out,
+            self.out_gen,
+            &mut self.stats,
+            &mut st,
+            Flags::SYN,
+            iw - DEFAULT_WINDOW,
+        );
         st.on_syn_sent();
         self.streams.insert(sid, st);
         self.budget.windows += iw as u64;
@@ -723,7 +730,14 @@ impl Session {
         let extra = self.cfg.initial_window - DEFAULT_WINDOW;
         st.recv.enlarge(extra);
         self.budget.windows += extra as u64;
-        emit_wu(&mut self.out, self.out_gen, &mut self.stats, st, Flags::ACK, extra);
+        emit_wu(
+            &mut self.out,
+            self.out_gen,
+            &mut self.stats,
+            st,
+            Flags::ACK,
+            extra,
+        );
     }
 
     /// Queue data; returns the stream's backlog in bytes.
@@ -731,7 +745,10 @@ impl Session {
         if self.dead {
             return Err(Error::SessionClosed);
         }
-        let st = self.streams.get_mut(&sid).ok_or(Error::UnknownStream(sid))?;
+        let st = self
+            .streams
+            .get_mut(&sid)
+            .ok_or(Error::UnknownStream(sid))?;
         if !st.state().can_send() || st.fin_pending {
             return Err(Error::StreamClosed(sid));
         }
@@ -742,7 +759,14 @@ impl Session {
         if st.backlog.is_empty() {
             // Fast path: straight into the outgoing buffer within the window.
             let n = (st.send.get() as usize).min(data.len());
-            write_data(&mut self.out, &mut self.stats, &self.cfg, st, &data[..n], Flags::NONE);
+            write_data(
+                &mut self.out,
+                &mut self.stats,
+                &self.cfg,
+                st,
+                &data[..n],
+                Flags::NONE,
+            );
             st.backlog.extend(&data[n..]);
         } else {
             st.backlog.extend(data);
@@ -791,7 +815,12 @@ impl Session {
     }
 
     /// `set_read_paused` at time `now`.
-    pub fn set_read_paused_at(&mut self, sid: u32, paused: bool, now: Instant) -> Result<(), Error> {
+    pub fn set_read_paused_at(
+        &mut self,
+        sid: u32,
+        paused: bool,
+        now: Instant,
+    ) -> Result<(), Error> {
         if self.dead {
             return Ok(());
         }
@@ -911,11 +940,20 @@ impl Session {
         let Some(st) = self.streams.get_mut(&sid) else {
             return;
         };
-        let g = st.recv.grant(now, self.srtt, self.cfg.max_window, &mut self.budget);
+        let g = st
+            .recv
+            .grant(now, self.srtt, self.cfg.max_window, &mut self.budget);
         if g.grown > 0 {
             self.stats.window_grows += 1;
         }
-        emit_wu(&mut self.out, self.out_gen, &mut self.stats, st, Flags::NONE, g.credit);
+        emit_wu(
+            &mut self.out,
+            self.out_gen,
+            &mut self.stats,
+            st,
+            Flags::NONE,
+            g.credit,
+        );
     }
 
     /// Move a stream's backlog into the outgoing buffer within its send window; FIN once
@@ -943,7 +981,11 @@ impl Session {
             if e.is_protocol() {
                 self.stats.protocol_errors += 1;
             }
-            let code = if e.is_protocol() { GOAWAY_PROTOCOL } else { GOAWAY_INTERNAL };
+            let code = if e.is_protocol() {
+                GOAWAY_PROTOCOL
+            } else {
+                GOAWAY_INTERNAL
+            };
             self.emit(Header::new(FrameType::GoAway, Flags::NONE, 0, code));
             self.local_goaway = true;
             self.dead = true;
@@ -964,7 +1006,14 @@ fn push_event(events: &mut Vec<u8>, kind: u32, sid: u32, a: u32, b: u32) {
 }
 
 /// Queue a window update for `st`, merged into its pending one if still in the buffer.
-fn emit_wu(out: &mut Vec<u8>, gen: u64, stats: &mut Stats, st: &mut Stream, flags: Flags, credit: u32) {
+fn emit_wu(
+    out: &mut Vec<u8>,
+    gen: u64,
+    stats: &mut Stats,
+    st: &mut Stream,
+    flags: Flags,
+    credit: u32,
+) {
     if st.wu_gen == gen {
         let at = st.wu_at;
         let old_flags = u16::from_be_bytes([out[at + 2], out[at + 3]]);
@@ -984,12 +1033,23 @@ fn emit_wu(out: &mut Vec<u8>, gen: u64, stats: &mut Stats, st: &mut Stream, flag
 
 /// Write `data` (which fits the send window) as data frames split at `max_frame_payload`;
 /// `last_flags` go on the last frame.
-fn write_data(out: &mut Vec<u8>, stats: &mut Stats, cfg: &Config, st: &mut Stream, data: &[u8], last_flags: Flags) {
+fn write_data(
+    out: &mut Vec<u8>,
+    stats: &mut Stats,
+    cfg: &Config,
+    st: &mut Stream,
+    data: &[u8],
+    last_flags: Flags,
+) {
     let max = cfg.max_frame_payload as usize;
     let mut rest = data;
     while !rest.is_empty() {
         let n = rest.len().min(max);
-        let flags = if n == rest.len() { last_flags } else { Flags::NONE };
+        let flags = if n == rest.len() {
+            last_flags
+        } else {
+            Flags::NONE
+        };
         Header::new(FrameType::Data, flags, st.id, n as u32).encode_into(out);
         out.extend_from_slice(&rest[..n]);
         rest = &rest[n..];

@@ -40,7 +40,12 @@ fn evs(b: &[u8]) -> Vec<Event> {
 }
 
 fn ev(kind: u32, stream_id: u32, a: u32, b: u32) -> Event {
-    Event { kind, stream_id, a, b }
+    Event {
+        kind,
+        stream_id,
+        a,
+        b,
+    }
 }
 
 /// Parse a byte stream of frames: (header, payload) with payload only for data frames.
@@ -128,8 +133,14 @@ fn partial_header_keeps_at_most_11_bytes_between_calls() {
 fn payload_spanning_receive_calls_reports_each_chunk() {
     let (mut s, t) = server_with_stream();
     let input = data(1, Flags::FIN, b"0123456789");
-    assert_eq!(evs(s.receive_at(&input[..15], t).unwrap()), vec![ev(EVENT_DATA, 1, 12, 3)]);
-    assert_eq!(evs(s.receive_at(&input[15..16], t).unwrap()), vec![ev(EVENT_DATA, 1, 0, 1)]);
+    assert_eq!(
+        evs(s.receive_at(&input[..15], t).unwrap()),
+        vec![ev(EVENT_DATA, 1, 12, 3)]
+    );
+    assert_eq!(
+        evs(s.receive_at(&input[15..16], t).unwrap()),
+        vec![ev(EVENT_DATA, 1, 0, 1)]
+    );
     // FIN takes effect after the last chunk.
     assert_eq!(
         evs(s.receive_at(&input[16..], t).unwrap()),
@@ -145,8 +156,12 @@ fn flow_control_is_accounted_per_delivered_chunk() {
     let input = data(1, Flags::NONE, &payload);
     let half = input.len() / 2;
     s.receive_at(&input[..half], t).unwrap();
-    assert!(s.outgoing().is_empty(), "no update before half the window is consumed");
-    s.receive_at(&input[half..], t + Duration::from_secs(1)).unwrap();
+    assert!(
+        s.outgoing().is_empty(),
+        "no update before half the window is consumed"
+    );
+    s.receive_at(&input[half..], t + Duration::from_secs(1))
+        .unwrap();
     let hs = headers(&s.take_outgoing());
     let wu: Vec<_> = hs.iter().filter(|h| h.typ == WU).collect();
     assert_eq!(wu.len(), 1);
@@ -193,15 +208,23 @@ fn window_updates_are_coalesced_one_pending_per_stream() {
     // Consume a full window in four quarter frames, spaced out so no growth happens.
     let q = vec![0u8; (W / 4) as usize];
     for i in 0..4u64 {
-        s.receive_at(&data(1, Flags::NONE, &q), t + Duration::from_secs(i + 1)).unwrap();
+        s.receive_at(&data(1, Flags::NONE, &q), t + Duration::from_secs(i + 1))
+            .unwrap();
     }
     let hs = headers(&s.take_outgoing());
-    let wu: Vec<_> = hs.iter().filter(|h| h.typ == WU && h.stream_id == 1).collect();
+    let wu: Vec<_> = hs
+        .iter()
+        .filter(|h| h.typ == WU && h.stream_id == 1)
+        .collect();
     assert_eq!(wu.len(), 1, "{hs:?}");
     assert_eq!(wu[0].length, W, "merged credit");
     assert_eq!(s.stats().window_updates_out, 2, "ACK + one update");
     // After the buffer is taken, the next update is a new frame.
-    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]), t + Duration::from_secs(9)).unwrap();
+    s.receive_at(
+        &data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]),
+        t + Duration::from_secs(9),
+    )
+    .unwrap();
     assert_eq!(headers(&s.take_outgoing()).len(), 1);
 }
 
@@ -222,7 +245,10 @@ fn ping_acks_are_coalesced_so_a_peer_that_never_reads_cannot_grow_our_queue() {
     // Never taken: at most one ping answer, one update per stream, one RTT probe ping.
     assert!(s.outgoing_len() <= 3 * HEADER_LEN, "{}", s.outgoing_len());
     let hs = headers(s.outgoing());
-    let ack = hs.iter().find(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK).unwrap();
+    let ack = hs
+        .iter()
+        .find(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK)
+        .unwrap();
     assert_eq!(ack.length, 9_999, "the latest opaque value");
 }
 
@@ -240,7 +266,10 @@ fn open_stream_syn_carries_credit_above_256k() {
     big.initial_window = 1 << 20;
     let (mut c2, t2) = server_with(big);
     c2.open_stream_at(t2).unwrap();
-    assert_eq!(headers(&c2.take_outgoing())[0], Header::new(WU, Flags::SYN, 1, (1 << 20) - W));
+    assert_eq!(
+        headers(&c2.take_outgoing())[0],
+        Header::new(WU, Flags::SYN, 1, (1 << 20) - W)
+    );
     assert_eq!(c2.stream_window(1).unwrap(), (1 << 20, W));
     // The server opens even ids.
     let (mut s, t3) = server();
@@ -277,7 +306,10 @@ fn inbound_syn_emits_opened_and_accept_queues_ack_with_extra_credit() {
     assert_eq!(e, vec![ev(EVENT_OPENED, 1, 0, 0)]);
     assert!(s.outgoing().is_empty());
     s.accept_stream(1).unwrap();
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::ACK, 1, 256 * 1024)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::ACK, 1, 256 * 1024)]
+    );
     assert_eq!(s.stream_window(1).unwrap().0, 512 * 1024);
     // Accepting twice is a no-op.
     s.accept_stream(1).unwrap();
@@ -295,7 +327,10 @@ fn accept_backlog_overflow_is_answered_with_rst() {
     assert!(s.outgoing().is_empty());
     let e = evs(s.receive_at(&data(5, Flags::SYN, b"dropped"), t).unwrap());
     assert!(e.is_empty());
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 5, 0)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 5, 0)]
+    );
     assert_eq!(s.stream_count(), 2);
     assert!(!s.is_dead());
     // Accepting one frees a slot.
@@ -313,7 +348,10 @@ fn max_streams_overflow_is_answered_with_rst() {
     s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
     s.take_outgoing();
     s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t).unwrap();
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 3, 0)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 3, 0)]
+    );
     assert_eq!(s.open_stream_at(t), Err(Error::StreamLimitReached));
 }
 
@@ -321,16 +359,27 @@ fn max_streams_overflow_is_answered_with_rst() {
 fn after_goaway_sent_or_received_syns_get_rst_and_open_stream_is_session_closed() {
     let (mut s, t) = server();
     s.go_away(0);
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(FrameType::GoAway, Flags::NONE, 0, 0)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(FrameType::GoAway, Flags::NONE, 0, 0)]
+    );
     s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 1, 0)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 1, 0)]
+    );
     assert_eq!(s.open_stream_at(t), Err(Error::SessionClosed));
 
     let (mut s, t) = server();
-    let e = evs(s.receive_at(&hdr(FrameType::GoAway, Flags::NONE, 0, 0), t).unwrap());
+    let e = evs(s
+        .receive_at(&hdr(FrameType::GoAway, Flags::NONE, 0, 0), t)
+        .unwrap());
     assert_eq!(e, vec![ev(EVENT_GOAWAY, 0, 0, 0)]);
     s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::RST, 1, 0)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 1, 0)]
+    );
     assert_eq!(s.open_stream_at(t), Err(Error::SessionClosed));
 }
 
@@ -345,7 +394,9 @@ fn oversize_syn_data_frame_is_refused_before_any_stream_state_cve_2026_32314() {
     assert_goaway(&mut s, GOAWAY_PROTOCOL);
     // Exactly the initial window is fine.
     let (mut s, t) = server();
-    let e = evs(s.receive_at(&data(1, Flags::SYN, &vec![0u8; W as usize]), t).unwrap());
+    let e = evs(s
+        .receive_at(&data(1, Flags::SYN, &vec![0u8; W as usize]), t)
+        .unwrap());
     assert_eq!(e[0], ev(EVENT_OPENED, 1, 0, 0));
 }
 
@@ -355,7 +406,8 @@ fn oversize_syn_data_frame_is_refused_before_any_stream_state_cve_2026_32314() {
 fn data_beyond_the_receive_window_is_flow_control_violation() {
     let (mut s, t) = server_with_stream();
     s.set_read_paused_at(1, true, t).unwrap();
-    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t).unwrap();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t)
+        .unwrap();
     let err = receive_err(&mut s, &data(1, Flags::NONE, b"x"), t);
     assert_eq!(err, Error::FlowControlViolation(1));
     assert_goaway(&mut s, GOAWAY_PROTOCOL);
@@ -365,7 +417,8 @@ fn data_beyond_the_receive_window_is_flow_control_violation() {
 #[test]
 fn window_update_past_u32_max_is_window_overflow() {
     let (mut s, t) = server_with_stream();
-    s.receive_at(&hdr(WU, Flags::NONE, 1, u32::MAX - W), t).unwrap();
+    s.receive_at(&hdr(WU, Flags::NONE, 1, u32::MAX - W), t)
+        .unwrap();
     assert_eq!(s.stream_window(1).unwrap().1, u32::MAX);
     let err = receive_err(&mut s, &hdr(WU, Flags::NONE, 1, 1), t);
     assert_eq!(err, Error::WindowOverflow(1));
@@ -389,7 +442,10 @@ fn nonzero_version_is_invalid_version_and_unknown_type_is_unknown_frame_type() {
 #[test]
 fn syn_on_a_live_id_is_duplicate_stream() {
     let (mut s, t) = server_with_stream();
-    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 1, 0), t), Error::DuplicateStream(1));
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 1, 0), t),
+        Error::DuplicateStream(1)
+    );
     assert_goaway(&mut s, GOAWAY_PROTOCOL);
 }
 
@@ -397,19 +453,31 @@ fn syn_on_a_live_id_is_duplicate_stream() {
 fn bad_stream_ids_are_invalid_stream_id() {
     // Wrong parity: a client may not open even ids.
     let (mut s, t) = server();
-    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 2, 0), t), Error::InvalidStreamId(2));
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 2, 0), t),
+        Error::InvalidStreamId(2)
+    );
     assert_goaway(&mut s, GOAWAY_PROTOCOL);
     // Stream frames on id 0.
     let (mut s, t) = server();
-    assert_eq!(receive_err(&mut s, &data(0, Flags::NONE, b"x"), t), Error::InvalidStreamId(0));
+    assert_eq!(
+        receive_err(&mut s, &data(0, Flags::NONE, b"x"), t),
+        Error::InvalidStreamId(0)
+    );
     // Ids not increasing (lower than, or equal to, one already seen and gone).
     let (mut s, t) = server();
     s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap();
-    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 3, 0), t), Error::InvalidStreamId(3));
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 3, 0), t),
+        Error::InvalidStreamId(3)
+    );
     let (mut s, t) = server();
     s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap();
     s.reset_stream(5).unwrap();
-    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::SYN, 5, 0), t), Error::InvalidStreamId(5));
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 5, 0), t),
+        Error::InvalidStreamId(5)
+    );
 }
 
 #[test]
@@ -423,17 +491,29 @@ fn frames_for_a_forgotten_stream_are_ignored_but_never_opened_ids_are_errors() {
     assert!(s.receive_at(&input, t).unwrap().is_empty());
     assert!(s.outgoing().is_empty());
     // Our own id that we never opened, and a peer id never opened.
-    assert_eq!(receive_err(&mut s, &hdr(WU, Flags::NONE, 2, 1), t), Error::InvalidStreamId(2));
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::NONE, 2, 1), t),
+        Error::InvalidStreamId(2)
+    );
     let (mut s, t) = server_with_stream();
-    assert_eq!(receive_err(&mut s, &data(3, Flags::NONE, b"x"), t), Error::InvalidStreamId(3));
+    assert_eq!(
+        receive_err(&mut s, &data(3, Flags::NONE, b"x"), t),
+        Error::InvalidStreamId(3)
+    );
 }
 
 #[test]
 fn ping_and_goaway_must_be_on_stream_0() {
     let (mut s, t) = server();
-    assert_eq!(receive_err(&mut s, &hdr(FrameType::Ping, Flags::SYN, 1, 0), t), Error::InvalidStreamId(1));
+    assert_eq!(
+        receive_err(&mut s, &hdr(FrameType::Ping, Flags::SYN, 1, 0), t),
+        Error::InvalidStreamId(1)
+    );
     let (mut s, t) = server();
-    assert_eq!(receive_err(&mut s, &hdr(FrameType::GoAway, Flags::NONE, 2, 0), t), Error::InvalidStreamId(2));
+    assert_eq!(
+        receive_err(&mut s, &hdr(FrameType::GoAway, Flags::NONE, 2, 0), t),
+        Error::InvalidStreamId(2)
+    );
 }
 
 #[test]
@@ -442,7 +522,10 @@ fn invalid_flag_combinations_are_invalid_flags() {
     let e = receive_err(&mut s, &hdr(WU, Flags::SYN | Flags::ACK, 1, 0), t);
     assert_eq!(e, Error::InvalidFlags(3));
     let (mut s, t) = server();
-    assert_eq!(receive_err(&mut s, &hdr(FrameType::Ping, Flags::NONE, 0, 0), t), Error::InvalidFlags(0));
+    assert_eq!(
+        receive_err(&mut s, &hdr(FrameType::Ping, Flags::NONE, 0, 0), t),
+        Error::InvalidFlags(0)
+    );
 }
 
 #[test]
@@ -499,10 +582,15 @@ fn open_then_reset_churn_past_the_rate_is_stream_reset_flood() {
 fn read_paused_stream_holds_credit_until_unpaused() {
     let (mut s, t) = server_with_stream();
     s.set_read_paused_at(1, true, t).unwrap();
-    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t).unwrap();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t)
+        .unwrap();
     let hs = headers(&s.take_outgoing());
-    assert!(hs.iter().all(|h| h.typ != WU), "no credit while paused: {hs:?}");
-    s.set_read_paused_at(1, false, t + Duration::from_secs(1)).unwrap();
+    assert!(
+        hs.iter().all(|h| h.typ != WU),
+        "no credit while paused: {hs:?}"
+    );
+    s.set_read_paused_at(1, false, t + Duration::from_secs(1))
+        .unwrap();
     let hs = headers(&s.take_outgoing());
     let wu = hs.iter().find(|h| h.typ == WU).unwrap();
     assert_eq!(wu.length, W);
@@ -511,9 +599,11 @@ fn read_paused_stream_holds_credit_until_unpaused() {
 #[test]
 fn window_update_is_sent_once_half_the_window_is_consumed() {
     let (mut s, t) = server_with_stream();
-    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2 - 1) as usize]), t).unwrap();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2 - 1) as usize]), t)
+        .unwrap();
     assert!(s.outgoing().is_empty());
-    s.receive_at(&data(1, Flags::NONE, b"x"), t + Duration::from_secs(1)).unwrap();
+    s.receive_at(&data(1, Flags::NONE, b"x"), t + Duration::from_secs(1))
+        .unwrap();
     let hs = headers(&s.take_outgoing());
     assert!(hs.contains(&Header::new(WU, Flags::NONE, 1, W / 2)));
 }
@@ -523,17 +613,29 @@ fn auto_tuning_doubles_the_window_when_updates_come_faster_than_two_rtts() {
     let (mut s, t) = server_with_stream();
     // Measure an RTT of 50 ms.
     let p = s.ping_at(t).unwrap();
-    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + Duration::from_millis(50)).unwrap();
+    s.receive_at(
+        &hdr(FrameType::Ping, Flags::ACK, 0, p),
+        t + Duration::from_millis(50),
+    )
+    .unwrap();
     assert_eq!(s.rtt_us(), 50_000);
     s.take_outgoing();
     // Half a window consumed 10 ms after the stream's last update: grow.
     let t1 = t + Duration::from_millis(60);
-    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]), t1).unwrap();
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; (W / 2) as usize]), t1)
+        .unwrap();
     assert_eq!(s.stream_window(1).unwrap().0, 2 * W);
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(WU, Flags::NONE, 1, W / 2 + W)]);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::NONE, 1, W / 2 + W)]
+    );
     assert_eq!(s.stats().window_grows, 1);
     // Slow consumption (more than 2 × RTT later): no growth.
-    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize]), t1 + Duration::from_secs(1)).unwrap();
+    s.receive_at(
+        &data(1, Flags::NONE, &vec![0u8; W as usize]),
+        t1 + Duration::from_secs(1),
+    )
+    .unwrap();
     assert_eq!(s.stream_window(1).unwrap().0, 2 * W);
     assert_eq!(s.stats().window_grows, 1);
 }
@@ -553,13 +655,18 @@ fn auto_tuning_is_capped_by_max_window_and_session_budget() {
     for _ in 0..8 {
         for id in [1u32, 3] {
             let win = s.stream_window(id).unwrap().0;
-            s.receive_at(&data(id, Flags::NONE, &vec![0u8; (win / 2) as usize]), now).unwrap();
+            s.receive_at(&data(id, Flags::NONE, &vec![0u8; (win / 2) as usize]), now)
+                .unwrap();
         }
         now += Duration::from_micros(100);
     }
     let (w1, w3) = (s.stream_window(1).unwrap().0, s.stream_window(3).unwrap().0);
     assert!(w1 <= 3 * W && w3 <= 3 * W);
-    assert_eq!(w1 as u64 + w3 as u64, 5 * W as u64, "grown up to the budget");
+    assert_eq!(
+        w1 as u64 + w3 as u64,
+        5 * W as u64,
+        "grown up to the budget"
+    );
     assert_eq!(s.receive_windows_total(), 5 * W as u64);
     // The first update with an unknown RTT sent one RTT probe ping.
     assert_eq!(s.stats().pings_out, 1);
@@ -574,7 +681,9 @@ fn send_splits_frames_at_max_frame_payload_within_the_window_and_the_rest_waits(
     assert_eq!(c.send(a, &payload).unwrap(), 50_000);
     let f = parse(&c.take_outgoing());
     assert_eq!(f.len(), 16);
-    assert!(f.iter().all(|(h, p)| h.length == 16 * 1024 && p.len() == 16 * 1024));
+    assert!(f
+        .iter()
+        .all(|(h, p)| h.length == 16 * 1024 && p.len() == 16 * 1024));
     assert_eq!(c.stream_window(a).unwrap().1, 0);
     // Credit releases the rest.
     c.receive_at(&hdr(WU, Flags::ACK, a, 30_000), t).unwrap();
@@ -597,9 +706,15 @@ fn writable_when_backlog_over_high_water_drops_to_low_water() {
     cf.pending_low_water = 20_000;
     let (mut c, t) = server_with(cf);
     let a = c.open_stream_at(t).unwrap();
-    assert_eq!(c.send(a, &vec![0u8; W as usize + 150_000]).unwrap(), 150_000);
+    assert_eq!(
+        c.send(a, &vec![0u8; W as usize + 150_000]).unwrap(),
+        150_000
+    );
     let e = evs(c.receive_at(&hdr(WU, Flags::ACK, a, 100_000), t).unwrap());
-    assert!(e.iter().all(|e| e.kind != EVENT_WRITABLE), "50000 left > low water");
+    assert!(
+        e.iter().all(|e| e.kind != EVENT_WRITABLE),
+        "50000 left > low water"
+    );
     let e = evs(c.receive_at(&hdr(WU, Flags::NONE, a, 40_000), t).unwrap());
     assert_eq!(e, vec![ev(EVENT_WRITABLE, a, 0, 0)]);
     // Reported once.
@@ -643,15 +758,25 @@ fn both_fins_close_and_forget_the_stream() {
     let (mut c, t) = client();
     let a = c.open_stream_at(t).unwrap();
     c.close_stream(a).unwrap();
-    let e = evs(c.receive_at(&data(a, Flags::ACK | Flags::FIN, b"bye"), t).unwrap());
+    let e = evs(c
+        .receive_at(&data(a, Flags::ACK | Flags::FIN, b"bye"), t)
+        .unwrap());
     assert_eq!(
         e,
-        vec![ev(EVENT_ACKED, a, 0, 0), ev(EVENT_DATA, a, 12, 3), ev(EVENT_FIN, a, 0, 0), ev(EVENT_CLOSED, a, 0, 0)]
+        vec![
+            ev(EVENT_ACKED, a, 0, 0),
+            ev(EVENT_DATA, a, 12, 3),
+            ev(EVENT_FIN, a, 0, 0),
+            ev(EVENT_CLOSED, a, 0, 0)
+        ]
     );
     assert_eq!(c.stream_count(), 0);
     assert_eq!(c.receive_windows_total(), 0);
     // Late frames for it are ignored.
-    assert!(c.receive_at(&hdr(WU, Flags::NONE, a, 5), t).unwrap().is_empty());
+    assert!(c
+        .receive_at(&hdr(WU, Flags::NONE, a, 5), t)
+        .unwrap()
+        .is_empty());
     // Closing after the peer's FIN: CLOSED comes with the next events.
     let b = c.open_stream_at(t).unwrap();
     c.receive_at(&data(b, Flags::FIN, b""), t).unwrap();
@@ -667,7 +792,10 @@ fn reset_stream_sends_rst_at_once_and_drops_the_backlog() {
     c.send(a, &vec![1u8; W as usize + 10_000]).unwrap();
     c.take_outgoing();
     c.reset_stream(a).unwrap();
-    assert_eq!(headers(&c.take_outgoing()), vec![Header::new(WU, Flags::RST, a, 0)]);
+    assert_eq!(
+        headers(&c.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, a, 0)]
+    );
     assert_eq!(c.stream_count(), 0);
     assert_eq!(c.send(a, b"x"), Err(Error::UnknownStream(a)));
     c.reset_stream(a).unwrap(); // unknown: no-op
@@ -705,31 +833,50 @@ fn keepalive_pings_when_due_and_times_out_unanswered() {
     let hs = headers(&s.take_outgoing());
     assert_eq!(hs, vec![Header::new(FrameType::Ping, Flags::SYN, 0, 1)]);
     // Answered: no timeout; the next ping a full interval later.
-    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, 1), t + Duration::from_millis(1100)).unwrap();
+    s.receive_at(
+        &hdr(FrameType::Ping, Flags::ACK, 0, 1),
+        t + Duration::from_millis(1100),
+    )
+    .unwrap();
     assert_eq!(s.rtt_us(), 100_000);
     assert_eq!(s.tick_at(t + Duration::from_millis(1600)).unwrap(), 400);
     s.tick_at(t + Duration::from_millis(2000)).unwrap();
     assert_eq!(headers(&s.take_outgoing()).len(), 1);
     // Unanswered past the timeout: KeepaliveTimeout, GoAway(2).
     s.tick_at(t + Duration::from_millis(2499)).unwrap();
-    assert_eq!(s.tick_at(t + Duration::from_millis(2500)), Err(Error::KeepaliveTimeout));
+    assert_eq!(
+        s.tick_at(t + Duration::from_millis(2500)),
+        Err(Error::KeepaliveTimeout)
+    );
     assert_goaway(&mut s, GOAWAY_INTERNAL);
 }
 
 #[test]
 fn ping_syn_is_answered_with_the_same_opaque_and_pong_reports_rtt() {
     let (mut s, t) = server();
-    s.receive_at(&hdr(FrameType::Ping, Flags::SYN, 0, 0xdead_beef), t).unwrap();
-    assert_eq!(headers(&s.take_outgoing()), vec![Header::new(FrameType::Ping, Flags::ACK, 0, 0xdead_beef)]);
+    s.receive_at(&hdr(FrameType::Ping, Flags::SYN, 0, 0xdead_beef), t)
+        .unwrap();
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(FrameType::Ping, Flags::ACK, 0, 0xdead_beef)]
+    );
     let p1 = s.ping_at(t).unwrap();
     let p2 = s.ping_at(t + Duration::from_millis(1)).unwrap();
     assert_ne!(p1, p2);
     // The answer to the later ping answers the earlier one too (peers coalesce answers).
-    let e = evs(s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p2), t + Duration::from_millis(3)).unwrap());
+    let e = evs(s
+        .receive_at(
+            &hdr(FrameType::Ping, Flags::ACK, 0, p2),
+            t + Duration::from_millis(3),
+        )
+        .unwrap());
     assert_eq!(e, vec![ev(EVENT_PONG, 0, 2000, 0)]);
     assert!(s.pings.is_empty());
     // Unknown pong: ignored.
-    assert!(s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, 77), t).unwrap().is_empty());
+    assert!(s
+        .receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, 77), t)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -760,10 +907,16 @@ fn stats_count_frames_bytes_and_streams() {
     c.receive_at(&input, t).unwrap();
     let st = c.stats().clone();
     assert_eq!(st.frames_out, 4);
-    assert_eq!((st.data_frames_out, st.window_updates_out, st.pings_out), (1, 1, 2));
+    assert_eq!(
+        (st.data_frames_out, st.window_updates_out, st.pings_out),
+        (1, 1, 2)
+    );
     assert_eq!(st.bytes_out, 5);
     assert_eq!(st.frames_in, 4);
-    assert_eq!((st.data_frames_in, st.window_updates_in, st.pings_in), (1, 2, 1));
+    assert_eq!(
+        (st.data_frames_in, st.window_updates_in, st.pings_in),
+        (1, 2, 1)
+    );
     assert_eq!(st.bytes_in, 3);
     assert_eq!((st.streams_opened_local, st.streams_reset_remote), (1, 1));
     assert_eq!(st.fields().len(), 17);

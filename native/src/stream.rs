@@ -44,14 +44,22 @@ impl State {
     pub fn can_send(self) -> bool {
         matches!(
             self,
-            State::Init | State::SynSent | State::SynReceived | State::Established | State::RemoteClosed
+            State::Init
+                | State::SynSent
+                | State::SynReceived
+                | State::Established
+                | State::RemoteClosed
         )
     }
     /// The peer may still send data.
     pub fn can_receive(self) -> bool {
         matches!(
             self,
-            State::Init | State::SynSent | State::SynReceived | State::Established | State::LocalClosed
+            State::Init
+                | State::SynSent
+                | State::SynReceived
+                | State::Established
+                | State::LocalClosed
         )
     }
 }
@@ -82,7 +90,13 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(id: u32, outbound: bool, recv_window: u32, send_window: u32, now: Instant) -> Stream {
+    pub fn new(
+        id: u32,
+        outbound: bool,
+        recv_window: u32,
+        send_window: u32,
+        now: Instant,
+    ) -> Stream {
         Stream {
             id,
             state: State::Init,

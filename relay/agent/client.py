@@ -253,7 +253,9 @@ class Agent:
             if isinstance(message, Stop):
                 raise FatalAgentError(message.message, code=message.code)
             if isinstance(message, Restart):
-                raise SessionEnded(f"the edge asked us to reconnect ({message.message})")
+                # The edge is draining: its GoAway stops new streams, live ones finish, and
+                # the edge closes the link when they are done; then we reconnect.
+                self.status(f"the edge is draining ({message.message}); will reconnect")
             if isinstance(message, Notice):
                 self.status(f"notice from the edge: {message.message}")
             else:

@@ -125,9 +125,12 @@ class Proc:
                 self.proc.kill()
                 self.proc.wait(5)
         self._reader.join(2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL by PID (the process gets no chance to say goodbye)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)

@@ -148,3 +148,42 @@ def test_agent_with_the_right_pin_connects(
     agent = Agent(edge, token, echo.port, extra=["--pin", fingerprint])
     agents.append(agent)
     assert_echo(agent.wait_bound())
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_drains_a_live_stream_before_the_edge_exits(
+    tmp_path: Path, echo: EchoServer, agents: list[Agent]
+) -> None:
+    import threading
+
+    edge = Edge(tmp_path / "edge", extra=["--drain-timeout", "20"]).start()
+    try:
+        _, token = edge.token()
+        agent = Agent(edge, token, echo.port)
+        agents.append(agent)
+        port = agent.wait_bound()
+        data = payload(21, 4 * 1024 * 1024)
+        received = bytearray()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            # A slow conversation: 64 KiB every 50 ms, about 3 s in all.
+            def talk() -> None:
+                for i in range(0, len(data), 65536):
+                    sock.sendall(data[i : i + 65536])
+                    time.sleep(0.05)
+                sock.shutdown(socket.SHUT_WR)
+
+            writer = threading.Thread(target=talk, daemon=True)
+            writer.start()
+            while len(received) < 512 * 1024:
+                received += sock.recv(65536)
+            assert edge.proc is not None
+            edge.proc.proc.send_signal(15)  # SIGTERM while the stream is mid-flight
+            time.sleep(0.3)
+            assert visitor_is_refused(port), "a draining edge must not take new visitors"
+            while chunk := sock.recv(65536):
+                received += chunk
+            writer.join(30)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+        assert edge.proc.proc.wait(30) == 0
+    finally:
+        edge.stop()

@@ -72,6 +72,7 @@ def test_garbage_on_the_agent_port_closes_that_connection_only(
     assert echo_roundtrip(port, again) == again
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
 def test_agent_link_refuses_tls_below_1_2(edge: Edge, version: ssl.TLSVersion) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -83,10 +84,12 @@ def test_agent_link_refuses_tls_below_1_2(edge: Edge, version: ssl.TLSVersion) -
     raw = socket.create_connection(("127.0.0.1", edge.listen_port), timeout=10)
     with pytest.raises(ssl.SSLError) as excinfo, raw:
         ctx.wrap_socket(raw, server_hostname="localhost")
-    # The server said no (a protocol_version alert), not our own client library.
-    assert "ALERT_PROTOCOL_VERSION" in str(excinfo.value).upper() or (
-        "UNSUPPORTED_PROTOCOL" in str(excinfo.value).upper()
-    ), str(excinfo.value)
+    # The server said no — with a protocol_version alert (OpenSSL servers) or by closing
+    # the handshake (uvloop's TLS does not flush the alert) — and not our own client
+    # library refusing to offer the old version (that would prove nothing).
+    message = str(excinfo.value).upper()
+    assert "NO_PROTOCOLS_AVAILABLE" not in message, message
+    assert "ALERT_PROTOCOL_VERSION" in message or "UNEXPECTED_EOF" in message, message
 
 
 def test_agent_link_speaks_tls_1_2_and_1_3_with_alpn(edge: Edge) -> None:

@@ -81,7 +81,9 @@ def check_duplex(st: Stream, sent: bytes, q_size: int) -> None:
     ids=["pyclient-golisten", "pyclient-pylisten", "pyserver-golisten", "pyserver-pylisten"],
 )
 def test_streams_from_both_sides(go_peer: StartPeer, python_client: bool, go_listens: bool) -> None:
-    n = 8
+    # goyamux opens its n streams from n goroutines at once, as Go programs do: the SYNs
+    # of hashicorp's concurrent OpenStream calls can reach us out of id order.
+    n = 16
     peer, drv = connect(go_peer, "bidi", python_client=python_client, go_listens=go_listens, n=n)
     rnd = random.Random(1)
     mine: dict[int, bytes] = {}
@@ -102,9 +104,10 @@ def test_streams_from_both_sides(go_peer: StartPeer, python_client: bool, go_lis
         )
 
     drv.run_until(done, timeout=30, what="all streams echoed and closed")
+    # No st.acked check here: hashicorp v0.1.2 sends no ACK at all for a stream whose
+    # FIN arrives before AcceptStream (its state is then RemoteClose, not SYNReceived).
     for sid, data in mine.items():
         st = drv.streams[sid]
-        assert st.acked, f"stream {sid} never ACKed"
         assert len(st.recv) == len(data) and st.recv == data, f"stream {sid}: echo differs"
     for sid in drv.opened_by_peer:
         assert parity_ok(sid, not python_client), f"goyamux opened stream {sid}"
@@ -197,6 +200,7 @@ def test_reset_mid_transfer(go_peer: StartPeer) -> None:
         timeout=20,
         what="traffic both ways on the stream we reset",
     )
+    assert ours.acked and theirs.acked, "goyamux accepted both before any FIN: ACK expected"
     drv.reset(ours.sid)
     with pytest.raises(rn.UnknownStream):
         drv.session.send(ours.sid, b"x")
@@ -264,7 +268,8 @@ def test_slow_reader_window(go_peer: StartPeer) -> None:
 
 
 def test_ping(go_peer: StartPeer) -> None:
-    # goyamux pings 3 times and keeps a 100 ms keepalive; we keep a 200 ms one
+    # goyamux pings 3 times, then 3 rounds of 4 pings in flight at once, and keeps a
+    # 100 ms keepalive; each ping fails after 3 s without its answer. We keep a 200 ms one
     # with a 500 ms timeout, so an unanswered ping fails tick().
     peer, drv = connect(
         go_peer,
@@ -272,6 +277,7 @@ def test_ping(go_peer: StartPeer) -> None:
         python_client=True,
         go_listens=True,
         keepalive="100ms",
+        write_timeout="3s",
         session_kw={"keepalive_interval_ms": 200, "keepalive_timeout_ms": 500},
     )
     for _ in range(3):

@@ -321,16 +321,22 @@ func (p *peer) openMany(op string, n, maxSize int) <-chan error {
 	go func() {
 		var wg sync.WaitGroup
 		errs := make(chan error, n)
-		for i := 0; i < n; i++ {
-			data := randomBytes(randomSize(maxSize))
+		payloads := make([][]byte, n)
+		for i := range payloads {
+			payloads[i] = randomBytes(randomSize(maxSize))
+		}
+		start := make(chan struct{}) // all OpenStream calls race, as in a busy Go program
+		for _, data := range payloads {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				<-start
 				if err := p.openChecked(op, data); err != nil {
 					errs <- err
 				}
 			}()
 		}
+		close(start)
 		wg.Wait()
 		close(errs)
 		done <- <-errs
@@ -365,6 +371,20 @@ func (p *peer) run(scenario string, n int) {
 				p.fail("ping %d: rtt %v", i+1, rtt)
 			}
 			p.log.Printf("ping %d: rtt %v", i+1, rtt)
+		}
+		// Several pings in flight at once: hashicorp matches every answer to its
+		// own ping id, so each one needs its own answer.
+		for round := 0; round < 3; round++ {
+			errs := make(chan error, 4)
+			for i := 0; i < 4; i++ {
+				go func() {
+					_, err := p.sess.Ping()
+					errs <- err
+				}()
+			}
+			for i := 0; i < 4; i++ {
+				p.must(fmt.Sprintf("concurrent ping round %d", round+1), <-errs)
+			}
 		}
 		// Let the keepalive (every 100 ms) ping a few more times; it ends the
 		// session if an answer is missing.
@@ -423,6 +443,7 @@ func main() {
 	window := flag.Uint("window", 256*1024, "MaxStreamWindowSize")
 	keepalive := flag.Duration("keepalive", 0, "keepalive interval (0: off)")
 	closeTimeout := flag.Duration("close-timeout", 30*time.Second, "StreamCloseTimeout")
+	writeTimeout := flag.Duration("write-timeout", 10*time.Second, "ConnectionWriteTimeout (also the Ping timeout)")
 	seed := flag.Uint64("seed", 1, "payload seed")
 	flag.Parse()
 
@@ -466,7 +487,7 @@ func main() {
 	if *keepalive > 0 {
 		cfg.KeepAliveInterval = *keepalive
 	}
-	cfg.ConnectionWriteTimeout = 10 * time.Second
+	cfg.ConnectionWriteTimeout = *writeTimeout
 	cfg.StreamOpenTimeout = 10 * time.Second
 	cfg.StreamCloseTimeout = *closeTimeout
 	cfg.MaxStreamWindowSize = uint32(*window)
