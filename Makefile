@@ -48,6 +48,9 @@ fuzz-smoke:
 pytest:
 	$(PY) -m pytest -q -p no:cacheprovider
 
+interop: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/interop
+
 lint:
 	$(VENV)/bin/ruff check relay tests bench
 	$(VENV)/bin/ruff format --check relay tests bench

@@ -35,7 +35,7 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
+	"math/rand"
 	"net"
 	"os"
 	"sync"
@@ -76,7 +76,7 @@ func readHeader(r io.Reader) (streamHeader, error) {
 
 var (
 	rngMu sync.Mutex
-	rng   *rand.ChaCha8
+	rng   *rand.Rand
 )
 
 func randomBytes(n int) []byte {
@@ -232,8 +232,8 @@ func duplex(st *yamux.Stream, h streamHeader) error {
 		return fmt.Errorf("DPLX write of %d bytes: %w", len(q), err)
 	}
 	took := time.Since(start)
-	if min := time.Duration(h.a) * time.Millisecond; took < min {
-		return fmt.Errorf("DPLX write of %d bytes finished after %v, but the reader was paused for %v: flow control not honoured", len(q), took, min)
+	if paused := time.Duration(h.a) * time.Millisecond; took < paused {
+		return fmt.Errorf("DPLX write of %d bytes finished after %v, but the reader was paused for %v: flow control not honoured", len(q), took, paused)
 	}
 	sumQ := sha256.Sum256(q)
 	if _, err := st.Write(sumQ[:]); err != nil {
@@ -328,13 +328,13 @@ func (p *peer) openMany(op string, n, maxSize int) <-chan error {
 		start := make(chan struct{}) // all OpenStream calls race, as in a busy Go program
 		for _, data := range payloads {
 			wg.Add(1)
-			go func() {
+			go func(data []byte) {
 				defer wg.Done()
 				<-start
 				if err := p.openChecked(op, data); err != nil {
 					errs <- err
 				}
-			}()
+			}(data)
 		}
 		close(start)
 		wg.Wait()
@@ -444,7 +444,7 @@ func main() {
 	keepalive := flag.Duration("keepalive", 0, "keepalive interval (0: off)")
 	closeTimeout := flag.Duration("close-timeout", 30*time.Second, "StreamCloseTimeout")
 	writeTimeout := flag.Duration("write-timeout", 10*time.Second, "ConnectionWriteTimeout (also the Ping timeout)")
-	seed := flag.Uint64("seed", 1, "payload seed")
+	seed := flag.Int64("seed", 1, "payload seed")
 	flag.Parse()
 
 	logger := log.New(os.Stderr, "goyamux: ", log.Lmicroseconds)
@@ -452,9 +452,7 @@ func main() {
 		logger.Printf("usage: goyamux (-listen ADDR | -dial ADDR) -role client|server -scenario NAME")
 		os.Exit(2)
 	}
-	var seedBytes [32]byte
-	binary.LittleEndian.PutUint64(seedBytes[:], *seed)
-	rng = rand.NewChaCha8(seedBytes)
+	rng = rand.New(rand.NewSource(*seed))
 
 	time.AfterFunc(*timeout, func() {
 		logger.Printf("FAIL: deadline of %v passed (scenario %s)", *timeout, *scenario)
