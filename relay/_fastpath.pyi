@@ -62,4 +62,5 @@ class Pump(Channel, asyncio.BufferedProtocol):
         stream_id: int = -1,
         header_factory: Callable[[asyncio.BaseTransport], bytes] | None = None,
         on_close: Callable[[Pump], None] | None = None,
+        preamble: bytes = b"",
     ) -> None: ...

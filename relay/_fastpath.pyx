@@ -78,8 +78,6 @@ CHANNEL_HIGH_WATER = 256 * 1024
 cdef class Channel:
     """Where a stream's incoming payload goes."""
 
-    cdef readonly Link link
-    cdef readonly int stream_id
 
     cdef void deliver(self, const char* data, Py_ssize_t length):
         pass
@@ -106,22 +104,6 @@ cdef class Channel:
 cdef class Link:
     """Protocol of the agent link: feeds the session, dispatches events, flushes frames."""
 
-    cdef readonly object session
-    cdef readonly object transport
-    cdef readonly object loop
-    cdef readonly object handler
-    cdef bytearray _rbuf
-    cdef object _rview
-    cdef bytearray _pump_buf
-    cdef object _pump_view
-    cdef readonly dict channels
-    cdef bint _flush_scheduled
-    cdef readonly bint write_paused
-    cdef readonly bint closed
-    cdef object _flush_cb
-    cdef object _tick_handle
-    cdef readonly object close_exc
-    cdef readonly Py_ssize_t pending_high_water
 
     def __init__(self, session, handler, loop, Py_ssize_t pending_high_water=1024 * 1024):
         """``handler`` is the Python side of the session (edge or agent). It gets:
@@ -341,12 +323,6 @@ cdef class Link:
 cdef class BufferChannel(Channel):
     """Collects a stream's payload for Python code (control messages, stream headers)."""
 
-    cdef bytearray _data
-    cdef readonly bint fin
-    cdef readonly bint reset
-    cdef readonly bint closed
-    cdef object _waiter
-    cdef bint _paused
 
     def __init__(self, Link link, int stream_id):
         self.link = link
@@ -425,23 +401,17 @@ cdef class Pump(Channel):
     ``Pump(link, header_factory=f)`` opens a new stream when its socket connects (edge
     side) and sends ``f(transport)`` (the StreamHeader) first; ``Pump(link, stream_id=n)``
     adopts a stream that already exists (agent side): bytes that its BufferChannel
-    collected while the upstream was being dialled are written first.
+    collected while the upstream was being dialled are written first, after
+    ``preamble`` (e.g. a PROXY protocol header).
     """
 
-    cdef readonly object transport
-    cdef object _header_factory
-    cdef bint _backlog_paused
-    cdef bint _link_paused
-    cdef bint _reading_paused
-    cdef bint _local_eof
-    cdef readonly bint remote_eof
-    cdef readonly bint finished
-    cdef object _on_close
 
-    def __init__(self, Link link, int stream_id=-1, header_factory=None, on_close=None):
+    def __init__(self, Link link, int stream_id=-1, header_factory=None, on_close=None,
+                 bytes preamble=b""):
         self.link = link
         self.stream_id = stream_id
         self._header_factory = header_factory
+        self._preamble = preamble
         self._backlog_paused = False
         self._link_paused = False
         self._reading_paused = False
@@ -476,6 +446,8 @@ cdef class Pump(Channel):
                 transport.abort()
                 self.finished = True
                 return
+            if self._preamble:
+                transport.write(self._preamble)  # e.g. a PROXY protocol header
             if isinstance(previous, BufferChannel):
                 early = (<BufferChannel>previous).take(-1)
                 if early:
@@ -498,11 +470,15 @@ cdef class Pump(Channel):
         return self.link._pump_view
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        cdef Link link = self.link
-        if self.finished or link.closed:
+        if self.finished or self.link.closed:
             return
+        self._send(self.link._pump_view[:nbytes])
+
+    cdef void _send(self, object data):
+        """Queue ``data`` on the stream; stop reading the socket while the backlog is high."""
+        cdef Link link = self.link
         try:
-            backlog = link.session.send(self.stream_id, link._pump_view[:nbytes])
+            backlog = link.session.send(self.stream_id, data)
         except YamuxError:
             self._abort()
             return

@@ -6,9 +6,14 @@
 //! * Every frame we produce is appended to one outgoing buffer (like h2's `data_to_send`),
 //!   handed out by [`Session::take_outgoing`]. Per stream the order is preserved (SYN before
 //!   data, FIN after data). Window updates are coalesced — at most one pending per stream in
-//!   the outgoing buffer, later credit is added into it in place — and ping answers too (at
-//!   most one pending, patched to the latest opaque value), so a peer that pings or sends
-//!   data but never reads cannot grow our queue without bound.
+//!   the outgoing buffer, later credit is added into it in place. Every ping is answered with
+//!   its own opaque value (hashicorp matches each answer to its ping), but at most
+//!   [`MAX_PENDING_PING_ACKS`] answers wait in the outgoing buffer; further pings are dropped
+//!   unanswered until it is taken. So a peer that pings or sends data but never reads cannot
+//!   grow our queue without bound.
+//! * FIN goes out as its own empty WindowUpdate frame after the last data frame, as hashicorp
+//!   sends it: hashicorp v0.1.2 (`stream.readData`) applies a data frame's FIN *before* it
+//!   buffers that frame's payload, so a concurrent `Read` can see EOF and lose the payload.
 //! * Time is passed in (`*_at(now)`) so tests are deterministic; the plain methods read
 //!   `Instant::now()`.
 
@@ -45,6 +50,14 @@ pub const EVENT_LEN: usize = 16;
 
 /// Outstanding pings we track (more are sent but their answers are ignored).
 const MAX_TRACKED_PINGS: usize = 64;
+
+/// Ping answers that may wait in the outgoing buffer; more ping SYNs are dropped unanswered
+/// until the buffer is taken.
+pub const MAX_PENDING_PING_ACKS: u32 = 64;
+
+/// How far below the highest peer stream id (counted in ids of the peer's parity) a SYN may
+/// still open a stream. See [`PeerIds`].
+pub const PEER_ID_REORDER_WINDOW: u32 = 1024;
 
 /// Session configuration (see the Python stub for meanings and defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +195,8 @@ pub fn unpack_events(buf: &[u8]) -> impl Iterator<Item = Event> + '_ {
     })
 }
 
-/// Cheap hasher for stream ids (sequential integers; keys are not attacker-chosen in a way
-/// that matters: the peer's ids must strictly increase).
+/// Cheap hasher for stream ids (mostly sequential integers; the map holds at most
+/// `max_streams` keys, and the peer's ids only grow, apart from a bounded reorder window).
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -202,6 +215,74 @@ impl Hasher for IdHasher {
 }
 
 type StreamMap = HashMap<u32, Stream, BuildHasherDefault<IdHasher>>;
+
+/// Which stream ids the peer has used.
+///
+/// hashicorp/yamux allocates ids atomically but sends each SYN from the opening goroutine, so
+/// SYNs of concurrent `OpenStream` calls reach us out of id order; the spec asks only for the
+/// right parity. Remembering every id ever used would be unbounded, so:
+///
+/// * `max` is the highest id the peer has used; a SYN above it always opens a stream.
+/// * A SYN at most [`PEER_ID_REORDER_WINDOW`] ids (of the peer's parity) below `max` opens a
+///   stream if that id was never used: a ring of that many bits, one per id, records use.
+/// * A SYN further below `max`, or on an id used before (closed, reset, refused), is
+///   `InvalidStreamId` (ids are never reused); on a live id it is `DuplicateStream`.
+/// * A non-SYN frame on a non-live id `<= max` is ignored, payload dropped — what hashicorp
+///   does for frames of unknown streams (`handleStreamMessage`): late frames of closed or
+///   reset streams are normal. A non-SYN frame above `max` is `InvalidStreamId`.
+///
+/// Memory: 128 bytes, whatever the peer does.
+#[derive(Debug, Clone)]
+struct PeerIds {
+    max: u32,
+    used: [u64; (PEER_ID_REORDER_WINDOW / 64) as usize],
+}
+
+impl PeerIds {
+    fn new() -> PeerIds {
+        PeerIds {
+            max: 0,
+            used: [0; (PEER_ID_REORDER_WINDOW / 64) as usize],
+        }
+    }
+
+    /// Ring slot of an id: ids of one parity are `2k` or `2k + 1`; `k` numbers them.
+    fn slot(sid: u32) -> (usize, u64) {
+        let k = (sid >> 1) % PEER_ID_REORDER_WINDOW;
+        ((k / 64) as usize, 1u64 << (k % 64))
+    }
+
+    /// May a SYN on `sid` (right parity, not live) open a stream?
+    fn may_open(&self, sid: u32) -> bool {
+        if sid > self.max {
+            return true;
+        }
+        if (self.max >> 1) - (sid >> 1) >= PEER_ID_REORDER_WINDOW {
+            return false; // below the window: treated as used
+        }
+        let (w, b) = PeerIds::slot(sid);
+        self.used[w] & b == 0
+    }
+
+    /// Record that the peer used `sid` (a SYN, accepted or refused).
+    fn mark(&mut self, sid: u32) {
+        if sid > self.max {
+            let (old, new) = (self.max >> 1, sid >> 1);
+            if new - old >= PEER_ID_REORDER_WINDOW {
+                self.used = [0; (PEER_ID_REORDER_WINDOW / 64) as usize];
+            } else {
+                // Ids entering the window (old, new] are unused so far.
+                for k in old + 1..=new {
+                    let (w, b) = PeerIds::slot(k << 1);
+                    self.used[w] &= !b;
+                }
+            }
+            self.max = sid;
+        }
+        let (w, b) = PeerIds::slot(sid);
+        self.used[w] |= b;
+    }
+}
 
 /// A data frame whose payload is still arriving.
 #[derive(Debug, Clone, Copy)]
@@ -225,8 +306,8 @@ pub struct Session {
     streams: StreamMap,
     /// Next id we open (u64 so exhaustion is visible).
     next_id: u64,
-    /// Highest id the peer opened (0: none).
-    peer_max_id: u32,
+    /// Ids the peer opened (highest, and which ones just below it).
+    peer_ids: PeerIds,
     /// Inbound streams not yet accepted.
     unaccepted: u32,
     // ---- input ----
@@ -240,8 +321,11 @@ pub struct Session {
     /// Bumped whenever the outgoing buffer is taken; pending-frame offsets are valid only in
     /// their generation.
     out_gen: u64,
-    ping_ack_at: usize,
-    ping_ack_gen: u64,
+    /// Ping answers in the outgoing buffer of generation `ping_acks_gen`.
+    ping_acks_pending: u32,
+    ping_acks_gen: u64,
+    /// Length of the last outgoing buffer taken (capacity hint for the next one).
+    out_hint: usize,
     // ---- pings ----
     next_ping: u32,
     pings: VecDeque<(u32, Instant)>,
@@ -275,7 +359,7 @@ impl Session {
             cfg,
             streams: StreamMap::default(),
             next_id,
-            peer_max_id: 0,
+            peer_ids: PeerIds::new(),
             unaccepted: 0,
             hdr: [0; HEADER_LEN],
             hdr_len: 0,
@@ -284,8 +368,9 @@ impl Session {
             events_handed: false,
             out: Vec::with_capacity(64 * 1024),
             out_gen: 1,
-            ping_ack_at: 0,
-            ping_ack_gen: 0,
+            ping_acks_pending: 0,
+            ping_acks_gen: 0,
+            out_hint: 0,
             next_ping: 1,
             pings: VecDeque::new(),
             srtt: None,
@@ -361,10 +446,18 @@ impl Session {
         self.out_gen += 1;
     }
 
-    /// All bytes queued for the link since the last call.
+    /// All bytes queued for the link since the last call (ownership moves to the caller: no
+    /// copy). The next buffer starts with a capacity near the size of this one.
     pub fn take_outgoing(&mut self) -> Vec<u8> {
         self.out_gen += 1;
-        std::mem::take(&mut self.out)
+        if self.out.is_empty() {
+            return Vec::new();
+        }
+        // Smoothed size hint, rounded up to a power of two and clamped: enough that a steady
+        // flow rarely reallocates, small enough that one burst does not pin a big buffer.
+        self.out_hint = (self.out_hint + self.out.len()) / 2;
+        let cap = self.out_hint.next_power_of_two().clamp(4 * 1024, 1024 * 1024);
+        std::mem::replace(&mut self.out, Vec::with_capacity(cap))
     }
 
     /// Events queued by calls (e.g. EVENT_CLOSED when `close_stream` completes a close)
@@ -507,11 +600,13 @@ impl Session {
             let known = if self.is_ours(sid) {
                 (sid as u64) < self.next_id
             } else {
-                sid <= self.peer_max_id
+                sid <= self.peer_ids.max
             };
             if !known {
                 return Err(Error::InvalidStreamId(sid));
             }
+            // Known but not live: closed, reset or refused (or, for a peer id in the reorder
+            // window, not opened yet): ignored like hashicorp does, payload dropped.
             false
         };
         if is_data && h.length > self.cfg.max_window {
@@ -568,10 +663,11 @@ impl Session {
         if self.streams.contains_key(&sid) {
             return Err(Error::DuplicateStream(sid));
         }
-        if sid <= self.peer_max_id {
+        // Out-of-order SYNs are fine within the reorder window (see `PeerIds`).
+        if !self.peer_ids.may_open(sid) {
             return Err(Error::InvalidStreamId(sid));
         }
-        self.peer_max_id = sid;
+        self.peer_ids.mark(sid);
         if self.local_goaway
             || self.remote_goaway
             || self.streams.len() >= self.cfg.max_streams as usize
@@ -643,13 +739,15 @@ impl Session {
             return Err(Error::InvalidFlags(h.flags.bits()));
         }
         if syn {
-            // Coalesce: at most one pending answer, carrying the latest opaque value.
-            if self.ping_ack_gen == self.out_gen {
-                let at = self.ping_ack_at + 8;
-                self.out[at..at + 4].copy_from_slice(&h.length.to_be_bytes());
-            } else {
-                self.ping_ack_at = self.out.len();
-                self.ping_ack_gen = self.out_gen;
+            // Each ping gets its own answer (the peer matches answers to ping ids), but at
+            // most MAX_PENDING_PING_ACKS wait in the outgoing buffer: a peer that pings and
+            // never reads gets nothing more until we can write again.
+            if self.ping_acks_gen != self.out_gen {
+                self.ping_acks_gen = self.out_gen;
+                self.ping_acks_pending = 0;
+            }
+            if self.ping_acks_pending < MAX_PENDING_PING_ACKS {
+                self.ping_acks_pending += 1;
                 self.emit(Header::new(FrameType::Ping, Flags::ACK, 0, h.length));
                 self.stats.pings_out += 1;
             }
@@ -716,7 +814,7 @@ impl Session {
             }
             Some(_) => Ok(()),
             // Reset by the peer before we got to it: not the caller's fault.
-            None if !self.is_ours(sid) && sid != 0 && sid <= self.peer_max_id => Ok(()),
+            None if !self.is_ours(sid) && sid != 0 && sid <= self.peer_ids.max => Ok(()),
             None => Err(Error::UnknownStream(sid)),
         }
     }
@@ -1076,9 +1174,7 @@ fn flush_stream(out: &mut Vec<u8>, stats: &mut Stats, cfg: &Config, st: &mut Str
     let max = cfg.max_frame_payload as usize;
     while !st.backlog.is_empty() && st.send.get() > 0 {
         let n = st.backlog.len().min(st.send.get() as usize).min(max);
-        let last = n == st.backlog.len() && st.fin_pending;
-        let flags = if last { Flags::FIN } else { Flags::NONE };
-        Header::new(FrameType::Data, flags, st.id, n as u32).encode_into(out);
+        Header::new(FrameType::Data, Flags::NONE, st.id, n as u32).encode_into(out);
         let (a, b) = st.backlog.as_slices();
         let na = n.min(a.len());
         out.extend_from_slice(&a[..na]);
@@ -1088,12 +1184,13 @@ fn flush_stream(out: &mut Vec<u8>, stats: &mut Stats, cfg: &Config, st: &mut Str
         stats.frames_out += 1;
         stats.data_frames_out += 1;
         stats.bytes_out += n as u64;
-        r.fin_sent |= last;
     }
-    if st.backlog.is_empty() && st.fin_pending && !r.fin_sent {
-        Header::new(FrameType::Data, Flags::FIN, st.id, 0).encode_into(out);
+    // FIN only once the very last byte is queued, as its own frame after it (never on a
+    // data frame: see the module doc). An empty WindowUpdate, as hashicorp's sendClose.
+    if st.backlog.is_empty() && st.fin_pending {
+        Header::new(FrameType::WindowUpdate, Flags::FIN, st.id, 0).encode_into(out);
         stats.frames_out += 1;
-        stats.data_frames_out += 1;
+        stats.window_updates_out += 1;
         r.fin_sent = true;
     }
     if st.over_high_water && st.backlog.len() <= cfg.pending_low_water {

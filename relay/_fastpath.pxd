@@ -1,0 +1,73 @@
+# Declarations of the byte path's classes, so other Cython modules (the HTTP front) can
+# subclass them and call their C-level methods without going through Python.
+
+from libc.stdint cimport uint32_t
+
+
+cdef class Link
+
+
+cdef class Channel:
+    cdef readonly Link link
+    cdef readonly int stream_id
+
+    cdef void deliver(self, const char* data, Py_ssize_t length)
+    cdef void deliver_bytes(self, bytes data)
+    cdef void remote_fin(self)
+    cdef void remote_reset(self)
+    cdef void writable(self)
+    cdef void stream_closed(self)
+    cdef void link_lost(self)
+
+
+cdef class Link:
+    cdef readonly object session
+    cdef readonly object transport
+    cdef readonly object loop
+    cdef readonly object handler
+    cdef bytearray _rbuf
+    cdef object _rview
+    cdef bytearray _pump_buf
+    cdef readonly object _pump_view
+    cdef readonly dict channels
+    cdef bint _flush_scheduled
+    cdef readonly bint write_paused
+    cdef readonly bint closed
+    cdef object _flush_cb
+    cdef object _tick_handle
+    cdef readonly object close_exc
+    cdef readonly Py_ssize_t pending_high_water
+
+    cdef void _deliver_run(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
+                           const char* base)
+    cpdef schedule_flush(self)
+    cdef _schedule_tick(self, double delay)
+
+
+cdef class BufferChannel(Channel):
+    cdef bytearray _data
+    cdef readonly bint fin
+    cdef readonly bint reset
+    cdef readonly bint closed
+    cdef object _waiter
+    cdef bint _paused
+
+    cdef void _wake(self)
+
+
+cdef class Pump(Channel):
+    cdef readonly object transport
+    cdef object _header_factory
+    cdef bytes _preamble
+    cdef bint _backlog_paused
+    cdef bint _link_paused
+    cdef bint _reading_paused
+    cdef bint _local_eof
+    cdef readonly bint remote_eof
+    cdef readonly bint finished
+    cdef object _on_close
+
+    cdef void set_link_paused(self, bint paused)
+    cdef void _update_reading(self)
+    cdef void _abort(self)
+    cdef void _send(self, object data)
