@@ -8,7 +8,12 @@ extensions = [
         "relay._fastpath",
         ["relay/_fastpath.pyx"],
         extra_compile_args=["-O3"],
-    )
+    ),
+    Extension(
+        "relay._httpfront",
+        ["relay/_httpfront.pyx"],
+        extra_compile_args=["-O3"],
+    ),
 ]
 
 setup(

@@ -9,7 +9,7 @@ each event four native-endian ``uint32``: ``(kind, stream_id, a, b)``. Packing t
 lets the compiled byte path walk events without allocating a Python object per frame.
 """
 
-from typing import Final
+from typing import Final, final
 
 __version__: Final[str]
 
@@ -45,7 +45,7 @@ class ProtocolError(YamuxError):
 class InvalidVersion(ProtocolError): ...
 class UnknownFrameType(ProtocolError): ...
 class InvalidFlags(ProtocolError): ...            # e.g. SYN+ACK together, flags on ping/goaway misuse
-class InvalidStreamId(ProtocolError): ...         # wrong parity for a SYN, id 0 on a stream frame, ids not increasing
+class InvalidStreamId(ProtocolError): ...         # wrong parity for a SYN, id 0 on a stream frame, a SYN reusing an id (or >1024 ids below the highest), a frame above the highest peer id
 class DuplicateStream(ProtocolError): ...         # SYN on a live stream id
 class WindowOverflow(ProtocolError): ...          # send credit would pass 2**32 - 1
 class FlowControlViolation(ProtocolError): ...    # data beyond the advertised receive window (incl. oversize SYN)
@@ -68,6 +68,23 @@ class UnknownStream(YamuxError):
 
 class StreamClosed(UnknownStream):
     """send() on a stream we already half-closed (close_stream was called)."""
+
+@final
+class OutgoingBuffer:
+    """The bytes ``Session.take_outgoing()`` hands out, moved out of the session (no copy).
+
+    Read-only, 1-D, format ``"B"`` buffer-protocol object: ``memoryview(buf)``,
+    ``bytes(buf)`` (one copy), ``bytearray += buf``, ``sock.send(buf)`` and
+    ``struct.unpack_from(fmt, buf)`` all work. ``len(buf)`` is its size, so an empty one is
+    falsy. asyncio's selector transports accept only bytes/bytearray/memoryview:
+    ``transport.write(memoryview(buf))`` (zero-copy; the view keeps ``buf`` alive).
+    It is not ``bytes``: ``buf == b"..."`` is identity comparison, and it has no slicing
+    of its own (slice a ``memoryview`` of it instead).
+    """
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 class Session:
     def __init__(
@@ -124,7 +141,9 @@ class Session:
         reading its source until EVENT_WRITABLE."""
 
     def close_stream(self, stream_id: int) -> None:
-        """Half-close our side (FIN after any backlog). Closing twice is a no-op."""
+        """Half-close our side. The FIN goes out as its own empty WindowUpdate frame right
+        after the last byte of the backlog (never on a data frame, as hashicorp sends it).
+        Closing twice is a no-op."""
 
     def reset_stream(self, stream_id: int) -> None:
         """Reset (RST) at once, dropping any backlog. Resetting an unknown id is a no-op."""
@@ -146,8 +165,11 @@ class Session:
     def go_away(self, code: int = 0) -> None:
         """Queue GoAway(code): no new streams either way; existing streams go on."""
 
-    def take_outgoing(self) -> bytes:
-        """All bytes queued for the link since the last call (b"" if none)."""
+    def take_outgoing(self) -> OutgoingBuffer:
+        """All bytes queued for the link since the last call, as an OutgoingBuffer that owns
+        them (moved out, not copied; ``len() == 0`` if none). The session starts a fresh
+        buffer. Ping answers pending here are capped at 64: more pings arriving before the
+        next take_outgoing() are dropped unanswered."""
 
     @property
     def outgoing_len(self) -> int: ...

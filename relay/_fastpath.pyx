@@ -261,9 +261,9 @@ cdef class Link:
         self._flush_scheduled = False
         if self.closed or self.transport is None:
             return
-        data = self.session.take_outgoing()
-        if PyBytes_GET_SIZE(data):
-            self.transport.write(data)
+        data = self.session.take_outgoing()  # owns the session's buffer: no copy
+        if len(data):
+            self.transport.write(memoryview(data))
 
     cdef _schedule_tick(self, double delay):
         self._tick_handle = self.loop.call_later(delay, self._tick)

@@ -274,75 +274,53 @@ def token_revoke(data_dir: Path | None, token_id: str) -> None:
 # --- agent --------------------------------------------------------------------------------
 
 
-def parse_upstream(text: str) -> tuple[str, int]:
-    """'8080', 'localhost:8080', '192.168.1.2:80', '[::1]:80'."""
-    if text.isdigit():
-        host, port = "127.0.0.1", text
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise ConfigError(f"upstream {text!r} is not PORT or HOST:PORT")
-        host = host.strip("[]")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"upstream {text!r} has no valid port")
-    return host, int(port)
+def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every agent command shares: where the edge is and how to trust it."""
+    options = [
+        click.option(
+            "--edge",
+            "edge_addr",
+            envvar="RELAY_EDGE",
+            required=True,
+            help="Edge agent address HOST:PORT (env RELAY_EDGE).",
+        ),
+        click.option(
+            "--token",
+            envvar="RELAY_TOKEN",
+            required=True,
+            help="Authtoken from 'relay token create' (env RELAY_TOKEN).",
+        ),
+        click.option(
+            "--ca-file",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            envvar="RELAY_CA_FILE",
+            help="Trust the edge's certificate through this CA file.",
+        ),
+        click.option(
+            "--pin",
+            envvar="RELAY_PIN",
+            default=None,
+            help="Trust the edge by certificate fingerprint (sha256:…), printed by 'relay edge'.",
+        ),
+        click.option("--server-name", default=None, help="TLS name of the edge if not its host."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
-@main.command()
-@click.argument("upstream")
-@click.option(
-    "--edge",
-    "edge_addr",
-    envvar="RELAY_EDGE",
-    required=True,
-    help="Edge agent address HOST:PORT (env RELAY_EDGE).",
-)
-@click.option(
-    "--token",
-    envvar="RELAY_TOKEN",
-    required=True,
-    help="Authtoken from 'relay token create' (env RELAY_TOKEN).",
-)
-@click.option(
-    "--remote-port",
-    type=int,
-    default=0,
-    help="Public port to ask for; 0 (default) lets the edge pick one.",
-)
-@click.option(
-    "--ca-file",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    envvar="RELAY_CA_FILE",
-    help="Trust the edge's certificate through this CA file.",
-)
-@click.option(
-    "--pin",
-    envvar="RELAY_PIN",
-    default=None,
-    help="Trust the edge by certificate fingerprint (sha256:…), printed by 'relay edge'.",
-)
-@click.option("--server-name", default=None, help="TLS name of the edge if not its host.")
-def tcp(
-    upstream: str,
+def run_agent(
+    endpoints: list[Any],
     edge_addr: str,
     token: str,
-    remote_port: int,
     ca_file: Path | None,
     pin: str | None,
     server_name: str | None,
 ) -> None:
-    """Expose a local TCP port: UPSTREAM is PORT or HOST:PORT.
-
-    \b
-    Example:
-        relay tcp 22 --edge edge.example.com:7000 --token rly_… --ca-file ca.pem
-    Without --ca-file or --pin the system trust store is used.
-    """
-    from relay.agent.client import Agent, AgentOptions, EndpointSpec
+    from relay.agent.client import Agent, AgentOptions
     from relay.config import parse_host_port
 
     try:
-        host, port = parse_upstream(upstream)
         edge_host, edge_port = parse_host_port(edge_addr, what="--edge")
     except RelayError as err:
         fail(err)
@@ -350,18 +328,169 @@ def tcp(
         edge_host=edge_host,
         edge_port=edge_port,
         token=token,
-        endpoints=(EndpointSpec("tcp", host, port, remote_port),),
+        endpoints=tuple(endpoints),
         ca_file=ca_file,
         pin=pin,
         server_name=server_name,
     )
 
     async def serve() -> None:
-        agent = Agent(options, status=lambda line: click.echo(line, err=False))
+        agent = Agent(options, status=lambda line: click.echo(line))
         install_stop_handlers(agent.stop)
         await agent.run()
 
     run_async(serve)
+
+
+def spec_for(kind: str, upstream: str, **fields: Any) -> Any:
+    from relay.agent.client import EndpointSpec
+    from relay.agent.config import parse_upstream_url
+
+    try:
+        target = parse_upstream_url(upstream)
+    except RelayError as err:
+        fail(err)
+    scheme = "https" if target.scheme == "https" else "tcp"
+    return EndpointSpec(kind, target.host, target.port, upstream_scheme=scheme, **fields)
+
+
+PROXY_PROTOCOL_OPTION = click.option(
+    "--proxy-protocol",
+    type=click.Choice(["v1", "v2"]),
+    default=None,
+    help="Send a PROXY protocol header with the visitor's address to the upstream.",
+)
+
+
+@main.command()
+@click.argument("upstream")
+@agent_options
+@click.option(
+    "--remote-port",
+    type=int,
+    default=0,
+    help="Public port to ask for; 0 (default) lets the edge pick one.",
+)
+@PROXY_PROTOCOL_OPTION
+def tcp(upstream: str, remote_port: int, proxy_protocol: str | None, **agent: Any) -> None:
+    """Expose a local TCP port: UPSTREAM is PORT or HOST:PORT.
+
+    \b
+    Example:
+        relay tcp 22 --edge edge.example.com:7000 --token rly_… --ca-file ca.pem
+    Without --ca-file or --pin the system trust store is used.
+    """
+    spec = spec_for("tcp", upstream, remote_port=remote_port, proxy_protocol=proxy_protocol or "")
+    run_agent([spec], **agent)
+
+
+@main.command()
+@click.argument("upstream")
+@agent_options
+@click.option(
+    "--domain",
+    default="",
+    help="Full hostname to serve, e.g. app.example.com "
+    "or *.example.com (must be allowed for the token).",
+)
+@click.option(
+    "--subdomain", default="", help="Serve <SUBDOMAIN>.<edge base domain>; default: a random name."
+)
+@click.option(
+    "--https/--no-https",
+    "use_https",
+    default=True,
+    show_default=True,
+    help="Serve over HTTPS (certificate issued by the edge) instead of plain HTTP.",
+)
+@click.option(
+    "--host-header",
+    default="",
+    help="'rewrite' sends the upstream's host as Host; any other value is sent "
+    "literally; default: the visitor's Host.",
+)
+@PROXY_PROTOCOL_OPTION
+@click.option(
+    "--insecure-upstream",
+    is_flag=True,
+    help="Do not verify the certificate of an https:// upstream.",
+)
+def http(
+    upstream: str,
+    domain: str,
+    subdomain: str,
+    use_https: bool,
+    host_header: str,
+    proxy_protocol: str | None,
+    insecure_upstream: bool,
+    **agent: Any,
+) -> None:
+    """Expose a local web service: UPSTREAM is PORT, HOST:PORT or a URL
+    (http://localhost:8080, https://localhost:8443, [::1]:80).
+
+    \b
+    Examples:
+        relay http 8080 --edge edge.example.com:7000 --token rly_…
+        relay http 8080 --subdomain myapp --no-https
+        relay http https://localhost:8443 --domain app.example.com --host-header rewrite
+    """
+    spec = spec_for(
+        "https" if use_https else "http",
+        upstream,
+        domain=domain,
+        subdomain=subdomain,
+        host_header=host_header,
+        proxy_protocol=proxy_protocol or "",
+        upstream_tls_verify=not insecure_upstream,
+    )
+    run_agent([spec], **agent)
+
+
+@main.command()
+@click.argument("upstream")
+@agent_options
+@click.option("--domain", required=True, help="Hostname (SNI) to serve, e.g. db.example.com.")
+@PROXY_PROTOCOL_OPTION
+def tls(upstream: str, domain: str, proxy_protocol: str | None, **agent: Any) -> None:
+    """Expose a local TLS service end to end: the edge routes by SNI and never decrypts.
+
+    The upstream terminates TLS with its own certificate and key.
+
+    \b
+    Example:
+        relay tls 8443 --domain app.example.com --edge edge.example.com:7000 --token rly_…
+    """
+    spec = spec_for("tls", upstream, domain=domain, proxy_protocol=proxy_protocol or "")
+    run_agent([spec], **agent)
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Agent config file (YAML) with an agent: block and endpoints:.",
+)
+def start(names: tuple[str, ...], config_file: Path) -> None:
+    """Start endpoints from a config file in one session: all, or the NAMES given."""
+    from relay.agent.config import load_agent_config, select
+
+    try:
+        loaded = load_agent_config(config_file)
+        chosen = select(loaded.endpoints, list(names)) if names else list(loaded.endpoints)
+    except RelayError as err:
+        fail(err)
+    specs = [e.spec() for e in chosen]
+    agent = loaded.agent
+    if not agent.authtoken:
+        fail(ConfigError("no authtoken: set agent.authtoken or RELAY_TOKEN"))
+    if agent.edge is None:
+        fail(ConfigError("no edge address: set agent.edge"))
+    edge_host, edge_port = agent.edge
+    edge_addr = f"[{edge_host}]:{edge_port}" if ":" in edge_host else f"{edge_host}:{edge_port}"
+    run_agent(specs, edge_addr, agent.authtoken, agent.ca_file, agent.pin, agent.server_name)
 
 
 @main.command()

@@ -49,6 +49,29 @@ class EdgeConfig:
     max_sessions: int = 10_000
     #: SIGTERM: how long live streams may take to finish.
     drain_timeout: float = 30.0
+    #: HTTP and TLS (https termination + tls passthrough) listeners; "" disables one.
+    http_listen: str = "0.0.0.0:8080"
+    https_listen: str = "0.0.0.0:8443"
+    #: Random and ``--subdomain`` names live under this domain: <name>.<base_domain>.
+    base_domain: str = "localhost"
+    #: Port numbers shown in URLs (0: the listener's own port; 80/443 are left out).
+    http_public_port: int = 0
+    https_public_port: int = 0
+    http_max_head: int = 16 * 1024
+    http_max_headers: int = 100
+    http_max_body: int = 0  # 0: no cap
+    http_header_timeout: float = 10.0
+    http_idle_timeout: float = 120.0
+    #: Plain-HTTP requests for a name served only over HTTPS get a 308 redirect.
+    https_redirect: bool = True
+    #: Certificates for https endpoints: "local" (the edge's CA, on demand), "acme", "files".
+    cert_issuer: str = "local"
+    acme_directory: str = ""
+    acme_email: str = ""
+    acme_ca_bundle: Path | None = None
+    acme_challenge: str = "http-01"
+    cert_file: Path | None = None
+    key_file: Path | None = None
     mux: MuxConfig = field(default_factory=MuxConfig)
 
     def listen_address(self) -> tuple[str, int]:
@@ -75,16 +98,34 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             return MuxConfig(**{k: int(v) for k, v in value.items()})
         if name == "tcp_ports":
             return PortRange.parse(str(value))
-        if name in ("data_dir", "tls_cert", "tls_key"):
+        if name in ("data_dir", "tls_cert", "tls_key", "acme_ca_bundle", "cert_file", "key_file"):
             return None if value is None else Path(str(value)).expanduser()
         if name == "cert_names":
             if not isinstance(value, list):
                 raise ConfigError("cert_names must be a list")
             return tuple(str(v) for v in value)
-        if name in ("handshake_timeout", "reclaim_grace", "drain_timeout"):
+        if name in (
+            "handshake_timeout",
+            "reclaim_grace",
+            "drain_timeout",
+            "http_header_timeout",
+            "http_idle_timeout",
+        ):
             return float(value)
-        if name in ("max_endpoints_per_session", "max_sessions"):
+        if name in (
+            "max_endpoints_per_session",
+            "max_sessions",
+            "http_public_port",
+            "https_public_port",
+            "http_max_head",
+            "http_max_headers",
+            "http_max_body",
+        ):
             return int(value)
+        if name == "https_redirect":
+            if isinstance(value, bool):
+                return value
+            return str(value).lower() in ("1", "true", "yes", "on")
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
@@ -111,4 +152,9 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
     converted = {k: _convert(k, None, v) for k, v in values.items()}
     config = replace(config, **converted)
     config.listen_address()  # validate early
+    for what, value in (("http_listen", config.http_listen), ("https_listen", config.https_listen)):
+        if value:
+            parse_host_port(value, what=what)
+    if config.cert_issuer not in ("local", "acme", "files"):
+        raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
     return config

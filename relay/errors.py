@@ -256,3 +256,106 @@ def error_from_code(code: str, message: str) -> RelayError:
     if _CODE_RE.fullmatch(code) is None:
         return RelayError(message)
     return RelayError(message, code=code)
+
+
+# -- certificates (RLY_8xx) and secrets (RLY_9xx) -------------------------------------------
+#
+# ========  ==========================  =========================================================
+# RLY_801   CertificateError            a certificate could not be provided (family root)
+# RLY_802   CertificateNameMismatch     the operator's certificate files don't cover the name
+# RLY_803   AcmeError                   the ACME server refused a request (not worth retrying)
+# RLY_804   AcmeChallengeFailed         the ACME server could not validate a challenge
+# RLY_805   AcmeUnavailable             the ACME server stayed unreachable/failing after retries
+# RLY_806   UnsupportedIdentifier       the issuer cannot issue for this name (e.g. ACME wildcard)
+# RLY_901   SecretError                 a sealed secret could not be opened (family root)
+# RLY_902   SecretAuthenticationFailed  tampered blob, wrong owner/name, or wrong key bytes
+# RLY_903   UnknownKeyId                the blob names a key-encryption key that isn't configured
+# RLY_904   MalformedSecret             not a sealed secret, truncated, or an unknown version
+# ========  ==========================  =========================================================
+
+
+class CertificateError(RelayError):
+    """A certificate could not be provided (family root)."""
+
+    code = "RLY_801"
+
+
+class CertificateNameMismatch(CertificateError):
+    """The operator-provided certificate does not cover the requested name."""
+
+    code = "RLY_802"
+
+
+class AcmeError(CertificateError):
+    """The ACME server refused a request; retrying the same request will not help."""
+
+    code = "RLY_803"
+
+
+class AcmeChallengeFailed(AcmeError):
+    """The ACME server could not validate a challenge (the name does not reach this edge)."""
+
+    code = "RLY_804"
+
+
+class AcmeUnavailable(CertificateError):
+    """The ACME server stayed unreachable or failing through every retry."""
+
+    code = "RLY_805"
+
+
+class UnsupportedIdentifier(CertificateError):
+    """The issuer cannot issue for this name (e.g. a wildcard over ACME needs DNS-01)."""
+
+    code = "RLY_806"
+
+
+class SecretError(RelayError):
+    """A sealed secret could not be opened (family root)."""
+
+    code = "RLY_901"
+
+
+class SecretAuthenticationFailed(SecretError):
+    """Tampered blob, wrong owner/name, or the key-encryption key's bytes changed."""
+
+    code = "RLY_902"
+
+
+class UnknownKeyId(SecretError):
+    """The blob was sealed under a key-encryption key id that is not configured."""
+
+    code = "RLY_903"
+
+
+class MalformedSecret(SecretError):
+    """Not a sealed secret: bad magic, truncated, or an unsupported format version."""
+
+    code = "RLY_904"
+
+
+_CERT_SECRET_ERRORS: tuple[type[RelayError], ...] = (
+    CertificateError,
+    CertificateNameMismatch,
+    AcmeError,
+    AcmeChallengeFailed,
+    AcmeUnavailable,
+    UnsupportedIdentifier,
+    SecretError,
+    SecretAuthenticationFailed,
+    UnknownKeyId,
+    MalformedSecret,
+)
+ERROR_CODES.update({cls.code: cls for cls in _CERT_SECRET_ERRORS})
+__all__ += [
+    "AcmeChallengeFailed",
+    "AcmeError",
+    "AcmeUnavailable",
+    "CertificateError",
+    "CertificateNameMismatch",
+    "MalformedSecret",
+    "SecretAuthenticationFailed",
+    "SecretError",
+    "UnknownKeyId",
+    "UnsupportedIdentifier",
+]

@@ -88,10 +88,13 @@ class Bind(Message):
 
     TYPE: ClassVar[str] = "bind"
     request_id: int
-    kind: str  # "tcp" for now
+    kind: str  # "tcp" | "http" | "https" | "tls"
     name: str = ""
-    remote_port: int = 0
+    remote_port: int = 0  # tcp
     upstream: str = ""  # informational: shown by the edge, never dialled by it
+    domain: str = ""  # http/https/tls: a full hostname, or a wildcard "*.example.com"
+    subdomain: str = ""  # http/https: <subdomain>.<the edge's base domain>
+    host_header: str = ""  # http/https: replace the Host header with this ("" keeps it)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 //! The PyO3 face: module `relay_native`. Thin: argument conversion, errors → exceptions.
 
-use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::PyValueError;
+use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
+use std::ptr;
+
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 use crate::error::{Error, GOAWAY_INTERNAL, GOAWAY_NORMAL, GOAWAY_PROTOCOL};
 use crate::session::{self, Config, Session};
@@ -77,28 +81,107 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
     err
 }
 
-/// Run `f` over the bytes of a bytes/bytearray/memoryview (any C-contiguous byte buffer)
-/// without copying them.
+/// Run `f` over the bytes of a bytes/bytearray/memoryview (any C-contiguous buffer)
+/// without copying them, and without allocating (the `Py_buffer` lives on the stack).
 fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     if let Ok(b) = data.downcast::<PyBytes>() {
         return Ok(f(b.as_bytes()));
     }
-    let buf = PyBuffer::<u8>::get(data)?;
-    if !buf.is_c_contiguous() {
-        return Err(PyValueError::new_err("buffer must be C-contiguous"));
+    if let Ok(b) = data.downcast::<PyByteArray>() {
+        // SAFETY: we hold the GIL and `f` never calls back into Python, so nothing can
+        // resize or free the bytearray's storage while the slice lives.
+        return Ok(f(unsafe { b.as_bytes() }));
     }
-    let len = buf.len_bytes();
-    let slice: &[u8] = if len == 0 {
+    /// Releases the buffer even if `f` panics.
+    struct Held(MaybeUninit<ffi::Py_buffer>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            // SAFETY: only constructed after PyObject_GetBuffer succeeded; GIL held.
+            unsafe { ffi::PyBuffer_Release(self.0.as_mut_ptr()) }
+        }
+    }
+    let mut raw = MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: PyBUF_SIMPLE asks for one contiguous run of bytes (the exporter raises
+    // BufferError otherwise); on success `raw` is initialised and must be released.
+    if unsafe { ffi::PyObject_GetBuffer(data.as_ptr(), raw.as_mut_ptr(), ffi::PyBUF_SIMPLE) } != 0 {
+        return Err(PyErr::fetch(data.py()));
+    }
+    let held = Held(raw);
+    // SAFETY: initialised by the successful PyObject_GetBuffer above.
+    let view = unsafe { held.0.assume_init_ref() };
+    let len = view.len.max(0) as usize;
+    let slice: &[u8] = if len == 0 || view.buf.is_null() {
         &[]
     } else {
-        // SAFETY: the buffer is held (and so pinned) for the duration of `f`, it is
-        // C-contiguous with `len` bytes, and we hold the GIL and never release it or call
-        // back into Python meanwhile, so no Python code can resize or mutate it.
-        unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) }
+        // SAFETY: the buffer is held (and so pinned) until `held` drops, it is contiguous
+        // with `len` bytes, and we hold the GIL and never call back into Python meanwhile,
+        // so no Python code can resize or mutate it.
+        unsafe { std::slice::from_raw_parts(view.buf as *const u8, len) }
     };
     let r = f(slice);
-    drop(buf);
+    drop(held);
     Ok(r)
+}
+
+/// The bytes `Session.take_outgoing()` hands out: owns them (no copy) and exposes them
+/// through the buffer protocol, read-only, 1-D, unsigned bytes (format "B").
+#[pyclass(frozen, module = "relay_native", name = "OutgoingBuffer")]
+pub struct OutgoingBuffer {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl OutgoingBuffer {
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<relay_native.OutgoingBuffer len={}>", self.data.len())
+    }
+
+    /// # Safety
+    /// Called by CPython with a valid `view`; the data never changes or moves while the
+    /// object lives (frozen class, no mutating method), and `view.obj` keeps it alive.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("view is null"));
+        }
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("OutgoingBuffer is read-only"));
+        }
+        let data = &slf.get().data;
+        (*view).buf = data.as_ptr() as *mut c_void;
+        (*view).len = data.len() as ffi::Py_ssize_t;
+        (*view).readonly = 1;
+        (*view).itemsize = 1;
+        (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
+            c"B".as_ptr() as *mut _
+        } else {
+            ptr::null_mut()
+        };
+        (*view).ndim = 1;
+        (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
+            &mut (*view).len
+        } else {
+            ptr::null_mut()
+        };
+        (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
+            &mut (*view).itemsize
+        } else {
+            ptr::null_mut()
+        };
+        (*view).suboffsets = ptr::null_mut();
+        (*view).internal = ptr::null_mut();
+        (*view).obj = slf.into_any().into_ptr(); // a new reference, released by CPython
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
 }
 
 fn arg<T: TryFrom<u64>>(name: &str, v: &Bound<'_, PyAny>) -> PyResult<T> {
@@ -231,10 +314,14 @@ impl PySession {
         self.inner.go_away(code)
     }
 
-    fn take_outgoing<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let b = PyBytes::new(py, self.inner.outgoing());
-        self.inner.clear_outgoing();
-        b
+    /// The queued bytes, moved (not copied) into an OutgoingBuffer.
+    fn take_outgoing(&mut self, py: Python<'_>) -> PyResult<Py<OutgoingBuffer>> {
+        Py::new(
+            py,
+            OutgoingBuffer {
+                data: self.inner.take_outgoing(),
+            },
+        )
     }
 
     #[getter]
@@ -324,5 +411,6 @@ fn relay_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     root.setattr("goaway_code", GOAWAY_INTERNAL)?;
     root.setattr("name", "yamux_error")?;
     m.add_class::<PySession>()?;
+    m.add_class::<OutgoingBuffer>()?;
     Ok(())
 }

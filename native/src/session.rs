@@ -456,7 +456,10 @@ impl Session {
         // Smoothed size hint, rounded up to a power of two and clamped: enough that a steady
         // flow rarely reallocates, small enough that one burst does not pin a big buffer.
         self.out_hint = (self.out_hint + self.out.len()) / 2;
-        let cap = self.out_hint.next_power_of_two().clamp(4 * 1024, 1024 * 1024);
+        let cap = self
+            .out_hint
+            .next_power_of_two()
+            .clamp(4 * 1024, 1024 * 1024);
         std::mem::replace(&mut self.out, Vec::with_capacity(cap))
     }
 

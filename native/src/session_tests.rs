@@ -193,7 +193,7 @@ fn stream_order_syn_before_data_fin_after_data() {
     assert_eq!(f.len(), 3);
     assert!(f[0].0.flags.contains(Flags::SYN));
     assert_eq!(f[1].1, b"payload");
-    assert_eq!(f[2].0.flags, Flags::FIN);
+    assert_eq!(f[2].0, Header::new(WU, Flags::FIN, a, 0));
     // Reset: RST follows the data already queued.
     let b = c.open_stream_at(t).unwrap();
     c.send(b, b"x").unwrap();
@@ -229,7 +229,7 @@ fn window_updates_are_coalesced_one_pending_per_stream() {
 }
 
 #[test]
-fn ping_acks_are_coalesced_so_a_peer_that_never_reads_cannot_grow_our_queue() {
+fn ping_acks_are_bounded_so_a_peer_that_never_reads_cannot_grow_our_queue() {
     let (mut s, t) = server_with_stream();
     let mut input = Vec::new();
     for i in 0..10_000u32 {
@@ -242,14 +242,74 @@ fn ping_acks_are_coalesced_so_a_peer_that_never_reads_cannot_grow_our_queue() {
     for chunk in input.chunks(4096) {
         s.receive_at(chunk, t + Duration::from_secs(5)).unwrap();
     }
-    // Never taken: at most one ping answer, one update per stream, one RTT probe ping.
-    assert!(s.outgoing_len() <= 3 * HEADER_LEN, "{}", s.outgoing_len());
+    // Never taken: at most 64 ping answers, one update per stream, one RTT probe ping.
+    let max = MAX_PENDING_PING_ACKS as usize;
+    assert!(
+        s.outgoing_len() <= (max + 2) * HEADER_LEN,
+        "{}",
+        s.outgoing_len()
+    );
     let hs = headers(s.outgoing());
-    let ack = hs
+    let acks: Vec<u32> = hs
         .iter()
-        .find(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK)
+        .filter(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK)
+        .map(|h| h.length)
+        .collect();
+    assert_eq!(
+        acks,
+        (0..max as u32).collect::<Vec<_>>(),
+        "the first 64, in order"
+    );
+    // Once the buffer is taken, pings are answered again.
+    s.take_outgoing();
+    s.receive_at(&hdr(FrameType::Ping, Flags::SYN, 0, 77_777), t)
         .unwrap();
-    assert_eq!(ack.length, 9_999, "the latest opaque value");
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(FrameType::Ping, Flags::ACK, 0, 77_777)]
+    );
+}
+
+#[test]
+fn every_ping_is_answered_with_its_own_opaque_value() {
+    // hashicorp matches each answer to its ping id: two pings in one read need two answers.
+    let (mut s, t) = client();
+    s.take_outgoing();
+    let mut input = hdr(FrameType::Ping, Flags::SYN, 0, 7);
+    input.extend(hdr(FrameType::Ping, Flags::SYN, 0, 8));
+    s.receive_at(&input, t).unwrap();
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![
+            Header::new(FrameType::Ping, Flags::ACK, 0, 7),
+            Header::new(FrameType::Ping, Flags::ACK, 0, 8)
+        ]
+    );
+    assert_eq!(s.stats().pings_out, 2);
+}
+
+#[test]
+fn take_outgoing_moves_the_buffer_out_and_starts_a_fresh_one() {
+    let (mut c, t) = client();
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, &vec![7u8; 100_000]).unwrap();
+    let ptr = c.outgoing().as_ptr();
+    let out = c.take_outgoing();
+    assert_eq!(out.as_ptr(), ptr, "moved, not copied");
+    assert_eq!(out.len(), 12 + 100_000 + 7 * 12);
+    assert_eq!(c.outgoing_len(), 0);
+    // The fresh buffer is sized from the last one (a power of two, 4 KiB ..= 1 MiB).
+    let cap = c.out.capacity();
+    assert!(
+        (4096..=1 << 20).contains(&cap) && cap.is_power_of_two(),
+        "{cap}"
+    );
+    // Taking an empty buffer neither allocates nor drops the current capacity.
+    assert_eq!(c.take_outgoing().capacity(), 0);
+    assert_eq!(c.out.capacity(), cap);
+    // Pending-frame patching (window-update coalescing) restarts with the new buffer.
+    c.send(a, b"x").unwrap();
+    assert_eq!(parse(&c.take_outgoing())[0].1, b"x");
 }
 
 // ------------------------------------------------------------------ opening
@@ -464,12 +524,12 @@ fn bad_stream_ids_are_invalid_stream_id() {
         receive_err(&mut s, &data(0, Flags::NONE, b"x"), t),
         Error::InvalidStreamId(0)
     );
-    // Ids not increasing (lower than, or equal to, one already seen and gone).
+    // An id used before and gone (ids are never reused), or below the reorder window.
     let (mut s, t) = server();
-    s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap();
+    s.receive_at(&hdr(WU, Flags::SYN, 4097, 0), t).unwrap();
     assert_eq!(
-        receive_err(&mut s, &hdr(WU, Flags::SYN, 3, 0), t),
-        Error::InvalidStreamId(3)
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 4097 - 2 * 1024, 0), t),
+        Error::InvalidStreamId(2049)
     );
     let (mut s, t) = server();
     s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap();
@@ -500,6 +560,103 @@ fn frames_for_a_forgotten_stream_are_ignored_but_never_opened_ids_are_errors() {
         receive_err(&mut s, &data(3, Flags::NONE, b"x"), t),
         Error::InvalidStreamId(3)
     );
+}
+
+#[test]
+fn inbound_syns_may_arrive_out_of_id_order_within_the_reorder_window() {
+    // hashicorp sends the SYNs of concurrent OpenStream calls from their goroutines: they
+    // can arrive out of id order. Repro: a client session gets SYN 4 then SYN 2.
+    let (mut c, t) = client();
+    let mut input = hdr(WU, Flags::SYN, 4, 0);
+    input.extend(hdr(WU, Flags::SYN, 2, 0));
+    let e = evs(c.receive_at(&input, t).unwrap());
+    assert_eq!(
+        e,
+        vec![ev(EVENT_OPENED, 4, 0, 0), ev(EVENT_OPENED, 2, 0, 0)]
+    );
+    assert_eq!(c.stream_count(), 2);
+    // Server side: far ahead, then back to the bottom of the window.
+    let (mut s, t) = server();
+    let top = 1 + 2 * 5000;
+    let low = top - 2 * (PEER_ID_REORDER_WINDOW - 1);
+    for sid in [top, low, low + 2, top - 2] {
+        let e = evs(s.receive_at(&hdr(WU, Flags::SYN, sid, 0), t).unwrap());
+        assert_eq!(e, vec![ev(EVENT_OPENED, sid, 0, 0)], "SYN {sid}");
+    }
+    // A frame for an id in the window not opened yet is ignored; its SYN still opens it.
+    let mid = top - 200;
+    assert!(s
+        .receive_at(&data(mid, Flags::NONE, b"early"), t)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        evs(s.receive_at(&hdr(WU, Flags::SYN, mid, 0), t).unwrap()),
+        vec![ev(EVENT_OPENED, mid, 0, 0)]
+    );
+    // A SYN on a live id is DuplicateStream, also below the highest id.
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, low, 0), t),
+        Error::DuplicateStream(low)
+    );
+    // A closed id is never reopened; late frames for it are ignored.
+    let (mut s, t) = server();
+    s.receive_at(&hdr(WU, Flags::SYN, 9, 0), t).unwrap();
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t).unwrap();
+    s.reset_stream(3).unwrap();
+    let mut late = data(3, Flags::NONE, &[1u8; 100]);
+    late.extend(hdr(WU, Flags::FIN, 3, 5));
+    assert!(s.receive_at(&late, t).unwrap().is_empty());
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 3, 0), t),
+        Error::InvalidStreamId(3)
+    );
+    // Refused (RST by us) ids count as used too; ids above the highest still need a SYN.
+    let mut c = cfg(false);
+    c.accept_backlog = 1;
+    let (mut s, t) = server_with(c);
+    s.receive_at(&hdr(WU, Flags::SYN, 7, 0), t).unwrap();
+    s.receive_at(&hdr(WU, Flags::SYN, 5, 0), t).unwrap(); // refused: backlog full
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 5, 0)]
+    );
+    assert_eq!(
+        receive_err(&mut s, &hdr(WU, Flags::SYN, 5, 0), t),
+        Error::InvalidStreamId(5)
+    );
+    let (mut s, t) = server();
+    s.receive_at(&hdr(WU, Flags::SYN, 7, 0), t).unwrap();
+    assert_eq!(
+        receive_err(&mut s, &data(9, Flags::NONE, b"x"), t),
+        Error::InvalidStreamId(9)
+    );
+}
+
+#[test]
+fn peer_id_window_slides_and_forgets_nothing_inside_it() {
+    // The ring of used ids stays exact as the highest id moves by small and large steps.
+    let mut p = PeerIds::new();
+    let mut used = std::collections::BTreeSet::new();
+    let mut rng = 0x1234_5678u64;
+    for _ in 0..20_000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let step = match rng % 8 {
+            0 => 2 * ((rng >> 8) as u32 % 5000),
+            1..=3 => 2 * ((rng >> 8) as u32 % 8),
+            _ => 0,
+        };
+        let back = 2 * ((rng >> 24) as u32 % 1100);
+        let sid = (p.max + step).saturating_sub(back) | 1;
+        let expect = sid > p.max
+            || ((p.max >> 1) - (sid >> 1) < PEER_ID_REORDER_WINDOW && !used.contains(&sid));
+        assert_eq!(p.may_open(sid), expect, "sid {sid} max {}", p.max);
+        if expect {
+            p.mark(sid);
+            used.insert(sid);
+        }
+    }
 }
 
 #[test]
@@ -748,9 +905,79 @@ fn close_stream_sends_fin_after_the_backlog() {
     assert_eq!(c.send(a, b"late"), Err(Error::StreamClosed(a)));
     c.receive_at(&hdr(WU, Flags::ACK, a, 10), t).unwrap();
     let f = parse(&c.take_outgoing());
-    assert_eq!(f.len(), 1);
-    assert_eq!(f[0].0.flags, Flags::FIN, "FIN rides on the last data frame");
-    assert_eq!(f[0].1.len(), 10);
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[0].0, Header::new(D, Flags::NONE, a, 10));
+    assert_eq!(
+        f[1].0,
+        Header::new(WU, Flags::FIN, a, 0),
+        "FIN in its own frame"
+    );
+}
+
+#[test]
+fn fin_goes_out_in_its_own_frame_only_after_the_very_last_data_byte() {
+    // hashicorp v0.1.2 applies a data frame's FIN before buffering its payload, so a
+    // concurrent Read may return EOF and lose that payload: never put FIN on data.
+    let frames_of = |out: &[u8], sid: u32| -> Vec<(Header, Vec<u8>)> {
+        parse(out)
+            .into_iter()
+            .filter(|(h, _)| h.stream_id == sid)
+            .collect()
+    };
+    let (mut c, t) = client();
+    let mut cfg_small = cfg(false);
+    cfg_small.max_frame_payload = 1000;
+    let (mut c2, _) = server_with(cfg_small);
+    // 1. Fast path (all within the window), then close: data, then an empty FIN frame.
+    let a = c.open_stream_at(t).unwrap();
+    c.send(a, b"abc").unwrap();
+    c.close_stream(a).unwrap();
+    let f = frames_of(&c.take_outgoing(), a);
+    assert_eq!(f.len(), 3);
+    assert_eq!(
+        (f[1].0.flags, f[1].1.as_slice()),
+        (Flags::NONE, &b"abc"[..])
+    );
+    assert_eq!(f[2].0, Header::new(WU, Flags::FIN, a, 0));
+    // 2. Backlog with a zero window: close queues nothing; each window update sends data
+    //    only; FIN follows the update that drains the last byte, after that byte.
+    let b = c.open_stream_at(t).unwrap();
+    let payload: Vec<u8> = (0..W as usize + 2500).map(|i| i as u8).collect();
+    c.send(b, &payload).unwrap();
+    c.take_outgoing();
+    c.close_stream(b).unwrap();
+    assert!(c.outgoing().is_empty());
+    let mut got = payload[..W as usize].to_vec();
+    for credit in [1000u32, 0, 1000, 499, 1] {
+        c.receive_at(&hdr(WU, Flags::ACK, b, credit), t).unwrap();
+        let f = frames_of(&c.take_outgoing(), b);
+        for (i, (h, pl)) in f.iter().enumerate() {
+            if h.flags.contains(Flags::FIN) {
+                assert_eq!(*h, Header::new(WU, Flags::FIN, b, 0));
+                assert_eq!(i, f.len() - 1);
+                assert_eq!(got.len(), payload.len(), "FIN before the last byte");
+            } else {
+                assert_eq!(h.typ, D);
+                got.extend_from_slice(pl);
+            }
+        }
+        let fin = f.iter().any(|(h, _)| h.flags.contains(Flags::FIN));
+        assert_eq!(fin, credit == 1, "credit {credit}");
+    }
+    assert_eq!(got, payload);
+    // 3. Split frames drained by one big update: FIN after the last of them.
+    c2.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    c2.accept_stream(1).unwrap();
+    c2.send(1, &vec![5u8; W as usize + 3500]).unwrap();
+    c2.close_stream(1).unwrap();
+    c2.take_outgoing();
+    c2.receive_at(&hdr(WU, Flags::NONE, 1, W), t).unwrap();
+    let f = frames_of(&c2.take_outgoing(), 1);
+    assert_eq!(f.len(), 5, "4 data frames (1000+1000+1000+500), then FIN");
+    assert!(f[..4]
+        .iter()
+        .all(|(h, _)| h.typ == D && h.flags == Flags::NONE));
+    assert_eq!(f[4].0, Header::new(WU, Flags::FIN, 1, 0));
 }
 
 #[test]

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 from relay import __version__
 from relay.agent.backoff import Backoff
+from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
+from relay.edge.error_pages import render
 from relay.errors import (
     AuthError,
     BindError,
@@ -34,6 +37,7 @@ from relay.protocol import (
     Restart,
     Stop,
     StreamHeader,
+    StreamProtocol,
 )
 from relay.protocol import AuthError as AuthErrorMessage
 from relay.protocol import BindError as BindErrorMessage
@@ -51,16 +55,33 @@ REPLY_TIMEOUT = 15.0
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    kind: str
+    kind: str  # tcp | http | https | tls
     upstream_host: str
     upstream_port: int
     remote_port: int = 0
     name: str = ""
+    domain: str = ""
+    subdomain: str = ""
+    #: Host header sent upstream: "" keeps the visitor's, "rewrite" uses the upstream's.
+    host_header: str = ""
+    #: "tcp" dials plain TCP; "https" speaks TLS to the upstream.
+    upstream_scheme: str = "tcp"
+    upstream_tls_verify: bool = True
+    proxy_protocol: str = ""  # "", "v1", "v2"
 
     @property
     def upstream(self) -> str:
         host = f"[{self.upstream_host}]" if ":" in self.upstream_host else self.upstream_host
-        return f"{host}:{self.upstream_port}"
+        scheme = "" if self.upstream_scheme == "tcp" else f"{self.upstream_scheme}://"
+        return f"{scheme}{host}:{self.upstream_port}"
+
+    @property
+    def host_header_value(self) -> str:
+        if self.host_header == "rewrite":
+            default = 443 if self.upstream_scheme == "https" else 80
+            host = f"[{self.upstream_host}]" if ":" in self.upstream_host else self.upstream_host
+            return host if self.upstream_port == default else f"{host}:{self.upstream_port}"
+        return self.host_header
 
 
 @dataclass
@@ -207,7 +228,18 @@ class Agent:
         self.bound.clear()
         for request_id, spec in enumerate(self.options.endpoints, start=1):
             port = self.remembered_ports.get(spec, spec.remote_port)
-            control.send(Bind(request_id, spec.kind, spec.name, port, spec.upstream))
+            control.send(
+                Bind(
+                    request_id,
+                    spec.kind,
+                    spec.name,
+                    port,
+                    spec.upstream,
+                    domain=spec.domain,
+                    subdomain=spec.subdomain,
+                    host_header=spec.host_header_value,
+                )
+            )
             answer = await self._reply(control)
             if isinstance(answer, BindErrorMessage):
                 raise error_from_code(answer.code, answer.message)
@@ -290,26 +322,60 @@ class Agent:
     async def _serve_visitor(self, link: Any, channel: Any) -> None:
         stream_id = int(channel.stream_id)
         stream = MuxStream(link, channel)
+        header: StreamHeader | None = None
         try:
-            header, used = await asyncio.wait_for(self._read_header(channel), HEADER_TIMEOUT)
-            endpoint = self.bound.get(header.endpoint_id)
+            parsed, used = await asyncio.wait_for(self._read_header(channel), HEADER_TIMEOUT)
+            header = parsed
+            endpoint = self.bound.get(parsed.endpoint_id)
             if endpoint is None:
-                raise ProtocolViolation(f"stream for unknown endpoint {header.endpoint_id}")
+                raise ProtocolViolation(f"stream for unknown endpoint {parsed.endpoint_id}")
             channel.take(used)
             channel.hold()  # credit waits until the upstream is there to take the bytes
             spec = endpoint.spec
+            preamble = proxy_preamble(spec, parsed.visitor_addr)
+            ctx = (
+                upstream_tls_context(spec.upstream_tls_verify)
+                if spec.upstream_scheme == "https"
+                else None
+            )
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Pump(link, stream_id=stream_id),
+                    lambda: _Pump(link, stream_id=stream_id, preamble=preamble),
                     spec.upstream_host,
                     spec.upstream_port,
+                    ssl=ctx,
+                    server_hostname=spec.upstream_host if ctx is not None else None,
                 ),
                 UPSTREAM_CONNECT_TIMEOUT,
             )
-        except (OSError, TimeoutError, RelayError, StreamReset) as exc:
+        except (OSError, TimeoutError, RelayError, StreamReset, ssl.SSLError) as exc:
             log.info("visitor stream %d: %s", stream_id, exc)
-            stream.reset()
+            if header is not None and header.protocol in (
+                StreamProtocol.HTTP,
+                StreamProtocol.HTTPS,
+            ):
+                self._answer_with_error(link, stream_id, header, exc)
+            else:
+                stream.reset()
+
+    def _answer_with_error(
+        self, link: Any, stream_id: int, header: StreamHeader, exc: BaseException
+    ) -> None:
+        """The visitor speaks HTTP: tell them what went wrong, with a code, then end."""
+        if link.closed or stream_id not in link.channels:
+            return
+        if isinstance(exc, TimeoutError):
+            status, code, text = 504, "RLY_614", "the upstream did not answer in time"
+        else:
+            status, code, text = 502, "RLY_613", "the agent could not reach the upstream"
+        page = render(
+            status, code, text, accept=header.extra.get("accept"), request_id=secrets.token_hex(8)
+        )
+        link.channels.pop(stream_id, None)
+        link.send(stream_id, page)
+        link.session.close_stream(stream_id)
+        link.schedule_flush()
 
     async def _read_header(self, channel: Any) -> tuple[StreamHeader, int]:
         while True:
@@ -324,9 +390,29 @@ class Agent:
 
 
 def ssl_errors() -> tuple[type[BaseException], ...]:
-    import ssl
-
     return (ssl.SSLError, ssl.CertificateError)
+
+
+def proxy_preamble(spec: EndpointSpec, visitor_addr: str) -> bytes:
+    """The PROXY protocol header for the upstream, if the endpoint asks for one.
+    The destination is the upstream address: the edge's public address is not known
+    to the agent per connection."""
+    if not spec.proxy_protocol or not visitor_addr:
+        return b""
+    src = parse_visitor_addr(visitor_addr)
+    dst = (spec.upstream_host, spec.upstream_port)
+    if spec.proxy_protocol == "v1":
+        return encode_v1(src, dst)
+    return encode_v2(src, dst)
+
+
+def upstream_tls_context(verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _reason(exc: BaseException | None) -> str:

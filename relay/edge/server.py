@@ -16,12 +16,14 @@ from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
+from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.session import AgentSession
 from relay.edge.tcp import Refuse, TcpEndpoint
 from relay.errors import (
     BindError,
     BindNotAllowed,
     DataDirError,
+    EndpointAlreadyBound,
     PortUnavailable,
     TooManyEndpoints,
 )
@@ -46,8 +48,11 @@ class Edge:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.sessions: set[AgentSession] = set()
-        self.endpoints: dict[str, TcpEndpoint] = {}  # endpoint_id -> endpoint
-        self.by_key: dict[str, TcpEndpoint] = {}
+        self.endpoints: dict[str, TcpEndpoint | HostEndpoint] = {}  # endpoint_id -> endpoint
+        self.by_key: dict[str, TcpEndpoint | HostEndpoint] = {}
+        self.http_routes = HostRoutes()
+        self.sni_routes = HostRoutes()
+        self.web: Any = None  # relay.edge.web.WebFronts once started
         self.registry = InMemoryRegistry()
         self.ports = PortAllocator(config.tcp_ports)
         self.server: asyncio.AbstractServer | None = None
@@ -88,6 +93,11 @@ class Edge:
         )
         sockname = self.server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if config.http_listen or config.https_listen:
+            from relay.edge.web import WebFronts
+
+            self.web = WebFronts(self, cert_file, key_file)
+            await self.web.start()
 
     def _new_agent_link(self) -> Any:
         if self._stopping or len(self.sessions) >= self.config.max_sessions:
@@ -106,6 +116,8 @@ class Edge:
         self._stopping = True
         if self.server is not None:
             self.server.close()
+        if self.web is not None:
+            self.web.close()
         for endpoint in list(self.endpoints.values()):
             endpoint.close()
         for session in list(self.sessions):
@@ -121,6 +133,8 @@ class Edge:
         for session in list(self.sessions):
             if session.link is not None and not session.link.closed:
                 session.link.abort()
+        if self.web is not None:
+            await self.web.stop()
         if self.store is not None:
             self.store.close()
 
@@ -132,14 +146,16 @@ class Edge:
         self.tokens[record.id] = record
         return record
 
-    async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint:
-        if request.kind != "tcp":
-            raise BindError(f"endpoint kind {request.kind!r} is not supported by this edge")
+    async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
         assert session.token_id is not None and session.agent_id is not None
         if len(session.endpoints) >= self.config.max_endpoints_per_session:
             raise TooManyEndpoints(
                 f"a session may hold at most {self.config.max_endpoints_per_session} endpoints"
             )
+        if request.kind in ("http", "https", "tls"):
+            return self._bind_host(session, request)
+        if request.kind != "tcp":
+            raise BindError(f"endpoint kind {request.kind!r} is not supported by this edge")
         record = self.tokens[session.token_id]
         port = request.remote_port
         if port and not token_allows_bind(record, "tcp", port=port):
@@ -181,9 +197,67 @@ class Edge:
             return endpoint
         raise PortUnavailable(f"cannot listen on tcp port(s) {candidates[:3]}…: {last_error}")
 
+    def _bind_host(self, session: AgentSession, request: Bind) -> HostEndpoint:
+        assert session.token_id is not None and session.agent_id is not None
+        if self.web is None or (request.kind == "http" and self.web.http_port is None):
+            raise BindError(f"this edge serves no {request.kind} endpoints")
+        if request.kind in ("https", "tls") and self.web.https_port is None:
+            raise BindError(f"this edge serves no {request.kind} endpoints")
+        hostname = self._hostname_for(request)
+        record = self.tokens[session.token_id]
+        if not token_allows_bind(record, request.kind, hostname=hostname):
+            raise BindNotAllowed(f"token {record.id} may not bind {request.kind} {hostname}")
+        holder = Holder(session.token_id, session.agent_id, session)
+        family = "http" if request.kind == "http" else "sni"
+        existing = self.by_key.get(f"{family}:{hostname}")
+        if existing is not None:
+            if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
+                raise EndpointAlreadyBound(f"{hostname} is bound as another kind of endpoint")
+            taken = self._take_over(existing, holder, session)
+            assert isinstance(taken, HostEndpoint)
+            return taken
+        scheme = "http" if request.kind == "http" else request.kind
+        port = self.web.public_port(request.kind)
+        default = {"http": 80, "https": 443, "tls": 443}[request.kind]
+        suffix = "" if port == default else f":{port}"
+        shown = hostname.replace("*", "<any>", 1)
+        endpoint = HostEndpoint(
+            endpoint_id="ep_" + secrets.token_hex(6),
+            kind=request.kind,
+            hostname=hostname,
+            holder=holder,
+            url=f"{scheme}://{shown}{suffix}",
+            host_rewrite=request.host_header.encode("latin-1") if request.host_header else None,
+        )
+        self.registry.claim(endpoint.key, holder)
+        (self.http_routes if family == "http" else self.sni_routes).add(endpoint)
+        self.endpoints[endpoint.endpoint_id] = endpoint
+        self.by_key[endpoint.key] = endpoint
+        session.endpoints[endpoint.endpoint_id] = endpoint
+        if request.kind == "https":
+            self.web.certificate_wanted(hostname)
+        log.info("session %s bound %s", session.session_id, endpoint.url)
+        return endpoint
+
+    def _hostname_for(self, request: Bind) -> str:
+        base = self.config.base_domain
+        if request.domain and request.subdomain:
+            raise BindError("give either a domain or a subdomain, not both")
+        if request.domain:
+            name = request.domain.strip().lower().rstrip(".")
+        else:
+            label = request.subdomain.strip().lower() or secrets.token_hex(4)
+            if not _valid_label(label):
+                raise BindError(f"subdomain {label!r} is not a DNS label")
+            name = f"{label}.{base}"
+        bare = name[2:] if name.startswith("*.") else name
+        if not bare or len(name) > 253 or not all(_valid_label(p) for p in bare.split(".")):
+            raise BindError(f"{name!r} is not a valid hostname")
+        return name
+
     def _take_over(
-        self, endpoint: TcpEndpoint, holder: Holder, session: AgentSession
-    ) -> TcpEndpoint:
+        self, endpoint: TcpEndpoint | HostEndpoint, holder: Holder, session: AgentSession
+    ) -> TcpEndpoint | HostEndpoint:
         previous = self.registry.claim(endpoint.key, holder)  # raises if not ours to take
         if previous is not None and previous.session is not None:
             previous.session.endpoints.pop(endpoint.endpoint_id, None)
@@ -200,10 +274,13 @@ class Edge:
         if endpoint is not None:
             self._remove(endpoint)
 
-    def _remove(self, endpoint: TcpEndpoint) -> None:
+    def _remove(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         endpoint.close()
         self.registry.release(endpoint.key, endpoint.holder)
-        self.ports.release(endpoint.port)
+        if isinstance(endpoint, HostEndpoint):
+            (self.http_routes if endpoint.family == "http" else self.sni_routes).remove(endpoint)
+        else:
+            self.ports.release(endpoint.port)
         self.endpoints.pop(endpoint.endpoint_id, None)
         self.by_key.pop(endpoint.key, None)
 
@@ -221,11 +298,20 @@ class Edge:
             )
         session.endpoints.clear()
 
-    def _orphan_expired(self, endpoint: TcpEndpoint) -> None:
+    def _orphan_expired(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         endpoint.orphan_timer = None
         if endpoint.holder.session is None:
             log.info("releasing %s: its agent did not come back", endpoint.url)
             self._remove(endpoint)
+
+
+def _valid_label(label: str) -> bool:
+    return (
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+    )
 
 
 def _leaf_pem(chain_pem: bytes) -> bytes:

@@ -1,0 +1,13 @@
+"""Stub of the Cython HTTP front (relay/_httpfront.pyx)."""
+
+from typing import Any
+
+from relay._fastpath import Pump
+
+class HttpVisitor(Pump):
+    scheme: str
+    upgraded: bool
+    host: str
+    response_started: bool
+    requests: int
+    def __init__(self, front: Any, scheme: str) -> None: ...

@@ -1,0 +1,109 @@
+"""The HTTP side of the edge: what HttpVisitor (Cython) asks Python, once per connection.
+
+``route`` maps a Host to a live agent link and builds the StreamHeader; ``error_page``
+renders the small pages sent before any stream exists; ``acme_http01`` answers ACME
+HTTP-01 challenges for any Host before routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from relay.edge.error_pages import render
+from relay.edge.routes import HostRoutes
+from relay.edge.tcp import format_address
+from relay.protocol import StreamHeader, StreamProtocol
+
+ACME_PREFIX = b"/.well-known/acme-challenge/"
+
+RouteResult = tuple[int, Any, Any, Any]
+
+
+class HttpFront:
+    """Shared by every HttpVisitor of one listener (plain HTTP or terminated HTTPS)."""
+
+    def __init__(
+        self,
+        routes: HostRoutes,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        max_head: int,
+        max_headers: int,
+        max_body: int,
+        header_timeout: float,
+        idle_timeout: float,
+        acme_responder: Callable[[str], bytes | None] | None = None,
+        redirect_to_https: Callable[[str, bytes], str | None] | None = None,
+    ) -> None:
+        self.routes = routes
+        self.loop = loop
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.acme_responder = acme_responder
+        self.redirect_to_https = redirect_to_https
+        self.visitors_total = 0
+        self.errors_total: dict[int, int] = {}
+
+    def route(
+        self, hostname: str, url: bytes, scheme: str, transport: Any, accept: str | None
+    ) -> RouteResult:
+        """(0, link, stream header, host rewrite) — or (status, code, message, None) for an
+        error page — or (-1, response bytes, None, None) for a local answer (redirect)."""
+        self.visitors_total += 1
+        endpoint = self.routes.lookup(hostname)
+        if endpoint is None and self.redirect_to_https is not None:
+            location = self.redirect_to_https(hostname, url)
+            if location is not None:
+                return (-1, _redirect(location), None, None)
+        if endpoint is None:
+            return self._error(404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
+        session = endpoint.holder.session
+        if session is None or not session.accepting_visitors:
+            return self._error(503, "RLY_611", f"the agent serving {hostname} is offline")
+        protocol = StreamProtocol.HTTPS if scheme == "https" else StreamProtocol.HTTP
+        extra = {"accept": accept} if accept else {}
+        header = StreamHeader(
+            endpoint_id=endpoint.endpoint_id,
+            visitor_addr=format_address(transport.get_extra_info("peername")),
+            protocol=protocol,
+            server_name=hostname,
+            extra=extra,
+        ).to_wire()
+        return (0, session.link, header, endpoint.host_rewrite)
+
+    def _error(self, status: int, code: str, message: str) -> RouteResult:
+        self.errors_total[status] = self.errors_total.get(status, 0) + 1
+        return (status, code, message, None)
+
+    def error_page(
+        self, status: int, code: str, message: str, accept: str | None, head: bool
+    ) -> bytes:
+        return render(
+            status, code, message, accept=accept, request_id=secrets.token_hex(8), head=head
+        )
+
+    def acme_http01(self, url: bytes) -> bytes | None:
+        if self.acme_responder is None or not url.startswith(ACME_PREFIX):
+            return None
+        token = url[len(ACME_PREFIX) :].decode("ascii", "replace")
+        body = self.acme_responder(token)
+        if body is None:
+            return None
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+        )
+
+
+def _redirect(location: str) -> bytes:
+    target = location.encode("latin-1", "replace")
+    return (
+        b"HTTP/1.1 308 Permanent Redirect\r\nlocation: %b\r\ncontent-length: 0\r\n"
+        b"connection: close\r\n\r\n" % target
+    )

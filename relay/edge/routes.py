@@ -1,0 +1,72 @@
+"""Host-routed endpoints (http, https, tls) and the table that finds them.
+
+Lookup: an exact hostname wins; otherwise the wildcard with the longest suffix
+(``*.a.example.com`` before ``*.example.com``). A wildcard covers one or more labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from relay.edge.registry import Holder
+
+
+@dataclass
+class HostEndpoint:
+    endpoint_id: str
+    kind: str  # "http" | "https" | "tls"
+    hostname: str  # exact name or "*.suffix"
+    holder: Holder
+    url: str
+    host_rewrite: bytes | None = None
+    orphan_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    port: int = 0  # host endpoints have no port of their own
+
+    @property
+    def family(self) -> str:
+        # http shares nothing with https/tls; https and tls share the TLS port's names.
+        return "http" if self.kind == "http" else "sni"
+
+    @property
+    def key(self) -> str:
+        return f"{self.family}:{self.hostname}"
+
+    def close(self) -> None:
+        if self.orphan_timer is not None:
+            self.orphan_timer.cancel()
+            self.orphan_timer = None
+
+
+class HostRoutes:
+    def __init__(self) -> None:
+        self._exact: dict[str, HostEndpoint] = {}
+        self._wildcards: dict[str, HostEndpoint] = {}  # suffix ".example.com" -> endpoint
+
+    def add(self, endpoint: HostEndpoint) -> None:
+        if endpoint.hostname.startswith("*."):
+            self._wildcards[endpoint.hostname[1:]] = endpoint
+        else:
+            self._exact[endpoint.hostname] = endpoint
+
+    def remove(self, endpoint: HostEndpoint) -> None:
+        table = self._wildcards if endpoint.hostname.startswith("*.") else self._exact
+        name = endpoint.hostname[1:] if endpoint.hostname.startswith("*.") else endpoint.hostname
+        if table.get(name) is endpoint:
+            del table[name]
+
+    def lookup(self, hostname: str) -> HostEndpoint | None:
+        found = self._exact.get(hostname)
+        if found is not None:
+            return found
+        # Walk suffixes from the longest: a.b.example.com → .b.example.com → .example.com
+        dot = hostname.find(".")
+        while dot != -1:
+            found = self._wildcards.get(hostname[dot:])
+            if found is not None:
+                return found
+            dot = hostname.find(".", dot + 1)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._wildcards)

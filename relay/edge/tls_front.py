@@ -1,0 +1,234 @@
+"""The TLS port: peek at the ClientHello, then terminate (https) or pass through (tls).
+
+The ClientHello is read with MSG_PEEK, so nothing is consumed: a passthrough connection
+hands the untouched ciphertext — ClientHello included — to the agent, and a terminated
+one gives the whole handshake to the TLS engine with the certificate chosen by SNI. The
+edge never holds a key for a ``tls`` endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from relay._httpfront import HttpVisitor
+from relay.edge.client_hello import ClientHelloError, parse_client_hello
+from relay.edge.http import HttpFront
+from relay.edge.routes import HostRoutes
+from relay.edge.tcp import Refuse, format_address
+from relay.mux import Pump
+from relay.protocol import StreamHeader, StreamProtocol
+
+log = logging.getLogger("relay.edge.tls")
+
+#: A ClientHello larger than this is refused (16 KiB record + header, twice for split).
+MAX_HELLO = 2 * (16 * 1024 + 5)
+#: How often to look again when a ClientHello has arrived only in part.
+PEEK_RETRY = 0.005
+#: TLS record: alert, legacy version 1.2, length 2, fatal (2), unrecognized_name (112).
+ALERT_UNRECOGNIZED_NAME = bytes((21, 3, 3, 0, 2, 2, 112))
+
+
+class TlsFront:
+    def __init__(
+        self,
+        routes: HostRoutes,
+        https: HttpFront,
+        *,
+        context_for: Callable[[str], ssl.SSLContext | None],
+        acme_context_for: Callable[[str], ssl.SSLContext | None] | None,
+        hello_timeout: float,
+    ) -> None:
+        self.routes = routes
+        self.https = https
+        self.context_for = context_for
+        self.acme_context_for = acme_context_for
+        self.hello_timeout = hello_timeout
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: set[_PendingHello] = set()
+        self.refused_total = 0
+
+    def listen(self, host: str, port: int) -> tuple[str, int]:
+        self.loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+        name = sock.getsockname()
+        return name[0], name[1]
+
+    def close(self) -> None:
+        if self.sock is not None and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        for pending in list(self.pending):
+            pending.abandon()
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):  # bounded per wake-up: other work gets its turn
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pending.add(_PendingHello(self, conn))
+
+    # --- once the ClientHello is known ---------------------------------------------------
+
+    def dispatch(
+        self, conn: socket.socket, server_name: str | None, alpn: tuple[str, ...], hello_len: int
+    ) -> None:
+        loop = self.loop
+        assert loop is not None
+        name = server_name or ""
+        if "acme-tls/1" in alpn and self.acme_context_for is not None:
+            ctx = self.acme_context_for(name)
+            if ctx is not None:
+                self._start(conn, _Hangup, ctx)
+                return
+        endpoint = self.routes.lookup(name) if name else None
+        if endpoint is None:
+            self._refuse(conn, hello_len)
+            return
+        session = endpoint.holder.session
+        if endpoint.kind == "tls":
+            if session is None or not session.accepting_visitors:
+                conn.close()
+                return
+            header = StreamHeader(
+                endpoint_id=endpoint.endpoint_id,
+                visitor_addr="",
+                protocol=StreamProtocol.TLS,
+                server_name=name,
+            )
+
+            def header_factory(transport: Any) -> bytes:
+                peer = format_address(transport.get_extra_info("peername"))
+                return StreamHeader(
+                    header.endpoint_id, peer, header.protocol, header.server_name
+                ).to_wire()
+
+            self._start(conn, lambda: Pump(session.link, header_factory=header_factory), None)
+            return
+        ctx = self.context_for(name)
+        if ctx is None:  # e.g. an ACME certificate not issued yet
+            self._refuse(conn, hello_len)
+            return
+        self._start(conn, lambda: HttpVisitor(self.https, "https"), ctx)
+
+    def _refuse(self, conn: socket.socket, hello_len: int) -> None:
+        """A clean fatal ``unrecognized_name`` alert, written by hand: no TLS engine is
+        needed to say no, and uvloop's would close without flushing its alert."""
+        self.refused_total += 1
+        try:
+            conn.recv(hello_len)  # consume the hello, so closing sends FIN, not RST
+            conn.send(ALERT_UNRECOGNIZED_NAME)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.close()
+
+    def _start(
+        self, conn: socket.socket, factory: Callable[[], Any], ctx: ssl.SSLContext | None
+    ) -> None:
+        loop = self.loop
+        assert loop is not None
+        if ctx is None:
+            coro = loop.connect_accepted_socket(factory, conn)
+        else:
+            coro = loop.connect_accepted_socket(
+                factory, conn, ssl=ctx, ssl_handshake_timeout=self.hello_timeout
+            )
+        task = loop.create_task(coro)
+        task.add_done_callback(_log_start_failure)
+
+
+def _log_start_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("TLS connection ended during setup: %s", task.exception())
+
+
+class _Hangup(asyncio.Protocol):
+    """For handshakes that must end with an alert (or an ACME check): close when done."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _PendingHello:
+    """A connection whose ClientHello is still being read (peeked, not consumed)."""
+
+    def __init__(self, front: TlsFront, conn: socket.socket) -> None:
+        self.front = front
+        self.conn = conn
+        loop = front.loop
+        assert loop is not None
+        self.loop = loop
+        self.deadline = loop.time() + front.hello_timeout
+        self.timer: asyncio.TimerHandle | None = None
+        loop.add_reader(conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        self.loop.remove_reader(self.conn.fileno())
+        try:
+            data = self.conn.recv(MAX_HELLO, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            self._wait_more()
+            return
+        except OSError:
+            self.abandon()
+            return
+        if not data:
+            self.abandon()
+            return
+        try:
+            hello = parse_client_hello(data)
+        except ClientHelloError:
+            self.abandon()
+            return
+        if hello is None:
+            if len(data) >= MAX_HELLO or self.loop.time() > self.deadline:
+                self.abandon()
+            else:
+                self._wait_more()
+            return
+        self.front.pending.discard(self)
+        self.front.dispatch(self.conn, hello.server_name, tuple(hello.alpn), hello.consumed)
+
+    def _wait_more(self) -> None:
+        # The peeked bytes keep the socket readable, so wait a little instead of spinning.
+        self.timer = self.loop.call_later(PEEK_RETRY, self._again)
+
+    def _again(self) -> None:
+        self.timer = None
+        if self.loop.time() > self.deadline:
+            self.abandon()
+            return
+        self.loop.add_reader(self.conn.fileno(), self._readable)
+
+    def abandon(self) -> None:
+        self.front.pending.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.conn.fileno())
+        self.conn.close()
+
+
+__all__ = ["Refuse", "TlsFront"]
