@@ -14,6 +14,7 @@ run: setup
 
 test: setup
 	@scripts/check-prereqs.sh test
+	@scripts/install-test-deps.sh
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory rust-test
 	$(MAKE) --no-print-directory fuzz-smoke

@@ -119,6 +119,49 @@ def main(log_level: str) -> None:
     help="Seconds an endpoint stays reserved for its token after the agent vanished.",
 )
 @click.option(
+    "--http-listen",
+    default=None,
+    help="Plain HTTP listener HOST:PORT for http endpoints ('' disables). Default 0.0.0.0:8080.",
+)
+@click.option(
+    "--https-listen",
+    default=None,
+    help="TLS listener HOST:PORT for https (terminated) and tls (passthrough) "
+    "endpoints ('' disables). Default 0.0.0.0:8443.",
+)
+@click.option(
+    "--base-domain",
+    default=None,
+    help="Random and --subdomain names are <name>.<BASE_DOMAIN>. Default localhost.",
+)
+@click.option(
+    "--http-header-timeout",
+    type=float,
+    default=None,
+    help="Seconds a visitor may take to send a request head (slowloris guard).",
+)
+@click.option(
+    "--http-idle-timeout",
+    type=float,
+    default=None,
+    help="Seconds an HTTP connection may stay silent both ways.",
+)
+@click.option(
+    "--cert-issuer",
+    type=click.Choice(["local", "acme", "files"]),
+    default=None,
+    help="Where https certificates come from: the edge's CA (default), ACME, files.",
+)
+@click.option("--acme-directory", default=None, help="ACME directory URL (RFC 8555).")
+@click.option("--acme-email", default=None, help="Contact e-mail for the ACME account.")
+@click.option(
+    "--acme-ca-bundle",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="CA bundle that signs the ACME server's own HTTPS certificate.",
+)
+@click.option("--acme-challenge", type=click.Choice(["http-01", "tls-alpn-01"]), default=None)
+@click.option(
     "--drain-timeout",
     type=float,
     default=None,

@@ -41,7 +41,7 @@ from relay.certs.issuers import (
 )
 from relay.certs.local_ca import _write_file_atomic
 from relay.control.secrets import SecretBox
-from relay.errors import CertificateError, ConfigError, RelayError, SecretError
+from relay.errors import CertificateError, ConfigError, DataDirError, RelayError, SecretError
 from relay.tls import _harden
 
 __all__ = ["CERTS_OWNER", "CertificateManager", "context_from_pem"]
@@ -168,8 +168,12 @@ class CertificateManager:
     def context_for(self, server_name: str) -> ssl.SSLContext | None:
         """The context for ``server_name``, or None (the handshake should then fail).
 
-        Fast path: a dict lookup (exact name, then the covering wildcard). On a miss with
-        ``issue_on_demand``, issues synchronously when the issuer allows it.
+        Fast path: a dict lookup (exact name, then the covering wildcard). On a miss (or an
+        expired entry) with ``issue_on_demand``, issues synchronously when the issuer is a
+        :class:`~relay.certs.issuers.SyncIssuer` and ``allowed(name)``; that costs about a
+        millisecond to issue plus writing two small files. Otherwise an expired certificate is
+        still returned (the client then reports expiry, which says more than a failed
+        handshake); renewing it is :meth:`run_renewals`' job.
         """
         name = server_name.lower().rstrip(".")
         if not name or len(name) > 253:
@@ -238,9 +242,12 @@ class CertificateManager:
         if issued.persist:
             sealed = self.box.seal(issued.key_pem, owner=CERTS_OWNER, name=name)
             cert_path, key_path = self._paths(name)
-            # Key first: a crash in between leaves a mismatched pair, detected on load.
-            _write_file_atomic(key_path, sealed, 0o600)
-            _write_file_atomic(cert_path, issued.chain_pem, 0o644)
+            try:
+                # Key first: a crash in between leaves a mismatched pair, detected on load.
+                _write_file_atomic(key_path, sealed, 0o600)
+                _write_file_atomic(cert_path, issued.chain_pem, 0o644)
+            except OSError as exc:
+                raise DataDirError(f"cannot store the certificate for {name}: {exc}") from exc
         entry = _Entry(name, names, issued.chain_pem, issued.not_after, ctx, issued.persist)
         self._entries[name] = entry
         log.info("certificate for %s installed (expires %s)", name, issued.not_after.isoformat())

@@ -157,6 +157,8 @@ class Edge:
         self.data_dir = data_dir
         self.listen_port = listen_port or free_port()
         self.ports = ports or free_port_range()
+        self.http_port = free_port()
+        self.https_port = free_port()
         self.extra = extra or []
         self.proc: Proc | None = None
 
@@ -181,6 +183,12 @@ class Edge:
                 f"{self.ports[0]}-{self.ports[1]}",
                 "--tcp-bind",
                 "127.0.0.1",
+                "--http-listen",
+                f"127.0.0.1:{self.http_port}",
+                "--https-listen",
+                f"127.0.0.1:{self.https_port}",
+                "--base-domain",
+                "relay.localhost",
                 *self.extra,
             ]
         )
@@ -207,15 +215,19 @@ class Agent:
         self,
         edge: Edge,
         token: str,
-        upstream_port: int,
+        upstream_port: int | str,
         *,
         remote_port: int = 0,
         extra: list[str] | None = None,
+        kind: str = "tcp",
     ) -> None:
+        upstream = (
+            upstream_port if isinstance(upstream_port, str) else f"127.0.0.1:{upstream_port}"
+        )
         args = [
             *RELAY,
-            "tcp",
-            f"127.0.0.1:{upstream_port}",
+            kind,
+            upstream,
             "--edge",
             edge.address,
             "--token",
@@ -229,11 +241,12 @@ class Agent:
             args += ["--remote-port", str(remote_port)]
         self.proc = Proc(args + (extra or []))
         self.remote_port = 0
+        self.url = ""
 
     def wait_bound(self, timeout: float = 30.0) -> int:
         line = self.proc.wait_line("Forwarding", timeout)
-        url = line.split()[1]
-        self.remote_port = int(url.rsplit(":", 1)[1])
+        self.url = line.split()[1]
+        self.remote_port = int(self.url.rsplit(":", 1)[1])
         return self.remote_port
 
     def stop(self) -> int:

@@ -45,19 +45,27 @@ pytestmark = [
 class _Holder:
     """Lets the challenge servers start before the issuer exists (pebble needs their ports)."""
 
-    issuer: AcmeIssuer | None = None
+    def __init__(self) -> None:
+        self.issuer: AcmeIssuer | None = None
+        self.answered: list[str] = []  # what the validator asked for and got
 
     def http01(self, token: str) -> bytes | None:
-        return self.issuer.http01_response(token) if self.issuer else None
+        body = self.issuer.http01_response(token) if self.issuer else None
+        if body is not None:
+            self.answered.append(f"http-01 {token}")
+        return body
 
     def alpn(self, name: str) -> tuple[bytes, bytes] | None:
-        return self.issuer.tls_alpn01_certificate(name) if self.issuer else None
+        pair = self.issuer.tls_alpn01_certificate(name) if self.issuer else None
+        if pair is not None:
+            self.answered.append(f"tls-alpn-01 {name}")
+        return pair
 
 
 @asynccontextmanager
 async def _acme_world(
     tmp_path: Path, challenge: Challenge, *, serve_challenges: bool = True
-) -> AsyncIterator[tuple[Pebble, AcmeIssuer, SecretBox]]:
+) -> AsyncIterator[tuple[Pebble, AcmeIssuer, SecretBox, _Holder]]:
     holder = _Holder()
     http = await start_http01_server(holder.http01 if serve_challenges else lambda _: None)
     tls = await start_tls_alpn01_server(holder.alpn)
@@ -75,7 +83,7 @@ async def _acme_world(
             backoff_base=0.2,
             order_timeout=30,
         )
-        yield pebble, holder.issuer, box
+        yield pebble, holder.issuer, box, holder
     except BaseException:
         print(pebble.output())
         raise
@@ -117,7 +125,7 @@ async def test_issue_via_challenge_and_serve(
 ) -> None:
     monkeypatch.delenv("PEBBLE_VA_ALWAYS_VALID", raising=False)
     name = f"{challenge.replace('-', '')}.relay.test"
-    async with _acme_world(tmp_path, challenge) as (pebble, issuer, box):
+    async with _acme_world(tmp_path, challenge) as (pebble, issuer, box, holder):
         manager = CertificateManager(tmp_path / "data", issuer, box)
         await asyncio.wait_for(manager.ensure(name), timeout=90)
         root_pem = await asyncio.to_thread(pebble.root_pem)
@@ -138,6 +146,11 @@ async def test_issue_via_challenge_and_serve(
         served = await _handshake(ctx, root_pem, name)
         assert served == leaf
 
+        # Pebble really validated through our responder (several vantage points may ask).
+        assert holder.answered
+        assert all(a.startswith(challenge) for a in holder.answered)
+        if challenge == "tls-alpn-01":
+            assert f"tls-alpn-01 {name}" in holder.answered
         # Nothing pending stays published; no plaintext private key anywhere in the data dir.
         assert issuer.tls_alpn01_certificate(name) is None
         for path in (tmp_path / "data").rglob("*"):
@@ -153,7 +166,7 @@ async def test_failed_validation_is_a_typed_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("PEBBLE_VA_ALWAYS_VALID", raising=False)
-    async with _acme_world(tmp_path, "http-01", serve_challenges=False) as (_, issuer, _box):
+    async with _acme_world(tmp_path, "http-01", serve_challenges=False) as (_, issuer, _, _):
         with pytest.raises(AcmeChallengeFailed) as exc_info:
             await asyncio.wait_for(issuer.issue(["nope.relay.test"]), timeout=60)
         assert exc_info.value.code == "RLY_804"

@@ -415,7 +415,7 @@ def sni_server(
             conn.settimeout(10)
             try:
                 with base.wrap_socket(conn, server_side=True) as tls:
-                    tls.sendall(b"hello " + tls.selected_alpn_protocol().encode())
+                    tls.sendall(b"hello " + (tls.selected_alpn_protocol() or "-").encode())
             except (OSError, ssl.SSLError) as exc:
                 errors.append(exc)
                 conn.close()

@@ -1,0 +1,90 @@
+"""Shared pieces of the HTTP endpoint tests: agents for web endpoints, curl, raw requests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from urllib.parse import urlsplit
+
+from tests.e2e.procs import Agent, Edge
+
+
+def web_agent(
+    edge: Edge, agents: list[Agent], upstream: str, *flags: str, kind: str = "http"
+) -> Agent:
+    _, token = edge.token()
+    agent = Agent(edge, token, upstream, kind=kind, extra=list(flags))
+    agents.append(agent)
+    agent.wait_bound()
+    return agent
+
+
+def curl(
+    url: str, *args: str, edge: Edge | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """curl with the URL's host resolved to 127.0.0.1 (and the edge's CA trusted)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    cmd = [
+        "curl",
+        "-sS",
+        "--max-time",
+        str(int(timeout)),
+        "--resolve",
+        f"{parts.hostname}:{port}:127.0.0.1",
+    ]
+    if edge is not None:
+        cmd += ["--cacert", str(edge.ca_file)]
+    return subprocess.run([*cmd, *args, url], capture_output=True, timeout=timeout + 10)
+
+
+def raw_request(port: int, data: bytes, *, timeout: float = 10.0, tls: bool = False) -> bytes:
+    """Send raw bytes, read until the server closes (or timeout); return what came back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def host_of(agent: Agent) -> str:
+    return urlsplit(agent.url).hostname or ""
+
+
+def read_responses(
+    sock: socket.socket, count: int, timeout: float = 10.0
+) -> list[tuple[int, bytes]]:
+    """Read ``count`` content-length framed responses from a keep-alive socket."""
+    sock.settimeout(timeout)
+    buf = b""
+    out: list[tuple[int, bytes]] = []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed early")
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(buf) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed early")
+            buf += chunk
+        out.append((status, buf[:length]))
+        buf = buf[length:]
+    return out
