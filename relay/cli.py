@@ -547,6 +547,9 @@ def demo(data_dir: Path) -> None:
     """Start an edge, an agent and a small web service on loopback, all in one process."""
     from relay.demo import run_demo
 
+    if logging.getLogger().level == logging.INFO:
+        logging.getLogger("relay").setLevel(logging.WARNING)  # keep the demo's output readable
+
     run_async(lambda: run_demo(data_dir))
 
 

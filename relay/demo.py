@@ -52,6 +52,9 @@ async def run_demo(data_dir: Path) -> None:
         tcp_ports=PortRange(20000, 20999),
         tcp_bind="127.0.0.1",
         public_host="127.0.0.1",
+        http_listen="127.0.0.1:0",
+        https_listen="127.0.0.1:0",
+        base_domain="localhost",
         drain_timeout=2.0,
     )
     edge = Edge(config)
@@ -60,19 +63,27 @@ async def run_demo(data_dir: Path) -> None:
     click.echo(f"edge:    listening for agents on 127.0.0.1:{edge.address[1]} (TLS 1.2+)")
     click.echo(f"service: a small web server on 127.0.0.1:{service_port}")
 
+    endpoints = (
+        EndpointSpec("tcp", "127.0.0.1", service_port),
+        EndpointSpec("http", "127.0.0.1", service_port, subdomain="demo"),
+        EndpointSpec("https", "127.0.0.1", service_port, subdomain="demo"),
+    )
+    forwarding: list[str] = []
     bound = asyncio.Event()
 
     def status(line: str) -> None:
         click.echo(f"agent:   {line}")
         if line.startswith("Forwarding"):
-            bound.set()
+            forwarding.append(line)
+            if len(forwarding) == len(endpoints):
+                bound.set()
 
     agent = Agent(
         AgentOptions(
             edge_host="127.0.0.1",
             edge_port=edge.address[1],
             token=token,
-            endpoints=(EndpointSpec("tcp", "127.0.0.1", service_port),),
+            endpoints=endpoints,
             ca_file=edge.ca_file,
             server_name="localhost",
         ),
@@ -80,10 +91,16 @@ async def run_demo(data_dir: Path) -> None:
     )
     agent_task = asyncio.ensure_future(agent.run())
     await asyncio.wait_for(bound.wait(), 15)
-    endpoint = next(iter(agent.bound.values()))
+    by_kind = {e.spec.kind: e for e in agent.bound.values()}
+    tcp_port = by_kind["tcp"].remote_port
     click.echo("")
-    click.echo(f"public address: {endpoint.url}")
-    click.echo(f"try it:         curl http://127.0.0.1:{endpoint.remote_port}/")
+    click.echo("public addresses (curl resolves *.localhost to this machine):")
+    for kind in ("tcp", "http", "https"):
+        click.echo(f"  {by_kind[kind].url}")
+    click.echo("try them:")
+    click.echo(f"  curl http://127.0.0.1:{tcp_port}/")
+    click.echo(f"  curl {by_kind['http'].url}/")
+    click.echo(f"  curl --cacert {edge.ca_file} {by_kind['https'].url}/")
     click.echo("stop with Ctrl-C")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -29,7 +29,38 @@ RLY_501   TlsError                edge certificate not trusted / fingerprint mis
 RLY_502   ConnectError            cannot reach the edge
 RLY_601   NotFound                the named object (e.g. a token id) does not exist
 RLY_701   AuditChainBroken        the audit log's hash chain does not verify
+RLY_801   CertificateError        a certificate could not be issued or loaded (family root)
+RLY_802   CertificateNameMismatch the certificate does not cover the requested name
+RLY_803   AcmeError               the ACME server refused (family root)
+RLY_804   AcmeChallengeFailed     ACME validation of a challenge failed
+RLY_805   AcmeUnavailable         the ACME server stayed unreachable through every retry
+RLY_806   UnsupportedIdentifier   the issuer cannot issue for this name (e.g. ACME wildcard)
+RLY_901   SecretError             a sealed secret could not be opened (family root)
+RLY_902   SecretAuthenticationFailed  tampered blob, wrong owner/name, or wrong key bytes
+RLY_903   UnknownKeyId            sealed under a key-encryption key id that is not configured
+RLY_904   MalformedSecret         not a sealed secret (bad magic, truncated, unknown version)
 ========  ======================  ===============================================================
+
+Visitor-facing codes
+--------------------
+Sent to visitors in error pages (header ``x-relay-error-code`` and the body), never raised:
+
+========  ======  ==================================================================
+code      status  meaning
+========  ======  ==================================================================
+RLY_610   404     no tunnel serves this host name
+RLY_611   503     the agent serving this host is offline (its name is held for it)
+RLY_612   503     the agent's session cannot take another stream
+RLY_613   502     the agent could not reach its upstream (refused, TLS failure, reset)
+RLY_614   504     the upstream did not answer in time
+RLY_620   400     malformed HTTP request
+RLY_621   502     the edge could not forward the request (internal error)
+RLY_622   431     request head larger than the limit
+RLY_623   431     more request headers than the limit
+RLY_624   413     request body larger than the limit
+RLY_625   421     a request for another host on a connection already routed elsewhere
+RLY_626   408     the request head did not arrive within the header timeout
+========  ======  ==================================================================
 
 ``AuthError`` and ``InvalidToken`` share RLY_101 on purpose: to an agent every "who are you?"
 failure that isn't revocation or expiry looks the same, so no oracle tells valid ids apart.

@@ -189,3 +189,18 @@ def test_json_round_trip(message: str, status: int) -> None:
 def test_content_length_always_right(message: str, accept: str | None) -> None:
     _, headers, body = split(render(502, "RLY_502", message, accept=accept, request_id="r"))
     assert int(headers["content-length"]) == len(body)
+
+
+def test_every_visitor_facing_code_in_the_source_is_documented() -> None:
+    import re
+    from pathlib import Path
+
+    import relay.errors
+
+    root = Path(relay.errors.__file__).parent
+    used: set[str] = set()
+    for path in [*root.rglob("*.py"), *root.rglob("*.pyx")]:
+        used |= set(re.findall(r"RLY_6[1-9]\d", path.read_text()))
+    assert used, "no visitor-facing codes found: the scan is broken"
+    documented = set(re.findall(r"RLY_6[1-9]\d", relay.errors.__doc__ or ""))
+    assert used <= documented, sorted(used - documented)
