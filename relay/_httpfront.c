@@ -9171,8 +9171,8 @@ static PyObject *__pyx_f_5relay_10_httpfront_11HttpVisitor__header(struct __pyx_
  *     # --- local answers ------------------------------------------------------------------
  * 
  *     cdef void _refuse(self, int status, str code, str message):             # <<<<<<<<<<<<<<
- *         """Answer with an error page and close; if a stream is already carrying earlier
- *         requests, end it instead (its responses may still be on their way)."""
+ *         """Answer with an error page and close  or, if a stream already carries earlier
+ *         requests of this connection, half-close it and let their responses finish."""
 */
 
 static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5relay_10_httpfront_HttpVisitor *__pyx_v_self, int __pyx_v_status, PyObject *__pyx_v_code, PyObject *__pyx_v_message) {
@@ -9193,8 +9193,8 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
   __Pyx_RefNannySetupContext("_refuse", 0);
 
   /* "relay/_httpfront.pyx":304
- *         """Answer with an error page and close; if a stream is already carrying earlier
- *         requests, end it instead (its responses may still be on their way)."""
+ *         """Answer with an error page and close  or, if a stream already carries earlier
+ *         requests of this connection, half-close it and let their responses finish."""
  *         self.refusing = True             # <<<<<<<<<<<<<<
  *         if self.transport is None or self.finished:
  *             return
@@ -9202,7 +9202,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
   __pyx_v_self->refusing = 1;
 
   /* "relay/_httpfront.pyx":305
- *         requests, end it instead (its responses may still be on their way)."""
+ *         requests of this connection, half-close it and let their responses finish."""
  *         self.refusing = True
  *         if self.transport is None or self.finished:             # <<<<<<<<<<<<<<
  *             return
@@ -9235,7 +9235,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
     goto __pyx_L0;
 
     /* "relay/_httpfront.pyx":305
- *         requests, end it instead (its responses may still be on their way)."""
+ *         requests of this connection, half-close it and let their responses finish."""
  *         self.refusing = True
  *         if self.transport is None or self.finished:             # <<<<<<<<<<<<<<
  *             return
@@ -9248,7 +9248,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
  *             return
  *         self.transport.pause_reading()             # <<<<<<<<<<<<<<
  *         if self.routed:
- *             if not self.response_started:
+ *             # Earlier requests' responses may still be on their way: a page written now
 */
   __pyx_t_4 = __pyx_v_self->__pyx_base.transport;
   __Pyx_INCREF(__pyx_t_4);
@@ -9266,44 +9266,14 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
  *             return
  *         self.transport.pause_reading()
  *         if self.routed:             # <<<<<<<<<<<<<<
- *             if not self.response_started:
- *                 self._write_page(status, code, message)
+ *             # Earlier requests' responses may still be on their way: a page written now
+ *             # could land before or inside them. End the request stream instead; the
 */
   if (__pyx_v_self->routed) {
 
-    /* "relay/_httpfront.pyx":309
- *         self.transport.pause_reading()
- *         if self.routed:
- *             if not self.response_started:             # <<<<<<<<<<<<<<
- *                 self._write_page(status, code, message)
- *             try:
-*/
-    __pyx_t_1 = (!__pyx_v_self->response_started);
-
-    if (__pyx_t_1) {
-
-
-      /* "relay/_httpfront.pyx":310
- *         if self.routed:
- *             if not self.response_started:
- *                 self._write_page(status, code, message)             # <<<<<<<<<<<<<<
- *             try:
- *                 self.link.session.close_stream(self.stream_id)
-*/
-      ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, __pyx_v_status, __pyx_v_code, __pyx_v_message); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 310, __pyx_L1_error)
-
-      /* "relay/_httpfront.pyx":309
- *         self.transport.pause_reading()
- *         if self.routed:
- *             if not self.response_started:             # <<<<<<<<<<<<<<
- *                 self._write_page(status, code, message)
- *             try:
-*/
-    }
-
-    /* "relay/_httpfront.pyx":311
- *             if not self.response_started:
- *                 self._write_page(status, code, message)
+    /* "relay/_httpfront.pyx":312
+ *             # could land before or inside them. End the request stream instead; the
+ *             # connection closes once those responses are through.
  *             try:             # <<<<<<<<<<<<<<
  *                 self.link.session.close_stream(self.stream_id)
  *                 self.link.schedule_flush()
@@ -9317,8 +9287,8 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
       __Pyx_XGOTREF(__pyx_t_8);
       /*try:*/ {
 
-        /* "relay/_httpfront.pyx":312
- *                 self._write_page(status, code, message)
+        /* "relay/_httpfront.pyx":313
+ *             # connection closes once those responses are through.
  *             try:
  *                 self.link.session.close_stream(self.stream_id)             # <<<<<<<<<<<<<<
  *                 self.link.schedule_flush()
@@ -9326,7 +9296,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
 */
         __pyx_t_4 = __pyx_v_self->__pyx_base.__pyx_base.link->session;
         __Pyx_INCREF(__pyx_t_4);
-        __pyx_t_9 = __Pyx_PyLong_From_int(__pyx_v_self->__pyx_base.__pyx_base.stream_id); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 312, __pyx_L8_error)
+        __pyx_t_9 = __Pyx_PyLong_From_int(__pyx_v_self->__pyx_base.__pyx_base.stream_id); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 313, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_9);
         __pyx_t_5 = 0;
         {
@@ -9334,25 +9304,25 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
           __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_close_stream, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-          if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 312, __pyx_L8_error)
+          if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L7_error)
           __Pyx_GOTREF(__pyx_t_3);
         }
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-        /* "relay/_httpfront.pyx":313
+        /* "relay/_httpfront.pyx":314
  *             try:
  *                 self.link.session.close_stream(self.stream_id)
  *                 self.link.schedule_flush()             # <<<<<<<<<<<<<<
  *             except YamuxError:
  *                 self._abort()
 */
-        __pyx_t_3 = ((struct __pyx_vtabstruct_5relay_9_fastpath_Link *)__pyx_v_self->__pyx_base.__pyx_base.link->__pyx_vtab)->schedule_flush(__pyx_v_self->__pyx_base.__pyx_base.link, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L8_error)
+        __pyx_t_3 = ((struct __pyx_vtabstruct_5relay_9_fastpath_Link *)__pyx_v_self->__pyx_base.__pyx_base.link->__pyx_vtab)->schedule_flush(__pyx_v_self->__pyx_base.__pyx_base.link, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 314, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_3);
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-        /* "relay/_httpfront.pyx":311
- *             if not self.response_started:
- *                 self._write_page(status, code, message)
+        /* "relay/_httpfront.pyx":312
+ *             # could land before or inside them. End the request stream instead; the
+ *             # connection closes once those responses are through.
  *             try:             # <<<<<<<<<<<<<<
  *                 self.link.session.close_stream(self.stream_id)
  *                 self.link.schedule_flush()
@@ -9361,13 +9331,13 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-      goto __pyx_L13_try_end;
-      __pyx_L8_error:;
+      goto __pyx_L12_try_end;
+      __pyx_L7_error:;
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-      /* "relay/_httpfront.pyx":314
+      /* "relay/_httpfront.pyx":315
  *                 self.link.session.close_stream(self.stream_id)
  *                 self.link.schedule_flush()
  *             except YamuxError:             # <<<<<<<<<<<<<<
@@ -9377,48 +9347,48 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
       __pyx_t_10 = __Pyx_PyErr_ExceptionMatches(__pyx_v_5relay_10_httpfront_YamuxError);
       if (__pyx_t_10) {
         __Pyx_AddTraceback("relay._httpfront.HttpVisitor._refuse", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_3, &__pyx_t_9, &__pyx_t_4) < 0) __PYX_ERR(0, 314, __pyx_L10_except_error)
+        if (__Pyx_GetException(&__pyx_t_3, &__pyx_t_9, &__pyx_t_4) < 0) __PYX_ERR(0, 315, __pyx_L9_except_error)
         __Pyx_XGOTREF(__pyx_t_3);
         __Pyx_XGOTREF(__pyx_t_9);
         __Pyx_XGOTREF(__pyx_t_4);
 
-        /* "relay/_httpfront.pyx":315
+        /* "relay/_httpfront.pyx":316
  *                 self.link.schedule_flush()
  *             except YamuxError:
  *                 self._abort()             # <<<<<<<<<<<<<<
  *             return
  *         self._write_page(status, code, message)
 */
-        ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->__pyx_base._abort(((struct __pyx_obj_5relay_9_fastpath_Pump *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 315, __pyx_L10_except_error)
+        ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->__pyx_base._abort(((struct __pyx_obj_5relay_9_fastpath_Pump *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L9_except_error)
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-        goto __pyx_L9_exception_handled;
+        goto __pyx_L8_exception_handled;
       }
-      goto __pyx_L10_except_error;
+      goto __pyx_L9_except_error;
 
-      /* "relay/_httpfront.pyx":311
- *             if not self.response_started:
- *                 self._write_page(status, code, message)
+      /* "relay/_httpfront.pyx":312
+ *             # could land before or inside them. End the request stream instead; the
+ *             # connection closes once those responses are through.
  *             try:             # <<<<<<<<<<<<<<
  *                 self.link.session.close_stream(self.stream_id)
  *                 self.link.schedule_flush()
 */
-      __pyx_L10_except_error:;
+      __pyx_L9_except_error:;
       __Pyx_XGIVEREF(__pyx_t_6);
       __Pyx_XGIVEREF(__pyx_t_7);
       __Pyx_XGIVEREF(__pyx_t_8);
       __Pyx_ExceptionReset(__pyx_t_6, __pyx_t_7, __pyx_t_8);
       goto __pyx_L1_error;
-      __pyx_L9_exception_handled:;
+      __pyx_L8_exception_handled:;
       __Pyx_XGIVEREF(__pyx_t_6);
       __Pyx_XGIVEREF(__pyx_t_7);
       __Pyx_XGIVEREF(__pyx_t_8);
       __Pyx_ExceptionReset(__pyx_t_6, __pyx_t_7, __pyx_t_8);
-      __pyx_L13_try_end:;
+      __pyx_L12_try_end:;
     }
 
-    /* "relay/_httpfront.pyx":316
+    /* "relay/_httpfront.pyx":317
  *             except YamuxError:
  *                 self._abort()
  *             return             # <<<<<<<<<<<<<<
@@ -9433,21 +9403,21 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
  *             return
  *         self.transport.pause_reading()
  *         if self.routed:             # <<<<<<<<<<<<<<
- *             if not self.response_started:
- *                 self._write_page(status, code, message)
+ *             # Earlier requests' responses may still be on their way: a page written now
+ *             # could land before or inside them. End the request stream instead; the
 */
   }
 
-  /* "relay/_httpfront.pyx":317
+  /* "relay/_httpfront.pyx":318
  *                 self._abort()
  *             return
  *         self._write_page(status, code, message)             # <<<<<<<<<<<<<<
  *         self.finished = True
  *         self.transport.close()
 */
-  ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, __pyx_v_status, __pyx_v_code, __pyx_v_message); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 317, __pyx_L1_error)
+  ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, __pyx_v_status, __pyx_v_code, __pyx_v_message); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 318, __pyx_L1_error)
 
-  /* "relay/_httpfront.pyx":318
+  /* "relay/_httpfront.pyx":319
  *             return
  *         self._write_page(status, code, message)
  *         self.finished = True             # <<<<<<<<<<<<<<
@@ -9456,7 +9426,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
 */
   __pyx_v_self->__pyx_base.finished = 1;
 
-  /* "relay/_httpfront.pyx":319
+  /* "relay/_httpfront.pyx":320
  *         self._write_page(status, code, message)
  *         self.finished = True
  *         self.transport.close()             # <<<<<<<<<<<<<<
@@ -9470,7 +9440,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
     PyObject *__pyx_callargs[2] = {__pyx_t_9, NULL};
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_close, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 319, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 320, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -9479,8 +9449,8 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
  *     # --- local answers ------------------------------------------------------------------
  * 
  *     cdef void _refuse(self, int status, str code, str message):             # <<<<<<<<<<<<<<
- *         """Answer with an error page and close; if a stream is already carrying earlier
- *         requests, end it instead (its responses may still be on their way)."""
+ *         """Answer with an error page and close  or, if a stream already carries earlier
+ *         requests of this connection, half-close it and let their responses finish."""
 */
 
   /* function exit code */
@@ -9495,7 +9465,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__refuse(struct __pyx_obj_5
   __Pyx_RefNannyFinishContext();
 }
 
-/* "relay/_httpfront.pyx":321
+/* "relay/_httpfront.pyx":322
  *         self.transport.close()
  * 
  *     cdef void _write_page(self, int status, str code, str message):             # <<<<<<<<<<<<<<
@@ -9523,19 +9493,19 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_write_page", 0);
 
-  /* "relay/_httpfront.pyx":322
+  /* "relay/_httpfront.pyx":323
  * 
  *     cdef void _write_page(self, int status, str code, str message):
  *         accept = self._header(b"accept")             # <<<<<<<<<<<<<<
  *         method = b""
  *         try:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_header(__pyx_v_self, __pyx_mstate_global->__pyx_n_b_accept); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 322, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_header(__pyx_v_self, __pyx_mstate_global->__pyx_n_b_accept); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_accept = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "relay/_httpfront.pyx":323
+  /* "relay/_httpfront.pyx":324
  *     cdef void _write_page(self, int status, str code, str message):
  *         accept = self._header(b"accept")
  *         method = b""             # <<<<<<<<<<<<<<
@@ -9545,7 +9515,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
   __Pyx_INCREF(__pyx_mstate_global->__pyx_kp_b_);
   __pyx_v_method = __pyx_mstate_global->__pyx_kp_b_;
 
-  /* "relay/_httpfront.pyx":324
+  /* "relay/_httpfront.pyx":325
  *         accept = self._header(b"accept")
  *         method = b""
  *         try:             # <<<<<<<<<<<<<<
@@ -9561,7 +9531,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
     __Pyx_XGOTREF(__pyx_t_4);
     /*try:*/ {
 
-      /* "relay/_httpfront.pyx":325
+      /* "relay/_httpfront.pyx":326
  *         method = b""
  *         try:
  *             method = self.parser.get_method()             # <<<<<<<<<<<<<<
@@ -9575,13 +9545,13 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
         PyObject *__pyx_callargs[2] = {__pyx_t_5, NULL};
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_get_method, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L3_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 326, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       __Pyx_DECREF_SET(__pyx_v_method, __pyx_t_1);
       __pyx_t_1 = 0;
 
-      /* "relay/_httpfront.pyx":324
+      /* "relay/_httpfront.pyx":325
  *         accept = self._header(b"accept")
  *         method = b""
  *         try:             # <<<<<<<<<<<<<<
@@ -9597,7 +9567,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "relay/_httpfront.pyx":326
+    /* "relay/_httpfront.pyx":327
  *         try:
  *             method = self.parser.get_method()
  *         except Exception:             # <<<<<<<<<<<<<<
@@ -9611,7 +9581,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
     }
     goto __pyx_L5_except_error;
 
-    /* "relay/_httpfront.pyx":324
+    /* "relay/_httpfront.pyx":325
  *         accept = self._header(b"accept")
  *         method = b""
  *         try:             # <<<<<<<<<<<<<<
@@ -9632,7 +9602,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
     __pyx_L8_try_end:;
   }
 
-  /* "relay/_httpfront.pyx":328
+  /* "relay/_httpfront.pyx":329
  *         except Exception:
  *             pass
  *         self.response_started = True             # <<<<<<<<<<<<<<
@@ -9641,7 +9611,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
 */
   __pyx_v_self->response_started = 1;
 
-  /* "relay/_httpfront.pyx":329
+  /* "relay/_httpfront.pyx":330
  *             pass
  *         self.response_started = True
  *         self.transport.write(self.front.error_page(status, code, message, accept, method == b"HEAD"))             # <<<<<<<<<<<<<<
@@ -9652,9 +9622,9 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
   __Pyx_INCREF(__pyx_t_5);
   __pyx_t_9 = __pyx_v_self->front;
   __Pyx_INCREF(__pyx_t_9);
-  __pyx_t_10 = __Pyx_PyLong_From_int(__pyx_v_status); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_From_int(__pyx_v_status); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 330, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  __pyx_t_11 = __Pyx_PyObject_CompareEq_object_bytes(__pyx_v_method, __pyx_mstate_global->__pyx_n_b_HEAD, Py_EQ); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareEq_object_bytes(__pyx_v_method, __pyx_mstate_global->__pyx_n_b_HEAD, Py_EQ); __Pyx_XGOTREF(__pyx_t_11); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 330, __pyx_L1_error)
   __pyx_t_6 = 0;
   {
     PyObject *__pyx_callargs[6] = {__pyx_t_9, __pyx_t_10, __pyx_v_code, __pyx_v_message, __pyx_v_accept, __pyx_t_11};
@@ -9662,7 +9632,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
     __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 329, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 330, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
   }
   __pyx_t_6 = 0;
@@ -9671,12 +9641,12 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_write, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 329, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 330, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "relay/_httpfront.pyx":321
+  /* "relay/_httpfront.pyx":322
  *         self.transport.close()
  * 
  *     cdef void _write_page(self, int status, str code, str message):             # <<<<<<<<<<<<<<
@@ -9701,7 +9671,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__write_page(struct __pyx_o
   __Pyx_RefNannyFinishContext();
 }
 
-/* "relay/_httpfront.pyx":331
+/* "relay/_httpfront.pyx":332
  *         self.transport.write(self.front.error_page(status, code, message, accept, method == b"HEAD"))
  * 
  *     cdef void _respond_local(self, bytes response):             # <<<<<<<<<<<<<<
@@ -9719,7 +9689,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__respond_local(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_respond_local", 0);
 
-  /* "relay/_httpfront.pyx":332
+  /* "relay/_httpfront.pyx":333
  * 
  *     cdef void _respond_local(self, bytes response):
  *         self.refusing = True             # <<<<<<<<<<<<<<
@@ -9728,7 +9698,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__respond_local(struct __py
 */
   __pyx_v_self->refusing = 1;
 
-  /* "relay/_httpfront.pyx":333
+  /* "relay/_httpfront.pyx":334
  *     cdef void _respond_local(self, bytes response):
  *         self.refusing = True
  *         self.finished = True             # <<<<<<<<<<<<<<
@@ -9737,7 +9707,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__respond_local(struct __py
 */
   __pyx_v_self->__pyx_base.finished = 1;
 
-  /* "relay/_httpfront.pyx":334
+  /* "relay/_httpfront.pyx":335
  *         self.refusing = True
  *         self.finished = True
  *         self.transport.write(response)             # <<<<<<<<<<<<<<
@@ -9751,12 +9721,12 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__respond_local(struct __py
     PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_v_response};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_write, __pyx_callargs+__pyx_t_3, (2-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 334, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 335, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "relay/_httpfront.pyx":335
+  /* "relay/_httpfront.pyx":336
  *         self.finished = True
  *         self.transport.write(response)
  *         self.transport.close()             # <<<<<<<<<<<<<<
@@ -9770,12 +9740,12 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__respond_local(struct __py
     PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_close, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 335, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "relay/_httpfront.pyx":331
+  /* "relay/_httpfront.pyx":332
  *         self.transport.write(self.front.error_page(status, code, message, accept, method == b"HEAD"))
  * 
  *     cdef void _respond_local(self, bytes response):             # <<<<<<<<<<<<<<
@@ -9794,7 +9764,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__respond_local(struct __py
   __Pyx_RefNannyFinishContext();
 }
 
-/* "relay/_httpfront.pyx":339
+/* "relay/_httpfront.pyx":340
  *     # --- stream events ------------------------------------------------------------------
  * 
  *     cdef void deliver(self, const char* data, Py_ssize_t length):             # <<<<<<<<<<<<<<
@@ -9807,7 +9777,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver(struct __pyx_obj_5
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "relay/_httpfront.pyx":340
+  /* "relay/_httpfront.pyx":341
  * 
  *     cdef void deliver(self, const char* data, Py_ssize_t length):
  *         self.response_started = True             # <<<<<<<<<<<<<<
@@ -9816,7 +9786,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver(struct __pyx_obj_5
 */
   __pyx_v_self->response_started = 1;
 
-  /* "relay/_httpfront.pyx":341
+  /* "relay/_httpfront.pyx":342
  *     cdef void deliver(self, const char* data, Py_ssize_t length):
  *         self.response_started = True
  *         self.activity += 1             # <<<<<<<<<<<<<<
@@ -9825,16 +9795,16 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver(struct __pyx_obj_5
 */
   __pyx_v_self->activity = (__pyx_v_self->activity + 1);
 
-  /* "relay/_httpfront.pyx":342
+  /* "relay/_httpfront.pyx":343
  *         self.response_started = True
  *         self.activity += 1
  *         Pump.deliver(self, data, length)             # <<<<<<<<<<<<<<
  * 
  *     cdef void deliver_bytes(self, bytes data):
 */
-  __pyx_vtabptr_5relay_9_fastpath_Pump->__pyx_base.deliver(((struct __pyx_obj_5relay_9_fastpath_Channel *)__pyx_v_self), __pyx_v_data, __pyx_v_length); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 342, __pyx_L1_error)
+  __pyx_vtabptr_5relay_9_fastpath_Pump->__pyx_base.deliver(((struct __pyx_obj_5relay_9_fastpath_Channel *)__pyx_v_self), __pyx_v_data, __pyx_v_length); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 343, __pyx_L1_error)
 
-  /* "relay/_httpfront.pyx":339
+  /* "relay/_httpfront.pyx":340
  *     # --- stream events ------------------------------------------------------------------
  * 
  *     cdef void deliver(self, const char* data, Py_ssize_t length):             # <<<<<<<<<<<<<<
@@ -9850,7 +9820,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver(struct __pyx_obj_5
 
 }
 
-/* "relay/_httpfront.pyx":344
+/* "relay/_httpfront.pyx":345
  *         Pump.deliver(self, data, length)
  * 
  *     cdef void deliver_bytes(self, bytes data):             # <<<<<<<<<<<<<<
@@ -9863,7 +9833,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver_bytes(struct __pyx
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "relay/_httpfront.pyx":345
+  /* "relay/_httpfront.pyx":346
  * 
  *     cdef void deliver_bytes(self, bytes data):
  *         self.response_started = True             # <<<<<<<<<<<<<<
@@ -9872,7 +9842,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver_bytes(struct __pyx
 */
   __pyx_v_self->response_started = 1;
 
-  /* "relay/_httpfront.pyx":346
+  /* "relay/_httpfront.pyx":347
  *     cdef void deliver_bytes(self, bytes data):
  *         self.response_started = True
  *         self.activity += 1             # <<<<<<<<<<<<<<
@@ -9881,16 +9851,16 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver_bytes(struct __pyx
 */
   __pyx_v_self->activity = (__pyx_v_self->activity + 1);
 
-  /* "relay/_httpfront.pyx":347
+  /* "relay/_httpfront.pyx":348
  *         self.response_started = True
  *         self.activity += 1
  *         Pump.deliver_bytes(self, data)             # <<<<<<<<<<<<<<
  * 
  *     cdef void remote_reset(self):
 */
-  __pyx_vtabptr_5relay_9_fastpath_Pump->__pyx_base.deliver_bytes(((struct __pyx_obj_5relay_9_fastpath_Channel *)__pyx_v_self), __pyx_v_data); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_vtabptr_5relay_9_fastpath_Pump->__pyx_base.deliver_bytes(((struct __pyx_obj_5relay_9_fastpath_Channel *)__pyx_v_self), __pyx_v_data); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 348, __pyx_L1_error)
 
-  /* "relay/_httpfront.pyx":344
+  /* "relay/_httpfront.pyx":345
  *         Pump.deliver(self, data, length)
  * 
  *     cdef void deliver_bytes(self, bytes data):             # <<<<<<<<<<<<<<
@@ -9906,7 +9876,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_deliver_bytes(struct __pyx
 
 }
 
-/* "relay/_httpfront.pyx":349
+/* "relay/_httpfront.pyx":350
  *         Pump.deliver_bytes(self, data)
  * 
  *     cdef void remote_reset(self):             # <<<<<<<<<<<<<<
@@ -9926,7 +9896,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("remote_reset", 0);
 
-  /* "relay/_httpfront.pyx":350
+  /* "relay/_httpfront.pyx":351
  * 
  *     cdef void remote_reset(self):
  *         if not self.response_started and self.transport is not None and not self.finished:             # <<<<<<<<<<<<<<
@@ -9961,16 +9931,16 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
   if (__pyx_t_1) {
 
 
-    /* "relay/_httpfront.pyx":351
+    /* "relay/_httpfront.pyx":352
  *     cdef void remote_reset(self):
  *         if not self.response_started and self.transport is not None and not self.finished:
  *             self._write_page(502, "RLY_613", "the agent could not reach the upstream")             # <<<<<<<<<<<<<<
  *             self.finished = True
  *             self.transport.close()
 */
-    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, 0x1F6, __pyx_mstate_global->__pyx_n_u_RLY_613, __pyx_mstate_global->__pyx_kp_u_the_agent_could_not_reach_the_up); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 351, __pyx_L1_error)
+    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, 0x1F6, __pyx_mstate_global->__pyx_n_u_RLY_613, __pyx_mstate_global->__pyx_kp_u_the_agent_could_not_reach_the_up); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 352, __pyx_L1_error)
 
-    /* "relay/_httpfront.pyx":352
+    /* "relay/_httpfront.pyx":353
  *         if not self.response_started and self.transport is not None and not self.finished:
  *             self._write_page(502, "RLY_613", "the agent could not reach the upstream")
  *             self.finished = True             # <<<<<<<<<<<<<<
@@ -9979,7 +9949,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
 */
     __pyx_v_self->__pyx_base.finished = 1;
 
-    /* "relay/_httpfront.pyx":353
+    /* "relay/_httpfront.pyx":354
  *             self._write_page(502, "RLY_613", "the agent could not reach the upstream")
  *             self.finished = True
  *             self.transport.close()             # <<<<<<<<<<<<<<
@@ -9993,12 +9963,12 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
       PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_close, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 353, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 354, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "relay/_httpfront.pyx":354
+    /* "relay/_httpfront.pyx":355
  *             self.finished = True
  *             self.transport.close()
  *             return             # <<<<<<<<<<<<<<
@@ -10009,7 +9979,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "relay/_httpfront.pyx":350
+    /* "relay/_httpfront.pyx":351
  * 
  *     cdef void remote_reset(self):
  *         if not self.response_started and self.transport is not None and not self.finished:             # <<<<<<<<<<<<<<
@@ -10018,16 +9988,16 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
 */
   }
 
-  /* "relay/_httpfront.pyx":355
+  /* "relay/_httpfront.pyx":356
  *             self.transport.close()
  *             return
  *         Pump.remote_reset(self)             # <<<<<<<<<<<<<<
  * 
  *     # --- timers -------------------------------------------------------------------------
 */
-  __pyx_vtabptr_5relay_9_fastpath_Pump->__pyx_base.remote_reset(((struct __pyx_obj_5relay_9_fastpath_Channel *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 355, __pyx_L1_error)
+  __pyx_vtabptr_5relay_9_fastpath_Pump->__pyx_base.remote_reset(((struct __pyx_obj_5relay_9_fastpath_Channel *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 356, __pyx_L1_error)
 
-  /* "relay/_httpfront.pyx":349
+  /* "relay/_httpfront.pyx":350
  *         Pump.deliver_bytes(self, data)
  * 
  *     cdef void remote_reset(self):             # <<<<<<<<<<<<<<
@@ -10046,7 +10016,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor_remote_reset(struct __pyx_
   __Pyx_RefNannyFinishContext();
 }
 
-/* "relay/_httpfront.pyx":359
+/* "relay/_httpfront.pyx":360
  *     # --- timers -------------------------------------------------------------------------
  * 
  *     def _head_timeout(self):             # <<<<<<<<<<<<<<
@@ -10110,7 +10080,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_head_timeout", 0);
 
-  /* "relay/_httpfront.pyx":360
+  /* "relay/_httpfront.pyx":361
  * 
  *     def _head_timeout(self):
  *         self.head_timer = None             # <<<<<<<<<<<<<<
@@ -10122,7 +10092,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
   __Pyx_GOTREF(__pyx_v_self->head_timer);
   __Pyx_DECREF_SET(__pyx_v_self->head_timer, Py_None);
 
-  /* "relay/_httpfront.pyx":361
+  /* "relay/_httpfront.pyx":362
  *     def _head_timeout(self):
  *         self.head_timer = None
  *         if self.finished:             # <<<<<<<<<<<<<<
@@ -10131,7 +10101,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
 */
   if (__pyx_v_self->__pyx_base.finished) {
 
-    /* "relay/_httpfront.pyx":362
+    /* "relay/_httpfront.pyx":363
  *         self.head_timer = None
  *         if self.finished:
  *             return             # <<<<<<<<<<<<<<
@@ -10148,7 +10118,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
     }
     goto __pyx_L0;
 
-    /* "relay/_httpfront.pyx":361
+    /* "relay/_httpfront.pyx":362
  *     def _head_timeout(self):
  *         self.head_timer = None
  *         if self.finished:             # <<<<<<<<<<<<<<
@@ -10157,7 +10127,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
 */
   }
 
-  /* "relay/_httpfront.pyx":363
+  /* "relay/_httpfront.pyx":364
  *         if self.finished:
  *             return
  *         if not self.routed and self.transport is not None:             # <<<<<<<<<<<<<<
@@ -10182,16 +10152,16 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
   if (__pyx_t_1) {
 
 
-    /* "relay/_httpfront.pyx":364
+    /* "relay/_httpfront.pyx":365
  *             return
  *         if not self.routed and self.transport is not None:
  *             self._write_page(408, "RLY_626", "request head not received in time")             # <<<<<<<<<<<<<<
  *             self.finished = True
  *             self.transport.close()
 */
-    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, 0x198, __pyx_mstate_global->__pyx_n_u_RLY_626, __pyx_mstate_global->__pyx_kp_u_request_head_not_received_in_tim); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 364, __pyx_L1_error)
+    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->_write_page(__pyx_v_self, 0x198, __pyx_mstate_global->__pyx_n_u_RLY_626, __pyx_mstate_global->__pyx_kp_u_request_head_not_received_in_tim); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 365, __pyx_L1_error)
 
-    /* "relay/_httpfront.pyx":365
+    /* "relay/_httpfront.pyx":366
  *         if not self.routed and self.transport is not None:
  *             self._write_page(408, "RLY_626", "request head not received in time")
  *             self.finished = True             # <<<<<<<<<<<<<<
@@ -10200,7 +10170,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
 */
     __pyx_v_self->__pyx_base.finished = 1;
 
-    /* "relay/_httpfront.pyx":366
+    /* "relay/_httpfront.pyx":367
  *             self._write_page(408, "RLY_626", "request head not received in time")
  *             self.finished = True
  *             self.transport.close()             # <<<<<<<<<<<<<<
@@ -10214,12 +10184,12 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
       PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_close, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 366, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 367, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "relay/_httpfront.pyx":363
+    /* "relay/_httpfront.pyx":364
  *         if self.finished:
  *             return
  *         if not self.routed and self.transport is not None:             # <<<<<<<<<<<<<<
@@ -10229,7 +10199,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
     goto __pyx_L4;
   }
 
-  /* "relay/_httpfront.pyx":368
+  /* "relay/_httpfront.pyx":369
  *             self.transport.close()
  *         else:
  *             self._abort()             # <<<<<<<<<<<<<<
@@ -10237,11 +10207,11 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
  *     def _idle_check(self):
 */
   /*else*/ {
-    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->__pyx_base._abort(((struct __pyx_obj_5relay_9_fastpath_Pump *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 368, __pyx_L1_error)
+    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->__pyx_base._abort(((struct __pyx_obj_5relay_9_fastpath_Pump *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 369, __pyx_L1_error)
   }
   __pyx_L4:;
 
-  /* "relay/_httpfront.pyx":359
+  /* "relay/_httpfront.pyx":360
  *     # --- timers -------------------------------------------------------------------------
  * 
  *     def _head_timeout(self):             # <<<<<<<<<<<<<<
@@ -10263,7 +10233,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_28_head_timeout(stru
   return __pyx_r;
 }
 
-/* "relay/_httpfront.pyx":370
+/* "relay/_httpfront.pyx":371
  *             self._abort()
  * 
  *     def _idle_check(self):             # <<<<<<<<<<<<<<
@@ -10330,7 +10300,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_idle_check", 0);
 
-  /* "relay/_httpfront.pyx":371
+  /* "relay/_httpfront.pyx":372
  * 
  *     def _idle_check(self):
  *         self.idle_timer = None             # <<<<<<<<<<<<<<
@@ -10342,7 +10312,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
   __Pyx_GOTREF(__pyx_v_self->idle_timer);
   __Pyx_DECREF_SET(__pyx_v_self->idle_timer, Py_None);
 
-  /* "relay/_httpfront.pyx":372
+  /* "relay/_httpfront.pyx":373
  *     def _idle_check(self):
  *         self.idle_timer = None
  *         if self.finished:             # <<<<<<<<<<<<<<
@@ -10351,7 +10321,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
 */
   if (__pyx_v_self->__pyx_base.finished) {
 
-    /* "relay/_httpfront.pyx":373
+    /* "relay/_httpfront.pyx":374
  *         self.idle_timer = None
  *         if self.finished:
  *             return             # <<<<<<<<<<<<<<
@@ -10368,7 +10338,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
     }
     goto __pyx_L0;
 
-    /* "relay/_httpfront.pyx":372
+    /* "relay/_httpfront.pyx":373
  *     def _idle_check(self):
  *         self.idle_timer = None
  *         if self.finished:             # <<<<<<<<<<<<<<
@@ -10377,7 +10347,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
 */
   }
 
-  /* "relay/_httpfront.pyx":374
+  /* "relay/_httpfront.pyx":375
  *         if self.finished:
  *             return
  *         if self.activity == self.last_activity:             # <<<<<<<<<<<<<<
@@ -10389,16 +10359,16 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
   if (__pyx_t_1) {
 
 
-    /* "relay/_httpfront.pyx":375
+    /* "relay/_httpfront.pyx":376
  *             return
  *         if self.activity == self.last_activity:
  *             self._abort()             # <<<<<<<<<<<<<<
  *             return
  *         self.last_activity = self.activity
 */
-    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->__pyx_base._abort(((struct __pyx_obj_5relay_9_fastpath_Pump *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 375, __pyx_L1_error)
+    ((struct __pyx_vtabstruct_5relay_10_httpfront_HttpVisitor *)__pyx_v_self->__pyx_base.__pyx_base.__pyx_vtab)->__pyx_base._abort(((struct __pyx_obj_5relay_9_fastpath_Pump *)__pyx_v_self)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 376, __pyx_L1_error)
 
-    /* "relay/_httpfront.pyx":376
+    /* "relay/_httpfront.pyx":377
  *         if self.activity == self.last_activity:
  *             self._abort()
  *             return             # <<<<<<<<<<<<<<
@@ -10415,7 +10385,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
     }
     goto __pyx_L0;
 
-    /* "relay/_httpfront.pyx":374
+    /* "relay/_httpfront.pyx":375
  *         if self.finished:
  *             return
  *         if self.activity == self.last_activity:             # <<<<<<<<<<<<<<
@@ -10424,7 +10394,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
 */
   }
 
-  /* "relay/_httpfront.pyx":377
+  /* "relay/_httpfront.pyx":378
  *             self._abort()
  *             return
  *         self.last_activity = self.activity             # <<<<<<<<<<<<<<
@@ -10435,20 +10405,20 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
 
   __pyx_v_self->last_activity = __pyx_t_2;
 
-  /* "relay/_httpfront.pyx":378
+  /* "relay/_httpfront.pyx":379
  *             return
  *         self.last_activity = self.activity
  *         self.idle_timer = self.front.loop.call_later(self.idle_timeout, self._idle_check)             # <<<<<<<<<<<<<<
  * 
  *     cdef void _cancel_timers(self):
 */
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->front, __pyx_mstate_global->__pyx_n_u_loop); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 378, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->front, __pyx_mstate_global->__pyx_n_u_loop); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __pyx_t_4 = __pyx_t_5;
   __Pyx_INCREF(__pyx_t_4);
-  __pyx_t_6 = PyFloat_FromDouble(__pyx_v_self->idle_timeout); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 378, __pyx_L1_error)
+  __pyx_t_6 = PyFloat_FromDouble(__pyx_v_self->idle_timeout); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_idle_check); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 378, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_idle_check); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __pyx_t_8 = 0;
   {
@@ -10458,7 +10428,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 378, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 379, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_GIVEREF(__pyx_t_3);
@@ -10466,7 +10436,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
   __Pyx_DECREF_SET(__pyx_v_self->idle_timer, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "relay/_httpfront.pyx":370
+  /* "relay/_httpfront.pyx":371
  *             self._abort()
  * 
  *     def _idle_check(self):             # <<<<<<<<<<<<<<
@@ -10491,7 +10461,7 @@ static PyObject *__pyx_pf_5relay_10_httpfront_11HttpVisitor_30_idle_check(struct
   return __pyx_r;
 }
 
-/* "relay/_httpfront.pyx":380
+/* "relay/_httpfront.pyx":381
  *         self.idle_timer = self.front.loop.call_later(self.idle_timeout, self._idle_check)
  * 
  *     cdef void _cancel_timers(self):             # <<<<<<<<<<<<<<
@@ -10510,7 +10480,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_cancel_timers", 0);
 
-  /* "relay/_httpfront.pyx":381
+  /* "relay/_httpfront.pyx":382
  * 
  *     cdef void _cancel_timers(self):
  *         if self.head_timer is not None:             # <<<<<<<<<<<<<<
@@ -10521,7 +10491,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
   if (__pyx_t_1) {
 
 
-    /* "relay/_httpfront.pyx":382
+    /* "relay/_httpfront.pyx":383
  *     cdef void _cancel_timers(self):
  *         if self.head_timer is not None:
  *             self.head_timer.cancel()             # <<<<<<<<<<<<<<
@@ -10535,12 +10505,12 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
       PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_cancel, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 382, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 383, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "relay/_httpfront.pyx":383
+    /* "relay/_httpfront.pyx":384
  *         if self.head_timer is not None:
  *             self.head_timer.cancel()
  *             self.head_timer = None             # <<<<<<<<<<<<<<
@@ -10552,7 +10522,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
     __Pyx_GOTREF(__pyx_v_self->head_timer);
     __Pyx_DECREF_SET(__pyx_v_self->head_timer, Py_None);
 
-    /* "relay/_httpfront.pyx":381
+    /* "relay/_httpfront.pyx":382
  * 
  *     cdef void _cancel_timers(self):
  *         if self.head_timer is not None:             # <<<<<<<<<<<<<<
@@ -10561,7 +10531,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
 */
   }
 
-  /* "relay/_httpfront.pyx":384
+  /* "relay/_httpfront.pyx":385
  *             self.head_timer.cancel()
  *             self.head_timer = None
  *         if self.idle_timer is not None:             # <<<<<<<<<<<<<<
@@ -10572,7 +10542,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
   if (__pyx_t_1) {
 
 
-    /* "relay/_httpfront.pyx":385
+    /* "relay/_httpfront.pyx":386
  *             self.head_timer = None
  *         if self.idle_timer is not None:
  *             self.idle_timer.cancel()             # <<<<<<<<<<<<<<
@@ -10585,12 +10555,12 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
       PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_cancel, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 385, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 386, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "relay/_httpfront.pyx":386
+    /* "relay/_httpfront.pyx":387
  *         if self.idle_timer is not None:
  *             self.idle_timer.cancel()
  *             self.idle_timer = None             # <<<<<<<<<<<<<<
@@ -10600,7 +10570,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
     __Pyx_GOTREF(__pyx_v_self->idle_timer);
     __Pyx_DECREF_SET(__pyx_v_self->idle_timer, Py_None);
 
-    /* "relay/_httpfront.pyx":384
+    /* "relay/_httpfront.pyx":385
  *             self.head_timer.cancel()
  *             self.head_timer = None
  *         if self.idle_timer is not None:             # <<<<<<<<<<<<<<
@@ -10609,7 +10579,7 @@ static void __pyx_f_5relay_10_httpfront_11HttpVisitor__cancel_timers(struct __py
 */
   }
 
-  /* "relay/_httpfront.pyx":380
+  /* "relay/_httpfront.pyx":381
  *         self.idle_timer = self.front.loop.call_later(self.idle_timeout, self._idle_check)
  * 
  *     cdef void _cancel_timers(self):             # <<<<<<<<<<<<<<
@@ -13379,34 +13349,34 @@ __Pyx_RefNannySetupContext("PyInit__httpfront", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5relay_10_httpfront_HttpVisitor, __pyx_mstate_global->__pyx_n_u_on_message_complete, __pyx_t_5) < (0)) __PYX_ERR(0, 227, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "relay/_httpfront.pyx":359
+  /* "relay/_httpfront.pyx":360
  *     # --- timers -------------------------------------------------------------------------
  * 
  *     def _head_timeout(self):             # <<<<<<<<<<<<<<
  *         self.head_timer = None
  *         if self.finished:
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5relay_10_httpfront_11HttpVisitor_29_head_timeout, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_HttpVisitor__head_timeout, NULL, __pyx_mstate_global->__pyx_n_u_relay__httpfront, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5relay_10_httpfront_11HttpVisitor_29_head_timeout, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_HttpVisitor__head_timeout, NULL, __pyx_mstate_global->__pyx_n_u_relay__httpfront, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 360, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5relay_10_httpfront_HttpVisitor, __pyx_mstate_global->__pyx_n_u_head_timeout, __pyx_t_5) < (0)) __PYX_ERR(0, 359, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5relay_10_httpfront_HttpVisitor, __pyx_mstate_global->__pyx_n_u_head_timeout, __pyx_t_5) < (0)) __PYX_ERR(0, 360, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "relay/_httpfront.pyx":370
+  /* "relay/_httpfront.pyx":371
  *             self._abort()
  * 
  *     def _idle_check(self):             # <<<<<<<<<<<<<<
  *         self.idle_timer = None
  *         if self.finished:
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5relay_10_httpfront_11HttpVisitor_31_idle_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_HttpVisitor__idle_check, NULL, __pyx_mstate_global->__pyx_n_u_relay__httpfront, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 370, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5relay_10_httpfront_11HttpVisitor_31_idle_check, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_HttpVisitor__idle_check, NULL, __pyx_mstate_global->__pyx_n_u_relay__httpfront, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 371, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5relay_10_httpfront_HttpVisitor, __pyx_mstate_global->__pyx_n_u_idle_check, __pyx_t_5) < (0)) __PYX_ERR(0, 370, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5relay_10_httpfront_HttpVisitor, __pyx_mstate_global->__pyx_n_u_idle_check, __pyx_t_5) < (0)) __PYX_ERR(0, 371, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -13898,12 +13868,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_relay__httpfront_pyx, __pyx_mstate->__pyx_n_u_on_message_complete, __pyx_mstate->__pyx_kp_b_iso88591_A_4y_D_A_aq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 359};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 360};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_relay__httpfront_pyx, __pyx_mstate->__pyx_n_u_head_timeout, __pyx_mstate->__pyx_kp_b_iso88591_A_N_4q_4t84t_gQ_AU_Q_A_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 370};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 371};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_relay__httpfront_pyx, __pyx_mstate->__pyx_n_u_idle_check, __pyx_mstate->__pyx_kp_b_iso88591_A_N_4q_4z_D_q_T_N_fE_AT_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }

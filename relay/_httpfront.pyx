@@ -299,15 +299,16 @@ cdef class HttpVisitor(Pump):
     # --- local answers ------------------------------------------------------------------
 
     cdef void _refuse(self, int status, str code, str message):
-        """Answer with an error page and close; if a stream is already carrying earlier
-        requests, end it instead (its responses may still be on their way)."""
+        """Answer with an error page and close — or, if a stream already carries earlier
+        requests of this connection, half-close it and let their responses finish."""
         self.refusing = True
         if self.transport is None or self.finished:
             return
         self.transport.pause_reading()
         if self.routed:
-            if not self.response_started:
-                self._write_page(status, code, message)
+            # Earlier requests' responses may still be on their way: a page written now
+            # could land before or inside them. End the request stream instead; the
+            # connection closes once those responses are through.
             try:
                 self.link.session.close_stream(self.stream_id)
                 self.link.schedule_flush()

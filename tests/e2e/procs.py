@@ -221,9 +221,7 @@ class Agent:
         extra: list[str] | None = None,
         kind: str = "tcp",
     ) -> None:
-        upstream = (
-            upstream_port if isinstance(upstream_port, str) else f"127.0.0.1:{upstream_port}"
-        )
+        upstream = upstream_port if isinstance(upstream_port, str) else f"127.0.0.1:{upstream_port}"
         args = [
             *RELAY,
             kind,
