@@ -147,6 +147,11 @@ def main(log_level: str) -> None:
     help="Seconds an HTTP connection may stay silent both ways.",
 )
 @click.option(
+    "--https-redirect/--no-https-redirect",
+    default=None,
+    help="Redirect plain-HTTP requests for names served only over HTTPS (default: on).",
+)
+@click.option(
     "--cert-issuer",
     type=click.Choice(["local", "acme", "files"]),
     default=None,

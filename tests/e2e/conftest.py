@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, EchoServer, Edge
 
 
@@ -35,3 +36,13 @@ def agents() -> Iterator[list[Agent]]:
     finally:
         for agent in started:
             agent.proc.stop()
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    """The web origin of tests/e2e/origin.py (HTTP and WebSocket), stopped afterwards."""
+    server = Origin()
+    try:
+        yield server
+    finally:
+        server.close()

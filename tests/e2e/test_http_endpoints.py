@@ -7,7 +7,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from websockets.sync.client import connect as ws_connect
 from tests.e2e.http_helpers import curl, host_of, raw_request, read_responses, web_agent
 from tests.e2e.origin import Origin, blob
 from tests.e2e.procs import Agent, Edge, free_port, payload
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    server = Origin()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def header_map(body: bytes) -> dict[str, list[str]]:
