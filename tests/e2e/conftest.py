@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.haproxy import run_haproxy
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, EchoServer, Edge
 
@@ -46,3 +47,9 @@ def origin() -> Iterator[Origin]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def haproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """HAProxy with accept-proxy that answers with the addresses it was told (its port)."""
+    yield from run_haproxy(tmp_path_factory.mktemp("haproxy"))

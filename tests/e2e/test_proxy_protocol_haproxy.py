@@ -9,49 +9,15 @@ by its PID.
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from relay.agent.proxy_protocol import PP2_TYPE_AUTHORITY, encode_v1, encode_v2
-from tests.e2e.procs import Proc, free_port, wait_for_port
+from tests.e2e.haproxy import needs_haproxy
 
-HAPROXY = "/usr/sbin/haproxy"
-
-pytestmark = pytest.mark.skipif(
-    shutil.which(HAPROXY) is None, reason="haproxy not installed (apt-get install -y haproxy)"
-)
-
-CONFIG = """\
-global
-    log stderr format raw local0 err
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 5s
-    timeout server 5s
-frontend fe
-    bind 127.0.0.1:{port} accept-proxy
-    http-request return status 200 content-type text/plain \
-lf-string "%[src] %[src_port] %[dst] %[dst_port] %[fc_pp_authority]"
-"""
-
-
-@pytest.fixture(scope="module")
-def haproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
-    cfg: Path = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
-    cfg.write_text(CONFIG.format(port=port))
-    proc = Proc([HAPROXY, "-db", "-f", str(cfg)])
-    try:
-        wait_for_port(port, timeout=10.0, proc=proc.proc)
-        yield port
-    finally:
-        proc.stop(timeout=5.0)
+pytestmark = needs_haproxy
 
 
 def ask(port: int, header: bytes) -> tuple[int, str]:
