@@ -25,10 +25,6 @@ cdef class Link:
     cdef readonly object transport
     cdef readonly object loop
     cdef readonly object handler
-    cdef bytearray _rbuf
-    cdef object _rview
-    cdef bytearray _pump_buf
-    cdef readonly object _pump_view
     cdef readonly dict channels
     cdef bint _flush_scheduled
     cdef readonly bint write_paused

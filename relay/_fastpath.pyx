@@ -5,13 +5,14 @@ Per connection, Python decides (which stream, which upstream); per chunk only th
 compiled code runs:
 
 * ``Link`` is the ``BufferedProtocol`` of the agent link (a TLS transport). uvloop
-  decrypts straight into one preallocated buffer; the native session parses it and
+  decrypts straight into a preallocated buffer; the native session parses it and
   returns packed events whose payload points into that same buffer, so a chunk is
   copied exactly once, into the destination socket's write.
 * ``Pump`` is the ``BufferedProtocol`` of a visitor (edge) or upstream (agent) socket.
-  All pumps of a link read into one shared buffer: uvloop calls ``get_buffer`` and
-  ``buffer_updated`` back to back, and ``Session.send`` copies before returning, so no
-  view outlives the call and an idle stream costs no buffer of its own.
+  All pumps of the process read into one shared buffer (and all links into another):
+  uvloop calls ``get_buffer`` and ``buffer_updated`` back to back, and ``Session.send``
+  copies before returning, so no view outlives the call and an idle stream or session
+  costs no buffer of its own.
 * ``BufferChannel`` collects a stream's bytes for Python (the control stream, and the
   agent's wait for a StreamHeader before it dials the upstream).
 
@@ -74,6 +75,16 @@ PUMP_READ_BUFFER = 256 * 1024
 #: A BufferChannel pauses the stream's credit once this much is waiting for Python.
 CHANNEL_HIGH_WATER = 256 * 1024
 
+# One read buffer for every link and one for every pump of this process. uvloop calls
+# get_buffer, reads, and calls buffer_updated back to back for one connection, and every
+# chunk is copied out (into a socket write, a BufferChannel, or the session's frames)
+# before buffer_updated returns — so nothing outlives the call, and an idle session or
+# stream owns no buffer at all (two per link cost 512 KiB of RSS per idle session).
+cdef bytearray _LINK_BUFFER = bytearray(LINK_READ_BUFFER)
+cdef object _LINK_VIEW = memoryview(_LINK_BUFFER)
+cdef bytearray _PUMP_BUFFER = bytearray(PUMP_READ_BUFFER)
+cdef object _PUMP_VIEW = memoryview(_PUMP_BUFFER)
+
 
 cdef class Channel:
     """Where a stream's incoming payload goes."""
@@ -114,10 +125,6 @@ cdef class Link:
         self.pending_high_water = pending_high_water
         self.handler = handler
         self.loop = loop
-        self._rbuf = bytearray(LINK_READ_BUFFER)
-        self._rview = memoryview(self._rbuf)
-        self._pump_buf = bytearray(PUMP_READ_BUFFER)
-        self._pump_view = memoryview(self._pump_buf)
         self.channels = {}
         self._flush_scheduled = False
         self.write_paused = False
@@ -136,7 +143,7 @@ cdef class Link:
         self.schedule_flush()
 
     def get_buffer(self, Py_ssize_t sizehint):
-        return self._rview
+        return _LINK_VIEW
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef bytes events
@@ -144,12 +151,12 @@ cdef class Link:
         cdef Py_ssize_t i, count
         cdef uint32_t kind, sid, a
         cdef Py_ssize_t run_first, run_count
-        cdef const char* base = PyByteArray_AS_STRING(self._rbuf)
+        cdef const char* base = PyByteArray_AS_STRING(_LINK_BUFFER)
         cdef object channel
         if self.closed:
             return
         try:
-            events = self.session.receive(self._rview[:nbytes])
+            events = self.session.receive(_LINK_VIEW[:nbytes])
         except YamuxError as exc:
             self.fail(exc)
             return
@@ -467,12 +474,12 @@ cdef class Pump(Channel):
         link.schedule_flush()
 
     def get_buffer(self, Py_ssize_t sizehint):
-        return self.link._pump_view
+        return _PUMP_VIEW
 
     def buffer_updated(self, Py_ssize_t nbytes):
         if self.finished or self.link.closed:
             return
-        self._send(self.link._pump_view[:nbytes])
+        self._send(_PUMP_VIEW[:nbytes])
 
     cdef void _send(self, object data):
         """Queue ``data`` on the stream; stop reading the socket while the backlog is high."""
