@@ -57,8 +57,9 @@ cdef class HttpVisitor(Pump):
     cdef bint wants_upgrade
     cdef readonly str host
     cdef bytes host_rewrite
-    cdef object head_timer
-    cdef object idle_timer
+    cdef object watchdog
+    cdef double head_started
+    cdef double idle_since
     cdef bint routed
     cdef bint refusing
     cdef readonly bint response_started
@@ -97,8 +98,9 @@ cdef class HttpVisitor(Pump):
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
         self.forwarded_for = self.peer_ip.encode()
         loop = self.front.loop
-        self.head_timer = loop.call_later(self.header_timeout, self._head_timeout)
-        self.idle_timer = loop.call_later(self.idle_timeout, self._idle_check)
+        self.head_started = loop.time()
+        self.idle_since = self.head_started
+        self.watchdog = loop.call_later(self._watch_period(), self._watch)
 
     def get_buffer(self, Py_ssize_t sizehint):
         return _READ_VIEW
@@ -158,8 +160,8 @@ cdef class HttpVisitor(Pump):
         self.client_close = False
         self.wants_upgrade = False
         self.body_size = 0
-        if self.head_timer is None:
-            self.head_timer = self.front.loop.call_later(self.header_timeout, self._head_timeout)
+        if self.head_started == 0.0:
+            self.head_started = self.front.loop.time()
 
     def on_url(self, bytes url):
         self.url += url
@@ -177,9 +179,7 @@ cdef class HttpVisitor(Pump):
 
     def on_headers_complete(self):
         cdef bytes name, value
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.head_started = 0.0
         host = b""
         connection_tokens = set()
         content_length = -1
@@ -357,31 +357,35 @@ cdef class HttpVisitor(Pump):
 
     # --- timers -------------------------------------------------------------------------
 
-    def _head_timeout(self):
-        self.head_timer = None
-        if self.finished:
-            return
-        if not self.routed and self.transport is not None:
-            self._write_page(408, "RLY_626", "request head not received in time")
-            self.finished = True
-            self.transport.close()
-        else:
-            self._abort()
+    # One watchdog timer per connection, not a timer per request: arming and cancelling
+    # a libuv timer for every request head costs more than parsing it.
 
-    def _idle_check(self):
-        self.idle_timer = None
-        if self.finished:
+    cdef double _watch_period(self):
+        return max(0.05, min(self.header_timeout, self.idle_timeout) / 4)
+
+    def _watch(self):
+        self.watchdog = None
+        if self.finished or self.transport is None:
             return
-        if self.activity == self.last_activity:
+        now = self.front.loop.time()
+        if self.head_started != 0.0 and now - self.head_started > self.header_timeout:
+            # A request head is trickling in (slowloris) or never completed.
+            if not self.routed:
+                self._write_page(408, "RLY_626", "request head not received in time")
+                self.finished = True
+                self.transport.close()
+            else:
+                self._abort()
+            return
+        if self.activity != self.last_activity:
+            self.last_activity = self.activity
+            self.idle_since = now
+        elif now - self.idle_since > self.idle_timeout:
             self._abort()
             return
-        self.last_activity = self.activity
-        self.idle_timer = self.front.loop.call_later(self.idle_timeout, self._idle_check)
+        self.watchdog = self.front.loop.call_later(self._watch_period(), self._watch)
 
     cdef void _cancel_timers(self):
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None

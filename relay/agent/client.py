@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import socket
@@ -324,7 +325,10 @@ class Agent:
         stream = MuxStream(link, channel)
         header: StreamHeader | None = None
         try:
-            parsed, used = await asyncio.wait_for(self._read_header(channel), HEADER_TIMEOUT)
+            # asyncio.timeout, not wait_for: wait_for wraps the awaitable in one more
+            # task, per visitor connection.
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                parsed, used = await self._read_header(channel)
             header = parsed
             endpoint = self.bound.get(parsed.endpoint_id)
             if endpoint is None:
@@ -339,16 +343,14 @@ class Agent:
                 else None
             )
             loop = asyncio.get_running_loop()
-            await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT):
+                await loop.create_connection(
                     lambda: _Pump(link, stream_id=stream_id, preamble=preamble),
                     spec.upstream_host,
                     spec.upstream_port,
                     ssl=ctx,
                     server_hostname=spec.upstream_host if ctx is not None else None,
-                ),
-                UPSTREAM_CONNECT_TIMEOUT,
-            )
+                )
         except (OSError, TimeoutError, RelayError, StreamReset, ssl.SSLError) as exc:
             log.info("visitor stream %d: %s", stream_id, exc)
             if header is not None and header.protocol in (
@@ -406,7 +408,10 @@ def proxy_preamble(spec: EndpointSpec, visitor_addr: str) -> bytes:
     return encode_v2(src, dst)
 
 
+@functools.cache
 def upstream_tls_context(verify: bool) -> ssl.SSLContext:
+    """One context per setting for the process: building one loads the system trust
+    store, far too slow to do per visitor connection."""
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
