@@ -1,4 +1,6 @@
-"""`python -m bench quick|full`: bulk TCP throughput of relay beside direct, haproxy and ssh -R."""
+"""`python -m bench quick|full`: relay beside direct, haproxy, ssh -R, frp, rathole, bore and
+socat+TLS — bulk TCP (iperf3), HTTP max / new connections / fixed-rate latency, head-of-line,
+memory slopes, CPU per unit of work."""
 
 from __future__ import annotations
 
@@ -20,8 +22,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import machine, report
-from bench.contestants import ALL, RELAY_BIN_ENV, SSHD, Contestant, Haproxy
+from bench import charts, httpbench, machine, memory, phases, report, report_http, tools
+from bench.contestants import RELAY_BIN_ENV, SSHD, Contestant, Haproxy
+from bench.httpbench import HttpMeasurement
+from bench.origin import nginx_version
+from bench.peers import BULK as ALL
+from bench.peers import HTTP as HTTP_ALL
+from bench.phases import HttpMode
 from bench.procs import BenchError, free_port
 from bench.scenarios import SCENARIOS, Measurement, Scenario, measure
 
@@ -37,9 +44,34 @@ class Mode:
 
 
 MODES = {
-    "quick": Mode(duration=5.0, reps=3, warmup=1.0),
-    "full": Mode(duration=15.0, reps=5, warmup=2.0),
+    "quick": Mode(duration=2.0, reps=3, warmup=1.0),
+    "full": Mode(duration=10.0, reps=5, warmup=2.0),
 }
+HTTP_MODES = {
+    "quick": HttpMode(
+        duration=2.0,
+        lat_duration=2.0,
+        reps=3,
+        sweep=(),
+        close_latency=False,
+        hol=("relay", "ssh"),
+        hol_rate=200.0,
+        mem_sessions=(100, 200),
+        mem_streams=(4000, 8000),
+    ),
+    "full": HttpMode(
+        duration=5.0,
+        lat_duration=4.0,
+        reps=3,
+        sweep=(0.25, 0.5, 0.75, 0.9),
+        close_latency=True,
+        hol=("relay", "ssh", "frp", "rathole", "direct"),
+        hol_rate=200.0,
+        mem_sessions=(500, 1000),
+        mem_streams=(4000, 8000),
+    ),
+}
+PHASES = ("bulk", "http", "memory")
 
 
 def log(msg: str) -> None:
@@ -51,8 +83,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("mode", nargs="?", choices=sorted(MODES), default="quick")
     p.add_argument(
         "--contestants",
-        default=",".join(ALL),
-        help="comma-separated subset of: " + ", ".join(ALL) + " (direct is always included)",
+        default=",".join(dict.fromkeys([*ALL, *HTTP_ALL])),
+        help="comma-separated subset of: "
+        + ", ".join(dict.fromkeys([*ALL, *HTTP_ALL]))
+        + " (direct is always included; -http ones are HTTP-phase only)",
+    )
+    p.add_argument("--phases", default=",".join(PHASES), help="subset of: " + ", ".join(PHASES))
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never install peers (cargo/go builds); missing ones are skipped with the reason",
     )
     p.add_argument(
         "--scenarios", default=",".join(s.key for s in SCENARIOS), help="subset of scenarios"
@@ -122,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or mode.duration
     reps = args.reps or mode.reps
     keys = ["direct", *[k for k in args.contestants.split(",") if k and k != "direct"]]
-    unknown = [k for k in keys if k not in ALL]
+    unknown = [k for k in keys if k not in ALL and k not in HTTP_ALL]
+    phases_on = set(args.phases.split(","))
+    hmode = HTTP_MODES[args.mode]
     scen_keys = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.key in scen_keys]
     bad_scen = [k for k in scen_keys if k not in {s.key for s in SCENARIOS}]
@@ -137,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
 
     ensure_prereqs(keys, not args.no_setup)
+    # Peers and load tools are installed (once, cached in bench/work/tools) before anything is
+    # timed; the install time is not part of the run's measurements.
+    t_inst = time.monotonic()
+    peer_keys = {k.split("-")[0] for k in keys}
+    missing_tools = tools.ensure(peer_keys, allow_install=not args.no_install)
+    for k, why in missing_tools.items():
+        log(f"unavailable: {k}: {why}")
+    install_s = time.monotonic() - t_inst
+    memory.raise_nofile()
     if not shutil.which("iperf3"):
         log("iperf3 is not installed; cannot run any scenario (run bench/setup.sh)")
         return 1
@@ -145,13 +196,17 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     measurements: list[Measurement] = []
+    http_ms: list[HttpMeasurement] = []
+    http_res: dict[str, Any] = {}
+    mem_res: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
+    bulk_keys = [k for k in keys if k in ALL] if "bulk" in phases_on else []
     active: list[Contestant] = []
     interrupted: str | None = None
     try:
         with ExitStack() as stack:
             origin_port = free_port()
-            for key in keys:
+            for key in bulk_keys:
                 c: Contestant = (
                     Haproxy(tmp, origin_port, args.haproxy_nbthread)
                     if key == "haproxy"
@@ -189,19 +244,31 @@ def main(argv: list[str] | None = None) -> int:
                 f" about {est / 60:.1f} min"
             )
             try:
-                run_all(
-                    active, scenarios, reps, duration, mode.warmup, origin_port, tmp, measurements
-                )
+                # Memory first: thousands of idle connections need ephemeral ports, and
+                # the bulk and HTTP phases leave tens of thousands in TIME_WAIT behind them.
+                if "memory" in phases_on and "relay" in keys:
+                    mem_res = phases.run_memory(tmp, hmode, log)
+                if active:
+                    run_all(
+                        active, scenarios, reps, duration, mode.warmup, origin_port, tmp,
+                        measurements,
+                    )  # fmt: skip
+                for c in active:
+                    dead = [role for role, p in c.procs.items() if not p.alive()]
+                    if dead:
+                        info[c.key]["died"] = {r: c.procs[r].describe_exit() for r in dead}
+                        info[c.key]["logs"] = c.logs()
+                    c.stop()
+                if "http" in phases_on:
+                    http_keys = [k for k in keys if k in HTTP_ALL]
+                    http_res = phases.run_http(
+                        http_keys, tmp, hmode, args.haproxy_nbthread, log, http_ms
+                    )
             except (KeyboardInterrupt, SystemExit) as e:
                 interrupted = f"interrupted ({type(e).__name__}) after {len(measurements)} runs"
                 log(f"{interrupted}; stopping contestants and writing partial results")
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for c in active:
-                dead = [role for role, p in c.procs.items() if not p.alive()]
-                if dead:
-                    info[c.key]["died"] = {r: c.procs[r].describe_exit() for r in dead}
-                    info[c.key]["logs"] = c.logs()
     finally:
         # ExitStack has stopped every contestant by now (or on the way out of an exception).
         if args.keep_temp:
@@ -210,6 +277,25 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     mach["loadavg_at_end"] = machine.loadavg()
+    mach["versions"].update(
+        {
+            "nginx": nginx_version(),
+            "wrk": tools.version_of(["wrk", "-v"]),
+            "oha": httpbench.oha_version(),
+            "frp": f"{tools.FRP_VERSION} (frps/frpc built from the Go module)",
+            "rathole": f"{tools.RATHOLE_VERSION} (crates.io, default features: tls=native-tls)",
+            "bore": f"bore-cli {tools.BORE_VERSION} (crates.io)",
+            "socat": tools.version_of(["socat", "-V"]),
+        }
+    )
+    extra = {
+        "http": http_res,
+        "http_measurements": http_ms,
+        "memory": mem_res,
+        "install_seconds": round(install_s, 1),
+        "unavailable_tools": missing_tools,
+        "http_mode": hmode,
+    }
     return write_results(
         args,
         mode,
@@ -224,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         measurements,
         time.monotonic() - t_start,
         interrupted,
+        extra,
     )
 
 
@@ -269,7 +356,13 @@ def _contestant_summary(key: str, cfg: dict[str, Any]) -> str:
         return "relay edge + `relay tcp` agent (TLS agent link)" + (
             f"; agent said: `{cfg['forwarding_line']}`" if cfg.get("forwarding_line") else ""
         )
-    return ""
+    peers = {
+        "frp": "frps + frpc (TLS forced, tcp_mux/yamux), one `tcp` proxy",
+        "rathole": "rathole server + client, TLS transport (native-tls), no mux",
+        "bore": "bore server + bore local, no encryption, one TCP connection per visitor",
+        "socat-tls": "two socat relays joined by TLS 1.3, one fork + handshake per connection",
+    }
+    return peers.get(key, "")
 
 
 def write_results(
@@ -286,6 +379,7 @@ def write_results(
     measurements: list[Measurement],
     wall: float,
     interrupted: str | None,
+    extra: dict[str, Any],
 ) -> int:
     cells = report.summarize(measurements)
     relay_skip: str | None = "not in this run (--contestants)"
@@ -296,7 +390,16 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{started_at}-{args.mode}"
     for k in keys:
-        info[k]["summary"] = _contestant_summary(k, info[k].get("config", {}))
+        if k in info:
+            info[k]["summary"] = _contestant_summary(k, info[k].get("config", {}))
+    http_ms: list[HttpMeasurement] = extra["http_measurements"]
+    hcells = report_http.cells(http_ms)
+    hmode: HttpMode = extra["http_mode"]
+    tgts += report_http.targets(hcells, extra["memory"])
+    http_summary: dict[str, dict[str, Any]] = {}
+    for (scen, key, rate), cell in hcells.items():
+        if scen in ("ka-max", "close-max", "ka-lat", "close-lat", "hol-base", "hol-bulk"):
+            http_summary.setdefault(scen, {})[key] = {"rate": rate, **cell.to_json()}
     result: dict[str, Any] = {
         "mode": args.mode,
         "started_at": started_at,
@@ -309,7 +412,18 @@ def write_results(
             "haproxy_nbthread": args.haproxy_nbthread,
             "tool": "iperf3 --json, end.sum_received",
         },
-        "contestants": [info[k] for k in keys],
+        "contestants": [info[k] for k in keys if k in info],
+        "http": extra["http"],
+        "http_summary": http_summary,
+        "memory": extra["memory"],
+        "install_seconds": extra["install_seconds"],
+        "unavailable_tools": extra["unavailable_tools"],
+        "http_config": {
+            **hmode.__dict__,
+            "wrk": f"wrk -t{httpbench.WRK_THREADS} -c{httpbench.KA_CONNS} (keep-alive),"
+            f" -c{httpbench.CLOSE_CONNS} with Connection: close",
+            "oha": f"oha -q RATE -c{httpbench.OHA_CONNS} --latency-correction -w",
+        },
         "scenarios": [
             {"key": s.key, "label": s.label, "streams": s.streams, "reverse": s.reverse}
             for s in scenarios
@@ -328,13 +442,28 @@ def write_results(
         },
         "targets": [t.to_json() for t in tgts],
         "measurements": [m.to_json() for m in measurements],
+        "http_measurements": [m.to_json() for m in http_ms],
         "wall_seconds": round(wall, 1),
         "interrupted": interrupted,
         "json_name": f"{stem}.json",
     }
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+    result["charts"] = charts.draw(result, out, stem)
+    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
     md = report.markdown(result, cells)
+    labels = {k: HTTP_ALL[k].label if k in HTTP_ALL else ALL[k].label for k in keys}
+    order = [k for k in HTTP_ALL if k in keys]
+    result["config"].update(
+        ka_conns=httpbench.KA_CONNS,
+        close_conns=httpbench.CLOSE_CONNS,
+        http_duration_s=hmode.duration,
+    )
+    result["http_measurements_raw"] = http_ms
+    hmd = report_http.markdown(result, hcells, labels, order)
+    del result["http_measurements_raw"]
+    tail = md.rfind("\nTotal wall time")
+    md = md[:tail] + "\n" + "\n".join(hmd) + _extras_md(result) + md[tail:]
     md_path.write_text(md)
     latest = out / f"latest-{args.mode}.md"
     with contextlib.suppress(OSError):
@@ -346,3 +475,34 @@ def write_results(
         return 130
     ok = sum(1 for m in measurements if m.ok)
     return 0 if ok else 1
+
+
+def _extras_md(result: dict[str, Any]) -> str:
+    lines = ["", "## Peers, versions, installs", ""]
+    v = result["machine"]["versions"]
+    lines.append(
+        "- Versions: "
+        + "; ".join(
+            f"{k} `{v[k]}`"
+            for k in ("nginx", "wrk", "oha", "frp", "rathole", "bore", "socat")
+            if k in v
+        )
+    )
+    lines.append(f"- Installs/builds before the run (not timed): {result['install_seconds']:.0f} s")
+    for k, why in result.get("unavailable_tools", {}).items():
+        lines.append(f"- **{k} unavailable** — {why}")
+    http = result.get("http", {}).get("contestants", {})
+    for c in http.values():
+        if c.get("skipped"):
+            lines.append(f"- HTTP phase: **{c['label']} skipped** — {c['skipped']}")
+        if c.get("died"):
+            lines.append(f"- HTTP phase: **{c['label']} died** — {c['died']}")
+    lines.append("- Configs of every contestant (both phases) are in the JSON (`contestants`,"
+                 " `http.contestants`).")  # fmt: skip
+    charts_ = result.get("charts") or []
+    if charts_:
+        lines += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts_]
+    else:
+        lines += ["", "(charts skipped: matplotlib not installed in the venv)"]
+    lines.append("")
+    return "\n".join(lines)

@@ -34,6 +34,10 @@ AES_GCM = "aes128-gcm@openssh.com"
 class Contestant(ABC):
     key: str = ""
     label: str = ""
+    #: Host header visitors must send (HTTP-routing contestants: relay http, frp http vhost).
+    http_host: str | None = None
+    #: One line on what it is, for the report.
+    summary: str = ""
 
     def __init__(self, work: Path, origin_port: int) -> None:
         self.work = work / self.key
@@ -243,6 +247,8 @@ class Relay(Contestant):
         self.port = 0
         self.forwarding_line: str | None = None
         self.edge_help = ""
+        self.http_port = 0
+        self.token = ""
 
     def unavailable(self) -> str | None:
         if self.bin is None:
@@ -281,7 +287,8 @@ class Relay(Contestant):
             )
         return lines[-1]
 
-    def start(self) -> None:
+    def start_edge(self) -> tuple[str, Path]:
+        """Start the edge only; (token, CA file)."""
         assert self.bin is not None
         data_dir = self.work / "data"
         data_dir.mkdir(exist_ok=True)
@@ -303,30 +310,26 @@ class Relay(Contestant):
             edge_argv += ["--tcp-bind", "127.0.0.1"]
         if "--drain-timeout" in self.edge_help:
             edge_argv += ["--drain-timeout", "1"]
+        if "--http-listen" in self.edge_help:
+            self.http_port = free_port()
+            edge_argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]
+            edge_argv += ["--https-listen", f"127.0.0.1:{free_port()}"]
+            edge_argv += ["--base-domain", "relay.localhost"]
         edge = self._spawn("edge", edge_argv)
+        self.config = {"edge": " ".join(edge_argv)}
         wait_listening(self.edge_port, "relay edge", START_TIMEOUT, [edge])
         ca = data_dir / "ca" / "ca.pem"
         wait_until(f"{ca} to exist", ca.exists, START_TIMEOUT, [edge])
-        self.port = free_port_in_range(lo, hi)
-        agent_argv = [
-            self.bin,
-            "tcp",
-            f"127.0.0.1:{self.origin_port}",
-            "--edge",
-            f"127.0.0.1:{self.edge_port}",
-            "--token",
-            token,
-            "--ca-file",
-            str(ca),
-            "--remote-port",
-            str(self.port),
-        ]
-        self.config = {
-            "edge": " ".join(edge_argv),
-            "agent": " ".join(a if a != token else "<token>" for a in agent_argv),
-        }
+        self.token = token
+        return token, ca
+
+    def start(self) -> None:
+        token, ca = self.start_edge()
+        edge = self.procs["edge"]
+        agent_argv = self.agent_argv(token, ca)
+        self.config["agent"] = " ".join(a if a != token else "<token>" for a in agent_argv)
         agent = self._spawn("agent", agent_argv)
-        wait_listening(self.port, "relay tunnel port", START_TIMEOUT, [edge, agent])
+        wait_listening(self.visitor_port(), "relay endpoint port", START_TIMEOUT, [edge, agent])
         # The port may listen before the agent has finished registering; also wait for the
         # agent's "Forwarding" line (bounded; a missing line is noted, not fatal).
         deadline = time.monotonic() + 10.0
@@ -341,6 +344,26 @@ class Relay(Contestant):
         if not agent.alive():
             raise BenchError(agent.describe_exit())
         self.config["forwarding_line"] = self.forwarding_line or "(not printed within 10 s)"
+
+    def agent_argv(self, token: str, ca: Path) -> list[str]:
+        assert self.bin is not None
+        lo, hi = self.TCP_PORTS
+        self.port = free_port_in_range(lo, hi)
+        return [
+            self.bin,
+            "tcp",
+            f"127.0.0.1:{self.origin_port}",
+            "--edge",
+            f"127.0.0.1:{self.edge_port}",
+            "--token",
+            token,
+            "--ca-file",
+            str(ca),
+            "--server-name",
+            "localhost",
+            "--remote-port",
+            str(self.port),
+        ]
 
     def visitor_port(self) -> int:
         return self.port
