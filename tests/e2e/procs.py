@@ -14,6 +14,7 @@ import queue
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -259,12 +260,15 @@ class Agent:
 
 
 class EchoServer:
-    """Echoes every byte; on the client's half-close, finishes and half-closes back."""
+    """Echoes every byte; on the client's half-close, finishes and half-closes back.
+    With ``ssl_context`` it is a TLS server (``handshakes`` counts completed ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
         self.port = int(self.sock.getsockname()[1])
+        self.ssl_context = ssl_context
         self.connections = 0
+        self.handshakes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -281,19 +285,22 @@ class EchoServer:
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _serve(conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(120)
-            try:
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(120)
+        try:
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                self.handshakes += 1
+            with conn:
                 while True:
                     data = conn.recv(262144)
                     if not data:
-                        conn.shutdown(socket.SHUT_WR)
+                        if self.ssl_context is None:
+                            conn.shutdown(socket.SHUT_WR)
                         return
                     conn.sendall(data)
-            except OSError:
-                return
+        except OSError:  # ssl.SSLError is an OSError too
+            conn.close()
 
     def close(self) -> None:
         self._stop.set()

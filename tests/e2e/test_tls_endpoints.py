@@ -15,7 +15,6 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e.http_helpers import curl, host_of, web_agent
 from tests.e2e.origin import Origin
-from tests.e2e.procs import Agent, Edge
+from tests.e2e.procs import Agent, EchoServer, Edge
 
 PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.S)
 PASS_NAME = "pass.relay.localhost"
@@ -196,14 +195,14 @@ class TlsEchoServer:
         self.cert_file.write_bytes(self.cert_pem)
         self.key_file.write_bytes(self.key_pem_pkcs8())
         self.key_file.chmod(0o600)
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(self.cert_file, self.key_file)
-        self.handshakes = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        self.echo = EchoServer(ssl_context=ctx)
+        self.port = self.echo.port
+
+    @property
+    def handshakes(self) -> int:
+        return self.echo.handshakes
 
     def key_pem_pkcs8(self) -> bytes:
         return self.key.private_bytes(
@@ -230,36 +229,8 @@ class TlsEchoServer:
         forms["raw scalar"] = scalar
         return forms
 
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(60)
-        try:
-            with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                self.handshakes += 1
-                while True:
-                    data = tls.recv(262144)
-                    if not data:
-                        return
-                    tls.sendall(data)
-        except (OSError, ssl.SSLError):
-            return
-        finally:
-            conn.close()
-
     def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(2)
+        self.echo.close()
 
 
 @pytest.fixture
