@@ -1,7 +1,8 @@
 """Type stub for relay_native: a sans-IO yamux session (hashicorp/yamux spec.md).
 
 No sockets, no threads, no clock of the caller's: bytes go in through ``receive``,
-application calls queue frames, and ``take_outgoing`` hands back the bytes to write.
+application calls queue control frames and stream data, and ``take_outgoing`` hands back
+the bytes to write (stream data is framed there, fairly across streams).
 The session reads the monotonic clock itself (for RTT, window tuning and keepalive).
 
 ``receive`` returns *packed events*: a ``bytes`` whose length is a multiple of 16,
@@ -135,15 +136,20 @@ class Session:
         opened-but-unaccepted streams are reset by the session itself."""
 
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
-        """Queue data (copied). Frames go out within the send window, split at
-        ``max_frame_payload``; the rest waits in the stream's backlog. Returns that
-        backlog in bytes: when it passes ``pending_high_water`` the caller should stop
-        reading its source until EVENT_WRITABLE."""
+        """Queue data (copied) in the stream's backlog; take_outgoing() frames it (split at
+        ``max_frame_payload``, within the send window, round-robin with other streams).
+
+        Returns the part of the backlog beyond the stream's send window, i.e. the bytes
+        waiting for the peer's credit (bytes within the window are committed to the next
+        take_outgoing()). When it passes ``pending_high_water`` the caller should stop
+        reading its source until EVENT_WRITABLE, which receive() reports when credit brings
+        that number down to ``pending_low_water``."""
 
     def close_stream(self, stream_id: int) -> None:
         """Half-close our side. The FIN goes out as its own empty WindowUpdate frame right
-        after the last byte of the backlog (never on a data frame, as hashicorp sends it).
-        Closing twice is a no-op."""
+        after the frame carrying the last byte of the backlog (in the same take_outgoing(),
+        or first in the next one if the budget ran out; never on a data frame, as hashicorp
+        sends it). Closing twice is a no-op."""
 
     def reset_stream(self, stream_id: int) -> None:
         """Reset (RST) at once, dropping any backlog. Resetting an unknown id is a no-op."""
@@ -165,14 +171,37 @@ class Session:
     def go_away(self, code: int = 0) -> None:
         """Queue GoAway(code): no new streams either way; existing streams go on."""
 
-    def take_outgoing(self) -> OutgoingBuffer:
-        """All bytes queued for the link since the last call, as an OutgoingBuffer that owns
-        them (moved out, not copied; ``len() == 0`` if none). The session starts a fresh
-        buffer. Ping answers pending here are capped at 64: more pings arriving before the
-        next take_outgoing() are dropped unanswered."""
+    def take_outgoing(self, max_bytes: int | None = None) -> OutgoingBuffer:
+        """Bytes to write to the link, as an OutgoingBuffer that owns them (``len() == 0``
+        if nothing is sendable).
+
+        First every queued control frame (window updates, SYN/ACK, FIN, RST, ping answers,
+        GoAway) in queueing order, then stream data framed now, round-robin across streams
+        that have backlog and send window: one frame of at most ``max_frame_payload`` per
+        stream per round; the rotation continues across calls. Per stream: SYN/ACK before
+        its first data, FIN after its last byte, nothing after RST.
+
+        ``max_bytes`` (frame headers included): the result is never longer, except that it
+        is never empty while something is sendable: if not even one frame fits, exactly
+        one is returned (a 12-byte control frame, or a 13-byte data frame with one payload
+        byte). The last data frame may be shortened to fill the budget. ``None`` (default):
+        everything sendable, moved out without a copy.
+
+        Ping answers pending are capped at 64: more pings arriving before they are taken
+        are dropped unanswered."""
 
     @property
-    def outgoing_len(self) -> int: ...
+    def outgoing_len(self) -> int:
+        """Bytes already framed and waiting: control frames only (12 bytes each). Stream
+        data is framed by take_outgoing(); see ``has_sendable``/``pending_data``."""
+    @property
+    def has_sendable(self) -> bool:
+        """Some stream has backlog within its send window (O(1)). Flush when
+        ``outgoing_len or has_sendable``."""
+    @property
+    def pending_data(self) -> int:
+        """Payload bytes take_outgoing() could frame now: the sum over streams of
+        min(backlog, send window). Headers and window-blocked bytes are not counted."""
     @property
     def stream_count(self) -> int: ...
     @property

@@ -37,6 +37,7 @@ cdef class Link:
     cdef void _deliver_run(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
                            const char* base)
     cpdef schedule_flush(self)
+    cdef void _flush_all(self)
     cdef _schedule_tick(self, double delay)
 
 

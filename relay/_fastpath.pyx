@@ -33,6 +33,8 @@ from cpython.buffer cimport PyBUF_READ
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
 
+import socket
+
 import relay_native
 
 cdef extern from "malloc.h":
@@ -66,10 +68,15 @@ assert (relay_native.EVENT_OPENED, relay_native.EVENT_DATA, relay_native.EVENT_F
 
 cdef object YamuxError = relay_native.YamuxError
 
-#: Write-buffer limits of the agent link transport. Above the asyncio default (64 KiB)
-#: so bulk transfers do not toggle every pump's reading on each TLS write.
-LINK_WRITE_HIGH = 1024 * 1024
-LINK_WRITE_LOW = 256 * 1024
+#: Write-buffer limits of the agent link transport, and the most one flush takes from the
+#: session. Frames wait in the session, where its scheduler interleaves streams round
+#: robin, rather than in the transport's FIFO, where a bulk stream's megabytes would sit
+#: ahead of a small response (head-of-line latency).
+LINK_WRITE_HIGH = 256 * 1024
+LINK_WRITE_LOW = 64 * 1024
+#: TCP_NOTSENT_LOWAT on the link socket: the kernel keeps at most this much unsent data
+#: queued, for the same reason (its send buffer otherwise grows to megabytes).
+LINK_NOTSENT_LOWAT = 128 * 1024
 LINK_READ_BUFFER = 256 * 1024
 PUMP_READ_BUFFER = 256 * 1024
 #: A BufferChannel pauses the stream's credit once this much is waiting for Python.
@@ -138,6 +145,12 @@ cdef class Link:
     def connection_made(self, transport):
         self.transport = transport
         transport.set_write_buffer_limits(LINK_WRITE_HIGH, LINK_WRITE_LOW)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, LINK_NOTSENT_LOWAT)
+            except OSError:
+                pass  # not a TCP socket (e.g. a Unix socket): nothing to tune
         self._schedule_tick(0.0)
         self.handler.link_made(self)
         self.schedule_flush()
@@ -243,6 +256,7 @@ cdef class Link:
         for channel in list(self.channels.values()):
             if isinstance(channel, Pump):
                 (<Pump>channel).set_link_paused(False)
+        self.schedule_flush()  # frames waiting in the session may go now
 
     def connection_lost(self, exc):
         self.closed = True
@@ -265,12 +279,33 @@ cdef class Link:
             self.loop.call_soon(self._flush_cb)
 
     def _flush(self):
+        cdef Py_ssize_t budget, control
         self._flush_scheduled = False
         if self.closed or self.transport is None:
             return
-        data = self.session.take_outgoing()  # owns the session's buffer: no copy
+        session = self.session
+        if self.write_paused:
+            # Only control frames (window updates, pings, go-away) while the link is
+            # full: data waits in the session until resume_writing.
+            control = session.outgoing_len
+            if control:
+                self.transport.write(memoryview(session.take_outgoing(control)))
+            return
+        budget = LINK_WRITE_HIGH - self.transport.get_write_buffer_size()
+        if budget <= 0:
+            return
+        data = session.take_outgoing(budget)  # owns the session's buffer: no copy
         if len(data):
             self.transport.write(memoryview(data))
+        if session.has_sendable and not self.write_paused:
+            self.schedule_flush()  # more fits next iteration (the kernel took this one)
+
+    cdef void _flush_all(self):
+        """Everything the session holds, without a budget: the link is closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            data = self.session.take_outgoing()
+            if len(data):
+                self.transport.write(memoryview(data))
 
     cdef _schedule_tick(self, double delay):
         self._tick_handle = self.loop.call_later(delay, self._tick)
@@ -295,7 +330,7 @@ cdef class Link:
         if self.closed:
             return
         self.close_exc = exc
-        self._flush()
+        self._flush_all()
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -304,7 +339,7 @@ cdef class Link:
         """Flush what is queued (e.g. a GoAway) and close the transport."""
         if self.transport is None or self.transport.is_closing():
             return
-        self._flush()
+        self._flush_all()
         self.transport.close()
 
     def abort(self):

@@ -314,12 +314,22 @@ impl PySession {
         self.inner.go_away(code)
     }
 
-    /// The queued bytes, moved (not copied) into an OutgoingBuffer.
-    fn take_outgoing(&mut self, py: Python<'_>) -> PyResult<Py<OutgoingBuffer>> {
+    /// Control frames, then stream data framed round-robin, at most `max_bytes` (see the
+    /// stub), moved (not copied) into an OutgoingBuffer.
+    #[pyo3(signature = (max_bytes = None))]
+    fn take_outgoing(
+        &mut self,
+        py: Python<'_>,
+        max_bytes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<OutgoingBuffer>> {
+        let limit = match max_bytes {
+            Some(v) => Some(arg::<usize>("max_bytes", v)?),
+            None => None,
+        };
         Py::new(
             py,
             OutgoingBuffer {
-                data: self.inner.take_outgoing(),
+                data: self.inner.take_outgoing_limited(limit),
             },
         )
     }
@@ -327,6 +337,14 @@ impl PySession {
     #[getter]
     fn outgoing_len(&self) -> usize {
         self.inner.outgoing_len()
+    }
+    #[getter]
+    fn pending_data(&self) -> u64 {
+        self.inner.pending_data()
+    }
+    #[getter]
+    fn has_sendable(&self) -> bool {
+        self.inner.has_sendable()
     }
     #[getter]
     fn stream_count(&self) -> usize {

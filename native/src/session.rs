@@ -3,14 +3,25 @@
 //! * `receive` parses frames from the caller's buffer without copying payload: an
 //!   [`EVENT_DATA`] names `(offset, len)` into that very buffer. At most 11 header bytes are
 //!   kept between calls; a frame's payload is reported chunk by chunk as it arrives.
-//! * Every frame we produce is appended to one outgoing buffer (like h2's `data_to_send`),
-//!   handed out by [`Session::take_outgoing`]. Per stream the order is preserved (SYN before
-//!   data, FIN after data). Window updates are coalesced — at most one pending per stream in
-//!   the outgoing buffer, later credit is added into it in place. Every ping is answered with
+//! * Control frames (window updates, SYN/ACK, FIN, RST, pings and their answers, GoAway)
+//!   are appended to one outgoing buffer as calls and input produce them. Stream data is
+//!   not: `send` appends to the stream's backlog, and [`Session::take_outgoing_limited`]
+//!   frames it at take time, after all control frames, round-robin across the streams that
+//!   have backlog and send window (a ring of stream ids: O(1) per frame, no scan), one frame
+//!   of at most `max_frame_payload` per stream per round, within an optional byte budget.
+//!   Per stream the order is preserved: its SYN/ACK is queued before any of its data can be
+//!   framed, its FIN only once its last byte is framed, RST drops its backlog. Window
+//!   updates are coalesced — at most one pending per stream in the outgoing buffer, later
+//!   credit is added into it in place. Every ping is answered with
 //!   its own opaque value (hashicorp matches each answer to its ping), but at most
 //!   [`MAX_PENDING_PING_ACKS`] answers wait in the outgoing buffer; further pings are dropped
 //!   unanswered until it is taken. So a peer that pings or sends data but never reads cannot
 //!   grow our queue without bound.
+//! * Back-pressure: `send` returns the bytes of the backlog *beyond the send window* (what
+//!   waits for the peer's credit; the bytes within the window are committed to the next
+//!   take). `pending_high_water`/`pending_low_water` and [`EVENT_WRITABLE`] apply to that
+//!   same number, so WRITABLE is raised by `receive` (on credit), exactly when the
+//!   write-everything-at-once design raised it.
 //! * FIN goes out as its own empty WindowUpdate frame after the last data frame, as hashicorp
 //!   sends it: hashicorp v0.1.2 (`stream.readData`) applies a data frame's FIN *before* it
 //!   buffers that frame's payload, so a concurrent `Read` can see EOF and lose the payload.
@@ -293,13 +304,6 @@ struct Payload {
     deliver: bool,
 }
 
-/// What flushing a stream did.
-#[derive(Default)]
-struct Flushed {
-    fin_sent: bool,
-    writable: bool,
-}
-
 /// The session.
 pub struct Session {
     cfg: Config,
@@ -324,8 +328,18 @@ pub struct Session {
     /// Ping answers in the outgoing buffer of generation `ping_acks_gen`.
     ping_acks_pending: u32,
     ping_acks_gen: u64,
+    /// Bytes drained from the front of `out` by partial (budgeted) takes in this generation;
+    /// `wu_at` offsets are logical (`out_base + index`).
+    out_base: usize,
     /// Length of the last outgoing buffer taken (capacity hint for the next one).
     out_hint: usize,
+    /// Round-robin ring of streams that have backlog and send window (`Stream::in_ring`).
+    /// Ids of streams forgotten while queued stay until popped (ids are never reused).
+    ring: VecDeque<u32>,
+    /// Live streams in `ring`.
+    ring_live: usize,
+    /// Sum over streams of `min(backlog, send window)`: payload that could be framed now.
+    pending_data: u64,
     // ---- pings ----
     next_ping: u32,
     pings: VecDeque<(u32, Instant)>,
@@ -370,7 +384,11 @@ impl Session {
             out_gen: 1,
             ping_acks_pending: 0,
             ping_acks_gen: 0,
+            out_base: 0,
             out_hint: 0,
+            ring: VecDeque::new(),
+            ring_live: 0,
+            pending_data: 0,
             next_ping: 1,
             pings: VecDeque::new(),
             srtt: None,
@@ -393,8 +411,23 @@ impl Session {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+    /// Bytes already framed and waiting to be taken: control frames only (window updates,
+    /// SYN/ACK, FIN, RST, pings, GoAway). Stream data is framed at take time.
     pub fn outgoing_len(&self) -> usize {
         self.out.len()
+    }
+    /// Stream payload that could be framed now: the sum over streams of
+    /// `min(unframed backlog, send window)` (excludes frame headers and blocked bytes).
+    pub fn pending_data(&self) -> u64 {
+        if self.dead {
+            0 // nothing more is framed after a fatal error
+        } else {
+            self.pending_data
+        }
+    }
+    /// Some stream has payload that the next take would frame (O(1)).
+    pub fn has_sendable(&self) -> bool {
+        self.ring_live > 0 && !self.dead
     }
     pub fn stream_count(&self) -> usize {
         self.streams.len()
@@ -424,7 +457,7 @@ impl Session {
         let st = self.streams.get(&sid).ok_or(Error::UnknownStream(sid))?;
         Ok((st.recv.window(), st.send.get()))
     }
-    /// Unsent bytes of a stream.
+    /// Unframed bytes of a stream (all of them, whether or not the send window covers them).
     pub fn stream_backlog(&self, sid: u32) -> Result<usize, Error> {
         let st = self.streams.get(&sid).ok_or(Error::UnknownStream(sid))?;
         Ok(st.backlog.len())
@@ -432,24 +465,67 @@ impl Session {
 
     // ================================================================ output
 
-    /// The bytes queued for the link (not yet taken).
+    /// The control frames queued for the link (not yet taken). Stream data is not in here:
+    /// it is framed by the `take_outgoing*` calls.
     pub fn outgoing(&self) -> &[u8] {
         &self.out
     }
 
-    /// Forget the queued bytes (after copying them out), keeping the buffer's capacity.
+    /// Forget the queued control frames (after copying them out), keeping the capacity.
     pub fn clear_outgoing(&mut self) {
         self.out.clear();
         if self.out.capacity() > 4 * 1024 * 1024 {
             self.out.shrink_to(64 * 1024);
         }
         self.out_gen += 1;
+        self.out_base = 0;
     }
 
-    /// All bytes queued for the link since the last call (ownership moves to the caller: no
-    /// copy). The next buffer starts with a capacity near the size of this one.
+    /// Everything sendable, framed: `take_outgoing_limited(None)`.
     pub fn take_outgoing(&mut self) -> Vec<u8> {
+        self.take_outgoing_limited(None)
+    }
+
+    /// Frames for the link, at most `max_bytes` of them (headers included).
+    ///
+    /// First the control frames queued by calls and input (window updates, SYN/ACK, FIN,
+    /// RST, ping answers, GoAway) in the order they were queued, then stream data framed now,
+    /// round-robin over the streams that have backlog and send window: one frame of at most
+    /// `max_frame_payload` per stream per round (the round continues across takes). A
+    /// stream's FIN follows its last data frame (in this take, or first in the next one).
+    ///
+    /// Budget: the result never exceeds `max_bytes`, except that it is never empty while
+    /// something is sendable: if not even one minimal frame fits, exactly one frame is
+    /// returned (a 12-byte control frame, or else a data frame with 1 byte of payload, 13
+    /// bytes). The last data frame of a take may be shortened to fill the budget.
+    /// `None` frames everything sendable and moves the buffer out without copying.
+    pub fn take_outgoing_limited(&mut self, max_bytes: Option<usize>) -> Vec<u8> {
+        let limit = max_bytes.unwrap_or(usize::MAX);
+        let ctrl = self.out.len();
+        if ctrl > limit {
+            return self.take_control_prefix(limit);
+        }
+        let mut room = limit - ctrl;
+        if ctrl == 0 {
+            room = room.max(HEADER_LEN + 1);
+        }
+        let deferred_fin = if self.dead {
+            None
+        } else {
+            self.frame_data(&mut room)
+        };
+        let out = self.hand_out();
+        if let Some(sid) = deferred_fin {
+            // Its last data frame is in `out`: the FIN leads the next take.
+            self.send_fin(sid);
+        }
+        out
+    }
+
+    /// Move the whole outgoing buffer out (no copy) and start a new generation.
+    fn hand_out(&mut self) -> Vec<u8> {
         self.out_gen += 1;
+        self.out_base = 0;
         if self.out.is_empty() {
             return Vec::new();
         }
@@ -461,6 +537,84 @@ impl Session {
             .next_power_of_two()
             .clamp(4 * 1024, 1024 * 1024);
         std::mem::replace(&mut self.out, Vec::with_capacity(cap))
+    }
+
+    /// The control frames are more than the budget: hand out as many whole frames as fit
+    /// (at least one). Control frames are all header-only (12 bytes).
+    fn take_control_prefix(&mut self, limit: usize) -> Vec<u8> {
+        debug_assert_eq!(self.out.len() % HEADER_LEN, 0);
+        let k = (limit / HEADER_LEN).max(1) * HEADER_LEN;
+        let k = k.min(self.out.len());
+        let taken = self.out[..k].to_vec();
+        if self.ping_acks_gen == self.out_gen {
+            let acks = taken
+                .chunks_exact(HEADER_LEN)
+                .filter(|h| h[1] == FrameType::Ping as u8 && h[3] & Flags::ACK.bits() as u8 != 0)
+                .count() as u32;
+            self.ping_acks_pending = self.ping_acks_pending.saturating_sub(acks);
+        }
+        self.out.drain(..k);
+        self.out_base += k;
+        taken
+    }
+
+    /// Frame stream data round-robin into `out` while `room` allows a frame with at least one
+    /// payload byte. Returns a stream whose FIN is due but did not fit.
+    fn frame_data(&mut self, room: &mut usize) -> Option<u32> {
+        let maxp = self.cfg.max_frame_payload as usize;
+        let mut deferred = None;
+        while *room > HEADER_LEN && self.ring_live > 0 {
+            let Some(sid) = self.ring.pop_front() else {
+                break;
+            };
+            let Some(st) = self.streams.get_mut(&sid) else {
+                continue; // forgotten while queued (ring_live already fixed by forget)
+            };
+            let avail = sendable(st);
+            if avail == 0 {
+                st.in_ring = false;
+                self.ring_live -= 1;
+                continue;
+            }
+            let n = avail.min(maxp).min(*room - HEADER_LEN);
+            Header::new(FrameType::Data, Flags::NONE, sid, n as u32).encode_into(&mut self.out);
+            let (a, b) = st.backlog.as_slices();
+            let na = n.min(a.len());
+            self.out.extend_from_slice(&a[..na]);
+            self.out.extend_from_slice(&b[..n - na]);
+            st.backlog.drain(..n);
+            st.send.spend(n as u32);
+            self.pending_data -= n as u64;
+            *room -= HEADER_LEN + n;
+            self.stats.frames_out += 1;
+            self.stats.data_frames_out += 1;
+            self.stats.bytes_out += n as u64;
+            if n < avail {
+                self.ring.push_back(sid);
+            } else {
+                st.in_ring = false;
+                self.ring_live -= 1;
+            }
+            note_stall(&mut self.stats, st);
+            if st.backlog.is_empty() {
+                if st.backlog.capacity() > 64 * 1024 {
+                    st.backlog = VecDeque::new();
+                }
+                if st.fin_pending {
+                    if *room >= HEADER_LEN {
+                        *room -= HEADER_LEN;
+                        self.send_fin(sid);
+                    } else {
+                        deferred = Some(sid);
+                        break;
+                    }
+                }
+            }
+        }
+        if self.ring_live == 0 {
+            self.ring.clear(); // only ids of forgotten streams can be left
+        }
+        deferred
     }
 
     /// Events queued by calls (e.g. EVENT_CLOSED when `close_stream` completes a close)
@@ -627,6 +781,7 @@ impl Session {
             return Ok(());
         }
         let st = self.streams.get_mut(&sid).expect("live stream");
+        let before = sendable(st);
         if f.contains(Flags::ACK) && st.on_ack() {
             self.push_event(EVENT_ACKED, sid, 0, 0);
         }
@@ -653,7 +808,7 @@ impl Session {
         }
         st.send.credit(h.length, sid)?;
         if h.length > 0 {
-            self.flush(sid);
+            self.on_credit(sid, before);
         }
         self.finish_frame(sid, f, now)
     }
@@ -792,7 +947,7 @@ impl Session {
         let mut st = Stream::new(sid, true, iw, DEFAULT_WINDOW, now);
         emit_wu(
             &mut self.out,
-            self.out_gen,
+            (self.out_gen, self.out_base),
             &mut self.stats,
             &mut st,
             Flags::SYN,
@@ -833,7 +988,7 @@ impl Session {
         self.budget.windows += extra as u64;
         emit_wu(
             &mut self.out,
-            self.out_gen,
+            (self.out_gen, self.out_base),
             &mut self.stats,
             st,
             Flags::ACK,
@@ -857,27 +1012,30 @@ impl Session {
             self.accept(sid); // the ACK goes before our first data
         }
         let st = self.streams.get_mut(&sid).expect("live stream");
-        if st.backlog.is_empty() {
-            // Fast path: straight into the outgoing buffer within the window.
-            let n = (st.send.get() as usize).min(data.len());
-            write_data(
-                &mut self.out,
-                &mut self.stats,
-                &self.cfg,
-                st,
-                &data[..n],
-                Flags::NONE,
-            );
-            st.backlog.extend(&data[n..]);
-        } else {
-            st.backlog.extend(data);
-        }
-        let backlog = st.backlog.len();
-        if backlog > self.cfg.pending_high_water {
+        let before = sendable(st);
+        st.backlog.extend(data);
+        let after = sendable(st);
+        let blocked = st.backlog.len() - after;
+        if blocked > self.cfg.pending_high_water {
             st.over_high_water = true;
         }
         note_stall(&mut self.stats, st);
-        Ok(backlog)
+        self.requeue(sid, before, after);
+        Ok(blocked)
+    }
+
+    /// A stream's sendable amount went from `before` to `after` (by send or credit): fix the
+    /// sum and put the stream in the ring if it became sendable.
+    fn requeue(&mut self, sid: u32, before: usize, after: usize) {
+        self.pending_data = self.pending_data + after as u64 - before as u64;
+        if after > 0 {
+            let st = self.streams.get_mut(&sid).expect("live stream");
+            if !st.in_ring {
+                st.in_ring = true;
+                self.ring.push_back(sid);
+                self.ring_live += 1;
+            }
+        }
     }
 
     /// Half-close (FIN after the backlog). Closing twice, or an unknown id, is a no-op.
@@ -894,8 +1052,12 @@ impl Session {
         if st.awaiting_accept() {
             self.accept(sid);
         }
-        self.streams.get_mut(&sid).expect("live stream").fin_pending = true;
-        self.flush(sid);
+        let st = self.streams.get_mut(&sid).expect("live stream");
+        st.fin_pending = true;
+        if st.backlog.is_empty() {
+            // Every data byte is framed already (taken, since data never stays in `out`).
+            self.send_fin(sid);
+        }
         Ok(())
     }
 
@@ -1024,6 +1186,13 @@ impl Session {
     fn forget(&mut self, sid: u32) -> Option<Stream> {
         let mut st = self.streams.remove(&sid)?;
         self.budget.windows -= st.recv.window() as u64;
+        self.pending_data -= sendable(&st) as u64;
+        if st.in_ring {
+            self.ring_live -= 1; // its id stays in the ring until popped...
+            if self.ring_live == 0 {
+                self.ring.clear(); // ...or until no live stream is left in it
+            }
+        }
         if st.awaiting_accept() {
             self.unaccepted -= 1;
         }
@@ -1049,7 +1218,7 @@ impl Session {
         }
         emit_wu(
             &mut self.out,
-            self.out_gen,
+            (self.out_gen, self.out_base),
             &mut self.stats,
             st,
             Flags::NONE,
@@ -1057,22 +1226,35 @@ impl Session {
         );
     }
 
-    /// Move a stream's backlog into the outgoing buffer within its send window; FIN once
-    /// empty if pending; WRITABLE when it drops to low water; CLOSED when both FINs are done.
-    fn flush(&mut self, sid: u32) {
+    /// Send credit arrived (`before` = sendable amount before it): requeue; WRITABLE when
+    /// the blocked part of the backlog (beyond the window) is down to low water.
+    fn on_credit(&mut self, sid: u32, before: usize) {
         let Some(st) = self.streams.get_mut(&sid) else {
             return;
         };
-        let r = flush_stream(&mut self.out, &mut self.stats, &self.cfg, st);
-        if r.writable {
+        let after = sendable(st);
+        let blocked = st.backlog.len() - after;
+        let writable = st.over_high_water && blocked <= self.cfg.pending_low_water;
+        if writable {
+            st.over_high_water = false;
+        }
+        note_stall(&mut self.stats, st);
+        self.requeue(sid, before, after);
+        if writable {
             self.push_event(EVENT_WRITABLE, sid, 0, 0);
         }
-        if r.fin_sent {
-            let st = self.streams.get_mut(&sid).expect("live stream");
-            if st.on_fin_sent() {
-                self.forget(sid);
-                self.push_event(EVENT_CLOSED, sid, 0, 0);
-            }
+    }
+
+    /// Queue the FIN of a stream whose every data byte is framed (an empty WindowUpdate, as
+    /// hashicorp's sendClose; never on a data frame: see the module doc). CLOSED when both
+    /// FINs are done.
+    fn send_fin(&mut self, sid: u32) {
+        self.emit(Header::new(FrameType::WindowUpdate, Flags::FIN, sid, 0));
+        self.stats.window_updates_out += 1;
+        let st = self.streams.get_mut(&sid).expect("live stream");
+        if st.on_fin_sent() {
+            self.forget(sid);
+            self.push_event(EVENT_CLOSED, sid, 0, 0);
         }
     }
 
@@ -1109,14 +1291,14 @@ fn push_event(events: &mut Vec<u8>, kind: u32, sid: u32, a: u32, b: u32) {
 /// Queue a window update for `st`, merged into its pending one if still in the buffer.
 fn emit_wu(
     out: &mut Vec<u8>,
-    gen: u64,
+    (gen, base): (u64, usize),
     stats: &mut Stats,
     st: &mut Stream,
     flags: Flags,
     credit: u32,
 ) {
-    if st.wu_gen == gen {
-        let at = st.wu_at;
+    if st.wu_gen == gen && st.wu_at >= base {
+        let at = st.wu_at - base;
         let old_flags = u16::from_be_bytes([out[at + 2], out[at + 3]]);
         let old = u32::from_be_bytes([out[at + 8], out[at + 9], out[at + 10], out[at + 11]]);
         if let Some(sum) = old.checked_add(credit) {
@@ -1125,44 +1307,21 @@ fn emit_wu(
             return;
         }
     }
-    st.wu_at = out.len();
+    st.wu_at = base + out.len();
     st.wu_gen = gen;
     Header::new(FrameType::WindowUpdate, flags, st.id, credit).encode_into(out);
     stats.frames_out += 1;
     stats.window_updates_out += 1;
 }
 
-/// Write `data` (which fits the send window) as data frames split at `max_frame_payload`;
-/// `last_flags` go on the last frame.
-fn write_data(
-    out: &mut Vec<u8>,
-    stats: &mut Stats,
-    cfg: &Config,
-    st: &mut Stream,
-    data: &[u8],
-    last_flags: Flags,
-) {
-    let max = cfg.max_frame_payload as usize;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let n = rest.len().min(max);
-        let flags = if n == rest.len() {
-            last_flags
-        } else {
-            Flags::NONE
-        };
-        Header::new(FrameType::Data, flags, st.id, n as u32).encode_into(out);
-        out.extend_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        stats.frames_out += 1;
-        stats.data_frames_out += 1;
-        stats.bytes_out += n as u64;
-    }
-    st.send.spend(data.len() as u32);
+/// Payload of a stream that could be framed now.
+fn sendable(st: &Stream) -> usize {
+    st.backlog.len().min(st.send.get() as usize)
 }
 
+/// A stall: bytes beyond the send window (counted once per stall).
 fn note_stall(stats: &mut Stats, st: &mut Stream) {
-    if !st.backlog.is_empty() && st.send.get() == 0 {
+    if st.backlog.len() > st.send.get() as usize {
         if !st.stalled {
             st.stalled = true;
             stats.window_stalls += 1;
@@ -1170,41 +1329,6 @@ fn note_stall(stats: &mut Stats, st: &mut Stream) {
     } else {
         st.stalled = false;
     }
-}
-
-fn flush_stream(out: &mut Vec<u8>, stats: &mut Stats, cfg: &Config, st: &mut Stream) -> Flushed {
-    let mut r = Flushed::default();
-    let max = cfg.max_frame_payload as usize;
-    while !st.backlog.is_empty() && st.send.get() > 0 {
-        let n = st.backlog.len().min(st.send.get() as usize).min(max);
-        Header::new(FrameType::Data, Flags::NONE, st.id, n as u32).encode_into(out);
-        let (a, b) = st.backlog.as_slices();
-        let na = n.min(a.len());
-        out.extend_from_slice(&a[..na]);
-        out.extend_from_slice(&b[..n - na]);
-        st.backlog.drain(..n);
-        st.send.spend(n as u32);
-        stats.frames_out += 1;
-        stats.data_frames_out += 1;
-        stats.bytes_out += n as u64;
-    }
-    // FIN only once the very last byte is queued, as its own frame after it (never on a
-    // data frame: see the module doc). An empty WindowUpdate, as hashicorp's sendClose.
-    if st.backlog.is_empty() && st.fin_pending {
-        Header::new(FrameType::WindowUpdate, Flags::FIN, st.id, 0).encode_into(out);
-        stats.frames_out += 1;
-        stats.window_updates_out += 1;
-        r.fin_sent = true;
-    }
-    if st.over_high_water && st.backlog.len() <= cfg.pending_low_water {
-        st.over_high_water = false;
-        r.writable = true;
-    }
-    if st.backlog.is_empty() && st.backlog.capacity() > 64 * 1024 {
-        st.backlog = VecDeque::new();
-    }
-    note_stall(stats, st);
-    r
 }
 
 #[cfg(test)]

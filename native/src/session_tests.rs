@@ -1,6 +1,7 @@
 //! Unit tests of the session, one per behaviour rule.
 
 use super::*;
+use std::collections::HashSet;
 
 const W: u32 = DEFAULT_WINDOW;
 const D: FrameType = FrameType::Data;
@@ -171,15 +172,19 @@ fn flow_control_is_accounted_per_delivered_chunk() {
 // ------------------------------------------------------------------ outgoing
 
 #[test]
-fn outgoing_accumulates_until_taken() {
+fn control_frames_accumulate_and_data_is_framed_at_take() {
     let (mut c, t) = client();
     let a = c.open_stream_at(t).unwrap();
+    assert!(!c.has_sendable());
     c.send(a, b"one").unwrap();
     c.send(a, b"two").unwrap();
-    let len = c.outgoing_len();
-    assert_eq!(len, 12 + 2 * (12 + 3));
+    assert_eq!(c.outgoing_len(), 12, "only the SYN is framed");
+    assert_eq!(c.pending_data(), 6);
+    assert!(c.has_sendable());
     let out = c.take_outgoing();
-    assert_eq!(out.len(), len);
+    assert_eq!(out.len(), 12 + 12 + 6, "both sends in one frame");
+    assert_eq!(parse(&out)[1].1, b"onetwo");
+    assert_eq!((c.pending_data(), c.has_sendable()), (0, false));
     assert!(c.take_outgoing().is_empty());
 }
 
@@ -292,11 +297,12 @@ fn every_ping_is_answered_with_its_own_opaque_value() {
 fn take_outgoing_moves_the_buffer_out_and_starts_a_fresh_one() {
     let (mut c, t) = client();
     let a = c.open_stream_at(t).unwrap();
-    c.send(a, &vec![7u8; 100_000]).unwrap();
     let ptr = c.outgoing().as_ptr();
+    let syn = c.take_outgoing();
+    assert_eq!(syn.as_ptr(), ptr, "moved, not copied");
+    c.send(a, &vec![7u8; 100_000]).unwrap();
     let out = c.take_outgoing();
-    assert_eq!(out.as_ptr(), ptr, "moved, not copied");
-    assert_eq!(out.len(), 12 + 100_000 + 7 * 12);
+    assert_eq!(out.len(), 100_000 + 7 * 12);
     assert_eq!(c.outgoing_len(), 0);
     // The fresh buffer is sized from the last one (a power of two, 4 KiB ..= 1 MiB).
     let cap = c.out.capacity();
@@ -1127,6 +1133,7 @@ fn stats_count_frames_bytes_and_streams() {
     let a = c.open_stream_at(t).unwrap();
     c.send(a, b"12345").unwrap();
     c.ping_at(t).unwrap();
+    c.take_outgoing();
     let mut input = hdr(WU, Flags::ACK, a, 0);
     input.extend(data(a, Flags::NONE, b"abc"));
     input.extend(hdr(FrameType::Ping, Flags::SYN, 0, 4));
@@ -1168,4 +1175,283 @@ fn config_validation_rejects_bad_values() {
         f(&mut c);
         assert!(Session::new(c).is_err());
     }
+}
+
+// ------------------------------------------------------------------ scheduler
+
+/// Deterministic xorshift for the randomised scheduler tests.
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn big_window_client() -> (Session, Instant) {
+    let mut c = cfg(true);
+    c.initial_window = 16 << 20;
+    c.max_window = 16 << 20;
+    c.session_budget = 64 << 20;
+    server_with(c)
+}
+
+/// Client with `n` streams opened and acknowledged with `credit` extra send window each.
+fn client_with_streams(n: usize, credit: u32) -> (Session, Instant, Vec<u32>) {
+    let (mut c, t) = big_window_client();
+    let ids: Vec<u32> = (0..n).map(|_| c.open_stream_at(t).unwrap()).collect();
+    let mut input = Vec::new();
+    for &id in &ids {
+        input.extend(hdr(WU, Flags::ACK, id, credit));
+    }
+    c.receive_at(&input, t).unwrap();
+    c.take_outgoing();
+    (c, t, ids)
+}
+
+#[test]
+fn data_frames_of_two_streams_interleave_round_robin() {
+    let (mut c, _, ids) = client_with_streams(2, 0);
+    let (a, b) = (ids[0], ids[1]);
+    c.send(a, &[1u8; 4 * 16 * 1024]).unwrap();
+    c.send(b, &[2u8; 2 * 16 * 1024 + 10]).unwrap();
+    let order: Vec<(u32, u32)> = headers(&c.take_outgoing())
+        .iter()
+        .map(|h| (h.stream_id, h.length))
+        .collect();
+    let k = 16 * 1024;
+    assert_eq!(
+        order,
+        [(a, k), (b, k), (a, k), (b, k), (a, k), (b, 10), (a, k)]
+    );
+}
+
+#[test]
+fn round_robin_continues_across_budgeted_takes() {
+    let (mut c, _, ids) = client_with_streams(3, 0);
+    for &id in &ids {
+        c.send(id, &[0u8; 100_000]).unwrap();
+    }
+    // Each take has room for exactly one 16 KiB frame.
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let hs = headers(&c.take_outgoing_limited(Some(12 + 16 * 1024)));
+        assert_eq!(hs.len(), 1);
+        seen.push(hs[0].stream_id);
+    }
+    assert_eq!(seen, [ids[0], ids[1], ids[2], ids[0], ids[1], ids[2]]);
+}
+
+#[test]
+fn small_stream_data_goes_out_in_the_first_take_beside_megabytes_of_bulk() {
+    let (mut c, _, ids) = client_with_streams(2, 16 << 20);
+    let (bulk, small) = (ids[0], ids[1]);
+    c.send(bulk, &vec![9u8; 8 << 20]).unwrap();
+    c.send(small, b"GET / 200 OK").unwrap();
+    assert_eq!(c.pending_data(), (8 << 20) + 12);
+    // Budgeted: the small response is in the first 64 KiB take.
+    let f = parse(&c.take_outgoing_limited(Some(64 * 1024)));
+    assert!(f
+        .iter()
+        .any(|(h, p)| h.stream_id == small && p == b"GET / 200 OK"));
+    // Unbudgeted: it is the second frame, not behind 8 MiB.
+    let (mut c, _, ids) = client_with_streams(2, 16 << 20);
+    c.send(ids[0], &vec![9u8; 8 << 20]).unwrap();
+    c.send(ids[1], b"x").unwrap();
+    let hs = headers(&c.take_outgoing());
+    assert_eq!(hs[1].stream_id, ids[1]);
+    assert_eq!(hs.len(), 512 + 1);
+}
+
+#[test]
+fn take_never_exceeds_the_budget_unless_less_than_one_minimal_frame_fits() {
+    // Rule: len <= max_bytes; otherwise max_bytes < 13 and the take is exactly one frame
+    // (a 12-byte control frame, or a data frame with 1 payload byte). Empty only if nothing
+    // is sendable. Control frames precede data frames within a take.
+    let mut seed = 0x5eed_u64;
+    for round in 0..40 {
+        let (mut c, t, ids) = client_with_streams(5, 1 << 20);
+        for &id in &ids {
+            let n = (rng(&mut seed) % 300_000) as usize;
+            c.send(id, &vec![id as u8; n]).unwrap();
+        }
+        let mut pings = Vec::new();
+        for i in 0..(rng(&mut seed) % 80) as u32 {
+            pings.extend(hdr(FrameType::Ping, Flags::SYN, 0, i));
+        }
+        c.receive_at(&pings, t).unwrap();
+        let mut steps = 0;
+        loop {
+            let had = c.outgoing_len() > 0 || c.has_sendable();
+            let budget = match rng(&mut seed) % 4 {
+                0 => (rng(&mut seed) % 14) as usize,
+                1 => (rng(&mut seed) % 200) as usize,
+                _ => (rng(&mut seed) % 100_000) as usize,
+            };
+            let out = c.take_outgoing_limited(Some(budget));
+            assert_eq!(out.is_empty(), !had, "round {round}");
+            if out.is_empty() {
+                break;
+            }
+            let f = parse(&out);
+            if out.len() > budget {
+                assert!(budget < HEADER_LEN + 1, "{} > {budget}", out.len());
+                assert_eq!(f.len(), 1);
+                assert!(out.len() == 12 || out.len() == 13);
+            }
+            let first_data = f.iter().position(|(h, _)| h.typ == D).unwrap_or(f.len());
+            assert!(f[first_data..].iter().all(|(h, _)| h.typ == D));
+            steps += 1;
+            if steps % 7 == 6 {
+                // New control frames between takes.
+                c.ping_at(t).unwrap();
+            }
+        }
+        assert_eq!(c.pending_data(), 0);
+    }
+}
+
+#[test]
+fn fin_follows_the_last_data_byte_of_every_stream_under_random_budgets() {
+    let mut seed = 77u64;
+    for _ in 0..30 {
+        let (mut c, t, ids) = client_with_streams(6, 0);
+        let mut want = HashMap::new();
+        for &id in &ids {
+            let d: Vec<u8> = (0..rng(&mut seed) % 400_000).map(|i| i as u8).collect();
+            c.send(id, &d).unwrap();
+            if rng(&mut seed) & 1 == 0 {
+                c.close_stream(id).unwrap();
+            }
+            want.insert(id, d);
+        }
+        let mut got: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut fin: HashSet<u32> = HashSet::new();
+        for step in 0..100_000 {
+            if step % 5 == 4 {
+                // Window updates keep blocked streams going; closes happen mid-flight.
+                let id = ids[(rng(&mut seed) % 6) as usize];
+                let _ = c.receive_at(&hdr(WU, Flags::NONE, id, 100_000), t);
+                let _ = c.close_stream(ids[(rng(&mut seed) % 6) as usize]);
+            }
+            let budget = (rng(&mut seed) % 70_000) as usize;
+            let out = c.take_outgoing_limited(Some(budget));
+            for (h, p) in parse(&out) {
+                assert!(!fin.contains(&h.stream_id), "frame after FIN");
+                if h.flags.contains(Flags::FIN) {
+                    assert_eq!(h, Header::new(WU, Flags::FIN, h.stream_id, 0));
+                    let g = got.get(&h.stream_id).map_or(0, |g| g.len());
+                    assert_eq!(g, want[&h.stream_id].len(), "FIN before the last byte");
+                    fin.insert(h.stream_id);
+                } else {
+                    assert_eq!(h.typ, D);
+                    got.entry(h.stream_id).or_default().extend_from_slice(&p);
+                }
+            }
+            if fin.len() == ids.len() {
+                break;
+            }
+        }
+        assert_eq!(fin.len(), ids.len());
+        for &id in &ids {
+            assert_eq!(got.get(&id).cloned().unwrap_or_default(), want[&id]);
+        }
+    }
+}
+
+#[test]
+fn control_frames_go_first_and_a_partial_take_keeps_window_update_coalescing() {
+    let (mut s, t) = server_with_stream();
+    s.send(1, &[1u8; 1000]).unwrap();
+    // Two ping answers and a window update queued.
+    let mut input = hdr(FrameType::Ping, Flags::SYN, 0, 1);
+    input.extend(hdr(FrameType::Ping, Flags::SYN, 0, 2));
+    input.extend(data(1, Flags::NONE, &vec![0u8; W as usize / 2]));
+    s.receive_at(&input, t).unwrap();
+    let hs = headers(s.outgoing());
+    assert_eq!(hs.len(), 4, "{hs:?}"); // 2 ping ACKs, RTT probe ping, WU
+                                       // A budget of 20 takes one whole control frame, nothing else.
+    let out = s.take_outgoing_limited(Some(20));
+    assert_eq!(
+        headers(&out),
+        [Header::new(FrameType::Ping, Flags::ACK, 0, 1)]
+    );
+    // More credit is coalesced into the window update still waiting.
+    s.receive_at(&data(1, Flags::NONE, &vec![0u8; W as usize / 2]), t)
+        .unwrap();
+    let f = parse(&s.take_outgoing());
+    assert_eq!(f.len(), 4);
+    let wus: Vec<_> = f.iter().filter(|(h, _)| h.typ == WU).collect();
+    assert_eq!(wus.len(), 1, "coalesced: {f:?}");
+    assert!(
+        wus[0].0.stream_id == 1 && wus[0].0.length >= W,
+        "both credits"
+    );
+    assert_eq!((f[3].0.typ, f[3].1.len()), (D, 1000), "data after control");
+}
+
+#[test]
+fn reset_drops_the_backlog_and_the_stream_leaves_the_schedule() {
+    let (mut c, _, ids) = client_with_streams(2, 0);
+    c.send(ids[0], &[1u8; 5000]).unwrap();
+    c.send(ids[1], &[2u8; 10]).unwrap();
+    c.reset_stream(ids[0]).unwrap();
+    assert_eq!((c.pending_data(), c.has_sendable()), (10, true));
+    let f = parse(&c.take_outgoing());
+    assert_eq!(f[0].0, Header::new(WU, Flags::RST, ids[0], 0));
+    assert_eq!((f[1].0.stream_id, f.len()), (ids[1], 2));
+    assert!(!c.has_sendable());
+}
+
+#[test]
+fn send_returns_the_backlog_beyond_the_send_window_and_writable_comes_with_credit() {
+    let mut conf = cfg(true);
+    conf.pending_high_water = 1000;
+    conf.pending_low_water = 100;
+    let (mut c, t) = server_with(conf);
+    let a = c.open_stream_at(t).unwrap();
+    assert_eq!(c.send(a, &vec![0u8; W as usize + 5000]).unwrap(), 5000);
+    assert_eq!(c.stream_backlog(a).unwrap(), W as usize + 5000);
+    c.take_outgoing();
+    let got = evs(c.receive_at(&hdr(WU, Flags::ACK, a, 4950), t).unwrap());
+    assert_eq!(got, [ev(EVENT_ACKED, a, 0, 0), ev(EVENT_WRITABLE, a, 0, 0)]);
+}
+
+#[test]
+fn ten_thousand_streams_are_scheduled_without_scanning() {
+    let mut conf = cfg(true);
+    conf.max_streams = 20_000;
+    let (mut c, t) = server_with(conf);
+    let ids: Vec<u32> = (0..10_000).map(|_| c.open_stream_at(t).unwrap()).collect();
+    c.take_outgoing();
+    for &id in &ids {
+        c.send(id, b"ab").unwrap();
+    }
+    // One 14-byte frame per take: 20,000 takes; each pops from the ring front.
+    let started = Instant::now();
+    let mut frames = 0;
+    while c.has_sendable() {
+        let out = c.take_outgoing_limited(Some(13));
+        assert_eq!(out.len(), 13);
+        frames += 1;
+    }
+    assert_eq!(frames, 20_000);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_partial_take_frees_room_for_ping_answers() {
+    let (mut s, t) = server();
+    let mut pings = Vec::new();
+    for i in 0..MAX_PENDING_PING_ACKS + 5 {
+        pings.extend(hdr(FrameType::Ping, Flags::SYN, 0, i));
+    }
+    s.receive_at(&pings, t).unwrap();
+    assert_eq!(s.outgoing_len(), 12 * MAX_PENDING_PING_ACKS as usize);
+    assert_eq!(s.take_outgoing_limited(Some(120)).len(), 120);
+    s.receive_at(&pings[..12 * 20], t).unwrap();
+    assert_eq!(
+        s.outgoing_len(),
+        12 * MAX_PENDING_PING_ACKS as usize,
+        "10 more answered, then the bound again"
+    );
 }

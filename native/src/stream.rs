@@ -87,6 +87,8 @@ pub struct Stream {
     /// while `wu_gen` equals the session's outgoing generation (coalescing).
     pub wu_at: usize,
     pub wu_gen: u64,
+    /// Queued in the session's round-robin ring (has backlog and send window).
+    pub in_ring: bool,
 }
 
 impl Stream {
@@ -110,6 +112,7 @@ impl Stream {
             stalled: false,
             wu_at: 0,
             wu_gen: 0,
+            in_ring: false,
         }
     }
 

@@ -86,10 +86,22 @@ impl Peer {
 
 /// Move bytes both ways until neither side has anything to send.
 fn pump(a: &mut Peer, b: &mut Peer, splits: &[usize]) {
+    pump_budgeted(a, b, splits, &[None]);
+}
+
+/// `pump` taking at most `budgets[i % len]` bytes per side at step `i`.
+fn pump_budgeted(a: &mut Peer, b: &mut Peer, splits: &[usize], budgets: &[Option<usize>]) {
     let mut si = 0;
-    for _ in 0..10_000 {
-        let oa = a.s.take_outgoing();
-        let ob = b.s.take_outgoing();
+    for step in 0..1_000_000 {
+        let budget = budgets[step % budgets.len()];
+        let oa = a.s.take_outgoing_limited(budget);
+        let ob = b.s.take_outgoing_limited(budget);
+        for (o, s) in [(&oa, &a.s), (&ob, &b.s)] {
+            if let Some(m) = budget {
+                assert!(o.len() <= m.max(HEADER_LEN + 1), "{} > {m}", o.len());
+            }
+            assert!(!o.is_empty() || (s.outgoing_len() == 0 && !s.has_sendable()));
+        }
         if oa.is_empty() && ob.is_empty() {
             return;
         }
@@ -247,7 +259,20 @@ proptest! {
         splits in prop::collection::vec(1..70_000usize, 1..6),
         frame in prop_oneof![Just(16 * 1024u32), 1..70_000u32],
         extra_window in prop_oneof![Just(0u32), 0..(1u32 << 20)],
+        budgets in prop::collection::vec(
+            prop_oneof![
+                1 => Just(None),
+                1 => (0..64usize).prop_map(Some),
+                4 => (64..300_000usize).prop_map(Some),
+            ],
+            1..6,
+        ),
     ) {
+        // Tiny budgets alone would make 300 KB sends take ages: keep one real budget.
+        let mut budgets = budgets;
+        if budgets.iter().all(|b| b.is_some_and(|m| m < 4096)) {
+            budgets.push(Some(64 * 1024));
+        }
         let mk = |client: bool| {
             let mut c = cfg(client);
             c.max_frame_payload = frame;
@@ -310,7 +335,7 @@ proptest! {
                 }
                 Op::Pump => {
                     let [a, b] = &mut peers;
-                    pump(a, b, &splits);
+                    pump_budgeted(a, b, &splits, &budgets);
                 }
             }
         }
@@ -321,7 +346,7 @@ proptest! {
             }
         }
         let [a, b] = &mut peers;
-        pump(a, b, &splits);
+        pump_budgeted(a, b, &splits, &budgets);
         for side in 0..2usize {
             let other = 1 - side;
             for &id in &all {

@@ -78,7 +78,18 @@ fuzz_target!(|data: &[u8]| {
             }
             8 => s.go_away(id % 3),
             9 => {
-                let _ = s.take_outgoing();
+                // Random budgets: None, tiny (below one frame), or up to ~64 KiB.
+                let budget = match id % 4 {
+                    0 => None,
+                    1 => Some(id as usize % 16),
+                    _ => Some((id as usize) << 8),
+                };
+                let had = s.outgoing_len() > 0 || s.has_sendable();
+                let out = s.take_outgoing_limited(budget);
+                if let Some(m) = budget {
+                    assert!(out.len() <= m.max(13));
+                }
+                assert_eq!(out.is_empty(), !had);
             }
             10 => {
                 let _ = s.take_events();
@@ -86,9 +97,11 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 let _ = s.stream_window(id);
                 let _ = (s.stats(), s.rtt_us(), s.is_closed(), s.stream_count());
+                let _ = (s.pending_data(), s.has_sendable(), s.stream_backlog(id));
             }
         }
     }
     // Bounded: nothing here can queue more than a few MiB.
     assert!(s.outgoing_len() < 64 << 20);
+    assert!(s.pending_data() < 64 << 20);
 });
