@@ -246,16 +246,14 @@ cdef class Link:
         return False
 
     def pause_writing(self):
+        # The link is full: data now waits in the session (see _flush). Pumps keep
+        # reading until their own stream's backlog passes pending_high_water, which
+        # bounds the session's memory per stream without pausing every pump of the
+        # link (two epoll_ctl calls per pump) each time the TLS buffer fills.
         self.write_paused = True
-        for channel in list(self.channels.values()):
-            if isinstance(channel, Pump):
-                (<Pump>channel).set_link_paused(True)
 
     def resume_writing(self):
         self.write_paused = False
-        for channel in list(self.channels.values()):
-            if isinstance(channel, Pump):
-                (<Pump>channel).set_link_paused(False)
         self.schedule_flush()  # frames waiting in the session may go now
 
     def connection_lost(self, exc):

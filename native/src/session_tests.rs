@@ -1209,19 +1209,32 @@ fn client_with_streams(n: usize, credit: u32) -> (Session, Instant, Vec<u32>) {
 }
 
 #[test]
-fn data_frames_of_two_streams_interleave_round_robin() {
-    let (mut c, _, ids) = client_with_streams(2, 0);
+fn data_frames_of_two_streams_interleave_round_robin_one_quantum_per_turn() {
+    let (mut c, _, ids) = client_with_streams(2, 1 << 20);
     let (a, b) = (ids[0], ids[1]);
-    c.send(a, &[1u8; 4 * 16 * 1024]).unwrap();
+    c.send(a, &[1u8; 8 * 16 * 1024]).unwrap();
     c.send(b, &[2u8; 2 * 16 * 1024 + 10]).unwrap();
     let order: Vec<(u32, u32)> = headers(&c.take_outgoing())
         .iter()
         .map(|h| (h.stream_id, h.length))
         .collect();
     let k = 16 * 1024;
+    // A turn is DATA_QUANTUM (64 KiB = four 16 KiB frames) of one stream.
     assert_eq!(
         order,
-        [(a, k), (b, k), (a, k), (b, k), (a, k), (b, 10), (a, k)]
+        [
+            (a, k),
+            (a, k),
+            (a, k),
+            (a, k),
+            (b, k),
+            (b, k),
+            (b, 10),
+            (a, k),
+            (a, k),
+            (a, k),
+            (a, k)
+        ]
     );
 }
 
@@ -1248,17 +1261,18 @@ fn small_stream_data_goes_out_in_the_first_take_beside_megabytes_of_bulk() {
     c.send(bulk, &vec![9u8; 8 << 20]).unwrap();
     c.send(small, b"GET / 200 OK").unwrap();
     assert_eq!(c.pending_data(), (8 << 20) + 12);
-    // Budgeted: the small response is in the first 64 KiB take.
-    let f = parse(&c.take_outgoing_limited(Some(64 * 1024)));
+    // Budgeted: the small response is in the first take that has room for one quantum
+    // of the bulk stream and one frame more (it waits behind at most 64 KiB).
+    let f = parse(&c.take_outgoing_limited(Some(128 * 1024)));
     assert!(f
         .iter()
         .any(|(h, p)| h.stream_id == small && p == b"GET / 200 OK"));
-    // Unbudgeted: it is the second frame, not behind 8 MiB.
+    // Unbudgeted: it follows the bulk stream's first quantum (four frames), not 8 MiB.
     let (mut c, _, ids) = client_with_streams(2, 16 << 20);
     c.send(ids[0], &vec![9u8; 8 << 20]).unwrap();
     c.send(ids[1], b"x").unwrap();
     let hs = headers(&c.take_outgoing());
-    assert_eq!(hs[1].stream_id, ids[1]);
+    assert_eq!(hs[4].stream_id, ids[1]);
     assert_eq!(hs.len(), 512 + 1);
 }
 
