@@ -57,14 +57,12 @@ cdef class Pump(Channel):
     cdef object _header_factory
     cdef bytes _preamble
     cdef bint _backlog_paused
-    cdef bint _link_paused
     cdef bint _reading_paused
     cdef bint _local_eof
     cdef readonly bint remote_eof
     cdef readonly bint finished
     cdef object _on_close
 
-    cdef void set_link_paused(self, bint paused)
     cdef void _update_reading(self)
     cdef void _abort(self)
     cdef void _send(self, object data)

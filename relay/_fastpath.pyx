@@ -23,7 +23,8 @@ Backpressure, both ways:
   destination socket full  -> ``set_read_paused``: the session withholds window credit,
                               the peer stops once the window is spent;
   stream backlog too large -> ``pause_reading`` on the source socket until WRITABLE;
-  agent link full          -> every pump of the link stops reading until it drains.
+  agent link full          -> frames wait in the session (its scheduler interleaves
+                              streams); each pump still stops at its own high water.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -453,7 +454,6 @@ cdef class Pump(Channel):
         self._header_factory = header_factory
         self._preamble = preamble
         self._backlog_paused = False
-        self._link_paused = False
         self._reading_paused = False
         self._local_eof = False
         self.remote_eof = False
@@ -502,8 +502,6 @@ cdef class Pump(Channel):
                         transport.write_eof()
             link.session.set_read_paused(self.stream_id, False)
         link.channels[self.stream_id] = self
-        if link.write_paused:
-            self.set_link_paused(True)
         link.schedule_flush()
 
     def get_buffer(self, Py_ssize_t sizehint):
@@ -598,12 +596,8 @@ cdef class Pump(Channel):
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered, then closes
 
-    cdef void set_link_paused(self, bint paused):
-        self._link_paused = paused
-        self._update_reading()
-
     cdef void _update_reading(self):
-        cdef bint want_paused = self._backlog_paused or self._link_paused
+        cdef bint want_paused = self._backlog_paused
         if self.transport is None or self.finished or want_paused == self._reading_paused:
             return
         self._reading_paused = want_paused

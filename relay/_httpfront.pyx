@@ -254,8 +254,6 @@ cdef class HttpVisitor(Pump):
         self.host_rewrite = rewrite
         self.routed = True
         (<Link>link).channels[self.stream_id] = self
-        if (<Link>link).write_paused:
-            self.set_link_paused(True)
         self._send(header)
 
     cdef bytes _rewrite_head(self, bytes host, set connection_tokens):
