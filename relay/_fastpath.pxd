@@ -61,7 +61,6 @@ cdef class Pump(Channel):
     cdef bint _local_eof
     cdef readonly bint remote_eof
     cdef readonly bint finished
-    cdef object _on_close
 
     cdef void _update_reading(self)
     cdef void _abort(self)

@@ -61,6 +61,5 @@ class Pump(Channel, asyncio.BufferedProtocol):
         link: Link,
         stream_id: int = -1,
         header_factory: Callable[[asyncio.BaseTransport], bytes] | None = None,
-        on_close: Callable[[Pump], None] | None = None,
         preamble: bytes = b"",
     ) -> None: ...

@@ -447,8 +447,7 @@ cdef class Pump(Channel):
     """
 
 
-    def __init__(self, Link link, int stream_id=-1, header_factory=None, on_close=None,
-                 bytes preamble=b""):
+    def __init__(self, Link link, int stream_id=-1, header_factory=None, bytes preamble=b""):
         self.link = link
         self.stream_id = stream_id
         self._header_factory = header_factory
@@ -458,7 +457,6 @@ cdef class Pump(Channel):
         self._local_eof = False
         self.remote_eof = False
         self.finished = False
-        self._on_close = on_close
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -558,9 +556,6 @@ cdef class Pump(Channel):
             except YamuxError:
                 pass
             link.schedule_flush()
-        if self._on_close is not None:
-            self._on_close(self)
-            self._on_close = None
 
     # --- events from the link ---------------------------------------------------------
 

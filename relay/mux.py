@@ -72,9 +72,6 @@ class MuxStream:
                 return b""
             await self.channel.wait()
 
-    def take_buffered(self) -> bytes:
-        return bytes(self.channel.take(-1))
-
     def hold(self) -> None:
         self.channel.hold()
 
