@@ -96,6 +96,10 @@ class Haproxy(Contestant):
     def unavailable(self) -> str | None:
         return None if shutil.which("haproxy") else "haproxy not installed"
 
+    #: The ``defaults`` lines that make the hop plain TCP (HaproxyHttp parses HTTP).
+    mode_lines: tuple[str, ...] = ("    mode tcp",)
+    config_name = "haproxy.cfg"
+
     def start(self) -> None:
         self.port = free_port()
         cfg = "\n".join(
@@ -104,7 +108,7 @@ class Haproxy(Contestant):
                 f"    nbthread {self.nbthread}",
                 "    maxconn 4096",
                 "defaults",
-                "    mode tcp",
+                *self.mode_lines,
                 "    timeout connect 5s",
                 "    timeout client 120s",
                 "    timeout server 120s",
@@ -114,7 +118,7 @@ class Haproxy(Contestant):
                 "",
             ]
         )
-        path = self.work / "haproxy.cfg"
+        path = self.work / self.config_name
         path.write_text(cfg)
         self.config = {"nbthread": self.nbthread, "haproxy.cfg": cfg}
         check = run_tool(["haproxy", "-c", "-q", "-f", str(path)])

@@ -63,36 +63,13 @@ def make_tls(d: Path) -> dict[str, Path]:
 class HaproxyHttp(Haproxy):
     key = "haproxy-http"
     label = "haproxy http"
-
-    def start(self) -> None:
-        self.port = free_port()
-        cfg = "\n".join(
-            [
-                "global",
-                f"    nbthread {self.nbthread}",
-                "    maxconn 4096",
-                "defaults",
-                "    mode http",
-                "    option http-keep-alive",
-                "    http-reuse always",
-                "    timeout connect 5s",
-                "    timeout client 120s",
-                "    timeout server 120s",
-                "    timeout http-keep-alive 120s",
-                "listen bench",
-                f"    bind 127.0.0.1:{self.port}",
-                f"    server origin 127.0.0.1:{self.origin_port}",
-                "",
-            ]
-        )
-        path = self.work / "haproxy-http.cfg"
-        path.write_text(cfg)
-        self.config = {"nbthread": self.nbthread, "haproxy.cfg": cfg}
-        check = run_tool(["haproxy", "-c", "-q", "-f", str(path)])
-        if check.returncode != 0:
-            raise BenchError(f"haproxy config check failed: {check.stderr.strip()}")
-        p = self._spawn("haproxy", ["haproxy", "-db", "-f", str(path)])
-        wait_listening(self.port, "haproxy", START_TIMEOUT, [p])
+    mode_lines = (
+        "    mode http",
+        "    option http-keep-alive",
+        "    http-reuse always",
+        "    timeout http-keep-alive 120s",
+    )
+    config_name = "haproxy-http.cfg"
 
 
 class RelayHttp(Relay):
