@@ -14,6 +14,12 @@ extensions = [
         ["relay/_httpfront.pyx"],
         extra_compile_args=["-O3"],
     ),
+    Extension(
+        "relay._tlslink",
+        ["relay/_tlslink.pyx"],
+        extra_compile_args=["-O3"],
+        libraries=["dl"],
+    ),
 ]
 
 setup(

@@ -138,6 +138,9 @@ class Session:
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue data (copied) in the stream's backlog; take_outgoing() frames it (split at
         ``max_frame_payload``, within the send window, round-robin with other streams).
+        Direct framing: a send of at least 8 KiB on a stream with no backlog, while no
+        other stream waits, is framed at once into the outgoing buffer (within the send
+        window, up to 256 KiB queued): one copy, not two.
 
         Returns the part of the backlog beyond the stream's send window, i.e. the bytes
         waiting for the peer's credit (bytes within the window are committed to the next
@@ -175,8 +178,9 @@ class Session:
         """Bytes to write to the link, as an OutgoingBuffer that owns them (``len() == 0``
         if nothing is sendable).
 
-        First every queued control frame (window updates, SYN/ACK, FIN, RST, ping answers,
-        GoAway) in queueing order, then stream data framed now, round-robin across streams
+        First every queued frame (window updates, SYN/ACK, FIN, RST, ping answers, GoAway,
+        and data frames ``send`` framed directly) in queueing order, then stream data
+        framed now, round-robin across streams
         that have backlog and send window: one frame of at most ``max_frame_payload`` per
         stream per round; the rotation continues across calls. Per stream: SYN/ACK before
         its first data, FIN after its last byte, nothing after RST.
@@ -184,7 +188,8 @@ class Session:
         ``max_bytes`` (frame headers included): the result is never longer, except that it
         is never empty while something is sendable: if not even one frame fits, exactly
         one is returned (a 12-byte control frame, or a 13-byte data frame with one payload
-        byte). The last data frame may be shortened to fill the budget. ``None`` (default):
+        byte). The last data frame may be shortened to fill the budget (a directly framed
+        one is split; its rest stays queued first). ``None`` (default):
         everything sendable, moved out without a copy.
 
         Ping answers pending are capped at 64: more pings arriving before they are taken
@@ -192,8 +197,8 @@ class Session:
 
     @property
     def outgoing_len(self) -> int:
-        """Bytes already framed and waiting: control frames only (12 bytes each). Stream
-        data is framed by take_outgoing(); see ``has_sendable``/``pending_data``."""
+        """Bytes already framed and waiting: control frames and directly framed data.
+        Other stream data is framed by take_outgoing(); see ``has_sendable``/``pending_data``."""
     @property
     def has_sendable(self) -> bool:
         """Some stream has backlog within its send window (O(1)). Flush when

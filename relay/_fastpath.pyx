@@ -296,7 +296,7 @@ cdef class Link:
         data = session.take_outgoing(budget)  # owns the session's buffer: no copy
         if len(data):
             self.transport.write(memoryview(data))
-        if session.has_sendable and not self.write_paused:
+        if (session.has_sendable or session.outgoing_len) and not self.write_paused:
             self.schedule_flush()  # more fits next iteration (the kernel took this one)
 
     cdef void _flush_all(self):

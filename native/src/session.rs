@@ -4,9 +4,10 @@
 //!   [`EVENT_DATA`] names `(offset, len)` into that very buffer. At most 11 header bytes are
 //!   kept between calls; a frame's payload is reported chunk by chunk as it arrives.
 //! * Control frames (window updates, SYN/ACK, FIN, RST, pings and their answers, GoAway)
-//!   are appended to one outgoing buffer as calls and input produce them. Stream data is
-//!   not: `send` appends to the stream's backlog, and [`Session::take_outgoing_limited`]
-//!   frames it at take time, after all control frames, round-robin across the streams that
+//!   are appended to one outgoing buffer as calls and input produce them. Stream data
+//!   normally is not: `send` appends to the stream's backlog, and
+//!   [`Session::take_outgoing_limited`] frames it at take time, after the queued frames,
+//!   round-robin across the streams that
 //!   have backlog and send window (a ring of stream ids: O(1) per frame, no scan), one frame
 //!   of at most `max_frame_payload` per stream per round, within an optional byte budget.
 //!   Per stream the order is preserved: its SYN/ACK is queued before any of its data can be
@@ -17,6 +18,11 @@
 //!   [`MAX_PENDING_PING_ACKS`] answers wait in the outgoing buffer; further pings are dropped
 //!   unanswered until it is taken. So a peer that pings or sends data but never reads cannot
 //!   grow our queue without bound.
+//! * Direct framing: a send of at least [`DIRECT_FRAME_MIN`] bytes, on a stream with no
+//!   backlog, while no other stream waits in the scheduler, is framed straight into the
+//!   outgoing buffer (up to [`DIRECT_FRAME_LIMIT`] queued): one copy instead of two
+//!   (backlog, then frame) for a lone bulk stream. Budgeted takes split such a frame at
+//!   the budget; control frames queued after it follow it.
 //! * Back-pressure: `send` returns the bytes of the backlog *beyond the send window* (what
 //!   waits for the peer's credit; the bytes within the window are committed to the next
 //!   take). `pending_high_water`/`pending_low_water` and [`EVENT_WRITABLE`] apply to that
@@ -308,6 +314,14 @@ struct Payload {
 /// Bytes of one stream framed per round-robin turn (a few frames): fair at sub-millisecond
 /// granularity, yet long enough runs for the receiver to coalesce writes.
 pub const DATA_QUANTUM: usize = 64 * 1024;
+/// `send` frames straight into the outgoing buffer (one copy, not two: backlog, then
+/// frame) while no other stream waits in the scheduler, the stream has no backlog, and
+/// the outgoing buffer holds less than this. It equals the link's write budget per
+/// flush, so a small frame never waits behind more than one flush of bulk data.
+pub const DIRECT_FRAME_LIMIT: usize = 256 * 1024;
+/// Smaller sends take the backlog: there consecutive small sends of one stream become one
+/// frame at take time, and the copy saved would be negligible.
+pub const DIRECT_FRAME_MIN: usize = 8 * 1024;
 
 pub struct Session {
     cfg: Config,
@@ -543,22 +557,57 @@ impl Session {
         std::mem::replace(&mut self.out, Vec::with_capacity(cap))
     }
 
-    /// The control frames are more than the budget: hand out as many whole frames as fit
-    /// (at least one). Control frames are all header-only (12 bytes).
+    /// The queued frames are more than the budget: hand out the whole frames that fit and,
+    /// where a data frame (framed directly by `send`) straddles the budget, its first part
+    /// (the rest stays queued under a rewritten header). Control frames (header only) are
+    /// never split. At least one frame: a control frame, or a data frame's first byte.
     fn take_control_prefix(&mut self, limit: usize) -> Vec<u8> {
-        debug_assert_eq!(self.out.len() % HEADER_LEN, 0);
-        let k = (limit / HEADER_LEN).max(1) * HEADER_LEN;
-        let k = k.min(self.out.len());
-        let taken = self.out[..k].to_vec();
+        let mut k = 0;
+        let mut acks = 0u32;
+        let mut split = None;
+        while k + HEADER_LEN <= self.out.len() {
+            let h = &self.out[k..k + HEADER_LEN];
+            let is_data = h[1] == FrameType::Data as u8;
+            let payload = if is_data {
+                u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize
+            } else {
+                0
+            };
+            if k + HEADER_LEN + payload > limit && (k > 0 || is_data) {
+                let room = limit.saturating_sub(k + HEADER_LEN);
+                if is_data && payload > 1 && (room > 0 || k == 0) {
+                    split = Some(room.max(1));
+                } else if k == 0 {
+                    k = HEADER_LEN + payload; // a 1-byte data frame: 13 bytes, as promised
+                }
+                break;
+            }
+            if h[1] == FrameType::Ping as u8 && h[3] & Flags::ACK.bits() as u8 != 0 {
+                acks += 1;
+            }
+            k += HEADER_LEN + payload;
+        }
+        let mut taken = Vec::with_capacity(k + split.map_or(0, |n| HEADER_LEN + n));
+        taken.extend_from_slice(&self.out[..k]);
+        let mut drained = k;
+        if let Some(n) = split {
+            // out[k..]: header, payload. Take header(len n) + payload[..n]; write the rest's
+            // header just before payload[n..] (over bytes already copied), then drain.
+            let mut head = [0u8; HEADER_LEN];
+            head.copy_from_slice(&self.out[k..k + HEADER_LEN]);
+            let total = u32::from_be_bytes([head[8], head[9], head[10], head[11]]) as usize;
+            head[8..].copy_from_slice(&(n as u32).to_be_bytes());
+            taken.extend_from_slice(&head);
+            taken.extend_from_slice(&self.out[k + HEADER_LEN..k + HEADER_LEN + n]);
+            head[8..].copy_from_slice(&((total - n) as u32).to_be_bytes());
+            self.out[k + n..k + n + HEADER_LEN].copy_from_slice(&head);
+            drained = k + n;
+        }
         if self.ping_acks_gen == self.out_gen {
-            let acks = taken
-                .chunks_exact(HEADER_LEN)
-                .filter(|h| h[1] == FrameType::Ping as u8 && h[3] & Flags::ACK.bits() as u8 != 0)
-                .count() as u32;
             self.ping_acks_pending = self.ping_acks_pending.saturating_sub(acks);
         }
-        self.out.drain(..k);
-        self.out_base += k;
+        self.out.drain(..drained);
+        self.out_base += drained;
         taken
     }
 
@@ -1025,6 +1074,31 @@ impl Session {
             self.accept(sid); // the ACK goes before our first data
         }
         let st = self.streams.get_mut(&sid).expect("live stream");
+        let mut data = data;
+        if data.len() >= DIRECT_FRAME_MIN
+            && st.backlog.is_empty()
+            && self.ring_live == 0
+            && self.out.len() < DIRECT_FRAME_LIMIT
+        {
+            // Nothing to be fair to: frame now, within the send window.
+            let direct = data
+                .len()
+                .min(st.send.get() as usize)
+                .min(DIRECT_FRAME_LIMIT - self.out.len());
+            if direct > 0 {
+                let maxp = self.cfg.max_frame_payload as usize;
+                for chunk in data[..direct].chunks(maxp) {
+                    Header::new(FrameType::Data, Flags::NONE, sid, chunk.len() as u32)
+                        .encode_into(&mut self.out);
+                    self.out.extend_from_slice(chunk);
+                    self.stats.frames_out += 1;
+                    self.stats.data_frames_out += 1;
+                }
+                self.stats.bytes_out += direct as u64;
+                st.send.spend(direct as u32);
+                data = &data[direct..];
+            }
+        }
         let before = sendable(st);
         st.backlog.extend(data);
         let after = sendable(st);

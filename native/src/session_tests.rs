@@ -1212,8 +1212,12 @@ fn client_with_streams(n: usize, credit: u32) -> (Session, Instant, Vec<u32>) {
 fn data_frames_of_two_streams_interleave_round_robin_one_quantum_per_turn() {
     let (mut c, _, ids) = client_with_streams(2, 1 << 20);
     let (a, b) = (ids[0], ids[1]);
+    // b waits in the scheduler first, so a's large send is scheduled too (not framed
+    // directly: that happens only while no other stream waits).
+    c.send(b, &[2u8; 10]).unwrap();
     c.send(a, &[1u8; 8 * 16 * 1024]).unwrap();
-    c.send(b, &[2u8; 2 * 16 * 1024 + 10]).unwrap();
+    c.send(b, &[2u8; 5 * 16 * 1024]).unwrap();
+    assert_eq!(c.outgoing_len(), 0, "nothing framed before the take");
     let order: Vec<(u32, u32)> = headers(&c.take_outgoing())
         .iter()
         .map(|h| (h.stream_id, h.length))
@@ -1223,11 +1227,14 @@ fn data_frames_of_two_streams_interleave_round_robin_one_quantum_per_turn() {
     assert_eq!(
         order,
         [
-            (a, k),
-            (a, k),
-            (a, k),
-            (a, k),
             (b, k),
+            (b, k),
+            (b, k),
+            (b, k),
+            (a, k),
+            (a, k),
+            (a, k),
+            (a, k),
             (b, k),
             (b, 10),
             (a, k),
@@ -1239,8 +1246,73 @@ fn data_frames_of_two_streams_interleave_round_robin_one_quantum_per_turn() {
 }
 
 #[test]
+fn a_large_send_is_framed_at_once_while_no_other_stream_waits() {
+    let (mut c, _, ids) = client_with_streams(2, 1 << 20);
+    let (a, b) = (ids[0], ids[1]);
+    let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    // Alone: framed by send itself (max_frame_payload each), nothing left to schedule.
+    assert_eq!(c.send(a, &big).unwrap(), 0);
+    assert_eq!((c.stream_backlog(a).unwrap(), c.pending_data()), (0, 0));
+    assert_eq!(c.outgoing_len(), 3 * 12 + 40_000);
+    // Small sends still go through the backlog (and coalesce into one frame).
+    c.send(b, b"x").unwrap();
+    c.send(b, b"y").unwrap();
+    // A large send while b waits is scheduled, not framed.
+    c.send(a, &big).unwrap();
+    assert_eq!(c.stream_backlog(a).unwrap(), 40_000);
+    let f = parse(&c.take_outgoing());
+    let lens: Vec<(u32, usize)> = f.iter().map(|(h, p)| (h.stream_id, p.len())).collect();
+    assert_eq!(
+        lens,
+        [
+            (a, 16384),
+            (a, 16384),
+            (a, 7232),
+            (b, 2),
+            (a, 16384),
+            (a, 16384),
+            (a, 7232)
+        ]
+    );
+    let a_bytes: Vec<u8> = f
+        .iter()
+        .filter(|(h, _)| h.stream_id == a)
+        .flat_map(|(_, p)| p.iter().copied())
+        .collect();
+    assert_eq!(a_bytes, [big.clone(), big].concat());
+}
+
+#[test]
+fn a_budgeted_take_splits_a_directly_framed_data_frame_and_keeps_the_rest_queued() {
+    let (mut c, _, ids) = client_with_streams(1, 1 << 20);
+    let a = ids[0];
+    let big: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    c.send(a, &big).unwrap();
+    c.ping().unwrap();
+    let mut got = Vec::new();
+    let mut takes = 0;
+    for budget in [100usize, 5, 16_000, 1_000_000] {
+        let out = c.take_outgoing_limited(Some(budget));
+        assert!(out.len() <= budget.max(13), "{} > {budget}", out.len());
+        for (h, p) in parse(&out) {
+            if h.typ == D {
+                assert_eq!(h.stream_id, a);
+                got.extend_from_slice(&p);
+            }
+        }
+        takes += 1;
+    }
+    assert_eq!(takes, 4);
+    assert_eq!(got, big);
+    assert_eq!(c.outgoing_len(), 0);
+}
+
+#[test]
 fn round_robin_continues_across_budgeted_takes() {
     let (mut c, _, ids) = client_with_streams(3, 0);
+    for &id in &ids {
+        c.send(id, b"x").unwrap(); // all wait in the scheduler: no direct framing
+    }
     for &id in &ids {
         c.send(id, &[0u8; 100_000]).unwrap();
     }
@@ -1260,19 +1332,21 @@ fn small_stream_data_goes_out_in_the_first_take_beside_megabytes_of_bulk() {
     let (bulk, small) = (ids[0], ids[1]);
     c.send(bulk, &vec![9u8; 8 << 20]).unwrap();
     c.send(small, b"GET / 200 OK").unwrap();
-    assert_eq!(c.pending_data(), (8 << 20) + 12);
-    // Budgeted: the small response is in the first take that has room for one quantum
-    // of the bulk stream and one frame more (it waits behind at most 64 KiB).
-    let f = parse(&c.take_outgoing_limited(Some(128 * 1024)));
+    // The bulk send framed DIRECT_FRAME_LIMIT at once (no one else was waiting).
+    assert_eq!(c.pending_data(), (8 << 20) - DIRECT_FRAME_LIMIT as u64 + 12);
+    // Budgeted: the small response is in the first take that has room for what was
+    // framed directly, one quantum of the bulk stream and one frame more.
+    let f = parse(&c.take_outgoing_limited(Some(DIRECT_FRAME_LIMIT + 128 * 1024)));
     assert!(f
         .iter()
         .any(|(h, p)| h.stream_id == small && p == b"GET / 200 OK"));
-    // Unbudgeted: it follows the bulk stream's first quantum (four frames), not 8 MiB.
+    // Unbudgeted: it follows the direct frames and the bulk stream's first quantum (four
+    // frames), not 8 MiB.
     let (mut c, _, ids) = client_with_streams(2, 16 << 20);
     c.send(ids[0], &vec![9u8; 8 << 20]).unwrap();
     c.send(ids[1], b"x").unwrap();
     let hs = headers(&c.take_outgoing());
-    assert_eq!(hs[4].stream_id, ids[1]);
+    assert_eq!(hs[DIRECT_FRAME_LIMIT / (16 * 1024) + 4].stream_id, ids[1]);
     assert_eq!(hs.len(), 512 + 1);
 }
 
@@ -1312,8 +1386,8 @@ fn take_never_exceeds_the_budget_unless_less_than_one_minimal_frame_fits() {
                 assert_eq!(f.len(), 1);
                 assert!(out.len() == 12 || out.len() == 13);
             }
-            let first_data = f.iter().position(|(h, _)| h.typ == D).unwrap_or(f.len());
-            assert!(f[first_data..].iter().all(|(h, _)| h.typ == D));
+            // (Control frames queued after a directly framed data frame follow it, so
+            // there is no control-before-data rule to check here.)
             steps += 1;
             if steps % 7 == 6 {
                 // New control frames between takes.
@@ -1424,7 +1498,10 @@ fn send_returns_the_backlog_beyond_the_send_window_and_writable_comes_with_credi
     let (mut c, t) = server_with(conf);
     let a = c.open_stream_at(t).unwrap();
     assert_eq!(c.send(a, &vec![0u8; W as usize + 5000]).unwrap(), 5000);
-    assert_eq!(c.stream_backlog(a).unwrap(), W as usize + 5000);
+    // Framed at once (no other stream waited): DIRECT_FRAME_LIMIT (= W) less the 12-byte
+    // SYN already queued; the other 12 bytes of the window and the 5000 beyond it wait.
+    assert_eq!(DIRECT_FRAME_LIMIT, W as usize);
+    assert_eq!(c.stream_backlog(a).unwrap(), 5012);
     c.take_outgoing();
     let got = evs(c.receive_at(&hdr(WU, Flags::ACK, a, 4950), t).unwrap());
     assert_eq!(got, [ev(EVENT_ACKED, a, 0, 0), ev(EVENT_WRITABLE, a, 0, 0)]);

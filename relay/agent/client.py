@@ -43,6 +43,7 @@ from relay.protocol import (
 from relay.protocol import AuthError as AuthErrorMessage
 from relay.protocol import BindError as BindErrorMessage
 from relay.tls import check_pin, client_context
+from relay.tlslink import connect_link
 
 log = logging.getLogger("relay.agent")
 
@@ -176,13 +177,14 @@ class Agent:
         server_name = options.server_name or options.edge_host
         try:
             await asyncio.wait_for(
-                loop.create_connection(
+                connect_link(
+                    loop,
                     lambda: link,
                     options.edge_host,
                     options.edge_port,
-                    ssl=ctx,
+                    ssl_context=ctx,
                     server_hostname=server_name,
-                    ssl_handshake_timeout=options.connect_timeout,
+                    handshake_timeout=options.connect_timeout,
                 ),
                 options.connect_timeout + 1,
             )

@@ -29,6 +29,7 @@ from relay.errors import (
 )
 from relay.protocol import Bind
 from relay.tls import server_context
+from relay.tlslink import Listener, serve_links
 
 log = logging.getLogger("relay.edge")
 
@@ -55,7 +56,7 @@ class Edge:
         self.web: Any = None  # relay.edge.web.WebFronts once started
         self.registry = InMemoryRegistry()
         self.ports = PortAllocator(config.tcp_ports)
-        self.server: asyncio.AbstractServer | None = None
+        self.server: Listener | None = None
         self.address: tuple[str, int] | None = None
         self.ca_file: Path | None = None
         self.fingerprint = ""
@@ -82,13 +83,13 @@ class Edge:
         self.fingerprint = fingerprint_sha256(_leaf_pem(cert_file.read_bytes()))
         ssl_ctx = server_context(cert_file, key_file)
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
+        self.server = await serve_links(
+            loop,
             self._new_agent_link,
             host,
             port,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=config.handshake_timeout,
-            reuse_address=True,
+            ssl_context=ssl_ctx,
+            handshake_timeout=config.handshake_timeout,
             backlog=1024,
         )
         sockname = self.server.sockets[0].getsockname()

@@ -1,0 +1,278 @@
+"""Connecting and accepting agent links: TCP, then TLS straight on the socket.
+
+The handshake is the standard library's (``SSLSocket.do_handshake`` on a non-blocking
+socket, awaited on the event loop); the data path afterwards is
+``relay._tlslink.TlsLinkTransport`` (OpenSSL on the socket, no memory BIOs). Where that
+transport cannot be used (see ``relay._tlslink.unavailable``), both functions fall back
+to uvloop's own TLS transport with the same arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from relay import _tlslink
+
+log = logging.getLogger("relay.tlslink")
+
+#: Handshakes the edge runs at once; connections beyond this are closed at accept (the
+#: agents retry with backoff), so a flood of idle TCP connections cannot pile up.
+MAX_PENDING_HANDSHAKES = 1024
+#: Accepts per readable callback of the listening socket, so other work gets a turn.
+ACCEPTS_PER_WAKEUP = 64
+
+ProtocolFactory = Callable[[], Any]
+
+
+class Listener(Protocol):
+    """What the edge needs of a listening server: ours, or uvloop's ``Server``."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+
+def direct_tls() -> bool:
+    """True when links use the direct transport in this process."""
+    return _tlslink.unavailable() is None
+
+
+async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    waiter = loop.create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    if write:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await waiter
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _handshake(
+    loop: asyncio.AbstractEventLoop, sslsock: ssl.SSLSocket, timeout: float
+) -> None:
+    fd = sslsock.fileno()
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                sslsock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                await _wait_fd(loop, fd, write=False)
+            except ssl.SSLWantWriteError:
+                await _wait_fd(loop, fd, write=True)
+
+
+def _tune(sock: socket.socket) -> None:
+    # uvloop sets TCP_NODELAY on its TCP transports; ours must too (small frames such as
+    # window updates and pings must not wait for Nagle).
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def connect_link(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: ProtocolFactory,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext,
+    server_hostname: str,
+    handshake_timeout: float,
+) -> tuple[Any, Any]:
+    """Dial ``host:port``, do the TLS handshake, start ``protocol_factory()`` on it."""
+    if not direct_tls():
+        return await loop.create_connection(
+            protocol_factory,
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout,
+        )
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    last: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return await _start_client(
+            loop, protocol_factory, sock, ssl_context, server_hostname, handshake_timeout
+        )
+    assert last is not None
+    raise last
+
+
+async def _start_client(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: ProtocolFactory,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext,
+    server_hostname: str,
+    handshake_timeout: float,
+) -> tuple[Any, Any]:
+    _tune(sock)
+    try:
+        sslsock = ssl_context.wrap_socket(
+            sock, server_hostname=server_hostname, do_handshake_on_connect=False
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        transport = _tlslink.TlsLinkTransport(loop, sslsock)
+        await _handshake(loop, sslsock, handshake_timeout)
+    except BaseException:
+        sslsock.close()
+        raise
+    protocol = protocol_factory()
+    transport.start(protocol)
+    return transport, protocol
+
+
+class LinkServer:
+    """The edge's listening sockets for agent links (``asyncio.Server``'s few methods)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sockets: list[socket.socket],
+        protocol_factory: ProtocolFactory,
+        ssl_context: ssl.SSLContext,
+        handshake_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.sockets = sockets
+        self._factory = protocol_factory
+        self._ctx = ssl_context
+        self._timeout = handshake_timeout
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._closed = False
+        for sock in sockets:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                conn, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, keep serving
+                log.warning("accepting an agent link failed: %s", exc)
+                return
+            if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+                log.warning("refusing agent link: %d handshakes in progress", len(self._handshakes))
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = self.loop.create_task(self._serve(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        _tune(conn)
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            conn.close()
+            return
+        sslsock: ssl.SSLSocket | None = None
+        try:
+            sslsock = self._ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            transport = _tlslink.TlsLinkTransport(self.loop, sslsock)
+            await _handshake(self.loop, sslsock, self._timeout)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info("agent link from %s: TLS handshake failed: %s", peer, exc or "timed out")
+            (sslsock or conn).close()
+            return
+        except BaseException:
+            (sslsock or conn).close()
+            raise
+        if self._closed:
+            sslsock.close()
+            return
+        transport.start(self._factory())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        for task in list(self._handshakes):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
+
+
+async def serve_links(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: ProtocolFactory,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext,
+    handshake_timeout: float,
+    backlog: int = 1024,
+) -> Listener:
+    """Listen for agent links on ``host:port``; each gets ``protocol_factory()`` once its
+    TLS handshake is done."""
+    if not direct_tls():
+        return await loop.create_server(
+            protocol_factory,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=handshake_timeout,
+            reuse_address=True,
+            backlog=backlog,
+        )
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return LinkServer(loop, sockets, protocol_factory, ssl_context, handshake_timeout)
