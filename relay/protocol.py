@@ -249,38 +249,55 @@ class StreamHeader:
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview) -> tuple[StreamHeader, int] | None:
         """Parse from the start of ``data``. Returns (header, bytes used), or None when
-        more bytes are needed."""
-        if len(data) < 2:
+        more bytes are needed.
+
+        Runs once per visitor connection on the agent, so it indexes ``data`` directly
+        (no struct calls, no copy of the body) and builds the header without the frozen
+        dataclass's ``__init__`` (one ``object.__setattr__`` per field)."""
+        if isinstance(data, memoryview):
+            data = bytes(data[: 2 + MAX_STREAM_HEADER])
+        size = len(data)
+        if size < 2:
             return None
-        (length,) = _LEN16.unpack_from(data)
+        length = (data[0] << 8) | data[1]
         if length > MAX_STREAM_HEADER or length < 2:
             raise ProtocolViolation(f"stream header length {length} out of range")
-        if len(data) < 2 + length:
+        end = 2 + length
+        if size < end:
             return None
-        body = bytes(data[2 : 2 + length])
-        version, proto = body[0], body[1]
+        version = data[2]
         if version != STREAM_HEADER_VERSION:
             raise UnsupportedVersion(f"stream header version {version}")
-        try:
-            protocol = StreamProtocol(proto)
-        except ValueError:
-            raise ProtocolViolation(f"unknown stream protocol {proto}") from None
+        protocol = _STREAM_PROTOCOLS.get(data[3])
+        if protocol is None:
+            raise ProtocolViolation(f"unknown stream protocol {data[3]}")
         strings: list[str] = []
-        pos = 2
-        while pos < len(body):
-            if pos + 2 > len(body):
+        pos = 4
+        while pos < end:
+            if pos + 2 > end:
                 raise ProtocolViolation("truncated stream header field")
-            (n,) = _LEN16.unpack_from(body, pos)
+            n = (data[pos] << 8) | data[pos + 1]
             pos += 2
-            if pos + n > len(body):
+            if pos + n > end:
                 raise ProtocolViolation("truncated stream header field")
             try:
-                strings.append(body[pos : pos + n].decode())
+                strings.append(data[pos : pos + n].decode())
             except UnicodeDecodeError:
                 raise ProtocolViolation("stream header field is not UTF-8") from None
             pos += n
-        if len(strings) < 3 or len(strings) % 2 == 0:
+        count = len(strings)
+        if count < 3 or count % 2 == 0:
             raise ProtocolViolation("stream header has the wrong number of fields")
-        extra = dict(zip(strings[3::2], strings[4::2], strict=True))
-        header = cls(strings[0], strings[1], protocol, strings[2], extra)
-        return header, 2 + length
+        header = _new_object(cls)
+        header.__dict__.update(
+            endpoint_id=strings[0],
+            visitor_addr=strings[1],
+            protocol=protocol,
+            server_name=strings[2],
+            extra=dict(zip(strings[3::2], strings[4::2], strict=True)) if count > 3 else {},
+        )
+        return header, end
+
+
+_STREAM_PROTOCOLS = {int(p): p for p in StreamProtocol}
+_new_object = object.__new__

@@ -92,6 +92,21 @@ class BoundEndpoint:
     endpoint_id: str
     url: str
     remote_port: int
+    # What every visitor connection of this endpoint dials with, decided once per bind.
+    upstream_host: str = field(init=False, repr=False, compare=False)
+    upstream_port: int = field(init=False, repr=False, compare=False)
+    upstream_ssl: ssl.SSLContext | None = field(init=False, repr=False, compare=False)
+    server_hostname: str | None = field(init=False, repr=False, compare=False)
+    proxy_protocol: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.upstream_host = spec.upstream_host
+        self.upstream_port = spec.upstream_port
+        tls = spec.upstream_scheme == "https"
+        self.upstream_ssl = upstream_tls_context(spec.upstream_tls_verify) if tls else None
+        self.server_hostname = spec.upstream_host if tls else None
+        self.proxy_protocol = bool(spec.proxy_protocol)
 
 
 @dataclass(frozen=True)
@@ -130,7 +145,10 @@ class Agent:
         self._stopping = False
         self._session_done: asyncio.Future[BaseException | None] | None = None
         self._control: ControlChannel | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Visitor streams opened in the current receive batch, not yet looked at.
+        self._opened: list[Any] = []
+        self._header_deadlines = _Deadlines()
+        self._dial_deadlines = _Deadlines()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -304,10 +322,13 @@ class Agent:
     def stream_opened(self, stream_id: int) -> None:
         link = self.link
         link.session.accept_stream(stream_id)
-        channel = link.open_buffer_channel(stream_id)
-        task = asyncio.get_running_loop().create_task(self._serve_visitor(link, channel))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        opened = self._opened
+        opened.append(link.open_buffer_channel(stream_id))
+        if len(opened) == 1:
+            # The StreamHeader nearly always comes in the same receive batch as the open,
+            # but its DATA event is delivered after this call: look once the batch is
+            # done. One callback per batch, no task per stream.
+            link.loop.call_soon(self._start_opened)
 
     def goaway(self, code: int) -> None:
         log.info("edge sent GoAway(%d)", code)
@@ -322,46 +343,67 @@ class Agent:
 
     # --- visitors ---------------------------------------------------------------------
 
-    async def _serve_visitor(self, link: Any, channel: Any) -> None:
-        stream_id = int(channel.stream_id)
-        stream = MuxStream(link, channel)
+    def _start_opened(self) -> None:
+        opened, self._opened = self._opened, []
+        for channel in opened:
+            self._start_visitor(channel, None)
+
+    def _start_visitor(self, channel: Any, wait: _HeaderWait | None) -> None:
+        """Parse the visitor's StreamHeader from what its stream has buffered and start
+        dialling the upstream, synchronously; if the header has not all arrived, wait for
+        more bytes (up to HEADER_TIMEOUT from the first look)."""
         header: StreamHeader | None = None
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the awaitable in one more
-            # task, per visitor connection.
-            async with asyncio.timeout(HEADER_TIMEOUT):
-                parsed, used = await self._read_header(channel)
-            header = parsed
-            endpoint = self.bound.get(parsed.endpoint_id)
+            if channel.reset:
+                raise StreamReset("visitor went away before its header arrived")
+            parsed = StreamHeader.parse(channel.peek())
+            if parsed is None:
+                if channel.fin:
+                    raise ProtocolViolation("stream ended inside its header")
+                if wait is None:
+                    wait = _HeaderWait(self, channel)
+                    self._header_deadlines.add(wait, channel.link.loop, HEADER_TIMEOUT)
+                channel.wait().add_done_callback(wait.ready)
+                return
+            if wait is not None:
+                wait.done = True
+                self._header_deadlines.discard(wait)
+                wait = None
+            header, used = parsed
+            endpoint = self.bound.get(header.endpoint_id)
             if endpoint is None:
-                raise ProtocolViolation(f"stream for unknown endpoint {parsed.endpoint_id}")
+                raise ProtocolViolation(f"stream for unknown endpoint {header.endpoint_id}")
             channel.take(used)
             channel.hold()  # credit waits until the upstream is there to take the bytes
-            spec = endpoint.spec
-            preamble = proxy_preamble(spec, parsed.visitor_addr)
-            ctx = (
-                upstream_tls_context(spec.upstream_tls_verify)
-                if spec.upstream_scheme == "https"
-                else None
+            preamble = (
+                proxy_preamble(endpoint.spec, header.visitor_addr)
+                if endpoint.proxy_protocol
+                else b""
             )
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT):
-                await loop.create_connection(
-                    lambda: _Pump(link, stream_id=stream_id, preamble=preamble),
-                    spec.upstream_host,
-                    spec.upstream_port,
-                    ssl=ctx,
-                    server_hostname=spec.upstream_host if ctx is not None else None,
-                )
-        except (OSError, TimeoutError, RelayError, StreamReset, ssl.SSLError) as exc:
+            dial = _Dial(self, channel.link, channel.stream_id, header, endpoint, preamble)
+        except Exception as exc:
+            if wait is not None:
+                wait.done = True
+                self._header_deadlines.discard(wait)
+            self._visitor_failed(channel.link, channel.stream_id, header, exc)
+            return
+        dial.step(None)
+
+    def _visitor_failed(
+        self, link: Any, stream_id: int, header: StreamHeader | None, exc: BaseException
+    ) -> None:
+        """Serving a visitor stream failed: an HTTP visitor gets an error page, anyone
+        else a reset stream."""
+        if isinstance(exc, _VISITOR_ERRORS):
             log.info("visitor stream %d: %s", stream_id, exc)
-            if header is not None and header.protocol in (
-                StreamProtocol.HTTP,
-                StreamProtocol.HTTPS,
-            ):
-                self._answer_with_error(link, stream_id, header, exc)
-            else:
-                stream.reset()
+        else:
+            log.error("visitor stream %d: unexpected error", stream_id, exc_info=exc)
+        if header is not None and header.protocol in _HTTP_PROTOCOLS:
+            self._answer_with_error(link, stream_id, header, exc)
+        elif not link.closed:
+            link.channels.pop(stream_id, None)
+            link.session.reset_stream(stream_id)
+            link.schedule_flush()
 
     def _answer_with_error(
         self, link: Any, stream_id: int, header: StreamHeader, exc: BaseException
@@ -381,16 +423,159 @@ class Agent:
         link.session.close_stream(stream_id)
         link.schedule_flush()
 
-    async def _read_header(self, channel: Any) -> tuple[StreamHeader, int]:
-        while True:
-            if channel.reset:
-                raise StreamReset("visitor went away before its header arrived")
-            parsed = StreamHeader.parse(channel.peek())
-            if parsed is not None:
-                return parsed
-            if channel.fin:
-                raise ProtocolViolation("stream ended inside its header")
-            await channel.wait()
+
+#: What a visitor stream may fail with in the ordinary course (logged without a traceback).
+_VISITOR_ERRORS = (OSError, RelayError, StreamReset, ssl.SSLError)
+_HTTP_PROTOCOLS = (StreamProtocol.HTTP, StreamProtocol.HTTPS)
+
+
+class _Deadlines:
+    """Timeouts of many visitor streams on one timer, instead of a timer (or an
+    ``asyncio.timeout``) per stream.
+
+    Every item gets the same timeout, so deadlines arrive in ascending order: the dict
+    (insertion-ordered) is a queue and the timer only ever waits for its head. Items that
+    finish in time are discarded; those still here at their deadline get ``expire()``."""
+
+    __slots__ = ("_entries", "_loop", "_timer")
+
+    def __init__(self) -> None:
+        self._entries: dict[_HeaderWait | _Dial, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(
+        self, item: _HeaderWait | _Dial, loop: asyncio.AbstractEventLoop, timeout: float
+    ) -> None:
+        deadline = loop.time() + timeout
+        self._entries[item] = deadline
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_at(deadline, self._sweep)
+
+    def discard(self, item: _HeaderWait | _Dial) -> None:
+        self._entries.pop(item, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time() + 0.001  # the loop's clock and timers have millisecond steps
+        entries = self._entries
+        expired = []
+        for item, deadline in entries.items():
+            if deadline > now:
+                break
+            expired.append(item)
+        for item in expired:
+            del entries[item]
+        if entries:
+            self._timer = loop.call_at(next(iter(entries.values())), self._sweep)
+        for item in expired:
+            try:
+                item.expire()
+            except Exception:
+                log.exception("expiring %r failed", item)
+
+
+class _HeaderWait:
+    """A visitor stream whose StreamHeader has not all arrived yet (rare: the edge sends
+    it with the stream's first frame). Looked at again whenever bytes arrive."""
+
+    __slots__ = ("agent", "channel", "done")
+
+    def __init__(self, agent: Agent, channel: Any) -> None:
+        self.agent = agent
+        self.channel = channel
+        self.done = False
+
+    def ready(self, _future: object) -> None:
+        if not self.done:
+            self.agent._start_visitor(self.channel, self)
+
+    def expire(self) -> None:
+        if not self.done:
+            self.done = True
+            channel = self.channel
+            exc = TimeoutError(f"no stream header within {HEADER_TIMEOUT:g}s")
+            self.agent._visitor_failed(channel.link, channel.stream_id, None, exc)
+
+
+class _Dial:
+    """Dials the upstream of one visitor stream under UPSTREAM_CONNECT_TIMEOUT.
+
+    Drives ``loop.create_connection`` by hand, a step per future it waits on: no Task
+    per visitor connection. The ``Pump`` it makes adopts the stream when the upstream
+    connects (writing the preamble and what arrived meanwhile, then returning credit);
+    on failure the visitor gets an error page (HTTP) or a reset."""
+
+    __slots__ = ("agent", "coro", "done", "future", "header", "link", "stream_id")
+
+    def __init__(
+        self,
+        agent: Agent,
+        link: Any,
+        stream_id: int,
+        header: StreamHeader,
+        endpoint: BoundEndpoint,
+        preamble: bytes,
+    ) -> None:
+        self.agent = agent
+        self.link = link
+        self.stream_id = stream_id
+        self.header = header
+        self.future: asyncio.Future[Any] | None = None
+        self.done = False
+        loop = link.loop
+        self.coro = loop.create_connection(
+            lambda: _Pump(link, stream_id, None, preamble),
+            endpoint.upstream_host,
+            endpoint.upstream_port,
+            ssl=endpoint.upstream_ssl,
+            server_hostname=endpoint.server_hostname,
+        )
+        agent._dial_deadlines.add(self, loop, UPSTREAM_CONNECT_TIMEOUT)
+
+    def step(self, _future: object) -> None:
+        if self.done:
+            return
+        try:
+            future = self.coro.send(None)
+        except StopIteration:
+            self._finish(None)
+            return
+        except (Exception, asyncio.CancelledError) as exc:
+            self._finish(exc)
+            return
+        self.future = future
+        if future is None:  # a bare yield: go on next iteration
+            self.link.loop.call_soon(self.step, None)
+        else:
+            future.add_done_callback(self.step)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        self.done = True
+        self.future = None
+        self.agent._dial_deadlines.discard(self)
+        if exc is not None:
+            self.agent._visitor_failed(self.link, self.stream_id, self.header, exc)
+
+    def expire(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        future, self.future = self.future, None
+        exc = TimeoutError(f"the upstream did not answer within {UPSTREAM_CONNECT_TIMEOUT:g}s")
+        try:
+            if future is not None:
+                future.remove_done_callback(self.step)
+                future.cancel()
+            self.coro.close()  # create_connection closes its half-made transport
+        finally:
+            self.agent._visitor_failed(self.link, self.stream_id, self.header, exc)
 
 
 def ssl_errors() -> tuple[type[BaseException], ...]:

@@ -28,6 +28,14 @@ def test_header_round_trips(
     assert wire[parsed[1] :] == b"payload"
 
 
+def test_header_parses_the_same_from_bytes_bytearray_and_memoryview() -> None:
+    header = StreamHeader("ep_1", "[::1]:5", StreamProtocol.HTTP, "a.example", {"accept": "*/*"})
+    wire = header.to_wire() + b"GET / HTTP/1.1\r\n"
+    used = len(wire) - len(b"GET / HTTP/1.1\r\n")
+    for data in (wire, bytearray(wire), memoryview(wire)):
+        assert StreamHeader.parse(data) == (header, used)
+
+
 def test_partial_header_asks_for_more() -> None:
     wire = StreamHeader("ep_1", "127.0.0.1:5000").to_wire()
     for cut in range(len(wire)):
