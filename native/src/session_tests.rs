@@ -1055,23 +1055,84 @@ fn peer_rst_gives_reset_and_peer_fin_gives_fin() {
 // ------------------------------------------------------------------ keepalive, ping, goaway
 
 #[test]
+fn window_auto_tuning_uses_the_minimum_rtt_not_the_queue_inflated_smoothed_one() {
+    let (mut s, t) = server_with_stream();
+    let ms = Duration::from_millis;
+    // The path: 200 us. Then four pings that waited 20 ms behind bulk data.
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(
+        &hdr(FrameType::Ping, Flags::ACK, 0, p),
+        t + Duration::from_micros(200),
+    )
+    .unwrap();
+    let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
+    for p in queued {
+        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
+            .unwrap();
+    }
+    assert!(
+        s.rtt_us() > 8_000,
+        "the smoothed RTT took in the queue: {}",
+        s.rtt_us()
+    );
+    assert_eq!(s.min_rtt(), Some(Duration::from_micros(200)));
+    s.take_outgoing();
+    // Half a window consumed, then the next half 1 ms after that update: 1 ms is under
+    // 2 x the smoothed RTT (would grow) but over 2 x the path's 200 us (must not).
+    let half = vec![0u8; (W / 2) as usize];
+    s.receive_at(&data(1, Flags::NONE, &half), t + ms(30))
+        .unwrap();
+    s.receive_at(&data(1, Flags::NONE, &half), t + ms(31))
+        .unwrap();
+    // Both updates coalesced into one: W / 2 + W / 2 of credit and no growth (with
+    // growth it would carry another W).
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::NONE, 1, W)]
+    );
+    assert_eq!(s.stream_window(1).unwrap().0, W);
+    assert_eq!(s.stats().window_grows, 0);
+}
+
+#[test]
 fn keepalive_pings_when_due_and_times_out_unanswered() {
     let mut c = cfg(false);
     c.keepalive_interval_ms = 1000;
     c.keepalive_timeout_ms = 500;
     let (mut s, t) = server_with(c);
-    assert_eq!(s.tick_at(t).unwrap(), 1000);
+    // The first ticks measure the path while the link is quiet: RTT_PROBES pings,
+    // RTT_PROBE_INTERVAL apart, each sent once the previous one is answered.
+    let ms = Duration::from_millis;
+    for i in 0..RTT_PROBES {
+        let at = t + RTT_PROBE_INTERVAL * i;
+        let next = s.tick_at(at).unwrap();
+        // The next probe (or, after the last, the keepalive at 1000 ms) is 250 ms away.
+        assert_eq!(next, 250, "probe {i}");
+        let hs = headers(&s.take_outgoing());
+        assert_eq!(hs, vec![Header::new(FrameType::Ping, Flags::SYN, 0, i + 1)]);
+        let answered = at + ms(2);
+        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, i + 1), answered)
+            .unwrap();
+    }
+    assert_eq!(s.min_rtt(), Some(ms(2)));
+    let quiet = t + ms(800);
+    assert_eq!(s.tick_at(quiet).unwrap(), 200);
     assert!(s.outgoing().is_empty());
-    assert_eq!(s.tick_at(t + Duration::from_millis(1000)).unwrap(), 500);
+    assert_eq!(s.tick_at(t + ms(1000)).unwrap(), 500);
     let hs = headers(&s.take_outgoing());
-    assert_eq!(hs, vec![Header::new(FrameType::Ping, Flags::SYN, 0, 1)]);
+    assert_eq!(
+        hs,
+        vec![Header::new(FrameType::Ping, Flags::SYN, 0, RTT_PROBES + 1)]
+    );
     // Answered: no timeout; the next ping a full interval later.
     s.receive_at(
-        &hdr(FrameType::Ping, Flags::ACK, 0, 1),
+        &hdr(FrameType::Ping, Flags::ACK, 0, RTT_PROBES + 1),
         t + Duration::from_millis(1100),
     )
     .unwrap();
-    assert_eq!(s.rtt_us(), 100_000);
+    // Smoothed RTT (7/8 old + 1/8 new) for reports; auto-tuning uses the minimum.
+    assert_eq!(s.rtt_us(), (7 * 2_000 + 100_000) / 8);
+    assert_eq!(s.min_rtt(), Some(Duration::from_millis(2)));
     assert_eq!(s.tick_at(t + Duration::from_millis(1600)).unwrap(), 400);
     s.tick_at(t + Duration::from_millis(2000)).unwrap();
     assert_eq!(headers(&s.take_outgoing()).len(), 1);
