@@ -13,6 +13,8 @@ cdef class Channel:
 
     cdef void deliver(self, const char* data, Py_ssize_t length)
     cdef void deliver_bytes(self, bytes data)
+    cdef void deliver_run(self, const char* base, const uint32_t* ev, Py_ssize_t first,
+                          Py_ssize_t n)
     cdef void remote_fin(self)
     cdef void remote_reset(self)
     cdef void writable(self)
@@ -34,8 +36,8 @@ cdef class Link:
     cdef readonly object close_exc
     cdef readonly Py_ssize_t pending_high_water
 
-    cdef void _deliver_run(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
-                           const char* base)
+    cdef void _deliver(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
+                       const char* base)
     cpdef schedule_flush(self)
     cdef void _flush_all(self)
     cdef _schedule_tick(self, double delay)
@@ -54,6 +56,7 @@ cdef class BufferChannel(Channel):
 
 cdef class Pump(Channel):
     cdef readonly object transport
+    cdef int _fd
     cdef object _header_factory
     cdef bytes _preamble
     cdef bint _backlog_paused
@@ -62,6 +65,8 @@ cdef class Pump(Channel):
     cdef readonly bint remote_eof
     cdef readonly bint finished
 
+    cdef bint _direct_ok(self)
+    cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
     cdef void _update_reading(self)
     cdef void _abort(self)
     cdef void _send(self, object data)

@@ -32,11 +32,36 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
 from libc.stdint cimport uint32_t
-from libc.string cimport memcpy
+from libc.errno cimport errno, EINTR
+from libc.string cimport memcpy, memset
 
 import socket
 
 import relay_native
+
+cdef extern from "sys/uio.h":
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "sys/socket.h":
+    struct msghdr:
+        void* msg_name
+        int msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t send(int fd, const void* buf, size_t length, int flags) nogil
+    ssize_t sendmsg(int fd, const msghdr* msg, int flags) nogil
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
+cdef enum:
+    # Chunks of one stream written with one sendmsg (a 256 KiB read holds at most 16
+    # frames); a longer run sends the rest through the transport.
+    RUN_IOV_MAX = 64
 
 cdef extern from "malloc.h":
     int mallopt(int param, int value)
@@ -94,6 +119,28 @@ cdef bytearray _PUMP_BUFFER = bytearray(PUMP_READ_BUFFER)
 cdef object _PUMP_VIEW = memoryview(_PUMP_BUFFER)
 
 
+cdef bytes _join(const char* base, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
+                  Py_ssize_t skip):
+    """The payload of DATA events ``first .. first + n`` joined, less its first ``skip`` bytes."""
+    cdef Py_ssize_t j, total = 0, pos = 0, off, length
+    cdef bytes joined
+    cdef char* dst
+    for j in range(first, first + n):
+        total += ev[4 * j + 3]
+    joined = PyBytes_FromStringAndSize(NULL, total - skip)
+    dst = PyBytes_AS_STRING(joined)
+    for j in range(first, first + n):
+        off = ev[4 * j + 2]
+        length = ev[4 * j + 3]
+        if skip >= length:
+            skip -= length
+            continue
+        memcpy(dst + pos, base + off + skip, length - skip)
+        pos += length - skip
+        skip = 0
+    return joined
+
+
 cdef class Channel:
     """Where a stream's incoming payload goes."""
 
@@ -103,6 +150,11 @@ cdef class Channel:
 
     cdef void deliver_bytes(self, bytes data):
         self.deliver(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    cdef void deliver_run(self, const char* base, const uint32_t* ev, Py_ssize_t first,
+                          Py_ssize_t n):
+        """``n`` consecutive DATA events of this stream (chunks of ``base``) as one piece."""
+        self.deliver_bytes(_join(base, ev, first, n, 0))
 
     cdef void remote_fin(self):
         pass
@@ -188,12 +240,12 @@ cdef class Link:
                     run_count += 1
                     continue
                 if run_count:
-                    self._deliver_run(ev, run_first, run_count, base)
+                    self._deliver(ev, run_first, run_count, base)
                 run_first = i
                 run_count = 1
                 continue
             if run_count:
-                self._deliver_run(ev, run_first, run_count, base)
+                self._deliver(ev, run_first, run_count, base)
                 run_count = 0
             a = ev[4 * i + 2]
             if kind == EV_WRITABLE:
@@ -219,29 +271,19 @@ cdef class Link:
             elif kind == EV_PONG:
                 self.handler.pong(a)
         if run_count:
-            self._deliver_run(ev, run_first, run_count, base)
+            self._deliver(ev, run_first, run_count, base)
         self.schedule_flush()
 
-    cdef void _deliver_run(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
-                           const char* base):
+    cdef void _deliver(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
+                              const char* base):
         """Hand ``n`` consecutive DATA events of one stream to its channel as one piece."""
         cdef object channel = self.channels.get(ev[4 * first + 1])
-        cdef Py_ssize_t j, total = 0, pos = 0
-        cdef bytes joined
-        cdef char* dst
         if channel is None:
             return
         if n == 1:
             (<Channel>channel).deliver(base + ev[4 * first + 2], ev[4 * first + 3])
-            return
-        for j in range(first, first + n):
-            total += ev[4 * j + 3]
-        joined = PyBytes_FromStringAndSize(NULL, total)
-        dst = PyBytes_AS_STRING(joined)
-        for j in range(first, first + n):
-            memcpy(dst + pos, base + ev[4 * j + 2], ev[4 * j + 3])
-            pos += ev[4 * j + 3]
-        (<Channel>channel).deliver_bytes(joined)
+        else:
+            (<Channel>channel).deliver_run(base, ev, first, n)
 
     def eof_received(self):
         return False
@@ -457,12 +499,19 @@ cdef class Pump(Channel):
         self._local_eof = False
         self.remote_eof = False
         self.finished = False
+        self._fd = -1
 
     # --- asyncio protocol -----------------------------------------------------------
 
     def connection_made(self, transport):
         cdef Link link = self.link
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        # Only a plain socket: a TLS transport reports its raw socket too, and bytes
+        # sent there would bypass the encryption.
+        if (sock is not None and transport.get_extra_info("sslcontext") is None
+                and transport.get_extra_info("ssl_object") is None):
+            self._fd = sock.fileno()  # deliveries may send(2) directly
         if link.closed:
             transport.abort()
             self.finished = True
@@ -560,8 +609,58 @@ cdef class Pump(Channel):
     # --- events from the link ---------------------------------------------------------
 
     cdef void deliver(self, const char* data, Py_ssize_t length):
+        cdef Py_ssize_t sent
         if self.transport is not None and not self.finished:
-            self.transport.write(PyBytes_FromStringAndSize(data, length))
+            sent = self._send_direct(data, length)
+            if sent < length:
+                self.transport.write(PyBytes_FromStringAndSize(data + sent, length - sent))
+
+    cdef void deliver_run(self, const char* base, const uint32_t* ev, Py_ssize_t first,
+                          Py_ssize_t n):
+        cdef iovec iov[RUN_IOV_MAX]
+        cdef msghdr msg
+        cdef Py_ssize_t j, count, total = 0
+        cdef ssize_t sent = 0
+        if self.transport is None or self.finished:
+            return
+        count = n if n < RUN_IOV_MAX else RUN_IOV_MAX
+        if self._direct_ok():
+            for j in range(count):
+                iov[j].iov_base = <void*>(base + ev[4 * (first + j) + 2])
+                iov[j].iov_len = ev[4 * (first + j) + 3]
+                total += ev[4 * (first + j) + 3]
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = iov
+            msg.msg_iovlen = count
+            while True:
+                sent = sendmsg(self._fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+                if sent >= 0 or errno != EINTR:
+                    break
+            if sent < 0:
+                sent = 0  # EAGAIN, or an error the transport's own write will report
+            if sent == total and count == n:
+                return
+        # What the socket did not take (and chunks past RUN_IOV_MAX) goes through the
+        # transport, which buffers it and raises pause_writing when it fills.
+        self.transport.write(_join(base, ev, first, n, sent))
+
+    cdef bint _direct_ok(self):
+        return (self._fd >= 0 and self.transport.get_write_buffer_size() == 0
+                and not self.transport.is_closing())
+
+    cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length):
+        """send(2) straight from the link's buffer while uvloop has nothing queued for
+        this socket (so the order of bytes holds): no copy into a bytes object. How much
+        the socket took; the caller hands the rest to the transport."""
+        cdef ssize_t n
+        if not self._direct_ok():
+            return 0
+        while True:
+            n = send(self._fd, data, <size_t>length, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if n >= 0:
+                return n
+            if errno != EINTR:
+                return 0  # EAGAIN, or an error the transport's own write will report
 
     cdef void deliver_bytes(self, bytes data):
         if self.transport is not None and not self.finished:

@@ -18,6 +18,8 @@ pages (404, 502, 503, 400, 408, 413, 431) that are sent before a stream exists.
 import httptools
 import relay_native
 
+from libc.stdint cimport uint32_t
+
 from relay._fastpath cimport Link, Pump
 
 cdef object YamuxError = relay_native.YamuxError
@@ -344,6 +346,12 @@ cdef class HttpVisitor(Pump):
         self.response_started = True
         self.activity += 1
         Pump.deliver_bytes(self, data)
+
+    cdef void deliver_run(self, const char* base, const uint32_t* ev, Py_ssize_t first,
+                          Py_ssize_t n):
+        self.response_started = True
+        self.activity += 1
+        Pump.deliver_run(self, base, ev, first, n)
 
     cdef void remote_reset(self):
         if not self.response_started and self.transport is not None and not self.finished:

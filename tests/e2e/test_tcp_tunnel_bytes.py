@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 import threading
+import time
 
 import pytest
 
@@ -91,3 +92,51 @@ def test_visitor_half_close_still_receives_the_rest(
     data = payload(7, 3 * 1024 * 1024 + 17)  # more than one window
     echoed = echo_roundtrip(port, data, half_close=True)
     assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.timeout(180)
+def test_a_visitor_reading_in_bursts_gets_every_byte_in_order(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
+    """Stop-and-go reading fills the visitor's socket: deliveries switch between sending
+    straight from the link's buffer and queueing in the transport, many times over; the
+    order of bytes must not notice (and the same on the agent's upstream side)."""
+    port = start_agent(edge, echo, agents)
+    total = 64 << 20
+    block = payload(7, 256 * 1024)
+    sent_hash = hashlib.sha256()
+    got_hash = hashlib.sha256()
+    received = 0
+    pauses = 0
+    with connect(port, timeout=60) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                for i in range(total // len(block)):
+                    chunk = i.to_bytes(8, "big") + block[8:]
+                    sent_hash.update(chunk)
+                    sock.sendall(chunk)
+                sock.shutdown(socket.SHUT_WR)
+            except BaseException as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        next_pause = 1 << 20
+        while True:
+            data = sock.recv(48 * 1024)
+            if not data:
+                break
+            received += len(data)
+            got_hash.update(data)
+            if received >= next_pause and pauses < 40:
+                pauses += 1
+                next_pause += 1536 * 1024
+                time.sleep(0.05)  # let every buffer on the way fill up
+        sender.join(60)
+    assert not errors
+    assert pauses == 40
+    assert received == total
+    assert got_hash.hexdigest() == sent_hash.hexdigest()
