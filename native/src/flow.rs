@@ -10,8 +10,9 @@
 //! `consumed` plus, when auto-tuning grows the window, the growth.
 //!
 //! Auto-tuning (like rust-yamux): if the previous update for this stream went out less than
-//! `2 × RTT` ago (the session passes the minimum RTT of its last pings, so its own queue
-//! does not count as path delay), the window is the bottleneck (the peer burns half a window in under
+//! `2 × RTT` ago (the session passes the smoothed RTT for a stream alone, the least
+//! measured RTT while other streams are busy, so its own queue does not count as path
+//! delay; then an oversized window also shrinks, see [`RecvWindow::grant`]), the window is the bottleneck (the peer burns half a window in under
 //! one round trip), so the window doubles, capped by `max_window` and by the session budget
 //! (the sum of all streams' receive windows stays `<= session_budget`). Until a pong has
 //! measured the RTT we assume [`ASSUMED_RTT`] = 1 ms: small enough that an unknown link never
@@ -69,6 +70,8 @@ pub struct Grant {
     pub credit: u32,
     /// Of which growth of the window.
     pub grown: u32,
+    /// Consumed bytes not returned: the window shrank by this much.
+    pub shrunk: u32,
 }
 
 impl RecvWindow {
@@ -143,29 +146,45 @@ impl RecvWindow {
         self.consumed > 0 && self.consumed >= self.window / 2
     }
 
-    /// Produce the due window update (call only when `update_due`). `srtt` is the path's
-    /// RTT if known (the session's minimum of recent pings); `max_window` caps growth; `budget` bounds the sum of windows.
+    /// Produce the due window update (call only when `update_due`). `rtt` is the RTT to
+    /// tune to, if known (see the session's `grant_window`); `max_window` caps growth;
+    /// `budget` bounds the sum of windows. With `shrink_to` (the session's initial window,
+    /// passed while other streams are busy), a window whose half took more than 4 × RTT to
+    /// be consumed is oversized for this stream's rate: it shrinks toward `shrink_to` by
+    /// returning less credit than was consumed (at most half of it, so a quarter of the
+    /// window per update) — what is already granted stays granted.
     pub fn grant(
         &mut self,
         now: Instant,
-        srtt: Option<Duration>,
+        rtt: Option<Duration>,
         max_window: u32,
         budget: &mut Budget,
+        shrink_to: Option<u32>,
     ) -> Grant {
-        let rtt = srtt.unwrap_or(ASSUMED_RTT).max(MIN_TUNING_RTT);
+        let rtt = rtt.unwrap_or(ASSUMED_RTT).max(MIN_TUNING_RTT);
         let since = now.saturating_duration_since(self.last_update);
         let mut grown = 0u32;
+        let mut shrunk = 0u32;
         if since < rtt * 2 && self.window < max_window {
             let want = self.window.min(max_window - self.window) as u64;
             grown = want.min(budget.headroom()) as u32;
+        } else if let Some(floor) = shrink_to {
+            if since > rtt * 4 && self.window > floor {
+                // Never all of the consumed credit: some always goes back.
+                shrunk = (self.window - (self.window / 2).max(floor)).min(self.consumed / 2);
+            }
         }
-        let credit = self.consumed + grown;
-        self.window += grown;
+        let credit = self.consumed - shrunk + grown;
+        self.window = self.window - shrunk + grown;
         self.available += credit;
         self.consumed = 0;
         self.last_update = now;
-        budget.windows += grown as u64;
-        Grant { credit, grown }
+        budget.windows = budget.windows + grown as u64 - shrunk as u64;
+        Grant {
+            credit,
+            grown,
+            shrunk,
+        }
     }
 }
 
@@ -207,12 +226,13 @@ mod tests {
         assert!(w.update_due());
         let mut b = Budget::new(u64::MAX);
         // Slow: no growth.
-        let g = w.grant(t + Duration::from_secs(1), None, 16 << 20, &mut b);
+        let g = w.grant(t + Duration::from_secs(1), None, 16 << 20, &mut b, None);
         assert_eq!(
             g,
             Grant {
                 credit: W / 2,
-                grown: 0
+                grown: 0,
+                shrunk: 0
             }
         );
         assert_eq!(w.available(), W);
@@ -244,6 +264,7 @@ mod tests {
             Some(Duration::from_millis(10)),
             16 << 20,
             &mut b,
+            None,
         );
         // Budget allows only W/2 more.
         assert_eq!(g.grown, W / 2);
@@ -253,8 +274,46 @@ mod tests {
         let mut w2 = RecvWindow::new(W, t);
         let mut b2 = Budget::new(u64::MAX);
         w2.deliver(W / 2);
-        let g2 = w2.grant(t, Some(Duration::from_millis(10)), W + 1000, &mut b2);
+        let g2 = w2.grant(t, Some(Duration::from_millis(10)), W + 1000, &mut b2, None);
         assert_eq!(g2.grown, 1000);
+    }
+
+    #[test]
+    fn an_oversized_window_shrinks_by_half_toward_the_floor_when_asked() {
+        let t = Instant::now();
+        let rtt = Some(Duration::from_millis(1));
+        let mut w = RecvWindow::new(4 * W, t);
+        let mut b = Budget::new(u64::MAX);
+        b.windows = 4 * W as u64;
+        // Half the window took 10 ms (> 4 x RTT): halve, returning the rest of the credit.
+        w.deliver(2 * W);
+        let g = w.grant(
+            t + Duration::from_millis(10),
+            rtt,
+            16 << 20,
+            &mut b,
+            Some(W),
+        );
+        assert_eq!((g.credit, g.grown, g.shrunk), (W, 0, W));
+        assert_eq!((w.window(), w.available()), (3 * W, 3 * W));
+        assert_eq!(b.windows, 3 * W as u64);
+        // Without shrink_to (the stream is alone) the same pace keeps the window.
+        let mut w2 = RecvWindow::new(4 * W, t);
+        w2.deliver(2 * W);
+        let g2 = w2.grant(t + Duration::from_millis(10), rtt, 16 << 20, &mut b, None);
+        assert_eq!((g2.credit, g2.shrunk), (2 * W, 0));
+        // Never below the floor; never the whole consumed credit.
+        let mut w3 = RecvWindow::new(W + 1000, t);
+        w3.deliver(W / 2 + 500);
+        let g3 = w3.grant(
+            t + Duration::from_millis(10),
+            rtt,
+            16 << 20,
+            &mut b,
+            Some(W),
+        );
+        assert_eq!((g3.shrunk, w3.window()), (1000, W));
+        assert!(g3.credit > 0);
     }
 
     #[test]

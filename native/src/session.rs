@@ -162,12 +162,13 @@ pub struct Stats {
     pub streams_reset_remote: u64,
     pub window_stalls: u64,
     pub window_grows: u64,
+    pub window_shrinks: u64,
     pub protocol_errors: u64,
 }
 
 impl Stats {
     /// `(name, value)` pairs in a stable order.
-    pub fn fields(&self) -> [(&'static str, u64); 17] {
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
         [
             ("frames_in", self.frames_in),
             ("frames_out", self.frames_out),
@@ -185,6 +186,7 @@ impl Stats {
             ("streams_reset_remote", self.streams_reset_remote),
             ("window_stalls", self.window_stalls),
             ("window_grows", self.window_grows),
+            ("window_shrinks", self.window_shrinks),
             ("protocol_errors", self.protocol_errors),
         ]
     }
@@ -314,6 +316,9 @@ struct Payload {
 /// Bytes of one stream framed per round-robin turn (a few frames): fair at sub-millisecond
 /// granularity, yet long enough runs for the receiver to coalesce writes.
 pub const DATA_QUANTUM: usize = 64 * 1024;
+/// A stream's window is tuned for sharing the link while another stream received data
+/// this recently (see `grant_window`).
+pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
 /// Pings the session sends on its first ticks to measure the path while the link is
 /// still quiet (one could meet the agent's own setup traffic), [`RTT_PROBE_INTERVAL`] apart.
 pub const RTT_PROBES: u32 = 4;
@@ -366,8 +371,10 @@ pub struct Session {
     next_ping: u32,
     pings: VecDeque<(u32, Instant)>,
     srtt: Option<Duration>,
-    /// The least RTT any ping measured: what auto-tuning uses.
+    /// The least RTT any ping measured: what auto-tuning uses while streams contend.
     min_rtt: Option<Duration>,
+    /// The two streams that most recently received data, and when (id 0: none).
+    recent_rx: [(u32, Instant); 2],
     /// Probes (of RTT_PROBES) sent so far, and when the last one went.
     rtt_probes_sent: u32,
     rtt_probe_at: Option<Instant>,
@@ -419,6 +426,7 @@ impl Session {
             pings: VecDeque::new(),
             srtt: None,
             min_rtt: None,
+            recent_rx: [(0, now); 2],
             rtt_probes_sent: 0,
             rtt_probe_at: None,
             local_goaway: false,
@@ -472,12 +480,8 @@ impl Session {
     pub fn remote_went_away(&self) -> bool {
         self.remote_goaway
     }
-    /// The path's round trip as auto-tuning sees it: the least RTT any ping measured.
-    /// Not the smoothed RTT: a ping sent while our own bulk data fills the link measures
-    /// that queue, and windows tuned to it grew to megabytes that small responses then
-    /// waited behind (head-of-line: 8-13× p99 alone, measured). A path whose RTT later
-    /// grows still gets growing windows up to 4× the minimum (half a window is then
-    /// consumed in under 2 × min_rtt).
+    /// The least RTT any ping measured: the path without our own queue, which windows
+    /// are tuned to while streams contend (see `grant_window`).
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
     }
@@ -783,6 +787,12 @@ impl Session {
         };
         st.recv.deliver(n);
         let due = st.recv.update_due();
+        if self.recent_rx[0].0 == sid {
+            self.recent_rx[0].1 = now;
+        } else {
+            self.recent_rx[1] = self.recent_rx[0];
+            self.recent_rx[0] = (sid, now);
+        }
         push_event(&mut self.events, EVENT_DATA, sid, pos as u32, n);
         if due {
             self.grant_window(sid, now);
@@ -1337,13 +1347,28 @@ impl Session {
             self.rtt_probe_at = Some(now);
             self.send_ping(now);
         }
-        let rtt = self.min_rtt();
+        // Alone, a stream tunes to the smoothed RTT: generous windows, full speed on any
+        // path. While another stream received data within CONTENTION_WINDOW, it tunes to
+        // the least measured RTT and oversized windows shrink: a ping that waited behind
+        // our own bulk data measures that queue, and windows tuned to it grew to megabytes
+        // that small responses then waited behind (head-of-line: 8-13x p99, measured).
+        let contended = self.recent_rx.iter().any(|&(s, at)| {
+            s != 0 && s != sid && now.saturating_duration_since(at) < CONTENTION_WINDOW
+        });
+        let (rtt, shrink_to) = if contended {
+            (self.min_rtt, Some(self.cfg.initial_window))
+        } else {
+            (self.srtt, None)
+        };
         let Some(st) = self.streams.get_mut(&sid) else {
             return;
         };
         let g = st
             .recv
-            .grant(now, rtt, self.cfg.max_window, &mut self.budget);
+            .grant(now, rtt, self.cfg.max_window, &mut self.budget, shrink_to);
+        if g.shrunk > 0 {
+            self.stats.window_shrinks += 1;
+        }
         if g.grown > 0 {
             self.stats.window_grows += 1;
         }

@@ -1055,43 +1055,95 @@ fn peer_rst_gives_reset_and_peer_fin_gives_fin() {
 // ------------------------------------------------------------------ keepalive, ping, goaway
 
 #[test]
-fn window_auto_tuning_uses_the_minimum_rtt_not_the_queue_inflated_smoothed_one() {
-    let (mut s, t) = server_with_stream();
+fn a_contended_stream_tunes_to_the_least_rtt_and_a_lone_one_to_the_smoothed_rtt() {
     let ms = Duration::from_millis;
-    // The path: 200 us. Then four pings that waited 20 ms behind bulk data.
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(
-        &hdr(FrameType::Ping, Flags::ACK, 0, p),
-        t + Duration::from_micros(200),
-    )
-    .unwrap();
-    let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
-    for p in queued {
-        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
-            .unwrap();
-    }
-    assert!(
-        s.rtt_us() > 8_000,
-        "the smoothed RTT took in the queue: {}",
-        s.rtt_us()
-    );
-    assert_eq!(s.min_rtt(), Some(Duration::from_micros(200)));
-    s.take_outgoing();
-    // Half a window consumed, then the next half 1 ms after that update: 1 ms is under
-    // 2 x the smoothed RTT (would grow) but over 2 x the path's 200 us (must not).
     let half = vec![0u8; (W / 2) as usize];
-    s.receive_at(&data(1, Flags::NONE, &half), t + ms(30))
+    for contended in [true, false] {
+        let (mut s, t) = server_with_stream();
+        // The path: 200 us. Then four pings that waited 20 ms behind bulk data.
+        let p = s.ping_at(t).unwrap();
+        s.receive_at(
+            &hdr(FrameType::Ping, Flags::ACK, 0, p),
+            t + Duration::from_micros(200),
+        )
         .unwrap();
-    s.receive_at(&data(1, Flags::NONE, &half), t + ms(31))
+        let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
+        for p in queued {
+            s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
+                .unwrap();
+        }
+        assert!(s.rtt_us() > 8_000, "the smoothed RTT took in the queue");
+        assert_eq!(s.min_rtt(), Some(Duration::from_micros(200)));
+        if contended {
+            // Another stream (3) receives a small response just before.
+            s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(29))
+                .unwrap();
+            s.accept_stream(3).unwrap();
+            s.receive_at(&data(3, Flags::NONE, b"HTTP/1.1 200 OK"), t + ms(29))
+                .unwrap();
+        }
+        s.take_outgoing();
+        // Half a window, then the next half 1 ms after that update: 1 ms is under
+        // 2 x the smoothed RTT (grow) but over 2 x the path's RTT (floored at 250 us).
+        s.receive_at(&data(1, Flags::NONE, &half), t + ms(30))
+            .unwrap();
+        s.receive_at(&data(1, Flags::NONE, &half), t + ms(31))
+            .unwrap();
+        let wus: Vec<Header> = headers(&s.take_outgoing())
+            .into_iter()
+            .filter(|h| h.stream_id == 1)
+            .collect();
+        if contended {
+            // Coalesced: W / 2 + W / 2 of credit, no growth.
+            assert_eq!(wus, vec![Header::new(WU, Flags::NONE, 1, W)]);
+            assert_eq!(s.stream_window(1).unwrap().0, W);
+        } else {
+            // The first update (30 ms after the stream opened) does not grow; the second
+            // (1 ms later) doubles the window: credit W / 2 + W / 2 + W.
+            assert_eq!(wus, vec![Header::new(WU, Flags::NONE, 1, 2 * W)]);
+            assert_eq!(s.stream_window(1).unwrap().0, 2 * W);
+        }
+    }
+}
+
+#[test]
+fn a_window_grown_alone_shrinks_once_another_stream_is_busy() {
+    let ms = Duration::from_millis;
+    let (mut s, t) = server_with_stream();
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(5))
         .unwrap();
-    // Both updates coalesced into one: W / 2 + W / 2 of credit and no growth (with
-    // growth it would carry another W).
-    assert_eq!(
-        headers(&s.take_outgoing()),
-        vec![Header::new(WU, Flags::NONE, 1, W)]
+    // Alone and fast: the window grows (5 ms RTT) to 4 W.
+    let mut at = t + ms(6);
+    for _ in 0..2 {
+        let w = s.stream_window(1).unwrap().0;
+        s.receive_at(&data(1, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
+            .unwrap();
+        at += ms(1);
+    }
+    assert_eq!(s.stream_window(1).unwrap().0, 4 * W);
+    // Now stream 3 gets small responses; stream 1's half windows take 10 ms each
+    // (> 4 x the least RTT, 5 ms... floored): the window halves back to W.
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), at).unwrap();
+    s.accept_stream(3).unwrap();
+    let mut sizes = Vec::new();
+    for _ in 0..12 {
+        at += ms(25);
+        s.receive_at(&data(3, Flags::NONE, b"ok"), at).unwrap();
+        let w = s.stream_window(1).unwrap().0;
+        s.receive_at(&data(1, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
+            .unwrap();
+        sizes.push(s.stream_window(1).unwrap().0);
+    }
+    // A quarter per update at most (half of the consumed half window is kept back),
+    // down to the initial window, never below it.
+    assert_eq!(sizes[0], 3 * W);
+    assert!(
+        sizes.windows(2).all(|p| p[1] < p[0] || p[1] == W),
+        "{sizes:?}"
     );
-    assert_eq!(s.stream_window(1).unwrap().0, W);
-    assert_eq!(s.stats().window_grows, 0);
+    assert_eq!(*sizes.last().unwrap(), W);
+    assert!(s.stats().window_shrinks >= 4);
 }
 
 #[test]
@@ -1214,7 +1266,7 @@ fn stats_count_frames_bytes_and_streams() {
     );
     assert_eq!(st.bytes_in, 3);
     assert_eq!((st.streams_opened_local, st.streams_reset_remote), (1, 1));
-    assert_eq!(st.fields().len(), 17);
+    assert_eq!(st.fields().len(), 18);
 }
 
 #[test]
