@@ -39,9 +39,20 @@ class Listener(Protocol):
     def close(self) -> None: ...
 
 
+_announced = False
+
+
 def direct_tls() -> bool:
-    """True when links use the direct transport in this process."""
-    return _tlslink.unavailable() is None
+    """True when links use the direct transport in this process (said once in the log)."""
+    global _announced
+    reason = _tlslink.unavailable()
+    if not _announced:
+        _announced = True
+        if reason is None:
+            log.info("agent link TLS: OpenSSL on the socket (direct)")
+        else:
+            log.info("agent link TLS: uvloop's transport (%s)", reason)
+    return reason is None
 
 
 async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:

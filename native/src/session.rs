@@ -316,9 +316,11 @@ struct Payload {
 /// Bytes of one stream framed per round-robin turn (a few frames): fair at sub-millisecond
 /// granularity, yet long enough runs for the receiver to coalesce writes.
 pub const DATA_QUANTUM: usize = 64 * 1024;
-/// A stream's window is tuned for sharing the link while another stream received data
-/// this recently (see `grant_window`).
+/// A stream's window is tuned for sharing the link while a light stream received data
+/// this recently (see `grant_window`); also the epoch of `Stream::note_rx`.
 pub const CONTENTION_WINDOW: Duration = Duration::from_millis(100);
+/// A stream receiving less than this per CONTENTION_WINDOW (2.6 MB/s) is light traffic.
+pub const LIGHT_STREAM_BYTES: u64 = 256 * 1024;
 /// Pings the session sends on its first ticks to measure the path while the link is
 /// still quiet (one could meet the agent's own setup traffic), [`RTT_PROBE_INTERVAL`] apart.
 pub const RTT_PROBES: u32 = 4;
@@ -373,8 +375,9 @@ pub struct Session {
     srtt: Option<Duration>,
     /// The least RTT any ping measured: what auto-tuning uses while streams contend.
     min_rtt: Option<Duration>,
-    /// The two streams that most recently received data, and when (id 0: none).
-    recent_rx: [(u32, Instant); 2],
+    /// The two light streams (see `Stream::note_rx`) that last received data, and when
+    /// (0: none); two, so a stream still light itself does not hide the other.
+    last_light_rx: [(u32, Instant); 2],
     /// Probes (of RTT_PROBES) sent so far, and when the last one went.
     rtt_probes_sent: u32,
     rtt_probe_at: Option<Instant>,
@@ -426,7 +429,7 @@ impl Session {
             pings: VecDeque::new(),
             srtt: None,
             min_rtt: None,
-            recent_rx: [(0, now); 2],
+            last_light_rx: [(0, now); 2],
             rtt_probes_sent: 0,
             rtt_probe_at: None,
             local_goaway: false,
@@ -787,11 +790,11 @@ impl Session {
         };
         st.recv.deliver(n);
         let due = st.recv.update_due();
-        if self.recent_rx[0].0 == sid {
-            self.recent_rx[0].1 = now;
-        } else {
-            self.recent_rx[1] = self.recent_rx[0];
-            self.recent_rx[0] = (sid, now);
+        if st.note_rx(n, now, CONTENTION_WINDOW, LIGHT_STREAM_BYTES) {
+            if self.last_light_rx[0].0 != sid {
+                self.last_light_rx[1] = self.last_light_rx[0];
+            }
+            self.last_light_rx[0] = (sid, now);
         }
         push_event(&mut self.events, EVENT_DATA, sid, pos as u32, n);
         if due {
@@ -1347,13 +1350,15 @@ impl Session {
             self.rtt_probe_at = Some(now);
             self.send_ping(now);
         }
-        // Alone, a stream tunes to the smoothed RTT: generous windows, full speed on any
-        // path. While another stream received data within CONTENTION_WINDOW, it tunes to
-        // the least measured RTT and oversized windows shrink: a ping that waited behind
-        // our own bulk data measures that queue, and windows tuned to it grew to megabytes
-        // that small responses then waited behind (head-of-line: 8-13x p99, measured).
-        let contended = self.recent_rx.iter().any(|&(s, at)| {
-            s != 0 && s != sid && now.saturating_duration_since(at) < CONTENTION_WINDOW
+        // Alone (or beside other bulk streams), a stream tunes to the smoothed RTT: generous
+        // windows, full speed on any path. While a light stream (requests and responses)
+        // received data within CONTENTION_WINDOW, it tunes to the least measured RTT and
+        // oversized windows shrink: a ping that waited behind our own bulk data measures
+        // that queue, and windows tuned to it grew to megabytes that small responses then
+        // waited behind (head-of-line: 8-13x p99, measured). Bulk streams among themselves
+        // are not contention: conservative windows cost 8 streams a quarter of their speed.
+        let contended = self.last_light_rx.iter().any(|&(light, at)| {
+            light != 0 && light != sid && now.saturating_duration_since(at) < CONTENTION_WINDOW
         });
         let (rtt, shrink_to) = if contended {
             (self.min_rtt, Some(self.cfg.initial_window))

@@ -1107,6 +1107,51 @@ fn a_contended_stream_tunes_to_the_least_rtt_and_a_lone_one_to_the_smoothed_rtt(
 }
 
 #[test]
+fn bulk_streams_beside_each_other_keep_generous_windows() {
+    let ms = Duration::from_millis;
+    let (mut s, t) = server_with_stream();
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t).unwrap();
+    s.accept_stream(3).unwrap();
+    // Least RTT 200 us, smoothed RTT inflated to ~10 ms by pings behind a queue.
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(
+        &hdr(FrameType::Ping, Flags::ACK, 0, p),
+        t + Duration::from_micros(200),
+    )
+    .unwrap();
+    let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
+    for p in queued {
+        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
+            .unwrap();
+    }
+    // Both streams receive up to 64 KiB every millisecond for 300 ms: bulk, both. Past
+    // their first epoch neither is light, so both tune to the smoothed RTT and grow, as a
+    // lone stream would (tuned to the least RTT, half a window in 2 ms would not grow).
+    let mut at = t + ms(22);
+    for _ in 0..300 {
+        for sid in [1, 3] {
+            let w = s.stream_window(sid).unwrap().0;
+            let chunk = (w / 2).min(64 * 1024);
+            s.receive_at(&data(sid, Flags::NONE, &vec![0u8; chunk as usize]), at)
+                .unwrap();
+        }
+        s.take_outgoing();
+        at += ms(1);
+    }
+    assert!(
+        s.stream_window(1).unwrap().0 >= 4 * W,
+        "{:?}",
+        s.stream_window(1)
+    );
+    assert!(
+        s.stream_window(3).unwrap().0 >= 4 * W,
+        "{:?}",
+        s.stream_window(3)
+    );
+    assert_eq!(s.stats().window_shrinks, 0);
+}
+
+#[test]
 fn a_window_grown_alone_shrinks_once_another_stream_is_busy() {
     let ms = Duration::from_millis;
     let (mut s, t) = server_with_stream();

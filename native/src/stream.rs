@@ -14,7 +14,7 @@
 //! state so that a LocalClosed stream still knows whether it was acknowledged.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::flow::{RecvWindow, SendWindow};
 
@@ -89,6 +89,11 @@ pub struct Stream {
     pub wu_gen: u64,
     /// Queued in the session's round-robin ring (has backlog and send window).
     pub in_ring: bool,
+    /// Payload received in the current epoch (started at `rx_epoch_start`) and in the
+    /// previous one (None before a whole epoch passed): is this stream light traffic?
+    rx_epoch_start: Instant,
+    rx_epoch_bytes: u64,
+    rx_prev_epoch_bytes: Option<u64>,
 }
 
 impl Stream {
@@ -113,7 +118,29 @@ impl Stream {
             wu_at: 0,
             wu_gen: 0,
             in_ring: false,
+            rx_epoch_start: now,
+            rx_epoch_bytes: 0,
+            rx_prev_epoch_bytes: None,
         }
+    }
+
+    /// Account `n` payload bytes received at `now`, in epochs of `epoch`. True while the
+    /// stream is light: under `light` bytes in this epoch and in the previous one (a
+    /// request/response stream, not a bulk transfer).
+    pub fn note_rx(&mut self, n: u32, now: Instant, epoch: Duration, light: u64) -> bool {
+        let since = now.saturating_duration_since(self.rx_epoch_start);
+        if since >= epoch {
+            let previous = if since >= epoch * 2 {
+                0
+            } else {
+                self.rx_epoch_bytes
+            };
+            self.rx_prev_epoch_bytes = Some(previous);
+            self.rx_epoch_start = now;
+            self.rx_epoch_bytes = 0;
+        }
+        self.rx_epoch_bytes += u64::from(n);
+        self.rx_epoch_bytes < light && self.rx_prev_epoch_bytes.is_none_or(|p| p < light)
     }
 
     pub fn state(&self) -> State {
