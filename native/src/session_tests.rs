@@ -1054,24 +1054,30 @@ fn peer_rst_gives_reset_and_peer_fin_gives_fin() {
 
 // ------------------------------------------------------------------ keepalive, ping, goaway
 
+/// Pings that measure a 200 us path, then four that waited 20 ms behind bulk data: the
+/// least RTT is 200 us, the smoothed RTT over 8 ms.
+fn measure_path_then_a_queue(s: &mut Session, t: Instant) {
+    let ms = Duration::from_millis;
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(
+        &hdr(FrameType::Ping, Flags::ACK, 0, p),
+        t + Duration::from_micros(200),
+    )
+    .unwrap();
+    let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
+    for p in queued {
+        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
+            .unwrap();
+    }
+}
+
 #[test]
 fn a_contended_stream_tunes_to_the_least_rtt_and_a_lone_one_to_the_smoothed_rtt() {
     let ms = Duration::from_millis;
     let half = vec![0u8; (W / 2) as usize];
     for contended in [true, false] {
         let (mut s, t) = server_with_stream();
-        // The path: 200 us. Then four pings that waited 20 ms behind bulk data.
-        let p = s.ping_at(t).unwrap();
-        s.receive_at(
-            &hdr(FrameType::Ping, Flags::ACK, 0, p),
-            t + Duration::from_micros(200),
-        )
-        .unwrap();
-        let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
-        for p in queued {
-            s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
-                .unwrap();
-        }
+        measure_path_then_a_queue(&mut s, t);
         assert!(s.rtt_us() > 8_000, "the smoothed RTT took in the queue");
         assert_eq!(s.min_rtt(), Some(Duration::from_micros(200)));
         if contended {
@@ -1112,18 +1118,7 @@ fn bulk_streams_beside_each_other_keep_generous_windows() {
     let (mut s, t) = server_with_stream();
     s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t).unwrap();
     s.accept_stream(3).unwrap();
-    // Least RTT 200 us, smoothed RTT inflated to ~10 ms by pings behind a queue.
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(
-        &hdr(FrameType::Ping, Flags::ACK, 0, p),
-        t + Duration::from_micros(200),
-    )
-    .unwrap();
-    let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
-    for p in queued {
-        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
-            .unwrap();
-    }
+    measure_path_then_a_queue(&mut s, t);
     // Both streams receive up to 64 KiB every millisecond for 300 ms: bulk, both. Past
     // their first epoch neither is light, so both tune to the smoothed RTT and grow, as a
     // lone stream would (tuned to the least RTT, half a window in 2 ms would not grow).

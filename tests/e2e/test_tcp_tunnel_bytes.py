@@ -7,6 +7,7 @@ import hashlib
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,31 @@ def start_agent(edge: Edge, echo: EchoServer, agents: list[Agent]) -> int:
     agent = Agent(edge, token, echo.port)
     agents.append(agent)
     return agent.wait_bound()
+
+
+def start_sender(
+    sock: socket.socket,
+    total: int,
+    block: bytes,
+    sent_hash: Any,
+    errors: list[BaseException],
+) -> threading.Thread:
+    """Send ``total`` bytes in blocks, then half-close; a thread, started. Each block starts
+    with its index, so a dropped or repeated block changes the hash."""
+
+    def send() -> None:
+        try:
+            for i in range(total // len(block)):
+                chunk = i.to_bytes(8, "big") + block[8:]
+                sent_hash.update(chunk)
+                sock.sendall(chunk)
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
 
 
 @pytest.mark.slow
@@ -33,20 +59,7 @@ def test_one_gib_on_one_stream_arrives_intact(
     received = 0
     with connect(port, timeout=120) as sock:
         errors: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                for i in range(total // len(block)):
-                    # Vary each block so a dropped or repeated block changes the hash.
-                    chunk = i.to_bytes(8, "big") + block[8:]
-                    sent_hash.update(chunk)
-                    sock.sendall(chunk)
-                sock.shutdown(socket.SHUT_WR)
-            except BaseException as exc:
-                errors.append(exc)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
+        sender = start_sender(sock, total, block, sent_hash, errors)
         while True:
             data = sock.recv(1 << 20)
             if not data:
@@ -111,19 +124,7 @@ def test_a_visitor_reading_in_bursts_gets_every_byte_in_order(
     with connect(port, timeout=60) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         errors: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                for i in range(total // len(block)):
-                    chunk = i.to_bytes(8, "big") + block[8:]
-                    sent_hash.update(chunk)
-                    sock.sendall(chunk)
-                sock.shutdown(socket.SHUT_WR)
-            except BaseException as exc:
-                errors.append(exc)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
+        sender = start_sender(sock, total, block, sent_hash, errors)
         next_pause = 1 << 20
         while True:
             data = sock.recv(48 * 1024)
