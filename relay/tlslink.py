@@ -42,10 +42,38 @@ class Listener(Protocol):
 _announced = False
 
 
+def _self_test() -> str | None:
+    """Prove the SSL* layout once on a throwaway socket pair: a mismatch must mean the
+    uvloop fallback, not a failed link."""
+    reason = _tlslink.unavailable()
+    if reason is not None:
+        return reason
+    a, b = socket.socketpair()
+    try:
+        with ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_socket(
+            a, server_hostname="relay.invalid", do_handshake_on_connect=False
+        ) as probe:
+            _tlslink.check_layout(probe)
+    except (RuntimeError, AttributeError, OSError) as exc:
+        return f"layout check failed: {exc}"
+    finally:
+        a.close()
+        b.close()
+    return None
+
+
+_self_test_result: list[str | None] = []
+
+
 def direct_tls() -> bool:
     """True when links use the direct transport in this process (said once in the log)."""
     global _announced
-    reason = _tlslink.unavailable()
+    if _tlslink.unavailable() is not None:
+        reason = _tlslink.unavailable()  # e.g. RELAY_TLS_DIRECT=0, which may change
+    else:
+        if not _self_test_result:
+            _self_test_result.append(_self_test())
+        reason = _self_test_result[0]
     if not _announced:
         _announced = True
         if reason is None:

@@ -141,6 +141,20 @@ def test_the_direct_transport_proves_the_ssl_layout_before_using_it(
             _tlslink.check_layout(b)  # a plain socket has no SSL* to find
 
 
+def test_a_layout_that_does_not_check_out_means_the_uvloop_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(sslsock: object) -> None:
+        raise RuntimeError("the _ssl._SSLSocket layout is not the expected one")
+
+    monkeypatch.setattr(tlslink, "_self_test_result", [])
+    monkeypatch.setattr(_tlslink, "check_layout", refuse)
+    assert not tlslink.direct_tls()
+    monkeypatch.undo()
+    monkeypatch.setattr(tlslink, "_self_test_result", [])
+    assert tlslink.direct_tls() == (_tlslink.unavailable() is None)
+
+
 def test_turning_the_direct_transport_off_uses_uvloop_tls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_TLS_DIRECT", "0")
     assert not tlslink.direct_tls()
