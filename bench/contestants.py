@@ -357,6 +357,14 @@ class Relay(Contestant):
             self.bin,
             "tcp",
             f"127.0.0.1:{self.origin_port}",
+            *self.link_args(token, ca),
+            "--remote-port",
+            str(self.port),
+        ]
+
+    def link_args(self, token: str, ca: Path) -> list[str]:
+        """How an agent reaches and trusts this edge."""
+        return [
             "--edge",
             f"127.0.0.1:{self.edge_port}",
             "--token",
@@ -365,8 +373,6 @@ class Relay(Contestant):
             str(ca),
             "--server-name",
             "localhost",
-            "--remote-port",
-            str(self.port),
         ]
 
     def visitor_port(self) -> int:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench import tools
@@ -64,6 +65,20 @@ def url(port: int, path: str = PATH_OK) -> str:
 
 def _cpu(procs: Mapping[str, Proc]) -> dict[str, int]:
     return {role: p.cpu_ticks() for role, p in procs.items()}
+
+
+def _run_charged(
+    argv: list[str], timeout: float, procs: Mapping[str, Proc], m: HttpMeasurement
+) -> str:
+    """Run a load generator; charge the CPU the contestant's processes spent meanwhile to
+    ``m``; its stdout (BenchError if it failed)."""
+    before = _cpu(procs)
+    r = run_tool(argv, timeout=timeout)
+    after = _cpu(procs)
+    m.cpu_s = {k: (after[k] - before[k]) / CLK_TCK for k in procs}
+    if r.returncode != 0:
+        raise BenchError(f"{Path(argv[0]).name} exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    return r.stdout
 
 
 def _check_alive(procs: Mapping[str, Proc]) -> None:
@@ -129,13 +144,7 @@ def wrk(
         if close:
             argv += ["-H", "Connection: close"]
         argv.append(url(port))
-        before = _cpu(procs)
-        r = run_tool(argv, timeout=duration + 30)
-        after = _cpu(procs)
-        m.cpu_s = {k: (after[k] - before[k]) / CLK_TCK for k in procs}
-        if r.returncode != 0:
-            raise BenchError(f"wrk exited {r.returncode}: {r.stderr.strip()[-300:]}")
-        res = parse_wrk(r.stdout)
+        res = parse_wrk(_run_charged(argv, duration + 30, procs, m))
         m.requests, m.rps = res["requests"], res["rps"]
         m.error_kinds = res["errors"]
         m.errors = sum(res["errors"].values())
@@ -226,13 +235,7 @@ def oha(
         if close:
             argv += ["--disable-keepalive"]
         argv.append(url(port, path))
-        before = _cpu(procs)
-        r = run_tool(argv, timeout=duration + 40)
-        after = _cpu(procs)
-        m.cpu_s = {k: (after[k] - before[k]) / CLK_TCK for k in procs}
-        if r.returncode != 0:
-            raise BenchError(f"oha exited {r.returncode}: {r.stderr.strip()[-300:]}")
-        res = parse_oha(r.stdout)
+        res = parse_oha(_run_charged(argv, duration + 40, procs, m))
         m.requests, m.rps, m.errors = res["requests"], res["rps"], res["errors"]
         m.error_kinds, m.latency_ms, m.connect_ms = (
             res["error_kinds"],

@@ -92,14 +92,7 @@ class RelayHttp(Relay):
             "--no-https",
             "--subdomain",
             "bench",
-            "--edge",
-            f"127.0.0.1:{self.edge_port}",
-            "--token",
-            token,
-            "--ca-file",
-            str(ca),
-            "--server-name",
-            "localhost",
+            *self.link_args(token, ca),
         ]
 
     def visitor_port(self) -> int:

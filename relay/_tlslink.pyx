@@ -83,13 +83,10 @@ ctypedef void (*ssl_set0_wbio_t)(void* ssl, void* bio) nogil
 
 cdef enum:
     SSL_ERROR_NONE = 0
-    SSL_ERROR_SSL = 1
     SSL_ERROR_WANT_READ = 2
-    SSL_ERROR_WANT_WRITE = 3
     SSL_ERROR_SYSCALL = 5
     SSL_ERROR_ZERO_RETURN = 6
     SSL_CTRL_MODE = 33
-    SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
     SSL_MODE_RELEASE_BUFFERS = 0x10
     BIO_TYPE_SOURCE_SINK = 0x0400
     BIO_CTRL_FLUSH = 11

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -39,12 +40,10 @@ class Listener(Protocol):
     def close(self) -> None: ...
 
 
-_announced = False
-
-
+@functools.cache
 def _self_test() -> str | None:
-    """Prove the SSL* layout once on a throwaway socket pair: a mismatch must mean the
-    uvloop fallback, not a failed link."""
+    """Prove the SSL* layout once, on a throwaway socket pair: a mismatch must mean the
+    uvloop fallback, not a failed link. Why the direct transport cannot be used, or None."""
     reason = _tlslink.unavailable()
     if reason is not None:
         return reason
@@ -59,28 +58,22 @@ def _self_test() -> str | None:
     finally:
         a.close()
         b.close()
+    log.info("agent link TLS: OpenSSL on the socket (direct)")
     return None
 
 
-_self_test_result: list[str | None] = []
-
-
 def direct_tls() -> bool:
-    """True when links use the direct transport in this process (said once in the log)."""
-    global _announced
-    if _tlslink.unavailable() is not None:
-        reason = _tlslink.unavailable()  # e.g. RELAY_TLS_DIRECT=0, which may change
-    else:
-        if not _self_test_result:
-            _self_test_result.append(_self_test())
-        reason = _self_test_result[0]
-    if not _announced:
-        _announced = True
-        if reason is None:
-            log.info("agent link TLS: OpenSSL on the socket (direct)")
-        else:
-            log.info("agent link TLS: uvloop's transport (%s)", reason)
+    """True when links use the direct transport in this process."""
+    # RELAY_TLS_DIRECT=0 is read each time (tests flip it); the layout proof runs once.
+    reason = _tlslink.unavailable() or _self_test()
+    if reason is not None:
+        _log_fallback(reason)
     return reason is None
+
+
+@functools.cache
+def _log_fallback(reason: str) -> None:
+    log.info("agent link TLS: uvloop's transport (%s)", reason)
 
 
 async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:

@@ -548,7 +548,7 @@ impl Session {
         let limit = max_bytes.unwrap_or(usize::MAX);
         let ctrl = self.out.len();
         if ctrl > limit {
-            return self.take_control_prefix(limit);
+            return self.take_queued_prefix(limit);
         }
         let mut room = limit - ctrl;
         if ctrl == 0 {
@@ -588,7 +588,7 @@ impl Session {
     /// where a data frame (framed directly by `send`) straddles the budget, its first part
     /// (the rest stays queued under a rewritten header). Control frames (header only) are
     /// never split. At least one frame: a control frame, or a data frame's first byte.
-    fn take_control_prefix(&mut self, limit: usize) -> Vec<u8> {
+    fn take_queued_prefix(&mut self, limit: usize) -> Vec<u8> {
         let mut k = 0;
         let mut acks = 0u32;
         let mut split = None;
