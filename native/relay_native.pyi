@@ -132,8 +132,10 @@ class Session:
         window is larger than 256 KiB). Returns the new stream id."""
 
     def accept_stream(self, stream_id: int) -> None:
-        """ACK a stream the peer opened (EVENT_OPENED). More than ``accept_backlog``
-        opened-but-unaccepted streams are reset by the session itself."""
+        """ACK a stream the peer opened (EVENT_OPENED). When ``accept_backlog`` streams
+        are still unaccepted at the start of a ``receive`` call, the session itself resets
+        every stream the peer opens in that call. Opens within one call are not counted
+        against each other: the application gets no chance to accept mid-call."""
 
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue data (copied) in the stream's backlog; take_outgoing() frames it (split at
@@ -227,5 +229,7 @@ class Session:
         """Monotonic counters: frames_in, frames_out, bytes_in, bytes_out (payload),
         data_frames_in, data_frames_out, window_updates_in, window_updates_out,
         pings_in, pings_out, streams_opened_local, streams_opened_remote,
-        streams_reset_local, streams_reset_remote, window_stalls (times a stream had
-        backlog and zero send window), window_grows, protocol_errors."""
+        streams_reset_local, streams_reset_remote, streams_refused (peer-opened streams
+        answered with RST: goaway, max_streams, or more than accept_backlog left
+        unaccepted after the previous receive), window_stalls (times a stream had backlog
+        and zero send window), window_grows, window_shrinks, protocol_errors."""

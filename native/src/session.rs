@@ -160,6 +160,9 @@ pub struct Stats {
     pub streams_opened_remote: u64,
     pub streams_reset_local: u64,
     pub streams_reset_remote: u64,
+    /// Peer-opened streams answered with RST (goaway, max_streams, accept backlog);
+    /// also counted in `streams_reset_local`.
+    pub streams_refused: u64,
     pub window_stalls: u64,
     pub window_grows: u64,
     pub window_shrinks: u64,
@@ -168,7 +171,7 @@ pub struct Stats {
 
 impl Stats {
     /// `(name, value)` pairs in a stable order.
-    pub fn fields(&self) -> [(&'static str, u64); 18] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         [
             ("frames_in", self.frames_in),
             ("frames_out", self.frames_out),
@@ -184,6 +187,7 @@ impl Stats {
             ("streams_opened_remote", self.streams_opened_remote),
             ("streams_reset_local", self.streams_reset_local),
             ("streams_reset_remote", self.streams_reset_remote),
+            ("streams_refused", self.streams_refused),
             ("window_stalls", self.window_stalls),
             ("window_grows", self.window_grows),
             ("window_shrinks", self.window_shrinks),
@@ -343,6 +347,12 @@ pub struct Session {
     peer_ids: PeerIds,
     /// Inbound streams not yet accepted.
     unaccepted: u32,
+    /// `unaccepted` when the current `receive` call began: the streams the application
+    /// left unaccepted after it last saw events. The accept backlog counts only these,
+    /// because the application cannot accept in the middle of a receive call: a burst of
+    /// opens in one read (a few hundred visitors arriving at once) is not a slow
+    /// application, and refusing it would reset visitors the agent was ready to serve.
+    unaccepted_at_receive: u32,
     // ---- input ----
     hdr: [u8; HEADER_LEN],
     hdr_len: usize,
@@ -411,6 +421,7 @@ impl Session {
             next_id,
             peer_ids: PeerIds::new(),
             unaccepted: 0,
+            unaccepted_at_receive: 0,
             hdr: [0; HEADER_LEN],
             hdr_len: 0,
             payload: None,
@@ -745,6 +756,7 @@ impl Session {
     }
 
     fn receive_inner(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
+        self.unaccepted_at_receive = self.unaccepted;
         let mut pos = 0usize;
         while pos < data.len() {
             if let Some(mut p) = self.payload {
@@ -924,9 +936,10 @@ impl Session {
         if self.local_goaway
             || self.remote_goaway
             || self.streams.len() >= self.cfg.max_streams as usize
-            || self.unaccepted >= self.cfg.accept_backlog
+            || self.unaccepted_at_receive >= self.cfg.accept_backlog
         {
             self.emit_rst(sid);
+            self.stats.streams_refused += 1;
             return Ok(false);
         }
         let mut st = Stream::new(sid, false, DEFAULT_WINDOW, DEFAULT_WINDOW, now);

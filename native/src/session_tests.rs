@@ -406,6 +406,44 @@ fn accept_backlog_overflow_is_answered_with_rst() {
 }
 
 #[test]
+fn a_burst_of_opens_in_one_read_is_not_refused_by_the_accept_backlog() {
+    // 300 visitors arriving at once reach the agent as 300 SYNs in one read. The
+    // application accepts them all once it sees the events, so none may be refused.
+    let mut c = cfg(false);
+    c.accept_backlog = 4;
+    let (mut s, t) = server_with(c);
+    let mut burst = Vec::new();
+    let ids: Vec<u32> = (0..300).map(|i| 1 + 2 * i).collect();
+    for &id in &ids {
+        burst.extend(data(id, Flags::SYN, b"hdr"));
+    }
+    let e = evs(s.receive_at(&burst, t).unwrap());
+    let opened: Vec<u32> = e
+        .iter()
+        .filter(|e| e.kind == EVENT_OPENED)
+        .map(|e| e.stream_id)
+        .collect();
+    assert_eq!(opened, ids);
+    assert!(headers(&s.take_outgoing()).is_empty(), "nothing refused");
+    assert_eq!(s.stats().streams_refused, 0);
+    // Left unaccepted, they count against the next read: its opens are refused.
+    let e = evs(s.receive_at(&hdr(WU, Flags::SYN, 601, 0), t).unwrap());
+    assert!(e.is_empty());
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 601, 0)]
+    );
+    assert_eq!(s.stats().streams_refused, 1);
+    // Accepted, they free the backlog again.
+    for &id in &ids {
+        s.accept_stream(id).unwrap();
+    }
+    s.take_outgoing();
+    let e = evs(s.receive_at(&hdr(WU, Flags::SYN, 603, 0), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_OPENED, 603, 0, 0)]);
+}
+
+#[test]
 fn max_streams_overflow_is_answered_with_rst() {
     let mut c = cfg(false);
     c.max_streams = 2;
@@ -1306,7 +1344,7 @@ fn stats_count_frames_bytes_and_streams() {
     );
     assert_eq!(st.bytes_in, 3);
     assert_eq!((st.streams_opened_local, st.streams_reset_remote), (1, 1));
-    assert_eq!(st.fields().len(), 18);
+    assert_eq!(st.fields().len(), 19);
 }
 
 #[test]

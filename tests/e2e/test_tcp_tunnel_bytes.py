@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -141,3 +143,40 @@ def test_a_visitor_reading_in_bursts_gets_every_byte_in_order(
     assert pauses == 40
     assert received == total
     assert got_hash.hexdigest() == sent_hash.hexdigest()
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_of_visitors_while_the_agent_is_busy_all_reach_the_upstream(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
+    """400 visitors arrive while the agent's process is not running (SIGSTOP: a busy
+    machine, compressed). When it runs again it reads all 400 stream opens at once, more
+    than the accept backlog of 256; every one must still be served, not reset."""
+    port = start_agent(edge, echo, agents)
+    agent_pid = agents[-1].proc.pid
+    count = 400
+
+    async def main() -> list[tuple[bytes, bytes]]:
+        conns = []
+        os.kill(agent_pid, signal.SIGSTOP)
+        try:
+            for i in range(count):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                sent = i.to_bytes(4, "big") + payload(i, 60)
+                writer.write(sent)
+                writer.write_eof()
+                conns.append((reader, writer, sent))
+            await asyncio.sleep(0.5)  # the edge frames every open onto the link
+        finally:
+            os.kill(agent_pid, signal.SIGCONT)
+        results = []
+        for reader, writer, sent in conns:
+            echoed = await asyncio.wait_for(reader.read(-1), 60)
+            writer.close()
+            results.append((sent, echoed))
+        return results
+
+    results = asyncio.run(main())
+    lost = [i for i, (sent, echoed) in enumerate(results) if sent != echoed]
+    assert lost == [], f"{len(lost)} of {count} visitors did not get their bytes back"
+    assert echo.connections == count
