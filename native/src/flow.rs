@@ -152,7 +152,8 @@ impl RecvWindow {
     /// passed while other streams are busy), a window whose half took more than 4 × RTT to
     /// be consumed is oversized for this stream's rate: it shrinks toward `shrink_to` by
     /// returning less credit than was consumed (at most half of it, so a quarter of the
-    /// window per update) — what is already granted stays granted.
+    /// window per update) — what is already granted stays granted. Meanwhile it never
+    /// grows past `shrink_to`.
     pub fn grant(
         &mut self,
         now: Instant,
@@ -165,8 +166,13 @@ impl RecvWindow {
         let since = now.saturating_duration_since(self.last_update);
         let mut grown = 0u32;
         let mut shrunk = 0u32;
-        if since < rtt * 2 && self.window < max_window {
-            let want = self.window.min(max_window - self.window) as u64;
+        // While other streams are busy, no growth past `shrink_to`: a receiver that was
+        // off the CPU reads a burst and consumes half a window in microseconds, which
+        // looks like a fast link; doubling on that made windows swing between 2 and 6 MiB
+        // that small responses then queued behind (measured).
+        let cap = shrink_to.map_or(max_window, |floor| floor.min(max_window));
+        if since < rtt * 2 && self.window < cap {
+            let want = self.window.min(cap - self.window) as u64;
             grown = want.min(budget.headroom()) as u32;
         } else if let Some(floor) = shrink_to {
             if since > rtt * 4 && self.window > floor {

@@ -1370,8 +1370,15 @@ impl Session {
         // that queue, and windows tuned to it grew to megabytes that small responses then
         // waited behind (head-of-line: 8-13x p99, measured). Bulk streams among themselves
         // are not contention: conservative windows cost 8 streams a quarter of their speed.
+        // A light stream that can receive no more (FIN or gone) is no contention.
+        let streams = &self.streams;
         let contended = self.last_light_rx.iter().any(|&(light, at)| {
-            light != 0 && light != sid && now.saturating_duration_since(at) < CONTENTION_WINDOW
+            light != 0
+                && light != sid
+                && now.saturating_duration_since(at) < CONTENTION_WINDOW
+                && streams
+                    .get(&light)
+                    .is_some_and(|st| st.state().can_receive())
         });
         let (rtt, shrink_to) = if contended {
             (self.min_rtt, Some(self.cfg.initial_window))

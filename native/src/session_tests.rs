@@ -851,8 +851,16 @@ fn auto_tuning_is_capped_by_max_window_and_session_budget() {
         s.receive_at(&hdr(WU, Flags::SYN, id, 0), t).unwrap();
         s.accept_stream(id).unwrap();
     }
+    // Both streams bulk: each starts light (under 256 KiB per epoch), which would count
+    // as contention for the other until CONTENTION_WINDOW passes.
+    for _ in 0..2 {
+        for id in [1u32, 3] {
+            s.receive_at(&data(id, Flags::NONE, &vec![0u8; (W / 2) as usize]), t)
+                .unwrap();
+        }
+    }
     // Unknown RTT: the 1 ms assumption; consume instantly so every update is "fast".
-    let mut now = t;
+    let mut now = t + Duration::from_millis(150);
     for _ in 0..8 {
         for id in [1u32, 3] {
             let win = s.stream_window(id).unwrap().0;
@@ -1222,6 +1230,56 @@ fn a_window_grown_alone_shrinks_once_another_stream_is_busy() {
     );
     assert_eq!(*sizes.last().unwrap(), W);
     assert!(s.stats().window_shrinks >= 4);
+}
+
+#[test]
+fn a_contended_window_does_not_grow_on_a_burst_read() {
+    // The receiver was off the CPU, then reads megabytes at once: half windows consumed
+    // microseconds apart look like a fast link. While a light stream is busy that must
+    // not grow the bulk stream's window (it swung between 2 and 6 MiB, measured).
+    let ms = Duration::from_millis;
+    let (mut s, t) = server_with_stream();
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(1))
+        .unwrap();
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(2)).unwrap();
+    s.accept_stream(3).unwrap();
+    let mut at = t + ms(3);
+    for _ in 0..6 {
+        s.receive_at(&data(3, Flags::NONE, b"ok"), at).unwrap();
+        let w = s.stream_window(1).unwrap().0;
+        s.receive_at(&data(1, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
+            .unwrap();
+        at += Duration::from_micros(10);
+    }
+    assert_eq!(s.stream_window(1).unwrap().0, W);
+    assert_eq!(s.stats().window_grows, 0);
+}
+
+#[test]
+fn a_light_stream_that_can_receive_no_more_is_no_contention() {
+    let ms = Duration::from_millis;
+    let (mut s, t) = server_with_stream();
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(1))
+        .unwrap();
+    // Stream 3 gets its last response and the peer's FIN: it is done receiving.
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(2)).unwrap();
+    s.accept_stream(3).unwrap();
+    s.receive_at(&data(3, Flags::FIN, b"bye"), t + ms(2))
+        .unwrap();
+    let mut at = t + ms(3);
+    for _ in 0..3 {
+        let w = s.stream_window(1).unwrap().0;
+        s.receive_at(&data(1, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
+            .unwrap();
+        at += Duration::from_micros(10);
+    }
+    assert_eq!(
+        s.stream_window(1).unwrap().0,
+        4 * W,
+        "alone: grows as usual"
+    );
 }
 
 #[test]
