@@ -293,6 +293,12 @@ class Relay(Contestant):
 
     def start_edge(self) -> tuple[str, Path]:
         """Start the edge only; (token, CA file)."""
+        if not self.edge_help:
+            # The options below are detected from `relay edge --help`; without it the edge
+            # would bind its default HTTP/HTTPS listeners on 0.0.0.0.
+            why = self.unavailable()
+            if why:
+                raise BenchError(why)
         assert self.bin is not None
         data_dir = self.work / "data"
         data_dir.mkdir(exist_ok=True)

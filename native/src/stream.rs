@@ -143,6 +143,20 @@ impl Stream {
         self.rx_epoch_bytes < light && self.rx_prev_epoch_bytes.is_none_or(|p| p < light)
     }
 
+    /// Whether the stream is still light at `now` (as `note_rx` would say of a zero-byte
+    /// delivery, without rolling the epochs): a bulk stream is light for its first
+    /// `light` bytes, and must stop counting as contention as soon as it passes them.
+    pub fn is_light(&self, now: Instant, epoch: Duration, light: u64) -> bool {
+        let since = now.saturating_duration_since(self.rx_epoch_start);
+        if since >= epoch * 2 {
+            return true; // nothing received for two epochs
+        }
+        if since >= epoch {
+            return self.rx_epoch_bytes < light; // that epoch is now the previous one
+        }
+        self.rx_epoch_bytes < light && self.rx_prev_epoch_bytes.is_none_or(|p| p < light)
+    }
+
     pub fn state(&self) -> State {
         self.state
     }
