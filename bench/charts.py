@@ -49,11 +49,11 @@ def draw(result: dict[str, Any], out: Path, stem: str) -> list[str]:
     http = result.get("http_summary", {})
     if http.get("ka-max"):
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for ax, scen, title in (
+        for ax, http_scen, title in (
             (axes[0], "ka-max", "HTTP keep-alive req/s (wrk -c50)"),
             (axes[1], "close-max", "new connections/s (Connection: close, wrk -c20)"),
         ):
-            rows = http.get(scen, {})
+            rows = http.get(http_scen, {})
             keys = list(rows)
             ys = [rows[k]["median_rps"] or 0 for k in keys]
             lo = [y - min(rows[k]["values_rps"] or [y]) for k, y in zip(keys, ys, strict=True)]

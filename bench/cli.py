@@ -213,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                     else ALL[key](tmp, origin_port)
                 )
                 info[key] = {"key": key, "label": c.label}
-                why = c.unavailable()
-                if why:
-                    log(f"skipping {c.label}: {why}")
-                    info[key]["skipped"] = why
+                skip_reason = c.unavailable()
+                if skip_reason:
+                    log(f"skipping {c.label}: {skip_reason}")
+                    info[key]["skipped"] = skip_reason
                     continue
                 stack.callback(c.stop)
                 log(f"starting {c.label}")

@@ -11,7 +11,21 @@ from bench.scenarios import Measurement, Scenario
 X = "\u00d7"  # multiplication sign
 EN = "\u2013"  # en dash
 
-LABELS = {"direct": "direct", "ssh": "ssh -R", "haproxy": "haproxy", "relay": "relay"}
+LABELS = {
+    "direct": "direct",
+    "ssh": "ssh -R",
+    "haproxy": "haproxy",
+    "relay": "relay",
+    "relay-http": "relay http",
+    "frp": "frp",
+    "frp-http": "frp http",
+    "rathole": "rathole",
+    "bore": "bore",
+    "socat-tls": "socat+TLS",
+}
+#: The tunnels relay is compared with (issue 4); bore is the one without encryption.
+PEERS = ("ssh", "frp", "rathole", "bore")
+ENCRYPTED_PEERS = ("ssh", "frp", "rathole")
 BASELINES = (("direct", f"{X} direct"), ("ssh", f"{X} ssh -R"), ("haproxy", f"{X} haproxy"))
 
 
@@ -85,12 +99,66 @@ def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if x is None else f"{x:{spec}}{suffix}"
 
 
+def best_of(
+    values: dict[str, float | None], higher_is_better: bool = True
+) -> tuple[str, float] | None:
+    """The best (key, value) among the known values, or None."""
+    known = [(k, v) for k, v in values.items() if v is not None]
+    if not known:
+        return None
+    pick = max if higher_is_better else min
+    return pick(known, key=lambda kv: kv[1])
+
+
+def peer_targets(
+    cells: dict[tuple[str, str], Cell],
+    scenarios: list[Scenario],
+    relay_skip: str | None,
+) -> list[Target]:
+    """Issue 4's bulk targets: a single stream ≥ the best peer with encryption, and
+    ≥ 0.8 times the socat TLS pair (the practical ceiling of a TLS tunnel)."""
+    out: list[Target] = []
+    for s in (s for s in scenarios if s.streams == 1):
+        way = "download" if s.reverse else "upload"
+        relay = cells.get((s.key, "relay"))
+        rm = relay.median if relay else None
+        medians = {}
+        for k in ENCRYPTED_PEERS:
+            cell = cells.get((s.key, k))
+            medians[k] = cell.median if cell else None
+        best = best_of(medians)
+        socat = cells.get((s.key, "socat-tls"))
+        sm = socat.median if socat else None
+        for name, base in (
+            (f"single-stream ≥ the best peer with encryption ({way})", best),
+            (f"single-stream ≥ 0.8{X} socat+TLS ({way})", ("socat-tls", sm) if sm else None),
+        ):
+            if relay_skip:
+                out.append(Target(name, None, f"not evaluated: relay {relay_skip}"))
+                continue
+            if rm is None or base is None:
+                out.append(Target(name, None, "not evaluated: no relay or peer median in this run"))
+                continue
+            key, value = base
+            factor = 0.8 if key == "socat-tls" else 1.0
+            r = rm / value
+            out.append(
+                Target(
+                    name,
+                    r >= factor,
+                    f"relay {rm:.2f} vs {LABELS[key]} {value:.2f} Gbit/s = {r:.2f}{X}"
+                    f" (need ≥ {factor:g}{X})",
+                )
+            )
+    return out
+
+
 def targets(
     cells: dict[tuple[str, str], Cell],
     scenarios: list[Scenario],
     relay_skip: str | None,
 ) -> list[Target]:
-    out: list[Target] = []
+    out: list[Target] = peer_targets(cells, scenarios, relay_skip)
     singles = [s for s in scenarios if s.streams == 1]
     checks: list[tuple[str, float, str]] = [
         (f"single-stream ≥ 1.3{X} ssh -R", 1.3, "ssh"),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from bench.httpbench import HttpMeasurement
-from bench.report import EN, Target, X
+from bench.report import EN, LABELS, PEERS, Target, X, best_of
 
 PCTS = ("p50", "p90", "p99", "p99.9", "max")
 
@@ -102,8 +102,65 @@ def _ratio(a: HCell | None, b: HCell | None) -> float | None:
     return a.median / b.median
 
 
-def targets(c: dict[tuple[str, str, float | None], HCell], mem: dict[str, Any]) -> list[Target]:
+def _vs(
+    c: dict[tuple[str, str, float | None], HCell],
+    scen: str,
+    relay_key: str,
+    peers: tuple[str, ...],
+    value: Callable[[HCell], float | None],
+    higher_is_better: bool,
+    unit: str,
+) -> tuple[bool, str] | None:
+    """relay_key against the best of `peers` in one scenario: (met, detail), or None."""
+    rc = _get(c, scen, relay_key)
+    rv = value(rc) if rc else None
+    vals: dict[str, float | None] = {}
+    for k in peers:
+        pc = _get(c, scen, k)
+        vals[k] = value(pc) if pc else None
+    best = best_of(vals, higher_is_better)
+    if rv is None or best is None:
+        return None
+    key, bv = best
+    met = rv >= bv if higher_is_better else rv <= bv
+    fmt = ",.0f" if higher_is_better else ".2f"
+    return met, (
+        f"{LABELS[relay_key]} {rv:{fmt}}{unit} vs {LABELS[key]} {bv:{fmt}}{unit} = {rv / bv:.2f}{X}"
+    )
+
+
+def peer_targets(c: dict[tuple[str, str, float | None], HCell]) -> list[Target]:
+    """Issue 4's HTTP targets: relay against the best peer, each relay endpoint against
+    what it competes with (the TCP endpoint against the peers' TCP forwarding, the HTTP
+    endpoint against frp's HTTP vhost, which also parses every request)."""
     out: list[Target] = []
+
+    def p99(cell: HCell) -> float | None:
+        return cell.lat("p99")
+
+    def rps(cell: HCell) -> float | None:
+        return cell.median
+
+    for scen, what, value, higher, unit in (
+        ("ka-max", "keep-alive req/s ≥ the best peer", rps, True, ""),
+        ("close-max", "new connections/s ≥ the best peer", rps, True, ""),
+        ("ka-lat", "fixed-rate p99 ≤ the best peer's", p99, False, " ms"),
+    ):
+        parts = [
+            _vs(c, scen, "relay", PEERS, value, higher, unit),
+            _vs(c, scen, "relay-http", ("frp-http",), value, higher, unit),
+        ]
+        known = [p for p in parts if p is not None]
+        name = f"{what} (relay TCP endpoint vs TCP forwarding; relay http vs frp http)"
+        if not known:
+            out.append(Target(name, None, "not evaluated: relay or peer medians missing"))
+            continue
+        out.append(Target(name, all(m for m, _ in known), "; ".join(d for _, d in known)))
+    return out
+
+
+def targets(c: dict[tuple[str, str, float | None], HCell], mem: dict[str, Any]) -> list[Target]:
+    out: list[Target] = peer_targets(c)
     for scen, factor, what in (("ka-max", 1.5, "keep-alive req/s"),
                                ("close-max", 2.0, "new connections/s")):  # fmt: skip
         name = f"relay {what} ≥ {factor}{X} ssh -R (relay TCP endpoint / relay http endpoint)"
@@ -284,20 +341,19 @@ def markdown(
             f" p99 {X} | p99.9 beside bulk | 100 MiB downloads (bad hash) | errors |")  # fmt: skip
         add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for k in hol:
-            b, u = _get(c, "hol-base", k), _get(c, "hol-bulk", k)
-            assert b is not None
-            done = sum(
-                m.extra.get("bulk", {}).get("downloads_completed", 0) for m in (u.ms if u else [])
-            )
-            bad = sum(
-                m.extra.get("bulk", {}).get("sha256_mismatches", 0) for m in (u.ms if u else [])
-            )
-            r = (u.lat("p99") or 0) / b.lat("p99") if u and b.lat("p99") else None  # type: ignore[operator]
+            alone, beside = _get(c, "hol-base", k), _get(c, "hol-bulk", k)
+            assert alone is not None
+            runs = beside.ms if beside else []
+            done = sum(m.extra.get("bulk", {}).get("downloads_completed", 0) for m in runs)
+            bad = sum(m.extra.get("bulk", {}).get("sha256_mismatches", 0) for m in runs)
+            p99_alone = alone.lat("p99")
+            p99_beside = beside.lat("p99") if beside else None
+            r = p99_beside / p99_alone if p99_beside is not None and p99_alone else None
             add(
-                f"| {labels.get(k, k)} | {_f(b.lat('p50'))} | {_f(b.lat('p99'))} |"
-                f" {_f(u.lat('p50') if u else None)} | {_f(u.lat('p99') if u else None)} |"
-                f" {_f(r, '.2f', X)} | {_f(u.lat('p99.9') if u else None)} | {done} ({bad}) |"
-                f" {b.errors + (u.errors if u else 0)} |"
+                f"| {labels.get(k, k)} | {_f(alone.lat('p50'))} | {_f(p99_alone)} |"
+                f" {_f(beside.lat('p50') if beside else None)} | {_f(p99_beside)} |"
+                f" {_f(r, '.2f', X)} | {_f(beside.lat('p99.9') if beside else None)} |"
+                f" {done} ({bad}) | {alone.errors + (beside.errors if beside else 0)} |"
             )
         add("")
     dl = [m for m in res.get("http_measurements_raw", []) if m.scenario == "download"]
