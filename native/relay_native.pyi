@@ -222,6 +222,13 @@ class Session:
     def rtt_us(self) -> int:
         """Smoothed round-trip time from pings, 0 until measured."""
 
+    def direct_room(self, stream_id: int) -> int | None:
+        """Bytes a ``send`` on the stream would frame at once now (one copy). None when
+        every send takes the backlog whatever the reader does (other streams wait, it has
+        a backlog, it is closed or unknown); 0 while the outgoing buffer is full or the
+        send window spent. A reader that reads no more than this, and waits for the next
+        take while it is 0, keeps a lone bulk stream on the one-copy path."""
+
     def stream_window(self, stream_id: int) -> tuple[int, int]:
         """(receive window, send window) of a stream, for tests and metrics."""
 
@@ -232,4 +239,5 @@ class Session:
         streams_reset_local, streams_reset_remote, streams_refused (peer-opened streams
         answered with RST: goaway, max_streams, or more than accept_backlog left
         unaccepted after the previous receive), window_stalls (times a stream had backlog
-        and zero send window), window_grows, window_shrinks, protocol_errors."""
+        and zero send window), window_grows, window_shrinks, bytes_framed_directly (payload
+        ``send`` framed at once, a part of bytes_out), protocol_errors."""

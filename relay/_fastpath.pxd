@@ -35,6 +35,7 @@ cdef class Link:
     cdef object _tick_handle
     cdef readonly object close_exc
     cdef readonly Py_ssize_t pending_high_water
+    cdef list _flush_waiters
 
     cdef void _deliver(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
                        const char* base)
@@ -60,6 +61,7 @@ cdef class Pump(Channel):
     cdef object _header_factory
     cdef bytes _preamble
     cdef bint _backlog_paused
+    cdef bint _flush_wait
     cdef bint _reading_paused
     cdef bint _local_eof
     cdef readonly bint remote_eof
@@ -68,5 +70,6 @@ cdef class Pump(Channel):
     cdef bint _direct_ok(self)
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
     cdef void _update_reading(self)
+    cdef void _resume_after_flush(self)
     cdef void _abort(self)
     cdef void _send(self, object data)

@@ -367,6 +367,10 @@ impl PySession {
         self.inner.rtt_us()
     }
 
+    fn direct_room(&self, stream_id: u32) -> Option<usize> {
+        self.inner.direct_room(stream_id)
+    }
+
     fn stream_window(&self, py: Python<'_>, stream_id: u32) -> PyResult<(u32, u32)> {
         self.inner
             .stream_window(stream_id)

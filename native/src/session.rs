@@ -166,12 +166,14 @@ pub struct Stats {
     pub window_stalls: u64,
     pub window_grows: u64,
     pub window_shrinks: u64,
+    /// Payload bytes `send` framed at once (one copy), a subset of `bytes_out`.
+    pub bytes_framed_directly: u64,
     pub protocol_errors: u64,
 }
 
 impl Stats {
     /// `(name, value)` pairs in a stable order.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 20] {
         [
             ("frames_in", self.frames_in),
             ("frames_out", self.frames_out),
@@ -191,6 +193,7 @@ impl Stats {
             ("window_stalls", self.window_stalls),
             ("window_grows", self.window_grows),
             ("window_shrinks", self.window_shrinks),
+            ("bytes_framed_directly", self.bytes_framed_directly),
             ("protocol_errors", self.protocol_errors),
         ]
     }
@@ -1149,6 +1152,7 @@ impl Session {
                     self.stats.data_frames_out += 1;
                 }
                 self.stats.bytes_out += direct as u64;
+                self.stats.bytes_framed_directly += direct as u64;
                 st.send.spend(direct as u32);
                 data = &data[direct..];
             }
@@ -1177,6 +1181,26 @@ impl Session {
                 self.ring_live += 1;
             }
         }
+    }
+
+    /// How many bytes a `send` on `sid` would frame at once right now. A reader that reads no more than this keeps a lone bulk stream on the
+    /// one-copy path: bytes that arrive while the outgoing buffer is full would go to the
+    /// backlog, and then every later send does too (behind it) until the backlog drains;
+    /// that was the steady state of an upload, two copies per byte (measured).
+    /// `None` when sends on `sid` take the backlog whatever the reader does (other streams
+    /// wait in the scheduler, it has a backlog, it is closed or unknown); otherwise the
+    /// room, which is 0 while the outgoing buffer is full or the send window spent.
+    pub fn direct_room(&self, sid: u32) -> Option<usize> {
+        let st = self.streams.get(&sid)?;
+        if self.dead
+            || self.ring_live > 0
+            || !st.backlog.is_empty()
+            || !st.state().can_send()
+            || st.fin_pending
+        {
+            return None;
+        }
+        Some((st.send.get() as usize).min(DIRECT_FRAME_LIMIT.saturating_sub(self.out.len())))
     }
 
     /// Half-close (FIN after the backlog). Closing twice, or an unknown id, is a no-op.

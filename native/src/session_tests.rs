@@ -1419,7 +1419,7 @@ fn stats_count_frames_bytes_and_streams() {
     );
     assert_eq!(st.bytes_in, 3);
     assert_eq!((st.streams_opened_local, st.streams_reset_remote), (1, 1));
-    assert_eq!(st.fields().len(), 19);
+    assert_eq!(st.fields().len(), 20);
 }
 
 #[test]
@@ -1546,6 +1546,45 @@ fn a_large_send_is_framed_at_once_while_no_other_stream_waits() {
         .flat_map(|(_, p)| p.iter().copied())
         .collect();
     assert_eq!(a_bytes, [big.clone(), big].concat());
+}
+
+#[test]
+fn direct_room_says_how_much_a_send_would_frame_at_once() {
+    let (mut c, _, ids) = client_with_streams(2, 1 << 20);
+    let (a, b) = (ids[0], ids[1]);
+    assert_eq!(c.direct_room(a), Some(DIRECT_FRAME_LIMIT.min(1 << 20)));
+    // Reading exactly that much keeps the send on the one-copy path...
+    let room = c.direct_room(a).unwrap();
+    let chunk = vec![7u8; room];
+    assert_eq!(c.send(a, &chunk).unwrap(), 0);
+    assert_eq!(c.stream_backlog(a).unwrap(), 0);
+    assert_eq!(c.stats().bytes_framed_directly, room as u64);
+    // ...and a full outgoing buffer leaves no room until it is taken.
+    assert_eq!(c.direct_room(a), Some(0));
+    c.take_outgoing();
+    assert_eq!(c.direct_room(a), Some(DIRECT_FRAME_LIMIT));
+    // Another stream waiting in the scheduler: every send is scheduled, none direct.
+    c.send(b, b"x").unwrap();
+    assert_eq!(c.direct_room(a), None);
+    c.take_outgoing();
+    // A backlog: later bytes must queue behind it.
+    let over = vec![1u8; DIRECT_FRAME_LIMIT + 1000];
+    c.send(a, &over).unwrap();
+    assert_eq!(c.stream_backlog(a).unwrap(), 1000);
+    assert_eq!(c.direct_room(a), None);
+    c.take_outgoing();
+    assert_eq!(c.direct_room(a), Some(DIRECT_FRAME_LIMIT));
+    // The send window bounds it too.
+    while let Some(n @ 1..) = c.direct_room(a) {
+        c.send(a, &vec![2u8; n]).unwrap();
+        c.take_outgoing();
+    }
+    assert_eq!(c.stream_window(a).unwrap().1, 0);
+    assert_eq!(c.direct_room(a), Some(0), "window spent");
+    // Closed for sending, or unknown: no direct path.
+    c.close_stream(a).unwrap();
+    assert_eq!(c.direct_room(a), None);
+    assert_eq!(c.direct_room(999), None);
 }
 
 #[test]

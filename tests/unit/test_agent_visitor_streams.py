@@ -8,6 +8,7 @@ the visitor sees when something fails (a reset, or an RLY_613/RLY_614 page for H
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import ssl
@@ -403,5 +404,40 @@ def test_deadlines_expire_what_is_left_in_order_on_one_timer() -> None:
         await asyncio.sleep(0.08)
         assert expired == ["b", "c"]
         assert len(deadlines) == 0
+
+    run(scenario)
+
+
+def test_a_lone_bulk_download_is_framed_at_once_and_arrives_whole() -> None:
+    """The upstream sends 16 MiB as fast as it can. The agent's upstream pump reads only
+    what the session frames at once and waits for the link's flush when that is full, so
+    nearly every byte takes the one-copy path (none waits in the stream's backlog first);
+    and every byte arrives, in order."""
+    size = 16 << 20
+    block = bytes(range(256)) * 256  # 64 KiB
+
+    async def send_bulk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        async with (
+            upstream(send_bulk) as port,
+            tunnel(EndpointSpec("tcp", "127.0.0.1", port)) as t,
+        ):
+            stream, _ = t.open(b"go\n")
+            got = hashlib.sha256()
+            n = 0
+            async with asyncio.timeout(20):
+                while chunk := await stream.read():
+                    got.update(chunk)
+                    n += len(chunk)
+            assert n == size
+            assert got.hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+            stats = t.agent.link.session.stats()
+            assert stats["bytes_framed_directly"] >= 0.9 * size, stats
 
     run(scenario)
