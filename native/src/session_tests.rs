@@ -1249,26 +1249,47 @@ fn a_window_grown_alone_shrinks_once_another_stream_is_busy() {
     assert!(s.stats().window_shrinks >= 4);
 }
 
+/// A server with stream 1 accepted and one ping answered `rtt` after it was sent.
+fn server_with_stream_and_rtt(rtt: Duration) -> (Session, Instant) {
+    let (mut s, t) = server_with_stream();
+    let p = s.ping_at(t).unwrap();
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + rtt)
+        .unwrap();
+    (s, t)
+}
+
+/// Stream `sid` receives half its window `n` times, `step` apart from `at`; before each,
+/// `also` (if any) receives a small response.
+fn consume_half_windows(
+    s: &mut Session,
+    sid: u32,
+    n: usize,
+    mut at: Instant,
+    step: Duration,
+    also: Option<u32>,
+) {
+    for _ in 0..n {
+        if let Some(light) = also {
+            s.receive_at(&data(light, Flags::NONE, b"ok"), at).unwrap();
+        }
+        let w = s.stream_window(sid).unwrap().0;
+        s.receive_at(&data(sid, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
+            .unwrap();
+        at += step;
+    }
+}
+
 #[test]
 fn a_contended_window_does_not_grow_on_a_burst_read() {
     // The receiver was off the CPU, then reads megabytes at once: half windows consumed
     // microseconds apart look like a fast link. While a light stream is busy that must
     // not grow the bulk stream's window (it swung between 2 and 6 MiB, measured).
     let ms = Duration::from_millis;
-    let (mut s, t) = server_with_stream();
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(1))
-        .unwrap();
+    let (mut s, t) = server_with_stream_and_rtt(ms(1));
     s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(2)).unwrap();
     s.accept_stream(3).unwrap();
-    let mut at = t + ms(3);
-    for _ in 0..6 {
-        s.receive_at(&data(3, Flags::NONE, b"ok"), at).unwrap();
-        let w = s.stream_window(1).unwrap().0;
-        s.receive_at(&data(1, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
-            .unwrap();
-        at += Duration::from_micros(10);
-    }
+    let burst = Duration::from_micros(10);
+    consume_half_windows(&mut s, 1, 6, t + ms(3), burst, Some(3));
     assert_eq!(s.stream_window(1).unwrap().0, W);
     assert_eq!(s.stats().window_grows, 0);
 }
@@ -1276,22 +1297,14 @@ fn a_contended_window_does_not_grow_on_a_burst_read() {
 #[test]
 fn a_light_stream_that_can_receive_no_more_is_no_contention() {
     let ms = Duration::from_millis;
-    let (mut s, t) = server_with_stream();
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(1))
-        .unwrap();
+    let (mut s, t) = server_with_stream_and_rtt(ms(1));
     // Stream 3 gets its last response and the peer's FIN: it is done receiving.
     s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(2)).unwrap();
     s.accept_stream(3).unwrap();
     s.receive_at(&data(3, Flags::FIN, b"bye"), t + ms(2))
         .unwrap();
-    let mut at = t + ms(3);
-    for _ in 0..3 {
-        let w = s.stream_window(1).unwrap().0;
-        s.receive_at(&data(1, Flags::NONE, &vec![0u8; (w / 2) as usize]), at)
-            .unwrap();
-        at += Duration::from_micros(10);
-    }
+    let burst = Duration::from_micros(10);
+    consume_half_windows(&mut s, 1, 3, t + ms(3), burst, None);
     assert_eq!(
         s.stream_window(1).unwrap().0,
         4 * W,
