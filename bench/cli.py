@@ -56,6 +56,7 @@ HTTP_MODES = {
         close_latency=False,
         hol=("relay", "ssh"),
         hol_rate=200.0,
+        hol_duration=4.0,
         mem_sessions=(100, 200),
         mem_streams=(4000, 8000),
     ),
@@ -67,6 +68,7 @@ HTTP_MODES = {
         close_latency=True,
         hol=("relay", "ssh", "frp", "rathole", "direct"),
         hol_rate=200.0,
+        hol_duration=8.0,
         mem_sessions=(500, 1000),
         mem_streams=(4000, 8000),
     ),
@@ -458,6 +460,7 @@ def write_results(
         ka_conns=httpbench.KA_CONNS,
         close_conns=httpbench.CLOSE_CONNS,
         http_duration_s=hmode.duration,
+        hol_duration_s=hmode.hol_duration,
     )
     result["http_measurements_raw"] = http_ms
     hmd = report_http.markdown(result, hcells, labels, order)

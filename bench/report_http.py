@@ -331,8 +331,10 @@ def markdown(
         add("## Head-of-line: small requests beside a 100 MiB transfer on the same tunnel")
         add("")
         rate = next(m.rate for m in _get(c, "hol-base", hol[0]).ms)  # type: ignore[union-attr]
+        secs = res["config"].get("hol_duration_s")
         add(
-            f"oha `-q {rate:.0f} -c10 --latency-correction` on `/` alone, then while a background"
+            f"oha `-q {rate:.0f} -c10 --latency-correction`, {secs} s per run,"
+            " on `/` alone, then while a background"
             " client downloads the 100 MiB file in a loop through the same visitor port (relay"
             " TCP endpoint: same agent session), each download SHA-256 checked. ms, medians."
         )
