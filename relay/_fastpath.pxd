@@ -71,5 +71,6 @@ cdef class Pump(Channel):
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
     cdef void _update_reading(self)
     cdef void _resume_after_flush(self)
+    cdef bint _direct_room_spent(self)
     cdef void _abort(self)
     cdef void _send(self, object data)

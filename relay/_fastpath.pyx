@@ -587,14 +587,12 @@ cdef class Pump(Channel):
         self._send(_PUMP_VIEW[:nbytes])
         if self.finished or link.closed or self._flush_wait:
             return
-        room = link.session.direct_room(self.stream_id)
-        if room is not None and room < _PUMP_MIN_READ:
-            # The outgoing buffer is full (or the window spent): stop reading until the
-            # link's next flush. uvloop would otherwise read again at once (libuv reads
-            # up to 32 times while reads fill the buffer) and queue it all in the backlog:
-            # two copies per byte for the rest of an upload (20% of the edge's CPU in
-            # memmove, measured). Paused and resumed before the next poll, the socket's
-            # epoll registration does not change.
+        if self._direct_room_spent():
+            # Stop reading until the link's next flush. uvloop would otherwise read again
+            # at once (libuv reads up to 32 times while reads fill the buffer) and queue it
+            # all in the backlog: two copies per byte for the rest of an upload (20% of the
+            # edge's CPU in memmove, measured). Paused and resumed before the next poll,
+            # the socket's epoll registration does not change.
             self._flush_wait = True
             link._flush_waiters.append(self)
             self._update_reading()
@@ -739,12 +737,17 @@ cdef class Pump(Channel):
         if self.finished or link.closed:
             self._flush_wait = False
             return
-        room = link.session.direct_room(self.stream_id)
-        if room is not None and room < _PUMP_MIN_READ:
+        if self._direct_room_spent():
             link._flush_waiters.append(self)
             return
         self._flush_wait = False
         self._update_reading()
+
+    cdef bint _direct_room_spent(self):
+        """The stream is on the one-copy path but the session cannot frame a worthwhile
+        read at once (outgoing buffer full, or send window spent)."""
+        room = self.link.session.direct_room(self.stream_id)
+        return room is not None and room < _PUMP_MIN_READ
 
     cdef void _update_reading(self):
         cdef bint want_paused = self._backlog_paused or self._flush_wait

@@ -10,15 +10,15 @@
 //! `consumed` plus, when auto-tuning grows the window, the growth.
 //!
 //! Auto-tuning (like rust-yamux): if the previous update for this stream went out less than
-//! `2 × RTT` ago (the session passes the smoothed RTT for a stream alone, the least
-//! measured RTT while other streams are busy, so its own queue does not count as path
-//! delay; then an oversized window also shrinks, see [`RecvWindow::grant`]), the window is the bottleneck (the peer burns half a window in under
-//! one round trip), so the window doubles, capped by `max_window` and by the session budget
+//! `2 × RTT` ago, the window is the bottleneck (the peer burns half a window in under one
+//! round trip), so the window doubles, capped by `max_window` and by the session budget
 //! (the sum of all streams' receive windows stays `<= session_budget`). Until a pong has
 //! measured the RTT we assume [`ASSUMED_RTT`] = 1 ms: small enough that an unknown link never
 //! makes us grow windows by guesswork (growth then needs > ~64 MB/s per stream at 256 KiB),
-//! large enough that a loopback/LAN bulk transfer still grows. The session sends one ping to
-//! measure the real RTT the first time it needs it.
+//! large enough that a loopback/LAN bulk transfer still grows. Which RTT: the session
+//! passes the smoothed RTT for a stream alone, and the least measured RTT while a light
+//! stream is busy (so its own queue does not count as path delay); then the window also
+//! never grows past, and shrinks toward, a floor (see [`RecvWindow::grant`]).
 
 use std::time::{Duration, Instant};
 
@@ -148,8 +148,8 @@ impl RecvWindow {
 
     /// Produce the due window update (call only when `update_due`). `rtt` is the RTT to
     /// tune to, if known (see the session's `grant_window`); `max_window` caps growth;
-    /// `budget` bounds the sum of windows. With `shrink_to` (the session's initial window,
-    /// passed while other streams are busy), a window whose half took more than 4 × RTT to
+    /// `budget` bounds the sum of windows. With `shrink_to` (the session's contended floor,
+    /// passed while a light stream is busy), a window whose half took more than 4 × RTT to
     /// be consumed is oversized for this stream's rate: it shrinks toward `shrink_to` by
     /// returning less credit than was consumed (at most half of it, so a quarter of the
     /// window per update) — what is already granted stays granted. Meanwhile it never

@@ -1183,13 +1183,13 @@ impl Session {
         }
     }
 
-    /// How many bytes a `send` on `sid` would frame at once right now. A reader that reads no more than this keeps a lone bulk stream on the
-    /// one-copy path: bytes that arrive while the outgoing buffer is full would go to the
-    /// backlog, and then every later send does too (behind it) until the backlog drains;
-    /// that was the steady state of an upload, two copies per byte (measured).
-    /// `None` when sends on `sid` take the backlog whatever the reader does (other streams
-    /// wait in the scheduler, it has a backlog, it is closed or unknown); otherwise the
-    /// room, which is 0 while the outgoing buffer is full or the send window spent.
+    /// How many bytes a `send` on `sid` would frame at once right now: `None` when sends
+    /// take the backlog whatever the reader does (other streams wait in the scheduler, it
+    /// has a backlog, it is closed or unknown); otherwise the room, 0 while the outgoing
+    /// buffer is full or the send window spent. A reader that reads no more than this
+    /// keeps a lone bulk stream on the one-copy path: bytes that arrive while the outgoing
+    /// buffer is full would go to the backlog, and every later send behind them until it
+    /// drains (the steady state of an upload before: two copies per byte, measured).
     pub fn direct_room(&self, sid: u32) -> Option<usize> {
         let st = self.streams.get(&sid)?;
         if self.dead
@@ -1303,24 +1303,19 @@ impl Session {
                 return Err(self.fail(Error::KeepaliveTimeout));
             }
         }
-        let mut probe_wait = None;
-        if self.rtt_probes_sent < RTT_PROBES {
-            // Measure the path on the first ticks, while the link is quiet: a first ping
-            // sent once bulk data fills the link measures that queue instead.
-            let due = self.rtt_probe_at.map_or(now, |at| at + RTT_PROBE_INTERVAL);
-            if now >= due && self.pings.is_empty() {
-                self.rtt_probes_sent += 1;
-                self.rtt_probe_at = Some(now);
-                self.send_ping(now);
-            }
-            if self.rtt_probes_sent < RTT_PROBES {
-                let next = self.rtt_probe_at.map_or(now, |at| at + RTT_PROBE_INTERVAL);
-                probe_wait = Some(
-                    next.saturating_duration_since(now)
-                        .max(Duration::from_millis(1)),
-                );
-            }
+        // Measure the path on the first ticks, while the link is quiet: a first ping sent
+        // once bulk data fills the link measures that queue instead.
+        let next_probe = |s: &Session| s.rtt_probe_at.map_or(now, |at| at + RTT_PROBE_INTERVAL);
+        if self.rtt_probes_sent < RTT_PROBES && now >= next_probe(self) && self.pings.is_empty() {
+            self.rtt_probes_sent += 1;
+            self.rtt_probe_at = Some(now);
+            self.send_ping(now);
         }
+        let probe_wait = (self.rtt_probes_sent < RTT_PROBES).then(|| {
+            next_probe(self)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        });
         let interval = Duration::from_millis(self.cfg.keepalive_interval_ms);
         if now >= self.next_keepalive {
             if self.pings.is_empty() {

@@ -140,12 +140,12 @@ impl Stream {
             self.rx_epoch_bytes = 0;
         }
         self.rx_epoch_bytes += u64::from(n);
-        self.rx_epoch_bytes < light && self.rx_prev_epoch_bytes.is_none_or(|p| p < light)
+        self.is_light(now, epoch, light)
     }
 
-    /// Whether the stream is still light at `now` (as `note_rx` would say of a zero-byte
-    /// delivery, without rolling the epochs): a bulk stream is light for its first
-    /// `light` bytes, and must stop counting as contention as soon as it passes them.
+    /// Whether the stream is light at `now` (what `note_rx` says, without accounting or
+    /// rolling the epochs): a bulk stream is light for its first `light` bytes, and must
+    /// stop counting as contention as soon as it passes them.
     pub fn is_light(&self, now: Instant, epoch: Duration, light: u64) -> bool {
         let since = now.saturating_duration_since(self.rx_epoch_start);
         if since >= epoch * 2 {
