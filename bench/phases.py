@@ -15,6 +15,7 @@ from typing import Any
 from bench import httpbench, memory
 from bench.contestants import Contestant, Haproxy
 from bench.httpbench import HttpMeasurement
+from bench.loopfloor import LoopFloor
 from bench.origin import Origin
 from bench.peers import HTTP
 from bench.procs import BenchError
@@ -88,6 +89,7 @@ def run_http(
     res: dict[str, Any] = {"contestants": {}, "rates": {}}
     origin = Origin(tmp)
     active: list[Contestant] = []
+    floor: LoopFloor | None = None
     try:
         origin.start()
         res["origin"] = {"port": origin.port, "config": origin.config, "sha256": origin.sha256}
@@ -153,13 +155,22 @@ def run_http(
         res["rates"]["common_close_rate"] = ccommon if mode.close_latency else None
 
         # Fixed-rate latency (open loop, latency-corrected) at a rate every contestant sustains.
+        # Beside the contestants: the uvloop floor (what one wake-up per request costs a
+        # Python process) and, in direct's runs, the origin's own CPU (what it costs nginx).
         if common and httpbench.oha_binary():
+            floor = start_floor(tmp, origin.port, log, res)
+            lat_order = active + ([floor] if floor else [])
             for rep in range(1, mode.reps + 1):
-                shift = (rep - 1) % max(len(active), 1)
-                for c in active[shift:] + active[:shift]:
+                shift = (rep - 1) % max(len(lat_order), 1)
+                for c in lat_order[shift:] + lat_order[:shift]:
+                    procs = c.cpu_procs()
+                    if c.key == "direct" and origin.proc is not None:
+                        procs = {"origin nginx": origin.proc}
                     m = httpbench.oha("ka-lat", c.key, rep, c.visitor_port(), c.http_host,
-                                      mode.lat_duration, common, c.cpu_procs())  # fmt: skip
+                                      mode.lat_duration, common, procs)  # fmt: skip
                     rec(m, c.label)
+                    if c is floor:
+                        continue
                     if mode.close_latency and ccommon:
                         rec(httpbench.oha("close-lat", c.key, rep, c.visitor_port(),
                                           c.http_host, mode.lat_duration, ccommon,
@@ -214,8 +225,27 @@ def run_http(
     finally:
         for c in active:
             c.stop()
+        if floor is not None:
+            floor.stop()
         origin.stop()
     return res
+
+
+def start_floor(
+    tmp: Path, origin_port: int, log: Callable[[str], None], res: dict[str, Any]
+) -> LoopFloor | None:
+    """Start the uvloop floor responder; None (and the reason in `res`) when it cannot run."""
+    floor = LoopFloor(tmp / "http", origin_port)
+    log(f"http: starting {floor.label}")
+    try:
+        floor.start()
+    except BenchError as e:
+        log(f"http: skipping {floor.label}: {e}")
+        res["loopfloor"] = {"skipped": str(e).splitlines()[0], "logs": floor.logs()}
+        floor.stop()
+        return None
+    res["loopfloor"] = {"label": floor.label, "summary": floor.summary, "config": floor.config}
+    return floor
 
 
 CLOSE_LAT_CONNS = 20

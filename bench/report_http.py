@@ -11,6 +11,8 @@ from bench.httpbench import HttpMeasurement
 from bench.report import EN, LABELS, PEERS, Target, X, best_of
 
 PCTS = ("p50", "p90", "p99", "p99.9", "max")
+FLOOR_KEY = "loopfloor"
+FLOOR_LABEL = "uvloop floor (not a tunnel)"
 
 
 @dataclass
@@ -275,26 +277,33 @@ def markdown(
             f" (p99: median (min{EN}max)), ms. Errors over all reps."
         )
         add("")
-        hdr = ["contestant", "p50", "p90", "p99", "p99.9", "max", "achieved req/s", "errors"]
+        hdr = ["contestant", "p50", "p90", "p99", "p99.9", "max", "achieved req/s",
+               "CPU-µs/request", "errors"]  # fmt: skip
         if scen == "close-lat":
-            hdr.insert(-1, "connect ms (avg)")
+            hdr.insert(-2, "connect ms (avg)")
         add("| " + " | ".join(hdr) + " |")
         add("|" + "|".join([" --- "] + [" ---: "] * (len(hdr) - 1)) + "|")
-        for k in order:
+        lat_rows = [(k, labels.get(k, k)) for k in order]
+        if scen == "ka-lat":
+            lat_rows.append((FLOOR_KEY, f"*{FLOOR_LABEL}*"))
+        for k, label in lat_rows:
             cell = _get(c, scen, k)
             if not cell:
                 continue
-            row = [labels.get(k, k)]
+            row = [label]
             for p in PCTS:
                 row.append(cell.lat_rng(p) if p == "p99" else _f(cell.lat(p)))
             row.append(_f(cell.median, ",.0f"))
             if scen == "close-lat":
                 row.append(_f(cell.connect_ms()))
+            row.append(cpu_us_per_request(cell))
             row.append(
                 str(cell.errors) + (f" ({cell.failures} runs failed)" if cell.failures else "")
             )
             add("| " + " | ".join(row) + " |")
         add("")
+        if scen == "ka-lat":
+            L.extend(floor_paragraph(c))
     sweep = [(k, r, cell) for (s, k, r), cell in c.items() if s == "ka-sweep"]
     if sweep:
         add("## Knee sweep (keep-alive, fractions of each contestant's own maximum)")
@@ -431,6 +440,45 @@ def markdown(
             )
             add("")
     return L
+
+
+def cpu_us_per_request(cell: HCell) -> str:
+    """CPU-µs of the contestant's processes per request, split by process when several."""
+    cpu, per = cell.cpu_per_1k()
+    if cpu is None:
+        return "—"
+    # CPU-seconds per 1,000 requests x 1,000 = CPU-µs per request.
+    if len(per) > 1:
+        return f"{cpu * 1e3:.0f} (" + " + ".join(f"{r} {v * 1e3:.0f}" for r, v in per.items()) + ")"
+    role, value = next(iter(per.items()))
+    return f"{value * 1e3:.0f} ({role})" if role.startswith("origin") else f"{value * 1e3:.0f}"
+
+
+def floor_paragraph(c: dict[tuple[str, str, float | None], HCell]) -> list[str]:
+    """What the CPU column says about the event loop, from the floor and relay's own rows."""
+    floor, relay = _get(c, "ka-lat", FLOOR_KEY), _get(c, "ka-lat", "relay")
+    floor_cpu = floor.cpu_per_1k()[0] if floor else None
+    if floor_cpu is None:
+        return []
+    text = (
+        "CPU-µs/request: CPU time (user + system, from `/proc`) of the contestant's processes"
+        " per request at this rate; direct's is the origin nginx's own. The *uvloop floor* row"
+        " is a do-nothing HTTP responder on uvloop (`bench/loopfloor.py`): one Python process,"
+        " one wake-up per request, no relaying, no TLS. It costs"
+        f" {floor_cpu * 1e3:.0f} µs per request, the fixed price of a uvloop wake-up at this"
+        " rate."
+    )
+    _, per = relay.cpu_per_1k() if relay else (None, {})
+    if per:
+        each = " and ".join(
+            f"{r} {v * 1e3:.0f} µs ({v / floor_cpu:.1f}{X} the floor)" for r, v in per.items()
+        )
+        text += (
+            f" relay's processes cost {each} per request; each of them reads and writes on both"
+            " sides of every request (visitor and link, or link and upstream) where the floor"
+            " reads and writes once, and the link's side is framed and encrypted."
+        )
+    return [text, ""]
 
 
 def _mib(b: int | None) -> str:

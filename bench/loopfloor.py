@@ -1,0 +1,153 @@
+"""The event-loop floor: the cheapest HTTP responder Python on uvloop can be.
+
+relay's edge and agent are Python processes on uvloop. At a fixed, moderate request rate every
+request wakes each of them twice (a read on each side), and the fixed cost of one wake-up —
+libuv's poll, uvloop's callback into Python, the first touch of cold caches — is paid in full
+each time. This responder measures that cost alone: one process, one wake-up per request, no
+relaying, no TLS, no parsing beyond finding where each request ends. Its CPU per request at the
+same fixed rate as the contestants is the floor below which no uvloop process can go, and so
+says how much of relay's CPU per request is the loop's and how much is relay's own.
+
+Run as ``python -m bench.loopfloor --port N``; it prints ``ready`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import cast
+
+import uvloop
+
+from bench.contestants import START_TIMEOUT, Contestant
+from bench.procs import free_port, wait_listening
+
+#: Same status, body and shape of headers as the origin's `return 200 "ok"`.
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: bench-loopfloor\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Length: 2\r\n"
+    b"Connection: keep-alive\r\n"
+    b"\r\n"
+    b"ok"
+)
+END_OF_HEAD = b"\r\n\r\n"
+#: A request head longer than this without its end is not one oha sends; the connection closes.
+MAX_HEAD = 16 * 1024
+
+
+class RequestCounter:
+    """Counts request heads that end in a byte stream read in arbitrary pieces.
+
+    Requests carry no body (oha's GET), so each ``\\r\\n\\r\\n`` ends one. The count runs in
+    the read buffer itself (no copy); only the last three bytes of each piece are kept, so an
+    end split across two reads is still found, once.
+    """
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._open = 0  # bytes since the last end of a head
+
+    def feed(self, buf: bytearray, n: int) -> int:
+        """Heads completed by ``buf[:n]``. Raises ValueError past MAX_HEAD without an end."""
+        keep = len(END_OF_HEAD) - 1
+        count = 0
+        start = 0  # where in buf the search for whole ends begins
+        if self._tail:
+            # An end inside tail + first bytes spans the joint: neither side alone holds 4.
+            joint = self._tail + bytes(buf[: min(n, keep)])
+            at = joint.find(END_OF_HEAD)
+            if at >= 0:
+                count = 1
+                start = at + len(END_OF_HEAD) - len(self._tail)
+        count += buf.count(END_OF_HEAD, start, n)
+        last = buf.rfind(END_OF_HEAD, start, n)
+        open_from = last + len(END_OF_HEAD) if last >= 0 else (start if count else None)
+        if open_from is None:
+            self._open += n
+            self._tail = (self._tail + bytes(buf[max(0, n - keep) : n]))[-keep:]
+        else:
+            self._open = n - open_from
+            self._tail = bytes(buf[max(open_from, n - keep) : n])
+        if self._open > MAX_HEAD:
+            raise ValueError(f"request head longer than {MAX_HEAD} bytes")
+        return count
+
+
+class Responder(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self._buffer = bytearray(64 * 1024)
+        self._counter = RequestCounter()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._transport is not None
+        try:
+            done = self._counter.feed(self._buffer, nbytes)
+        except ValueError:
+            self._transport.close()
+            return
+        if done:
+            self._transport.write(RESPONSE * done)
+
+
+class LoopFloor(Contestant):
+    """The responder above as a row of the fixed-rate table: not a tunnel, a yardstick."""
+
+    key = "loopfloor"
+    label = "uvloop floor"
+    summary = "a do-nothing HTTP responder on uvloop (one process, one wake-up per request)"
+
+    def __init__(self, work: Path, origin_port: int) -> None:
+        super().__init__(work, origin_port)
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "bench.loopfloor", "--port", str(self.port)]
+        # `-m bench.loopfloor` must find this package wherever the harness was started from.
+        repo = str(Path(__file__).resolve().parent.parent)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+        }
+        p = self._spawn("responder", argv, env)
+        wait_listening(self.port, "uvloop floor responder", START_TIMEOUT, [p])
+        self.config = {"argv": argv, "python": sys.version.split()[0], "uvloop": version("uvloop")}
+
+    def visitor_port(self) -> int:
+        return self.port
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(Responder, "127.0.0.1", port, backlog=4096)
+    print("ready", flush=True)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    uvloop.run(serve(ap.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
