@@ -79,27 +79,36 @@ class RequestCounter:
             raise ValueError(f"request head longer than {MAX_HEAD} bytes")
         return count
 
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of an unfinished head are held."""
+        return self._open > 0
 
-class Responder(asyncio.BufferedProtocol):
+
+class Responder(asyncio.Protocol):
+    """Answers each request with RESPONSE. The usual read (whole requests, nothing pending) is
+    a handful of bytecodes: the floor should be the loop's cost, not this protocol's."""
+
     def __init__(self) -> None:
-        self._buffer = bytearray(64 * 1024)
         self._counter = RequestCounter()
+        self._pending = False  # part of a request head is in the counter
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
 
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self._buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def data_received(self, data: bytes) -> None:
         assert self._transport is not None
+        if not self._pending and data.endswith(END_OF_HEAD):
+            self._transport.write(RESPONSE * data.count(END_OF_HEAD))
+            return
         try:
-            done = self._counter.feed(self._buffer, nbytes)
+            done = self._counter.feed(bytearray(data), len(data))
         except ValueError:
             self._transport.close()
             return
+        self._pending = self._counter.pending
         if done:
             self._transport.write(RESPONSE * done)
 
