@@ -465,8 +465,8 @@ def floor_paragraph(c: dict[tuple[str, str, float | None], HCell]) -> list[str]:
         " per request at this rate; direct's is the origin nginx's own. The *uvloop floor* row"
         " is a do-nothing HTTP responder on uvloop (`bench/loopfloor.py`): one Python process,"
         " one wake-up per request, no relaying, no TLS. It costs"
-        f" {floor_cpu * 1e3:.0f} µs per request, the fixed price of a uvloop wake-up at this"
-        " rate."
+        f" {floor_cpu * 1e3:.0f} µs per request: what a uvloop process pays to wake, read and"
+        " write once at this rate."
     )
     _, per = relay.cpu_per_1k() if relay else (None, {})
     if per:
