@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.loopfloor import LoopFloor
+
 
 def draw(result: dict[str, Any], out: Path, stem: str) -> list[str]:
     try:
@@ -17,7 +19,7 @@ def draw(result: dict[str, Any], out: Path, stem: str) -> list[str]:
     written: list[str] = []
     labels = {c["key"]: c["label"] for c in result["contestants"]}
     labels.update({k: v["label"] for k, v in result.get("http", {}).get("contestants", {}).items()})
-    labels["loopfloor"] = "uvloop floor"
+    labels[LoopFloor.key] = LoopFloor.label
 
     # Bulk: one group per scenario, one bar per contestant (median, min-max error bars).
     bulk = result.get("results", {})

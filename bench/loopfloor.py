@@ -45,44 +45,23 @@ MAX_HEAD = 16 * 1024
 class RequestCounter:
     """Counts request heads that end in a byte stream read in arbitrary pieces.
 
-    Requests carry no body (oha's GET), so each ``\\r\\n\\r\\n`` ends one. The count runs in
-    the read buffer itself (no copy); only the last three bytes of each piece are kept, so an
-    end split across two reads is still found, once.
+    Requests carry no body (oha's GET), so each ``\\r\\n\\r\\n`` ends one. The bytes of an
+    unfinished head are kept and searched again with the next piece, so an end split across
+    two reads is found, once.
     """
 
     def __init__(self) -> None:
-        self._tail = b""
-        self._open = 0  # bytes since the last end of a head
+        #: Bytes of a head whose end has not arrived yet.
+        self.unfinished = b""
 
-    def feed(self, buf: bytearray, n: int) -> int:
-        """Heads completed by ``buf[:n]``. Raises ValueError past MAX_HEAD without an end."""
-        keep = len(END_OF_HEAD) - 1
-        count = 0
-        start = 0  # where in buf the search for whole ends begins
-        if self._tail:
-            # An end inside tail + first bytes spans the joint: neither side alone holds 4.
-            joint = self._tail + bytes(buf[: min(n, keep)])
-            at = joint.find(END_OF_HEAD)
-            if at >= 0:
-                count = 1
-                start = at + len(END_OF_HEAD) - len(self._tail)
-        count += buf.count(END_OF_HEAD, start, n)
-        last = buf.rfind(END_OF_HEAD, start, n)
-        open_from = last + len(END_OF_HEAD) if last >= 0 else (start if count else None)
-        if open_from is None:
-            self._open += n
-            self._tail = (self._tail + bytes(buf[max(0, n - keep) : n]))[-keep:]
-        else:
-            self._open = n - open_from
-            self._tail = bytes(buf[max(open_from, n - keep) : n])
-        if self._open > MAX_HEAD:
+    def feed(self, data: bytes) -> int:
+        """Heads completed by `data`. Raises ValueError past MAX_HEAD without an end."""
+        window = self.unfinished + data
+        last = window.rfind(END_OF_HEAD)
+        self.unfinished = window[last + len(END_OF_HEAD) :] if last >= 0 else window
+        if len(self.unfinished) > MAX_HEAD:
             raise ValueError(f"request head longer than {MAX_HEAD} bytes")
-        return count
-
-    @property
-    def pending(self) -> bool:
-        """Whether bytes of an unfinished head are held."""
-        return self._open > 0
+        return window.count(END_OF_HEAD)
 
 
 class Responder(asyncio.Protocol):
@@ -91,7 +70,6 @@ class Responder(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._counter = RequestCounter()
-        self._pending = False  # part of a request head is in the counter
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,15 +78,14 @@ class Responder(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
-        if not self._pending and data.endswith(END_OF_HEAD):
+        if not self._counter.unfinished and data.endswith(END_OF_HEAD):
             self._transport.write(RESPONSE * data.count(END_OF_HEAD))
             return
         try:
-            done = self._counter.feed(bytearray(data), len(data))
+            done = self._counter.feed(data)
         except ValueError:
             self._transport.close()
             return
-        self._pending = self._counter.pending
         if done:
             self._transport.write(RESPONSE * done)
 

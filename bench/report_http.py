@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.httpbench import HttpMeasurement
+from bench.loopfloor import LoopFloor
 from bench.report import EN, LABELS, PEERS, Target, X, best_of
 
 PCTS = ("p50", "p90", "p99", "p99.9", "max")
-FLOOR_KEY = "loopfloor"
-FLOOR_LABEL = "uvloop floor (not a tunnel)"
+FLOOR_KEY = LoopFloor.key
+FLOOR_LABEL = f"{LoopFloor.label} (not a tunnel)"
 
 
 @dataclass
@@ -443,15 +444,16 @@ def markdown(
 
 
 def cpu_us_per_request(cell: HCell) -> str:
-    """CPU-µs of the contestant's processes per request, split by process when several."""
+    """CPU-µs of the contestant's processes per request, naming the process(es) charged."""
     cpu, per = cell.cpu_per_1k()
     if cpu is None:
         return "—"
     # CPU-seconds per 1,000 requests x 1,000 = CPU-µs per request.
     if len(per) > 1:
-        return f"{cpu * 1e3:.0f} (" + " + ".join(f"{r} {v * 1e3:.0f}" for r, v in per.items()) + ")"
-    role, value = next(iter(per.items()))
-    return f"{value * 1e3:.0f} ({role})" if role.startswith("origin") else f"{value * 1e3:.0f}"
+        charged = " + ".join(f"{r} {v * 1e3:.0f}" for r, v in per.items())
+    else:
+        charged = next(iter(per))
+    return f"{cpu * 1e3:.0f} ({charged})"
 
 
 def floor_paragraph(c: dict[tuple[str, str, float | None], HCell]) -> list[str]:

@@ -79,6 +79,13 @@ fn server_with_stream() -> (Session, Instant) {
     (s, t)
 }
 
+/// One ping sent at `at` and answered `rtt` later: the session has measured that RTT.
+fn answer_one_ping(s: &mut Session, at: Instant, rtt: Duration) {
+    let p = s.ping_at(at).unwrap();
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), at + rtt)
+        .unwrap();
+}
+
 fn receive_err(s: &mut Session, bytes: &[u8], t: Instant) -> Error {
     s.receive_at(bytes, t).map(|e| e.to_vec()).unwrap_err()
 }
@@ -813,12 +820,7 @@ fn window_update_is_sent_once_half_the_window_is_consumed() {
 fn auto_tuning_doubles_the_window_when_updates_come_faster_than_two_rtts() {
     let (mut s, t) = server_with_stream();
     // Measure an RTT of 50 ms.
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(
-        &hdr(FrameType::Ping, Flags::ACK, 0, p),
-        t + Duration::from_millis(50),
-    )
-    .unwrap();
+    answer_one_ping(&mut s, t, Duration::from_millis(50));
     assert_eq!(s.rtt_us(), 50_000);
     s.take_outgoing();
     // Half a window consumed 10 ms after the stream's last update: grow.
@@ -1104,12 +1106,7 @@ fn peer_rst_gives_reset_and_peer_fin_gives_fin() {
 /// least RTT is 200 us, the smoothed RTT over 8 ms.
 fn measure_path_then_a_queue(s: &mut Session, t: Instant) {
     let ms = Duration::from_millis;
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(
-        &hdr(FrameType::Ping, Flags::ACK, 0, p),
-        t + Duration::from_micros(200),
-    )
-    .unwrap();
+    answer_one_ping(s, t, Duration::from_micros(200));
     let queued: Vec<u32> = (0..4).map(|_| s.ping_at(t + ms(1)).unwrap()).collect();
     for p in queued {
         s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(21))
@@ -1212,9 +1209,7 @@ fn bulk_streams_beside_each_other_keep_generous_windows() {
 fn a_window_grown_alone_shrinks_once_another_stream_is_busy() {
     let ms = Duration::from_millis;
     let (mut s, t) = server_with_stream();
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + ms(5))
-        .unwrap();
+    answer_one_ping(&mut s, t, ms(5));
     // Alone and fast: the window grows (5 ms RTT) to 4 W.
     let mut at = t + ms(6);
     for _ in 0..2 {
@@ -1249,12 +1244,14 @@ fn a_window_grown_alone_shrinks_once_another_stream_is_busy() {
     assert!(s.stats().window_shrinks >= 4);
 }
 
-/// A server with stream 1 accepted and one ping answered `rtt` after it was sent.
-fn server_with_stream_and_rtt(rtt: Duration) -> (Session, Instant) {
+/// A server with a bulk stream 1 and a light stream 3 accepted, the RTT measured at 1 ms;
+/// the time the session started. Stream 3 opened 2 ms in.
+fn bulk_and_light_streams() -> (Session, Instant) {
     let (mut s, t) = server_with_stream();
-    let p = s.ping_at(t).unwrap();
-    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, p), t + rtt)
+    answer_one_ping(&mut s, t, Duration::from_millis(1));
+    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + Duration::from_millis(2))
         .unwrap();
+    s.accept_stream(3).unwrap();
     (s, t)
 }
 
@@ -1284,23 +1281,18 @@ fn a_contended_window_does_not_grow_on_a_burst_read() {
     // The receiver was off the CPU, then reads megabytes at once: half windows consumed
     // microseconds apart look like a fast link. While a light stream is busy that must
     // not grow the bulk stream's window (it swung between 2 and 6 MiB, measured).
-    let ms = Duration::from_millis;
-    let (mut s, t) = server_with_stream_and_rtt(ms(1));
-    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(2)).unwrap();
-    s.accept_stream(3).unwrap();
+    let (mut s, t) = bulk_and_light_streams();
     let burst = Duration::from_micros(10);
-    consume_half_windows(&mut s, 1, 6, t + ms(3), burst, Some(3));
+    consume_half_windows(&mut s, 1, 6, t + Duration::from_millis(3), burst, Some(3));
     assert_eq!(s.stream_window(1).unwrap().0, W);
     assert_eq!(s.stats().window_grows, 0);
 }
 
 #[test]
 fn a_light_stream_that_can_receive_no_more_is_no_contention() {
-    let ms = Duration::from_millis;
-    let (mut s, t) = server_with_stream_and_rtt(ms(1));
+    let (mut s, t) = bulk_and_light_streams();
     // Stream 3 gets its last response and the peer's FIN: it is done receiving.
-    s.receive_at(&hdr(WU, Flags::SYN, 3, 0), t + ms(2)).unwrap();
-    s.accept_stream(3).unwrap();
+    let ms = Duration::from_millis;
     s.receive_at(&data(3, Flags::FIN, b"bye"), t + ms(2))
         .unwrap();
     let burst = Duration::from_micros(10);
