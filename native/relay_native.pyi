@@ -53,6 +53,7 @@ class FlowControlViolation(ProtocolError): ...    # data beyond the advertised r
 class StreamResetFlood(ProtocolError): ...        # open-then-reset churn past the configured rate
 class SessionBudgetExceeded(ProtocolError): ...   # reserved: the budget caps window growth instead; not raised by 0.1.0
 class FrameTooLarge(ProtocolError): ...           # a data frame longer than the largest window we could ever grant
+class RefusalFlood(ProtocolError): ...            # opens past the limits while our refusals pile up unread
 
 class KeepaliveTimeout(YamuxError):
     """A keepalive ping went unanswered past ``keepalive_timeout_ms``. GoAway(2) queued."""
@@ -194,13 +195,19 @@ class Session:
         one is split; its rest stays queued first). ``None`` (default):
         everything sendable, moved out without a copy.
 
-        Ping answers pending are capped at 64: more pings arriving before they are taken
-        are dropped unanswered."""
+        Answers the peer provokes are queued only while the outgoing buffer holds less
+        than 320 KiB (``MAX_UNSENT_ANSWERS``): past it, pings are dropped unanswered and an
+        open past the limits raises ``RefusalFlood`` (a peer that does not read)."""
 
     @property
     def outgoing_len(self) -> int:
         """Bytes already framed and waiting: control frames and directly framed data.
         Other stream data is framed by take_outgoing(); see ``has_sendable``/``pending_data``."""
+    @property
+    def has_events(self) -> bool:
+        """Calls queued events (e.g. EVENT_CLOSED) that take_events() would return: the
+        byte path checks this once per flush, so a close completed by a call does not wait
+        for the link's next input."""
     @property
     def has_sendable(self) -> bool:
         """Some stream has backlog within its send window (O(1)). Flush when

@@ -36,7 +36,10 @@ cdef class Link:
     cdef readonly object close_exc
     cdef readonly Py_ssize_t pending_high_water
     cdef list _flush_waiters
+    cdef readonly bint unread_paused
 
+    cdef void _dispatch(self, bytes events, const char* base)
+    cdef void _write_frames(self)
     cdef void _deliver(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
                        const char* base)
     cpdef schedule_flush(self)

@@ -23,6 +23,8 @@ class Link(asyncio.BufferedProtocol):
     handler: Any
     channels: dict[int, Channel]
     write_paused: bool
+    #: Reading stopped: the peer left more than LINK_UNREAD_LIMIT of answers unread.
+    unread_paused: bool
     closed: bool
     close_exc: BaseException | None
     pending_high_water: int

@@ -100,6 +100,9 @@ cdef object YamuxError = relay_native.YamuxError
 #: ahead of a small response (head-of-line latency).
 LINK_WRITE_HIGH = 256 * 1024
 LINK_WRITE_LOW = 64 * 1024
+#: While writing is paused only control frames reach the transport; past this much unsent
+#: the peer is not reading our answers, and the link stops reading until it does.
+LINK_UNREAD_LIMIT = 4 * LINK_WRITE_HIGH
 #: TCP_NOTSENT_LOWAT on the link socket: the kernel keeps at most this much unsent data
 #: queued, for the same reason (its send buffer otherwise grows to megabytes).
 LINK_NOTSENT_LOWAT = 128 * 1024
@@ -198,6 +201,7 @@ cdef class Link:
         self._tick_handle = None
         self.close_exc = None
         self._flush_waiters = []
+        self.unread_paused = False
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -219,12 +223,6 @@ cdef class Link:
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef bytes events
-        cdef const uint32_t* ev
-        cdef Py_ssize_t i, count
-        cdef uint32_t kind, sid, a
-        cdef Py_ssize_t run_first, run_count
-        cdef const char* base = PyByteArray_AS_STRING(_LINK_BUFFER)
-        cdef object channel
         if self.closed:
             return
         try:
@@ -232,10 +230,17 @@ cdef class Link:
         except YamuxError as exc:
             self.fail(exc)
             return
-        ev = <const uint32_t*>PyBytes_AS_STRING(events)
-        count = PyBytes_GET_SIZE(events) // 16
-        run_first = 0
-        run_count = 0
+        self._dispatch(events, PyByteArray_AS_STRING(_LINK_BUFFER))
+        self.schedule_flush()
+
+    cdef void _dispatch(self, bytes events, const char* base):
+        """Hand packed events to channels and the handler. ``base`` is the buffer DATA
+        events point into (events queued by calls carry no data)."""
+        cdef const uint32_t* ev = <const uint32_t*>PyBytes_AS_STRING(events)
+        cdef Py_ssize_t i, count = PyBytes_GET_SIZE(events) // 16
+        cdef uint32_t kind, sid, a
+        cdef Py_ssize_t run_first = 0, run_count = 0
+        cdef object channel
         for i in range(count):
             kind = ev[4 * i]
             sid = ev[4 * i + 1]
@@ -278,7 +283,6 @@ cdef class Link:
                 self.handler.pong(a)
         if run_count:
             self._deliver(ev, run_first, run_count, base)
-        self.schedule_flush()
 
     cdef void _deliver(self, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
                               const char* base):
@@ -303,6 +307,10 @@ cdef class Link:
 
     def resume_writing(self):
         self.write_paused = False
+        if self.unread_paused:
+            # The peer reads again: so do we.
+            self.unread_paused = False
+            self.transport.resume_reading()
         self.schedule_flush()  # frames waiting in the session may go now
 
     def connection_lost(self, exc):
@@ -326,10 +334,19 @@ cdef class Link:
             self.loop.call_soon(self._flush_cb)
 
     def _flush(self):
-        cdef Py_ssize_t budget, control, queued
         self._flush_scheduled = False
         if self.closed or self.transport is None:
             return
+        self._write_frames()
+        if self.session.has_events:
+            # A call completed something (close_stream after the peer's FIN, a FIN framed
+            # at take time): its EVENT_CLOSED must reach the pump now, not with the link's
+            # next input, which may be a keepalive ping 15 s away — the visitor's socket
+            # would be held that long.
+            self._dispatch(self.session.take_events(), NULL)
+
+    cdef void _write_frames(self):
+        cdef Py_ssize_t budget, control, queued
         session = self.session
         if self.write_paused:
             # Only control frames (window updates, pings, go-away) while the link is
@@ -337,6 +354,14 @@ cdef class Link:
             control = session.outgoing_len
             if control:
                 self.transport.write(memoryview(session.take_outgoing(control)))
+            if (not self.unread_paused
+                    and self.transport.get_write_buffer_size() > LINK_UNREAD_LIMIT):
+                # Only answers the peer provoked (RSTs, ping answers) grow the buffer past
+                # the write limit, and the peer does not read them: stop reading its
+                # provocations until it does (resume_writing). A peer that never reads
+                # again is ended by the keepalive timeout, its buffer bounded meanwhile.
+                self.unread_paused = True
+                self.transport.pause_reading()
             return
         budget = LINK_WRITE_HIGH - self.transport.get_write_buffer_size()
         if budget <= 0:
@@ -760,6 +785,18 @@ cdef class Pump(Channel):
             self.transport.resume_reading()
 
     cdef void _abort(self):
+        """Cut the socket and reset the stream: the other side must hear of it at once
+        (an aborted transport reports connection_lost with ``finished`` already set, so
+        that path cannot do it), or the agent holds the upstream connection forever."""
+        cdef Link link = self.link
+        if not self.finished and self.stream_id >= 0 and link is not None and not link.closed:
+            if link.channels.get(self.stream_id) is self:
+                del link.channels[self.stream_id]
+            try:
+                link.session.reset_stream(self.stream_id)  # a no-op if the peer reset it
+            except YamuxError:
+                pass
+            link.schedule_flush()
         self.finished = True
         if self.transport is not None:
             self.transport.abort()

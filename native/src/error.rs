@@ -35,6 +35,8 @@ pub enum Error {
     SessionBudgetExceeded,
     /// A data frame longer than the largest window we could ever grant.
     FrameTooLarge(u32),
+    /// Opens past the limits while our refusals pile up unread (see `MAX_UNSENT_ANSWERS`).
+    RefusalFlood,
     // ---- fatal, not the peer's framing: GoAway(2) queued, session dead ----
     /// A keepalive ping went unanswered past the timeout.
     KeepaliveTimeout,
@@ -73,6 +75,7 @@ impl Error {
             Error::StreamResetFlood => "stream_reset_flood",
             Error::SessionBudgetExceeded => "session_budget_exceeded",
             Error::FrameTooLarge(_) => "frame_too_large",
+            Error::RefusalFlood => "refusal_flood",
             Error::KeepaliveTimeout => "keepalive_timeout",
             Error::StreamLimitReached => "stream_limit_reached",
             Error::SessionClosed => "session_closed",
@@ -95,6 +98,7 @@ impl Error {
                 | Error::StreamResetFlood
                 | Error::SessionBudgetExceeded
                 | Error::FrameTooLarge(_)
+                | Error::RefusalFlood
         )
     }
 
@@ -122,6 +126,12 @@ impl fmt::Display for Error {
             }
             Error::FrameTooLarge(len) => {
                 write!(f, "data frame of {len} bytes is larger than any window")
+            }
+            Error::RefusalFlood => {
+                write!(
+                    f,
+                    "streams opened past the limits while refusals went unread"
+                )
             }
             Error::KeepaliveTimeout => write!(f, "keepalive ping unanswered"),
             Error::StreamLimitReached => write!(f, "max_streams streams are open"),

@@ -38,6 +38,7 @@ mod exc {
     create_exception!(relay_native, StreamResetFlood, ProtocolError);
     create_exception!(relay_native, SessionBudgetExceeded, ProtocolError);
     create_exception!(relay_native, FrameTooLarge, ProtocolError);
+    create_exception!(relay_native, RefusalFlood, ProtocolError);
     create_exception!(
         relay_native,
         KeepaliveTimeout,
@@ -69,6 +70,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::StreamResetFlood => exc::StreamResetFlood::new_err(msg),
         Error::SessionBudgetExceeded => exc::SessionBudgetExceeded::new_err(msg),
         Error::FrameTooLarge(_) => exc::FrameTooLarge::new_err(msg),
+        Error::RefusalFlood => exc::RefusalFlood::new_err(msg),
         Error::KeepaliveTimeout => exc::KeepaliveTimeout::new_err(msg),
         Error::StreamLimitReached => exc::StreamLimitReached::new_err(msg),
         Error::SessionClosed => exc::SessionClosed::new_err(msg),
@@ -192,7 +194,10 @@ fn arg<T: TryFrom<u64>>(name: &str, v: &Bound<'_, PyAny>) -> PyResult<T> {
 }
 
 /// A sans-IO yamux session.
-#[pyclass(unsendable, module = "relay_native", name = "Session")]
+// Not `unsendable`: a Session is plain Rust data (Send), so the garbage collector may free
+// it on whatever thread it runs (an executor thread, the ACME worker) without PyO3
+// refusing the drop and leaking it.
+#[pyclass(module = "relay_native", name = "Session")]
 pub struct PySession {
     inner: Session,
 }
@@ -343,6 +348,10 @@ impl PySession {
         self.inner.pending_data()
     }
     #[getter]
+    fn has_events(&self) -> bool {
+        self.inner.has_events()
+    }
+    #[getter]
     fn has_sendable(&self) -> bool {
         self.inner.has_sendable()
     }
@@ -422,6 +431,7 @@ fn relay_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         StreamResetFlood,
         SessionBudgetExceeded,
         FrameTooLarge,
+        RefusalFlood,
         KeepaliveTimeout,
         StreamLimitReached,
         SessionClosed,

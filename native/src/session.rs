@@ -14,10 +14,12 @@
 //!   framed, its FIN only once its last byte is framed, RST drops its backlog. Window
 //!   updates are coalesced — at most one pending per stream in the outgoing buffer, later
 //!   credit is added into it in place. Every ping is answered with
-//!   its own opaque value (hashicorp matches each answer to its ping), but at most
-//!   [`MAX_PENDING_PING_ACKS`] answers wait in the outgoing buffer; further pings are dropped
-//!   unanswered until it is taken. So a peer that pings or sends data but never reads cannot
-//!   grow our queue without bound.
+//!   its own opaque value (hashicorp matches each answer to its ping), and every open past
+//!   the limits is refused with RST — while the outgoing buffer holds less than
+//!   [`MAX_UNSENT_ANSWERS`]. Past it, pings go unanswered and a refused open is fatal
+//!   ([`Error::RefusalFlood`]). So a peer that provokes answers but never reads cannot grow
+//!   our queue without bound, and a peer that reads gets every answer, however many
+//!   pings or opens one read carried.
 //! * Direct framing: a send of at least [`DIRECT_FRAME_MIN`] bytes, on a stream with no
 //!   backlog, while no other stream waits in the scheduler, is framed straight into the
 //!   outgoing buffer (up to [`DIRECT_FRAME_LIMIT`] queued): one copy instead of two
@@ -68,9 +70,10 @@ pub const EVENT_LEN: usize = 16;
 /// Outstanding pings we track (more are sent but their answers are ignored).
 const MAX_TRACKED_PINGS: usize = 64;
 
-/// Ping answers that may wait in the outgoing buffer; more ping SYNs are dropped unanswered
-/// until the buffer is taken.
-pub const MAX_PENDING_PING_ACKS: u32 = 64;
+/// Answers the peer provokes (ping answers, RSTs refusing its opens) are queued only while
+/// the outgoing buffer holds less than this: room for one flush of directly framed data
+/// plus 64 KiB (5,461 twelve-byte answers). Past it the peer is not reading what we send.
+pub const MAX_UNSENT_ANSWERS: usize = DIRECT_FRAME_LIMIT + 64 * 1024;
 
 /// How far below the highest peer stream id (counted in ids of the peer's parity) a SYN may
 /// still open a stream. See [`PeerIds`].
@@ -374,9 +377,6 @@ pub struct Session {
     /// Bumped whenever the outgoing buffer is taken; pending-frame offsets are valid only in
     /// their generation.
     out_gen: u64,
-    /// Ping answers in the outgoing buffer of generation `ping_acks_gen`.
-    ping_acks_pending: u32,
-    ping_acks_gen: u64,
     /// Bytes drained from the front of `out` by partial (budgeted) takes in this generation;
     /// `wu_at` offsets are logical (`out_base + index`).
     out_base: usize,
@@ -439,8 +439,6 @@ impl Session {
             events_handed: false,
             out: Vec::with_capacity(64 * 1024),
             out_gen: 1,
-            ping_acks_pending: 0,
-            ping_acks_gen: 0,
             out_base: 0,
             out_hint: 0,
             ring: VecDeque::new(),
@@ -611,7 +609,6 @@ impl Session {
     /// never split. At least one frame: a control frame, or a data frame's first byte.
     fn take_queued_prefix(&mut self, limit: usize) -> Vec<u8> {
         let mut k = 0;
-        let mut acks = 0u32;
         let mut split = None;
         while k + HEADER_LEN <= self.out.len() {
             let h = &self.out[k..k + HEADER_LEN];
@@ -630,9 +627,6 @@ impl Session {
                 }
                 break;
             }
-            if h[1] == FrameType::Ping as u8 && h[3] & Flags::ACK.bits() as u8 != 0 {
-                acks += 1;
-            }
             k += HEADER_LEN + payload;
         }
         let mut taken = Vec::with_capacity(k + split.map_or(0, |n| HEADER_LEN + n));
@@ -650,9 +644,6 @@ impl Session {
             head[8..].copy_from_slice(&((total - n) as u32).to_be_bytes());
             self.out[k + n..k + n + HEADER_LEN].copy_from_slice(&head);
             drained = k + n;
-        }
-        if self.ping_acks_gen == self.out_gen {
-            self.ping_acks_pending = self.ping_acks_pending.saturating_sub(acks);
         }
         self.out.drain(..drained);
         self.out_base += drained;
@@ -735,6 +726,13 @@ impl Session {
         }
         self.events_handed = true;
         &self.events
+    }
+
+    /// Whether calls queued events that no `receive`/`take_events` has returned yet: the
+    /// byte path asks this once per flush and dispatches them (an EVENT_CLOSED must not wait
+    /// for the link's next input, which may be a keepalive ping seconds away).
+    pub fn has_events(&self) -> bool {
+        !self.events_handed && !self.events.is_empty()
     }
 
     // ================================================================ input
@@ -948,6 +946,11 @@ impl Session {
             || self.streams.len() >= self.cfg.max_streams as usize
             || self.unaccepted_at_receive >= self.cfg.accept_backlog
         {
+            if self.out.len() >= MAX_UNSENT_ANSWERS {
+                // The peer opens past the limits and does not read the refusals: end it
+                // rather than queue refusals without bound.
+                return Err(Error::RefusalFlood);
+            }
             self.emit_rst(sid);
             self.stats.streams_refused += 1;
             return Ok(false);
@@ -1015,15 +1018,10 @@ impl Session {
             return Err(Error::InvalidFlags(h.flags.bits()));
         }
         if syn {
-            // Each ping gets its own answer (the peer matches answers to ping ids), but at
-            // most MAX_PENDING_PING_ACKS wait in the outgoing buffer: a peer that pings and
-            // never reads gets nothing more until we can write again.
-            if self.ping_acks_gen != self.out_gen {
-                self.ping_acks_gen = self.out_gen;
-                self.ping_acks_pending = 0;
-            }
-            if self.ping_acks_pending < MAX_PENDING_PING_ACKS {
-                self.ping_acks_pending += 1;
+            // Each ping gets its own answer (the peer matches answers to ping ids), however
+            // many one read carries — unless our output is piling up unsent: a peer that
+            // pings and never reads gets nothing more until we can write again.
+            if self.out.len() < MAX_UNSENT_ANSWERS {
                 self.emit(Header::new(FrameType::Ping, Flags::ACK, 0, h.length));
                 self.stats.pings_out += 1;
             }

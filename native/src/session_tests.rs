@@ -241,10 +241,10 @@ fn window_updates_are_coalesced_one_pending_per_stream() {
 }
 
 #[test]
-fn ping_acks_are_bounded_so_a_peer_that_never_reads_cannot_grow_our_queue() {
+fn ping_answers_stop_while_our_output_piles_up_unsent() {
     let (mut s, t) = server_with_stream();
     let mut input = Vec::new();
-    for i in 0..10_000u32 {
+    for i in 0..40_000u32 {
         input.extend(hdr(FrameType::Ping, Flags::SYN, 0, i));
     }
     // Plus data that keeps earning window updates on one stream.
@@ -254,10 +254,10 @@ fn ping_acks_are_bounded_so_a_peer_that_never_reads_cannot_grow_our_queue() {
     for chunk in input.chunks(4096) {
         s.receive_at(chunk, t + Duration::from_secs(5)).unwrap();
     }
-    // Never taken: at most 64 ping answers, one update per stream, one RTT probe ping.
-    let max = MAX_PENDING_PING_ACKS as usize;
+    // Never taken: answers up to the bound, then one update per stream and one probe ping.
+    let bound = MAX_UNSENT_ANSWERS + HEADER_LEN;
     assert!(
-        s.outgoing_len() <= (max + 2) * HEADER_LEN,
+        s.outgoing_len() <= bound + 2 * HEADER_LEN,
         "{}",
         s.outgoing_len()
     );
@@ -267,10 +267,11 @@ fn ping_acks_are_bounded_so_a_peer_that_never_reads_cannot_grow_our_queue() {
         .filter(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK)
         .map(|h| h.length)
         .collect();
+    let answered = MAX_UNSENT_ANSWERS.div_ceil(HEADER_LEN) as u32;
     assert_eq!(
         acks,
-        (0..max as u32).collect::<Vec<_>>(),
-        "the first 64, in order"
+        (0..answered).collect::<Vec<_>>(),
+        "the first ones, in order"
     );
     // Once the buffer is taken, pings are answered again.
     s.take_outgoing();
@@ -280,6 +281,91 @@ fn ping_acks_are_bounded_so_a_peer_that_never_reads_cannot_grow_our_queue() {
         headers(&s.take_outgoing()),
         vec![Header::new(FrameType::Ping, Flags::ACK, 0, 77_777)]
     );
+}
+
+#[test]
+fn hundreds_of_pings_in_one_read_are_all_answered() {
+    // hashicorp's keepalive waits for its own ping's answer: a cap on answers per read
+    // (64 once) timed its sessions out when a burst of pings arrived together.
+    let (mut s, t) = server();
+    let mut pings = Vec::new();
+    for i in 0..500u32 {
+        pings.extend(hdr(FrameType::Ping, Flags::SYN, 0, i));
+    }
+    s.receive_at(&pings, t).unwrap();
+    let acks: Vec<u32> = headers(&s.take_outgoing())
+        .iter()
+        .filter(|h| h.typ == FrameType::Ping && h.flags == Flags::ACK)
+        .map(|h| h.length)
+        .collect();
+    assert_eq!(acks, (0..500).collect::<Vec<_>>());
+}
+
+#[test]
+fn opens_refused_while_refusals_pile_up_unread_end_the_session() {
+    let mut c = cfg(false);
+    c.accept_backlog = 1;
+    let (mut s, t) = server_with(c);
+    // Stream 1 stays unaccepted: every later open is refused with an RST.
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    let mut sid = 3u32;
+    let mut refused = 0usize;
+    let err = loop {
+        let mut opens = Vec::new();
+        for _ in 0..1000 {
+            opens.extend(hdr(WU, Flags::SYN, sid, 0));
+            sid += 2;
+        }
+        match s.receive_at(&opens, t) {
+            Ok(_) => refused += 1000,
+            Err(e) => break e,
+        }
+        assert!(refused < 1_000_000, "never ended");
+    };
+    assert_eq!(err, Error::RefusalFlood);
+    assert_eq!(err.goaway_code(), GOAWAY_PROTOCOL);
+    assert!(s.is_dead());
+    // The RSTs stopped at the bound; the GoAway came last.
+    assert!(s.outgoing_len() <= MAX_UNSENT_ANSWERS + 2 * HEADER_LEN);
+    assert_eq!(
+        headers(s.outgoing()).last().copied(),
+        Some(Header::new(
+            FrameType::GoAway,
+            Flags::NONE,
+            0,
+            GOAWAY_PROTOCOL
+        ))
+    );
+}
+
+#[test]
+fn refusals_that_are_taken_never_end_the_session() {
+    let mut c = cfg(false);
+    c.accept_backlog = 1;
+    let (mut s, t) = server_with(c);
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    let mut sid = 3u32;
+    for _ in 0..100 {
+        let mut opens = Vec::new();
+        for _ in 0..1000 {
+            opens.extend(hdr(WU, Flags::SYN, sid, 0));
+            sid += 2;
+        }
+        s.receive_at(&opens, t).unwrap();
+        assert_eq!(headers(&s.take_outgoing()).len(), 1000, "one RST per open");
+    }
+    assert_eq!(s.stats().streams_refused, 100_000);
+}
+
+#[test]
+fn a_close_completed_by_a_call_is_reported_without_more_input() {
+    let (mut s, t) = server_with_stream();
+    s.receive_at(&hdr(WU, Flags::FIN, 1, 0), t).unwrap();
+    assert!(!s.has_events(), "receive returned the FIN event itself");
+    s.close_stream(1).unwrap();
+    assert!(s.has_events());
+    assert_eq!(evs(s.take_events()), vec![ev(EVENT_CLOSED, 1, 0, 0)]);
+    assert!(!s.has_events());
 }
 
 #[test]
@@ -1837,22 +1923,4 @@ fn ten_thousand_streams_are_scheduled_without_scanning() {
     }
     assert_eq!(frames, 20_000);
     assert!(started.elapsed() < Duration::from_secs(2));
-}
-
-#[test]
-fn a_partial_take_frees_room_for_ping_answers() {
-    let (mut s, t) = server();
-    let mut pings = Vec::new();
-    for i in 0..MAX_PENDING_PING_ACKS + 5 {
-        pings.extend(hdr(FrameType::Ping, Flags::SYN, 0, i));
-    }
-    s.receive_at(&pings, t).unwrap();
-    assert_eq!(s.outgoing_len(), 12 * MAX_PENDING_PING_ACKS as usize);
-    assert_eq!(s.take_outgoing_limited(Some(120)).len(), 120);
-    s.receive_at(&pings[..12 * 20], t).unwrap();
-    assert_eq!(
-        s.outgoing_len(),
-        12 * MAX_PENDING_PING_ACKS as usize,
-        "10 more answered, then the bound again"
-    );
 }
