@@ -353,21 +353,17 @@ cdef class TlsLinkTransport:
         self.protocol = None
 
     def start(self, protocol):
-        """The handshake is done: attach ``protocol`` and start reading."""
+        """The handshake is done: attach ``protocol`` and start reading.
+
+        Raises OSError, with nothing attached, when the peer is already gone (a reset right
+        after the handshake makes ``getpeername`` fail with ENOTCONN): the caller closes
+        the transport and no ``connection_lost`` follows for a protocol that never got
+        ``connection_made``."""
         cdef void* stage_bio
         if self._closed:
             raise RuntimeError("transport already closed")
-        # From here on records go to the staging BIO; the socket BIO keeps reading.
-        # SSL_set0_wbio drops the wbio's reference to the socket BIO; its rbio keeps one.
-        stage_bio = _BIO_new(_STAGE_METHOD)
-        if stage_bio == NULL:
-            raise MemoryError("BIO_new failed")
-        _BIO_set_init(stage_bio, 1)
-        _SSL_set0_wbio(self.ssl, stage_bio)
-        self._staged = True
-        self.protocol = protocol
         sock = self.sock
-        self._extra = {
+        extra = {
             "socket": sock,
             "ssl_object": sock,
             "sslcontext": sock.context,
@@ -376,6 +372,16 @@ cdef class TlsLinkTransport:
             "cipher": sock.cipher(),
             "peercert": sock.getpeercert(),
         }
+        # From here on records go to the staging BIO; the socket BIO keeps reading.
+        # SSL_set0_wbio drops the wbio's reference to the socket BIO; its rbio keeps one.
+        stage_bio = _BIO_new(_STAGE_METHOD)
+        if stage_bio == NULL:
+            raise MemoryError("BIO_new failed")
+        _BIO_set_init(stage_bio, 1)
+        _SSL_set0_wbio(self.ssl, stage_bio)
+        self._staged = True
+        self._extra = extra
+        self.protocol = protocol
         protocol.connection_made(self)
         if self._closed or self._closing:
             return

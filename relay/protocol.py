@@ -16,6 +16,7 @@ Decoding never trusts lengths: oversize or malformed input raises ``ProtocolViol
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum
@@ -31,6 +32,10 @@ PROTOCOL_VERSION = 1
 MAX_CONTROL_MESSAGE = 64 * 1024
 #: Largest StreamHeader accepted.
 MAX_STREAM_HEADER = 4 * 1024
+#: Deepest nesting of arrays/objects in a control message. Every message is one flat
+#: object; a 60,000-deep one (64 KiB of brackets) would exhaust the JSON decoder's
+#: recursion limit before authentication.
+MAX_JSON_DEPTH = 4
 
 _LEN32 = struct.Struct(">I")
 _LEN16 = struct.Struct(">H")
@@ -152,9 +157,11 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 def decode_message(body: bytes) -> Message:
     """Decode one control message body (without its length prefix)."""
+    if not _nesting_within(body, MAX_JSON_DEPTH):
+        raise ProtocolViolation(f"control message nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolViolation(f"control message is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolViolation("control message is not a JSON object")
@@ -174,6 +181,26 @@ def decode_message(body: bytes) -> Message:
         return cls(**obj)
     except TypeError as exc:  # a required field is missing
         raise ProtocolViolation(f"{kind}: {exc}") from None
+
+
+#: A JSON string (skipped whole: brackets inside it are text) or a bracket.
+_JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _nesting_within(body: bytes, limit: int) -> bool:
+    """Whether no array/object in ``body`` lies deeper than ``limit`` levels."""
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return True  # every real message: one object, a few brackets at most
+    depth = 0
+    for match in _JSON_STRUCTURE.finditer(body):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            if depth > limit:
+                return False
+        elif token in (b"}", b"]"):
+            depth -= 1
+    return True
 
 
 def _type_ok(annotation: Any, value: Any) -> bool:

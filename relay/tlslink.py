@@ -184,7 +184,11 @@ async def _start_client(
         sslsock.close()
         raise
     protocol = protocol_factory()
-    transport.start(protocol)
+    try:
+        transport.start(protocol)
+    except BaseException:
+        transport.abort()  # closes the socket; nothing was attached
+        raise
     return transport, protocol
 
 
@@ -249,7 +253,13 @@ class LinkServer:
         if self._closed:
             sslsock.close()
             return
-        transport.start(self._factory())
+        try:
+            transport.start(self._factory())
+        except OSError as exc:
+            # The peer reset right after its handshake: nothing was started, so nothing
+            # (no session, no place among max_sessions) is held for it.
+            log.info("agent link from %s: gone before it started: %s", peer, exc)
+            transport.abort()
 
     def close(self) -> None:
         if self._closed:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -303,6 +303,34 @@ class Store:
 
         return self.run_in_transaction(tx)
 
+    def inactive_tokens(self, token_ids: Collection[str]) -> dict[str, TokenStatus]:
+        """Which of ``token_ids`` may no longer be used, and why ("revoked", "expired"; an
+        id the store does not know counts as revoked). One indexed query per 500 ids: the
+        edge asks this every second about its live sessions."""
+        wanted = list(token_ids)
+        now = self.now()
+        found: dict[str, TokenStatus] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = conn.execute(
+                    select(
+                        tokens_table.c.id, tokens_table.c.revoked_at, tokens_table.c.expires_at
+                    ).where(tokens_table.c.id.in_(chunk))
+                )
+                for row in rows:
+                    if row.revoked_at is not None:
+                        found[row.id] = "revoked"
+                    elif row.expires_at is not None and row.expires_at <= now:
+                        found[row.id] = "expired"
+                    else:
+                        found[row.id] = "active"
+        return {
+            token_id: status
+            for token_id in wanted
+            if (status := found.get(token_id, "revoked")) != "active"
+        }
+
     def verify_token(self, plaintext: str, *, pepper: bytes, actor: str = "agent") -> TokenRecord:
         """Authenticate an authtoken; return its record with ``last_used_at`` updated.
 
@@ -455,38 +483,56 @@ def _port_range(target: str) -> tuple[int, int] | None:
 
 
 def _host_matches(pattern: str, hostname: str) -> bool:
-    if pattern == "*":
+    """An explicit host pattern: the exact name, or for ``*.suffix`` one label under it
+    (or the very wildcard ``*.suffix``)."""
+    if pattern == hostname:
         return True
     if pattern.startswith("*."):
         label, dot, rest = hostname.partition(".")
         return bool(dot) and bool(label) and rest == pattern[2:]
-    return hostname == pattern
+    return False
 
 
 def token_allows_bind(
-    record: TokenRecord, kind: str, port: int | None = None, hostname: str | None = None
+    record: TokenRecord,
+    kind: str,
+    port: int | None = None,
+    hostname: str | None = None,
+    *,
+    base_domain: str | None = None,
 ) -> bool:
     """Whether ``record``'s bind ACL allows binding a ``kind`` endpoint on ``port``/``hostname``.
 
     Pure ACL check (status is :meth:`Store.verify_token`'s job). A tcp port range pattern needs
     the concrete port: the edge picks a port first, then asks. Hostnames are compared
-    case-insensitively, trailing dot ignored; IP literals never match hostname patterns other
-    than ``*``.
+    case-insensitively, trailing dot ignored.
+
+    The catch-alls (``*``, ``http:*``…) cover only names under the edge's ``base_domain``
+    (``app.<base>``, the names the edge hands out): a custom domain (``www.google.com``) or
+    a wildcard (``*.example.com``, also ``*.<base>``) must be named by an entry of its own
+    (``*.example.com`` grants that wildcard and the names it covers). Without a base
+    domain the catch-alls cover no name at all.
     """
     if kind not in _KINDS:
         return False
     host = None
     if hostname is not None:
         host = hostname.lower().rstrip(".")
-        if not _is_hostname(host):
+        bare = host[2:] if host.startswith("*.") else host
+        if not _is_hostname(bare):
             host = None
+    base = base_domain.lower().rstrip(".") if base_domain else None
+    under_base = (
+        host is not None
+        and base is not None
+        and not host.startswith("*.")
+        and host.endswith("." + base)
+    )
     for pat in record.bind_acl:
-        if pat == "*":
-            return True
         pkind, sep, target = pat.partition(":")
         if not sep:
             pkind, target = "", pat
-        if pkind == "tcp":
+        if pkind == "tcp" or (pat == "*" and kind == "tcp"):
             if kind != "tcp":
                 continue
             if target == "*":
@@ -496,8 +542,9 @@ def token_allows_bind(
                 return True
         elif kind in _HOST_KINDS and pkind in ("", kind):
             if target == "*":
-                return True
-            if host is not None and _host_matches(target, host):
+                if under_base:
+                    return True
+            elif host is not None and _host_matches(target, host):
                 return True
     return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from relay.errors import (
     BindNotAllowed,
     DataDirError,
     EndpointAlreadyBound,
+    ExpiredToken,
     PortUnavailable,
+    RelayError,
+    RevokedToken,
     TooManyEndpoints,
 )
 from relay.protocol import Bind
@@ -34,13 +38,31 @@ from relay.tlslink import Listener, serve_links
 log = logging.getLogger("relay.edge")
 
 
+#: How often live sessions' credentials are checked against the store (revocation and
+#: expiry must end a live session within 2 s).
+CREDENTIAL_CHECK_INTERVAL = 1.0
+
+
 def open_store(data_dir: Path) -> Store:
-    return Store.open(f"sqlite:///{data_dir / 'relay.db'}")
+    database = data_dir / "relay.db"
+    try:
+        # Token hashes and the audit log are nobody else's business: create the file
+        # owner-only before SQLite does (SQLite gives its -wal/-shm files the same mode).
+        os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(database, 0o600)
+    except OSError as exc:
+        raise DataDirError(f"cannot create {database}: {exc}") from None
+    return Store.open(f"sqlite:///{database}")
 
 
 def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data directory owner-only, and make an existing one owner-only too: it
+    holds the pepper, the CA key and the database."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if data_dir.stat().st_mode & 0o077:
+            log.warning("data directory %s was readable by others; now 0700", data_dir)
+            os.chmod(data_dir, 0o700)
     except OSError as exc:
         raise DataDirError(f"cannot create data directory {data_dir}: {exc}") from None
 
@@ -64,6 +86,7 @@ class Edge:
         self.store: Store | None = None
         self.pepper = b""
         self.tokens: dict[str, TokenRecord] = {}  # token_id -> record, for bind ACLs
+        self._credential_watch: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -99,15 +122,32 @@ class Edge:
 
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
+        self._credential_watch = loop.create_task(self._watch_credentials())
 
     def _new_agent_link(self) -> Any:
-        if self._stopping or len(self.sessions) >= self.config.max_sessions:
-            log.warning("refusing agent link: %s", "draining" if self._stopping else "full")
+        if self._refusal() is not None:
             return Refuse()
         session = AgentSession(self)
-        link = self.config.mux.new_link(session, asyncio.get_running_loop(), client=False)
+        return self.config.mux.new_link(session, asyncio.get_running_loop(), client=False)
+
+    def _refusal(self) -> str | None:
+        if self._stopping:
+            reason = "draining"
+        elif len(self.sessions) >= self.config.max_sessions:
+            reason = f"full ({self.config.max_sessions} sessions)"
+        else:
+            return None
+        log.warning("refusing agent link: %s", reason)
+        return reason
+
+    def session_started(self, session: AgentSession) -> bool:
+        """A link is live (its transport started): count its session from now until
+        ``session_ended``. A link whose start failed (the peer reset right after the
+        handshake) never gets here, so it cannot hold a place. False: refuse it."""
+        if self._refusal() is not None:
+            return False
         self.sessions.add(session)
-        return link
+        return True
 
     async def stop(self) -> None:
         """Drain: no new agents or visitors; GoAway and Restart to every agent; let live
@@ -115,6 +155,8 @@ class Edge:
         if self._stopping:
             return
         self._stopping = True
+        if self._credential_watch is not None:
+            self._credential_watch.cancel()
         if self.server is not None:
             self.server.close()
         if self.web is not None:
@@ -146,6 +188,71 @@ class Edge:
         record = self.store.verify_token(token, pepper=self.pepper, actor=f"agent@{peer}")
         self.tokens[record.id] = record
         return record
+
+    # --- live sessions' credentials ----------------------------------------------------
+
+    async def _watch_credentials(self) -> None:
+        """Revoking or expiring a token ends its live sessions (within 2 s): they hold no
+        credential any more. The store is asked once a second, one query for all."""
+        while True:
+            await asyncio.sleep(CREDENTIAL_CHECK_INTERVAL)
+            try:
+                self.check_credentials()
+            except Exception:  # a store hiccup must not end the watch
+                log.exception("checking live sessions' credentials failed")
+
+    def check_credentials(self) -> None:
+        assert self.store is not None
+        live = [s for s in self.sessions if s.authenticated and s.token_id is not None]
+        if not live:
+            return
+        ended = self.store.inactive_tokens({s.token_id for s in live if s.token_id})
+        for session in live:
+            status = ended.get(session.token_id or "")
+            if status is not None:
+                self._end_for_credential(session, status)
+
+    def credential_still_valid(self, session: AgentSession) -> bool:
+        """Checked before each bind: a revoked token binds nothing, even between checks."""
+        assert self.store is not None and session.token_id is not None
+        status = self.store.inactive_tokens({session.token_id}).get(session.token_id)
+        if status is None:
+            return True
+        self._end_for_credential(session, status)
+        return False
+
+    def _end_for_credential(self, session: AgentSession, status: str) -> None:
+        assert self.store is not None
+        error: RelayError = (
+            RevokedToken("authtoken has been revoked")
+            if status == "revoked"
+            else ExpiredToken("authtoken has expired")
+        )
+        log.warning(
+            "session %s (%s): token %s %s; ending the session",
+            session.session_id,
+            session.peer,
+            session.token_id,
+            status,
+        )
+        self.store.audit.append(
+            "edge",
+            "session.stop",
+            session.token_id or "",
+            {"session": session.session_id, "peer": session.peer, "reason": status},
+        )
+        session.stop(error.code, str(error))
+
+    def bind_refused(self, session: AgentSession, request: Bind, exc: BindError) -> None:
+        """Refused binds are audited: who asked for which name or port, and why not."""
+        assert self.store is not None
+        target = request.domain or request.subdomain or str(request.remote_port or "")
+        self.store.audit.append(
+            f"agent@{session.peer}",
+            "bind.refuse",
+            session.token_id or "",
+            {"kind": request.kind, "target": target, "code": exc.code, "reason": str(exc)},
+        )
 
     async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
         assert session.token_id is not None and session.agent_id is not None
@@ -206,10 +313,16 @@ class Edge:
             raise BindError(f"this edge serves no {request.kind} endpoints")
         hostname = self._hostname_for(request)
         record = self.tokens[session.token_id]
-        if not token_allows_bind(record, request.kind, hostname=hostname):
-            raise BindNotAllowed(f"token {record.id} may not bind {request.kind} {hostname}")
-        holder = Holder(session.token_id, session.agent_id, session)
+        if not token_allows_bind(
+            record, request.kind, hostname=hostname, base_domain=self.config.base_domain
+        ):
+            raise BindNotAllowed(
+                f"token {record.id} may not bind {request.kind} {hostname}"
+                + _acl_hint(hostname, self.config.base_domain)
+            )
         family = "http" if request.kind == "http" else "sni"
+        self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
+        holder = Holder(session.token_id, session.agent_id, session)
         existing = self.by_key.get(f"{family}:{hostname}")
         if existing is not None:
             if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
@@ -239,6 +352,14 @@ class Edge:
             self.web.certificate_wanted(hostname)
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
+
+    def _check_name_owner(self, hostname: str, other_family: str, token_id: str) -> None:
+        """A name belongs to one owner across http, https and tls: while token 1 serves
+        https://s.<base>, token 2 must not take its plain-HTTP visitors (who would be
+        redirected to token 1) by binding http://s.<base>."""
+        other = self.registry.holder(f"{other_family}:{hostname}")
+        if other is not None and other.token_id != token_id:
+            raise EndpointAlreadyBound(f"{hostname} is bound by another token")
 
     def _hostname_for(self, request: Bind) -> str:
         base = self.config.base_domain
@@ -304,6 +425,15 @@ class Edge:
         if endpoint.holder.session is None:
             log.info("releasing %s: its agent did not come back", endpoint.url)
             self._remove(endpoint)
+
+
+def _acl_hint(hostname: str, base_domain: str) -> str:
+    if hostname.startswith("*.") or not hostname.endswith("." + base_domain):
+        return (
+            f" (names outside {base_domain} and wildcards need an explicit bind ACL entry, "
+            f"e.g. relay token create --allow {hostname})"
+        )
+    return ""
 
 
 def _valid_label(label: str) -> bool:

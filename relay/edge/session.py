@@ -62,6 +62,9 @@ class AgentSession:
         self.link = link
         peer = link.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self.edge.session_started(self):
+            link.abort()  # full or draining: link_lost follows, and releases nothing
+            return
         self._handshake_timer = link.loop.call_later(
             self.edge.config.handshake_timeout, self._handshake_expired
         )
@@ -72,9 +75,20 @@ class AgentSession:
             channel = self.link.open_buffer_channel(stream_id)
             self.control = ControlChannel(MuxStream(self.link, channel))
             self._task = asyncio.get_running_loop().create_task(self._serve_control())
-        else:
-            # Agents open exactly one stream; visitor streams are opened by the edge.
+            return
+        # Agents open exactly one stream; visitor streams are opened by the edge. Any
+        # other open is a violation, not something to answer with an RST per open: a
+        # flood of them (with or without a token) must end the link at once.
+        if not self.link.closed:
+            log.warning(
+                "session %s (%s): agent opened stream %d besides its control stream; closing",
+                self.session_id,
+                self.peer,
+                stream_id,
+            )
             self.link.session.reset_stream(stream_id)
+            self.link.session.go_away(1)
+            self.link.close()
 
     def goaway(self, code: int) -> None:
         log.info("session %s: agent sent GoAway(%d)", self.session_id, code)
@@ -156,9 +170,12 @@ class AgentSession:
     async def _handle(self, message: Message) -> None:
         assert self.control is not None
         if isinstance(message, Bind):
+            if not self.edge.credential_still_valid(self):
+                return  # the session was stopped with the credential's code
             try:
                 endpoint = await self.edge.bind(self, message)
             except BindFailure as exc:
+                self.edge.bind_refused(self, message, exc)
                 self.control.send(BindError(message.request_id, exc.code, str(exc)))
                 return
             self.control.send(
@@ -173,7 +190,10 @@ class AgentSession:
 
     def stop(self, code: str, message: str) -> None:
         """Tell the agent to go away for good (revoked token, suspension)."""
-        if self.control is not None and not self.link.closed:
+        if self.link.closed:
+            return
+        self.draining = True  # no new visitors meanwhile
+        if self.control is not None:
             self.control.send(Stop(code, message))
         self.link.session.go_away(0)
         self.link.close()

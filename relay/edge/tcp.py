@@ -20,11 +20,17 @@ def format_address(peer: Any) -> str:
 
 
 class Refuse(asyncio.Protocol):
-    """A visitor arrived while no agent serves the endpoint: reset at once, say nothing."""
+    """A visitor arrived while no agent serves the endpoint (or an agent link while the
+    edge is full or draining): reset at once, say nothing."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()
+        # Any transport: uvloop's, or the agent link's TlsLinkTransport (which is not an
+        # asyncio.Transport subclass, so an isinstance check would leave the link open).
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.close()
 
 
 class TcpEndpoint:

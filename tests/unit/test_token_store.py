@@ -438,7 +438,7 @@ def _rec(*acl: str) -> TokenRecord:
     ("acl", "kind", "port", "hostname", "allowed"),
     [
         (["*"], "tcp", 22, None, True),
-        (["*"], "https", None, "anything.example.org", True),
+        (["*"], "https", None, "anything.example.org", False),  # not under the base domain
         (["tcp:*"], "tcp", 1, None, True),
         (["tcp:*"], "tcp", None, None, True),
         (["tcp:*"], "http", None, "a.example.com", False),
@@ -462,8 +462,11 @@ def _rec(*acl: str) -> TokenRecord:
         (["app.example.com"], "http", None, "other.example.com", False),
         (["https:*.example.com"], "https", None, "a.example.com", True),
         (["https:*.example.com"], "http", None, "a.example.com", False),
-        (["http:*"], "http", None, "whatever.test", True),
+        (["http:*"], "http", None, "whatever.test", False),
         (["http:*"], "tls", None, "whatever.test", False),
+        (["*.example.com"], "https", None, "*.example.com", True),  # the wildcard it names
+        (["*.example.com"], "https", None, "*.a.example.com", False),
+        (["app.example.com"], "https", None, "*.example.com", False),
         (["*.example.com"], "http", None, "127.0.0.1", False),
         (["tcp:22", "*.example.com"], "http", None, "a.example.com", True),
         (["tcp:22", "*.example.com"], "tcp", 22, None, True),
@@ -475,6 +478,50 @@ def test_token_allows_bind(
     acl: list[str], kind: str, port: int | None, hostname: str | None, allowed: bool
 ) -> None:
     assert token_allows_bind(_rec(*acl), kind, port=port, hostname=hostname) is allowed
+
+
+@pytest.mark.parametrize(
+    ("acl", "kind", "hostname", "allowed"),
+    [
+        (["*"], "https", "app.relay.test", True),
+        (["*"], "http", "APP.Relay.Test.", True),
+        (["*"], "tls", "a.b.relay.test", True),
+        (["*"], "https", "relay.test", False),  # the base domain itself is not under it
+        (["*"], "https", "*.relay.test", False),  # a wildcard needs its own entry
+        (["*"], "https", "www.google.com", False),  # so does a custom domain
+        (["*"], "http", "evilrelay.test", False),
+        (["http:*"], "http", "app.relay.test", True),
+        (["http:*"], "https", "app.relay.test", False),
+        (["tcp:*"], "http", "app.relay.test", False),
+        (["*", "*.relay.test"], "https", "*.relay.test", True),
+        (["*", "www.google.com"], "https", "www.google.com", True),
+        (["*.example.com"], "https", "app.relay.test", False),
+    ],
+)
+def test_catch_alls_cover_only_names_under_the_base_domain(
+    acl: list[str], kind: str, hostname: str, allowed: bool
+) -> None:
+    record = _rec(*acl)
+    assert token_allows_bind(record, kind, hostname=hostname, base_domain="relay.test") is allowed
+
+
+def test_inactive_tokens_names_revoked_expired_and_unknown_ids(
+    store: Store, pepper: bytes, clock: FakeClock
+) -> None:
+    live, _ = store.create_token(pepper=pepper)
+    revoked, _ = store.create_token(pepper=pepper)
+    expiring, _ = store.create_token(pepper=pepper, expires_at=clock() + timedelta(minutes=5))
+    store.revoke_token(revoked.id)
+    ids = {live.id, revoked.id, expiring.id, "unknown12345"}
+    assert store.inactive_tokens(ids) == {revoked.id: "revoked", "unknown12345": "revoked"}
+    clock.advance(timedelta(minutes=6))
+    assert store.inactive_tokens(ids) == {
+        revoked.id: "revoked",
+        expiring.id: "expired",
+        "unknown12345": "revoked",
+    }
+    many = {live.id} | {f"x{i:011d}" for i in range(1200)}  # more than one query's worth
+    assert len(store.inactive_tokens(many)) == 1200
 
 
 def test_acl_patterns_are_normalized_to_lowercase() -> None:
