@@ -131,6 +131,21 @@ class FatalAgentError(RelayError):
     """Reconnecting would not help (bad token, forbidden bind, Stop from the edge)."""
 
 
+class EndpointNotReady(RelayError):
+    """A visitor stream names an endpoint this session has not bound (or no longer has):
+    not the upstream's fault, so not a 502 RLY_613."""
+
+
+def stop_error(message: Stop) -> RelayError:
+    """What a Stop from the edge ends the agent with: the error its code names when that
+    is an authentication error (a revoked or expired token: `relay tcp` exits 3 with the
+    code), else a FatalAgentError carrying the code. Either way the agent does not retry."""
+    error = error_from_code(message.code, message.message)
+    if isinstance(error, AuthError):
+        return error
+    return FatalAgentError(message.message, code=message.code)
+
+
 class Agent:
     def __init__(
         self, options: AgentOptions, *, status: Callable[[str], None] | None = None
@@ -147,6 +162,11 @@ class Agent:
         self._control: ControlChannel | None = None
         # Visitor streams opened in the current receive batch, not yet looked at.
         self._opened: list[Any] = []
+        # While binds are in flight: visitor streams for an endpoint whose Bound reply
+        # has not been read yet (the edge routes visitors the moment it binds, and a
+        # stream's open can overtake the reply on its way up to the control loop).
+        self._binding = False
+        self._awaiting_bind: list[Any] = []
         self._header_deadlines = _Deadlines()
         self._dial_deadlines = _Deadlines()
 
@@ -247,6 +267,16 @@ class Agent:
             raise ProtocolViolation(f"expected auth_ok, got {reply.TYPE}")
         self.status(f"session {reply.session_id} established (edge {reply.edge_version})")
         self.bound.clear()
+        self._binding = True
+        try:
+            await self._bind_all(control)
+        finally:
+            self._binding = False
+            parked, self._awaiting_bind = self._awaiting_bind, []
+            for channel in parked:
+                self._start_visitor(channel, None)
+
+    async def _bind_all(self, control: ControlChannel) -> None:
         for request_id, spec in enumerate(self.options.endpoints, start=1):
             port = self.remembered_ports.get(spec, spec.remote_port)
             control.send(
@@ -280,10 +310,15 @@ class Agent:
 
     async def _recv_or_end(self, control: ControlChannel) -> Message:
         try:
-            return await control.recv()
+            message = await control.recv()
         except (EOFError, StreamReset):
             exc = self.link.close_exc if self.link is not None else None
             raise SessionEnded(f"the edge closed the session{_reason(exc)}") from None
+        if isinstance(message, Stop):
+            # Whatever we were waiting for: the edge wants us gone for good (a revoked or
+            # expired token, a suspension), with the code that says why.
+            raise stop_error(message)
+        return message
 
     async def _serve_control(self) -> None:
         control = self._control
@@ -303,13 +338,11 @@ class Agent:
     async def _control_loop(self, control: ControlChannel) -> None:
         while True:
             message = await self._recv_or_end(control)
-            if isinstance(message, Stop):
-                raise FatalAgentError(message.message, code=message.code)
             if isinstance(message, Restart):
                 # The edge is draining: its GoAway stops new streams, live ones finish, and
                 # the edge closes the link when they are done; then we reconnect.
                 self.status(f"the edge is draining ({message.message}); will reconnect")
-            if isinstance(message, Notice):
+            elif isinstance(message, Notice):
                 self.status(f"notice from the edge: {message.message}")
             else:
                 log.warning("ignoring unexpected %s from the edge", message.TYPE)
@@ -372,7 +405,10 @@ class Agent:
             header, used = parsed
             endpoint = self.bound.get(header.endpoint_id)
             if endpoint is None:
-                raise ProtocolViolation(f"stream for unknown endpoint {header.endpoint_id}")
+                if self._binding:
+                    self._awaiting_bind.append(channel)  # looked at again once bound
+                    return
+                raise EndpointNotReady(f"stream for unknown endpoint {header.endpoint_id}")
             channel.take(used)
             channel.hold()  # credit waits until the upstream is there to take the bytes
             preamble = (
@@ -413,6 +449,8 @@ class Agent:
             return
         if isinstance(exc, TimeoutError):
             status, code, text = 504, "RLY_614", "the upstream did not answer in time"
+        elif isinstance(exc, EndpointNotReady):
+            status, code, text = 503, "RLY_611", "the agent is not serving this endpoint yet"
         else:
             status, code, text = 502, "RLY_613", "the agent could not reach the upstream"
         page = render(
