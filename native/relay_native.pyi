@@ -54,6 +54,7 @@ class StreamResetFlood(ProtocolError): ...        # open-then-reset churn past t
 class SessionBudgetExceeded(ProtocolError): ...   # reserved: the budget caps window growth instead; not raised by 0.1.0
 class FrameTooLarge(ProtocolError): ...           # a data frame longer than the largest window we could ever grant
 class RefusalFlood(ProtocolError): ...            # opens past the limits while our refusals pile up unread
+class PeerStreamLimit(ProtocolError): ...         # a SYN past max_peer_streams
 
 class KeepaliveTimeout(YamuxError):
     """A keepalive ping went unanswered past ``keepalive_timeout_ms``. GoAway(2) queued."""
@@ -104,8 +105,13 @@ class Session:
         pending_high_water: int = 1024 * 1024,
         pending_low_water: int = 256 * 1024,
         max_resets_per_second: int = 1000,
+        max_peer_streams: int = 0,
     ) -> None:
         """``client`` opens odd stream ids, the server even ones.
+
+        ``max_peer_streams``: the most streams the peer may open in the whole session
+        (0: no limit but ``max_streams``); one more is ``PeerStreamLimit`` (GoAway 1),
+        raised before anything is allocated for it. An edge allows its agent 1.
 
         ``keepalive_interval_ms = 0`` disables keepalive pings. ``initial_window`` must be
         at least 256 KiB (the spec's default). Bad values raise ``ValueError``.

@@ -37,6 +37,7 @@ cdef class Link:
     cdef readonly Py_ssize_t pending_high_water
     cdef list _flush_waiters
     cdef readonly bint unread_paused
+    cdef object _close_deadline
 
     cdef void _dispatch(self, bytes events, const char* base)
     cdef void _write_frames(self)
@@ -44,6 +45,7 @@ cdef class Link:
                        const char* base)
     cpdef schedule_flush(self)
     cdef void _flush_all(self)
+    cdef void _close_transport(self, double linger)
     cdef _schedule_tick(self, double delay)
 
 

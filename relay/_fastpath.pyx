@@ -102,7 +102,11 @@ LINK_WRITE_HIGH = 256 * 1024
 LINK_WRITE_LOW = 64 * 1024
 #: While writing is paused only control frames reach the transport; past this much unsent
 #: the peer is not reading our answers, and the link stops reading until it does.
-LINK_UNREAD_LIMIT = 4 * LINK_WRITE_HIGH
+LINK_UNREAD_LIMIT = 2 * LINK_WRITE_HIGH
+#: How long a closing link may take to hand its last frames to a peer that reads slowly.
+LINK_CLOSE_LINGER = 5.0
+#: The same after a fatal session error (protocol violation, keepalive timeout).
+LINK_FAIL_LINGER = 0.25
 #: TCP_NOTSENT_LOWAT on the link socket: the kernel keeps at most this much unsent data
 #: queued, for the same reason (its send buffer otherwise grows to megabytes).
 LINK_NOTSENT_LOWAT = 128 * 1024
@@ -202,6 +206,7 @@ cdef class Link:
         self.close_exc = None
         self._flush_waiters = []
         self.unread_paused = False
+        self._close_deadline = None
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -317,6 +322,9 @@ cdef class Link:
         self.closed = True
         if self.close_exc is None:
             self.close_exc = exc
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
+            self._close_deadline = None
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -416,14 +424,24 @@ cdef class Link:
         self._flush_all()
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            # The GoAway is a courtesy: a peer that broke the protocol (or stopped
+            # answering pings) gets a moment to read it, not the seconds a drain gets.
+            self._close_transport(LINK_FAIL_LINGER)
 
-    def close(self):
-        """Flush what is queued (e.g. a GoAway) and close the transport."""
+    def close(self, double linger=LINK_CLOSE_LINGER):
+        """Flush what is queued (e.g. a GoAway) and close the transport within ``linger``
+        seconds."""
         if self.transport is None or self.transport.is_closing():
             return
         self._flush_all()
+        self._close_transport(linger)
+
+    cdef void _close_transport(self, double linger):
+        # A closing transport waits for its buffer to drain: forever, if the peer never
+        # reads. Past ``linger`` it is aborted (connection_lost cancels the deadline).
         self.transport.close()
+        if self._close_deadline is None:
+            self._close_deadline = self.loop.call_later(linger, self.abort)
 
     def abort(self):
         if self.transport is not None:

@@ -33,6 +33,9 @@ class MuxConfig:
     pending_high_water: int = 1024 * 1024
     pending_low_water: int = 256 * 1024
     max_resets_per_second: int = 1000
+    #: Streams the peer may open in the whole session (0: any number). The edge sets 1:
+    #: its agent opens the control stream and nothing else.
+    max_peer_streams: int = 0
 
     def new_session(self, *, client: bool) -> Any:
         return relay_native.Session(client=client, **asdict(self))

@@ -37,6 +37,8 @@ pub enum Error {
     FrameTooLarge(u32),
     /// Opens past the limits while our refusals pile up unread (see `MAX_UNSENT_ANSWERS`).
     RefusalFlood,
+    /// A SYN past `max_peer_streams` (the stream id).
+    PeerStreamLimit(u32),
     // ---- fatal, not the peer's framing: GoAway(2) queued, session dead ----
     /// A keepalive ping went unanswered past the timeout.
     KeepaliveTimeout,
@@ -76,6 +78,7 @@ impl Error {
             Error::SessionBudgetExceeded => "session_budget_exceeded",
             Error::FrameTooLarge(_) => "frame_too_large",
             Error::RefusalFlood => "refusal_flood",
+            Error::PeerStreamLimit(_) => "peer_stream_limit",
             Error::KeepaliveTimeout => "keepalive_timeout",
             Error::StreamLimitReached => "stream_limit_reached",
             Error::SessionClosed => "session_closed",
@@ -99,6 +102,7 @@ impl Error {
                 | Error::SessionBudgetExceeded
                 | Error::FrameTooLarge(_)
                 | Error::RefusalFlood
+                | Error::PeerStreamLimit(_)
         )
     }
 
@@ -132,6 +136,9 @@ impl fmt::Display for Error {
                     f,
                     "streams opened past the limits while refusals went unread"
                 )
+            }
+            Error::PeerStreamLimit(id) => {
+                write!(f, "stream {id} opened past the peer's stream limit")
             }
             Error::KeepaliveTimeout => write!(f, "keepalive ping unanswered"),
             Error::StreamLimitReached => write!(f, "max_streams streams are open"),

@@ -39,6 +39,7 @@ mod exc {
     create_exception!(relay_native, SessionBudgetExceeded, ProtocolError);
     create_exception!(relay_native, FrameTooLarge, ProtocolError);
     create_exception!(relay_native, RefusalFlood, ProtocolError);
+    create_exception!(relay_native, PeerStreamLimit, ProtocolError);
     create_exception!(
         relay_native,
         KeepaliveTimeout,
@@ -71,6 +72,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::SessionBudgetExceeded => exc::SessionBudgetExceeded::new_err(msg),
         Error::FrameTooLarge(_) => exc::FrameTooLarge::new_err(msg),
         Error::RefusalFlood => exc::RefusalFlood::new_err(msg),
+        Error::PeerStreamLimit(_) => exc::PeerStreamLimit::new_err(msg),
         Error::KeepaliveTimeout => exc::KeepaliveTimeout::new_err(msg),
         Error::StreamLimitReached => exc::StreamLimitReached::new_err(msg),
         Error::SessionClosed => exc::SessionClosed::new_err(msg),
@@ -219,6 +221,7 @@ impl PySession {
         pending_high_water = None,
         pending_low_water = None,
         max_resets_per_second = None,
+        max_peer_streams = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -234,6 +237,7 @@ impl PySession {
         pending_high_water: Option<&Bound<'_, PyAny>>,
         pending_low_water: Option<&Bound<'_, PyAny>>,
         max_resets_per_second: Option<&Bound<'_, PyAny>>,
+        max_peer_streams: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut c = Config::new(client);
         macro_rules! set {
@@ -254,6 +258,7 @@ impl PySession {
         set!(pending_high_water);
         set!(pending_low_water);
         set!(max_resets_per_second);
+        set!(max_peer_streams);
         let inner = Session::new(c).map_err(|e| PyValueError::new_err(e.0))?;
         Ok(PySession { inner })
     }
@@ -432,6 +437,7 @@ fn relay_native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         SessionBudgetExceeded,
         FrameTooLarge,
         RefusalFlood,
+        PeerStreamLimit,
         KeepaliveTimeout,
         StreamLimitReached,
         SessionClosed,

@@ -94,6 +94,10 @@ pub struct Config {
     pub pending_high_water: usize,
     pub pending_low_water: usize,
     pub max_resets_per_second: u32,
+    /// The most streams the peer may ever open in this session (0: no limit but
+    /// `max_streams`). More is a protocol violation: an edge allows its agent one, the
+    /// control stream.
+    pub max_peer_streams: u32,
 }
 
 impl Config {
@@ -112,6 +116,7 @@ impl Config {
             pending_high_water: 1024 * 1024,
             pending_low_water: 256 * 1024,
             max_resets_per_second: 1000,
+            max_peer_streams: 0,
         }
     }
 
@@ -939,6 +944,14 @@ impl Session {
         // Out-of-order SYNs are fine within the reorder window (see `PeerIds`).
         if !self.peer_ids.may_open(sid) {
             return Err(Error::InvalidStreamId(sid));
+        }
+        if self.cfg.max_peer_streams > 0
+            && self.stats.streams_opened_remote + self.stats.streams_refused
+                >= self.cfg.max_peer_streams as u64
+        {
+            // Checked before a stream (or an RST) exists: a peer that may open one stream
+            // cannot make us allocate thousands in one read.
+            return Err(Error::PeerStreamLimit(sid));
         }
         self.peer_ids.mark(sid);
         if self.local_goaway

@@ -339,6 +339,32 @@ fn opens_refused_while_refusals_pile_up_unread_end_the_session() {
 }
 
 #[test]
+fn a_peer_limited_to_one_stream_ends_the_session_with_its_second_open() {
+    let mut c = cfg(false);
+    c.max_peer_streams = 1;
+    let (mut s, t) = server_with(c);
+    s.receive_at(&hdr(WU, Flags::SYN, 1, 0), t).unwrap();
+    s.accept_stream(1).unwrap();
+    s.take_outgoing();
+    // 20,000 opens in one read: the first past the limit ends it, nothing is allocated.
+    let mut opens = Vec::new();
+    for k in 0..20_000u32 {
+        opens.extend(hdr(WU, Flags::SYN, 3 + 2 * k, 0));
+    }
+    assert_eq!(s.receive_at(&opens, t), Err(Error::PeerStreamLimit(3)));
+    assert_eq!(s.stream_count(), 1);
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(
+            FrameType::GoAway,
+            Flags::NONE,
+            0,
+            GOAWAY_PROTOCOL
+        )]
+    );
+}
+
+#[test]
 fn refusals_that_are_taken_never_end_the_session() {
     let mut c = cfg(false);
     c.accept_backlog = 1;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -87,6 +88,9 @@ class Edge:
         self.pepper = b""
         self.tokens: dict[str, TokenRecord] = {}  # token_id -> record, for bind ACLs
         self._credential_watch: asyncio.Task[None] | None = None
+        # An agent opens its control stream and nothing else: a second open ends the link
+        # in the native session, before any stream is allocated for it.
+        self._agent_mux = dataclasses.replace(config.mux, max_peer_streams=1)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -128,7 +132,7 @@ class Edge:
         if self._refusal() is not None:
             return Refuse()
         session = AgentSession(self)
-        return self.config.mux.new_link(session, asyncio.get_running_loop(), client=False)
+        return self._agent_mux.new_link(session, asyncio.get_running_loop(), client=False)
 
     def _refusal(self) -> str | None:
         if self._stopping:

@@ -11,6 +11,8 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import relay_native
+
 from relay import __version__
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
@@ -76,19 +78,9 @@ class AgentSession:
             self.control = ControlChannel(MuxStream(self.link, channel))
             self._task = asyncio.get_running_loop().create_task(self._serve_control())
             return
-        # Agents open exactly one stream; visitor streams are opened by the edge. Any
-        # other open is a violation, not something to answer with an RST per open: a
-        # flood of them (with or without a token) must end the link at once.
-        if not self.link.closed:
-            log.warning(
-                "session %s (%s): agent opened stream %d besides its control stream; closing",
-                self.session_id,
-                self.peer,
-                stream_id,
-            )
-            self.link.session.reset_stream(stream_id)
-            self.link.session.go_away(1)
-            self.link.close()
+        # Unreachable: the edge's session allows its agent one stream (max_peer_streams),
+        # and a second open ends the link with a protocol error before it gets here.
+        self.link.session.reset_stream(stream_id)
 
     def goaway(self, code: int) -> None:
         log.info("session %s: agent sent GoAway(%d)", self.session_id, code)
@@ -102,7 +94,10 @@ class AgentSession:
             self._handshake_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if exc is not None:
+        if isinstance(exc, relay_native.ProtocolError):
+            # A hostile or broken agent: operators want to see these.
+            log.warning("session %s (%s): protocol violation: %s", self.session_id, self.peer, exc)
+        elif exc is not None:
             log.info("session %s (%s) ended: %s", self.session_id, self.peer, exc)
         self.edge.session_ended(self)
 
