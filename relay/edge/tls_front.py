@@ -130,7 +130,9 @@ class TlsFront:
         if ctx is None:  # e.g. an ACME certificate not issued yet
             self._refuse(conn, hello_len)
             return
-        self._start(conn, lambda: HttpVisitor(self.https, "https"), ctx)
+        # The visitor checked this endpoint's certificate: its requests may name no other.
+        endpoint_id = endpoint.endpoint_id
+        self._start(conn, lambda: HttpVisitor(self.https, "https", endpoint_id), ctx)
 
     def _refuse(self, conn: socket.socket, hello_len: int) -> None:
         """A clean fatal ``unrecognized_name`` alert, written by hand: no TLS engine is
