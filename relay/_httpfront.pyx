@@ -93,6 +93,8 @@ cdef class HttpVisitor(Pump):
     cdef bint client_close
     cdef bint wants_upgrade
     cdef readonly str host
+    cdef bytes last_host
+    cdef str last_hostname
     cdef bytes host_rewrite
     cdef bytes stream_header
     cdef object watchdog
@@ -139,6 +141,8 @@ cdef class HttpVisitor(Pump):
         self.url = bytearray()
         self.headers = []
         self.host = ""
+        self.last_host = None
+        self.last_hostname = ""
         self.max_head = front.max_head
         self.max_headers = front.max_headers
         self.max_body = front.max_body
@@ -283,15 +287,20 @@ cdef class HttpVisitor(Pump):
             raise _LimitExceeded(400, "RLY_628", "no host header")
         if target[:1] != b"/" and target != b"*":
             host, target = _split_absolute(target)
-        if host.translate(None, HOST_CHARS):
-            raise _LimitExceeded(400, "RLY_628", "malformed host")
+        if host != self.last_host:
+            # Keep-alive requests repeat their Host: checked and parsed once per connection.
+            if host.translate(None, HOST_CHARS):
+                raise _LimitExceeded(400, "RLY_628", "malformed host")
+            host_text = host.decode("latin-1").lower()
+            self.last_hostname = (host_text.rsplit(":", 1)[0] if not host_text.endswith("]")
+                                  else host_text)
+            self.last_host = host
+        hostname = self.last_hostname
         self.client_close = b"close" in connection_tokens
         # Decided from the headers: llhttp sets its own upgrade flag only after this call.
         self.wants_upgrade = b"upgrade" in connection_tokens and self._header(b"upgrade") is not None
         if self.max_body and content_length > self.max_body:
             raise _LimitExceeded(413, "RLY_624", "request body too large")
-        host_text = host.decode("latin-1").lower()
-        hostname = host_text.rsplit(":", 1)[0] if not host_text.endswith("]") else host_text
         if not self.routed:
             self._route(hostname, target)
             if self.refusing:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -190,11 +191,14 @@ class RecordingOrigin:
     over all connections). An Upgrade request is answered with ``upgrade_status``: 101 →
     every later byte of that connection is echoed raw; anything else → an ordinary
     response, and the bytes after it are parsed as HTTP again (a server that ignores
-    Upgrade, as RFC 9110 §7.8 allows).
+    Upgrade, as RFC 9110 §7.8 allows). ``interim`` (e.g. a ``100 Continue`` head) is sent
+    before that answer; with ``drip`` the answer's head goes out a byte at a time.
     """
 
-    def __init__(self, upgrade_status: int = 101) -> None:
+    def __init__(self, upgrade_status: int = 101, interim: bytes = b"", drip: bool = False) -> None:
         self.upgrade_status = upgrade_status
+        self.interim = interim
+        self.drip = drip
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.port = int(self.sock.getsockname()[1])
         self.connections: list[bytearray] = []
@@ -262,9 +266,10 @@ class RecordingOrigin:
                                 if (collector.done)
                                 else b""
                             )
-                            conn.sendall(
+                            self._send_head(
+                                conn,
                                 b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n"
-                                b"upgrade: %b\r\n\r\n" % upgrade
+                                b"upgrade: %b\r\n\r\n" % upgrade,
                             )
                             raw = True
                             if rest:
@@ -286,13 +291,24 @@ class RecordingOrigin:
             if request.values(b"upgrade") and self.upgrade_status == 101:
                 continue  # answered with the 101 by the caller
             body = b"seen %d %b" % (index, request.target)
-            status = b"200 OK"
+            head = b"HTTP/1.1 %b\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n"
             if request.values(b"upgrade"):
-                status = b"%d Whatever" % self.upgrade_status
-            conn.sendall(
-                b"HTTP/1.1 %b\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%b"
-                % (status, len(body), body)
-            )
+                self._send_head(conn, head % (b"%d Whatever" % self.upgrade_status, len(body)))
+                conn.sendall(body)
+            else:
+                conn.sendall(head % (b"200 OK", len(body)) + body)
+
+    def _send_head(self, conn: socket.socket, head: bytes) -> None:
+        """The answer to an Upgrade request: after ``interim``, maybe a byte at a time."""
+        if self.interim:
+            conn.sendall(self.interim)
+        if not self.drip:
+            conn.sendall(head)
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(head)):
+            conn.sendall(head[i : i + 1])
+            time.sleep(0.002)
 
     def close(self) -> None:
         self._stop.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -167,3 +168,58 @@ def test_connect_is_refused_with_405(
     assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
     assert error_code(answer) == "RLY_629"
     assert declining.received() == b""
+
+
+@pytest.mark.parametrize("status", [101, 200])
+def test_interim_responses_and_a_dripped_status_line_are_read_right(
+    edge: Edge, agents: list[Agent], status: int
+) -> None:
+    # 100 Continue and 103 Early Hints before the answer, which arrives a byte at a time:
+    # the edge skips the interim heads and decides on the final status only.
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+    server = RecordingOrigin(upgrade_status=status, interim=interim, drip=True)
+    try:
+        agent = web_agent(edge, agents, str(server.port), "--no-https")
+        host = _host(edge, agent)
+        with socket.create_connection(("127.0.0.1", edge.http_port), timeout=20) as sock:
+            sock.sendall(_upgrade(host))
+            assert _recv_exactly(sock, len(interim)) == interim
+            head = _read_head(sock)
+            assert head.startswith(b"HTTP/1.1 %d " % status), head
+            if status == 101:
+                data = payload(23, 100_000)
+                sock.sendall(data)
+                assert _recv_exactly(sock, len(data)) == data
+            else:
+                assert read_responses_after_head(sock, head) == b"seen 1 /ws"
+                sock.sendall(_spoofing(host))
+                assert read_responses(sock, 1)[0][0] == 200
+        if status == 200:
+            assert server.requests[1].values(b"x-forwarded-for") == [b"6.6.6.6, 127.0.0.1"]
+    finally:
+        server.close()
+
+
+def test_upgrade_declined_over_https_leaves_the_connection_http(
+    edge: Edge, agents: list[Agent], declining: RecordingOrigin
+) -> None:
+    web_agent(edge, agents, str(declining.port), "--subdomain", "wss")
+    name = b"wss.relay.localhost"
+    ctx = ssl.create_default_context(cafile=str(edge.ca_file))
+    raw = socket.create_connection(("127.0.0.1", edge.https_port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=name.decode()) as sock:
+        sock.sendall(_upgrade(name) + _spoofing(name))
+        assert [status for status, _ in read_responses(sock, 2)] == [200, 200]
+    assert [r.target for r in declining.requests] == [b"/ws", b"/next"]
+    follow = declining.requests[1]
+    assert follow.values(b"x-forwarded-for") == [b"6.6.6.6, 127.0.0.1"]
+    assert follow.values(b"x-forwarded-proto") == [b"https"]
+
+
+def read_responses_after_head(sock: socket.socket, head: bytes) -> bytes:
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return _recv_exactly(sock, length)

@@ -143,7 +143,7 @@ def test_tls_port_at_the_descriptor_limit_pauses_and_tunnels_keep_serving(
     assert cpu_used < 0.3, f"{cpu_used:.2f} CPU-s in {STUCK_FOR} s at the limit"
     assert logged == [], logged[:5]
     wait_for_output(edge, "accepting again on TLS port")
-    wait_for_output(edge, "HTTP listener 127.0.0.1:%d takes connections again" % edge.http_port)
+    wait_for_output(edge, f"HTTP listener 127.0.0.1:{edge.http_port} takes connections again")
     assert http_get(edge, b"/again").endswith(b"origin ok /again")
     output = edge.proc.text()
     assert output.count("pausing accepts on TLS port") == 1, output[-2000:]
