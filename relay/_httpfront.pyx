@@ -8,11 +8,25 @@ rewritten (X-Forwarded-*, Forwarded, hop-by-hop headers removed as RFC 9110 §7.
 and sent on the connection's stream; bodies are streamed as they arrive (chunked bodies
 are re-chunked: httptools hands us decoded data). Responses are not parsed: the stream
 is one upstream connection, so its bytes go back to the visitor as they are, in order —
-which also answers pipelined requests in order. ``Upgrade`` (WebSocket) switches the
-connection to a raw pump.
+which also answers pipelined requests in order.
 
-Python decides once per connection (the router: Host → endpoint) and writes the error
-pages (404, 502, 503, 400, 408, 413, 431) that are sent before a stream exists.
+What the edge and the origin must read alike is checked before a head is forwarded, so
+no request can carry another past the edge (request smuggling): one body framing only
+(RFC 9112 §6.3; no Transfer-Encoding on HTTP/1.0), no framing, routing or forwarding
+header nominated hop-by-hop by ``Connection``, exactly one Host (RFC 9112 §3.2), and an
+absolute-form target's authority becomes the routed and forwarded Host (§3.2.2).
+
+``Upgrade`` (WebSocket): the connection becomes a raw pump only once the origin answered
+``101 Switching Protocols``. Until then the status line of that one response is looked
+at (the only response bytes the edge reads) and the visitor's later bytes are held
+(reading paused); any other status leaves the connection HTTP, parsed and rewritten. So
+that the response to an Upgrade request starts at the first byte of a stream, an Upgrade
+request after earlier requests goes on a fresh stream once the earlier responses are
+through. CONNECT is refused.
+
+Python decides once per connection (the router: Host → endpoint; on the TLS port, only
+the endpoint the SNI chose) and writes the error pages (400, 404, 405, 408, 413, 421,
+431, 502, 503) that are sent before a stream exists.
 """
 
 import httptools
@@ -30,6 +44,26 @@ cdef frozenset HOP_BY_HOP = frozenset((
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
 ))
 cdef frozenset REPLACED = frozenset((b"x-forwarded-proto", b"x-forwarded-host"))
+# Headers a client may not name in Connection: dropping them would change how the origin
+# frames or routes the request (the body read as a request of its own), or they are the
+# edge's own statements about the visitor.
+cdef frozenset PROTECTED = frozenset((
+    b"content-length", b"transfer-encoding", b"host",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+))
+# Characters of a host name or IP literal with an optional port: anything else in Host
+# is refused rather than routed (it would be copied into Forwarded's quoted host=).
+cdef bytes HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                         b"0123456789.-_:[]")
+
+# The status line of a response to an Upgrade request (and any 1xx heads before it) is
+# looked for in at most this many bytes; an origin that sends more is taken as declining.
+cdef Py_ssize_t MAX_STATUS_SCAN = 16 * 1024
+
+cdef enum:
+    VERDICT_NONE = 0
+    VERDICT_SWITCHED = 1
+    VERDICT_DECLINED = 2
 
 cdef bytearray _READ_BUFFER = bytearray(256 * 1024)
 cdef object _READ_VIEW = memoryview(_READ_BUFFER)
@@ -48,6 +82,7 @@ cdef class HttpVisitor(Pump):
     cdef object parser
     cdef object front
     cdef readonly str scheme
+    cdef str tls_endpoint
     cdef str peer_ip
     cdef bytes forwarded_for
     cdef list headers
@@ -58,7 +93,10 @@ cdef class HttpVisitor(Pump):
     cdef bint client_close
     cdef bint wants_upgrade
     cdef readonly str host
+    cdef bytes last_host
+    cdef str last_hostname
     cdef bytes host_rewrite
+    cdef bytes stream_header
     cdef object watchdog
     cdef double head_started
     cdef double idle_since
@@ -69,16 +107,33 @@ cdef class HttpVisitor(Pump):
     cdef Py_ssize_t activity
     cdef Py_ssize_t last_activity
     cdef readonly int requests
+    cdef int stream_requests
     cdef Py_ssize_t max_head
     cdef int max_headers
     cdef Py_ssize_t max_body
     cdef double header_timeout
     cdef double idle_timeout
+    # Upgrade: see the module docstring. ``await_status``: response bytes are scanned for
+    # the Upgrade response's status; ``upgrade_parsed``: the Upgrade request is complete,
+    # ``upgrade_tail`` holds what the visitor sent after it; ``reads_held`` keeps the
+    # visitor's socket paused meanwhile; ``restreaming``: the previous stream is being
+    # finished, ``held`` collects what goes on the next one.
+    cdef bint await_status
+    cdef bytearray status_buf
+    cdef int upgrade_verdict
+    cdef bint upgrade_parsed
+    cdef bytes upgrade_tail
+    cdef bint reads_held
+    cdef bint restreaming
+    cdef list held
 
-    def __init__(self, front, str scheme):
+    def __init__(self, front, str scheme, str tls_endpoint=None):
         # The stream does not exist yet: it is opened once the first head is routed.
+        # ``tls_endpoint``: on the TLS port, the id of the endpoint the SNI selected; every
+        # request on the connection must be for that endpoint.
         self.front = front
         self.scheme = scheme
+        self.tls_endpoint = tls_endpoint
         self.stream_id = -1
         self._preamble = b""
         self.finished = False
@@ -86,6 +141,8 @@ cdef class HttpVisitor(Pump):
         self.url = bytearray()
         self.headers = []
         self.host = ""
+        self.last_host = None
+        self.last_hostname = ""
         self.max_head = front.max_head
         self.max_headers = front.max_headers
         self.max_body = front.max_body
@@ -115,13 +172,14 @@ cdef class HttpVisitor(Pump):
         if self.upgraded:
             self._send(data)
             return
+        self._feed(data)
+
+    cdef void _feed(self, object data):
+        """Parse visitor bytes as HTTP (callbacks below forward each request)."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            offset = exc.args[0]
-            self.upgraded = True
-            if self.routed and offset < nbytes:
-                self._send(bytes(data[offset:]))
+            self._upgrade_request_done(data, exc.args[0])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _LimitExceeded):
@@ -180,40 +238,81 @@ cdef class HttpVisitor(Pump):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self):
-        cdef bytes name, value
+        cdef bytes name, value, token, coding
+        cdef bytes host = b""
+        cdef bytes target = bytes(self.url)
+        cdef int hosts = 0, content_lengths = 0
+        cdef list codings = None
+        cdef set connection_tokens = set()
+        cdef Py_ssize_t content_length = -1
         self.head_started = 0.0
-        host = b""
-        connection_tokens = set()
-        content_length = -1
+        method = self.parser.get_method()
+        if method == b"CONNECT":
+            raise _LimitExceeded(405, "RLY_629", "CONNECT is not supported")
+        version = self.parser.get_http_version()
         for name, value in self.headers:
             if name == b"host":
-                host = value
+                hosts += 1
+                host = value.strip()
             elif name == b"connection":
                 for token in value.lower().split(b","):
                     connection_tokens.add(token.strip())
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                self.chunked = True
+            elif name == b"transfer-encoding":
+                if codings is None:
+                    codings = []
+                for coding in value.lower().split(b","):
+                    codings.append(coding.strip())
             elif name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    raise _LimitExceeded(400, "RLY_620", "bad content-length")
+                content_lengths += 1
+                if not value.isdigit():  # no sign, no list, no blanks
+                    raise _LimitExceeded(400, "RLY_627", "bad content-length")
+                content_length = int(value)
+        # RFC 9112 §6.3: one framing, whose end the edge and the origin find alike.
+        if content_lengths > 1:
+            raise _LimitExceeded(400, "RLY_627", "more than one content-length")
+        if codings is not None:
+            if version == "1.0":
+                raise _LimitExceeded(400, "RLY_627", "transfer-encoding in an HTTP/1.0 request")
+            if content_lengths:
+                raise _LimitExceeded(400, "RLY_627", "both content-length and transfer-encoding")
+            if (not codings or codings[len(codings) - 1] != b"chunked"
+                    or codings.count(b"chunked") != 1):
+                raise _LimitExceeded(400, "RLY_627", "transfer-encoding must end in chunked")
+            self.chunked = True
+        if connection_tokens and not connection_tokens.isdisjoint(PROTECTED):
+            raise _LimitExceeded(400, "RLY_627", "connection names a header the edge must keep")
+        if hosts > 1:
+            raise _LimitExceeded(400, "RLY_628", "more than one host header")
+        if hosts == 0 and version != "1.0":
+            raise _LimitExceeded(400, "RLY_628", "no host header")
+        if target[:1] != b"/" and target != b"*":
+            host, target = _split_absolute(target)
+        if host != self.last_host:
+            # Keep-alive requests repeat their Host: checked and parsed once per connection.
+            if host.translate(None, HOST_CHARS):
+                raise _LimitExceeded(400, "RLY_628", "malformed host")
+            host_text = host.decode("latin-1").lower()
+            self.last_hostname = (host_text.rsplit(":", 1)[0] if not host_text.endswith("]")
+                                  else host_text)
+            self.last_host = host
+        hostname = self.last_hostname
         self.client_close = b"close" in connection_tokens
         # Decided from the headers: llhttp sets its own upgrade flag only after this call.
         self.wants_upgrade = b"upgrade" in connection_tokens and self._header(b"upgrade") is not None
         if self.max_body and content_length > self.max_body:
             raise _LimitExceeded(413, "RLY_624", "request body too large")
-        host_text = host.decode("latin-1").strip().lower()
-        hostname = host_text.rsplit(":", 1)[0] if not host_text.endswith("]") else host_text
         if not self.routed:
-            self._route(hostname, bytes(self.url))
+            self._route(hostname, target)
             if self.refusing:
                 return
         elif hostname != self.host:
             # A different site on the same connection: never send it to this agent.
             raise _LimitExceeded(421, "RLY_625", "this connection serves another host")
-        self._send(self._rewrite_head(host, connection_tokens))
+        if self.wants_upgrade:
+            self._upgrade_requested()
+        self._send(self._rewrite_head(method, version, target, host, connection_tokens))
         self.requests += 1
+        self.stream_requests += 1
 
     def on_body(self, bytes body):
         if self.refusing:
@@ -229,6 +328,10 @@ cdef class HttpVisitor(Pump):
     def on_message_complete(self):
         if self.chunked and not self.refusing:
             self._send(b"0\r\n\r\n")  # trailers are not forwarded
+        if self.wants_upgrade and not self.parser.should_upgrade():
+            # Forwarded with Upgrade, but llhttp goes on reading HTTP: so does the edge,
+            # whatever the origin answers (at worst a 101 leaves the visitor with errors).
+            self._forget_upgrade()
 
     # --- routing and rewriting ----------------------------------------------------------
 
@@ -238,7 +341,9 @@ cdef class HttpVisitor(Pump):
         if challenge is not None:
             self._respond_local(challenge)
             return
-        result = self.front.route(hostname, url, self.scheme, self.transport, accept)
+        result = self.front.route(
+            hostname, url, self.scheme, self.transport, accept, self.tls_endpoint
+        )
         if result[0] == -1:
             self._respond_local(result[1])
             return
@@ -254,31 +359,36 @@ cdef class HttpVisitor(Pump):
         self.link = link
         self.host = hostname
         self.host_rewrite = rewrite
+        self.stream_header = header
         self.routed = True
         (<Link>link).channels[self.stream_id] = self
         self._send(header)
 
-    cdef bytes _rewrite_head(self, bytes host, set connection_tokens):
+    cdef bytes _rewrite_head(self, bytes method, str version, bytes target, bytes host,
+                             set connection_tokens):
         cdef bytes name, value
         cdef list out = []
-        method = self.parser.get_method()
-        version = self.parser.get_http_version()
-        out.append(b"%b %b HTTP/%b\r\n" % (method, bytes(self.url), version.encode()))
-        forwarded_for = None
+        cdef list forwarded_for = []
+        cdef bint host_sent = False
+        out.append(b"%b %b HTTP/%b\r\n" % (method, target, version.encode()))
         for name, value in self.headers:
             if name in HOP_BY_HOP or name in connection_tokens or name in REPLACED:
                 if not (self.wants_upgrade and name == b"upgrade"):
                     continue
-            if name == b"host" and self.host_rewrite is not None:
-                value = self.host_rewrite
+            if name == b"host":
+                # The routed authority (an absolute-form target's, if there was one).
+                value = self.host_rewrite if self.host_rewrite is not None else host
+                host_sent = True
             elif name == b"x-forwarded-for":
-                forwarded_for = value
+                forwarded_for.append(value)
                 continue
             out.append(b"%b: %b\r\n" % (name, value))
-        if forwarded_for is None:
-            out.append(b"x-forwarded-for: %b\r\n" % self.forwarded_for)
-        else:
-            out.append(b"x-forwarded-for: %b, %b\r\n" % (forwarded_for, self.forwarded_for))
+        if not host_sent and host:
+            out.append(b"host: %b\r\n" % (self.host_rewrite if self.host_rewrite is not None
+                                          else host))
+        # Every X-Forwarded-For the visitor sent, in order (RFC 9110 §5.3: one list).
+        forwarded_for.append(self.forwarded_for)
+        out.append(b"x-forwarded-for: %b\r\n" % b", ".join(forwarded_for))
         out.append(b"x-forwarded-proto: %b\r\n" % self.scheme.encode())
         out.append(b"x-forwarded-host: %b\r\n" % host)
         node = self.forwarded_for if b":" not in self.forwarded_for else b'"[%b]"' % self.forwarded_for
@@ -296,6 +406,172 @@ cdef class HttpVisitor(Pump):
                 return value.decode("latin-1")
         return None
 
+    # --- Upgrade: raw only after a 101 ----------------------------------------------
+
+    cdef int _upgrade_requested(self) except -1:
+        """An Upgrade request is about to be forwarded: find its response's status."""
+        self.upgrade_verdict = VERDICT_NONE
+        if self.stream_requests == 0:
+            # Its response is the first on this stream.
+            self.await_status = True
+            self.status_buf = bytearray()
+            return 0
+        # Earlier responses may still be on their way, and the edge does not parse them to
+        # find where they end: finish this stream (the origin closes once they are sent)
+        # and send the Upgrade request on a fresh one, whose first response is its own.
+        if self.remote_eof:
+            raise _LimitExceeded(400, "RLY_620", "the upstream closed this connection")
+        try:
+            (<Link>self.link).session.close_stream(self.stream_id)
+        except YamuxError:
+            raise _LimitExceeded(502, "RLY_621", "the edge could not forward the request")
+        (<Link>self.link).schedule_flush()
+        self.restreaming = True
+        self.held = []
+        self.stream_requests = 0
+        self.reads_held = True
+        self._update_reading()
+        return 0
+
+    cdef void _upgrade_request_done(self, object data, Py_ssize_t offset):
+        """llhttp stopped after an Upgrade request: the rest is not HTTP if the origin
+        switches protocols. Hold it (and stop reading) until the verdict."""
+        if self.finished or self.refusing:
+            return
+        self.upgrade_tail = bytes(data[offset:])
+        self.upgrade_parsed = True
+        if not self.wants_upgrade:
+            # Not forwarded as an Upgrade (see on_message_complete): still HTTP.
+            self.upgrade_verdict = VERDICT_DECLINED
+        if self.upgrade_verdict != VERDICT_NONE:
+            self._apply_upgrade_verdict()
+            return
+        self.reads_held = True
+        self._update_reading()
+
+    cdef void _forget_upgrade(self):
+        self.await_status = False
+        self.status_buf = None
+        self.upgrade_verdict = VERDICT_NONE
+
+    cdef void _scan_status(self, const char* data, Py_ssize_t length):
+        """Look for the final status of the Upgrade response (1xx heads before it are
+        skipped); decide once it is known. Only runs while ``await_status``."""
+        cdef bytearray buf = self.status_buf
+        cdef Py_ssize_t line_end, head_end, other
+        cdef int status
+        buf += data[:length]
+        while True:
+            line_end = buf.find(b"\n")
+            if line_end < 0:
+                if len(buf) > MAX_STATUS_SCAN:
+                    self._upgrade_decided(False)
+                return
+            line = bytes(buf[:line_end]).rstrip(b"\r")
+            if (len(line) < 12 or not line.startswith(b"HTTP/1.") or line[8:9] != b" "
+                    or not line[9:12].isdigit() or (len(line) > 12 and line[12:13] != b" ")):
+                self._upgrade_decided(False)  # not a status line: certainly no 101
+                return
+            status = int(line[9:12])
+            if status == 101:
+                self._upgrade_decided(True)
+                return
+            if status >= 200 or status < 100:
+                self._upgrade_decided(False)
+                return
+            # An interim response (100 Continue, 103 Early Hints): skip its head.
+            head_end = buf.find(b"\n\r\n", line_end)
+            other = buf.find(b"\n\n", line_end)
+            if head_end < 0 or (0 <= other < head_end):
+                head_end = other
+                if head_end < 0:
+                    if len(buf) > MAX_STATUS_SCAN:
+                        self._upgrade_decided(False)
+                    return
+                del buf[:head_end + 2]
+            else:
+                del buf[:head_end + 3]
+
+    cdef void _upgrade_decided(self, bint switched):
+        self.await_status = False
+        self.status_buf = None
+        self.upgrade_verdict = VERDICT_SWITCHED if switched else VERDICT_DECLINED
+        if self.upgrade_parsed:
+            self._apply_upgrade_verdict()
+
+    cdef void _apply_upgrade_verdict(self):
+        cdef bytes tail = self.upgrade_tail
+        cdef int verdict = self.upgrade_verdict
+        self.upgrade_tail = None
+        self.upgrade_parsed = False
+        self.upgrade_verdict = VERDICT_NONE
+        if self.finished or self.refusing:
+            return
+        self.reads_held = False
+        if verdict == VERDICT_SWITCHED:
+            self.upgraded = True
+            if tail:
+                self._send(tail)
+        else:
+            # Declined: the visitor's next bytes are requests again, parsed from the start.
+            self.parser = httptools.HttpRequestParser(self)
+            if tail:
+                self._feed(tail)
+        if not self.reads_held:
+            self._update_reading()
+
+    cdef void _next_stream(self):
+        """The previous stream's responses are through: the held Upgrade request (and
+        whatever followed it) goes on a fresh stream to the same endpoint."""
+        cdef Link link = <Link>self.link
+        cdef list held = self.held
+        self.restreaming = False
+        self.held = None
+        link.channels.pop(self.stream_id, None)
+        if link.closed:
+            self._abort()
+            return
+        try:
+            self.stream_id = link.session.open_stream()
+        except YamuxError:
+            self.stream_id = -1
+            self._write_page(503, "RLY_612", "the agent cannot take more connections")
+            self.finished = True
+            self.transport.close()
+            return
+        link.channels[self.stream_id] = self
+        self.await_status = True
+        self.status_buf = bytearray()
+        Pump._send(self, self.stream_header)
+        for piece in held:
+            Pump._send(self, piece)
+        if self._local_eof:
+            try:
+                link.session.close_stream(self.stream_id)
+            except YamuxError:
+                pass
+        if not self.upgrade_parsed:
+            # The Upgrade request's body is still coming: read on.
+            self.reads_held = False
+            self._update_reading()
+
+    cdef void _send(self, object data):
+        if self.restreaming:
+            self.held.append(bytes(data))
+            return
+        Pump._send(self, data)
+
+    cdef void _update_reading(self):
+        # Pump's rule, plus the hold of an Upgrade in progress.
+        cdef bint want_paused = self._backlog_paused or self._flush_wait or self.reads_held
+        if self.transport is None or self.finished or want_paused == self._reading_paused:
+            return
+        self._reading_paused = want_paused
+        if want_paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
     # --- local answers ------------------------------------------------------------------
 
     cdef void _refuse(self, int status, str code, str message):
@@ -309,6 +585,7 @@ cdef class HttpVisitor(Pump):
             # Earlier requests' responses may still be on their way: a page written now
             # could land before or inside them. End the request stream instead; the
             # connection closes once those responses are through.
+            self.restreaming = False
             try:
                 self.link.session.close_stream(self.stream_id)
                 self.link.schedule_flush()
@@ -341,17 +618,32 @@ cdef class HttpVisitor(Pump):
         self.response_started = True
         self.activity += 1
         Pump.deliver(self, data, length)
+        if self.await_status:
+            self._scan_status(data, length)
 
     cdef void deliver_bytes(self, bytes data):
         self.response_started = True
         self.activity += 1
         Pump.deliver_bytes(self, data)
+        if self.await_status:
+            self._scan_status(data, len(data))
 
     cdef void deliver_run(self, const char* base, const uint32_t* ev, Py_ssize_t first,
                           Py_ssize_t n):
+        cdef Py_ssize_t j
         self.response_started = True
         self.activity += 1
         Pump.deliver_run(self, base, ev, first, n)
+        j = first
+        while self.await_status and j < first + n:
+            self._scan_status(base + ev[4 * j + 2], ev[4 * j + 3])
+            j += 1
+
+    cdef void remote_fin(self):
+        if self.restreaming and not self.finished:
+            self._next_stream()
+            return
+        Pump.remote_fin(self)
 
     cdef void remote_reset(self):
         if not self.response_started and self.transport is not None and not self.finished:
@@ -395,3 +687,29 @@ cdef class HttpVisitor(Pump):
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+
+
+cdef tuple _split_absolute(bytes target):
+    """(authority, origin-form target) of an absolute-form target (RFC 9112 §3.2.2).
+    Only http and https; no userinfo (RFC 9110 §4.2.4 forbids it in http URIs)."""
+    cdef bytes lower = target[:8].lower()
+    cdef bytes rest
+    cdef Py_ssize_t end, i
+    if lower.startswith(b"http://"):
+        rest = target[7:]
+    elif lower.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        raise _LimitExceeded(400, "RLY_628", "request target is neither a path nor http(s)")
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end]
+    path = rest[end:]
+    if not authority or b"@" in authority:
+        raise _LimitExceeded(400, "RLY_628", "request target has no usable authority")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path

@@ -60,6 +60,15 @@ RLY_623   431     more request headers than the limit
 RLY_624   413     request body larger than the limit
 RLY_625   421     a request for another host on a connection already routed elsewhere
 RLY_626   408     the request head did not arrive within the header timeout
+RLY_627   400     ambiguous body framing or hop-by-hop nomination: Connection names
+                  Content-Length, Transfer-Encoding, Host or a forwarding header; more
+                  than one Content-Length; Content-Length with Transfer-Encoding;
+                  Transfer-Encoding not ending in chunked, or on HTTP/1.0
+RLY_628   400     missing (HTTP/1.1), repeated or malformed Host, or an absolute-form
+                  target that is not http(s) with a plain authority
+RLY_629   405     CONNECT is not supported
+RLY_630   421     on the TLS port, a Host that is not an https endpoint the TLS server
+                  name (SNI) selected
 ========  ======  ==================================================================
 
 ``AuthError`` and ``InvalidToken`` share RLY_101 on purpose: to an agent every "who are you?"

@@ -27,6 +27,7 @@ __all__ = ["KNOWN_STATUSES", "choose_media_type", "render"]
 KNOWN_STATUSES: dict[int, tuple[str, str]] = {
     400: ("Bad Request", "The request could not be understood."),
     404: ("Not Found", "No tunnel is serving this address."),
+    405: ("Method Not Allowed", "This method cannot be used through the tunnel."),
     408: ("Request Timeout", "The request took too long to arrive."),
     413: ("Content Too Large", "The request is larger than this tunnel accepts."),
     421: ("Misdirected Request", "This connection cannot serve the requested host name."),

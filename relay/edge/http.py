@@ -18,6 +18,7 @@ from relay.edge.tcp import format_address
 from relay.protocol import StreamHeader, StreamProtocol
 
 ACME_PREFIX = b"/.well-known/acme-challenge/"
+ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 
 RouteResult = tuple[int, Any, Any, Any]
 
@@ -51,12 +52,33 @@ class HttpFront:
         self.errors_total: dict[int, int] = {}
 
     def route(
-        self, hostname: str, url: bytes, scheme: str, transport: Any, accept: str | None
+        self,
+        hostname: str,
+        url: bytes,
+        scheme: str,
+        transport: Any,
+        accept: str | None,
+        tls_endpoint: str | None = None,
     ) -> RouteResult:
         """(0, link, stream header, host rewrite) — or (status, code, message, None) for an
-        error page — or (-1, response bytes, None, None) for a local answer (redirect)."""
+        error page — or (-1, response bytes, None, None) for a local answer (redirect).
+
+        ``tls_endpoint``: on the TLS port, the id of the endpoint the SNI selected (its
+        certificate is the one the visitor checked). A Host of any other endpoint is
+        misdirected (RFC 9110 §15.5.20): otherwise one tenant's certificate would front
+        another tenant's site, and a ``tls`` endpoint, whose traffic the edge must never
+        decrypt, could be sent plaintext the edge decrypted.
+        """
         self.visitors_total += 1
         endpoint = self.routes.lookup(hostname)
+        if tls_endpoint is not None and (
+            endpoint is None or endpoint.endpoint_id != tls_endpoint or endpoint.kind != "https"
+        ):
+            return self._error(
+                421,
+                "RLY_630",
+                f"{hostname or 'this host'} is not the name this TLS connection is for",
+            )
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)
             if location is not None:
@@ -84,9 +106,15 @@ class HttpFront:
     def error_page(
         self, status: int, code: str, message: str, accept: str | None, head: bool
     ) -> bytes:
-        return render(
+        page = render(
             status, code, message, accept=accept, request_id=secrets.token_hex(8), head=head
         )
+        if status == 405:
+            # RFC 9110 §15.5.6: a 405 names what is allowed. The edge forwards every
+            # method but CONNECT; these are the ones HTTP itself defines.
+            status_line, _, rest = page.partition(b"\r\n")
+            page = b"%b\r\nallow: %b\r\n%b" % (status_line, ALLOWED_METHODS, rest)
+        return page
 
     def acme_http01(self, url: bytes) -> bytes | None:
         if self.acme_responder is None or not url.startswith(ACME_PREFIX):

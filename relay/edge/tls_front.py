@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay._httpfront import HttpVisitor
+from relay.accepting import AcceptLoop
 from relay.edge.client_hello import ClientHelloError, parse_client_hello
 from relay.edge.http import HttpFront
 from relay.edge.routes import HostRoutes
@@ -50,6 +51,7 @@ class TlsFront:
         self.acme_context_for = acme_context_for
         self.hello_timeout = hello_timeout
         self.sock: socket.socket | None = None
+        self.acceptor: AcceptLoop | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: set[_PendingHello] = set()
         self.refused_total = 0
@@ -61,33 +63,30 @@ class TlsFront:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(1024)
-        sock.setblocking(False)
         self.sock = sock
-        self.loop.add_reader(sock.fileno(), self._accept)
+        # At the descriptor limit AcceptLoop pauses (one log line) instead of spinning on
+        # the connection that stays queued.
+        self.acceptor = AcceptLoop(self.loop, sock, self._accepted, what="TLS port")
         name = sock.getsockname()
         return name[0], name[1]
 
     def close(self) -> None:
-        if self.sock is not None and self.loop is not None:
-            self.loop.remove_reader(self.sock.fileno())
+        if self.acceptor is not None:
+            self.acceptor.close()
+            self.acceptor = None
+        if self.sock is not None:
             self.sock.close()
             self.sock = None
         for pending in list(self.pending):
             pending.abandon()
 
-    def _accept(self) -> None:
-        assert self.sock is not None
-        for _ in range(64):  # bounded per wake-up: other work gets its turn
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                return
-            conn.setblocking(False)
+    def _accepted(self, conn: socket.socket, address: Any) -> None:
+        try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pending.add(_PendingHello(self, conn))
+        except OSError:  # already reset by the peer
+            conn.close()
+            return
+        self.pending.add(_PendingHello(self, conn))
 
     # --- once the ClientHello is known ---------------------------------------------------
 
@@ -130,7 +129,9 @@ class TlsFront:
         if ctx is None:  # e.g. an ACME certificate not issued yet
             self._refuse(conn, hello_len)
             return
-        self._start(conn, lambda: HttpVisitor(self.https, "https"), ctx)
+        # The visitor checked this endpoint's certificate: its requests may name no other.
+        endpoint_id = endpoint.endpoint_id
+        self._start(conn, lambda: HttpVisitor(self.https, "https", endpoint_id), ctx)
 
     def _refuse(self, conn: socket.socket, hello_len: int) -> None:
         """A clean fatal ``unrecognized_name`` alert, written by hand: no TLS engine is

@@ -88,3 +88,29 @@ def read_responses(
         out.append((status, buf[:length]))
         buf = buf[length:]
     return out
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the peer sends until it closes (or ``timeout`` passes)."""
+    sock.settimeout(timeout)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_code(response: bytes) -> str:
+    """The ``x-relay-error-code`` of an edge error page ("" if there is none)."""
+    head = response.partition(b"\r\n\r\n")[0]
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-relay-error-code":
+            return value.strip().decode()
+    return ""

@@ -5,6 +5,8 @@ GET  /blob/N[?chunked] -> N deterministic bytes (payload seed 99), content-lengt
 POST|PUT /sink        -> JSON {"size", "sha256"} of the body (content-length or chunked)
 GET  /anything-else   -> "origin ok"
 WebSocket echo        -> a second port, ``ws_port``
+
+``RecordingOrigin`` (below) is a raw-socket origin that records every byte it receives.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httptools
 from websockets.asyncio.server import serve
 
 from tests.e2e.procs import payload
@@ -131,3 +137,182 @@ class Origin:
             self._loop.call_soon_threadsafe(self._ws_stop.set_result, None)
         self._ws_thread.join(5)
         self._http_thread.join(5)
+
+
+# --- a raw origin that records every byte ---------------------------------------------
+
+
+@dataclass
+class SeenRequest:
+    """One request as a real HTTP/1.1 server behind the tunnel parsed it."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, in arrival order
+    body: bytes = b""
+
+    def values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key == name]
+
+
+class _RequestCollector:
+    """httptools callbacks: completed requests land in ``done``."""
+
+    def __init__(self, parser_ref: list[httptools.HttpRequestParser]) -> None:
+        self.parser_ref = parser_ref
+        self.current = SeenRequest(b"", b"", [])
+        self.done: list[SeenRequest] = []
+
+    def on_message_begin(self) -> None:
+        self.current = SeenRequest(b"", b"", [])
+
+    def on_url(self, url: bytes) -> None:
+        self.current.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.current.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.current.method = self.parser_ref[0].get_method()
+
+    def on_body(self, body: bytes) -> None:
+        self.current.body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append(self.current)
+
+
+class RecordingOrigin:
+    """A raw-socket HTTP/1.1 origin (127.0.0.1, a thread per connection) that records every
+    byte it receives and every request it parses — with httptools, as a real server would,
+    so bytes smuggled past the edge show up as requests of their own.
+
+    Each request is answered ``200`` with the body ``seen <n> <target>`` (n counts requests
+    over all connections). An Upgrade request is answered with ``upgrade_status``: 101 →
+    every later byte of that connection is echoed raw; anything else → an ordinary
+    response, and the bytes after it are parsed as HTTP again (a server that ignores
+    Upgrade, as RFC 9110 §7.8 allows). ``interim`` (e.g. a ``100 Continue`` head) is sent
+    before that answer; with ``drip`` the answer's head goes out a byte at a time.
+    """
+
+    def __init__(self, upgrade_status: int = 101, interim: bytes = b"", drip: bool = False) -> None:
+        self.upgrade_status = upgrade_status
+        self.interim = interim
+        self.drip = drip
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = int(self.sock.getsockname()[1])
+        self.connections: list[bytearray] = []
+        self.requests: list[SeenRequest] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def received(self) -> bytes:
+        with self._lock:
+            return b"".join(bytes(c) for c in self.connections)
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                record = bytearray()
+                self.connections.append(record)
+            thread = threading.Thread(target=self._serve, args=(conn, record), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, record: bytearray) -> None:
+        conn.settimeout(0.2)
+        parser_ref: list[httptools.HttpRequestParser] = []
+        collector = _RequestCollector(parser_ref)
+        parser_ref.append(httptools.HttpRequestParser(collector))
+        raw = False
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                with self._lock:
+                    record += data
+                if raw:
+                    conn.sendall(data)
+                    continue
+                rest = data
+                while rest:
+                    try:
+                        parser_ref[0].feed_data(rest)
+                        rest = b""
+                    except httptools.HttpParserUpgrade as exc:
+                        offset = int(exc.args[0])
+                        # feed_data stopped after the Upgrade request: answer what is done.
+                        self._answer(conn, collector)
+                        rest = rest[offset:]
+                        if self.upgrade_status == 101:
+                            upgrade = (
+                                b", ".join(collector.done[-1].values(b"upgrade"))
+                                if (collector.done)
+                                else b""
+                            )
+                            self._send_head(
+                                conn,
+                                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n"
+                                b"upgrade: %b\r\n\r\n" % upgrade,
+                            )
+                            raw = True
+                            if rest:
+                                conn.sendall(rest)
+                            rest = b""
+                        else:
+                            parser_ref[0] = httptools.HttpRequestParser(collector)
+                    except httptools.HttpParserError:
+                        conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        return
+                    self._answer(conn, collector)
+
+    def _answer(self, conn: socket.socket, collector: _RequestCollector) -> None:
+        while collector.done:
+            request = collector.done.pop(0)
+            with self._lock:
+                self.requests.append(request)
+                index = len(self.requests)
+            if request.values(b"upgrade") and self.upgrade_status == 101:
+                continue  # answered with the 101 by the caller
+            body = b"seen %d %b" % (index, request.target)
+            head = b"HTTP/1.1 %b\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n"
+            if request.values(b"upgrade"):
+                self._send_head(conn, head % (b"%d Whatever" % self.upgrade_status, len(body)))
+                conn.sendall(body)
+            else:
+                conn.sendall(head % (b"200 OK", len(body)) + body)
+
+    def _send_head(self, conn: socket.socket, head: bytes) -> None:
+        """The answer to an Upgrade request: after ``interim``, maybe a byte at a time."""
+        if self.interim:
+            conn.sendall(self.interim)
+        if not self.drip:
+            conn.sendall(head)
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(head)):
+            conn.sendall(head[i : i + 1])
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._accepter.join(2)
+        for thread in self._threads:
+            thread.join(2)
