@@ -78,4 +78,5 @@ cdef class Pump(Channel):
     cdef void _resume_after_flush(self)
     cdef bint _direct_room_spent(self)
     cdef void _abort(self)
+    cdef void _reset_stream(self)
     cdef void _send(self, object data)

@@ -806,17 +806,22 @@ cdef class Pump(Channel):
         """Cut the socket and reset the stream: the other side must hear of it at once
         (an aborted transport reports connection_lost with ``finished`` already set, so
         that path cannot do it), or the agent holds the upstream connection forever."""
-        cdef Link link = self.link
-        if not self.finished and self.stream_id >= 0 and link is not None and not link.closed:
-            if link.channels.get(self.stream_id) is self:
-                del link.channels[self.stream_id]
-            try:
-                link.session.reset_stream(self.stream_id)  # a no-op if the peer reset it
-            except YamuxError:
-                pass
-            link.schedule_flush()
+        self._reset_stream()
         self.finished = True
         if self.transport is not None:
             self.transport.abort()
+
+    cdef void _reset_stream(self):
+        """Reset the stream (unless this pump is done with it) and stop taking its events."""
+        cdef Link link = self.link
+        if self.finished or self.stream_id < 0 or link is None or link.closed:
+            return
+        if link.channels.get(self.stream_id) is self:
+            del link.channels[self.stream_id]
+        try:
+            link.session.reset_stream(self.stream_id)  # a no-op if the peer reset it
+        except YamuxError:
+            pass
+        link.schedule_flush()
 
 

@@ -679,7 +679,16 @@ cdef class HttpVisitor(Pump):
             self.last_activity = self.activity
             self.idle_since = now
         elif now - self.idle_since > self.idle_timeout:
-            self._abort()
+            if self.routed and self.requests and not self.response_started and not self.upgraded:
+                # A request went out and nothing came back: the visitor learns why (the
+                # code the agent uses for a dial that timed out), the agent drops the
+                # upstream connection (the reset).
+                self._reset_stream()
+                self._write_page(504, "RLY_614", "the upstream did not answer in time")
+                self.finished = True
+                self.transport.close()
+            else:
+                self._abort()
             return
         self.watchdog = self.front.loop.call_later(self._watch_period(), self._watch)
 

@@ -179,26 +179,20 @@ class AcceptLoop:
 
 
 class LimitWatch:
-    """Says when a listener that libuv accepts for is dropping connections for want of
-    descriptors: every ``period`` seconds one ``dup`` of ``sock``'s descriptor (closed at
+    """Says when listeners that libuv accepts for (``what`` names them) are dropping
+    connections for want of descriptors. The limit is the process's, so one watch serves
+    them all: every ``period`` seconds one ``dup`` of a descriptor it holds (closed at
     once) shows whether the process could take one more. One WARNING when it cannot,
     one INFO when it can again; nothing per connection. :meth:`close` stops it.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: Any,
-        *,
-        what: str,
-        period: float = 1.0,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, what: str, period: float = 1.0) -> None:
         self.loop = loop
-        self.where = f"{what} {_format(sock.getsockname())}"
+        self.what = what
         self.period = period
         #: Times the limit was found reached (each episode counts once).
         self.episodes_total = 0
-        self._fd: int = sock.fileno()
+        self._probe: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._exhausted = False
         self._timer: asyncio.TimerHandle | None = loop.call_later(period, self._check)
 
@@ -206,26 +200,30 @@ class LimitWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._probe is not None:
+            os.close(self._probe)
+            self._probe = None
 
     def _check(self) -> None:
         self._timer = None
+        assert self._probe is not None
         try:
-            os.close(os.dup(self._fd))
+            os.close(os.dup(self._probe))
         except OSError as exc:
             if exc.errno not in EXHAUSTED:
-                return  # the listener is gone (closed): nothing left to watch
+                raise
             if not self._exhausted:
                 self._exhausted = True
                 self.episodes_total += 1
                 log.warning(
-                    "%s; %s closes new connections as they arrive until descriptors are free",
+                    "%s; %s close new connections as they arrive until descriptors are free",
                     _describe(exc),
-                    self.where,
+                    self.what,
                 )
         else:
             if self._exhausted:
                 self._exhausted = False
-                log.info("descriptors free again; %s takes connections again", self.where)
+                log.info("descriptors free again; %s take connections again", self.what)
         self._timer = self.loop.call_later(self.period, self._check)
 
 

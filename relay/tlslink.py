@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from relay import _tlslink
+from relay.accepting import AcceptLoop
 
 log = logging.getLogger("relay.tlslink")
 
@@ -210,26 +211,23 @@ class LinkServer:
         self._timeout = handshake_timeout
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = False
-        for sock in sockets:
-            loop.add_reader(sock.fileno(), self._accept, sock)
+        # At the descriptor limit an AcceptLoop pauses (one log line) instead of spinning
+        # on the connection that stays queued.
+        self._acceptors = [
+            AcceptLoop(
+                loop, sock, self._accepted, what="agent listener", per_wakeup=ACCEPTS_PER_WAKEUP
+            )
+            for sock in sockets
+        ]
 
-    def _accept(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                conn, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: log, keep serving
-                log.warning("accepting an agent link failed: %s", exc)
-                return
-            if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
-                log.warning("refusing agent link: %d handshakes in progress", len(self._handshakes))
-                conn.close()
-                continue
-            conn.setblocking(False)
-            task = self.loop.create_task(self._serve(conn))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+    def _accepted(self, conn: socket.socket, _address: Any) -> None:
+        if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+            log.warning("refusing agent link: %d handshakes in progress", len(self._handshakes))
+            conn.close()
+            return
+        task = self.loop.create_task(self._serve(conn))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
         _tune(conn)
@@ -265,8 +263,9 @@ class LinkServer:
         if self._closed:
             return
         self._closed = True
+        for acceptor in self._acceptors:
+            acceptor.close()
         for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
             sock.close()
         for task in list(self._handshakes):
             task.cancel()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.accepting import LimitWatch
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
 from relay.config import EdgeConfig
 from relay.control.store import Store, TokenRecord, token_allows_bind
@@ -88,6 +89,7 @@ class Edge:
         self.pepper = b""
         self.tokens: dict[str, TokenRecord] = {}  # token_id -> record, for bind ACLs
         self._credential_watch: asyncio.Task[None] | None = None
+        self._limit_watch: LimitWatch | None = None
         # An agent opens its control stream and nothing else: a second open ends the link
         # in the native session, before any stream is allocated for it.
         self._agent_mux = dataclasses.replace(config.mux, max_peer_streams=1)
@@ -127,6 +129,9 @@ class Edge:
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
+        # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
+        # libuv drops their visitors silently. Say so, once per episode.
+        self._limit_watch = LimitWatch(loop, what="TCP endpoints and the HTTP listener")
 
     def _new_agent_link(self) -> Any:
         if self._refusal() is not None:
@@ -161,6 +166,8 @@ class Edge:
         self._stopping = True
         if self._credential_watch is not None:
             self._credential_watch.cancel()
+        if self._limit_watch is not None:
+            self._limit_watch.close()
         if self.server is not None:
             self.server.close()
         if self.web is not None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay._httpfront import HttpVisitor
-from relay.accepting import LimitWatch
 from relay.certs.issuers import FileIssuer, LocalCAIssuer
 from relay.certs.local_ca import LocalCA
 from relay.certs.manager import CertificateManager
@@ -33,7 +32,6 @@ class WebFronts:
         self.edge_cert = edge_cert
         self.edge_key = edge_key
         self.http_server: asyncio.AbstractServer | None = None
-        self.http_limit_watch: LimitWatch | None = None
         self.tls_front: TlsFront | None = None
         self.http_port: int | None = None
         self.https_port: int | None = None
@@ -71,10 +69,6 @@ class WebFronts:
                 lambda: HttpVisitor(http, "http"), host, port, reuse_address=True, backlog=1024
             )
             self.http_port = self.http_server.sockets[0].getsockname()[1]
-            # libuv drops visitors silently at the descriptor limit (see LimitWatch).
-            self.http_limit_watch = LimitWatch(
-                loop, self.http_server.sockets[0], what="HTTP listener"
-            )
         if config.https_listen:
             host, port = parse_host_port(config.https_listen, what="https_listen")
             self.tls_front = TlsFront(
@@ -167,9 +161,6 @@ class WebFronts:
 
     def close(self) -> None:
         """Stop taking visitors (drain)."""
-        if self.http_limit_watch is not None:
-            self.http_limit_watch.close()
-            self.http_limit_watch = None
         if self.http_server is not None:
             self.http_server.close()
             self.http_server = None

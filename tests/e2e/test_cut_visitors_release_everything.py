@@ -1,5 +1,6 @@
 """Whatever ends a visitor's connection, both sides let go at once: the agent's upstream
-connection, the edge's descriptor, and a drain that has nothing left to wait for."""
+connection, the edge's descriptor, and a drain that has nothing left to wait for. A
+visitor cut because the upstream never answered is told so (504 RLY_614)."""
 
 from __future__ import annotations
 
@@ -97,14 +98,21 @@ def test_an_idle_cut_visitor_closes_the_agents_upstream_and_leaves_nothing_to_dr
         while silent.accepted < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert silent.accepted == 20
+        answers = []
         for sock in visitors:  # the edge cuts each one at its idle timeout (1 s)
             sock.settimeout(10)
+            got = b""
             try:
-                while sock.recv(65536):
-                    pass
+                while chunk := sock.recv(65536):
+                    got += chunk
             except ConnectionResetError:
                 pass
+            answers.append(got)
         cut_at = time.monotonic()
+        # Each visitor is told why, with the code of a silent upstream, not a bare EOF.
+        assert all(a.startswith(b"HTTP/1.1 504 ") and b"RLY_614" in a for a in answers), [
+            a[:80] for a in answers
+        ]
         deadline = cut_at + 10
         while len(silent.ended) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)

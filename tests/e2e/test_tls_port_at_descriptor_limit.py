@@ -103,10 +103,13 @@ def test_tls_port_at_the_descriptor_limit_pauses_and_tunnels_keep_serving(
             else:
                 pytest.fail("the edge never ran out of descriptors")
             queued = socket.create_connection(("127.0.0.1", edge.https_port), timeout=10)
-            # One warning per listener: the TLS port pauses; the HTTP listener, whose
-            # accepts libuv makes (and drops at the limit), is named by its watch.
+            queued_link = socket.create_connection(("127.0.0.1", edge.listen_port), timeout=10)
+            # One warning per listener: the TLS port pauses; the HTTP listener and the TCP
+            # endpoints, whose accepts libuv makes (and drops at the limit), are named by
+            # the process's watch.
             wait_for_output(edge, "pausing accepts on TLS port")
-            wait_for_output(edge, "HTTP listener 127.0.0.1")
+            wait_for_output(edge, "pausing accepts on agent listener")
+            wait_for_output(edge, "TCP endpoints and the HTTP listener close new connections")
             log_before = len(edge.proc.output)
             cpu_before = cpu_seconds(pid)
             started = time.monotonic()
@@ -140,12 +143,18 @@ def test_tls_port_at_the_descriptor_limit_pauses_and_tunnels_keep_serving(
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
         assert answer.endswith(b"origin ok /after")
+        # And the agent link that waited: its TLS handshake completes now.
+        link_ctx = ssl.create_default_context(cafile=str(edge.ca_file))
+        link_ctx.set_alpn_protocols(["relay/1"])
+        with link_ctx.wrap_socket(queued_link, server_hostname="localhost") as link:
+            assert link.selected_alpn_protocol() == "relay/1"
     assert cpu_used < 0.3, f"{cpu_used:.2f} CPU-s in {STUCK_FOR} s at the limit"
     assert logged == [], logged[:5]
     wait_for_output(edge, "accepting again on TLS port")
-    wait_for_output(edge, f"HTTP listener 127.0.0.1:{edge.http_port} takes connections again")
+    wait_for_output(edge, "TCP endpoints and the HTTP listener take connections again")
     assert http_get(edge, b"/again").endswith(b"origin ok /again")
     output = edge.proc.text()
     assert output.count("pausing accepts on TLS port") == 1, output[-2000:]
-    assert output.count("closes new connections as they arrive") == 1, output[-2000:]
+    assert output.count("pausing accepts on agent listener") == 1, output[-2000:]
+    assert output.count("close new connections as they arrive") == 1, output[-2000:]
     assert "descriptor limit reached (RLIMIT_NOFILE " in output
