@@ -239,7 +239,11 @@ def parse_duration(text: str) -> timedelta:
     "--allow",
     "allow",
     multiple=True,
-    help="Bind ACL pattern (repeatable): '*', 'tcp:*', 'tcp:20000-20100'. Default '*'.",
+    help=(
+        "Bind ACL pattern (repeatable): '*' (any TCP port, any name under the edge's base "
+        "domain), 'tcp:20000-20100', 'app.example.com', '*.example.com' (that wildcard and "
+        "the names one label under it), 'https:…'. Default '*'."
+    ),
 )
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def token_create(
