@@ -149,9 +149,42 @@ class Notice(Message):
     message: str
 
 
+@dataclass(frozen=True)
+class CertStatus(Message):
+    """Edge → agent: where an https endpoint's certificate stands, sent after Bound and
+    again whenever it changes.
+
+    ``state``: ``pending`` (being issued), ``issued`` (``expires`` is ISO 8601), ``failed``
+    (``code`` RLY_8xx and ``message`` say why; the edge keeps retrying unless the code is
+    one that cannot heal). ``issuer``: ``local`` (the edge's own CA: visitors must trust
+    it), ``acme`` or ``files``.
+    """
+
+    TYPE: ClassVar[str] = "cert_status"
+    endpoint_id: str
+    hostname: str
+    state: str
+    issuer: str
+    expires: str = ""
+    code: str = ""
+    message: str = ""
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Auth, AuthOk, AuthError, Bind, Bound, BindError, Unbind, Stop, Restart, Notice)
+    for cls in (
+        Auth,
+        AuthOk,
+        AuthError,
+        Bind,
+        Bound,
+        BindError,
+        Unbind,
+        Stop,
+        Restart,
+        Notice,
+        CertStatus,
+    )
 }
 
 

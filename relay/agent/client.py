@@ -33,6 +33,7 @@ from relay.protocol import (
     AuthOk,
     Bind,
     Bound,
+    CertStatus,
     Message,
     Notice,
     Restart,
@@ -309,16 +310,25 @@ class Agent:
             raise SessionEnded("the edge did not answer in time") from None
 
     async def _recv_or_end(self, control: ControlChannel) -> Message:
-        try:
-            message = await control.recv()
-        except (EOFError, StreamReset):
-            exc = self.link.close_exc if self.link is not None else None
-            raise SessionEnded(f"the edge closed the session{_reason(exc)}") from None
-        if isinstance(message, Stop):
-            # Whatever we were waiting for: the edge wants us gone for good (a revoked or
-            # expired token, a suspension), with the code that says why.
-            raise stop_error(message)
-        return message
+        """The next message that answers or commands something. News (a Notice, a
+        certificate's state) may arrive between any two, even while a Bind waits for its
+        reply: it is shown here and not returned."""
+        while True:
+            try:
+                message = await control.recv()
+            except (EOFError, StreamReset):
+                exc = self.link.close_exc if self.link is not None else None
+                raise SessionEnded(f"the edge closed the session{_reason(exc)}") from None
+            if isinstance(message, Stop):
+                # Whatever we were waiting for: the edge wants us gone for good (a revoked
+                # or expired token, a suspension), with the code that says why.
+                raise stop_error(message)
+            if isinstance(message, Notice):
+                self.status(f"notice from the edge: {message.message}")
+            elif isinstance(message, CertStatus):
+                self.status(describe_certificate(message))
+            else:
+                return message
 
     async def _serve_control(self) -> None:
         control = self._control
@@ -342,8 +352,6 @@ class Agent:
                 # The edge is draining: its GoAway stops new streams, live ones finish, and
                 # the edge closes the link when they are done; then we reconnect.
                 self.status(f"the edge is draining ({message.message}); will reconnect")
-            elif isinstance(message, Notice):
-                self.status(f"notice from the edge: {message.message}")
             else:
                 log.warning("ignoring unexpected %s from the edge", message.TYPE)
 
@@ -614,6 +622,24 @@ class _Dial:
             self.coro.close()  # create_connection closes its half-made transport
         finally:
             self.agent._visitor_failed(self.link, self.stream_id, self.header, exc)
+
+
+def describe_certificate(status: CertStatus) -> str:
+    """One line for the user about an https endpoint's certificate."""
+    name = status.hostname
+    if status.state == "pending":
+        return f"Certificate for {name}: being issued ({status.issuer})"
+    if status.state == "issued":
+        until = f", valid until {status.expires}" if status.expires else ""
+        line = f"Certificate for {name}: issued ({status.issuer}{until})"
+        if status.issuer == "local":
+            line += (
+                "; it comes from the edge's own CA: visitors must trust that CA "
+                "(DATA_DIR/ca/ca.pem on the edge) or they will see a certificate warning"
+            )
+        return line
+    reason = f"error {status.code}: {status.message}" if status.code else status.message
+    return f"Certificate for {name}: not issued: {reason}"
 
 
 def ssl_errors() -> tuple[type[BaseException], ...]:

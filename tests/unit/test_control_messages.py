@@ -16,8 +16,10 @@ from relay.protocol import (
     AuthOk,
     Bind,
     Bound,
+    CertStatus,
     Message,
     MessageReader,
+    Notice,
     Stop,
     decode_message,
 )
@@ -28,6 +30,7 @@ SAMPLES: list[Message] = [
     Bind(request_id=1, kind="tcp", remote_port=20001, upstream="127.0.0.1:22"),
     Bound(request_id=1, endpoint_id="ep_1", url="tcp://127.0.0.1:20001", remote_port=20001),
     Stop(code="RLY_102", message="token revoked"),
+    CertStatus("ep_1", "app.example.com", "failed", "acme", code="RLY_805", message="down"),
 ]
 
 
@@ -63,6 +66,19 @@ def test_malformed_message_is_a_protocol_violation(body: bytes) -> None:
     with pytest.raises(ProtocolViolation) as excinfo:
         decode_message(body)
     assert excinfo.value.code == "RLY_301"
+
+
+@pytest.mark.parametrize("depth", [5, 100, 60_000])
+def test_nesting_deeper_than_the_limit_is_a_protocol_violation(depth: int) -> None:
+    """A 60,000-deep body before auth once ended in a RecursionError traceback."""
+    body = b'{"type": "notice", "level": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ProtocolViolation, match="nests deeper"):
+        decode_message(body)
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    body = b'{"type": "notice", "level": "warn", "message": "[[[[[[[[{{{{{{{{ \\" [["}'
+    assert decode_message(body) == Notice("warn", "[[[[[[[[{{{{{{{{ \" [[")
 
 
 def test_oversize_length_prefix_is_refused_before_buffering() -> None:
