@@ -78,7 +78,7 @@ def test_nesting_deeper_than_the_limit_is_a_protocol_violation(depth: int) -> No
 
 def test_brackets_inside_strings_are_not_nesting() -> None:
     body = b'{"type": "notice", "level": "warn", "message": "[[[[[[[[{{{{{{{{ \\" [["}'
-    assert decode_message(body) == Notice("warn", "[[[[[[[[{{{{{{{{ \" [[")
+    assert decode_message(body) == Notice("warn", '[[[[[[[[{{{{{{{{ " [[')
 
 
 def test_oversize_length_prefix_is_refused_before_buffering() -> None:
