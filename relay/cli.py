@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from relay import __version__
-from relay.errors import AuthError, BindError, ConfigError, RelayError
+from relay.errors import AuthError, BindError, ConfigError, ListenError, RelayError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -28,7 +28,7 @@ def fail(err: RelayError) -> NoReturn:
     click.echo(err.one_line(), err=True)
     if isinstance(err, AuthError):
         sys.exit(EXIT_AUTH)
-    if isinstance(err, BindError):
+    if isinstance(err, BindError | ListenError):
         sys.exit(EXIT_BIND)
     if isinstance(err, ConfigError):
         sys.exit(EXIT_USAGE)

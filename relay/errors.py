@@ -25,6 +25,7 @@ RLY_301   ProtocolViolation       malformed control message
 RLY_302   UnsupportedVersion      the peer speaks a protocol version we don't
 RLY_401   ConfigError             invalid configuration or argument
 RLY_402   DataDirError            the data directory is unusable (permissions, corrupt files)
+RLY_403   ListenError             a listener cannot bind its address (in use, not permitted)
 RLY_501   TlsError                edge certificate not trusted / fingerprint mismatch
 RLY_502   ConnectError            cannot reach the edge
 RLY_601   NotFound                the named object (e.g. a token id) does not exist
@@ -93,6 +94,7 @@ __all__ = [
     "EndpointAlreadyBound",
     "ExpiredToken",
     "InvalidToken",
+    "ListenError",
     "NotFound",
     "PortRangeExhausted",
     "PortUnavailable",
@@ -229,6 +231,18 @@ class DataDirError(RelayError):
     code = "RLY_402"
 
 
+class ListenError(RelayError):
+    """A listener of the edge cannot bind its address. The message names the address and
+    the flag (or config key) that sets it; ``relay edge`` exits 4 with it."""
+
+    code = "RLY_403"
+
+    @classmethod
+    def for_address(cls, address: str, flag: str, exc: OSError) -> ListenError:
+        reason = exc.strerror or str(exc)
+        return cls(f"cannot listen on {address} ({flag}): {reason}")
+
+
 class TlsError(RelayError):
     """The edge certificate is not trusted, or its fingerprint does not match the pin."""
 
@@ -275,6 +289,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         UnsupportedVersion,
         ConfigError,
         DataDirError,
+        ListenError,
         TlsError,
         ConnectError,
         NotFound,
