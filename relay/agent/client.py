@@ -137,6 +137,16 @@ class EndpointNotReady(RelayError):
     not the upstream's fault, so not a 502 RLY_613."""
 
 
+def bind_error(message: BindErrorMessage) -> RelayError:
+    """A refused bind as the error its code names, always a BindError (exit 4) or an
+    AuthError (exit 3): an RLY_806 (a wildcard the edge's issuer cannot certify) refuses
+    the bind as surely as RLY_205."""
+    error = error_from_code(message.code, message.message)
+    if isinstance(error, AuthError | BindError):
+        return error
+    return BindError(message.message, code=message.code)
+
+
 def stop_error(message: Stop) -> RelayError:
     """What a Stop from the edge ends the agent with: the error its code names when that
     is an authentication error (a revoked or expired token: `relay tcp` exits 3 with the
@@ -294,7 +304,7 @@ class Agent:
             )
             answer = await self._reply(control)
             if isinstance(answer, BindErrorMessage):
-                raise error_from_code(answer.code, answer.message)
+                raise bind_error(answer)
             if not isinstance(answer, Bound):
                 raise ProtocolViolation(f"expected bound, got {answer.TYPE}")
             self.bound[answer.endpoint_id] = BoundEndpoint(

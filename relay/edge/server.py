@@ -254,7 +254,7 @@ class Edge:
         )
         session.stop(error.code, str(error))
 
-    def bind_refused(self, session: AgentSession, request: Bind, exc: BindError) -> None:
+    def bind_refused(self, session: AgentSession, request: Bind, exc: RelayError) -> None:
         """Refused binds are audited: who asked for which name or port, and why not."""
         assert self.store is not None
         target = request.domain or request.subdomain or str(request.remote_port or "")
@@ -333,6 +333,8 @@ class Edge:
             )
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
+        if request.kind == "https":
+            self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now, not never
         holder = Holder(session.token_id, session.agent_id, session)
         existing = self.by_key.get(f"{family}:{hostname}")
         if existing is not None:
@@ -359,10 +361,14 @@ class Edge:
         self.endpoints[endpoint.endpoint_id] = endpoint
         self.by_key[endpoint.key] = endpoint
         session.endpoints[endpoint.endpoint_id] = endpoint
-        if request.kind == "https":
-            self.web.certificate_wanted(hostname)
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
+
+    def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
+        """The agent has its Bound reply (a new endpoint, or one taken back): an https
+        endpoint's certificate is made sure of now, and the agent hears how it stands."""
+        if isinstance(endpoint, HostEndpoint) and endpoint.kind == "https":
+            self.web.certificate_wanted(endpoint)
 
     def _check_name_owner(self, hostname: str, other_family: str, token_id: str) -> None:
         """A name belongs to one owner across http, https and tls: while token 1 serves

@@ -16,7 +16,7 @@ import relay_native
 from relay import __version__
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
-from relay.errors import ProtocolViolation, RelayError
+from relay.errors import CertificateError, ProtocolViolation, RelayError
 from relay.mux import ControlChannel, MuxStream
 from relay.protocol import (
     PROTOCOL_VERSION,
@@ -169,13 +169,14 @@ class AgentSession:
                 return  # the session was stopped with the credential's code
             try:
                 endpoint = await self.edge.bind(self, message)
-            except BindFailure as exc:
+            except (BindFailure, CertificateError) as exc:
                 self.edge.bind_refused(self, message, exc)
                 self.control.send(BindError(message.request_id, exc.code, str(exc)))
                 return
             self.control.send(
                 Bound(message.request_id, endpoint.endpoint_id, endpoint.url, endpoint.port)
             )
+            self.edge.endpoint_bound(endpoint)
         elif isinstance(message, Unbind):
             self.edge.unbind(self, message.endpoint_id)
         else:

@@ -17,9 +17,10 @@ from relay.config import parse_host_port
 from relay.control.secrets import SecretBox
 from relay.edge.http import HttpFront
 from relay.edge.tls_front import TlsFront
-from relay.errors import ConfigError
+from relay.errors import ConfigError, UnsupportedIdentifier
 
 if TYPE_CHECKING:
+    from relay.edge.routes import HostEndpoint
     from relay.edge.server import Edge
 
 log = logging.getLogger("relay.edge.web")
@@ -116,9 +117,19 @@ class WebFronts:
         endpoint = self.edge.sni_routes.lookup(name)
         return endpoint is not None and endpoint.kind == "https"
 
-    def certificate_wanted(self, hostname: str) -> None:
-        """An https endpoint was bound: make sure a certificate exists (ACME issues
-        ahead of the first visitor; the local CA also issues on demand)."""
+    def check_servable(self, hostname: str) -> None:
+        """Refuse at bind an https name the issuer can never certify (RLY_806): an ACME
+        wildcard (DNS-01 is not supported) would otherwise be accepted and stay dark."""
+        if hostname.startswith("*.") and self.acme is not None:
+            raise UnsupportedIdentifier(
+                f"the edge's ACME issuer cannot certify the wildcard {hostname} "
+                "(it would need a DNS-01 challenge); bind the names one by one"
+            )
+
+    def certificate_wanted(self, endpoint: HostEndpoint) -> None:
+        """An https endpoint was bound (or taken back): make sure a certificate exists
+        (ACME issues ahead of the first visitor; the local CA also issues on demand)."""
+        hostname = endpoint.hostname
         if self.certs is None or (hostname.startswith("*.") and self.acme is not None):
             return
         task = asyncio.get_running_loop().create_task(self._ensure(hostname))
