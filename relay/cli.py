@@ -15,7 +15,14 @@ from typing import Any, NoReturn
 import click
 
 from relay import __version__
-from relay.errors import AuthError, BindError, ConfigError, ListenError, RelayError
+from relay.errors import (
+    AuthError,
+    BindError,
+    ConfigError,
+    DataDirError,
+    ListenError,
+    RelayError,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -71,8 +78,14 @@ def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="relay")
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        "show_default": True,
+    }
+)
+@click.version_option(__version__, "-V", "--version", prog_name="relay")
 @click.option(
     "--log-level",
     default="info",
@@ -165,7 +178,25 @@ def main(log_level: str) -> None:
     default=None,
     help="CA bundle that signs the ACME server's own HTTPS certificate.",
 )
-@click.option("--acme-challenge", type=click.Choice(["http-01", "tls-alpn-01"]), default=None)
+@click.option(
+    "--acme-challenge",
+    type=click.Choice(["http-01", "tls-alpn-01"]),
+    default=None,
+    help="How ACME validates names: HTTP on the HTTP listener, or TLS-ALPN on the TLS port. "
+    "Default http-01.",
+)
+@click.option(
+    "--cert-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="With --cert-issuer files: the certificate chain (PEM) served for https endpoints.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="With --cert-issuer files: the private key (PEM) of --cert-file.",
+)
 @click.option(
     "--drain-timeout",
     type=float,
@@ -187,21 +218,59 @@ def edge(config_file: Path | None, **flags: Any) -> None:
         server = Edge(config)
         await server.start()
         assert server.address is not None
-        click.echo(
-            f"relay edge {__version__} listening for agents on "
-            f"{server.address[0]}:{server.address[1]} (TLS), tcp ports {config.tcp_ports}",
-            err=True,
-        )
-        if server.ca_file is not None:
-            click.echo(f"agents trust it with: --ca-file {server.ca_file}", err=True)
-        click.echo(f"or pin it with:        --pin {server.fingerprint}", err=True)
+        for line in edge_banner(server):
+            click.echo(line, err=True)
         stopped = asyncio.Event()
         install_stop_handlers(stopped.set)
+        # Until configuration reload exists, SIGHUP (a reflex of operators) must not kill
+        # the edge, as its default action would.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP,
+            lambda: logging.getLogger("relay.edge").warning(
+                "SIGHUP: reloading the configuration is not supported yet; ignoring it"
+            ),
+        )
         await stopped.wait()
         click.echo("draining…", err=True)
         await server.stop()
 
     run_async(serve)
+
+
+def edge_banner(server: Any) -> list[str]:
+    """What an operator needs from a starting edge: every listener, and how agents
+    trust it."""
+    config = server.config
+    host, port = server.address
+    lines = [
+        f"relay edge {__version__} (region {config.region})",
+        f"  agents (TLS)       {_address(host, port)}   --listen",
+        f"  tcp endpoints      {config.tcp_bind} ports {config.tcp_ports}   --tcp-ports",
+    ]
+    web = server.web
+    if web is not None and web.http_port is not None:
+        lines.append(
+            f"  http endpoints     {_listen_host(config.http_listen)}:{web.http_port}   "
+            f"--http-listen  (names under {config.base_domain})"
+        )
+    if web is not None and web.https_port is not None:
+        lines.append(
+            f"  https/tls (SNI)    {_listen_host(config.https_listen)}:{web.https_port}   "
+            f"--https-listen  (certificates: {config.cert_issuer})"
+        )
+    if server.ca_file is not None:
+        lines.append(f"agents trust it with: --ca-file {server.ca_file}")
+    lines.append(f"or pin it with:        --pin {server.fingerprint}")
+    lines.append(f"listening for agents on {_address(host, port)}")
+    return lines
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen_host(listen: str) -> str:
+    return listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -212,11 +281,18 @@ def token() -> None:
     """Create, list and revoke agent authtokens (stored only as salted hashes)."""
 
 
-def _open_store(data_dir: Path | None) -> Any:
+def _open_store(data_dir: Path | None, *, create: bool = False) -> Any:
+    """The edge's token store. Only ``token create`` may make a new data directory: a
+    list or a revoke on a mistyped --data-dir must say so, not act on an empty store."""
     from relay.config import default_data_dir
     from relay.edge.server import open_store, prepare_data_dir
 
     directory = data_dir or default_data_dir()
+    if not create and not (directory / "relay.db").is_file():
+        raise DataDirError(
+            f"no edge data directory at {directory} (no relay.db): pass the --data-dir "
+            "`relay edge` uses, or set RELAY_DATA_DIR"
+        )
     prepare_data_dir(directory)
     return directory, open_store(directory)
 
@@ -257,7 +333,7 @@ def token_create(
     from relay.control.tokens import load_or_create_pepper
 
     try:
-        directory, store = _open_store(data_dir)
+        directory, store = _open_store(data_dir, create=True)
         expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
         record, plaintext = store.create_token(
             description=description,
@@ -301,12 +377,19 @@ def token_list(data_dir: Path | None, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(rows))
         return
-    click.echo(f"{'ID':<14} {'STATUS':<8} {'CREATED':<20} {'EXPIRES':<20} DESCRIPTION")
+    header = f"{'ID':<14} {'STATUS':<8} {'CREATED':<17} {'EXPIRES':<17} {'LAST USED':<17} "
+    click.echo(header + "ALLOW  DESCRIPTION")
     for row in rows:
         click.echo(
-            f"{row['id']:<14} {row['status']:<8} {row['created_at'][:19]:<20} "
-            f"{(row['expires_at'] or '-')[:19]:<20} {row['description']}"
+            f"{row['id']:<14} {row['status']:<8} {_minute(row['created_at']):<17} "
+            f"{_minute(row['expires_at']):<17} {_minute(row['last_used_at']):<17} "
+            f"{','.join(row['allow']) or '-'}  {row['description']}"
         )
+
+
+def _minute(iso: str | None) -> str:
+    """``2026-12-02 23:41`` (UTC) for a table; ``-`` for none."""
+    return iso[:16].replace("T", " ") if iso else "-"
 
 
 @token.command("revoke")
@@ -442,11 +525,15 @@ def tcp(upstream: str, remote_port: int, proxy_protocol: str | None, **agent: An
 @click.option(
     "--domain",
     default="",
+    show_default=False,
     help="Full hostname to serve, e.g. app.example.com "
     "or *.example.com (must be allowed for the token).",
 )
 @click.option(
-    "--subdomain", default="", help="Serve <SUBDOMAIN>.<edge base domain>; default: a random name."
+    "--subdomain",
+    default="",
+    show_default=False,
+    help="Serve <SUBDOMAIN>.<edge base domain>; default: a random name.",
 )
 @click.option(
     "--https/--no-https",
@@ -458,6 +545,7 @@ def tcp(upstream: str, remote_port: int, proxy_protocol: str | None, **agent: An
 @click.option(
     "--host-header",
     default="",
+    show_default=False,
     help="'rewrite' sends the upstream's host as Host; any other value is sent "
     "literally; default: the visitor's Host.",
 )

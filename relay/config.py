@@ -1,10 +1,15 @@
 """Edge configuration: defaults, an optional YAML file, then command-line flags.
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Every key is documented in docs/configuration.md (a test keeps the two in step). Unknown
+keys are errors that list the valid ones (a typo must not silently fall back to a
+default). Relative paths in a file are relative to the file's folder, not to wherever
+the edge happens to be started; paths given as flags are relative to the working
+directory, as a shell user expects.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -86,6 +91,23 @@ def parse_host_port(text: str, *, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: Keys whose values are paths (relative ones in a file are relative to the file).
+PATH_KEYS = frozenset(
+    ("data_dir", "tls_cert", "tls_key", "acme_ca_bundle", "cert_file", "key_file")
+)
+
+
+def unknown_keys_error(where: str, unknown: set[str], known: set[str]) -> ConfigError:
+    """``where: unknown setting 'lisen' (did you mean 'listen'?); valid: …``."""
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return ConfigError(
+        f"{where}: unknown setting {', '.join(parts)}; valid settings: {', '.join(sorted(known))}"
+    )
+
+
 def _convert(name: str, kind: Any, value: Any) -> Any:
     try:
         if name == "mux":
@@ -94,11 +116,11 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             known = {f.name for f in fields(MuxConfig)}
             unknown = set(value) - known
             if unknown:
-                raise ConfigError(f"unknown mux settings: {', '.join(sorted(unknown))}")
+                raise unknown_keys_error("mux", unknown, known)
             return MuxConfig(**{k: int(v) for k, v in value.items()})
         if name == "tcp_ports":
             return PortRange.parse(str(value))
-        if name in ("data_dir", "tls_cert", "tls_key", "acme_ca_bundle", "cert_file", "key_file"):
+        if name in PATH_KEYS:
             return None if value is None else Path(str(value)).expanduser()
         if name == "cert_names":
             if not isinstance(value, list):
@@ -146,7 +168,11 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
         known = {f.name for f in fields(EdgeConfig)}
         unknown = set(raw) - known
         if unknown:
-            raise ConfigError(f"{path}: unknown settings: {', '.join(sorted(unknown))}")
+            raise unknown_keys_error(str(path), unknown, known)
+        for key in PATH_KEYS & set(raw):
+            if raw[key] is not None:
+                given = Path(str(raw[key])).expanduser()
+                raw[key] = given if given.is_absolute() else path.parent / given
         values.update(raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     converted = {k: _convert(k, None, v) for k, v in values.items()}

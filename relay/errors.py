@@ -28,6 +28,7 @@ RLY_402   DataDirError            the data directory is unusable (permissions, c
 RLY_403   ListenError             a listener cannot bind its address (in use, not permitted)
 RLY_501   TlsError                edge certificate not trusted / fingerprint mismatch
 RLY_502   ConnectError            cannot reach the edge
+RLY_503   NotAnEdge               the address is not a relay edge's agent port (no TLS, no ALPN)
 RLY_601   NotFound                the named object (e.g. a token id) does not exist
 RLY_701   AuditChainBroken        the audit log's hash chain does not verify
 RLY_801   CertificateError        a certificate could not be issued or loaded (family root)
@@ -95,6 +96,7 @@ __all__ = [
     "ExpiredToken",
     "InvalidToken",
     "ListenError",
+    "NotAnEdge",
     "NotFound",
     "PortRangeExhausted",
     "PortUnavailable",
@@ -255,6 +257,13 @@ class ConnectError(RelayError):
     code = "RLY_502"
 
 
+class NotAnEdge(RelayError):
+    """The address answered, but not as a relay edge's agent port (no TLS at all, or a TLS
+    server that does not speak relay): reconnecting would reach the same thing."""
+
+    code = "RLY_503"
+
+
 class NotFound(RelayError):
     """The named object does not exist (e.g. a token id on revoke)."""
 
@@ -292,6 +301,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         ListenError,
         TlsError,
         ConnectError,
+        NotAnEdge,
         NotFound,
         AuditChainBroken,
     )

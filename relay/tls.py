@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 
 from relay.certs.local_ca import cert_pem_fingerprint_matches
-from relay.errors import TlsError
+from relay.errors import ConfigError, TlsError
 from relay.protocol import ALPN_PROTOCOL
 
 #: Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are always on and all AEAD).
@@ -50,7 +50,11 @@ def client_context(*, ca_file: Path | None = None, pin: str | None = None) -> ss
         try:
             ctx.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise TlsError(f"cannot load CA file {ca_file}: {exc}") from None
+            reason = getattr(exc, "reason", None) or exc.strerror or exc
+            raise ConfigError(
+                f"--ca-file {ca_file} is not a PEM CA certificate ({reason}): use the edge's "
+                "DATA_DIR/ca/ca.pem"
+            ) from None
     else:
         ctx.load_default_certs()
     return ctx

@@ -59,7 +59,7 @@ def _self_test() -> str | None:
     finally:
         a.close()
         b.close()
-    log.info("agent link TLS: OpenSSL on the socket (direct)")
+    log.debug("agent link TLS: OpenSSL on the socket (direct)")
     return None
 
 
@@ -74,7 +74,7 @@ def direct_tls() -> bool:
 
 @functools.cache
 def _log_fallback(reason: str) -> None:
-    log.info("agent link TLS: uvloop's transport (%s)", reason)
+    log.debug("agent link TLS: uvloop's transport (%s)", reason)
 
 
 async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:

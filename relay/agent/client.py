@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from relay import __version__
 from relay.agent.backoff import Backoff
@@ -21,6 +23,7 @@ from relay.errors import (
     AuthError,
     BindError,
     ConnectError,
+    NotAnEdge,
     ProtocolViolation,
     RelayError,
     TlsError,
@@ -29,6 +32,7 @@ from relay.errors import (
 from relay.mux import ControlChannel, MuxConfig, MuxStream, StreamReset
 from relay.mux import Pump as _Pump
 from relay.protocol import (
+    ALPN_PROTOCOL,
     Auth,
     AuthOk,
     Bind,
@@ -166,9 +170,16 @@ class Agent:
         self.backoff = Backoff()
         self.bound: dict[str, BoundEndpoint] = {}  # endpoint_id -> endpoint
         self.remembered_ports: dict[EndpointSpec, int] = {}
+        # Names the edge assigned at random (http/https), asked for again on reconnect.
+        self.remembered_names: dict[EndpointSpec, str] = {}
+        self.urls: dict[EndpointSpec, str] = {}
         self.link: Any = None
         self.sessions_started = 0
         self._stopping = False
+        self._stopped: asyncio.Event | None = None
+        self._context: ssl.SSLContext | None = None
+        # Whether the current attempt got as far as an authenticated session.
+        self._established = False
         self._session_done: asyncio.Future[BaseException | None] | None = None
         self._control: ControlChannel | None = None
         # Visitor streams opened in the current receive batch, not yet looked at.
@@ -184,26 +195,42 @@ class Agent:
     # --- lifecycle --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until stopped; raise FatalAgentError (or an AuthError/BindError) when the
-        edge refuses us for a reason that reconnecting would not fix."""
+        """Run until stopped; raise what cannot heal by reconnecting (an AuthError, a
+        TlsError or NotAnEdge: the edge's identity or address is wrong, a BindError before
+        any session worked, a Stop from the edge). Only network faults and edge restarts
+        are retried, with backoff; ``stop()`` ends every state within a moment."""
+        self._context = client_context(ca_file=self.options.ca_file, pin=self.options.pin)
+        self._stopped = asyncio.Event()
         while not self._stopping:
+            self._established = False
+            session = asyncio.ensure_future(self._run_session())
+            stopped = asyncio.ensure_future(self._stopped.wait())
             try:
-                await self._run_session()
-            except (AuthError, FatalAgentError):
+                await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+            if not session.done():
+                session.cancel()  # stopped while connecting or handshaking
+                await asyncio.gather(session, return_exceptions=True)
+                break
+            try:
+                session.result()
+            except (AuthError, TlsError, NotAnEdge, FatalAgentError):
                 raise
-            except BindError:
+            except BindError as exc:
                 if not self.sessions_started_ok:
                     raise
-                log.warning("re-binding failed; will retry")
-            except (OSError, ConnectError, TlsError, SessionEnded, ProtocolViolation) as exc:
-                if self._stopping:
-                    break
-                self.status(f"session lost: {exc}; reconnecting")
+                lost = f"re-binding failed: {exc}"
+            except (OSError, ConnectError, SessionEnded, ProtocolViolation) as exc:
+                lost = f"session lost: {exc}" if self._established else str(exc)
+            else:
+                lost = "session ended"
             if self._stopping:
                 break
             delay = self.backoff.next_delay()
-            log.info("reconnecting in %.2fs", delay)
-            await asyncio.sleep(delay)
+            self.status(f"{lost}; reconnecting in {delay:.1f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
 
     @property
     def sessions_started_ok(self) -> bool:
@@ -211,6 +238,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stopping = True
+        if self._stopped is not None:
+            self._stopped.set()
         if self.link is not None and not self.link.closed:
             self.link.session.go_away(0)
             self.link.close()
@@ -220,10 +249,11 @@ class Agent:
     async def _run_session(self) -> None:
         loop = asyncio.get_running_loop()
         options = self.options
-        ctx = client_context(ca_file=options.ca_file, pin=options.pin)
+        assert self._context is not None
         self._session_done = loop.create_future()
         link = options.mux.new_link(self, loop, client=True)
         server_name = options.server_name or options.edge_host
+        where = f"{options.edge_host}:{options.edge_port}"
         try:
             await asyncio.wait_for(
                 connect_link(
@@ -231,22 +261,45 @@ class Agent:
                     lambda: link,
                     options.edge_host,
                     options.edge_port,
-                    ssl_context=ctx,
+                    ssl_context=self._context,
                     server_hostname=server_name,
                     handshake_timeout=options.connect_timeout,
                 ),
                 options.connect_timeout + 1,
             )
         except TimeoutError:
-            raise ConnectError(f"timed out connecting to {options.edge_host}") from None
-        except ssl_errors() as exc:
-            raise TlsError(f"TLS with the edge failed: {exc}") from None
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot reach the edge at {options.edge_host}:{options.edge_port}: "
-                f"{exc.strerror or exc}"
+            raise ConnectError(f"timed out connecting to the edge at {where}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(
+                f"the edge's certificate is not trusted ({exc.verify_message}): pass "
+                "--ca-file DATA_DIR/ca/ca.pem or --pin sha256:… as printed by `relay edge`"
             ) from None
+        except ssl.SSLError as exc:
+            if exc.reason in NOT_TLS_REASONS:
+                raise NotAnEdge(
+                    f"{where} does not speak TLS ({exc.reason}): is it the edge's agent port "
+                    "(relay edge --listen), not its HTTP port?"
+                ) from None
+            if exc.reason is not None and ("ALERT" in exc.reason or "UNRECOGNIZED" in exc.reason):
+                # The server said no with an alert: an edge's agent port never does that to
+                # an agent it could serve later (an edge restarting just closes).
+                raise NotAnEdge(
+                    f"the TLS server at {where} refused the handshake ({exc.reason}): is it "
+                    "the edge's agent port (relay edge --listen), not its HTTPS port?"
+                ) from None
+            # Anything else in a handshake (the edge closing mid-way while it restarts)
+            # may heal.
+            raise ConnectError(f"TLS with the edge at {where} failed: {exc}") from None
+        except OSError as exc:
+            raise ConnectError(f"cannot reach the edge at {where}: {exc.strerror or exc}") from None
         try:
+            alpn = link.transport.get_extra_info("ssl_object").selected_alpn_protocol()
+            if alpn != ALPN_PROTOCOL:
+                raise NotAnEdge(
+                    f"the TLS server at {where} is not a relay edge's agent port "
+                    f"(it did not agree to {ALPN_PROTOCOL}): is --edge the address "
+                    "`relay edge` prints for agents?"
+                )
             await self._handshake(link)
             self.sessions_started += 1
             self.backoff.reset()
@@ -276,6 +329,7 @@ class Agent:
             raise error_from_code(reply.code, reply.message)
         if not isinstance(reply, AuthOk):
             raise ProtocolViolation(f"expected auth_ok, got {reply.TYPE}")
+        self._established = True
         self.status(f"session {reply.session_id} established (edge {reply.edge_version})")
         self.bound.clear()
         self._binding = True
@@ -289,29 +343,61 @@ class Agent:
 
     async def _bind_all(self, control: ControlChannel) -> None:
         for request_id, spec in enumerate(self.options.endpoints, start=1):
-            port = self.remembered_ports.get(spec, spec.remote_port)
-            control.send(
-                Bind(
-                    request_id,
-                    spec.kind,
-                    spec.name,
-                    port,
-                    spec.upstream,
-                    domain=spec.domain,
-                    subdomain=spec.subdomain,
-                    host_header=spec.host_header_value,
-                )
-            )
-            answer = await self._reply(control)
+            answer = await self._bind(control, request_id, spec, remembered=True)
+            if isinstance(answer, BindErrorMessage) and self._remembered(spec):
+                # What the edge gave us last time is someone else's now (an edge restart
+                # forgets who held what): take a new one rather than fail for good.
+                self.status(f"{self.urls[spec]} is taken now ({answer.message}); asking anew")
+                answer = await self._bind(control, request_id, spec, remembered=False)
             if isinstance(answer, BindErrorMessage):
                 raise bind_error(answer)
-            if not isinstance(answer, Bound):
-                raise ProtocolViolation(f"expected bound, got {answer.TYPE}")
             self.bound[answer.endpoint_id] = BoundEndpoint(
                 spec, answer.endpoint_id, answer.url, answer.remote_port
             )
+            previous = self.urls.get(spec)
+            self.urls[spec] = answer.url
             self.remembered_ports[spec] = answer.remote_port
-            self.status(f"Forwarding  {answer.url} -> {spec.upstream}")
+            if spec.kind != "tcp" and not (spec.domain or spec.subdomain):
+                # The random name the edge assigned: asked for again after a reconnect,
+                # so the URL survives an edge restart.
+                self.remembered_names[spec] = (urlsplit(answer.url).hostname or "").split(".")[0]
+            if previous is None:
+                self.status(f"Forwarding  {answer.url} -> {spec.upstream}")
+            elif previous != answer.url:
+                self.status(f"Forwarding  {answer.url} -> {spec.upstream} (was {previous})")
+        if self.sessions_started_ok:
+            self.status(f"reconnected; {len(self.bound)} endpoint(s) serving again")
+
+    def _remembered(self, spec: EndpointSpec) -> bool:
+        """Whether the last bind of ``spec`` asked for something only remembered (a port
+        or name the edge assigned before), not something the user asked for."""
+        return (spec in self.remembered_ports and not spec.remote_port and spec.kind == "tcp") or (
+            spec in self.remembered_names
+        )
+
+    async def _bind(
+        self, control: ControlChannel, request_id: int, spec: EndpointSpec, *, remembered: bool
+    ) -> Bound | BindErrorMessage:
+        port = self.remembered_ports.get(spec, spec.remote_port) if remembered else spec.remote_port
+        subdomain = spec.subdomain
+        if remembered and not subdomain and not spec.domain:
+            subdomain = self.remembered_names.get(spec, "")
+        control.send(
+            Bind(
+                request_id,
+                spec.kind,
+                spec.name,
+                port,
+                spec.upstream,
+                domain=spec.domain,
+                subdomain=subdomain,
+                host_header=spec.host_header_value,
+            )
+        )
+        answer = await self._reply(control)
+        if not isinstance(answer, Bound | BindErrorMessage):
+            raise ProtocolViolation(f"expected bound, got {answer.TYPE}")
+        return answer
 
     async def _reply(self, control: ControlChannel) -> Message:
         try:
@@ -444,23 +530,35 @@ class Agent:
         dial.step(None)
 
     def _visitor_failed(
-        self, link: Any, stream_id: int, header: StreamHeader | None, exc: BaseException
+        self,
+        link: Any,
+        stream_id: int,
+        header: StreamHeader | None,
+        exc: BaseException,
+        upstream: str = "",
     ) -> None:
-        """Serving a visitor stream failed: an HTTP visitor gets an error page, anyone
-        else a reset stream."""
+        """Serving a visitor stream failed: an HTTP visitor gets an error page (its request
+        id is in the log line too, so a user's screenshot finds the line), anyone else a
+        reset stream."""
+        http = header is not None and header.protocol in _HTTP_PROTOCOLS
+        request_id = secrets.token_hex(8) if http else ""
+        visitor = header.visitor_addr if header is not None and header.visitor_addr else "?"
+        where = f"upstream {upstream}" if upstream else f"stream {stream_id}"
+        tag = f" (request id {request_id})" if request_id else ""
         if isinstance(exc, _VISITOR_ERRORS):
-            log.info("visitor stream %d: %s", stream_id, exc)
+            log.warning("visitor %s: %s: %s%s", visitor, where, exc, tag)
         else:
-            log.error("visitor stream %d: unexpected error", stream_id, exc_info=exc)
-        if header is not None and header.protocol in _HTTP_PROTOCOLS:
-            self._answer_with_error(link, stream_id, header, exc)
+            log.error("visitor %s: %s: unexpected error%s", visitor, where, tag, exc_info=exc)
+        if http:
+            assert header is not None
+            self._answer_with_error(link, stream_id, header, exc, request_id)
         elif not link.closed:
             link.channels.pop(stream_id, None)
             link.session.reset_stream(stream_id)
             link.schedule_flush()
 
     def _answer_with_error(
-        self, link: Any, stream_id: int, header: StreamHeader, exc: BaseException
+        self, link: Any, stream_id: int, header: StreamHeader, exc: BaseException, request_id: str
     ) -> None:
         """The visitor speaks HTTP: tell them what went wrong, with a code, then end."""
         if link.closed or stream_id not in link.channels:
@@ -471,9 +569,7 @@ class Agent:
             status, code, text = 503, "RLY_611", "the agent is not serving this endpoint yet"
         else:
             status, code, text = 502, "RLY_613", "the agent could not reach the upstream"
-        page = render(
-            status, code, text, accept=header.extra.get("accept"), request_id=secrets.token_hex(8)
-        )
+        page = render(status, code, text, accept=header.extra.get("accept"), request_id=request_id)
         link.channels.pop(stream_id, None)
         link.send(stream_id, page)
         link.session.close_stream(stream_id)
@@ -568,7 +664,7 @@ class _Dial:
     connects (writing the preamble and what arrived meanwhile, then returning credit);
     on failure the visitor gets an error page (HTTP) or a reset."""
 
-    __slots__ = ("agent", "coro", "done", "future", "header", "link", "stream_id")
+    __slots__ = ("agent", "coro", "done", "future", "header", "link", "stream_id", "upstream")
 
     def __init__(
         self,
@@ -583,6 +679,7 @@ class _Dial:
         self.link = link
         self.stream_id = stream_id
         self.header = header
+        self.upstream = endpoint.spec.upstream
         self.future: asyncio.Future[Any] | None = None
         self.done = False
         loop = link.loop
@@ -617,7 +714,7 @@ class _Dial:
         self.future = None
         self.agent._dial_deadlines.discard(self)
         if exc is not None:
-            self.agent._visitor_failed(self.link, self.stream_id, self.header, exc)
+            self.agent._visitor_failed(self.link, self.stream_id, self.header, exc, self.upstream)
 
     def expire(self) -> None:
         if self.done:
@@ -631,7 +728,7 @@ class _Dial:
                 future.cancel()
             self.coro.close()  # create_connection closes its half-made transport
         finally:
-            self.agent._visitor_failed(self.link, self.stream_id, self.header, exc)
+            self.agent._visitor_failed(self.link, self.stream_id, self.header, exc, self.upstream)
 
 
 def describe_certificate(status: CertStatus) -> str:
@@ -652,8 +749,16 @@ def describe_certificate(status: CertStatus) -> str:
     return f"Certificate for {name}: not issued: {reason}"
 
 
-def ssl_errors() -> tuple[type[BaseException], ...]:
-    return (ssl.SSLError, ssl.CertificateError)
+#: OpenSSL's reasons when what answered is not TLS (an HTTP port, say).
+NOT_TLS_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "UNKNOWN_PROTOCOL",
+        "HTTP_REQUEST",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LAYER_FAILURE",
+    }
+)
 
 
 def proxy_preamble(spec: EndpointSpec, visitor_addr: str) -> bytes:

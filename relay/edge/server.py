@@ -28,6 +28,7 @@ from relay.errors import (
     DataDirError,
     EndpointAlreadyBound,
     ExpiredToken,
+    ListenError,
     PortUnavailable,
     RelayError,
     RevokedToken,
@@ -112,15 +113,18 @@ class Edge:
         self.fingerprint = fingerprint_sha256(_leaf_pem(cert_file.read_bytes()))
         ssl_ctx = server_context(cert_file, key_file)
         loop = asyncio.get_running_loop()
-        self.server = await serve_links(
-            loop,
-            self._new_agent_link,
-            host,
-            port,
-            ssl_context=ssl_ctx,
-            handshake_timeout=config.handshake_timeout,
-            backlog=1024,
-        )
+        try:
+            self.server = await serve_links(
+                loop,
+                self._new_agent_link,
+                host,
+                port,
+                ssl_context=ssl_ctx,
+                handshake_timeout=config.handshake_timeout,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise ListenError.for_address(config.listen, "--listen", exc) from None
         sockname = self.server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         if config.http_listen or config.https_listen:

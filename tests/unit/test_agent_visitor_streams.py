@@ -235,15 +235,26 @@ def test_tcp_visitor_is_reset_when_the_upstream_refuses() -> None:
     run(scenario)
 
 
-def test_http_visitor_gets_a_502_rly_613_page_when_the_upstream_refuses() -> None:
+def test_http_visitor_gets_a_502_rly_613_page_when_the_upstream_refuses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = closed_port()
+    page: dict[str, Any] = {}
+
     async def scenario() -> None:
-        async with tunnel(EndpointSpec("http", "127.0.0.1", closed_port())) as t:
+        async with tunnel(EndpointSpec("http", "127.0.0.1", port)) as t:
             stream, _ = t.open(b"GET / HTTP/1.1\r\n\r\n", protocol=StreamProtocol.HTTP)
             answer = await read_all(stream)
             assert answer.startswith(b"HTTP/1.1 502 ")
-            assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "RLY_613"
+            page.update(json.loads(answer.partition(b"\r\n\r\n")[2]))
+            assert page["code"] == "RLY_613"
 
-    run(scenario)
+    with caplog.at_level("WARNING", logger="relay.agent"):
+        run(scenario)
+    # The agent's own line names the upstream and the request id the visitor was shown.
+    [line] = [r.getMessage() for r in caplog.records if "RLY" not in r.getMessage()]
+    assert line.startswith(f"visitor 203.0.113.7:40000: upstream 127.0.0.1:{port}: "), line
+    assert line.endswith(f"(request id {page['request_id']})"), line
 
 
 @asynccontextmanager

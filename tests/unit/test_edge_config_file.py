@@ -29,3 +29,29 @@ def test_mistakes_are_config_errors(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_edge_config(path, {})
+
+
+def test_an_unknown_key_names_the_likely_one_and_every_valid_one(tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    path.write_text("lisen: 127.0.0.1:7000\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_edge_config(path, {})
+    message = str(excinfo.value)
+    assert "'lisen' (did you mean 'listen'?)" in message
+    assert "valid settings: " in message and "base_domain" in message and "max_sessions" in message
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file_and_flags_to_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "edge.yaml"
+    path.write_text("data_dir: data\ncert_file: tls/cert.pem\nkey_file: /abs/key.pem\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_edge_config(path, {})
+    assert config.data_dir == folder / "data"
+    assert config.cert_file == folder / "tls" / "cert.pem"
+    assert config.key_file == Path("/abs/key.pem")
+    flagged = load_edge_config(path, {"cert_file": "here.pem"})
+    assert flagged.cert_file == Path("here.pem")  # the shell's cwd, as typed
