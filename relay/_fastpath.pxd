@@ -74,6 +74,7 @@ cdef class Pump(Channel):
 
     cdef bint _direct_ok(self)
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
+    cdef bint _wants_pause(self)
     cdef void _update_reading(self)
     cdef void _resume_after_flush(self)
     cdef bint _direct_room_spent(self)

@@ -792,8 +792,12 @@ cdef class Pump(Channel):
         room = self.link.session.direct_room(self.stream_id)
         return room is not None and room < _PUMP_MIN_READ
 
+    cdef bint _wants_pause(self):
+        """Whether the socket should not be read now (subclasses add their reasons)."""
+        return self._backlog_paused or self._flush_wait
+
     cdef void _update_reading(self):
-        cdef bint want_paused = self._backlog_paused or self._flush_wait
+        cdef bint want_paused = self._wants_pause()
         if self.transport is None or self.finished or want_paused == self._reading_paused:
             return
         self._reading_paused = want_paused

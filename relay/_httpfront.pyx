@@ -561,16 +561,9 @@ cdef class HttpVisitor(Pump):
             return
         Pump._send(self, data)
 
-    cdef void _update_reading(self):
-        # Pump's rule, plus the hold of an Upgrade in progress.
-        cdef bint want_paused = self._backlog_paused or self._flush_wait or self.reads_held
-        if self.transport is None or self.finished or want_paused == self._reading_paused:
-            return
-        self._reading_paused = want_paused
-        if want_paused:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+    cdef bint _wants_pause(self):
+        # Pump's reasons, plus the hold of an Upgrade in progress.
+        return Pump._wants_pause(self) or self.reads_held
 
     # --- local answers ------------------------------------------------------------------
 

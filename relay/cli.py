@@ -216,20 +216,21 @@ def edge(config_file: Path | None, **flags: Any) -> None:
     async def serve() -> None:
         config = load_edge_config(config_file, flags)
         server = Edge(config)
-        await server.start()
-        assert server.address is not None
-        for line in edge_banner(server):
-            click.echo(line, err=True)
+        # Signals first: one that arrives while the edge starts must drain it (SIGTERM)
+        # or be ignored (SIGHUP, a reflex of operators, kills by default; until
+        # configuration reload exists it is logged), never kill it half-started.
         stopped = asyncio.Event()
         install_stop_handlers(stopped.set)
-        # Until configuration reload exists, SIGHUP (a reflex of operators) must not kill
-        # the edge, as its default action would.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP,
             lambda: logging.getLogger("relay.edge").warning(
                 "SIGHUP: reloading the configuration is not supported yet; ignoring it"
             ),
         )
+        await server.start()
+        assert server.address is not None
+        for line in edge_banner(server):
+            click.echo(line, err=True)
         await stopped.wait()
         click.echo("draining…", err=True)
         await server.stop()

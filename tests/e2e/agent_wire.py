@@ -65,6 +65,18 @@ def authenticate(link: ssl.SSLSocket, token: str, *, timeout: float = 10.0) -> N
         seen += chunk
 
 
+def read_until_closed(link: ssl.SSLSocket, *, timeout: float = 10.0) -> bytes:
+    """Everything the edge sends until it closes the link (a reset counts as closing)."""
+    link.settimeout(timeout)
+    seen = b""
+    try:
+        while chunk := link.recv(65536):
+            seen += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return seen
+
+
 def send_until_closed(
     link: ssl.SSLSocket, frames: Callable[[int], bytes], *, seconds: float
 ) -> float | None:

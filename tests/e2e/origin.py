@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httptools
 from websockets.asyncio.server import serve
 
-from tests.e2e.procs import payload
+from tests.e2e.procs import ThreadedServer, payload
 
 BLOB_SEED = 99
 
@@ -182,7 +182,7 @@ class _RequestCollector:
         self.done.append(self.current)
 
 
-class RecordingOrigin:
+class RecordingOrigin(ThreadedServer):
     """A raw-socket HTTP/1.1 origin (127.0.0.1, a thread per connection) that records every
     byte it receives and every request it parses — with httptools, as a real server would,
     so bytes smuggled past the edge show up as requests of their own.
@@ -199,44 +199,26 @@ class RecordingOrigin:
         self.upgrade_status = upgrade_status
         self.interim = interim
         self.drip = drip
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections: list[bytearray] = []
+        self.records: list[bytearray] = []
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__(backlog=64)
 
     def received(self) -> bytes:
         with self._lock:
-            return b"".join(bytes(c) for c in self.connections)
+            return b"".join(bytes(c) for c in self.records)
 
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                record = bytearray()
-                self.connections.append(record)
-            thread = threading.Thread(target=self._serve, args=(conn, record), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket, record: bytearray) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            record = bytearray()
+            self.records.append(record)
         conn.settimeout(0.2)
         parser_ref: list[httptools.HttpRequestParser] = []
         collector = _RequestCollector(parser_ref)
         parser_ref.append(httptools.HttpRequestParser(collector))
         raw = False
         with conn:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 try:
                     data = conn.recv(65536)
                 except TimeoutError:
@@ -309,10 +291,3 @@ class RecordingOrigin:
         for i in range(len(head)):
             conn.sendall(head[i : i + 1])
             time.sleep(0.002)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._accepter.join(2)
-        for thread in self._threads:
-            thread.join(2)

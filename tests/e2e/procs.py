@@ -259,23 +259,24 @@ class Agent:
 # --- upstream servers, in threads of the test process ------------------------------------
 
 
-class EchoServer:
-    """Echoes every byte; on the client's half-close, finishes and half-closes back.
-    With ``ssl_context`` it is a TLS server (``handshakes`` counts completed ones)."""
+class ThreadedServer:
+    """A test server on 127.0.0.1: one thread accepts, each connection gets a thread of
+    its own running ``serve(conn)``. ``close()`` stops accepting and sets ``stopping``
+    (connection threads that poll it end within their poll). Subclasses set their own
+    attributes before calling ``__init__``: the first connection may arrive at once."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
+    def __init__(self, backlog: int = 128) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=backlog)
         self.port = int(self.sock.getsockname()[1])
-        self.ssl_context = ssl_context
         self.connections = 0
-        self.handshakes = 0
-        self._stop = threading.Event()
+        self.stopping = threading.Event()
+        self._served: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
     def _accept(self) -> None:
         self.sock.settimeout(0.2)
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 conn, _ = self.sock.accept()
             except TimeoutError:
@@ -283,9 +284,31 @@ class EchoServer:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            thread = threading.Thread(target=self.serve, args=(conn,), daemon=True)
+            self._served.append(thread)
+            thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+        deadline = time.monotonic() + 2.0
+        for thread in [self._thread, *self._served]:  # those that poll ``stopping`` end
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class EchoServer(ThreadedServer):
+    """Echoes every byte; on the client's half-close, finishes and half-closes back.
+    With ``ssl_context`` it is a TLS server (``handshakes`` counts completed ones)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.handshakes = 0
+        super().__init__(backlog=512)
+
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(120)
         try:
             if self.ssl_context is not None:
@@ -301,11 +324,6 @@ class EchoServer:
                     conn.sendall(data)
         except OSError:  # ssl.SSLError is an OSError too
             conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(2)
 
 
 class SourceServer:
@@ -349,6 +367,29 @@ class SourceServer:
 
 def payload(seed: int, size: int) -> bytes:
     return hashlib.shake_256(seed.to_bytes(8, "big")).digest(size)
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose accept queue is full: a connect to it hangs (until its own timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.05)  # the fillers' handshakes fill the queue
+    try:
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
 
 
 @contextlib.contextmanager

@@ -4,18 +4,15 @@ within a second whatever it is doing."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.http_helpers import curl
 from tests.e2e.origin import Origin
-from tests.e2e.procs import RELAY, Agent, EchoServer, Edge, Proc, free_port
+from tests.e2e.procs import RELAY, Agent, EchoServer, Edge, Proc, free_port, unanswered_port
 
 
 def agent_proc(edge_address: str, token: str, upstream: int, *trust: str) -> Proc:
@@ -90,28 +87,6 @@ def test_an_edge_that_is_down_is_retried_with_one_line_per_attempt(echo: EchoSer
         assert "session lost" not in proc.text()  # there never was a session
     finally:
         proc.stop()
-
-
-@contextlib.contextmanager
-def unanswered_port() -> Iterator[int]:
-    """A port whose accept queue is full: a connect to it hangs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = int(listener.getsockname()[1])
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            s.connect(("127.0.0.1", port))
-        fillers.append(s)
-    try:
-        yield port
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 def interrupt_takes(proc: Proc) -> float:

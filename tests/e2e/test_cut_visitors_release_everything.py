@@ -14,39 +14,22 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.http_helpers import host_of, web_agent
-from tests.e2e.procs import Agent, Edge, free_port
+from tests.e2e.procs import Agent, Edge, ThreadedServer, free_port
 
 
-class SilentUpstream:
+class SilentUpstream(ThreadedServer):
     """Accepts, reads the request, never answers; records when each connection ends."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port = int(self.sock.getsockname()[1])
-        self.accepted = 0
         self.ended: list[float] = []
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.accepted += 1
-            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
-
-    def _hold(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.2)
         with conn:
             for _ in range(3000):  # at most 10 minutes
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     return
                 try:
                     if conn.recv(65536) == b"":
@@ -57,10 +40,6 @@ class SilentUpstream:
                     break
             with self._lock:
                 self.ended.append(time.monotonic())
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
 
 
 @pytest.fixture
@@ -95,9 +74,9 @@ def test_an_idle_cut_visitor_closes_the_agents_upstream_and_leaves_nothing_to_dr
         visitors.append(sock)
     try:
         deadline = time.monotonic() + 10
-        while silent.accepted < 20 and time.monotonic() < deadline:
+        while silent.connections < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert silent.accepted == 20
+        assert silent.connections == 20
         answers = []
         for sock in visitors:  # the edge cuts each one at its idle timeout (1 s)
             sock.settimeout(10)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import uvloop
 
-from relay.agent.client import Agent, AgentOptions, EndpointSpec
-from relay.mux import ControlChannel, MuxConfig, MuxStream
+from relay.agent.client import EndpointSpec
+from relay.mux import ControlChannel, MuxStream
 from relay.protocol import Auth, AuthOk, Bind, Bound, StreamHeader, StreamProtocol
+from tests.unit.scripted_edge import ScriptedEdge, handshaken_agent
 
 ENDPOINT = "ep_new"
 
 
-class EdgeThatRoutesAtOnce:
+class EdgeThatRoutesAtOnce(ScriptedEdge):
     """Answers Auth, then each Bind with Bound — and in the same flush opens a visitor
     stream for ``visitor_endpoint`` carrying a whole HTTP request."""
 
@@ -27,15 +27,7 @@ class EdgeThatRoutesAtOnce:
         self.visitor_endpoint = visitor_endpoint
         self.visitor: asyncio.Future[MuxStream] = asyncio.get_running_loop().create_future()
 
-    def link_made(self, link: Any) -> None:
-        self.link = link
-
-    def stream_opened(self, stream_id: int) -> None:
-        self.link.session.accept_stream(stream_id)
-        control = ControlChannel(MuxStream(self.link, self.link.open_buffer_channel(stream_id)))
-        self.task = asyncio.get_running_loop().create_task(self.serve(control))
-
-    async def serve(self, control: ControlChannel) -> None:
+    async def script(self, control: ControlChannel) -> None:
         assert isinstance(await control.recv(), Auth)
         control.send(AuthOk("s_1", "test", "local", "tok"))
         bind = await control.recv()
@@ -54,15 +46,6 @@ class EdgeThatRoutesAtOnce:
         link.send(stream_id, header + b"GET /hello HTTP/1.1\r\nHost: app.example\r\n\r\n")
         self.visitor.set_result(stream)
 
-    def goaway(self, code: int) -> None:
-        pass
-
-    def pong(self, rtt_us: int) -> None:
-        pass
-
-    def link_lost(self, exc: BaseException | None) -> None:
-        pass
-
 
 async def answer_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readuntil(b"\r\n\r\n")
@@ -72,31 +55,19 @@ async def answer_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 async def visitor_answer(visitor_endpoint: str) -> bytes:
-    loop = asyncio.get_running_loop()
     origin = await asyncio.start_server(answer_hello, "127.0.0.1", 0)
-    origin_port = origin.sockets[0].getsockname()[1]
+    spec = EndpointSpec("http", "127.0.0.1", origin.sockets[0].getsockname()[1])
     edge = EdgeThatRoutesAtOnce(visitor_endpoint)
-    edge_link = MuxConfig().new_link(edge, loop, client=False)
-    server = await loop.create_server(lambda: edge_link, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    spec = EndpointSpec("http", "127.0.0.1", origin_port)
-    agent = Agent(AgentOptions("127.0.0.1", port, "tok", (spec,)), status=lambda line: None)
-    agent_link = MuxConfig().new_link(agent, loop, client=True)
     try:
-        await loop.create_connection(lambda: agent_link, "127.0.0.1", port)
-        await agent._handshake(agent_link)
-        stream = await asyncio.wait_for(edge.visitor, 5)
-        chunks = []
-        async with asyncio.timeout(5):
-            while chunk := await stream.read():
-                chunks.append(chunk)
-        return b"".join(chunks)
+        async with handshaken_agent(edge, (spec,), lambda line: None):
+            stream = await asyncio.wait_for(edge.visitor, 5)
+            chunks = []
+            async with asyncio.timeout(5):
+                while chunk := await stream.read():
+                    chunks.append(chunk)
+            return b"".join(chunks)
     finally:
-        agent_link.close()
-        edge_link.close()
-        server.close()
         origin.close()
-        await asyncio.sleep(0.05)
 
 
 def test_a_stream_that_overtakes_its_bound_reply_is_served() -> None:

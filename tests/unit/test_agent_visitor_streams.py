@@ -13,7 +13,7 @@ import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from relay.agent.client import Agent, AgentOptions, BoundEndpoint, EndpointSpec,
 from relay.certs.local_ca import LocalCA
 from relay.mux import MuxConfig, MuxStream, StreamReset
 from relay.protocol import StreamHeader, StreamProtocol
+from tests.e2e.procs import unanswered_port
 
 ENDPOINT = "ep_test"
 
@@ -257,41 +258,19 @@ def test_http_visitor_gets_a_502_rly_613_page_when_the_upstream_refuses(
     assert line.endswith(f"(request id {page['request_id']})"), line
 
 
-@asynccontextmanager
-async def unanswered_port() -> AsyncIterator[int]:
-    """A port whose accept queue is full: a connect to it never completes."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        with suppress(BlockingIOError):
-            s.connect(("127.0.0.1", port))
-        fillers.append(s)
-    await asyncio.sleep(0.05)
-    try:
-        yield port
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
-
-
 def test_http_visitor_gets_a_504_rly_614_page_when_the_upstream_connect_times_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(client, "UPSTREAM_CONNECT_TIMEOUT", 0.3)
 
     async def scenario() -> None:
-        async with unanswered_port() as port, tunnel(EndpointSpec("http", "127.0.0.1", port)) as t:
-            stream, _ = t.open(b"GET / HTTP/1.1\r\n\r\n", protocol=StreamProtocol.HTTP)
-            answer = await read_all(stream)
-            assert answer.startswith(b"HTTP/1.1 504 ")
-            assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "RLY_614"
-            assert len(t.agent._dial_deadlines) == 0
+        with unanswered_port() as port:
+            async with tunnel(EndpointSpec("http", "127.0.0.1", port)) as t:
+                stream, _ = t.open(b"GET / HTTP/1.1\r\n\r\n", protocol=StreamProtocol.HTTP)
+                answer = await read_all(stream)
+                assert answer.startswith(b"HTTP/1.1 504 ")
+                assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "RLY_614"
+                assert len(t.agent._dial_deadlines) == 0
 
     run(scenario)
 
@@ -302,10 +281,11 @@ def test_tcp_visitor_is_reset_when_the_upstream_connect_times_out(
     monkeypatch.setattr(client, "UPSTREAM_CONNECT_TIMEOUT", 0.3)
 
     async def scenario() -> None:
-        async with unanswered_port() as port, tunnel(EndpointSpec("tcp", "127.0.0.1", port)) as t:
-            stream, _ = t.open(b"x")
-            with pytest.raises(StreamReset):
-                await read_all(stream)
+        with unanswered_port() as port:
+            async with tunnel(EndpointSpec("tcp", "127.0.0.1", port)) as t:
+                stream, _ = t.open(b"x")
+                with pytest.raises(StreamReset):
+                    await read_all(stream)
 
     run(scenario)
 
