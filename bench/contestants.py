@@ -320,6 +320,8 @@ class Relay(Contestant):
             edge_argv += ["--tcp-bind", "127.0.0.1"]
         if "--drain-timeout" in self.edge_help:
             edge_argv += ["--drain-timeout", "1"]
+        if "--admin-listen" in self.edge_help:  # off the default port: others may hold it
+            edge_argv += ["--admin-listen", f"127.0.0.1:{free_port()}"]
         if "--http-listen" in self.edge_help:
             self.http_port = free_port()
             edge_argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]

@@ -71,6 +71,10 @@ cdef class Pump(Channel):
     cdef bint _local_eof
     cdef readonly bint remote_eof
     cdef readonly bint finished
+    #: Index into _fastpath.KINDS: which traffic counters this pump's bytes go to.
+    cdef public int kind
+    cdef bint _counted
+    cdef double _opened_at
 
     cdef bint _direct_ok(self)
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
@@ -80,4 +84,8 @@ cdef class Pump(Channel):
     cdef bint _direct_room_spent(self)
     cdef void _abort(self)
     cdef void _reset_stream(self)
+    cdef void _count_open(self, bint timed)
+    cdef void _count_close(self)
+    cdef void _count_from_socket(self, Py_ssize_t length)
+    cdef void _count_to_socket(self, Py_ssize_t length)
     cdef void _send(self, object data)

@@ -58,10 +58,21 @@ class Pump(Channel, asyncio.BufferedProtocol):
     transport: asyncio.Transport | None
     remote_eof: bool
     finished: bool
+    #: Index into KINDS: which traffic counters this pump's bytes go to.
+    kind: int
     def __init__(
         self,
         link: Link,
         stream_id: int = -1,
         header_factory: Callable[[asyncio.BaseTransport], bytes] | None = None,
         preamble: bytes = b"",
+        kind: int = 0,
     ) -> None: ...
+
+#: Endpoint kinds, in the order of the traffic counters (StreamProtocol - 1).
+KINDS: tuple[str, ...]
+#: Upper bounds (seconds) of the stream-open latency histogram's buckets (+Inf after).
+OPEN_BUCKETS: tuple[float, ...]
+
+def traffic() -> dict[str, Any]:
+    """Counters of the byte path since the process started (see relay/_fastpath.pyx)."""

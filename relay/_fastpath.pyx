@@ -75,6 +75,20 @@ cdef extern from "malloc.h":
 mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
 mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024)
 
+cdef extern from "time.h":
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp) nogil
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
 cdef enum:
     EV_OPENED = 1
     EV_DATA = 2
@@ -129,6 +143,57 @@ cdef bytearray _PUMP_BUFFER = bytearray(PUMP_READ_BUFFER)
 cdef object _PUMP_VIEW = memoryview(_PUMP_BUFFER)
 cdef Py_ssize_t _PUMP_READ_BUFFER = PUMP_READ_BUFFER
 cdef Py_ssize_t _PUMP_MIN_READ = PUMP_MIN_READ
+
+# --- traffic counters --------------------------------------------------------------------
+# Counted here, in C, as bytes move; relay/metrics.py reads them when Prometheus scrapes
+# (``traffic()``): no Python runs per chunk for metrics. Kinds are the endpoint kinds of
+# relay.protocol.StreamProtocol's order; "from socket" is what a pump read from its socket
+# (the visitor at the edge, the upstream at the agent), "to socket" what it wrote there.
+KINDS = ("tcp", "http", "https", "tls")
+cdef enum:
+    N_KINDS = 4
+    N_OPEN_BUCKETS = 12
+cdef unsigned long long _from_socket[N_KINDS]
+cdef unsigned long long _to_socket[N_KINDS]
+cdef unsigned long long _opened[N_KINDS]
+cdef long long _live[N_KINDS]
+#: Stream-open latency (a visitor accepted → its first byte back from the upstream), upper
+#: bounds in seconds; one more bucket (+Inf) counts the rest.
+OPEN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+cdef double _open_bounds[N_OPEN_BUCKETS]
+cdef unsigned long long _open_counts[N_OPEN_BUCKETS + 1]
+cdef double _open_sum = 0.0
+for _i, _bound in enumerate(OPEN_BUCKETS):
+    _open_bounds[_i] = _bound
+memset(_from_socket, 0, sizeof(_from_socket))
+memset(_to_socket, 0, sizeof(_to_socket))
+memset(_opened, 0, sizeof(_opened))
+memset(_live, 0, sizeof(_live))
+memset(_open_counts, 0, sizeof(_open_counts))
+
+
+cdef inline void _observe_open(double seconds):
+    global _open_sum
+    cdef int i = 0
+    while i < N_OPEN_BUCKETS and seconds > _open_bounds[i]:
+        i += 1
+    _open_counts[i] += 1
+    _open_sum += seconds
+
+
+def traffic():
+    """The byte path's counters since the process started, for the metrics collector:
+    per kind (``KINDS``) bytes read from and written to pump sockets, connections opened
+    and live; the stream-open latency histogram (bucket counts, not cumulative; the last
+    is +Inf) and its sum."""
+    return {
+        "from_socket": [_from_socket[k] for k in range(N_KINDS)],
+        "to_socket": [_to_socket[k] for k in range(N_KINDS)],
+        "opened": [_opened[k] for k in range(N_KINDS)],
+        "live": [_live[k] for k in range(N_KINDS)],
+        "open_buckets": [_open_counts[b] for b in range(N_OPEN_BUCKETS + 1)],
+        "open_sum": _open_sum,
+    }
 
 
 cdef bytes _join(const char* base, const uint32_t* ev, Py_ssize_t first, Py_ssize_t n,
@@ -549,11 +614,13 @@ cdef class Pump(Channel):
     """
 
 
-    def __init__(self, Link link, int stream_id=-1, header_factory=None, bytes preamble=b""):
+    def __init__(self, Link link, int stream_id=-1, header_factory=None, bytes preamble=b"",
+                 int kind=0):
         self.link = link
         self.stream_id = stream_id
         self._header_factory = header_factory
         self._preamble = preamble
+        self.kind = kind if 0 <= kind < N_KINDS else 0
         self._backlog_paused = False
         self._flush_wait = False
         self._reading_paused = False
@@ -566,6 +633,7 @@ cdef class Pump(Channel):
 
     def connection_made(self, transport):
         cdef Link link = self.link
+        cdef bint opens_stream = self.stream_id < 0
         self.transport = transport
         sock = transport.get_extra_info("socket")
         # Only a plain socket: a TLS transport reports its raw socket too, and bytes
@@ -611,6 +679,8 @@ cdef class Pump(Channel):
             link.session.set_read_paused(self.stream_id, False)
         link.channels[self.stream_id] = self
         link.schedule_flush()
+        # A visitor's pump (it opened the stream) times the stream-open latency.
+        self._count_open(opens_stream)
 
     def get_buffer(self, Py_ssize_t sizehint):
         cdef Link link = self.link
@@ -627,6 +697,7 @@ cdef class Pump(Channel):
         cdef Link link = self.link
         if self.finished or link.closed:
             return
+        self._count_from_socket(nbytes)
         self._send(_PUMP_VIEW[:nbytes])
         if self.finished or link.closed or self._flush_wait:
             return
@@ -675,23 +746,17 @@ cdef class Pump(Channel):
             self.link.schedule_flush()
 
     def connection_lost(self, exc):
-        cdef Link link = self.link
-        was_finished = self.finished
+        self._count_close()
+        # The socket died before the stream ended cleanly: tell the peer at once.
+        self._reset_stream()
         self.finished = True
-        if not was_finished and self.stream_id >= 0 and not link.closed:
-            # The socket died before the stream ended cleanly: tell the peer at once.
-            link.channels.pop(self.stream_id, None)
-            try:
-                link.session.reset_stream(self.stream_id)
-            except YamuxError:
-                pass
-            link.schedule_flush()
 
     # --- events from the link ---------------------------------------------------------
 
     cdef void deliver(self, const char* data, Py_ssize_t length):
         cdef Py_ssize_t sent
         if self.transport is not None and not self.finished:
+            self._count_to_socket(length)
             sent = self._send_direct(data, length)
             if sent < length:
                 self.transport.write(PyBytes_FromStringAndSize(data + sent, length - sent))
@@ -700,10 +765,13 @@ cdef class Pump(Channel):
                           Py_ssize_t n):
         cdef iovec iov[RUN_IOV_MAX]
         cdef msghdr msg
-        cdef Py_ssize_t j, count, total = 0
+        cdef Py_ssize_t j, count, total = 0, run_bytes = 0
         cdef ssize_t sent = 0
         if self.transport is None or self.finished:
             return
+        for j in range(first, first + n):
+            run_bytes += ev[4 * j + 3]
+        self._count_to_socket(run_bytes)
         count = n if n < RUN_IOV_MAX else RUN_IOV_MAX
         if self._direct_ok():
             for j in range(count):
@@ -745,6 +813,7 @@ cdef class Pump(Channel):
 
     cdef void deliver_bytes(self, bytes data):
         if self.transport is not None and not self.finished:
+            self._count_to_socket(PyBytes_GET_SIZE(data))
             self.transport.write(data)
 
     cdef void remote_fin(self):
@@ -827,5 +896,30 @@ cdef class Pump(Channel):
         except YamuxError:
             pass
         link.schedule_flush()
+
+    # --- traffic counters (see traffic()) -------------------------------------------------
+
+    cdef void _count_open(self, bint timed):
+        if self._counted:
+            return
+        self._counted = True
+        _opened[self.kind] += 1
+        _live[self.kind] += 1
+        if timed:
+            self._opened_at = _monotonic()
+
+    cdef void _count_from_socket(self, Py_ssize_t length):
+        _from_socket[self.kind] += length
+
+    cdef void _count_close(self):
+        if self._counted:
+            self._counted = False
+            _live[self.kind] -= 1
+
+    cdef void _count_to_socket(self, Py_ssize_t length):
+        _to_socket[self.kind] += length
+        if self._opened_at != 0.0:
+            _observe_open(_monotonic() - self._opened_at)
+            self._opened_at = 0.0
 
 

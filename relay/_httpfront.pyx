@@ -38,6 +38,11 @@ from relay._fastpath cimport Link, Pump
 
 cdef object YamuxError = relay_native.YamuxError
 
+# Indexes into relay._fastpath.KINDS (the traffic counters).
+cdef enum:
+    KIND_HTTP = 1
+    KIND_HTTPS = 2
+
 # Headers a proxy must not forward (RFC 9110 §7.6.1), besides those named by Connection.
 # Transfer-Encoding stays: the body is forwarded with the same framing.
 cdef frozenset HOP_BY_HOP = frozenset((
@@ -133,6 +138,7 @@ cdef class HttpVisitor(Pump):
         # request on the connection must be for that endpoint.
         self.front = front
         self.scheme = scheme
+        self.kind = KIND_HTTPS if scheme == "https" else KIND_HTTP
         self.tls_endpoint = tls_endpoint
         self.stream_id = -1
         self._preamble = b""
@@ -160,6 +166,7 @@ cdef class HttpVisitor(Pump):
         self.head_started = loop.time()
         self.idle_since = self.head_started
         self.watchdog = loop.call_later(self._watch_period(), self._watch)
+        self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
 
     def get_buffer(self, Py_ssize_t sizehint):
         return _READ_VIEW
@@ -167,6 +174,7 @@ cdef class HttpVisitor(Pump):
     def buffer_updated(self, Py_ssize_t nbytes):
         if self.finished or self.refusing:
             return
+        self._count_from_socket(nbytes)
         self.activity += 1
         data = _READ_VIEW[:nbytes]
         if self.upgraded:
@@ -206,6 +214,7 @@ cdef class HttpVisitor(Pump):
 
     def connection_lost(self, exc):
         self._cancel_timers()
+        self._count_close()
         if self.routed:
             Pump.connection_lost(self, exc)
         self.finished = True

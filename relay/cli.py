@@ -198,6 +198,12 @@ def main(log_level: str) -> None:
     help="With --cert-issuer files: the private key (PEM) of --cert-file.",
 )
 @click.option(
+    "--admin-listen",
+    default=None,
+    help="Admin listener HOST:PORT for /metrics, /healthz and /readyz; keep it off the "
+    "public interfaces ('' disables). Default 127.0.0.1:9190.",
+)
+@click.option(
     "--drain-timeout",
     type=float,
     default=None,
@@ -258,6 +264,12 @@ def edge_banner(server: Any) -> list[str]:
         lines.append(
             f"  https/tls (SNI)    {_listen_host(config.https_listen)}:{web.https_port}   "
             f"--https-listen  (certificates: {config.cert_issuer})"
+        )
+    if server.admin is not None and server.admin.address is not None:
+        admin_host, admin_port = server.admin.address
+        lines.append(
+            f"  admin              {_address(admin_host, admin_port)}   --admin-listen  "
+            "(/metrics /healthz /readyz)"
         )
     if server.ca_file is not None:
         lines.append(f"agents trust it with: --ca-file {server.ca_file}")

@@ -77,6 +77,8 @@ class EdgeConfig:
     acme_challenge: str = "http-01"
     cert_file: Path | None = None
     key_file: Path | None = None
+    #: /metrics, /healthz, /readyz; never a visitor or agent port ("" disables it).
+    admin_listen: str = "127.0.0.1:9190"
     mux: MuxConfig = field(default_factory=MuxConfig)
 
     def listen_address(self) -> tuple[str, int]:
@@ -178,7 +180,11 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
     converted = {k: _convert(k, None, v) for k, v in values.items()}
     config = replace(config, **converted)
     config.listen_address()  # validate early
-    for what, value in (("http_listen", config.http_listen), ("https_listen", config.https_listen)):
+    for what, value in (
+        ("http_listen", config.http_listen),
+        ("https_listen", config.https_listen),
+        ("admin_listen", config.admin_listen),
+    ):
         if value:
             parse_host_port(value, what=what)
     if config.cert_issuer not in ("local", "acme", "files"):

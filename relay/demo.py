@@ -56,6 +56,7 @@ async def run_demo(data_dir: Path) -> None:
         https_listen="127.0.0.1:0",
         base_domain="localhost",
         drain_timeout=2.0,
+        admin_listen="127.0.0.1:0",
     )
     edge = Edge(config)
     await edge.start()

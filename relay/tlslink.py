@@ -203,12 +203,14 @@ class LinkServer:
         protocol_factory: ProtocolFactory,
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
+        on_handshake: Callable[[bool], None] | None = None,
     ) -> None:
         self.loop = loop
         self.sockets = sockets
         self._factory = protocol_factory
         self._ctx = ssl_context
         self._timeout = handshake_timeout
+        self._on_handshake = on_handshake or (lambda ok: None)
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = False
         # At the descriptor limit an AcceptLoop pauses (one log line) instead of spinning
@@ -243,11 +245,13 @@ class LinkServer:
             await _handshake(self.loop, sslsock, self._timeout)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             log.info("agent link from %s: TLS handshake failed: %s", peer, exc or "timed out")
+            self._on_handshake(False)
             (sslsock or conn).close()
             return
         except BaseException:
             (sslsock or conn).close()
             raise
+        self._on_handshake(True)
         if self._closed:
             sslsock.close()
             return
@@ -284,9 +288,11 @@ async def serve_links(
     ssl_context: ssl.SSLContext,
     handshake_timeout: float,
     backlog: int = 1024,
+    on_handshake: Callable[[bool], None] | None = None,
 ) -> Listener:
     """Listen for agent links on ``host:port``; each gets ``protocol_factory()`` once its
-    TLS handshake is done."""
+    TLS handshake is done. ``on_handshake(ok)`` hears of every handshake's outcome (not
+    with uvloop's TLS, whose handshakes are its own)."""
     if not direct_tls():
         return await loop.create_server(
             protocol_factory,
@@ -316,4 +322,4 @@ async def serve_links(
         for sock in sockets:
             sock.close()
         raise
-    return LinkServer(loop, sockets, protocol_factory, ssl_context, handshake_timeout)
+    return LinkServer(loop, sockets, protocol_factory, ssl_context, handshake_timeout, on_handshake)

@@ -683,8 +683,9 @@ class _Dial:
         self.future: asyncio.Future[Any] | None = None
         self.done = False
         loop = link.loop
+        kind = header.protocol - StreamProtocol.TCP  # the traffic counters' index
         self.coro = loop.create_connection(
-            lambda: _Pump(link, stream_id, None, preamble),
+            lambda: _Pump(link, stream_id, None, preamble, kind),
             endpoint.upstream_host,
             endpoint.upstream_port,
             ssl=endpoint.upstream_ssl,

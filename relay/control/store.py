@@ -184,6 +184,11 @@ class Store:
             raise DataDirError(f"cannot open database: {exc.orig}") from exc
         return cls(engine, clock=clock)
 
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query (readiness checks)."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from relay.accepting import LimitWatch
+from relay.admin import AdminServer
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
-from relay.config import EdgeConfig
+from relay.config import EdgeConfig, parse_host_port
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
+from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
 from relay.edge.routes import HostEndpoint, HostRoutes
@@ -94,6 +96,8 @@ class Edge:
         # An agent opens its control stream and nothing else: a second open ends the link
         # in the native session, before any stream is allocated for it.
         self._agent_mux = dataclasses.replace(config.mux, max_peer_streams=1)
+        self.metrics = EdgeMetrics(self)
+        self.admin: AdminServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class Edge:
                 ssl_context=ssl_ctx,
                 handshake_timeout=config.handshake_timeout,
                 backlog=1024,
+                on_handshake=self._agent_handshake,
             )
         except OSError as exc:
             raise ListenError.for_address(config.listen, "--listen", exc) from None
@@ -133,9 +138,16 @@ class Edge:
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
+        if config.admin_listen:
+            self.admin = AdminServer(self.metrics, self.readiness)
+            admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
+            await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
         # libuv drops their visitors silently. Say so, once per episode.
         self._limit_watch = LimitWatch(loop, what="TCP endpoints and the HTTP listener")
+
+    def _agent_handshake(self, ok: bool) -> None:
+        self.metrics.tls_handshakes.labels("agent", "ok" if ok else "failed").inc()
 
     def _new_agent_link(self) -> Any:
         if self._refusal() is not None:
@@ -145,12 +157,13 @@ class Edge:
 
     def _refusal(self) -> str | None:
         if self._stopping:
-            reason = "draining"
+            reason, why = "draining", "draining"
         elif len(self.sessions) >= self.config.max_sessions:
-            reason = f"full ({self.config.max_sessions} sessions)"
+            reason, why = "full", f"full ({self.config.max_sessions} sessions)"
         else:
             return None
-        log.warning("refusing agent link: %s", reason)
+        log.warning("refusing agent link: %s", why)
+        self.metrics.links_refused.labels(reason).inc()
         return reason
 
     def session_started(self, session: AgentSession) -> bool:
@@ -172,6 +185,8 @@ class Edge:
             self._credential_watch.cancel()
         if self._limit_watch is not None:
             self._limit_watch.close()
+        # The admin listener stays up through the drain: /readyz says "draining" to the
+        # load balancer, /metrics shows the drain; it closes last.
         if self.server is not None:
             self.server.close()
         if self.web is not None:
@@ -193,8 +208,31 @@ class Edge:
                 session.link.abort()
         if self.web is not None:
             await self.web.stop()
+        if self.admin is not None:
+            self.admin.close()
         if self.store is not None:
             self.store.close()
+
+    # --- health -------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the edge serves: its listeners are bound, its store answers, and it is
+        not draining (and why not)."""
+        if self._stopping:
+            return False, "draining"
+        if self.server is None or (
+            self.web is None and (self.config.http_listen or self.config.https_listen)
+        ):
+            return False, "listeners not bound yet"
+        try:
+            assert self.store is not None
+            self.store.ping()
+        except Exception as exc:
+            return False, f"store unreachable: {exc}"
+        return True, ""
+
+    def ready(self) -> bool:
+        return self.readiness()[0]
 
     # --- used by sessions ---------------------------------------------------------------
 
@@ -256,11 +294,13 @@ class Edge:
             session.token_id or "",
             {"session": session.session_id, "peer": session.peer, "reason": status},
         )
+        session.end_reason = status
         session.stop(error.code, str(error))
 
     def bind_refused(self, session: AgentSession, request: Bind, exc: RelayError) -> None:
         """Refused binds are audited: who asked for which name or port, and why not."""
         assert self.store is not None
+        self.metrics.binds_refused.labels(exc.code).inc()
         target = request.domain or request.subdomain or str(request.remote_port or "")
         self.store.audit.append(
             f"agent@{session.peer}",
@@ -304,7 +344,11 @@ class Edge:
                 except PortUnavailable:
                     continue
             endpoint = TcpEndpoint(
-                "ep_" + secrets.token_hex(6), candidate, holder, self.config.public_host
+                "ep_" + secrets.token_hex(6),
+                candidate,
+                holder,
+                self.config.public_host,
+                self.metrics.visitors_refused.labels("tcp", "no_agent"),
             )
             try:
                 await endpoint.listen(self.config.tcp_bind)
@@ -429,6 +473,11 @@ class Edge:
 
     def session_ended(self, session: AgentSession) -> None:
         self.sessions.discard(session)
+        if session.authenticated:
+            reason = session.end_reason or ("drained" if self._stopping else "closed")
+            self.metrics.sessions_closed.labels(reason).inc()
+        if session.link is not None:
+            self.metrics.mux.retire(session.link.session.stats())
         loop = asyncio.get_running_loop()
         for endpoint in list(session.endpoints.values()):
             if endpoint.holder.session is not session:

@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.edge.session")
 
+#: The ``reason`` label of relay_auth_failures_total, by the failure's code.
+AUTH_FAILURE_REASONS = {
+    "RLY_101": "invalid_token",
+    "RLY_102": "revoked",
+    "RLY_103": "expired",
+    "RLY_302": "version",
+}
+
 
 class AgentSession:
     def __init__(self, edge: Edge) -> None:
@@ -50,6 +58,9 @@ class AgentSession:
         self.authenticated = False
         self.draining = False
         self.endpoints: dict[str, Any] = {}
+        #: Why the session ended, for metrics: set by whoever ended it; "closed" when the
+        #: agent just went away.
+        self.end_reason: str | None = None
         self.rtt_us = 0
         self._task: asyncio.Task[None] | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -97,8 +108,13 @@ class AgentSession:
         if isinstance(exc, relay_native.ProtocolError):
             # A hostile or broken agent: operators want to see these.
             log.warning("session %s (%s): protocol violation: %s", self.session_id, self.peer, exc)
+            self.end_reason = self.end_reason or "protocol_error"
+        elif isinstance(exc, relay_native.KeepaliveTimeout):
+            log.info("session %s (%s) ended: %s", self.session_id, self.peer, exc)
+            self.end_reason = self.end_reason or "keepalive_timeout"
         elif exc is not None:
             log.info("session %s (%s) ended: %s", self.session_id, self.peer, exc)
+            self.end_reason = self.end_reason or "link_error"
         self.edge.session_ended(self)
 
     # --- control stream -----------------------------------------------------------------
@@ -106,6 +122,7 @@ class AgentSession:
     def _handshake_expired(self) -> None:
         if not self.authenticated:
             log.warning("agent %s did not authenticate in time; closing", self.peer)
+            self.edge.metrics.auth_failures.labels("timeout").inc()
             self.link.abort()
 
     async def _serve_control(self) -> None:
@@ -123,6 +140,9 @@ class AgentSession:
             self.link.close()
         except RelayError as exc:
             log.warning("session %s (%s): %s", self.session_id, self.peer, exc)
+            if not self.authenticated:
+                self.edge.metrics.auth_failures.labels("protocol").inc()
+            self.end_reason = "protocol_error"
             self.control.send(AuthError(exc.code, str(exc)))
             self.link.session.go_away(1)
             self.link.close()
@@ -145,6 +165,9 @@ class AgentSession:
             record = self.edge.verify_token(auth.token, peer=self.peer)
         except AuthFailure as exc:
             log.warning("agent %s: authentication failed: %s", self.peer, exc.one_line())
+            self.edge.metrics.auth_failures.labels(
+                AUTH_FAILURE_REASONS.get(exc.code, "other")
+            ).inc()
             self.control.send(AuthError(exc.code, str(exc)))
             self.link.session.go_away(0)
             self.link.close()
@@ -152,6 +175,7 @@ class AgentSession:
         self.token_id = record.id
         self.agent_id = auth.agent_id[:128]
         self.authenticated = True
+        self.edge.metrics.sessions_opened.inc()
         self.control.send(AuthOk(self.session_id, __version__, self.edge.config.region, record.id))
         log.info(
             "session %s: agent %s (token %s, %s) authenticated",

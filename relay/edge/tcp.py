@@ -34,15 +34,19 @@ class Refuse(asyncio.Protocol):
 
 
 class TcpEndpoint:
-    def __init__(self, endpoint_id: str, port: int, holder: Holder, public_host: str) -> None:
+    kind = "tcp"
+
+    def __init__(
+        self, endpoint_id: str, port: int, holder: Holder, public_host: str, refused: Any
+    ) -> None:
+        """``refused``: the counter of visitors turned away while no agent serves it."""
         self.endpoint_id = endpoint_id
         self.port = port
         self.holder = holder
         self.public_host = public_host
+        self.refused = refused
         self.server: asyncio.AbstractServer | None = None
         self.orphan_timer: asyncio.TimerHandle | None = None
-        self.visitors_total = 0
-        self.visitors_refused = 0
 
     @property
     def key(self) -> str:
@@ -61,9 +65,8 @@ class TcpEndpoint:
     def _new_visitor(self) -> asyncio.BaseProtocol:
         session = self.holder.session
         if session is None or not session.accepting_visitors:
-            self.visitors_refused += 1
+            self.refused.inc()
             return Refuse()
-        self.visitors_total += 1
         return Pump(session.link, header_factory=self._header)
 
     def _header(self, transport: asyncio.BaseTransport) -> bytes:

@@ -164,6 +164,7 @@ class Edge:
         self.ports = ports or free_port_range()
         self.http_port = free_port()
         self.https_port = free_port()
+        self.admin_port = free_port()
         self.extra = extra or []
         self.proc: Proc | None = None
 
@@ -194,6 +195,8 @@ class Edge:
                 f"127.0.0.1:{self.https_port}",
                 "--base-domain",
                 "relay.localhost",
+                "--admin-listen",
+                f"127.0.0.1:{self.admin_port}",
                 *self.extra,
             ]
         )

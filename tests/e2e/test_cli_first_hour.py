@@ -19,7 +19,9 @@ def relay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RELAY, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def edge_args(data_dir: Path, listen: int, http: int, https: int) -> list[str]:
+def edge_args(
+    data_dir: Path, listen: int, http: int, https: int, admin: int | None = None
+) -> list[str]:
     low, high = free_port_range()
     return [
         *RELAY,
@@ -38,6 +40,8 @@ def edge_args(data_dir: Path, listen: int, http: int, https: int) -> list[str]:
         f"127.0.0.1:{https}",
         "--base-domain",
         "relay.localhost",
+        "--admin-listen",
+        f"127.0.0.1:{admin or free_port()}",
     ]
 
 
@@ -49,6 +53,7 @@ def test_the_edge_banner_lists_every_listener_and_no_tls_internals(edge: Edge) -
     assert f"tcp endpoints      127.0.0.1 ports {edge.ports[0]}-{edge.ports[1]}" in out
     assert f"http endpoints     127.0.0.1:{edge.http_port}" in out
     assert f"https/tls (SNI)    127.0.0.1:{edge.https_port}" in out
+    assert f"admin              127.0.0.1:{edge.admin_port}" in out
     assert f"--ca-file {edge.ca_file}" in out and "--pin sha256:" in out
     assert "agent link TLS" not in out  # an implementation detail, debug level only
 
@@ -65,14 +70,14 @@ def test_sighup_is_logged_and_ignored(edge: Edge) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("taken", ["--listen"])
+@pytest.mark.parametrize("taken", ["--listen", "--admin-listen"])
 def test_a_listener_address_in_use_is_one_line_with_the_address_and_flag(
     tmp_path: Path, taken: str
 ) -> None:
-    ports = {"--listen": free_port(), "--http-listen": free_port(), "--https-listen": free_port()}
+    flags = ("--listen", "--http-listen", "--https-listen", "--admin-listen")
+    ports = {flag: free_port() for flag in flags}
     with socket.create_server(("127.0.0.1", ports[taken])):
-        listen, http, https = ports["--listen"], ports["--http-listen"], ports["--https-listen"]
-        proc = Proc(edge_args(tmp_path / "edge", listen, http, https))
+        proc = Proc(edge_args(tmp_path / "edge", *(ports[flag] for flag in flags)))
         try:
             code = proc.wait(30)
         finally:

@@ -151,7 +151,7 @@ def test_flooders_reconnecting_for_seconds_leave_edge_memory_bounded(
     )
     assert rss.grown < 16 * MiB, f"edge RSS grew {rss.grown / MiB:.1f} MiB"
     assert probe.failure is None, probe.failure
-    assert len(probe.samples) > 100
+    assert len(probe.samples) > 20  # answering all along (each sample waits 10 ms)
     assert max(probe.samples) < 0.5, f"a live request took {max(probe.samples) * 1000:.0f} ms"
 
 

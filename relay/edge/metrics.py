@@ -1,0 +1,103 @@
+"""The edge's metrics: the counters its Python increments per session, per connection and
+per request head, and a collector for what is read off the edge's state at scrape time.
+Names and conventions: relay/metrics.py; what each is for: docs/metrics.md."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay.metrics import KINDS, Metrics, SessionsCollector
+
+if TYPE_CHECKING:
+    from relay.edge.server import Edge
+
+
+class EdgeMetrics(Metrics):
+    def __init__(self, edge: Edge) -> None:
+        super().__init__("edge", region=edge.config.region)
+        self.sessions_opened = self.counter(
+            "relay_agent_sessions_opened", "agent sessions that authenticated"
+        )
+        self.sessions_closed = self.counter(
+            "relay_agent_sessions_closed",
+            "authenticated agent sessions that ended, by reason",
+            ("reason",),
+        )
+        self.links_refused = self.counter(
+            "relay_agent_links_refused",
+            "agent links closed at once, by reason (full: max_sessions; draining)",
+            ("reason",),
+        )
+        self.auth_failures = self.counter(
+            "relay_auth_failures", "failed agent authentications, by reason", ("reason",)
+        )
+        self.binds_refused = self.counter(
+            "relay_binds_refused", "binds refused, by RLY code", ("code",)
+        )
+        self.visitors_refused = self.counter(
+            "relay_visitor_connections_refused",
+            "visitor connections turned away before reaching an agent, by kind and reason",
+            ("kind", "reason"),
+        )
+        self.error_pages = self.counter(
+            "relay_error_pages", "error pages the edge sent visitors, by RLY code", ("code",)
+        )
+        self.http_requests = self.counter(
+            "relay_http_requests",
+            "HTTP requests forwarded to agents, by kind and the answer's status class",
+            ("kind", "code_class"),
+        )
+        self.tls_handshakes = self.counter(
+            "relay_tls_handshakes",
+            "TLS handshakes the edge ran, by listener and outcome",
+            ("listener", "outcome"),
+        )
+        self.certificates = self.counter(
+            "relay_certificates",
+            "certificate issuance and renewal attempts, by issuer and outcome",
+            ("issuer", "outcome"),
+        )
+        for kind in KINDS:  # every kind appears from the first scrape, at 0
+            self.visitors_refused.labels(kind, "no_agent")
+        for listener in ("agent", "https"):
+            for outcome in ("ok", "failed"):
+                self.tls_handshakes.labels(listener, outcome)
+        self.register(SessionsCollector(lambda: _live_native_sessions(edge), self.mux))
+        self.register(_EdgeStateCollector(edge))
+
+
+def _live_native_sessions(edge: Edge) -> list[object]:
+    return [s.link.session for s in edge.sessions if s.link is not None and not s.link.closed]
+
+
+class _EdgeStateCollector(Collector):
+    """Sessions, endpoints, limits and readiness, read off the edge when scraped."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    def collect(self) -> Iterator[Metric]:
+        edge = self.edge
+        sessions = GaugeMetricFamily("relay_agent_sessions", "authenticated agent sessions now")
+        sessions.add_metric([], sum(1 for s in edge.sessions if s.authenticated))
+        yield sessions
+        limit = GaugeMetricFamily("relay_agent_sessions_limit", "max_sessions of this edge")
+        limit.add_metric([], edge.config.max_sessions)
+        yield limit
+        by_kind = Tally(getattr(e, "kind", "tcp") for e in edge.endpoints.values())
+        endpoints = GaugeMetricFamily(
+            "relay_endpoints", "endpoints bound now, by kind", labels=["kind"]
+        )
+        for kind in KINDS:
+            endpoints.add_metric([kind], by_kind.get(kind, 0))
+        yield endpoints
+        ready = GaugeMetricFamily(
+            "relay_ready", "1 while the edge serves (listeners bound, store reachable, no drain)"
+        )
+        ready.add_metric([], 1 if edge.ready() else 0)
+        yield ready
