@@ -1,4 +1,5 @@
-"""Builds the Cython byte path (relay._fastpath); everything else is in pyproject.toml."""
+"""Builds the Cython byte path (relay._fastpath and the modules beside it); everything else
+is in pyproject.toml."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -7,6 +8,11 @@ extensions = [
     Extension(
         "relay._fastpath",
         ["relay/_fastpath.pyx"],
+        extra_compile_args=["-O3"],
+    ),
+    Extension(
+        "relay._exchanges",
+        ["relay/_exchanges.pyx"],
         extra_compile_args=["-O3"],
     ),
     Extension(

@@ -73,8 +73,16 @@ cdef class Pump(Channel):
     cdef readonly bint finished
     #: Index into _fastpath.KINDS: which traffic counters this pump's bytes go to.
     cdef public int kind
+    #: For the access log: the endpoint's name and the visitor's address (None: the pump
+    #: is not a visitor's, or the log does not want it).
+    cdef public object log_endpoint
+    cdef public object log_visitor
     cdef bint _counted
+    cdef bint _was_reset
     cdef double _opened_at
+    cdef double _started
+    cdef unsigned long long _bytes_from
+    cdef unsigned long long _bytes_to
 
     cdef bint _direct_ok(self)
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)

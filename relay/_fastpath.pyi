@@ -60,6 +60,9 @@ class Pump(Channel, asyncio.BufferedProtocol):
     finished: bool
     #: Index into KINDS: which traffic counters this pump's bytes go to.
     kind: int
+    #: The access log's name for the endpoint (None: no access log line for this pump).
+    log_endpoint: str | None
+    log_visitor: Any
     def __init__(
         self,
         link: Link,
@@ -76,3 +79,6 @@ OPEN_BUCKETS: tuple[float, ...]
 
 def traffic() -> dict[str, Any]:
     """Counters of the byte path since the process started (see relay/_fastpath.pyx)."""
+
+def set_logging(on: bool) -> None: ...
+def take_closed() -> tuple[list[tuple[Any, ...]], int]: ...

@@ -81,11 +81,18 @@ cdef extern from "time.h":
         long tv_nsec
     int clock_gettime(int clk_id, timespec* tp) nogil
     int CLOCK_MONOTONIC
+    int CLOCK_REALTIME
 
 
 cdef inline double _monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _wallclock() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
@@ -179,6 +186,29 @@ cdef inline void _observe_open(double seconds):
         i += 1
     _open_counts[i] += 1
     _open_sum += seconds
+
+
+cdef bint _logging = False
+cdef list _closed_log = []
+#: Connection records kept between two drains of the access log, at most.
+cdef Py_ssize_t MAX_LOG_RECORDS = 100_000
+cdef unsigned long long _log_dropped = 0
+
+
+def set_logging(bint on):
+    """Keep a record of each visitor connection that ends (``take_closed()``)."""
+    global _logging
+    _logging = on
+
+
+def take_closed():
+    """Records of visitor connections that ended since the last call:
+    ``(start wall time, seconds, kind, endpoint, visitor, close reason, bytes from the
+    visitor, bytes to the visitor)``; and how many were dropped since start because the
+    log could not keep up."""
+    global _closed_log
+    taken, _closed_log = _closed_log, []
+    return taken, _log_dropped
 
 
 def traffic():
@@ -681,6 +711,8 @@ cdef class Pump(Channel):
         link.schedule_flush()
         # A visitor's pump (it opened the stream) times the stream-open latency.
         self._count_open(opens_stream)
+        if self.log_endpoint is not None:
+            self.log_visitor = transport.get_extra_info("peername")
 
     def get_buffer(self, Py_ssize_t sizehint):
         cdef Link link = self.link
@@ -746,6 +778,8 @@ cdef class Pump(Channel):
             self.link.schedule_flush()
 
     def connection_lost(self, exc):
+        if exc is not None:
+            self._was_reset = True
         self._count_close()
         # The socket died before the stream ended cleanly: tell the peer at once.
         self._reset_stream()
@@ -828,6 +862,7 @@ cdef class Pump(Channel):
             self.transport.close()
 
     cdef void remote_reset(self):
+        self._was_reset = True
         self._abort()
 
     cdef void writable(self):
@@ -880,6 +915,7 @@ cdef class Pump(Channel):
         (an aborted transport reports connection_lost with ``finished`` already set, so
         that path cannot do it), or the agent holds the upstream connection forever."""
         self._reset_stream()
+        self._was_reset = True
         self.finished = True
         if self.transport is not None:
             self.transport.abort()
@@ -905,19 +941,32 @@ cdef class Pump(Channel):
         self._counted = True
         _opened[self.kind] += 1
         _live[self.kind] += 1
+        self._started = _monotonic()
         if timed:
-            self._opened_at = _monotonic()
+            self._opened_at = self._started
 
     cdef void _count_from_socket(self, Py_ssize_t length):
         _from_socket[self.kind] += length
+        self._bytes_from += length
 
     cdef void _count_close(self):
-        if self._counted:
-            self._counted = False
-            _live[self.kind] -= 1
+        global _log_dropped
+        if not self._counted:
+            return
+        self._counted = False
+        _live[self.kind] -= 1
+        if _logging and self.log_endpoint is not None:
+            if len(_closed_log) >= MAX_LOG_RECORDS:
+                _log_dropped += 1
+                return
+            elapsed = _monotonic() - self._started
+            _closed_log.append((_wallclock() - elapsed, elapsed, self.kind, self.log_endpoint,
+                                self.log_visitor, "reset" if self._was_reset else "closed",
+                                self._bytes_from, self._bytes_to))
 
     cdef void _count_to_socket(self, Py_ssize_t length):
         _to_socket[self.kind] += length
+        self._bytes_to += length
         if self._opened_at != 0.0:
             _observe_open(_monotonic() - self._opened_at)
             self._opened_at = 0.0

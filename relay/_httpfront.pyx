@@ -34,6 +34,7 @@ import relay_native
 
 from libc.stdint cimport uint32_t
 
+from relay._exchanges cimport Exchanges
 from relay._fastpath cimport Link, Pump
 
 cdef object YamuxError = relay_native.YamuxError
@@ -131,6 +132,8 @@ cdef class HttpVisitor(Pump):
     cdef bint reads_held
     cdef bint restreaming
     cdef list held
+    # Statuses, bytes and durations of this connection's requests (metrics, access log).
+    cdef Exchanges exchanges
 
     def __init__(self, front, str scheme, str tls_endpoint=None):
         # The stream does not exist yet: it is opened once the first head is routed.
@@ -215,6 +218,8 @@ cdef class HttpVisitor(Pump):
     def connection_lost(self, exc):
         self._cancel_timers()
         self._count_close()
+        if self.exchanges is not None:
+            self.exchanges.end()
         if self.routed:
             Pump.connection_lost(self, exc)
         self.finished = True
@@ -320,6 +325,7 @@ cdef class HttpVisitor(Pump):
         if self.wants_upgrade:
             self._upgrade_requested()
         self._send(self._rewrite_head(method, version, target, host, connection_tokens))
+        self.exchanges.begin(method, target, method == b"HEAD")
         self.requests += 1
         self.stream_requests += 1
 
@@ -327,6 +333,7 @@ cdef class HttpVisitor(Pump):
         if self.refusing:
             return
         self.body_size += len(body)
+        self.exchanges.request_bytes(len(body))
         if self.max_body and self.body_size > self.max_body:
             raise _LimitExceeded(413, "RLY_624", "request body too large")
         if self.chunked:
@@ -370,6 +377,7 @@ cdef class HttpVisitor(Pump):
         self.host_rewrite = rewrite
         self.stream_header = header
         self.routed = True
+        self.exchanges = Exchanges(self.kind, hostname, self.peer_ip)
         (<Link>link).channels[self.stream_id] = self
         self._send(header)
 
@@ -619,6 +627,7 @@ cdef class HttpVisitor(Pump):
     cdef void deliver(self, const char* data, Py_ssize_t length):
         self.response_started = True
         self.activity += 1
+        self.exchanges.feed(data, length)
         Pump.deliver(self, data, length)
         if self.await_status:
             self._scan_status(data, length)
@@ -626,6 +635,7 @@ cdef class HttpVisitor(Pump):
     cdef void deliver_bytes(self, bytes data):
         self.response_started = True
         self.activity += 1
+        self.exchanges.feed(data, len(data))
         Pump.deliver_bytes(self, data)
         if self.await_status:
             self._scan_status(data, len(data))
@@ -635,6 +645,8 @@ cdef class HttpVisitor(Pump):
         cdef Py_ssize_t j
         self.response_started = True
         self.activity += 1
+        for j in range(first, first + n):
+            self.exchanges.feed(base + ev[4 * j + 2], ev[4 * j + 3])
         Pump.deliver_run(self, base, ev, first, n)
         j = first
         while self.await_status and j < first + n:

@@ -23,6 +23,7 @@ from relay.errors import (
     ListenError,
     RelayError,
 )
+from relay.logs import setup_logging
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,14 +41,6 @@ def fail(err: RelayError) -> NoReturn:
     if isinstance(err, ConfigError):
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_ERROR)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -92,7 +85,15 @@ def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="How much to log on stderr.",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default=None,
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text, or one JSON object per line (also the edge's access log). "
+    "Default text.",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     """relay — give a local service a public address through your own edge.
 
     \b
@@ -102,7 +103,8 @@ def main(log_level: str) -> None:
     Then, on the private machine, expose a local port:
         relay tcp 22 --edge edge.example.com:7000 --token rly_… --ca-file ca.pem
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format or "text")
+    ctx.obj = {"log_format": log_format}
 
 
 # --- edge ---------------------------------------------------------------------------------
@@ -204,12 +206,19 @@ def main(log_level: str) -> None:
     "public interfaces ('' disables). Default 127.0.0.1:9190.",
 )
 @click.option(
+    "--access-log",
+    default=None,
+    help="One line per request (http, https) and per connection (tcp, tls): '-' for "
+    "stderr, or a file to append to. Default: off.",
+)
+@click.option(
     "--drain-timeout",
     type=float,
     default=None,
     help="Seconds live streams may take to finish on SIGTERM.",
 )
-def edge(config_file: Path | None, **flags: Any) -> None:
+@click.pass_context
+def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Start an edge (PoP): accept agents over TLS and serve their endpoints.
 
     On first start it creates its data directory, a local CA and the agent-link
@@ -218,9 +227,13 @@ def edge(config_file: Path | None, **flags: Any) -> None:
     """
     from relay.config import load_edge_config
     from relay.edge.server import Edge
+    from relay.logs import use_format
+
+    flags["log_format"] = (ctx.obj or {}).get("log_format")
 
     async def serve() -> None:
         config = load_edge_config(config_file, flags)
+        use_format(config.log_format)  # the config file may ask for JSON too
         server = Edge(config)
         # Signals first: one that arrives while the edge starts must drain it (SIGTERM)
         # or be ignored (SIGHUP, a reflex of operators, kills by default; until

@@ -79,6 +79,11 @@ class EdgeConfig:
     key_file: Path | None = None
     #: /metrics, /healthz, /readyz; never a visitor or agent port ("" disables it).
     admin_listen: str = "127.0.0.1:9190"
+    #: One line per request (http, https) and per connection (tcp, tls): "" off, "-"
+    #: stderr, else a file appended to.
+    access_log: str = ""
+    #: "text" or "json", for the access log and every other log line.
+    log_format: str = "text"
     mux: MuxConfig = field(default_factory=MuxConfig)
 
     def listen_address(self) -> tuple[str, int]:
@@ -187,6 +192,8 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
     ):
         if value:
             parse_host_port(value, what=what)
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {config.log_format!r}")
     if config.cert_issuer not in ("local", "acme", "files"):
         raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
     return config

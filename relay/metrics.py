@@ -118,21 +118,23 @@ class ByteTrafficCollector(Collector):
 
 
 def _open_latency(buckets: list[int], total: float) -> HistogramMetricFamily:
-    cumulative = []
-    running = 0
-    for bound, count in zip((*_fastpath.OPEN_BUCKETS, float("inf")), buckets, strict=True):
-        running += count
-        cumulative.append((_bucket_label(bound), running))
     family = HistogramMetricFamily(
         "relay_stream_open_seconds",
         "from a visitor's accept to the first byte back from the upstream",
     )
-    family.add_metric([], cumulative, sum_value=total)
+    family.add_metric([], cumulative_buckets(_fastpath.OPEN_BUCKETS, buckets), sum_value=total)
     return family
 
 
-def _bucket_label(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+def cumulative_buckets(bounds: Iterable[float], counts: list[int]) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets (cumulative, ``le`` labels, +Inf last) from the
+    per-bucket counts compiled code keeps (one more count than bounds: the +Inf one)."""
+    out = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return out
 
 
 class SessionsCollector(Collector):

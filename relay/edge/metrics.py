@@ -8,10 +8,19 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from relay.metrics import KINDS, Metrics, SessionsCollector
+from relay import _exchanges
+from relay.metrics import KINDS, Metrics, SessionsCollector, cumulative_buckets
+
+#: relay_http_requests_total's code_class label, by the index of _exchanges' counts.
+CODE_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 if TYPE_CHECKING:
     from relay.edge.server import Edge
@@ -47,11 +56,6 @@ class EdgeMetrics(Metrics):
         self.error_pages = self.counter(
             "relay_error_pages", "error pages the edge sent visitors, by RLY code", ("code",)
         )
-        self.http_requests = self.counter(
-            "relay_http_requests",
-            "HTTP requests forwarded to agents, by kind and the answer's status class",
-            ("kind", "code_class"),
-        )
         self.tls_handshakes = self.counter(
             "relay_tls_handshakes",
             "TLS handshakes the edge ran, by listener and outcome",
@@ -69,6 +73,7 @@ class EdgeMetrics(Metrics):
                 self.tls_handshakes.labels(listener, outcome)
         self.register(SessionsCollector(lambda: _live_native_sessions(edge), self.mux))
         self.register(_EdgeStateCollector(edge))
+        self.register(_HttpExchangesCollector())
 
 
 def _live_native_sessions(edge: Edge) -> list[object]:
@@ -101,3 +106,40 @@ class _EdgeStateCollector(Collector):
         )
         ready.add_metric([], 1 if edge.ready() else 0)
         yield ready
+
+
+class _HttpExchangesCollector(Collector):
+    """HTTP requests by status class and their durations, counted in C by
+    relay/_exchanges.pyx as responses pass, read here at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        counts = _exchanges.http_counts()
+        requests = CounterMetricFamily(
+            "relay_http_requests",
+            "HTTP requests answered through a tunnel, by kind and the status class of the "
+            "answer ('none': the connection ended before a status)",
+            labels=["kind", "code_class"],
+        )
+        durations = HistogramMetricFamily(
+            "relay_http_request_duration_seconds",
+            "from a request head forwarded to the last byte of its answer",
+            labels=["kind"],
+        )
+        for k, kind in enumerate(KINDS):
+            if kind not in ("http", "https"):
+                continue
+            for c, code_class in enumerate(CODE_CLASSES):
+                requests.add_metric([kind, code_class], counts["classes"][k][c])
+            durations.add_metric(
+                [kind],
+                cumulative_buckets(_exchanges.DURATION_BUCKETS, counts["buckets"][k]),
+                sum_value=counts["sum"][k],
+            )
+        yield requests
+        yield durations
+        dropped = CounterMetricFamily(
+            "relay_access_log_dropped",
+            "access log records dropped because the log could not keep up",
+        )
+        dropped.add_metric([], counts["dropped"])
+        yield dropped

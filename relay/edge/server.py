@@ -18,6 +18,7 @@ from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
 from relay.config import EdgeConfig, parse_host_port
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
+from relay.edge.access_log import AccessLog
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
@@ -98,6 +99,7 @@ class Edge:
         self._agent_mux = dataclasses.replace(config.mux, max_peer_streams=1)
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
+        self.access_log: AccessLog | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -138,6 +140,9 @@ class Edge:
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
+        if config.access_log:
+            self.access_log = AccessLog(config.access_log, config.log_format)
+            self.access_log.start(loop)
         if config.admin_listen:
             self.admin = AdminServer(self.metrics, self.readiness)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
@@ -210,6 +215,8 @@ class Edge:
             await self.web.stop()
         if self.admin is not None:
             self.admin.close()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.store is not None:
             self.store.close()
 
@@ -350,6 +357,7 @@ class Edge:
                 self.config.public_host,
                 self.metrics.visitors_refused.labels("tcp", "no_agent"),
             )
+            endpoint.log_access = self.access_log is not None
             try:
                 await endpoint.listen(self.config.tcp_bind)
             except OSError as exc:

@@ -45,6 +45,8 @@ class TcpEndpoint:
         self.holder = holder
         self.public_host = public_host
         self.refused = refused
+        #: Whether each visitor's connection gets an access log line.
+        self.log_access = False
         self.server: asyncio.AbstractServer | None = None
         self.orphan_timer: asyncio.TimerHandle | None = None
 
@@ -67,7 +69,10 @@ class TcpEndpoint:
         if session is None or not session.accepting_visitors:
             self.refused.inc()
             return Refuse()
-        return Pump(session.link, header_factory=self._header)
+        pump = Pump(session.link, header_factory=self._header)
+        if self.log_access:
+            pump.log_endpoint = self.url
+        return pump
 
     def _header(self, transport: asyncio.BaseTransport) -> bytes:
         return StreamHeader(

@@ -54,6 +54,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "headers": [[k.lower(), v] for k, v in self.headers.items()],
             }
             self._send(200, json.dumps(seen).encode(), "application/json")
+        elif path.startswith("/status/"):
+            code = int(path.rsplit("/", 1)[1])
+            self._send(code, b"status %d" % code)
         elif path.startswith("/blob/"):
             size = int(path.rsplit("/", 1)[1])
             data = blob(size)

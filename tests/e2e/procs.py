@@ -158,8 +158,10 @@ class Edge:
         listen_port: int | None = None,
         ports: tuple[int, int] | None = None,
         extra: list[str] | None = None,
+        global_options: list[str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.global_options = global_options or []
         self.listen_port = listen_port or free_port()
         self.ports = ports or free_port_range()
         self.http_port = free_port()
@@ -180,6 +182,7 @@ class Edge:
         self.proc = Proc(
             [
                 *RELAY,
+                *self.global_options,
                 "edge",
                 "--data-dir",
                 str(self.data_dir),

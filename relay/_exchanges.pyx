@@ -1,0 +1,307 @@
+# cython: language_level=3
+"""Request/response exchanges of one HTTP visitor connection: which status each request
+got, how many bytes went each way, how long it took — for metrics and the access log.
+
+The edge forwards responses unparsed (one stream is one upstream connection). To know a
+response's status and where it ends, this reads only each response's *head*, in C,
+straight from the chunk being delivered (a copy only when a head spans chunks), and then
+counts body bytes down from Content-Length: no byte of a body is looked at. Where the end
+cannot be known from the head (chunked or close-delimited bodies) the exchange ends when
+the visitor sends its next request, or the connection ends. Requests pipelined behind a
+response whose end is unknown keep status 0 ("-" in the log).
+
+Finished exchanges are counted in C arrays (status class and duration per endpoint kind)
+that ``http_counts()`` hands to the metrics collector at scrape time and, while the access
+log is on, appended to a list that ``take_finished()`` drains in batches.
+"""
+
+from libc.string cimport memcmp, memset
+
+cdef extern from "string.h":
+    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
+
+cdef extern from "time.h":
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp) nogil
+    int CLOCK_MONOTONIC
+    int CLOCK_REALTIME
+
+
+cdef inline double _clock(int which) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(which, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef enum:
+    N_KINDS = 4          # relay._fastpath.KINDS
+    N_CLASSES = 6        # index 0: no status seen; 1..5: 1xx..5xx
+    N_DURATION_BUCKETS = 14
+    MAX_HEAD = 16384     # a response head longer than this is not looked into
+    STATE_IDLE = 0
+    STATE_HEAD = 1
+    STATE_BODY = 2       # Content-Length bytes left in ``remaining``
+    STATE_OPEN = 3       # body of unknown length: ends with the next request or the close
+    STATE_BLIND = 4      # gave up (a head too long or unreadable): count bytes only
+
+#: Upper bounds (seconds) of the request duration histogram; +Inf after.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0)
+cdef double _bounds[N_DURATION_BUCKETS]
+cdef unsigned long long _classes[N_KINDS][N_CLASSES]
+cdef unsigned long long _buckets[N_KINDS][N_DURATION_BUCKETS + 1]
+cdef double _duration_sum[N_KINDS]
+for _i, _bound in enumerate(DURATION_BUCKETS):
+    _bounds[_i] = _bound
+memset(_classes, 0, sizeof(_classes))
+memset(_buckets, 0, sizeof(_buckets))
+memset(_duration_sum, 0, sizeof(_duration_sum))
+
+cdef bint _logging = False
+#: Requests numbered in order since start: the access log's request ids.
+cdef unsigned long long _requests = 0
+cdef list _finished = []
+#: Records kept for the access log between two drains; past this they are dropped (and
+#: counted): a log that cannot keep up must not grow the edge without bound.
+cdef Py_ssize_t MAX_PENDING_RECORDS = 100_000
+cdef unsigned long long _dropped = 0
+
+
+def http_counts():
+    """Counts since start, per kind: requests by status class (index 0: none seen) and
+    the duration histogram (bucket counts, not cumulative, +Inf last) with its sum."""
+    return {
+        "classes": [[_classes[k][c] for c in range(N_CLASSES)] for k in range(N_KINDS)],
+        "buckets": [[_buckets[k][b] for b in range(N_DURATION_BUCKETS + 1)]
+                    for k in range(N_KINDS)],
+        "sum": [_duration_sum[k] for k in range(N_KINDS)],
+        "dropped": _dropped,
+    }
+
+
+def set_logging(bint on):
+    """Keep records of finished exchanges for the access log (off: counters only)."""
+    global _logging
+    _logging = on
+
+
+def take_finished():
+    """The records finished since the last call (see ``Exchanges.finish``)."""
+    global _finished
+    taken, _finished = _finished, []
+    return taken
+
+
+cdef class Exchanges:
+    """The exchanges of one visitor connection; ``kind`` indexes the counters."""
+
+    def __init__(self, int kind, str endpoint, str visitor):
+        self.kind = kind if 0 <= kind < N_KINDS else 1
+        self.endpoint = endpoint
+        self.visitor = visitor
+        self.queue = []
+
+    # Python's way in (tests, and anything that is not the compiled HTTP front).
+    def request(self, bytes method, bytes target):
+        self.begin(method, target, method == b"HEAD")
+
+    def response_bytes(self, bytes data):
+        self.feed(data, len(data))
+
+    def close(self):
+        self.end()
+
+    cdef void begin(self, bytes method, bytes target, bint head_request):
+        """A request head was forwarded. An exchange whose body had no known end is over:
+        the visitor would not ask again before reading it."""
+        global _requests
+        if self.state == STATE_OPEN or (self.state == STATE_BLIND and self.current):
+            self._finish()
+        _requests += 1
+        record = [_clock(CLOCK_MONOTONIC), _clock(CLOCK_REALTIME), method, target,
+                  _requests, head_request, 0, 0, 0]
+        if self.current is None and self.state == STATE_IDLE:
+            self.current = record
+        else:
+            self.queue.append(record)  # pipelined behind a response still on its way
+
+    cdef void request_bytes(self, Py_ssize_t n):
+        """Request body bytes of the newest request."""
+        target = self.queue[len(self.queue) - 1] if self.queue else self.current
+        if target is not None:
+            target[7] += n
+
+    cdef void feed(self, const char* data, Py_ssize_t n):
+        """Response bytes, as delivered to the visitor."""
+        cdef Py_ssize_t pos = 0, used
+        while pos < n:
+            if self.state == STATE_IDLE:
+                if self.current is None:
+                    if not self.queue:
+                        self.unclaimed += n - pos  # no request waits: count, attribute none
+                        return
+                    self.current = self.queue.pop(0)
+                self.state = STATE_HEAD
+                self.head = None
+            if self.state == STATE_HEAD:
+                pos += self._read_head(data + pos, n - pos)  # counts its bytes itself
+                continue
+            if self.state == STATE_BODY:
+                used = n - pos if n - pos < self.remaining else self.remaining
+                self.current[8] += used
+                self.remaining -= used
+                pos += used
+                if self.remaining == 0:
+                    self._finish()
+                continue
+            # STATE_OPEN / STATE_BLIND: everything to the current exchange
+            if self.current is not None:
+                self.current[8] += n - pos
+            else:
+                self.unclaimed += n - pos
+            return
+
+    cdef Py_ssize_t _read_head(self, const char* data, Py_ssize_t n):
+        """Consume response-head bytes, counted to the current exchange before it may
+        finish; returns how many of ``data`` belonged to the head."""
+        cdef const char* end
+        cdef const char* head
+        cdef Py_ssize_t head_len, consumed, before
+        cdef bytes joined
+        if self.head is None:
+            end = <const char*>memmem(data, n, b"\r\n\r\n", 4)
+            if end != NULL:  # the common case: the whole head is in this chunk
+                head_len = end - data + 4
+                self.current[8] += head_len
+                self._head_done(data, head_len)
+                return head_len
+            self.head = bytearray()
+        before = len(self.head)
+        take = n if n < MAX_HEAD - before else MAX_HEAD - before
+        self.head += data[:take]
+        joined = bytes(self.head)
+        end = <const char*>memmem(<const char*>joined, len(joined), b"\r\n\r\n", 4)
+        if end == NULL:
+            self.current[8] += take
+            if len(self.head) >= MAX_HEAD:
+                self.state = STATE_BLIND
+                self.head = None
+            return take
+        head_len = end - <const char*>joined + 4
+        consumed = head_len - before
+        self.current[8] += consumed
+        self._head_done(<const char*>joined, head_len)
+        return consumed
+
+    cdef void _head_done(self, const char* head, Py_ssize_t length):
+        cdef int status = _status(head, length)
+        cdef long long content_length
+        self.head = None
+        record = self.current
+        if status == 0:
+            self.state = STATE_BLIND  # not an HTTP response head: stop looking
+            return
+        if 100 <= status < 200 and status != 101:
+            self.state = STATE_HEAD  # an interim response; the final one follows
+            return
+        record[6] = status
+        if status == 101:
+            self.state = STATE_OPEN  # the connection changes protocol; ends with it
+            return
+        if record[5] or status == 204 or status == 304:
+            self._finish()  # no body (a HEAD request, No Content, Not Modified)
+            return
+        content_length = _content_length(head, length)
+        if content_length == 0:
+            self._finish()
+        elif content_length > 0:
+            self.remaining = content_length
+            self.state = STATE_BODY
+        else:
+            self.state = STATE_OPEN  # chunked or close-delimited
+
+    cdef void _finish(self):
+        """The current exchange is over: count it, record it for the log, move on."""
+        global _dropped
+        cdef double elapsed
+        cdef int status, klass, b = 0
+        record = self.current
+        self.current = None
+        self.state = STATE_IDLE
+        self.remaining = 0
+        if record is None:
+            return
+        elapsed = _clock(CLOCK_MONOTONIC) - <double>record[0]
+        status = record[6]
+        klass = status // 100 if 100 <= status < 600 else 0
+        _classes[self.kind][klass] += 1
+        while b < N_DURATION_BUCKETS and elapsed > _bounds[b]:
+            b += 1
+        _buckets[self.kind][b] += 1
+        _duration_sum[self.kind] += elapsed
+        if _logging:
+            if len(_finished) < MAX_PENDING_RECORDS:
+                _finished.append((record[1], elapsed, self.kind, self.endpoint, self.visitor,
+                                  record[4], record[2], record[3], status, record[7],
+                                  record[8]))
+            else:
+                _dropped += 1
+
+    cdef void end(self):
+        """The connection is over: what is still open ends here (status 0 if never seen)."""
+        if self.current is not None:
+            self._finish()
+        while self.queue:
+            self.current = self.queue.pop(0)
+            self._finish()
+
+
+cdef int _status(const char* head, Py_ssize_t n):
+    """The status code of ``HTTP/1.x NNN ...``, or 0."""
+    if n < 12 or memcmp(head, b"HTTP/1.", 7) != 0 or head[8] != b' ':
+        return 0
+    if not (b'0' <= head[9] <= b'9' and b'0' <= head[10] <= b'9' and b'0' <= head[11] <= b'9'):
+        return 0
+    return (head[9] - 48) * 100 + (head[10] - 48) * 10 + (head[11] - 48)
+
+
+cdef long long _content_length(const char* head, Py_ssize_t n):
+    """Content-Length of a response head; -1 when absent, chunked, or unreadable (the body
+    then ends with the connection or the next request)."""
+    cdef Py_ssize_t i = 0, j
+    cdef long long value = -1
+    cdef char c
+    while i < n:
+        # i is at the start of a line
+        if n - i > 15 and _lower_equals(head + i, b"content-length:", 15):
+            j = i + 15
+            while j < n and (head[j] == b' ' or head[j] == b'\t'):
+                j += 1
+            value = 0
+            while j < n and b'0' <= head[j] <= b'9':
+                value = value * 10 + (head[j] - 48)
+                if value > (1 << 50):
+                    return -1
+                j += 1
+            if j < n and head[j] != b'\r' and head[j] != b' ':
+                return -1  # a list or junk: do not trust it
+        elif n - i > 18 and _lower_equals(head + i, b"transfer-encoding:", 18):
+            return -1
+        while i < n and head[i] != b'\n':
+            i += 1
+        i += 1
+    return value
+
+
+cdef bint _lower_equals(const char* text, const char* lower, Py_ssize_t n):
+    cdef Py_ssize_t k
+    cdef char c
+    for k in range(n):
+        c = text[k]
+        if b'A' <= c <= b'Z':
+            c = c + 32
+        if c != lower[k]:
+            return False
+    return True

@@ -1,0 +1,147 @@
+"""The edge's access log: one line per HTTP(S) request and one per TCP or TLS visitor
+connection, as text or JSON.
+
+Nothing runs per request or per connection in Python: the byte path keeps records in
+compiled code (relay/_exchanges.pyx for requests, relay/_fastpath.pyx for connections)
+and this writer drains them every ``FLUSH_INTERVAL`` seconds, formatting a batch and
+writing it with one call. Past 100,000 records between two drains, records are dropped
+and counted (relay_access_log_dropped_total): a log that cannot keep up must not grow the
+edge without bound.
+
+Text (one line, space separated; ``-`` for unknown)::
+
+    2026-12-02T23:59:59.123Z https shop.example.com 203.0.113.7 r1f GET /a 200 in=0 out=512 0.003s
+    2026-12-02T23:59:59.456Z tcp tcp://edge:20017 203.0.113.9:51000 closed in=812 out=4096 1.250s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from relay import _exchanges, _fastpath
+from relay.edge.tcp import format_address
+
+FLUSH_INTERVAL = 0.25
+KINDS = _fastpath.KINDS
+
+
+class AccessLog:
+    """Writes the access log to ``destination`` ("-" for stderr, or a file appended to)
+    in ``fmt`` ("text" or "json") until ``close()``."""
+
+    def __init__(self, destination: str, fmt: str) -> None:
+        self.fmt = fmt
+        self._owned: IO[str] | None = None
+        if destination == "-":
+            self.stream: IO[str] = sys.stderr
+        else:
+            self._owned = Path(destination).open("a", encoding="utf-8")  # noqa: SIM115
+            self.stream = self._owned
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        _exchanges.set_logging(True)
+        _fastpath.set_logging(True)
+        self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self.flush()
+        self._timer = self._loop.call_later(FLUSH_INTERVAL, self._tick)
+
+    def flush(self) -> None:
+        requests = _exchanges.take_finished()
+        connections, _ = _fastpath.take_closed()
+        if not requests and not connections:
+            return
+        render = _json_request if self.fmt == "json" else _text_request
+        lines = [render(r) for r in requests]
+        render_connection = _json_connection if self.fmt == "json" else _text_connection
+        lines += [render_connection(c) for c in connections]
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        _exchanges.set_logging(False)
+        _fastpath.set_logging(False)
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+
+def _time(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _visitor(peer: Any) -> str:
+    return format_address(peer) if peer is not None else "-"
+
+
+# A request record (relay/_exchanges.pyx): (start, seconds, kind, endpoint, visitor,
+# request number, method, target, status, bytes in, bytes out).
+
+
+def _text_request(r: tuple[Any, ...]) -> str:
+    status = str(r[8]) if r[8] else "-"
+    target = r[7].decode("latin-1").replace(" ", "%20")
+    return (
+        f"{_time(r[0])} {KINDS[r[2]]} {r[3]} {r[4] or '-'} r{r[5]:x} "
+        f"{r[6].decode('latin-1')} {target} {status} in={r[9]} out={r[10]} {r[1]:.3f}s"
+    )
+
+
+def _json_request(r: tuple[Any, ...]) -> str:
+    return json.dumps(
+        {
+            "time": _time(r[0]),
+            "kind": KINDS[r[2]],
+            "endpoint": r[3],
+            "visitor": r[4],
+            "request_id": f"r{r[5]:x}",
+            "method": r[6].decode("latin-1"),
+            "target": r[7].decode("latin-1"),
+            "status": r[8] or None,
+            "bytes_in": r[9],
+            "bytes_out": r[10],
+            "duration_s": round(r[1], 6),
+        },
+        separators=(",", ":"),
+    )
+
+
+# A connection record (relay/_fastpath.pyx): (start, seconds, kind, endpoint, visitor
+# peername, close reason, bytes from the visitor, bytes to the visitor).
+
+
+def _text_connection(c: tuple[Any, ...]) -> str:
+    return (
+        f"{_time(c[0])} {KINDS[c[2]]} {c[3]} {_visitor(c[4])} {c[5]} "
+        f"in={c[6]} out={c[7]} {c[1]:.3f}s"
+    )
+
+
+def _json_connection(c: tuple[Any, ...]) -> str:
+    return json.dumps(
+        {
+            "time": _time(c[0]),
+            "kind": KINDS[c[2]],
+            "endpoint": c[3],
+            "visitor": _visitor(c[4]),
+            "close": c[5],
+            "bytes_in": c[6],
+            "bytes_out": c[7],
+            "duration_s": round(c[1], 6),
+        },
+        separators=(",", ":"),
+    )

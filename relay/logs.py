@@ -1,0 +1,40 @@
+"""Log lines on stderr: text for people (the default), or one JSON object per line for
+log pipelines (``--log-format json``), for every logger of the process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message"[, "exception"]}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, separators=(",", ":"))
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format=TEXT_FORMAT, stream=sys.stderr
+    )
+    use_format(fmt)
+
+
+def use_format(fmt: str) -> None:
+    """Switch every root handler to ``fmt`` ("text" or "json")."""
+    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)

@@ -1,0 +1,112 @@
+"""relay/_exchanges.pyx reads only response heads and counts bodies down: however the
+responses are cut into chunks, every request gets its status and its exact byte count."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay import _exchanges
+from relay._exchanges import Exchanges
+
+
+@pytest.fixture(autouse=True)
+def logging_on() -> Iterator[None]:
+    _exchanges.set_logging(True)
+    _exchanges.take_finished()
+    yield
+    _exchanges.set_logging(False)
+    _exchanges.take_finished()
+
+
+def response(status: int, body: bytes, *, interim: bool = False) -> bytes:
+    head = b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (
+        status,
+        len(body),
+    )
+    return (b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b"") + head + body
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    bounds = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+EXCHANGES = [
+    (b"GET", b"/a", response(200, b"hello")),
+    (b"GET", b"/missing", response(404, b"no such thing" * 50)),
+    (b"HEAD", b"/a", b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"),  # no body follows
+    (b"POST", b"/up", response(201, b"", interim=True)),
+    (b"GET", b"/big", response(200, bytes(70_000))),
+    (b"GET", b"/none", b"HTTP/1.1 204 No Content\r\n\r\n"),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(points=st.lists(st.integers(min_value=0, max_value=80_000), max_size=25))
+def test_statuses_and_bytes_survive_any_cut_of_the_responses(points: list[int]) -> None:
+    ex = Exchanges(1, "app.example", "203.0.113.7")
+    for method, target, answer in EXCHANGES:
+        ex.request(method, target)
+        for piece in cut(answer, points):
+            ex.response_bytes(piece)
+    ex.close()
+    records = _exchanges.take_finished()
+    assert [(r[6], r[7], r[8], r[10]) for r in records] == [
+        (m, t, int(a[9:12]) if not a.startswith(b"HTTP/1.1 100") else 201, len(a))
+        for m, t, a in EXCHANGES
+    ]
+
+
+def test_pipelined_requests_get_their_own_statuses_when_lengths_are_known() -> None:
+    ex = Exchanges(1, "app.example", "203.0.113.7")
+    for i in range(3):
+        ex.request(b"GET", b"/p%d" % i)
+    ex.response_bytes(response(200, b"a") + response(302, b"bb") + response(500, b"ccc"))
+    ex.close()
+    assert [(r[7], r[8]) for r in _exchanges.take_finished()] == [
+        (b"/p0", 200),
+        (b"/p1", 302),
+        (b"/p2", 500),
+    ]
+
+
+def test_a_body_of_unknown_length_ends_with_the_next_request_or_the_connection() -> None:
+    ex = Exchanges(1, "app.example", "203.0.113.7")
+    ex.request(b"GET", b"/chunked")
+    ex.response_bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert _exchanges.take_finished() == []  # its end is not known yet
+    ex.response_bytes(b"0\r\n\r\n")
+    ex.request(b"GET", b"/next")  # the visitor read it all: it asks again
+    [first] = _exchanges.take_finished()
+    assert (first[8], first[10]) == (200, 62)
+    ex.response_bytes(b"HTTP/1.1 200 OK\r\n\r\nclose-delimited")
+    ex.close()
+    [second] = _exchanges.take_finished()
+    assert (second[7], second[8], second[10]) == (b"/next", 200, 34)
+
+
+def test_a_connection_that_ends_before_any_status_is_logged_without_one() -> None:
+    ex = Exchanges(2, "app.example", "203.0.113.7")
+    ex.request(b"GET", b"/slow")
+    ex.close()
+    [record] = _exchanges.take_finished()
+    assert (record[2], record[8], record[10]) == (2, 0, 0)
+    counts = _exchanges.http_counts()
+    assert counts["classes"][2][0] >= 1  # counted under "none"
+
+
+def test_counts_by_status_class_and_duration() -> None:
+    before = _exchanges.http_counts()
+    ex = Exchanges(1, "app.example", "203.0.113.7")
+    for status in (200, 201, 404, 503, 503):
+        ex.request(b"GET", b"/")
+        ex.response_bytes(response(status, b"x"))
+    after = _exchanges.http_counts()
+    delta = [a - b for a, b in zip(after["classes"][1], before["classes"][1], strict=True)]
+    assert delta == [0, 0, 2, 0, 1, 2]
+    assert sum(after["buckets"][1]) - sum(before["buckets"][1]) == 5
