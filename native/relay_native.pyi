@@ -253,4 +253,5 @@ class Session:
         answered with RST: goaway, max_streams, or more than accept_backlog left
         unaccepted after the previous receive), window_stalls (times a stream had backlog
         and zero send window), window_grows, window_shrinks, bytes_framed_directly (payload
-        ``send`` framed at once, a part of bytes_out), protocol_errors."""
+        ``send`` framed at once, a part of bytes_out), protocol_errors, goaways_out,
+        goaways_in."""

@@ -177,11 +177,14 @@ pub struct Stats {
     /// Payload bytes `send` framed at once (one copy), a subset of `bytes_out`.
     pub bytes_framed_directly: u64,
     pub protocol_errors: u64,
+    /// GoAway frames sent (by `go_away` or a fatal error) and received.
+    pub goaways_out: u64,
+    pub goaways_in: u64,
 }
 
 impl Stats {
     /// `(name, value)` pairs in a stable order.
-    pub fn fields(&self) -> [(&'static str, u64); 20] {
+    pub fn fields(&self) -> [(&'static str, u64); 22] {
         [
             ("frames_in", self.frames_in),
             ("frames_out", self.frames_out),
@@ -203,6 +206,8 @@ impl Stats {
             ("window_shrinks", self.window_shrinks),
             ("bytes_framed_directly", self.bytes_framed_directly),
             ("protocol_errors", self.protocol_errors),
+            ("goaways_out", self.goaways_out),
+            ("goaways_in", self.goaways_in),
         ]
     }
 }
@@ -838,6 +843,7 @@ impl Session {
                     return Err(Error::InvalidStreamId(h.stream_id));
                 }
                 self.remote_goaway = true;
+                self.stats.goaways_in += 1;
                 self.push_event(EVENT_GOAWAY, 0, h.length, 0);
                 Ok(())
             }
@@ -1351,6 +1357,7 @@ impl Session {
         }
         self.local_goaway = true;
         self.emit(Header::new(FrameType::GoAway, Flags::NONE, 0, code));
+        self.stats.goaways_out += 1;
     }
 
     // ================================================================ internals
@@ -1494,6 +1501,7 @@ impl Session {
                 GOAWAY_INTERNAL
             };
             self.emit(Header::new(FrameType::GoAway, Flags::NONE, 0, code));
+            self.stats.goaways_out += 1;
             self.local_goaway = true;
             self.dead = true;
             self.payload = None;

@@ -324,6 +324,7 @@ fn opens_refused_while_refusals_pile_up_unread_end_the_session() {
     };
     assert_eq!(err, Error::RefusalFlood);
     assert_eq!(err.goaway_code(), GOAWAY_PROTOCOL);
+    assert_eq!(s.stats().goaways_out, 1);
     assert!(s.is_dead());
     // The RSTs stopped at the bound; the GoAway came last.
     assert!(s.outgoing_len() <= MAX_UNSENT_ANSWERS + 2 * HEADER_LEN);
@@ -353,6 +354,7 @@ fn a_peer_limited_to_one_stream_ends_the_session_with_its_second_open() {
     }
     assert_eq!(s.receive_at(&opens, t), Err(Error::PeerStreamLimit(3)));
     assert_eq!(s.stream_count(), 1);
+    assert_eq!((s.stats().goaways_out, s.stats().goaways_in), (1, 0));
     assert_eq!(
         headers(&s.take_outgoing()),
         vec![Header::new(
@@ -1536,7 +1538,7 @@ fn stats_count_frames_bytes_and_streams() {
     );
     assert_eq!(st.bytes_in, 3);
     assert_eq!((st.streams_opened_local, st.streams_reset_remote), (1, 1));
-    assert_eq!(st.fields().len(), 20);
+    assert_eq!(st.fields().len(), 22);
 }
 
 #[test]
