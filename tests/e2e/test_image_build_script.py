@@ -254,11 +254,12 @@ def test_edge_and_agent_from_the_built_prefix_carry_bytes_intact(
     assert f"{prefix}/lib/" in maps_of(edge.pid)
     assert str(ROOT / "relay") not in maps_of(edge.pid)
 
-    # As docs/running-a-pop.md has the operator do it: the data dir from the environment.
+    # As docs/running-a-pop.md has the operator do it, beside the running edge.
     token = json.loads(
         subprocess.run(
-            [str(prefix / "bin" / "relay"), "token", "create", "-o", "json"],
-            env={**clean_env(), "RELAY_DATA_DIR": str(data_dir)},
+            [str(prefix / "bin" / "relay"), "token", "create", "-o", "json"]
+            + ["--data-dir", str(data_dir)],
+            env=clean_env(),
             capture_output=True,
             text=True,
             timeout=60,
