@@ -34,6 +34,7 @@ from tests.e2e.procs import (
     free_port_range,
     payload,
 )
+from tests.unit.test_dependency_lock import read_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALLED = "/opt/relay"
@@ -137,18 +138,10 @@ def installed_distributions(prefix: Path) -> set[str]:
     return set(json.loads(out.stdout))
 
 
-def locked_names(lock: str) -> set[str]:
-    names = set()
-    for line in (ROOT / "requirements" / lock).read_text().splitlines():
-        if line and not line[0].isspace() and not line.startswith("#") and "==" in line:
-            names.add(line.split("==", 1)[0].lower().replace("_", "-"))
-    return names
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(BUILD_TIMEOUT + 60)
 def test_image_build_script_installs_relay_with_its_runtime_lock_only(prefix: Path) -> None:
-    assert installed_distributions(prefix) == locked_names("runtime.txt") | {
+    assert installed_distributions(prefix) == set(read_lock("runtime.txt")) | {
         "relay",
         "relay-native",
     }
@@ -257,8 +250,10 @@ def test_edge_and_agent_from_the_built_prefix_carry_bytes_intact(
     # As docs/running-a-pop.md has the operator do it, beside the running edge.
     token = json.loads(
         subprocess.run(
-            [str(prefix / "bin" / "relay"), "token", "create", "-o", "json"]
-            + ["--data-dir", str(data_dir)],
+            [
+                str(prefix / "bin" / "relay"),
+                *("token", "create", "--data-dir", str(data_dir), "-o", "json"),
+            ],
             env=clean_env(),
             capture_output=True,
             text=True,

@@ -30,11 +30,13 @@ class Pin:
     hashes: int
 
 
-def read_lock(name: str) -> dict[str, Pin]:
-    """``{canonical name: Pin}`` of a pip requirements file written by `make lock`."""
+def read_lock(name: str, *, everywhere: bool = False) -> dict[str, Pin]:
+    """``{canonical name: Pin}`` of a pip requirements file written by `make lock`: the
+    pins for this Python and platform (the lock is universal: a pin may carry a marker),
+    or with ``everywhere`` every pin, keyed by name and marker."""
     text = (REQUIREMENTS / name).read_text()
     pins: dict[str, Pin] = {}
-    # A pin spans its continuation lines: `name==1.0 \` then `--hash=…` lines.
+    # A pin spans its continuation lines: `name==1.0 ; marker \` then `--hash=…` lines.
     for entry in re.sub(r"\\\n", " ", text).splitlines():
         entry = entry.split("#", 1)[0].strip()
         if not entry:
@@ -44,9 +46,13 @@ def read_lock(name: str) -> dict[str, Pin]:
         assert len(specifiers) == 1 and specifiers[0].operator == "==", (
             f"{name}: {entry.split()[0]} is not pinned with =="
         )
-        pins[canonicalize_name(requirement.name)] = Pin(
-            specifiers[0].version, len(HASH_RE.findall(entry))
-        )
+        key = canonicalize_name(requirement.name)
+        if everywhere:
+            key += f"; {requirement.marker}" if requirement.marker else ""
+        elif requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        assert key not in pins, f"{name}: {key} is pinned twice for this environment"
+        pins[key] = Pin(specifiers[0].version, len(HASH_RE.findall(entry)))
     return pins
 
 
@@ -119,15 +125,17 @@ def test_runtime_lock_carries_no_build_or_test_tools() -> None:
 
 @pytest.mark.parametrize("lock_name", ["dev.txt", "runtime.txt", "build.txt"])
 def test_every_pin_carries_hashes(lock_name: str) -> None:
-    missing = [name for name, pin in read_lock(lock_name).items() if pin.hashes == 0]
+    missing = [
+        name for name, pin in read_lock(lock_name, everywhere=True).items() if pin.hashes == 0
+    ]
     assert not missing, f"requirements/{lock_name}: no --hash for {missing}"
 
 
 def test_the_locks_agree_on_every_version() -> None:
     """What CI tests (dev.txt) is what ships (runtime.txt) and builds (build.txt)."""
-    dev = read_lock("dev.txt")
+    dev = read_lock("dev.txt", everywhere=True)
     for lock_name in ("runtime.txt", "build.txt"):
-        for name, pin in read_lock(lock_name).items():
+        for name, pin in read_lock(lock_name, everywhere=True).items():
             assert name in dev, f"{name} is in {lock_name} but not in dev.txt"
             assert pin.version == dev[name].version, (
                 f"{name}: {pin.version} in {lock_name}, {dev[name].version} in dev.txt"
