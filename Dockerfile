@@ -9,7 +9,7 @@
 # published port costs more than the edge; the drain needs longer than docker's 10 s):
 #   docker run -d --name relay-edge --network host --stop-timeout 45 \
 #     -v relay-data:/var/lib/relay relay edge --public-host edge.example.com \
-#     --base-domain edge.example.com
+#     --base-domain edge.example.com --tcp-ports 20000-20999
 #   docker exec relay-edge relay token create --description laptop
 
 # Both Python stages must be the same Python: the venv's interpreter link points at
@@ -52,10 +52,10 @@ VOLUME ["/var/lib/relay"]
 WORKDIR /var/lib/relay
 # Numeric, so a runtime can tell it is not root without reading /etc/passwd.
 USER 10001:10001
-# 7000 agents (TLS); 8080 http and 8443 https/tls endpoints (use --http-listen 0.0.0.0:80
-# --https-listen 0.0.0.0:443 with host networking, or map 80:8080 and 443:8443);
-# 20000-20999 tcp endpoints (--tcp-ports). The admin listener (/healthz, /readyz,
-# /metrics) stays on 127.0.0.1:9090 inside the container and is not exposed.
+# 7000 agents (TLS); 8080 http and 8443 https/tls endpoints (a non-root process cannot
+# bind 80/443: map or redirect them to these, docs/running-a-pop.md); 20000-20999 tcp
+# endpoints (--tcp-ports). The admin listener (/healthz, /readyz, /metrics) stays on
+# 127.0.0.1:9090 and is not exposed.
 EXPOSE 7000 8080 8443 20000-20999
 # The slim image has no curl. No proxy handler: an HTTP_PROXY in the environment must not
 # route a loopback probe elsewhere. RELAY_HEALTH_URL follows a changed --admin-listen.
