@@ -7,7 +7,12 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 NATIVE_SRC := $(wildcard native/src/*.rs) native/Cargo.toml native/pyproject.toml
 FASTPATH_SRC := $(wildcard relay/*.pyx relay/*.pxd) setup.py
 
-.PHONY: run test setup native fastpath rust-test fuzz-smoke interop pytest lint bench bench-full clean
+# Every Python package (runtime, build tools, test tools) comes from requirements/dev.txt,
+# pinned with hashes; `make lock` refreshes the locks from pyproject.toml and build.in.
+LOCKED := install --require-hashes --only-binary :all:
+
+.PHONY: run test setup native fastpath rust-test fuzz-smoke interop pytest lint lock image \
+	bench bench-full clean
 
 run: setup
 	$(VENV)/bin/relay demo
@@ -22,12 +27,14 @@ test: setup
 
 setup: $(VENV)/.deps native fastpath
 
-$(VENV)/.deps: pyproject.toml scripts/check-prereqs.sh
+$(VENV)/.deps: pyproject.toml requirements/dev.txt scripts/check-prereqs.sh
 	@scripts/check-prereqs.sh build
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -U "pip>=24"
-	$(PIP) install "Cython>=3.0" "setuptools>=68" wheel
-	$(PIP) install -e ".[dev]" --no-build-isolation
+	# The locked pip first: it installs the big set faster than an old venv's pip.
+	$(PIP) $(LOCKED) -r requirements/build.txt
+	$(PIP) $(LOCKED) -r requirements/dev.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PY) -m pip check -q
 	touch $@
 
 native: $(VENV)/.native
@@ -56,6 +63,14 @@ lint:
 	$(VENV)/bin/ruff check relay tests bench
 	$(VENV)/bin/ruff format --check relay tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint --disable-ignore-pragma --failure-threshold style Dockerfile
+
+lock: $(VENV)/.deps
+	scripts/lock-requirements.sh $(if $(UPGRADE),--upgrade)
+
+# Needs a container engine; the same build, without one: scripts/install-prefix.sh PREFIX.
+image:
+	docker build -t relay:$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') .
 
 bench: setup
 	$(PY) -m bench quick

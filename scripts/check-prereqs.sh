@@ -19,8 +19,17 @@ else
 fi
 command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 \
   || miss "a C compiler: install it, e.g. 'apt-get install build-essential'"
-command -v cargo >/dev/null 2>&1 \
-  || miss "cargo (Rust 1.74 or newer): install it with rustup (https://rustup.rs) or 'apt-get install cargo'"
+# 1.78: the oldest cargo that reads native/Cargo.lock (lockfile version 4). Debian 12's
+# cargo is 1.63, so its package name alone would not do.
+if ! command -v cargo >/dev/null 2>&1; then
+  miss "cargo (Rust 1.78 or newer): install it with rustup (https://rustup.rs)"
+else
+  cargo_version=$(cargo --version 2>/dev/null | awk '{print $2}')
+  IFS=. read -r cargo_major cargo_minor _ <<<"${cargo_version:-0.0.0}"
+  if [ "${cargo_major:-0}" -lt 1 ] || { [ "$cargo_major" -eq 1 ] && [ "${cargo_minor:-0}" -lt 78 ]; }; then
+    miss "cargo 1.78 or newer (found ${cargo_version:-none}): update it with 'rustup update' or install it with rustup (https://rustup.rs)"
+  fi
+fi
 if [ "$need" = test ]; then
   command -v go >/dev/null 2>&1 \
     || miss "go (1.21 or newer, for the yamux interop test against hashicorp/yamux): install it, e.g. 'apt-get install golang'"

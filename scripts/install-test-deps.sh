@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests start for real: haproxy (PROXY protocol consumer), pebble
-# (ACME server + pebble-challtestsrv DNS), curl and openssl (real clients).
+# (ACME server + pebble-challtestsrv DNS), curl and openssl (real clients), and
+# systemd-analyze (checks deploy/systemd/*.service; systemd is not started).
 # Installs what is missing when run as root with apt; otherwise names what to install.
 set -u
-want=(haproxy:/usr/sbin/haproxy pebble:/usr/bin/pebble curl:/usr/bin/curl openssl:/usr/bin/openssl)
+want=(haproxy:/usr/sbin/haproxy pebble:/usr/bin/pebble curl:/usr/bin/curl openssl:/usr/bin/openssl
+  systemd:/usr/bin/systemd-analyze)
 missing=()
 for item in "${want[@]}"; do
   pkg=${item%%:*}; bin=${item#*:}
