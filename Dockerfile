@@ -55,12 +55,12 @@ USER 10001:10001
 # 7000 agents (TLS); 8080 http and 8443 https/tls endpoints (a non-root process cannot
 # bind 80/443: map or redirect them to these, docs/running-a-pop.md); 20000-20999 tcp
 # endpoints (--tcp-ports). The admin listener (/healthz, /readyz, /metrics) stays on
-# 127.0.0.1:9090 and is not exposed.
+# 127.0.0.1:9190 and is not exposed.
 EXPOSE 7000 8080 8443 20000-20999
 # The slim image has no curl. No proxy handler: an HTTP_PROXY in the environment must not
 # route a loopback probe elsewhere. RELAY_HEALTH_URL follows a changed --admin-listen.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ.get('RELAY_HEALTH_URL', 'http://127.0.0.1:9090/readyz'), timeout=3)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ.get('RELAY_HEALTH_URL', 'http://127.0.0.1:9190/readyz'), timeout=3)"]
 # The edge drains on SIGTERM (GoAway to agents, live streams get drain_timeout, 30 s by
 # default): give `docker stop` / --stop-timeout more than that.
 STOPSIGNAL SIGTERM

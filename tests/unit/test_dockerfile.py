@@ -189,7 +189,7 @@ def healthcheck(url: str, **env: str) -> int:
 
 def test_healthcheck_probes_the_admin_listener_on_loopback_by_default() -> None:
     command = stages()[-1].one("HEALTHCHECK")
-    assert "'http://127.0.0.1:9090/readyz'" in command
+    assert "'http://127.0.0.1:9190/readyz'" in command
 
 
 def test_healthcheck_passes_when_readyz_answers_200(
