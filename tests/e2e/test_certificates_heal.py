@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import ssl
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from relay.certs.local_ca import LocalCA
 from tests.e2e.http_helpers import curl, web_agent
@@ -57,6 +59,27 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_CERT_RETRY_MAX", "2")
 
 
+def wait_for_leaf(port: int, name: str, root_pem: bytes, timeout: float = 90.0) -> x509.Certificate:
+    """Poll the edge's TLS port until it serves a certificate ``root_pem`` verifies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return verified_leaf(port, name, root_pem)
+        except (OSError, ssl.SSLError) as exc:  # an alert or a stand-in until it is issued
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no verified certificate for {name}: {exc!r}") from exc
+            time.sleep(0.25)
+
+
+def wait_for_orders(proxy: AcmeProxy, count: int, timeout: float) -> list[float]:
+    deadline = time.monotonic() + timeout
+    while len(proxy.order_times()) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} orders expected within {timeout}s: {proxy.orders}")
+        time.sleep(0.1)
+    return proxy.order_times()
+
+
 def _stop_all(agents: list[Agent], edge: Edge) -> None:
     for agent in agents:
         agent.stop()
@@ -83,10 +106,10 @@ def test_a_certificate_is_ordered_once_the_ca_is_back(
         assert f"Certificate for {name}: being issued (acme)" in agent.proc.text()
 
         pebble.start()  # the CA is back
-        wait_lines(agent.proc, f"Certificate for {name}: issued (acme", 1, timeout=90)
         root_pem = pebble.root_pem()
-        leaf = verified_leaf(edge.https_port, name, root_pem)
+        leaf = wait_for_leaf(edge.https_port, name, root_pem)
         assert leaf.not_valid_after_utc > dt.datetime.now(dt.UTC)
+        wait_lines(agent.proc, f"Certificate for {name}: issued (acme")
         root_file = tmp_path / "pebble-root.pem"
         root_file.write_bytes(root_pem)
         got = curl(f"https://{name}:{edge.https_port}/back", "--cacert", str(root_file))
@@ -154,9 +177,7 @@ def test_a_rate_limited_order_waits_for_retry_after(
         try:
             edge.start()
             agent = web_agent(edge, agents, str(origin.port), "--domain", name)
-            refused = wait_lines(agent.proc, f"Certificate for {name}: not issued: error RLY_805")
-            assert "rate-limiting" in refused[0] and "retrying in" in refused[0], refused
-            wait_lines(agent.proc, f"Certificate for {name}: issued (acme", 1, timeout=90)
+            wait_for_leaf(edge.https_port, name, pebble.root_pem())
             times = proxy.order_times()
             assert len(times) == 2, proxy.orders  # the refused one, then the one served
             if form == "seconds":
@@ -164,7 +185,9 @@ def test_a_rate_limited_order_waits_for_retry_after(
             else:
                 # An HTTP-date has whole seconds: the date sent is ``when`` rounded down.
                 assert times[1] >= int(when)
-            verified_leaf(edge.https_port, name, pebble.root_pem())
+            refused = wait_lines(agent.proc, f"Certificate for {name}: not issued: error RLY_805")
+            assert "rate-limiting" in refused[0] and "retrying in" in refused[0], refused
+            wait_lines(agent.proc, f"Certificate for {name}: issued (acme")
         except BaseException:
             print(pebble.output())
             raise
@@ -231,17 +254,16 @@ def test_a_short_lived_certificate_is_renewed_at_two_thirds_of_its_lifetime(
         try:
             edge.start()
             agent = web_agent(edge, agents, str(origin.port), "--domain", name)
-            issued = f"Certificate for {name}: issued (acme"
-            wait_lines(agent.proc, issued, 1, timeout=90)
             root_pem = pebble.root_pem()
-            first = verified_leaf(edge.https_port, name, root_pem)
+            first = wait_for_leaf(edge.https_port, name, root_pem)
             begin, end = first.not_valid_before_utc, first.not_valid_after_utc
             renew_at = begin + (end - begin) * 2 / 3
 
-            wait_lines(agent.proc, issued, 2, timeout=SHORT_LIFE + 30)
-            times = proxy.order_times()
-            assert len(times) == 2, proxy.orders  # not one every pass, not one per backoff
+            times = wait_for_orders(proxy, 2, timeout=SHORT_LIFE + 30)
             assert renew_at.timestamp() <= times[1] < end.timestamp()
+            issued = f"Certificate for {name}: issued (acme"
+            wait_lines(agent.proc, issued, 2)
+            assert len(proxy.order_times()) == 2, proxy.orders  # not one per pass or backoff
             second = verified_leaf(edge.https_port, name, root_pem)
             assert second.serial_number != first.serial_number
             assert second.not_valid_after_utc > end
@@ -270,18 +292,17 @@ def test_a_restarted_edge_orders_a_due_certificate_once(
         try:
             edge.start()
             agent = web_agent(edge, agents, str(origin.port), "--domain", name)
-            issued = f"Certificate for {name}: issued (acme"
-            wait_lines(agent.proc, issued, 1, timeout=90)
-            leaf = verified_leaf(edge.https_port, name, pebble.root_pem())
+            leaf = wait_for_leaf(edge.https_port, name, pebble.root_pem())
             begin, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
             edge.stop()
             # Restart once the stored certificate is due for renewal (and still valid).
             due = (begin + (end - begin) * 2 / 3).timestamp() + 0.5
             time.sleep(max(due - time.time(), 0))
             edge.start()  # its renewal pass and the agent's rebind both want the name
-            wait_lines(agent.proc, issued, 2, timeout=90)
+            wait_for_orders(proxy, 2, timeout=60)
             time.sleep(3)  # the second order of a race came a second after the first
             assert len(proxy.order_times()) == 2, proxy.orders
+            wait_lines(agent.proc, f"Certificate for {name}: issued (acme", 2)
         except BaseException:
             print(pebble.output())
             raise
