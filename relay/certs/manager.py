@@ -84,6 +84,8 @@ CERTS_OWNER = "certs"
 HTTPS_ALPN = ("http/1.1",)
 #: Renew when this fraction of a certificate's lifetime has passed.
 RENEW_AT = 2 / 3
+#: The background loop's passes start at least this far apart (seconds).
+MIN_PASS_GAP = 0.25
 
 
 def context_from_pem(
@@ -314,6 +316,8 @@ class CertificateManager:
             return CertEvent(name, "pending")
         if retry is not None:
             return CertEvent(name, "failed", error=retry.error, next_attempt=retry.next_attempt)
+        if name in self._wanted:
+            return CertEvent(name, "pending")  # waiting for the issuer's not_before
         return None
 
     def next_retry(self, name: str) -> dt.datetime | None:
@@ -325,8 +329,8 @@ class CertificateManager:
     def want(self, hostname: str) -> CertEvent | None:
         """``hostname`` is bound and wants a certificate from now on: load it, or order it
         now if no retry is pending (a retry keeps its time: rebinding must not hurry the CA).
-        Returns the state to report now; None when an order just started (it reports
-        itself)."""
+        Returns the state to report now; None when an order just started for a name with no
+        valid certificate (the order reports itself)."""
         name = normalize_hostname(hostname)
         self._wanted.add(name)
         if name not in self._inflight:
@@ -335,17 +339,12 @@ class CertificateManager:
                 loaded = self._load_one(name)
                 entry = loaded if loaded is not None else entry
             if not self._fresh(entry) and self._attempt_due(name, self.clock()):
-                self._order_now(name)
+                self._order_now(name)  # its end wakes the loop
                 if entry is None or entry.not_after <= self.clock():
-                    self._poke()
                     return None
-        self._poke()
+                return self.status(name)
+        self._poke()  # the loop learns this name's renewal or retry time
         return self.status(name)
-
-    def _still_wanted(self, name: str) -> bool:
-        if self.bound is None:
-            return True
-        return name in self._wanted and self.bound(name)
 
     def _relevant(self) -> list[str]:
         """Names to keep certified: those wanted and still bound (and, with no ``bound``
@@ -603,8 +602,10 @@ class CertificateManager:
         are cancelled."""
         wake = self._wake = asyncio.Event()
         stopping = asyncio.ensure_future(stop.wait())
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
+                started = loop.time()
                 wake.clear()
                 try:
                     upcoming = self._start_due()
@@ -625,6 +626,12 @@ class CertificateManager:
                     )
                 finally:
                     woken.cancel()
+                # A burst of wakes (a thousand agents binding again, a thousand orders
+                # failing) makes one pass per MIN_PASS_GAP, not one per wake: a pass looks
+                # at every wanted name. Later, never sooner: no retry is hurried.
+                rest = started + MIN_PASS_GAP - loop.time()
+                if rest > 0 and not stop.is_set():
+                    await asyncio.wait({stopping}, timeout=rest)
         finally:
             stopping.cancel()
             self._wake = None

@@ -80,7 +80,6 @@ async def _acme_world(
             box,
             ca_bundle=pebble.ca_bundle,
             challenge=challenge,
-            backoff_base=0.2,
             order_timeout=30,
         )
         yield pebble, holder.issuer, box, holder
