@@ -309,6 +309,13 @@ class AcmeIssuer:
         (after :meth:`not_before`)."""
         names = self._check_names(hostnames)
         self.pace.check()
+        for name in names:  # whoever calls: a limit reached is not run into
+            later = self.pace.not_before(name)
+            if later is not None:
+                raise AcmeUnavailable(
+                    f"not ordering {name} before {later.isoformat(timespec='seconds')}: "
+                    "the ACME CA's published limits would be exceeded"
+                )
         try:
             return await asyncio.to_thread(self._issue_blocking, names)
         except Exception as exc:
