@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
 from relay._httpfront import HttpVisitor
 from relay.certs.issuers import FileIssuer, LocalCAIssuer, name_covered
 from relay.certs.local_ca import LocalCA
@@ -51,12 +53,12 @@ from relay.certs.manager import (
 from relay.config import parse_host_port
 from relay.control.secrets import SecretBox
 from relay.edge.http import HttpFront, RouteResult
+from relay.edge.routes import HostEndpoint
 from relay.edge.tls_front import TlsFront
 from relay.errors import ConfigError, ListenError, RelayError, UnsupportedIdentifier
 from relay.protocol import CertStatus
 
 if TYPE_CHECKING:
-    from relay.edge.routes import HostEndpoint
     from relay.edge.server import Edge
 
 log = logging.getLogger("relay.edge.web")
@@ -142,7 +144,7 @@ class _StandIn:
 
     def context(self) -> ssl.SSLContext | None:
         now = dt.datetime.now(dt.UTC)
-        if self._context is None or now >= self._renew_at:
+        if now >= self._renew_at:  # the first call, time to renew, or to try again
             try:
                 made: _Made | None = self._make()
             except (RelayError, OSError) as exc:
@@ -150,7 +152,7 @@ class _StandIn:
                 made = None
             if made is None:
                 self._context = None
-                self._renew_at = now + FILES_RELOAD  # ask again later, not per visitor
+                self._renew_at = now + FILES_RELOAD  # try again later, not per visitor
                 return None
             self._context, self.names, self._renew_at = made
         return self._context
@@ -274,8 +276,6 @@ class WebFronts:
 
     def _https_endpoint(self, name: str) -> HostEndpoint | None:
         """The https endpoint bound to exactly ``name`` (a wanted certificate's owner)."""
-        from relay.edge.routes import HostEndpoint
-
         endpoint = self.edge.by_key.get(f"sni:{name}")
         if isinstance(endpoint, HostEndpoint) and endpoint.kind == "https":
             return endpoint
@@ -474,7 +474,5 @@ def _failure_text(event: CertEvent) -> str:
 
 
 def _leaf_times(chain_pem: bytes) -> tuple[dt.datetime, dt.datetime]:
-    from cryptography import x509
-
     leaf = x509.load_pem_x509_certificate(chain_pem)
     return leaf.not_valid_before_utc, leaf.not_valid_after_utc
