@@ -55,6 +55,8 @@ RLY_611   503     the agent serving this host is offline (its name is held for i
 RLY_612   503     the agent's session cannot take another stream
 RLY_613   502     the agent could not reach its upstream (refused, TLS failure, reset)
 RLY_614   504     the upstream did not answer in time
+RLY_615   503     the certificate for this name is not issued yet (the edge finished the
+                  TLS handshake with a stand-in certificate to say so)
 RLY_620   400     malformed HTTP request
 RLY_621   502     the edge could not forward the request (internal error)
 RLY_622   431     request head larger than the limit

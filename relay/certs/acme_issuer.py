@@ -1,13 +1,21 @@
 """Certificates from an ACME CA (RFC 8555), answering HTTP-01 or TLS-ALPN-01 (RFC 8737).
 
 Built on certbot's ``acme`` library, which is synchronous (``requests``): each order runs in a
-worker thread, and the coroutine around it retries transient failures (network errors, 5xx,
-``badNonce``, ``rateLimited``, polling timeouts) with exponential backoff and jitter. Anything
-else becomes a typed error at once: :class:`~relay.errors.AcmeChallengeFailed` when the CA could
+worker thread. One call of :meth:`AcmeIssuer.issue` is one attempt (one order): *when* to try
+again is the :class:`~relay.certs.manager.CertificateManager`'s decision (capped backoff for as
+long as the name is bound), so that a CA that was down for an hour is asked again once it is
+back. Failures become typed errors: :class:`~relay.errors.AcmeChallengeFailed` when the CA could
 not validate a challenge, :class:`~relay.errors.AcmeError` when it refused a request,
-:class:`~relay.errors.AcmeUnavailable` when the retries ran out,
+:class:`~relay.errors.AcmeUnavailable` when it could not be reached or failed on its side,
 :class:`~relay.errors.UnsupportedIdentifier` for wildcards (they need DNS-01, out of scope) and
 IP addresses.
+
+The CA's pace is the CA's: a ``Retry-After`` on any answer (seconds or an HTTP-date; 429
+``rateLimited``, 503) holds *every* request to that CA until then — a rate limit may be per
+account or per domain, and the answer does not say which — and the failure that reports it is
+an :class:`AcmeRetryLater` carrying the time. Two of Let's Encrypt's published limits are kept
+on this side too, so that no retry schedule can run into them (:class:`AcmeLimits`): new orders
+per account per window, and failed validations per name per hour.
 
 The edge serves the challenges, so this object only *holds* them while an order is pending:
 
@@ -26,17 +34,19 @@ existing account (and re-creates it on a CA that forgot it, such as a restarted 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
+import email.utils
 import hashlib
 import ipaddress
 import json
 import logging
-import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import requests
 from acme import challenges, messages
@@ -63,7 +73,14 @@ from relay.errors import (
     UnsupportedIdentifier,
 )
 
-__all__ = ["ACME_TLS_ALPN", "AcmeIssuer", "Challenge", "tls_alpn01_challenge_cert"]
+__all__ = [
+    "ACME_TLS_ALPN",
+    "AcmeIssuer",
+    "AcmeLimits",
+    "Challenge",
+    "parse_retry_after",
+    "tls_alpn01_challenge_cert",
+]
 
 log = logging.getLogger("relay.certs.acme")
 
@@ -73,16 +90,144 @@ ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 ACCOUNT_OWNER = "acme"
 Challenge = Literal["http-01", "tls-alpn-01"]
 
-#: ACME problem types (urn:ietf:params:acme:error:<code>) worth retrying as they are.
+#: ACME problem types (urn:ietf:params:acme:error:<code>) that say "not now" rather than "no".
 _TRANSIENT_CODES = frozenset({"badNonce", "rateLimited", "serverInternal"})
 #: Problem types that mean "the CA could not reach or validate us".
 _CHALLENGE_CODES = frozenset(
     {"connection", "dns", "incorrectResponse", "tls", "unauthorized", "caa"}
 )
+#: A Retry-After further away than this is taken as this (a garbled header must not silence
+#: a name for years; Let's Encrypt's longest windows are a week).
+MAX_RETRY_AFTER = dt.timedelta(days=30)
 
 
-class _Transient(Exception):
-    """Internal: a failure worth retrying (wrapped into AcmeUnavailable when retries run out)."""
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> dt.datetime | None:
+    """When a ``Retry-After`` value (RFC 9110 §10.2.3: delay-seconds or an HTTP-date) says
+    to ask again; None when there is none or it cannot be read."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return now + min(dt.timedelta(seconds=int(value[:9])), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return min(when, now + MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeLimits:
+    """Limits this side keeps so that no retry schedule runs into the CA's own.
+
+    The defaults are Let's Encrypt's published ones (letsencrypt.org/docs/rate-limits):
+    300 new orders per account per 3 hours, 5 failed validations per name per hour. Kept in
+    memory (a restart forgets them; the CA's Retry-After still applies).
+    """
+
+    orders: int = 300
+    orders_window: dt.timedelta = dt.timedelta(hours=3)
+    failed_validations: int = 5
+    failed_validations_window: dt.timedelta = dt.timedelta(hours=1)
+
+
+class _Pace:
+    """When this edge may next talk to the CA: its Retry-After, and the limits above.
+    Shared by the worker threads of concurrent orders (hence the lock)."""
+
+    def __init__(self, limits: AcmeLimits, clock: Callable[[], dt.datetime]) -> None:
+        self.limits = limits
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.hold_until: dt.datetime | None = None
+        self._orders: collections.deque[dt.datetime] = collections.deque()
+        self._failures: dict[str, collections.deque[dt.datetime]] = {}
+
+    def hold(self, until: dt.datetime) -> None:
+        with self._lock:
+            if self.hold_until is None or until > self.hold_until:
+                self.hold_until = until
+                log.warning("the ACME CA asked to wait until %s", until.isoformat())
+
+    def check(self) -> None:
+        """Raise if the CA asked us to wait: no request leaves before its Retry-After."""
+        with self._lock:
+            hold = self.hold_until
+        if hold is not None and hold > self.clock():
+            raise AcmeUnavailable(
+                f"the ACME CA asked to wait until {hold.isoformat(timespec='seconds')}"
+            )
+
+    def not_before(self, name: str) -> dt.datetime | None:
+        now = self.clock()
+        limits = self.limits
+        with self._lock:
+            times: list[dt.datetime] = []
+            if self.hold_until is not None:
+                times.append(self.hold_until)
+            orders = self._trim(self._orders, now - limits.orders_window)
+            if len(orders) >= limits.orders:
+                times.append(orders[-limits.orders] + limits.orders_window)
+            failures = self._failures.get(name)
+            if failures is not None:
+                self._trim(failures, now - limits.failed_validations_window)
+                if not failures:
+                    del self._failures[name]
+                elif len(failures) >= limits.failed_validations:
+                    times.append(
+                        failures[-limits.failed_validations] + limits.failed_validations_window
+                    )
+        later = max(times, default=None)
+        return later if later is not None and later > now else None
+
+    def reserve_order(self) -> None:
+        now = self.clock()
+        with self._lock:
+            orders = self._trim(self._orders, now - self.limits.orders_window)
+            if len(orders) >= self.limits.orders:
+                raise AcmeUnavailable(
+                    f"{self.limits.orders} ACME orders within "
+                    f"{self.limits.orders_window} already (the CA's limit)"
+                )
+            orders.append(now)
+
+    def validation_failed(self, names: list[str]) -> None:
+        now = self.clock()
+        with self._lock:
+            for name in names:
+                self._failures.setdefault(name, collections.deque()).append(now)
+
+    @staticmethod
+    def _trim(
+        times: collections.deque[dt.datetime], horizon: dt.datetime
+    ) -> collections.deque[dt.datetime]:
+        while times and times[0] <= horizon:
+            times.popleft()
+        return times
+
+
+class _Network(ClientNetwork):
+    """acme's network layer, held to the CA's pace: nothing is sent while a Retry-After
+    holds, and every Retry-After on an error answer sets the hold."""
+
+    def __init__(self, pace: _Pace, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pace = pace
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        self.pace.check()
+        response = super()._send_request(method, url, *args, **kwargs)
+        if response.status_code >= 400:
+            when = parse_retry_after(response.headers.get("Retry-After"), self.pace.clock())
+            if when is not None:
+                self.pace.hold(when)
+        return response
 
 
 class _Answer(challenges.ChallengeResponse):
@@ -107,7 +252,8 @@ class _Account:
 
 
 class AcmeIssuer:
-    """Issues certificates from the ACME directory at ``directory_url``."""
+    """Issues certificates from the ACME directory at ``directory_url``; one order per
+    :meth:`issue` call."""
 
     def __init__(
         self,
@@ -118,26 +264,21 @@ class AcmeIssuer:
         *,
         ca_bundle: Path | None = None,
         challenge: Challenge = "http-01",
-        max_attempts: int = 5,
-        backoff_base: float = 2.0,
-        backoff_max: float = 120.0,
         order_timeout: float = 90.0,
         network_timeout: float = 30.0,
+        limits: AcmeLimits | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         if challenge not in ("http-01", "tls-alpn-01"):
             raise ConfigError(f"unsupported ACME challenge {challenge!r}")
-        if max_attempts < 1:
-            raise ConfigError("max_attempts must be at least 1")
         self.directory_url = directory_url
         self.account_email = account_email
         self.challenge: Challenge = challenge
         self.ca_bundle = ca_bundle
         self.box = secret_box
-        self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
         self.order_timeout = order_timeout
         self.network_timeout = network_timeout
+        self.pace = _Pace(limits or AcmeLimits(), clock)
         digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
         self.account_dir = Path(data_dir) / "acme" / digest
         self._account: _Account | None = None
@@ -156,35 +297,32 @@ class AcmeIssuer:
         """``(cert PEM, key PEM)`` of the RFC 8737 certificate for a pending ``server_name``."""
         return self._alpn.get(server_name.lower().rstrip("."))
 
+    def not_before(self, hostname: str) -> dt.datetime | None:
+        """The earliest time an order for ``hostname`` may be placed (the CA's Retry-After,
+        or a limit of :class:`AcmeLimits` reached), or None: now."""
+        return self.pace.not_before(hostname.lower().rstrip("."))
+
     # -- Issuer ------------------------------------------------------------------------------
 
     async def issue(self, hostnames: list[str]) -> IssuedCert:
+        """One order. Raises a typed error when it fails; trying again is the caller's call
+        (after :meth:`not_before`)."""
         names = self._check_names(hostnames)
-        last: RelayError | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return await asyncio.to_thread(self._issue_blocking, names)
-            except Exception as exc:
-                transient, err = self._classify(exc)
-                if not transient:
-                    raise err from exc
-                last = err
-            if attempt < self.max_attempts:
-                delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
-                delay *= 0.5 + random.random() / 2
-                log.warning(
-                    "ACME order for %s: %s; retrying in %.1fs (attempt %d of %d)",
-                    ", ".join(names),
-                    last,
-                    delay,
-                    attempt,
-                    self.max_attempts,
+        self.pace.check()
+        for name in names:  # whoever calls: a limit reached is not run into
+            later = self.pace.not_before(name)
+            if later is not None:
+                raise AcmeUnavailable(
+                    f"not ordering {name} before {later.isoformat(timespec='seconds')}: "
+                    "the ACME CA's published limits would be exceeded"
                 )
-                await asyncio.sleep(delay)
-        raise AcmeUnavailable(
-            f"ACME CA {self.directory_url} kept failing for {', '.join(names)} "
-            f"after {self.max_attempts} attempts: {last}"
-        )
+        try:
+            return await asyncio.to_thread(self._issue_blocking, names)
+        except Exception as exc:
+            err = self._classify(exc)
+            if isinstance(err, AcmeChallengeFailed):
+                self.pace.validation_failed(names)
+            raise err from exc
 
     @staticmethod
     def _check_names(hostnames: list[str]) -> list[str]:
@@ -227,6 +365,8 @@ class AcmeIssuer:
             .sign(key, hashes.SHA256())
         )
         deadline = time.monotonic() + self.order_timeout
+        self.pace.reserve_order()
+        log.info("ACME order for %s", ", ".join(names))
         orderr = client.new_order(csr.public_bytes(serialization.Encoding.PEM))
         thumb = b64encode(account.key.public_key().thumbprint(hashes.SHA256)).decode()
         tokens: list[str] = []
@@ -253,6 +393,7 @@ class AcmeIssuer:
             for authzr in pending:
                 self._poll_authorization(client, authzr, deadline)
             remaining = max(deadline - time.monotonic(), 1.0)
+            # acme's finalization polling honours Retry-After, within this deadline.
             finalize_deadline = dt.datetime.now() + dt.timedelta(seconds=remaining)
             orderr = client.finalize_order(orderr, finalize_deadline)
         finally:
@@ -290,7 +431,7 @@ class AcmeIssuer:
     ) -> None:
         sleep = 0.2
         while True:
-            authzr = client.poll(authzr)[0]
+            authzr, response = client.poll(authzr)
             status = authzr.body.status
             if status == messages.STATUS_VALID:
                 return
@@ -306,9 +447,15 @@ class AcmeIssuer:
                     f"the ACME CA could not validate {ident} ({status}): "
                     + ("; ".join(problems) or "no detail given")
                 )
-            if time.monotonic() + sleep > deadline:
-                raise _Transient(f"authorization {authzr.uri} still pending at the deadline")
-            time.sleep(sleep)
+            # RFC 8555 7.5.1: a pending authorization's Retry-After says when to poll again.
+            wait = sleep
+            now = self.pace.clock()
+            asked = parse_retry_after(response.headers.get("Retry-After"), now)
+            if asked is not None:
+                wait = max(wait, (asked - now).total_seconds())
+            if time.monotonic() + wait > deadline:
+                raise AcmeUnavailable(f"authorization {authzr.uri} still pending at the deadline")
+            time.sleep(wait)
             sleep = min(sleep * 2, 2.0)
 
     # -- account -----------------------------------------------------------------------------
@@ -316,7 +463,8 @@ class AcmeIssuer:
     def _network(self, key: JWKEC | None) -> ClientNetwork:
         # requests takes a CA bundle path where acme's signature says bool; acme passes it on.
         verify = cast(bool, str(self.ca_bundle)) if self.ca_bundle is not None else True
-        return ClientNetwork(
+        return _Network(
+            self.pace,
             key,
             alg=ES256,
             verify_ssl=verify,
@@ -368,45 +516,64 @@ class AcmeIssuer:
 
     # -- error mapping -----------------------------------------------------------------------
 
-    def _classify(self, exc: BaseException) -> tuple[bool, RelayError]:
-        """``(transient?, the RelayError to report)`` for anything an order attempt raised."""
-        if isinstance(exc, _Transient):
-            return True, AcmeUnavailable(str(exc))
+    def _classify(self, exc: BaseException) -> RelayError:
+        """The RelayError to report for anything an order attempt raised."""
         if isinstance(exc, RelayError):
-            return False, exc
+            return exc
         if isinstance(exc, messages.Error):
             code = exc.code or ""
             text = f"{exc.description or code}: {exc.detail or ''}".strip(": ")
             if code == "accountDoesNotExist":
                 with self._account_lock:
-                    self._account = None  # the CA forgot us; register again on the retry
-                return True, AcmeUnavailable(f"ACME account vanished: {text}")
+                    self._account = None  # the CA forgot us; register again next time
+                return AcmeUnavailable(f"ACME account vanished: {text}")
+            if code == "rateLimited":
+                hold = self.pace.hold_until
+                until = f" until {hold.isoformat(timespec='seconds')}" if hold else ""
+                return AcmeUnavailable(f"the ACME CA is rate-limiting this edge{until}: {text}")
             if code in _TRANSIENT_CODES:
-                return True, AcmeUnavailable(f"ACME CA: {text}")
+                return AcmeUnavailable(f"ACME CA: {text}")
             if code in _CHALLENGE_CODES:
-                return False, AcmeChallengeFailed(f"ACME CA: {text}")
-            return False, AcmeError(f"ACME CA refused the request ({code or 'unknown'}): {text}")
+                return AcmeChallengeFailed(f"ACME CA: {text}")
+            return AcmeError(f"ACME CA refused the request ({code or 'unknown'}): {text}")
         if isinstance(exc, requests.exceptions.SSLError):
-            return False, AcmeError(
+            return AcmeError(
                 f"cannot verify the TLS certificate of {self.directory_url} "
                 f"(set ca_bundle for a private CA): {exc}"
             )
         if isinstance(exc, requests.exceptions.RequestException):
-            return True, AcmeUnavailable(f"cannot reach the ACME CA: {exc}")
+            return AcmeUnavailable(f"cannot reach the ACME CA: {_short(exc)}")
         if isinstance(exc, acme_errors.TimeoutError):
-            return True, AcmeUnavailable("the ACME order did not complete in time")
+            return AcmeUnavailable("the ACME order did not complete in time")
         if isinstance(exc, acme_errors.NonceError):
-            return True, AcmeUnavailable(f"ACME nonce problem: {exc}")
+            return AcmeUnavailable(f"ACME nonce problem: {exc}")
         if isinstance(exc, acme_errors.IssuanceError):
-            return False, AcmeError(f"the ACME CA did not issue: {exc.error}")
+            return AcmeError(f"the ACME CA did not issue: {exc.error}")
         if isinstance(exc, acme_errors.ClientError):
             resp = exc.args[0] if exc.args else None
             if isinstance(resp, requests.Response) and resp.status_code >= 500:
-                return True, AcmeUnavailable(f"ACME CA answered HTTP {resp.status_code}")
-            return False, AcmeError(f"unexpected answer from the ACME CA: {exc!r}")
+                return AcmeUnavailable(f"ACME CA answered HTTP {resp.status_code}")
+            if isinstance(resp, requests.Response) and resp.status_code == 429:
+                return AcmeUnavailable("the ACME CA is rate-limiting this edge (HTTP 429)")
+            return AcmeError(f"unexpected answer from the ACME CA: {exc!r}")
         if isinstance(exc, acme_errors.Error | DeserializationError):
-            return False, AcmeError(f"ACME protocol error: {exc!r}")
-        return False, AcmeError(f"ACME order failed: {exc!r}")
+            return AcmeError(f"ACME protocol error: {exc!r}")
+        return AcmeError(f"ACME order failed: {exc!r}")
+
+
+def _short(exc: BaseException) -> str:
+    """requests' connection errors nest urllib3's repr several levels deep; the innermost
+    reason is what an operator (or the agent's user) can act on."""
+    inner: BaseException = exc
+    for _ in range(8):  # bounded: a cause chain is short, but need not be acyclic
+        first = inner.args[0] if inner.args else None
+        reason = getattr(inner, "reason", None)
+        nested = reason if isinstance(reason, BaseException) else first
+        if not isinstance(nested, BaseException):
+            break
+        inner = nested
+    text = str(inner)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def tls_alpn01_challenge_cert(name: str, key_authorization: str) -> tuple[bytes, bytes]:

@@ -31,6 +31,7 @@ __all__ = [
     "IssuedCert",
     "Issuer",
     "LocalCAIssuer",
+    "PacedIssuer",
     "SyncIssuer",
     "cert_names",
     "name_covered",
@@ -81,6 +82,15 @@ class SyncIssuer(Protocol):
     """An issuer fast enough to be called inside a TLS handshake callback (no I/O waits)."""
 
     def issue_now(self, hostnames: list[str]) -> IssuedCert: ...
+
+
+@runtime_checkable
+class PacedIssuer(Protocol):
+    """An issuer that must not be asked before a time of its own choosing: an ACME CA's
+    ``Retry-After``, or one of its published limits reached. The manager never starts an
+    order for ``hostname`` before ``not_before(hostname)`` (None: any time)."""
+
+    def not_before(self, hostname: str) -> dt.datetime | None: ...
 
 
 def normalize_hostname(name: str) -> str:

@@ -1,10 +1,25 @@
-"""Certificates for HTTPS endpoints: cache, storage, on-demand issuance and renewal.
+"""Certificates for HTTPS endpoints: cache, storage, issuance, retries and renewal.
 
 The TLS front asks :meth:`CertificateManager.context_for` for an ``ssl.SSLContext`` by server
 name (from an SNI callback or a ClientHello peek); that call is synchronous and served from
-memory. :meth:`~CertificateManager.ensure` (on bind) makes sure a certificate exists, loading it
-from disk or asking the issuer; :meth:`~CertificateManager.run_renewals` renews in the
-background.
+memory.
+
+A name *wants* a certificate while an https endpoint is bound to it
+(:meth:`~CertificateManager.want`, called by the edge after the agent got its Bound reply; the
+``bound`` predicate says when that ended). For every wanted name the manager keeps one goal: a
+certificate that is not due for renewal. It loads one from disk, or orders one; a failed order
+is tried again with capped, jittered exponential backoff (:class:`RetryPolicy`) for as long as
+the name is bound — a CA that was down at bind time is asked again when it is back — and never
+before the issuer's own ``not_before`` (an ACME CA's Retry-After, or its published limits).
+Errors that cannot heal (:class:`~relay.errors.UnsupportedIdentifier`,
+:class:`~relay.errors.ConfigError`) are not retried. A certificate is renewed at two thirds of
+its lifetime (Let's Encrypt's 90 days: 30 days before expiry; a 6-day certificate: 2 days
+before).
+
+Whatever starts an order — a bind, a renewal, a retry, :meth:`~CertificateManager.ensure` —
+shares the one order in flight for that name (a task per name), so no name is ever ordered
+twice at once. Each step is reported through ``on_event`` (:class:`CertEvent`: pending, issued,
+failed with the next attempt) so that the edge can tell the agent.
 
 On disk, under ``<data_dir>/certs/``: ``<name>.pem`` (the chain, 0644) and
 ``<name>.key.sealed`` (the private key sealed by :class:`~relay.control.secrets.SecretBox`,
@@ -28,12 +43,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 
 from relay.certs.issuers import (
     IssuedCert,
     Issuer,
+    PacedIssuer,
     SyncIssuer,
     cert_names,
     name_covered,
@@ -41,16 +58,34 @@ from relay.certs.issuers import (
 )
 from relay.certs.local_ca import _write_file_atomic
 from relay.control.secrets import SecretBox
-from relay.errors import CertificateError, ConfigError, DataDirError, RelayError, SecretError
+from relay.errors import (
+    CertificateError,
+    ConfigError,
+    DataDirError,
+    RelayError,
+    SecretError,
+    UnsupportedIdentifier,
+)
 from relay.tls import _harden
 
-__all__ = ["CERTS_OWNER", "CertificateManager", "context_from_pem"]
+__all__ = [
+    "CERTS_OWNER",
+    "CertEvent",
+    "CertificateManager",
+    "RetryPolicy",
+    "context_from_pem",
+    "renewal_time",
+]
 
 log = logging.getLogger("relay.certs")
 
 #: The SecretBox owner of certificate private keys; the secret's name is the hostname.
 CERTS_OWNER = "certs"
 HTTPS_ALPN = ("http/1.1",)
+#: Renew when this fraction of a certificate's lifetime has passed.
+RENEW_AT = 2 / 3
+#: The background loop's passes start at least this far apart (seconds).
+MIN_PASS_GAP = 0.25
 
 
 def context_from_pem(
@@ -89,24 +124,78 @@ def _load_chain_from_memory(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: byte
         os.unlink(path)
 
 
+def renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """When a certificate valid from ``not_before`` to ``not_after`` is due for renewal."""
+    return not_before + (not_after - not_before) * RENEW_AT
+
+
 @dataclass(slots=True)
 class _Entry:
     name: str
     names: list[str]
     chain_pem: bytes
+    not_before: dt.datetime
     not_after: dt.datetime
     context: ssl.SSLContext
     persist: bool
+
+    @property
+    def renew_at(self) -> dt.datetime:
+        return renewal_time(self.not_before, self.not_after)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How soon a name whose order failed is tried again: ``base`` doubling per failure up
+    to ``cap``, each delay drawn from its upper half (jitter, so that names that failed
+    together do not return together). The issuer's ``not_before`` (a CA's Retry-After)
+    overrides both."""
+
+    base: dt.timedelta = dt.timedelta(seconds=10)
+    cap: dt.timedelta = dt.timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if self.base <= dt.timedelta(0) or self.cap < self.base:
+            raise ConfigError("certificate retries need 0 < base <= cap")
+
+    def delay(self, failures: int) -> dt.timedelta:
+        raw = min(self.base * (1 << min(max(failures - 1, 0), 30)), self.cap)
+        return raw * (0.5 + random.random() / 2)
 
 
 @dataclass(slots=True)
 class _Retry:
     failures: int
-    next_attempt: dt.datetime
+    next_attempt: dt.datetime | None  # None: this error cannot heal; not retried
+    error: RelayError
+
+
+@dataclass(frozen=True, slots=True)
+class CertEvent:
+    """Where a name's certificate stands, for whoever serves that name.
+
+    ``pending``: an order started and the name has no valid certificate. ``issued``:
+    ``expires`` says until when. ``failed``: ``error`` says why; ``next_attempt`` when it is
+    tried again (None: never, the error cannot heal); ``expires`` is set when a valid
+    certificate is still served (a renewal failed).
+    """
+
+    name: str
+    state: Literal["pending", "issued", "failed"]
+    expires: dt.datetime | None = None
+    error: RelayError | None = None
+    next_attempt: dt.datetime | None = None
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _heals(exc: RelayError) -> bool:
+    """Whether trying again later may succeed. A CA that is down, refuses, or cannot
+    validate the name yet (DNS not pointed here) may change its mind; a name the issuer can
+    never certify, or a broken configuration, will not."""
+    return not isinstance(exc, UnsupportedIdentifier | ConfigError)
 
 
 class CertificateManager:
@@ -114,7 +203,10 @@ class CertificateManager:
 
     ``issue_on_demand``: on a cache miss in :meth:`context_for`, issue synchronously if the
     issuer is a :class:`~relay.certs.issuers.SyncIssuer` (the local CA, files) and
-    ``allowed(name)`` says the name is one this edge serves. ``clock`` is for tests.
+    ``allowed(name)`` says the name is one this edge serves. ``bound(name)``: whether a name
+    passed to :meth:`want` is still bound (retries and renewals for it stop when it is not);
+    without it every cached certificate is renewed. ``on_event``: told each
+    :class:`CertEvent`. ``clock`` is for tests.
     """
 
     def __init__(
@@ -123,30 +215,30 @@ class CertificateManager:
         issuer: Issuer,
         secret_box: SecretBox,
         *,
-        renew_before: dt.timedelta = dt.timedelta(days=30),
         issue_on_demand: bool = False,
         allowed: Callable[[str], bool] | None = None,
-        retry_base: dt.timedelta = dt.timedelta(minutes=1),
-        retry_max: dt.timedelta = dt.timedelta(hours=6),
+        bound: Callable[[str], bool] | None = None,
+        on_event: Callable[[CertEvent], None] | None = None,
+        retry: RetryPolicy | None = None,
         alpn: Sequence[str] = HTTPS_ALPN,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
-        if renew_before < dt.timedelta(0):
-            raise ConfigError("renew_before must not be negative")
         self.data_dir = Path(data_dir)
         self.certs_dir = self.data_dir / "certs"
         self.issuer = issuer
         self.box = secret_box
-        self.renew_before = renew_before
         self.issue_on_demand = issue_on_demand
         self.allowed = allowed
-        self.retry_base = retry_base
-        self.retry_max = retry_max
+        self.bound = bound
+        self.on_event = on_event
+        self.retry = retry or RetryPolicy()
         self.alpn = tuple(alpn)
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
         self._retry: dict[str, _Retry] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._wanted: set[str] = set()
+        self._inflight: dict[str, asyncio.Task[_Entry]] = {}
+        self._wake: asyncio.Event | None = None
         self._sync_lock = threading.Lock()
         self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.load_from_disk()
@@ -173,7 +265,7 @@ class CertificateManager:
         :class:`~relay.certs.issuers.SyncIssuer` and ``allowed(name)``; that costs about a
         millisecond to issue plus writing two small files. Otherwise an expired certificate is
         still returned (the client then reports expiry, which says more than a failed
-        handshake); renewing it is :meth:`run_renewals`' job.
+        handshake); renewing it is the background loop's job (:meth:`run`).
         """
         name = server_name.lower().rstrip(".")
         if not name or len(name) > 253:
@@ -209,29 +301,173 @@ class CertificateManager:
         return None
 
     def _fresh(self, entry: _Entry | None) -> bool:
-        return entry is not None and entry.not_after - self.clock() > self.renew_before
+        return entry is not None and self.clock() < entry.renew_at
+
+    def status(self, hostname: str) -> CertEvent | None:
+        """Where ``hostname``'s certificate stands now: issued (a valid one is served, even
+        while it is being renewed), pending (an order is in flight), failed (the last
+        attempt's error and the next attempt), or None (nothing known yet)."""
+        name = hostname.lower().rstrip(".")
+        entry = self._lookup(name)
+        retry = self._retry.get(name)
+        if entry is not None and entry.not_after > self.clock():
+            return CertEvent(name, "issued", expires=entry.not_after)
+        if name in self._inflight:
+            return CertEvent(name, "pending")
+        if retry is not None:
+            return CertEvent(name, "failed", error=retry.error, next_attempt=retry.next_attempt)
+        if name in self._wanted:
+            return CertEvent(name, "pending")  # waiting for the issuer's not_before
+        return None
+
+    def next_retry(self, name: str) -> dt.datetime | None:
+        retry = self._retry.get(name)
+        return retry.next_attempt if retry else None
+
+    # -- wanted names ------------------------------------------------------------------------
+
+    def want(self, hostname: str) -> CertEvent | None:
+        """``hostname`` is bound and wants a certificate from now on: load it, or order it
+        now if no retry is pending (a retry keeps its time: rebinding must not hurry the CA).
+        Returns the state to report now; None when an order just started for a name with no
+        valid certificate (the order reports itself)."""
+        name = normalize_hostname(hostname)
+        self._wanted.add(name)
+        if name not in self._inflight:
+            entry = self._lookup(name)
+            if not self._fresh(entry):
+                loaded = self._load_one(name)
+                entry = loaded if loaded is not None else entry
+            if not self._fresh(entry) and self._attempt_due(name, self.clock()):
+                self._order_now(name)  # its end wakes the loop
+                if entry is None or entry.not_after <= self.clock():
+                    return None
+                return self.status(name)
+        self._poke()  # the loop learns this name's renewal or retry time
+        return self.status(name)
+
+    def _relevant(self) -> list[str]:
+        """Names to keep certified: those wanted and still bound (and, with no ``bound``
+        predicate, every cached one). Names no longer bound are dropped here."""
+        for name in [n for n in self._wanted if self.bound is not None and not self.bound(n)]:
+            self._wanted.discard(name)
+            log.info("certificate for %s: no longer bound; not pursued any more", name)
+        names = set(self._wanted)
+        if self.bound is None:
+            names.update(self._entries)
+        now = self.clock()
+        # Forget the failures of names nobody wants once their retry time passed: a rebind
+        # within the backoff keeps it, later ones start afresh.
+        for name in [n for n, r in self._retry.items() if n not in names]:
+            when = self._retry[name].next_attempt
+            if when is not None and when <= now:
+                del self._retry[name]
+        return sorted(names)
+
+    def _attempt_due(self, name: str, now: dt.datetime) -> bool:
+        retry = self._retry.get(name)
+        if retry is not None and (retry.next_attempt is None or retry.next_attempt > now):
+            return False
+        not_before = self._issuer_not_before(name)
+        return not_before is None or not_before <= now
+
+    def _issuer_not_before(self, name: str) -> dt.datetime | None:
+        if isinstance(self.issuer, PacedIssuer):
+            return self.issuer.not_before(name)
+        return None
 
     # -- issuance and storage ----------------------------------------------------------------
 
     async def ensure(self, hostname: str) -> None:
         """Have a certificate for ``hostname`` that is not due for renewal, persisted.
 
-        From the cache, else from disk, else from the issuer. Issuer errors propagate
+        From the cache, else from disk, else from the issuer (joining an order already in
+        flight for the name). Issuer errors propagate
         (:class:`~relay.errors.CertificateError` and subclasses).
         """
         name = normalize_hostname(hostname)
         if self._fresh(self._lookup(name)):
             return
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            if self._fresh(self._lookup(name)):
-                return
-            loaded = self._load_one(name)
-            if loaded is not None and self._fresh(loaded):
-                return
+        if name not in self._inflight and self._fresh(self._load_one(name)):
+            return
+        await asyncio.shield(self._order_now(name))
+
+    def _order_now(self, name: str) -> asyncio.Task[_Entry]:
+        """The order in flight for ``name``, started if there is none: one per name."""
+        task = self._inflight.get(name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._order(name))
+            self._inflight[name] = task
+            task.add_done_callback(lambda done: self._order_done(name, done))
+        return task
+
+    def _order_done(self, name: str, task: asyncio.Task[_Entry]) -> None:
+        if self._inflight.get(name) is task:
+            del self._inflight[name]
+        if not task.cancelled():
+            task.exception()  # reported by _order; retrieved so asyncio does not log it again
+        self._poke()
+
+    async def _order(self, name: str) -> _Entry:
+        current = self._lookup(name)
+        valid = current is not None and current.not_after > self.clock()
+        if not valid and not isinstance(self.issuer, SyncIssuer):
+            self._emit(CertEvent(name, "pending"))
+        try:
             issued = await self.issuer.issue([name])
-            self._install(name, issued)
+            entry = self._install(name, issued)
+        except RelayError as exc:
+            self._failed(name, exc)
+            raise
+        except Exception as exc:  # an issuer bug: reported like a failure, retried like one
+            log.exception("certificate order for %s crashed", name)
+            err = CertificateError(f"certificate order crashed: {exc!r}")
+            self._failed(name, err)
+            raise err from exc
+        if self._fresh(entry):
             self._retry.pop(name, None)
+        else:
+            # e.g. operator files that were not replaced: served, and asked again later.
+            self._failed(
+                name,
+                CertificateError(
+                    f"the new certificate is already due for renewal ({entry.not_after})"
+                ),
+                report=False,
+            )
+        self._emit(CertEvent(name, "issued", expires=entry.not_after))
+        return entry
+
+    def _failed(self, name: str, exc: RelayError, *, report: bool = True) -> None:
+        prev = self._retry.get(name)
+        failures = (prev.failures if prev else 0) + 1
+        now = self.clock()
+        next_attempt: dt.datetime | None = None
+        if _heals(exc):
+            next_attempt = now + self.retry.delay(failures)
+            not_before = self._issuer_not_before(name)
+            if not_before is not None and not_before > next_attempt:
+                next_attempt = not_before  # the CA's Retry-After beats our own backoff
+        self._retry[name] = _Retry(failures, next_attempt, exc)
+        if next_attempt is None:
+            when = "it cannot succeed as configured; not retried"
+        else:
+            when = f"next try in {int((next_attempt - now).total_seconds())}s"
+        log.warning("certificate %s: %s (attempt %d; %s)", name, exc.one_line(), failures, when)
+        if report:
+            entry = self._lookup(name)
+            expires = entry.not_after if entry is not None and entry.not_after > now else None
+            self._emit(
+                CertEvent(name, "failed", expires=expires, error=exc, next_attempt=next_attempt)
+            )
+
+    def _emit(self, event: CertEvent) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception:  # whoever listens must not break issuance
+            log.exception("certificate event handler failed for %s", event.name)
 
     def _install(self, name: str, issued: IssuedCert) -> _Entry:
         leaf = x509.load_pem_x509_certificate(issued.chain_pem)
@@ -248,9 +484,22 @@ class CertificateManager:
                 _write_file_atomic(cert_path, issued.chain_pem, 0o644)
             except OSError as exc:
                 raise DataDirError(f"cannot store the certificate for {name}: {exc}") from exc
-        entry = _Entry(name, names, issued.chain_pem, issued.not_after, ctx, issued.persist)
+        entry = _Entry(
+            name,
+            names,
+            issued.chain_pem,
+            leaf.not_valid_before_utc,
+            leaf.not_valid_after_utc,
+            ctx,
+            issued.persist,
+        )
         self._entries[name] = entry
-        log.info("certificate for %s installed (expires %s)", name, issued.not_after.isoformat())
+        log.info(
+            "certificate for %s installed (expires %s, renewal from %s)",
+            name,
+            entry.not_after.isoformat(),
+            entry.renew_at.isoformat(timespec="seconds"),
+        )
         return entry
 
     def _paths(self, name: str) -> tuple[Path, Path]:
@@ -280,12 +529,13 @@ class CertificateManager:
             if not name_covered(name, names):
                 raise CertificateError(f"{cert_path} does not cover {name}")
             ctx = context_from_pem(chain, key_pem, alpn=self.alpn)
-        except (OSError, RelayError) as exc:
+            leaf = x509.load_pem_x509_certificate(chain)
+        except (OSError, RelayError, ValueError) as exc:
             msg = exc.one_line() if isinstance(exc, RelayError) else str(exc)
             level = logging.ERROR if isinstance(exc, SecretError) else logging.WARNING
             log.log(level, "stored certificate for %s is unusable, ignoring it: %s", name, msg)
             return None
-        entry = _Entry(name, names, chain, issued.not_after, ctx, True)
+        entry = _Entry(name, names, chain, leaf.not_valid_before_utc, issued.not_after, ctx, True)
         self._entries[name] = entry
         return entry
 
@@ -302,68 +552,90 @@ class CertificateManager:
                 count += 1
         return count
 
-    # -- renewal -----------------------------------------------------------------------------
+    # -- the background loop: retries and renewals -------------------------------------------
 
-    async def renew_due(self) -> list[str]:
-        """One renewal pass: re-issue every cached certificate expiring within
-        ``renew_before`` whose retry time has come. Returns the names renewed."""
+    def _start_due(self) -> dt.datetime | None:
+        """Start an order for every relevant name that has no certificate fresh enough and
+        whose next attempt has come; return when the next one will have come."""
         now = self.clock()
-        renewed: list[str] = []
-        for name, entry in list(self._entries.items()):
-            if entry.not_after - now > self.renew_before:
+        upcoming: list[dt.datetime] = []
+        for name in self._relevant():
+            if name in self._inflight:
+                continue
+            entry = self._lookup(name)
+            if self._fresh(entry):
+                assert entry is not None
+                upcoming.append(entry.renew_at)
+                continue
+            if self._attempt_due(name, now):
+                self._order_now(name)
                 continue
             retry = self._retry.get(name)
-            if retry is not None and now < retry.next_attempt:
-                continue
-            try:
-                issued = await self.issuer.issue([name])
-                self._install(name, issued)
-            except RelayError as exc:
-                self._failed(name, f"renewal failed: {exc.one_line()}")
-                continue
-            except Exception as exc:  # an issuer bug must not stop renewals of other names
-                log.exception("renewal of %s crashed", name)
-                self._failed(name, f"renewal crashed: {exc!r}")
-                continue
-            renewed.append(name)
-            if issued.not_after - self.clock() <= self.renew_before:
-                # e.g. operator files that were not replaced: keep asking, but not in a loop.
-                self._failed(name, f"new certificate still expires soon ({issued.not_after})")
-            else:
-                self._retry.pop(name, None)
-        return renewed
+            if retry is not None and retry.next_attempt is not None:
+                upcoming.append(retry.next_attempt)
+            not_before = self._issuer_not_before(name)
+            if not_before is not None:
+                upcoming.append(not_before)
+        return min(upcoming, default=None)
 
-    def _failed(self, name: str, why: str) -> None:
-        prev = self._retry.get(name)
-        failures = (prev.failures if prev else 0) + 1
-        delay = min(self.retry_base * (2 ** min(failures - 1, 30)), self.retry_max)
-        delay *= 0.5 + random.random() / 2
-        self._retry[name] = _Retry(failures, self.clock() + delay)
-        log.warning(
-            "certificate %s: %s (attempt %d; next try in %ds)",
-            name,
-            why,
-            failures,
-            int(delay.total_seconds()),
+    async def renew_due(self) -> list[str]:
+        """One pass: order (and await) every relevant name that is due — no certificate, or
+        past two thirds of its lifetime — and whose retry time has come. Returns the names
+        that got a certificate."""
+        self._start_due()
+        names = list(self._inflight)
+        results = await asyncio.gather(
+            *(asyncio.shield(self._inflight[n]) for n in names), return_exceptions=True
         )
+        return [n for n, r in zip(names, results, strict=True) if isinstance(r, _Entry)]
 
-    def next_retry(self, name: str) -> dt.datetime | None:
-        retry = self._retry.get(name)
-        return retry.next_attempt if retry else None
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
-    async def run_renewals(
+    async def run(
         self, stop: asyncio.Event, *, interval: dt.timedelta = dt.timedelta(hours=1)
     ) -> None:
-        """Background loop: :meth:`renew_due` every ``interval`` (sooner when a retry is due)
-        until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.renew_due()
-            except Exception:
-                log.exception("certificate renewal pass failed")
-            wait = interval
-            now = self.clock()
-            for retry in self._retry.values():
-                wait = min(wait, max(retry.next_attempt - now, dt.timedelta(seconds=1)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait.total_seconds())
+        """Background loop until ``stop`` is set: start what is due (retries of wanted names
+        without a certificate, renewals), then sleep until the next thing is due, an order
+        ends or a name is wanted (at most ``interval``). Orders still in flight at the end
+        are cancelled."""
+        wake = self._wake = asyncio.Event()
+        stopping = asyncio.ensure_future(stop.wait())
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                started = loop.time()
+                wake.clear()
+                try:
+                    upcoming = self._start_due()
+                except Exception:  # a bug here must not end retries for good
+                    log.exception("certificate pass failed")
+                    upcoming = None
+                now = self.clock()
+                wait = interval
+                if upcoming is not None:
+                    # Not below 50 ms: the wall clock may lag the loop's timer a little.
+                    wait = max(min(upcoming - now, interval), dt.timedelta(milliseconds=50))
+                woken = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait(
+                        {woken, stopping},
+                        timeout=wait.total_seconds(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    woken.cancel()
+                # A burst of wakes (a thousand agents binding again, a thousand orders
+                # failing) makes one pass per MIN_PASS_GAP, not one per wake: a pass looks
+                # at every wanted name. Later, never sooner: no retry is hurried.
+                rest = started + MIN_PASS_GAP - loop.time()
+                if rest > 0 and not stop.is_set():
+                    await asyncio.wait({stopping}, timeout=rest)
+        finally:
+            stopping.cancel()
+            self._wake = None
+            tasks = list(self._inflight.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

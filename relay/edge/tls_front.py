@@ -4,6 +4,12 @@ The ClientHello is read with MSG_PEEK, so nothing is consumed: a passthrough con
 hands the untouched ciphertext — ClientHello included — to the agent, and a terminated
 one gives the whole handshake to the TLS engine with the certificate chosen by SNI. The
 edge never holds a key for a ``tls`` endpoint.
+
+A name with no certificate of its own (no endpoint, or an https endpoint whose certificate
+is not issued yet) is asked about once per connection: ``fallback_for`` may give a stand-in
+certificate and a front that answers with an error page (404 RLY_610, 503 RLY_615);
+otherwise the visitor gets a fatal ``unrecognized_name`` alert. Names that have their
+certificate never get there: their lookup is the same two dict lookups as before.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay._httpfront import HttpVisitor
 from relay.accepting import AcceptLoop
@@ -24,6 +30,13 @@ from relay.edge.routes import HostRoutes
 from relay.edge.tcp import Refuse, format_address
 from relay.mux import Pump
 from relay.protocol import StreamHeader, StreamProtocol
+
+if TYPE_CHECKING:
+    from relay.edge.routes import HostEndpoint
+
+#: Given a server name with no certificate of its own and its endpoint (None: no endpoint
+#: serves it), a stand-in context and the front that answers its requests, or None.
+FallbackFor = Callable[[str, "HostEndpoint | None"], "tuple[ssl.SSLContext, HttpFront] | None"]
 
 log = logging.getLogger("relay.edge.tls")
 
@@ -44,12 +57,14 @@ class TlsFront:
         context_for: Callable[[str], ssl.SSLContext | None],
         acme_context_for: Callable[[str], ssl.SSLContext | None] | None,
         hello_timeout: float,
+        fallback_for: FallbackFor | None = None,
     ) -> None:
         self.routes = routes
         self.https = https
         self.context_for = context_for
         self.acme_context_for = acme_context_for
         self.hello_timeout = hello_timeout
+        self.fallback_for = fallback_for
         self.sock: socket.socket | None = None
         self.acceptor: AcceptLoop | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -60,9 +75,13 @@ class TlsFront:
         self.loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+        except OSError:
+            sock.close()  # the caller reports it (ListenError); no descriptor left behind
+            raise
         self.sock = sock
         # At the descriptor limit AcceptLoop pauses (one log line) instead of spinning on
         # the connection that stays queued.
@@ -103,7 +122,12 @@ class TlsFront:
                 return
         endpoint = self.routes.lookup(name) if name else None
         if endpoint is None:
-            self._refuse(conn, hello_len)
+            stand_in = self.fallback_for(name, None) if name and self.fallback_for else None
+            if stand_in is None:
+                self._refuse(conn, hello_len)
+                return
+            answers = stand_in[1]
+            self._start(conn, lambda: HttpVisitor(answers, "https"), stand_in[0])
             return
         session = endpoint.holder.session
         if endpoint.kind == "tls":
@@ -126,11 +150,16 @@ class TlsFront:
             self._start(conn, lambda: Pump(session.link, header_factory=header_factory), None)
             return
         ctx = self.context_for(name)
+        endpoint_id = endpoint.endpoint_id
         if ctx is None:  # e.g. an ACME certificate not issued yet
-            self._refuse(conn, hello_len)
+            stand_in = self.fallback_for(name, endpoint) if self.fallback_for else None
+            if stand_in is None:
+                self._refuse(conn, hello_len)
+                return
+            answers = stand_in[1]
+            self._start(conn, lambda: HttpVisitor(answers, "https", endpoint_id), stand_in[0])
             return
         # The visitor checked this endpoint's certificate: its requests may name no other.
-        endpoint_id = endpoint.endpoint_id
         self._start(conn, lambda: HttpVisitor(self.https, "https", endpoint_id), ctx)
 
     def _refuse(self, conn: socket.socket, hello_len: int) -> None:

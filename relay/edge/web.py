@@ -1,29 +1,164 @@
 """The edge's web listeners: plain HTTP, and the TLS port (https termination + tls
-passthrough), with the certificate manager behind them."""
+passthrough), with the certificate manager behind them.
+
+Certificates: an https endpoint's name is handed to the
+:class:`~relay.certs.manager.CertificateManager` once its agent has the Bound reply
+(:meth:`WebFronts.certificate_wanted`); from then on the manager keeps it certified — retrying a
+failed order with capped backoff for as long as the name is bound — and every step goes to the
+agent as a ``CertStatus`` (pending, issued with its expiry, failed with the code, the reason and
+when it is tried again).
+
+Retries start ``RELAY_CERT_RETRY_BASE`` seconds after a failure (default 10) and double up to
+``RELAY_CERT_RETRY_MAX`` (default 600), jittered; a CA's Retry-After comes first. Both are
+environment variables of ``relay edge`` (tests set them shorter).
+
+Visitors the TLS port has no certificate for: where the edge can still present *some*
+certificate covering the name, it finishes the handshake and answers with a page instead of a
+bare ``unrecognized_name`` alert —
+
+* an unknown name under the base domain: 404 RLY_610, with the local CA's ``*.<base_domain>``
+  certificate (issuer ``local``) or the operator's certificate if it covers the name (issuer
+  ``files``); an ACME edge has no wildcard (DNS-01 is not supported), so it keeps the alert;
+* a bound https name whose certificate is not issued yet: 503 RLY_615, with the same stand-in
+  certificates (the local CA's base-domain wildcard serves for every issuer: the visitor sees
+  an untrusted certificate, then why). Without one the alert stays, and the edge logs once per
+  name why.
+
+Names outside the base domain that no endpoint serves always get the alert.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
 from relay._httpfront import HttpVisitor
-from relay.certs.issuers import FileIssuer, LocalCAIssuer
+from relay.certs.issuers import FileIssuer, LocalCAIssuer, name_covered
 from relay.certs.local_ca import LocalCA
-from relay.certs.manager import CertificateManager
+from relay.certs.manager import (
+    CertEvent,
+    CertificateManager,
+    RetryPolicy,
+    context_from_pem,
+    renewal_time,
+)
 from relay.config import parse_host_port
 from relay.control.secrets import SecretBox
-from relay.edge.http import HttpFront
+from relay.edge.http import HttpFront, RouteResult
+from relay.edge.routes import HostEndpoint
 from relay.edge.tls_front import TlsFront
-from relay.errors import ConfigError, UnsupportedIdentifier
+from relay.errors import ConfigError, ListenError, RelayError, UnsupportedIdentifier
+from relay.protocol import CertStatus
 
 if TYPE_CHECKING:
-    from relay.edge.routes import HostEndpoint
     from relay.edge.server import Edge
 
 log = logging.getLogger("relay.edge.web")
+
+#: Environment variables for the certificate retry backoff (seconds; see the module doc).
+RETRY_BASE_ENV = "RELAY_CERT_RETRY_BASE"
+RETRY_MAX_ENV = "RELAY_CERT_RETRY_MAX"
+#: A CertStatus message is one line for a person; CA problem details can be long.
+MAX_STATUS_MESSAGE = 1000
+#: The operator's certificate files are read again at most this often for stand-ins.
+FILES_RELOAD = dt.timedelta(seconds=60)
+#: At most this many names remembered as "alert already logged" (each is a bound name).
+MAX_ALERT_LOG_NAMES = 10_000
+
+
+def retry_policy_from_env(env: dict[str, str] | None = None) -> RetryPolicy:
+    """The certificate retry backoff, from ``RELAY_CERT_RETRY_BASE``/``_MAX`` if set."""
+    env = dict(os.environ) if env is None else env
+    default = RetryPolicy()
+    values: list[dt.timedelta] = []
+    for var, fallback in ((RETRY_BASE_ENV, default.base), (RETRY_MAX_ENV, default.cap)):
+        text = env.get(var, "").strip()
+        if not text:
+            values.append(fallback)
+            continue
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise ConfigError(f"{var}={text!r} is not a number of seconds") from None
+        if not 0 < seconds <= 86400:
+            raise ConfigError(f"{var}={text!r} must be between 0 and 86400 seconds")
+        values.append(dt.timedelta(seconds=seconds))
+    base, cap = values
+    if cap < base:
+        raise ConfigError(f"{RETRY_MAX_ENV} must not be below {RETRY_BASE_ENV}")
+    return RetryPolicy(base=base, cap=cap)
+
+
+class _AnswerFront(HttpFront):
+    """For HTTPS connections the edge finished with a stand-in certificate: every request
+    gets an error page, never a stream to an agent."""
+
+    def route(
+        self,
+        hostname: str,
+        url: bytes,
+        scheme: str,
+        transport: Any,
+        accept: str | None,
+        tls_endpoint: str | None = None,
+    ) -> RouteResult:
+        self.visitors_total += 1
+        endpoint = self.routes.lookup(hostname)
+        if (
+            endpoint is not None
+            and tls_endpoint is not None
+            and endpoint.endpoint_id == tls_endpoint
+        ):
+            return self._error(
+                503,
+                "RLY_615",
+                f"the certificate for {hostname} is not issued yet; "
+                "the edge keeps asking for it, try again in a few minutes",
+            )
+        if endpoint is None:
+            return self._error(404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
+        return self._error(421, "RLY_630", f"{hostname} is not the name this TLS connection is for")
+
+
+#: A stand-in certificate as made: its context, its names, when to make it again.
+_Made = tuple[ssl.SSLContext, list[str], dt.datetime]
+
+
+class _StandIn:
+    """A certificate held in memory only (never written: it is cheap to make again), made
+    again once two thirds of its lifetime have passed."""
+
+    def __init__(self, names: list[str], make: Callable[[], _Made]) -> None:
+        self.names = names
+        self._make = make
+        self._context: ssl.SSLContext | None = None
+        self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+    def context(self) -> ssl.SSLContext | None:
+        now = dt.datetime.now(dt.UTC)
+        if now >= self._renew_at:  # the first call, time to renew, or to try again
+            try:
+                made: _Made | None = self._make()
+            except (RelayError, OSError) as exc:
+                log.warning("stand-in certificate unavailable: %s", exc)
+                made = None
+            if made is None:
+                self._context = None
+                self._renew_at = now + FILES_RELOAD  # try again later, not per visitor
+                return None
+            self._context, self.names, self._renew_at = made
+        return self._context
+
+    def covers(self, name: str) -> bool:
+        return name_covered(name, self.names)
 
 
 class WebFronts:
@@ -38,11 +173,15 @@ class WebFronts:
         self.https_port: int | None = None
         self.http: HttpFront | None = None
         self.https: HttpFront | None = None
+        self.answers: _AnswerFront | None = None
         self.certs: CertificateManager | None = None
         self.acme: Any = None
-        self._renewals: asyncio.Task[None] | None = None
+        self.issuer_kind = "local"
+        self._runner: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        self._issuing: set[asyncio.Task[None]] = set()
+        self._base_wildcard: _StandIn | None = None
+        self._files: _StandIn | None = None
+        self._alert_logged: set[str] = set()
 
     async def start(self) -> None:
         config = self.config
@@ -63,12 +202,17 @@ class WebFronts:
             **limits,
         )
         self.https = HttpFront(self.edge.sni_routes, **limits)
+        self.answers = _AnswerFront(self.edge.sni_routes, **limits)
+        self._prepare_stand_ins()
         if config.http_listen:
             host, port = parse_host_port(config.http_listen, what="http_listen")
             http = self.http
-            self.http_server = await loop.create_server(
-                lambda: HttpVisitor(http, "http"), host, port, reuse_address=True, backlog=1024
-            )
+            try:
+                self.http_server = await loop.create_server(
+                    lambda: HttpVisitor(http, "http"), host, port, reuse_address=True, backlog=1024
+                )
+            except OSError as exc:
+                raise ListenError.for_address(config.http_listen, "--http-listen", exc) from None
             self.http_port = self.http_server.sockets[0].getsockname()[1]
         if config.https_listen:
             host, port = parse_host_port(config.https_listen, what="https_listen")
@@ -78,13 +222,19 @@ class WebFronts:
                 context_for=self.certs.context_for,
                 acme_context_for=self._acme_tls_alpn if self.acme is not None else None,
                 hello_timeout=config.http_header_timeout,
+                fallback_for=self._stand_in_for,
             )
-            self.https_port = self.tls_front.listen(host, port)[1]
-        self._renewals = loop.create_task(self.certs.run_renewals(self._stop))
+            try:
+                self.https_port = self.tls_front.listen(host, port)[1]
+            except OSError as exc:
+                self.close()
+                raise ListenError.for_address(config.https_listen, "--https-listen", exc) from None
+        self._runner = loop.create_task(self.certs.run(self._stop))
 
     def _certificate_manager(self) -> CertificateManager:
         config = self.config
         box = SecretBox.load(config.data_dir)
+        self.issuer_kind = config.cert_issuer
         if config.cert_issuer == "files":
             if config.cert_file is None or config.key_file is None:
                 raise ConfigError("cert_issuer files needs cert_file and key_file")
@@ -104,6 +254,7 @@ class WebFronts:
             )
             self.acme = issuer
         else:
+            self.issuer_kind = "local"
             issuer = LocalCAIssuer(LocalCA.load_or_create(config.data_dir))
         return CertificateManager(
             config.data_dir,
@@ -111,11 +262,24 @@ class WebFronts:
             box,
             issue_on_demand=True,
             allowed=self._serves_https,
+            bound=self._bound_https,
+            on_event=self._certificate_event,
+            retry=retry_policy_from_env(),
         )
 
     def _serves_https(self, name: str) -> bool:
         endpoint = self.edge.sni_routes.lookup(name)
         return endpoint is not None and endpoint.kind == "https"
+
+    def _bound_https(self, name: str) -> bool:
+        return self._https_endpoint(name) is not None
+
+    def _https_endpoint(self, name: str) -> HostEndpoint | None:
+        """The https endpoint bound to exactly ``name`` (a wanted certificate's owner)."""
+        endpoint = self.edge.by_key.get(f"sni:{name}")
+        if isinstance(endpoint, HostEndpoint) and endpoint.kind == "https":
+            return endpoint
+        return None
 
     def check_servable(self, hostname: str) -> None:
         """Refuse at bind an https name the issuer can never certify (RLY_806): an ACME
@@ -126,22 +290,127 @@ class WebFronts:
                 "(it would need a DNS-01 challenge); bind the names one by one"
             )
 
+    # --- certificates for bound names ----------------------------------------------------
+
     def certificate_wanted(self, endpoint: HostEndpoint) -> None:
-        """An https endpoint was bound (or taken back): make sure a certificate exists
-        (ACME issues ahead of the first visitor; the local CA also issues on demand)."""
+        """An https endpoint was bound (or taken back): from now on, for as long as it stays
+        bound, its name is kept certified; the agent hears where that stands now and at
+        every step (an order that starts now reports itself)."""
         hostname = endpoint.hostname
         if self.certs is None or (hostname.startswith("*.") and self.acme is not None):
             return
-        task = asyncio.get_running_loop().create_task(self._ensure(hostname))
-        self._issuing.add(task)
-        task.add_done_callback(self._issuing.discard)
-
-    async def _ensure(self, hostname: str) -> None:
-        assert self.certs is not None
+        self._alert_logged.discard(hostname)
         try:
-            await self.certs.ensure(hostname)
-        except Exception as exc:  # logged; the renewal loop retries with backoff
-            log.warning("certificate for %s not issued yet: %s", hostname, exc)
+            now = self.certs.want(hostname)
+        except RelayError as exc:
+            log.warning("certificate for %s cannot be pursued: %s", hostname, exc.one_line())
+            return
+        if now is not None:
+            self._send_status(endpoint, now)
+
+    def _certificate_event(self, event: CertEvent) -> None:
+        endpoint = self._https_endpoint(event.name)
+        if endpoint is not None:
+            if event.state == "issued":
+                self._alert_logged.discard(event.name)
+            self._send_status(endpoint, event)
+
+    def _send_status(self, endpoint: HostEndpoint, event: CertEvent) -> None:
+        session = endpoint.holder.session
+        if session is None or session.control is None or session.link is None:
+            return
+        if session.link.closed:
+            return
+        expires = event.expires.isoformat(timespec="seconds") if event.expires else ""
+        code = message = ""
+        if event.state == "failed" and event.error is not None:
+            code = event.error.code
+            message = _failure_text(event)
+        session.control.send(
+            CertStatus(
+                endpoint.endpoint_id,
+                endpoint.hostname,
+                event.state,
+                self.issuer_kind,
+                expires=expires if event.state == "issued" else "",
+                code=code,
+                message=message,
+            )
+        )
+
+    # --- stand-in certificates for names the TLS port has none for ------------------------
+
+    def _prepare_stand_ins(self) -> None:
+        config = self.config
+        base = config.base_domain.lower().rstrip(".")
+        data_dir = config.data_dir
+
+        def base_wildcard() -> _Made:
+            ca = LocalCA.load_or_create(data_dir)
+            names = [f"*.{base}"]
+            chain, key = ca.issue_server_cert(names, [], days=30)
+            leaf = _leaf_times(chain)
+            return context_from_pem(chain, key), names, renewal_time(*leaf)
+
+        self._base_wildcard = _StandIn([f"*.{base}"], base_wildcard)
+        if config.cert_issuer == "files" and config.cert_file and config.key_file:
+            issuer = FileIssuer(config.cert_file, config.key_file)
+
+            def files() -> _Made:
+                cert = issuer.load()
+                ctx = context_from_pem(cert.chain_pem, cert.key_pem)
+                # Read the operator's files again now and then: they may be replaced.
+                return ctx, cert.names(), dt.datetime.now(dt.UTC) + FILES_RELOAD
+
+            self._files = _StandIn([], files)
+
+    def _stand_in_for(
+        self, name: str, endpoint: HostEndpoint | None
+    ) -> tuple[ssl.SSLContext, HttpFront] | None:
+        """A certificate the TLS port can finish a handshake with for ``name``, which has no
+        certificate of its own, and the front that answers its requests with a page; None:
+        refuse with the alert. Called once per such connection, never for names that have
+        their certificate."""
+        assert self.answers is not None
+        name = name.lower().rstrip(".")
+        base = self.config.base_domain.lower().rstrip(".")
+        if endpoint is None and not name.endswith("." + base):
+            return None  # not ours to explain: the alert
+        candidates: list[_StandIn] = []
+        if self._files is not None:
+            candidates.append(self._files)
+        if self._base_wildcard is not None and (endpoint is not None or self.acme is None):
+            # ACME has no wildcard of its own: an unknown name keeps the alert there.
+            candidates.append(self._base_wildcard)
+        for stand_in in candidates:
+            ctx = stand_in.context()
+            if ctx is not None and stand_in.covers(name):
+                return ctx, self.answers
+        if endpoint is not None:
+            self._log_alert_once(name)
+        return None
+
+    def _log_alert_once(self, name: str) -> None:
+        if name in self._alert_logged:
+            return
+        if len(self._alert_logged) >= MAX_ALERT_LOG_NAMES:
+            self._alert_logged.clear()
+        self._alert_logged.add(name)
+        status = self.certs.status(name) if self.certs is not None else None
+        why = "no order has finished yet"
+        if status is not None and status.state == "failed" and status.error is not None:
+            why = f"the last order failed: {status.error.one_line()}"
+        elif status is not None and status.state == "pending":
+            why = "its order is in progress"
+        log.warning(
+            "TLS visitors for %s get an unrecognized_name alert: its certificate is not issued "
+            "yet (%s), and the edge has no other certificate covering %s to explain it with",
+            name,
+            why,
+            name,
+        )
+
+    # --- ACME challenges -------------------------------------------------------------------
 
     def _acme_http01(self, token: str) -> bytes | None:
         if self.acme is None:
@@ -153,8 +422,6 @@ class WebFronts:
         pair = self.acme.tls_alpn01_certificate(name) if self.acme is not None else None
         if pair is None:
             return None
-        from relay.certs.manager import context_from_pem
-
         return context_from_pem(pair[0], pair[1], alpn=("acme-tls/1",))
 
     def _https_location(self, hostname: str, url: bytes) -> str | None:
@@ -182,10 +449,30 @@ class WebFronts:
     async def stop(self) -> None:
         self.close()
         self._stop.set()
-        for task in [self._renewals, *self._issuing]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in [self._renewals, *self._issuing] if t is not None),
-            return_exceptions=True,
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+
+def _failure_text(event: CertEvent) -> str:
+    assert event.error is not None
+    text = str(event.error)
+    if len(text) > MAX_STATUS_MESSAGE:  # the reason may be cut, never when it is retried
+        text = text[: MAX_STATUS_MESSAGE - 3] + "..."
+    if event.expires is not None:
+        text = (
+            f"renewal failed: {text} (the current certificate stays valid until "
+            f"{event.expires.isoformat(timespec='seconds')})"
         )
+    if event.next_attempt is None:
+        text += "; not retried: this cannot succeed as configured"
+    else:
+        wait = max((event.next_attempt - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
+        shown = f"{wait:.1f}" if wait < 10 else f"{wait:.0f}"
+        text += f"; retrying in {shown}s (at {event.next_attempt.isoformat(timespec='seconds')})"
+    return text
+
+
+def _leaf_times(chain_pem: bytes) -> tuple[dt.datetime, dt.datetime]:
+    leaf = x509.load_pem_x509_certificate(chain_pem)
+    return leaf.not_valid_before_utc, leaf.not_valid_after_utc

@@ -6,17 +6,34 @@ throwaway :class:`~relay.certs.local_ca.LocalCA` (its ``ca.pem`` is the ``ca_bun
 client trusts). ``pebble-challtestsrv`` runs only as the mock DNS server (every name -> A
 127.0.0.1, no AAAA); pebble's validation is real (no ``PEBBLE_VA_ALWAYS_VALID``) and connects to
 the challenge servers below. Everything listens on 127.0.0.1; processes are stopped by PID.
+
+Options: ``validity`` (seconds) is pebble's ``certificateValidityPeriod`` (short-lived
+certificates for renewal tests); ``env`` adds pebble environment variables, e.g.
+``PEBBLE_WFE_NONCEREJECT=0`` where a test counts orders (pebble otherwise rejects 5% of good
+nonces, and a failed attempt is ordered again). A :class:`Pebble` can be stopped and started
+again on the same ports (a CA that was down); it then has a new root and forgets accounts.
+
+:class:`AcmeProxy` is a real HTTPS server in front of pebble that counts the new orders it
+passes and can answer some of them ``429 rateLimited`` with a ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import http.server
 import json
+import socket
 import ssl
+import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from cryptography import x509
 
 from relay.certs.acme_issuer import ACME_TLS_ALPN
 from relay.certs.local_ca import LocalCA
@@ -30,7 +47,15 @@ CHALLTESTSRV = Path("/usr/bin/pebble-challtestsrv")
 class Pebble:
     """A running pebble + mock DNS. Use as a context manager (stops both by PID)."""
 
-    def __init__(self, workdir: Path, *, http_port: int, tls_port: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        http_port: int,
+        tls_port: int,
+        validity: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca = LocalCA.load_or_create(workdir / "pebble-tls")
@@ -53,9 +78,13 @@ class Pebble:
                 "externalAccountBindingRequired": False,
             }
         }
+        if validity is not None:
+            config["pebble"]["certificateValidityPeriod"] = validity
+        self.env = {"PEBBLE_VA_NOSLEEP": "1", **(env or {})}
         self.config_file = workdir / "pebble-config.json"
         self.config_file.write_text(json.dumps(config))
         self.procs: list[Proc] = []
+        self.past_output: list[str] = []  # of processes stopped before
 
     @property
     def ca_bundle(self) -> Path:
@@ -88,7 +117,6 @@ class Pebble:
         )
         self.procs.append(dns)
         wait_for_port(self.dns_mgmt_port, timeout=15, proc=dns.proc)
-        env = {"PEBBLE_VA_NOSLEEP": "1"}
         pebble = Proc(
             [
                 str(PEBBLE),
@@ -97,7 +125,7 @@ class Pebble:
                 "-dnsserver",
                 f"127.0.0.1:{self.dns_port}",
             ],
-            env=env,
+            env=self.env,
         )
         self.procs.append(pebble)
         wait_for_port(self.acme_port, timeout=15, proc=pebble.proc)
@@ -107,6 +135,7 @@ class Pebble:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop(timeout=5)
+            self.past_output.append(proc.text())
         self.procs.clear()
 
     def __enter__(self) -> Pebble:
@@ -116,7 +145,7 @@ class Pebble:
         self.stop()
 
     def output(self) -> str:
-        return "\n".join(p.text() for p in self.procs)
+        return "\n".join([*self.past_output, *(p.text() for p in self.procs)])
 
     def root_pem(self) -> bytes:
         """Pebble's issuing root (management API ``/roots/0``); blocking, 10 s timeout."""
@@ -125,6 +154,133 @@ class Pebble:
         with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
             data: bytes = resp.read()
         return data
+
+
+# -- a real HTTPS server in front of pebble -------------------------------------------------
+
+#: Request headers not passed on (hop by hop, or recomputed by http.client).
+_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te"})
+
+
+class AcmeProxy:
+    """An HTTPS reverse proxy on 127.0.0.1 in front of a running :class:`Pebble`.
+
+    Requests keep their Host header, so pebble writes every URL it returns (directory,
+    Location, Link, and the JWS ``url`` it checks) for the proxy: the ACME client stays on
+    the proxy. It records the time of every newOrder POST (``orders``), and answers the
+    next ``n`` of them ``429`` ``urn:ietf:params:acme:error:rateLimited`` with the
+    ``Retry-After`` given to :meth:`rate_limit_orders`. Its certificate comes from pebble's
+    throwaway CA, so ``pebble.ca_bundle`` trusts both. Stopped by :meth:`stop`.
+    """
+
+    def __init__(self, pebble: Pebble) -> None:
+        self.pebble = pebble
+        self.orders: list[tuple[float, int]] = []  # (wall time, status answered)
+        self._reject = 0
+        self._retry_after = ""
+        self._lock = threading.Lock()
+        chain, key = pebble.ca.issue_server_cert(["localhost"], ["127.0.0.1"])
+        cert_file = pebble.workdir / "proxy-cert.pem"
+        key_file = pebble.workdir / "proxy-key.pem"
+        cert_file.write_bytes(chain)
+        key_file.write_bytes(key)
+        key_file.chmod(0o600)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(str(cert_file), str(key_file))
+        self.upstream_ctx = ssl.create_default_context(cafile=str(pebble.ca_bundle))
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                proxy._forward(self)
+
+            def do_HEAD(self) -> None:
+                proxy._forward(self)
+
+            def do_POST(self) -> None:
+                proxy._forward(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = server_ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def rate_limit_orders(self, count: int, retry_after: str) -> None:
+        with self._lock:
+            self._reject = count
+            self._retry_after = retry_after
+
+    def order_times(self) -> list[float]:
+        with self._lock:
+            return [t for t, _ in self.orders]
+
+    def _forward(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        if handler.command == "POST" and handler.path.rstrip("/").endswith("/order-plz"):
+            with self._lock:
+                reject = self._reject > 0
+                if reject:
+                    self._reject -= 1
+                self.orders.append((time.time(), 429 if reject else 0))
+                retry_after = self._retry_after
+            if reject:
+                problem = json.dumps(
+                    {
+                        "type": "urn:ietf:params:acme:error:rateLimited",
+                        "detail": "too many new orders recently (test proxy)",
+                        "status": 429,
+                    }
+                ).encode()
+                handler.send_response(429)
+                handler.send_header("Content-Type", "application/problem+json")
+                handler.send_header("Retry-After", retry_after)
+                handler.send_header("Content-Length", str(len(problem)))
+                handler.end_headers()
+                handler.wfile.write(problem)
+                return
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP}
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.pebble.acme_port, context=self.upstream_ctx, timeout=30
+        )
+        try:
+            conn.request(handler.command, handler.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            handler.send_response(response.status)
+            for name, value in response.getheaders():
+                if name.lower() not in _HOP and name.lower() != "content-length":
+                    handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(data)
+        except OSError:
+            handler.send_error(502)  # pebble is down: the client sees a failing CA
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> AcmeProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # -- challenge responders (what the edge's fronts will do) ---------------------------------
@@ -189,3 +345,52 @@ async def start_tls_alpn01_server(
 
 def server_port(server: asyncio.Server) -> int:
     return int(server.sockets[0].getsockname()[1])
+
+
+# -- what the edge's certificate tests share ------------------------------------------------
+
+
+def acme_flags(directory_url: str, ca_bundle: Path, *, challenge: str = "http-01") -> list[str]:
+    """``relay edge`` flags for an ACME issuer (base domain relay.test)."""
+    return [
+        "--base-domain",
+        "relay.test",
+        "--cert-issuer",
+        "acme",
+        "--acme-directory",
+        directory_url,
+        "--acme-ca-bundle",
+        str(ca_bundle),
+        "--acme-email",
+        "ops@relay.test",
+        "--acme-challenge",
+        challenge,
+    ]
+
+
+def verified_leaf(port: int, name: str, root_pem: bytes) -> x509.Certificate:
+    """One TLS handshake to 127.0.0.1:``port`` for ``name`` trusting only ``root_pem``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=root_pem.decode())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def wait_lines(proc: Proc, needle: str, count: int = 1, timeout: float = 60.0) -> list[str]:
+    """Once ``proc`` has printed ``count`` lines containing ``needle``: all of them so far.
+    Reads the whole output (not the line queue), so lines printed earlier count too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in list(proc.output) if needle in line]
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline or proc.proc.poll() is not None:
+            raise AssertionError(
+                f"{len(found)} of {count} lines with {needle!r} within {timeout}s:\n" + proc.text()
+            )
+        time.sleep(0.1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -20,13 +21,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import verification as xv
 
-from relay.certs.acme_issuer import AcmeIssuer, Challenge
+from relay.certs.acme_issuer import AcmeIssuer, AcmeLimits, Challenge
 from relay.certs.manager import CertificateManager
 from relay.control.secrets import SecretBox
-from relay.errors import AcmeChallengeFailed, UnsupportedIdentifier
+from relay.errors import AcmeChallengeFailed, AcmeUnavailable, UnsupportedIdentifier
 from tests.e2e.pebble import (
     CHALLTESTSRV,
     PEBBLE,
+    AcmeProxy,
     Pebble,
     server_port,
     start_http01_server,
@@ -47,6 +49,7 @@ class _Holder:
 
     def __init__(self) -> None:
         self.issuer: AcmeIssuer | None = None
+        self.proxy: AcmeProxy | None = None
         self.answered: list[str] = []  # what the validator asked for and got
 
     def http01(self, token: str) -> bytes | None:
@@ -64,30 +67,45 @@ class _Holder:
 
 @asynccontextmanager
 async def _acme_world(
-    tmp_path: Path, challenge: Challenge, *, serve_challenges: bool = True
+    tmp_path: Path,
+    challenge: Challenge,
+    *,
+    serve_challenges: bool = True,
+    limits: AcmeLimits | None = None,
 ) -> AsyncIterator[tuple[Pebble, AcmeIssuer, SecretBox, _Holder]]:
+    """Pebble, challenge servers and an issuer; the issuer talks to pebble through an
+    :class:`AcmeProxy` (``holder.proxy``) that counts the orders."""
     holder = _Holder()
     http = await start_http01_server(holder.http01 if serve_challenges else lambda _: None)
     tls = await start_tls_alpn01_server(holder.alpn)
-    pebble = Pebble(tmp_path / "pebble", http_port=server_port(http), tls_port=server_port(tls))
+    pebble = Pebble(
+        tmp_path / "pebble",
+        http_port=server_port(http),
+        tls_port=server_port(tls),
+        env={"PEBBLE_WFE_NONCEREJECT": "0"},  # orders are counted
+    )
     box = SecretBox({"k1": os.urandom(32)}, "k1")
+    proxy: AcmeProxy | None = None
     try:
         await asyncio.to_thread(pebble.start)
+        proxy = holder.proxy = AcmeProxy(pebble)
         holder.issuer = AcmeIssuer(
-            pebble.directory_url,
+            proxy.directory_url,
             "ops@relay.test",
             tmp_path / "data",
             box,
             ca_bundle=pebble.ca_bundle,
             challenge=challenge,
-            backoff_base=0.2,
             order_timeout=30,
+            limits=limits,
         )
         yield pebble, holder.issuer, box, holder
     except BaseException:
         print(pebble.output())
         raise
     finally:
+        if proxy is not None:
+            await asyncio.to_thread(proxy.stop)
         await asyncio.to_thread(pebble.stop)
         for server in (http, tls):
             server.close()
@@ -171,6 +189,37 @@ async def test_failed_validation_is_a_typed_error(
             await asyncio.wait_for(issuer.issue(["nope.relay.test"]), timeout=60)
         assert exc_info.value.code == "RLY_804"
         assert "nope.relay.test" in str(exc_info.value)
+
+
+async def test_published_limits_are_kept_on_this_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PEBBLE_VA_ALWAYS_VALID", raising=False)
+    limits = AcmeLimits(orders=3, failed_validations=2)
+    async with _acme_world(tmp_path, "http-01", serve_challenges=False, limits=limits) as (
+        _,
+        issuer,
+        _,
+        holder,
+    ):
+        assert holder.proxy is not None
+        for _ in range(2):  # the name fails validation twice: its limit
+            with pytest.raises(AcmeChallengeFailed):
+                await asyncio.wait_for(issuer.issue(["nope.relay.test"]), timeout=60)
+        later = issuer.not_before("nope.relay.test")
+        assert later is not None and later > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=59)
+        with pytest.raises(AcmeUnavailable, match="limits"):
+            await issuer.issue(["nope.relay.test"])  # refused here: the CA never sees it
+        assert len(holder.proxy.order_times()) == 2
+
+        # Another name may still be ordered, until the account's order budget is spent.
+        assert issuer.not_before("other.relay.test") is None
+        with pytest.raises(AcmeChallengeFailed):
+            await asyncio.wait_for(issuer.issue(["other.relay.test"]), timeout=60)
+        assert issuer.not_before("third.relay.test") is not None  # 3 orders in 3 hours
+        with pytest.raises(AcmeUnavailable, match="limits"):
+            await issuer.issue(["third.relay.test"])
+        assert len(holder.proxy.order_times()) == 3
 
 
 async def test_wildcard_needs_dns01(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""CertificateManager with the local CA and operator files: issue, cache, restart, renewal,
-sealed keys only, on-demand issuance, and real TLS handshakes picking certificates by SNI."""
+"""CertificateManager with the local CA and operator files: issue, cache, restart, renewal at
+two thirds of the lifetime, retries while a name is bound, one order per name at a time, sealed
+keys only, on-demand issuance, and real TLS handshakes picking certificates by SNI."""
 
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from relay.certs.acme_issuer import parse_retry_after
 from relay.certs.issuers import FileIssuer, IssuedCert, LocalCAIssuer, name_covered
 from relay.certs.local_ca import LocalCA
-from relay.certs.manager import CertificateManager, context_from_pem
+from relay.certs.manager import CertEvent, CertificateManager, RetryPolicy, context_from_pem
 from relay.control.secrets import SecretBox
+from relay.edge.web import retry_policy_from_env
 from relay.errors import (
     AcmeUnavailable,
     CertificateNameMismatch,
     ConfigError,
     SecretAuthenticationFailed,
+    UnsupportedIdentifier,
 )
 
 
@@ -198,17 +202,20 @@ class Clock:
 
 
 @pytest.mark.asyncio
-async def test_renewal_when_expiring(
+async def test_renewal_at_two_thirds_of_the_lifetime(
     tmp_path: Path, issuer: CountingIssuer, box: SecretBox
 ) -> None:
     clock = Clock()
-    issuer.days = 40
+    issuer.days = 30  # at most 30 days: a fixed "30 days before expiry" renewed it at once
     mgr = _manager(tmp_path, issuer, box, clock=clock)
     await mgr.ensure("a.example.com")
     old = _leaf(mgr, "a.example.com")
 
-    assert await mgr.renew_due() == []  # 40 days left > 30
-    clock.offset = dt.timedelta(days=15)  # 25 days left: due
+    assert await mgr.renew_due() == []  # fresh
+    clock.offset = dt.timedelta(days=19)  # 19 of 30 days: not yet two thirds
+    assert await mgr.renew_due() == []
+    assert len(issuer.calls) == 1
+    clock.offset = dt.timedelta(days=20, hours=1)  # past two thirds: due
     issuer.days = 90
     assert await mgr.renew_due() == ["a.example.com"]
     new = _leaf(mgr, "a.example.com")
@@ -223,14 +230,33 @@ async def test_renewal_when_expiring(
 
 
 @pytest.mark.asyncio
+async def test_a_one_day_certificate_is_ordered_once_per_two_thirds_day(
+    tmp_path: Path, issuer: CountingIssuer, box: SecretBox
+) -> None:
+    clock = Clock()
+    issuer.days = 1
+    mgr = _manager(tmp_path, issuer, box, clock=clock)
+    await mgr.ensure("short.example.com")
+    for hours in (0, 1, 8, 15):
+        clock.offset = dt.timedelta(hours=hours)
+        assert await mgr.renew_due() == []
+    assert len(issuer.calls) == 1
+    clock.offset = dt.timedelta(hours=16, minutes=5)
+    assert await mgr.renew_due() == ["short.example.com"]
+    assert len(issuer.calls) == 2
+    assert await mgr.renew_due() == []  # the new one is fresh: no order every pass
+
+
+@pytest.mark.asyncio
 async def test_ensure_renews_a_certificate_due_for_renewal(
     tmp_path: Path, issuer: CountingIssuer, box: SecretBox
 ) -> None:
-    issuer.days = 20  # always inside the renewal window
-    mgr = _manager(tmp_path, issuer, box)
+    clock = Clock()
+    issuer.days = 30
+    mgr = _manager(tmp_path, issuer, box, clock=clock)
     await mgr.ensure("a.example.com")
-    issuer.days = 90
-    second = _manager(tmp_path, issuer, box)
+    clock.offset = dt.timedelta(days=25)
+    second = _manager(tmp_path, issuer, box, clock=clock)
     await second.ensure("a.example.com")  # stored one is due: issue a fresh one
     assert len(issuer.calls) == 2
     assert second.not_after("a.example.com") == _leaf(second, "a.example.com").not_valid_after_utc
@@ -242,16 +268,10 @@ async def test_failed_renewal_backs_off_with_a_bound(
 ) -> None:
     clock = Clock()
     issuer.days = 40
-    mgr = _manager(
-        tmp_path,
-        issuer,
-        box,
-        clock=clock,
-        retry_base=dt.timedelta(minutes=1),
-        retry_max=dt.timedelta(minutes=10),
-    )
+    policy = RetryPolicy(base=dt.timedelta(minutes=1), cap=dt.timedelta(minutes=10))
+    mgr = _manager(tmp_path, issuer, box, clock=clock, retry=policy)
     await mgr.ensure("a.example.com")
-    clock.offset = dt.timedelta(days=15)
+    clock.offset = dt.timedelta(days=30)
     issuer.fail = True
     delays: list[dt.timedelta] = []
     for _ in range(8):
@@ -275,17 +295,17 @@ async def test_failed_renewal_backs_off_with_a_bound(
 
 
 @pytest.mark.asyncio
-async def test_run_renewals_loop_renews_and_stops(
+async def test_run_loop_renews_and_stops(
     tmp_path: Path, issuer: CountingIssuer, box: SecretBox
 ) -> None:
     clock = Clock()
     issuer.days = 40
     mgr = _manager(tmp_path, issuer, box, clock=clock)
     await mgr.ensure("a.example.com")
-    clock.offset = dt.timedelta(days=15)
+    clock.offset = dt.timedelta(days=30)
     issuer.days = 90
     stop = asyncio.Event()
-    task = asyncio.create_task(mgr.run_renewals(stop, interval=dt.timedelta(seconds=30)))
+    task = asyncio.create_task(mgr.run(stop, interval=dt.timedelta(seconds=30)))
     for _ in range(100):
         if len(issuer.calls) == 2:
             break
@@ -293,6 +313,155 @@ async def test_run_renewals_loop_renews_and_stops(
     assert len(issuer.calls) == 2
     stop.set()
     await asyncio.wait_for(task, timeout=5)
+
+
+# -- wanted names: retried while bound, one order at a time, events -----------------------
+
+
+class GatedIssuer(CountingIssuer):
+    """The local CA issuer whose async issue waits for a gate: an order that takes time."""
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.gate = asyncio.Event()
+
+    async def issue(self, hostnames: list[str]) -> IssuedCert:
+        await asyncio.wait_for(self.gate.wait(), timeout=10)
+        return self.issue_now(hostnames)
+
+
+@pytest.mark.asyncio
+async def test_bind_renewal_and_ensure_share_one_order_per_name(
+    tmp_path: Path, ca: LocalCA, box: SecretBox
+) -> None:
+    clock = Clock()
+    issuer = GatedIssuer(ca)
+    issuer.days = 30
+    first = _manager(tmp_path, CountingIssuer(ca, days=30), box, clock=clock)
+    await first.ensure("a.example.com")
+    clock.offset = dt.timedelta(days=21)  # the stored certificate is due at startup
+
+    mgr = _manager(tmp_path, issuer, box, clock=clock, bound=lambda _: True)
+    assert mgr.want("a.example.com") is not None  # valid meanwhile: "issued", order started
+    renewal = asyncio.create_task(mgr.renew_due())
+    binds = [asyncio.create_task(mgr.ensure("a.example.com")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert mgr.want("a.example.com") is not None  # a second bind (take-over) joins too
+    issuer.gate.set()
+    await asyncio.wait_for(asyncio.gather(renewal, *binds), timeout=10)
+    assert issuer.calls == [["a.example.com"]]
+    assert await renewal == ["a.example.com"]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_first_issuance_is_retried_while_bound_then_stops(
+    tmp_path: Path, issuer: CountingIssuer, box: SecretBox
+) -> None:
+    bound = {"a.example.com"}
+    events: list[CertEvent] = []
+    policy = RetryPolicy(base=dt.timedelta(milliseconds=20), cap=dt.timedelta(milliseconds=80))
+    mgr = _manager(
+        tmp_path, issuer, box, bound=bound.__contains__, on_event=events.append, retry=policy
+    )
+    stop = asyncio.Event()
+    runner = asyncio.create_task(mgr.run(stop))
+    try:
+        issuer.fail = True
+        assert mgr.want("a.example.com") is None  # ordered at once; it reports itself
+        for _ in range(400):  # bounded (8 s): 8 failures, passes >= MIN_PASS_GAP apart
+            if len(issuer.calls) >= 8:
+                break
+            await asyncio.sleep(0.02)
+        assert len(issuer.calls) >= 8  # not "5 attempts, then never again"
+        failed = [e for e in events if e.state == "failed"]
+        assert failed and all(e.error is not None and e.error.code == "RLY_805" for e in failed)
+        assert all(e.next_attempt is not None for e in failed)
+        status = mgr.status("a.example.com")
+        assert status is not None and status.state in ("failed", "pending")
+
+        issuer.fail = False  # the CA is back
+        for _ in range(200):
+            if mgr.context_for("a.example.com") is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert mgr.context_for("a.example.com") is not None
+        assert events[-1].state == "issued" and events[-1].expires is not None
+        assert mgr.next_retry("a.example.com") is None
+
+        # Unbound: no more attempts for it, whatever happens to its certificate.
+        issuer.fail = True
+        bound.discard("a.example.com")
+        mgr.want("b.example.com")  # wakes the loop; b is not bound, so it is dropped too
+        calls = len(issuer.calls)
+        await asyncio.sleep(1.0)  # several passes and caps long
+        assert len(issuer.calls) <= calls + 1  # at most the order b started at want()
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, timeout=5)
+
+
+@pytest.mark.asyncio
+async def test_errors_that_cannot_heal_are_not_retried(
+    tmp_path: Path, ca: LocalCA, box: SecretBox
+) -> None:
+    class WildcardRefuser(CountingIssuer):
+        def issue_now(self, hostnames: list[str]) -> IssuedCert:
+            self.calls.append(list(hostnames))
+            raise UnsupportedIdentifier("cannot (test)")
+
+    issuer = WildcardRefuser(ca)
+    events: list[CertEvent] = []
+    mgr = _manager(tmp_path, issuer, box, bound=lambda _: True, on_event=events.append)
+    with pytest.raises(UnsupportedIdentifier):
+        await mgr.ensure("a.example.com")
+    assert mgr.next_retry("a.example.com") is None
+    assert events[-1].state == "failed" and events[-1].next_attempt is None
+    assert await mgr.renew_due() == []
+    assert len(issuer.calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_the_issuers_not_before_beats_the_backoff(
+    tmp_path: Path, ca: LocalCA, box: SecretBox
+) -> None:
+    class PacedFailure(CountingIssuer):
+        hold = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30)
+
+        def not_before(self, hostname: str) -> dt.datetime | None:
+            return self.hold if self.fail else None
+
+    issuer = PacedFailure(ca)
+    issuer.fail = True
+    policy = RetryPolicy(base=dt.timedelta(seconds=1), cap=dt.timedelta(seconds=2))
+    mgr = _manager(tmp_path, issuer, box, retry=policy, bound=lambda _: True)
+    with pytest.raises(AcmeUnavailable):
+        await mgr.ensure("a.example.com")
+    assert mgr.next_retry("a.example.com") == issuer.hold
+    assert mgr.want("a.example.com") is not None  # a rebind does not hurry the CA
+    assert len(issuer.calls) == 1
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert parse_retry_after("120", now) == now + dt.timedelta(seconds=120)
+    assert parse_retry_after("Fri, 02 Jan 2026 03:10:00 GMT", now) == dt.datetime(
+        2026, 1, 2, 3, 10, tzinfo=dt.UTC
+    )
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("99999999999", now) == now + dt.timedelta(days=30)
+
+
+def test_certificate_retry_backoff_from_the_environment() -> None:
+    policy = retry_policy_from_env({"RELAY_CERT_RETRY_BASE": "0.5", "RELAY_CERT_RETRY_MAX": "3"})
+    assert policy == RetryPolicy(base=dt.timedelta(seconds=0.5), cap=dt.timedelta(seconds=3))
+    assert retry_policy_from_env({}) == RetryPolicy()
+    assert RetryPolicy().cap == dt.timedelta(minutes=10)
+    for bad in ({"RELAY_CERT_RETRY_MAX": "x"}, {"RELAY_CERT_RETRY_BASE": "-1"}):
+        with pytest.raises(ConfigError):
+            retry_policy_from_env(bad)
+    with pytest.raises(ConfigError):
+        retry_policy_from_env({"RELAY_CERT_RETRY_BASE": "60", "RELAY_CERT_RETRY_MAX": "30"})
 
 
 # -- on demand, files, wildcards -----------------------------------------------------------
