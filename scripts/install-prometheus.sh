@@ -9,18 +9,18 @@ set -u
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "relay: installing prometheus (and promtool) from Debian for the dashboard tests" >&2
   export DEBIAN_FRONTEND=noninteractive
-  # --no-install-recommends: the recommended node exporter is not needed and its
-  # postinst would start a daemon. policy-rc.d stops the package's own service from
-  # starting (it would listen on :9090 for good); the tests start their own.
-  apt-get update -qq >/dev/null 2>&1 || true
+  # The package would start its own service, listening on every interface (:9090) for
+  # good: the tests start their own on loopback. A policy-rc.d that says "no" (unless
+  # one is there already, as in most containers) keeps it stopped; the trap removes it
+  # whatever happens. --no-install-recommends leaves out the node exporter daemon.
   policy=/usr/sbin/policy-rc.d
-  made_policy=0
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
   fi
+  apt-get update -qq >/dev/null 2>&1 || true
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
     || echo "relay: could not install prometheus; the dashboard tests will be skipped" >&2
-  [ "$made_policy" = 1 ] && rm -f "$policy"
 else
   echo "relay: missing prometheus and promtool (dashboard tests are skipped): apt-get install prometheus" >&2
 fi
