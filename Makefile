@@ -20,6 +20,7 @@ run: setup
 test: setup
 	@scripts/check-prereqs.sh test
 	@scripts/install-test-deps.sh
+	@scripts/install-prometheus.sh
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory rust-test
 	$(MAKE) --no-print-directory fuzz-smoke

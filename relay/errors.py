@@ -35,7 +35,7 @@ RLY_801   CertificateError        a certificate could not be issued or loaded (f
 RLY_802   CertificateNameMismatch the certificate does not cover the requested name
 RLY_803   AcmeError               the ACME server refused (family root)
 RLY_804   AcmeChallengeFailed     ACME validation of a challenge failed
-RLY_805   AcmeUnavailable         the ACME server stayed unreachable through every retry
+RLY_805   AcmeUnavailable         the ACME server could not be reached (the edge tries again)
 RLY_806   UnsupportedIdentifier   the issuer cannot issue for this name (e.g. ACME wildcard)
 RLY_901   SecretError             a sealed secret could not be opened (family root)
 RLY_902   SecretAuthenticationFailed  tampered blob, wrong owner/name, or wrong key bytes
@@ -332,7 +332,7 @@ def error_from_code(code: str, message: str) -> RelayError:
 # RLY_802   CertificateNameMismatch     the operator's certificate files don't cover the name
 # RLY_803   AcmeError                   the ACME server refused a request (not worth retrying)
 # RLY_804   AcmeChallengeFailed         the ACME server could not validate a challenge
-# RLY_805   AcmeUnavailable             the ACME server stayed unreachable/failing after retries
+# RLY_805   AcmeUnavailable             the ACME server could not be reached (the edge tries again)
 # RLY_806   UnsupportedIdentifier       the issuer cannot issue for this name (e.g. ACME wildcard)
 # RLY_901   SecretError                 a sealed secret could not be opened (family root)
 # RLY_902   SecretAuthenticationFailed  tampered blob, wrong owner/name, or wrong key bytes

@@ -166,13 +166,14 @@ class SessionsCollector(Collector):
         rtts = sorted(int(s.rtt_us) / 1e6 for s in sessions if int(s.rtt_us))
         rtt = GaugeMetricFamily(
             "relay_link_rtt_seconds",
-            "smoothed round-trip time of the agent links now (quantiles over links)",
-            labels=["quantile"],
+            "smoothed round-trip time of the agent links now, over links: p50, p90, max "
+            "(the label is not 'quantile': Prometheus keeps that for summaries)",
+            labels=["stat"],
         )
         if rtts:
-            rtt.add_metric(["0.5"], statistics.median(rtts))
-            rtt.add_metric(["0.9"], rtts[min(len(rtts) - 1, int(len(rtts) * 0.9))])
-            rtt.add_metric(["1"], rtts[-1])
+            rtt.add_metric(["p50"], statistics.median(rtts))
+            rtt.add_metric(["p90"], rtts[min(len(rtts) - 1, int(len(rtts) * 0.9))])
+            rtt.add_metric(["max"], rtts[-1])
         yield rtt
 
 

@@ -156,7 +156,8 @@ class CertStatus(Message):
 
     ``state``: ``pending`` (being issued), ``issued`` (``expires`` is ISO 8601), ``failed``
     (``code`` RLY_8xx and ``message`` say why; the edge keeps retrying unless the code is
-    one that cannot heal). ``issuer``: ``local`` (the edge's own CA: visitors must trust
+    one that cannot heal; ``expires`` is set when a certificate still serves: a renewal
+    failed). ``issuer``: ``local`` (the edge's own CA: visitors must trust
     it), ``acme`` or ``files``.
     """
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from relay import __version__
 from relay.agent.backoff import Backoff
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
-from relay.edge.error_pages import render
+from relay.error_pages import render
 from relay.errors import (
     AuthError,
     BindError,
@@ -747,6 +747,8 @@ def describe_certificate(status: CertStatus) -> str:
             )
         return line
     reason = f"error {status.code}: {status.message}" if status.code else status.message
+    if status.expires:  # a renewal failed; the current certificate still serves
+        return f"Certificate for {name}: renewal failed ({reason}); valid until {status.expires}"
     return f"Certificate for {name}: not issued: {reason}"
 
 

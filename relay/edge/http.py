@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay.edge.error_pages import render
 from relay.edge.routes import HostRoutes
 from relay.edge.tcp import format_address
+from relay.error_pages import render
 from relay.protocol import StreamHeader, StreamProtocol
+
+if TYPE_CHECKING:
+    from relay.edge.metrics import EdgeMetrics
 
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
@@ -38,6 +41,7 @@ class HttpFront:
         idle_timeout: float,
         acme_responder: Callable[[str], bytes | None] | None = None,
         redirect_to_https: Callable[[str, bytes], str | None] | None = None,
+        metrics: EdgeMetrics | None = None,
     ) -> None:
         self.routes = routes
         self.loop = loop
@@ -48,8 +52,7 @@ class HttpFront:
         self.idle_timeout = idle_timeout
         self.acme_responder = acme_responder
         self.redirect_to_https = redirect_to_https
-        self.visitors_total = 0
-        self.errors_total: dict[int, int] = {}
+        self.metrics = metrics
 
     def route(
         self,
@@ -69,7 +72,6 @@ class HttpFront:
         another tenant's site, and a ``tls`` endpoint, whose traffic the edge must never
         decrypt, could be sent plaintext the edge decrypted.
         """
-        self.visitors_total += 1
         endpoint = self.routes.lookup(hostname)
         if tls_endpoint is not None and (
             endpoint is None or endpoint.endpoint_id != tls_endpoint or endpoint.kind != "https"
@@ -100,12 +102,13 @@ class HttpFront:
         return (0, session.link, header, endpoint.host_rewrite)
 
     def _error(self, status: int, code: str, message: str) -> RouteResult:
-        self.errors_total[status] = self.errors_total.get(status, 0) + 1
         return (status, code, message, None)
 
     def error_page(
         self, status: int, code: str, message: str, accept: str | None, head: bool
     ) -> bytes:
+        if self.metrics is not None:
+            self.metrics.error_pages.labels(code).inc()
         page = render(
             status, code, message, accept=accept, request_id=secrets.token_hex(8), head=head
         )

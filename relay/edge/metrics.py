@@ -17,7 +17,37 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from relay import _exchanges
+from relay.edge.session import AUTH_FAILURE_REASONS
 from relay.metrics import KINDS, Metrics, SessionsCollector, cumulative_buckets
+
+#: The label values each counter starts with (others appear when they happen).
+SESSION_END_REASONS = (
+    "closed",
+    "drained",
+    "protocol_error",
+    "keepalive_timeout",
+    "link_error",
+    "revoked",
+    "expired",
+)
+AUTH_REASONS = (*AUTH_FAILURE_REASONS.values(), "timeout", "protocol")
+BIND_CODES = ("RLY_201", "RLY_202", "RLY_203", "RLY_204", "RLY_205", "RLY_206", "RLY_806")
+PAGE_CODES = (
+    "RLY_610",
+    "RLY_611",
+    "RLY_612",
+    "RLY_615",
+    "RLY_620",
+    "RLY_622",
+    "RLY_623",
+    "RLY_624",
+    "RLY_625",
+    "RLY_626",
+    "RLY_627",
+    "RLY_628",
+    "RLY_629",
+    "RLY_630",
+)
 
 #: relay_http_requests_total's code_class label, by the index of _exchanges' counts.
 CODE_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -66,11 +96,25 @@ class EdgeMetrics(Metrics):
             "certificate issuance and renewal attempts, by issuer and outcome",
             ("issuer", "outcome"),
         )
-        for kind in KINDS:  # every kind appears from the first scrape, at 0
-            self.visitors_refused.labels(kind, "no_agent")
+        # Every known label value appears from the first scrape, at 0: a series born with
+        # its first event would hide that event from rate().
+        for reason in SESSION_END_REASONS:
+            self.sessions_closed.labels(reason)
+        for reason in ("full", "draining"):
+            self.links_refused.labels(reason)
+        for reason in AUTH_REASONS:
+            self.auth_failures.labels(reason)
+        for code in BIND_CODES:
+            self.binds_refused.labels(code)
+        for kind, reason in (("tcp", "no_agent"), ("tls", "unknown_name")):
+            self.visitors_refused.labels(kind, reason)
+        for code in PAGE_CODES:
+            self.error_pages.labels(code)
         for listener in ("agent", "https"):
             for outcome in ("ok", "failed"):
                 self.tls_handshakes.labels(listener, outcome)
+        for outcome in ("issued", "failed"):
+            self.certificates.labels(edge.config.cert_issuer, outcome)
         self.register(SessionsCollector(lambda: _live_native_sessions(edge), self.mux))
         self.register(_EdgeStateCollector(edge))
         self.register(_HttpExchangesCollector())
@@ -106,6 +150,14 @@ class _EdgeStateCollector(Collector):
         )
         ready.add_metric([], 1 if edge.ready() else 0)
         yield ready
+        expiry = edge.certificate_expiry()
+        if expiry is not None:  # no series while the edge holds no certificate
+            soonest = GaugeMetricFamily(
+                "relay_certificate_expiry_soonest_timestamp_seconds",
+                "when the first of the edge's https certificates expires (Unix time)",
+            )
+            soonest.add_metric([], expiry)
+            yield soonest
 
 
 class _HttpExchangesCollector(Collector):

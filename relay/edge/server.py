@@ -241,6 +241,14 @@ class Edge:
     def ready(self) -> bool:
         return self.readiness()[0]
 
+    def certificate_expiry(self) -> float | None:
+        """When the first of the edge's https certificates expires (Unix time), if any."""
+        certs = self.web.certs if self.web is not None else None
+        if certs is None:
+            return None
+        ends = [end for name in certs.names() if (end := certs.not_after(name)) is not None]
+        return min(ends).timestamp() if ends else None
+
     # --- used by sessions ---------------------------------------------------------------
 
     def verify_token(self, token: str, *, peer: str) -> TokenRecord:

@@ -32,6 +32,7 @@ from relay.mux import Pump
 from relay.protocol import StreamHeader, StreamProtocol
 
 if TYPE_CHECKING:
+    from relay.edge.metrics import EdgeMetrics
     from relay.edge.routes import HostEndpoint
 
 #: Given a server name with no certificate of its own and its endpoint (None: no endpoint
@@ -58,6 +59,8 @@ class TlsFront:
         acme_context_for: Callable[[str], ssl.SSLContext | None] | None,
         hello_timeout: float,
         fallback_for: FallbackFor | None = None,
+        metrics: EdgeMetrics | None = None,
+        log_access: bool = False,
     ) -> None:
         self.routes = routes
         self.https = https
@@ -65,11 +68,13 @@ class TlsFront:
         self.acme_context_for = acme_context_for
         self.hello_timeout = hello_timeout
         self.fallback_for = fallback_for
+        self.metrics = metrics
+        #: Whether passthrough connections get an access log line each.
+        self.log_access = log_access
         self.sock: socket.socket | None = None
         self.acceptor: AcceptLoop | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: set[_PendingHello] = set()
-        self.refused_total = 0
 
     def listen(self, host: str, port: int) -> tuple[str, int]:
         self.loop = asyncio.get_running_loop()
@@ -147,7 +152,7 @@ class TlsFront:
                     header.endpoint_id, peer, header.protocol, header.server_name
                 ).to_wire()
 
-            self._start(conn, lambda: Pump(session.link, header_factory=header_factory), None)
+            self._start(conn, lambda: self._passthrough(session, name, header_factory), None)
             return
         ctx = self.context_for(name)
         endpoint_id = endpoint.endpoint_id
@@ -165,7 +170,8 @@ class TlsFront:
     def _refuse(self, conn: socket.socket, hello_len: int) -> None:
         """A clean fatal ``unrecognized_name`` alert, written by hand: no TLS engine is
         needed to say no, and uvloop's would close without flushing its alert."""
-        self.refused_total += 1
+        if self.metrics is not None:
+            self.metrics.visitors_refused.labels("tls", "unknown_name").inc()
         try:
             conn.recv(hello_len)  # consume the hello, so closing sends FIN, not RST
             conn.send(ALERT_UNRECOGNIZED_NAME)
@@ -186,7 +192,25 @@ class TlsFront:
                 factory, conn, ssl=ctx, ssl_handshake_timeout=self.hello_timeout
             )
         task = loop.create_task(coro)
-        task.add_done_callback(_log_start_failure)
+        task.add_done_callback(self._handshake_done if ctx is not None else _log_start_failure)
+
+    def _handshake_done(self, task: asyncio.Task[Any]) -> None:
+        """A terminated connection's handshake ended (its visitor is served from here)."""
+        failed = task.cancelled() or task.exception() is not None
+        if self.metrics is not None:
+            self.metrics.tls_handshakes.labels("https", "failed" if failed else "ok").inc()
+        _log_start_failure(task)
+
+    def _passthrough(self, session: Any, name: str, header_factory: Any) -> Pump:
+        """A ``tls`` endpoint's visitor: ciphertext both ways, counted as kind tls."""
+        pump = Pump(session.link, header_factory=header_factory, kind=TLS_KIND)
+        if self.log_access:
+            pump.log_endpoint = f"tls://{name}"
+        return pump
+
+
+#: The traffic counters' index of ``tls`` (relay._fastpath.KINDS).
+TLS_KIND = 3
 
 
 def _log_start_failure(task: asyncio.Task[Any]) -> None:

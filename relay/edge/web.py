@@ -110,7 +110,6 @@ class _AnswerFront(HttpFront):
         accept: str | None,
         tls_endpoint: str | None = None,
     ) -> RouteResult:
-        self.visitors_total += 1
         endpoint = self.routes.lookup(hostname)
         if (
             endpoint is not None
@@ -194,6 +193,7 @@ class WebFronts:
             "max_body": config.http_max_body,
             "header_timeout": config.http_header_timeout,
             "idle_timeout": config.http_idle_timeout,
+            "metrics": self.edge.metrics,
         }
         self.http = HttpFront(
             self.edge.http_routes,
@@ -223,6 +223,8 @@ class WebFronts:
                 acme_context_for=self._acme_tls_alpn if self.acme is not None else None,
                 hello_timeout=config.http_header_timeout,
                 fallback_for=self._stand_in_for,
+                metrics=self.edge.metrics,
+                log_access=self.edge.access_log is not None,
             )
             try:
                 self.https_port = self.tls_front.listen(host, port)[1]
@@ -309,6 +311,8 @@ class WebFronts:
             self._send_status(endpoint, now)
 
     def _certificate_event(self, event: CertEvent) -> None:
+        if event.state != "pending":
+            self.edge.metrics.certificates.labels(self.issuer_kind, event.state).inc()
         endpoint = self._https_endpoint(event.name)
         if endpoint is not None:
             if event.state == "issued":
@@ -332,7 +336,7 @@ class WebFronts:
                 endpoint.hostname,
                 event.state,
                 self.issuer_kind,
-                expires=expires if event.state == "issued" else "",
+                expires=expires,  # on a failure: the certificate still served, if any
                 code=code,
                 message=message,
             )

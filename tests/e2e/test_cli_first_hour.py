@@ -70,7 +70,7 @@ def test_sighup_is_logged_and_ignored(edge: Edge) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("taken", ["--listen", "--admin-listen"])
+@pytest.mark.parametrize("taken", ["--listen", "--http-listen", "--https-listen", "--admin-listen"])
 def test_a_listener_address_in_use_is_one_line_with_the_address_and_flag(
     tmp_path: Path, taken: str
 ) -> None:

@@ -58,34 +58,12 @@ REGION = "test-eu"
 #: series each one waits for. The edge does not export these series yet, or exports the
 #: family without ever touching a label set. Remove an entry once its metric is wired: the
 #: test fails for an entry here whose query does return data, so the list stays exact.
-EXPECTED_MISSING: dict[str, str] = {
-    "HTTP requests/s by status class / A": (
-        "relay_http_requests_total{kind,code_class}: not counted yet"
-    ),
-    "Failed HTTP answers (5xx ratio) / A": (
-        "relay_http_requests_total{kind,code_class} and relay_error_pages_total{code}:"
-        " not counted yet (0 answers: 0/0)"
-    ),
-    "Error pages/s by RLY code / A": "relay_error_pages_total{code}: not counted yet",
-    "Access log lines dropped/s / A": "relay_access_log_dropped_total: not exported yet",
-    "HTTP request duration p99 by kind / A": (
-        "relay_http_request_duration_seconds{kind} (histogram): not exported yet"
-    ),
-    "Days to the soonest certificate expiry / A": (
-        "relay_certificate_expiry_soonest_timestamp_seconds: not exported yet"
-    ),
-    "Certificate issuance and renewal outcomes / A": (
-        "relay_certificates_total{issuer,outcome}: not counted yet"
-    ),
-}
+EXPECTED_MISSING: dict[str, str] = {}
 
 #: What ``promtool check metrics`` says today about the edge's exposition, one line each
 #: (it lists each finding once per sample). Remove a line once relay/ fixes it: the test
 #: fails for a listed finding promtool no longer reports, and for any other finding.
-KNOWN_LINT_FINDINGS: set[str] = {
-    # A gauge with quantile labels: Prometheus reserves ``quantile`` for summaries.
-    'relay_link_rtt_seconds non-summary metrics should not have "quantile" label',
-}
+KNOWN_LINT_FINDINGS: set[str] = set()
 
 #: Labels a panel may group or select by: each has a handful of values. Never a host name,
 #: a token or an address (instance is the edge's scrape address: one per edge).
@@ -103,7 +81,7 @@ BOUNDED_LABELS = {
     "listener",
     "outcome",
     "issuer",
-    "quantile",
+    "stat",
     "le",
 }
 ROWS = ["Traffic", "Errors", "Latency", "Sessions", "Saturation", "Certificates"]

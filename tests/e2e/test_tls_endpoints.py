@@ -98,11 +98,12 @@ def test_https_leaf_per_sni_verifies_against_the_edge_ca(
         assert got.stdout == b"origin ok /hello"
 
 
-def test_https_unknown_name_gets_an_unrecognized_name_alert(
+def test_https_unknown_name_outside_the_base_domain_gets_an_unrecognized_name_alert(
     edge: Edge, origin: Origin, agents: list[Agent]
 ) -> None:
+    """(A name under the base domain gets the 404 page instead: test_https_unknown_name_page.)"""
     web_agent(edge, agents, str(origin.port), "--subdomain", "known")
-    rc, out = s_client(edge.https_port, "nobody.relay.localhost", "-CAfile", str(edge.ca_file))
+    rc, out = s_client(edge.https_port, "nobody.example.org", "-CAfile", str(edge.ca_file))
     assert rc != 0
     assert "alert number 112" in out or "unrecognized name" in out, out
     assert "BEGIN CERTIFICATE" not in out
@@ -112,7 +113,7 @@ def test_https_unknown_name_gets_an_unrecognized_name_alert(
         socket.create_connection(("127.0.0.1", edge.https_port), timeout=10) as raw,
         pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"),
     ):
-        ctx.wrap_socket(raw, server_hostname="nobody.relay.localhost")
+        ctx.wrap_socket(raw, server_hostname="nobody.example.org")
 
 
 def test_https_keep_alive_reuses_the_connection(

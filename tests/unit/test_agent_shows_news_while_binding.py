@@ -53,3 +53,13 @@ def test_a_local_ca_certificate_tells_the_user_what_visitors_must_trust() -> Non
         CertStatus("ep_1", "a.example", "failed", "acme", code="RLY_805", message="CA down")
     )
     assert failed == "Certificate for a.example: not issued: error RLY_805: CA down"
+    renewal = describe_certificate(
+        CertStatus(
+            "ep_1", "a.example", "failed", "acme", expires="2027-01-01T00:00:00+00:00",
+            code="RLY_805", message="CA down",
+        )
+    )  # fmt: skip
+    assert renewal == (
+        "Certificate for a.example: renewal failed (error RLY_805: CA down); "
+        "valid until 2027-01-01T00:00:00+00:00"
+    )

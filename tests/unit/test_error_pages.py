@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.edge.error_pages import KNOWN_STATUSES, choose_media_type, render
+from relay.error_pages import KNOWN_STATUSES, choose_media_type, render
 
 PAGE_TAGS = ["html", "head", "meta", "meta", "meta", "title", "style", "body"]
 PAGE_TAGS += ["main", "h1", "p", "p", "p", "code", "code"]

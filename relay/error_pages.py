@@ -33,7 +33,7 @@ KNOWN_STATUSES: dict[int, tuple[str, str]] = {
     421: ("Misdirected Request", "This connection cannot serve the requested host name."),
     431: ("Request Header Fields Too Large", "The request headers are too large."),
     502: ("Bad Gateway", "The tunnel is up, but the service behind it did not answer."),
-    503: ("Service Unavailable", "The tunnel is offline right now. Try again in a moment."),
+    503: ("Service Unavailable", "The tunnel cannot serve this right now. Try again in a moment."),
     504: ("Gateway Timeout", "The service behind the tunnel took too long to answer."),
 }
 
