@@ -291,6 +291,10 @@ class Relay(Contestant):
             )
         return lines[-1]
 
+    def edge_extra(self) -> list[str]:
+        """More edge options a variant of this contestant needs."""
+        return []
+
     def start_edge(self) -> tuple[str, Path]:
         """Start the edge only; (token, CA file)."""
         if not self.edge_help:
@@ -327,6 +331,7 @@ class Relay(Contestant):
             edge_argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]
             edge_argv += ["--https-listen", f"127.0.0.1:{free_port()}"]
             edge_argv += ["--base-domain", "relay.localhost"]
+        edge_argv += self.edge_extra()
         edge = self._spawn("edge", edge_argv)
         self.config = {"edge": " ".join(edge_argv)}
         wait_listening(self.edge_port, "relay edge", START_TIMEOUT, [edge])

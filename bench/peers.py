@@ -99,6 +99,19 @@ class RelayHttp(Relay):
         return self.http_port
 
 
+class RelayHttpLogged(RelayHttp):
+    """relay http with its access log on (one line per request, to a file): beside
+    `relay http` in the same run, what logging every request costs."""
+
+    key = "relay-http-log"
+    label = "relay http + access log"
+
+    def edge_extra(self) -> list[str]:
+        if "--access-log" not in self.edge_help:
+            raise BenchError("this relay edge has no --access-log option")
+        return ["--access-log", str(self.work / "access.log")]
+
+
 class Frp(Contestant):
     """frps + frpc with TLS (forced) and tcp_mux (yamux), one `tcp` proxy."""
 
@@ -363,8 +376,8 @@ BULK = {c.key: c for c in (Direct, Haproxy, SshR, Relay, Frp, Rathole, Bore, Soc
 HTTP = {
     c.key: c
     for c in (
-        Direct, Haproxy, HaproxyHttp, SshR, Relay, RelayHttp, Frp, FrpHttp, Rathole, Bore,
-        SocatTls,
+        Direct, Haproxy, HaproxyHttp, SshR, Relay, RelayHttp, RelayHttpLogged, Frp, FrpHttp,
+        Rathole, Bore, SocatTls,
     )
 }  # fmt: skip
 ALL = {**BULK, **HTTP}

@@ -17,6 +17,7 @@ LABELS = {
     "haproxy": "haproxy",
     "relay": "relay",
     "relay-http": "relay http",
+    "relay-http-log": "relay http + access log",
     "frp": "frp",
     "frp-http": "frp http",
     "rathole": "rathole",

@@ -181,6 +181,20 @@ def targets(c: dict[tuple[str, str, float | None], HCell], mem: dict[str, Any]) 
             out.append(Target(name, None, "not evaluated: relay or ssh -R median missing"))
         else:
             out.append(Target(name, all(mets), "; ".join(details) + f" (need ≥ {factor}{X})"))
+    plain, logged = _get(c, "ka-max", "relay-http"), _get(c, "ka-max", "relay-http-log")
+    name = "the access log costs ≤ 5% of relay http's keep-alive req/s (issue 12)"
+    r = _ratio(logged, plain)
+    if r is None or plain is None or logged is None:
+        out.append(Target(name, None, "not evaluated: relay http or its logged twin missing"))
+    else:
+        out.append(
+            Target(
+                name,
+                r >= 0.95,
+                f"with the log {logged.median:,.0f} vs without {plain.median:,.0f} req/s"
+                f" = {r:.2f}{X} (need ≥ 0.95{X})",
+            )
+        )
     base, bulk = _get(c, "hol-base", "relay"), _get(c, "hol-bulk", "relay")
     name = f"head-of-line: relay small-request p99 beside a 100 MiB transfer ≤ 3{X} without"
     if base and bulk and base.lat("p99") and bulk.lat("p99"):

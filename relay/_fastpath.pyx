@@ -697,6 +697,7 @@ cdef class Pump(Channel):
             if isinstance(previous, BufferChannel):
                 early = (<BufferChannel>previous).take(-1)
                 if early:
+                    self._count_to_socket(len(early))
                     transport.write(early)
                 if (<BufferChannel>previous).reset:
                     transport.abort()

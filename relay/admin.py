@@ -1,5 +1,6 @@
-"""The admin listener: ``/metrics`` (Prometheus), ``/healthz`` (the process is alive) and
-``/readyz`` (it serves: listeners bound, store reachable, not draining).
+"""The admin listener: ``/metrics`` (Prometheus), ``/healthz`` (the process is alive),
+``/readyz`` (it serves: listeners bound, store reachable, not draining) and ``/status``
+(JSON for `relay status`: sessions, endpoints, recent streams).
 
 It listens on its own address, loopback by default, never on a visitor or agent port:
 what it says about the PoP is for its operator. One request per connection (Prometheus
@@ -10,6 +11,7 @@ is dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +31,12 @@ Readiness = Callable[[], tuple[bool, str]]
 
 
 class AdminServer:
-    def __init__(self, metrics: Metrics, ready: Readiness) -> None:
+    def __init__(
+        self, metrics: Metrics, ready: Readiness, status: Callable[[], dict[str, Any]]
+    ) -> None:
         self.metrics = metrics
         self.ready = ready
+        self.status = status
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -60,12 +65,14 @@ class AdminServer:
             return 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
         if path == b"/healthz":
             return 200, "text/plain", b"ok\n"
+        if path == b"/status":
+            return 200, "application/json", json.dumps(self.status()).encode()
         if path == b"/readyz":
             ready, why = self.ready()
             if ready:
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", f"not ready: {why}\n".encode()
-        return 404, "text/plain", b"/metrics, /healthz, /readyz\n"
+        return 404, "text/plain", b"/metrics, /healthz, /readyz, /status\n"
 
 
 _REASONS = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}

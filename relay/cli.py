@@ -464,6 +464,13 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Trust the edge by certificate fingerprint (sha256:…), printed by 'relay edge'.",
         ),
         click.option("--server-name", default=None, help="TLS name of the edge if not its host."),
+        click.option(
+            "--admin-listen",
+            default=None,
+            envvar="RELAY_ADMIN_LISTEN",
+            help="Serve /metrics, /healthz, /readyz and /status (for `relay status`) on this "
+            "HOST:PORT, e.g. 127.0.0.1:9191. Default: off.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -477,12 +484,14 @@ def run_agent(
     ca_file: Path | None,
     pin: str | None,
     server_name: str | None,
+    admin_listen: str | None = None,
 ) -> None:
     from relay.agent.client import Agent, AgentOptions
     from relay.config import parse_host_port
 
     try:
         edge_host, edge_port = parse_host_port(edge_addr, what="--edge")
+        admin = parse_host_port(admin_listen, what="--admin-listen") if admin_listen else None
     except RelayError as err:
         fail(err)
     options = AgentOptions(
@@ -493,6 +502,7 @@ def run_agent(
         ca_file=ca_file,
         pin=pin,
         server_name=server_name,
+        admin_listen=admin,
     )
 
     async def serve() -> None:
@@ -656,7 +666,36 @@ def start(names: tuple[str, ...], config_file: Path) -> None:
         fail(ConfigError("no edge address: set agent.edge"))
     edge_host, edge_port = agent.edge
     edge_addr = f"[{edge_host}]:{edge_port}" if ":" in edge_host else f"{edge_host}:{edge_port}"
-    run_agent(specs, edge_addr, agent.authtoken, agent.ca_file, agent.pin, agent.server_name)
+    run_agent(
+        specs,
+        edge_addr,
+        agent.authtoken,
+        agent.ca_file,
+        agent.pin,
+        agent.server_name,
+        agent.admin_listen or None,
+    )
+
+
+@main.command()
+@click.option(
+    "--admin",
+    default="127.0.0.1:9190",
+    help="The admin listener to read: an edge's --admin-listen (its default) or an agent's.",
+)
+@click.option("--interval", type=float, default=2.0, help="Seconds between redraws.")
+@click.option("--once", is_flag=True, help="Print one snapshot and exit (no redrawing).")
+def status(admin: str, interval: float, once: bool) -> None:
+    """A live view of an edge (sessions, endpoints, traffic, errors) or an agent (its
+    endpoints and recent visitors), redrawn in place; Ctrl-C ends it."""
+    from relay.status import watch
+
+    try:
+        watch(admin, interval=max(0.2, interval), once=once)
+    except RelayError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

@@ -16,7 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay import __version__
+from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
+from relay.agent.metrics import AgentMetrics
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
 from relay.error_pages import render
 from relay.errors import (
@@ -125,6 +127,9 @@ class AgentOptions:
     server_name: str | None = None
     mux: MuxConfig = field(default_factory=MuxConfig)
     connect_timeout: float = 10.0
+    #: (host, port) of the agent's admin listener (/metrics, /healthz, /readyz, /status);
+    #: None for none (the default: an agent is often one of many on a laptop).
+    admin_listen: tuple[str, int] | None = None
     agent_id: str = field(default_factory=lambda: "a_" + secrets.token_hex(8))
 
 
@@ -191,6 +196,8 @@ class Agent:
         self._awaiting_bind: list[Any] = []
         self._header_deadlines = _Deadlines()
         self._dial_deadlines = _Deadlines()
+        self.metrics: AgentMetrics | None = AgentMetrics(self) if options.admin_listen else None
+        self.admin: AdminServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -201,6 +208,17 @@ class Agent:
         are retried, with backoff; ``stop()`` ends every state within a moment."""
         self._context = client_context(ca_file=self.options.ca_file, pin=self.options.pin)
         self._stopped = asyncio.Event()
+        if self.metrics is not None and self.options.admin_listen is not None:
+            self.admin = AdminServer(self.metrics, self.metrics.readiness, self.metrics.status)
+            await self.admin.start(*self.options.admin_listen)
+        try:
+            await self._run()
+        finally:
+            if self.admin is not None:
+                self.admin.close()
+
+    async def _run(self) -> None:
+        assert self._stopped is not None
         while not self._stopping:
             self._established = False
             session = asyncio.ensure_future(self._run_session())
@@ -235,6 +253,11 @@ class Agent:
     @property
     def sessions_started_ok(self) -> bool:
         return self.sessions_started > 0
+
+    @property
+    def connected(self) -> bool:
+        """An authenticated session with the edge is up."""
+        return self._established and self.link is not None and not self.link.closed
 
     def stop(self) -> None:
         self._stopping = True
@@ -302,6 +325,8 @@ class Agent:
                 )
             await self._handshake(link)
             self.sessions_started += 1
+            if self.metrics is not None:
+                self.metrics.sessions_started.inc()
             self.backoff.reset()
             await self._serve_control()
         finally:
@@ -543,6 +568,8 @@ class Agent:
         http = header is not None and header.protocol in _HTTP_PROTOCOLS
         request_id = secrets.token_hex(8) if http else ""
         visitor = header.visitor_addr if header is not None and header.visitor_addr else "?"
+        if self.metrics is not None and header is not None:
+            self.metrics.stream(self._url_of(header), visitor, _outcome(exc, http))
         where = f"upstream {upstream}" if upstream else f"stream {stream_id}"
         tag = f" (request id {request_id})" if request_id else ""
         if isinstance(exc, _VISITOR_ERRORS):
@@ -556,6 +583,15 @@ class Agent:
             link.channels.pop(stream_id, None)
             link.session.reset_stream(stream_id)
             link.schedule_flush()
+
+    def _url_of(self, header: StreamHeader) -> str:
+        bound = self.bound.get(header.endpoint_id)
+        return bound.url if bound is not None else header.endpoint_id
+
+    def stream_served(self, header: StreamHeader) -> None:
+        """A visitor stream reached its upstream (for `relay status`)."""
+        if self.metrics is not None:
+            self.metrics.stream(self._url_of(header), header.visitor_addr or "?", "ok")
 
     def _answer_with_error(
         self, link: Any, stream_id: int, header: StreamHeader, exc: BaseException, request_id: str
@@ -574,6 +610,17 @@ class Agent:
         link.send(stream_id, page)
         link.session.close_stream(stream_id)
         link.schedule_flush()
+
+
+def _outcome(exc: BaseException, http: bool) -> str:
+    """What the visitor was told: the error page's code, or a reset."""
+    if not http:
+        return "reset"
+    if isinstance(exc, TimeoutError):
+        return "RLY_614"
+    if isinstance(exc, EndpointNotReady):
+        return "RLY_611"
+    return "RLY_613"
 
 
 #: What a visitor stream may fail with in the ordinary course (logged without a traceback).
@@ -716,6 +763,8 @@ class _Dial:
         self.agent._dial_deadlines.discard(self)
         if exc is not None:
             self.agent._visitor_failed(self.link, self.stream_id, self.header, exc, self.upstream)
+        else:
+            self.agent.stream_served(self.header)
 
     def expire(self) -> None:
         if self.done:

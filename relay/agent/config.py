@@ -67,7 +67,7 @@ Kind = Literal["tcp", "http", "https", "tls"]
 ProxyProtocol = Literal["none", "v1", "v2"]
 
 _TOP_KEYS = ("version", "agent", "endpoints")
-_AGENT_KEYS = ("edge", "authtoken", "ca_file", "pin", "server_name")
+_AGENT_KEYS = ("edge", "authtoken", "ca_file", "pin", "server_name", "admin_listen")
 _ENDPOINT_KEYS = (
     "name",
     "kind",
@@ -136,6 +136,8 @@ class AgentSection:
     ca_file: Path | None = None
     pin: str | None = None
     server_name: str | None = None
+    #: HOST:PORT of the agent's admin listener (/metrics, /healthz, /readyz, /status).
+    admin_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -380,8 +382,16 @@ def _agent_section(raw: Any, env: Mapping[str, str]) -> AgentSection:
         server_name = _string(data["server_name"], "agent.server_name").lower()
         if not _hostname_ok(server_name):
             _fail("agent.server_name", f"{server_name!r} is not a host name")
+    admin_listen = ""
+    if data.get("admin_listen") is not None:
+        admin_listen = _string(data["admin_listen"], "agent.admin_listen")
     return AgentSection(
-        edge=edge, authtoken=token, ca_file=ca_file, pin=pin, server_name=server_name
+        edge=edge,
+        authtoken=token,
+        ca_file=ca_file,
+        pin=pin,
+        server_name=server_name,
+        admin_listen=admin_listen,
     )
 
 

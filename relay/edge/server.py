@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay import __version__
 from relay.accepting import LimitWatch
 from relay.admin import AdminServer
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
@@ -144,7 +145,7 @@ class Edge:
             self.access_log = AccessLog(config.access_log, config.log_format)
             self.access_log.start(loop)
         if config.admin_listen:
-            self.admin = AdminServer(self.metrics, self.readiness)
+            self.admin = AdminServer(self.metrics, self.readiness, self.status)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
             await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
@@ -240,6 +241,42 @@ class Edge:
 
     def ready(self) -> bool:
         return self.readiness()[0]
+
+    def status(self) -> dict[str, Any]:
+        """What `relay status` shows for an edge (the admin listener's /status)."""
+        ready, why = self.readiness()
+        by_kind: dict[str, int] = {}
+        for endpoint in self.endpoints.values():
+            by_kind[endpoint.kind] = by_kind.get(endpoint.kind, 0) + 1
+        live = [s for s in self.sessions if s.authenticated]
+        return {
+            "role": "edge",
+            "version": __version__,
+            "region": self.config.region,
+            "ready": ready,
+            "why": why,
+            "sessions": len(live),
+            "sessions_limit": self.config.max_sessions,
+            "endpoints_by_kind": by_kind,
+            "sessions_list": [
+                {
+                    "id": s.session_id,
+                    "peer": s.peer,
+                    "token": s.token_id,
+                    "endpoints": len(s.endpoints),
+                    "rtt_us": int(s.link.session.rtt_us) if s.link is not None else 0,
+                }
+                for s in sorted(live, key=lambda s: s.session_id)
+            ],
+            "endpoints": [
+                {
+                    "url": e.url,
+                    "kind": e.kind,
+                    "session": e.holder.session.session_id if e.holder.session else None,
+                }
+                for e in sorted(self.endpoints.values(), key=lambda e: e.url)
+            ],
+        }
 
     def certificate_expiry(self) -> float | None:
         """When the first of the edge's https certificates expires (Unix time), if any."""
