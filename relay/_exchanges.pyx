@@ -17,23 +17,10 @@ log is on, appended to a list that ``take_finished()`` drains in batches.
 
 from libc.string cimport memcmp, memset
 
+from relay._clock cimport monotonic, wallclock
+
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
-
-cdef extern from "time.h":
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec* tp) nogil
-    int CLOCK_MONOTONIC
-    int CLOCK_REALTIME
-
-
-cdef inline double _clock(int which) noexcept nogil:
-    cdef timespec ts
-    clock_gettime(which, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
 
 cdef enum:
     N_KINDS = 4          # relay._fastpath.KINDS
@@ -120,7 +107,7 @@ cdef class Exchanges:
         if self.state == STATE_OPEN or (self.state == STATE_BLIND and self.current):
             self._finish()
         _requests += 1
-        record = [_clock(CLOCK_MONOTONIC), _clock(CLOCK_REALTIME), method, target,
+        record = [monotonic(), wallclock(), method, target,
                   _requests, head_request, 0, 0, 0]
         if self.current is None and self.state == STATE_IDLE:
             self.current = record
@@ -233,7 +220,7 @@ cdef class Exchanges:
         self.remaining = 0
         if record is None:
             return
-        elapsed = _clock(CLOCK_MONOTONIC) - <double>record[0]
+        elapsed = monotonic() - <double>record[0]
         status = record[6]
         klass = status // 100 if 100 <= status < 600 else 0
         _classes[self.kind][klass] += 1

@@ -39,6 +39,8 @@ import socket
 
 import relay_native
 
+from relay._clock cimport monotonic, wallclock
+
 cdef extern from "sys/uio.h":
     struct iovec:
         void* iov_base
@@ -74,27 +76,6 @@ cdef extern from "malloc.h":
 # the heap, where freed chunks are reused.
 mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
 mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024)
-
-cdef extern from "time.h":
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec* tp) nogil
-    int CLOCK_MONOTONIC
-    int CLOCK_REALTIME
-
-
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline double _wallclock() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
 
 cdef enum:
     EV_OPENED = 1
@@ -942,7 +923,7 @@ cdef class Pump(Channel):
         self._counted = True
         _opened[self.kind] += 1
         _live[self.kind] += 1
-        self._started = _monotonic()
+        self._started = monotonic()
         if timed:
             self._opened_at = self._started
 
@@ -960,8 +941,8 @@ cdef class Pump(Channel):
             if len(_closed_log) >= MAX_LOG_RECORDS:
                 _log_dropped += 1
                 return
-            elapsed = _monotonic() - self._started
-            _closed_log.append((_wallclock() - elapsed, elapsed, self.kind, self.log_endpoint,
+            elapsed = monotonic() - self._started
+            _closed_log.append((wallclock() - elapsed, elapsed, self.kind, self.log_endpoint,
                                 self.log_visitor, "reset" if self._was_reset else "closed",
                                 self._bytes_from, self._bytes_to))
 
@@ -969,7 +950,7 @@ cdef class Pump(Channel):
         _to_socket[self.kind] += length
         self._bytes_to += length
         if self._opened_at != 0.0:
-            _observe_open(_monotonic() - self._opened_at)
+            _observe_open(monotonic() - self._opened_at)
             self._opened_at = 0.0
 
 

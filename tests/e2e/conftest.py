@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.haproxy import run_haproxy
 from tests.e2e.origin import Origin
-from tests.e2e.procs import Agent, EchoServer, Edge
+from tests.e2e.procs import Agent, EchoServer, Edge, Proc
 
 
 @pytest.fixture
@@ -37,6 +37,18 @@ def agents() -> Iterator[list[Agent]]:
     finally:
         for agent in started:
             agent.proc.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes a test starts go in this list; each is stopped by PID afterwards (the last
+    started first), also when the test fails."""
+    started: list[Proc] = []
+    try:
+        yield started
+    finally:
+        for proc in reversed(started):
+            proc.stop()
 
 
 @pytest.fixture

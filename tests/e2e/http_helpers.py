@@ -43,17 +43,7 @@ def raw_request(port: int, data: bytes, *, timeout: float = 10.0, tls: bool = Fa
     """Send raw bytes, read until the server closes (or timeout); return what came back."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_until_closed(sock, timeout)
 
 
 def host_of(agent: Agent) -> str:

@@ -11,11 +11,9 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.e2e.http_helpers import curl
@@ -23,16 +21,6 @@ from tests.e2e.origin import Origin
 from tests.e2e.procs import RELAY, EchoServer, Edge, Proc, echo_roundtrip
 
 SUBDOMAIN = "cfgweb"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 def agent_config(

@@ -289,17 +289,6 @@ def forwarding(proc: Proc, count: int) -> dict[str, str]:
     return {line.split()[1]: line for line in lines}
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Agent processes a test starts; all are stopped by PID afterwards."""
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop()
-
-
 def prometheus_config(edge: Edge) -> dict[str, Any]:
     """The shipped prometheus.yml, scraping this edge every second (its region as the
     target label) and loading the shipped alerts.yml."""

@@ -203,17 +203,6 @@ def edge_config(data_dir: Path) -> tuple[dict[str, Any], dict[str, int]]:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Processes a test starts; each is stopped by PID afterwards, also on failure."""
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in reversed(started):
-            proc.stop()
-
-
-@pytest.fixture
 def echo() -> Iterator[EchoServer]:
     server = EchoServer()
     try:
