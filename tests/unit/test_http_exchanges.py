@@ -4,6 +4,7 @@ responses are cut into chunks, every request gets its status and its exact byte 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -16,10 +17,10 @@ from relay._exchanges import Exchanges
 
 @pytest.fixture(autouse=True)
 def logging_on() -> Iterator[None]:
-    _exchanges.set_logging(True)
+    _exchanges.set_logging(_exchanges.LOG_RECORDS)
     _exchanges.take_finished()
     yield
-    _exchanges.set_logging(False)
+    _exchanges.set_logging(_exchanges.LOG_OFF)
     _exchanges.take_finished()
 
 
@@ -110,3 +111,19 @@ def test_counts_by_status_class_and_duration() -> None:
     delta = [a - b for a, b in zip(after["classes"][1], before["classes"][1], strict=True)]
     assert delta == [0, 0, 2, 0, 1, 2]
     assert sum(after["buckets"][1]) - sum(before["buckets"][1]) == 5
+
+
+def test_text_lines_are_formatted_whole_in_one_go() -> None:
+    _exchanges.set_logging(_exchanges.LOG_TEXT)
+    ex = Exchanges(2, "app.example", "203.0.113.7")
+    ex.request(b"GET", b"/a?b=c")
+    ex.response_bytes(response(404, b"nope"))
+    ex.request(b"POST", b"/" + b"x" * 5000)  # a target longer than a line carries
+    ex.close()
+    first, second = _exchanges.take_finished()
+    assert re.fullmatch(
+        rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z https app\.example 203\.0\.113\.7 "
+        rb"r[0-9a-f]+ GET /a\?b=c 404 in=0 out=%d \d+\.\d{3}s\n" % len(response(404, b"nope")),
+        first,
+    ), first
+    assert b" POST /" + b"x" * 2047 + b" - in=0 out=0 " in second  # cut, no status
