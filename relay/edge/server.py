@@ -284,7 +284,7 @@ class Edge:
         if config.access_log:
             done.append(f"access log reopened ({config.access_log})")
         if issuer is not None:
-            done.append(f"certificate files read again ({len(renewed)} names re-issued)")
+            done.append(f"certificate files read again (names re-issued: {len(renewed)})")
         log.info("reloaded %s: %s", source, "; ".join(done))
         return ReloadResult(change.applied, change.kept, renewed=tuple(renewed))
 
