@@ -152,15 +152,19 @@ class Edge:
             raise ListenError.for_address(config.listen, "--listen", exc) from None
         sockname = self.server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if config.access_log:
+            # Before the web fronts: the TLS port decides at start whether its passthrough
+            # connections are logged.
+            self.access_log = AccessLog(
+                config.access_log, config.log_format, _open_access_log(config.access_log)
+            )
+            self.access_log.start(loop)
         if config.http_listen or config.https_listen:
             from relay.edge.web import WebFronts
 
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
-        if config.access_log:
-            self.access_log = AccessLog(config.access_log, config.log_format)
-            self.access_log.start(loop)
         if config.admin_listen:
             self.admin = AdminServer(self.metrics, self.readiness, self.status)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
@@ -258,9 +262,8 @@ class Edge:
         config = change.config
         try:
             issuer = self.web.prepare_reload(config) if self.web is not None else None
-            output = open_output(config.access_log) if config.access_log else None
-        except (RelayError, OSError) as exc:
-            err = exc if isinstance(exc, RelayError) else DataDirError(f"access log: {exc}")
+            output = _open_access_log(config.access_log) if config.access_log else None
+        except RelayError as err:
             return self._reload_refused(source, err)
         self.config = config
         use_level(config.log_level)
@@ -314,9 +317,12 @@ class Edge:
             self.access_log.start(asyncio.get_running_loop())
         else:
             self.access_log.switch(config.access_log, config.log_format, output)
+        logging_on = self.access_log is not None
         for endpoint in self.endpoints.values():
             if isinstance(endpoint, TcpEndpoint):  # its visitors from now on
-                endpoint.log_access = self.access_log is not None
+                endpoint.log_access = logging_on
+        if self.web is not None and self.web.tls_front is not None:
+            self.web.tls_front.log_access = logging_on  # passthrough visitors from now on
 
     # --- health -------------------------------------------------------------------------
 
@@ -663,6 +669,13 @@ def _valid_label(label: str) -> bool:
         and label[-1] != "-"
         and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
     )
+
+
+def _open_access_log(destination: str) -> Output:
+    try:
+        return open_output(destination)
+    except OSError as exc:
+        raise ConfigError(f"access_log: cannot open {destination}: {exc}") from None
 
 
 def _shown(value: Any) -> str:

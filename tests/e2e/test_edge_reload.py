@@ -8,6 +8,7 @@ while the edge serves on."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, Proc, payload
 from tests.e2e.test_access_log_and_request_metrics import lines_of
 from tests.e2e.test_admin_listener import get, sample
+from tests.e2e.test_tls_endpoints import PASS_NAME, TlsEchoServer, tls_echo
 
 BASE = "relay.localhost"  # tests/e2e/procs.py's Edge passes --base-domain relay.localhost
 
@@ -202,3 +204,90 @@ def test_sighup_applies_live_keys_without_dropping_a_stream_and_names_the_rest(
         for agent in agents:
             agent.stop()
         edge.stop()
+
+
+@pytest.mark.timeout(120)
+def test_reloads_turn_the_access_log_on_switch_the_log_format_and_raise_the_log_level(
+    tmp_path: Path, echo: EchoServer, agents: list[Agent]
+) -> None:
+    upstream = TlsEchoServer(tmp_path / "upstream", PASS_NAME)
+    config_file = tmp_path / "edge.yml"
+    config_file.write_text(yaml.safe_dump({"region": "one"}))
+    edge = Edge(tmp_path / "edge", extra=["--config", str(config_file)])
+    try:
+        edge.start()
+        assert edge.proc is not None
+        _, token = edge.token()
+        tcp = Agent(edge, token, echo.port)
+        agents.append(tcp)
+        tcp_port = tcp.wait_bound()
+        web_agent(edge, agents, str(upstream.port), "--domain", PASS_NAME, kind="tls")
+        data = payload(7, 50_000)
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as before:
+            echo_chunk(before, 8)  # open while the log is turned on: never logged
+
+            # On: the access log, in JSON, like every log line from now on.
+            access_log = tmp_path / "access.log"
+            config_file.write_text(
+                yaml.safe_dump(
+                    {"region": "one", "access_log": str(access_log), "log_format": "json"}
+                )
+            )
+            os.kill(edge.proc.pid, signal.SIGHUP)
+            info = json.loads(edge.proc.wait_line('"message":"reloaded', timeout=10))
+            assert info["level"] == "info" and "changed access_log, log_format" in info["message"]
+            _, back = tls_echo(edge.https_port, upstream, data)
+            assert back == data
+            with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as after:
+                echo_chunk(after, 9)
+        lines_of(access_log, 2)
+        time.sleep(0.6)  # a line for the connection from before would be here by now
+        records = [json.loads(line) for line in access_log.read_text().splitlines()]
+        assert sorted(r["kind"] for r in records) == ["tcp", "tls"], records
+        assert {r["endpoint"] for r in records} == {
+            f"tcp://127.0.0.1:{tcp_port}",
+            f"tls://{PASS_NAME}",
+        }
+        assert all(r["bytes_in"] > 0 for r in records), records
+
+        # Warnings only: the reload's INFO line is not written, its WARNING is.
+        quieter = {"access_log": str(access_log), "log_format": "json", "log_level": "warning"}
+        config_file.write_text(yaml.safe_dump({"region": "two", **quieter}))
+        os.kill(edge.proc.pid, signal.SIGHUP)
+        warning = json.loads(edge.proc.wait_line("restart the edge to change it", timeout=10))
+        assert (
+            warning["level"] == "warning" and "region (stays one, asked two)" in warning["message"]
+        )
+        time.sleep(0.5)  # the INFO line, if it were written, would be here by now
+        assert len(lines_with(edge.proc, '"message":"reloaded')) == 1
+        for agent in agents:
+            agent.stop()
+        assert edge.stop() == 0
+    finally:
+        for agent in agents:
+            agent.stop()
+        edge.stop()
+        upstream.close()
+
+
+@pytest.mark.timeout(90)
+def test_tls_passthrough_connections_are_in_an_access_log_given_at_start(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    """Not a reload, but the same switch: the TLS port must know at start that the edge
+    keeps an access log (it was made before the log, and never logged)."""
+    upstream = TlsEchoServer(tmp_path / "upstream", PASS_NAME)
+    access_log = tmp_path / "access.log"
+    edge = Edge(tmp_path / "edge", extra=["--access-log", str(access_log)])
+    try:
+        edge.start()
+        web_agent(edge, agents, str(upstream.port), "--domain", PASS_NAME, kind="tls")
+        data = payload(10, 20_000)
+        assert tls_echo(edge.https_port, upstream, data)[1] == data
+        (line,) = lines_of(access_log, 1)
+        assert f" tls tls://{PASS_NAME} 127.0.0.1:" in line, line
+    finally:
+        for agent in agents:
+            agent.stop()
+        edge.stop()
+        upstream.close()
