@@ -186,6 +186,10 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             if raw[key] is not None:
                 given = Path(str(raw[key])).expanduser()
                 raw[key] = given if given.is_absolute() else path.parent / given
+        # A file name too, unless it says "off" or "stderr"; it stays a string.
+        if raw.get("access_log") not in (None, "", "-"):
+            given = Path(str(raw["access_log"])).expanduser()
+            raw["access_log"] = str(given if given.is_absolute() else path.parent / given)
         values.update(raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     converted = {k: _convert(k, None, v) for k, v in values.items()}

@@ -284,7 +284,7 @@ class Edge:
         done = [f"changed {', '.join(change.applied)}" if change.applied else "nothing changed"]
         if change.kept:
             done.append(f"kept {', '.join(change.kept)} (restart to change)")
-        if config.access_log:
+        if config.access_log not in ("", "-"):
             done.append(f"access log reopened ({config.access_log})")
         if issuer is not None:
             done.append(f"certificate files read again (names re-issued: {len(renewed)})")

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import uvloop
 
+from relay.certs.issuers import FileIssuer
 from relay.certs.local_ca import LocalCA
+from relay.certs.manager import CertEvent, CertificateManager
 from relay.config import (
     LIVE_KEYS,
     RESTART_KEYS,
@@ -23,6 +25,7 @@ from relay.config import (
     config_change,
     load_edge_config,
 )
+from relay.control.secrets import SecretBox
 from relay.edge.ports import PortRange
 from relay.edge.server import Edge
 from relay.errors import ConfigError
@@ -275,3 +278,51 @@ def test_a_reload_sets_the_log_level(
         assert logging.getLogger().level == logging.ERROR
 
     with_edge(config, scenario)
+
+
+def test_reloaded_certificate_files_replace_what_names_are_served_unless_they_miss_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = LocalCA.load_or_create(tmp_path / "operator-ca")
+    cert_file, key_file = tmp_path / "site.pem", tmp_path / "site.key"
+
+    def files(names: list[str]) -> FileIssuer:
+        chain, key = ca.issue_server_cert(names, [])
+        cert_file.write_bytes(chain)
+        key_file.write_bytes(key)
+        return FileIssuer(cert_file, key_file)
+
+    events: list[CertEvent] = []
+    box = SecretBox({"k1": b"k" * 32}, "k1")
+    manager = CertificateManager(
+        tmp_path / "data",
+        files(["*.site.test"]),
+        box,
+        issue_on_demand=True,
+        allowed=lambda name: True,
+        on_event=events.append,
+    )
+    assert manager.context_for("a.site.test") is not None
+    first = manager.chain_pem("a.site.test")
+
+    assert manager.reload_issuer(files(["*.site.test"])) == ["a.site.test"]
+    second = manager.chain_pem("a.site.test")
+    assert second not in (None, first) and second == cert_file.read_bytes()
+    assert [(e.name, e.state) for e in events] == [("a.site.test", "issued")]
+
+    # A pair that no longer covers the name: the name keeps what it has, and hears why.
+    assert manager.reload_issuer(files(["*.other.test"])) == []
+    assert manager.chain_pem("a.site.test") == second
+    assert events[-1].state == "failed" and events[-1].expires is not None
+    assert any("does not cover a.site.test" in r.getMessage() for r in caplog.records)
+
+
+def test_an_access_log_file_named_in_the_file_is_relative_to_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "edge.yml"
+    path.write_text("access_log: logs/access.log\n")
+    assert load_edge_config(path, {}).access_log == str(folder / "logs" / "access.log")
+    path.write_text("access_log: '-'\n")
+    assert load_edge_config(path, {}).access_log == "-"
+    assert load_edge_config(path, {"access_log": "here.log"}).access_log == "here.log"
