@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 
 from relay import __version__
 from relay.certs.local_ca import LocalCA
-from tests.e2e.http_helpers import read_until_closed, web_agent
+from tests.e2e.http_helpers import host_of, raw_request, read_until_closed, web_agent
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, Proc, payload
 from tests.e2e.test_access_log_and_request_metrics import lines_of
@@ -208,7 +208,7 @@ def test_sighup_applies_live_keys_without_dropping_a_stream_and_names_the_rest(
 
 @pytest.mark.timeout(120)
 def test_reloads_turn_the_access_log_on_switch_the_log_format_and_raise_the_log_level(
-    tmp_path: Path, echo: EchoServer, agents: list[Agent]
+    tmp_path: Path, echo: EchoServer, origin: Origin, agents: list[Agent]
 ) -> None:
     upstream = TlsEchoServer(tmp_path / "upstream", PASS_NAME)
     config_file = tmp_path / "edge.yml"
@@ -222,44 +222,48 @@ def test_reloads_turn_the_access_log_on_switch_the_log_format_and_raise_the_log_
         agents.append(tcp)
         tcp_port = tcp.wait_bound()
         web_agent(edge, agents, str(upstream.port), "--domain", PASS_NAME, kind="tls")
+        web = host_of(web_agent(edge, agents, str(origin.port), "--no-https"))
+        request = f"GET /one HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n".encode()
         data = payload(7, 50_000)
         with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as before:
             echo_chunk(before, 8)  # open while the log is turned on: never logged
 
-            # On: the access log, in JSON, like every log line from now on.
+            # On: the access log, as text.
             access_log = tmp_path / "access.log"
-            config_file.write_text(
-                yaml.safe_dump(
-                    {"region": "one", "access_log": str(access_log), "log_format": "json"}
-                )
-            )
+            config_file.write_text(yaml.safe_dump({"region": "one", "access_log": "access.log"}))
             os.kill(edge.proc.pid, signal.SIGHUP)
-            info = json.loads(edge.proc.wait_line('"message":"reloaded', timeout=10))
-            assert info["level"] == "info" and "changed access_log, log_format" in info["message"]
+            info = edge.proc.wait_line("INFO relay.edge: reloaded", timeout=10)
+            assert "changed access_log;" in info, info
             _, back = tls_echo(edge.https_port, upstream, data)
             assert back == data
             with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as after:
                 echo_chunk(after, 9)
-        lines_of(access_log, 2)
+            assert raw_request(edge.http_port, request).startswith(b"HTTP/1.1 200")
+        lines_of(access_log, 3)
         time.sleep(0.6)  # a line for the connection from before would be here by now
-        records = [json.loads(line) for line in access_log.read_text().splitlines()]
-        assert sorted(r["kind"] for r in records) == ["tcp", "tls"], records
-        assert {r["endpoint"] for r in records} == {
-            f"tcp://127.0.0.1:{tcp_port}",
-            f"tls://{PASS_NAME}",
-        }
-        assert all(r["bytes_in"] > 0 for r in records), records
+        text = access_log.read_text().splitlines()
+        assert sorted(line.split()[1] for line in text) == ["http", "tcp", "tls"], text
+        assert any(f" tcp tcp://127.0.0.1:{tcp_port} " in line for line in text), text
+        assert any(f" tls tls://{PASS_NAME} " in line for line in text), text
+        assert any(" GET /one 200 " in line for line in text), text
 
-        # Warnings only: the reload's INFO line is not written, its WARNING is.
-        quieter = {"access_log": str(access_log), "log_format": "json", "log_level": "warning"}
+        # JSON from now on, in the same file; warnings only: the reload's INFO line is
+        # not written, its WARNING is (as JSON).
+        quieter = {"access_log": "access.log", "log_format": "json", "log_level": "warning"}
         config_file.write_text(yaml.safe_dump({"region": "two", **quieter}))
         os.kill(edge.proc.pid, signal.SIGHUP)
         warning = json.loads(edge.proc.wait_line("restart the edge to change it", timeout=10))
-        assert (
-            warning["level"] == "warning" and "region (stays one, asked two)" in warning["message"]
+        assert warning["level"] == "warning"
+        assert "region (stays one, asked two)" in warning["message"]
+        assert raw_request(edge.http_port, request.replace(b"/one", b"/two")).startswith(
+            b"HTTP/1.1 200"
         )
+        lines = lines_of(access_log, 4)
+        assert lines[:3] == text
+        record = json.loads(lines[3])
+        assert (record["kind"], record["target"], record["status"]) == ("http", "/two", 200)
         time.sleep(0.5)  # the INFO line, if it were written, would be here by now
-        assert len(lines_with(edge.proc, '"message":"reloaded')) == 1
+        assert len(lines_with(edge.proc, "reloaded")) == 1
         for agent in agents:
             agent.stop()
         assert edge.stop() == 0
