@@ -225,36 +225,65 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     certificate; agents trust it with --ca-file DATA_DIR/ca/ca.pem or --pin.
     SIGTERM drains: no new visitors, GoAway to agents, live streams get --drain-timeout.
     """
-    from relay.config import load_edge_config
+    from relay.config import EdgeConfig, load_edge_config
     from relay.edge.server import Edge
-    from relay.logs import use_format
+    from relay.logs import use_format, use_level
 
     flags["log_format"] = (ctx.obj or {}).get("log_format")
+    flags["log_level"] = _given_log_level(ctx)
+    source = str(config_file) if config_file is not None else "the command line"
 
     async def serve() -> None:
         config = load_edge_config(config_file, flags)
-        use_format(config.log_format)  # the config file may ask for JSON too
+        use_level(config.log_level)  # the config file may ask for another level …
+        use_format(config.log_format)  # … and for JSON
         server = Edge(config)
         # Signals first: one that arrives while the edge starts must drain it (SIGTERM)
-        # or be ignored (SIGHUP, a reflex of operators, kills by default; until
-        # configuration reload exists it is logged), never kill it half-started.
+        # or wait for it (SIGHUP: it kills by default, and operators and logrotate send
+        # it), never kill it half-started.
         stopped = asyncio.Event()
         install_stop_handlers(stopped.set)
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP,
-            lambda: logging.getLogger("relay.edge").warning(
-                "SIGHUP: reloading the configuration is not supported yet; ignoring it"
-            ),
-        )
+        hangup = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
         await server.start()
         assert server.address is not None
         for line in edge_banner(server):
             click.echo(line, err=True)
+        reloads = loop.create_task(
+            _reload_on(hangup, lambda: server.reload_from(reload_config, source))
+        )
         await stopped.wait()
+        reloads.cancel()
         click.echo("draining…", err=True)
         await server.stop()
 
+    def reload_config() -> EdgeConfig:
+        return load_edge_config(config_file, flags)  # the same file, the same flags on top
+
     run_async(serve)
+
+
+def _given_log_level(ctx: click.Context) -> str | None:
+    """The global --log-level if it was given (it then beats the file's log_level)."""
+    parent = ctx.parent
+    if parent is None:
+        return None
+    if parent.get_parameter_source("log_level") in (None, click.core.ParameterSource.DEFAULT):
+        return None
+    level = parent.params.get("log_level")
+    return str(level) if level else None
+
+
+async def _reload_on(hangup: asyncio.Event, reload: Callable[[], Any]) -> None:
+    """Reload on each SIGHUP (several while one runs make one more): until cancelled."""
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        try:
+            reload()
+        except Exception:  # a reload's bug must not end the edge, nor later reloads
+            logging.getLogger("relay.edge").exception("reload failed; the edge runs on")
 
 
 def edge_banner(server: Any) -> list[str]:

@@ -84,6 +84,8 @@ class EdgeConfig:
     access_log: str = ""
     #: "text" or "json", for the access log and every other log line.
     log_format: str = "text"
+    #: debug, info, warning or error: the least severe log line written.
+    log_level: str = "info"
     mux: MuxConfig = field(default_factory=MuxConfig)
 
     def listen_address(self) -> tuple[str, int]:
@@ -97,6 +99,8 @@ def parse_host_port(text: str, *, what: str) -> tuple[str, int]:
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Keys whose values are paths (relative ones in a file are relative to the file).
 PATH_KEYS = frozenset(
@@ -151,6 +155,8 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             "http_max_body",
         ):
             return int(value)
+        if name == "log_level":
+            return str(value).lower()
         if name == "https_redirect":
             if isinstance(value, bool):
                 return value
@@ -180,6 +186,10 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             if raw[key] is not None:
                 given = Path(str(raw[key])).expanduser()
                 raw[key] = given if given.is_absolute() else path.parent / given
+        # A file name too, unless it says "off" or "stderr"; it stays a string.
+        if raw.get("access_log") not in (None, "", "-"):
+            given = Path(str(raw["access_log"])).expanduser()
+            raw["access_log"] = str(given if given.is_absolute() else path.parent / given)
         values.update(raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     converted = {k: _convert(k, None, v) for k, v in values.items()}
@@ -192,8 +202,92 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
     ):
         if value:
             parse_host_port(value, what=what)
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level must be one of {', '.join(LOG_LEVELS)}, not {config.log_level!r}"
+        )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {config.log_format!r}")
     if config.cert_issuer not in ("local", "acme", "files"):
         raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
     return config
+
+
+# --- reloading (SIGHUP) ------------------------------------------------------------------
+
+#: Keys a reload applies while the edge runs (docs/configuration.md, "Reloading", says
+#: when each takes effect). Every EdgeConfig field is in exactly one of these two sets: a
+#: test fails on a new field that is in neither, so nobody adds a key without deciding.
+LIVE_KEYS = frozenset(
+    (
+        "log_format",
+        "log_level",
+        "access_log",
+        "http_max_head",
+        "http_max_headers",
+        "http_max_body",
+        "http_header_timeout",
+        "http_idle_timeout",
+        "https_redirect",
+        "http_public_port",
+        "https_public_port",
+        "max_sessions",
+        "max_endpoints_per_session",
+        "reclaim_grace",
+        "drain_timeout",
+        "cert_file",
+        "key_file",
+    )
+)
+
+#: Keys that take a restart: a reload that finds them changed names them and keeps the
+#: running value. Listeners and the data directory are bound resources; the agent-link
+#: certificate's names and limits, the region and the multiplexer are what agents already
+#: negotiated or verified; the issuer and the base domain decide names and certificates
+#: endpoints already hold.
+RESTART_KEYS = frozenset(
+    (
+        "data_dir",
+        "listen",
+        "tcp_ports",
+        "tcp_bind",
+        "public_host",
+        "region",
+        "cert_names",
+        "tls_cert",
+        "tls_key",
+        "handshake_timeout",
+        "http_listen",
+        "https_listen",
+        "base_domain",
+        "cert_issuer",
+        "acme_directory",
+        "acme_email",
+        "acme_ca_bundle",
+        "acme_challenge",
+        "admin_listen",
+        "mux",
+    )
+)
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What a reload from ``old`` to ``new`` does: ``config`` is the one to run with (the
+    new live values, the running values of the rest), ``applied`` the live keys that
+    changed, ``kept`` the restart-only keys that changed and keep their running value."""
+
+    config: EdgeConfig
+    applied: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+def config_change(old: EdgeConfig, new: EdgeConfig) -> ConfigChange:
+    names = [f.name for f in fields(EdgeConfig)]
+    changed = [n for n in names if getattr(old, n) != getattr(new, n)]
+    unclassified = set(names) - LIVE_KEYS - RESTART_KEYS
+    if unclassified:  # a programming error, caught by the unit tests
+        raise AssertionError(f"EdgeConfig fields neither live nor restart-only: {unclassified}")
+    kept = tuple(n for n in changed if n in RESTART_KEYS)
+    merged = replace(new, **{n: getattr(old, n) for n in kept})
+    return ConfigChange(merged, tuple(n for n in changed if n in LIVE_KEYS), kept)

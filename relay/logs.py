@@ -27,10 +27,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), format=TEXT_FORMAT, stream=sys.stderr
-    )
+    logging.basicConfig(level=_level(level), format=TEXT_FORMAT, stream=sys.stderr)
     use_format(fmt)
+
+
+def _level(name: str) -> int:
+    level = getattr(logging, name.upper(), None)
+    return level if isinstance(level, int) else logging.INFO
+
+
+def use_level(level: str) -> None:
+    """Log from ``level`` ("debug", "info", "warning", "error") up, from now on."""
+    logging.getLogger().setLevel(_level(level))
 
 
 def use_format(fmt: str) -> None:

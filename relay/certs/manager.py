@@ -324,6 +324,35 @@ class CertificateManager:
         retry = self._retry.get(name)
         return retry.next_attempt if retry else None
 
+    # -- a new issuer (reload) ---------------------------------------------------------------
+
+    def reload_issuer(self, issuer: Issuer) -> list[str]:
+        """Issue from ``issuer`` from now on: a reload after the operator replaced (or moved)
+        the certificate files. Certificates held in memory only (``persist`` False: the
+        previous files') are issued again at once when the issuer can do it at once, so new
+        TLS connections get the new pair while live ones keep theirs. A name the new pair
+        cannot be had for keeps the certificate it has and is retried like any failure.
+        Wanted names whose last order failed are tried again at the next pass, not after
+        their backoff: the operator may just have fixed the files. Returns the names that
+        got a new certificate."""
+        self.issuer = issuer
+        renewed: list[str] = []
+        if isinstance(issuer, SyncIssuer):
+            for name in [n for n, e in self._entries.items() if not e.persist]:
+                try:
+                    with self._sync_lock:
+                        entry = self._install(name, issuer.issue_now([name]))
+                except RelayError as exc:
+                    self._failed(name, exc)
+                    continue
+                self._retry.pop(name, None)
+                renewed.append(name)
+                self._emit(CertEvent(name, "issued", expires=entry.not_after))
+        for name in [n for n in self._retry if n in self._wanted and n not in self._entries]:
+            del self._retry[name]
+        self._poke()
+        return renewed
+
     # -- wanted names ------------------------------------------------------------------------
 
     def want(self, hostname: str) -> CertEvent | None:

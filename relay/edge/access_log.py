@@ -17,7 +17,9 @@ Text (one line, space separated; ``-`` for unknown)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -26,33 +28,66 @@ from typing import IO, Any
 from relay import _exchanges, _fastpath
 from relay.edge.tcp import format_address
 
+log = logging.getLogger("relay.edge.access_log")
+
 FLUSH_INTERVAL = 0.25
 KINDS = _fastpath.KINDS
+
+#: An open destination: the stream to write, and the file to close with it (None for
+#: stderr, which is not ours to close).
+Output = tuple[IO[bytes], IO[bytes] | None]
+
+
+def open_output(destination: str) -> Output:
+    """Open ``destination`` for appending ("-": stderr); OSError if it cannot be."""
+    if destination == "-":
+        return sys.stderr.buffer, None
+    owned = Path(destination).open("ab")  # noqa: SIM115
+    return owned, owned
 
 
 class AccessLog:
     """Writes the access log to ``destination`` ("-" for stderr, or a file appended to)
-    in ``fmt`` ("text" or "json") until ``close()``."""
+    in ``fmt`` ("text" or "json") until ``close()``. ``output``: the destination opened
+    already (:func:`open_output`)."""
 
-    def __init__(self, destination: str, fmt: str) -> None:
+    def __init__(self, destination: str, fmt: str, output: Output | None = None) -> None:
+        self.destination = destination
         self.fmt = fmt
-        self._owned: IO[bytes] | None = None
-        if destination == "-":
-            self.stream: IO[bytes] = sys.stderr.buffer
-        else:
-            self._owned = Path(destination).open("ab")  # noqa: SIM115
-            self.stream = self._owned
+        self.stream, self._owned = output or open_output(destination)
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def switch(self, destination: str, fmt: str, output: Output) -> None:
+        """Write to ``output`` (``destination`` opened anew) in ``fmt`` from now on; what
+        was recorded so far goes to the old file, in the old format, first. After a log
+        rotation's rename this starts the new file, which is why a reload always
+        reopens."""
+        try:
+            self.flush()
+        except OSError as exc:  # the old file's trouble must not keep the new one out
+            log.warning("access log: the last lines for %s are lost: %s", self.destination, exc)
+        if self._owned is not None:
+            with contextlib.suppress(OSError):
+                self._owned.close()
+        self.destination = destination
+        self.stream, self._owned = output
+        if fmt != self.fmt:
+            self.fmt = fmt
+            if self._loop is not None:  # nothing is recorded between the flush and this
+                self._record()
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._record()
+        _fastpath.set_logging(True)
+        self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
+
+    def _record(self) -> None:
         # Text lines are formatted in C as requests finish; JSON from records here.
         _exchanges.set_logging(
             _exchanges.LOG_RECORDS if self.fmt == "json" else _exchanges.LOG_TEXT
         )
-        _fastpath.set_logging(True)
-        self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
 
     def _tick(self) -> None:
         assert self._loop is not None

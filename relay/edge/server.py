@@ -9,6 +9,8 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,10 @@ from relay import __version__
 from relay.accepting import LimitWatch
 from relay.admin import AdminServer
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
-from relay.config import EdgeConfig, parse_host_port
+from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
-from relay.edge.access_log import AccessLog
+from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
@@ -29,6 +31,7 @@ from relay.edge.tcp import Refuse, TcpEndpoint
 from relay.errors import (
     BindError,
     BindNotAllowed,
+    ConfigError,
     DataDirError,
     EndpointAlreadyBound,
     ExpiredToken,
@@ -38,6 +41,7 @@ from relay.errors import (
     RevokedToken,
     TooManyEndpoints,
 )
+from relay.logs import use_format, use_level
 from relay.protocol import Bind
 from relay.tls import server_context
 from relay.tlslink import Listener, serve_links
@@ -72,6 +76,19 @@ def prepare_data_dir(data_dir: Path) -> None:
             os.chmod(data_dir, 0o700)
     except OSError as exc:
         raise DataDirError(f"cannot create data directory {data_dir}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did: ``applied`` the live keys that changed, ``kept`` the changed keys
+    that need a restart (their running value stays), ``renewed`` the names whose
+    certificate was issued again from the operator's files; ``refused``: why nothing
+    changed at all."""
+
+    applied: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    renewed: tuple[str, ...] = ()
+    refused: RelayError | None = None
 
 
 class Edge:
@@ -135,15 +152,19 @@ class Edge:
             raise ListenError.for_address(config.listen, "--listen", exc) from None
         sockname = self.server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if config.access_log:
+            # Before the web fronts: the TLS port decides at start whether its passthrough
+            # connections are logged.
+            self.access_log = AccessLog(
+                config.access_log, config.log_format, _open_access_log(config.access_log)
+            )
+            self.access_log.start(loop)
         if config.http_listen or config.https_listen:
             from relay.edge.web import WebFronts
 
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
-        if config.access_log:
-            self.access_log = AccessLog(config.access_log, config.log_format)
-            self.access_log.start(loop)
         if config.admin_listen:
             self.admin = AdminServer(self.metrics, self.readiness, self.status)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
@@ -220,6 +241,88 @@ class Edge:
             self.access_log.close()
         if self.store is not None:
             self.store.close()
+
+    # --- reload (SIGHUP) ----------------------------------------------------------------
+
+    def reload(self, new_config: EdgeConfig, *, source: str = "the configuration") -> ReloadResult:
+        """Run with ``new_config``'s live settings from now on, without dropping a session or
+        a stream: the running listeners, sessions and connections stay as they are, and
+        settings that apply when something starts (HTTP limits of a connection, the grace
+        of a session that ends) apply to what starts from now on. Settings that need a
+        restart keep their running value and are named in one WARNING. What can fail (the
+        access log's new file, the operator's certificate files) is done first: if any of
+        it fails the reload is refused as a whole, in one ERROR line, and nothing changes.
+        An access log file is always reopened (log rotation), and the files issuer's
+        certificates always read again (certificate rotation), changed or not."""
+        if self._stopping or self.server is None:
+            state = "draining" if self._stopping else "not started yet"
+            log.warning("reload of %s ignored: the edge is %s", source, state)
+            return ReloadResult(refused=ConfigError(f"the edge is {state}"))
+        change = config_change(self.config, new_config)
+        config = change.config
+        try:
+            issuer = self.web.prepare_reload(config) if self.web is not None else None
+            output = _open_access_log(config.access_log) if config.access_log else None
+        except RelayError as err:
+            return self._reload_refused(source, err)
+        self.config = config
+        use_level(config.log_level)
+        use_format(config.log_format)
+        self._reopen_access_log(config, output)
+        renewed = self.web.apply_reload(config, issuer) if self.web is not None else []
+        if change.kept:
+            log.warning(
+                "reload of %s: cannot change while the edge runs: %s; restart the edge to "
+                "change it",
+                source,
+                ", ".join(
+                    f"{k} (stays {_shown(getattr(config, k))}, asked "
+                    f"{_shown(getattr(new_config, k))})"
+                    for k in change.kept
+                ),
+            )
+        done = [f"changed {', '.join(change.applied)}" if change.applied else "nothing changed"]
+        if change.kept:
+            done.append(f"kept {', '.join(change.kept)} (restart to change)")
+        if config.access_log not in ("", "-"):
+            done.append(f"access log reopened ({config.access_log})")
+        if issuer is not None:
+            done.append(f"certificate files read again (names re-issued: {len(renewed)})")
+        log.info("reloaded %s: %s", source, "; ".join(done))
+        return ReloadResult(change.applied, change.kept, renewed=tuple(renewed))
+
+    def reload_from(self, load: Callable[[], EdgeConfig], source: str) -> ReloadResult:
+        """:meth:`reload` with the configuration ``load`` makes (the same file and flags
+        the edge started with); a configuration that does not load (bad YAML, an unknown
+        key, a bad value) is refused as a whole, in one ERROR line."""
+        try:
+            new_config = load()
+        except RelayError as err:
+            return self._reload_refused(source, err)
+        return self.reload(new_config, source=source)
+
+    def _reload_refused(self, source: str, err: RelayError) -> ReloadResult:
+        # One line, whatever the reason says (a YAML error spans several).
+        reason = " ".join(err.one_line().split())
+        log.error("reload of %s refused, the running configuration stays: %s", source, reason)
+        return ReloadResult(refused=err)
+
+    def _reopen_access_log(self, config: EdgeConfig, output: Output | None) -> None:
+        if output is None:
+            if self.access_log is not None:
+                self.access_log.close()
+                self.access_log = None
+        elif self.access_log is None:
+            self.access_log = AccessLog(config.access_log, config.log_format, output)
+            self.access_log.start(asyncio.get_running_loop())
+        else:
+            self.access_log.switch(config.access_log, config.log_format, output)
+        logging_on = self.access_log is not None
+        for endpoint in self.endpoints.values():
+            if isinstance(endpoint, TcpEndpoint):  # its visitors from now on
+                endpoint.log_access = logging_on
+        if self.web is not None and self.web.tls_front is not None:
+            self.web.tls_front.log_access = logging_on  # passthrough visitors from now on
 
     # --- health -------------------------------------------------------------------------
 
@@ -566,6 +669,19 @@ def _valid_label(label: str) -> bool:
         and label[-1] != "-"
         and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
     )
+
+
+def _open_access_log(destination: str) -> Output:
+    try:
+        return open_output(destination)
+    except OSError as exc:
+        raise ConfigError(f"access_log: cannot open {destination}: {exc}") from None
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in a log line: empty ones say so."""
+    text = str(value)
+    return text if text else '""'
 
 
 def _leaf_pem(chain_pem: bytes) -> bytes:

@@ -50,7 +50,7 @@ from relay.certs.manager import (
     context_from_pem,
     renewal_time,
 )
-from relay.config import parse_host_port
+from relay.config import EdgeConfig, parse_host_port
 from relay.control.secrets import SecretBox
 from relay.edge.http import HttpFront, RouteResult
 from relay.edge.routes import HostEndpoint
@@ -358,15 +358,7 @@ class WebFronts:
 
         self._base_wildcard = _StandIn([f"*.{base}"], base_wildcard)
         if config.cert_issuer == "files" and config.cert_file and config.key_file:
-            issuer = FileIssuer(config.cert_file, config.key_file)
-
-            def files() -> _Made:
-                cert = issuer.load()
-                ctx = context_from_pem(cert.chain_pem, cert.key_pem)
-                # Read the operator's files again now and then: they may be replaced.
-                return ctx, cert.names(), dt.datetime.now(dt.UTC) + FILES_RELOAD
-
-            self._files = _StandIn([], files)
+            self._files = _files_stand_in(FileIssuer(config.cert_file, config.key_file))
 
     def _stand_in_for(
         self, name: str, endpoint: HostEndpoint | None
@@ -441,6 +433,45 @@ class WebFronts:
             return self.config.http_public_port or self.http_port or 80
         return self.config.https_public_port or self.https_port or 443
 
+    # --- reload ------------------------------------------------------------------------------
+
+    def prepare_reload(self, config: EdgeConfig) -> FileIssuer | None:
+        """What a reload to ``config`` needs that can fail, done before anything changes:
+        with the files issuer, the certificate pair read and checked (it is read again on
+        every reload, whether or not its paths changed: rotation replaces the files in
+        place). Raises RelayError: the reload is then refused as a whole."""
+        if self.issuer_kind != "files":
+            return None
+        if config.cert_file is None or config.key_file is None:
+            raise ConfigError("cert_issuer files needs cert_file and key_file")
+        issuer = FileIssuer(config.cert_file, config.key_file)
+        issuer.load()
+        return issuer
+
+    def apply_reload(self, config: EdgeConfig, issuer: FileIssuer | None) -> list[str]:
+        """Take ``config``'s live settings: HTTP limits and timeouts for connections
+        accepted from now on (a connection copies them when it starts), the redirect and
+        the public ports for requests and binds from now on, and ``issuer``'s certificates
+        (from :meth:`prepare_reload`) for TLS handshakes from now on. Returns the names
+        whose certificate was issued again."""
+        self.config = config
+        for front in (self.http, self.https, self.answers):
+            if front is None:
+                continue
+            front.max_head = config.http_max_head
+            front.max_headers = config.http_max_headers
+            front.max_body = config.http_max_body
+            front.header_timeout = config.http_header_timeout
+            front.idle_timeout = config.http_idle_timeout
+        if self.http is not None:
+            self.http.redirect_to_https = self._https_location if config.https_redirect else None
+        if self.tls_front is not None:
+            self.tls_front.hello_timeout = config.http_header_timeout
+        if issuer is None or self.certs is None:
+            return []
+        self._files = _files_stand_in(issuer)
+        return self.certs.reload_issuer(issuer)
+
     def close(self) -> None:
         """Stop taking visitors (drain)."""
         if self.http_server is not None:
@@ -456,6 +487,16 @@ class WebFronts:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
+
+
+def _files_stand_in(issuer: FileIssuer) -> _StandIn:
+    def files() -> _Made:
+        cert = issuer.load()
+        ctx = context_from_pem(cert.chain_pem, cert.key_pem)
+        # Read the operator's files again now and then: they may be replaced.
+        return ctx, cert.names(), dt.datetime.now(dt.UTC) + FILES_RELOAD
+
+    return _StandIn([], files)
 
 
 def _failure_text(event: CertEvent) -> str:
