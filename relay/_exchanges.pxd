@@ -2,6 +2,7 @@
 
 cdef class Exchanges:
     cdef int kind
+    cdef int slot
     cdef str endpoint
     cdef str visitor
     cdef bytes line_prefix

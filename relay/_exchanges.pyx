@@ -20,6 +20,7 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcmp, memset
 
 from relay._clock cimport monotonic, wallclock
+from relay._series cimport MAX_ENDPOINT_SERIES, N_ENDPOINT_SLOTS
 
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
@@ -47,6 +48,9 @@ for _i, _bound in enumerate(DURATION_BUCKETS):
 memset(_classes, 0, sizeof(_classes))
 memset(_buckets, 0, sizeof(_buckets))
 memset(_duration_sum, 0, sizeof(_duration_sum))
+# Requests by status class per endpoint series slot (relay/_series.pxd; opt-in).
+cdef unsigned long long _ep_classes[N_ENDPOINT_SLOTS][N_CLASSES]
+memset(_ep_classes, 0, sizeof(_ep_classes))
 
 #: Endpoint kinds, as relay._fastpath.KINDS (for the log line).
 KINDS = ("tcp", "http", "https", "tls")
@@ -85,6 +89,14 @@ cdef list _finished = []
 #: counted): a log that cannot keep up must not grow the edge without bound.
 cdef Py_ssize_t MAX_PENDING_RECORDS = 100_000
 cdef unsigned long long _dropped = 0
+
+
+def endpoint_http_counts(int count):
+    """Requests by status class (as ``http_counts()``'s) for endpoint slots 1..``count``:
+    index i is slot i + 1."""
+    if not 0 <= count <= MAX_ENDPOINT_SERIES:
+        raise ValueError(f"count must be 0..{MAX_ENDPOINT_SERIES}, not {count}")
+    return [[_ep_classes[s][c] for c in range(N_CLASSES)] for s in range(1, count + 1)]
 
 
 def http_counts():
@@ -129,8 +141,10 @@ def take_finished():
 cdef class Exchanges:
     """The exchanges of one visitor connection; ``kind`` indexes the counters."""
 
-    def __init__(self, int kind, str endpoint, str visitor):
+    def __init__(self, int kind, str endpoint, str visitor, int metric_slot=0):
         self.kind = kind if 0 <= kind < N_KINDS else 1
+        # The endpoint's series slot (0: none); out of range counts nowhere.
+        self.slot = metric_slot if 0 < metric_slot <= MAX_ENDPOINT_SERIES else 0
         self.endpoint = endpoint
         self.visitor = visitor
         self.queue = []
@@ -269,6 +283,8 @@ cdef class Exchanges:
         status = record[6]
         klass = status // 100 if 100 <= status < 600 else 0
         _classes[self.kind][klass] += 1
+        if self.slot:
+            _ep_classes[self.slot][klass] += 1
         while b < N_DURATION_BUCKETS and elapsed > _bounds[b]:
             b += 1
         _buckets[self.kind][b] += 1

@@ -83,6 +83,8 @@ cdef class Pump(Channel):
     cdef double _started
     cdef unsigned long long _bytes_from
     cdef unsigned long long _bytes_to
+    #: Endpoint series slot (relay/_series.pxd; 0: none), see ``metric_slot``.
+    cdef int _slot
 
     cdef bint _direct_ok(self)
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
@@ -92,6 +94,7 @@ cdef class Pump(Channel):
     cdef bint _direct_room_spent(self)
     cdef void _abort(self)
     cdef void _reset_stream(self)
+    cdef void attribute_to(self, int slot)
     cdef void _count_open(self, bint timed)
     cdef void _count_close(self)
     cdef void _count_from_socket(self, Py_ssize_t length)

@@ -63,6 +63,9 @@ class Pump(Channel, asyncio.BufferedProtocol):
     #: The access log's name for the endpoint (None: no access log line for this pump).
     log_endpoint: str | None
     log_visitor: Any
+    #: Endpoint series slot, 1..MAX_ENDPOINT_SERIES (0: none); set before the connection
+    #: is made, else ValueError.
+    metric_slot: int
     def __init__(
         self,
         link: Link,
@@ -79,6 +82,12 @@ OPEN_BUCKETS: tuple[float, ...]
 
 def traffic() -> dict[str, Any]:
     """Counters of the byte path since the process started (see relay/_fastpath.pyx)."""
+
+#: The most endpoints that can have metric series of their own.
+MAX_ENDPOINT_SERIES: int
+
+def endpoint_traffic(count: int) -> dict[str, list[int]]:
+    """traffic()'s byte and connection counters for endpoint slots 1..count."""
 
 def set_logging(on: bool) -> None: ...
 def take_closed() -> tuple[list[tuple[Any, ...]], int]: ...

@@ -40,6 +40,7 @@ import socket
 import relay_native
 
 from relay._clock cimport monotonic, wallclock
+from relay._series cimport MAX_ENDPOINT_SERIES as _MAX_SERIES, N_ENDPOINT_SLOTS
 
 cdef extern from "sys/uio.h":
     struct iovec:
@@ -169,6 +170,20 @@ cdef inline void _observe_open(double seconds):
     _open_sum += seconds
 
 
+# Per endpoint, only for endpoints the edge gave a series (relay/edge/endpoint_series.py):
+# the same counts, indexed by the pump's slot (relay/_series.pxd).
+cdef unsigned long long _ep_from[N_ENDPOINT_SLOTS]
+cdef unsigned long long _ep_to[N_ENDPOINT_SLOTS]
+cdef unsigned long long _ep_opened[N_ENDPOINT_SLOTS]
+cdef long long _ep_live[N_ENDPOINT_SLOTS]
+memset(_ep_from, 0, sizeof(_ep_from))
+memset(_ep_to, 0, sizeof(_ep_to))
+memset(_ep_opened, 0, sizeof(_ep_opened))
+memset(_ep_live, 0, sizeof(_ep_live))
+#: The most endpoints that can have series of their own (slots 1..this).
+MAX_ENDPOINT_SERIES = _MAX_SERIES
+
+
 cdef bint _logging = False
 cdef list _closed_log = []
 #: Connection records kept between two drains of the access log, at most.
@@ -190,6 +205,19 @@ def take_closed():
     global _closed_log
     taken, _closed_log = _closed_log, []
     return taken, _log_dropped
+
+
+def endpoint_traffic(int count):
+    """The same counters for endpoint slots 1..``count``: lists whose index i is slot
+    i + 1 (bytes from and to the visitor's socket, connections opened and live)."""
+    if not 0 <= count <= _MAX_SERIES:
+        raise ValueError(f"count must be 0..{MAX_ENDPOINT_SERIES}, not {count}")
+    return {
+        "from_socket": [_ep_from[s] for s in range(1, count + 1)],
+        "to_socket": [_ep_to[s] for s in range(1, count + 1)],
+        "opened": [_ep_opened[s] for s in range(1, count + 1)],
+        "live": [_ep_live[s] for s in range(1, count + 1)],
+    }
 
 
 def traffic():
@@ -917,12 +945,43 @@ cdef class Pump(Channel):
 
     # --- traffic counters (see traffic()) -------------------------------------------------
 
+    @property
+    def metric_slot(self):
+        """The endpoint series this pump's connection counts in (0: none). Set before the
+        connection is made; an HTTP visitor is given its slot when its first request is
+        routed (``attribute_to``)."""
+        return self._slot
+
+    @metric_slot.setter
+    def metric_slot(self, int slot):
+        if not 0 <= slot <= _MAX_SERIES:
+            raise ValueError(f"metric_slot must be 0..{MAX_ENDPOINT_SERIES}, not {slot}")
+        if self._counted:
+            raise ValueError("metric_slot is set before the connection is made")
+        self._slot = slot
+
+    cdef void attribute_to(self, int slot):
+        """Count this connection under endpoint ``slot`` from now on, with what it has
+        carried so far (an HTTP visitor's first request head was read before its endpoint
+        was known)."""
+        if self._slot or slot <= 0 or slot > _MAX_SERIES:
+            return
+        self._slot = slot
+        _ep_from[slot] += self._bytes_from
+        _ep_to[slot] += self._bytes_to
+        if self._counted:
+            _ep_opened[slot] += 1
+            _ep_live[slot] += 1
+
     cdef void _count_open(self, bint timed):
         if self._counted:
             return
         self._counted = True
         _opened[self.kind] += 1
         _live[self.kind] += 1
+        if self._slot:
+            _ep_opened[self._slot] += 1
+            _ep_live[self._slot] += 1
         self._started = monotonic()
         if timed:
             self._opened_at = self._started
@@ -930,6 +989,8 @@ cdef class Pump(Channel):
     cdef void _count_from_socket(self, Py_ssize_t length):
         _from_socket[self.kind] += length
         self._bytes_from += length
+        if self._slot:
+            _ep_from[self._slot] += length
 
     cdef void _count_close(self):
         global _log_dropped
@@ -937,6 +998,8 @@ cdef class Pump(Channel):
             return
         self._counted = False
         _live[self.kind] -= 1
+        if self._slot:
+            _ep_live[self._slot] -= 1
         if _logging and self.log_endpoint is not None:
             if len(_closed_log) >= MAX_LOG_RECORDS:
                 _log_dropped += 1
@@ -949,6 +1012,8 @@ cdef class Pump(Channel):
     cdef void _count_to_socket(self, Py_ssize_t length):
         _to_socket[self.kind] += length
         self._bytes_to += length
+        if self._slot:
+            _ep_to[self._slot] += length
         if self._opened_at != 0.0:
             _observe_open(monotonic() - self._opened_at)
             self._opened_at = 0.0

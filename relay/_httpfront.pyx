@@ -366,7 +366,7 @@ cdef class HttpVisitor(Pump):
         if result[0] != 0:
             self._refuse(result[0], result[1], result[2])
             return
-        link, header, rewrite = result[1], result[2], result[3]
+        link, header, rewrite, slot = result[1], result[2], result[3], result[4]
         try:
             self.stream_id = (<Link>link).session.open_stream()
         except YamuxError:
@@ -377,7 +377,8 @@ cdef class HttpVisitor(Pump):
         self.host_rewrite = rewrite
         self.stream_header = header
         self.routed = True
-        self.exchanges = Exchanges(self.kind, hostname, self.peer_ip)
+        self.exchanges = Exchanges(self.kind, hostname, self.peer_ip, slot)
+        self.attribute_to(slot)
         (<Link>link).channels[self.stream_id] = self
         self._send(header)
 

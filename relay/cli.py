@@ -206,6 +206,14 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     "public interfaces ('' disables). Default 127.0.0.1:9190.",
 )
 @click.option(
+    "--metrics-endpoint-labels",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Give the first N endpoint names bound their own metric series (an endpoint "
+    "label; about 10 series each). Default 0: per-kind series only.",
+)
+@click.option(
     "--access-log",
     default=None,
     help="One line per request (http, https) and per connection (tcp, tls): '-' for "

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from relay._fastpath import MAX_ENDPOINT_SERIES
 from relay.edge.ports import PortRange
 from relay.errors import ConfigError
 from relay.mux import MuxConfig
@@ -79,6 +80,8 @@ class EdgeConfig:
     key_file: Path | None = None
     #: /metrics, /healthz, /readyz; never a visitor or agent port ("" disables it).
     admin_listen: str = "127.0.0.1:9190"
+    #: Endpoints (the first N names bound) with metric series of their own; 0: none.
+    metrics_endpoint_labels: int = 0
     #: One line per request (http, https) and per connection (tcp, tls): "" off, "-"
     #: stderr, else a file appended to.
     access_log: str = ""
@@ -153,6 +156,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             "http_max_head",
             "http_max_headers",
             "http_max_body",
+            "metrics_endpoint_labels",
         ):
             return int(value)
         if name == "log_level":
@@ -208,6 +212,11 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
         )
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {config.log_format!r}")
+    if not 0 <= config.metrics_endpoint_labels <= MAX_ENDPOINT_SERIES:
+        raise ConfigError(
+            f"metrics_endpoint_labels must be 0..{MAX_ENDPOINT_SERIES}, "
+            f"not {config.metrics_endpoint_labels}"
+        )
     if config.cert_issuer not in ("local", "acme", "files"):
         raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
     return config
@@ -266,6 +275,7 @@ RESTART_KEYS = frozenset(
         "acme_ca_bundle",
         "acme_challenge",
         "admin_listen",
+        "metrics_endpoint_labels",
         "mux",
     )
 )

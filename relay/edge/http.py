@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 ACME_PREFIX = b"/.well-known/acme-challenge/"
 ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 
-RouteResult = tuple[int, Any, Any, Any]
+RouteResult = tuple[int, Any, Any, Any, int]
 
 
 class HttpFront:
@@ -63,8 +63,9 @@ class HttpFront:
         accept: str | None,
         tls_endpoint: str | None = None,
     ) -> RouteResult:
-        """(0, link, stream header, host rewrite) — or (status, code, message, None) for an
-        error page — or (-1, response bytes, None, None) for a local answer (redirect).
+        """(0, link, stream header, host rewrite, endpoint series slot) — or (status, code,
+        message, None, 0) for an error page — or (-1, response bytes, None, None, 0) for a
+        local answer (redirect).
 
         ``tls_endpoint``: on the TLS port, the id of the endpoint the SNI selected (its
         certificate is the one the visitor checked). A Host of any other endpoint is
@@ -84,7 +85,7 @@ class HttpFront:
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)
             if location is not None:
-                return (-1, _redirect(location), None, None)
+                return (-1, _redirect(location), None, None, 0)
         if endpoint is None:
             return self._error(404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
         session = endpoint.holder.session
@@ -99,10 +100,10 @@ class HttpFront:
             server_name=hostname,
             extra=extra,
         ).to_wire()
-        return (0, session.link, header, endpoint.host_rewrite)
+        return (0, session.link, header, endpoint.host_rewrite, endpoint.metric_slot)
 
     def _error(self, status: int, code: str, message: str) -> RouteResult:
-        return (status, code, message, None)
+        return (status, code, message, None, 0)
 
     def error_page(
         self, status: int, code: str, message: str, accept: str | None, head: bool

@@ -16,7 +16,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from relay import _exchanges
+from relay import _exchanges, _fastpath
 from relay.edge.session import AUTH_FAILURE_REASONS
 from relay.metrics import KINDS, Metrics, SessionsCollector, cumulative_buckets
 
@@ -53,6 +53,7 @@ PAGE_CODES = (
 CODE_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 if TYPE_CHECKING:
+    from relay.edge.endpoint_series import EndpointSeries
     from relay.edge.server import Edge
 
 
@@ -118,6 +119,7 @@ class EdgeMetrics(Metrics):
         self.register(SessionsCollector(lambda: _live_native_sessions(edge), self.mux))
         self.register(_EdgeStateCollector(edge))
         self.register(_HttpExchangesCollector())
+        self.register(_EndpointSeriesCollector(edge.endpoint_series))
 
 
 def _live_native_sessions(edge: Edge) -> list[object]:
@@ -195,3 +197,63 @@ class _HttpExchangesCollector(Collector):
         )
         dropped.add_metric([], counts["dropped"])
         yield dropped
+
+
+class _EndpointSeriesCollector(Collector):
+    """The opt-in per-endpoint series (relay/edge/endpoint_series.py): the byte path's
+    slot counters, labelled with the endpoint's URL, read at scrape time."""
+
+    def __init__(self, series: EndpointSeries) -> None:
+        self.series = series
+
+    def collect(self) -> Iterator[Metric]:
+        series = self.series
+        limit = GaugeMetricFamily(
+            "relay_endpoint_series_limit",
+            "endpoints that may have series of their own (metrics_endpoint_labels)",
+        )
+        limit.add_metric([], series.limit)
+        yield limit
+        refused = CounterMetricFamily(
+            "relay_endpoint_series_refused",
+            "binds of an endpoint that got no series of its own: the limit was reached",
+        )
+        refused.add_metric([], series.refused)
+        yield refused
+        names, kinds = list(series.names), list(series.kinds)
+        if not names:
+            return
+        traffic = _fastpath.endpoint_traffic(len(names))
+        classes = _exchanges.endpoint_http_counts(len(names))
+        data = CounterMetricFamily(
+            "relay_endpoint_visitor_bytes",
+            "visitor payload bytes of one endpoint, by direction (in: visitor to upstream)",
+            labels=["endpoint", "kind", "direction"],
+        )
+        opened = CounterMetricFamily(
+            "relay_endpoint_visitor_connections",
+            "visitor connections carried to one endpoint",
+            labels=["endpoint", "kind"],
+        )
+        live = GaugeMetricFamily(
+            "relay_endpoint_visitor_connections_active",
+            "visitor connections of one endpoint open now",
+            labels=["endpoint", "kind"],
+        )
+        requests = CounterMetricFamily(
+            "relay_endpoint_http_requests",
+            "HTTP requests of one endpoint, by the status class of the answer",
+            labels=["endpoint", "kind", "code_class"],
+        )
+        for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+            data.add_metric([name, kind, "in"], traffic["from_socket"][i])
+            data.add_metric([name, kind, "out"], traffic["to_socket"][i])
+            opened.add_metric([name, kind], traffic["opened"][i])
+            live.add_metric([name, kind], traffic["live"][i])
+            if kind in ("http", "https"):
+                for c, code_class in enumerate(CODE_CLASSES):
+                    requests.add_metric([name, kind, code_class], classes[i][c])
+        yield data
+        yield opened
+        yield live
+        yield requests

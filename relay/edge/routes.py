@@ -22,6 +22,8 @@ class HostEndpoint:
     host_rewrite: bytes | None = None
     orphan_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     port: int = 0  # host endpoints have no port of their own
+    #: Its own metric series' slot (relay/edge/endpoint_series.py; 0: none).
+    metric_slot: int = 0
 
     @property
     def family(self) -> str:

@@ -22,6 +22,7 @@ from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge.access_log import AccessLog, Output, open_output
+from relay.edge.endpoint_series import EndpointSeries
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
@@ -115,6 +116,7 @@ class Edge:
         # An agent opens its control stream and nothing else: a second open ends the link
         # in the native session, before any stream is allocated for it.
         self._agent_mux = dataclasses.replace(config.mux, max_peer_streams=1)
+        self.endpoint_series = EndpointSeries(config.metrics_endpoint_labels)
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
         self.access_log: AccessLog | None = None
@@ -512,6 +514,8 @@ class Edge:
                 self.ports.release(candidate)
                 last_error = exc
                 continue
+            # Only now: a port that would not bind must not use up a series.
+            endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, "tcp")
             self.registry.claim(endpoint.key, holder)
             self.endpoints[endpoint.endpoint_id] = endpoint
             self.by_key[endpoint.key] = endpoint
@@ -560,6 +564,7 @@ class Edge:
             url=f"{scheme}://{shown}{suffix}",
             host_rewrite=request.host_header.encode("latin-1") if request.host_header else None,
         )
+        endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, endpoint.kind)
         self.registry.claim(endpoint.key, holder)
         (self.http_routes if family == "http" else self.sni_routes).add(endpoint)
         self.endpoints[endpoint.endpoint_id] = endpoint

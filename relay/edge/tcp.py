@@ -47,6 +47,8 @@ class TcpEndpoint:
         self.refused = refused
         #: Whether each visitor's connection gets an access log line.
         self.log_access = False
+        #: Its own metric series' slot (relay/edge/endpoint_series.py; 0: none).
+        self.metric_slot = 0
         self.server: asyncio.AbstractServer | None = None
         self.orphan_timer: asyncio.TimerHandle | None = None
 
@@ -70,6 +72,8 @@ class TcpEndpoint:
             self.refused.inc()
             return Refuse()
         pump = Pump(session.link, header_factory=self._header)
+        if self.metric_slot:
+            pump.metric_slot = self.metric_slot
         if self.log_access:
             pump.log_endpoint = self.url
         return pump

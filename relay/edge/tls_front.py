@@ -152,7 +152,8 @@ class TlsFront:
                     header.endpoint_id, peer, header.protocol, header.server_name
                 ).to_wire()
 
-            self._start(conn, lambda: self._passthrough(session, name, header_factory), None)
+            slot = endpoint.metric_slot
+            self._start(conn, lambda: self._passthrough(session, name, header_factory, slot), None)
             return
         ctx = self.context_for(name)
         endpoint_id = endpoint.endpoint_id
@@ -201,9 +202,12 @@ class TlsFront:
             self.metrics.tls_handshakes.labels("https", "failed" if failed else "ok").inc()
         _log_start_failure(task)
 
-    def _passthrough(self, session: Any, name: str, header_factory: Any) -> Pump:
-        """A ``tls`` endpoint's visitor: ciphertext both ways, counted as kind tls."""
+    def _passthrough(self, session: Any, name: str, header_factory: Any, slot: int) -> Pump:
+        """A ``tls`` endpoint's visitor: ciphertext both ways, counted as kind tls (and in
+        the endpoint's own series ``slot``, if it has one)."""
         pump = Pump(session.link, header_factory=header_factory, kind=TLS_KIND)
+        if slot:
+            pump.metric_slot = slot
         if self.log_access:
             pump.log_endpoint = f"tls://{name}"
         return pump
