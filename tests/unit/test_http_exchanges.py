@@ -127,3 +127,34 @@ def test_text_lines_are_formatted_whole_in_one_go() -> None:
         first,
     ), first
     assert b" POST /" + b"x" * 2047 + b" - in=0 out=0 " in second  # cut, no status
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    status=st.sampled_from([200, 201, 302, 404, 418, 500, 503, 599]),
+    size=st.integers(min_value=0, max_value=2_000_000),
+    method=st.sampled_from([b"GET", b"POST", b"PROPFIND", b"A" * 20]),
+    target=st.binary(min_size=1, max_size=64).map(lambda t: b"/" + t.replace(b"\n", b"")),
+)
+def test_every_field_of_a_text_line_is_written_exactly(
+    status: int, size: int, method: bytes, target: bytes
+) -> None:
+    _exchanges.set_logging(_exchanges.LOG_TEXT)
+    ex = Exchanges(1, "e.example", "")
+    ex.request(method, target)
+    head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, size)
+    ex.response_bytes(head)
+    ex.response_bytes(b"\0" * size)
+    [line] = _exchanges.take_finished()
+    match = re.fullmatch(
+        rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z http e\.example - r([0-9a-f]+) (.*) "
+        rb"(\d{3}) in=0 out=(\d+) (\d+)\.(\d{3})s\n",
+        line,
+        re.DOTALL,
+    )
+    assert match, line
+    assert match[3] == method[:16] + b" " + target
+    assert int(match[4]) == status
+    assert int(match[5]) == len(head) + size
+    assert int(match[2], 16) > 0
+    assert int(match[6]) < 5  # seconds: the exchange took far less
