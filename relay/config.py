@@ -51,6 +51,12 @@ class EdgeConfig:
     handshake_timeout: float = 10.0
     #: How long an endpoint whose agent vanished stays reserved for that token.
     reclaim_grace: float = 60.0
+    #: A source (IPv4 address, IPv6 /64) that fails to authenticate this many times
+    #: within ``auth_failure_window`` seconds is refused for ``auth_block_time`` seconds;
+    #: 0 turns this off.
+    auth_failure_limit: int = 10
+    auth_failure_window: float = 60.0
+    auth_block_time: float = 300.0
     max_endpoints_per_session: int = 64
     max_sessions: int = 10_000
     #: SIGTERM: how long live streams may take to finish.
@@ -143,6 +149,8 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if name in (
             "handshake_timeout",
             "reclaim_grace",
+            "auth_failure_window",
+            "auth_block_time",
             "drain_timeout",
             "http_header_timeout",
             "http_idle_timeout",
@@ -151,6 +159,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if name in (
             "max_endpoints_per_session",
             "max_sessions",
+            "auth_failure_limit",
             "http_public_port",
             "https_public_port",
             "http_max_head",
@@ -217,6 +226,11 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             f"metrics_endpoint_labels must be 0..{MAX_ENDPOINT_SERIES}, "
             f"not {config.metrics_endpoint_labels}"
         )
+    if config.auth_failure_limit < 0:
+        raise ConfigError(f"auth_failure_limit must be >= 0, not {config.auth_failure_limit}")
+    for key in ("auth_failure_window", "auth_block_time"):
+        if not getattr(config, key) > 0:
+            raise ConfigError(f"{key} must be more than 0 seconds, not {getattr(config, key)}")
     if config.cert_issuer not in ("local", "acme", "files"):
         raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
     return config
@@ -243,6 +257,9 @@ LIVE_KEYS = frozenset(
         "max_sessions",
         "max_endpoints_per_session",
         "reclaim_grace",
+        "auth_failure_limit",
+        "auth_failure_window",
+        "auth_block_time",
         "drain_timeout",
         "cert_file",
         "key_file",

@@ -204,6 +204,7 @@ class LinkServer:
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
         on_handshake: Callable[[bool], None] | None = None,
+        admit: Callable[[Any], bool] | None = None,
     ) -> None:
         self.loop = loop
         self.sockets = sockets
@@ -211,6 +212,7 @@ class LinkServer:
         self._ctx = ssl_context
         self._timeout = handshake_timeout
         self._on_handshake = on_handshake or (lambda ok: None)
+        self._admit = admit or (lambda address: True)
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = False
         # At the descriptor limit an AcceptLoop pauses (one log line) instead of spinning
@@ -222,7 +224,10 @@ class LinkServer:
             for sock in sockets
         ]
 
-    def _accepted(self, conn: socket.socket, _address: Any) -> None:
+    def _accepted(self, conn: socket.socket, address: Any) -> None:
+        if not self._admit(address):
+            conn.close()  # refused before its TLS handshake costs anything
+            return
         if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
             log.warning("refusing agent link: %d handshakes in progress", len(self._handshakes))
             conn.close()
@@ -289,10 +294,12 @@ async def serve_links(
     handshake_timeout: float,
     backlog: int = 1024,
     on_handshake: Callable[[bool], None] | None = None,
+    admit: Callable[[Any], bool] | None = None,
 ) -> Listener:
     """Listen for agent links on ``host:port``; each gets ``protocol_factory()`` once its
-    TLS handshake is done. ``on_handshake(ok)`` hears of every handshake's outcome (not
-    with uvloop's TLS, whose handshakes are its own)."""
+    TLS handshake is done. ``on_handshake(ok)`` hears of every handshake's outcome, and
+    ``admit(address)`` False closes a connection before its handshake (neither with
+    uvloop's TLS, whose handshakes are its own: the link handler checks then)."""
     if not direct_tls():
         return await loop.create_server(
             protocol_factory,
@@ -322,4 +329,6 @@ async def serve_links(
         for sock in sockets:
             sock.close()
         raise
-    return LinkServer(loop, sockets, protocol_factory, ssl_context, handshake_timeout, on_handshake)
+    return LinkServer(
+        loop, sockets, protocol_factory, ssl_context, handshake_timeout, on_handshake, admit
+    )

@@ -70,11 +70,17 @@ class EdgeMetrics(Metrics):
         )
         self.links_refused = self.counter(
             "relay_agent_links_refused",
-            "agent links closed at once, by reason (full: max_sessions; draining)",
+            "agent links closed at once, by reason (full: max_sessions; draining; "
+            "source_blocked: too many failed authentications from its source)",
             ("reason",),
         )
         self.auth_failures = self.counter(
             "relay_auth_failures", "failed agent authentications, by reason", ("reason",)
+        )
+        self.auth_blocks = self.counter(
+            "relay_auth_source_blocks",
+            "sources refused for auth_block_time after auth_failure_limit failed "
+            "authentications within auth_failure_window",
         )
         self.binds_refused = self.counter(
             "relay_binds_refused", "binds refused, by RLY code", ("code",)
@@ -101,7 +107,7 @@ class EdgeMetrics(Metrics):
         # its first event would hide that event from rate().
         for reason in SESSION_END_REASONS:
             self.sessions_closed.labels(reason)
-        for reason in ("full", "draining"):
+        for reason in ("full", "draining", "source_blocked"):
             self.links_refused.labels(reason)
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason)
@@ -147,6 +153,11 @@ class _EdgeStateCollector(Collector):
         for kind in KINDS:
             endpoints.add_metric([kind], by_kind.get(kind, 0))
         yield endpoints
+        blocked = GaugeMetricFamily(
+            "relay_auth_sources_blocked", "sources whose agent links are refused now"
+        )
+        blocked.add_metric([], edge.auth_guard.blocked_sources())
+        yield blocked
         ready = GaugeMetricFamily(
             "relay_ready", "1 while the edge serves (listeners bound, store reachable, no drain)"
         )

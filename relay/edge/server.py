@@ -22,6 +22,7 @@ from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge.access_log import AccessLog, Output, open_output
+from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.endpoint_series import EndpointSeries
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
@@ -117,6 +118,9 @@ class Edge:
         # in the native session, before any stream is allocated for it.
         self._agent_mux = dataclasses.replace(config.mux, max_peer_streams=1)
         self.endpoint_series = EndpointSeries(config.metrics_endpoint_labels)
+        self.auth_guard = AuthGuard(
+            config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
+        )
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
         self.access_log: AccessLog | None = None
@@ -149,6 +153,7 @@ class Edge:
                 handshake_timeout=config.handshake_timeout,
                 backlog=1024,
                 on_handshake=self._agent_handshake,
+                admit=self.admits_agent_from,
             )
         except OSError as exc:
             raise ListenError.for_address(config.listen, "--listen", exc) from None
@@ -174,6 +179,40 @@ class Edge:
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
         # libuv drops their visitors silently. Say so, once per episode.
         self._limit_watch = LimitWatch(loop, what="TCP endpoints and the HTTP listener")
+
+    def admits_agent_from(self, address: object) -> bool:
+        """False for a source refused for failing to authenticate (see AuthGuard)."""
+        if self.auth_guard.blocked_for(source_of(address)) <= 0:
+            return True
+        self.metrics.links_refused.labels("source_blocked").inc()
+        return False
+
+    def auth_failed(self, session: AgentSession) -> None:
+        """A link failed to authenticate: count it against its source, which is refused
+        for ``auth_block_time`` once it has failed ``auth_failure_limit`` times."""
+        if not self.auth_guard.failed(session.source):
+            return
+        assert self.store is not None
+        config = self.config
+        log.warning(
+            "agent links from %s refused for %gs: %d failed authentications within %gs",
+            session.source,
+            config.auth_block_time,
+            config.auth_failure_limit,
+            config.auth_failure_window,
+        )
+        self.metrics.auth_blocks.inc()
+        self.store.audit.append(
+            f"agent@{session.peer}",
+            "auth.block",
+            "",
+            {
+                "source": session.source,
+                "failures": config.auth_failure_limit,
+                "window_s": config.auth_failure_window,
+                "block_s": config.auth_block_time,
+            },
+        )
 
     def _agent_handshake(self, ok: bool) -> None:
         self.metrics.tls_handshakes.labels("agent", "ok" if ok else "failed").inc()
@@ -268,6 +307,9 @@ class Edge:
         except RelayError as err:
             return self._reload_refused(source, err)
         self.config = config
+        self.auth_guard.configure(
+            config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
+        )
         use_level(config.log_level)
         use_format(config.log_format)
         self._reopen_access_log(config, output)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import relay_native
 
 from relay import __version__
+from relay.edge.auth_guard import source_of
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
 from relay.errors import CertificateError, ProtocolViolation, RelayError
@@ -45,6 +46,10 @@ AUTH_FAILURE_REASONS = {
     "RLY_302": "version",
 }
 
+#: Failures that count against the source (relay.edge.auth_guard): a token that does not
+#: verify. A protocol version mismatch is an honest old agent, not a guess.
+GUESSING_CODES = frozenset(("RLY_101", "RLY_102", "RLY_103"))
+
 
 class AgentSession:
     def __init__(self, edge: Edge) -> None:
@@ -55,6 +60,8 @@ class AgentSession:
         self.token_id: str | None = None
         self.agent_id: str | None = None
         self.peer = ""
+        #: What failed authentications count against (relay.edge.auth_guard.source_of).
+        self.source = "-"
         self.authenticated = False
         self.draining = False
         self.endpoints: dict[str, Any] = {}
@@ -75,7 +82,10 @@ class AgentSession:
         self.link = link
         peer = link.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if not self.edge.session_started(self):
+        self.source = source_of(peer)
+        # The direct TLS listener refuses a blocked source before its handshake; uvloop's
+        # TLS hands over its links only after it, so this checks again.
+        if not self.edge.admits_agent_from(peer) or not self.edge.session_started(self):
             link.abort()  # full or draining: link_lost follows, and releases nothing
             return
         self._handshake_timer = link.loop.call_later(
@@ -142,6 +152,7 @@ class AgentSession:
             log.warning("session %s (%s): %s", self.session_id, self.peer, exc)
             if not self.authenticated:
                 self.edge.metrics.auth_failures.labels("protocol").inc()
+                self.edge.auth_failed(self)
             self.end_reason = "protocol_error"
             self.control.send(AuthError(exc.code, str(exc)))
             self.link.session.go_away(1)
@@ -168,6 +179,8 @@ class AgentSession:
             self.edge.metrics.auth_failures.labels(
                 AUTH_FAILURE_REASONS.get(exc.code, "other")
             ).inc()
+            if exc.code in GUESSING_CODES:
+                self.edge.auth_failed(self)
             self.control.send(AuthError(exc.code, str(exc)))
             self.link.session.go_away(0)
             self.link.close()
