@@ -71,6 +71,18 @@ def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        "store_url",
+        default=None,
+        envvar="RELAY_STORE",
+        metavar="URL",
+        help="The token and audit database, when not the data directory's SQLite: "
+        "postgresql://USER:PASSWORD@HOST/DB. The pepper stays in the data directory.",
+    )(func)
+
+
 @click.group(
     context_settings={
         "help_option_names": ["-h", "--help"],
@@ -214,6 +226,14 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     "label; about 10 series each). Default 0: per-kind series only.",
 )
 @click.option(
+    "--store",
+    default=None,
+    envvar="RELAY_STORE",
+    metavar="URL",
+    help="The token and audit database: postgresql://USER:PASSWORD@HOST/DB. Default: "
+    "SQLite in the data directory.",
+)
+@click.option(
     "--access-log",
     default=None,
     help="One line per request (http, https) and per connection (tcp, tls): '-' for "
@@ -344,13 +364,16 @@ def token() -> None:
     """Create, list and revoke agent authtokens (stored only as salted hashes)."""
 
 
-def _open_store(data_dir: Path | None, *, create: bool = False) -> Any:
+def _open_store(data_dir: Path | None, store_url: str | None, *, create: bool = False) -> Any:
     """The edge's token store. Only ``token create`` may make a new data directory: a
     list or a revoke on a mistyped --data-dir must say so, not act on an empty store."""
     from relay.config import default_data_dir
     from relay.edge.server import open_store, prepare_data_dir
 
     directory = data_dir or default_data_dir()
+    if store_url:
+        prepare_data_dir(directory)  # the pepper lives there
+        return directory, open_store(directory, store_url)
     if not create and not (directory / "relay.db").is_file():
         raise DataDirError(
             f"no edge data directory at {directory} (no relay.db): pass the --data-dir "
@@ -372,6 +395,7 @@ def parse_duration(text: str) -> timedelta:
 
 @token.command("create")
 @data_dir_option
+@store_option
 @click.option("--description", default="", help="What the token is for (shown in lists).")
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 12h or 90d. Default: none.")
 @click.option(
@@ -387,6 +411,7 @@ def parse_duration(text: str) -> timedelta:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def token_create(
     data_dir: Path | None,
+    store_url: str | None,
     description: str,
     expires_in: str | None,
     allow: tuple[str, ...],
@@ -396,7 +421,7 @@ def token_create(
     from relay.control.tokens import load_or_create_pepper
 
     try:
-        directory, store = _open_store(data_dir, create=True)
+        directory, store = _open_store(data_dir, store_url, create=True)
         expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
         record, plaintext = store.create_token(
             description=description,
@@ -416,11 +441,12 @@ def token_create(
 
 @token.command("list")
 @data_dir_option
+@store_option
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-def token_list(data_dir: Path | None, output: str) -> None:
+def token_list(data_dir: Path | None, store_url: str | None, output: str) -> None:
     """List tokens (ids and metadata; secrets are never stored)."""
     try:
-        _, store = _open_store(data_dir)
+        _, store = _open_store(data_dir, store_url)
         records = store.list_tokens()
         store.close()
     except RelayError as err:
@@ -457,11 +483,12 @@ def _minute(iso: str | None) -> str:
 
 @token.command("revoke")
 @data_dir_option
+@store_option
 @click.argument("token_id")
-def token_revoke(data_dir: Path | None, token_id: str) -> None:
+def token_revoke(data_dir: Path | None, store_url: str | None, token_id: str) -> None:
     """Revoke a token by id: agents using it can no longer connect."""
     try:
-        _, store = _open_store(data_dir)
+        _, store = _open_store(data_dir, store_url)
         record = store.revoke_token(token_id)
         store.close()
     except RelayError as err:

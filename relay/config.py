@@ -49,6 +49,8 @@ class EdgeConfig:
     tls_key: Path | None = None
     #: An agent must authenticate within this many seconds of connecting.
     handshake_timeout: float = 10.0
+    #: The token and audit database's URL; "" is SQLite in ``data_dir``.
+    store: str = ""
     #: How long an endpoint whose agent vanished stays reserved for that token.
     reclaim_grace: float = 60.0
     #: A source (IPv4 address, IPv6 /64) that fails to authenticate this many times
@@ -274,6 +276,7 @@ LIVE_KEYS = frozenset(
 RESTART_KEYS = frozenset(
     (
         "data_dir",
+        "store",
         "listen",
         "tcp_ports",
         "tcp_bind",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests start for real: haproxy (PROXY protocol consumer), pebble
-# (ACME server + pebble-challtestsrv DNS), curl and openssl (real clients), and
-# systemd-analyze (checks deploy/systemd/*.service; systemd is not started).
+# (ACME server + pebble-challtestsrv DNS), curl and openssl (real clients),
+# systemd-analyze (checks deploy/systemd/*.service; systemd is not started), and
+# postgresql (the store's suite runs on it too; the tests make their own cluster).
 # Installs what is missing when run as root with apt; otherwise names what to install.
 set -u
 want=(haproxy:/usr/sbin/haproxy pebble:/usr/bin/pebble curl:/usr/bin/curl openssl:/usr/bin/openssl
@@ -11,6 +12,8 @@ for item in "${want[@]}"; do
   pkg=${item%%:*}; bin=${item#*:}
   [ -x "$bin" ] || missing+=("$pkg")
 done
+# The server's programs live under a versioned directory.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "relay: installing test prerequisites from Debian: ${missing[*]}" >&2

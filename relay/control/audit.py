@@ -114,6 +114,10 @@ def event_hash(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+#: The PostgreSQL advisory lock key appenders take turns on ("relayaud" as an integer).
+AUDIT_APPEND_LOCK = int.from_bytes(b"relayaud", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def append_event(
     conn: Connection,
     *,
@@ -124,6 +128,11 @@ def append_event(
     detail: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event inside the caller's transaction and return it."""
+    if conn.dialect.name == "postgresql":
+        # Appenders take turns until their transaction ends, so no two read the same head:
+        # without this, concurrent writers collide on the next seq and replay, and under
+        # load some run out of retries. (SQLite's writers are serial: BEGIN IMMEDIATE.)
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({AUDIT_APPEND_LOCK})")
     last = conn.execute(
         select(audit_table.c.seq, audit_table.c.hash).order_by(audit_table.c.seq.desc()).limit(1)
     ).first()

@@ -171,6 +171,9 @@ class Store:
             parsed = make_url(url)
         except Exception as exc:  # sqlalchemy raises ArgumentError/ValueError variants
             raise ConfigError(f"invalid database URL: {exc}") from exc
+        if parsed.drivername == "postgresql":
+            # SQLAlchemy's default PostgreSQL driver is psycopg2; relay ships psycopg 3.
+            parsed = parsed.set(drivername="postgresql+psycopg")
         engine = create_engine(parsed)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine, memory=parsed.database in (None, "", ":memory:"))

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -56,7 +57,11 @@ log = logging.getLogger("relay.edge")
 CREDENTIAL_CHECK_INTERVAL = 1.0
 
 
-def open_store(data_dir: Path) -> Store:
+def open_store(data_dir: Path, url: str = "") -> Store:
+    """The store at ``url`` (PostgreSQL for deployments), or by default SQLite's
+    ``relay.db`` in the data directory."""
+    if url:
+        return Store.open(url)
     database = data_dir / "relay.db"
     try:
         # Token hashes and the audit log are nobody else's business: create the file
@@ -131,7 +136,7 @@ class Edge:
         config = self.config
         prepare_data_dir(config.data_dir)
         self.pepper = load_or_create_pepper(config.data_dir)
-        self.store = open_store(config.data_dir)
+        self.store = open_store(config.data_dir, config.store)
         host, port = config.listen_address()
         if config.tls_cert is not None and config.tls_key is not None:
             cert_file, key_file = config.tls_cert, config.tls_key
@@ -726,8 +731,11 @@ def _open_access_log(destination: str) -> Output:
 
 
 def _shown(value: Any) -> str:
-    """A setting's value in a log line: empty ones say so."""
+    """A setting's value in a log line: empty ones say so, and a URL's password is not
+    written (the store's URL may carry one)."""
     text = str(value)
+    if "://" in text and "@" in text:
+        text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
     return text if text else '""'
 
 

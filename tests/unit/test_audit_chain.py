@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +22,8 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path}/relay.db", clock=lambda: T0)
+def store(database_url: str) -> Iterator[Store]:
+    s = Store.open(database_url, clock=lambda: T0)
     yield s
     s.close()
 
@@ -159,9 +158,8 @@ def test_appending_after_tampering_does_not_hide_it(store: Store) -> None:
     assert _broken_at(store) == 2
 
 
-def test_concurrent_appenders_never_fork_the_chain(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/relay.db"
-    stores = [Store.open(url) for _ in range(6)]
+def test_concurrent_appenders_never_fork_the_chain(database_url: str) -> None:
+    stores = [Store.open(database_url) for _ in range(6)]
     barrier = threading.Barrier(len(stores))
     errors: list[BaseException] = []
 
@@ -189,9 +187,9 @@ def test_concurrent_appenders_never_fork_the_chain(tmp_path: Path) -> None:
             s.close()
 
 
-def test_events_carry_aware_utc_times(tmp_path: Path) -> None:
+def test_events_carry_aware_utc_times(database_url: str) -> None:
     plus5 = datetime(2030, 6, 1, 12, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=5)))
-    s = Store.open(f"sqlite:///{tmp_path}/relay.db", clock=lambda: plus5)
+    s = Store.open(database_url, clock=lambda: plus5)
     try:
         ev = s.audit.append("a", "x", "t")
         assert ev.at == plus5 and ev.at.utcoffset() == timedelta()

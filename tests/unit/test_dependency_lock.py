@@ -136,9 +136,12 @@ def test_the_locks_agree_on_every_version() -> None:
     dev = read_lock("dev.txt", everywhere=True)
     for lock_name in ("runtime.txt", "build.txt"):
         for name, pin in read_lock(lock_name, everywhere=True).items():
-            assert name in dev, f"{name} is in {lock_name} but not in dev.txt"
-            assert pin.version == dev[name].version, (
-                f"{name}: {pin.version} in {lock_name}, {dev[name].version} in dev.txt"
+            # dev.txt may need everywhere what a narrower lock needs on one platform
+            # (tzdata: psycopg's on Windows, a dev tool's everywhere): that pin covers it.
+            dev_pin = dev.get(name) or dev.get(name.split(";", 1)[0])
+            assert dev_pin is not None, f"{name} is in {lock_name} but not in dev.txt"
+            assert pin.version == dev_pin.version, (
+                f"{name}: {pin.version} in {lock_name}, {dev_pin.version} in dev.txt"
             )
 
 
