@@ -209,6 +209,16 @@ class Edge:
     def stop(self) -> int:
         return self.proc.stop() if self.proc else 0
 
+    def audit_details(self, action: str) -> list[dict[str, object]]:
+        """The detail of every audit event ``action`` in the edge's (SQLite) store."""
+        from relay.control.store import Store
+
+        store = Store.open(f"sqlite:///{self.data_dir / 'relay.db'}")
+        try:
+            return [dict(e.detail) for e in store.audit.events() if e.action == action]
+        finally:
+            store.close()
+
     def token(self, *extra: str) -> tuple[str, str]:
         out = subprocess.run(
             [*RELAY, "token", "create", "--data-dir", str(self.data_dir), "-o", "json", *extra],

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from relay.control.store import Store
 from relay.protocol import Auth
 from tests.e2e.agent_wire import authenticate, control_message, read_until_closed
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
@@ -61,11 +60,7 @@ def authenticates(edge: Edge, source: str, token: str) -> bool:
 
 
 def audit_blocks(edge: Edge) -> list[dict[str, object]]:
-    store = Store.open(f"sqlite:///{edge.data_dir / 'relay.db'}")
-    try:
-        return [dict(e.detail) for e in store.audit.events() if e.action == "auth.block"]
-    finally:
-        store.close()
+    return edge.audit_details("auth.block")
 
 
 @pytest.fixture(params=["direct", "uvloop"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from relay.control.store import Store
 from tests.e2e.http_helpers import curl, web_agent
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, Edge
@@ -21,11 +20,7 @@ def refused(edge: Edge, token: str, upstream: int, *flags: str, kind: str = "htt
 
 
 def refusals(edge: Edge) -> list[dict[str, object]]:
-    store = Store.open(f"sqlite:///{edge.data_dir / 'relay.db'}")
-    try:
-        return [dict(e.detail) for e in store.audit.events() if e.action == "bind.refuse"]
-    finally:
-        store.close()
+    return edge.audit_details("bind.refuse")
 
 
 @pytest.mark.timeout(120)
