@@ -40,8 +40,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.types import DateTime, TypeDecorator
 
-from relay.control import tokens
-from relay.control.audit import AuditLog, append_event, audit_metadata
+from relay.control import schema, tokens
+from relay.control.audit import AuditLog, append_event
 from relay.errors import (
     ConfigError,
     DataDirError,
@@ -178,10 +178,11 @@ class Store:
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine, memory=parsed.database in (None, "", ":memory:"))
         try:
-            # TODO(alembic): replace create_all with Alembic migrations once the schema has a
-            # second version; create_all only creates missing tables and never alters them.
-            metadata.create_all(engine)
-            audit_metadata.create_all(engine)
+            with engine.begin() as conn:
+                schema.upgrade(conn)
+        except DataDirError:
+            engine.dispose()
+            raise
         except OperationalError as exc:
             engine.dispose()
             raise DataDirError(f"cannot open database: {exc.orig}") from exc
