@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 from pathlib import Path
 
 from cryptography import x509
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from relay.errors import ConfigError, DataDirError
+from relay.secret_files import read_owner_only_file
 
 __all__ = [
     "LocalCA",
@@ -186,7 +186,7 @@ def _edge_cert_current(
 ) -> bool:
     if not cert_path.exists() or not key_path.exists():
         return False
-    data = _read_secret_file(key_path)  # bad permissions: DataDirError, not a silent re-issue
+    data = read_owner_only_file(key_path)  # bad permissions: DataDirError, not a silent re-issue
     try:
         key = _parse_private_key(data, key_path)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -311,24 +311,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Read a key file, refusing one that group/other can access or that isn't P-256."""
-    return _parse_private_key(_read_secret_file(path), path)
-
-
-def _read_secret_file(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise DataDirError(f"cannot open key file {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise DataDirError(f"key file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise DataDirError(
-                f"key file {path} is accessible by group/other "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); it must be 0600"
-            )
-        return f.read()
+    return _parse_private_key(read_owner_only_file(path), path)
 
 
 def _parse_private_key(data: bytes, path: Path) -> ec.EllipticCurvePrivateKey:

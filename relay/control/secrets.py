@@ -55,7 +55,6 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from relay.certs.local_ca import _read_secret_file
 from relay.control.tokens import _create_pepper
 from relay.errors import (
     ConfigError,
@@ -64,6 +63,7 @@ from relay.errors import (
     SecretAuthenticationFailed,
     UnknownKeyId,
 )
+from relay.secret_files import read_owner_only_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -106,7 +106,7 @@ def load_or_create_kek(data_dir: Path) -> bytes:
 
 
 def _read_kek_file(path: Path) -> bytes:
-    data = _read_secret_file(path)
+    data = read_owner_only_file(path)
     if len(data) != KEK_BYTES:
         raise DataDirError(
             f"KEK file {path} has the wrong length ({len(data)} bytes, expected {KEK_BYTES}); "
