@@ -19,5 +19,5 @@ cdef class Exchanges:
     cdef Py_ssize_t _read_head(self, const char* data, Py_ssize_t n)
     cdef void _head_done(self, const char* head, Py_ssize_t length)
     cdef void _finish(self)
-    cdef bytes _line(self, list record, double elapsed, int status)
+    cdef Py_ssize_t _line(self, char* line, list record, double elapsed, int status)
     cdef void end(self)

@@ -13,7 +13,9 @@ LOG_TEXT: int
 LOG_RECORDS: int
 
 def set_logging(mode: int) -> None: ...
-def take_finished() -> list[Any]: ...
+def take_finished() -> list[Any]:
+    """Blocks of text lines (``bytes``) in ``LOG_TEXT`` mode; record tuples in
+    ``LOG_RECORDS`` mode."""
 
 class Exchanges:
     def __init__(self, kind: int, endpoint: str, visitor: str, metric_slot: int = 0) -> None: ...

@@ -32,6 +32,14 @@ def response(status: int, body: bytes, *, interim: bool = False) -> bytes:
     return (b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b"") + head + body
 
 
+def text_lines() -> list[bytes]:
+    """The text lines finished since the last drain (they come in blocks of many)."""
+    blocks = _exchanges.take_finished()
+    assert all(block.endswith(b"\n") for block in blocks)
+    # Split at newlines only: a target may hold any other byte (\r among them).
+    return [line + b"\n" for line in b"".join(blocks).split(b"\n")[:-1]]
+
+
 def cut(data: bytes, points: list[int]) -> list[bytes]:
     bounds = sorted({p % (len(data) + 1) for p in points} | {0, len(data)})
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
@@ -120,7 +128,7 @@ def test_text_lines_are_formatted_whole_in_one_go() -> None:
     ex.response_bytes(response(404, b"nope"))
     ex.request(b"POST", b"/" + b"x" * 5000)  # a target longer than a line carries
     ex.close()
-    first, second = _exchanges.take_finished()
+    first, second = text_lines()
     assert re.fullmatch(
         rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z https app\.example 203\.0\.113\.7 "
         rb"r[0-9a-f]+ GET /a\?b=c 404 in=0 out=%d \d+\.\d{3}s\n" % len(response(404, b"nope")),
@@ -145,7 +153,7 @@ def test_every_field_of_a_text_line_is_written_exactly(
     head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, size)
     ex.response_bytes(head)
     ex.response_bytes(b"\0" * size)
-    [line] = _exchanges.take_finished()
+    [line] = text_lines()
     match = re.fullmatch(
         rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z http e\.example - r([0-9a-f]+) (.*) "
         rb"(\d{3}) in=0 out=(\d+) (\d+)\.(\d{3})s\n",
@@ -158,3 +166,33 @@ def test_every_field_of_a_text_line_is_written_exactly(
     assert int(match[5]) == len(head) + size
     assert int(match[2], 16) > 0
     assert int(match[6]) < 5  # seconds: the exchange took far less
+
+
+def test_text_lines_fill_blocks_in_order_with_none_lost_across_them() -> None:
+    """Lines are written into 256 KiB blocks: thousands of long lines span several blocks
+    and come back whole, in order, each once."""
+    _exchanges.set_logging(_exchanges.LOG_TEXT)
+    ex = Exchanges(1, "e.example", "203.0.113.7")
+    count = 3000
+    for i in range(count):
+        ex.request(b"GET", b"/%06d/" % i + b"p" * 200)
+        ex.response_bytes(response(200, b""))
+    blocks = _exchanges.take_finished()
+    assert len(blocks) >= 3  # ~250 bytes a line: more than two blocks' worth
+    lines = b"".join(blocks).split(b"\n")[:-1]
+    assert [int(line.split(b" GET /")[1][:6]) for line in lines] == list(range(count))
+
+
+def test_a_log_that_is_not_drained_drops_past_its_bound_and_counts_what_it_dropped() -> None:
+    _exchanges.set_logging(_exchanges.LOG_TEXT)
+    ex = Exchanges(1, "e.example", "203.0.113.7")
+    dropped = _exchanges.http_counts()["dropped"]
+    for _ in range(100_000 + 7):
+        ex.request(b"GET", b"/")
+        ex.response_bytes(response(204, b""))
+    assert _exchanges.http_counts()["dropped"] - dropped == 7
+    assert len(text_lines()) == 100_000
+    ex.request(b"GET", b"/after")  # a drain makes room again
+    ex.response_bytes(response(204, b""))
+    [line] = text_lines()
+    assert b" GET /after 204 " in line
