@@ -779,5 +779,11 @@ def demo(data_dir: Path) -> None:
     run_async(lambda: run_demo(data_dir))
 
 
+# The control plane's commands (login, accounts, credentials, api-keys, …).
+from relay.cli_control import register as _register_control  # noqa: E402
+
+_register_control(main)
+
+
 if __name__ == "__main__":
     main()

@@ -15,6 +15,14 @@ RLY_101   AuthError               authentication failed (family root)
 RLY_101   InvalidToken            unknown or garbled authtoken
 RLY_102   RevokedToken            the authtoken was revoked
 RLY_103   ExpiredToken            the authtoken has expired
+RLY_104   AccountSuspended        the credential's account is suspended
+RLY_111   InvalidApiKey           unknown or garbled API key
+RLY_112   RevokedApiKey           the API key was revoked
+RLY_113   ExpiredApiKey           the API key has expired
+RLY_120   Forbidden               the API key lacks the scope or the account the resource
+                                  belongs to
+RLY_121   RateLimited             too many failed attempts from this address; retry later
+RLY_122   SessionStopped          an operator stopped the agent's session (do not reconnect)
 RLY_201   BindError               an endpoint could not be bound (family root)
 RLY_202   PortUnavailable         port in use or outside the allowed range
 RLY_203   PortRangeExhausted      no free port left in the configured range
@@ -30,6 +38,7 @@ RLY_501   TlsError                edge certificate not trusted / fingerprint mis
 RLY_502   ConnectError            cannot reach the edge
 RLY_503   NotAnEdge               the address is not a relay edge's agent port (no TLS, no ALPN)
 RLY_601   NotFound                the named object (e.g. a token id) does not exist
+RLY_602   Conflict                the name is taken
 RLY_701   AuditChainBroken        the audit log's hash chain does not verify
 RLY_801   CertificateError        a certificate could not be issued or loaded (family root)
 RLY_802   CertificateNameMismatch the certificate does not cover the requested name
@@ -77,7 +86,9 @@ RLY_630   421     on the TLS port, a Host that is not an https endpoint the TLS 
 
 ``AuthError`` and ``InvalidToken`` share RLY_101 on purpose: to an agent every "who are you?"
 failure that isn't revocation or expiry looks the same, so no oracle tells valid ids apart.
-On the wire RLY_101 is rebuilt as :class:`InvalidToken` (still an ``AuthError``).
+On the wire RLY_101 is rebuilt as :class:`InvalidToken` (still an ``AuthError``). API keys
+have codes of their own (RLY_111 to 113) because the REST API answers them, not the agent.
+RLY_104 is only ever said to a caller who presented the right secret.
 """
 
 from __future__ import annotations
@@ -87,15 +98,20 @@ from typing import Any
 
 __all__ = [
     "ERROR_CODES",
+    "AccountSuspended",
     "AuditChainBroken",
     "AuthError",
     "BindError",
     "BindNotAllowed",
     "ConfigError",
+    "Conflict",
     "ConnectError",
     "DataDirError",
     "EndpointAlreadyBound",
+    "ExpiredApiKey",
     "ExpiredToken",
+    "Forbidden",
+    "InvalidApiKey",
     "InvalidToken",
     "ListenError",
     "NotAnEdge",
@@ -103,8 +119,11 @@ __all__ = [
     "PortRangeExhausted",
     "PortUnavailable",
     "ProtocolViolation",
+    "RateLimited",
     "RelayError",
+    "RevokedApiKey",
     "RevokedToken",
+    "SessionStopped",
     "TlsError",
     "TooManyEndpoints",
     "UnsupportedVersion",
@@ -173,6 +192,57 @@ class ExpiredToken(AuthError):
     """The authtoken was valid but its expiry time has passed."""
 
     code = "RLY_103"
+
+
+class AccountSuspended(AuthError):
+    """The credential (authtoken or API key) is valid, but its account is suspended."""
+
+    code = "RLY_104"
+
+
+class InvalidApiKey(AuthError):
+    """Unknown or garbled API key; like :class:`InvalidToken`, says nothing about which part
+    was wrong."""
+
+    code = "RLY_111"
+
+
+class RevokedApiKey(AuthError):
+    """The API key was valid but has been revoked."""
+
+    code = "RLY_112"
+
+
+class ExpiredApiKey(AuthError):
+    """The API key was valid but its expiry time has passed."""
+
+    code = "RLY_113"
+
+
+class Forbidden(RelayError):
+    """The API key lacks the scope, or the account the resource belongs to."""
+
+    code = "RLY_120"
+
+
+class RateLimited(RelayError):
+    """Too many failed attempts from this address; ``retry_after`` (seconds) says when to
+    try again, when known."""
+
+    code = "RLY_121"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class SessionStopped(RelayError):
+    """An operator stopped the agent's session through the control plane; the agent must
+    not reconnect on its own."""
+
+    code = "RLY_122"
 
 
 class BindError(RelayError):
@@ -272,6 +342,12 @@ class NotFound(RelayError):
     code = "RLY_601"
 
 
+class Conflict(RelayError):
+    """The name is taken (e.g. an account name)."""
+
+    code = "RLY_602"
+
+
 class AuditChainBroken(RelayError):
     """The audit log's hash chain does not verify; ``seq`` is the first bad event."""
 
@@ -290,6 +366,13 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         InvalidToken,
         RevokedToken,
         ExpiredToken,
+        AccountSuspended,
+        InvalidApiKey,
+        RevokedApiKey,
+        ExpiredApiKey,
+        Forbidden,
+        RateLimited,
+        SessionStopped,
         BindError,
         PortUnavailable,
         PortRangeExhausted,
@@ -305,6 +388,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         ConnectError,
         NotAnEdge,
         NotFound,
+        Conflict,
         AuditChainBroken,
     )
 }

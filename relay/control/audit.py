@@ -198,6 +198,33 @@ class AuditLog:
         with self._store.engine.connect() as conn:
             return [_row_to_event(row._mapping) for row in conn.execute(stmt)]
 
+    def search(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditEvent]:
+        """Events with ``seq > after_seq`` in order, at ``since`` or later and before
+        ``until``, by ``actor`` and of ``action`` when given. ``at`` is stored as the
+        fixed-width ISO string the hash covers, so comparing the strings compares times."""
+        table = audit_table
+        stmt = select(table).where(table.c.seq > after_seq)
+        if since is not None:
+            stmt = stmt.where(table.c.at >= _format_at(since))
+        if until is not None:
+            stmt = stmt.where(table.c.at < _format_at(until))
+        if actor is not None:
+            stmt = stmt.where(table.c.actor == actor)
+        if action is not None:
+            stmt = stmt.where(table.c.action == action)
+        stmt = stmt.order_by(table.c.seq).limit(limit)
+        with self._store.engine.connect() as conn:
+            return [_row_to_event(row._mapping) for row in conn.execute(stmt)]
+
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the newest event, ``(0, GENESIS_HASH)`` when empty.
 

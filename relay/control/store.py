@@ -1,4 +1,5 @@
-"""The control-plane store: authtokens (and, later, everything else) in SQLAlchemy 2.
+"""The control-plane store: accounts, authtokens and API keys (later: everything else) in
+SQLAlchemy 2.
 
 SQLite is the embedded default; the same code runs on PostgreSQL. Every method is one short
 transaction, because the edge calls :meth:`Store.verify_token` straight from the event loop —
@@ -10,106 +11,82 @@ passed in by the caller (see :func:`relay.control.tokens.load_or_create_pepper`)
 stored here, so a copy of the database alone can't be used to check guesses.
 
 Every grant, revocation and failed use is written to the audit log in the same transaction.
+
+Accounts and API keys' rules and transaction steps are in :mod:`relay.control.accounts`, the
+tables in :mod:`relay.control.tables`; every operation is a method here.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    Connection,
-    Dialect,
-    Engine,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    select,
-)
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.types import DateTime, TypeDecorator
 
-from relay.control import schema, tokens
+from relay.control import accounts, schema, tokens
+from relay.control.accounts import (
+    DEFAULT_ACCOUNT,
+    MAX_DESCRIPTION,
+    AccountRecord,
+    AccountStatus,
+    ApiKeyRecord,
+    ApiKeyStatus,
+    Refused,
+    Role,
+)
 from relay.control.audit import AuditLog, append_event
+from relay.control.tables import (
+    UTCDateTime,
+    accounts_table,
+    api_keys_table,
+    metadata,
+    tokens_table,
+)
 from relay.errors import (
+    AccountSuspended,
     ConfigError,
     DataDirError,
     ExpiredToken,
+    InvalidApiKey,
     InvalidToken,
     NotFound,
-    RelayError,
     RevokedToken,
 )
 
 __all__ = [
+    "DEFAULT_ACCOUNT",
     "DEFAULT_BIND_ACL",
+    "MAX_DESCRIPTION",
+    "AccountRecord",
+    "AccountStatus",
+    "ApiKeyRecord",
+    "ApiKeyStatus",
+    "InactiveStatus",
+    "Role",
     "Store",
     "TokenRecord",
     "TokenStatus",
+    "UTCDateTime",
+    "metadata",
     "token_allows_bind",
+    "tokens_table",
     "validate_bind_acl",
 ]
 
 T = TypeVar("T")
 TokenStatus = Literal["active", "revoked", "expired"]
+#: Why a token may no longer be used (:meth:`Store.inactive_tokens`).
+InactiveStatus = Literal["revoked", "expired", "suspended"]
 
 DEFAULT_BIND_ACL: tuple[str, ...] = ("*",)
-MAX_DESCRIPTION = 256
 MAX_ACL_PATTERNS = 64
 _WRITE_RETRIES = 5
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in Python, naive UTC in the database.
-
-    SQLite has no timezone type and returns naive datetimes; normalizing at this boundary keeps
-    every datetime the rest of relay sees aware. Naive input is a bug and is refused.
-    """
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime passed to the store; use timezone-aware UTC")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-metadata = MetaData()
-
-tokens_table = Table(
-    "tokens",
-    metadata,
-    Column("id", String(12), primary_key=True),  # public token id
-    Column("salt", LargeBinary(16), nullable=False),
-    Column("hash", LargeBinary(32), nullable=False),
-    Column("description", Text, nullable=False, default=""),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("expires_at", UTCDateTime, nullable=True),
-    Column("revoked_at", UTCDateTime, nullable=True),
-    Column("last_used_at", UTCDateTime, nullable=True),
-    Column("bind_acl", JSON, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -123,6 +100,8 @@ class TokenRecord:
     revoked_at: datetime | None
     last_used_at: datetime | None
     bind_acl: tuple[str, ...]
+    account_id: str
+    last_used_addr: str | None
 
     def status_at(self, now: datetime) -> TokenStatus:
         """Status at a given time; revocation wins over expiry (it was a deliberate act)."""
@@ -146,6 +125,8 @@ def _record(m: Any) -> TokenRecord:
         revoked_at=m["revoked_at"],
         last_used_at=m["last_used_at"],
         bind_acl=tuple(m["bind_acl"]),
+        account_id=m["account_id"],
+        last_used_addr=m["last_used_addr"],
     )
 
 
@@ -216,6 +197,56 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
+    # -- accounts --------------------------------------------------------------------------
+
+    def create_account(
+        self, name: str, *, role: Role = "member", actor: str = "admin"
+    ) -> AccountRecord:
+        """Create an active account. :class:`~relay.errors.ConfigError` for a bad name or
+        role, :class:`~relay.errors.Conflict` when the name is taken."""
+        return self.run_in_transaction(
+            lambda conn: accounts.create_account(conn, name, role=role, now=self.now(), actor=actor)
+        )
+
+    def get_account(self, account_id: str) -> AccountRecord:
+        """The account ``account_id``; :class:`~relay.errors.NotFound` if there is none."""
+        with self.engine.connect() as conn:
+            return accounts.get_account(conn, account_id)
+
+    def get_account_by_name(self, name: str) -> AccountRecord:
+        """The account named ``name``; :class:`~relay.errors.NotFound` if there is none."""
+        with self.engine.connect() as conn:
+            return accounts.get_account_by_name(conn, name)
+
+    def default_account(self) -> AccountRecord:
+        """The operator account named ``default`` (made by migration 0002), which holds
+        credentials created without naming an account."""
+        return self.get_account_by_name(DEFAULT_ACCOUNT)
+
+    def list_accounts(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[AccountRecord]:
+        """Accounts ordered by id; ``after`` is a cursor (the last id of the previous page)."""
+        stmt = accounts.paged(select(accounts_table), accounts_table.c.id, after, limit)
+        with self.engine.connect() as conn:
+            return [accounts.account_record(row._mapping) for row in conn.execute(stmt)]
+
+    def set_account_status(
+        self, account_id: str, status: AccountStatus, *, actor: str = "admin"
+    ) -> AccountRecord:
+        """Suspend (``"suspended"``) or resume (``"active"``) an account; idempotent, and
+        audited as ``account.suspend`` / ``account.resume`` either way.
+
+        A suspended account's credentials stop working: its tokens authenticate no agent
+        (and the edge ends their live sessions, see :meth:`inactive_tokens`), its API keys
+        no caller, and it is granted no new ones. Resuming gives them back unchanged.
+        """
+        return self.run_in_transaction(
+            lambda conn: accounts.set_account_status(
+                conn, account_id, status, now=self.now(), actor=actor
+            )
+        )
+
     # -- tokens ----------------------------------------------------------------------------
 
     def create_token(
@@ -226,20 +257,18 @@ class Store:
         bind_acl: Sequence[str] | None = None,
         pepper: bytes,
         actor: str = "admin",
+        account_id: str | None = None,
     ) -> tuple[TokenRecord, str]:
-        """Create a token; return its record and its plaintext (shown once, never stored)."""
-        if len(description) > MAX_DESCRIPTION:
-            raise ConfigError(f"description is longer than {MAX_DESCRIPTION} characters")
+        """Create a token for ``account_id`` (None: the default account); return its record
+        and its plaintext (shown once, never stored). :class:`~relay.errors.NotFound` for an
+        unknown account, :class:`~relay.errors.AccountSuspended` for a suspended one."""
+        accounts.check_description(description)
         acl = validate_bind_acl(DEFAULT_BIND_ACL if bind_acl is None else bind_acl)
         now = self.now()
-        if expires_at is not None:
-            if expires_at.tzinfo is None:
-                raise ConfigError("expires_at must be timezone-aware")
-            expires_at = expires_at.astimezone(UTC)
-            if expires_at <= now:
-                raise ConfigError("expires_at is in the past")
+        expires_at = accounts.check_expiry(expires_at, now)
 
         def tx(conn: Connection) -> tuple[TokenRecord, str]:
+            account = accounts.account_for_grant(conn, account_id)
             plaintext, token_id, secret = tokens.generate_token()
             salt = tokens.new_salt()
             conn.execute(
@@ -251,6 +280,7 @@ class Store:
                     created_at=now,
                     expires_at=expires_at,
                     bind_acl=list(acl),
+                    account_id=account.id,
                 )
             )
             append_event(
@@ -263,6 +293,7 @@ class Store:
                     "description": description,
                     "expires_at": None if expires_at is None else expires_at.isoformat(),
                     "bind_acl": list(acl),
+                    "account_id": account.id,
                 },
             )
             row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
@@ -270,9 +301,22 @@ class Store:
 
         return self.run_in_transaction(tx)
 
-    def list_tokens(self) -> list[TokenRecord]:
-        """All tokens, oldest first."""
-        stmt = select(tokens_table).order_by(tokens_table.c.created_at, tokens_table.c.id)
+    def list_tokens(
+        self,
+        *,
+        account_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[TokenRecord]:
+        """Tokens (of ``account_id``, or all): oldest first; by id when paged with a cursor
+        ``after`` (the last id of the previous page) or a ``limit``."""
+        stmt = select(tokens_table)
+        if account_id is not None:
+            stmt = stmt.where(tokens_table.c.account_id == account_id)
+        if after is None and limit is None:
+            stmt = stmt.order_by(tokens_table.c.created_at, tokens_table.c.id)
+        else:
+            stmt = accounts.paged(stmt, tokens_table.c.id, after, limit)
         with self.engine.connect() as conn:
             return [_record(row._mapping) for row in conn.execute(stmt)]
 
@@ -312,43 +356,63 @@ class Store:
 
         return self.run_in_transaction(tx)
 
-    def inactive_tokens(self, token_ids: Collection[str]) -> dict[str, TokenStatus]:
-        """Which of ``token_ids`` may no longer be used, and why ("revoked", "expired"; an
-        id the store does not know counts as revoked). One indexed query per 500 ids: the
-        edge asks this every second about its live sessions."""
+    def inactive_tokens(self, token_ids: Collection[str]) -> dict[str, InactiveStatus]:
+        """Which of ``token_ids`` may no longer be used, and why ("revoked", "expired",
+        "suspended" — the token's account; an id the store does not know counts as
+        revoked). Revocation and expiry win over suspension: resuming the account would not
+        bring those tokens back. One indexed query per 500 ids: the edge asks this every
+        second about its live sessions."""
         wanted = list(token_ids)
         now = self.now()
-        found: dict[str, TokenStatus] = {}
+        found: dict[str, InactiveStatus | None] = {}
+        joined = tokens_table.join(accounts_table, tokens_table.c.account_id == accounts_table.c.id)
         with self.engine.connect() as conn:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
                 rows = conn.execute(
                     select(
-                        tokens_table.c.id, tokens_table.c.revoked_at, tokens_table.c.expires_at
-                    ).where(tokens_table.c.id.in_(chunk))
+                        tokens_table.c.id,
+                        tokens_table.c.revoked_at,
+                        tokens_table.c.expires_at,
+                        accounts_table.c.status,
+                    )
+                    .select_from(joined)
+                    .where(tokens_table.c.id.in_(chunk))
                 )
                 for row in rows:
                     if row.revoked_at is not None:
                         found[row.id] = "revoked"
                     elif row.expires_at is not None and row.expires_at <= now:
                         found[row.id] = "expired"
+                    elif row.status == "suspended":
+                        found[row.id] = "suspended"
                     else:
-                        found[row.id] = "active"
-        return {
-            token_id: status
-            for token_id in wanted
-            if (status := found.get(token_id, "revoked")) != "active"
-        }
+                        found[row.id] = None
+        inactive: dict[str, InactiveStatus] = {}
+        for token_id in wanted:
+            status = found.get(token_id, "revoked")
+            if status is not None:
+                inactive[token_id] = status
+        return inactive
 
-    def verify_token(self, plaintext: str, *, pepper: bytes, actor: str = "agent") -> TokenRecord:
-        """Authenticate an authtoken; return its record with ``last_used_at`` updated.
+    def verify_token(
+        self,
+        plaintext: str,
+        *,
+        pepper: bytes,
+        actor: str = "agent",
+        address: str | None = None,
+    ) -> TokenRecord:
+        """Authenticate an authtoken; return its record with ``last_used_at`` and
+        ``last_used_addr`` (``address``, the caller's host) updated.
 
         Raises :class:`~relay.errors.InvalidToken` (malformed, unknown id, or wrong secret — one
-        message for all three), :class:`~relay.errors.RevokedToken` or
-        :class:`~relay.errors.ExpiredToken`. Revocation and expiry are only revealed to a caller
-        who presented the right secret. Each failure is audited as ``auth.fail`` with the token
-        id when one could be parsed — never the secret. ``actor`` names the caller (e.g. the
-        agent's address) for the audit log.
+        message for all three), :class:`~relay.errors.RevokedToken`,
+        :class:`~relay.errors.ExpiredToken` or :class:`~relay.errors.AccountSuspended`.
+        Revocation, expiry and suspension are only revealed to a caller who presented the
+        right secret. Each failure is audited as ``auth.fail`` with the token id when one
+        could be parsed — never the secret. ``actor`` names the caller (e.g. the agent's
+        address) for the audit log.
         """
         try:
             token_id, secret = tokens.parse_token(plaintext)
@@ -357,42 +421,142 @@ class Store:
             self.audit.append(actor, "auth.fail", "", {"reason": "malformed"})
             raise
 
-        def tx(conn: Connection) -> TokenRecord | tuple[str, RelayError]:
+        def tx(conn: Connection) -> TokenRecord | Refused:
             row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).first()
             now = self.now()
-            failure: tuple[str, RelayError] | None = None
+            refused: Refused | None = None
             if row is None:
                 tokens.verify_secret(secret, self._dummy_salt, pepper, self._dummy_hash)
-                failure = ("unknown_id", InvalidToken("invalid authtoken"))
+                refused = Refused("unknown_id", InvalidToken("invalid authtoken"))
             elif not tokens.verify_secret(secret, row.salt, pepper, row.hash):
-                failure = ("bad_secret", InvalidToken("invalid authtoken"))
+                refused = Refused("bad_secret", InvalidToken("invalid authtoken"))
             else:
-                record = _record(row._mapping)
-                status = record.status_at(now)
+                status = _record(row._mapping).status_at(now)
                 if status == "revoked":
-                    failure = ("revoked", RevokedToken("authtoken has been revoked"))
+                    refused = Refused("revoked", RevokedToken("authtoken has been revoked"))
                 elif status == "expired":
-                    failure = ("expired", ExpiredToken("authtoken has expired"))
-            if failure is not None:
-                reason = failure[0]
+                    refused = Refused("expired", ExpiredToken("authtoken has expired"))
+                elif accounts.get_account(conn, row.account_id).status == "suspended":
+                    refused = Refused(
+                        "account_suspended",
+                        AccountSuspended("the authtoken's account is suspended"),
+                    )
+            if refused is not None:
                 append_event(
                     conn,
                     at=now,
                     actor=actor,
                     action="auth.fail",
                     target=token_id,
-                    detail={"reason": reason},
+                    detail={"reason": refused.reason},
                 )
-                return failure
+                return refused
             conn.execute(
-                tokens_table.update().where(tokens_table.c.id == token_id).values(last_used_at=now)
+                tokens_table.update()
+                .where(tokens_table.c.id == token_id)
+                .values(last_used_at=now, last_used_addr=address)
             )
             row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
             return _record(row._mapping)
 
         result = self.run_in_transaction(tx)
-        if isinstance(result, tuple):
-            raise result[1]
+        if isinstance(result, Refused):
+            raise result.error
+        return result
+
+    # -- API keys --------------------------------------------------------------------------
+
+    def create_api_key(
+        self,
+        account_id: str,
+        *,
+        scopes: Iterable[str],
+        description: str = "",
+        expires_at: datetime | None = None,
+        pepper: bytes,
+        actor: str = "admin",
+    ) -> tuple[ApiKeyRecord, str]:
+        """Create an API key for ``account_id`` holding ``scopes``; return its record and
+        its plaintext ``rlk_<id>_<secret>`` (shown once, never stored).
+
+        :class:`~relay.errors.ConfigError` for unknown or no scopes, ``admin`` for a member
+        account, a long description or an expiry not in the future;
+        :class:`~relay.errors.NotFound` / :class:`~relay.errors.AccountSuspended` for the
+        account.
+        """
+        # Materialized once: the transaction may be replayed, and a generator would be
+        # empty the second time. (A lone string is left for validate_scopes to refuse.)
+        scopes = scopes if isinstance(scopes, str) else list(scopes)
+        return self.run_in_transaction(
+            lambda conn: accounts.create_api_key(
+                conn,
+                account_id,
+                scopes=scopes,
+                description=description,
+                expires_at=expires_at,
+                pepper=pepper,
+                now=self.now(),
+                actor=actor,
+            )
+        )
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord:
+        """The record for ``key_id``; :class:`~relay.errors.NotFound` if there is none."""
+        with self.engine.connect() as conn:
+            return accounts.get_api_key(conn, key_id)
+
+    def list_api_keys(
+        self,
+        *,
+        account_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ApiKeyRecord]:
+        """API keys (of ``account_id``, or all) ordered by id; ``after`` is a cursor."""
+        stmt = select(api_keys_table)
+        if account_id is not None:
+            stmt = stmt.where(api_keys_table.c.account_id == account_id)
+        stmt = accounts.paged(stmt, api_keys_table.c.id, after, limit)
+        with self.engine.connect() as conn:
+            return [accounts.api_key_record(row._mapping) for row in conn.execute(stmt)]
+
+    def revoke_api_key(self, key_id: str, *, actor: str = "admin") -> ApiKeyRecord:
+        """Revoke an API key. Idempotent: revoking twice keeps the first revocation time."""
+        return self.run_in_transaction(
+            lambda conn: accounts.revoke_api_key(conn, key_id, now=self.now(), actor=actor)
+        )
+
+    def verify_api_key(
+        self,
+        plaintext: str,
+        *,
+        pepper: bytes,
+        address: str | None = None,
+        actor: str | None = None,
+    ) -> tuple[ApiKeyRecord, AccountRecord]:
+        """Authenticate an API key; return it (``last_used_at``/``last_used_addr`` updated)
+        and its account.
+
+        Raises :class:`~relay.errors.InvalidApiKey` — one message for a malformed key, an
+        unknown id and a wrong secret, with an HMAC computed for an unknown id too — then,
+        only to a caller who presented the right secret, :class:`~relay.errors.RevokedApiKey`,
+        :class:`~relay.errors.ExpiredApiKey` or :class:`~relay.errors.AccountSuspended`.
+        Every failure is audited as ``api_key.auth_fail`` (the key id when one could be
+        parsed, never the secret) by ``actor``, by default ``api@<address>``.
+        """
+        who = actor if actor is not None else (f"api@{address}" if address else "api")
+        try:
+            key_id, secret = tokens.parse_api_key(plaintext)
+        except InvalidApiKey:
+            self.audit.append(who, "api_key.auth_fail", "", {"reason": "malformed"})
+            raise InvalidApiKey(accounts.INVALID_API_KEY) from None
+        result = self.run_in_transaction(
+            lambda conn: accounts.verify_api_key(
+                conn, key_id, secret, pepper=pepper, now=self.now(), address=address, actor=who
+            )
+        )
+        if isinstance(result, Refused):
+            raise result.error
         return result
 
 

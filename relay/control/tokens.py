@@ -1,6 +1,8 @@
-"""Authtoken secrets: generation, parsing, one-way hashing and the server pepper.
+"""Credential secrets: generation, parsing, one-way hashing and the server pepper.
 
-A token is ``rly_<id>_<secret>``:
+Two kinds of credential share one shape, told apart by their prefix: an authtoken (what an
+agent presents) is ``rly_<id>_<secret>``, an API key (what a REST API client presents) is
+``rlk_<id>_<secret>``:
 
 * ``id`` — 12 lowercase base32 characters (60 random bits). Public: it is the lookup key, shows
   up in ``relay token list`` and in the audit log, and is safe to log.
@@ -8,9 +10,9 @@ A token is ``rly_<id>_<secret>``:
   once at creation and never stored.
 
 The store keeps only ``HMAC-SHA-256(key=pepper, msg=salt || secret)`` with a 16-byte random salt
-per token. The pepper lives in a file next to the database, not in it, so a leaked database dump
-alone is not enough to test guesses offline. A fast HMAC (not a password hash) is right here:
-the secret has 256 bits of entropy, so there is nothing for a slow hash to protect.
+per credential. The pepper lives in a file next to the database, not in it, so a leaked
+database dump alone is not enough to test guesses offline. A fast HMAC (not a password hash) is
+right here: the secret has 256 bits of entropy, so there is nothing for a slow hash to protect.
 """
 
 from __future__ import annotations
@@ -25,27 +27,34 @@ import secrets
 import stat
 from pathlib import Path
 
-from relay.errors import DataDirError, InvalidToken
+from relay.errors import AuthError, DataDirError, InvalidApiKey, InvalidToken
 
 __all__ = [
+    "API_KEY_PREFIX",
     "MAX_TOKEN_LENGTH",
     "PEPPER_BYTES",
     "SALT_BYTES",
     "TOKEN_PREFIX",
+    "generate",
+    "generate_api_key",
     "generate_token",
     "hash_secret",
     "load_or_create_pepper",
+    "new_id",
     "new_salt",
+    "parse",
+    "parse_api_key",
     "parse_token",
     "verify_secret",
 ]
 
 TOKEN_PREFIX = "rly"
+API_KEY_PREFIX = "rlk"
 ID_LENGTH = 12
 SECRET_BYTES = 32
 SALT_BYTES = 16
 PEPPER_BYTES = 32
-#: Anything longer is rejected before any other work: tokens arrive from the internet.
+#: Anything longer is rejected before any other work: credentials arrive from the internet.
 MAX_TOKEN_LENGTH = 200
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lowercased
@@ -53,41 +62,77 @@ _ID_RE = re.compile(r"[a-z2-7]{12}")
 # 32 bytes -> 43 urlsafe base64 characters without padding.
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 _PEPPER_FILE = "pepper"
+#: What each prefix is called in messages, and the error a malformed one raises.
+_KINDS: dict[str, tuple[str, type[AuthError]]] = {
+    TOKEN_PREFIX: ("authtoken", InvalidToken),
+    API_KEY_PREFIX: ("API key", InvalidApiKey),
+}
+
+
+def new_id(length: int = ID_LENGTH) -> str:
+    """A random lowercase base32 id (5 bits a character)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def generate(prefix: str) -> tuple[str, str, str]:
+    """Return ``(plaintext, id, secret)`` for a fresh credential of the kind ``prefix`` names."""
+    if prefix not in _KINDS:
+        raise ValueError(f"unknown credential prefix {prefix!r}")
+    credential_id = new_id()
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).rstrip(b"=").decode()
+    return f"{prefix}_{credential_id}_{secret}", credential_id, secret
+
+
+def parse(plaintext: object, prefix: str) -> tuple[str, str]:
+    """Split a credential of the kind ``prefix`` names into ``(id, secret)``.
+
+    Raises that kind's error (:class:`~relay.errors.InvalidToken`,
+    :class:`~relay.errors.InvalidApiKey`) — and nothing else — for any input that is not
+    well-formed, whatever its type or size. Messages never echo the input: it may be a real
+    secret pasted into the wrong place.
+    """
+    noun, error = _KINDS[prefix]
+    if not isinstance(plaintext, str):
+        raise error(f"{noun} must be a string")
+    if len(plaintext) > MAX_TOKEN_LENGTH:
+        raise error(f"{noun} is too long")
+    if plaintext != plaintext.strip():
+        # The usual cause is a trailing newline from a file; say so instead of "invalid".
+        raise error(f"{noun} has leading or trailing whitespace")
+    parts = plaintext.split("_", 2)
+    if len(parts) != 3 or parts[0] != prefix:
+        raise error(f"{noun} is malformed (expected {prefix}_<id>_<secret>)")
+    _, credential_id, secret = parts
+    # re.fullmatch on str also rejects non-ASCII look-alikes: the classes are ASCII-only ranges.
+    if _ID_RE.fullmatch(credential_id) is None or _SECRET_RE.fullmatch(secret) is None:
+        raise error(f"{noun} is malformed (expected {prefix}_<id>_<secret>)")
+    return credential_id, secret
 
 
 def generate_token() -> tuple[str, str, str]:
-    """Return ``(plaintext, token_id, secret)`` for a fresh token."""
-    token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(ID_LENGTH))
-    secret = base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).rstrip(b"=").decode()
-    return f"{TOKEN_PREFIX}_{token_id}_{secret}", token_id, secret
+    """Return ``(plaintext, token_id, secret)`` for a fresh authtoken."""
+    return generate(TOKEN_PREFIX)
 
 
 def parse_token(plaintext: object) -> tuple[str, str]:
-    """Split a token into ``(token_id, secret)``.
+    """Split an authtoken into ``(token_id, secret)``; :class:`~relay.errors.InvalidToken`
+    for anything else (see :func:`parse`)."""
+    return parse(plaintext, TOKEN_PREFIX)
 
-    Raises :class:`~relay.errors.InvalidToken` — and nothing else — for any input that is not a
-    well-formed token, whatever its type or size. Messages never echo the input: it may be a
-    real secret pasted into the wrong place.
-    """
-    if not isinstance(plaintext, str):
-        raise InvalidToken("authtoken must be a string")
-    if len(plaintext) > MAX_TOKEN_LENGTH:
-        raise InvalidToken("authtoken is too long")
-    if plaintext != plaintext.strip():
-        # The usual cause is a trailing newline from a file; say so instead of "invalid".
-        raise InvalidToken("authtoken has leading or trailing whitespace")
-    parts = plaintext.split("_", 2)
-    if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
-        raise InvalidToken(f"authtoken is malformed (expected {TOKEN_PREFIX}_<id>_<secret>)")
-    _, token_id, secret = parts
-    # re.fullmatch on str also rejects non-ASCII look-alikes: the classes are ASCII-only ranges.
-    if _ID_RE.fullmatch(token_id) is None or _SECRET_RE.fullmatch(secret) is None:
-        raise InvalidToken(f"authtoken is malformed (expected {TOKEN_PREFIX}_<id>_<secret>)")
-    return token_id, secret
+
+def generate_api_key() -> tuple[str, str, str]:
+    """Return ``(plaintext, key_id, secret)`` for a fresh API key."""
+    return generate(API_KEY_PREFIX)
+
+
+def parse_api_key(plaintext: object) -> tuple[str, str]:
+    """Split an API key into ``(key_id, secret)``; :class:`~relay.errors.InvalidApiKey` for
+    anything else (see :func:`parse`)."""
+    return parse(plaintext, API_KEY_PREFIX)
 
 
 def new_salt() -> bytes:
-    """A fresh random per-token salt."""
+    """A fresh random per-credential salt."""
     return secrets.token_bytes(SALT_BYTES)
 
 

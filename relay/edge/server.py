@@ -20,10 +20,12 @@ from relay.accepting import LimitWatch
 from relay.admin import AdminServer
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
 from relay.config import EdgeConfig, config_change, parse_host_port
+from relay.control.api import ControlPlane, create_app
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.auth_guard import AuthGuard, source_of
+from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
@@ -32,6 +34,7 @@ from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.session import AgentSession
 from relay.edge.tcp import Refuse, TcpEndpoint
 from relay.errors import (
+    AccountSuspended,
     BindError,
     BindNotAllowed,
     ConfigError,
@@ -178,7 +181,12 @@ class Edge:
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
         if config.admin_listen:
-            self.admin = AdminServer(self.metrics, self.readiness, self.status)
+            plane = ControlPlane(
+                self.store, self.pepper, live=EdgeLiveView(self), guard=ApiFailureGuard(self)
+            )
+            self.admin = AdminServer(
+                self.metrics, self.readiness, self.status, api=create_app(plane)
+            )
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
             await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
@@ -195,24 +203,29 @@ class Edge:
     def auth_failed(self, session: AgentSession) -> None:
         """A link failed to authenticate: count it against its source, which is refused
         for ``auth_block_time`` once it has failed ``auth_failure_limit`` times."""
-        if not self.auth_guard.failed(session.source):
+        self.count_auth_failure(session.source, f"agent@{session.peer}", "agent links")
+
+    def count_auth_failure(self, source: str, actor: str, what: str) -> None:
+        """One failed authentication from ``source`` (agent port or API: one budget)."""
+        if not self.auth_guard.failed(source):
             return
         assert self.store is not None
         config = self.config
         log.warning(
-            "agent links from %s refused for %gs: %d failed authentications within %gs",
-            session.source,
+            "%s from %s refused for %gs: %d failed authentications within %gs",
+            what,
+            source,
             config.auth_block_time,
             config.auth_failure_limit,
             config.auth_failure_window,
         )
         self.metrics.auth_blocks.inc()
         self.store.audit.append(
-            f"agent@{session.peer}",
+            actor,
             "auth.block",
             "",
             {
-                "source": session.source,
+                "source": source,
                 "failures": config.auth_failure_limit,
                 "window_s": config.auth_failure_window,
                 "block_s": config.auth_block_time,
@@ -442,15 +455,18 @@ class Edge:
 
     def verify_token(self, token: str, *, peer: str) -> TokenRecord:
         assert self.store is not None
-        record = self.store.verify_token(token, pepper=self.pepper, actor=f"agent@{peer}")
+        record = self.store.verify_token(
+            token, pepper=self.pepper, actor=f"agent@{peer}", address=_host_of(peer)
+        )
         self.tokens[record.id] = record
         return record
 
     # --- live sessions' credentials ----------------------------------------------------
 
     async def _watch_credentials(self) -> None:
-        """Revoking or expiring a token ends its live sessions (within 2 s): they hold no
-        credential any more. The store is asked once a second, one query for all."""
+        """Revoking or expiring a token, or suspending its account, ends its live sessions
+        (within 2 s): they hold no credential any more. The store is asked once a second,
+        one query for all."""
         while True:
             await asyncio.sleep(CREDENTIAL_CHECK_INTERVAL)
             try:
@@ -480,11 +496,13 @@ class Edge:
 
     def _end_for_credential(self, session: AgentSession, status: str) -> None:
         assert self.store is not None
-        error: RelayError = (
-            RevokedToken("authtoken has been revoked")
-            if status == "revoked"
-            else ExpiredToken("authtoken has expired")
-        )
+        error: RelayError
+        if status == "revoked":
+            error = RevokedToken("authtoken has been revoked")
+        elif status == "suspended":
+            error = AccountSuspended("the authtoken's account is suspended")
+        else:
+            error = ExpiredToken("authtoken has expired")
         log.warning(
             "session %s (%s): token %s %s; ending the session",
             session.session_id,
@@ -721,6 +739,13 @@ def _valid_label(label: str) -> bool:
         and label[-1] != "-"
         and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
     )
+
+
+def _host_of(peer: str) -> str:
+    """The host of a session's ``host:port`` peer string (IPv6 too: ``::1:4711`` → ``::1``),
+    as the store records where a credential was last used."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
 
 
 def _open_access_log(destination: str) -> Output:

@@ -43,6 +43,7 @@ AUTH_FAILURE_REASONS = {
     "RLY_101": "invalid_token",
     "RLY_102": "revoked",
     "RLY_103": "expired",
+    "RLY_104": "account_suspended",
     "RLY_302": "version",
 }
 

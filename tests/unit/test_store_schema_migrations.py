@@ -1,21 +1,24 @@
 """The store's schema comes from Alembic migrations: a new database gets exactly the
 tables the code describes, a database made before migrations (by 32581c6's
-``create_all``) is taken forward with every token and audit event intact, and a database
-from a newer relay is refused. On SQLite and on a real PostgreSQL."""
+``create_all``) or at revision 0001 is taken forward with every token and audit event
+intact (the tokens now the ``default`` operator account's), and a database from a newer
+relay is refused. On SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from relay.control import schema, tokens
 from relay.control.audit import append_event, audit_metadata
-from relay.control.store import Store, metadata, tokens_table
-from relay.errors import DataDirError
+from relay.control.store import Store, UTCDateTime, metadata
+from relay.errors import DataDirError, RevokedToken
 
 #: The tables as 32581c6 made them on SQLite (``sqlite3 relay.db .schema``).
 SCHEMA_32581C6_SQLITE = """
@@ -46,41 +49,74 @@ CREATE TABLE audit_events (
 PEPPER = b"p" * 32
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
+#: 32581c6's tokens table, as its code described it (and create_all made it on PostgreSQL).
+METADATA_32581C6 = sa.MetaData()
+TOKENS_32581C6 = sa.Table(
+    "tokens",
+    METADATA_32581C6,
+    sa.Column("id", sa.String(12), primary_key=True),
+    sa.Column("salt", sa.LargeBinary(16), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Column("bind_acl", sa.JSON, nullable=False),
+)
+
+
+def add_old_tokens(conn: sa.Connection) -> list[str]:
+    """Three tokens (one revoked) and their audit events, written as 32581c6 wrote them.
+    Returns their plaintexts."""
+    plaintexts = []
+    for i in range(3):
+        plaintext, token_id, secret = tokens.generate_token()
+        salt = tokens.new_salt()
+        conn.execute(
+            TOKENS_32581C6.insert().values(
+                id=token_id,
+                salt=salt,
+                hash=tokens.hash_secret(secret, salt, PEPPER),
+                description=f"old {i}",
+                created_at=T0,
+                revoked_at=T0 if i == 2 else None,
+                bind_acl=["*"],
+            )
+        )
+        append_event(conn, at=T0, actor="admin", action="token.create", target=token_id)
+        plaintexts.append(plaintext)
+    return plaintexts
+
 
 def make_pre_migration_database(url: str) -> list[str]:
     """A database as 32581c6 left it: its tables, no ``alembic_version``, three tokens
-    (one revoked) and their audit events, written as that code wrote them. Returns the
-    tokens' plaintexts."""
+    (one revoked) and their audit events. Returns the tokens' plaintexts."""
     engine = sa.create_engine(url)
-    plaintexts = []
     try:
         with engine.begin() as conn:
             if engine.dialect.name == "sqlite":
                 for statement in SCHEMA_32581C6_SQLITE.split(";"):
                     if statement.strip():
                         conn.exec_driver_sql(statement)
-            else:  # 32581c6's create_all, on PostgreSQL (its metadata is this one)
-                metadata.create_all(conn)
+            else:  # 32581c6's create_all, on PostgreSQL
+                METADATA_32581C6.create_all(conn)
                 audit_metadata.create_all(conn)
-            for i in range(3):
-                plaintext, token_id, secret = tokens.generate_token()
-                salt = tokens.new_salt()
-                conn.execute(
-                    tokens_table.insert().values(
-                        id=token_id,
-                        salt=salt,
-                        hash=tokens.hash_secret(secret, salt, PEPPER),
-                        description=f"old {i}",
-                        created_at=T0,
-                        revoked_at=T0 if i == 2 else None,
-                        bind_acl=["*"],
-                    )
-                )
-                append_event(conn, at=T0, actor="admin", action="token.create", target=token_id)
-                plaintexts.append(plaintext)
+            return add_old_tokens(conn)
     finally:
         engine.dispose()
-    return plaintexts
+
+
+def make_revision_0001_database(url: str) -> list[str]:
+    """A database as the relays between 626f1c3 and accounts left it: migrated to 0001,
+    holding three tokens. Returns their plaintexts."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(schema._config(conn), "0001")
+            return add_old_tokens(conn)
+    finally:
+        engine.dispose()
 
 
 def test_a_new_database_has_exactly_the_tables_the_code_describes(database_url: str) -> None:
@@ -100,23 +136,56 @@ def test_a_new_database_has_exactly_the_tables_the_code_describes(database_url: 
         engine.dispose()
 
 
-def test_a_database_from_before_migrations_loses_nothing(database_url: str) -> None:
-    plaintexts = make_pre_migration_database(database_url)
+@pytest.mark.parametrize(
+    "make", [make_pre_migration_database, make_revision_0001_database], ids=["32581c6", "0001"]
+)
+def test_an_older_database_loses_nothing_and_its_tokens_go_to_default(
+    database_url: str, make: Callable[[str], list[str]]
+) -> None:
+    plaintexts = make(database_url)
     store = Store.open(database_url)
     try:
+        default = store.default_account()
+        assert (default.name, default.role, default.status) == ("default", "operator", "active")
+        assert store.list_accounts() == [default]
         records = store.list_tokens()
         assert sorted(r.description for r in records) == ["old 0", "old 1", "old 2"]
-        assert store.verify_token(plaintexts[0], pepper=PEPPER).description == "old 0"
+        assert {r.account_id for r in records} == {default.id}
+        assert all(r.last_used_addr is None for r in records)
+        assert store.list_tokens(account_id=default.id) == records
+        verified = store.verify_token(plaintexts[0], pepper=PEPPER, address="192.0.2.1")
+        assert (verified.description, verified.account_id) == ("old 0", default.id)
+        assert verified.last_used_addr == "192.0.2.1"
         assert store.verify_token(plaintexts[1], pepper=PEPPER).description == "old 1"
-        with pytest.raises(Exception, match="revoked"):
+        with pytest.raises(RevokedToken):
             store.verify_token(plaintexts[2], pepper=PEPPER)
-        # The three old events and the failed use (successes are not audited), one chain.
+        # The three old events and the failed use (successes are not audited), one chain:
+        # the migration's default account is schema, not an audited act.
         assert store.audit.verify() == 4
         with store.engine.connect() as conn:
-            assert schema.current(conn) == schema.head()
+            assert schema.current(conn) == schema.head() == "0002"
     finally:
         store.close()
-    Store.open(database_url).close()  # opening again changes nothing
+    store = Store.open(database_url)  # opening again changes nothing
+    try:
+        assert store.list_accounts() == [default]
+        assert len(store.list_tokens()) == 3
+    finally:
+        store.close()
+
+
+def test_a_new_database_has_the_default_operator_account_and_nothing_else(
+    database_url: str,
+) -> None:
+    store = Store.open(database_url)
+    try:
+        (default,) = store.list_accounts()
+        assert (default.name, default.role, default.status) == ("default", "operator", "active")
+        assert default.id.startswith("acc_") and len(default.id) == 16
+        assert store.list_tokens() == [] and store.list_api_keys() == []
+        assert store.audit.verify() == 0
+    finally:
+        store.close()
 
 
 def test_a_database_from_a_newer_relay_is_refused(database_url: str) -> None:

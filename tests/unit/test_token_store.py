@@ -101,6 +101,8 @@ def test_token_record_exposes_no_secret_material() -> None:
         "revoked_at",
         "last_used_at",
         "bind_acl",
+        "account_id",
+        "last_used_addr",
     }
 
 
@@ -299,9 +301,12 @@ def test_revocation_wins_over_expiry(store: Store, pepper: bytes, clock: FakeClo
 
 def test_status_property_uses_real_time() -> None:
     now = datetime.now(UTC)
-    rec = TokenRecord("abcdefgh2345", "", now, now - timedelta(seconds=1), None, None, ("*",))
+    rec = TokenRecord(
+        "abcdefgh2345", "", now, now - timedelta(seconds=1), None, None, ("*",), "acc_x", None
+    )
     assert rec.status == "expired"
-    assert TokenRecord("abcdefgh2345", "", now, None, None, None, ("*",)).status == "active"
+    active = TokenRecord("abcdefgh2345", "", now, None, None, None, ("*",), "acc_x", None)
+    assert active.status == "active"
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +363,12 @@ def test_token_operations_are_audited_without_secrets(store: Store, pepper: byte
             "alice",
             "token.create",
             record.id,
-            {"description": "laptop", "expires_at": None, "bind_acl": ["*"]},
+            {
+                "description": "laptop",
+                "expires_at": None,
+                "bind_acl": ["*"],
+                "account_id": store.default_account().id,
+            },
         ),
         ("bob", "token.revoke", record.id, {"already_revoked": False}),
         ("agent@192.0.2.7:4711", "auth.fail", record.id, {"reason": "revoked"}),
@@ -436,7 +446,9 @@ def test_unopenable_database_is_a_data_dir_error(tmp_path: Path) -> None:
 
 
 def _rec(*acl: str) -> TokenRecord:
-    return TokenRecord("abcdefgh2345", "", T0, None, None, None, validate_bind_acl(acl))
+    return TokenRecord(
+        "abcdefgh2345", "", T0, None, None, None, validate_bind_acl(acl), "acc_x", None
+    )
 
 
 @pytest.mark.parametrize(
@@ -561,7 +573,7 @@ def test_error_code_table_is_consistent() -> None:
     # Every error class in relay.errors is reachable: its code maps to it or to a subclass.
     classes = [v for v in vars(errors_mod).values() if isinstance(v, type)]
     classes = [c for c in classes if issubclass(c, RelayError)]
-    assert len(classes) == 31
+    assert len(classes) == 39
     for cls in classes:
         assert issubclass(ERROR_CODES[cls.code], cls)
 

@@ -1,0 +1,894 @@
+"""The CLI of the control plane's REST API: ``relay login``/``logout``, and ``relay accounts``,
+``credentials``, ``api-keys``, ``sessions``, ``endpoints`` and ``audit``, each a few calls
+through :class:`relay.api_client.ApiClient`; plus ``relay api-keys bootstrap``, which
+makes the first admin key straight in the store (before any key exists to call the API
+with).
+
+relay/cli.py imports this module at its end to register these commands (``register``), so
+this module imports relay/cli.py only inside functions, when a command runs: at load time
+it would be an import cycle (and under ``python -m relay.cli`` a second copy of it).
+
+The API key is read from ``RELAY_API_KEY`` or from the login file ``relay login`` writes;
+it is never a command-line argument (those show in ``ps`` and shell history).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import sys
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from relay.api_client import ApiClient, check_base_url
+from relay.control.scopes import SCOPES
+from relay.errors import (
+    AuditChainBroken,
+    ConfigError,
+    DataDirError,
+    Forbidden,
+    RelayError,
+    error_from_code,
+)
+
+__all__ = ["Login", "config_dir", "load_login", "login_path", "register", "save_login"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The edge's admin listener by default (``relay edge --admin-listen``).
+DEFAULT_API = "http://127.0.0.1:9190"
+#: Items asked for per page: the API's most (relay/control/api/models.py, MAX_PAGE).
+PAGE = 500
+LOGIN_FILE = "login.json"
+
+
+# -- the login file ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Login:
+    api: str
+    key: str
+
+    def __repr__(self) -> str:
+        return f"Login(api={self.api!r})"  # never the key
+
+
+def config_dir() -> Path:
+    """``$RELAY_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/relay``, else ``~/.config/relay``."""
+    env = os.environ.get("RELAY_CONFIG_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "relay"
+
+
+def login_path() -> Path:
+    return config_dir() / LOGIN_FILE
+
+
+def save_login(path: Path, login: Login) -> None:
+    """Write ``{"api", "key"}`` owner-only (directory 0700, file 0600), complete or not at
+    all: a temporary file, fsynced, renamed over the old one."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.parent.stat().st_mode & 0o077:
+            os.chmod(path.parent, 0o700)  # it holds a key; nobody else lists or reads it
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)  # the umask can only remove bits; be explicit
+                json.dump({"api": login.api, "key": login.key}, f)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise DataDirError(f"cannot write the login file {path}: {exc.strerror or exc}") from None
+
+
+def load_login(path: Path) -> Login | None:
+    """The saved login, or None when there is none. A login file that others may read is
+    refused, not used: its key may be in other hands already."""
+    from relay.secret_files import read_owner_only_file
+
+    if not os.path.lexists(path):
+        return None
+    raw = read_owner_only_file(path)
+    try:
+        data = json.loads(raw)
+        login = Login(api=str(data["api"]), key=str(data["key"]))
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError(
+            f"{path} is not a relay login file: run `relay login --api URL` again"
+        ) from None
+    return login
+
+
+def client_for(api: str | None) -> ApiClient:
+    """The client a resource command uses: the key from ``RELAY_API_KEY`` or the login
+    file; the URL from ``--api``/``RELAY_API``, else the login's, else the local edge's."""
+    env_key = os.environ.get("RELAY_API_KEY", "").strip()
+    if env_key and api is not None:
+        return ApiClient(api, env_key)  # the login file is not needed, nor read
+    login = load_login(login_path())
+    if env_key:
+        return ApiClient(login.api if login else DEFAULT_API, env_key)
+    if login is None:
+        raise ConfigError("not logged in: run `relay login --api URL` first (or set RELAY_API_KEY)")
+    if api is not None and check_base_url(api) != check_base_url(login.api):
+        # The saved key is for another server: sending it here would hand it over.
+        raise ConfigError(
+            f"the saved login is for {login.api}, not {api}: run `relay login --api {api}` "
+            "(or set RELAY_API_KEY)"
+        )
+    return ApiClient(login.api, login.key)
+
+
+# -- shared plumbing -----------------------------------------------------------------------
+
+
+def _fail(err: RelayError) -> NoReturn:
+    from relay.cli import fail  # see the module's docstring: relay.cli imports this one
+
+    fail(err)
+
+
+def _reported(func: F) -> F:
+    """A RelayError becomes ``error RLY_xxx: …`` and the exit status relay.cli gives it."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RelayError as err:
+            _fail(err)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _api_options(func: F) -> F:
+    """``--api`` and ``-o/--output``, which every resource command takes."""
+    func = click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        help="A table for people, or the API's objects as JSON for scripts.",
+    )(func)
+    return click.option(
+        "--api",
+        default=None,
+        envvar="RELAY_API",
+        metavar="URL",
+        show_default=False,
+        help="The control plane: the edge's admin listener, e.g. http://127.0.0.1:9190 "
+        "(env RELAY_API). Default: the URL of `relay login`.",
+    )(func)
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: ``../`` or ``?`` in it must not reach another route."""
+    return urllib.parse.quote(value, safe="")
+
+
+def _cell(value: Any) -> str:
+    """A value for a terminal: ``-`` for none, lists joined, no control characters."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, list | tuple):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    else:
+        text = str(value)
+    return "".join("?" if unicodedata.category(ch).startswith("C") else ch for ch in text)
+
+
+def _minute(value: Any) -> str:
+    """``2026-12-02 23:41`` (as the API says it, UTC) for a table; ``-`` for none."""
+    return value[:16].replace("T", " ") if isinstance(value, str) and value else "-"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Aligned columns; the last one (often free text) is not padded."""
+    cells = [list(headers), *([_cell(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    for row in cells:
+        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*padded, row[-1]]).rstrip())
+
+
+def _fields(obj: Mapping[str, Any], names: Sequence[str]) -> None:
+    """One object, a ``name  value`` line per field."""
+    width = max(len(n) for n in names)
+    for name in names:
+        value = obj.get(name)
+        shown = _minute(value) if name.endswith("_at") else _cell(value)
+        click.echo(f"{name.ljust(width)}  {shown}")
+
+
+def _json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def _listed(client: ApiClient, path: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+    return list(client.items(path, {"limit": PAGE, **(params or {})}))
+
+
+def _expires_at(expires_in: str | None) -> str | None:
+    from relay.cli import parse_duration
+
+    if not expires_in:
+        return None
+    return (datetime.now(UTC) + parse_duration(expires_in)).isoformat()
+
+
+# -- login and logout ----------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--api",
+    default=DEFAULT_API,
+    envvar="RELAY_API",
+    metavar="URL",
+    help="The control plane: the edge's admin listener (env RELAY_API).",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default=None,
+    help="Read the API key from this file ('-': standard input). Otherwise RELAY_API_KEY, "
+    "or you are asked for it (hidden).",
+)
+@_reported
+def login(api: str, key_file: Path | None) -> None:
+    """Check an API key against the control plane and save it for the other commands.
+
+    The key (rlk_…) is never a command-line argument: those show in `ps` and in shell
+    history. It is saved with the URL in $RELAY_CONFIG_DIR/login.json (default
+    ~/.config/relay/login.json), readable by you alone.
+    """
+    from relay.control.tokens import parse_api_key
+
+    base = check_base_url(api)
+    key = _read_key(key_file)
+    parse_api_key(key)  # a pasted authtoken or a cut-off key is named before any call
+    client = ApiClient(base, key)
+    note = ""
+    try:
+        client.get("/accounts", params={"limit": 1})
+    except Forbidden:
+        note = " (it lacks the accounts:read scope; the commands that need it will say so)"
+    path = login_path()
+    save_login(path, Login(api=base, key=key))
+    click.echo(f"logged in to {base}; the key is saved in {path}{note}")
+
+
+def _read_key(key_file: Path | None) -> str:
+    if key_file is not None:
+        try:
+            if str(key_file) == "-":
+                return sys.stdin.readline().strip()
+            return key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the API key from {key_file}: {exc}") from None
+    env_key = os.environ.get("RELAY_API_KEY", "").strip()
+    if env_key:
+        return env_key
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "no API key: pass --key-file FILE ('-' for standard input) or set RELAY_API_KEY"
+        )
+    return str(click.prompt("API key", hide_input=True)).strip()
+
+
+@click.command()
+@_reported
+def logout() -> None:
+    """Forget the saved API key (the key itself stays valid until it is revoked)."""
+    path = login_path()
+    try:
+        login_ = load_login(path)
+    except RelayError:
+        login_ = None  # unreadable or too open: removing it is the cure
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        click.echo("not logged in")
+        return
+    except OSError as exc:
+        raise DataDirError(f"cannot remove {path}: {exc.strerror or exc}") from None
+    key_id = login_.key.split("_")[1] if login_ and login_.key.count("_") >= 2 else "ID"
+    click.echo(
+        f"logged out: removed {path}. The key stays valid until revoked: "
+        f"relay api-keys revoke {key_id}"
+    )
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+ACCOUNT_FIELDS = ("id", "name", "role", "status", "created_at", "suspended_at")
+
+
+@click.group()
+def accounts() -> None:
+    """Accounts: who credentials belong to (operators manage every account)."""
+
+
+def _account_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
+    for a in items:
+        row = [a.get("id"), a.get("name"), a.get("role"), a.get("status")]
+        yield [*map(_cell, row), _minute(a.get("created_at"))]
+
+
+@accounts.command("list")
+@_api_options
+@_reported
+def accounts_list(api: str | None, output: str) -> None:
+    """List accounts (a member's key: its own)."""
+    items = _listed(client_for(api), "/accounts")
+    if output == "json":
+        _json(items)
+        return
+    _table(["ID", "NAME", "ROLE", "STATUS", "CREATED"], _account_rows(items))
+
+
+@accounts.command("show")
+@click.argument("account_id")
+@_api_options
+@_reported
+def accounts_show(account_id: str, api: str | None, output: str) -> None:
+    """Show one account."""
+    account = client_for(api).get(f"/accounts/{_segment(account_id)}")
+    if output == "json":
+        _json(account)
+    else:
+        _fields(account, ACCOUNT_FIELDS)
+
+
+@accounts.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["member", "operator"]),
+    default="member",
+    help="A member's keys reach its own account; an operator's reach every account.",
+)
+@_api_options
+@_reported
+def accounts_create(name: str, role: str, api: str | None, output: str) -> None:
+    """Create an account NAME (a-z, 0-9 and -, like a DNS label)."""
+    account = client_for(api).post("/accounts", json={"name": name, "role": role})
+    if output == "json":
+        _json(account)
+        return
+    click.echo(
+        f"account {_cell(account.get('id'))} created: {_cell(account.get('name'))} "
+        f"({_cell(account.get('role'))})"
+    )
+
+
+def _set_status(account_id: str, verb: str, api: str | None, output: str) -> None:
+    account = client_for(api).post(f"/accounts/{_segment(account_id)}/{verb}")
+    if output == "json":
+        _json(account)
+    elif verb == "suspend":
+        click.echo(
+            f"account {_cell(account.get('id'))} suspended: its agents' sessions end within "
+            "2 s, its credentials and API keys are refused until it is resumed"
+        )
+    else:
+        click.echo(f"account {_cell(account.get('id'))} resumed")
+
+
+@accounts.command("suspend")
+@click.argument("account_id")
+@_api_options
+@_reported
+def accounts_suspend(account_id: str, api: str | None, output: str) -> None:
+    """Suspend an account: its agents are disconnected, its credentials refused."""
+    _set_status(account_id, "suspend", api, output)
+
+
+@accounts.command("resume")
+@click.argument("account_id")
+@_api_options
+@_reported
+def accounts_resume(account_id: str, api: str | None, output: str) -> None:
+    """Resume a suspended account: its credentials work again."""
+    _set_status(account_id, "resume", api, output)
+
+
+# -- credentials (authtokens) --------------------------------------------------------------
+
+ACCOUNT_OPTION = click.option(
+    "--account",
+    "account_id",
+    default=None,
+    metavar="ID",
+    show_default=False,
+    help="The account (acc_…). Default: the API key's own.",
+)
+
+
+@click.group()
+def credentials() -> None:
+    """Authtokens for agents (`relay tcp|http|tls --token`), stored only as hashes."""
+
+
+def _credential_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
+    for c in items:
+        yield [
+            _cell(c.get("id")),
+            _cell(c.get("account_id")),
+            _cell(c.get("status")),
+            _minute(c.get("created_at")),
+            _minute(c.get("expires_at")),
+            _minute(c.get("last_used_at")),
+            _cell(c.get("bind_acl")),
+            _cell(c.get("description")),
+        ]
+
+
+@credentials.command("list")
+@ACCOUNT_OPTION
+@_api_options
+@_reported
+def credentials_list(account_id: str | None, api: str | None, output: str) -> None:
+    """List authtokens (metadata only: secrets are never stored)."""
+    items = _listed(client_for(api), "/credentials", {"account_id": account_id})
+    if output == "json":
+        _json(items)
+        return
+    _table(
+        ["ID", "ACCOUNT", "STATUS", "CREATED", "EXPIRES", "LAST USED", "ALLOW", "DESCRIPTION"],
+        _credential_rows(items),
+    )
+
+
+@credentials.command("create")
+@ACCOUNT_OPTION
+@click.option("--description", default="", help="What the authtoken is for (shown in lists).")
+@click.option("--expires-in", default=None, help="Lifetime, e.g. 12h or 90d. Default: none.")
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="PATTERN",
+    help="Bind ACL pattern (repeatable), as for `relay token create`: '*', "
+    "'tcp:20000-20100', 'app.example.com', '*.example.com'. Default '*'.",
+)
+@_api_options
+@_reported
+def credentials_create(
+    account_id: str | None,
+    description: str,
+    expires_in: str | None,
+    allow: tuple[str, ...],
+    api: str | None,
+    output: str,
+) -> None:
+    """Create an authtoken and print it. It is shown once and cannot be recovered."""
+    body = {
+        "account_id": account_id,
+        "description": description,
+        "expires_at": _expires_at(expires_in),
+        "bind_acl": list(allow) or None,
+    }
+    created = client_for(api).post("/credentials", json=body)
+    if output == "json":
+        _json(created)
+        return
+    click.echo(
+        f"authtoken {_cell(created.get('id'))} created for account "
+        f"{_cell(created.get('account_id'))}; it is shown only now:",
+        err=True,
+    )
+    click.echo(_cell(created.get("token")))
+
+
+@credentials.command("revoke")
+@click.argument("credential_id")
+@_api_options
+@_reported
+def credentials_revoke(credential_id: str, api: str | None, output: str) -> None:
+    """Revoke an authtoken: its agents' sessions end within 2 s."""
+    revoked = client_for(api).delete(f"/credentials/{_segment(credential_id)}")
+    if output == "json":
+        _json(revoked)
+        return
+    click.echo(f"authtoken {_cell(revoked.get('id'))} revoked; its agents' sessions end within 2 s")
+
+
+# -- API keys ------------------------------------------------------------------------------
+
+
+@click.group("api-keys")
+def api_keys() -> None:
+    """API keys for this CLI and the REST API (scoped, stored only as hashes).
+
+    \b
+    First run, on the edge's machine:
+        relay api-keys bootstrap                 # an admin key, printed once
+        relay login --api http://127.0.0.1:9190  # asks for it
+    """
+
+
+def _api_key_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
+    for k in items:
+        yield [
+            _cell(k.get("id")),
+            _cell(k.get("account_id")),
+            _cell(k.get("status")),
+            _minute(k.get("created_at")),
+            _minute(k.get("expires_at")),
+            _minute(k.get("last_used_at")),
+            _cell(k.get("scopes")),
+            _cell(k.get("description")),
+        ]
+
+
+@api_keys.command("list")
+@ACCOUNT_OPTION
+@_api_options
+@_reported
+def api_keys_list(account_id: str | None, api: str | None, output: str) -> None:
+    """List API keys (metadata only: secrets are never stored)."""
+    items = _listed(client_for(api), "/api_keys", {"account_id": account_id})
+    if output == "json":
+        _json(items)
+        return
+    _table(
+        ["ID", "ACCOUNT", "STATUS", "CREATED", "EXPIRES", "LAST USED", "SCOPES", "DESCRIPTION"],
+        _api_key_rows(items),
+    )
+
+
+@api_keys.command("create")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(SCOPES),
+    help="What the key may do (repeatable); a key may only grant scopes it holds itself.",
+)
+@ACCOUNT_OPTION
+@click.option("--description", default="", help="What the key is for (shown in lists).")
+@click.option("--expires-in", default=None, help="Lifetime, e.g. 12h or 90d. Default: none.")
+@_api_options
+@_reported
+def api_keys_create(
+    scopes: tuple[str, ...],
+    account_id: str | None,
+    description: str,
+    expires_in: str | None,
+    api: str | None,
+    output: str,
+) -> None:
+    """Create an API key and print it. It is shown once and cannot be recovered."""
+    body = {
+        "account_id": account_id,
+        "scopes": list(scopes),
+        "description": description,
+        "expires_at": _expires_at(expires_in),
+    }
+    created = client_for(api).post("/api_keys", json=body)
+    if output == "json":
+        _json(created)
+        return
+    _print_key(created)
+
+
+def _print_key(created: Mapping[str, Any]) -> None:
+    click.echo(
+        f"API key {_cell(created.get('id'))} ({_cell(created.get('scopes'))}) created for "
+        f"account {_cell(created.get('account_id'))}; it is shown only now:",
+        err=True,
+    )
+    click.echo(_cell(created.get("key")))
+
+
+@api_keys.command("revoke")
+@click.argument("key_id")
+@_api_options
+@_reported
+def api_keys_revoke(key_id: str, api: str | None, output: str) -> None:
+    """Revoke an API key: it is refused from now on."""
+    revoked = client_for(api).delete(f"/api_keys/{_segment(key_id)}")
+    if output == "json":
+        _json(revoked)
+        return
+    click.echo(f"API key {_cell(revoked.get('id'))} revoked")
+
+
+@api_keys.command("bootstrap")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    envvar="RELAY_DATA_DIR",
+    help="Edge data directory (database, CA, keys). Default: ~/.local/share/relay.",
+)
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    envvar="RELAY_STORE",
+    metavar="URL",
+    help="The database, when not the data directory's SQLite: "
+    "postgresql://USER:PASSWORD@HOST/DB. The pepper stays in the data directory.",
+)
+@click.option(
+    "--description",
+    default="bootstrap admin key",
+    help="What the key is for (shown in lists).",
+)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@_reported
+def api_keys_bootstrap(
+    data_dir: Path | None, store_url: str | None, description: str, output: str
+) -> None:
+    """Create the first admin API key, straight in the edge's store (no API call), for
+    the `default` operator account, and print it once.
+
+    Run it on the edge's machine with the --data-dir (and --store) `relay edge` uses;
+    then `relay login`. Anyone who can run this can read the edge's database anyway.
+    """
+    # The same store and pepper as `relay token create` (--data-dir/--store above are
+    # its options; relay.cli imports this module, so they cannot be imported from it).
+    from relay.cli import _open_store
+    from relay.control.tokens import load_or_create_pepper
+
+    directory, store = _open_store(data_dir, store_url, create=True)
+    try:
+        account = store.default_account()
+        record, key = store.create_api_key(
+            account.id,
+            scopes=["admin"],
+            description=description,
+            pepper=load_or_create_pepper(directory),
+            actor="cli",
+        )
+    finally:
+        store.close()
+    created = {
+        "id": record.id,
+        "account_id": record.account_id,
+        "scopes": list(record.scopes),
+        "description": record.description,
+        "key": key,
+    }
+    if output == "json":
+        _json(created)
+        return
+    where = "the --store database" if store_url else str(directory / "relay.db")
+    click.echo(f"in {where}, account {account.name} ({account.role}):", err=True)
+    _print_key(created)
+
+
+# -- the edge's live state -----------------------------------------------------------------
+
+SESSION_FIELDS = ("id", "account_id", "credential_id", "peer", "region", "endpoints")
+
+
+@click.group()
+def sessions() -> None:
+    """Live agent sessions on the edge."""
+
+
+def _session_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
+    for s in items:
+        keys = ("id", "account_id", "credential_id", "peer", "region", "endpoints")
+        yield [_cell(s.get(k)) for k in keys]
+
+
+@sessions.command("list")
+@_api_options
+@_reported
+def sessions_list(api: str | None, output: str) -> None:
+    """List live agent sessions."""
+    items = _listed(client_for(api), "/tunnel_sessions")
+    if output == "json":
+        _json(items)
+        return
+    _table(["ID", "ACCOUNT", "CREDENTIAL", "PEER", "REGION", "ENDPOINTS"], _session_rows(items))
+
+
+@sessions.command("show")
+@click.argument("session_id")
+@_api_options
+@_reported
+def sessions_show(session_id: str, api: str | None, output: str) -> None:
+    """Show one live agent session."""
+    found = client_for(api).get(f"/tunnel_sessions/{_segment(session_id)}")
+    if output == "json":
+        _json(found)
+    else:
+        _fields(found, SESSION_FIELDS)
+
+
+@sessions.command("stop")
+@click.argument("session_id")
+@_api_options
+@_reported
+def sessions_stop(session_id: str, api: str | None, output: str) -> None:
+    """End a session; the agent is told not to reconnect."""
+    stopped = client_for(api).post(f"/tunnel_sessions/{_segment(session_id)}/stop")
+    if output == "json":
+        _json(stopped)
+        return
+    click.echo(f"session {_cell(stopped.get('id'))} stopped; its agent was told not to reconnect")
+
+
+@sessions.command("restart")
+@click.argument("session_id")
+@_api_options
+@_reported
+def sessions_restart(session_id: str, api: str | None, output: str) -> None:
+    """Ask a session's agent to reconnect; it gets its endpoints back."""
+    found = client_for(api).post(f"/tunnel_sessions/{_segment(session_id)}/restart")
+    if output == "json":
+        _json(found)
+        return
+    click.echo(f"session {_cell(found.get('id'))}: its agent was asked to reconnect")
+
+
+@click.group()
+def endpoints() -> None:
+    """Endpoints agents have bound on the edge."""
+
+
+@endpoints.command("list")
+@_api_options
+@_reported
+def endpoints_list(api: str | None, output: str) -> None:
+    """List bound endpoints."""
+    items = _listed(client_for(api), "/endpoints")
+    if output == "json":
+        _json(items)
+        return
+    keys = ("id", "kind", "url", "tunnel_session_id", "account_id")
+    _table(
+        ["ID", "KIND", "URL", "SESSION", "ACCOUNT"],
+        ([_cell(e.get(k)) for k in keys] for e in items),
+    )
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+@click.group()
+def audit() -> None:
+    """The hash-chained audit log (operators' keys with audit:read)."""
+
+
+def _instant(value: str | None, name: str) -> str | None:
+    """An ISO 8601 time for the API, which wants a zone: one without is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--{name} {value!r} is not an ISO 8601 time like 2026-12-03 or 2026-12-03T10:00Z"
+        ) from None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).isoformat()
+
+
+@audit.command("list")
+@click.option("--since", default=None, metavar="ISO", help="Events at or after (UTC if no zone).")
+@click.option("--until", default=None, metavar="ISO", help="Events before (UTC if no zone).")
+@click.option("--actor", default=None, help="Only this actor, e.g. cli or api_key:ID.")
+@click.option("--action", default=None, help="Only this action, e.g. token.create.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="At most N events (the oldest that match). Default: all.",
+)
+@_api_options
+@_reported
+def audit_list(
+    since: str | None,
+    until: str | None,
+    actor: str | None,
+    action: str | None,
+    limit: int | None,
+    api: str | None,
+    output: str,
+) -> None:
+    """List audit events, oldest first."""
+    params = {
+        "since": _instant(since, "since"),
+        "until": _instant(until, "until"),
+        "actor": actor,
+        "action": action,
+        "limit": min(PAGE, limit or PAGE),
+    }
+    events: list[dict[str, Any]] = []
+    for event in client_for(api).items("/audit_events", params):
+        events.append(event)
+        if limit is not None and len(events) >= limit:
+            break
+    if output == "json":
+        _json(events)
+        return
+    _table(
+        ["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+        (
+            [
+                _cell(e.get("seq")),
+                _cell(e.get("at"))[:19].replace("T", " "),
+                _cell(e.get("actor")),
+                _cell(e.get("action")),
+                _cell(e.get("target")),
+                _cell(e.get("detail")),
+            ]
+            for e in events
+        ),
+    )
+
+
+@audit.command("verify")
+@_api_options
+@_reported
+def audit_verify(api: str | None, output: str) -> None:
+    """Check the whole hash chain: any edit, deletion or reordering is found.
+
+    Exit status 1, naming the first bad event, when the chain is broken.
+    """
+    result = client_for(api).get("/audit_events/verify")
+    if not isinstance(result, dict):
+        raise RelayError("the control plane answered the audit verification with a non-object")
+    if output == "json":
+        _json(result)
+        if result.get("intact") is not True:
+            sys.exit(1)
+        return
+    if result.get("intact") is not True:
+        code = result.get("code")
+        err = error_from_code(
+            code if isinstance(code, str) else AuditChainBroken.code,
+            f"the audit chain is broken at seq {_cell(result.get('first_bad_seq'))}: "
+            f"{_cell(result.get('message'))} ({_cell(result.get('events'))} events before "
+            "it verify)",
+        )
+        _fail(err)
+    click.echo(
+        f"audit log intact: {_cell(result.get('events'))} events checked; head seq "
+        f"{_cell(result.get('head_seq'))}, hash {_cell(result.get('head_hash'))}"
+    )
+    click.echo(
+        "keep the head hash elsewhere: a log cut at its tail is only found against a head "
+        "recorded earlier",
+        err=True,
+    )
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+def register(main: click.Group) -> None:
+    """Add these commands to the ``relay`` group (relay/cli.py calls this)."""
+    for command in (login, logout, accounts, credentials, api_keys, sessions, endpoints, audit):
+        main.add_command(command)

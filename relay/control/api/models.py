@@ -1,0 +1,191 @@
+"""The API's request and response bodies (pydantic), one per resource."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.control.store import AccountRecord, ApiKeyRecord, TokenRecord
+
+T = TypeVar("T")
+
+#: The most items one page holds.
+MAX_PAGE = 500
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; ask again with ``cursor=next_cursor`` until it is null."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+class Strict(BaseModel):
+    """Request bodies refuse fields they do not know: a typo must not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+
+class Account(BaseModel):
+    id: str
+    name: str
+    role: Literal["operator", "member"]
+    status: Literal["active", "suspended"]
+    created_at: datetime
+    suspended_at: datetime | None
+
+    @classmethod
+    def of(cls, r: AccountRecord) -> Account:
+        return cls(
+            id=r.id,
+            name=r.name,
+            role=r.role,
+            status=r.status,
+            created_at=r.created_at,
+            suspended_at=r.suspended_at,
+        )
+
+
+class AccountCreate(Strict):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    role: Literal["operator", "member"] = "member"
+
+
+# -- credentials (authtokens) and API keys -------------------------------------------------
+
+
+class Credential(BaseModel):
+    """An authtoken: what an agent presents to the edge."""
+
+    id: str
+    account_id: str
+    description: str
+    bind_acl: list[str]
+    status: Literal["active", "revoked", "expired"]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    last_used_addr: str | None
+
+    @classmethod
+    def of(cls, r: TokenRecord) -> Credential:
+        return cls(
+            id=r.id,
+            account_id=r.account_id,
+            description=r.description,
+            bind_acl=list(r.bind_acl),
+            status=r.status,
+            created_at=r.created_at,
+            expires_at=r.expires_at,
+            revoked_at=r.revoked_at,
+            last_used_at=r.last_used_at,
+            last_used_addr=r.last_used_addr,
+        )
+
+
+class CredentialCreated(Credential):
+    token: str = Field(description="The authtoken itself: shown this once, never stored.")
+
+
+class CredentialCreate(Strict):
+    account_id: str | None = Field(None, max_length=16, description="Default: the key's own.")
+    description: str = Field("", max_length=256)
+    expires_at: datetime | None = None
+    bind_acl: list[str] | None = Field(None, max_length=64)
+
+
+class ApiKey(BaseModel):
+    id: str
+    account_id: str
+    description: str
+    scopes: list[str]
+    status: Literal["active", "revoked", "expired"]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    last_used_addr: str | None
+
+    @classmethod
+    def of(cls, r: ApiKeyRecord) -> ApiKey:
+        return cls(
+            id=r.id,
+            account_id=r.account_id,
+            description=r.description,
+            scopes=list(r.scopes),
+            status=r.status,
+            created_at=r.created_at,
+            expires_at=r.expires_at,
+            revoked_at=r.revoked_at,
+            last_used_at=r.last_used_at,
+            last_used_addr=r.last_used_addr,
+        )
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The API key itself: shown this once, never stored.")
+
+
+class ApiKeyCreate(Strict):
+    account_id: str | None = Field(None, max_length=16, description="Default: the key's own.")
+    scopes: list[str] = Field(min_length=1, max_length=16)
+    description: str = Field("", max_length=256)
+    expires_at: datetime | None = None
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+class AuditEvent(BaseModel):
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    hash: str
+
+
+class AuditVerification(BaseModel):
+    intact: bool
+    events: int = Field(description="Events checked (all of them when intact).")
+    head_seq: int
+    head_hash: str = Field(
+        description="Keep it elsewhere: a chain cut at its tail is only "
+        "seen against a head recorded earlier."
+    )
+    code: str | None = None
+    first_bad_seq: int | None = None
+    message: str | None = None
+
+
+# -- the edge's live state -----------------------------------------------------------------
+
+
+class TunnelSession(BaseModel):
+    id: str
+    account_id: str
+    credential_id: str
+    peer: str
+    region: str | None
+    endpoints: list[str]
+
+
+class Endpoint(BaseModel):
+    id: str
+    url: str
+    kind: str
+    tunnel_session_id: str | None
+    account_id: str | None
+
+
+class Certificate(BaseModel):
+    name: str
+    not_after: datetime | None
+    status: Literal["issued", "pending"]

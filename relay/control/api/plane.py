@@ -1,0 +1,87 @@
+"""What the REST API runs against: the store, the pepper its credentials are hashed with,
+and — when it is served by an edge — a view of that edge's live sessions and endpoints.
+
+The control plane imports no edge code (DESIGN.md, "Which way imports run"): the edge
+hands the API a :class:`LiveView` and a :class:`FailureGuard`, two small interfaces
+defined here, and the API knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from relay.control.store import Store
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """One authenticated agent session on the edge."""
+
+    id: str
+    account_id: str
+    token_id: str
+    peer: str
+    region: str | None
+    endpoints: tuple[str, ...]  # their public URLs
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    """One endpoint bound on the edge."""
+
+    id: str
+    url: str
+    kind: str
+    session_id: str | None  # None while its agent is away and the name is held for it
+    account_id: str | None
+
+
+@dataclass(frozen=True)
+class CertificateView:
+    """A certificate the edge serves for an https name."""
+
+    name: str
+    not_after: datetime | None  # None: not issued yet
+
+
+class LiveView(Protocol):
+    """The edge's live state, as the API may read and act on it."""
+
+    def sessions(self) -> list[SessionView]: ...
+
+    def endpoints(self) -> list[EndpointView]: ...
+
+    def certificates(self) -> list[CertificateView]: ...
+
+    def stop_session(self, session_id: str, *, actor: str) -> bool:
+        """End the session for good (the agent is told not to come back); False when
+        there is no such live session."""
+        ...
+
+    def restart_session(self, session_id: str, *, actor: str) -> bool:
+        """Ask the agent to reconnect (it gets its endpoints back); False when there is
+        no such live session."""
+        ...
+
+
+class FailureGuard(Protocol):
+    """Per-source refusal of callers that keep failing to authenticate (the edge shares
+    one with its agent port, so a source guessing either credential is refused on both)."""
+
+    def blocked_for(self, host: str) -> float:
+        """Seconds ``host`` stays refused (0: admitted)."""
+        ...
+
+    def failed(self, host: str) -> None:
+        """Count a failed authentication from ``host``."""
+        ...
+
+
+@dataclass
+class ControlPlane:
+    store: Store
+    pepper: bytes
+    live: LiveView | None = None
+    guard: FailureGuard | None = None

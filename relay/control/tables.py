@@ -1,0 +1,114 @@
+"""The store's tables, as the code reads and writes them.
+
+The database gets them from the migrations (``relay/control/migrations/versions/``), never
+from ``create_all``: a test compares the two and must find them identical, so a column
+added here needs a migration that adds it too. Constraint and index names are explicit
+because a migration must name what it creates on SQLite (batch mode) and PostgreSQL alike.
+
+The audit log's table lives with its code (:mod:`relay.control.audit`), the bottom floor.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Dialect,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import DateTime, TypeDecorator
+
+__all__ = ["UTCDateTime", "accounts_table", "api_keys_table", "metadata", "tokens_table"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python, naive UTC in the database.
+
+    SQLite has no timezone type and returns naive datetimes; normalizing at this boundary keeps
+    every datetime the rest of relay sees aware. Naive input is a bug and is refused.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime passed to the store; use timezone-aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+accounts_table = Table(
+    "accounts",
+    metadata,
+    Column("id", String(16), primary_key=True),  # "acc_" + 12 base32 characters
+    Column("name", Text, nullable=False),
+    Column("role", String(16), nullable=False),  # "operator" | "member"
+    Column("status", String(16), nullable=False),  # "active" | "suspended"
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("suspended_at", UTCDateTime, nullable=True),
+    UniqueConstraint("name", name="uq_accounts_name"),
+)
+
+tokens_table = Table(
+    "tokens",
+    metadata,
+    Column("id", String(12), primary_key=True),  # public token id
+    Column("salt", LargeBinary(16), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("bind_acl", JSON, nullable=False),
+    Column(
+        "account_id",
+        String(16),
+        ForeignKey("accounts.id", name="fk_tokens_account_id_accounts"),
+        nullable=False,
+    ),
+    Column("last_used_addr", Text, nullable=True),
+    Index("ix_tokens_account_id", "account_id"),
+)
+
+api_keys_table = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(12), primary_key=True),  # public key id
+    Column(
+        "account_id",
+        String(16),
+        ForeignKey("accounts.id", name="fk_api_keys_account_id_accounts"),
+        nullable=False,
+    ),
+    Column("salt", LargeBinary(16), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("scopes", JSON, nullable=False),  # sorted list of scope names
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("last_used_addr", Text, nullable=True),
+    Index("ix_api_keys_account_id", "account_id"),
+)

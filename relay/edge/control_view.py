@@ -1,0 +1,131 @@
+"""The edge as the control-plane API sees it: its live sessions, endpoints and
+certificates, stopping or restarting a session (relay.control.api.LiveView), and the
+per-source refusal of callers that fail to authenticate (relay.control.api.FailureGuard).
+
+Ownership comes from the token each session authenticated with: the edge keeps the
+records it verified (``Edge.tokens``), each naming its account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from relay.control.api import CertificateView, EndpointView, SessionView
+from relay.edge.auth_guard import source_of
+from relay.errors import SessionStopped
+from relay.protocol import Restart
+
+if TYPE_CHECKING:
+    from relay.edge.server import Edge
+    from relay.edge.session import AgentSession
+
+
+class EdgeLiveView:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _account_of(self, token_id: str | None) -> str | None:
+        record = self.edge.tokens.get(token_id or "")
+        return record.account_id if record is not None else None
+
+    def _live(self) -> dict[str, AgentSession]:
+        return {s.session_id: s for s in self.edge.sessions if s.authenticated}
+
+    def sessions(self) -> list[SessionView]:
+        views = []
+        for s in self._live().values():
+            account = self._account_of(s.token_id)
+            if account is None or s.token_id is None:
+                continue  # authenticated before the store named its account: not listable
+            views.append(
+                SessionView(
+                    id=s.session_id,
+                    account_id=account,
+                    token_id=s.token_id,
+                    peer=s.peer,
+                    region=self.edge.config.region,
+                    endpoints=tuple(sorted(e.url for e in s.endpoints.values())),
+                )
+            )
+        return views
+
+    def endpoints(self) -> list[EndpointView]:
+        return [
+            EndpointView(
+                id=e.endpoint_id,
+                url=e.url,
+                kind=e.kind,
+                session_id=e.holder.session.session_id if e.holder.session else None,
+                account_id=self._account_of(e.holder.token_id),
+            )
+            for e in self.edge.endpoints.values()
+        ]
+
+    def certificates(self) -> list[CertificateView]:
+        certs = self.edge.web.certs if self.edge.web is not None else None
+        if certs is None:
+            return []
+        return [CertificateView(name, certs.not_after(name)) for name in certs.names()]
+
+    def stop_session(self, session_id: str, *, actor: str) -> bool:
+        session = self._live().get(session_id)
+        if session is None:
+            return False
+        self._audit(actor, "session.stop", session, "stopped through the API")
+        session.end_reason = "stopped"
+        stopped = SessionStopped("an operator stopped this session; do not reconnect")
+        session.stop(stopped.code, stopped.message)
+        return True
+
+    def restart_session(self, session_id: str, *, actor: str) -> bool:
+        session = self._live().get(session_id)
+        if session is None or session.control is None:
+            return False
+        self._audit(actor, "session.restart", session, "restarted through the API")
+        session.draining = True
+        session.control.send(Restart("the session was restarted by an operator; reconnect"))
+        session.link.session.go_away(0)
+        session.link.schedule_flush()
+        # As in a drain: live streams finish, then the link closes and the agent comes back.
+        task = asyncio.get_running_loop().create_task(_close_when_idle(session))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
+
+    def _audit(self, actor: str, action: str, session: AgentSession, reason: str) -> None:
+        assert self.edge.store is not None
+        self.edge.store.audit.append(
+            actor,
+            action,
+            session.token_id or "",
+            {"session": session.session_id, "peer": session.peer, "reason": reason},
+        )
+
+
+#: How long a restarted session's streams may take to finish before its link is closed.
+RESTART_GRACE = 30.0
+
+
+async def _close_when_idle(session: AgentSession) -> None:
+    deadline = time.monotonic() + RESTART_GRACE
+    while time.monotonic() < deadline and session.live_streams():
+        await asyncio.sleep(0.1)
+    if not session.link.closed:
+        session.link.close()
+
+
+class ApiFailureGuard:
+    """The API's failed keys count in the edge's AuthGuard with the agent port's failed
+    tokens: one source, one budget."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    def blocked_for(self, host: str) -> float:
+        return self.edge.auth_guard.blocked_for(source_of(host))
+
+    def failed(self, host: str) -> None:
+        self.edge.count_auth_failure(source_of(host), f"api@{host}", "API requests")

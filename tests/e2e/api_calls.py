@@ -1,0 +1,82 @@
+"""Calls to the control-plane API on a real edge's admin listener, for the API's tests:
+plain HTTP/1.1 on a socket, one request per connection, as the listener serves them."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from relay.control.store import AccountRecord, Store
+from relay.control.tokens import load_or_create_pepper
+from tests.e2e.procs import Edge
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def code(self) -> str | None:
+        return self.body.get("code") if isinstance(self.body, dict) else None
+
+
+def call(
+    edge: Edge,
+    method: str,
+    path: str,
+    key: str | None = None,
+    body: Any = None,
+    *,
+    raw_auth: str | None = None,
+) -> Answer:
+    conn = http.client.HTTPConnection("127.0.0.1", edge.admin_port, timeout=30)
+    headers = {}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if raw_auth is not None:
+        headers["Authorization"] = raw_auth
+    data = None
+    if body is not None:
+        data = json.dumps(body, default=str).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        content = json.loads(raw) if raw else None
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, content)
+    finally:
+        conn.close()
+
+
+class Keys:
+    """API keys made straight in the edge's store (as `relay api-keys bootstrap` does)."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.store = Store.open(f"sqlite:///{edge.data_dir / 'relay.db'}")
+        self.pepper = load_or_create_pepper(edge.data_dir)
+
+    def make(
+        self,
+        scopes: list[str],
+        *,
+        account: AccountRecord | None = None,
+        expires_in: float | None = None,
+    ) -> tuple[str, str]:
+        """``(key id, key)``."""
+        owner = account or self.store.default_account()
+        expires = None
+        if expires_in is not None:
+            expires = datetime.now().astimezone() + timedelta(seconds=expires_in)
+        record, key = self.store.create_api_key(
+            owner.id, scopes=scopes, expires_at=expires, pepper=self.pepper, actor="test"
+        )
+        return record.id, key
+
+    def close(self) -> None:
+        self.store.close()
