@@ -33,8 +33,15 @@ def call(
     body: Any = None,
     *,
     raw_auth: str | None = None,
+    source: str | None = None,
 ) -> Answer:
-    conn = http.client.HTTPConnection("127.0.0.1", edge.admin_port, timeout=30)
+    """One request; ``source``: the loopback address to send it from (default: any)."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1",
+        edge.admin_port,
+        timeout=30,
+        source_address=(source, 0) if source is not None else None,
+    )
     headers = {}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
