@@ -23,7 +23,7 @@ def draw(result: dict[str, Any], out: Path, stem: str) -> list[str]:
 
     # Bulk: one group per scenario, one bar per contestant (median, min-max error bars).
     bulk = result.get("results", {})
-    if bulk:
+    if any(bulk.values()):  # a run without the bulk phase has its scenarios, empty
         fig, ax = plt.subplots(figsize=(11, 4.5))
         scen = list(bulk)
         keys = [k for k in labels if any(k in bulk[s] for s in scen)]

@@ -1,6 +1,6 @@
 """`python -m bench quick|full`: relay beside direct, haproxy, ssh -R, frp, rathole, bore and
 socat+TLS — bulk TCP (iperf3), HTTP max / new connections / fixed-rate latency, head-of-line,
-memory slopes, CPU per unit of work."""
+memory slopes, agent sessions admitted per second, CPU per unit of work."""
 
 from __future__ import annotations
 
@@ -22,7 +22,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import charts, httpbench, machine, memory, phases, report, report_http, tools
+from bench import (
+    charts,
+    httpbench,
+    machine,
+    memory,
+    phases,
+    report,
+    report_http,
+    report_sessions,
+    sessions,
+    tools,
+)
 from bench.contestants import RELAY_BIN_ENV, SSHD, Contestant, Haproxy
 from bench.httpbench import HttpMeasurement
 from bench.origin import nginx_version
@@ -73,7 +84,9 @@ HTTP_MODES = {
         mem_streams=(4000, 8000),
     ),
 }
-PHASES = ("bulk", "http", "memory")
+#: Seconds per run of the sessions phase (its reps are the mode's; --duration/--reps override).
+SESSIONS_DURATION = {"quick": 3.0, "full": 5.0}
+PHASES = ("bulk", "http", "memory", "sessions")
 
 
 def log(msg: str) -> None:
@@ -99,8 +112,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--scenarios", default=",".join(s.key for s in SCENARIOS), help="subset of scenarios"
     )
-    p.add_argument("--duration", type=float, help="seconds per iperf3 run (overrides the mode)")
-    p.add_argument("--reps", type=int, help="repetitions (overrides the mode)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="seconds per iperf3 run and per sessions run (overrides the mode)",
+    )
+    p.add_argument(
+        "--reps", type=int, help="repetitions of the bulk and sessions phases (overrides the mode)"
+    )
     p.add_argument("--haproxy-nbthread", type=int, default=1, help="haproxy nbthread (default 1)")
     p.add_argument("--relay-bin", help="relay CLI to run (default: .venv/bin/relay, then PATH)")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results directory")
@@ -170,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     scen_keys = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.key in scen_keys]
     bad_scen = [k for k in scen_keys if k not in {s.key for s in SCENARIOS}]
-    if unknown or bad_scen or not scenarios:
-        log(f"unknown contestants {unknown} / scenarios {bad_scen}")
+    bad_phases = sorted(phases_on - set(PHASES))
+    if unknown or bad_scen or not scenarios or bad_phases:
+        log(f"unknown contestants {unknown} / scenarios {bad_scen} / phases {bad_phases}")
         return 2
     if args.relay_bin:
         os.environ[RELAY_BIN_ENV] = args.relay_bin
@@ -201,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     http_ms: list[HttpMeasurement] = []
     http_res: dict[str, Any] = {}
     mem_res: dict[str, Any] = {}
+    sess_res: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     bulk_keys = [k for k in keys if k in ALL] if "bulk" in phases_on else []
     active: list[Contestant] = []
@@ -250,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
                 # the bulk and HTTP phases leave tens of thousands in TIME_WAIT behind them.
                 if "memory" in phases_on and "relay" in keys:
                     mem_res = phases.run_memory(tmp, hmode, log)
+                # Sessions next, on a fresh edge, before the bulk and HTTP phases fill the
+                # port space with TIME_WAIT (its own short links leave some too; loopback
+                # reuses them).
+                if "sessions" in phases_on and "relay" in keys:
+                    secs = args.duration or SESSIONS_DURATION[args.mode]
+                    sessions.run_sessions(tmp, secs, reps, mode.warmup, log, sess_res)
                 if active:
                     run_all(
                         active, scenarios, reps, duration, mode.warmup, origin_port, tmp,
@@ -294,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "http": http_res,
         "http_measurements": http_ms,
         "memory": mem_res,
+        "sessions": sess_res,
         "install_seconds": round(install_s, 1),
         "unavailable_tools": missing_tools,
         "http_mode": hmode,
@@ -398,6 +426,11 @@ def write_results(
     hcells = report_http.cells(http_ms)
     hmode: HttpMode = extra["http_mode"]
     tgts += report_http.targets(hcells, extra["memory"])
+    sess_res: dict[str, Any] = extra["sessions"]
+    cores = int(mach.get("cores_usable") or 1)
+    if sess_res:
+        sess_res["summary"] = report_sessions.summary(sess_res, cores)
+    tgts.append(report_sessions.target(sess_res, cores))  # "not evaluated" when not run
     http_summary: dict[str, dict[str, Any]] = {}
     for (scen, key, rate), cell in hcells.items():
         if scen in ("ka-max", "close-max", "ka-lat", "close-lat", "hol-base", "hol-bulk"):
@@ -418,6 +451,7 @@ def write_results(
         "http": extra["http"],
         "http_summary": http_summary,
         "memory": extra["memory"],
+        "sessions": sess_res,
         "install_seconds": extra["install_seconds"],
         "unavailable_tools": extra["unavailable_tools"],
         "http_config": {
@@ -466,7 +500,8 @@ def write_results(
     hmd = report_http.markdown(result, hcells, labels, order)
     del result["http_measurements_raw"]
     tail = md.rfind("\nTotal wall time")
-    md = md[:tail] + "\n" + "\n".join(hmd) + _extras_md(result) + md[tail:]
+    smd = report_sessions.markdown(sess_res, cores)
+    md = md[:tail] + "\n" + "\n".join(hmd + smd) + _extras_md(result) + md[tail:]
     md_path.write_text(md)
     latest = out / f"latest-{args.mode}.md"
     with contextlib.suppress(OSError):
@@ -476,9 +511,13 @@ def write_results(
     log(f"wrote {json_path}, {md_path} and {latest} ({wall:.0f} s)")
     if interrupted:
         return 130
-    # Failure only when nothing at all was measured (a run of the http phase alone has no
-    # bulk measurements).
-    ok = any(m.ok for m in measurements) or any(m.ok for m in http_ms)
+    # Failure only when nothing at all was measured (a run of the http or sessions phase
+    # alone has no bulk measurements).
+    ok = (
+        any(m.ok for m in measurements)
+        or any(m.ok for m in http_ms)
+        or any(r.get("ok") for r in sess_res.get("runs", []) if not r.get("error"))
+    )
     return 0 if ok else 1
 
 
@@ -508,6 +547,6 @@ def _extras_md(result: dict[str, Any]) -> str:
     if charts_:
         lines += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts_]
     else:
-        lines += ["", "(charts skipped: matplotlib not installed in the venv)"]
+        lines += ["", "(no charts: matplotlib is not in the venv, or no charted phase ran)"]
     lines.append("")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +52,18 @@ class AdminServer:
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
 
-    async def start(self, host: str, port: int, *, flag: str = "--admin-listen") -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        flag: str = "--admin-listen",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             self.server = await loop.create_server(
-                lambda: _AdminRequest(self), host, port, reuse_address=True
+                lambda: _AdminRequest(self), host, port, reuse_address=True, ssl=ssl_context
             )
         except OSError as exc:
             raise ListenError.for_address(f"{host}:{port}", flag, exc) from None

@@ -101,7 +101,9 @@ class ApiClient:
     a route of the API, e.g. ``/accounts``.
     """
 
-    def __init__(self, base_url: str, api_key: str, timeout: float = 10) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, timeout: float = 10, *, ca_file: str | None = None
+    ) -> None:
         self.base_url = check_base_url(base_url)
         if _KEY_RE.fullmatch(api_key) is None:
             # Checked here, not left to http.client: its error would quote the value.
@@ -114,7 +116,10 @@ class ApiClient:
             # loopback address through a proxy is the proxy's loopback anyway).
             handlers.append(urllib.request.ProxyHandler({}))
         else:
-            handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+            # ``ca_file``: a private CA's certificate (an edge trusting its own `relay
+            # control`); otherwise the system's trust store.
+            context = ssl.create_default_context(cafile=ca_file)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
 
     def __repr__(self) -> str:

@@ -234,6 +234,26 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     "SQLite in the data directory.",
 )
 @click.option(
+    "--control-url",
+    default=None,
+    envvar="RELAY_CONTROL_URL",
+    metavar="URL",
+    help="A `relay control` process to verify agents' tokens with, instead of a store of "
+    "this edge's own.",
+)
+@click.option(
+    "--control-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The API key (scope edge) this edge presents to --control-url.",
+)
+@click.option(
+    "--control-ca-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="CA certificate of --control-url's HTTPS certificate, if not a system-trusted one.",
+)
+@click.option(
     "--access-log",
     default=None,
     help="One line per request (http, https) and per connection (tcp, tls): '-' for "
@@ -626,8 +646,8 @@ def tcp(upstream: str, remote_port: int, proxy_protocol: str | None, **agent: An
     "--domain",
     default="",
     show_default=False,
-    help="Full hostname to serve, e.g. app.example.com "
-    "or *.example.com (must be allowed for the token).",
+    help="Full hostname to serve, e.g. app.example.com or *.example.com (reserved for the "
+    "token's account: relay domains reserve).",
 )
 @click.option(
     "--subdomain",
@@ -781,8 +801,20 @@ def demo(data_dir: Path) -> None:
 
 # The control plane's commands (login, accounts, credentials, api-keys, …).
 from relay.cli_control import register as _register_control  # noqa: E402
+from relay.cli_reserved import register as _register_reserved  # noqa: E402
 
 _register_control(main)
+_register_reserved(main)  # relay domains, relay addrs
+
+# `relay control`: the control plane as a process of its own.
+from relay.cli_serve_control import register as _register_serve_control  # noqa: E402
+
+_register_serve_control(main)
+
+# `relay keys`: key-encryption keys of secrets at rest (list, rotate, retire).
+from relay.cli_keys import register as _register_keys  # noqa: E402
+
+_register_keys(main)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ class EdgeConfig:
     handshake_timeout: float = 10.0
     #: The token and audit database's URL; "" is SQLite in ``data_dir``.
     store: str = ""
+    #: A `relay control` process to ask instead of a store of the edge's own ("": none);
+    #: the edge authenticates with the API key in ``control_key_file`` (scope ``edge``).
+    control_url: str = ""
+    control_key_file: Path | None = None
+    #: The CA that signed the control plane's HTTPS certificate ("" : the system's).
+    control_ca_file: Path | None = None
     #: How long an endpoint whose agent vanished stays reserved for that token.
     reclaim_grace: float = 60.0
     #: A source (IPv4 address, IPv6 /64) that fails to authenticate this many times
@@ -115,7 +121,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Keys whose values are paths (relative ones in a file are relative to the file).
 PATH_KEYS = frozenset(
-    ("data_dir", "tls_cert", "tls_key", "acme_ca_bundle", "cert_file", "key_file")
+    (
+        "data_dir",
+        "tls_cert",
+        "tls_key",
+        "acme_ca_bundle",
+        "cert_file",
+        "key_file",
+        "control_key_file",
+        "control_ca_file",
+    )
 )
 
 
@@ -228,6 +243,12 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             f"metrics_endpoint_labels must be 0..{MAX_ENDPOINT_SERIES}, "
             f"not {config.metrics_endpoint_labels}"
         )
+    if config.control_url and config.control_key_file is None:
+        raise ConfigError("control_url needs control_key_file: the edge's API key (scope edge)")
+    if config.control_url and config.store:
+        raise ConfigError(
+            "control_url and store exclude each other: the control plane has the store"
+        )
     if config.auth_failure_limit < 0:
         raise ConfigError(f"auth_failure_limit must be >= 0, not {config.auth_failure_limit}")
     for key in ("auth_failure_window", "auth_block_time"):
@@ -277,6 +298,9 @@ RESTART_KEYS = frozenset(
     (
         "data_dir",
         "store",
+        "control_url",
+        "control_key_file",
+        "control_ca_file",
         "listen",
         "tcp_ports",
         "tcp_bind",

@@ -29,6 +29,9 @@ RLY_203   PortRangeExhausted      no free port left in the configured range
 RLY_204   EndpointAlreadyBound    the endpoint is held by another agent
 RLY_205   BindNotAllowed          the token's bind ACL forbids this endpoint
 RLY_206   TooManyEndpoints        the per-session/per-token endpoint limit is reached
+RLY_207   NameReserved            the name or port is reserved by another account, or a
+                                  name outside the base domain is not reserved by the
+                                  binding account
 RLY_301   ProtocolViolation       malformed control message
 RLY_302   UnsupportedVersion      the peer speaks a protocol version we don't
 RLY_401   ConfigError             invalid configuration or argument
@@ -37,6 +40,7 @@ RLY_403   ListenError             a listener cannot bind its address (in use, no
 RLY_501   TlsError                edge certificate not trusted / fingerprint mismatch
 RLY_502   ConnectError            cannot reach the edge
 RLY_503   NotAnEdge               the address is not a relay edge's agent port (no TLS, no ALPN)
+RLY_504   ControlUnavailable      the edge cannot reach its control plane now; try again later
 RLY_601   NotFound                the named object (e.g. a token id) does not exist
 RLY_602   Conflict                the name is taken
 RLY_701   AuditChainBroken        the audit log's hash chain does not verify
@@ -106,6 +110,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ConnectError",
+    "ControlUnavailable",
     "DataDirError",
     "EndpointAlreadyBound",
     "ExpiredApiKey",
@@ -114,6 +119,7 @@ __all__ = [
     "InvalidApiKey",
     "InvalidToken",
     "ListenError",
+    "NameReserved",
     "NotAnEdge",
     "NotFound",
     "PortRangeExhausted",
@@ -281,6 +287,14 @@ class TooManyEndpoints(BindError):
     code = "RLY_206"
 
 
+class NameReserved(BindError):
+    """The hostname or TCP port is reserved by another account; or it is a name outside
+    the edge's base domain (or a wildcard) that the binding account has not reserved:
+    only names under the base domain are first come, first served."""
+
+    code = "RLY_207"
+
+
 class ProtocolViolation(RelayError):
     """A control message was malformed."""
 
@@ -336,6 +350,14 @@ class NotAnEdge(RelayError):
     code = "RLY_503"
 
 
+class ControlUnavailable(ConnectError):
+    """The edge cannot reach its control plane (`relay control`) to verify a token: not
+    the agent's fault, and worth retrying — a ConnectError, so the agent reconnects with
+    backoff as when the edge itself is away."""
+
+    code = "RLY_504"
+
+
 class NotFound(RelayError):
     """The named object does not exist (e.g. a token id on revoke)."""
 
@@ -379,6 +401,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         EndpointAlreadyBound,
         BindNotAllowed,
         TooManyEndpoints,
+        NameReserved,
         ProtocolViolation,
         UnsupportedVersion,
         ConfigError,
@@ -387,6 +410,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         TlsError,
         ConnectError,
         NotAnEdge,
+        ControlUnavailable,
         NotFound,
         Conflict,
         AuditChainBroken,

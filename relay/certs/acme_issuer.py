@@ -63,6 +63,13 @@ from josepy.jwk import JWKEC
 
 from relay.certs.issuers import IssuedCert, normalize_hostname
 from relay.certs.local_ca import _write_file_atomic
+from relay.certs.sealed import (
+    ACCOUNT_KEY,
+    ACCOUNT_META,
+    ACCOUNT_OWNER,
+    acme_account_dir,
+    acme_account_secret,
+)
 from relay.control.secrets import SecretBox
 from relay.errors import (
     AcmeChallengeFailed,
@@ -87,7 +94,6 @@ log = logging.getLogger("relay.certs.acme")
 ACME_TLS_ALPN = "acme-tls/1"
 #: RFC 8737 id-pe-acmeIdentifier.
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
-ACCOUNT_OWNER = "acme"
 Challenge = Literal["http-01", "tls-alpn-01"]
 
 #: ACME problem types (urn:ietf:params:acme:error:<code>) that say "not now" rather than "no".
@@ -279,8 +285,7 @@ class AcmeIssuer:
         self.order_timeout = order_timeout
         self.network_timeout = network_timeout
         self.pace = _Pace(limits or AcmeLimits(), clock)
-        digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
-        self.account_dir = Path(data_dir) / "acme" / digest
+        self.account_dir = acme_account_dir(data_dir, directory_url)
         self._account: _Account | None = None
         self._account_lock = threading.Lock()
         self._http01: dict[str, bytes] = {}
@@ -491,14 +496,14 @@ class AcmeIssuer:
         except acme_errors.ConflictError as exc:  # the key already has an account
             regr = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
         meta = {"directory": self.directory_url, "account": regr.uri, "email": self.account_email}
-        _write_file_atomic(self.account_dir / "account.json", json.dumps(meta).encode(), 0o644)
+        _write_file_atomic(self.account_dir / ACCOUNT_META, json.dumps(meta).encode(), 0o644)
         log.info("ACME account %s at %s", regr.uri, self.directory_url)
         return _Account(directory, key, regr)
 
     def _load_or_create_account_key(self) -> JWKEC:
         self.account_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.account_dir / "account.key.sealed"
-        name = f"account {self.directory_url}"
+        path = self.account_dir / ACCOUNT_KEY
+        name = acme_account_secret(self.directory_url)
         if path.exists():
             pem = self.box.open(path.read_bytes(), owner=ACCOUNT_OWNER, name=name)
             loaded = serialization.load_pem_private_key(pem, password=None)
@@ -511,6 +516,11 @@ class AcmeIssuer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        meta = self.account_dir / ACCOUNT_META
+        if not meta.exists():
+            # The directory URL is part of the key's sealed name: a key rotation needs it
+            # beside the key, also when no registration succeeds (then it says no more).
+            _write_file_atomic(meta, json.dumps({"directory": self.directory_url}).encode(), 0o644)
         _write_file_atomic(path, self.box.seal(pem, owner=ACCOUNT_OWNER, name=name), 0o600)
         return JWKEC(key=new)
 

@@ -57,6 +57,7 @@ from relay.certs.issuers import (
     normalize_hostname,
 )
 from relay.certs.local_ca import _write_file_atomic
+from relay.certs.sealed import CERTS_OWNER, cert_name, cert_paths, locked
 from relay.control.secrets import SecretBox
 from relay.errors import (
     CertificateError,
@@ -79,8 +80,6 @@ __all__ = [
 
 log = logging.getLogger("relay.certs")
 
-#: The SecretBox owner of certificate private keys; the secret's name is the hostname.
-CERTS_OWNER = "certs"
 HTTPS_ALPN = ("http/1.1",)
 #: Renew when this fraction of a certificate's lifetime has passed.
 RENEW_AT = 2 / 3
@@ -508,9 +507,11 @@ class CertificateManager:
             sealed = self.box.seal(issued.key_pem, owner=CERTS_OWNER, name=name)
             cert_path, key_path = self._paths(name)
             try:
-                # Key first: a crash in between leaves a mismatched pair, detected on load.
-                _write_file_atomic(key_path, sealed, 0o600)
-                _write_file_atomic(cert_path, issued.chain_pem, 0o644)
+                # Locked: a key rotation re-wrapping this key must not write the old one back.
+                with locked(self.certs_dir):
+                    # Key first: a crash in between leaves a mismatched pair, detected on load.
+                    _write_file_atomic(key_path, sealed, 0o600)
+                    _write_file_atomic(cert_path, issued.chain_pem, 0o644)
             except OSError as exc:
                 raise DataDirError(f"cannot store the certificate for {name}: {exc}") from exc
         entry = _Entry(
@@ -532,8 +533,7 @@ class CertificateManager:
         return entry
 
     def _paths(self, name: str) -> tuple[Path, Path]:
-        stem = "_" + name[1:] if name.startswith("*.") else name
-        return self.certs_dir / f"{stem}.pem", self.certs_dir / f"{stem}.key.sealed"
+        return cert_paths(self.certs_dir, name)
 
     def load_from_disk(self) -> int:
         """Load every stored certificate into the cache (done by the constructor); a pair that
@@ -572,14 +572,31 @@ class CertificateManager:
         """Re-wrap every stored key still under an old KEK to the current one; return count."""
         count = 0
         for key_path in sorted(self.certs_dir.glob("*.key.sealed")):
-            stem = key_path.name[: -len(".key.sealed")]
-            name = "*" + stem[1:] if stem.startswith("_.") else stem
-            blob = key_path.read_bytes()
-            if self.box.needs_rewrap(blob):
-                new = self.box.rewrap(blob, owner=CERTS_OWNER, name=name)
-                _write_file_atomic(key_path, new, 0o600)
-                count += 1
+            with locked(self.certs_dir):
+                blob = key_path.read_bytes()
+                if self.box.needs_rewrap(blob):
+                    new = self.box.rewrap(blob, owner=CERTS_OWNER, name=cert_name(key_path))
+                    _write_file_atomic(key_path, new, 0o600)
+                    count += 1
         return count
+
+    def check_stored_keys(self) -> tuple[int, dict[str, str]]:
+        """Open (decrypt only) every stored private key with the keys in use: how many
+        open, and why each of the others does not, by name. After a key rotation this
+        says, before any visitor needs one, whether every key still opens."""
+        opened = 0
+        failed: dict[str, str] = {}
+        for key_path in sorted(self.certs_dir.glob("*.key.sealed")):
+            name = cert_name(key_path)
+            try:
+                self.box.open(key_path.read_bytes(), owner=CERTS_OWNER, name=name)
+            except OSError as exc:
+                failed[name] = str(exc)
+            except RelayError as exc:
+                failed[name] = exc.one_line()
+            else:
+                opened += 1
+        return opened, failed
 
     # -- the background loop: retries and renewals -------------------------------------------
 

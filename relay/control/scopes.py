@@ -26,9 +26,13 @@ SCOPE_MEANINGS: dict[str, str] = {
     "credentials:read": "list authtokens and API keys (never their secrets)",
     "credentials:write": "create and revoke authtokens and API keys",
     "endpoints:read": "see the endpoints agents have bound",
+    "reserved:read": "see reserved domains and TCP addresses",
+    "reserved:write": "reserve domains and TCP addresses for an account, and release them",
     "sessions:read": "see live agent sessions",
     "sessions:write": "end live agent sessions",
     "audit:read": "read and verify the audit log",
+    "edge": "act as an edge of this control plane: verify agents' tokens, report audit "
+    "events (operators' keys only)",
     ADMIN: "everything above",
 }
 

@@ -20,76 +20,97 @@ Associated data: the wrap authenticates ``magic‖version‖kid‖ctx``, the dat
 ``magic‖version‖ctx``, where ``ctx`` is owner and name, each length-prefixed (so
 ``("ab", "c")`` and ``("a", "bc")`` differ). The data's AAD leaves out the key id and the
 wrapped key on purpose: :meth:`SecretBox.rewrap` moves a blob to another KEK by re-wrapping
-only the 32-byte DEK, without ever decrypting the secret itself. Every byte of a blob is still
+only the 32-byte DEK: the secret's ciphertext stays as it is (it is decrypted in memory only
+to check its tag, never encrypted again). Every byte of a blob is still
 covered: flipping the key id names another (or no) KEK, flipping the wrapped key fails the
 wrap's tag, anything else fails the data's tag or the format check.
 
 KEKs are 32 random bytes. Their ids are derived from the key itself (``k`` + 16 hex digits of
 ``SHA-256("relay kek id" ‖ key)``): stable, non-secret, and the same on every node holding the
-same key, with nothing for the operator to name. Where they come from
-(:meth:`SecretBox.load`):
+same key, with nothing for the operator to name.
 
-* ``RELAY_KEK``: one or more base64 keys separated by commas; the first is current (seals new
-  secrets), the rest only open old ones. This is how a key is rotated: put the new key first,
-  :meth:`~SecretBox.rewrap` everything, then drop the old one.
-* ``<data_dir>/kek``: 32 raw bytes, mode 0600, created on first start when ``RELAY_KEK`` is not
-  set (same creation path as the token pepper). When ``RELAY_KEK`` is set an existing file still
-  opens old blobs, so moving from the file to the environment is a rotation like any other.
+Where KEKs come from (:meth:`SecretBox.load`, :mod:`relay.control.keyring`), first match wins
+for the *current* key (the one that seals new secrets):
+
+1. ``RELAY_KEK_FILE``: the path of a file holding one or more base64 keys, one a line (blank
+   lines and ``#`` comments are skipped), the first current; the form a secret manager mounts
+   (Kubernetes secret volume, systemd ``LoadCredential=``, Vault agent). The path may be a
+   symlink; the file must not be readable by group/other.
+2. ``RELAY_KEK``: one or more base64 keys separated by commas, the first current.
+3. ``<data_dir>/kek``: 32 raw bytes, mode 0600, created on first start when neither variable
+   is set (complete-or-not-at-all, like the token pepper).
+
+Setting both variables is refused: which one wins would be a guess. Whatever the source of the
+current key, every key file in the data directory still *opens* the blobs it wrapped:
+``<data_dir>/kek`` (so moving from the file to the environment is a rotation like any other)
+and ``<data_dir>/kek.retired-<id>``, the keys ``relay keys rotate`` replaced
+(relay/cli_keys.py), until ``relay keys retire`` deletes them once no blob needs them.
+
+A running edge keeps opening its secrets through a rotation: a box made by :meth:`load`
+re-reads its key sources when they change on disk (checked with a few ``stat`` calls before
+each seal, and when a blob names a key id it does not hold), and on SIGHUP
+(:meth:`SecretBox.read_keys`, :meth:`SecretBox.use`).
 
 A KEK kept in the data directory protects secrets in database dumps and backups of the store,
-not against someone who can read the whole data directory; the environment variable (from a
-secret manager) is the way to keep the two apart.
+not against someone who can read the whole data directory; a secret manager's file or the
+environment is the way to keep the two apart.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
+import logging
 import os
 import re
 import struct
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from relay.control.tokens import _create_pepper
+from relay.control.keyring import (
+    KEK_BYTES,
+    KEK_ENV,
+    KEK_FILE,
+    KEK_FILE_ENV,
+    Kek,
+    KeySet,
+    kek_id,
+    load_keyset,
+    sources_signature,
+)
 from relay.errors import (
     ConfigError,
-    DataDirError,
     MalformedSecret,
+    RelayError,
     SecretAuthenticationFailed,
     UnknownKeyId,
 )
-from relay.secret_files import read_owner_only_file
 
 __all__ = [
     "FORMAT_VERSION",
     "KEK_BYTES",
     "KEK_ENV",
     "KEK_FILE",
+    "KEK_FILE_ENV",
+    "MAGIC",
     "SecretBox",
     "kek_id",
     "load_or_create_kek",
+    "sealed_key_id",
 ]
+
+log = logging.getLogger("relay.control.secrets")
 
 MAGIC = b"RLYS"
 FORMAT_VERSION = 1
-KEK_BYTES = 32
-KEK_ENV = "RELAY_KEK"
-KEK_FILE = "kek"
 _NONCE = 12
 _TAG = 16
 _DEK = 32
 _WRAPPED = _DEK + _TAG
 _KID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def kek_id(kek: bytes) -> str:
-    """The public id of a KEK: ``k`` + 16 hex digits of a domain-separated SHA-256."""
-    return "k" + hashlib.sha256(b"relay kek id\x00" + kek).hexdigest()[:16]
 
 
 def load_or_create_kek(data_dir: Path) -> bytes:
@@ -98,21 +119,14 @@ def load_or_create_kek(data_dir: Path) -> bytes:
     A file readable by group/other or of the wrong length is refused, never replaced: replacing
     it would make every sealed secret unreadable.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / KEK_FILE
-    if not os.path.lexists(path):
-        _create_pepper(path)  # 32 random bytes, 0600, O_EXCL temp file linked into place
-    return _read_kek_file(path)
+    keys = load_keyset(data_dir, {}, create=True)
+    return keys.keys[0].key
 
 
-def _read_kek_file(path: Path) -> bytes:
-    data = read_owner_only_file(path)
-    if len(data) != KEK_BYTES:
-        raise DataDirError(
-            f"KEK file {path} has the wrong length ({len(data)} bytes, expected {KEK_BYTES}); "
-            "refusing to use or replace it"
-        )
-    return data
+def sealed_key_id(blob: bytes) -> str:
+    """The id of the KEK a blob's data key is wrapped under (read from its header; nothing
+    is decrypted). Raises :class:`~relay.errors.MalformedSecret` for anything not a blob."""
+    return _parse(blob)[0]
 
 
 def _context(owner: str, name: str) -> bytes:
@@ -125,54 +139,132 @@ def _context(owner: str, name: str) -> bytes:
     return bytes(out)
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """The keys in use, swapped as one object (seal and open may run on other threads)."""
+
+    keys: KeySet
+    aeads: dict[str, AESGCM]
+
+
+@dataclass(frozen=True)
+class _Source:
+    data_dir: Path
+    environ: Mapping[str, str]
+
+
 class SecretBox:
     """Seals and opens secrets under a set of KEKs, one of which is current."""
 
     def __init__(self, keks: Mapping[str, bytes], current: str) -> None:
         if current not in keks:
             raise ConfigError(f"current KEK id {current!r} is not among the configured keys")
-        for kid, key in keks.items():
-            if _KID_RE.fullmatch(kid) is None:
-                raise ConfigError(f"invalid KEK id {kid!r} (1-64 of A-Z a-z 0-9 . _ -)")
-            if len(key) != KEK_BYTES:
-                raise ConfigError(f"KEK {kid!r} must be {KEK_BYTES} bytes, got {len(key)}")
-        self._keks = {kid: AESGCM(bytes(key)) for kid, key in keks.items()}
-        self._current = current
+        ordered = [current, *(kid for kid in keks if kid != current)]
+        self._loaded = self._prepare(
+            KeySet("given", tuple(Kek(kid, bytes(keks[kid]), "given") for kid in ordered))
+        )
+        self._source: _Source | None = None
+        self._signature: tuple[object, ...] = ()
+        self._refresh_lock = threading.RLock()
+
+    @staticmethod
+    def _prepare(keys: KeySet) -> _Loaded:
+        for kek in keys.keys:
+            if _KID_RE.fullmatch(kek.kid) is None:
+                raise ConfigError(f"invalid KEK id {kek.kid!r} (1-64 of A-Z a-z 0-9 . _ -)")
+            if len(kek.key) != KEK_BYTES:
+                raise ConfigError(f"KEK {kek.kid!r} must be {KEK_BYTES} bytes, got {len(kek.key)}")
+        return _Loaded(keys, {k.kid: AESGCM(k.key) for k in keys.keys})
 
     @property
     def current(self) -> str:
-        return self._current
+        return self._loaded.keys.current
 
     @property
     def key_ids(self) -> frozenset[str]:
-        return frozenset(self._keks)
+        return frozenset(self._loaded.aeads)
+
+    @property
+    def keys(self) -> KeySet:
+        """The keys in use, with where each came from (``repr`` never shows key bytes)."""
+        return self._loaded.keys
 
     @classmethod
     def load(cls, data_dir: Path, *, environ: Mapping[str, str] | None = None) -> SecretBox:
-        """The edge's box: keys from ``RELAY_KEK`` (current first) and/or ``<data_dir>/kek``."""
-        env = os.environ if environ is None else environ
-        keks: dict[str, bytes] = {}
-        current: str | None = None
-        raw = env.get(KEK_ENV, "").strip()
-        if raw:
-            for i, item in enumerate(raw.split(",")):
-                key = _decode_env_key(item.strip(), i)
-                kid = kek_id(key)
-                keks.setdefault(kid, key)
-                current = current or kid
-            file_path = data_dir / KEK_FILE
-            if os.path.lexists(file_path):
-                key = _read_kek_file(file_path)
-                keks.setdefault(kek_id(key), key)
-        else:
-            key = load_or_create_kek(data_dir)
-            current = kek_id(key)
-            keks[current] = key
-        assert current is not None
-        return cls(keks, current)
+        """The edge's box: keys from ``RELAY_KEK_FILE``, ``RELAY_KEK`` or ``<data_dir>/kek``
+        (created on first start), plus the data directory's other key files; see the module
+        doc. The box re-reads them when they change (:meth:`refresh`)."""
+        env = dict(os.environ if environ is None else environ)
+        source = _Source(Path(data_dir), env)
+        # The signature is taken before reading: a change in between is seen next time.
+        signature = sources_signature(source.data_dir, env)
+        keys = load_keyset(source.data_dir, env, create=True)
+        box = cls.__new__(cls)
+        box._loaded = cls._prepare(keys)
+        box._source = source
+        box._signature = signature
+        box._refresh_lock = threading.RLock()
+        return box
+
+    # -- reloading the keys ------------------------------------------------------------------
+
+    def read_keys(self) -> KeySet | None:
+        """Read the key sources again (None for a box given its keys); nothing changes
+        until :meth:`use`. Raises :class:`~relay.errors.RelayError` if they do not load."""
+        if self._source is None:
+            return None
+        return load_keyset(self._source.data_dir, self._source.environ, create=False)
+
+    def use(self, keys: KeySet) -> bool:
+        """Seal and open with ``keys`` from now on; whether anything changed."""
+        loaded = self._prepare(keys)
+        with self._refresh_lock:
+            changed = loaded.keys.by_id() != self._loaded.keys.by_id() or (
+                loaded.keys.current != self._loaded.keys.current
+            )
+            self._loaded = loaded
+            # The files may have changed since ``keys`` were read: the next check reads
+            # them once more rather than trust a signature taken now.
+            self._signature = ()
+        return changed
+
+    def refresh(self) -> bool:
+        """Re-read the key sources if they changed on disk since last read: a rotation
+        replaced ``kek``, a retirement deleted a key, a secret manager replaced its file.
+        Whether the keys changed. A source that does not load now is logged and the keys
+        in use stay: a rotation half seen must not stop the edge opening what it could."""
+        source = self._source
+        if source is None:
+            return False
+        signature = sources_signature(source.data_dir, source.environ)
+        if signature == self._signature:
+            return False
+        with self._refresh_lock:
+            if signature == self._signature:
+                return False
+            try:
+                keys = load_keyset(source.data_dir, source.environ, create=False)
+            except RelayError as exc:
+                self._signature = signature  # logged once per change, not once per secret
+                log.error("key-encryption keys not re-read, the ones in use stay: %s", exc)
+                return False
+            before = self._loaded.keys
+            changed = self.use(keys)
+            self._signature = signature
+        if changed:
+            log.info(
+                "key-encryption keys re-read: current %s (was %s), %d keys",
+                keys.current,
+                before.current,
+                len(keys.keys),
+            )
+        return changed
 
     def seal(self, plaintext: bytes, *, owner: str, name: str) -> bytes:
         """Encrypt ``plaintext`` for (owner, name) under a fresh DEK wrapped by the current KEK."""
+        # A rotation may have made another key current since: new secrets go under it, so
+        # that retiring the old key does not find a blob sealed a moment after the rotation.
+        self.refresh()
         ctx = _context(owner, name)
         dek = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(_NONCE)
@@ -188,7 +280,13 @@ class SecretBox:
         """
         ctx = _context(owner, name)
         kid, wnonce, wdek, rest = _parse(blob)
-        dek = self._unwrap(kid, wnonce, wdek, ctx)
+        try:
+            dek = self._unwrap(kid, wnonce, wdek, ctx)
+        except UnknownKeyId:
+            # Re-wrapped by a rotation under a key this process has not read yet.
+            if not self.refresh():
+                raise
+            dek = self._unwrap(kid, wnonce, wdek, ctx)
         nonce, ct = rest[:_NONCE], rest[_NONCE:]
         try:
             return AESGCM(dek).decrypt(nonce, ct, self._data_aad(ctx))
@@ -199,19 +297,20 @@ class SecretBox:
 
     def needs_rewrap(self, blob: bytes) -> bool:
         """Whether the blob is wrapped by a KEK other than the current one."""
-        return _parse(blob)[0] != self._current
+        return _parse(blob)[0] != self.current
 
     def rewrap(self, blob: bytes, *, owner: str, name: str) -> bytes:
         """The same secret with its DEK re-wrapped under the current KEK.
 
-        The data ciphertext is kept as it is (it is not decrypted); a blob already on the
-        current KEK is returned unchanged. The data's tag is still checked first, so a
-        tampered blob is reported here rather than re-wrapped.
+        The data ciphertext is kept as it is (never encrypted again); a blob already on the
+        current KEK is returned unchanged. The data's tag is still checked first (which,
+        with AES-GCM, decrypts it in memory), so a tampered blob is reported here rather
+        than re-wrapped.
         """
         self.open(blob, owner=owner, name=name)
         ctx = _context(owner, name)
         kid, wnonce, wdek, rest = _parse(blob)
-        if kid == self._current:
+        if kid == self.current:
             return bytes(blob)
         dek = self._unwrap(kid, wnonce, wdek, ctx)
         return self._wrap(dek, ctx) + rest
@@ -223,18 +322,20 @@ class SecretBox:
         return MAGIC + bytes([FORMAT_VERSION]) + ctx
 
     def _wrap(self, dek: bytes, ctx: bytes) -> bytes:
-        kid = self._current.encode("ascii")
+        loaded = self._loaded  # one reading: the id and the key must match
+        kid = loaded.keys.current.encode("ascii")
         header = MAGIC + bytes([FORMAT_VERSION, len(kid)]) + kid
         wnonce = os.urandom(_NONCE)
-        wdek = self._keks[self._current].encrypt(wnonce, dek, header + ctx)
+        wdek = loaded.aeads[loaded.keys.current].encrypt(wnonce, dek, header + ctx)
         return header + wnonce + wdek
 
     def _unwrap(self, kid: str, wnonce: bytes, wdek: bytes, ctx: bytes) -> bytes:
-        aead = self._keks.get(kid)
+        aeads = self._loaded.aeads
+        aead = aeads.get(kid)
         if aead is None:
             raise UnknownKeyId(
                 f"secret was sealed with key-encryption key {kid!r}, which is not configured "
-                f"(configured: {', '.join(sorted(self._keks))})"
+                f"(configured: {', '.join(sorted(aeads))})"
             )
         raw_kid = kid.encode("ascii")
         header = MAGIC + bytes([FORMAT_VERSION, len(raw_kid)]) + raw_kid
@@ -270,20 +371,3 @@ def _parse(blob: bytes) -> tuple[str, bytes, bytes, bytes]:
     wnonce = blob[pos : pos + _NONCE]
     wdek = blob[pos + _NONCE : pos + _NONCE + _WRAPPED]
     return kid, wnonce, wdek, blob[pos + _NONCE + _WRAPPED :]
-
-
-def _decode_env_key(item: str, index: int) -> bytes:
-    # Messages never echo the value: it is a key.
-    try:
-        key = base64.b64decode(item, validate=True)
-    except (binascii.Error, ValueError):
-        try:
-            key = base64.urlsafe_b64decode(item)
-        except (binascii.Error, ValueError):
-            raise ConfigError(f"{KEK_ENV} key #{index + 1} is not valid base64") from None
-    if len(key) != KEK_BYTES:
-        raise ConfigError(
-            f"{KEK_ENV} key #{index + 1} decodes to {len(key)} bytes; a KEK is {KEK_BYTES} "
-            "random bytes (e.g. `head -c 32 /dev/urandom | base64`)"
-        )
-    return key

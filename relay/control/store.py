@@ -12,8 +12,9 @@ stored here, so a copy of the database alone can't be used to check guesses.
 
 Every grant, revocation and failed use is written to the audit log in the same transaction.
 
-Accounts and API keys' rules and transaction steps are in :mod:`relay.control.accounts`, the
-tables in :mod:`relay.control.tables`; every operation is a method here.
+Accounts and API keys' rules and transaction steps are in :mod:`relay.control.accounts`,
+reserved domains' and addresses' in :mod:`relay.control.reserved`, the tables in
+:mod:`relay.control.tables`; every operation is a method here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from relay.control import accounts, schema, tokens
+from relay.control import accounts, reserved, schema, tokens
 from relay.control.accounts import (
     DEFAULT_ACCOUNT,
     MAX_DESCRIPTION,
@@ -41,11 +42,19 @@ from relay.control.accounts import (
     Role,
 )
 from relay.control.audit import AuditLog, append_event
+from relay.control.reserved import (
+    CertificateMode,
+    ReservationRecord,
+    ReservedAddrRecord,
+    ReservedDomainRecord,
+)
 from relay.control.tables import (
     UTCDateTime,
     accounts_table,
     api_keys_table,
     metadata,
+    reserved_addrs_table,
+    reserved_domains_table,
     tokens_table,
 )
 from relay.errors import (
@@ -67,7 +76,11 @@ __all__ = [
     "AccountStatus",
     "ApiKeyRecord",
     "ApiKeyStatus",
+    "CertificateMode",
     "InactiveStatus",
+    "ReservationRecord",
+    "ReservedAddrRecord",
+    "ReservedDomainRecord",
     "Role",
     "Store",
     "TokenRecord",
@@ -559,6 +572,125 @@ class Store:
             raise result.error
         return result
 
+    # -- reserved domains and TCP addresses ------------------------------------------------
+
+    def reserve_domain(
+        self,
+        account_id: str | None,
+        domain: str,
+        *,
+        certificate_mode: CertificateMode = "auto",
+        region: str | None = None,
+        actor: str = "admin",
+    ) -> ReservedDomainRecord:
+        """Reserve ``domain`` (``app.example.com`` or ``*.example.com``, lowercased) for
+        ``account_id`` (None: the default account); audited as ``reserved_domain.create``.
+
+        :class:`~relay.errors.ConfigError` for a bad domain, certificate mode or region;
+        :class:`~relay.errors.Conflict` when it is reserved already, falls under another
+        account's wildcard, or is a wildcard over another account's names;
+        :class:`~relay.errors.NotFound` / :class:`~relay.errors.AccountSuspended` for the
+        account.
+        """
+        return self.run_in_transaction(
+            lambda conn: reserved.reserve_domain(
+                conn,
+                account_id,
+                domain,
+                certificate_mode=certificate_mode,
+                region=region,
+                now=self.now(),
+                actor=actor,
+            )
+        )
+
+    def list_reserved_domains(
+        self,
+        *,
+        account_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ReservedDomainRecord]:
+        """Reserved domains (of ``account_id``, or all) ordered by id; ``after`` is a cursor."""
+        stmt = select(reserved_domains_table)
+        if account_id is not None:
+            stmt = stmt.where(reserved_domains_table.c.account_id == account_id)
+        stmt = accounts.paged(stmt, reserved_domains_table.c.id, after, limit)
+        with self.engine.connect() as conn:
+            return [reserved.domain_record(row._mapping) for row in conn.execute(stmt)]
+
+    def get_reserved_domain(self, reservation_id: str) -> ReservedDomainRecord:
+        """:class:`~relay.errors.NotFound` if there is no such reservation."""
+        with self.engine.connect() as conn:
+            return reserved.get_reserved_domain(conn, reservation_id)
+
+    def release_domain(self, reservation_id: str, *, actor: str = "admin") -> ReservedDomainRecord:
+        """Release a reserved domain (audited as ``reserved_domain.release``) and return it
+        as it was; :class:`~relay.errors.NotFound` if there is no such reservation (a
+        second release included). Live endpoints keep serving; the next bind of the name
+        follows the rules for an unreserved one."""
+        return self.run_in_transaction(
+            lambda conn: reserved.release_domain(conn, reservation_id, now=self.now(), actor=actor)
+        )
+
+    def reserve_addr(
+        self,
+        account_id: str | None,
+        port: int,
+        *,
+        region: str | None = None,
+        actor: str = "admin",
+    ) -> ReservedAddrRecord:
+        """Reserve TCP ``port`` (1 to 65535) for ``account_id`` (None: the default
+        account); audited as ``reserved_addr.create``. :class:`~relay.errors.Conflict` when
+        it is reserved already; otherwise as :meth:`reserve_domain`."""
+        return self.run_in_transaction(
+            lambda conn: reserved.reserve_addr(
+                conn, account_id, port, region=region, now=self.now(), actor=actor
+            )
+        )
+
+    def list_reserved_addrs(
+        self,
+        *,
+        account_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ReservedAddrRecord]:
+        """Reserved TCP addresses (of ``account_id``, or all) ordered by id."""
+        stmt = select(reserved_addrs_table)
+        if account_id is not None:
+            stmt = stmt.where(reserved_addrs_table.c.account_id == account_id)
+        stmt = accounts.paged(stmt, reserved_addrs_table.c.id, after, limit)
+        with self.engine.connect() as conn:
+            return [reserved.addr_record(row._mapping) for row in conn.execute(stmt)]
+
+    def get_reserved_addr(self, reservation_id: str) -> ReservedAddrRecord:
+        """:class:`~relay.errors.NotFound` if there is no such reservation."""
+        with self.engine.connect() as conn:
+            return reserved.get_reserved_addr(conn, reservation_id)
+
+    def release_addr(self, reservation_id: str, *, actor: str = "admin") -> ReservedAddrRecord:
+        """Release a reserved TCP address (audited as ``reserved_addr.release``) and
+        return it as it was; :class:`~relay.errors.NotFound` if there is none."""
+        return self.run_in_transaction(
+            lambda conn: reserved.release_addr(conn, reservation_id, now=self.now(), actor=actor)
+        )
+
+    def bind_owner(self, kind: str, name_or_port: str | int) -> ReservationRecord | None:
+        """The reservation covering a bind (the edge asks before each one): for ``http``,
+        ``https`` and ``tls`` the hostname's own reservation, else the nearest wildcard
+        above it; for ``tcp`` the port's. None when nothing is reserved there. One
+        indexed query."""
+        with self.engine.connect() as conn:
+            return reserved.bind_owner(conn, kind, name_or_port)
+
+    def reserved_ports(self) -> set[int]:
+        """Every reserved TCP port, whoever holds it: the edge never hands one out at
+        random."""
+        with self.engine.connect() as conn:
+            return reserved.reserved_ports(conn)
+
 
 def _configure_sqlite(engine: Engine, *, memory: bool) -> None:
     """Make SQLite transactions real and serial.
@@ -673,6 +805,7 @@ def token_allows_bind(
     hostname: str | None = None,
     *,
     base_domain: str | None = None,
+    reserved: bool = False,
 ) -> bool:
     """Whether ``record``'s bind ACL allows binding a ``kind`` endpoint on ``port``/``hostname``.
 
@@ -680,11 +813,14 @@ def token_allows_bind(
     the concrete port: the edge picks a port first, then asks. Hostnames are compared
     case-insensitively, trailing dot ignored.
 
-    The catch-alls (``*``, ``http:*``…) cover only names under the edge's ``base_domain``
-    (``app.<base>``, the names the edge hands out): a custom domain (``www.google.com``) or
-    a wildcard (``*.example.com``, also ``*.<base>``) must be named by an entry of its own
+    The catch-alls (``*``, ``http:*``…) cover the names under the edge's ``base_domain``
+    (``app.<base>``, the names the edge hands out) and, when ``reserved`` (the token's
+    account holds a reservation covering ``hostname``: :meth:`Store.bind_owner`), that
+    name too, custom domain or wildcard: ownership is the reservation's to say, and the
+    ACL only narrows it. Any other custom domain (``www.google.com``) or wildcard
+    (``*.example.com``, also ``*.<base>``) must be named by an entry of its own
     (``*.example.com`` grants that wildcard and the names it covers). Without a base
-    domain the catch-alls cover no name at all.
+    domain the catch-alls cover only reserved names.
     """
     if kind not in _KINDS:
         return False
@@ -695,11 +831,8 @@ def token_allows_bind(
         if not _is_hostname(bare):
             host = None
     base = base_domain.lower().rstrip(".") if base_domain else None
-    under_base = (
-        host is not None
-        and base is not None
-        and not host.startswith("*.")
-        and host.endswith("." + base)
+    by_catch_all = host is not None and (
+        reserved or (base is not None and not host.startswith("*.") and host.endswith("." + base))
     )
     for pat in record.bind_acl:
         pkind, sep, target = pat.partition(":")
@@ -715,7 +848,7 @@ def token_allows_bind(
                 return True
         elif kind in _HOST_KINDS and pkind in ("", kind):
             if target == "*":
-                if under_base:
+                if by_catch_all:
                     return True
             elif host is not None and _host_matches(target, host):
                 return True

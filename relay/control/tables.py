@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     Column,
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -27,7 +29,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import DateTime, TypeDecorator
 
-__all__ = ["UTCDateTime", "accounts_table", "api_keys_table", "metadata", "tokens_table"]
+__all__ = [
+    "UTCDateTime",
+    "accounts_table",
+    "api_keys_table",
+    "metadata",
+    "reserved_addrs_table",
+    "reserved_domains_table",
+    "tokens_table",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -111,4 +121,40 @@ api_keys_table = Table(
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("last_used_addr", Text, nullable=True),
     Index("ix_api_keys_account_id", "account_id"),
+)
+
+reserved_domains_table = Table(
+    "reserved_domains",
+    metadata,
+    Column("id", String(15), primary_key=True),  # "rd_" + 12 base32 characters
+    Column(
+        "account_id",
+        String(16),
+        ForeignKey("accounts.id", name="fk_reserved_domains_account_id_accounts"),
+        nullable=False,
+    ),
+    Column("domain", Text, nullable=False),  # lowercase: "app.example.com" or "*.example.com"
+    Column("certificate_mode", String(16), nullable=False),  # "auto" | "manual"
+    Column("region", Text, nullable=True),  # pinned region; None: any
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("domain", name="uq_reserved_domains_domain"),
+    Index("ix_reserved_domains_account_id", "account_id"),
+)
+
+reserved_addrs_table = Table(
+    "reserved_addrs",
+    metadata,
+    Column("id", String(15), primary_key=True),  # "ra_" + 12 base32 characters
+    Column(
+        "account_id",
+        String(16),
+        ForeignKey("accounts.id", name="fk_reserved_addrs_account_id_accounts"),
+        nullable=False,
+    ),
+    Column("port", Integer, nullable=False),
+    Column("region", Text, nullable=True),  # pinned region; None: any
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("port", name="uq_reserved_addrs_port"),
+    CheckConstraint("port >= 1 AND port <= 65535", name="ck_reserved_addrs_port"),
+    Index("ix_reserved_addrs_account_id", "account_id"),
 )

@@ -96,8 +96,8 @@ class EdgeLiveView:
         return True
 
     def _audit(self, actor: str, action: str, session: AgentSession, reason: str) -> None:
-        assert self.edge.store is not None
-        self.edge.store.audit.append(
+        assert self.edge.control is not None
+        self.edge.control.audit(
             actor,
             action,
             session.token_id or "",

@@ -31,7 +31,16 @@ SESSION_END_REASONS = (
     "expired",
 )
 AUTH_REASONS = (*AUTH_FAILURE_REASONS.values(), "timeout", "protocol")
-BIND_CODES = ("RLY_201", "RLY_202", "RLY_203", "RLY_204", "RLY_205", "RLY_206", "RLY_806")
+BIND_CODES = (
+    "RLY_201",
+    "RLY_202",
+    "RLY_203",
+    "RLY_204",
+    "RLY_205",
+    "RLY_206",
+    "RLY_207",
+    "RLY_806",
+)
 PAGE_CODES = (
     "RLY_610",
     "RLY_611",

@@ -18,9 +18,11 @@ from typing import Any
 from relay import __version__
 from relay.accepting import LimitWatch
 from relay.admin import AdminServer
+from relay.api_client import ApiClient
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
 from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.api import ControlPlane, create_app
+from relay.control.for_edge import EdgeControl, LocalControl, RemoteControl
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge.access_log import AccessLog, Output, open_output
@@ -38,10 +40,13 @@ from relay.errors import (
     BindError,
     BindNotAllowed,
     ConfigError,
+    ControlUnavailable,
     DataDirError,
     EndpointAlreadyBound,
     ExpiredToken,
     ListenError,
+    NameReserved,
+    PortRangeExhausted,
     PortUnavailable,
     RelayError,
     RevokedToken,
@@ -49,6 +54,7 @@ from relay.errors import (
 )
 from relay.logs import use_format, use_level
 from relay.protocol import Bind
+from relay.secret_files import read_owner_only_file
 from relay.tls import server_context
 from relay.tlslink import Listener, serve_links
 
@@ -74,6 +80,20 @@ def open_store(data_dir: Path, url: str = "") -> Store:
     except OSError as exc:
         raise DataDirError(f"cannot create {database}: {exc}") from None
     return Store.open(f"sqlite:///{database}")
+
+
+def _remote_control(config: EdgeConfig, loop: asyncio.AbstractEventLoop) -> RemoteControl:
+    """The link to ``config.control_url``, with the edge's API key read from its file."""
+    assert config.control_key_file is not None
+    try:
+        # Owner-only, as any key file: an API key others can read is everyone's.
+        key = read_owner_only_file(config.control_key_file).decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"control_key_file {config.control_key_file} is not an API key") from None
+    ca = str(config.control_ca_file) if config.control_ca_file is not None else None
+    control = RemoteControl(ApiClient(config.control_url, key, timeout=5, ca_file=ca))
+    control.start(loop)
+    return control
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -117,7 +137,11 @@ class Edge:
         self.ca_file: Path | None = None
         self.fingerprint = ""
         self._stopping = False
+        #: The store, when the control plane runs in this process (None with control_url).
         self.store: Store | None = None
+        #: What verifies tokens and keeps the audit log: this process's store, or a
+        #: `relay control` process (relay/control/for_edge.py).
+        self.control: EdgeControl | None = None
         self.pepper = b""
         self.tokens: dict[str, TokenRecord] = {}  # token_id -> record, for bind ACLs
         self._credential_watch: asyncio.Task[None] | None = None
@@ -138,8 +162,13 @@ class Edge:
     async def start(self) -> None:
         config = self.config
         prepare_data_dir(config.data_dir)
-        self.pepper = load_or_create_pepper(config.data_dir)
-        self.store = open_store(config.data_dir, config.store)
+        loop = asyncio.get_running_loop()
+        if config.control_url:
+            self.control = _remote_control(config, loop)
+        else:
+            self.pepper = load_or_create_pepper(config.data_dir)
+            self.store = open_store(config.data_dir, config.store)
+            self.control = LocalControl(self.store, self.pepper)
         host, port = config.listen_address()
         if config.tls_cert is not None and config.tls_key is not None:
             cert_file, key_file = config.tls_cert, config.tls_key
@@ -150,7 +179,6 @@ class Edge:
             cert_file, key_file = edge_certificate(config.data_dir, names, ips)
         self.fingerprint = fingerprint_sha256(_leaf_pem(cert_file.read_bytes()))
         ssl_ctx = server_context(cert_file, key_file)
-        loop = asyncio.get_running_loop()
         try:
             self.server = await serve_links(
                 loop,
@@ -181,12 +209,13 @@ class Edge:
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
         if config.admin_listen:
-            plane = ControlPlane(
-                self.store, self.pepper, live=EdgeLiveView(self), guard=ApiFailureGuard(self)
-            )
-            self.admin = AdminServer(
-                self.metrics, self.readiness, self.status, api=create_app(plane)
-            )
+            api = None
+            if self.store is not None:  # with a remote control plane, the API is there
+                plane = ControlPlane(
+                    self.store, self.pepper, live=EdgeLiveView(self), guard=ApiFailureGuard(self)
+                )
+                api = create_app(plane)
+            self.admin = AdminServer(self.metrics, self.readiness, self.status, api=api)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
             await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
@@ -209,7 +238,7 @@ class Edge:
         """One failed authentication from ``source`` (agent port or API: one budget)."""
         if not self.auth_guard.failed(source):
             return
-        assert self.store is not None
+        assert self.control is not None
         config = self.config
         log.warning(
             "%s from %s refused for %gs: %d failed authentications within %gs",
@@ -220,7 +249,7 @@ class Edge:
             config.auth_failure_window,
         )
         self.metrics.auth_blocks.inc()
-        self.store.audit.append(
+        self.control.audit(
             actor,
             "auth.block",
             "",
@@ -298,8 +327,8 @@ class Edge:
             self.admin.close()
         if self.access_log is not None:
             self.access_log.close()
-        if self.store is not None:
-            self.store.close()
+        if self.control is not None:
+            await self.control.close()
 
     # --- reload (SIGHUP) ----------------------------------------------------------------
 
@@ -398,10 +427,11 @@ class Edge:
         ):
             return False, "listeners not bound yet"
         try:
-            assert self.store is not None
-            self.store.ping()
+            assert self.control is not None
+            self.control.ping()
         except Exception as exc:
-            return False, f"store unreachable: {exc}"
+            what = "control plane" if self.config.control_url else "store"
+            return False, f"{what} unreachable: {exc}"
         return True, ""
 
     def ready(self) -> bool:
@@ -453,11 +483,9 @@ class Edge:
 
     # --- used by sessions ---------------------------------------------------------------
 
-    def verify_token(self, token: str, *, peer: str) -> TokenRecord:
-        assert self.store is not None
-        record = self.store.verify_token(
-            token, pepper=self.pepper, actor=f"agent@{peer}", address=_host_of(peer)
-        )
+    async def verify_token(self, token: str, *, peer: str) -> TokenRecord:
+        assert self.control is not None
+        record = await self.control.verify_token(token, peer=peer, address=_host_of(peer))
         self.tokens[record.id] = record
         return record
 
@@ -465,37 +493,49 @@ class Edge:
 
     async def _watch_credentials(self) -> None:
         """Revoking or expiring a token, or suspending its account, ends its live sessions
-        (within 2 s): they hold no credential any more. The store is asked once a second,
-        one query for all."""
+        (within 2 s): they hold no credential any more. The control plane is asked once a
+        second, one question for all. While it does not answer, live sessions go on: the
+        edge has no news that a credential ended (said once per outage)."""
+        unanswered = False
         while True:
             await asyncio.sleep(CREDENTIAL_CHECK_INTERVAL)
             try:
-                self.check_credentials()
+                await self.check_credentials()
+            except ControlUnavailable as exc:
+                if not unanswered:
+                    log.warning("live sessions' credentials cannot be checked: %s", exc)
+                unanswered = True
+                continue
             except Exception:  # a store hiccup must not end the watch
                 log.exception("checking live sessions' credentials failed")
+                continue
+            if unanswered:
+                log.warning("live sessions' credentials are checked again")
+                unanswered = False
 
-    def check_credentials(self) -> None:
-        assert self.store is not None
+    async def check_credentials(self) -> None:
+        assert self.control is not None
         live = [s for s in self.sessions if s.authenticated and s.token_id is not None]
         if not live:
             return
-        ended = self.store.inactive_tokens({s.token_id for s in live if s.token_id})
+        ended = await self.control.inactive_tokens({s.token_id for s in live if s.token_id})
         for session in live:
             status = ended.get(session.token_id or "")
             if status is not None:
                 self._end_for_credential(session, status)
 
-    def credential_still_valid(self, session: AgentSession) -> bool:
+    async def credential_still_valid(self, session: AgentSession) -> bool:
         """Checked before each bind: a revoked token binds nothing, even between checks."""
-        assert self.store is not None and session.token_id is not None
-        status = self.store.inactive_tokens({session.token_id}).get(session.token_id)
+        assert self.control is not None and session.token_id is not None
+        ended = await self.control.inactive_tokens({session.token_id})
+        status = ended.get(session.token_id)
         if status is None:
             return True
         self._end_for_credential(session, status)
         return False
 
     def _end_for_credential(self, session: AgentSession, status: str) -> None:
-        assert self.store is not None
+        assert self.control is not None
         error: RelayError
         if status == "revoked":
             error = RevokedToken("authtoken has been revoked")
@@ -510,7 +550,7 @@ class Edge:
             session.token_id,
             status,
         )
-        self.store.audit.append(
+        self.control.audit(
             "edge",
             "session.stop",
             session.token_id or "",
@@ -521,10 +561,10 @@ class Edge:
 
     def bind_refused(self, session: AgentSession, request: Bind, exc: RelayError) -> None:
         """Refused binds are audited: who asked for which name or port, and why not."""
-        assert self.store is not None
+        assert self.control is not None
         self.metrics.binds_refused.labels(exc.code).inc()
         target = request.domain or request.subdomain or str(request.remote_port or "")
-        self.store.audit.append(
+        self.control.audit(
             f"agent@{session.peer}",
             "bind.refuse",
             session.token_id or "",
@@ -538,11 +578,13 @@ class Edge:
                 f"a session may hold at most {self.config.max_endpoints_per_session} endpoints"
             )
         if request.kind in ("http", "https", "tls"):
-            return self._bind_host(session, request)
+            return await self._bind_host(session, request)
         if request.kind != "tcp":
             raise BindError(f"endpoint kind {request.kind!r} is not supported by this edge")
         record = self.tokens[session.token_id]
         port = request.remote_port
+        if port:
+            await self._check_reserved("tcp", port, record.account_id)
         if port and not token_allows_bind(record, "tcp", port=port):
             raise BindNotAllowed(f"token {record.id} may not bind tcp port {port}")
         holder = Holder(session.token_id, session.agent_id, session)
@@ -553,9 +595,14 @@ class Edge:
             self.ports.reserve(port)
             candidates = [port]
         else:
-            candidates = [
-                p for p in self.ports.candidates()[:32] if token_allows_bind(record, "tcp", port=p)
-            ]
+            # A reserved port is never handed out at random, not even to its own account
+            # (which asks for it by number).
+            assert self.control is not None
+            reserved = await self.control.reserved_ports()
+            free = [p for p in self.ports.candidates() if p not in reserved]
+            if not free:
+                raise PortRangeExhausted(f"every free port of {self.ports.ports} is reserved")
+            candidates = [p for p in free[:32] if token_allows_bind(record, "tcp", port=p)]
             if not candidates:
                 raise BindNotAllowed(f"token {record.id} may not bind any port of this edge")
         last_error: OSError | None = None
@@ -589,7 +636,7 @@ class Edge:
             return endpoint
         raise PortUnavailable(f"cannot listen on tcp port(s) {candidates[:3]}…: {last_error}")
 
-    def _bind_host(self, session: AgentSession, request: Bind) -> HostEndpoint:
+    async def _bind_host(self, session: AgentSession, request: Bind) -> HostEndpoint:
         assert session.token_id is not None and session.agent_id is not None
         if self.web is None or (request.kind == "http" and self.web.http_port is None):
             raise BindError(f"this edge serves no {request.kind} endpoints")
@@ -597,8 +644,13 @@ class Edge:
             raise BindError(f"this edge serves no {request.kind} endpoints")
         hostname = self._hostname_for(request)
         record = self.tokens[session.token_id]
+        owned = await self._check_reserved(request.kind, hostname, record.account_id)
         if not token_allows_bind(
-            record, request.kind, hostname=hostname, base_domain=self.config.base_domain
+            record,
+            request.kind,
+            hostname=hostname,
+            base_domain=self.config.base_domain,
+            reserved=owned,
         ):
             raise BindNotAllowed(
                 f"token {record.id} may not bind {request.kind} {hostname}"
@@ -643,6 +695,27 @@ class Edge:
         endpoint's certificate is made sure of now, and the agent hears how it stands."""
         if isinstance(endpoint, HostEndpoint) and endpoint.kind == "https":
             self.web.certificate_wanted(endpoint)
+
+    async def _check_reserved(self, kind: str, name: str | int, account_id: str) -> bool:
+        """Reserved names and ports belong to one account (relay/control/reserved.py): a
+        bind of one by another account is refused, and a name outside the base domain, or
+        any wildcard, is bound only by the account that reserved it; the base domain's
+        other names are first come, first served. True when the binding account holds the
+        reservation: its ACL's catch-alls then cover the name (the ACL only narrows)."""
+        assert self.control is not None
+        owner = await self.control.reservation_owner(kind, name)
+        shown = f"tcp port {name}" if kind == "tcp" else str(name)
+        if owner is not None:
+            if owner != account_id:
+                raise NameReserved(f"{shown} is reserved by another account")
+            return True
+        if isinstance(name, str) and not _first_come(name, self.config.base_domain):
+            raise NameReserved(
+                f"{shown} is not reserved for this token's account: names outside "
+                f"{self.config.base_domain} and wildcards are bound only by the account that "
+                f"reserved them (relay domains reserve {name})"
+            )
+        return False
 
     def _check_name_owner(self, hostname: str, other_family: str, token_id: str) -> None:
         """A name belongs to one owner across http, https and tls: while token 1 serves
@@ -724,12 +797,16 @@ class Edge:
 
 
 def _acl_hint(hostname: str, base_domain: str) -> str:
-    if hostname.startswith("*.") or not hostname.endswith("." + base_domain):
-        return (
-            f" (names outside {base_domain} and wildcards need an explicit bind ACL entry, "
-            f"e.g. relay token create --allow {hostname})"
-        )
+    if not _first_come(hostname, base_domain):
+        return f" (its bind ACL does not name it: e.g. relay token create --allow {hostname})"
     return ""
+
+
+def _first_come(hostname: str, base_domain: str) -> bool:
+    """Whether an unreserved name goes to whoever binds it first: an exact name under the
+    edge's base domain. Not a wildcard, even there: it would catch every other name."""
+    base = base_domain.lower().rstrip(".")
+    return bool(base) and not hostname.startswith("*.") and hostname.endswith("." + base)
 
 
 def _valid_label(label: str) -> bool:

@@ -17,7 +17,7 @@ from relay import __version__
 from relay.edge.auth_guard import source_of
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
-from relay.errors import CertificateError, ProtocolViolation, RelayError
+from relay.errors import CertificateError, ControlUnavailable, ProtocolViolation, RelayError
 from relay.mux import ControlChannel, MuxStream
 from relay.protocol import (
     PROTOCOL_VERSION,
@@ -142,7 +142,7 @@ class AgentSession:
             first = await self.control.recv()
             if not isinstance(first, Auth):
                 raise ProtocolViolation(f"expected auth, got {first.TYPE}")
-            if not self._authenticate(first):
+            if not await self._authenticate(first):
                 return
             while True:
                 message = await self.control.recv()
@@ -163,7 +163,14 @@ class AgentSession:
             self.link.session.go_away(2)
             self.link.close()
 
-    def _authenticate(self, auth: Auth) -> bool:
+    def _refuse(self, exc: RelayError) -> None:
+        """Answer a failed authentication with its code and end the link."""
+        assert self.control is not None
+        self.control.send(AuthError(exc.code, str(exc)))
+        self.link.session.go_away(0)
+        self.link.close()
+
+    async def _authenticate(self, auth: Auth) -> bool:
         assert self.control is not None
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
@@ -174,7 +181,13 @@ class AgentSession:
                     f"agent speaks protocol {auth.protocol}, edge {PROTOCOL_VERSION}",
                     code="RLY_302",
                 )
-            record = self.edge.verify_token(auth.token, peer=self.peer)
+            record = await self.edge.verify_token(auth.token, peer=self.peer)
+        except ControlUnavailable as exc:
+            # Not the agent's fault, and not a guess: it is told to come back later.
+            log.warning("agent %s: cannot verify its token: %s", self.peer, exc.one_line())
+            self.edge.metrics.auth_failures.labels("control_unavailable").inc()
+            self._refuse(exc)
+            return False
         except AuthFailure as exc:
             log.warning("agent %s: authentication failed: %s", self.peer, exc.one_line())
             self.edge.metrics.auth_failures.labels(
@@ -182,9 +195,7 @@ class AgentSession:
             ).inc()
             if exc.code in GUESSING_CODES:
                 self.edge.auth_failed(self)
-            self.control.send(AuthError(exc.code, str(exc)))
-            self.link.session.go_away(0)
-            self.link.close()
+            self._refuse(exc)
             return False
         self.token_id = record.id
         self.agent_id = auth.agent_id[:128]
@@ -203,7 +214,7 @@ class AgentSession:
     async def _handle(self, message: Message) -> None:
         assert self.control is not None
         if isinstance(message, Bind):
-            if not self.edge.credential_still_valid(self):
+            if not await self.edge.credential_still_valid(self):
                 return  # the session was stopped with the credential's code
             try:
                 endpoint = await self.edge.bind(self, message)

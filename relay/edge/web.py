@@ -51,6 +51,7 @@ from relay.certs.manager import (
     renewal_time,
 )
 from relay.config import EdgeConfig, parse_host_port
+from relay.control.keyring import KeySet
 from relay.control.secrets import SecretBox
 from relay.edge.http import HttpFront, RouteResult
 from relay.edge.routes import HostEndpoint
@@ -174,6 +175,8 @@ class WebFronts:
         self.https: HttpFront | None = None
         self.answers: _AnswerFront | None = None
         self.certs: CertificateManager | None = None
+        self.box: SecretBox | None = None
+        self._next_keys: KeySet | None = None
         self.acme: Any = None
         self.issuer_kind = "local"
         self._runner: asyncio.Task[None] | None = None
@@ -235,7 +238,7 @@ class WebFronts:
 
     def _certificate_manager(self) -> CertificateManager:
         config = self.config
-        box = SecretBox.load(config.data_dir)
+        box = self.box = SecretBox.load(config.data_dir)
         self.issuer_kind = config.cert_issuer
         if config.cert_issuer == "files":
             if config.cert_file is None or config.key_file is None:
@@ -439,7 +442,9 @@ class WebFronts:
         """What a reload to ``config`` needs that can fail, done before anything changes:
         with the files issuer, the certificate pair read and checked (it is read again on
         every reload, whether or not its paths changed: rotation replaces the files in
-        place). Raises RelayError: the reload is then refused as a whole."""
+        place). The key-encryption keys are read again too (a rotation changed them, a key
+        was retired). Raises RelayError: the reload is then refused as a whole."""
+        self._next_keys = self.box.read_keys() if self.box is not None else None
         if self.issuer_kind != "files":
             return None
         if config.cert_file is None or config.key_file is None:
@@ -455,6 +460,7 @@ class WebFronts:
         (from :meth:`prepare_reload`) for TLS handshakes from now on. Returns the names
         whose certificate was issued again."""
         self.config = config
+        self._use_keys()
         for front in (self.http, self.https, self.answers):
             if front is None:
                 continue
@@ -471,6 +477,26 @@ class WebFronts:
             return []
         self._files = _files_stand_in(issuer)
         return self.certs.reload_issuer(issuer)
+
+    def _use_keys(self) -> None:
+        """Seal and open with the keys :meth:`prepare_reload` read, and say whether every
+        stored certificate key still opens with them (an operator who just rotated or
+        retired a key learns it now, not when a visitor needs one)."""
+        keys, self._next_keys = self._next_keys, None
+        if keys is None or self.box is None:
+            return
+        self.box.use(keys)
+        opened, failed = self.certs.check_stored_keys() if self.certs is not None else (0, {})
+        log.info(
+            "key-encryption keys read again: current %s, %d keys; %d of %d stored "
+            "certificate keys open",
+            keys.current,
+            len(keys.keys),
+            opened,
+            opened + len(failed),
+        )
+        for name, why in failed.items():
+            log.error("stored certificate key for %s does not open: %s", name, why)
 
     def close(self) -> None:
         """Stop taking visitors (drain)."""

@@ -219,6 +219,18 @@ class Edge:
         finally:
             store.close()
 
+    def reserve_domain(self, domain: str) -> str:
+        """Reserve ``domain`` in the edge's (SQLite) store for the ``default`` account, the
+        one ``relay token create`` makes tokens for: names outside the base domain, and
+        wildcards, are bound only by their account. Returns the reservation's id."""
+        from relay.control.store import Store
+
+        store = Store.open(f"sqlite:///{self.data_dir / 'relay.db'}")
+        try:
+            return store.reserve_domain(None, domain, actor="test").id
+        finally:
+            store.close()
+
     def token(self, *extra: str) -> tuple[str, str]:
         out = subprocess.run(
             [*RELAY, "token", "create", "--data-dir", str(self.data_dir), "-o", "json", *extra],

@@ -5,8 +5,9 @@ request_id}``."""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,33 @@ class Route:
     path: str
     scope: str
     body: Any = None
+    #: Makes a new object for each call and gives its id (``{id}`` in the path): for a
+    #: write that is not idempotent, such as releasing a reservation.
+    fresh: Callable[[], str] | None = None
+
+    def target(self) -> str:
+        return self.path.format(id=self.fresh()) if self.fresh is not None else self.path
+
+
+def numbered(body: Any, n: int) -> Any:
+    """``{n}`` in a body's strings becomes the route's number: one name per route."""
+    if not isinstance(body, dict):
+        return body
+    return {k: v.format(n=n) if isinstance(v, str) else v for k, v in body.items()}
+
+
+def another(body: Any) -> Any:
+    """A create's body again, naming something not taken yet."""
+    if not isinstance(body, dict):
+        return body
+    changed = dict(body)
+    if "name" in body:
+        changed["name"] = body["name"] + "-x"  # a second account, not a conflict
+    if "domain" in body:
+        changed["domain"] = "x" + body["domain"]
+    if "port" in body:
+        changed["port"] = body["port"] + 1
+    return changed
 
 
 @pytest.fixture
@@ -41,9 +69,18 @@ def lenient_edge(tmp_path: Path) -> Iterator[Edge]:
         edge.stop()
 
 
-def routes(account_id: str, credential_id: str, key_id: str, session_id: str) -> list[Route]:
+def routes(
+    account_id: str,
+    credential_id: str,
+    key_id: str,
+    session_id: str,
+    domain: Callable[[], str],
+    addr: Callable[[], str],
+    token: str,
+) -> list[Route]:
     """Every route with arguments that make it succeed for a key with its scope (the
-    writes are idempotent or touch objects made for them)."""
+    writes are idempotent or touch objects made for them); ``domain`` and ``addr`` make
+    a reservation and give its id."""
     return [
         Route("GET", f"{API}/accounts", "accounts:read"),
         Route("GET", f"{API}/accounts/{account_id}", "accounts:read"),
@@ -64,6 +101,25 @@ def routes(account_id: str, credential_id: str, key_id: str, session_id: str) ->
         Route("GET", f"{API}/tunnel_sessions/{session_id}", "sessions:read"),
         Route("GET", f"{API}/endpoints", "endpoints:read"),
         Route("GET", f"{API}/certificates", "endpoints:read"),
+        Route("GET", f"{API}/reserved_domains", "reserved:read"),
+        Route("GET", API + "/reserved_domains/{id}", "reserved:read", fresh=domain),
+        Route("POST", f"{API}/reserved_domains", "reserved:write", {"domain": "m{n}.example.com"}),
+        Route("DELETE", API + "/reserved_domains/{id}", "reserved:write", fresh=domain),
+        Route("GET", f"{API}/reserved_addrs", "reserved:read"),
+        Route("GET", API + "/reserved_addrs/{id}", "reserved:read", fresh=addr),
+        Route("POST", f"{API}/reserved_addrs", "reserved:write", {"port": 30000}),
+        Route("DELETE", API + "/reserved_addrs/{id}", "reserved:write", fresh=addr),
+        # What an edge apart from its control plane asks (relay/control/for_edge.py).
+        Route("POST", f"{API}/edge/verify_token", "edge", {"token": token, "peer": "t:1"}),
+        Route("POST", f"{API}/edge/inactive_tokens", "edge", {"ids": [credential_id]}),
+        Route(
+            "POST",
+            f"{API}/edge/reservation_owner",
+            "edge",
+            {"kind": "http", "name": "x.example.com"},
+        ),
+        Route("POST", f"{API}/edge/reserved_ports", "edge", {}),
+        Route("POST", f"{API}/edge/audit_events", "edge", {"events": []}),
     ]
 
 
@@ -106,7 +162,15 @@ def test_every_route_answers_401_403_or_2xx_by_the_key_it_is_given(
         sessions = call(edge, "GET", f"{API}/tunnel_sessions", admin)
         assert sessions.status == 200, sessions.body
         [session] = sessions.body["items"]
-        table = routes(member.id, credential.id, victim_key, session["id"])
+        names = itertools.count()
+
+        def domain() -> str:
+            return keys.store.reserve_domain(member.id, f"r{next(names)}.example.net").id
+
+        def addr() -> str:
+            return keys.store.reserve_addr(member.id, 40000 + next(names)).id
+
+        table = routes(member.id, credential.id, victim_key, session["id"], domain, addr, token)
         assert {r.scope for r in table} | {"admin", "sessions:write"} == set(SCOPES)
 
         key_id, right_secret = keys.make(["endpoints:read"])
@@ -125,22 +189,19 @@ def test_every_route_answers_401_403_or_2xx_by_the_key_it_is_given(
         }
         by_scope = {scope: keys.make([scope])[1] for scope in SCOPES if scope != "admin"}
         for n, route in enumerate(table):
-            body = route.body
-            if isinstance(body, dict) and "name" in body:
-                body = {"name": body["name"].format(n=n)}
+            body = numbered(route.body, n)
+            path = route.target()  # refused before any lookup: one object will do
             for why, (key, raw) in refused.items():
-                answer = call(edge, route.method, route.path, key, body, raw_auth=raw)
+                answer = call(edge, route.method, path, key, body, raw_auth=raw)
                 assert_error(answer, 401, {"RLY_111", "RLY_112", "RLY_113"})
                 assert answer.headers.get("www-authenticate", "").startswith("Bearer"), why
             other = next(s for s in by_scope if s != route.scope)
-            assert_error(
-                call(edge, route.method, route.path, by_scope[other], body), 403, {"RLY_120"}
-            )
+            assert_error(call(edge, route.method, path, by_scope[other], body), 403, {"RLY_120"})
             for key in (by_scope[route.scope], admin):
-                answer = call(edge, route.method, route.path, key, body)
+                answer = call(edge, route.method, route.target(), key, body)
                 assert 200 <= answer.status < 300, (route, answer.status, answer.body)
-                if route.method == "POST" and "name" in (body or {}):
-                    body = {"name": body["name"] + "-x"}  # a second account, not a conflict
+                if route.method == "POST":
+                    body = another(body)
         # Restart and stop act on the live session: each is refused, then done once.
         writer = by_scope["sessions:write"]
         for action in ("restart", "stop"):

@@ -125,8 +125,9 @@ def test_a_name_waiting_for_its_certificate_gets_the_503_page(
         edge.start()
         assert edge.proc is not None
         web_agent(edge, agents, str(origin.port), "--subdomain", "waiting")
-        # A custom domain needs a token whose ACL names it.
-        _, token = edge.token("--allow", "*", "--allow", "waiting.example.org")
+        # A custom domain is bound only by the account that reserved it (the token's).
+        edge.reserve_domain("waiting.example.org")
+        _, token = edge.token()
         custom = Agent(
             edge, token, str(origin.port), kind="http", extra=["--domain", "waiting.example.org"]
         )

@@ -1,5 +1,6 @@
-"""A name belongs to one token across http, https and tls; by default a token binds names
-under the edge's base domain only; refused binds are audited."""
+"""A name belongs to one token across http, https and tls; a name outside the edge's base
+domain, or a wildcard, is bound only by the account that reserved it, and a token's bind
+ACL narrows what it binds; refused binds are audited."""
 
 from __future__ import annotations
 
@@ -64,22 +65,24 @@ def test_the_same_token_may_serve_a_name_over_http_and_https(
 @pytest.mark.parametrize(
     "domain", ["www.google.com", "*.relay.localhost", "*.example.com"], ids=str
 )
-def test_the_default_acl_binds_no_custom_domain_and_no_wildcard(
+def test_a_custom_domain_or_wildcard_nobody_reserved_is_refused_whatever_the_acl(
     edge: Edge, origin: Origin, domain: str
 ) -> None:
-    _, token = edge.token()
+    _, token = edge.token("--allow", "*", "--allow", domain)
     agent = refused(edge, token, origin.port, "--domain", domain, "--no-https")
     assert agent.proc.proc.returncode == 4, agent.proc.text()
-    assert "RLY_205" in agent.proc.text()
-    assert "need an explicit bind ACL entry" in agent.proc.text()
+    assert "RLY_207" in agent.proc.text()
+    assert "not reserved for this token's account" in agent.proc.text()
+    assert f"relay domains reserve {domain}" in agent.proc.text()
     [refusal] = refusals(edge)
-    assert refusal["code"] == "RLY_205" and refusal["target"] == domain
+    assert refusal["code"] == "RLY_207" and refusal["target"] == domain
 
 
 @pytest.mark.timeout(120)
-def test_an_explicit_acl_entry_grants_its_wildcard_and_the_names_under_it(
+def test_an_acl_entry_for_a_reserved_wildcard_grants_it_and_nothing_else(
     edge: Edge, origin: Origin, agents: list[Agent]
 ) -> None:
+    edge.reserve_domain("*.wild.test")  # for the default account, the token's
     _, token = edge.token("--allow", "*.wild.test")
     wildcard = Agent(
         edge, token, str(origin.port), kind="http", extra=["--domain", "*.wild.test", "--no-https"]

@@ -459,9 +459,12 @@ def test_every_scope_has_a_meaning_and_admin_implies_them_all() -> None:
         "credentials:read",
         "credentials:write",
         "endpoints:read",
+        "reserved:read",
+        "reserved:write",
         "sessions:read",
         "sessions:write",
         "audit:read",
+        "edge",
         "admin",
     )
     assert set(SCOPE_MEANINGS) == set(SCOPES)

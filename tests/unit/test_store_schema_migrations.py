@@ -163,7 +163,7 @@ def test_an_older_database_loses_nothing_and_its_tokens_go_to_default(
         # the migration's default account is schema, not an audited act.
         assert store.audit.verify() == 4
         with store.engine.connect() as conn:
-            assert schema.current(conn) == schema.head() == "0002"
+            assert schema.current(conn) == schema.head() == "0003"
     finally:
         store.close()
     store = Store.open(database_url)  # opening again changes nothing
@@ -198,3 +198,32 @@ def test_a_database_from_a_newer_relay_is_refused(database_url: str) -> None:
         engine.dispose()
     with pytest.raises(DataDirError, match=r"revision 9999.*newer relay"):
         Store.open(database_url)
+
+
+def test_a_revision_0002_database_gains_empty_reservation_tables_and_can_go_back(
+    database_url: str,
+) -> None:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(schema._config(conn), "0002")
+    finally:
+        engine.dispose()
+    store = Store.open(database_url)  # 0002 → head
+    try:
+        default = store.default_account()
+        assert store.list_reserved_domains() == [] and store.list_reserved_addrs() == []
+        assert store.reserved_ports() == set()
+        store.reserve_domain(default.id, "app.example.com")
+        store.reserve_addr(default.id, 2222)
+    finally:
+        store.close()
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(schema._config(conn), "0002")
+            tables = set(sa.inspect(conn).get_table_names())
+            assert {"reserved_domains", "reserved_addrs"}.isdisjoint(tables)
+            assert {"accounts", "tokens", "api_keys"} <= tables
+    finally:
+        engine.dispose()

@@ -14,7 +14,10 @@ from relay.control.api.plane import ControlPlane
 from relay.control.api.routes_accounts import router as accounts
 from relay.control.api.routes_audit import router as audit
 from relay.control.api.routes_credentials import api_keys, credentials
+from relay.control.api.routes_edge import router as edge
 from relay.control.api.routes_live import certificates, endpoints, sessions
+from relay.control.api.routes_reserved import addrs as reserved_addrs
+from relay.control.api.routes_reserved import domains as reserved_domains
 
 PREFIX = "/api/v1"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
@@ -32,7 +35,18 @@ def create_app(plane: ControlPlane) -> FastAPI:
         responses=errors.ERROR_RESPONSES,
     )
     app.state.plane = plane
-    for router in (accounts, credentials, api_keys, audit, sessions, endpoints, certificates):
+    for router in (
+        accounts,
+        credentials,
+        api_keys,
+        audit,
+        sessions,
+        endpoints,
+        certificates,
+        edge,
+        reserved_domains,
+        reserved_addrs,
+    ):
         app.include_router(router, prefix=PREFIX)
     errors.install(app)
 

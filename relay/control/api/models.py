@@ -7,7 +7,13 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay.control.store import AccountRecord, ApiKeyRecord, TokenRecord
+from relay.control.store import (
+    AccountRecord,
+    ApiKeyRecord,
+    ReservedAddrRecord,
+    ReservedDomainRecord,
+    TokenRecord,
+)
 
 T = TypeVar("T")
 
@@ -189,3 +195,73 @@ class Certificate(BaseModel):
     name: str
     not_after: datetime | None
     status: Literal["issued", "pending"]
+
+
+# -- reserved domains and TCP addresses ----------------------------------------------------
+
+REGION_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+
+
+class ReservedDomain(BaseModel):
+    id: str
+    account_id: str
+    domain: str
+    certificate_mode: Literal["auto", "manual"]
+    region: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, r: ReservedDomainRecord) -> ReservedDomain:
+        return cls(
+            id=r.id,
+            account_id=r.account_id,
+            domain=r.domain,
+            certificate_mode=r.certificate_mode,
+            region=r.region,
+            created_at=r.created_at,
+        )
+
+
+class ReservedDomainCreate(Strict):
+    domain: str = Field(
+        min_length=1,
+        max_length=253,
+        description="An exact name (app.example.com) or a wildcard (*.example.com).",
+    )
+    account_id: str | None = Field(None, max_length=16, description="Default: the key's own.")
+    certificate_mode: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: the edge issues the certificate; manual: the operator supplies "
+        "its files.",
+    )
+    region: str | None = Field(
+        None,
+        max_length=32,
+        pattern=REGION_PATTERN,
+        description="The region it is pinned to, e.g. eu (stored; enforced by clusters).",
+    )
+
+
+class ReservedAddr(BaseModel):
+    id: str
+    account_id: str
+    port: int
+    region: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, r: ReservedAddrRecord) -> ReservedAddr:
+        return cls(
+            id=r.id, account_id=r.account_id, port=r.port, region=r.region, created_at=r.created_at
+        )
+
+
+class ReservedAddrCreate(Strict):
+    port: int = Field(ge=1, le=65535, strict=True)
+    account_id: str | None = Field(None, max_length=16, description="Default: the key's own.")
+    region: str | None = Field(
+        None,
+        max_length=32,
+        pattern=REGION_PATTERN,
+        description="The region it is pinned to, e.g. eu (stored; enforced by clusters).",
+    )

@@ -1,0 +1,79 @@
+"""`relay control`: run the control plane as its own process (relay/control_process.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from relay.config import default_data_dir
+from relay.control_process import DEFAULT_LISTEN, ControlConfig, serve
+
+
+@click.command("control")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    envvar="RELAY_DATA_DIR",
+    help="Data directory (the pepper; the SQLite database unless --store). "
+    "Default: ~/.local/share/relay.",
+)
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    envvar="RELAY_STORE",
+    metavar="URL",
+    help="The database, when not the data directory's SQLite: postgresql://USER:PASSWORD@HOST/DB.",
+)
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="Address of the API (and /healthz, /readyz, /metrics).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Serve HTTPS with this certificate chain (needed for edges on other hosts).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The private key of --tls-cert.",
+)
+def control_command(
+    data_dir: Path | None,
+    store_url: str | None,
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
+    """Run the control plane apart from any edge: the REST API for operators, and for
+    edges started with --control-url."""
+    from relay.cli import install_stop_handlers, run_async
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    config = ControlConfig(
+        data_dir=data_dir or default_data_dir(),
+        store=store_url or "",
+        listen=listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+    async def main() -> None:
+        stopped = asyncio.Event()
+        install_stop_handlers(stopped.set)
+        await serve(config, stopped)
+
+    run_async(main)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(control_command)

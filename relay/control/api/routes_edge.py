@@ -1,0 +1,140 @@
+"""/edge/…: what an edge running apart from its control plane asks of it (relay/control/
+for_edge.py RemoteControl), with an operator's API key that has the ``edge`` scope:
+verify an agent's token, say which live sessions' tokens ended, who holds a reserved
+name or port, and take the edge's audit events."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
+
+from relay.control.api.auth import Principal, plane_of, requires
+from relay.control.api.models import Credential, Strict
+from relay.errors import ConfigError
+
+router = APIRouter(prefix="/edge", tags=["edge"])
+
+#: Events one request may carry (the edge sends at most 500 at a time).
+MAX_EVENTS = 1000
+
+
+class TokenCheck(Strict):
+    token: str = Field(max_length=200)
+    peer: str = Field(max_length=300, description="The agent's address, for the audit log.")
+    address: str | None = Field(None, max_length=300)
+
+
+class TokenIds(Strict):
+    ids: list[str] = Field(max_length=10_000)
+
+
+class Inactive(Strict):
+    inactive: dict[str, str]
+
+
+class EdgeEvent(Strict):
+    actor: str = Field(max_length=300)
+    action: str = Field(max_length=64)
+    target: str = Field(max_length=300)
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class EdgeEvents(Strict):
+    events: list[EdgeEvent] = Field(max_length=MAX_EVENTS)
+
+
+class Recorded(Strict):
+    recorded: int
+
+
+class NameQuery(Strict):
+    kind: Literal["http", "https", "tls", "tcp"]
+    name: str = Field(max_length=300, description="A hostname, or a TCP port's number.")
+
+
+class Owner(Strict):
+    account_id: str | None
+
+
+class NoArguments(Strict):
+    pass
+
+
+class Ports(Strict):
+    ports: list[int]
+
+
+@router.post("/verify_token", summary="Verify an agent's authtoken", response_model=Credential)
+async def verify_token(
+    request: Request,
+    body: TokenCheck,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Credential:
+    principal.must_be_operator("act as an edge")
+    plane = plane_of(request)
+    record = plane.store.verify_token(
+        body.token, pepper=plane.pepper, actor=f"agent@{body.peer}", address=body.address
+    )
+    return Credential.of(record)
+
+
+@router.post(
+    "/inactive_tokens",
+    summary="Which of these tokens may no longer be used, and why",
+    response_model=Inactive,
+)
+async def inactive_tokens(
+    request: Request,
+    body: TokenIds,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Inactive:
+    principal.must_be_operator("act as an edge")
+    return Inactive(inactive=dict(plane_of(request).store.inactive_tokens(body.ids)))
+
+
+@router.post("/audit_events", summary="Record an edge's audit events", response_model=Recorded)
+async def record_events(
+    request: Request,
+    body: EdgeEvents,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Recorded:
+    principal.must_be_operator("act as an edge")
+    audit = plane_of(request).store.audit
+    for event in body.events:
+        # The edge is named beside the actor it reports: an edge key cannot pass its
+        # events off as the control plane's own.
+        detail = {**event.detail, "edge": principal.actor}
+        audit.append(event.actor, event.action, event.target, detail)
+    return Recorded(recorded=len(body.events))
+
+
+@router.post(
+    "/reservation_owner",
+    summary="The account whose reservation covers a hostname or a TCP port",
+    response_model=Owner,
+)
+async def reservation_owner(
+    request: Request,
+    body: NameQuery,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Owner:
+    principal.must_be_operator("act as an edge")
+    name: str | int = body.name
+    if body.kind == "tcp":
+        if not body.name.isdigit() or not 1 <= int(body.name) <= 65535:
+            raise ConfigError(f"a tcp reservation is a port number, not {body.name!r}")
+        name = int(body.name)
+    owner = plane_of(request).store.bind_owner(body.kind, name)
+    return Owner(account_id=owner.account_id if owner is not None else None)
+
+
+@router.post("/reserved_ports", summary="Every reserved TCP port", response_model=Ports)
+async def reserved_ports(
+    request: Request,
+    body: NoArguments,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Ports:
+    principal.must_be_operator("act as an edge")
+    return Ports(ports=sorted(plane_of(request).store.reserved_ports()))

@@ -1,0 +1,173 @@
+"""/reserved_domains and /reserved_addrs: names and TCP ports that belong to one account.
+An edge refuses a bind of a reserved name or port by any other account (RLY_207), and
+binds a name outside its base domain only for the account that reserved it. A member's
+key reaches its own account's reservations; an operator's every account's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from relay.control.api.auth import Principal, plane_of, requires
+from relay.control.api.errors import ErrorBody
+from relay.control.api.models import (
+    Page,
+    ReservedAddr,
+    ReservedAddrCreate,
+    ReservedDomain,
+    ReservedDomainCreate,
+)
+from relay.control.api.paging import Cursor, Limit, cut
+
+# Whose objects a caller reaches is decided as for credentials: one rule, one place.
+from relay.control.api.routes_credentials import _listed_account, _owner
+from relay.errors import NotFound
+
+_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorBody,
+        "description": "reserved already, or overlapping another account's reservation (RLY_602)",
+    }
+}
+
+domains = APIRouter(prefix="/reserved_domains", tags=["reserved_domains"], responses=_TAKEN)
+addrs = APIRouter(prefix="/reserved_addrs", tags=["reserved_addrs"], responses=_TAKEN)
+
+
+# -- domains -------------------------------------------------------------------------------
+
+
+@domains.get("", summary="List reserved domains", response_model=Page[ReservedDomain])
+async def list_reserved_domains(
+    request: Request,
+    account_id: str | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
+) -> Page[ReservedDomain]:
+    store = plane_of(request).store
+    owner = _listed_account(principal, account_id)
+    fetched = store.list_reserved_domains(account_id=owner, after=cursor, limit=limit + 1)
+    items, next_cursor = cut(fetched, limit, lambda r: r.id)
+    return Page[ReservedDomain](
+        items=[ReservedDomain.of(r) for r in items], next_cursor=next_cursor
+    )
+
+
+@domains.post(
+    "",
+    status_code=201,
+    summary="Reserve a domain (exact or wildcard) for an account",
+    response_model=ReservedDomain,
+)
+async def reserve_domain(
+    request: Request,
+    body: ReservedDomainCreate,
+    principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
+) -> ReservedDomain:
+    record = plane_of(request).store.reserve_domain(
+        _owner(principal, body.account_id),
+        body.domain,
+        certificate_mode=body.certificate_mode,
+        region=body.region,
+        actor=principal.actor,
+    )
+    return ReservedDomain.of(record)
+
+
+def _domain(request: Request, principal: Principal, reservation_id: str) -> ReservedDomain:
+    record = plane_of(request).store.get_reserved_domain(reservation_id)
+    if not principal.reaches(record.account_id):
+        raise NotFound(f"no reserved domain with id {reservation_id!r}")
+    return ReservedDomain.of(record)
+
+
+@domains.get("/{reservation_id}", summary="One reserved domain", response_model=ReservedDomain)
+async def get_reserved_domain(
+    request: Request,
+    reservation_id: str,
+    principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
+) -> ReservedDomain:
+    return _domain(request, principal, reservation_id)
+
+
+@domains.delete(
+    "/{reservation_id}",
+    summary="Release a reserved domain; the released reservation is the answer",
+    response_model=ReservedDomain,
+)
+async def release_domain(
+    request: Request,
+    reservation_id: str,
+    principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
+) -> ReservedDomain:
+    _domain(request, principal, reservation_id)
+    store = plane_of(request).store
+    return ReservedDomain.of(store.release_domain(reservation_id, actor=principal.actor))
+
+
+# -- TCP addresses -------------------------------------------------------------------------
+
+
+@addrs.get("", summary="List reserved TCP addresses", response_model=Page[ReservedAddr])
+async def list_reserved_addrs(
+    request: Request,
+    account_id: str | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
+) -> Page[ReservedAddr]:
+    store = plane_of(request).store
+    owner = _listed_account(principal, account_id)
+    fetched = store.list_reserved_addrs(account_id=owner, after=cursor, limit=limit + 1)
+    items, next_cursor = cut(fetched, limit, lambda r: r.id)
+    return Page[ReservedAddr](items=[ReservedAddr.of(r) for r in items], next_cursor=next_cursor)
+
+
+@addrs.post(
+    "",
+    status_code=201,
+    summary="Reserve a TCP port for an account",
+    response_model=ReservedAddr,
+)
+async def reserve_addr(
+    request: Request,
+    body: ReservedAddrCreate,
+    principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
+) -> ReservedAddr:
+    record = plane_of(request).store.reserve_addr(
+        _owner(principal, body.account_id), body.port, region=body.region, actor=principal.actor
+    )
+    return ReservedAddr.of(record)
+
+
+def _addr(request: Request, principal: Principal, reservation_id: str) -> ReservedAddr:
+    record = plane_of(request).store.get_reserved_addr(reservation_id)
+    if not principal.reaches(record.account_id):
+        raise NotFound(f"no reserved address with id {reservation_id!r}")
+    return ReservedAddr.of(record)
+
+
+@addrs.get("/{reservation_id}", summary="One reserved TCP address", response_model=ReservedAddr)
+async def get_reserved_addr(
+    request: Request,
+    reservation_id: str,
+    principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
+) -> ReservedAddr:
+    return _addr(request, principal, reservation_id)
+
+
+@addrs.delete(
+    "/{reservation_id}",
+    summary="Release a reserved TCP address; the released reservation is the answer",
+    response_model=ReservedAddr,
+)
+async def release_addr(
+    request: Request,
+    reservation_id: str,
+    principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
+) -> ReservedAddr:
+    _addr(request, principal, reservation_id)
+    store = plane_of(request).store
+    return ReservedAddr.of(store.release_addr(reservation_id, actor=principal.actor))

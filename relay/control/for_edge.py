@@ -1,0 +1,221 @@
+"""What an edge asks of its control plane, through one interface, wherever it runs.
+
+In-process (the default, :class:`LocalControl`): the edge holds the store and the pepper
+itself. Remote (:class:`RemoteControl`): the store and the pepper live in a separate
+`relay control` process, and the edge asks it over HTTP(S) with an API key that has the
+``edge`` scope; the edge then never sees the pepper or the database.
+
+Either way the edge's once-a-second credential watch asks :meth:`inactive_tokens` about
+its live sessions, so a revoked token or a suspended account ends its sessions within 2 s.
+When a remote control plane cannot be reached, the edge keeps its live sessions (it has
+no news that any credential ended) and refuses new agents (it cannot verify them): the
+staleness of what it serves is bounded by the outage, and each failed check is logged.
+Audit events from a remote edge are queued and sent in batches, off the event loop;
+past ``MAX_QUEUED_EVENTS`` unsent events, the oldest are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from relay.api_client import ApiClient
+from relay.control.store import Store, TokenRecord
+from relay.errors import AuthError, ControlUnavailable, RelayError
+
+log = logging.getLogger("relay.control.for_edge")
+
+#: Audit events a remote edge keeps while its control plane does not take them.
+MAX_QUEUED_EVENTS = 10_000
+#: Events sent in one request.
+AUDIT_BATCH = 500
+
+
+class EdgeControl(Protocol):
+    """The control plane as an edge uses it."""
+
+    async def verify_token(self, token: str, *, peer: str, address: str | None) -> TokenRecord:
+        """The token's record, or the AuthError that says why not (audited there)."""
+        ...
+
+    async def inactive_tokens(self, token_ids: Collection[str]) -> Mapping[str, str]:
+        """Which of ``token_ids`` may no longer be used, and why (revoked, expired,
+        suspended)."""
+        ...
+
+    async def reservation_owner(self, kind: str, name: str | int) -> str | None:
+        """The account holding the reservation that covers a hostname (exact, then the
+        nearest wildcard) or a TCP port; None when it is not reserved."""
+        ...
+
+    async def reserved_ports(self) -> set[int]:
+        """Every reserved TCP port (never handed out at random)."""
+        ...
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record an event (remote: queued, sent soon)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise unless the control plane answers (readiness)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalControl:
+    """The store and the pepper in the edge's own process. Each call is one short
+    transaction (well under a millisecond on SQLite), so it runs on the event loop."""
+
+    def __init__(self, store: Store, pepper: bytes) -> None:
+        self.store = store
+        self.pepper = pepper
+
+    async def verify_token(self, token: str, *, peer: str, address: str | None) -> TokenRecord:
+        return self.store.verify_token(
+            token, pepper=self.pepper, actor=f"agent@{peer}", address=address
+        )
+
+    async def inactive_tokens(self, token_ids: Collection[str]) -> Mapping[str, str]:
+        return self.store.inactive_tokens(token_ids)
+
+    async def reservation_owner(self, kind: str, name: str | int) -> str | None:
+        owner = self.store.bind_owner(kind, name)
+        return owner.account_id if owner is not None else None
+
+    async def reserved_ports(self) -> set[int]:
+        return self.store.reserved_ports()
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        self.store.audit.append(actor, action, target, detail)
+
+    def ping(self) -> None:
+        self.store.ping()
+
+    async def close(self) -> None:
+        self.store.close()
+
+
+class RemoteControl:
+    """A `relay control` process, asked over HTTP(S) from worker threads, so that a slow
+    or unreachable control plane never stalls the edge's event loop."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.client = client
+        self._events: deque[dict[str, Any]] = deque()
+        self.dropped_events = 0
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self.reachable = True
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sender = loop.create_task(self._send_events())
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+        """The control plane's answer; an AuthError it gives passes through, anything
+        else that goes wrong is ControlUnavailable (the agent retries later)."""
+        try:
+            answer = await asyncio.to_thread(self.client.post, path, json=body)
+        except AuthError:
+            self.reachable = True
+            raise
+        except (RelayError, OSError) as exc:
+            self.reachable = False
+            message = exc.message if isinstance(exc, RelayError) else str(exc)
+            raise ControlUnavailable(f"the control plane did not answer: {message}") from None
+        self.reachable = True
+        return answer
+
+    async def verify_token(self, token: str, *, peer: str, address: str | None) -> TokenRecord:
+        body = {"token": token, "peer": peer, "address": address}
+        return token_record(await self._post("/edge/verify_token", body))
+
+    async def inactive_tokens(self, token_ids: Collection[str]) -> Mapping[str, str]:
+        answer = await self._post("/edge/inactive_tokens", {"ids": sorted(token_ids)})
+        return {str(k): str(v) for k, v in answer["inactive"].items()}
+
+    async def reservation_owner(self, kind: str, name: str | int) -> str | None:
+        answer = await self._post("/edge/reservation_owner", {"kind": kind, "name": str(name)})
+        owner = answer["account_id"]
+        return str(owner) if owner is not None else None
+
+    async def reserved_ports(self) -> set[int]:
+        answer = await self._post("/edge/reserved_ports", {})
+        return {int(p) for p in answer["ports"]}
+
+    def audit(
+        self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        if len(self._events) >= MAX_QUEUED_EVENTS:
+            self._events.popleft()
+            self.dropped_events += 1
+        self._events.append(
+            {"actor": actor, "action": action, "target": target, "detail": dict(detail or {})}
+        )
+        self._wake.set()
+
+    def ping(self) -> None:
+        if not self.reachable:
+            raise ConnectionError("the control plane did not answer the last request")
+
+    async def _send_events(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._events:
+                batch = [self._events[i] for i in range(min(AUDIT_BATCH, len(self._events)))]
+                try:
+                    await self._post("/edge/audit_events", {"events": batch})
+                except RelayError as exc:
+                    self.reachable = False
+                    log.warning("control plane: %d audit events wait: %s", len(self._events), exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                self.reachable = True
+                # What was sent leaves the queue; events dropped meanwhile were older.
+                sent = {id(event) for event in batch}
+                while self._events and id(self._events[0]) in sent:
+                    self._events.popleft()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Send what is queued (at shutdown), for at most ``timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._events and asyncio.get_running_loop().time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+
+def token_record(answer: Mapping[str, Any]) -> TokenRecord:
+    """A TokenRecord from its JSON form (the API's Credential)."""
+
+    def when(key: str) -> datetime | None:
+        value = answer.get(key)
+        return datetime.fromisoformat(value) if value else None
+
+    created = when("created_at")
+    assert created is not None
+    return TokenRecord(
+        id=str(answer["id"]),
+        description=str(answer["description"]),
+        created_at=created,
+        expires_at=when("expires_at"),
+        revoked_at=when("revoked_at"),
+        last_used_at=when("last_used_at"),
+        bind_acl=tuple(answer["bind_acl"]),
+        account_id=str(answer["account_id"]),
+        last_used_addr=answer.get("last_used_addr"),
+    )
