@@ -43,12 +43,15 @@ class AdminServer:
         metrics: Metrics,
         ready: Readiness,
         status: Callable[[], dict[str, Any]],
-        api: asgi_once.ASGIApp | None = None,
+        api: Callable[[], asgi_once.ASGIApp] | None = None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
         self.status = status
-        self.api = api
+        # Built on the first API request: FastAPI takes half a second to load, which an
+        # edge nobody asks through the API should not spend at every start.
+        self._make_api = api
+        self._api: asgi_once.ASGIApp | None = None
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -69,6 +72,16 @@ class AdminServer:
             raise ListenError.for_address(f"{host}:{port}", flag, exc) from None
         name = self.server.sockets[0].getsockname()
         self.address = (name[0], name[1])
+
+    @property
+    def serves_api(self) -> bool:
+        return self._make_api is not None
+
+    def api(self) -> asgi_once.ASGIApp:
+        if self._api is None:
+            assert self._make_api is not None
+            self._api = self._make_api()
+        return self._api
 
     def close(self) -> None:
         if self.server is not None:
@@ -170,7 +183,7 @@ class _AdminRequest(asyncio.Protocol):
         raise _Refused
 
     def _is_api(self) -> bool:
-        return self.server.api is not None and self.url.startswith(API_PREFIX)
+        return self.server.serves_api and self.url.startswith(API_PREFIX)
 
     def on_message_complete(self) -> None:
         if self.answering:
@@ -191,11 +204,10 @@ class _AdminRequest(asyncio.Protocol):
         self._write(status, content_type, body, head_only=method == b"HEAD")
 
     async def _answer_api(self) -> None:
-        assert self.server.api is not None
         method = self.parser.get_method().decode("latin-1")
         try:
             status, headers, body = await asgi_once.call(
-                self.server.api,
+                self.server.api(),
                 method=method,
                 target=self.url,
                 headers=self.headers,

@@ -15,16 +15,13 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay import __version__
-from relay.admin import AdminServer
-from relay.config import parse_host_port
-from relay.control.api import ControlPlane, create_app
-from relay.control.tokens import load_or_create_pepper
 from relay.edge.auth_guard import AuthGuard, source_of
-from relay.edge.server import open_store, prepare_data_dir
-from relay.metrics import Metrics
+
+if TYPE_CHECKING:
+    from relay.control.api import ControlPlane
 
 log = logging.getLogger("relay.control")
 
@@ -77,6 +74,15 @@ class _Guard:
 
 async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
     """Serve until ``stopped`` is set."""
+    # Imported here, not at the top: `relay --help` and the agent's commands load this
+    # module with the CLI and must not pay for the server's imports.
+    from relay.admin import AdminServer
+    from relay.config import parse_host_port
+    from relay.control.api import ControlPlane, create_app
+    from relay.control.tokens import load_or_create_pepper
+    from relay.edge.server import open_store, prepare_data_dir
+    from relay.metrics import Metrics
+
     prepare_data_dir(config.data_dir)
     store = open_store(config.data_dir, config.store)
     plane = ControlPlane(store, load_or_create_pepper(config.data_dir))
@@ -93,7 +99,8 @@ async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
     def status() -> dict[str, Any]:
         return {"role": "control", "version": __version__, "ready": ready()[0]}
 
-    server = AdminServer(metrics, ready, status, api=create_app(plane))
+    app = create_app(plane)  # built at start: serving the API is this process's job
+    server = AdminServer(metrics, ready, status, api=lambda: app)
     host, port = parse_host_port(config.listen, what="listen")
     tls = None
     if config.tls_cert is not None and config.tls_key is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -209,13 +210,13 @@ class Edge:
             await self.web.start()
         self._credential_watch = loop.create_task(self._watch_credentials())
         if config.admin_listen:
-            api = None
+            make_api: Callable[[], Any] | None = None
             if self.store is not None:  # with a remote control plane, the API is there
                 plane = ControlPlane(
                     self.store, self.pepper, live=EdgeLiveView(self), guard=ApiFailureGuard(self)
                 )
-                api = create_app(plane)
-            self.admin = AdminServer(self.metrics, self.readiness, self.status, api=api)
+                make_api = functools.partial(create_app, plane)
+            self.admin = AdminServer(self.metrics, self.readiness, self.status, api=make_api)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
             await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit

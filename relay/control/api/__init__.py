@@ -1,6 +1,14 @@
-"""The control plane's REST API (FastAPI): see docs/api.md."""
+"""The control plane's REST API (FastAPI): see docs/api.md.
 
-from relay.control.api.app import OPENAPI_PATH, PREFIX, create_app
+The package's own import is light on purpose: the edge imports the interfaces in
+``plane.py`` whether it serves the API or not, and the CLI's commands import nothing of
+FastAPI until one of them needs it (FastAPI and pydantic take half a second to load).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from relay.control.api.plane import (
     CertificateView,
     ControlPlane,
@@ -10,9 +18,10 @@ from relay.control.api.plane import (
     SessionView,
 )
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 __all__ = [
-    "OPENAPI_PATH",
-    "PREFIX",
     "CertificateView",
     "ControlPlane",
     "EndpointView",
@@ -21,3 +30,10 @@ __all__ = [
     "SessionView",
     "create_app",
 ]
+
+
+def create_app(plane: ControlPlane) -> FastAPI:
+    """The API's ASGI application over ``plane`` (relay/control/api/app.py)."""
+    from relay.control.api.app import create_app as build
+
+    return build(plane)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from relay.control.store import Store
+if TYPE_CHECKING:  # the store's module loads SQLAlchemy; the interfaces need none of it
+    from relay.control.store import Store
 
 
 @dataclass(frozen=True)
