@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from relay import __version__
+from relay.cli_options import data_dir_option, store_option
 from relay.errors import (
     AuthError,
     BindError,
@@ -59,28 +60,6 @@ def install_stop_handlers(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-
-
-def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        envvar="RELAY_DATA_DIR",
-        help="Edge data directory (database, CA, keys). Default: ~/.local/share/relay.",
-    )(func)
-
-
-def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--store",
-        "store_url",
-        default=None,
-        envvar="RELAY_STORE",
-        metavar="URL",
-        help="The token and audit database, when not the data directory's SQLite: "
-        "postgresql://USER:PASSWORD@HOST/DB. The pepper stays in the data directory.",
-    )(func)
 
 
 @click.group(

@@ -30,6 +30,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from relay.api_client import ApiClient, check_base_url
+from relay.cli_options import data_dir_option, store_option
 from relay.control.scopes import SCOPES
 from relay.errors import (
     AuditChainBroken,
@@ -621,22 +622,8 @@ def api_keys_revoke(key_id: str, api: str | None, output: str) -> None:
 
 
 @api_keys.command("bootstrap")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    envvar="RELAY_DATA_DIR",
-    help="Edge data directory (database, CA, keys). Default: ~/.local/share/relay.",
-)
-@click.option(
-    "--store",
-    "store_url",
-    default=None,
-    envvar="RELAY_STORE",
-    metavar="URL",
-    help="The database, when not the data directory's SQLite: "
-    "postgresql://USER:PASSWORD@HOST/DB. The pepper stays in the data directory.",
-)
+@data_dir_option
+@store_option
 @click.option(
     "--description",
     default="bootstrap admin key",

@@ -24,12 +24,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
 from relay.certs.local_ca import _write_file_atomic
 from relay.certs.sealed import SealedFile, locked, sealed_files
+from relay.cli_options import data_dir_option
 from relay.control.keyring import (
     KEK_ENV,
     KEK_FILE,
@@ -157,18 +157,6 @@ def _directory(data_dir: Path | None) -> Path:
             "or set RELAY_DATA_DIR"
         )
     return directory
-
-
-def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    # relay/cli.py's option, repeated: importing it here at load time would be a cycle.
-    return click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        envvar="RELAY_DATA_DIR",
-        help="Edge data directory (its key files and sealed secrets). "
-        "Default: ~/.local/share/relay.",
-    )(func)
 
 
 # -- the commands ----------------------------------------------------------------------------

@@ -7,27 +7,14 @@ from pathlib import Path
 
 import click
 
+from relay.cli_options import data_dir_option, store_option
 from relay.config import default_data_dir
 from relay.control_process import DEFAULT_LISTEN, ControlConfig, serve
 
 
 @click.command("control")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    envvar="RELAY_DATA_DIR",
-    help="Data directory (the pepper; the SQLite database unless --store). "
-    "Default: ~/.local/share/relay.",
-)
-@click.option(
-    "--store",
-    "store_url",
-    default=None,
-    envvar="RELAY_STORE",
-    metavar="URL",
-    help="The database, when not the data directory's SQLite: postgresql://USER:PASSWORD@HOST/DB.",
-)
+@data_dir_option
+@store_option
 @click.option(
     "--listen",
     default=DEFAULT_LISTEN,

@@ -79,6 +79,18 @@ class AccountRecord:
     suspended_at: datetime | None
 
 
+def credential_status(
+    revoked_at: datetime | None, expires_at: datetime | None, now: datetime
+) -> ApiKeyStatus:
+    """An authtoken's or API key's status at ``now``; revocation wins over expiry (it was
+    a deliberate act)."""
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    return "active"
+
+
 @dataclass(frozen=True)
 class ApiKeyRecord:
     """What the store knows about an API key, minus anything secret."""
@@ -94,12 +106,7 @@ class ApiKeyRecord:
     last_used_addr: str | None
 
     def status_at(self, now: datetime) -> ApiKeyStatus:
-        """Status at a given time; revocation wins over expiry (it was a deliberate act)."""
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= now:
-            return "expired"
-        return "active"
+        return credential_status(self.revoked_at, self.expires_at, now)
 
     @property
     def status(self) -> ApiKeyStatus:

@@ -7,9 +7,10 @@ itself. Remote (:class:`RemoteControl`): the store and the pepper live in a sepa
 
 Either way the edge's once-a-second credential watch asks :meth:`inactive_tokens` about
 its live sessions, so a revoked token or a suspended account ends its sessions within 2 s.
-When a remote control plane cannot be reached, the edge keeps its live sessions (it has
-no news that any credential ended) and refuses new agents (it cannot verify them): the
-staleness of what it serves is bounded by the outage, and each failed check is logged.
+Answers about reservations are reused for up to ``RESERVATION_TTL`` (1 s); credentials
+are asked about every second and never cached. When a remote control plane cannot be
+reached, the edge keeps its live sessions (it has no news that any credential ended) and
+refuses new agents (it cannot verify them), and says so once per outage.
 Audit events from a remote edge are queued and sent in batches, off the event loop;
 past ``MAX_QUEUED_EVENTS`` unsent events, the oldest are dropped and counted.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Collection, Mapping
 from datetime import datetime
@@ -29,6 +31,12 @@ from relay.errors import AuthError, ControlUnavailable, RelayError
 
 log = logging.getLogger("relay.control.for_edge")
 
+#: How long a remote edge reuses an answer about reservations: every bind asks, and a
+#: burst of reconnecting agents would otherwise ask the control plane once per endpoint.
+#: A reservation made or released takes effect on the next bind after this at most.
+RESERVATION_TTL = 1.0
+#: Reservation answers kept at most (the cache is emptied when full).
+MAX_CACHED_OWNERS = 10_000
 #: Audit events a remote edge keeps while its control plane does not take them.
 MAX_QUEUED_EVENTS = 10_000
 #: Events sent in one request.
@@ -115,6 +123,8 @@ class RemoteControl:
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self.reachable = True
+        self._owners: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._ports: tuple[float, set[int]] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sender = loop.create_task(self._send_events())
@@ -143,13 +153,26 @@ class RemoteControl:
         return {str(k): str(v) for k, v in answer["inactive"].items()}
 
     async def reservation_owner(self, kind: str, name: str | int) -> str | None:
+        key = (kind, str(name))
+        now = time.monotonic()
+        cached = self._owners.get(key)
+        if cached is not None and now - cached[0] < RESERVATION_TTL:
+            return cached[1]
         answer = await self._post("/edge/reservation_owner", {"kind": kind, "name": str(name)})
-        owner = answer["account_id"]
-        return str(owner) if owner is not None else None
+        owner = str(answer["account_id"]) if answer["account_id"] is not None else None
+        if len(self._owners) >= MAX_CACHED_OWNERS:
+            self._owners.clear()
+        self._owners[key] = (now, owner)
+        return owner
 
     async def reserved_ports(self) -> set[int]:
+        now = time.monotonic()
+        if self._ports is not None and now - self._ports[0] < RESERVATION_TTL:
+            return self._ports[1]
         answer = await self._post("/edge/reserved_ports", {})
-        return {int(p) for p in answer["ports"]}
+        ports = {int(p) for p in answer["ports"]}
+        self._ports = (now, ports)
+        return ports
 
     def audit(
         self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None

@@ -117,12 +117,7 @@ class TokenRecord:
     last_used_addr: str | None
 
     def status_at(self, now: datetime) -> TokenStatus:
-        """Status at a given time; revocation wins over expiry (it was a deliberate act)."""
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= now:
-            return "expired"
-        return "active"
+        return accounts.credential_status(self.revoked_at, self.expires_at, now)
 
     @property
     def status(self) -> TokenStatus:

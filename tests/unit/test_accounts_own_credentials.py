@@ -6,15 +6,13 @@ only to a caller with the right secret. On SQLite and on a real PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from relay.control.store import AccountRecord, Store
-from relay.control.tokens import load_or_create_pepper, parse_token
+from relay.control.tokens import parse_token
 from relay.errors import (
     AccountSuspended,
     AuthError,
@@ -26,33 +24,9 @@ from relay.errors import (
     RevokedToken,
     error_from_code,
 )
+from tests.store_clock import FakeClock
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def pepper(tmp_path: Path) -> bytes:
-    return load_or_create_pepper(tmp_path)
-
-
-@pytest.fixture
-def store(database_url: str, clock: FakeClock) -> Iterator[Store]:
-    s = Store.open(database_url, clock=clock)
-    yield s
-    s.close()
 
 
 def actions(store: Store) -> list[tuple[str, str, str, dict[str, object]]]:

@@ -6,7 +6,6 @@ real PostgreSQL; the parser is fuzzed with Hypothesis."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ import relay.control.tokens as tokens_mod
 from relay.control.scopes import SCOPE_MEANINGS, SCOPES, grants, validate_scopes
 from relay.control.store import AccountRecord, ApiKeyRecord, Store
 from relay.control.tables import api_keys_table
-from relay.control.tokens import generate_api_key, load_or_create_pepper, parse_api_key
+from relay.control.tokens import generate_api_key, parse_api_key
 from relay.errors import (
     AccountSuspended,
     AuthError,
@@ -32,33 +31,9 @@ from relay.errors import (
     RevokedApiKey,
 )
 from tests import postgres
+from tests.store_clock import FakeClock
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def pepper(tmp_path: Path) -> bytes:
-    return load_or_create_pepper(tmp_path)
-
-
-@pytest.fixture
-def store(database_url: str, clock: FakeClock) -> Iterator[Store]:
-    s = Store.open(database_url, clock=clock)
-    yield s
-    s.close()
 
 
 @pytest.fixture

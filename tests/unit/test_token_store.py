@@ -31,36 +31,9 @@ from relay.errors import (
     error_from_code,
 )
 from tests import postgres
+from tests.store_clock import FakeClock
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def pepper(tmp_path: Path) -> bytes:
-    return load_or_create_pepper(tmp_path)
-
-
-@pytest.fixture
-def store(database_url: str, clock: FakeClock) -> Iterator[Store]:
-    s = Store.open(database_url, clock=clock)
-    yield s
-    s.close()
 
 
 # -- create / list -----------------------------------------------------------------------

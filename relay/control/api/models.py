@@ -65,13 +65,13 @@ class AccountCreate(Strict):
 # -- credentials (authtokens) and API keys -------------------------------------------------
 
 
-class Credential(BaseModel):
-    """An authtoken: what an agent presents to the edge."""
+class _Secret(BaseModel):
+    """What authtokens and API keys share: an owner, a life, and where they were last used
+    (never the secret: only its salted hash is stored)."""
 
     id: str
     account_id: str
     description: str
-    bind_acl: list[str]
     status: Literal["active", "revoked", "expired"]
     created_at: datetime
     expires_at: datetime | None
@@ -79,20 +79,29 @@ class Credential(BaseModel):
     last_used_at: datetime | None
     last_used_addr: str | None
 
+    @staticmethod
+    def _common(r: TokenRecord | ApiKeyRecord) -> dict[str, Any]:
+        return {
+            "id": r.id,
+            "account_id": r.account_id,
+            "description": r.description,
+            "status": r.status,
+            "created_at": r.created_at,
+            "expires_at": r.expires_at,
+            "revoked_at": r.revoked_at,
+            "last_used_at": r.last_used_at,
+            "last_used_addr": r.last_used_addr,
+        }
+
+
+class Credential(_Secret):
+    """An authtoken: what an agent presents to the edge."""
+
+    bind_acl: list[str]
+
     @classmethod
     def of(cls, r: TokenRecord) -> Credential:
-        return cls(
-            id=r.id,
-            account_id=r.account_id,
-            description=r.description,
-            bind_acl=list(r.bind_acl),
-            status=r.status,
-            created_at=r.created_at,
-            expires_at=r.expires_at,
-            revoked_at=r.revoked_at,
-            last_used_at=r.last_used_at,
-            last_used_addr=r.last_used_addr,
-        )
+        return cls(**cls._common(r), bind_acl=list(r.bind_acl))
 
 
 class CredentialCreated(Credential):
@@ -106,32 +115,14 @@ class CredentialCreate(Strict):
     bind_acl: list[str] | None = Field(None, max_length=64)
 
 
-class ApiKey(BaseModel):
-    id: str
-    account_id: str
-    description: str
+class ApiKey(_Secret):
+    """A key for this API, with the scopes it grants."""
+
     scopes: list[str]
-    status: Literal["active", "revoked", "expired"]
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-    last_used_addr: str | None
 
     @classmethod
     def of(cls, r: ApiKeyRecord) -> ApiKey:
-        return cls(
-            id=r.id,
-            account_id=r.account_id,
-            description=r.description,
-            scopes=list(r.scopes),
-            status=r.status,
-            created_at=r.created_at,
-            expires_at=r.expires_at,
-            revoked_at=r.revoked_at,
-            last_used_at=r.last_used_at,
-            last_used_addr=r.last_used_addr,
-        )
+        return cls(**cls._common(r), scopes=list(r.scopes))
 
 
 class ApiKeyCreated(ApiKey):
