@@ -168,6 +168,24 @@ def test_create_token_rejects_bad_arguments(
 # -- verify ------------------------------------------------------------------------------
 
 
+def test_last_used_is_written_again_only_when_a_minute_old_or_from_another_address(
+    store: Store, pepper: bytes, clock: FakeClock
+) -> None:
+    record, plaintext = store.create_token(pepper=pepper)
+    store.verify_token(plaintext, pepper=pepper, address="192.0.2.1")
+    clock.advance(timedelta(seconds=59))
+    store.verify_token(plaintext, pepper=pepper, address="192.0.2.1")  # kept: a minute's precision
+    assert store.get_token(record.id).last_used_at == T0
+    store.verify_token(plaintext, pepper=pepper, address="192.0.2.2")  # another address: written
+    got = store.get_token(record.id)
+    assert (got.last_used_at, got.last_used_addr) == (T0 + timedelta(seconds=59), "192.0.2.2")
+    clock.advance(timedelta(seconds=60))
+    assert store.verify_token(plaintext, pepper=pepper, address="192.0.2.2").last_used_at == (
+        T0 + timedelta(seconds=119)
+    )
+    assert store.get_token(record.id).last_used_at == T0 + timedelta(seconds=119)
+
+
 def test_verify_updates_last_used_at(store: Store, pepper: bytes, clock: FakeClock) -> None:
     record, plaintext = store.create_token(pepper=pepper)
     clock.advance(timedelta(minutes=5))
