@@ -14,22 +14,37 @@ it is never a command-line argument (those show in ``ps`` and shell history).
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import secrets
 import sys
-import unicodedata
-import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from relay.api_client import ApiClient, check_base_url
+from relay.cli_api import (
+    ACCOUNT_OPTION,
+    DEFAULT_API,
+    PAGE,
+    Login,
+    api_options,
+    cell,
+    client_for,
+    expiry_from,
+    fail,
+    listed,
+    load_login,
+    login_path,
+    minute,
+    print_fields,
+    print_json,
+    print_table,
+    reported,
+    save_login,
+    segment,
+)
 from relay.cli_options import data_dir_option, store_option
 from relay.control.scopes import SCOPES
 from relay.errors import (
@@ -41,205 +56,9 @@ from relay.errors import (
     error_from_code,
 )
 
-__all__ = ["Login", "config_dir", "load_login", "login_path", "register", "save_login"]
+__all__ = ["register"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The edge's admin listener by default (``relay edge --admin-listen``).
-DEFAULT_API = "http://127.0.0.1:9190"
-#: Items asked for per page: the API's most (relay/control/api/models.py, MAX_PAGE).
-PAGE = 500
-LOGIN_FILE = "login.json"
-
-
-# -- the login file ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Login:
-    api: str
-    key: str
-
-    def __repr__(self) -> str:
-        return f"Login(api={self.api!r})"  # never the key
-
-
-def config_dir() -> Path:
-    """``$RELAY_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/relay``, else ``~/.config/relay``."""
-    env = os.environ.get("RELAY_CONFIG_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "relay"
-
-
-def login_path() -> Path:
-    return config_dir() / LOGIN_FILE
-
-
-def save_login(path: Path, login: Login) -> None:
-    """Write ``{"api", "key"}`` owner-only (directory 0700, file 0600), complete or not at
-    all: a temporary file, fsynced, renamed over the old one."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.parent.stat().st_mode & 0o077:
-            os.chmod(path.parent, 0o700)  # it holds a key; nobody else lists or reads it
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)  # the umask can only remove bits; be explicit
-                json.dump({"api": login.api, "key": login.key}, f)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise DataDirError(f"cannot write the login file {path}: {exc.strerror or exc}") from None
-
-
-def load_login(path: Path) -> Login | None:
-    """The saved login, or None when there is none. A login file that others may read is
-    refused, not used: its key may be in other hands already."""
-    from relay.secret_files import read_owner_only_file
-
-    if not os.path.lexists(path):
-        return None
-    raw = read_owner_only_file(path)
-    try:
-        data = json.loads(raw)
-        login = Login(api=str(data["api"]), key=str(data["key"]))
-    except (ValueError, TypeError, KeyError):
-        raise ConfigError(
-            f"{path} is not a relay login file: run `relay login --api URL` again"
-        ) from None
-    return login
-
-
-def client_for(api: str | None) -> ApiClient:
-    """The client a resource command uses: the key from ``RELAY_API_KEY`` or the login
-    file; the URL from ``--api``/``RELAY_API``, else the login's, else the local edge's."""
-    env_key = os.environ.get("RELAY_API_KEY", "").strip()
-    if env_key and api is not None:
-        return ApiClient(api, env_key)  # the login file is not needed, nor read
-    login = load_login(login_path())
-    if env_key:
-        return ApiClient(login.api if login else DEFAULT_API, env_key)
-    if login is None:
-        raise ConfigError("not logged in: run `relay login --api URL` first (or set RELAY_API_KEY)")
-    if api is not None and check_base_url(api) != check_base_url(login.api):
-        # The saved key is for another server: sending it here would hand it over.
-        raise ConfigError(
-            f"the saved login is for {login.api}, not {api}: run `relay login --api {api}` "
-            "(or set RELAY_API_KEY)"
-        )
-    return ApiClient(login.api, login.key)
-
-
-# -- shared plumbing -----------------------------------------------------------------------
-
-
-def _fail(err: RelayError) -> NoReturn:
-    from relay.cli import fail  # see the module's docstring: relay.cli imports this one
-
-    fail(err)
-
-
-def _reported(func: F) -> F:
-    """A RelayError becomes ``error RLY_xxx: …`` and the exit status relay.cli gives it."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RelayError as err:
-            _fail(err)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _api_options(func: F) -> F:
-    """``--api`` and ``-o/--output``, which every resource command takes."""
-    func = click.option(
-        "-o",
-        "--output",
-        type=click.Choice(["text", "json"]),
-        default="text",
-        help="A table for people, or the API's objects as JSON for scripts.",
-    )(func)
-    return click.option(
-        "--api",
-        default=None,
-        envvar="RELAY_API",
-        metavar="URL",
-        show_default=False,
-        help="The control plane: the edge's admin listener, e.g. http://127.0.0.1:9190 "
-        "(env RELAY_API). Default: the URL of `relay login`.",
-    )(func)
-
-
-def _segment(value: str) -> str:
-    """An id as one path segment: ``../`` or ``?`` in it must not reach another route."""
-    return urllib.parse.quote(value, safe="")
-
-
-def _cell(value: Any) -> str:
-    """A value for a terminal: ``-`` for none, lists joined, no control characters."""
-    if value is None or value == "" or value == []:
-        return "-"
-    if isinstance(value, list | tuple):
-        text = ",".join(str(v) for v in value)
-    elif isinstance(value, dict):
-        text = json.dumps(value, separators=(",", ":"), sort_keys=True)
-    else:
-        text = str(value)
-    return "".join("?" if unicodedata.category(ch).startswith("C") else ch for ch in text)
-
-
-def _minute(value: Any) -> str:
-    """``2026-12-02 23:41`` (as the API says it, UTC) for a table; ``-`` for none."""
-    return value[:16].replace("T", " ") if isinstance(value, str) and value else "-"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """Aligned columns; the last one (often free text) is not padded."""
-    cells = [list(headers), *([_cell(c) for c in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
-    for row in cells:
-        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*padded, row[-1]]).rstrip())
-
-
-def _fields(obj: Mapping[str, Any], names: Sequence[str]) -> None:
-    """One object, a ``name  value`` line per field."""
-    width = max(len(n) for n in names)
-    for name in names:
-        value = obj.get(name)
-        shown = _minute(value) if name.endswith("_at") else _cell(value)
-        click.echo(f"{name.ljust(width)}  {shown}")
-
-
-def _json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2))
-
-
-def _listed(client: ApiClient, path: str, params: Mapping[str, Any] | None = None) -> list[Any]:
-    return list(client.items(path, {"limit": PAGE, **(params or {})}))
-
-
-def _expires_at(expires_in: str | None) -> str | None:
-    from relay.cli import parse_duration
-
-    if not expires_in:
-        return None
-    return (datetime.now(UTC) + parse_duration(expires_in)).isoformat()
 
 
 # -- login and logout ----------------------------------------------------------------------
@@ -260,7 +79,7 @@ def _expires_at(expires_in: str | None) -> str | None:
     help="Read the API key from this file ('-': standard input). Otherwise RELAY_API_KEY, "
     "or you are asked for it (hidden).",
 )
-@_reported
+@reported
 def login(api: str, key_file: Path | None) -> None:
     """Check an API key against the control plane and save it for the other commands.
 
@@ -303,7 +122,7 @@ def _read_key(key_file: Path | None) -> str:
 
 
 @click.command()
-@_reported
+@reported
 def logout() -> None:
     """Forget the saved API key (the key itself stays valid until it is revoked)."""
     path = login_path()
@@ -338,32 +157,32 @@ def accounts() -> None:
 def _account_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
     for a in items:
         row = [a.get("id"), a.get("name"), a.get("role"), a.get("status")]
-        yield [*map(_cell, row), _minute(a.get("created_at"))]
+        yield [*map(cell, row), minute(a.get("created_at"))]
 
 
 @accounts.command("list")
-@_api_options
-@_reported
+@api_options
+@reported
 def accounts_list(api: str | None, output: str) -> None:
     """List accounts (a member's key: its own)."""
-    items = _listed(client_for(api), "/accounts")
+    items = listed(client_for(api), "/accounts")
     if output == "json":
-        _json(items)
+        print_json(items)
         return
-    _table(["ID", "NAME", "ROLE", "STATUS", "CREATED"], _account_rows(items))
+    print_table(["ID", "NAME", "ROLE", "STATUS", "CREATED"], _account_rows(items))
 
 
 @accounts.command("show")
 @click.argument("account_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def accounts_show(account_id: str, api: str | None, output: str) -> None:
     """Show one account."""
-    account = client_for(api).get(f"/accounts/{_segment(account_id)}")
+    account = client_for(api).get(f"/accounts/{segment(account_id)}")
     if output == "json":
-        _json(account)
+        print_json(account)
     else:
-        _fields(account, ACCOUNT_FIELDS)
+        print_fields(account, ACCOUNT_FIELDS)
 
 
 @accounts.command("create")
@@ -374,37 +193,37 @@ def accounts_show(account_id: str, api: str | None, output: str) -> None:
     default="member",
     help="A member's keys reach its own account; an operator's reach every account.",
 )
-@_api_options
-@_reported
+@api_options
+@reported
 def accounts_create(name: str, role: str, api: str | None, output: str) -> None:
     """Create an account NAME (a-z, 0-9 and -, like a DNS label)."""
     account = client_for(api).post("/accounts", json={"name": name, "role": role})
     if output == "json":
-        _json(account)
+        print_json(account)
         return
     click.echo(
-        f"account {_cell(account.get('id'))} created: {_cell(account.get('name'))} "
-        f"({_cell(account.get('role'))})"
+        f"account {cell(account.get('id'))} created: {cell(account.get('name'))} "
+        f"({cell(account.get('role'))})"
     )
 
 
 def _set_status(account_id: str, verb: str, api: str | None, output: str) -> None:
-    account = client_for(api).post(f"/accounts/{_segment(account_id)}/{verb}")
+    account = client_for(api).post(f"/accounts/{segment(account_id)}/{verb}")
     if output == "json":
-        _json(account)
+        print_json(account)
     elif verb == "suspend":
         click.echo(
-            f"account {_cell(account.get('id'))} suspended: its agents' sessions end within "
+            f"account {cell(account.get('id'))} suspended: its agents' sessions end within "
             "2 s, its credentials and API keys are refused until it is resumed"
         )
     else:
-        click.echo(f"account {_cell(account.get('id'))} resumed")
+        click.echo(f"account {cell(account.get('id'))} resumed")
 
 
 @accounts.command("suspend")
 @click.argument("account_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def accounts_suspend(account_id: str, api: str | None, output: str) -> None:
     """Suspend an account: its agents are disconnected, its credentials refused."""
     _set_status(account_id, "suspend", api, output)
@@ -412,23 +231,14 @@ def accounts_suspend(account_id: str, api: str | None, output: str) -> None:
 
 @accounts.command("resume")
 @click.argument("account_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def accounts_resume(account_id: str, api: str | None, output: str) -> None:
     """Resume a suspended account: its credentials work again."""
     _set_status(account_id, "resume", api, output)
 
 
 # -- credentials (authtokens) --------------------------------------------------------------
-
-ACCOUNT_OPTION = click.option(
-    "--account",
-    "account_id",
-    default=None,
-    metavar="ID",
-    show_default=False,
-    help="The account (acc_…). Default: the API key's own.",
-)
 
 
 @click.group()
@@ -439,28 +249,28 @@ def credentials() -> None:
 def _credential_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
     for c in items:
         yield [
-            _cell(c.get("id")),
-            _cell(c.get("account_id")),
-            _cell(c.get("status")),
-            _minute(c.get("created_at")),
-            _minute(c.get("expires_at")),
-            _minute(c.get("last_used_at")),
-            _cell(c.get("bind_acl")),
-            _cell(c.get("description")),
+            cell(c.get("id")),
+            cell(c.get("account_id")),
+            cell(c.get("status")),
+            minute(c.get("created_at")),
+            minute(c.get("expires_at")),
+            minute(c.get("last_used_at")),
+            cell(c.get("bind_acl")),
+            cell(c.get("description")),
         ]
 
 
 @credentials.command("list")
 @ACCOUNT_OPTION
-@_api_options
-@_reported
+@api_options
+@reported
 def credentials_list(account_id: str | None, api: str | None, output: str) -> None:
     """List authtokens (metadata only: secrets are never stored)."""
-    items = _listed(client_for(api), "/credentials", {"account_id": account_id})
+    items = listed(client_for(api), "/credentials", {"account_id": account_id})
     if output == "json":
-        _json(items)
+        print_json(items)
         return
-    _table(
+    print_table(
         ["ID", "ACCOUNT", "STATUS", "CREATED", "EXPIRES", "LAST USED", "ALLOW", "DESCRIPTION"],
         _credential_rows(items),
     )
@@ -477,8 +287,8 @@ def credentials_list(account_id: str | None, api: str | None, output: str) -> No
     help="Bind ACL pattern (repeatable), as for `relay token create`: '*', "
     "'tcp:20000-20100', 'app.example.com', '*.example.com'. Default '*'.",
 )
-@_api_options
-@_reported
+@api_options
+@reported
 def credentials_create(
     account_id: str | None,
     description: str,
@@ -491,32 +301,32 @@ def credentials_create(
     body = {
         "account_id": account_id,
         "description": description,
-        "expires_at": _expires_at(expires_in),
+        "expires_at": expiry_from(expires_in),
         "bind_acl": list(allow) or None,
     }
     created = client_for(api).post("/credentials", json=body)
     if output == "json":
-        _json(created)
+        print_json(created)
         return
     click.echo(
-        f"authtoken {_cell(created.get('id'))} created for account "
-        f"{_cell(created.get('account_id'))}; it is shown only now:",
+        f"authtoken {cell(created.get('id'))} created for account "
+        f"{cell(created.get('account_id'))}; it is shown only now:",
         err=True,
     )
-    click.echo(_cell(created.get("token")))
+    click.echo(cell(created.get("token")))
 
 
 @credentials.command("revoke")
 @click.argument("credential_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def credentials_revoke(credential_id: str, api: str | None, output: str) -> None:
     """Revoke an authtoken: its agents' sessions end within 2 s."""
-    revoked = client_for(api).delete(f"/credentials/{_segment(credential_id)}")
+    revoked = client_for(api).delete(f"/credentials/{segment(credential_id)}")
     if output == "json":
-        _json(revoked)
+        print_json(revoked)
         return
-    click.echo(f"authtoken {_cell(revoked.get('id'))} revoked; its agents' sessions end within 2 s")
+    click.echo(f"authtoken {cell(revoked.get('id'))} revoked; its agents' sessions end within 2 s")
 
 
 # -- API keys ------------------------------------------------------------------------------
@@ -536,28 +346,28 @@ def api_keys() -> None:
 def _api_key_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
     for k in items:
         yield [
-            _cell(k.get("id")),
-            _cell(k.get("account_id")),
-            _cell(k.get("status")),
-            _minute(k.get("created_at")),
-            _minute(k.get("expires_at")),
-            _minute(k.get("last_used_at")),
-            _cell(k.get("scopes")),
-            _cell(k.get("description")),
+            cell(k.get("id")),
+            cell(k.get("account_id")),
+            cell(k.get("status")),
+            minute(k.get("created_at")),
+            minute(k.get("expires_at")),
+            minute(k.get("last_used_at")),
+            cell(k.get("scopes")),
+            cell(k.get("description")),
         ]
 
 
 @api_keys.command("list")
 @ACCOUNT_OPTION
-@_api_options
-@_reported
+@api_options
+@reported
 def api_keys_list(account_id: str | None, api: str | None, output: str) -> None:
     """List API keys (metadata only: secrets are never stored)."""
-    items = _listed(client_for(api), "/api_keys", {"account_id": account_id})
+    items = listed(client_for(api), "/api_keys", {"account_id": account_id})
     if output == "json":
-        _json(items)
+        print_json(items)
         return
-    _table(
+    print_table(
         ["ID", "ACCOUNT", "STATUS", "CREATED", "EXPIRES", "LAST USED", "SCOPES", "DESCRIPTION"],
         _api_key_rows(items),
     )
@@ -575,8 +385,8 @@ def api_keys_list(account_id: str | None, api: str | None, output: str) -> None:
 @ACCOUNT_OPTION
 @click.option("--description", default="", help="What the key is for (shown in lists).")
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 12h or 90d. Default: none.")
-@_api_options
-@_reported
+@api_options
+@reported
 def api_keys_create(
     scopes: tuple[str, ...],
     account_id: str | None,
@@ -590,35 +400,35 @@ def api_keys_create(
         "account_id": account_id,
         "scopes": list(scopes),
         "description": description,
-        "expires_at": _expires_at(expires_in),
+        "expires_at": expiry_from(expires_in),
     }
     created = client_for(api).post("/api_keys", json=body)
     if output == "json":
-        _json(created)
+        print_json(created)
         return
     _print_key(created)
 
 
 def _print_key(created: Mapping[str, Any]) -> None:
     click.echo(
-        f"API key {_cell(created.get('id'))} ({_cell(created.get('scopes'))}) created for "
-        f"account {_cell(created.get('account_id'))}; it is shown only now:",
+        f"API key {cell(created.get('id'))} ({cell(created.get('scopes'))}) created for "
+        f"account {cell(created.get('account_id'))}; it is shown only now:",
         err=True,
     )
-    click.echo(_cell(created.get("key")))
+    click.echo(cell(created.get("key")))
 
 
 @api_keys.command("revoke")
 @click.argument("key_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def api_keys_revoke(key_id: str, api: str | None, output: str) -> None:
     """Revoke an API key: it is refused from now on."""
-    revoked = client_for(api).delete(f"/api_keys/{_segment(key_id)}")
+    revoked = client_for(api).delete(f"/api_keys/{segment(key_id)}")
     if output == "json":
-        _json(revoked)
+        print_json(revoked)
         return
-    click.echo(f"API key {_cell(revoked.get('id'))} revoked")
+    click.echo(f"API key {cell(revoked.get('id'))} revoked")
 
 
 @api_keys.command("bootstrap")
@@ -630,7 +440,7 @@ def api_keys_revoke(key_id: str, api: str | None, output: str) -> None:
     help="What the key is for (shown in lists).",
 )
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-@_reported
+@reported
 def api_keys_bootstrap(
     data_dir: Path | None, store_url: str | None, description: str, output: str
 ) -> None:
@@ -665,7 +475,7 @@ def api_keys_bootstrap(
         "key": key,
     }
     if output == "json":
-        _json(created)
+        print_json(created)
         return
     where = "the --store database" if store_url else str(directory / "relay.db")
     click.echo(f"in {where}, account {account.name} ({account.role}):", err=True)
@@ -685,58 +495,60 @@ def sessions() -> None:
 def _session_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
     for s in items:
         keys = ("id", "account_id", "credential_id", "peer", "region", "endpoints")
-        yield [_cell(s.get(k)) for k in keys]
+        yield [cell(s.get(k)) for k in keys]
 
 
 @sessions.command("list")
-@_api_options
-@_reported
+@api_options
+@reported
 def sessions_list(api: str | None, output: str) -> None:
     """List live agent sessions."""
-    items = _listed(client_for(api), "/tunnel_sessions")
+    items = listed(client_for(api), "/tunnel_sessions")
     if output == "json":
-        _json(items)
+        print_json(items)
         return
-    _table(["ID", "ACCOUNT", "CREDENTIAL", "PEER", "REGION", "ENDPOINTS"], _session_rows(items))
+    print_table(
+        ["ID", "ACCOUNT", "CREDENTIAL", "PEER", "REGION", "ENDPOINTS"], _session_rows(items)
+    )
 
 
 @sessions.command("show")
 @click.argument("session_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def sessions_show(session_id: str, api: str | None, output: str) -> None:
     """Show one live agent session."""
-    found = client_for(api).get(f"/tunnel_sessions/{_segment(session_id)}")
+    found = client_for(api).get(f"/tunnel_sessions/{segment(session_id)}")
     if output == "json":
-        _json(found)
+        print_json(found)
     else:
-        _fields(found, SESSION_FIELDS)
+        print_fields(found, SESSION_FIELDS)
 
 
 @sessions.command("stop")
 @click.argument("session_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def sessions_stop(session_id: str, api: str | None, output: str) -> None:
     """End a session; the agent is told not to reconnect."""
-    stopped = client_for(api).post(f"/tunnel_sessions/{_segment(session_id)}/stop")
+    stopped = client_for(api).post(f"/tunnel_sessions/{segment(session_id)}/stop")
     if output == "json":
-        _json(stopped)
+        print_json(stopped)
         return
-    click.echo(f"session {_cell(stopped.get('id'))} stopped; its agent was told not to reconnect")
+    click.echo(f"session {cell(stopped.get('id'))} stopped; its agent was told not to reconnect")
 
 
 @sessions.command("restart")
 @click.argument("session_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def sessions_restart(session_id: str, api: str | None, output: str) -> None:
     """Ask a session's agent to reconnect; it gets its endpoints back."""
-    found = client_for(api).post(f"/tunnel_sessions/{_segment(session_id)}/restart")
+    found = client_for(api).post(f"/tunnel_sessions/{segment(session_id)}/restart")
     if output == "json":
-        _json(found)
+        print_json(found)
         return
-    click.echo(f"session {_cell(found.get('id'))}: its agent was asked to reconnect")
+    click.echo(f"session {cell(found.get('id'))}: its agent was asked to reconnect")
 
 
 @click.group()
@@ -745,18 +557,18 @@ def endpoints() -> None:
 
 
 @endpoints.command("list")
-@_api_options
-@_reported
+@api_options
+@reported
 def endpoints_list(api: str | None, output: str) -> None:
     """List bound endpoints."""
-    items = _listed(client_for(api), "/endpoints")
+    items = listed(client_for(api), "/endpoints")
     if output == "json":
-        _json(items)
+        print_json(items)
         return
     keys = ("id", "kind", "url", "tunnel_session_id", "account_id")
-    _table(
+    print_table(
         ["ID", "KIND", "URL", "SESSION", "ACCOUNT"],
-        ([_cell(e.get(k)) for k in keys] for e in items),
+        ([cell(e.get(k)) for k in keys] for e in items),
     )
 
 
@@ -793,8 +605,8 @@ def _instant(value: str | None, name: str) -> str | None:
     metavar="N",
     help="At most N events (the oldest that match). Default: all.",
 )
-@_api_options
-@_reported
+@api_options
+@reported
 def audit_list(
     since: str | None,
     until: str | None,
@@ -818,18 +630,18 @@ def audit_list(
         if limit is not None and len(events) >= limit:
             break
     if output == "json":
-        _json(events)
+        print_json(events)
         return
-    _table(
+    print_table(
         ["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
         (
             [
-                _cell(e.get("seq")),
-                _cell(e.get("at"))[:19].replace("T", " "),
-                _cell(e.get("actor")),
-                _cell(e.get("action")),
-                _cell(e.get("target")),
-                _cell(e.get("detail")),
+                cell(e.get("seq")),
+                cell(e.get("at"))[:19].replace("T", " "),
+                cell(e.get("actor")),
+                cell(e.get("action")),
+                cell(e.get("target")),
+                cell(e.get("detail")),
             ]
             for e in events
         ),
@@ -837,8 +649,8 @@ def audit_list(
 
 
 @audit.command("verify")
-@_api_options
-@_reported
+@api_options
+@reported
 def audit_verify(api: str | None, output: str) -> None:
     """Check the whole hash chain: any edit, deletion or reordering is found.
 
@@ -848,7 +660,7 @@ def audit_verify(api: str | None, output: str) -> None:
     if not isinstance(result, dict):
         raise RelayError("the control plane answered the audit verification with a non-object")
     if output == "json":
-        _json(result)
+        print_json(result)
         if result.get("intact") is not True:
             sys.exit(1)
         return
@@ -856,14 +668,14 @@ def audit_verify(api: str | None, output: str) -> None:
         code = result.get("code")
         err = error_from_code(
             code if isinstance(code, str) else AuditChainBroken.code,
-            f"the audit chain is broken at seq {_cell(result.get('first_bad_seq'))}: "
-            f"{_cell(result.get('message'))} ({_cell(result.get('events'))} events before "
+            f"the audit chain is broken at seq {cell(result.get('first_bad_seq'))}: "
+            f"{cell(result.get('message'))} ({cell(result.get('events'))} events before "
             "it verify)",
         )
-        _fail(err)
+        fail(err)
     click.echo(
-        f"audit log intact: {_cell(result.get('events'))} events checked; head seq "
-        f"{_cell(result.get('head_seq'))}, hash {_cell(result.get('head_hash'))}"
+        f"audit log intact: {cell(result.get('events'))} events checked; head seq "
+        f"{cell(result.get('head_seq'))}, hash {cell(result.get('head_hash'))}"
     )
     click.echo(
         "keep the head hash elsewhere: a log cut at its tail is only found against a head "

@@ -1,6 +1,6 @@
 """The CLI of reserved names: ``relay domains list|reserve|release`` and ``relay addrs
 list|reserve|release``, each a call or two through the control plane's REST API, built
-as relay/cli_control.py's commands are (its helpers, imported).
+as relay/cli_control.py's commands are (with the helpers of relay/cli_api.py).
 
 relay/cli.py imports this module at its end to register the commands, so (as
 cli_control) it imports relay/cli.py only inside functions, never at load time.
@@ -13,18 +13,18 @@ from typing import Any
 
 import click
 
-from relay.cli_control import (
+from relay.cli_api import (
     ACCOUNT_OPTION,
-    _api_options,
-    _cell,
-    _fields,
-    _json,
-    _listed,
-    _minute,
-    _reported,
-    _segment,
-    _table,
+    api_options,
+    cell,
     client_for,
+    listed,
+    minute,
+    print_fields,
+    print_json,
+    print_table,
+    reported,
+    segment,
 )
 
 __all__ = ["register"]
@@ -59,20 +59,22 @@ def domains() -> None:
 def _domain_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
     for d in items:
         keys = ("id", "domain", "account_id", "certificate_mode", "region")
-        yield [*(_cell(d.get(k)) for k in keys), _minute(d.get("created_at"))]
+        yield [*(cell(d.get(k)) for k in keys), minute(d.get("created_at"))]
 
 
 @domains.command("list")
 @ACCOUNT_OPTION
-@_api_options
-@_reported
+@api_options
+@reported
 def domains_list(account_id: str | None, api: str | None, output: str) -> None:
     """List reserved domains (a member's key: its own account's)."""
-    items = _listed(client_for(api), "/reserved_domains", {"account_id": account_id})
+    items = listed(client_for(api), "/reserved_domains", {"account_id": account_id})
     if output == "json":
-        _json(items)
+        print_json(items)
         return
-    _table(["ID", "DOMAIN", "ACCOUNT", "CERTIFICATE", "REGION", "CREATED"], _domain_rows(items))
+    print_table(
+        ["ID", "DOMAIN", "ACCOUNT", "CERTIFICATE", "REGION", "CREATED"], _domain_rows(items)
+    )
 
 
 @domains.command("reserve")
@@ -87,8 +89,8 @@ def domains_list(account_id: str | None, api: str | None, output: str) -> None:
     help="auto: the edge issues the certificate; manual: the operator supplies its files.",
 )
 @REGION_OPTION
-@_api_options
-@_reported
+@api_options
+@reported
 def domains_reserve(
     domain: str,
     account_id: str | None,
@@ -106,39 +108,39 @@ def domains_reserve(
     }
     made = client_for(api).post("/reserved_domains", json=body)
     if output == "json":
-        _json(made)
+        print_json(made)
         return
     click.echo(
-        f"domain {_cell(made.get('domain'))} reserved for account "
-        f"{_cell(made.get('account_id'))} as {_cell(made.get('id'))}"
+        f"domain {cell(made.get('domain'))} reserved for account "
+        f"{cell(made.get('account_id'))} as {cell(made.get('id'))}"
     )
 
 
 @domains.command("show")
 @click.argument("reservation_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def domains_show(reservation_id: str, api: str | None, output: str) -> None:
     """Show one reserved domain."""
-    found = client_for(api).get(f"/reserved_domains/{_segment(reservation_id)}")
+    found = client_for(api).get(f"/reserved_domains/{segment(reservation_id)}")
     if output == "json":
-        _json(found)
+        print_json(found)
     else:
-        _fields(found, DOMAIN_FIELDS)
+        print_fields(found, DOMAIN_FIELDS)
 
 
 @domains.command("release")
 @click.argument("reservation_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def domains_release(reservation_id: str, api: str | None, output: str) -> None:
     """Release a reserved domain (by its id, rd_…). Endpoints bound on it keep serving
     until their agent binds again."""
-    released = client_for(api).delete(f"/reserved_domains/{_segment(reservation_id)}")
+    released = client_for(api).delete(f"/reserved_domains/{segment(reservation_id)}")
     if output == "json":
-        _json(released)
+        print_json(released)
         return
-    click.echo(f"domain {_cell(released.get('domain'))} released ({_cell(released.get('id'))})")
+    click.echo(f"domain {cell(released.get('domain'))} released ({cell(released.get('id'))})")
 
 
 # -- TCP addresses -------------------------------------------------------------------------
@@ -159,28 +161,28 @@ def addrs() -> None:
 def _addr_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
     for a in items:
         keys = ("id", "port", "account_id", "region")
-        yield [*(_cell(a.get(k)) for k in keys), _minute(a.get("created_at"))]
+        yield [*(cell(a.get(k)) for k in keys), minute(a.get("created_at"))]
 
 
 @addrs.command("list")
 @ACCOUNT_OPTION
-@_api_options
-@_reported
+@api_options
+@reported
 def addrs_list(account_id: str | None, api: str | None, output: str) -> None:
     """List reserved TCP addresses (a member's key: its own account's)."""
-    items = _listed(client_for(api), "/reserved_addrs", {"account_id": account_id})
+    items = listed(client_for(api), "/reserved_addrs", {"account_id": account_id})
     if output == "json":
-        _json(items)
+        print_json(items)
         return
-    _table(["ID", "PORT", "ACCOUNT", "REGION", "CREATED"], _addr_rows(items))
+    print_table(["ID", "PORT", "ACCOUNT", "REGION", "CREATED"], _addr_rows(items))
 
 
 @addrs.command("reserve")
 @click.argument("port", type=click.IntRange(1, 65535))
 @ACCOUNT_OPTION
 @REGION_OPTION
-@_api_options
-@_reported
+@api_options
+@reported
 def addrs_reserve(
     port: int, account_id: str | None, region: str | None, api: str | None, output: str
 ) -> None:
@@ -188,38 +190,38 @@ def addrs_reserve(
     body = {"port": port, "account_id": account_id, "region": region}
     made = client_for(api).post("/reserved_addrs", json=body)
     if output == "json":
-        _json(made)
+        print_json(made)
         return
     click.echo(
-        f"tcp port {_cell(made.get('port'))} reserved for account "
-        f"{_cell(made.get('account_id'))} as {_cell(made.get('id'))}"
+        f"tcp port {cell(made.get('port'))} reserved for account "
+        f"{cell(made.get('account_id'))} as {cell(made.get('id'))}"
     )
 
 
 @addrs.command("show")
 @click.argument("reservation_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def addrs_show(reservation_id: str, api: str | None, output: str) -> None:
     """Show one reserved TCP address."""
-    found = client_for(api).get(f"/reserved_addrs/{_segment(reservation_id)}")
+    found = client_for(api).get(f"/reserved_addrs/{segment(reservation_id)}")
     if output == "json":
-        _json(found)
+        print_json(found)
     else:
-        _fields(found, ADDR_FIELDS)
+        print_fields(found, ADDR_FIELDS)
 
 
 @addrs.command("release")
 @click.argument("reservation_id")
-@_api_options
-@_reported
+@api_options
+@reported
 def addrs_release(reservation_id: str, api: str | None, output: str) -> None:
     """Release a reserved TCP address (by its id, ra_…)."""
-    released = client_for(api).delete(f"/reserved_addrs/{_segment(reservation_id)}")
+    released = client_for(api).delete(f"/reserved_addrs/{segment(reservation_id)}")
     if output == "json":
-        _json(released)
+        print_json(released)
         return
-    click.echo(f"tcp port {_cell(released.get('port'))} released ({_cell(released.get('id'))})")
+    click.echo(f"tcp port {cell(released.get('port'))} released ({cell(released.get('id'))})")
 
 
 def register(main: click.Group) -> None:
