@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Column, Connection, Select, select
@@ -77,6 +77,23 @@ class AccountRecord:
     status: AccountStatus
     created_at: datetime
     suspended_at: datetime | None
+
+
+#: A credential's "last used" time is kept to this precision: it is written again only
+#: when older than this, or when the address changed, so that an agent reconnecting in a
+#: loop or a script calling the API does not cost a database write (a disk sync) each time.
+LAST_USED_PRECISION = timedelta(seconds=60)
+
+
+def last_use_is_recorded(
+    last_used_at: datetime | None, last_used_addr: str | None, now: datetime, address: str | None
+) -> bool:
+    """Whether a use at ``now`` from ``address`` is already recorded closely enough."""
+    return (
+        last_used_at is not None
+        and last_used_addr == address
+        and timedelta(0) <= now - last_used_at < LAST_USED_PRECISION
+    )
 
 
 def credential_status(
@@ -402,7 +419,9 @@ def verify_api_key(
             detail={"reason": refused.reason},
         )
         return refused
-    assert account is not None
+    assert account is not None and row is not None
+    if last_use_is_recorded(row.last_used_at, row.last_used_addr, now, address):
+        return api_key_record(row._mapping), account
     conn.execute(
         api_keys_table.update()
         .where(api_keys_table.c.id == key_id)

@@ -23,7 +23,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
@@ -100,9 +100,6 @@ InactiveStatus = Literal["revoked", "expired", "suspended"]
 DEFAULT_BIND_ACL: tuple[str, ...] = ("*",)
 MAX_ACL_PATTERNS = 64
 _WRITE_RETRIES = 5
-#: A credential's "last used" time is kept to this precision: it is written again only
-#: when older than this, or when the address changed.
-LAST_USED_PRECISION = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -463,15 +460,7 @@ class Store:
                 )
                 return refused
             assert row is not None
-            used = row.last_used_at
-            if (
-                used is not None
-                and row.last_used_addr == address
-                and timedelta(0) <= now - used < LAST_USED_PRECISION
-            ):
-                # Recorded already, from the same address, moments ago: an agent
-                # reconnecting in a loop must not cost a database write (a disk sync)
-                # every time.
+            if accounts.last_use_is_recorded(row.last_used_at, row.last_used_addr, now, address):
                 return _record(row._mapping)
             conn.execute(
                 tokens_table.update()

@@ -299,6 +299,21 @@ def test_success_records_when_and_from_where(
     assert fails(store) == []  # a success is recorded on the key, not in the audit log
 
 
+def test_last_use_is_written_again_only_when_a_minute_old_or_from_another_address(
+    store: Store, member: AccountRecord, pepper: bytes, clock: FakeClock
+) -> None:
+    record, plaintext = store.create_api_key(member.id, scopes=["audit:read"], pepper=pepper)
+    store.verify_api_key(plaintext, pepper=pepper, address="198.51.100.4")
+    clock.advance(timedelta(seconds=59))
+    key, _ = store.verify_api_key(plaintext, pepper=pepper, address="198.51.100.4")
+    assert key.last_used_at == T0 == store.get_api_key(record.id).last_used_at
+    key, _ = store.verify_api_key(plaintext, pepper=pepper, address="198.51.100.5")
+    assert (key.last_used_at, key.last_used_addr) == (clock.now, "198.51.100.5")
+    clock.advance(timedelta(seconds=60))
+    key, _ = store.verify_api_key(plaintext, pepper=pepper, address="198.51.100.5")
+    assert key.last_used_at == clock.now == store.get_api_key(record.id).last_used_at
+
+
 def test_revocation_is_idempotent_and_revealed_only_to_the_secret_holder(
     store: Store, member: AccountRecord, pepper: bytes, clock: FakeClock
 ) -> None:
