@@ -63,12 +63,7 @@ class _Guard:
             f"api@{host}",
             "auth.block",
             "",
-            {
-                "source": source,
-                "failures": self.config.auth_failure_limit,
-                "window_s": self.config.auth_failure_window,
-                "block_s": self.config.auth_block_time,
-            },
+            self.guard.block_detail(source),
         )
 
 

@@ -80,6 +80,15 @@ class AuthGuard:
             raise ValueError("limit >= 0, window > 0 and block > 0")
         self.limit, self.window, self.block = limit, window, block
 
+    def block_detail(self, source: str) -> dict[str, object]:
+        """What the audit log records when ``source`` is blocked: the limits in force."""
+        return {
+            "source": source,
+            "failures": self.limit,
+            "window_s": float(self.window),
+            "block_s": float(self.block),
+        }
+
     def blocked_for(self, source: str) -> float:
         """Seconds ``source`` stays refused; 0.0 when it may try."""
         if not self.limit:

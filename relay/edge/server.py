@@ -254,12 +254,7 @@ class Edge:
             actor,
             "auth.block",
             "",
-            {
-                "source": source,
-                "failures": config.auth_failure_limit,
-                "window_s": config.auth_failure_window,
-                "block_s": config.auth_block_time,
-            },
+            self.auth_guard.block_detail(source),
         )
 
     def _agent_handshake(self, ok: bool) -> None:

@@ -4,7 +4,7 @@ stay right while items are added."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, TypeVar
 
 from fastapi import Query
@@ -20,6 +20,11 @@ Cursor = Annotated[
         max_length=64, pattern=r"^[A-Za-z0-9_]+$", description="`next_cursor` of the page before."
     ),
 ]
+
+
+def after(items: Iterable[T], cursor: str | None, id_of: Callable[[T], str]) -> list[T]:
+    """Items held in memory (the edge's live state), in id order, past ``cursor``."""
+    return [i for i in sorted(items, key=id_of) if cursor is None or id_of(i) > cursor]
 
 
 def cut(

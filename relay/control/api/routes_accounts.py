@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from relay.control.api.auth import Principal, plane_of, requires
 from relay.control.api.errors import ErrorBody
 from relay.control.api.models import Account, AccountCreate, Page
-from relay.control.api.paging import Cursor, Limit, cut
+from relay.control.api.paging import Cursor, Limit, after, cut
 from relay.errors import Conflict, NotFound
 
 router = APIRouter(
@@ -33,8 +33,7 @@ async def list_accounts(
     if principal.operator:
         fetched = store.list_accounts(after=cursor, limit=limit + 1)
     else:
-        own = principal.account
-        fetched = [own] if cursor is None or own.id > cursor else []
+        fetched = after([principal.account], cursor, lambda a: a.id)
     items, next_cursor = cut(fetched, limit, lambda a: a.id)
     return Page[Account](items=[Account.of(a) for a in items], next_cursor=next_cursor)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from relay.control.api.auth import Principal, plane_of, requires
 from relay.control.api.models import Certificate, Endpoint, Page, TunnelSession
-from relay.control.api.paging import Cursor, Limit, cut
+from relay.control.api.paging import Cursor, Limit, after, cut
 from relay.control.api.plane import LiveView, SessionView
 from relay.errors import NotFound
 
@@ -42,12 +42,8 @@ async def list_sessions(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("sessions:read")),  # noqa: B008
 ) -> Page[TunnelSession]:
-    live = sorted(
-        (s for s in _live(request).sessions() if principal.reaches(s.account_id)),
-        key=lambda s: s.id,
-    )
-    after = [s for s in live if cursor is None or s.id > cursor]
-    items, next_cursor = cut(after, limit, lambda s: s.id)
+    reached = (s for s in _live(request).sessions() if principal.reaches(s.account_id))
+    items, next_cursor = cut(after(reached, cursor, lambda s: s.id), limit, lambda s: s.id)
     return Page[TunnelSession](items=[_session(s) for s in items], next_cursor=next_cursor)
 
 
@@ -106,12 +102,8 @@ async def list_endpoints(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("endpoints:read")),  # noqa: B008
 ) -> Page[Endpoint]:
-    bound = sorted(
-        (e for e in _live(request).endpoints() if principal.reaches(e.account_id)),
-        key=lambda e: e.id,
-    )
-    after = [e for e in bound if cursor is None or e.id > cursor]
-    items, next_cursor = cut(after, limit, lambda e: e.id)
+    reached = (e for e in _live(request).endpoints() if principal.reaches(e.account_id))
+    items, next_cursor = cut(after(reached, cursor, lambda e: e.id), limit, lambda e: e.id)
     return Page[Endpoint](
         items=[
             Endpoint(
