@@ -96,6 +96,7 @@ cdef class Pump(Channel):
     cdef void _reset_stream(self)
     cdef void attribute_to(self, int slot)
     cdef void _count_open(self, bint timed)
+    cdef void _count_adopted(self)
     cdef void _count_close(self)
     cdef void _count_from_socket(self, Py_ssize_t length)
     cdef void _count_to_socket(self, Py_ssize_t length)

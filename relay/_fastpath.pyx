@@ -986,6 +986,17 @@ cdef class Pump(Channel):
         if timed:
             self._opened_at = self._started
 
+    cdef void _count_adopted(self):
+        # A visitor another worker accepted and handed over (relay/cluster/handoff.py):
+        # that worker counted it as opened, and the bytes it read; here it is live.
+        if self._counted:
+            return
+        self._counted = True
+        _live[self.kind] += 1
+        if self._slot:
+            _ep_live[self._slot] += 1
+        self._started = monotonic()
+
     cdef void _count_from_socket(self, Py_ssize_t length):
         _from_socket[self.kind] += length
         self._bytes_from += length

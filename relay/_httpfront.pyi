@@ -10,4 +10,10 @@ class HttpVisitor(Pump):
     host: str
     response_started: bool
     requests: int
-    def __init__(self, front: Any, scheme: str, tls_endpoint: str | None = None) -> None: ...
+    def __init__(
+        self,
+        front: Any,
+        scheme: str,
+        tls_endpoint: str | None = None,
+        handed_in: bytes | None = None,
+    ) -> None: ...

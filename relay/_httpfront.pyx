@@ -73,6 +73,10 @@ cdef enum:
 
 cdef bytearray _READ_BUFFER = bytearray(256 * 1024)
 cdef object _READ_VIEW = memoryview(_READ_BUFFER)
+# What a visitor that may still be handed to another worker reads at a time: what was
+# read before routing travels with it (relay/cluster/handoff.py bounds it).
+cdef Py_ssize_t UNROUTED_READ = 16 * 1024
+cdef object _UNROUTED_VIEW = _READ_VIEW[:UNROUTED_READ]
 
 
 class _LimitExceeded(Exception):
@@ -134,8 +138,14 @@ cdef class HttpVisitor(Pump):
     cdef list held
     # Statuses, bytes and durations of this connection's requests (metrics, access log).
     cdef Exchanges exchanges
+    # Workers (relay/cluster/): ``may_hand_off``: this connection may still go to the
+    # worker that holds its endpoint, so what it read before routing is kept in
+    # ``carried``; ``handed_in``: the bytes another worker read before handing it here.
+    cdef bint may_hand_off
+    cdef bytearray carried
+    cdef bytes handed_in
 
-    def __init__(self, front, str scheme, str tls_endpoint=None):
+    def __init__(self, front, str scheme, str tls_endpoint=None, bytes handed_in=None):
         # The stream does not exist yet: it is opened once the first head is routed.
         # ``tls_endpoint``: on the TLS port, the id of the endpoint the SNI selected; every
         # request on the connection must be for that endpoint.
@@ -157,6 +167,11 @@ cdef class HttpVisitor(Pump):
         self.max_body = front.max_body
         self.header_timeout = front.header_timeout
         self.idle_timeout = front.idle_timeout
+        self.handed_in = handed_in
+        self.may_hand_off = (handed_in is None and tls_endpoint is None
+                             and front.hand_off is not None)
+        if self.may_hand_off:
+            self.carried = bytearray()
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -169,9 +184,17 @@ cdef class HttpVisitor(Pump):
         self.head_started = loop.time()
         self.idle_since = self.head_started
         self.watchdog = loop.call_later(self._watch_period(), self._watch)
-        self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
+        if self.handed_in is None:
+            self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
+            return
+        self._count_adopted()
+        data = self.handed_in
+        self.handed_in = None
+        self._feed(data)
 
     def get_buffer(self, Py_ssize_t sizehint):
+        if self.may_hand_off and not self.routed:
+            return _UNROUTED_VIEW
         return _READ_VIEW
 
     def buffer_updated(self, Py_ssize_t nbytes):
@@ -183,6 +206,8 @@ cdef class HttpVisitor(Pump):
         if self.upgraded:
             self._send(data)
             return
+        if self.may_hand_off and not self.routed:
+            self.carried += data
         self._feed(data)
 
     cdef void _feed(self, object data):
@@ -254,6 +279,8 @@ cdef class HttpVisitor(Pump):
     def on_headers_complete(self):
         cdef bytes name, value, token, coding
         cdef bytes host = b""
+        if self.refusing:
+            return  # answered, handed over or closing: later pipelined heads go nowhere
         cdef bytes target = bytes(self.url)
         cdef int hosts = 0, content_lengths = 0
         cdef list codings = None
@@ -358,8 +385,12 @@ cdef class HttpVisitor(Pump):
             self._respond_local(challenge)
             return
         result = self.front.route(
-            hostname, url, self.scheme, self.transport, accept, self.tls_endpoint
+            hostname, url, self.scheme, self.transport, accept, self.tls_endpoint,
+            self.may_hand_off
         )
+        if result[0] == -2:
+            self._hand_off(result[1])
+            return
         if result[0] == -1:
             self._respond_local(result[1])
             return
@@ -377,10 +408,26 @@ cdef class HttpVisitor(Pump):
         self.host_rewrite = rewrite
         self.stream_header = header
         self.routed = True
+        self.carried = None
         self.exchanges = Exchanges(self.kind, hostname, self.peer_ip, slot)
         self.attribute_to(slot)
         (<Link>link).channels[self.stream_id] = self
         self._send(header)
+
+    cdef void _hand_off(self, object target):
+        """The endpoint is held by another worker: give it this connection's socket and
+        what was read so far. The visitor sees nothing of it."""
+        self.refusing = True
+        self.transport.pause_reading()
+        carried = bytes(self.carried)
+        self.carried = None
+        if self.front.hand_off(self.transport, carried, target):
+            self.finished = True
+            self.transport.abort()  # our descriptor only: the socket lives on over there
+            return
+        self._write_page(503, "RLY_611", "the agent serving this host cannot be reached")
+        self.finished = True
+        self.transport.close()
 
     cdef bytes _rewrite_head(self, bytes method, str version, bytes target, bytes host,
                              set connection_tokens):

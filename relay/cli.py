@@ -244,6 +244,12 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     default=None,
     help="Seconds live streams may take to finish on SIGTERM.",
 )
+@click.option(
+    "--workers",
+    default=None,
+    help="Edge processes, each on every listener (SO_REUSEPORT), under one supervisor; "
+    "'auto': one per core. Default 1.",
+)
 @click.pass_context
 def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Start an edge (PoP): accept agents over TLS and serve their endpoints.
@@ -252,6 +258,7 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     certificate; agents trust it with --ca-file DATA_DIR/ca/ca.pem or --pin.
     SIGTERM drains: no new visitors, GoAway to agents, live streams get --drain-timeout.
     """
+    from relay.cluster.place import WorkerPlace
     from relay.config import EdgeConfig, load_edge_config
     from relay.edge.server import Edge
     from relay.logs import use_format, use_level
@@ -264,7 +271,17 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
         config = load_edge_config(config_file, flags)
         use_level(config.log_level)  # the config file may ask for another level …
         use_format(config.log_format)  # … and for JSON
-        server = Edge(config)
+        place = WorkerPlace.from_env()
+        if place is None and config.workers > 1:
+            from relay.cli_workers import supervise
+
+            exit_code.append(await supervise(config, install_stop_handlers))
+            return
+        if place is not None:
+            from relay.cli_workers import name_worker_logs
+
+            name_worker_logs(place.index)
+        server = Edge(config, place)
         # Signals first: one that arrives while the edge starts must drain it (SIGTERM)
         # or wait for it (SIGHUP: it kills by default, and operators and logrotate send
         # it), never kill it half-started.
@@ -275,8 +292,11 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
         loop.add_signal_handler(signal.SIGHUP, hangup.set)
         await server.start()
         assert server.address is not None
-        for line in edge_banner(server):
-            click.echo(line, err=True)
+        if server.worker is not None:
+            server.worker.ready(edge_banner(server))  # the supervisor shows worker 0's
+        else:
+            for line in edge_banner(server):
+                click.echo(line, err=True)
         reloads = loop.create_task(
             _reload_on(hangup, lambda: server.reload_from(reload_config, source))
         )
@@ -288,7 +308,10 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     def reload_config() -> EdgeConfig:
         return load_edge_config(config_file, flags)  # the same file, the same flags on top
 
+    exit_code: list[int] = []
     run_async(serve)
+    if exit_code and exit_code[0]:
+        sys.exit(exit_code[0])  # a worker's, that could not start (it said why)
 
 
 def _given_log_level(ctx: click.Context) -> str | None:

@@ -31,6 +31,13 @@ def default_data_dir() -> Path:
     return Path(base) / "relay"
 
 
+#: At most this many worker processes (``workers``).
+MAX_WORKERS = 256
+#: The largest ``http_max_head`` with several workers (relay/cluster/handoff.py carries
+#: at most 160 KiB with a visitor: the head and one 16 KiB read past it, with room).
+MAX_HANDED_HEAD = 128 * 1024
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -96,6 +103,9 @@ class EdgeConfig:
     admin_listen: str = "127.0.0.1:9190"
     #: Endpoints (the first N names bound) with metric series of their own; 0: none.
     metrics_endpoint_labels: int = 0
+    #: Worker processes under one supervisor (relay/cluster/): "auto" in the file or on
+    #: the command line is one per core. 1 (the default) runs no supervisor.
+    workers: int = 1
     #: One line per request (http, https) and per connection (tcp, tls): "" off, "-"
     #: stderr, else a file appended to.
     access_log: str = ""
@@ -185,6 +195,10 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             "metrics_endpoint_labels",
         ):
             return int(value)
+        if name == "workers":
+            if str(value).strip().lower() == "auto":
+                return os.cpu_count() or 1
+            return int(value)
         if name == "log_level":
             return str(value).lower()
         if name == "https_redirect":
@@ -242,6 +256,14 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
         raise ConfigError(
             f"metrics_endpoint_labels must be 0..{MAX_ENDPOINT_SERIES}, "
             f"not {config.metrics_endpoint_labels}"
+        )
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be 1..{MAX_WORKERS} or auto, not {config.workers}")
+    if config.workers > 1 and config.http_max_head > MAX_HANDED_HEAD:
+        # What a worker read before routing travels with a handed-over visitor, bounded.
+        raise ConfigError(
+            f"http_max_head must be at most {MAX_HANDED_HEAD} with several workers, "
+            f"not {config.http_max_head}"
         )
     if config.control_url and config.control_key_file is None:
         raise ConfigError("control_url needs control_key_file: the edge's API key (scope edge)")
@@ -321,6 +343,7 @@ RESTART_KEYS = frozenset(
         "admin_listen",
         "metrics_endpoint_labels",
         "mux",
+        "workers",
     )
 )
 

@@ -295,6 +295,7 @@ async def serve_links(
     backlog: int = 1024,
     on_handshake: Callable[[bool], None] | None = None,
     admit: Callable[[Any], bool] | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
     """Listen for agent links on ``host:port``; each gets ``protocol_factory()`` once its
     TLS handshake is done. ``on_handshake(ok)`` hears of every handshake's outcome, and
@@ -308,6 +309,7 @@ async def serve_links(
             ssl=ssl_context,
             ssl_handshake_timeout=handshake_timeout,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=backlog,
         )
     infos = await loop.getaddrinfo(
@@ -319,6 +321,8 @@ async def serve_links(
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # one listener per worker (relay/cluster/): the kernel spreads
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

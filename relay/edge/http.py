@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.edge.routes import HostRoutes
+from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
 from relay.error_pages import render
 from relay.protocol import StreamHeader, StreamProtocol
@@ -26,12 +26,24 @@ ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 RouteResult = tuple[int, Any, Any, Any, int]
 
 
+class Elsewhere(Protocol):
+    """Workers (relay/edge/worker.py): the endpoints other workers of this edge hold."""
+
+    def http_holder(self, hostname: str) -> Any | None:
+        """Where a visitor for ``hostname`` goes when no endpoint here serves it live
+        (handed to :meth:`hand_off` as ``target``), or None."""
+
+    def hand_off(self, transport: Any, carried: bytes, target: Any) -> bool:
+        """Give the visitor's socket and the bytes read from it to ``target``'s worker;
+        False if that worker cannot take it."""
+
+
 class HttpFront:
     """Shared by every HttpVisitor of one listener (plain HTTP or terminated HTTPS)."""
 
     def __init__(
         self,
-        routes: HostRoutes,
+        routes: HostRoutes[HostEndpoint],
         *,
         loop: asyncio.AbstractEventLoop,
         max_head: int,
@@ -53,6 +65,14 @@ class HttpFront:
         self.acme_responder = acme_responder
         self.redirect_to_https = redirect_to_https
         self.metrics = metrics
+        #: Set on a worker's plain-HTTP front: other workers' endpoints.
+        self.elsewhere: Elsewhere | None = None
+        #: HttpVisitor keeps what it reads before routing only when this is set.
+        self.hand_off: Callable[[Any, bytes, Any], bool] | None = None
+
+    def serve_elsewhere(self, elsewhere: Elsewhere) -> None:
+        self.elsewhere = elsewhere
+        self.hand_off = elsewhere.hand_off
 
     def route(
         self,
@@ -62,10 +82,13 @@ class HttpFront:
         transport: Any,
         accept: str | None,
         tls_endpoint: str | None = None,
+        may_hand_off: bool = False,
     ) -> RouteResult:
         """(0, link, stream header, host rewrite, endpoint series slot) — or (status, code,
         message, None, 0) for an error page — or (-1, response bytes, None, None, 0) for a
-        local answer (redirect).
+        local answer (redirect) — or (-2, target, None, None, 0): hand the visitor to the
+        worker that holds its endpoint (only if ``may_hand_off``: a visitor already
+        handed over is served here, whatever happened meanwhile).
 
         ``tls_endpoint``: on the TLS port, the id of the endpoint the SNI selected (its
         certificate is the one the visitor checked). A Host of any other endpoint is
@@ -82,6 +105,10 @@ class HttpFront:
                 "RLY_630",
                 f"{hostname or 'this host'} is not the name this TLS connection is for",
             )
+        if may_hand_off and self.elsewhere is not None and not _live(endpoint):
+            target = self.elsewhere.http_holder(hostname)
+            if target is not None:
+                return (-2, target, None, None, 0)
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)
             if location is not None:
@@ -131,6 +158,10 @@ class HttpFront:
             b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
         )
+
+
+def _live(endpoint: Any) -> bool:
+    return endpoint is not None and endpoint.holder.session is not None
 
 
 def _redirect(location: str) -> bytes:

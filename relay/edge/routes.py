@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from relay.edge.registry import Holder
 
@@ -40,24 +41,35 @@ class HostEndpoint:
             self.orphan_timer = None
 
 
-class HostRoutes:
-    def __init__(self) -> None:
-        self._exact: dict[str, HostEndpoint] = {}
-        self._wildcards: dict[str, HostEndpoint] = {}  # suffix ".example.com" -> endpoint
+class _Named(Protocol):
+    @property
+    def hostname(self) -> str: ...
 
-    def add(self, endpoint: HostEndpoint) -> None:
+
+Routed = TypeVar("Routed", bound=_Named)
+
+
+class HostRoutes(Generic[Routed]):
+    """Names to what serves them: this process's endpoints, or (relay/edge/worker.py)
+    the names other workers hold."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, Routed] = {}
+        self._wildcards: dict[str, Routed] = {}  # suffix ".example.com" -> endpoint
+
+    def add(self, endpoint: Routed) -> None:
         if endpoint.hostname.startswith("*."):
             self._wildcards[endpoint.hostname[1:]] = endpoint
         else:
             self._exact[endpoint.hostname] = endpoint
 
-    def remove(self, endpoint: HostEndpoint) -> None:
+    def remove(self, endpoint: Routed) -> None:
         table = self._wildcards if endpoint.hostname.startswith("*.") else self._exact
         name = endpoint.hostname[1:] if endpoint.hostname.startswith("*.") else endpoint.hostname
         if table.get(name) is endpoint:
             del table[name]
 
-    def lookup(self, hostname: str) -> HostEndpoint | None:
+    def lookup(self, hostname: str) -> Routed | None:
         found = self._exact.get(hostname)
         if found is not None:
             return found

@@ -21,6 +21,7 @@ from relay.accepting import LimitWatch
 from relay.admin import AdminServer
 from relay.api_client import ApiClient
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
+from relay.cluster.place import WorkerPlace
 from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.api import ControlPlane, create_app
 from relay.control.for_edge import EdgeControl, LocalControl, RemoteControl
@@ -36,6 +37,7 @@ from relay.edge.registry import Holder, InMemoryRegistry
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.session import AgentSession
 from relay.edge.tcp import Refuse, TcpEndpoint
+from relay.edge.worker import EdgeWorker
 from relay.errors import (
     AccountSuspended,
     BindError,
@@ -109,6 +111,21 @@ def prepare_data_dir(data_dir: Path) -> None:
         raise DataDirError(f"cannot create data directory {data_dir}: {exc}") from None
 
 
+def prepare_shared_files(config: EdgeConfig) -> None:
+    """What the workers of one edge share, made once before they start (they only read
+    it): the data directory, the pepper and the database's schema (unless a control
+    plane elsewhere has them), the local CA and the agent-link certificate."""
+    prepare_data_dir(config.data_dir)
+    if not config.control_url:
+        load_or_create_pepper(config.data_dir)
+        open_store(config.data_dir, config.store).close()
+    if config.tls_cert is None or config.tls_key is None:
+        LocalCA.load_or_create(config.data_dir)
+        host, _ = config.listen_address()
+        names, ips = _certificate_names(host, config)
+        edge_certificate(config.data_dir, names, ips)
+
+
 @dataclass(frozen=True)
 class ReloadResult:
     """What a reload did: ``applied`` the live keys that changed, ``kept`` the changed keys
@@ -123,13 +140,15 @@ class ReloadResult:
 
 
 class Edge:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, worker: WorkerPlace | None = None) -> None:
+        """``worker``: this edge is one worker of several (relay/edge/worker.py)."""
         self.config = config
         self.sessions: set[AgentSession] = set()
         self.endpoints: dict[str, TcpEndpoint | HostEndpoint] = {}  # endpoint_id -> endpoint
         self.by_key: dict[str, TcpEndpoint | HostEndpoint] = {}
-        self.http_routes = HostRoutes()
-        self.sni_routes = HostRoutes()
+        self.http_routes: HostRoutes[HostEndpoint] = HostRoutes()
+        self.sni_routes: HostRoutes[HostEndpoint] = HostRoutes()
+        self.worker = EdgeWorker(self, worker) if worker is not None else None
         self.web: Any = None  # relay.edge.web.WebFronts once started
         self.registry = InMemoryRegistry()
         self.ports = PortAllocator(config.tcp_ports)
@@ -180,6 +199,8 @@ class Edge:
             cert_file, key_file = edge_certificate(config.data_dir, names, ips)
         self.fingerprint = fingerprint_sha256(_leaf_pem(cert_file.read_bytes()))
         ssl_ctx = server_context(cert_file, key_file)
+        if self.worker is not None:
+            self.worker.start(loop)
         try:
             self.server = await serve_links(
                 loop,
@@ -191,6 +212,7 @@ class Edge:
                 backlog=1024,
                 on_handshake=self._agent_handshake,
                 admit=self.admits_agent_from,
+                reuse_port=self.worker is not None,
             )
         except OSError as exc:
             raise ListenError.for_address(config.listen, "--listen", exc) from None
@@ -208,6 +230,10 @@ class Edge:
 
             self.web = WebFronts(self, cert_file, key_file)
             await self.web.start()
+            if self.worker is not None:
+                self.web.http.serve_elsewhere(self.worker)
+                if self.web.tls_front is not None:
+                    self.web.tls_front.elsewhere = self.worker
         self._credential_watch = loop.create_task(self._watch_credentials())
         if config.admin_listen:
             make_api: Callable[[], Any] | None = None
@@ -218,6 +244,8 @@ class Edge:
                 make_api = functools.partial(create_app, plane)
             self.admin = AdminServer(self.metrics, self.readiness, self.status, api=make_api)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
+            if self.worker is not None and admin_port:
+                admin_port += self.worker.index  # one admin listener per worker, in a row
             await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
         # libuv drops their visitors silently. Say so, once per episode.
@@ -323,6 +351,8 @@ class Edge:
             self.admin.close()
         if self.access_log is not None:
             self.access_log.close()
+        if self.worker is not None:
+            self.worker.close()
         if self.control is not None:
             await self.control.close()
 
@@ -444,6 +474,7 @@ class Edge:
             "role": "edge",
             "version": __version__,
             "region": self.config.region,
+            "worker": self.worker.index if self.worker is not None else None,
             "ready": ready,
             "why": why,
             "sessions": len(live),
@@ -459,6 +490,7 @@ class Edge:
                 }
                 for s in sorted(live, key=lambda s: s.session_id)
             ],
+            "workers": self.worker.status() if self.worker is not None else None,
             "endpoints": [
                 {
                     "url": e.url,
@@ -608,6 +640,13 @@ class Edge:
                     self.ports.reserve(candidate)
                 except PortUnavailable:
                     continue
+            try:
+                await self._claim(f"tcp:{candidate}", holder)
+            except EndpointAlreadyBound:
+                self.ports.release(candidate)
+                if candidate == port:
+                    raise
+                continue  # another worker's port: try the next
             endpoint = TcpEndpoint(
                 "ep_" + secrets.token_hex(6),
                 candidate,
@@ -617,9 +656,11 @@ class Edge:
             )
             endpoint.log_access = self.access_log is not None
             try:
-                await endpoint.listen(self.config.tcp_bind)
+                await endpoint.listen(self.config.tcp_bind, reuse_port=self.worker is not None)
             except OSError as exc:
                 self.ports.release(candidate)
+                if self.worker is not None:
+                    self.worker.release(endpoint.key)
                 last_error = exc
                 continue
             # Only now: a port that would not bind must not use up a series.
@@ -657,7 +698,10 @@ class Edge:
         if request.kind == "https":
             self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now, not never
         holder = Holder(session.token_id, session.agent_id, session)
-        existing = self.by_key.get(f"{family}:{hostname}")
+        key = f"{family}:{hostname}"
+        if key not in self.by_key:
+            await self._claim(key, holder)
+        existing = self.by_key.get(key)
         if existing is not None:
             if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
                 raise EndpointAlreadyBound(f"{hostname} is bound as another kind of endpoint")
@@ -685,6 +729,24 @@ class Edge:
         session.endpoints[endpoint.endpoint_id] = endpoint
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
+
+    async def _claim(self, key: str, holder: Holder) -> None:
+        """With several workers, a name or port is first claimed across them (the
+        supervisor's rules; EndpointAlreadyBound when another worker's agent has it)."""
+        if self.worker is not None:
+            await self.worker.claim(key, holder.token_id, holder.agent_id)
+
+    def drop_endpoint(self, key: str) -> None:
+        """The supervisor gave ``key`` to another worker (its agent reconnected there):
+        this worker's copy goes, without telling the supervisor again."""
+        endpoint = self.by_key.get(key)
+        if endpoint is None:
+            return
+        session = endpoint.holder.session
+        if session is not None:
+            session.endpoints.pop(endpoint.endpoint_id, None)
+        log.info("%s moved to another worker", endpoint.url)
+        self._remove(endpoint, tell_workers=False)
 
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         """The agent has its Bound reply (a new endpoint, or one taken back): an https
@@ -748,6 +810,8 @@ class Edge:
             endpoint.orphan_timer = None
         endpoint.holder = holder
         session.endpoints[endpoint.endpoint_id] = endpoint
+        if self.worker is not None:
+            self.worker.set_live(endpoint.key, True)
         log.info("session %s took back %s", session.session_id, endpoint.url)
         return endpoint
 
@@ -756,9 +820,11 @@ class Edge:
         if endpoint is not None:
             self._remove(endpoint)
 
-    def _remove(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
+    def _remove(self, endpoint: TcpEndpoint | HostEndpoint, *, tell_workers: bool = True) -> None:
         endpoint.close()
         self.registry.release(endpoint.key, endpoint.holder)
+        if self.worker is not None and tell_workers:
+            self.worker.release(endpoint.key)
         if isinstance(endpoint, HostEndpoint):
             (self.http_routes if endpoint.family == "http" else self.sni_routes).remove(endpoint)
         else:
@@ -778,6 +844,8 @@ class Edge:
             if endpoint.holder.session is not session:
                 continue
             endpoint.holder.session = None  # orphaned: visitors are refused meanwhile
+            if self.worker is not None:
+                self.worker.set_live(endpoint.key, False)
             if self._stopping:
                 continue
             endpoint.orphan_timer = loop.call_later(

@@ -60,10 +60,16 @@ class TcpEndpoint:
     def url(self) -> str:
         return f"tcp://{self.public_host}:{self.port}"
 
-    async def listen(self, host: str) -> None:
+    async def listen(self, host: str, *, reuse_port: bool = False) -> None:
+        """``reuse_port``: workers of one edge that hold this endpoint each listen."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            self._new_visitor, host, self.port, reuse_address=True, backlog=1024
+            self._new_visitor,
+            host,
+            self.port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
         )
 
     def _new_visitor(self) -> asyncio.BaseProtocol:

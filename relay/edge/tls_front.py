@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay._httpfront import HttpVisitor
 from relay.accepting import AcceptLoop
@@ -49,10 +49,16 @@ PEEK_RETRY = 0.005
 ALERT_UNRECOGNIZED_NAME = bytes((21, 3, 3, 0, 2, 2, 112))
 
 
+class TlsElsewhere(Protocol):
+    def sni_handed_off(self, conn: socket.socket, server_name: str) -> bool:
+        """Hand ``conn`` to the worker that holds ``server_name`` live; False when no
+        other worker does (or it cannot take it): then it is served here."""
+
+
 class TlsFront:
     def __init__(
         self,
-        routes: HostRoutes,
+        routes: HostRoutes[HostEndpoint],
         https: HttpFront,
         *,
         context_for: Callable[[str], ssl.SSLContext | None],
@@ -75,13 +81,17 @@ class TlsFront:
         self.acceptor: AcceptLoop | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: set[_PendingHello] = set()
+        #: Set on a worker's TLS port: other workers' endpoints (relay/edge/worker.py).
+        self.elsewhere: TlsElsewhere | None = None
 
-    def listen(self, host: str, port: int) -> tuple[str, int]:
+    def listen(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         self.loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # one listener per worker; the kernel spreads visitors
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(1024)
         except OSError:
@@ -112,10 +122,20 @@ class TlsFront:
             return
         self.pending.add(_PendingHello(self, conn))
 
+    def adopt(self, conn: socket.socket) -> None:
+        """A visitor another worker accepted and handed over (its ClientHello is still
+        unread: that worker only peeked). Served here, whatever changed meanwhile."""
+        self.pending.add(_PendingHello(self, conn, may_hand_off=False))
+
     # --- once the ClientHello is known ---------------------------------------------------
 
     def dispatch(
-        self, conn: socket.socket, server_name: str | None, alpn: tuple[str, ...], hello_len: int
+        self,
+        conn: socket.socket,
+        server_name: str | None,
+        alpn: tuple[str, ...],
+        hello_len: int,
+        may_hand_off: bool = True,
     ) -> None:
         loop = self.loop
         assert loop is not None
@@ -126,6 +146,15 @@ class TlsFront:
                 self._start(conn, _Hangup, ctx)
                 return
         endpoint = self.routes.lookup(name) if name else None
+        if (
+            may_hand_off
+            and self.elsewhere is not None
+            and name
+            and (endpoint is None or endpoint.holder.session is None)
+            and self.elsewhere.sni_handed_off(conn, name)
+        ):
+            conn.close()  # our descriptor; the socket is the other worker's now
+            return
         if endpoint is None:
             stand_in = self.fallback_for(name, None) if name and self.fallback_for else None
             if stand_in is None:
@@ -232,9 +261,10 @@ class _Hangup(asyncio.Protocol):
 class _PendingHello:
     """A connection whose ClientHello is still being read (peeked, not consumed)."""
 
-    def __init__(self, front: TlsFront, conn: socket.socket) -> None:
+    def __init__(self, front: TlsFront, conn: socket.socket, *, may_hand_off: bool = True) -> None:
         self.front = front
         self.conn = conn
+        self.may_hand_off = may_hand_off
         loop = front.loop
         assert loop is not None
         self.loop = loop
@@ -267,7 +297,9 @@ class _PendingHello:
                 self._wait_more()
             return
         self.front.pending.discard(self)
-        self.front.dispatch(self.conn, hello.server_name, tuple(hello.alpn), hello.consumed)
+        self.front.dispatch(
+            self.conn, hello.server_name, tuple(hello.alpn), hello.consumed, self.may_hand_off
+        )
 
     def _wait_more(self) -> None:
         # The peeked bytes keep the socket readable, so wait a little instead of spinning.

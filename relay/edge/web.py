@@ -110,6 +110,7 @@ class _AnswerFront(HttpFront):
         transport: Any,
         accept: str | None,
         tls_endpoint: str | None = None,
+        may_hand_off: bool = False,
     ) -> RouteResult:
         endpoint = self.routes.lookup(hostname)
         if (
@@ -212,7 +213,12 @@ class WebFronts:
             http = self.http
             try:
                 self.http_server = await loop.create_server(
-                    lambda: HttpVisitor(http, "http"), host, port, reuse_address=True, backlog=1024
+                    lambda: HttpVisitor(http, "http"),
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=self.edge.worker is not None or None,
+                    backlog=1024,
                 )
             except OSError as exc:
                 raise ListenError.for_address(config.http_listen, "--http-listen", exc) from None
@@ -230,7 +236,9 @@ class WebFronts:
                 log_access=self.edge.access_log is not None,
             )
             try:
-                self.https_port = self.tls_front.listen(host, port)[1]
+                self.https_port = self.tls_front.listen(
+                    host, port, reuse_port=self.edge.worker is not None
+                )[1]
             except OSError as exc:
                 self.close()
                 raise ListenError.for_address(config.https_listen, "--https-listen", exc) from None
@@ -498,6 +506,19 @@ class WebFronts:
         for name, why in failed.items():
             log.error("stored certificate key for %s does not open: %s", name, why)
 
+    def adopt_http(self, conn: Any, carried: bytes) -> None:
+        """A plain-HTTP visitor another worker accepted and handed over, with the bytes it
+        read (at least the first request's head): served here from those bytes on."""
+        if self.http_server is None:  # draining: it gets what a closed listener gives
+            conn.close()
+            return
+        http = self.http
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(
+            loop.connect_accepted_socket(lambda: HttpVisitor(http, "http", None, carried), conn)
+        )
+        task.add_done_callback(_adoption_done)
+
     def close(self) -> None:
         """Stop taking visitors (drain)."""
         if self.http_server is not None:
@@ -513,6 +534,11 @@ class WebFronts:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
+
+
+def _adoption_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a handed-over visitor ended before it was served: %s", task.exception())
 
 
 def _files_stand_in(issuer: FileIssuer) -> _StandIn:

@@ -1,0 +1,130 @@
+"""Messages between the supervisor and one worker: JSON objects, one per packet, over an
+inherited ``SOCK_SEQPACKET`` socket pair (packets keep their bounds; the pair needs no
+address and no one else can reach it)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("relay.cluster")
+
+#: The largest message: a claim or a notice is well under 2 KiB; a worker's banner too.
+MAX_MESSAGE = 64 * 1024
+
+Message = dict[str, Any]
+
+
+class ChannelError(Exception):
+    """A packet that is not a message of this channel."""
+
+
+def encode(message: Message) -> bytes:
+    data = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    if len(data) > MAX_MESSAGE:
+        raise ChannelError(f"message of {len(data)} bytes (at most {MAX_MESSAGE})")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    try:
+        message = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ChannelError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ChannelError("not a message (an object with an 'op')")
+    return message
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """(the supervisor's end, the worker's end, inheritable)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.set_inheritable(True)
+    return ours, theirs
+
+
+class Channel:
+    """One end. ``on_message`` gets each message; ``on_closed`` once, when the other end
+    is gone (its process exited)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[Message], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = loop
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._closed = False
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def send(self, message: Message) -> None:
+        if self._closed:
+            return
+        self._queue.append(encode(message))
+        if len(self._queue) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._queue:
+            try:
+                self.sock.send(self._queue[0])
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+                return
+            except OSError:
+                self._close()
+                return
+            self._queue.popleft()
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        self._flush()
+
+    def _readable(self) -> None:
+        for _ in range(256):
+            try:
+                data = self.sock.recv(MAX_MESSAGE + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close()
+                return
+            if not data:
+                self._close()
+                return
+            try:
+                message = decode(data)
+            except ChannelError as exc:
+                log.warning("dropped a message: %s", exc)
+                continue
+            self._on_message(message)
+            if self._closed:
+                return
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self.close()
+        self._on_closed()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()

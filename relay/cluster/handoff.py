@@ -1,0 +1,189 @@
+"""Passing a visitor's socket to the worker that holds its endpoint (SCM_RIGHTS).
+
+A worker that accepted a visitor for an endpoint another worker holds sends the socket
+itself — and the bytes it already read (an HTTP head; on the TLS port nothing, the
+ClientHello was only peeked) — in one datagram to that worker's inbox, a Unix datagram
+socket in a directory only the edge's user can enter. No byte of the visitor's traffic
+is relayed between workers afterwards: the receiver owns the socket.
+
+A datagram is atomic and Unix datagrams are reliable (a full inbox is ``EAGAIN`` for the
+sender, never a silent drop), so a handoff either arrives whole or the sender knows.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("relay.cluster")
+
+#: Bytes read before the visitor was handed over that may travel with it. The HTTP
+#: listener reads at most ``http_max_head`` plus one 16 KiB read before it routes (see
+#: HttpVisitor), and ``http_max_head`` is capped well below this.
+MAX_CARRIED = 160 * 1024
+#: Each datagram: magic, front, key length, then the key and the carried bytes.
+_MAGIC = b"RH1"
+_HEAD = struct.Struct("!3sBH")
+#: The receive buffer's size: the largest datagram a sender may send.
+MAX_DATAGRAM = _HEAD.size + 1024 + MAX_CARRIED
+#: Kernel buffer per inbox: several largest handoffs queue before a sender sees EAGAIN.
+INBOX_BUFFER = 4 * MAX_DATAGRAM
+#: Handoffs received per wake-up, so other work gets its turn.
+PER_WAKEUP = 64
+
+FRONTS = ("http", "tls")
+
+
+class HandoffError(Exception):
+    """A datagram that is not a handoff, or a handoff that could not be sent."""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Where a handed-over visitor goes: ``front`` (``http``: the HTTP listener, with
+    ``carried`` its bytes already read; ``tls``: the TLS port) and the endpoint ``key``
+    it was routed by."""
+
+    front: str
+    key: str
+    carried: bytes = b""
+
+    def encode(self) -> bytes:
+        key = self.key.encode("utf-8")
+        if self.front not in FRONTS:
+            raise HandoffError(f"unknown front {self.front!r}")
+        if len(key) > 1024:
+            raise HandoffError("endpoint key too long")
+        if len(self.carried) > MAX_CARRIED:
+            raise HandoffError(f"{len(self.carried)} carried bytes (at most {MAX_CARRIED})")
+        return _HEAD.pack(_MAGIC, FRONTS.index(self.front), len(key)) + key + self.carried
+
+    @classmethod
+    def decode(cls, data: bytes) -> Handoff:
+        if len(data) < _HEAD.size:
+            raise HandoffError("short handoff datagram")
+        magic, front, key_len = _HEAD.unpack_from(data)
+        if magic != _MAGIC or front >= len(FRONTS) or len(data) < _HEAD.size + key_len:
+            raise HandoffError("not a handoff datagram")
+        end = _HEAD.size + key_len
+        try:
+            key = data[_HEAD.size : end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise HandoffError("handoff key is not UTF-8") from None
+        return cls(FRONTS[front], key, data[end:])
+
+
+def inbox_path(run_dir: Path, worker: int) -> Path:
+    return run_dir / f"worker-{worker}.sock"
+
+
+class Outbox:
+    """Sends visitors to other workers' inboxes; one unbound datagram socket per worker."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, INBOX_BUFFER)
+
+    def send(self, worker: int, visitor: socket.socket | int, handoff: Handoff) -> None:
+        """Hand ``visitor`` (a socket or its descriptor) to ``worker``. The caller still
+        owns and closes its own descriptor: the datagram carries a duplicate. Raises
+        HandoffError when the worker cannot take it (gone, or its inbox full)."""
+        fd = visitor if isinstance(visitor, int) else visitor.fileno()
+        data = handoff.encode()
+        target = str(inbox_path(self.run_dir, worker))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        try:
+            # Not socket.send_fds: it drops its address argument (CPython gh-107898).
+            self.sock.sendmsg([data], rights, 0, target)
+        except OSError as exc:
+            raise HandoffError(f"worker {worker} cannot take a visitor: {exc}") from None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+OnHandoff = Callable[[socket.socket, Handoff], None]
+
+
+class Inbox:
+    """A worker's inbox: each datagram is one visitor socket and its :class:`Handoff`."""
+
+    def __init__(self, run_dir: Path, worker: int) -> None:
+        self.path = inbox_path(run_dir, worker)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a crashed worker's inbox, before its restart
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INBOX_BUFFER)
+            self.sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+        except OSError:
+            self.sock.close()
+            raise
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.received = 0
+        self.rejected = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop, on_handoff: OnHandoff) -> None:
+        self.loop = loop
+        self._on_handoff = on_handoff
+        loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        for _ in range(PER_WAKEUP):
+            try:
+                data, fds, flags, _ = socket.recv_fds(self.sock, MAX_DATAGRAM, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("worker inbox: %s", exc)
+                return
+            socks = [socket.socket(fileno=fd) for fd in fds]
+            if len(socks) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                self._reject(socks, "not one descriptor, or truncated")
+                continue
+            visitor = socks[0]
+            try:
+                handoff = Handoff.decode(data)
+                if visitor.type != socket.SOCK_STREAM or visitor.family not in (
+                    socket.AF_INET,
+                    socket.AF_INET6,
+                ):
+                    raise HandoffError("not a TCP socket")
+            except HandoffError as exc:
+                self._reject(socks, str(exc))
+                continue
+            self.received += 1
+            visitor.setblocking(False)
+            try:
+                self._on_handoff(visitor, handoff)
+            except Exception:
+                log.exception("a handed-over visitor could not be served")
+                visitor.close()
+
+    def _reject(self, socks: list[socket.socket], why: str) -> None:
+        self.rejected += 1
+        log.warning("worker inbox: dropped a datagram: %s", why)
+        for sock in socks:
+            sock.close()
+
+    def close(self) -> None:
+        if self.loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()

@@ -1,0 +1,273 @@
+"""``relay edge --workers N``: the supervisor of N edge processes.
+
+It holds no agent and no visitor. It starts each worker (the same ``relay edge``
+command, told which worker it is by one environment variable and given one end of a
+socket pair), keeps the table of who holds which endpoint (claims.py) and tells every
+worker where each name is live, passes SIGHUP (reload) and SIGTERM (drain) on to every
+worker, and starts a worker again when it dies: its agents reconnect — to any worker,
+the kernel chooses — and bind their endpoints again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.cluster.channel import Channel, Message, socket_pair
+from relay.cluster.claims import ClaimTable
+from relay.cluster.place import WORKER_ENV, WorkerPlace
+
+log = logging.getLogger("relay.cluster")
+
+#: A worker that dies is started again after this long, doubled while it keeps dying
+#: young (within RESTART_RESET of its start), up to RESTART_MAX.
+RESTART_FIRST = 0.2
+RESTART_MAX = 10.0
+RESTART_RESET = 30.0
+#: After a drain's own timeout, how long workers get to exit before they are killed.
+EXIT_GRACE = 15.0
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    started: float = 0.0
+    ready: bool = False
+    banner: list[str] = field(default_factory=list)
+    delay: float = RESTART_FIRST
+
+
+def make_run_dir() -> Path:
+    """A directory only this user can enter, for the workers' inboxes: short, because a
+    Unix socket's path is at most 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="relay-edge-"))
+
+
+def reserve_port(address: tuple[str, int]) -> socket.socket:
+    """Bind (not listen) ``address`` with SO_REUSEPORT, so port 0 becomes one port every
+    worker then binds too; held until the edge ends so nobody else takes it."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host or "0.0.0.0", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Supervisor:
+    """``argv``: the command that starts one worker; ``on_ready(banner)``: once, when
+    every worker first serves (the banner of worker 0)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        count: int,
+        *,
+        drain_timeout: float,
+        on_ready: Callable[[list[str]], None],
+        run_dir: Path | None = None,
+    ) -> None:
+        self.argv = argv
+        self.count = count
+        self.drain_timeout = drain_timeout
+        self.on_ready = on_ready
+        self.run_dir = run_dir or make_run_dir()
+        self.table = ClaimTable()
+        self.workers = [_Worker(i) for i in range(count)]
+        self.restarts = 0
+        self._announced = False
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        #: A worker that exits before every worker first served: the edge cannot start
+        #: (a port in use, a bad file). Its exit code becomes the supervisor's.
+        self.failed: int | None = None
+        self._failed = asyncio.Event()
+
+    async def run(self, stopped: asyncio.Event, hangup: asyncio.Event) -> int:
+        """Run the workers until ``stopped``; pass each ``hangup`` on as SIGHUP. Returns
+        the exit code: 0, or a worker's that failed to start."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            for worker in self.workers:
+                await self._start(worker)
+            while not stopped.is_set() and not self._failed.is_set():
+                waits = [
+                    asyncio.ensure_future(stopped.wait()),
+                    asyncio.ensure_future(hangup.wait()),
+                    asyncio.ensure_future(self._failed.wait()),
+                ]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for wait in waits:
+                    wait.cancel()
+                if hangup.is_set() and not stopped.is_set():
+                    hangup.clear()
+                    log.info("reloading: SIGHUP to every worker")
+                    self.signal_all(signal.SIGHUP)
+            await self.stop()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return self.failed or 0
+
+    def signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signum)
+
+    async def stop(self) -> None:
+        """Drain: SIGTERM to every worker (each drains its own agents and visitors); kill
+        what has not exited once the drain's time and a grace have passed."""
+        self._stopping = True
+        self.signal_all(signal.SIGTERM)
+        running = [w.process for w in self.workers if w.process is not None]
+        waits = [asyncio.ensure_future(p.wait()) for p in running]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self.drain_timeout + EXIT_GRACE)
+            if late:
+                log.warning("%d worker(s) did not exit after the drain; killing them", len(late))
+                self.signal_all(signal.SIGKILL)
+                await asyncio.wait(waits, timeout=5)
+        for task in list(self._watchers):
+            task.cancel()
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.close()
+
+    # --- workers ----------------------------------------------------------------------
+
+    async def _start(self, worker: _Worker) -> None:
+        loop = self._loop
+        assert loop is not None
+        ours, theirs = socket_pair()
+        place = WorkerPlace(worker.index, self.count, theirs.fileno(), self.run_dir)
+        env = dict(os.environ)
+        env[WORKER_ENV] = place.to_env()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv, env=env, pass_fds=(theirs.fileno(),)
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        worker.process = process
+        worker.started = time.monotonic()
+        worker.ready = False
+        worker.channel = Channel(
+            ours,
+            loop,
+            functools.partial(self._message, worker),
+            lambda: None,  # its exit is watched on the process
+        )
+        # What every other worker holds, before the new one serves anything.
+        for key in self.table.held_keys():
+            workers = self.table.live_workers(key)
+            if workers:
+                worker.channel.send({"op": "where", "key": key, "workers": workers})
+        watcher = loop.create_task(self._watch(worker, process))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
+        for key in self.table.worker_gone(worker.index):
+            self._tell_where(key)
+        if self._stopping:
+            return
+        if not self._announced:
+            log.error(
+                "worker %d exited with %s before the edge served; stopping", worker.index, code
+            )
+            self.failed = code or 1
+            self._failed.set()
+            return
+        lived = time.monotonic() - worker.started
+        worker.delay = RESTART_FIRST if lived > RESTART_RESET else worker.delay
+        log.warning(
+            "worker %d (pid %d) exited with %s after %.1fs; starting it again in %.1fs",
+            worker.index,
+            process.pid,
+            code,
+            lived,
+            worker.delay,
+        )
+        await asyncio.sleep(worker.delay)
+        worker.delay = min(worker.delay * 2, RESTART_MAX)
+        if not self._stopping:
+            self.restarts += 1
+            await self._start(worker)
+
+    # --- messages -----------------------------------------------------------------------
+
+    def _message(self, worker: _Worker, message: Message) -> None:
+        op = message["op"]
+        try:
+            if op == "claim":
+                self._claim(worker, message)
+            elif op == "live":
+                if self.table.set_live(worker.index, str(message["key"]), bool(message["live"])):
+                    self._tell_where(str(message["key"]))
+            elif op == "release":
+                if self.table.release(worker.index, str(message["key"])):
+                    self._tell_where(str(message["key"]))
+            elif op == "ready":
+                self._ready(worker, message)
+            else:
+                log.warning("worker %d sent an unknown message: %s", worker.index, op)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("worker %d sent a malformed %s message: %s", worker.index, op, exc)
+
+    def _claim(self, worker: _Worker, message: Message) -> None:
+        key = str(message["key"])
+        verdict = self.table.claim(worker.index, key, str(message["token"]), str(message["agent"]))
+        assert worker.channel is not None
+        worker.channel.send(
+            {"op": "claimed", "id": message["id"], "ok": verdict.granted, "why": verdict.why}
+        )
+        if not verdict.granted:
+            return
+        for index in verdict.dropped:
+            other = self.workers[index].channel
+            if other is not None:
+                other.send({"op": "drop", "key": key})
+        self._tell_where(key)
+
+    def _tell_where(self, key: str) -> None:
+        message = {"op": "where", "key": key, "workers": self.table.live_workers(key)}
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.send(message)
+
+    def _ready(self, worker: _Worker, message: Message) -> None:
+        worker.ready = True
+        worker.banner = [str(line) for line in message.get("banner", [])]
+        if self._announced:
+            assert worker.process is not None
+            log.info("worker %d (pid %d) serves again", worker.index, worker.process.pid)
+            return
+        if all(w.ready for w in self.workers):
+            self._announced = True
+            self.on_ready(self.workers[0].banner)

@@ -1,0 +1,210 @@
+"""One worker of a multi-process edge (``relay edge --workers N``, relay/cluster/).
+
+Each worker is a whole edge — its own agent links, sessions and endpoints — whose
+listeners share their ports with the other workers (SO_REUSEPORT). What makes N workers
+one edge is here:
+
+* every bind asks the supervisor first (``claim``): a name or port has one owner across
+  the workers, by the rules of relay/cluster/claims.py;
+* the supervisor tells every worker which worker holds which name live (``where``), so a
+  visitor accepted here for a name another worker holds is handed to it — its socket,
+  with what was read from it — never relayed (relay/cluster/handoff.py);
+* a worker told to ``drop`` a name (its agent came back on another worker) lets it go.
+
+TCP endpoints are not handed over: only the workers that hold a port listen on it, so
+its visitors are accepted where their agent is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from relay.cluster.channel import Channel, Message
+from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
+from relay.cluster.place import WorkerPlace
+from relay.edge.routes import HostRoutes
+from relay.errors import BindError, EndpointAlreadyBound
+
+if TYPE_CHECKING:
+    from relay.edge.server import Edge
+
+log = logging.getLogger("relay.edge.worker")
+
+#: How long a bind waits for the supervisor's answer.
+CLAIM_TIMEOUT = 5.0
+
+
+@dataclass
+class RemoteEndpoint:
+    """A host-routed name another worker holds live (``hostname`` as HostRoutes wants)."""
+
+    key: str
+    hostname: str
+    workers: list[int]
+    turn: int = 0
+
+    def next_worker(self) -> int:
+        self.turn = (self.turn + 1) % len(self.workers)
+        return self.workers[self.turn]
+
+
+class EdgeWorker:
+    def __init__(self, edge: Edge, place: WorkerPlace) -> None:
+        self.edge = edge
+        self.place = place
+        self.index = place.index
+        self.channel: Channel | None = None
+        self.inbox: Inbox | None = None
+        self.outbox: Outbox | None = None
+        self._ids = itertools.count(1)
+        self._claims: dict[int, asyncio.Future[Message]] = {}
+        self._remote: dict[str, RemoteEndpoint] = {}
+        self.remote_http: HostRoutes[RemoteEndpoint] = HostRoutes()
+        self.remote_sni: HostRoutes[RemoteEndpoint] = HostRoutes()
+        #: Visitors handed to other workers, and handed here, by front.
+        self.handed_off = {"http": 0, "tls": 0}
+        self.handed_in = {"http": 0, "tls": 0}
+        self.handoffs_failed = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = socket.socket(fileno=self.place.channel_fd)
+        self.channel = Channel(sock, loop, self._message, self._supervisor_gone)
+        self.inbox = Inbox(self.place.run_dir, self.index)
+        self.inbox.start(loop, self._handed_in)
+        self.outbox = Outbox(self.place.run_dir)
+
+    def ready(self, banner: list[str]) -> None:
+        assert self.channel is not None
+        self.channel.send({"op": "ready", "banner": banner, "pid": os.getpid()})
+
+    def close(self) -> None:
+        if self.inbox is not None:
+            self.inbox.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        for future in self._claims.values():
+            future.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """For /status: this worker, the names other workers hold, the handoffs."""
+        return {
+            "index": self.index,
+            "count": self.place.count,
+            "elsewhere": {key: r.workers for key, r in sorted(self._remote.items())},
+            "handed_off": dict(self.handed_off),
+            "handed_in": dict(self.handed_in),
+            "handoffs_failed": self.handoffs_failed,
+        }
+
+    # --- claims -------------------------------------------------------------------------
+
+    async def claim(self, key: str, token_id: str, agent_id: str) -> None:
+        """Ask the supervisor for ``key``; EndpointAlreadyBound when it is another's."""
+        assert self.channel is not None
+        claim_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._claims[claim_id] = future
+        self.channel.send(
+            {"op": "claim", "id": claim_id, "key": key, "token": token_id, "agent": agent_id}
+        )
+        try:
+            async with asyncio.timeout(CLAIM_TIMEOUT):
+                answer = await future
+        except TimeoutError:
+            raise BindError(f"the edge's supervisor did not answer for {key}") from None
+        finally:
+            self._claims.pop(claim_id, None)
+        if not answer.get("ok"):
+            raise EndpointAlreadyBound(str(answer.get("why") or f"{key} is bound elsewhere"))
+
+    def set_live(self, key: str, live: bool) -> None:
+        if self.channel is not None:
+            self.channel.send({"op": "live", "key": key, "live": live})
+
+    def release(self, key: str) -> None:
+        if self.channel is not None:
+            self.channel.send({"op": "release", "key": key})
+
+    # --- from the supervisor --------------------------------------------------------------
+
+    def _message(self, message: Message) -> None:
+        op = message["op"]
+        if op == "claimed":
+            future = self._claims.get(int(message.get("id", 0)))
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif op == "where":
+            workers = [int(w) for w in message.get("workers", []) if int(w) != self.index]
+            self._where(str(message["key"]), workers)
+        elif op == "drop":
+            self.edge.drop_endpoint(str(message["key"]))
+        else:
+            log.warning("unknown message from the supervisor: %s", op)
+
+    def _where(self, key: str, workers: list[int]) -> None:
+        family, _, hostname = key.partition(":")
+        routes = {"http": self.remote_http, "sni": self.remote_sni}.get(family)
+        if routes is None:
+            return  # tcp ports: their visitors are accepted where their agent is
+        old = self._remote.pop(key, None)
+        if old is not None:
+            routes.remove(old)
+        if workers:
+            remote = RemoteEndpoint(key, hostname, workers)
+            self._remote[key] = remote
+            routes.add(remote)
+
+    def _supervisor_gone(self) -> None:
+        # Workers live only under their supervisor: without it nothing arbitrates binds.
+        log.error("the edge's supervisor is gone; this worker drains and exits")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # --- handing visitors over --------------------------------------------------------
+
+    def http_holder(self, hostname: str) -> RemoteEndpoint | None:
+        # An https name's plain-HTTP visitors go to its worker too: it redirects them.
+        return self.remote_http.lookup(hostname) or self.remote_sni.lookup(hostname)
+
+    def hand_off(self, transport: Any, carried: bytes, target: Any) -> bool:
+        """An HTTP visitor whose endpoint ``target`` (a RemoteEndpoint) another worker
+        holds: pass its socket and ``carried`` (what was read from it)."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        return self._send(sock.fileno(), Handoff("http", target.key, carried), target)
+
+    def sni_handed_off(self, conn: socket.socket, server_name: str) -> bool:
+        target = self.remote_sni.lookup(server_name)
+        if target is None:
+            return False
+        return self._send(conn.fileno(), Handoff("tls", target.key), target)
+
+    def _send(self, fd: int, handoff: Handoff, target: RemoteEndpoint) -> bool:
+        assert self.outbox is not None
+        try:
+            self.outbox.send(target.next_worker(), fd, handoff)
+        except HandoffError as exc:
+            self.handoffs_failed += 1
+            log.warning("handing a visitor of %s over failed: %s", handoff.key, exc)
+            return False
+        self.handed_off[handoff.front] += 1
+        return True
+
+    def _handed_in(self, conn: socket.socket, handoff: Handoff) -> None:
+        web = self.edge.web
+        self.handed_in[handoff.front] += 1
+        if web is None:
+            conn.close()
+        elif handoff.front == "http":
+            web.adopt_http(conn, handoff.carried)
+        elif web.tls_front is not None:
+            web.tls_front.adopt(conn)
+        else:
+            conn.close()
