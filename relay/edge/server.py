@@ -592,6 +592,13 @@ class Edge:
         assert self.control is not None
         self.metrics.binds_refused.labels(exc.code).inc()
         target = request.domain or request.subdomain or str(request.remote_port or "")
+        log.info(
+            "session %s: bind of %s %s refused: %s",
+            session.session_id,
+            request.kind,
+            target or "(any)",
+            exc.one_line(),
+        )
         self.control.audit(
             f"agent@{session.peer}",
             "bind.refuse",

@@ -1,0 +1,205 @@
+"""`relay edge --workers 2`: one edge on two processes.
+
+Every listener is bound in both workers (SO_REUSEPORT): a visitor accepted by the worker
+that does not hold its endpoint is handed to the one that does, with what was read of it,
+and gets the same bytes back as if it had landed right (checked by SHA-256). A killed
+worker is started again and its agents serve again; SIGHUP and SIGTERM reach every
+worker; a name has one owner across the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.http_helpers import host_of, web_agent
+from tests.e2e.origin import Origin
+from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
+
+pytestmark = pytest.mark.timeout(180)
+
+WORKERS = 2
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[Edge]:
+    server = Edge(tmp_path / "edge", extra=["--workers", str(WORKERS)]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def status(edge: Edge, worker: int) -> dict[str, Any]:
+    """Worker ``worker``'s /status (its admin listener is the edge's port + its index)."""
+    url = f"http://127.0.0.1:{edge.admin_port + worker}/status"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+    assert result["worker"] == worker
+    return result
+
+
+def worker_pids(edge: Edge) -> dict[int, int]:
+    """Worker index -> pid, from the supervisor's children and their environment."""
+    assert edge.proc is not None
+    children: list[int] = []
+    for task in Path(f"/proc/{edge.proc.pid}/task").iterdir():
+        children += [int(p) for p in (task / "children").read_text().split()]
+    found: dict[int, int] = {}
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for entry in environ:
+            if entry.startswith(b"RELAY_EDGE_WORKER="):
+                found[int(entry.split(b"=", 1)[1].split(b",")[0])] = pid
+    return found
+
+
+def holder_of(edge: Edge, url: str) -> int:
+    """The worker whose endpoints include ``url`` (bounded wait for the bind to show)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for worker in range(WORKERS):
+            if any(e["url"] == url for e in status(edge, worker)["endpoints"]):
+                return worker
+        time.sleep(0.05)
+    raise AssertionError(f"no worker holds {url}")
+
+
+def post_sink(port: int, host: str, body: bytes, *, tls: ssl.SSLContext | None = None) -> bytes:
+    """One POST /sink on a new connection; the response body (the origin's hash of what
+    it received)."""
+    request = (
+        f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
+    with sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return rest
+
+
+def test_visitors_on_every_worker_reach_every_endpoint(
+    edge: Edge, origin: Origin, agents: list[Agent]
+) -> None:
+    plain = web_agent(edge, agents, str(origin.port), "--no-https", "--subdomain", "plain")
+    secure = web_agent(edge, agents, str(origin.port), "--subdomain", "secure")
+    tls = ssl.create_default_context(cafile=str(edge.ca_file))
+    for agent, port, context, front in (
+        (plain, edge.http_port, None, "http"),
+        (secure, edge.https_port, tls, "tls"),
+    ):
+        holder = holder_of(edge, agent.url)
+        other = 1 - holder
+        before = status(edge, other)["workers"]["handed_off"][front]
+        # Visitors land where the kernel puts them; keep coming until the worker that
+        # does not hold the endpoint has handed over 3 (bounded: 200 connections).
+        sent = 0
+        for sent in range(1, 201):
+            body = payload(sent, 70_000 + sent)  # the head and body span several reads
+            answer = json.loads(post_sink(port, host_of(agent), body, tls=context))
+            assert answer == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+            handed = status(edge, other)["workers"]["handed_off"][front] - before
+            if handed >= 3:
+                break
+        assert handed >= 3, f"{front}: {sent} visitors, {handed} handed over"
+        assert status(edge, holder)["workers"]["handed_in"][front] >= handed
+        assert status(edge, other)["workers"]["handoffs_failed"] == 0
+
+
+def test_a_tcp_endpoint_is_served_by_the_worker_that_holds_it(
+    edge: Edge, echo: EchoServer, agents: list[Agent]
+) -> None:
+    _, token = edge.token()
+    agent = Agent(edge, token, echo.port)
+    agents.append(agent)
+    port = agent.wait_bound()
+    holder_of(edge, agent.url)
+    for i in range(20):
+        data = payload(i, 300_000)
+        back = echo_roundtrip(port, data)
+        assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_killed_worker_comes_back_and_its_agents_serve_again(
+    edge: Edge, origin: Origin, agents: list[Agent]
+) -> None:
+    agent = web_agent(edge, agents, str(origin.port), "--no-https", "--subdomain", "back")
+    holder = holder_of(edge, agent.url)
+    pids = worker_pids(edge)
+    assert sorted(pids) == list(range(WORKERS))
+    os.kill(pids[holder], signal.SIGKILL)
+    killed = time.monotonic()
+    body = payload(7, 50_000)
+    expected = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    served = False
+    while time.monotonic() - killed < 5 and not served:
+        try:
+            served = json.loads(post_sink(edge.http_port, host_of(agent), body)) == expected
+        except (AssertionError, OSError, ValueError):
+            time.sleep(0.1)
+    assert served, "the endpoint was not served again within 5 s of its worker's death"
+    assert edge.proc is not None
+    edge.proc.wait_line(f"worker {holder} (pid", timeout=10)
+    edge.proc.wait_line("serves again", timeout=10)
+    assert worker_pids(edge)[holder] != pids[holder]
+    # Both workers serve it again: visitors of either reach it.
+    for i in range(10):
+        assert json.loads(post_sink(edge.http_port, host_of(agent), body)) == expected, i
+
+
+def test_reload_and_drain_reach_every_worker(edge: Edge) -> None:
+    assert edge.proc is not None
+    pids = worker_pids(edge)
+    os.kill(edge.proc.pid, signal.SIGHUP)
+    for worker in range(WORKERS):
+        edge.proc.wait_line(f"relay.edge[worker {worker}]: reloaded", timeout=15)
+    assert edge.proc.stop() == 0
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the drain"
+
+
+def test_a_name_has_one_owner_across_workers(
+    edge: Edge, origin: Origin, agents: list[Agent]
+) -> None:
+    first = web_agent(edge, agents, str(origin.port), "--no-https", "--subdomain", "mine")
+    holder = holder_of(edge, first.url)
+    _, other_token = edge.token()
+    assert edge.proc is not None
+    # The other token's agent is refused wherever its link lands; keep trying until it
+    # has been refused by the worker that does not hold the name (bounded: 12 agents).
+    for _ in range(12):
+        intruder = Agent(
+            edge, other_token, origin.port, kind="http", extra=["--no-https", "--subdomain", "mine"]
+        )
+        agents.append(intruder)
+        assert intruder.proc.wait(timeout=30) != 0
+        assert "bound by another" in intruder.proc.text(), intruder.proc.text()
+        if f"[worker {1 - holder}]: session" in _refusals(edge.proc.text()):
+            break
+    # 12 links all landing on one worker of two: 1 in 4,096.
+    assert f"[worker {1 - holder}]: session" in _refusals(edge.proc.text())
+    # The owner still serves.
+    body = payload(3, 1000)
+    answer = json.loads(post_sink(edge.http_port, host_of(first), body))
+    assert answer["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def _refusals(log: str) -> str:
+    return "\n".join(line for line in log.splitlines() if "refused" in line and "bind of" in line)

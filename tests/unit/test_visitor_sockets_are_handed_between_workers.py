@@ -1,0 +1,118 @@
+"""relay/cluster/handoff.py: a visitor's socket and what was read of it go to another
+worker in one datagram; anything else sent to an inbox is dropped, not served."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.cluster.handoff import (
+    FRONTS,
+    MAX_CARRIED,
+    Handoff,
+    HandoffError,
+    Inbox,
+    Outbox,
+    inbox_path,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@given(
+    st.sampled_from(FRONTS),
+    st.text(min_size=1, max_size=200),
+    st.binary(max_size=4096),
+)
+def test_a_handoff_decodes_to_what_was_encoded(front: str, key: str, carried: bytes) -> None:
+    handoff = Handoff(front, key, carried)
+    assert Handoff.decode(handoff.encode()) == handoff
+
+
+@given(st.binary(max_size=64))
+def test_other_datagrams_are_refused(data: bytes) -> None:
+    if data.startswith(b"RH1"):
+        return
+    with pytest.raises(HandoffError):
+        Handoff.decode(data)
+
+
+def test_carried_bytes_are_bounded() -> None:
+    Handoff("http", "http:a.x", b"x" * MAX_CARRIED).encode()
+    with pytest.raises(HandoffError):
+        Handoff("http", "http:a.x", b"x" * (MAX_CARRIED + 1)).encode()
+    with pytest.raises(HandoffError):
+        Handoff("udp", "k").encode()
+
+
+def test_the_socket_arrives_with_its_bytes_and_its_visitor(tmp_path: Path) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue[tuple[socket.socket, Handoff]] = asyncio.Queue()
+        inbox = Inbox(tmp_path, 1)
+        inbox.start(loop, lambda sock, handoff: got.put_nowait((sock, handoff)))
+        outbox = Outbox(tmp_path)
+        listener = socket.create_server(("127.0.0.1", 0))
+        visitor = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        try:
+            visitor.sendall(b"after the head")
+            outbox.send(1, accepted, Handoff("http", "http:a.x", b"GET / HTTP/1.1\r\n\r\n"))
+            accepted.close()  # the sender's descriptor goes; the socket lives on
+            sock, handoff = await asyncio.wait_for(got.get(), 5)
+            with sock:
+                assert handoff == Handoff("http", "http:a.x", b"GET / HTTP/1.1\r\n\r\n")
+                assert sock.getpeername() == visitor.getsockname()
+                sock.setblocking(True)
+                assert sock.recv(100) == b"after the head"
+                sock.sendall(b"answered by the other worker")
+            assert visitor.recv(100) == b"answered by the other worker"
+        finally:
+            visitor.close()
+            listener.close()
+            inbox.close()
+            outbox.close()
+        assert not inbox_path(tmp_path, 1).exists()
+
+    asyncio.run(main())
+
+
+def test_an_inbox_drops_what_is_not_a_tcp_visitor(tmp_path: Path) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        served: list[Handoff] = []
+        inbox = Inbox(tmp_path, 0)
+        inbox.start(loop, lambda sock, handoff: served.append(handoff))
+        outbox = Outbox(tmp_path)
+        a, b = socket.socketpair()
+        try:
+            outbox.send(0, a, Handoff("tls", "sni:a.x"))  # a Unix socket, not a visitor
+            outbox.sock.sendto(b"RH1 junk", str(inbox_path(tmp_path, 0)))  # no descriptor
+            for _ in range(100):  # bounded: both datagrams are read within 1 s
+                if inbox.rejected == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert inbox.rejected == 2 and served == []
+        finally:
+            a.close()
+            b.close()
+            inbox.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_gone_worker_is_an_error_for_the_sender(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(HandoffError, match="worker 3"):
+            outbox.send(3, listener, Handoff("tls", "sni:a.x"))
+    finally:
+        listener.close()
+        outbox.close()
