@@ -32,6 +32,8 @@ RLY_206   TooManyEndpoints        the per-session/per-token endpoint limit is re
 RLY_207   NameReserved            the name or port is reserved by another account, or a
                                   name outside the base domain is not reserved by the
                                   binding account
+RLY_208   RegionPinned            the name or port is pinned to another region than the
+                                  edge's: its agent must connect to a PoP of that region
 RLY_301   ProtocolViolation       malformed control message
 RLY_302   UnsupportedVersion      the peer speaks a protocol version we don't
 RLY_401   ConfigError             invalid configuration or argument
@@ -126,6 +128,7 @@ __all__ = [
     "PortUnavailable",
     "ProtocolViolation",
     "RateLimited",
+    "RegionPinned",
     "RelayError",
     "RevokedApiKey",
     "RevokedToken",
@@ -295,6 +298,13 @@ class NameReserved(BindError):
     code = "RLY_207"
 
 
+class RegionPinned(BindError):
+    """The reserved name or port is pinned to a region other than this edge's: its
+    traffic must never be served here (data residency)."""
+
+    code = "RLY_208"
+
+
 class ProtocolViolation(RelayError):
     """A control message was malformed."""
 
@@ -402,6 +412,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         BindNotAllowed,
         TooManyEndpoints,
         NameReserved,
+        RegionPinned,
         ProtocolViolation,
         UnsupportedVersion,
         ConfigError,

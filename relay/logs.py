@@ -28,6 +28,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str = "text") -> None:
     logging.basicConfig(level=_level(level), format=TEXT_FORMAT, stream=sys.stderr)
+    # Alembic says which plugins it set up each time a process imports it: not news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     use_format(fmt)
 
 

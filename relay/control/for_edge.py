@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -43,6 +44,14 @@ MAX_QUEUED_EVENTS = 10_000
 AUDIT_BATCH = 500
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Who holds a reservation, and the region its traffic is pinned to (None: any)."""
+
+    account_id: str
+    region: str | None = None
+
+
 class EdgeControl(Protocol):
     """The control plane as an edge uses it."""
 
@@ -55,9 +64,9 @@ class EdgeControl(Protocol):
         suspended)."""
         ...
 
-    async def reservation_owner(self, kind: str, name: str | int) -> str | None:
-        """The account holding the reservation that covers a hostname (exact, then the
-        nearest wildcard) or a TCP port; None when it is not reserved."""
+    async def reservation_owner(self, kind: str, name: str | int) -> Reservation | None:
+        """The reservation that covers a hostname (exact, then the nearest wildcard) or a
+        TCP port: its account and region pin; None when it is not reserved."""
         ...
 
     async def reserved_ports(self) -> set[int]:
@@ -93,9 +102,9 @@ class LocalControl:
     async def inactive_tokens(self, token_ids: Collection[str]) -> Mapping[str, str]:
         return self.store.inactive_tokens(token_ids)
 
-    async def reservation_owner(self, kind: str, name: str | int) -> str | None:
+    async def reservation_owner(self, kind: str, name: str | int) -> Reservation | None:
         owner = self.store.bind_owner(kind, name)
-        return owner.account_id if owner is not None else None
+        return Reservation(owner.account_id, owner.region) if owner is not None else None
 
     async def reserved_ports(self) -> set[int]:
         return self.store.reserved_ports()
@@ -123,7 +132,7 @@ class RemoteControl:
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self.reachable = True
-        self._owners: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._owners: dict[tuple[str, str], tuple[float, Reservation | None]] = {}
         self._ports: tuple[float, set[int]] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -152,14 +161,18 @@ class RemoteControl:
         answer = await self._post("/edge/inactive_tokens", {"ids": sorted(token_ids)})
         return {str(k): str(v) for k, v in answer["inactive"].items()}
 
-    async def reservation_owner(self, kind: str, name: str | int) -> str | None:
+    async def reservation_owner(self, kind: str, name: str | int) -> Reservation | None:
         key = (kind, str(name))
         now = time.monotonic()
         cached = self._owners.get(key)
         if cached is not None and now - cached[0] < RESERVATION_TTL:
             return cached[1]
         answer = await self._post("/edge/reservation_owner", {"kind": kind, "name": str(name)})
-        owner = str(answer["account_id"]) if answer["account_id"] is not None else None
+        owner = (
+            Reservation(str(answer["account_id"]), answer.get("region"))
+            if answer["account_id"] is not None
+            else None
+        )
         if len(self._owners) >= MAX_CACHED_OWNERS:
             self._owners.clear()
         self._owners[key] = (now, owner)

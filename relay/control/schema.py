@@ -10,6 +10,7 @@ it does not understand could lose data.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -24,6 +25,17 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"
 #: The PostgreSQL advisory lock key of a schema upgrade ("relaymig" as an integer).
 MIGRATION_LOCK = int.from_bytes(b"relaymig", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class _OnlyUpgrades(logging.Filter):
+    """Of Alembic's INFO lines only the migrations that ran are news to an operator; its
+    plugin setup and dialect notes, on every start of every process, are not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or record.getMessage().startswith("Running ")
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_OnlyUpgrades())
 
 
 def _config(connection: Connection) -> Config:

@@ -39,6 +39,7 @@ BIND_CODES = (
     "RLY_205",
     "RLY_206",
     "RLY_207",
+    "RLY_208",
     "RLY_806",
 )
 PAGE_CODES = (
@@ -167,6 +168,7 @@ class _EdgeStateCollector(Collector):
         )
         blocked.add_metric([], edge.auth_guard.blocked_sources())
         yield blocked
+        yield from _handoffs(edge)
         ready = GaugeMetricFamily(
             "relay_ready", "1 while the edge serves (listeners bound, store reachable, no drain)"
         )
@@ -180,6 +182,26 @@ class _EdgeStateCollector(Collector):
             )
             soonest.add_metric([], expiry)
             yield soonest
+
+
+def _handoffs(edge: Edge) -> Iterator[Metric]:
+    """Visitors handed between the workers of one edge (0 without workers)."""
+    worker = edge.worker
+    handoffs = CounterMetricFamily(
+        "relay_worker_handoffs",
+        "visitors handed to (out) or from (in) another worker of this edge, by front",
+        labels=["front", "direction"],
+    )
+    for front in ("http", "tls"):
+        handoffs.add_metric([front, "out"], worker.handed_off[front] if worker else 0)
+        handoffs.add_metric([front, "in"], worker.handed_in[front] if worker else 0)
+    yield handoffs
+    failed = CounterMetricFamily(
+        "relay_worker_handoffs_failed",
+        "visitors that could not be handed to the worker holding their endpoint",
+    )
+    failed.add_metric([], worker.handoffs_failed if worker else 0)
+    yield failed
 
 
 class _HttpExchangesCollector(Collector):

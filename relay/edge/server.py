@@ -51,6 +51,7 @@ from relay.errors import (
     NameReserved,
     PortRangeExhausted,
     PortUnavailable,
+    RegionPinned,
     RelayError,
     RevokedToken,
     TooManyEndpoints,
@@ -765,14 +766,21 @@ class Edge:
         """Reserved names and ports belong to one account (relay/control/reserved.py): a
         bind of one by another account is refused, and a name outside the base domain, or
         any wildcard, is bound only by the account that reserved it; the base domain's
-        other names are first come, first served. True when the binding account holds the
-        reservation: its ACL's catch-alls then cover the name (the ACL only narrows)."""
+        other names are first come, first served. A reservation pinned to a region is
+        bound only on edges of that region (RegionPinned), so its traffic is never served
+        anywhere else. True when the binding account holds the reservation: its ACL's
+        catch-alls then cover the name (the ACL only narrows)."""
         assert self.control is not None
         owner = await self.control.reservation_owner(kind, name)
         shown = f"tcp port {name}" if kind == "tcp" else str(name)
         if owner is not None:
-            if owner != account_id:
+            if owner.account_id != account_id:
                 raise NameReserved(f"{shown} is reserved by another account")
+            if owner.region is not None and owner.region != self.config.region:
+                raise RegionPinned(
+                    f"{shown} is pinned to region {owner.region}; this edge is in region "
+                    f"{self.config.region}: connect its agent to a PoP of {owner.region}"
+                )
             return True
         if isinstance(name, str) and not _first_come(name, self.config.base_domain):
             raise NameReserved(

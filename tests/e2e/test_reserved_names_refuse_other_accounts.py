@@ -62,7 +62,7 @@ def cli(env: dict[str, str], *args: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("reserved")
-    edge = Edge(root / "edge").start()
+    edge = Edge(root / "edge", extra=["--region", "eu"]).start()
     keys: Keys | None = None
     try:
         keys = Keys(edge)
@@ -288,6 +288,7 @@ def test_a_reserved_tcp_port_is_served_to_its_account_and_refused_to_others(
     assert f"error RLY_207: tcp port {reserved_port} is reserved by another account" in (
         other.proc.text()
     )
+
     assert sha(echo_roundtrip(reserved_port, data)) == sha(data)
 
     # An unreserved port goes to whoever asks first.
@@ -405,3 +406,61 @@ def test_a_members_key_reaches_only_its_own_accounts_reservations(world: World) 
         for d in edge.audit_details("reserved_domain.release")
     ]
     assert ("b-only.example.org", world.account_b) in actions
+
+
+@pytest.mark.timeout(180)
+def test_a_reservation_pinned_to_another_region_is_not_bound_here(
+    world: World, echo: EchoServer, agents: list[Agent]
+) -> None:
+    """Region pinning: this edge is in region eu; a port and a name pinned to us are
+    refused to their own account's agents here (RLY_208, exit 4), so their traffic is
+    never served by this PoP; a visitor of the port finds nothing listening."""
+    low, _ = world.edge.ports
+    pinned_port = low + 5
+    cli(
+        world.env,
+        "addrs",
+        "reserve",
+        str(pinned_port),
+        "--account",
+        world.account_a,
+        "--region",
+        "us",
+    )
+    agent = Agent(world.edge, world.token_a, str(echo.port), remote_port=pinned_port)
+    try:
+        assert agent.proc.wait(30) == 4, agent.proc.text()
+    finally:
+        agent.stop()
+    assert (
+        f"error RLY_208: tcp port {pinned_port} is pinned to region us; this edge is in "
+        "region eu" in agent.proc.text()
+    )
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pinned_port), timeout=5).close()
+
+    cli(
+        world.env,
+        "domains",
+        "reserve",
+        "pinned.relay.localhost",
+        "--account",
+        world.account_a,
+        "--region",
+        "us",
+    )
+    web = Agent(
+        world.edge,
+        world.token_a,
+        str(echo.port),
+        kind="http",
+        extra=["--no-https", "--subdomain", "pinned"],
+    )
+    try:
+        assert web.proc.wait(30) == 4, web.proc.text()
+    finally:
+        web.stop()
+    assert "error RLY_208: pinned.relay.localhost is pinned to region us" in web.proc.text()
+    assert any(d["code"] == "RLY_208" for d in world.edge.audit_details("bind.refuse")), (
+        "the refused bind is audited"
+    )

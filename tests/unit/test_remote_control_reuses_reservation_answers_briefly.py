@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from relay.control import for_edge
-from relay.control.for_edge import RemoteControl
+from relay.control.for_edge import RemoteControl, Reservation
+
+ACC_A = Reservation("acc_a", "eu")
+ACC_B = Reservation("acc_b", "eu")
 
 
 class Recorder:
@@ -23,7 +26,7 @@ class Recorder:
     def post(self, path: str, *, json: Any = None) -> Any:
         self.calls.append(path)
         if path == "/edge/reservation_owner":
-            return {"account_id": self.owner}
+            return {"account_id": self.owner, "region": "eu"}
         if path == "/edge/reserved_ports":
             return {"ports": [20001]}
         if path == "/edge/inactive_tokens":
@@ -39,15 +42,15 @@ def test_reservation_answers_are_reused_within_the_ttl_and_asked_again_after(
     control = RemoteControl(recorder)  # type: ignore[arg-type]
 
     async def run() -> None:
-        assert await control.reservation_owner("http", "a.example.com") == "acc_a"
+        assert await control.reservation_owner("http", "a.example.com") == ACC_A
         recorder.owner = "acc_b"  # released and taken by another account meanwhile
-        assert await control.reservation_owner("http", "a.example.com") == "acc_a"
-        assert await control.reservation_owner("tcp", 20001) == "acc_b"  # another key
+        assert await control.reservation_owner("http", "a.example.com") == ACC_A
+        assert await control.reservation_owner("tcp", 20001) == ACC_B  # another key
         assert await control.reserved_ports() == {20001}
         assert await control.reserved_ports() == {20001}
         started = time.monotonic()
         await asyncio.sleep(0.35)
-        assert await control.reservation_owner("http", "a.example.com") == "acc_b"
+        assert await control.reservation_owner("http", "a.example.com") == ACC_B
         assert time.monotonic() - started < 5
         for _ in range(3):  # credentials: asked every time
             await control.inactive_tokens({"t1"})

@@ -561,12 +561,13 @@ def test_error_code_table_is_consistent() -> None:
         "RLY_205",
         "RLY_206",
         "RLY_207",
+        "RLY_208",
     }
     # Every error class in relay.errors is reachable: its code maps to it or to a subclass.
     classes = [v for v in vars(errors_mod).values() if isinstance(v, type)]
     classes = [c for c in classes if issubclass(c, RelayError)]
-    # 39, + NameReserved (RLY_207), + ControlUnavailable (RLY_504).
-    assert len(classes) == 41
+    # 39, + NameReserved (RLY_207), + ControlUnavailable (RLY_504), + RegionPinned (RLY_208).
+    assert len(classes) == 42
     for cls in classes:
         assert issubclass(ERROR_CODES[cls.code], cls)
 

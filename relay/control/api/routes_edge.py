@@ -56,6 +56,8 @@ class NameQuery(Strict):
 
 class Owner(Strict):
     account_id: str | None
+    #: The region the reservation pins its traffic to (None: any region).
+    region: str | None = None
 
 
 class NoArguments(Strict):
@@ -127,7 +129,9 @@ async def reservation_owner(
             raise ConfigError(f"a tcp reservation is a port number, not {body.name!r}")
         name = int(body.name)
     owner = plane_of(request).store.bind_owner(body.kind, name)
-    return Owner(account_id=owner.account_id if owner is not None else None)
+    if owner is None:
+        return Owner(account_id=None)
+    return Owner(account_id=owner.account_id, region=owner.region)
 
 
 @router.post("/reserved_ports", summary="Every reserved TCP port", response_model=Ports)
