@@ -557,6 +557,20 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Serve /metrics, /healthz, /readyz and /status (for `relay status`) on this "
             "HOST:PORT, e.g. 127.0.0.1:9191. Default: off.",
         ),
+        click.option(
+            "--links",
+            type=click.IntRange(1, 16),
+            default=1,
+            help="Connections to the edge, each serving a share of the visitors (on an edge "
+            "with --workers, usually on different cores); losing one moves new visitors to "
+            "the others at once.",
+        ),
+        click.option(
+            "--pool",
+            is_flag=True,
+            help="Share the endpoint's name or port with other agents of the same token "
+            "that bind it with --pool too: visitors go round robin to them.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -571,8 +585,13 @@ def run_agent(
     pin: str | None,
     server_name: str | None,
     admin_listen: str | None = None,
+    links: int = 1,
+    pool: bool = False,
 ) -> None:
-    from relay.agent.client import Agent, AgentOptions
+    import dataclasses
+
+    from relay.agent.client import AgentOptions
+    from relay.agent.links import LinkedAgent
     from relay.config import parse_host_port
 
     try:
@@ -584,7 +603,7 @@ def run_agent(
         edge_host=edge_host,
         edge_port=edge_port,
         token=token,
-        endpoints=tuple(endpoints),
+        endpoints=tuple(dataclasses.replace(e, pool=True) if pool else e for e in endpoints),
         ca_file=ca_file,
         pin=pin,
         server_name=server_name,
@@ -592,7 +611,7 @@ def run_agent(
     )
 
     async def serve() -> None:
-        agent = Agent(options, status=lambda line: click.echo(line))
+        agent = LinkedAgent(options, links, status=lambda line: click.echo(line))
         install_stop_handlers(agent.stop)
         await agent.run()
 

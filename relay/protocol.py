@@ -69,6 +69,10 @@ class Auth(Message):
     version: str
     protocol: int = PROTOCOL_VERSION
     hostname: str = ""
+    #: Which of the agent's links this is (``--links K``: 0..K-1). Links of one agent
+    #: each bind the same endpoints and share their visitors; a link reconnecting takes
+    #: its own place back, never another link's.
+    link: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class Bind(Message):
     domain: str = ""  # http/https/tls: a full hostname, or a wildcard "*.example.com"
     subdomain: str = ""  # http/https: <subdomain>.<the edge's base domain>
     host_header: str = ""  # http/https: replace the Host header with this ("" keeps it)
+    #: Share the endpoint with other agents of the same token that bind it with ``pool``
+    #: too: visitors go round robin to the members (endpoint pooling).
+    pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,8 @@ def _type_ok(annotation: Any, value: Any) -> bool:
         return isinstance(value, str)
     if annotation == "int":
         return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "bool":
+        return isinstance(value, bool)
     return False
 
 

@@ -77,6 +77,8 @@ class EndpointSpec:
     upstream_scheme: str = "tcp"
     upstream_tls_verify: bool = True
     proxy_protocol: str = ""  # "", "v1", "v2"
+    #: Share the endpoint with other agents of the token that bind it pooled too.
+    pool: bool = False
 
     @property
     def upstream(self) -> str:
@@ -131,6 +133,8 @@ class AgentOptions:
     #: None for none (the default: an agent is often one of many on a laptop).
     admin_listen: tuple[str, int] | None = None
     agent_id: str = field(default_factory=lambda: "a_" + secrets.token_hex(8))
+    #: Which of the agent's links this is (relay/agent/links.py runs ``--links K``).
+    link: int = 0
 
 
 class SessionEnded(Exception):
@@ -168,16 +172,29 @@ def stop_error(message: Stop) -> RelayError:
 
 class Agent:
     def __init__(
-        self, options: AgentOptions, *, status: Callable[[str], None] | None = None
+        self,
+        options: AgentOptions,
+        *,
+        status: Callable[[str], None] | None = None,
+        leader: Agent | None = None,
     ) -> None:
+        """``leader``: this is another link of that agent (``--links``): it binds exactly
+        the names and ports the leader was given, and never asks for new ones."""
         self.options = options
         self.status = status or (lambda line: log.info("%s", line))
         self.backoff = Backoff()
+        self.leader = leader
         self.bound: dict[str, BoundEndpoint] = {}  # endpoint_id -> endpoint
         self.remembered_ports: dict[EndpointSpec, int] = {}
         # Names the edge assigned at random (http/https), asked for again on reconnect.
         self.remembered_names: dict[EndpointSpec, str] = {}
         self.urls: dict[EndpointSpec, str] = {}
+        if leader is not None:  # the leader's, shared: what it was given, this link asks
+            self.remembered_ports = leader.remembered_ports
+            self.remembered_names = leader.remembered_names
+            self.urls = leader.urls
+        #: Set once every endpoint is bound (the other links start then).
+        self.all_bound = asyncio.Event()
         self.link: Any = None
         self.sessions_started = 0
         self._stopping = False
@@ -347,6 +364,7 @@ class Agent:
                 agent_id=self.options.agent_id,
                 version=f"relay-agent/{__version__}",
                 hostname=socket.gethostname(),
+                link=self.options.link,
             )
         )
         reply = await self._reply(control)
@@ -369,6 +387,12 @@ class Agent:
     async def _bind_all(self, control: ControlChannel) -> None:
         for request_id, spec in enumerate(self.options.endpoints, start=1):
             answer = await self._bind(control, request_id, spec, remembered=True)
+            if isinstance(answer, BindErrorMessage) and self.leader is not None:
+                # Another link may join only what the leader holds; if that moved, try
+                # again later (the leader asks anew, this link then follows it).
+                raise SessionEnded(
+                    f"could not join {self.urls.get(spec, spec.upstream)}: {answer.message}"
+                )
             if isinstance(answer, BindErrorMessage) and self._remembered(spec):
                 # What the edge gave us last time is someone else's now (an edge restart
                 # forgets who held what): take a new one rather than fail for good.
@@ -392,6 +416,7 @@ class Agent:
                 self.status(f"Forwarding  {answer.url} -> {spec.upstream} (was {previous})")
         if self.sessions_started_ok:
             self.status(f"reconnected; {len(self.bound)} endpoint(s) serving again")
+        self.all_bound.set()
 
     def _remembered(self, spec: EndpointSpec) -> bool:
         """Whether the last bind of ``spec`` asked for something only remembered (a port
@@ -417,6 +442,7 @@ class Agent:
                 domain=spec.domain,
                 subdomain=subdomain,
                 host_header=spec.host_header_value,
+                pool=spec.pool,
             )
         )
         answer = await self._reply(control)

@@ -1,18 +1,20 @@
 """The supervisor's table: which worker holds which endpoint (sans-IO).
 
 Every bind asks here first, so two workers never give one name or port to two owners —
-the rules a single edge's registry keeps (relay/edge/registry.py), across workers:
+the rules a single edge keeps (relay/edge/members.py), across workers:
 
 * a key nobody holds goes to whoever asks;
 * a key held under another token is refused, and so is a name whose other front (http
   or the TLS port) another token holds;
-* the same agent instance asking again (its reconnect landed on another worker) takes
-  the key over: the old worker drops its copy;
-* another agent of the same token takes it only once no worker holds it live (the
-  owner's agent was restarted and its endpoint is orphaned within its grace).
+* the same link of the same agent asking again (its reconnect landed on another worker)
+  takes its place over: the worker that had it drops that member;
+* another link of the same agent (``--links``), or any agent of the token when every
+  holder bound it with ``pool``, joins the holders: visitors are shared;
+* any other agent of the token takes the key once no worker holds it live (the owner's
+  agent was restarted and its endpoint is orphaned within its grace).
 
-``live`` marks whether a holder's session is up: visitors are handed only to workers
-that hold a key live.
+``live``, per worker, says whether its session(s) for the key are up: visitors are
+handed only to workers that hold a key live.
 """
 
 from __future__ import annotations
@@ -20,72 +22,111 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Member:
+    """One session's hold on a key: which agent, which of its links, pooled or not."""
+
+    worker: int
+    agent: str
+    link: int = 0
+    pooled: bool = False
+
+
 @dataclass
 class Claim:
     token: str
-    agent: str
-    #: worker -> whether its session for the key is live (False: orphaned, in grace).
-    holders: dict[int, bool] = field(default_factory=dict)
+    members: list[Member] = field(default_factory=list)
+    #: worker -> whether its members of the key are live (False: orphaned, in grace).
+    live: dict[int, bool] = field(default_factory=dict)
 
     def live_workers(self) -> list[int]:
-        return sorted(w for w, live in self.holders.items() if live)
+        return sorted(w for w, up in self.live.items() if up)
+
+    def live_members(self) -> list[Member]:
+        return [m for m in self.members if self.live.get(m.worker)]
 
 
 @dataclass(frozen=True)
 class Verdict:
     granted: bool
     why: str = ""
-    #: Workers that held the key before and must drop it now.
-    dropped: tuple[int, ...] = ()
+    #: Members that moved away or were taken over: their workers drop them.
+    dropped: tuple[Member, ...] = ()
 
 
 class ClaimTable:
     def __init__(self) -> None:
         self._claims: dict[str, Claim] = {}
 
-    def claim(self, worker: int, key: str, token: str, agent: str) -> Verdict:
+    def claim(self, key: str, token: str, member: Member) -> Verdict:
         sibling = self._claims.get(_sibling(key))
         if sibling is not None and sibling.token != token:
             # A name has one owner across http and the TLS port (https, tls).
             return Verdict(False, f"{key.partition(':')[2]} is bound by another token")
         current = self._claims.get(key)
         if current is None:
-            self._claims[key] = Claim(token, agent, {worker: True})
+            self._claims[key] = Claim(token, [member], {member.worker: True})
             return Verdict(True)
         if current.token != token:
             return Verdict(False, f"{key} is bound by another token")
-        others = tuple(sorted(w for w in current.holders if w != worker))
-        if current.agent != agent and any(
-            live for w, live in current.holders.items() if w != worker
-        ):
+        same_link = [
+            m for m in current.members if m.agent == member.agent and m.link == member.link
+        ]
+        others = [m for m in current.members if m not in same_link]
+        live = [m for m in others if current.live.get(m.worker)]
+        if not live:
+            dropped = tuple(m for m in current.members if m.worker != member.worker)
+            self._claims[key] = Claim(token, [member], {member.worker: True})
+            return Verdict(True, dropped=dropped)
+        same_agent = all(m.agent == member.agent for m in live)
+        pool = member.pooled and all(m.pooled for m in live)
+        if not (same_agent or pool):
             return Verdict(False, f"{key} is bound by another agent session")
-        self._claims[key] = Claim(token, agent, {worker: True})
-        return Verdict(True, dropped=others)
+        current.members = [*others, member]
+        current.live[member.worker] = True
+        for gone in same_link:  # a worker that kept no member of the key holds it no more
+            if not any(m.worker == gone.worker for m in current.members):
+                current.live.pop(gone.worker, None)
+        return Verdict(True, dropped=tuple(m for m in same_link if m.worker != member.worker))
+
+    def left(self, key: str, worker: int, agent: str, link: int) -> bool:
+        """One member left while others of its worker serve on; True if it was there."""
+        current = self._claims.get(key)
+        if current is None:
+            return False
+        before = len(current.members)
+        current.members = [
+            m
+            for m in current.members
+            if not (m.worker == worker and m.agent == agent and m.link == link)
+        ]
+        return len(current.members) != before
 
     def set_live(self, worker: int, key: str, live: bool) -> bool:
-        """A holder's session ended (orphaned) or came back; True if ``worker`` holds
-        ``key`` and its state changed."""
+        """A worker's members of ``key`` all ended (orphaned) or one came back; True if
+        ``worker`` holds ``key`` and its state changed."""
         current = self._claims.get(key)
-        if current is None or worker not in current.holders:
+        if current is None or worker not in current.live:
             return False
-        if current.holders[worker] == live:
+        if current.live[worker] == live:
             return False
-        current.holders[worker] = live
+        current.live[worker] = live
         return True
 
     def release(self, worker: int, key: str) -> bool:
         """``worker`` no longer holds ``key``; True if it did."""
         current = self._claims.get(key)
-        if current is None or worker not in current.holders:
+        if current is None or worker not in current.live:
             return False
-        del current.holders[worker]
-        if not current.holders:
+        del current.live[worker]
+        current.members = [m for m in current.members if m.worker != worker]
+        if not current.live:
             del self._claims[key]
         return True
 
     def worker_gone(self, worker: int) -> list[str]:
         """Every key ``worker`` held is released (it died): the keys that changed."""
-        changed = [key for key, claim in self._claims.items() if worker in claim.holders]
+        changed = [key for key, claim in self._claims.items() if worker in claim.live]
         for key in changed:
             self.release(worker, key)
         return changed
@@ -99,7 +140,11 @@ class ClaimTable:
 
     def holders(self, key: str) -> dict[int, bool]:
         current = self._claims.get(key)
-        return dict(current.holders) if current is not None else {}
+        return dict(current.live) if current is not None else {}
+
+    def members(self, key: str) -> list[Member]:
+        current = self._claims.get(key)
+        return list(current.members) if current is not None else []
 
 
 def _sibling(key: str) -> str:

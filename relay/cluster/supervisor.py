@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.cluster.channel import Channel, Message, socket_pair
-from relay.cluster.claims import ClaimTable
+from relay.cluster.claims import ClaimTable, Member
 from relay.cluster.place import WORKER_ENV, WorkerPlace
 
 log = logging.getLogger("relay.cluster")
@@ -230,6 +230,13 @@ class Supervisor:
             elif op == "live":
                 if self.table.set_live(worker.index, str(message["key"]), bool(message["live"])):
                     self._tell_where(str(message["key"]))
+            elif op == "left":
+                self.table.left(
+                    str(message["key"]),
+                    worker.index,
+                    str(message["agent"]),
+                    int(message["link"]),
+                )
             elif op == "release":
                 if self.table.release(worker.index, str(message["key"])):
                     self._tell_where(str(message["key"]))
@@ -242,17 +249,23 @@ class Supervisor:
 
     def _claim(self, worker: _Worker, message: Message) -> None:
         key = str(message["key"])
-        verdict = self.table.claim(worker.index, key, str(message["token"]), str(message["agent"]))
+        member = Member(
+            worker.index,
+            str(message["agent"]),
+            int(message.get("link", 0)),
+            bool(message.get("pooled", False)),
+        )
+        verdict = self.table.claim(key, str(message["token"]), member)
         assert worker.channel is not None
         worker.channel.send(
             {"op": "claimed", "id": message["id"], "ok": verdict.granted, "why": verdict.why}
         )
         if not verdict.granted:
             return
-        for index in verdict.dropped:
-            other = self.workers[index].channel
+        for gone in verdict.dropped:
+            other = self.workers[gone.worker].channel
             if other is not None:
-                other.send({"op": "drop", "key": key})
+                other.send({"op": "drop", "key": key, "agent": gone.agent, "link": gone.link})
         self._tell_where(key)
 
     def _tell_where(self, key: str) -> None:

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from relay.edge.members import is_live, serving_session
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
 from relay.error_pages import render
@@ -105,7 +106,7 @@ class HttpFront:
                 "RLY_630",
                 f"{hostname or 'this host'} is not the name this TLS connection is for",
             )
-        if may_hand_off and self.elsewhere is not None and not _live(endpoint):
+        if may_hand_off and self.elsewhere is not None and not is_live(endpoint):
             target = self.elsewhere.http_holder(hostname)
             if target is not None:
                 return (-2, target, None, None, 0)
@@ -115,8 +116,8 @@ class HttpFront:
                 return (-1, _redirect(location), None, None, 0)
         if endpoint is None:
             return self._error(404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
-        session = endpoint.holder.session
-        if session is None or not session.accepting_visitors:
+        session = serving_session(endpoint)
+        if session is None:
             return self._error(503, "RLY_611", f"the agent serving {hostname} is offline")
         protocol = StreamProtocol.HTTPS if scheme == "https" else StreamProtocol.HTTP
         extra = {"accept": accept} if accept else {}
@@ -158,10 +159,6 @@ class HttpFront:
             b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
         )
-
-
-def _live(endpoint: Any) -> bool:
-    return endpoint is not None and endpoint.holder.session is not None
 
 
 def _redirect(location: str) -> bytes:

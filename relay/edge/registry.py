@@ -19,12 +19,19 @@ class Holder:
     token_id: str
     agent_id: str
     session: Any | None  # the live AgentSession, None while orphaned
+    #: Which of the agent's links (``--links``) and whether it bound with ``pool``.
+    link: int = 0
+    pooled: bool = False
 
 
 class EndpointRegistry(Protocol):
     def claim(self, key: str, holder: Holder) -> Holder | None:
         """Give ``key`` to ``holder``; return the previous holder when it was taken over
         (same token: a reconnecting agent), raise EndpointAlreadyBound otherwise."""
+
+    def promote(self, key: str, holder: Holder) -> None:
+        """``holder``, already a member of ``key``'s endpoint (relay/edge/members.py),
+        is its primary now."""
 
     def release(self, key: str, holder: Holder) -> bool:
         """Drop ``key`` if ``holder`` still holds it; True when it did."""
@@ -50,6 +57,10 @@ class InMemoryRegistry:
                 raise EndpointAlreadyBound(f"{key} is bound by another agent session")
         self._holders[key] = holder
         return current if current is not holder else None
+
+    def promote(self, key: str, holder: Holder) -> None:
+        if key in self._holders:
+            self._holders[key] = holder
 
     def release(self, key: str, holder: Holder) -> bool:
         if self._holders.get(key) is holder:

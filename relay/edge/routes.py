@@ -25,6 +25,13 @@ class HostEndpoint:
     port: int = 0  # host endpoints have no port of their own
     #: Its own metric series' slot (relay/edge/endpoint_series.py; 0: none).
     metric_slot: int = 0
+    #: Every session serving it, ``holder`` first (relay/edge/members.py).
+    members: list[Holder] = field(default_factory=list, repr=False)
+    turn: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = [self.holder]
 
     @property
     def family(self) -> str:

@@ -27,10 +27,12 @@ from relay.control.api import ControlPlane, create_app
 from relay.control.for_edge import EdgeControl, LocalControl, RemoteControl
 from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
+from relay.edge import members
 from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
+from relay.edge.members import is_live
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
@@ -623,10 +625,13 @@ class Edge:
             await self._check_reserved("tcp", port, record.account_id)
         if port and not token_allows_bind(record, "tcp", port=port):
             raise BindNotAllowed(f"token {record.id} may not bind tcp port {port}")
-        holder = Holder(session.token_id, session.agent_id, session)
+        holder = Holder(
+            session.token_id, session.agent_id, session, session.link_index, request.pool
+        )
         if port:
             existing = self.by_key.get(f"tcp:{port}")
             if existing is not None:
+                await self._claim(existing.key, holder)
                 return self._take_over(existing, holder, session)
             self.ports.reserve(port)
             candidates = [port]
@@ -705,10 +710,11 @@ class Edge:
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
         if request.kind == "https":
             self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now, not never
-        holder = Holder(session.token_id, session.agent_id, session)
+        holder = Holder(
+            session.token_id, session.agent_id, session, session.link_index, request.pool
+        )
         key = f"{family}:{hostname}"
-        if key not in self.by_key:
-            await self._claim(key, holder)
+        await self._claim(key, holder)
         existing = self.by_key.get(key)
         if existing is not None:
             if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
@@ -742,19 +748,38 @@ class Edge:
         """With several workers, a name or port is first claimed across them (the
         supervisor's rules; EndpointAlreadyBound when another worker's agent has it)."""
         if self.worker is not None:
-            await self.worker.claim(key, holder.token_id, holder.agent_id)
+            await self.worker.claim(key, holder)
 
-    def drop_endpoint(self, key: str) -> None:
-        """The supervisor gave ``key`` to another worker (its agent reconnected there):
-        this worker's copy goes, without telling the supervisor again."""
+    def drop_endpoint(self, key: str, agent_id: str | None = None, link: int = 0) -> None:
+        """The supervisor gave ``key`` — or, with ``agent_id``, that agent's link ``link``
+        — to another worker (it reconnected there): this worker's copy goes, without
+        telling the supervisor again."""
         endpoint = self.by_key.get(key)
         if endpoint is None:
             return
-        session = endpoint.holder.session
-        if session is not None:
-            session.endpoints.pop(endpoint.endpoint_id, None)
+        gone = [
+            m
+            for m in endpoint.members
+            if agent_id is None or (m.agent_id == agent_id and m.link == link)
+        ]
+        if not gone:
+            return
+        for member in gone:
+            if member.session is not None:
+                member.session.endpoints.pop(endpoint.endpoint_id, None)
+        remaining = [m for m in endpoint.members if m not in gone]
+        if remaining:
+            endpoint.members = remaining
+            endpoint.holder = remaining[0]
+            self.registry.promote(endpoint.key, endpoint.holder)
+            self._tell_live(endpoint)
+            return
         log.info("%s moved to another worker", endpoint.url)
         self._remove(endpoint, tell_workers=False)
+
+    def _tell_live(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
+        if self.worker is not None:
+            self.worker.set_live(endpoint.key, is_live(endpoint))
 
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         """The agent has its Bound reply (a new endpoint, or one taken back): an https
@@ -817,23 +842,35 @@ class Edge:
     def _take_over(
         self, endpoint: TcpEndpoint | HostEndpoint, holder: Holder, session: AgentSession
     ) -> TcpEndpoint | HostEndpoint:
-        previous = self.registry.claim(endpoint.key, holder)  # raises if not ours to take
-        if previous is not None and previous.session is not None:
-            previous.session.endpoints.pop(endpoint.endpoint_id, None)
+        # A link of the same agent, or a pool member, joins; the same link reconnected
+        # (or any agent of the token, once no member is live) takes its place.
+        replaced = members.admit(endpoint, holder)  # raises if not ours to share or take
+        if replaced is not None and replaced.session not in (None, session):
+            replaced.session.endpoints.pop(endpoint.endpoint_id, None)
         if endpoint.orphan_timer is not None:
             endpoint.orphan_timer.cancel()
             endpoint.orphan_timer = None
-        endpoint.holder = holder
+        members.add(endpoint, holder, replaced)
+        self.registry.promote(endpoint.key, endpoint.holder)
         session.endpoints[endpoint.endpoint_id] = endpoint
-        if self.worker is not None:
-            self.worker.set_live(endpoint.key, True)
-        log.info("session %s took back %s", session.session_id, endpoint.url)
+        self._tell_live(endpoint)
+        joined = "joined" if replaced is None else "took back"
+        log.info("session %s %s %s", session.session_id, joined, endpoint.url)
         return endpoint
 
     def unbind(self, session: AgentSession, endpoint_id: str) -> None:
         endpoint = session.endpoints.pop(endpoint_id, None)
-        if endpoint is not None:
-            self._remove(endpoint)
+        if endpoint is None:
+            return
+        if members.leave(endpoint, session):  # other members go on serving it
+            self.registry.promote(endpoint.key, endpoint.holder)
+            self._member_left(endpoint, session)
+            return
+        self._remove(endpoint)
+
+    def _member_left(self, endpoint: TcpEndpoint | HostEndpoint, session: AgentSession) -> None:
+        if self.worker is not None and session.agent_id is not None:
+            self.worker.left(endpoint.key, session.agent_id, session.link_index)
 
     def _remove(self, endpoint: TcpEndpoint | HostEndpoint, *, tell_workers: bool = True) -> None:
         endpoint.close()
@@ -856,11 +893,14 @@ class Edge:
             self.metrics.mux.retire(session.link.session.stats())
         loop = asyncio.get_running_loop()
         for endpoint in list(session.endpoints.values()):
-            if endpoint.holder.session is not session:
+            if all(m.session is not session for m in endpoint.members):
                 continue
-            endpoint.holder.session = None  # orphaned: visitors are refused meanwhile
-            if self.worker is not None:
-                self.worker.set_live(endpoint.key, False)
+            if members.leave(endpoint, session):  # other links or pool members serve it
+                self.registry.promote(endpoint.key, endpoint.holder)
+                self._member_left(endpoint, session)
+                continue
+            # Orphaned: visitors are refused meanwhile.
+            self._tell_live(endpoint)
             if self._stopping:
                 continue
             endpoint.orphan_timer = loop.call_later(
@@ -870,7 +910,7 @@ class Edge:
 
     def _orphan_expired(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         endpoint.orphan_timer = None
-        if endpoint.holder.session is None:
+        if not is_live(endpoint):
             log.info("releasing %s: its agent did not come back", endpoint.url)
             self._remove(endpoint)
 

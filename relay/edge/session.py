@@ -50,6 +50,8 @@ AUTH_FAILURE_REASONS = {
 #: Failures that count against the source (relay.edge.auth_guard): a token that does not
 #: verify. A protocol version mismatch is an honest old agent, not a guess.
 GUESSING_CODES = frozenset(("RLY_101", "RLY_102", "RLY_103"))
+#: Links one agent may hold at once (``--links``): cloudflared holds 4.
+MAX_AGENT_LINKS = 16
 
 
 class AgentSession:
@@ -60,6 +62,8 @@ class AgentSession:
         self.control: ControlChannel | None = None
         self.token_id: str | None = None
         self.agent_id: str | None = None
+        #: Which of its agent's links this session is (``--links``; relay/edge/members.py).
+        self.link_index = 0
         self.peer = ""
         #: What failed authentications count against (relay.edge.auth_guard.source_of).
         self.source = "-"
@@ -172,6 +176,8 @@ class AgentSession:
 
     async def _authenticate(self, auth: Auth) -> bool:
         assert self.control is not None
+        if not 0 <= auth.link < MAX_AGENT_LINKS:
+            raise ProtocolViolation(f"auth: link {auth.link} is not 0..{MAX_AGENT_LINKS - 1}")
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -199,6 +205,7 @@ class AgentSession:
             return False
         self.token_id = record.id
         self.agent_id = auth.agent_id[:128]
+        self.link_index = auth.link
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()
         self.control.send(AuthOk(self.session_id, __version__, self.edge.config.region, record.id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from relay.edge.members import serving_session
 from relay.mux import Pump
 from relay.protocol import StreamHeader, StreamProtocol
 
@@ -51,6 +52,9 @@ class TcpEndpoint:
         self.metric_slot = 0
         self.server: asyncio.AbstractServer | None = None
         self.orphan_timer: asyncio.TimerHandle | None = None
+        #: Every session serving it, ``holder`` first (relay/edge/members.py).
+        self.members: list[Holder] = [holder]
+        self.turn = 0
 
     @property
     def key(self) -> str:
@@ -73,8 +77,8 @@ class TcpEndpoint:
         )
 
     def _new_visitor(self) -> asyncio.BaseProtocol:
-        session = self.holder.session
-        if session is None or not session.accepting_visitors:
+        session = serving_session(self)
+        if session is None:
             self.refused.inc()
             return Refuse()
         pump = Pump(session.link, header_factory=self._header)

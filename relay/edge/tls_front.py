@@ -26,6 +26,7 @@ from relay._httpfront import HttpVisitor
 from relay.accepting import AcceptLoop
 from relay.edge.client_hello import ClientHelloError, parse_client_hello
 from relay.edge.http import HttpFront
+from relay.edge.members import is_live, serving_session
 from relay.edge.routes import HostRoutes
 from relay.edge.tcp import Refuse, format_address
 from relay.mux import Pump
@@ -150,7 +151,7 @@ class TlsFront:
             may_hand_off
             and self.elsewhere is not None
             and name
-            and (endpoint is None or endpoint.holder.session is None)
+            and not is_live(endpoint)
             and self.elsewhere.sni_handed_off(conn, name)
         ):
             conn.close()  # our descriptor; the socket is the other worker's now
@@ -163,9 +164,9 @@ class TlsFront:
             answers = stand_in[1]
             self._start(conn, lambda: HttpVisitor(answers, "https"), stand_in[0])
             return
-        session = endpoint.holder.session
         if endpoint.kind == "tls":
-            if session is None or not session.accepting_visitors:
+            session = serving_session(endpoint)
+            if session is None:
                 conn.close()
                 return
             header = StreamHeader(

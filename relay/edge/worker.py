@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from relay.cluster.channel import Channel, Message
 from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
 from relay.cluster.place import WorkerPlace
+from relay.edge.registry import Holder
 from relay.edge.routes import HostRoutes
 from relay.errors import BindError, EndpointAlreadyBound
 
@@ -105,14 +106,23 @@ class EdgeWorker:
 
     # --- claims -------------------------------------------------------------------------
 
-    async def claim(self, key: str, token_id: str, agent_id: str) -> None:
-        """Ask the supervisor for ``key``; EndpointAlreadyBound when it is another's."""
+    async def claim(self, key: str, holder: Holder) -> None:
+        """Ask the supervisor for ``key`` for ``holder`` (an agent's link, maybe pooled);
+        EndpointAlreadyBound when it is another's."""
         assert self.channel is not None
         claim_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._claims[claim_id] = future
         self.channel.send(
-            {"op": "claim", "id": claim_id, "key": key, "token": token_id, "agent": agent_id}
+            {
+                "op": "claim",
+                "id": claim_id,
+                "key": key,
+                "token": holder.token_id,
+                "agent": holder.agent_id,
+                "link": holder.link,
+                "pooled": holder.pooled,
+            }
         )
         try:
             async with asyncio.timeout(CLAIM_TIMEOUT):
@@ -127,6 +137,11 @@ class EdgeWorker:
     def set_live(self, key: str, live: bool) -> None:
         if self.channel is not None:
             self.channel.send({"op": "live", "key": key, "live": live})
+
+    def left(self, key: str, agent_id: str, link: int) -> None:
+        """One member of ``key`` left; others here still serve it."""
+        if self.channel is not None:
+            self.channel.send({"op": "left", "key": key, "agent": agent_id, "link": link})
 
     def release(self, key: str) -> None:
         if self.channel is not None:
@@ -144,7 +159,12 @@ class EdgeWorker:
             workers = [int(w) for w in message.get("workers", []) if int(w) != self.index]
             self._where(str(message["key"]), workers)
         elif op == "drop":
-            self.edge.drop_endpoint(str(message["key"]))
+            agent = message.get("agent")
+            self.edge.drop_endpoint(
+                str(message["key"]),
+                str(agent) if agent is not None else None,
+                int(message.get("link", 0)),
+            )
         else:
             log.warning("unknown message from the supervisor: %s", op)
 

@@ -159,15 +159,18 @@ class Edge:
         ports: tuple[int, int] | None = None,
         extra: list[str] | None = None,
         global_options: list[str] | None = None,
+        workers: int = 1,
     ) -> None:
+        """``workers``: run it as ``--workers N``; worker i's admin listener is then
+        ``admin_port`` + i (a free run of N ports)."""
         self.data_dir = data_dir
         self.global_options = global_options or []
         self.listen_port = listen_port or free_port()
         self.ports = ports or free_port_range()
         self.http_port = free_port()
         self.https_port = free_port()
-        self.admin_port = free_port()
-        self.extra = extra or []
+        self.admin_port = free_port() if workers == 1 else free_port_range(workers)[0]
+        self.extra = (extra or []) + (["--workers", str(workers)] if workers > 1 else [])
         self.proc: Proc | None = None
 
     @property

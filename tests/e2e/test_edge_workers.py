@@ -34,7 +34,7 @@ WORKERS = 2
 
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[Edge]:
-    server = Edge(tmp_path / "edge", extra=["--workers", str(WORKERS)]).start()
+    server = Edge(tmp_path / "edge", workers=WORKERS).start()
     try:
         yield server
     finally:
@@ -168,8 +168,11 @@ def test_reload_and_drain_reach_every_worker(edge: Edge) -> None:
     assert edge.proc is not None
     pids = worker_pids(edge)
     os.kill(edge.proc.pid, signal.SIGHUP)
-    for worker in range(WORKERS):
-        edge.proc.wait_line(f"relay.edge[worker {worker}]: reloaded", timeout=15)
+    wanted = [f"relay.edge[worker {worker}]: reloaded" for worker in range(WORKERS)]
+    deadline = time.monotonic() + 15
+    while not all(w in edge.proc.text() for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(w in edge.proc.text() for w in wanted), edge.proc.text()
     assert edge.proc.stop() == 0
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the drain"

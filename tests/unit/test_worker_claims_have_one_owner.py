@@ -1,5 +1,6 @@
 """The supervisor's claim table (relay/cluster/claims.py): a name or port has one owner
-across the workers, by the single edge's rules."""
+across the workers, by the single edge's rules; links of one agent and pooled agents of
+one token share it."""
 
 from __future__ import annotations
 
@@ -7,21 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from relay.cluster.claims import ClaimTable
+from relay.cluster.claims import ClaimTable, Member
 
 
 def test_a_free_key_goes_to_whoever_asks() -> None:
     table = ClaimTable()
-    verdict = table.claim(0, "http:a.example", "t1", "agent1")
+    verdict = table.claim("http:a.example", "t1", Member(0, "agent1"))
     assert verdict.granted and verdict.dropped == ()
     assert table.live_workers("http:a.example") == [0]
 
 
 def test_another_token_is_refused_on_every_worker() -> None:
     table = ClaimTable()
-    table.claim(0, "tcp:20001", "t1", "agent1")
+    table.claim("tcp:20001", "t1", Member(0, "agent1"))
     for worker in (0, 1, 2):
-        verdict = table.claim(worker, "tcp:20001", "t2", "agent2")
+        verdict = table.claim("tcp:20001", "t2", Member(worker, "agent2"))
         assert not verdict.granted
         assert "another token" in verdict.why
     assert table.live_workers("tcp:20001") == [0]
@@ -29,70 +30,109 @@ def test_another_token_is_refused_on_every_worker() -> None:
 
 def test_a_name_has_one_owner_across_http_and_the_tls_port() -> None:
     table = ClaimTable()
-    table.claim(0, "sni:s.example", "t1", "agent1")
-    assert not table.claim(1, "http:s.example", "t2", "agent2").granted
-    assert table.claim(1, "http:s.example", "t1", "agent1").granted
+    table.claim("sni:s.example", "t1", Member(0, "agent1"))
+    assert not table.claim("http:s.example", "t2", Member(1, "agent2")).granted
+    assert table.claim("http:s.example", "t1", Member(1, "agent1")).granted
 
 
-def test_the_same_agent_takes_its_key_to_the_worker_it_reconnected_to() -> None:
+def test_the_same_link_takes_its_place_to_the_worker_it_reconnected_to() -> None:
     table = ClaimTable()
-    table.claim(0, "http:a.example", "t1", "agent1")
-    verdict = table.claim(1, "http:a.example", "t1", "agent1")
-    assert verdict.granted and verdict.dropped == (0,)
+    table.claim("http:a.example", "t1", Member(0, "agent1"))
+    verdict = table.claim("http:a.example", "t1", Member(1, "agent1"))
+    assert verdict.granted and verdict.dropped == (Member(0, "agent1"),)
     assert table.live_workers("http:a.example") == [1]
+
+
+def test_links_of_one_agent_share_a_key_across_workers() -> None:
+    table = ClaimTable()
+    table.claim("tcp:20001", "t1", Member(0, "agent1", link=0))
+    verdict = table.claim("tcp:20001", "t1", Member(1, "agent1", link=1))
+    assert verdict.granted and verdict.dropped == ()
+    assert table.live_workers("tcp:20001") == [0, 1]
+    # Link 1 comes back on worker 0: worker 1 drops it, and holds the key no more.
+    verdict = table.claim("tcp:20001", "t1", Member(0, "agent1", link=1))
+    assert verdict.dropped == (Member(1, "agent1", link=1),)
+    assert table.live_workers("tcp:20001") == [0]
+
+
+def test_pooled_agents_share_and_an_unpooled_one_does_not() -> None:
+    table = ClaimTable()
+    table.claim("http:p.example", "t1", Member(0, "a1", pooled=True))
+    assert table.claim("http:p.example", "t1", Member(1, "a2", pooled=True)).granted
+    assert not table.claim("http:p.example", "t1", Member(2, "a3")).granted
+    assert not table.claim("http:p.example", "t2", Member(2, "a4", pooled=True)).granted
+    assert table.live_workers("http:p.example") == [0, 1]
 
 
 def test_another_agent_of_the_token_waits_until_no_worker_holds_it_live() -> None:
     table = ClaimTable()
-    table.claim(0, "http:a.example", "t1", "agent1")
-    assert not table.claim(1, "http:a.example", "t1", "agent2").granted
+    table.claim("http:a.example", "t1", Member(0, "agent1"))
+    assert not table.claim("http:a.example", "t1", Member(1, "agent2")).granted
     assert table.set_live(0, "http:a.example", False)  # its session ended: orphaned
     assert table.live_workers("http:a.example") == []
-    verdict = table.claim(1, "http:a.example", "t1", "agent2")
-    assert verdict.granted and verdict.dropped == (0,)
+    verdict = table.claim("http:a.example", "t1", Member(1, "agent2"))
+    assert verdict.granted and verdict.dropped == (Member(0, "agent1"),)
 
 
 def test_a_dead_workers_keys_are_free_again() -> None:
     table = ClaimTable()
-    table.claim(0, "http:a.example", "t1", "agent1")
-    table.claim(1, "tcp:20001", "t1", "agent1")
+    table.claim("http:a.example", "t1", Member(0, "agent1"))
+    table.claim("tcp:20001", "t1", Member(1, "agent1"))
     assert table.worker_gone(0) == ["http:a.example"]
-    assert table.claim(2, "http:a.example", "t2", "agent2").granted
+    assert table.claim("http:a.example", "t2", Member(2, "agent2")).granted
     assert table.live_workers("tcp:20001") == [1]
 
 
 def test_release_and_set_live_by_a_non_holder_change_nothing() -> None:
     table = ClaimTable()
-    table.claim(0, "http:a.example", "t1", "agent1")
+    table.claim("http:a.example", "t1", Member(0, "agent1"))
     assert not table.release(1, "http:a.example")
     assert not table.set_live(1, "http:a.example", False)
     assert not table.set_live(0, "http:a.example", True)  # already live
     assert table.live_workers("http:a.example") == [0]
 
 
+def test_a_member_that_left_is_forgotten() -> None:
+    table = ClaimTable()
+    table.claim("http:a.example", "t1", Member(0, "agent1", link=0))
+    table.claim("http:a.example", "t1", Member(0, "agent1", link=1))
+    assert table.left("http:a.example", 0, "agent1", 1)
+    assert table.members("http:a.example") == [Member(0, "agent1", link=0)]
+    assert not table.left("http:a.example", 0, "agent1", 1)
+
+
 KEYS = st.sampled_from(["http:a.x", "sni:a.x", "http:b.x", "tcp:20001"])
 WORKERS = st.integers(0, 2)
 TOKENS = st.sampled_from(["t1", "t2"])
-AGENTS = st.sampled_from(["a1", "a2", "a3"])
+MEMBERS = st.builds(
+    Member, WORKERS, st.sampled_from(["a1", "a2", "a3"]), st.integers(0, 1), st.booleans()
+)
 
 
 class ClaimsMachine(RuleBasedStateMachine):
-    """Any sequence of claims, releases, orphanings and worker deaths: the table never
-    lets two tokens share a name, nor two workers a key."""
+    """Any sequence of claims, departures, orphanings, releases and worker deaths: the
+    table never lets two tokens share a name, nor one agent's link be in two places."""
 
     def __init__(self) -> None:
         super().__init__()
         self.table = ClaimTable()
 
-    @rule(worker=WORKERS, key=KEYS, token=TOKENS, agent=AGENTS)
-    def claim(self, worker: int, key: str, token: str, agent: str) -> None:
-        before = self.table.holders(key)
-        verdict = self.table.claim(worker, key, token, agent)
+    @rule(key=KEYS, token=TOKENS, member=MEMBERS)
+    def claim(self, key: str, token: str, member: Member) -> None:
+        before = self.table.members(key)
+        verdict = self.table.claim(key, token, member)
+        after = self.table.members(key)
         if verdict.granted:
-            assert self.table.holders(key) == {worker: True}
-            assert set(verdict.dropped) == set(before) - {worker}
+            assert member in after
+            assert self.table.holders(key)[member.worker] is True
+            assert set(verdict.dropped) <= set(before)
+            assert all(m.worker != member.worker for m in verdict.dropped)
         else:
-            assert self.table.holders(key) == before
+            assert after == before
+
+    @rule(key=KEYS, member=MEMBERS)
+    def left(self, key: str, member: Member) -> None:
+        self.table.left(key, member.worker, member.agent, member.link)
 
     @rule(worker=WORKERS, key=KEYS)
     def release(self, worker: int, key: str) -> None:
@@ -111,8 +151,10 @@ class ClaimsMachine(RuleBasedStateMachine):
     def one_owner(self) -> None:
         claims = self.table._claims
         for key, claim in claims.items():
-            assert len(claim.holders) <= 1  # one worker per key (links would share)
-            assert claim.holders, f"{key} kept with no holder"
+            assert claim.live, f"{key} kept with no holding worker"
+            assert {m.worker for m in claim.members} <= set(claim.live)
+            places = [(m.agent, m.link) for m in claim.members]
+            assert len(places) == len(set(places)), f"{key}: a link in two places"
             name = key.partition(":")[2]
             for family in ("http", "sni"):
                 other = claims.get(f"{family}:{name}")
@@ -124,10 +166,10 @@ TestClaimsMachine = ClaimsMachine.TestCase
 TestClaimsMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
 
 
-@given(st.lists(st.tuples(WORKERS, KEYS, TOKENS, AGENTS), max_size=30))
-def test_live_workers_are_holders(claims: list[tuple[int, str, str, str]]) -> None:
+@given(st.lists(st.tuples(KEYS, TOKENS, MEMBERS), max_size=30))
+def test_live_workers_are_holders(claims: list[tuple[str, str, Member]]) -> None:
     table = ClaimTable()
-    for worker, key, token, agent in claims:
-        table.claim(worker, key, token, agent)
+    for key, token, member in claims:
+        table.claim(key, token, member)
     for key in table.held_keys():
         assert set(table.live_workers(key)) <= set(table.holders(key))
