@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -86,31 +88,144 @@ def inbox_path(run_dir: Path, worker: int) -> Path:
 
 
 class Outbox:
-    """Sends visitors to other workers' inboxes; one unbound datagram socket per worker."""
+    """Sends visitors to other workers' inboxes: one socket connected to each inbox.
 
-    def __init__(self, run_dir: Path) -> None:
+    Linux queues at most ``net.unix.max_dgram_qlen`` datagrams (often 10) in an inbox,
+    whatever its buffer: a burst of visitors while the receiving worker is busy gets
+    EAGAIN. Those wait here, in order, with a duplicate of their descriptor, until the
+    inbox has room (a connected datagram socket polls writable then), up to
+    ``MAX_PENDING`` per worker; only past that, or when the worker is gone, does a send
+    fail."""
+
+    def __init__(self, run_dir: Path, loop: asyncio.AbstractEventLoop) -> None:
         self.run_dir = run_dir
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, INBOX_BUFFER)
+        self.loop = loop
+        self._targets: dict[int, _Target] = {}
+        #: Visitors that waited for room in an inbox (a burst met a busy worker).
+        self.queued = 0
 
     def send(self, worker: int, visitor: socket.socket | int, handoff: Handoff) -> None:
         """Hand ``visitor`` (a socket or its descriptor) to ``worker``. The caller still
         owns and closes its own descriptor: the datagram carries a duplicate. Raises
-        HandoffError when the worker cannot take it (gone, or its inbox full)."""
+        HandoffError when the worker cannot take it (gone, or too far behind)."""
         fd = visitor if isinstance(visitor, int) else visitor.fileno()
-        data = handoff.encode()
-        target = str(inbox_path(self.run_dir, worker))
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
-        try:
-            # Not socket.send_fds: it drops its address argument (CPython gh-107898).
-            self.sock.sendmsg([data], rights, 0, target)
-        except OSError as exc:
-            raise HandoffError(f"worker {worker} cannot take a visitor: {exc}") from None
+        target = self._targets.get(worker)
+        if target is None:
+            target = self._targets[worker] = _Target(self, worker)
+        target.send(handoff.encode(), fd)
+
+    def pending(self) -> int:
+        return sum(len(t.pending) for t in self._targets.values())
 
     def close(self) -> None:
-        self.sock.close()
+        for target in self._targets.values():
+            target.close()
+        self._targets.clear()
+
+
+#: Visitors waiting for room in one worker's inbox before sends to it fail.
+MAX_PENDING = 1024
+
+
+class _Target:
+    def __init__(self, outbox: Outbox, worker: int) -> None:
+        self.outbox = outbox
+        self.worker = worker
+        self.address = str(inbox_path(outbox.run_dir, worker))
+        self.sock: socket.socket | None = None
+        self.pending: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._watching = False
+
+    def send(self, data: bytes, fd: int) -> None:
+        if self.pending:
+            self._queue(data, fd)
+            return
+        try:
+            self._send_now(data, fd)
+        except BlockingIOError:
+            self._queue(data, fd)
+
+    def _send_now(self, data: bytes, fd: int) -> None:
+        """Raises BlockingIOError when the inbox is full, HandoffError when it is gone."""
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        for attempt in range(2):
+            sock = self._connected()
+            try:
+                sock.sendmsg([data], rights)
+                return
+            except (BlockingIOError, InterruptedError):
+                raise BlockingIOError from None
+            except OSError as exc:
+                # The worker was started again: its inbox is a new socket at the same
+                # path. Connect to that one, once.
+                self._disconnect()
+                if attempt or exc.errno not in _RECONNECT:
+                    raise HandoffError(
+                        f"worker {self.worker} cannot take a visitor: {exc}"
+                    ) from None
+
+    def _connected(self) -> socket.socket:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(self.address)
+            except OSError as exc:
+                sock.close()
+                raise HandoffError(f"worker {self.worker} cannot take a visitor: {exc}") from None
+            self.sock = sock
+        return self.sock
+
+    def _disconnect(self) -> None:
+        self._unwatch()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _queue(self, data: bytes, fd: int) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            raise HandoffError(f"worker {self.worker} is {MAX_PENDING} visitors behind")
+        self.pending.append((data, os.dup(fd)))
+        self.outbox.queued += 1
+        self._watch()
+
+    def _watch(self) -> None:
+        if not self._watching and self.sock is not None:
+            self.outbox.loop.add_writer(self.sock.fileno(), self._writable)
+            self._watching = True
+
+    def _writable(self) -> None:
+        while self.pending:
+            data, fd = self.pending[0]
+            try:
+                self._send_now(data, fd)
+            except BlockingIOError:
+                self._watch()  # still full (maybe a new socket): wait for writable
+                return
+            except HandoffError as exc:
+                log.warning("%s; dropping %d waiting visitor(s)", exc, len(self.pending))
+                self._drop_pending()
+                return
+            self.pending.popleft()
+            os.close(fd)
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._watching and self.sock is not None:
+            self.outbox.loop.remove_writer(self.sock.fileno())
+        self._watching = False
+
+    def _drop_pending(self) -> None:
+        while self.pending:
+            os.close(self.pending.popleft()[1])
+
+    def close(self) -> None:
+        self._drop_pending()
+        self._disconnect()
+
+
+#: Errors of a send to an inbox that is not there any more (its worker restarted).
+_RECONNECT = frozenset((errno.ECONNREFUSED, errno.ENOTCONN, errno.ENOENT, errno.EPIPE))
 
 
 OnHandoff = Callable[[socket.socket, Handoff], None]

@@ -79,7 +79,7 @@ class EdgeWorker:
         self.channel = Channel(sock, loop, self._message, self._supervisor_gone)
         self.inbox = Inbox(self.place.run_dir, self.index)
         self.inbox.start(loop, self._handed_in)
-        self.outbox = Outbox(self.place.run_dir)
+        self.outbox = Outbox(self.place.run_dir, loop)
 
     def ready(self, banner: list[str]) -> None:
         assert self.channel is not None

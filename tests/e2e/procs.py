@@ -120,6 +120,16 @@ class Proc:
     def text(self) -> str:
         return "\n".join(self.output)
 
+    def wait_all(self, *needles: str, timeout: float = 20.0) -> None:
+        """Until every needle is somewhere in the output, in any order (lines other
+        processes of its own write, e.g. an edge's workers, come in any order)."""
+        deadline = time.monotonic() + timeout
+        while not all(n in self.text() for n in needles):
+            if time.monotonic() > deadline:
+                missing = [n for n in needles if n not in self.text()]
+                raise TimeoutError(f"no line with {missing!r}; output:\n" + self.text())
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM by PID; SIGKILL if it does not exit in time. Returns the exit code."""
         if self.proc.poll() is None:

@@ -56,7 +56,7 @@ def test_the_socket_arrives_with_its_bytes_and_its_visitor(tmp_path: Path) -> No
         got: asyncio.Queue[tuple[socket.socket, Handoff]] = asyncio.Queue()
         inbox = Inbox(tmp_path, 1)
         inbox.start(loop, lambda sock, handoff: got.put_nowait((sock, handoff)))
-        outbox = Outbox(tmp_path)
+        outbox = Outbox(tmp_path, loop)
         listener = socket.create_server(("127.0.0.1", 0))
         visitor = socket.create_connection(listener.getsockname())
         accepted, _ = listener.accept()
@@ -88,11 +88,12 @@ def test_an_inbox_drops_what_is_not_a_tcp_visitor(tmp_path: Path) -> None:
         served: list[Handoff] = []
         inbox = Inbox(tmp_path, 0)
         inbox.start(loop, lambda sock, handoff: served.append(handoff))
-        outbox = Outbox(tmp_path)
+        outbox = Outbox(tmp_path, loop)
         a, b = socket.socketpair()
         try:
             outbox.send(0, a, Handoff("tls", "sni:a.x"))  # a Unix socket, not a visitor
-            outbox.sock.sendto(b"RH1 junk", str(inbox_path(tmp_path, 0)))  # no descriptor
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw:
+                raw.sendto(b"RH1 junk", str(inbox_path(tmp_path, 0)))  # no descriptor
             for _ in range(100):  # bounded: both datagrams are read within 1 s
                 if inbox.rejected == 2:
                     break
@@ -108,11 +109,80 @@ def test_an_inbox_drops_what_is_not_a_tcp_visitor(tmp_path: Path) -> None:
 
 
 def test_a_gone_worker_is_an_error_for_the_sender(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path)
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        with pytest.raises(HandoffError, match="worker 3"):
-            outbox.send(3, listener, Handoff("tls", "sni:a.x"))
-    finally:
-        listener.close()
-        outbox.close()
+    async def main() -> None:
+        outbox = Outbox(tmp_path, asyncio.get_running_loop())
+        listener = socket.create_server(("127.0.0.1", 0))
+        try:
+            with pytest.raises(HandoffError, match="worker 3"):
+                outbox.send(3, listener, Handoff("tls", "sni:a.x"))
+        finally:
+            listener.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_burst_past_the_kernels_queue_waits_and_arrives_whole(tmp_path: Path) -> None:
+    """Linux queues only net.unix.max_dgram_qlen datagrams in an inbox (10 here): 200
+    visitors sent at once while the receiver is not reading all arrive, in order, each
+    with its own socket."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[tuple[socket.socket, Handoff]] = []
+        inbox = Inbox(tmp_path, 2)
+        outbox = Outbox(tmp_path, loop)
+        listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        visitors: list[socket.socket] = []
+        try:
+            for i in range(200):
+                visitor = socket.create_connection(listener.getsockname())
+                visitors.append(visitor)
+                accepted, _ = listener.accept()
+                outbox.send(2, accepted, Handoff("http", f"http:{i}.x", b"%d" % i))
+                accepted.close()
+            assert outbox.queued > 0, "the kernel took all 200: the burst proves nothing"
+            inbox.start(loop, lambda sock, handoff: got.append((sock, handoff)))
+            for _ in range(500):  # bounded: 5 s
+                if len(got) == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert [h.key for _, h in got] == [f"http:{i}.x" for i in range(200)]
+            assert outbox.pending() == 0
+            for (sock, handoff), visitor in zip(got, visitors, strict=True):
+                assert sock.getpeername() == visitor.getsockname()
+                assert handoff.carried == handoff.key[5:-2].encode()
+        finally:
+            for sock, _ in got:
+                sock.close()
+            for visitor in visitors:
+                visitor.close()
+            listener.close()
+            inbox.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_restarted_workers_new_inbox_is_found(tmp_path: Path) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[Handoff] = []
+        outbox = Outbox(tmp_path, loop)
+        listener = socket.create_server(("127.0.0.1", 0))
+        try:
+            for generation in range(2):  # the worker dies and comes back
+                inbox = Inbox(tmp_path, 1)
+                inbox.start(loop, lambda sock, handoff: (got.append(handoff), sock.close()))
+                outbox.send(1, listener, Handoff("tls", f"sni:{generation}.x"))
+                for _ in range(100):
+                    if len(got) == generation + 1:
+                        break
+                    await asyncio.sleep(0.01)
+                inbox.close()
+            assert [h.key for h in got] == ["sni:0.x", "sni:1.x"]
+        finally:
+            listener.close()
+            outbox.close()
+
+    asyncio.run(main())
