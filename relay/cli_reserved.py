@@ -36,7 +36,7 @@ REGION_OPTION = click.option(
     "--region",
     default=None,
     metavar="REGION",
-    help="Pin it to a region, e.g. eu (stored now; enforced once PoPs form a cluster).",
+    help="Pin it to a region, e.g. eu: only edges of that region (relay edge --region) bind it.",
 )
 
 
