@@ -529,7 +529,15 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "edge_addr",
             envvar="RELAY_EDGE",
             required=True,
-            help="Edge agent address HOST:PORT (env RELAY_EDGE).",
+            help="Edge agent address HOST:PORT (env RELAY_EDGE); several PoPs as "
+            "HOST:PORT,HOST:PORT (a name with several addresses counts as several): the "
+            "agent uses the one with the lowest round-trip time and fails over to the next.",
+        ),
+        click.option(
+            "--region",
+            default="",
+            show_default=False,
+            help="Use only PoPs of this region (the edge's --region); default: any.",
         ),
         click.option(
             "--token",
@@ -587,6 +595,7 @@ def run_agent(
     admin_listen: str | None = None,
     links: int = 1,
     pool: bool = False,
+    region: str = "",
 ) -> None:
     import dataclasses
 
@@ -595,7 +604,14 @@ def run_agent(
     from relay.config import parse_host_port
 
     try:
-        edge_host, edge_port = parse_host_port(edge_addr, what="--edge")
+        edges = tuple(
+            parse_host_port(one.strip(), what="--edge")
+            for one in edge_addr.split(",")
+            if one.strip()
+        )
+        if not edges:
+            raise ConfigError("--edge names no address")
+        edge_host, edge_port = edges[0]
         admin = parse_host_port(admin_listen, what="--admin-listen") if admin_listen else None
     except RelayError as err:
         fail(err)
@@ -604,6 +620,8 @@ def run_agent(
         edge_port=edge_port,
         token=token,
         endpoints=tuple(dataclasses.replace(e, pool=True) if pool else e for e in endpoints),
+        edges=edges,
+        region=region,
         ca_file=ca_file,
         pin=pin,
         server_name=server_name,

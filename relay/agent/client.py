@@ -19,11 +19,13 @@ from relay import __version__
 from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
 from relay.agent.metrics import AgentMetrics
+from relay.agent.pops import Pop, PopChooser
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
 from relay.error_pages import render
 from relay.errors import (
     AuthError,
     BindError,
+    ConfigError,
     ConnectError,
     NotAnEdge,
     ProtocolViolation,
@@ -135,10 +137,19 @@ class AgentOptions:
     agent_id: str = field(default_factory=lambda: "a_" + secrets.token_hex(8))
     #: Which of the agent's links this is (relay/agent/links.py runs ``--links K``).
     link: int = 0
+    #: Every PoP the agent may use (``--edge a:7000,b:7000``); empty: just
+    #: ``edge_host:edge_port``. Either may be a name with several addresses.
+    edges: tuple[tuple[str, int], ...] = ()
+    #: Only PoPs of this region serve the agent ("": any).
+    region: str = ""
 
 
 class SessionEnded(Exception):
     """The link is gone; reconnect."""
+
+
+class WrongRegion(SessionEnded):
+    """The PoP is in another region than ``--region``: try the next one at once."""
 
 
 class FatalAgentError(RelayError):
@@ -195,6 +206,12 @@ class Agent:
             self.urls = leader.urls
         #: Set once every endpoint is bound (the other links start then).
         self.all_bound = asyncio.Event()
+        self.pops = PopChooser(
+            options.edges or ((options.edge_host, options.edge_port),),
+            options.region,
+            options.link,
+        )
+        self.pop: Pop | None = None  # the PoP of the current attempt
         self.link: Any = None
         self.sessions_started = 0
         self._stopping = False
@@ -238,6 +255,13 @@ class Agent:
         assert self._stopped is not None
         while not self._stopping:
             self._established = False
+            ranked = await self.pops.ranked()
+            if self.pops.all_away(ranked):
+                raise ConfigError(
+                    f"no PoP of region {self.options.region} among "
+                    f"{', '.join(str(p) for p in ranked)}"
+                )
+            self.pop = ranked[0]
             session = asyncio.ensure_future(self._run_session())
             stopped = asyncio.ensure_future(self._stopped.wait())
             try:
@@ -252,6 +276,9 @@ class Agent:
                 session.result()
             except (AuthError, TlsError, NotAnEdge, FatalAgentError):
                 raise
+            except WrongRegion as exc:
+                self.status(str(exc))
+                continue  # the next PoP at once: this one is not the agent's region
             except BindError as exc:
                 if not self.sessions_started_ok:
                     raise
@@ -292,15 +319,16 @@ class Agent:
         assert self._context is not None
         self._session_done = loop.create_future()
         link = options.mux.new_link(self, loop, client=True)
-        server_name = options.server_name or options.edge_host
-        where = f"{options.edge_host}:{options.edge_port}"
+        pop = self.pop or Pop(options.edge_host, options.edge_port, options.edge_host)
+        server_name = options.server_name or pop.name
+        where = str(pop)
         try:
             await asyncio.wait_for(
                 connect_link(
                     loop,
                     lambda: link,
-                    options.edge_host,
-                    options.edge_port,
+                    pop.host,
+                    pop.port,
                     ssl_context=self._context,
                     server_hostname=server_name,
                     handshake_timeout=options.connect_timeout,
@@ -372,8 +400,15 @@ class Agent:
             raise error_from_code(reply.code, reply.message)
         if not isinstance(reply, AuthOk):
             raise ProtocolViolation(f"expected auth_ok, got {reply.TYPE}")
+        if self.options.region and reply.region != self.options.region and self.pop:
+            self.pops.wrong_region(self.pop)
+            raise WrongRegion(
+                f"{self.pop} is a PoP of region {reply.region}, not {self.options.region}; "
+                "trying another"
+            )
         self._established = True
-        self.status(f"session {reply.session_id} established (edge {reply.edge_version})")
+        where = f", {self.pop}" if len(self.pops.last_rtts) > 1 and self.pop else ""
+        self.status(f"session {reply.session_id} established (edge {reply.edge_version}{where})")
         self.bound.clear()
         self._binding = True
         try:

@@ -170,9 +170,12 @@ class Edge:
         extra: list[str] | None = None,
         global_options: list[str] | None = None,
         workers: int = 1,
+        host: str = "127.0.0.1",
     ) -> None:
         """``workers``: run it as ``--workers N``; worker i's admin listener is then
-        ``admin_port`` + i (a free run of N ports)."""
+        ``admin_port`` + i (a free run of N ports). ``host``: the loopback address every
+        listener of this edge binds (a PoP of its own: 127.0.0.2, 127.0.0.3, …)."""
+        self.host = host
         self.data_dir = data_dir
         self.global_options = global_options or []
         self.listen_port = listen_port or free_port()
@@ -189,7 +192,7 @@ class Edge:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.listen_port}"
+        return f"{self.host}:{self.listen_port}"
 
     def start(self) -> Edge:
         self.proc = Proc(
@@ -204,15 +207,15 @@ class Edge:
                 "--tcp-ports",
                 f"{self.ports[0]}-{self.ports[1]}",
                 "--tcp-bind",
-                "127.0.0.1",
+                self.host,
                 "--http-listen",
-                f"127.0.0.1:{self.http_port}",
+                f"{self.host}:{self.http_port}",
                 "--https-listen",
-                f"127.0.0.1:{self.https_port}",
+                f"{self.host}:{self.https_port}",
                 "--base-domain",
                 "relay.localhost",
                 "--admin-listen",
-                f"127.0.0.1:{self.admin_port}",
+                f"{self.host}:{self.admin_port}",
                 *self.extra,
             ]
         )

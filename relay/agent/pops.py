@@ -1,0 +1,100 @@
+"""Which PoP an agent connects to, when it knows several (``--edge a:7000,b:7000``, or a
+name with several addresses).
+
+Each attempt starts with the candidates ordered by round-trip time: one TCP connect to
+each agent port, all at once, at most ``PROBE_TIMEOUT`` each; unreachable ones go last.
+With ``--region`` only PoPs of that region serve: a PoP whose AuthOk names another
+region is set aside for ``WRONG_REGION_FOR`` and the next one is tried at once. The links
+of one agent (``--links``) start from different places in the order, so two links hold
+two PoPs when there are two: losing one PoP then costs no reconnect at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from dataclasses import dataclass, field
+
+#: How long one probe may take before its PoP counts as unreachable.
+PROBE_TIMEOUT = 1.0
+#: How long a PoP of another region is left out.
+WRONG_REGION_FOR = 60.0
+#: At most this many addresses are probed (names resolve to a few PoPs, not hundreds).
+MAX_CANDIDATES = 16
+
+
+@dataclass(frozen=True)
+class Pop:
+    """One agent port: the address dialled and the name its certificate is checked for."""
+
+    host: str
+    port: int
+    name: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass
+class PopChooser:
+    edges: tuple[tuple[str, int], ...]
+    region: str = ""
+    #: This link's index: where in the order it starts.
+    offset: int = 0
+    _away: dict[Pop, float] = field(default_factory=dict)
+    #: Round-trip times of the last probe, for status lines and tests (seconds).
+    last_rtts: dict[Pop, float] = field(default_factory=dict)
+
+    async def ranked(self) -> list[Pop]:
+        """Every candidate, best first (this link's offset applied), those of another
+        region last."""
+        pops = await self._resolve()
+        if len(pops) > 1:
+            rtts = await asyncio.gather(*(_probe(p) for p in pops))
+            self.last_rtts = dict(zip(pops, rtts, strict=True))
+            pops.sort(key=lambda p: self.last_rtts[p])
+            shift = self.offset % len(pops)
+            pops = pops[shift:] + pops[:shift]
+        now = time.monotonic()
+        return sorted(pops, key=lambda p: self._away.get(p, 0.0) > now)
+
+    def wrong_region(self, pop: Pop) -> None:
+        self._away[pop] = time.monotonic() + WRONG_REGION_FOR
+
+    def all_away(self, pops: list[Pop]) -> bool:
+        now = time.monotonic()
+        return all(self._away.get(p, 0.0) > now for p in pops)
+
+    async def _resolve(self) -> list[Pop]:
+        loop = asyncio.get_running_loop()
+        found: list[Pop] = []
+        for host, port in self.edges:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                found.append(Pop(host, port, host))  # let the connect say why
+                continue
+            for info in infos:
+                pop = Pop(str(info[4][0]), port, host)
+                if pop not in found:
+                    found.append(pop)
+        return found[:MAX_CANDIDATES]
+
+
+async def _probe(pop: Pop) -> float:
+    """Seconds a TCP connect to ``pop`` took; infinity when it failed or timed out."""
+    started = time.monotonic()
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(pop.host, pop.port), PROBE_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        return float("inf")
+    elapsed = time.monotonic() - started
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return elapsed

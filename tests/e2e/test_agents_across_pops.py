@@ -1,0 +1,141 @@
+"""An agent that knows several PoPs (``--edge A,B``): it uses one of its region, fails over
+to another within 5 s when that PoP dies, and with ``--links 2`` holds both at once, so a
+PoP's death costs its visitors at the other PoP nothing.
+
+Each PoP is an edge on a loopback address of its own (127.0.0.2, 127.0.0.3), in a region
+of its own; they share one data directory, as PoPs share one control plane (its tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import Agent, EchoServer, Edge, free_port_range, payload
+
+pytestmark = pytest.mark.timeout(180)
+
+A_HOST, B_HOST = "127.0.0.2", "127.0.0.3"
+
+
+@pytest.fixture
+def pops(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Edge, Edge]]:
+    regions: tuple[str, str] = getattr(request, "param", ("eu", "eu"))
+    data_dir = tmp_path / "shared"
+    ports = free_port_range(20)
+    a = Edge(data_dir, host=A_HOST, ports=ports, extra=["--region", regions[0]])
+    b = Edge(data_dir, host=B_HOST, ports=ports, extra=["--region", regions[1]])
+    try:
+        a.start()  # first: it makes the shared data directory
+        b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def roundtrip(host: str, port: int, data: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        back = b""
+        while chunk := sock.recv(65536):
+            back += chunk
+    return back
+
+
+def served_by(host: str, port: int, data: bytes) -> bool:
+    try:
+        return hashlib.sha256(roundtrip(host, port, data)).digest() == (
+            hashlib.sha256(data).digest()
+        )
+    except OSError:
+        return False
+
+
+def across(a: Edge, b: Edge, echo: EchoServer, token: str, *flags: str) -> Agent:
+    return Agent(a, token, echo.port, extra=["--edge", f"{a.address},{b.address}", *flags])
+
+
+def test_an_agent_fails_over_to_another_pop_of_its_region_within_5_s(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = pops
+    _, token = a.token()
+    agent = across(a, b, echo, token, "--region", "eu")
+    agents.append(agent)
+    port = agent.wait_bound()
+    data = payload(1, 100_000)
+    first = a if served_by(A_HOST, port, data) else b
+    other = b if first is a else a
+    assert served_by(first.host, port, data), "served by neither PoP"
+    assert first.proc is not None
+    first.proc.kill()
+    died = time.monotonic()
+    while time.monotonic() - died < 5 and not served_by(other.host, port, data):
+        time.sleep(0.1)
+    took = time.monotonic() - died
+    assert served_by(other.host, port, data), agent.proc.text()
+    assert took < 5, f"serving again after {took:.1f}s"
+
+
+@pytest.mark.parametrize("pops", [("us", "eu")], indirect=True)
+def test_an_agent_uses_only_pops_of_its_region(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = pops
+    _, token = a.token()
+    agent = across(a, b, echo, token, "--region", "eu")
+    agents.append(agent)
+    port = agent.wait_bound()
+    data = payload(2, 50_000)
+    assert served_by(B_HOST, port, data)
+    assert not served_by(A_HOST, port, data)
+    nowhere = across(a, b, echo, token, "--region", "ap")
+    try:
+        assert nowhere.proc.wait(30) == 2
+    finally:
+        nowhere.stop()
+    assert "no PoP of region ap" in nowhere.proc.text()
+
+
+def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = pops
+    _, token = a.token()
+    agent = across(a, b, echo, token, "--links", "2")
+    agents.append(agent)
+    port = agent.wait_bound()
+    agent.proc.wait_all("link 1: session")
+    data = payload(3, 30_000)
+    deadline = time.monotonic() + 10
+    while not (served_by(A_HOST, port, data) and served_by(B_HOST, port, data)):
+        assert time.monotonic() < deadline, "the two links do not hold both PoPs"
+        time.sleep(0.1)
+    # Visitors of B go on while A dies: not one fails.
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def visit() -> None:
+        for i in range(3000):
+            if stop.is_set():
+                return
+            if not served_by(B_HOST, port, payload(i, 10_000)):
+                failures.append(f"visitor {i}")
+
+    visitor = threading.Thread(target=visit, daemon=True)
+    visitor.start()
+    time.sleep(0.3)
+    assert a.proc is not None
+    a.proc.kill()
+    time.sleep(1.5)
+    stop.set()
+    visitor.join(30)
+    assert failures == []
