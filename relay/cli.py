@@ -787,8 +787,10 @@ def start(names: tuple[str, ...], config_file: Path) -> None:
         fail(ConfigError("no authtoken: set agent.authtoken or RELAY_TOKEN"))
     if agent.edge is None:
         fail(ConfigError("no edge address: set agent.edge"))
-    edge_host, edge_port = agent.edge
-    edge_addr = f"[{edge_host}]:{edge_port}" if ":" in edge_host else f"{edge_host}:{edge_port}"
+    edge_addr = ",".join(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for host, port in (agent.edges or (agent.edge,))
+    )
     run_agent(
         specs,
         edge_addr,
@@ -797,6 +799,8 @@ def start(names: tuple[str, ...], config_file: Path) -> None:
         agent.pin,
         agent.server_name,
         agent.admin_listen or None,
+        links=agent.links,
+        region=agent.region,
     )
 
 

@@ -8,6 +8,9 @@
       authtoken: rly_...            # or env RELAY_TOKEN
       ca_file: /path/ca.pem         # or pin: sha256:...
       server_name: edge.example.com
+      # edge: [eu1.example.com:7000, eu2.example.com:7000]   # several PoPs
+      # region: eu                  # only PoPs of this region
+      # links: 2                    # connections, each serving a share of visitors
     endpoints:
       - name: web
         kind: http                  # tcp | http | https | tls
@@ -15,6 +18,7 @@
         subdomain: myapp
         host_header: rewrite        # keep (default) | rewrite | a literal value
         proxy_protocol: v2          # none (default) | v1 | v2
+        pool: false                 # share the name with the token's other --pool agents
       - name: ssh
         kind: tcp
         upstream: 22
@@ -67,7 +71,18 @@ Kind = Literal["tcp", "http", "https", "tls"]
 ProxyProtocol = Literal["none", "v1", "v2"]
 
 _TOP_KEYS = ("version", "agent", "endpoints")
-_AGENT_KEYS = ("edge", "authtoken", "ca_file", "pin", "server_name", "admin_listen")
+_AGENT_KEYS = (
+    "edge",
+    "authtoken",
+    "ca_file",
+    "pin",
+    "server_name",
+    "admin_listen",
+    "region",
+    "links",
+)
+#: At most this many links (the edge refuses more).
+MAX_LINKS = 16
 _ENDPOINT_KEYS = (
     "name",
     "kind",
@@ -78,6 +93,7 @@ _ENDPOINT_KEYS = (
     "proxy_protocol",
     "upstream_tls_verify",
     "remote_port",
+    "pool",
 )
 #: Which optional keys make sense for which kind (``name``, ``kind``, ``upstream``,
 #: ``proxy_protocol`` are for all).
@@ -138,6 +154,11 @@ class AgentSection:
     server_name: str | None = None
     #: HOST:PORT of the agent's admin listener (/metrics, /healthz, /readyz, /status).
     admin_listen: str = ""
+    #: Every PoP given (``edge`` is the first); one unless ``edge`` is a list.
+    edges: tuple[tuple[str, int], ...] = ()
+    #: Only PoPs of this region ("": any); connections to the edge (``--links``).
+    region: str = ""
+    links: int = 1
 
 
 @dataclass(frozen=True)
@@ -153,6 +174,8 @@ class EndpointConfig:
     upstream_tls_verify: bool = True
     #: TCP only; 0 lets the edge choose.
     remote_port: int = 0
+    #: Share the name or port with the token's other agents that pool it.
+    pool: bool = False
 
     def spec(self) -> EndpointSpec:
         """The :class:`relay.agent.client.EndpointSpec` the agent binds (its conventions:
@@ -169,6 +192,7 @@ class EndpointConfig:
             upstream_scheme="https" if self.upstream.scheme == "https" else "tcp",
             upstream_tls_verify=self.upstream_tls_verify,
             proxy_protocol="" if self.proxy_protocol == "none" else self.proxy_protocol,
+            pool=self.pool,
         )
 
 
@@ -348,19 +372,25 @@ def _choice(value: Any, path: str, choices: Sequence[str]) -> str:
 def _agent_section(raw: Any, env: Mapping[str, str]) -> AgentSection:
     data = _mapping(raw, "agent") if raw is not None else {}
     _check_keys(data, _AGENT_KEYS, "agent")
-    edge: tuple[str, int] | None = None
+    edges: list[tuple[str, int]] = []
     if data.get("edge") is not None:
-        text = _string(data["edge"], "agent.edge")
-        try:
-            host, port_text = _split_host_port(text, text)
-            if port_text is None:
-                raise AgentConfigError(f"{text!r}: no port (write HOST:PORT)")
-            port = _port_value(port_text, text)
-        except AgentConfigError as exc:
-            _fail("agent.edge", exc.message)
-        if not _host_ok(host):
-            _fail("agent.edge", f"{host!r} is not a host name or IP address")
-        edge = (host, port)
+        given = data["edge"]
+        many = isinstance(given, list)
+        if many and not 1 <= len(given) <= 16:
+            _fail("agent.edge", "a list of 1 to 16 HOST:PORT")
+        for i, item in enumerate(given if many else [given]):
+            where = f"agent.edge[{i}]" if many else "agent.edge"
+            edges.append(_edge_address(_string(item, where), where))
+    edge = edges[0] if edges else None
+    region = ""
+    if data.get("region") is not None:
+        region = _string(data["region"], "agent.region")
+    links = 1
+    if data.get("links") is not None:
+        value = data["links"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LINKS:
+            _fail("agent.links", f"must be a number 1..{MAX_LINKS}, not {value!r}")
+        links = value
     token: str | None = None
     if data.get("authtoken") is not None:
         token = _string(data["authtoken"], "agent.authtoken")
@@ -392,7 +422,23 @@ def _agent_section(raw: Any, env: Mapping[str, str]) -> AgentSection:
         pin=pin,
         server_name=server_name,
         admin_listen=admin_listen,
+        edges=tuple(edges),
+        region=region,
+        links=links,
     )
+
+
+def _edge_address(text: str, where: str) -> tuple[str, int]:
+    try:
+        host, port_text = _split_host_port(text, text)
+        if port_text is None:
+            raise AgentConfigError(f"{text!r}: no port (write HOST:PORT)")
+        port = _port_value(port_text, text)
+    except AgentConfigError as exc:
+        _fail(where, exc.message)
+    if not _host_ok(host):
+        _fail(where, f"{host!r} is not a host name or IP address")
+    return host, port
 
 
 def _endpoint(raw: Any, index: int) -> EndpointConfig:
@@ -485,6 +531,12 @@ def _endpoint(raw: Any, index: int) -> EndpointConfig:
             _fail(f"{path}.remote_port", f"{value} is not in 1..65535 (leave it out to get any)")
         remote_port = value
 
+    pool = False
+    if data.get("pool") is not None:
+        if not isinstance(data["pool"], bool):
+            _fail(f"{path}.pool", f"must be true or false, not {data['pool']!r}")
+        pool = data["pool"]
+
     return EndpointConfig(
         name=name,
         kind=_as_kind(kind),
@@ -495,6 +547,7 @@ def _endpoint(raw: Any, index: int) -> EndpointConfig:
         proxy_protocol=_as_pp(proxy_protocol),
         upstream_tls_verify=verify,
         remote_port=remote_port,
+        pool=pool,
     )
 
 

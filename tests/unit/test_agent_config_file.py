@@ -68,6 +68,7 @@ def test_full_file(tmp_path: Path) -> None:
         ca_file=None,
         pin=PIN,
         server_name="edge.example.com",
+        edges=(("edge.example.com", 7000),),
     )
     web, api, ssh, tls = config.endpoints
     assert web == EndpointConfig(
@@ -131,6 +132,47 @@ def test_agent_section_optional_and_ca_file(tmp_path: Path) -> None:
     )
     assert config.agent.ca_file == Path("~/ca.pem").expanduser()
     assert config.agent.edge == ("::1", 7000)
+
+
+def test_several_pops_a_region_links_and_a_pool() -> None:
+    config = parse_agent_config(
+        {
+            "version": 1,
+            "agent": {
+                "edge": ["eu1.example.com:7000", "[::1]:7001"],
+                "region": "eu",
+                "links": 2,
+            },
+            "endpoints": [{"name": "a", "kind": "tcp", "upstream": 1, "pool": True}],
+        },
+        env={},
+    )
+    agent = config.agent
+    assert agent.edge == ("eu1.example.com", 7000)
+    assert agent.edges == (("eu1.example.com", 7000), ("::1", 7001))
+    assert (agent.region, agent.links) == ("eu", 2)
+    assert config.endpoints[0].spec().pool is True
+
+
+@pytest.mark.parametrize(
+    ("agent", "endpoint", "message"),
+    [
+        ({"edge": []}, {}, "agent.edge: a list of 1 to 16 HOST:PORT"),
+        ({"edge": ["a:1", "b"]}, {}, "agent.edge[1]: 'b': no port"),
+        ({"links": 0}, {}, "agent.links: must be a number 1..16, not 0"),
+        ({"links": True}, {}, "agent.links: must be a number 1..16, not True"),
+        ({}, {"pool": "yes"}, "endpoints[0].pool: must be true or false, not 'yes'"),
+    ],
+)
+def test_pop_and_pool_mistakes(agent: Any, endpoint: Any, message: str) -> None:
+    data = {
+        "version": 1,
+        "agent": agent,
+        "endpoints": [{"name": "a", "kind": "tcp", "upstream": 1, **endpoint}],
+    }
+    with pytest.raises(AgentConfigError) as info:
+        parse_agent_config(data, env={})
+    assert str(info.value).startswith(message), str(info.value)
 
 
 # --------------------------------------------------------------------------------------
