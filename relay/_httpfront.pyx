@@ -207,6 +207,12 @@ cdef class HttpVisitor(Pump):
             self._send(data)
             return
         if self.may_hand_off and not self.routed:
+            # llhttp skips blank lines before a request line and spaces before a value
+            # without a callback, so max_head alone does not bound what is read before
+            # routing: the carried bytes are capped here (they travel in one datagram).
+            if len(self.carried) + nbytes > self.max_head + UNROUTED_READ:
+                self._refuse(431, "RLY_622", "request head too large")
+                return
             self.carried += data
         self._feed(data)
 

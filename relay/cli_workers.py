@@ -65,7 +65,11 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
                 click.echo(line, err=True)
 
         supervisor = Supervisor(
-            argv, config.workers, drain_timeout=config.drain_timeout, on_ready=announce
+            argv,
+            config.workers,
+            drain_timeout=config.drain_timeout,
+            on_ready=announce,
+            reclaim_grace=config.reclaim_grace,
         )
         code = await supervisor.run(stopped, hangup)
         if code == 0:

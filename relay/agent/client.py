@@ -19,7 +19,7 @@ from relay import __version__
 from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
 from relay.agent.metrics import AgentMetrics
-from relay.agent.pops import Pop, PopChooser
+from relay.agent.pops import WRONG_REGION_FOR, Pop, PopChooser
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
 from relay.error_pages import render
 from relay.errors import (
@@ -274,7 +274,17 @@ class Agent:
                 break
             try:
                 session.result()
-            except (AuthError, TlsError, NotAnEdge, FatalAgentError):
+            except (TlsError, NotAnEdge) as exc:
+                # With several PoPs one may be misconfigured: the others are tried, and
+                # only when every PoP says so does the agent give up.
+                if not self.pops.several or self.pop is None:
+                    raise
+                self.pops.set_aside(self.pop, WRONG_REGION_FOR)
+                if self.pops.all_away(await self.pops.ranked()):
+                    raise
+                self.status(f"{self.pop}: {exc}; trying another PoP")
+                continue
+            except (AuthError, FatalAgentError):
                 raise
             except WrongRegion as exc:
                 self.status(str(exc))

@@ -56,13 +56,26 @@ class PopChooser:
             rtts = await asyncio.gather(*(_probe(p) for p in pops))
             self.last_rtts = dict(zip(pops, rtts, strict=True))
             pops.sort(key=lambda p: self.last_rtts[p])
-            shift = self.offset % len(pops)
-            pops = pops[shift:] + pops[:shift]
+            # The offset spreads links over the PoPs that answered; one that did not
+            # stays last whatever the offset.
+            up = [p for p in pops if self.last_rtts[p] != float("inf")]
+            down = [p for p in pops if self.last_rtts[p] == float("inf")]
+            shift = self.offset % len(up) if up else 0
+            pops = up[shift:] + up[:shift] + down
         now = time.monotonic()
         return sorted(pops, key=lambda p: self._away.get(p, 0.0) > now)
 
+    @property
+    def several(self) -> bool:
+        return len(self.last_rtts) > 1
+
     def wrong_region(self, pop: Pop) -> None:
-        self._away[pop] = time.monotonic() + WRONG_REGION_FOR
+        self.set_aside(pop, WRONG_REGION_FOR)
+
+    def set_aside(self, pop: Pop, seconds: float) -> None:
+        """Leave ``pop`` out for ``seconds`` (another region, a certificate the agent
+        cannot trust, not an agent port): other PoPs are tried first."""
+        self._away[pop] = time.monotonic() + seconds
 
     def all_away(self, pops: list[Pop]) -> bool:
         now = time.monotonic()

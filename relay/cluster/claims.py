@@ -89,43 +89,66 @@ class ClaimTable:
                 current.live.pop(gone.worker, None)
         return Verdict(True, dropped=tuple(m for m in same_link if m.worker != member.worker))
 
-    def left(self, key: str, worker: int, agent: str, link: int) -> bool:
-        """One member left while others of its worker serve on; True if it was there."""
+    def apply_state(
+        self, worker: int, key: str, token: str, members: list[Member], live: bool
+    ) -> str:
+        """What ``worker`` holds of ``key`` now, all of it: its members (none: it holds
+        the key no more) and whether one is live. Workers send it after every change, in
+        order, so the last word is the truth whatever crossed it (a claim granted to a
+        bind that then failed, an orphan that expired meanwhile). Returns ``changed``,
+        ``same``, or ``conflict``: the key (or its name on the other front) is another
+        token's now, and the worker must drop its copy."""
         current = self._claims.get(key)
+        if not members:
+            if current is None or worker not in current.live:
+                return "same"
+            del current.live[worker]
+            current.members = [m for m in current.members if m.worker != worker]
+            if not current.live:
+                del self._claims[key]
+            return "changed"
+        sibling = self._claims.get(_sibling(key))
+        if (current is not None and current.token != token) or (
+            sibling is not None and sibling.token != token
+        ):
+            return "conflict"
         if current is None:
-            return False
-        before = len(current.members)
+            current = self._claims[key] = Claim(token)
+        unique = {(m.agent, m.link): m for m in members}  # one place per link
+        mine = [Member(worker, m.agent, m.link, m.pooled) for m in unique.values()]
+        before = ([m for m in current.members if m.worker == worker], current.live.get(worker))
+        # A link reported here is here: any copy of it another worker kept is stale.
+        places = {(m.agent, m.link) for m in mine}
         current.members = [
-            m
-            for m in current.members
-            if not (m.worker == worker and m.agent == agent and m.link == link)
-        ]
-        return len(current.members) != before
-
-    def set_live(self, worker: int, key: str, live: bool) -> bool:
-        """A worker's members of ``key`` all ended (orphaned) or one came back; True if
-        ``worker`` holds ``key`` and its state changed."""
-        current = self._claims.get(key)
-        if current is None or worker not in current.live:
-            return False
-        if current.live[worker] == live:
-            return False
+            m for m in current.members if m.worker != worker and (m.agent, m.link) not in places
+        ] + mine
         current.live[worker] = live
-        return True
+        return "same" if before == (mine, live) else "changed"
 
     def release(self, worker: int, key: str) -> bool:
         """``worker`` no longer holds ``key``; True if it did."""
-        current = self._claims.get(key)
-        if current is None or worker not in current.live:
-            return False
-        del current.live[worker]
-        current.members = [m for m in current.members if m.worker != worker]
-        if not current.live:
-            del self._claims[key]
-        return True
+        return self.apply_state(worker, key, "", [], False) == "changed"
+
+    def worker_down(self, worker: int) -> list[str]:
+        """``worker`` died: its members stay, orphaned (not live), so that the names it
+        held wait for their agents as on one edge; the keys whose live workers changed."""
+        changed = []
+        for key, claim in self._claims.items():
+            if claim.live.get(worker):
+                claim.live[worker] = False
+                changed.append(key)
+        return changed
+
+    def forget_orphans(self, worker: int, keys: list[str]) -> list[str]:
+        """The grace of a dead ``worker``'s ``keys`` ran out: those it still holds
+        without a live member go (a restarted worker that bound one again keeps it)."""
+        gone = [k for k in keys if self.holders(k).get(worker) is False]
+        for key in gone:
+            self.release(worker, key)
+        return gone
 
     def worker_gone(self, worker: int) -> list[str]:
-        """Every key ``worker`` held is released (it died): the keys that changed."""
+        """Every key ``worker`` held is released: the keys that changed."""
         changed = [key for key, claim in self._claims.items() if worker in claim.live]
         for key in changed:
             self.release(worker, key)

@@ -41,7 +41,7 @@ INBOX_BUFFER = 4 * MAX_DATAGRAM
 #: Handoffs received per wake-up, so other work gets its turn.
 PER_WAKEUP = 64
 
-FRONTS = ("http", "tls")
+FRONTS = ("http", "tls", "tcp")
 
 
 class HandoffError(Exception):
@@ -51,7 +51,8 @@ class HandoffError(Exception):
 @dataclass(frozen=True)
 class Handoff:
     """Where a handed-over visitor goes: ``front`` (``http``: the HTTP listener, with
-    ``carried`` its bytes already read; ``tls``: the TLS port) and the endpoint ``key``
+    ``carried`` its bytes already read; ``tls``: the TLS port; ``tcp``: a TCP endpoint
+    whose members here are gone while another worker's serve) and the endpoint ``key``
     it was routed by."""
 
     front: str
@@ -185,7 +186,11 @@ class _Target:
     def _queue(self, data: bytes, fd: int) -> None:
         if len(self.pending) >= MAX_PENDING:
             raise HandoffError(f"worker {self.worker} is {MAX_PENDING} visitors behind")
-        self.pending.append((data, os.dup(fd)))
+        try:
+            duplicate = os.dup(fd)
+        except OSError as exc:  # at the descriptor limit
+            raise HandoffError(f"cannot keep a visitor for worker {self.worker}: {exc}") from None
+        self.pending.append((data, duplicate))
         self.outbox.queued += 1
         self._watch()
 
@@ -266,7 +271,15 @@ class Inbox:
             except OSError as exc:
                 log.warning("worker inbox: %s", exc)
                 return
-            socks = [socket.socket(fileno=fd) for fd in fds]
+            socks = []
+            for fd in fds:
+                try:
+                    socks.append(socket.socket(fileno=fd))
+                except OSError:  # not a socket at all
+                    os.close(fd)
+            if len(socks) != len(fds):
+                self._reject(socks, "a descriptor that is not a socket")
+                continue
             if len(socks) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 self._reject(socks, "not one descriptor, or truncated")
                 continue

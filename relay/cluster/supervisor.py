@@ -37,6 +37,8 @@ RESTART_MAX = 10.0
 RESTART_RESET = 30.0
 #: After a drain's own timeout, how long workers get to exit before they are killed.
 EXIT_GRACE = 15.0
+#: A worker's report names at most this many members of one key (links and pool).
+MAX_MEMBERS_PER_KEY = 1024
 
 
 @dataclass
@@ -84,10 +86,13 @@ class Supervisor:
         drain_timeout: float,
         on_ready: Callable[[list[str]], None],
         run_dir: Path | None = None,
+        reclaim_grace: float = 60.0,
     ) -> None:
+        """``reclaim_grace``: how long a dead worker's names wait for their agents."""
         self.argv = argv
         self.count = count
         self.drain_timeout = drain_timeout
+        self.reclaim_grace = reclaim_grace
         self.on_ready = on_ready
         self.run_dir = run_dir or make_run_dir()
         self.table = ClaimTable()
@@ -193,8 +198,13 @@ class Supervisor:
         if worker.channel is not None:
             worker.channel.close()
             worker.channel = None
-        for key in self.table.worker_gone(worker.index):
+        # Its names wait for their agents (reconnecting to any worker) for the grace an
+        # orphaned endpoint gets on one edge; nobody else's agent takes them meanwhile.
+        orphaned = self.table.worker_down(worker.index)
+        for key in orphaned:
             self._tell_where(key)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.reclaim_grace, self._forget, worker.index, orphaned)
         if self._stopping:
             return
         if not self._announced:
@@ -214,11 +224,22 @@ class Supervisor:
             lived,
             worker.delay,
         )
-        await asyncio.sleep(worker.delay)
-        worker.delay = min(worker.delay * 2, RESTART_MAX)
-        if not self._stopping:
+        while not self._stopping:
+            await asyncio.sleep(worker.delay)
+            worker.delay = min(worker.delay * 2, RESTART_MAX)
+            if self._stopping:
+                return
+            try:
+                await self._start(worker)
+            except (OSError, ValueError) as exc:  # out of descriptors, memory, processes
+                log.error("worker %d could not be started: %s; trying again", worker.index, exc)
+                continue
             self.restarts += 1
-            await self._start(worker)
+            return
+
+    def _forget(self, index: int, keys: list[str]) -> None:
+        for key in self.table.forget_orphans(index, keys):
+            self._tell_where(key)
 
     # --- messages -----------------------------------------------------------------------
 
@@ -227,19 +248,8 @@ class Supervisor:
         try:
             if op == "claim":
                 self._claim(worker, message)
-            elif op == "live":
-                if self.table.set_live(worker.index, str(message["key"]), bool(message["live"])):
-                    self._tell_where(str(message["key"]))
-            elif op == "left":
-                self.table.left(
-                    str(message["key"]),
-                    worker.index,
-                    str(message["agent"]),
-                    int(message["link"]),
-                )
-            elif op == "release":
-                if self.table.release(worker.index, str(message["key"])):
-                    self._tell_where(str(message["key"]))
+            elif op == "state":
+                self._state(worker, message)
             elif op == "ready":
                 self._ready(worker, message)
             else:
@@ -267,6 +277,21 @@ class Supervisor:
             if other is not None:
                 other.send({"op": "drop", "key": key, "agent": gone.agent, "link": gone.link})
         self._tell_where(key)
+
+    def _state(self, worker: _Worker, message: Message) -> None:
+        key = str(message["key"])
+        members = [
+            Member(worker.index, str(agent), int(link), bool(pooled))
+            for agent, link, pooled in message["members"][:MAX_MEMBERS_PER_KEY]
+        ]
+        outcome = self.table.apply_state(
+            worker.index, key, str(message["token"]), members, bool(message["live"])
+        )
+        if outcome == "changed":
+            self._tell_where(key)
+        elif outcome == "conflict" and worker.channel is not None:
+            log.warning("worker %d held %s, now another token's; it drops it", worker.index, key)
+            worker.channel.send({"op": "drop", "key": key})
 
     def _tell_where(self, key: str) -> None:
         message = {"op": "where", "key": key, "workers": self.table.live_workers(key)}

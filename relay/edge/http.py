@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.edge.members import is_live, serving_session
+from relay.edge.members import hands_over, serving_session
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
 from relay.error_pages import render
@@ -106,9 +106,9 @@ class HttpFront:
                 "RLY_630",
                 f"{hostname or 'this host'} is not the name this TLS connection is for",
             )
-        if may_hand_off and self.elsewhere is not None and not is_live(endpoint):
+        if may_hand_off and self.elsewhere is not None:
             target = self.elsewhere.http_holder(hostname)
-            if target is not None:
+            if target is not None and hands_over(endpoint, target):
                 return (-2, target, None, None, 0)
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)

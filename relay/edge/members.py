@@ -101,3 +101,31 @@ def serving_session(endpoint: Pooled) -> Any | None:
 
 def is_live(endpoint: Pooled | None) -> bool:
     return endpoint is not None and any(m.session is not None for m in endpoint.members)
+
+
+def takes_visitors(endpoint: Pooled | None) -> bool:
+    """A member takes visitors now (one whose session drains does not)."""
+    return endpoint is not None and any(
+        m.session is not None and m.session.accepting_visitors for m in endpoint.members
+    )
+
+
+class _Named(Protocol):
+    @property
+    def hostname(self) -> str: ...
+
+
+def hands_over(local: Any | None, remote: _Named) -> bool:
+    """Whether a visitor goes to the worker holding ``remote`` rather than to ``local``,
+    this worker's endpoint for its name (None: none matched): the more specific name
+    wins, as on one edge — an exact name before any wildcard, a longer wildcard before a
+    shorter one. The same name goes over only when no member here takes visitors."""
+    if local is None:
+        return True
+    if local.hostname == remote.hostname:
+        return not takes_visitors(local)
+    return _specificity(remote.hostname) > _specificity(local.hostname)
+
+
+def _specificity(hostname: str) -> tuple[bool, int]:
+    return (not hostname.startswith("*."), len(hostname))

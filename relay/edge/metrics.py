@@ -192,7 +192,7 @@ def _handoffs(edge: Edge) -> Iterator[Metric]:
         "visitors handed to (out) or from (in) another worker of this edge, by front",
         labels=["front", "direction"],
     )
-    for front in ("http", "tls"):
+    for front in ("http", "tls", "tcp"):
         handoffs.add_metric([front, "out"], worker.handed_off[front] if worker else 0)
         handoffs.add_metric([front, "in"], worker.handed_in[front] if worker else 0)
     yield handoffs

@@ -629,11 +629,17 @@ class Edge:
             session.token_id, session.agent_id, session, session.link_index, request.pool
         )
         if port:
-            existing = self.by_key.get(f"tcp:{port}")
-            if existing is not None:
-                await self._claim(existing.key, holder)
-                return self._take_over(existing, holder, session)
-            self.ports.reserve(port)
+            key = f"tcp:{port}"
+            if key in self.by_key:
+                await self._claim(key, holder)
+                existing = self.by_key.get(key)  # again: it may have gone meanwhile
+                if existing is not None:
+                    return self._take_over(existing, holder, session)
+            try:
+                self.ports.reserve(port)
+            except PortUnavailable:
+                self.report(key)  # a claim just granted must not outlive the refusal
+                raise
             candidates = [port]
         else:
             # A reserved port is never handed out at random, not even to its own account
@@ -660,6 +666,9 @@ class Edge:
                 if candidate == port:
                     raise
                 continue  # another worker's port: try the next
+            except BaseException:
+                self.ports.release(candidate)
+                raise
             endpoint = TcpEndpoint(
                 "ep_" + secrets.token_hex(6),
                 candidate,
@@ -668,20 +677,27 @@ class Edge:
                 self.metrics.visitors_refused.labels("tcp", "no_agent"),
             )
             endpoint.log_access = self.access_log is not None
+            if self.worker is not None:
+                endpoint.hand_off = self.worker.tcp_handed_off
             try:
                 await endpoint.listen(self.config.tcp_bind, reuse_port=self.worker is not None)
             except OSError as exc:
                 self.ports.release(candidate)
-                if self.worker is not None:
-                    self.worker.release(endpoint.key)
+                self.report(endpoint.key)  # what was claimed for it is given up
                 last_error = exc
                 continue
+            except BaseException:
+                endpoint.close()
+                self.ports.release(candidate)
+                self.report(endpoint.key)
+                raise
             # Only now: a port that would not bind must not use up a series.
             endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, "tcp")
             self.registry.claim(endpoint.key, holder)
             self.endpoints[endpoint.endpoint_id] = endpoint
             self.by_key[endpoint.key] = endpoint
             session.endpoints[endpoint.endpoint_id] = endpoint
+            self.report(endpoint.key)
             log.info("session %s bound %s", session.session_id, endpoint.url)
             return endpoint
         raise PortUnavailable(f"cannot listen on tcp port(s) {candidates[:3]}…: {last_error}")
@@ -715,6 +731,16 @@ class Edge:
         )
         key = f"{family}:{hostname}"
         await self._claim(key, holder)
+        try:
+            return self._bind_host_claimed(session, request, hostname, family, holder)
+        finally:
+            self.report(key)  # what this worker holds now, whether the bind held or not
+
+    def _bind_host_claimed(
+        self, session: AgentSession, request: Bind, hostname: str, family: str, holder: Holder
+    ) -> HostEndpoint:
+        assert self.web is not None
+        key = f"{family}:{hostname}"
         existing = self.by_key.get(key)
         if existing is not None:
             if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
@@ -772,14 +798,21 @@ class Edge:
             endpoint.members = remaining
             endpoint.holder = remaining[0]
             self.registry.promote(endpoint.key, endpoint.holder)
-            self._tell_live(endpoint)
+            self.report(endpoint.key)
             return
         log.info("%s moved to another worker", endpoint.url)
-        self._remove(endpoint, tell_workers=False)
+        self._remove(endpoint)
 
-    def _tell_live(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
-        if self.worker is not None:
-            self.worker.set_live(endpoint.key, is_live(endpoint))
+    def report(self, key: str) -> None:
+        """Tell the supervisor everything this worker holds of ``key`` now (workers only):
+        sent after every change, so its table follows the workers whatever crossed."""
+        if self.worker is None:
+            return
+        endpoint = self.by_key.get(key)
+        if endpoint is None:
+            self.worker.report(key, "", [], False)
+        else:
+            self.worker.report(key, endpoint.holder.token_id, endpoint.members, is_live(endpoint))
 
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         """The agent has its Bound reply (a new endpoint, or one taken back): an https
@@ -844,7 +877,11 @@ class Edge:
     ) -> TcpEndpoint | HostEndpoint:
         # A link of the same agent, or a pool member, joins; the same link reconnected
         # (or any agent of the token, once no member is live) takes its place.
-        replaced = members.admit(endpoint, holder)  # raises if not ours to share or take
+        try:
+            replaced = members.admit(endpoint, holder)  # raises if not ours to share or take
+        except BindError:
+            self.report(endpoint.key)  # a claim granted for it must not outlive the refusal
+            raise
         if replaced is not None and replaced.session not in (None, session):
             replaced.session.endpoints.pop(endpoint.endpoint_id, None)
         if endpoint.orphan_timer is not None:
@@ -853,7 +890,7 @@ class Edge:
         members.add(endpoint, holder, replaced)
         self.registry.promote(endpoint.key, endpoint.holder)
         session.endpoints[endpoint.endpoint_id] = endpoint
-        self._tell_live(endpoint)
+        self.report(endpoint.key)
         joined = "joined" if replaced is None else "took back"
         log.info("session %s %s %s", session.session_id, joined, endpoint.url)
         return endpoint
@@ -864,25 +901,22 @@ class Edge:
             return
         if members.leave(endpoint, session):  # other members go on serving it
             self.registry.promote(endpoint.key, endpoint.holder)
-            self._member_left(endpoint, session)
+            self.report(endpoint.key)
             return
         self._remove(endpoint)
 
-    def _member_left(self, endpoint: TcpEndpoint | HostEndpoint, session: AgentSession) -> None:
-        if self.worker is not None and session.agent_id is not None:
-            self.worker.left(endpoint.key, session.agent_id, session.link_index)
-
-    def _remove(self, endpoint: TcpEndpoint | HostEndpoint, *, tell_workers: bool = True) -> None:
+    def _remove(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         endpoint.close()
+        self.endpoints.pop(endpoint.endpoint_id, None)
+        if self.by_key.get(endpoint.key) is not endpoint:
+            return  # another endpoint has its key now: what is the key's is not this one's
         self.registry.release(endpoint.key, endpoint.holder)
-        if self.worker is not None and tell_workers:
-            self.worker.release(endpoint.key)
         if isinstance(endpoint, HostEndpoint):
             (self.http_routes if endpoint.family == "http" else self.sni_routes).remove(endpoint)
         else:
             self.ports.release(endpoint.port)
-        self.endpoints.pop(endpoint.endpoint_id, None)
-        self.by_key.pop(endpoint.key, None)
+        del self.by_key[endpoint.key]
+        self.report(endpoint.key)
 
     def session_ended(self, session: AgentSession) -> None:
         self.sessions.discard(session)
@@ -897,10 +931,10 @@ class Edge:
                 continue
             if members.leave(endpoint, session):  # other links or pool members serve it
                 self.registry.promote(endpoint.key, endpoint.holder)
-                self._member_left(endpoint, session)
+                self.report(endpoint.key)
                 continue
             # Orphaned: visitors are refused meanwhile.
-            self._tell_live(endpoint)
+            self.report(endpoint.key)
             if self._stopping:
                 continue
             endpoint.orphan_timer = loop.call_later(

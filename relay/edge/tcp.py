@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from relay.edge.members import serving_session
@@ -34,6 +35,19 @@ class Refuse(asyncio.Protocol):
             transport.close()
 
 
+class _HandOver(asyncio.Protocol):
+    """A visitor of a port whose members here are gone while another worker's serve it
+    (a pool member or a link that left): its socket goes to that worker."""
+
+    def __init__(self, endpoint: TcpEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.endpoint.handed_over(transport)
+        abort = getattr(transport, "abort", None)
+        (abort or transport.close)()  # our descriptor only, when it was handed over
+
+
 class TcpEndpoint:
     kind = "tcp"
 
@@ -55,6 +69,9 @@ class TcpEndpoint:
         #: Every session serving it, ``holder`` first (relay/edge/members.py).
         self.members: list[Holder] = [holder]
         self.turn = 0
+        #: Workers: hands a visitor's descriptor to a worker whose members of this port
+        #: serve, while none here does (False: none does anywhere).
+        self.hand_off: Callable[[int, str], bool] | None = None
 
     @property
     def key(self) -> str:
@@ -79,14 +96,34 @@ class TcpEndpoint:
     def _new_visitor(self) -> asyncio.BaseProtocol:
         session = serving_session(self)
         if session is None:
+            if self.hand_off is not None:
+                return _HandOver(self)
             self.refused.inc()
             return Refuse()
+        return self._pump(session)
+
+    def adopt(self) -> asyncio.BaseProtocol:
+        """A visitor another worker handed here: served here or refused, never again
+        handed on."""
+        session = serving_session(self)
+        if session is None:
+            self.refused.inc()
+            return Refuse()
+        return self._pump(session)
+
+    def _pump(self, session: Any) -> Pump:
         pump = Pump(session.link, header_factory=self._header)
         if self.metric_slot:
             pump.metric_slot = self.metric_slot
         if self.log_access:
             pump.log_endpoint = self.url
         return pump
+
+    def handed_over(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        assert self.hand_off is not None
+        if sock is None or not self.hand_off(sock.fileno(), self.key):
+            self.refused.inc()
 
     def _header(self, transport: asyncio.BaseTransport) -> bytes:
         return StreamHeader(

@@ -26,7 +26,7 @@ from relay._httpfront import HttpVisitor
 from relay.accepting import AcceptLoop
 from relay.edge.client_hello import ClientHelloError, parse_client_hello
 from relay.edge.http import HttpFront
-from relay.edge.members import is_live, serving_session
+from relay.edge.members import serving_session
 from relay.edge.routes import HostRoutes
 from relay.edge.tcp import Refuse, format_address
 from relay.mux import Pump
@@ -51,9 +51,12 @@ ALERT_UNRECOGNIZED_NAME = bytes((21, 3, 3, 0, 2, 2, 112))
 
 
 class TlsElsewhere(Protocol):
-    def sni_handed_off(self, conn: socket.socket, server_name: str) -> bool:
-        """Hand ``conn`` to the worker that holds ``server_name`` live; False when no
-        other worker does (or it cannot take it): then it is served here."""
+    def sni_handed_off(
+        self, conn: socket.socket, server_name: str, local: HostEndpoint | None
+    ) -> bool:
+        """Hand ``conn`` to the worker that holds ``server_name`` live, when its name is
+        the better match than ``local`` (this worker's); False when no other worker
+        should serve it (or it cannot take it): then it is served here."""
 
 
 class TlsFront:
@@ -151,8 +154,7 @@ class TlsFront:
             may_hand_off
             and self.elsewhere is not None
             and name
-            and not is_live(endpoint)
-            and self.elsewhere.sni_handed_off(conn, name)
+            and self.elsewhere.sni_handed_off(conn, name, endpoint)
         ):
             conn.close()  # our descriptor; the socket is the other worker's now
             return

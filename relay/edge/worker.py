@@ -5,14 +5,16 @@ listeners share their ports with the other workers (SO_REUSEPORT). What makes N 
 one edge is here:
 
 * every bind asks the supervisor first (``claim``): a name or port has one owner across
-  the workers, by the rules of relay/cluster/claims.py;
+  the workers, by the rules of relay/cluster/claims.py; after every change the worker
+  reports all it holds of the key (``state``), and the last report wins;
 * the supervisor tells every worker which worker holds which name live (``where``), so a
   visitor accepted here for a name another worker holds is handed to it — its socket,
   with what was read from it — never relayed (relay/cluster/handoff.py);
 * a worker told to ``drop`` a name (its agent came back on another worker) lets it go.
 
-TCP endpoints are not handed over: only the workers that hold a port listen on it, so
-its visitors are accepted where their agent is.
+Only the workers that hold a TCP port listen on it, so its visitors are accepted where
+their agent is; a worker whose members of the port are gone while another's serve on
+hands its visitors over too.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 from relay.cluster.channel import Channel, Message
 from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
 from relay.cluster.place import WorkerPlace
+from relay.edge.members import hands_over
 from relay.edge.registry import Holder
-from relay.edge.routes import HostRoutes
+from relay.edge.routes import HostEndpoint, HostRoutes
+from relay.edge.tcp import TcpEndpoint
 from relay.errors import BindError, EndpointAlreadyBound
 
 if TYPE_CHECKING:
@@ -66,12 +70,15 @@ class EdgeWorker:
         self.outbox: Outbox | None = None
         self._ids = itertools.count(1)
         self._claims: dict[int, asyncio.Future[Message]] = {}
+        #: Claims whose bind stopped waiting (timed out, cancelled): key by claim id.
+        self._abandoned: dict[int, str] = {}
         self._remote: dict[str, RemoteEndpoint] = {}
+        self._remote_tcp: dict[str, RemoteEndpoint] = {}
         self.remote_http: HostRoutes[RemoteEndpoint] = HostRoutes()
         self.remote_sni: HostRoutes[RemoteEndpoint] = HostRoutes()
         #: Visitors handed to other workers, and handed here, by front.
-        self.handed_off = {"http": 0, "tls": 0}
-        self.handed_in = {"http": 0, "tls": 0}
+        self.handed_off = {"http": 0, "tls": 0, "tcp": 0}
+        self.handed_in = {"http": 0, "tls": 0, "tcp": 0}
         self.handoffs_failed = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -128,33 +135,44 @@ class EdgeWorker:
             async with asyncio.timeout(CLAIM_TIMEOUT):
                 answer = await future
         except TimeoutError:
+            self._abandoned[claim_id] = key
             raise BindError(f"the edge's supervisor did not answer for {key}") from None
+        except asyncio.CancelledError:
+            self._abandoned[claim_id] = key  # the session went while it waited
+            raise
         finally:
             self._claims.pop(claim_id, None)
         if not answer.get("ok"):
             raise EndpointAlreadyBound(str(answer.get("why") or f"{key} is bound elsewhere"))
 
-    def set_live(self, key: str, live: bool) -> None:
+    def report(self, key: str, token_id: str, members: list[Holder], live: bool) -> None:
+        """Everything this worker holds of ``key`` now (no members: nothing). Sent after
+        every change, so the supervisor's table ends up as the workers are, whatever
+        crossed on the way."""
         if self.channel is not None:
-            self.channel.send({"op": "live", "key": key, "live": live})
-
-    def left(self, key: str, agent_id: str, link: int) -> None:
-        """One member of ``key`` left; others here still serve it."""
-        if self.channel is not None:
-            self.channel.send({"op": "left", "key": key, "agent": agent_id, "link": link})
-
-    def release(self, key: str) -> None:
-        if self.channel is not None:
-            self.channel.send({"op": "release", "key": key})
+            self.channel.send(
+                {
+                    "op": "state",
+                    "key": key,
+                    "token": token_id,
+                    "members": [[m.agent_id, m.link, m.pooled] for m in members],
+                    "live": live,
+                }
+            )
 
     # --- from the supervisor --------------------------------------------------------------
 
     def _message(self, message: Message) -> None:
         op = message["op"]
         if op == "claimed":
-            future = self._claims.get(int(message.get("id", 0)))
+            claim_id = int(message.get("id", 0))
+            future = self._claims.get(claim_id)
             if future is not None and not future.done():
                 future.set_result(message)
+            key = self._abandoned.pop(claim_id, None)
+            if key is not None and message.get("ok"):
+                # Granted to a bind that gave up: say what this worker really holds.
+                self.edge.report(key)
         elif op == "where":
             workers = [int(w) for w in message.get("workers", []) if int(w) != self.index]
             self._where(str(message["key"]), workers)
@@ -170,9 +188,17 @@ class EdgeWorker:
 
     def _where(self, key: str, workers: list[int]) -> None:
         family, _, hostname = key.partition(":")
+        if family == "tcp":
+            # Accepted where a member is (only those workers listen); handed over only
+            # from a worker whose members left while another's serve on.
+            if workers:
+                self._remote_tcp[key] = RemoteEndpoint(key, "", workers)
+            else:
+                self._remote_tcp.pop(key, None)
+            return
         routes = {"http": self.remote_http, "sni": self.remote_sni}.get(family)
         if routes is None:
-            return  # tcp ports: their visitors are accepted where their agent is
+            return
         old = self._remote.pop(key, None)
         if old is not None:
             routes.remove(old)
@@ -189,8 +215,12 @@ class EdgeWorker:
     # --- handing visitors over --------------------------------------------------------
 
     def http_holder(self, hostname: str) -> RemoteEndpoint | None:
-        # An https name's plain-HTTP visitors go to its worker too: it redirects them.
-        return self.remote_http.lookup(hostname) or self.remote_sni.lookup(hostname)
+        # An https name's plain-HTTP visitors go to its worker too (it redirects them),
+        # unless an http endpoint matches here.
+        found = self.remote_http.lookup(hostname)
+        if found is None and self.edge.http_routes.lookup(hostname) is None:
+            found = self.remote_sni.lookup(hostname)
+        return found
 
     def hand_off(self, transport: Any, carried: bytes, target: Any) -> bool:
         """An HTTP visitor whose endpoint ``target`` (a RemoteEndpoint) another worker
@@ -200,11 +230,19 @@ class EdgeWorker:
             return False
         return self._send(sock.fileno(), Handoff("http", target.key, carried), target)
 
-    def sni_handed_off(self, conn: socket.socket, server_name: str) -> bool:
+    def sni_handed_off(
+        self, conn: socket.socket, server_name: str, local: HostEndpoint | None
+    ) -> bool:
         target = self.remote_sni.lookup(server_name)
-        if target is None:
+        if target is None or not hands_over(local, target):
             return False
         return self._send(conn.fileno(), Handoff("tls", target.key), target)
+
+    def tcp_handed_off(self, fd: int, key: str) -> bool:
+        target = self._remote_tcp.get(key)
+        if target is None:
+            return False
+        return self._send(fd, Handoff("tcp", key), target)
 
     def _send(self, fd: int, handoff: Handoff, target: RemoteEndpoint) -> bool:
         assert self.outbox is not None
@@ -220,7 +258,15 @@ class EdgeWorker:
     def _handed_in(self, conn: socket.socket, handoff: Handoff) -> None:
         web = self.edge.web
         self.handed_in[handoff.front] += 1
-        if web is None:
+        if handoff.front == "tcp":
+            endpoint = self.edge.by_key.get(handoff.key)
+            if not isinstance(endpoint, TcpEndpoint):
+                conn.close()
+                return
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(loop.connect_accepted_socket(endpoint.adopt, conn))
+            task.add_done_callback(_adoption_done)
+        elif web is None:
             conn.close()
         elif handoff.front == "http":
             web.adopt_http(conn, handoff.carried)
@@ -228,3 +274,8 @@ class EdgeWorker:
             web.tls_front.adopt(conn)
         else:
             conn.close()
+
+
+def _adoption_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a handed-over visitor ended before it was served: %s", task.exception())

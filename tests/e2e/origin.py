@@ -294,3 +294,31 @@ class RecordingOrigin(ThreadedServer):
         for i in range(len(head)):
             conn.sendall(head[i : i + 1])
             time.sleep(0.002)
+
+
+class NamedOrigin:
+    """An origin that answers every request with its own name (which member served)."""
+
+    def __init__(self, name: str) -> None:
+        body = name.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -14,44 +14,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.api_calls import Keys, call
+from tests.e2e.origin import NamedOrigin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class NamedOrigin:
-    """An origin that answers every request with its own name (which member served)."""
-
-    def __init__(self, name: str) -> None:
-        body = name.encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -237,3 +209,49 @@ def _holding_workers(edge: Edge, url_prefix: str) -> set[int]:
             break
         time.sleep(0.1)
     return found
+
+
+def test_a_pooled_port_keeps_serving_on_every_worker_when_a_member_dies(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    """Two pooled agents of one TCP port, on different workers; one is killed. Its worker
+    still listens on the port (the endpoint waits for it), and hands each visitor to the
+    other worker: none is refused."""
+    edge = Edge(tmp_path / "edge", workers=2).start()
+    echo = EchoServer()
+    try:
+        _, token = edge.token()
+        first = Agent(edge, token, echo.port, extra=["--pool"])
+        agents.append(first)
+        port = first.wait_bound()
+        url = f"tcp://127.0.0.1:{port}"
+        first_worker = _tcp_holders(edge, url)
+        second: Agent | None = None
+        for _ in range(12):  # until it lands on the other worker: all miss, 1 in 4,096
+            second = Agent(edge, token, echo.port, remote_port=port, extra=["--pool"])
+            agents.append(second)
+            second.wait_bound()
+            if len(_tcp_holders(edge, url)) == 2:
+                break
+            second.stop()
+        assert len(_tcp_holders(edge, url)) == 2, "the pool never spanned both workers"
+        assert first_worker
+        first.proc.kill()  # its session ends with no goodbye: its worker's copy is orphaned
+        time.sleep(1.0)
+        for i in range(60):
+            data = payload(i, 50_000)
+            back = echo_roundtrip(port, data, timeout=10)
+            assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest(), i
+        handed = sum(_status(edge, w)["workers"]["handed_off"]["tcp"] for w in (0, 1))
+        assert handed > 0, "no visitor landed on the orphaned worker in 60: 1 in 2^60"
+    finally:
+        echo.close()
+        edge.stop()
+
+
+def _tcp_holders(edge: Edge, url: str) -> set[int]:
+    return {
+        w
+        for w in (0, 1)
+        if any(e["url"] == url and e["session"] for e in _status(edge, w)["endpoints"])
+    }

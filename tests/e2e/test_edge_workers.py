@@ -24,12 +24,22 @@ from typing import Any
 import pytest
 
 from tests.e2e.http_helpers import host_of, web_agent
-from tests.e2e.origin import Origin
+from tests.e2e.origin import NamedOrigin, Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 
 pytestmark = pytest.mark.timeout(180)
 
 WORKERS = 2
+
+
+@pytest.fixture
+def named() -> Iterator[list[NamedOrigin]]:
+    made: list[NamedOrigin] = []
+    try:
+        yield made
+    finally:
+        for origin in made:
+            origin.close()
 
 
 @pytest.fixture
@@ -201,3 +211,75 @@ def test_a_name_has_one_owner_across_workers(
 
 def _refusals(log: str) -> str:
     return "\n".join(line for line in log.splitlines() if "refused" in line and "bind of" in line)
+
+
+def test_blank_lines_before_a_request_cannot_grow_what_a_worker_keeps(edge: Edge) -> None:
+    """llhttp skips CRLFs before a request line without a callback: a worker keeping
+    what it read for a possible handoff refuses past its cap (431), and lives on."""
+    pids = worker_pids(edge)
+    with socket.create_connection(("127.0.0.1", edge.http_port), timeout=20) as sock:
+        try:
+            for _ in range(64):  # 64 blocks of 8 KiB: far past http_max_head + one read
+                sock.sendall(b"\r\n" * 4096)
+        except OSError:
+            pass  # refused and closed while we were still sending
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"RLY_622" in answer
+    assert worker_pids(edge) == pids, "a worker died"
+
+
+def test_a_more_specific_name_on_another_worker_beats_a_local_wildcard(
+    edge: Edge, agents: list[Agent], named: list[NamedOrigin]
+) -> None:
+    """As on one edge, an exact name wins over a wildcard covering it, whichever worker
+    holds which: visitors of api.corp.<base> never reach the wildcard's agent."""
+    wild, exact = NamedOrigin("wildcard"), NamedOrigin("exact")
+    named += [wild, exact]
+    edge.reserve_domain("*.corp.relay.localhost")
+    _, token = edge.token()
+    wildcard = Agent(
+        edge,
+        token,
+        wild.port,
+        kind="http",
+        extra=["--no-https", "--domain", "*.corp.relay.localhost"],
+    )
+    agents.append(wildcard)
+    wildcard.wait_bound()
+    holder = holder_of(edge, "http://<any>.corp.relay.localhost:" + str(edge.http_port))
+    # Until the exact name's agent lands on the other worker (bounded: 12 agents; all on
+    # one worker of two: 1 in 4,096).
+    for _ in range(12):
+        api = Agent(
+            edge,
+            token,
+            exact.port,
+            kind="http",
+            extra=["--no-https", "--domain", "api.corp.relay.localhost"],
+        )
+        agents.append(api)
+        api.wait_bound()
+        if holder_of(edge, api.url) != holder:
+            break
+        api.stop()
+    assert holder_of(edge, api.url) != holder
+    for _ in range(40):
+        assert get_body(edge.http_port, "api.corp.relay.localhost") == b"exact"
+        assert get_body(edge.http_port, "other.corp.relay.localhost") == b"wildcard"
+
+
+def get_body(port: int, host: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:300]
+    return body

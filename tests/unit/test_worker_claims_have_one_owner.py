@@ -64,31 +64,67 @@ def test_pooled_agents_share_and_an_unpooled_one_does_not() -> None:
     assert table.live_workers("http:p.example") == [0, 1]
 
 
+def orphaned(table: ClaimTable, worker: int, key: str, token: str, *members: Member) -> str:
+    """``worker`` reports ``key``'s members, none live (their sessions ended)."""
+    return table.apply_state(worker, key, token, list(members), False)
+
+
 def test_another_agent_of_the_token_waits_until_no_worker_holds_it_live() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1"))
     assert not table.claim("http:a.example", "t1", Member(1, "agent2")).granted
-    assert table.set_live(0, "http:a.example", False)  # its session ended: orphaned
+    assert orphaned(table, 0, "http:a.example", "t1", Member(0, "agent1")) == "changed"
     assert table.live_workers("http:a.example") == []
     verdict = table.claim("http:a.example", "t1", Member(1, "agent2"))
     assert verdict.granted and verdict.dropped == (Member(0, "agent1"),)
 
 
-def test_a_dead_workers_keys_are_free_again() -> None:
+def test_a_dead_workers_names_wait_for_their_agents_then_are_free() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1"))
     table.claim("tcp:20001", "t1", Member(1, "agent1"))
-    assert table.worker_gone(0) == ["http:a.example"]
+    assert table.worker_down(0) == ["http:a.example"]
+    # Within the grace: another token is refused, the agent itself (on any worker) not.
+    assert not table.claim("http:a.example", "t2", Member(2, "agent2")).granted
+    assert table.forget_orphans(0, ["http:a.example"]) == ["http:a.example"]
     assert table.claim("http:a.example", "t2", Member(2, "agent2")).granted
     assert table.live_workers("tcp:20001") == [1]
 
 
-def test_release_and_set_live_by_a_non_holder_change_nothing() -> None:
+def test_a_dead_workers_agent_coming_back_keeps_its_name_past_the_grace() -> None:
+    table = ClaimTable()
+    table.claim("http:a.example", "t1", Member(0, "agent1"))
+    table.worker_down(0)
+    verdict = table.claim("http:a.example", "t1", Member(1, "agent1"))
+    assert verdict.granted and verdict.dropped == (Member(0, "agent1"),)
+    assert table.forget_orphans(0, ["http:a.example"]) == []
+    assert table.live_workers("http:a.example") == [1]
+
+
+def test_a_reports_last_word_wins_over_a_claim_it_crossed() -> None:
+    """A claim granted to a bind that then failed (or was cancelled): the worker's next
+    report says it holds nothing, and the name is free again."""
+    table = ClaimTable()
+    assert table.claim("http:a.example", "t1", Member(0, "agent1")).granted
+    assert table.apply_state(0, "http:a.example", "", [], False) == "changed"
+    assert table.held_keys() == []
+    assert table.claim("http:a.example", "t2", Member(1, "agent2")).granted
+
+
+def test_a_report_for_a_name_another_token_holds_is_a_conflict() -> None:
+    table = ClaimTable()
+    table.claim("sni:a.example", "t2", Member(1, "agent2"))
+    outcome = table.apply_state(0, "http:a.example", "t1", [Member(0, "agent1")], True)
+    assert outcome == "conflict"
+    assert table.held_keys() == ["sni:a.example"]
+
+
+def test_reports_by_a_non_holder_or_unchanged_change_nothing() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1"))
     assert not table.release(1, "http:a.example")
-    assert not table.set_live(1, "http:a.example", False)
-    assert not table.set_live(0, "http:a.example", True)  # already live
+    unchanged = table.apply_state(0, "http:a.example", "t1", [Member(0, "agent1")], True)
+    assert unchanged == "same"
     assert table.live_workers("http:a.example") == [0]
 
 
@@ -96,9 +132,8 @@ def test_a_member_that_left_is_forgotten() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1", link=0))
     table.claim("http:a.example", "t1", Member(0, "agent1", link=1))
-    assert table.left("http:a.example", 0, "agent1", 1)
+    table.apply_state(0, "http:a.example", "t1", [Member(0, "agent1", link=0)], True)
     assert table.members("http:a.example") == [Member(0, "agent1", link=0)]
-    assert not table.left("http:a.example", 0, "agent1", 1)
 
 
 KEYS = st.sampled_from(["http:a.x", "sni:a.x", "http:b.x", "tcp:20001"])
@@ -130,17 +165,35 @@ class ClaimsMachine(RuleBasedStateMachine):
         else:
             assert after == before
 
-    @rule(key=KEYS, member=MEMBERS)
-    def left(self, key: str, member: Member) -> None:
-        self.table.left(key, member.worker, member.agent, member.link)
+    @rule(
+        worker=WORKERS,
+        key=KEYS,
+        token=TOKENS,
+        members=st.lists(MEMBERS, max_size=3),
+        live=st.booleans(),
+    )
+    def report(self, worker: int, key: str, token: str, members: list[Member], live: bool) -> None:
+        before = self.table.members(key)
+        outcome = self.table.apply_state(worker, key, token, members, live)
+        if outcome == "conflict":
+            assert self.table.members(key) == before
+        elif members:
+            assert {(m.agent, m.link) for m in members} <= {
+                (m.agent, m.link) for m in self.table.members(key) if m.worker == worker
+            }
+        else:
+            assert worker not in self.table.holders(key)
 
     @rule(worker=WORKERS, key=KEYS)
     def release(self, worker: int, key: str) -> None:
         self.table.release(worker, key)
 
-    @rule(worker=WORKERS, key=KEYS, live=st.booleans())
-    def set_live(self, worker: int, key: str, live: bool) -> None:
-        self.table.set_live(worker, key, live)
+    @rule(worker=WORKERS)
+    def worker_down_and_forgotten(self, worker: int) -> None:
+        keys = self.table.worker_down(worker)
+        assert all(self.table.holders(k).get(worker) is False for k in keys)
+        self.table.forget_orphans(worker, keys)
+        assert all(worker not in self.table.holders(k) for k in keys)
 
     @rule(worker=WORKERS)
     def worker_gone(self, worker: int) -> None:
