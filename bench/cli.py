@@ -1,6 +1,7 @@
 """`python -m bench quick|full`: relay beside direct, haproxy, ssh -R, frp, rathole, bore and
 socat+TLS — bulk TCP (iperf3), HTTP max / new connections / fixed-rate latency, head-of-line,
-memory slopes, agent sessions admitted per second, CPU per unit of work."""
+memory slopes, agent sessions admitted per second, `relay edge --workers 2` beside one process,
+CPU per unit of work."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ from bench import (
     report,
     report_http,
     report_sessions,
+    report_workers,
     sessions,
     tools,
+    workers,
 )
 from bench.contestants import RELAY_BIN_ENV, SSHD, Contestant, Haproxy
 from bench.httpbench import HttpMeasurement
@@ -86,7 +89,7 @@ HTTP_MODES = {
 }
 #: Seconds per run of the sessions phase (its reps are the mode's; --duration/--reps override).
 SESSIONS_DURATION = {"quick": 3.0, "full": 5.0}
-PHASES = ("bulk", "http", "memory", "sessions")
+PHASES = ("bulk", "http", "memory", "sessions", "workers")
 
 
 def log(msg: str) -> None:
@@ -118,7 +121,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="seconds per iperf3 run and per sessions run (overrides the mode)",
     )
     p.add_argument(
-        "--reps", type=int, help="repetitions of the bulk and sessions phases (overrides the mode)"
+        "--reps",
+        type=int,
+        help="repetitions of the bulk, sessions and workers phases (overrides the mode)",
     )
     p.add_argument("--haproxy-nbthread", type=int, default=1, help="haproxy nbthread (default 1)")
     p.add_argument("--relay-bin", help="relay CLI to run (default: .venv/bin/relay, then PATH)")
@@ -167,7 +172,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def progress_line(i: int, total: int, reps: int, m: Measurement, label: str) -> str:
     rep = "warm-up" if m.rep == 0 else f"rep {m.rep}/{reps}"
-    head = f"[{i:>3}/{total}] {rep:<9} {m.scenario:<11} {label:<8}"
+    head = f"[{i:>3}/{total}] {rep:<9} {m.scenario:<11} {label:<15}"
     if not m.ok:
         first = (m.error or "").splitlines()[0] if m.error else "unknown error"
         return f"{head} FAILED: {first}"
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     http_res: dict[str, Any] = {}
     mem_res: dict[str, Any] = {}
     sess_res: dict[str, Any] = {}
+    work_res: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     bulk_keys = [k for k in keys if k in ALL] if "bulk" in phases_on else []
     active: list[Contestant] = []
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 info[key] = {"key": key, "label": c.label}
                 skip_reason = c.unavailable()
+                if not skip_reason and not runs_of(c, scenarios):
+                    skip_reason = f"runs only the {c.streams}-stream scenarios, none selected"
                 if skip_reason:
                     log(f"skipping {c.label}: {skip_reason}")
                     info[key]["skipped"] = skip_reason
@@ -258,13 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 info[key]["visitor_port"] = c.visitor_port()
                 active.append(c)
 
-            per_rep = len(scenarios) * len(active)
+            per_rep = sum(len(runs_of(c, scenarios)) for c in active)
             total = len(active) + reps * per_rep
             est = len(active) * (mode.warmup + 1) + reps * per_rep * (duration + 1.0)
             log(
-                f"{total} iperf3 runs ({len(active)} warm-up + {reps} reps x"
-                f" {len(scenarios)} scenarios x {len(active)} contestants, {duration:g} s each),"
-                f" about {est / 60:.1f} min"
+                f"{total} iperf3 runs ({len(active)} warm-up + {reps} reps x {per_rep}"
+                f" (scenario, contestant) pairs, {duration:g} s each), about {est / 60:.1f} min"
             )
             try:
                 # Memory first: thousands of idle connections need ephemeral ports, and
@@ -293,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                     http_res = phases.run_http(
                         http_keys, tmp, hmode, args.haproxy_nbthread, log, http_ms
                     )
+                # Last: relay only, the http phase's run length and repetitions.
+                if "workers" in phases_on and "relay" in keys:
+                    wreps = args.reps or hmode.reps
+                    workers.run_workers(tmp, hmode.duration, wreps, log, work_res)
             except (KeyboardInterrupt, SystemExit) as e:
                 interrupted = f"interrupted ({type(e).__name__}) after {len(measurements)} runs"
                 log(f"{interrupted}; stopping contestants and writing partial results")
@@ -322,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "http_measurements": http_ms,
         "memory": mem_res,
         "sessions": sess_res,
+        "workers": work_res,
         "install_seconds": round(install_s, 1),
         "unavailable_tools": missing_tools,
         "http_mode": hmode,
@@ -354,8 +366,9 @@ def run_all(
     tmp: Path,
     measurements: list[Measurement],
 ) -> None:
-    """One warm-up per contestant, then reps x scenarios, contestants alternated and rotated."""
-    total = len(active) * (1 + reps * len(scenarios))
+    """One warm-up per contestant, then reps x scenarios, contestants alternated and rotated
+    (a contestant that runs only some scenarios sits the others out)."""
+    total = len(active) + reps * sum(len(runs_of(c, scenarios)) for c in active)
     seq = 0
 
     def one(s: Scenario, c: Contestant, rep: int, secs: float) -> None:
@@ -367,12 +380,19 @@ def run_all(
         time.sleep(0.2)
 
     for c in active:
-        one(scenarios[0], c, 0, warmup)
+        if runs_of(c, scenarios):
+            one(runs_of(c, scenarios)[0], c, 0, warmup)
     for rep in range(1, reps + 1):
         for si, s in enumerate(scenarios):
             shift = (rep - 1 + si) % max(len(active), 1)
             for c in active[shift:] + active[:shift]:
-                one(s, c, rep, duration)
+                if s in runs_of(c, scenarios):
+                    one(s, c, rep, duration)
+
+
+def runs_of(c: Contestant, scenarios: list[Scenario]) -> list[Scenario]:
+    """The scenarios contestant ``c`` runs."""
+    return [s for s in scenarios if c.streams is None or s.streams in c.streams]
 
 
 def _contestant_summary(key: str, cfg: dict[str, Any]) -> str:
@@ -385,6 +405,14 @@ def _contestant_summary(key: str, cfg: dict[str, Any]) -> str:
     if key == "relay":
         return "relay edge + `relay tcp` agent (TLS agent link)" + (
             f"; agent said: `{cfg['forwarding_line']}`" if cfg.get("forwarding_line") else ""
+        )
+    if key == "relay-links2":
+        where, end = cfg.get("placement", {}), cfg.get("placement_at_end")
+        moved = "unchanged" if end == where.get("workers") else f"{end}"
+        return (
+            "`relay edge --workers 2` + one `relay tcp --links 2` agent, a link on each worker"
+            f" (workers of links 0 and 1: {where.get('workers')} after {where.get('tries')} agent"
+            f" start(s); after the runs: {moved}); 8-stream scenarios only"
         )
     peers = {
         "frp": "frps + frpc (TLS forced, tcp_mux/yamux), one `tcp` proxy",
@@ -431,6 +459,10 @@ def write_results(
     if sess_res:
         sess_res["summary"] = report_sessions.summary(sess_res, cores)
     tgts.append(report_sessions.target(sess_res, cores))  # "not evaluated" when not run
+    work_res: dict[str, Any] = extra["workers"]
+    if work_res:
+        work_res["summary"] = report_workers.summary(work_res)
+    tgts += report_workers.targets(work_res, cores)
     http_summary: dict[str, dict[str, Any]] = {}
     for (scen, key, rate), cell in hcells.items():
         if scen in ("ka-max", "close-max", "ka-lat", "close-lat", "hol-base", "hol-bulk"):
@@ -452,6 +484,7 @@ def write_results(
         "http_summary": http_summary,
         "memory": extra["memory"],
         "sessions": sess_res,
+        "workers": work_res,
         "install_seconds": extra["install_seconds"],
         "unavailable_tools": extra["unavailable_tools"],
         "http_config": {
@@ -501,7 +534,8 @@ def write_results(
     del result["http_measurements_raw"]
     tail = md.rfind("\nTotal wall time")
     smd = report_sessions.markdown(sess_res, cores)
-    md = md[:tail] + "\n" + "\n".join(hmd + smd) + _extras_md(result) + md[tail:]
+    wmd = report_workers.markdown(work_res, cores)
+    md = md[:tail] + "\n" + "\n".join(hmd + smd + wmd) + _extras_md(result) + md[tail:]
     md_path.write_text(md)
     latest = out / f"latest-{args.mode}.md"
     with contextlib.suppress(OSError):
@@ -511,12 +545,13 @@ def write_results(
     log(f"wrote {json_path}, {md_path} and {latest} ({wall:.0f} s)")
     if interrupted:
         return 130
-    # Failure only when nothing at all was measured (a run of the http or sessions phase
-    # alone has no bulk measurements).
+    # Failure only when nothing at all was measured (a run of the http, sessions or workers
+    # phase alone has no bulk measurements).
     ok = (
         any(m.ok for m in measurements)
         or any(m.ok for m in http_ms)
         or any(r.get("ok") for r in sess_res.get("runs", []) if not r.get("error"))
+        or any(r.get("requests") for r in work_res.get("runs", []) if not r.get("error"))
     )
     return 0 if ok else 1
 

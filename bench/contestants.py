@@ -38,6 +38,8 @@ class Contestant(ABC):
     http_host: str | None = None
     #: One line on what it is, for the report.
     summary: str = ""
+    #: The stream counts of the bulk scenarios it runs (None: all of them).
+    streams: tuple[int, ...] | None = None
 
     def __init__(self, work: Path, origin_port: int) -> None:
         self.work = work / self.key
@@ -295,6 +297,10 @@ class Relay(Contestant):
         """More edge options a variant of this contestant needs."""
         return []
 
+    def choose_admin_port(self) -> int:
+        """The admin listener's port (a variant with several edge processes needs a run)."""
+        return free_port()
+
     def start_edge(self) -> tuple[str, Path]:
         """Start the edge only; (token, CA file)."""
         if not self.edge_help:
@@ -325,7 +331,7 @@ class Relay(Contestant):
         if "--drain-timeout" in self.edge_help:
             edge_argv += ["--drain-timeout", "1"]
         if "--admin-listen" in self.edge_help:  # off the default port: others may hold it
-            edge_argv += ["--admin-listen", f"127.0.0.1:{free_port()}"]
+            edge_argv += ["--admin-listen", f"127.0.0.1:{self.choose_admin_port()}"]
         if "--http-listen" in self.edge_help:
             self.http_port = free_port()
             edge_argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]

@@ -20,6 +20,7 @@ from bench.contestants import (
     SshR,
 )
 from bench.procs import BenchError, free_port, run_tool, wait_listening
+from bench.workers import RelayLinks
 
 TOKEN = "bench-secret-token"
 
@@ -372,7 +373,8 @@ def _wait_http_ok(port: int, host: str, watch: list) -> None:  # type: ignore[ty
     wait_until(f"an HTTP 200 through 127.0.0.1:{port} (Host {host})", ok, START_TIMEOUT, watch)
 
 
-BULK = {c.key: c for c in (Direct, Haproxy, SshR, Relay, Frp, Rathole, Bore, SocatTls)}
+#: relay-links2 (bench/workers.py) runs the 8-stream scenarios only.
+BULK = {c.key: c for c in (Direct, Haproxy, SshR, Relay, RelayLinks, Frp, Rathole, Bore, SocatTls)}
 HTTP = {
     c.key: c
     for c in (

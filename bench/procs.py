@@ -65,6 +65,12 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def own_cpu_ticks(pid: int) -> int | None:
+    """utime+stime of one process (not its children), or None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[11]) + int(fields[12]) if fields else None
+
+
 def tree_cpu_ticks(root: int) -> int:
     """utime+stime+cutime+cstime summed over `root` and its live descendants.
 

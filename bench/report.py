@@ -16,6 +16,7 @@ LABELS = {
     "ssh": "ssh -R",
     "haproxy": "haproxy",
     "relay": "relay",
+    "relay-links2": "relay --links 2",
     "relay-http": "relay http",
     "relay-http-log": "relay http + access log",
     "frp": "frp",
@@ -154,12 +155,49 @@ def peer_targets(
     return out
 
 
+#: The agent with several links, its bar and what one link reached when the bar was set.
+LINKED, LINKS_BASE, ONE_LINK_THEN = "relay-links2", "bore", 0.74
+
+
+def links_targets(cells: dict[tuple[str, str], Cell], scenarios: list[Scenario]) -> list[Target]:
+    """One agent with ``--links 2`` (on an edge with 2 workers), 8 streams: ≥ bore's 8
+    streams in the same run; relay's one link beside it, not judged."""
+    out = []
+    for s in (s for s in scenarios if s.streams == 8):
+        way = "download" if s.reverse else "upload"
+        name = f"one agent, 8 streams with --links 2 ≥ bore's 8 streams ({way})"
+        links, base = cells.get((s.key, LINKED)), cells.get((s.key, LINKS_BASE))
+        if not links or not base or links.median is None or not base.median:
+            out.append(
+                Target(name, None, "not evaluated: no relay --links 2 or bore median in this run")
+            )
+            continue
+        r = links.median / base.median
+        one = ratio(cells, s.key, "relay", LINKS_BASE)
+        one_md = (
+            f"{_fmt(cells[(s.key, 'relay')].median)} Gbit/s = {one:.2f}{X} bore"
+            if one is not None
+            else "not in this run"
+        )
+        out.append(
+            Target(
+                name,
+                r >= 1.0,
+                f"relay --links 2 {links.median:.2f} vs bore {base.median:.2f} Gbit/s"
+                f" = {r:.2f}{X} (need ≥ 1{X}); relay with one link: {one_md}"
+                f" ({ONE_LINK_THEN:g}{X} when the target was set)",
+            )
+        )
+    return out
+
+
 def targets(
     cells: dict[tuple[str, str], Cell],
     scenarios: list[Scenario],
     relay_skip: str | None,
 ) -> list[Target]:
     out: list[Target] = peer_targets(cells, scenarios, relay_skip)
+    out += links_targets(cells, scenarios)
     singles = [s for s in scenarios if s.streams == 1]
     checks: list[tuple[str, float, str]] = [
         (f"single-stream ≥ 1.3{X} ssh -R", 1.3, "ssh"),
