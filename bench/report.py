@@ -97,6 +97,22 @@ class Target:
         return {"target": self.name, "met": self.met, "detail": self.detail}
 
 
+def quotient(a: float | None, b: float | None) -> float | None:
+    """a ÷ b, or None when either is missing (or b is 0)."""
+    return a / b if a is not None and b else None
+
+
+def section_opening(res: dict[str, Any], title: str) -> tuple[list[str], bool]:
+    """A phase section's first lines (its title, or why it was skipped), and whether the
+    section goes on: nothing at all for a phase that did not run."""
+    if not res:
+        return [], False
+    lines = [f"## {title}", ""]
+    if res.get("skipped"):
+        return [*lines, f"Skipped: {res['skipped']}.", ""], False
+    return lines, True
+
+
 def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if x is None else f"{x:{spec}}{suffix}"
 

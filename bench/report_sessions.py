@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from bench.report import EN, Target, X
+from bench.report import EN, Target, X, quotient, section_opening
 
 MODES = ("handshake", "auth", "bind")
 ROW_LABELS = {
@@ -136,10 +136,6 @@ def cells(res: dict[str, Any]) -> dict[str, SCell]:
     return out
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def summary(res: dict[str, Any], cores: int) -> dict[str, Any]:
     """The phase's figures for the JSON: per workload, and the ratios to the handshake."""
     c = cells(res)
@@ -147,8 +143,8 @@ def summary(res: dict[str, Any], cores: int) -> dict[str, Any]:
     out: dict[str, Any] = {m: c[m].to_json(cores) for m in MODES if m in c}
     for m in ("auth", "bind"):
         if m in c and hs is not None:
-            out[m]["per_s_ratio_to_handshakes"] = _ratio(c[m].median, hs.median)
-            out[m]["edge_cpu_ratio_to_handshake"] = _ratio(c[m].edge_ms(), hs.edge_ms())
+            out[m]["per_s_ratio_to_handshakes"] = quotient(c[m].median, hs.median)
+            out[m]["edge_cpu_ratio_to_handshake"] = quotient(c[m].edge_ms(), hs.edge_ms())
     return out
 
 
@@ -194,7 +190,7 @@ def _times(a: float | None, b: float | None, is_base: bool) -> str:
     """a / b as a ratio ("0.50x"); the baseline's own row is 1.00 when it has a figure."""
     if is_base:
         return f"1.00{X}" if a else "—"
-    return _f(_ratio(a, b), ".2f", X)
+    return _f(quotient(a, b), ".2f", X)
 
 
 def _row(mode: str, cell: SCell, hs: SCell | None, cores: int) -> list[str]:
@@ -220,15 +216,9 @@ def _f(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def markdown(res: dict[str, Any], cores: int) -> list[str]:
-    L: list[str] = []
+    L, goes_on = section_opening(res, "Agent admission: sessions/s a PoP can admit (issue 13)")
     add = L.append
-    if not res:
-        return L
-    add("## Agent admission: sessions/s a PoP can admit (issue 13)")
-    add("")
-    if res.get("skipped"):
-        add(f"Skipped: {res['skipped']}.")
-        add("")
+    if not goes_on:
         return L
     cfg = res.get("config", {})
     add(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.report import EN, Target, X
+from bench.report import EN, Target, X, quotient, section_opening
 from bench.workers import LINKED
 
 WORKLOADS = ("ka", "close", "close-one", "links-ka", "links-close")
@@ -157,15 +157,11 @@ def cells(res: dict[str, Any]) -> dict[tuple[str, str], WCell]:
     return out
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def per_rep_cpu_ratios(one: WCell, two: WCell) -> list[float]:
     """2 workers ÷ 1 worker CPU-µs per request within each repetition (the two runs of a
     repetition are neighbours in time, so other load on the machine touches both alike)."""
     reps = sorted({r["rep"] for r in one.good} & {r["rep"] for r in two.good})
-    pairs = [_ratio(two.cpu_us_of_rep(k), one.cpu_us_of_rep(k)) for k in reps]
+    pairs = [quotient(two.cpu_us_of_rep(k), one.cpu_us_of_rep(k)) for k in reps]
     return [x for x in pairs if x is not None]
 
 
@@ -247,8 +243,8 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
     for w in WORKLOADS:
         one, two = c.get(("w1", w)), c.get(("w2", w))
         if one is not None and two is not None:
-            out[w]["rps_ratio_2_to_1"] = _ratio(two.median, one.median)
-            out[w]["cpu_per_request_ratio_2_to_1"] = _ratio(two.cpu_us(), one.cpu_us())
+            out[w]["rps_ratio_2_to_1"] = quotient(two.median, one.median)
+            out[w]["cpu_per_request_ratio_2_to_1"] = quotient(two.cpu_us(), one.cpu_us())
     out["handed_over"] = handed_over(res)
     out["placement_problem"] = placement_failed(res)
     out["links_placement_problem"] = links_placement_failed(res)
@@ -272,7 +268,7 @@ def targets(res: dict[str, Any], cores: int) -> list[Target]:
         if problem or a is None or b is None or one is None or two is None:
             out.append(Target(name, None, f"not evaluated: {problem or 'a median is missing'}"))
             continue
-        q = _ratio(two.median, one.median)
+        q = quotient(two.median, one.median)
         out.append(
             Target(
                 name,
@@ -326,8 +322,8 @@ def _row(w: str, e: str, cell: WCell, base: WCell | None, workload: dict[str, An
     v = cell.rates
     is_base = e == "w1"
     edge_label = (LINKS_EDGE_LABELS if w in LINKS_WORKLOADS else EDGE_LABELS)[e]
-    rps_r = _ratio(cell.median, base.median if base else None)
-    cpu_r = _ratio(cell.cpu_us(), base.cpu_us() if base else None)
+    rps_r = quotient(cell.median, base.median if base else None)
+    cpu_r = quotient(cell.cpu_us(), base.cpu_us() if base else None)
     split = cell.cpu_us_by_process()
     by_proc = " / ".join(f"{role} {us:.1f}" for role, us in split.items()) if len(split) > 1 else ""
     failed = f" ({cell.failed_runs} runs failed)" if cell.failed_runs else ""
@@ -351,15 +347,9 @@ def _row(w: str, e: str, cell: WCell, base: WCell | None, workload: dict[str, An
 
 
 def markdown(res: dict[str, Any], cores: int) -> list[str]:
-    L: list[str] = []
+    L, goes_on = section_opening(res, "Edge workers: `relay edge --workers 2` beside one process")
     add = L.append
-    if not res:
-        return L
-    add("## Edge workers: `relay edge --workers 2` beside one process")
-    add("")
-    if res.get("skipped"):
-        add(f"Skipped: {res['skipped']}.")
-        add("")
+    if not goes_on:
         return L
     cfg = res.get("config", {})
     conns = {k: v["connections"] for k, v in cfg.get("workloads", {}).items()}

@@ -6,8 +6,19 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.haproxy import run_haproxy
-from tests.e2e.origin import Origin
+from tests.e2e.origin import NamedOrigin, Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, Proc
+
+
+@pytest.fixture
+def named() -> Iterator[list[NamedOrigin]]:
+    """Origins that answer with their own name (tests/e2e/origin.py), closed afterwards."""
+    made: list[NamedOrigin] = []
+    try:
+        yield made
+    finally:
+        for origin in made:
+            origin.close()
 
 
 @pytest.fixture

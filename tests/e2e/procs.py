@@ -19,8 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 RELAY = [sys.executable, "-m", "relay.cli"]
 
@@ -224,6 +226,13 @@ class Edge:
 
     def stop(self) -> int:
         return self.proc.stop() if self.proc else 0
+
+    def worker_status(self, worker: int = 0) -> dict[str, Any]:
+        """``/status`` of worker ``worker`` (its admin listener: ``admin_port`` + index)."""
+        url = f"http://{self.host}:{self.admin_port + worker}/status"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            result: dict[str, Any] = json.loads(answer.read())
+        return result
 
     def audit_details(self, action: str) -> list[dict[str, object]]:
         """The detail of every audit event ``action`` in the edge's (SQLite) store."""

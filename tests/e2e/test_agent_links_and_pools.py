@@ -8,12 +8,10 @@ failed request, and on an edge with workers an agent's links serve from both wor
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,6 @@ from tests.e2e.origin import NamedOrigin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def named() -> Iterator[list[NamedOrigin]]:
-    made: list[NamedOrigin] = []
-    try:
-        yield made
-    finally:
-        for origin in made:
-            origin.close()
 
 
 def get(port: int, host: str, timeout: float = 10) -> bytes:
@@ -185,12 +173,7 @@ def test_links_on_an_edge_with_workers_serve_from_every_worker(
 
 
 def _status(edge: Edge, worker: int) -> dict[str, Any]:
-    import urllib.request
-
-    url = f"http://127.0.0.1:{edge.admin_port + worker}/status"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        result: dict[str, Any] = json.loads(answer.read())
-    return result
+    return edge.worker_status(worker)
 
 
 def _holding_workers(edge: Edge, url_prefix: str) -> set[int]:

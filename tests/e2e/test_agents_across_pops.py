@@ -63,14 +63,22 @@ def across(a: Edge, b: Edge, echo: EchoServer, token: str, *flags: str) -> Agent
     return Agent(a, token, echo.port, extra=["--edge", f"{a.address},{b.address}", *flags])
 
 
+def bound_across(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent], *flags: str
+) -> tuple[Agent, int, str]:
+    """An agent given both PoPs, bound: (it, its port, its token)."""
+    a, b = pops
+    _, token = a.token()
+    agent = across(a, b, echo, token, *flags)
+    agents.append(agent)
+    return agent, agent.wait_bound(), token
+
+
 def test_an_agent_fails_over_to_another_pop_of_its_region_within_5_s(
     pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
 ) -> None:
     a, b = pops
-    _, token = a.token()
-    agent = across(a, b, echo, token, "--region", "eu")
-    agents.append(agent)
-    port = agent.wait_bound()
+    agent, port, _ = bound_across(pops, echo, agents, "--region", "eu")
     data = payload(1, 100_000)
     first = a if served_by(A_HOST, port, data) else b
     other = b if first is a else a
@@ -90,10 +98,7 @@ def test_an_agent_uses_only_pops_of_its_region(
     pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
 ) -> None:
     a, b = pops
-    _, token = a.token()
-    agent = across(a, b, echo, token, "--region", "eu")
-    agents.append(agent)
-    port = agent.wait_bound()
+    _, port, token = bound_across(pops, echo, agents, "--region", "eu")
     data = payload(2, 50_000)
     assert served_by(B_HOST, port, data)
     assert not served_by(A_HOST, port, data)
@@ -108,11 +113,8 @@ def test_an_agent_uses_only_pops_of_its_region(
 def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
     pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
 ) -> None:
-    a, b = pops
-    _, token = a.token()
-    agent = across(a, b, echo, token, "--links", "2")
-    agents.append(agent)
-    port = agent.wait_bound()
+    a, _ = pops
+    agent, port, _ = bound_across(pops, echo, agents, "--links", "2")
     agent.proc.wait_all("link 1: session")
     data = payload(3, 30_000)
     deadline = time.monotonic() + 10

@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,16 +32,6 @@ WORKERS = 2
 
 
 @pytest.fixture
-def named() -> Iterator[list[NamedOrigin]]:
-    made: list[NamedOrigin] = []
-    try:
-        yield made
-    finally:
-        for origin in made:
-            origin.close()
-
-
-@pytest.fixture
 def edge(tmp_path: Path) -> Iterator[Edge]:
     server = Edge(tmp_path / "edge", workers=WORKERS).start()
     try:
@@ -52,10 +41,7 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
 
 
 def status(edge: Edge, worker: int) -> dict[str, Any]:
-    """Worker ``worker``'s /status (its admin listener is the edge's port + its index)."""
-    url = f"http://127.0.0.1:{edge.admin_port + worker}/status"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        result: dict[str, Any] = json.loads(answer.read())
+    result = edge.worker_status(worker)
     assert result["worker"] == worker
     return result
 
@@ -89,19 +75,24 @@ def holder_of(edge: Edge, url: str) -> int:
 def post_sink(port: int, host: str, body: bytes, *, tls: ssl.SSLContext | None = None) -> bytes:
     """One POST /sink on a new connection; the response body (the origin's hash of what
     it received)."""
-    request = (
-        f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    ).encode() + body
+    head = f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+    return exchange(port, host, head.encode(), body, tls=tls)
+
+
+def exchange(
+    port: int, host: str, head: bytes, body: bytes = b"", *, tls: ssl.SSLContext | None = None
+) -> bytes:
+    """One request (``head`` without its end, then ``body``) on a new connection that
+    closes after it; the body of its 200 response."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
     with sock:
-        sock.sendall(request)
+        sock.sendall(head + b"connection: close\r\n\r\n" + body)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
+    status, _, rest = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), data[:300]
     return rest
 
 
@@ -275,11 +266,4 @@ def test_a_more_specific_name_on_another_worker_beats_a_local_wildcard(
 
 
 def get_body(port: int, host: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(f"GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), data[:300]
-    return body
+    return exchange(port, host, f"GET / HTTP/1.1\r\nhost: {host}\r\n".encode())
