@@ -246,7 +246,9 @@ def credentials() -> None:
     """Authtokens for agents (`relay tcp|http|tls --token`), stored only as hashes."""
 
 
-def _credential_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
+def _secret_rows(items: Iterable[Mapping[str, Any]], what: str) -> Iterable[list[str]]:
+    """Rows of authtokens or API keys: the same columns, then ``what`` each may do (its
+    bind ACL, its scopes)."""
     for c in items:
         yield [
             cell(c.get("id")),
@@ -255,9 +257,13 @@ def _credential_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
             minute(c.get("created_at")),
             minute(c.get("expires_at")),
             minute(c.get("last_used_at")),
-            cell(c.get("bind_acl")),
+            cell(c.get(what)),
             cell(c.get("description")),
         ]
+
+
+def _credential_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
+    return _secret_rows(items, "bind_acl")
 
 
 @credentials.command("list")
@@ -344,17 +350,7 @@ def api_keys() -> None:
 
 
 def _api_key_rows(items: Iterable[Mapping[str, Any]]) -> Iterable[list[str]]:
-    for k in items:
-        yield [
-            cell(k.get("id")),
-            cell(k.get("account_id")),
-            cell(k.get("status")),
-            minute(k.get("created_at")),
-            minute(k.get("expires_at")),
-            minute(k.get("last_used_at")),
-            cell(k.get("scopes")),
-            cell(k.get("description")),
-        ]
+    return _secret_rows(items, "scopes")
 
 
 @api_keys.command("list")

@@ -207,9 +207,7 @@ class Agent:
         #: Set once every endpoint is bound (the other links start then).
         self.all_bound = asyncio.Event()
         self.pops = PopChooser(
-            options.edges or ((options.edge_host, options.edge_port),),
-            options.region,
-            options.link,
+            options.edges or ((options.edge_host, options.edge_port),), options.region
         )
         self.pop: Pop | None = None  # the PoP of the current attempt
         self.link: Any = None

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 
 from relay.agent.client import Agent, AgentOptions
+from relay.agent.pops import Pop
 
 #: At most this many links (the edge refuses a link index of 16 or more).
 MAX_LINKS = 16
@@ -40,6 +41,7 @@ class LinkedAgent:
     async def run(self) -> None:
         """Run every link until stopped; raise the first error that cannot heal."""
         leader = self.agents[0]
+        leader.pops.busy = self._busy_for(leader)
         tasks = [asyncio.ensure_future(leader.run())]
         try:
             bound = asyncio.ensure_future(leader.all_bound.wait())
@@ -52,6 +54,7 @@ class LinkedAgent:
                         status=_prefixed(self.status, f"link {index}: "),
                         leader=leader,
                     )
+                    agent.pops.busy = self._busy_for(agent)
                     self.agents.append(agent)
                     tasks.append(asyncio.ensure_future(agent.run()))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -65,6 +68,12 @@ class LinkedAgent:
                     task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _busy_for(self, agent: Agent) -> Callable[[], set[Pop]]:
+        """The PoPs ``agent``'s sibling links are connected to now."""
+        return lambda: {
+            a.pop for a in self.agents if a is not agent and a.connected and a.pop is not None
+        }
 
 
 def _prefixed(status: Callable[[str], None], prefix: str) -> Callable[[str], None]:

@@ -4,9 +4,11 @@ name with several addresses).
 Each attempt starts with the candidates ordered by round-trip time: one TCP connect to
 each agent port, all at once, at most ``PROBE_TIMEOUT`` each; unreachable ones go last.
 With ``--region`` only PoPs of that region serve: a PoP whose AuthOk names another
-region is set aside for ``WRONG_REGION_FOR`` and the next one is tried at once. The links
-of one agent (``--links``) start from different places in the order, so two links hold
-two PoPs when there are two: losing one PoP then costs no reconnect at all.
+region is set aside for ``WRONG_REGION_FOR`` and the next one is tried at once. A link of
+an agent with ``--links`` prefers PoPs its other links are not on (``busy``), so two links
+hold two PoPs when there are two: losing one PoP then costs no reconnect at all. (Each
+link probes by itself, and PoPs about as near come in any order for each: an offset in
+that order alone put two links on one PoP.)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: How long one probe may take before its PoP counts as unreachable.
@@ -42,26 +45,23 @@ class Pop:
 class PopChooser:
     edges: tuple[tuple[str, int], ...]
     region: str = ""
-    #: This link's index: where in the order it starts.
-    offset: int = 0
+    #: The PoPs the agent's other links are connected to now (``--links``).
+    busy: Callable[[], set[Pop]] = field(default=lambda: set())
     _away: dict[Pop, float] = field(default_factory=dict)
     #: Round-trip times of the last probe, for status lines and tests (seconds).
     last_rtts: dict[Pop, float] = field(default_factory=dict)
 
     async def ranked(self) -> list[Pop]:
-        """Every candidate, best first (this link's offset applied), those of another
-        region last."""
+        """Every candidate, best first: reachable before unreachable, then those no other
+        link of the agent is on, then by round-trip time; those set aside last."""
         pops = await self._resolve()
         if len(pops) > 1:
             rtts = await asyncio.gather(*(_probe(p) for p in pops))
             self.last_rtts = dict(zip(pops, rtts, strict=True))
-            pops.sort(key=lambda p: self.last_rtts[p])
-            # The offset spreads links over the PoPs that answered; one that did not
-            # stays last whatever the offset.
-            up = [p for p in pops if self.last_rtts[p] != float("inf")]
-            down = [p for p in pops if self.last_rtts[p] == float("inf")]
-            shift = self.offset % len(up) if up else 0
-            pops = up[shift:] + up[:shift] + down
+            busy = self.busy()
+            pops.sort(
+                key=lambda p: (self.last_rtts[p] == float("inf"), p in busy, self.last_rtts[p])
+            )
         now = time.monotonic()
         return sorted(pops, key=lambda p: self._away.get(p, 0.0) > now)
 

@@ -147,13 +147,6 @@ class ClaimTable:
             self.release(worker, key)
         return gone
 
-    def worker_gone(self, worker: int) -> list[str]:
-        """Every key ``worker`` held is released: the keys that changed."""
-        changed = [key for key, claim in self._claims.items() if worker in claim.live]
-        for key in changed:
-            self.release(worker, key)
-        return changed
-
     def live_workers(self, key: str) -> list[int]:
         current = self._claims.get(key)
         return current.live_workers() if current is not None else []

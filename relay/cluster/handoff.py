@@ -254,7 +254,6 @@ class Inbox:
             self.sock.close()
             raise
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.received = 0
         self.rejected = 0
 
     def start(self, loop: asyncio.AbstractEventLoop, on_handoff: OnHandoff) -> None:
@@ -294,7 +293,6 @@ class Inbox:
             except HandoffError as exc:
                 self._reject(socks, str(exc))
                 continue
-            self.received += 1
             visitor.setblocking(False)
             try:
                 self._on_handoff(visitor, handoff)

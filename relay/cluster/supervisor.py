@@ -97,7 +97,6 @@ class Supervisor:
         self.run_dir = run_dir or make_run_dir()
         self.table = ClaimTable()
         self.workers = [_Worker(i) for i in range(count)]
-        self.restarts = 0
         self._announced = False
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,7 +233,6 @@ class Supervisor:
             except (OSError, ValueError) as exc:  # out of descriptors, memory, processes
                 log.error("worker %d could not be started: %s; trying again", worker.index, exc)
                 continue
-            self.restarts += 1
             return
 
     def _forget(self, index: int, keys: list[str]) -> None:

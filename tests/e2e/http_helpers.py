@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 from urllib.parse import urlsplit
@@ -44,6 +45,28 @@ def raw_request(port: int, data: bytes, *, timeout: float = 10.0, tls: bool = Fa
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         return read_until_closed(sock, timeout)
+
+
+def exchange(
+    port: int, host: str, head: bytes, body: bytes = b"", *, tls: ssl.SSLContext | None = None
+) -> bytes:
+    """One request (``head`` without its end, then ``body``) on a new connection that
+    closes after it; the body of its 200 response."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
+    with sock:
+        sock.sendall(head + b"connection: close\r\n\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status, _, rest = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), data[:300]
+    return rest
+
+
+def get_body(port: int, host: str) -> bytes:
+    """One GET / on a new connection: the body of its 200 response."""
+    return exchange(port, host, f"GET / HTTP/1.1\r\nhost: {host}\r\n".encode())
 
 
 def host_of(agent: Agent) -> str:

@@ -8,7 +8,6 @@ failed request, and on an edge with workers an agent's links serve from both wor
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 import time
 from collections import Counter
@@ -18,22 +17,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.api_calls import Keys, call
+from tests.e2e.http_helpers import get_body
 from tests.e2e.origin import NamedOrigin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def get(port: int, host: str, timeout: float = 10) -> bytes:
-    """One GET on a new connection: the body (the name of the origin that answered)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(f"GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), data[:300]
-    return body
 
 
 def web(edge: Edge, token: str, upstream: int, name: str, *flags: str) -> Agent:
@@ -117,7 +105,7 @@ def test_pooled_agents_share_a_name_and_a_leaving_one_gets_no_new_visitor(
     agents.append(second)
     second.wait_bound()
     host = "pool.relay.localhost"
-    seen = Counter(get(edge.http_port, host) for _ in range(20))
+    seen = Counter(get_body(edge.http_port, host) for _ in range(20))
     assert seen == Counter({b"member-a": 10, b"member-b": 10}), seen  # round robin
 
     # Without --pool the name stays the pool's.
@@ -135,7 +123,7 @@ def test_pooled_agents_share_a_name_and_a_leaving_one_gets_no_new_visitor(
     assert "bound by another agent session" in loner.proc.text()
 
     first.stop()  # leaves: from now on every visitor is b's, and none fails
-    seen = Counter(get(edge.http_port, host) for _ in range(20))
+    seen = Counter(get_body(edge.http_port, host) for _ in range(20))
     assert seen == Counter({b"member-b": 20}), seen
 
 
@@ -163,7 +151,7 @@ def test_links_on_an_edge_with_workers_serve_from_every_worker(
         assert holders == {0, 1}, holders
         before = [_status(edge, w)["workers"]["handed_off"]["http"] for w in (0, 1)]
         for _ in range(40):
-            assert get(edge.http_port, "wide.relay.localhost") == b"origin"
+            assert get_body(edge.http_port, "wide.relay.localhost") == b"origin"
         after = [_status(edge, w)["workers"]["handed_off"]["http"] for w in (0, 1)]
         assert after == before, "a visitor was handed over though both workers hold it"
         served = [_status(edge, w)["endpoints"] for w in (0, 1)]

@@ -113,7 +113,7 @@ def test_an_agent_uses_only_pops_of_its_region(
 def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
     pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
 ) -> None:
-    a, _ = pops
+    a, b = pops
     agent, port, _ = bound_across(pops, echo, agents, "--links", "2")
     agent.proc.wait_all("link 1: session")
     data = payload(3, 30_000)
@@ -141,3 +141,8 @@ def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
     stop.set()
     visitor.join(30)
     assert failures == []
+    # The link that was on A reconnects to the survivor: B holds both.
+    deadline = time.monotonic() + 10
+    while b.worker_status()["sessions"] < 2:
+        assert time.monotonic() < deadline, "the lost link did not come to B"
+        time.sleep(0.1)

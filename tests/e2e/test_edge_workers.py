@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.http_helpers import host_of, web_agent
+from tests.e2e.http_helpers import exchange, get_body, host_of, web_agent
 from tests.e2e.origin import NamedOrigin, Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 
@@ -79,23 +79,6 @@ def post_sink(port: int, host: str, body: bytes, *, tls: ssl.SSLContext | None =
     return exchange(port, host, head.encode(), body, tls=tls)
 
 
-def exchange(
-    port: int, host: str, head: bytes, body: bytes = b"", *, tls: ssl.SSLContext | None = None
-) -> bytes:
-    """One request (``head`` without its end, then ``body``) on a new connection that
-    closes after it; the body of its 200 response."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
-    sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
-    with sock:
-        sock.sendall(head + b"connection: close\r\n\r\n" + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    status, _, rest = data.partition(b"\r\n\r\n")
-    assert status.startswith(b"HTTP/1.1 200"), data[:300]
-    return rest
-
-
 def test_visitors_on_every_worker_reach_every_endpoint(
     edge: Edge, origin: Origin, agents: list[Agent]
 ) -> None:
@@ -131,11 +114,14 @@ def test_a_tcp_endpoint_is_served_by_the_worker_that_holds_it(
     agent = Agent(edge, token, echo.port)
     agents.append(agent)
     port = agent.wait_bound()
-    holder_of(edge, agent.url)
+    holder = holder_of(edge, agent.url)
     for i in range(20):
         data = payload(i, 300_000)
         back = echo_roundtrip(port, data)
         assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    other = status(edge, 1 - holder)
+    assert all(e["url"] != agent.url for e in other["endpoints"]), "the other worker holds it"
+    assert other["workers"]["handed_off"]["tcp"] == 0  # its visitors were all accepted there
 
 
 def test_a_killed_worker_comes_back_and_its_agents_serve_again(
@@ -263,7 +249,3 @@ def test_a_more_specific_name_on_another_worker_beats_a_local_wildcard(
     for _ in range(40):
         assert get_body(edge.http_port, "api.corp.relay.localhost") == b"exact"
         assert get_body(edge.http_port, "other.corp.relay.localhost") == b"wildcard"
-
-
-def get_body(port: int, host: str) -> bytes:
-    return exchange(port, host, f"GET / HTTP/1.1\r\nhost: {host}\r\n".encode())

@@ -195,11 +195,6 @@ class ClaimsMachine(RuleBasedStateMachine):
         self.table.forget_orphans(worker, keys)
         assert all(worker not in self.table.holders(k) for k in keys)
 
-    @rule(worker=WORKERS)
-    def worker_gone(self, worker: int) -> None:
-        self.table.worker_gone(worker)
-        assert all(worker not in self.table.holders(k) for k in self.table.held_keys())
-
     @invariant()
     def one_owner(self) -> None:
         claims = self.table._claims
