@@ -138,9 +138,11 @@ cdef Py_ssize_t _PUMP_MIN_READ = PUMP_MIN_READ
 # (``traffic()``): no Python runs per chunk for metrics. Kinds are the endpoint kinds of
 # relay.protocol.StreamProtocol's order; "from socket" is what a pump read from its socket
 # (the visitor at the edge, the upstream at the agent), "to socket" what it wrote there.
-KINDS = ("tcp", "http", "https", "tls")
+# "cluster": at the node a visitor was forwarded to, the inter-node stream's side of its
+# socket pair (relay/cluster/nodelink.py); the visitor itself is counted by its kind.
+KINDS = ("tcp", "http", "https", "tls", "cluster")
 cdef enum:
-    N_KINDS = 4
+    N_KINDS = 5
     N_OPEN_BUCKETS = 12
 cdef unsigned long long _from_socket[N_KINDS]
 cdef unsigned long long _to_socket[N_KINDS]
@@ -721,7 +723,8 @@ cdef class Pump(Channel):
         link.schedule_flush()
         # A visitor's pump (it opened the stream) times the stream-open latency.
         self._count_open(opens_stream)
-        if self.log_endpoint is not None:
+        if self.log_endpoint is not None and self.log_visitor is None:
+            # Set beforehand for a visitor another node forwarded (relay/edge/cluster.py).
             self.log_visitor = transport.get_extra_info("peername")
 
     def get_buffer(self, Py_ssize_t sizehint):

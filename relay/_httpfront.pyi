@@ -16,4 +16,5 @@ class HttpVisitor(Pump):
         scheme: str,
         tls_endpoint: str | None = None,
         handed_in: bytes | None = None,
+        peer: Any = None,
     ) -> None: ...

@@ -144,8 +144,12 @@ cdef class HttpVisitor(Pump):
     cdef bint may_hand_off
     cdef bytearray carried
     cdef bytes handed_in
+    # The visitor's address: its socket's peer, or (a visitor another node forwarded
+    # here, relay/edge/cluster.py) the address that node saw.
+    cdef object peer
 
-    def __init__(self, front, str scheme, str tls_endpoint=None, bytes handed_in=None):
+    def __init__(self, front, str scheme, str tls_endpoint=None, bytes handed_in=None,
+                 object peer=None):
         # The stream does not exist yet: it is opened once the first head is routed.
         # ``tls_endpoint``: on the TLS port, the id of the endpoint the SNI selected; every
         # request on the connection must be for that endpoint.
@@ -168,7 +172,8 @@ cdef class HttpVisitor(Pump):
         self.header_timeout = front.header_timeout
         self.idle_timeout = front.idle_timeout
         self.handed_in = handed_in
-        self.may_hand_off = (handed_in is None and tls_endpoint is None
+        self.peer = peer
+        self.may_hand_off = (handed_in is None and tls_endpoint is None and peer is None
                              and front.hand_off is not None)
         if self.may_hand_off:
             self.carried = bytearray()
@@ -177,7 +182,11 @@ cdef class HttpVisitor(Pump):
 
     def connection_made(self, transport):
         self.transport = transport
-        peer = transport.get_extra_info("peername")
+        if self.peer is None:
+            self.peer = transport.get_extra_info("peername")
+        else:
+            self.log_visitor = self.peer
+        peer = self.peer
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
         self.forwarded_for = self.peer_ip.encode()
         loop = self.front.loop
@@ -391,7 +400,7 @@ cdef class HttpVisitor(Pump):
             self._respond_local(challenge)
             return
         result = self.front.route(
-            hostname, url, self.scheme, self.transport, accept, self.tls_endpoint,
+            hostname, url, self.scheme, self.peer, accept, self.tls_endpoint,
             self.may_hand_off
         )
         if result[0] == -2:

@@ -250,6 +250,20 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     help="Edge processes, each on every listener (SO_REUSEPORT), under one supervisor; "
     "'auto': one per core. Default 1.",
 )
+@click.option(
+    "--cluster-redis",
+    default=None,
+    help="Join a cluster of edge nodes whose presence is in this Redis (redis://HOST:PORT).",
+)
+@click.option(
+    "--cluster-listen", default=None, help="HOST:PORT for links from other nodes of the cluster."
+)
+@click.option(
+    "--cluster-advertise",
+    default=None,
+    help="HOST:PORT other nodes dial to reach this one. Default: --cluster-listen.",
+)
+@click.option("--node-id", default=None, help="This node's name in the cluster.")
 @click.pass_context
 def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Start an edge (PoP): accept agents over TLS and serve their endpoints.

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from relay.certs.local_ca import _write_file_atomic
+from relay.certs.local_ca import write_file_atomic
 from relay.certs.sealed import SealedFile, locked, sealed_files
 from relay.cli_options import data_dir_option
 from relay.control.keyring import (
@@ -116,7 +116,7 @@ def rewrap_all(items: list[SealedFile], box: SecretBox) -> Rewrapped:
                     result.already += 1
                     continue
                 new = box.rewrap(blob, owner=item.owner, name=item.name)
-                _write_file_atomic(item.path, new, 0o600)
+                write_file_atomic(item.path, new, 0o600)
                 result.moved += 1
         except OSError as exc:
             result.failed[item.path] = exc.strerror or str(exc)

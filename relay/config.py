@@ -106,6 +106,19 @@ class EdgeConfig:
     #: Worker processes under one supervisor (relay/cluster/): "auto" in the file or on
     #: the command line is one per core. 1 (the default) runs no supervisor.
     workers: int = 1
+    #: A cluster of edge nodes (docs/scaling.md): the Redis URL of their shared presence
+    #: ("": this edge is on its own). A visitor for a name another node of this region
+    #: holds is carried there; one held only in another region gets 421 RLY_631.
+    cluster_redis: str = ""
+    #: Links from other nodes (TLS, certificates from the cluster CA on both ends):
+    #: HOST:PORT to listen on, and the address other nodes dial ("": cluster_listen).
+    cluster_listen: str = ""
+    cluster_advertise: str = ""
+    #: This node's name in the cluster ("": host name and agent listener, host:port).
+    node_id: str = ""
+    #: A directory whose ca/ holds the cluster CA, the same on every node (created on
+    #: first start when missing; default: <data_dir>/cluster).
+    cluster_ca_dir: Path | None = None
     #: One line per request (http, https) and per connection (tcp, tls): "" off, "-"
     #: stderr, else a file appended to.
     access_log: str = ""
@@ -140,6 +153,7 @@ PATH_KEYS = frozenset(
         "key_file",
         "control_key_file",
         "control_ca_file",
+        "cluster_ca_dir",
     )
 )
 
@@ -272,6 +286,17 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             f"http_max_head must be at most {MAX_HANDED_HEAD} with several workers, "
             f"not {config.http_max_head}"
         )
+    if config.cluster_redis and not config.cluster_listen:
+        raise ConfigError("cluster_redis needs cluster_listen: where other nodes link to this one")
+    if config.cluster_redis and config.workers > 1:
+        # A forwarded visitor arrives on one worker, which would hand it to another
+        # without the address the first node saw.
+        raise ConfigError(
+            "cluster_redis with several workers is not supported yet: run workers: 1 per node"
+        )
+    for key in ("cluster_listen", "cluster_advertise"):
+        if getattr(config, key):
+            parse_host_port(getattr(config, key), what=key)
     if config.control_url and config.control_key_file is None:
         raise ConfigError("control_url needs control_key_file: the edge's API key (scope edge)")
     if config.control_url and config.store:
@@ -351,6 +376,11 @@ RESTART_KEYS = frozenset(
         "metrics_endpoint_labels",
         "mux",
         "workers",
+        "cluster_redis",
+        "cluster_listen",
+        "cluster_advertise",
+        "node_id",
+        "cluster_ca_dir",
     )
 )
 

@@ -88,6 +88,8 @@ RLY_628   400     missing (HTTP/1.1), repeated or malformed Host, or an absolute
 RLY_629   405     CONNECT is not supported
 RLY_630   421     on the TLS port, a Host that is not an https endpoint the TLS server
                   name (SNI) selected
+RLY_631   421     the name is served in another region only (pinned there, or held by
+                  that region's PoPs): a cluster never carries it across regions
 ========  ======  ==================================================================
 
 ``AuthError`` and ``InvalidToken`` share RLY_101 on purpose: to an agent every "who are you?"

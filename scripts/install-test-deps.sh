@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests start for real: haproxy (PROXY protocol consumer), pebble
 # (ACME server + pebble-challtestsrv DNS), curl and openssl (real clients),
-# systemd-analyze (checks deploy/systemd/*.service; systemd is not started), and
-# postgresql (the store's suite runs on it too; the tests make their own cluster).
+# systemd-analyze (checks deploy/systemd/*.service; systemd is not started),
+# postgresql (the store's suite runs on it too; the tests make their own cluster), and
+# redis-server (cluster presence, relay/cluster/presence.py; tests/redis_server.py starts it).
 # Installs what is missing when run as root with apt; otherwise names what to install.
 set -u
 want=(haproxy:/usr/sbin/haproxy pebble:/usr/bin/pebble curl:/usr/bin/curl openssl:/usr/bin/openssl
-  systemd:/usr/bin/systemd-analyze)
+  systemd:/usr/bin/systemd-analyze redis-server:/usr/bin/redis-server)
 missing=()
 for item in "${want[@]}"; do
   pkg=${item%%:*}; bin=${item#*:}

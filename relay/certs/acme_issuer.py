@@ -62,7 +62,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from relay.certs.issuers import IssuedCert, normalize_hostname
-from relay.certs.local_ca import _write_file_atomic
+from relay.certs.local_ca import write_file_atomic
 from relay.certs.sealed import (
     ACCOUNT_KEY,
     ACCOUNT_META,
@@ -496,7 +496,7 @@ class AcmeIssuer:
         except acme_errors.ConflictError as exc:  # the key already has an account
             regr = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
         meta = {"directory": self.directory_url, "account": regr.uri, "email": self.account_email}
-        _write_file_atomic(self.account_dir / ACCOUNT_META, json.dumps(meta).encode(), 0o644)
+        write_file_atomic(self.account_dir / ACCOUNT_META, json.dumps(meta).encode(), 0o644)
         log.info("ACME account %s at %s", regr.uri, self.directory_url)
         return _Account(directory, key, regr)
 
@@ -520,8 +520,8 @@ class AcmeIssuer:
         if not meta.exists():
             # The directory URL is part of the key's sealed name: a key rotation needs it
             # beside the key, also when no registration succeeds (then it says no more).
-            _write_file_atomic(meta, json.dumps({"directory": self.directory_url}).encode(), 0o644)
-        _write_file_atomic(path, self.box.seal(pem, owner=ACCOUNT_OWNER, name=name), 0o600)
+            write_file_atomic(meta, json.dumps({"directory": self.directory_url}).encode(), 0o644)
+        write_file_atomic(path, self.box.seal(pem, owner=ACCOUNT_OWNER, name=name), 0o600)
         return JWKEC(key=new)
 
     # -- error mapping -----------------------------------------------------------------------

@@ -105,9 +105,11 @@ class LocalCA:
         return cls(ca_dir, cert, key)
 
     def issue_server_cert(
-        self, hostnames: list[str], ips: list[str], *, days: int = 90
+        self, hostnames: list[str], ips: list[str], *, days: int = 90, client_auth: bool = False
     ) -> tuple[bytes, bytes]:
         """Issue a server certificate; return ``(chain PEM = leaf + CA, key PEM)``.
+        ``client_auth``: it may also authenticate a client (an edge node's certificate on
+        the links between nodes, which both ends present).
 
         ``hostnames`` may include wildcards (``*.example.com``); ``ips`` are IPv4/IPv6 literals.
         """
@@ -125,6 +127,9 @@ class LocalCA:
         san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
         san += [x509.IPAddress(a) for a in addrs]
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+        if client_auth:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
@@ -149,7 +154,7 @@ class LocalCA:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False
@@ -176,8 +181,8 @@ def edge_certificate(data_dir: Path, hostnames: list[str], ips: list[str]) -> tu
         chain, key_pem = ca.issue_server_cert(hostnames, ips)
         # Key first: a crash between the two renames leaves a mismatched pair, which the check
         # above detects and repairs on the next start.
-        _write_file_atomic(key_path, key_pem, 0o600)
-        _write_file_atomic(cert_path, chain, 0o644)
+        write_file_atomic(key_path, key_pem, 0o600)
+        write_file_atomic(cert_path, chain, 0o644)
     return cert_path, key_path
 
 
@@ -334,7 +339,7 @@ def _write_file_new(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def _write_file_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` atomically; the new file has ``mode`` from its first byte."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:

@@ -56,7 +56,7 @@ from relay.certs.issuers import (
     name_covered,
     normalize_hostname,
 )
-from relay.certs.local_ca import _write_file_atomic
+from relay.certs.local_ca import write_file_atomic
 from relay.certs.sealed import CERTS_OWNER, cert_name, cert_paths, locked
 from relay.control.secrets import SecretBox
 from relay.errors import (
@@ -510,8 +510,8 @@ class CertificateManager:
                 # Locked: a key rotation re-wrapping this key must not write the old one back.
                 with locked(self.certs_dir):
                     # Key first: a crash in between leaves a mismatched pair, detected on load.
-                    _write_file_atomic(key_path, sealed, 0o600)
-                    _write_file_atomic(cert_path, issued.chain_pem, 0o644)
+                    write_file_atomic(key_path, sealed, 0o600)
+                    write_file_atomic(cert_path, issued.chain_pem, 0o644)
             except OSError as exc:
                 raise DataDirError(f"cannot store the certificate for {name}: {exc}") from exc
         entry = _Entry(
@@ -576,7 +576,7 @@ class CertificateManager:
                 blob = key_path.read_bytes()
                 if self.box.needs_rewrap(blob):
                     new = self.box.rewrap(blob, owner=CERTS_OWNER, name=cert_name(key_path))
-                    _write_file_atomic(key_path, new, 0o600)
+                    write_file_atomic(key_path, new, 0o600)
                     count += 1
         return count
 

@@ -28,7 +28,8 @@ RouteResult = tuple[int, Any, Any, Any, int]
 
 
 class Elsewhere(Protocol):
-    """Workers (relay/edge/worker.py): the endpoints other workers of this edge hold."""
+    """Workers (relay/edge/worker.py): the endpoints other workers of this edge hold; or
+    a node of a cluster (relay/edge/cluster.py): those other nodes of its region hold."""
 
     def http_holder(self, hostname: str) -> Any | None:
         """Where a visitor for ``hostname`` goes when no endpoint here serves it live
@@ -70,6 +71,8 @@ class HttpFront:
         self.elsewhere: Elsewhere | None = None
         #: HttpVisitor keeps what it reads before routing only when this is set.
         self.hand_off: Callable[[Any, bytes, Any], bool] | None = None
+        #: On a node of a cluster: the region that holds a name no node of this one does.
+        self.region_of: Callable[[str], str | None] | None = None
 
     def serve_elsewhere(self, elsewhere: Elsewhere) -> None:
         self.elsewhere = elsewhere
@@ -80,7 +83,7 @@ class HttpFront:
         hostname: str,
         url: bytes,
         scheme: str,
-        transport: Any,
+        peer: Any,
         accept: str | None,
         tls_endpoint: str | None = None,
         may_hand_off: bool = False,
@@ -110,6 +113,12 @@ class HttpFront:
             target = self.elsewhere.http_holder(hostname)
             if target is not None and hands_over(endpoint, target):
                 return (-2, target, None, None, 0)
+        if endpoint is None and self.region_of is not None:
+            region = self.region_of(hostname)
+            if region:
+                return self._error(
+                    421, "RLY_631", f"{hostname} is served in region {region}, not this one"
+                )
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)
             if location is not None:
@@ -123,7 +132,7 @@ class HttpFront:
         extra = {"accept": accept} if accept else {}
         header = StreamHeader(
             endpoint_id=endpoint.endpoint_id,
-            visitor_addr=format_address(transport.get_extra_info("peername")),
+            visitor_addr=format_address(peer),
             protocol=protocol,
             server_name=hostname,
             extra=extra,

@@ -57,6 +57,7 @@ PAGE_CODES = (
     "RLY_628",
     "RLY_629",
     "RLY_630",
+    "RLY_631",
 )
 
 #: relay_http_requests_total's code_class label, by the index of _exchanges' counts.
@@ -123,7 +124,7 @@ class EdgeMetrics(Metrics):
             self.auth_failures.labels(reason)
         for code in BIND_CODES:
             self.binds_refused.labels(code)
-        for kind, reason in (("tcp", "no_agent"), ("tls", "unknown_name")):
+        for kind, reason in (("tcp", "no_agent"), ("tls", "unknown_name"), ("tls", "other_region")):
             self.visitors_refused.labels(kind, reason)
         for code in PAGE_CODES:
             self.error_pages.labels(code)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay import __version__
 from relay.accepting import LimitWatch
@@ -63,6 +63,9 @@ from relay.protocol import Bind
 from relay.secret_files import read_owner_only_file
 from relay.tls import server_context
 from relay.tlslink import Listener, serve_links
+
+if TYPE_CHECKING:
+    from relay.edge.cluster import ClusterNode
 
 log = logging.getLogger("relay.edge")
 
@@ -152,6 +155,12 @@ class Edge:
         self.http_routes: HostRoutes[HostEndpoint] = HostRoutes()
         self.sni_routes: HostRoutes[HostEndpoint] = HostRoutes()
         self.worker = EdgeWorker(self, worker) if worker is not None else None
+        #: This edge as a node of a cluster (relay/edge/cluster.py), with cluster_redis.
+        self.cluster: ClusterNode | None = None
+        if config.cluster_redis:
+            from relay.edge.cluster import ClusterNode  # brings Redis's client: only then
+
+            self.cluster = ClusterNode(self)
         self.web: Any = None  # relay.edge.web.WebFronts once started
         self.registry = InMemoryRegistry()
         self.ports = PortAllocator(config.tcp_ports)
@@ -237,6 +246,13 @@ class Edge:
                 self.web.http.serve_elsewhere(self.worker)
                 if self.web.tls_front is not None:
                     self.web.tls_front.elsewhere = self.worker
+        if self.cluster is not None:
+            try:
+                await self.cluster.start(loop)
+            except OSError as exc:
+                raise ListenError.for_address(
+                    config.cluster_listen, "--cluster-listen", exc
+                ) from None
         self._credential_watch = loop.create_task(self._watch_credentials())
         if config.admin_listen:
             make_api: Callable[[], Any] | None = None
@@ -350,6 +366,8 @@ class Edge:
                 session.link.abort()
         if self.web is not None:
             await self.web.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.admin is not None:
             self.admin.close()
         if self.access_log is not None:
@@ -494,6 +512,7 @@ class Edge:
                 for s in sorted(live, key=lambda s: s.session_id)
             ],
             "workers": self.worker.status() if self.worker is not None else None,
+            "cluster": self.cluster.status() if self.cluster is not None else None,
             "endpoints": [
                 {
                     "url": e.url,
@@ -805,7 +824,10 @@ class Edge:
 
     def report(self, key: str) -> None:
         """Tell the supervisor everything this worker holds of ``key`` now (workers only):
-        sent after every change, so its table follows the workers whatever crossed."""
+        sent after every change, so its table follows the workers whatever crossed. A
+        node of a cluster tells the others what it holds (relay/edge/cluster.py)."""
+        if self.cluster is not None:
+            self.cluster.changed()
         if self.worker is None:
             return
         endpoint = self.by_key.get(key)
@@ -817,6 +839,8 @@ class Edge:
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         """The agent has its Bound reply (a new endpoint, or one taken back): an https
         endpoint's certificate is made sure of now, and the agent hears how it stands."""
+        if self.cluster is not None:
+            self.cluster.changed()
         if isinstance(endpoint, HostEndpoint) and endpoint.kind == "https":
             self.web.certificate_wanted(endpoint)
 

@@ -85,8 +85,11 @@ class TlsFront:
         self.acceptor: AcceptLoop | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: set[_PendingHello] = set()
-        #: Set on a worker's TLS port: other workers' endpoints (relay/edge/worker.py).
+        #: Set on a worker's TLS port: other workers' endpoints (relay/edge/worker.py), or
+        #: on a node of a cluster: other nodes' (relay/edge/cluster.py).
         self.elsewhere: TlsElsewhere | None = None
+        #: On a node of a cluster: the region that holds a name no node of this one does.
+        self.region_of: Callable[[str], str | None] | None = None
 
     def listen(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         self.loop = asyncio.get_running_loop()
@@ -126,10 +129,11 @@ class TlsFront:
             return
         self.pending.add(_PendingHello(self, conn))
 
-    def adopt(self, conn: socket.socket) -> None:
+    def adopt(self, conn: socket.socket, peer: Any = None) -> None:
         """A visitor another worker accepted and handed over (its ClientHello is still
-        unread: that worker only peeked). Served here, whatever changed meanwhile."""
-        self.pending.add(_PendingHello(self, conn, may_hand_off=False))
+        unread: that worker only peeked), or one another node forwarded (``peer``: the
+        visitor's address there). Served here, whatever changed meanwhile."""
+        self.pending.add(_PendingHello(self, conn, may_hand_off=False, peer=peer))
 
     # --- once the ClientHello is known ---------------------------------------------------
 
@@ -140,7 +144,9 @@ class TlsFront:
         alpn: tuple[str, ...],
         hello_len: int,
         may_hand_off: bool = True,
+        peer: Any = None,
     ) -> None:
+        """``peer``: the visitor's address when ``conn`` is not its own socket."""
         loop = self.loop
         assert loop is not None
         name = server_name or ""
@@ -158,13 +164,17 @@ class TlsFront:
         ):
             conn.close()  # our descriptor; the socket is the other worker's now
             return
+        if endpoint is None and name and self.region_of is not None and self.region_of(name):
+            # Held in another region (pinned there): never carried across, refused cleanly.
+            self._refuse(conn, hello_len, "other_region")
+            return
         if endpoint is None:
             stand_in = self.fallback_for(name, None) if name and self.fallback_for else None
             if stand_in is None:
                 self._refuse(conn, hello_len)
                 return
             answers = stand_in[1]
-            self._start(conn, lambda: HttpVisitor(answers, "https"), stand_in[0])
+            self._start(conn, lambda: HttpVisitor(answers, "https", peer=peer), stand_in[0])
             return
         if endpoint.kind == "tls":
             session = serving_session(endpoint)
@@ -179,13 +189,15 @@ class TlsFront:
             )
 
             def header_factory(transport: Any) -> bytes:
-                peer = format_address(transport.get_extra_info("peername"))
+                address = format_address(peer or transport.get_extra_info("peername"))
                 return StreamHeader(
-                    header.endpoint_id, peer, header.protocol, header.server_name
+                    header.endpoint_id, address, header.protocol, header.server_name
                 ).to_wire()
 
             slot = endpoint.metric_slot
-            self._start(conn, lambda: self._passthrough(session, name, header_factory, slot), None)
+            self._start(
+                conn, lambda: self._passthrough(session, name, header_factory, slot, peer), None
+            )
             return
         ctx = self.context_for(name)
         endpoint_id = endpoint.endpoint_id
@@ -195,16 +207,18 @@ class TlsFront:
                 self._refuse(conn, hello_len)
                 return
             answers = stand_in[1]
-            self._start(conn, lambda: HttpVisitor(answers, "https", endpoint_id), stand_in[0])
+            self._start(
+                conn, lambda: HttpVisitor(answers, "https", endpoint_id, peer=peer), stand_in[0]
+            )
             return
         # The visitor checked this endpoint's certificate: its requests may name no other.
-        self._start(conn, lambda: HttpVisitor(self.https, "https", endpoint_id), ctx)
+        self._start(conn, lambda: HttpVisitor(self.https, "https", endpoint_id, peer=peer), ctx)
 
-    def _refuse(self, conn: socket.socket, hello_len: int) -> None:
+    def _refuse(self, conn: socket.socket, hello_len: int, why: str = "unknown_name") -> None:
         """A clean fatal ``unrecognized_name`` alert, written by hand: no TLS engine is
         needed to say no, and uvloop's would close without flushing its alert."""
         if self.metrics is not None:
-            self.metrics.visitors_refused.labels("tls", "unknown_name").inc()
+            self.metrics.visitors_refused.labels("tls", why).inc()
         try:
             conn.recv(hello_len)  # consume the hello, so closing sends FIN, not RST
             conn.send(ALERT_UNRECOGNIZED_NAME)
@@ -234,10 +248,13 @@ class TlsFront:
             self.metrics.tls_handshakes.labels("https", "failed" if failed else "ok").inc()
         _log_start_failure(task)
 
-    def _passthrough(self, session: Any, name: str, header_factory: Any, slot: int) -> Pump:
+    def _passthrough(
+        self, session: Any, name: str, header_factory: Any, slot: int, peer: Any = None
+    ) -> Pump:
         """A ``tls`` endpoint's visitor: ciphertext both ways, counted as kind tls (and in
         the endpoint's own series ``slot``, if it has one)."""
         pump = Pump(session.link, header_factory=header_factory, kind=TLS_KIND)
+        pump.log_visitor = peer
         if slot:
             pump.metric_slot = slot
         if self.log_access:
@@ -264,10 +281,13 @@ class _Hangup(asyncio.Protocol):
 class _PendingHello:
     """A connection whose ClientHello is still being read (peeked, not consumed)."""
 
-    def __init__(self, front: TlsFront, conn: socket.socket, *, may_hand_off: bool = True) -> None:
+    def __init__(
+        self, front: TlsFront, conn: socket.socket, *, may_hand_off: bool = True, peer: Any = None
+    ) -> None:
         self.front = front
         self.conn = conn
         self.may_hand_off = may_hand_off
+        self.peer = peer
         loop = front.loop
         assert loop is not None
         self.loop = loop
@@ -301,7 +321,12 @@ class _PendingHello:
             return
         self.front.pending.discard(self)
         self.front.dispatch(
-            self.conn, hello.server_name, tuple(hello.alpn), hello.consumed, self.may_hand_off
+            self.conn,
+            hello.server_name,
+            tuple(hello.alpn),
+            hello.consumed,
+            self.may_hand_off,
+            self.peer,
         )
 
     def _wait_more(self) -> None:

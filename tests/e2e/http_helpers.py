@@ -48,20 +48,40 @@ def raw_request(port: int, data: bytes, *, timeout: float = 10.0, tls: bool = Fa
 
 
 def exchange(
-    port: int, host: str, head: bytes, body: bytes = b"", *, tls: ssl.SSLContext | None = None
+    port: int,
+    host: str,
+    head: bytes,
+    body: bytes = b"",
+    *,
+    tls: ssl.SSLContext | None = None,
+    address: str = "127.0.0.1",
 ) -> bytes:
     """One request (``head`` without its end, then ``body``) on a new connection that
     closes after it; the body of its 200 response."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    data = one_request(port, host, head, body, tls=tls, address=address)
+    status, _, rest = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), data[:300]
+    return rest
+
+
+def one_request(
+    port: int,
+    host: str,
+    head: bytes,
+    body: bytes = b"",
+    *,
+    tls: ssl.SSLContext | None = None,
+    address: str = "127.0.0.1",
+) -> bytes:
+    """:func:`exchange`'s request, whatever the answer: the whole response."""
+    raw = socket.create_connection((address, port), timeout=20)
     sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
     with sock:
         sock.sendall(head + b"connection: close\r\n\r\n" + body)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    status, _, rest = data.partition(b"\r\n\r\n")
-    assert status.startswith(b"HTTP/1.1 200"), data[:300]
-    return rest
+    return data
 
 
 def get_body(port: int, host: str) -> bytes:

@@ -1,0 +1,360 @@
+"""Links between edge nodes: a visitor that reached node A for a name node B holds is
+carried to B over one link per pair of nodes.
+
+A link is TLS with a certificate on both ends, each signed by the cluster CA (a CA of its
+own, not the one that signs endpoint certificates), and yamux on top: the same Rust
+session and Cython byte path as an agent link. Node A is the dialling side and opens one
+stream per visitor; the stream starts with a StreamHeader (the visitor's address, the name,
+the protocol) followed by the bytes A already read (an HTTP head; nothing for the TLS port,
+where A only peeked), then the visitor's bytes as they come. Its socket is pumped on A by
+an ordinary visitor ``Pump``.
+
+On B the stream is joined to one end of a socket pair, and the other end is served as if
+the visitor had connected to B itself (relay/edge/cluster.py): B's HTTP front parses and
+rewrites the requests, B's TLS port terminates or passes the TLS through. So B applies its
+own endpoint's rules, and A needs to know nothing about them. The pair costs B a copy
+through the kernel each way; a stream-to-stream join in the byte path would save it.
+
+Links are dialled on the first visitor for a node, reused for every later one, and
+redialled after a failure no sooner than ``REDIAL_AFTER``; visitors that arrive while one
+is being dialled wait for it (at most ``MAX_WAITING`` per node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.errors import ProtocolViolation, RelayError
+from relay.mux import MuxConfig, Pump
+from relay.protocol import StreamHeader
+from relay.tlslink import Listener, connect_link, serve_links
+
+log = logging.getLogger("relay.cluster.link")
+
+#: The name every node certificate carries and every dialling node checks: membership of
+#: the cluster is what is proven, by the CA's signature (.invalid: never a real name).
+NODE_NAME = "node.relay-cluster.invalid"
+#: A node that could not be dialled is not dialled again sooner than this.
+REDIAL_AFTER = 1.0
+#: Visitors waiting for one node's link to come up; more are refused at once.
+MAX_WAITING = 1024
+#: A link must be up within this; a stream's header must arrive within this.
+CONNECT_TIMEOUT = 5.0
+HEADER_TIMEOUT = 10.0
+#: The traffic counters' index of an inter-node stream's pump (relay._fastpath.KINDS).
+CLUSTER_KIND = 4
+
+#: What B does with a forwarded visitor: its header and B's end of the socket pair.
+Deliver = Callable[[StreamHeader, socket.socket], None]
+#: A visitor that could not be forwarded (its socket, still A's to answer and close).
+Failed = Callable[[socket.socket], None]
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """This node's certificate and the cluster CA, as the two TLS contexts."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def server(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.load_verify_locations(self.ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # a node, or nothing
+        return ctx
+
+    def client(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.load_verify_locations(self.ca)
+        return ctx
+
+
+@dataclass
+class _Waiting:
+    header: bytes
+    sock: socket.socket
+    failed: Failed
+
+
+@dataclass
+class _Outbound:
+    """This node's link to one other node."""
+
+    address: str
+    link: Any = None
+    dialling: bool = False
+    failed_at: float = -1e9
+    waiting: list[_Waiting] = field(default_factory=list)
+
+
+class NodeLinks:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tls: NodeTls,
+        deliver: Deliver,
+        mux: MuxConfig | None = None,
+    ) -> None:
+        self.loop = loop
+        self._server_ctx = tls.server()
+        self._client_ctx = tls.client()
+        self.deliver = deliver
+        self.mux = mux or MuxConfig()
+        self._out: dict[str, _Outbound] = {}
+        self._inbound: set[Any] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: Listener | None = None
+        self.forwarded = 0  # visitors sent to another node
+        self.received = 0  # visitors another node sent here
+        self.failures = 0  # visitors that could not be sent
+
+    # --- listening (node B) ------------------------------------------------------------
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        self._listener = await serve_links(
+            self.loop,
+            lambda: self.mux.new_link(_Inbound(self), self.loop, client=False),
+            host,
+            port,
+            ssl_context=self._server_ctx,
+            handshake_timeout=CONNECT_TIMEOUT,
+        )
+        bound = self._listener.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    # --- forwarding (node A) -----------------------------------------------------------
+
+    def forward(self, address: str, header: bytes, sock: socket.socket, failed: Failed) -> None:
+        """Carry the visitor on ``sock`` to the node listening at ``address``: ``header``
+        (StreamHeader and the bytes already read) first, then its bytes as they come.
+        ``failed(sock)`` if that node cannot be reached."""
+        out = self._out.get(address)
+        if out is None:
+            out = self._out[address] = _Outbound(address)
+        if out.link is not None and not out.link.closed:
+            self._start(out.link, header, sock, failed)
+            return
+        out.link = None
+        if not out.dialling and time.monotonic() - out.failed_at < REDIAL_AFTER:
+            self._failed(sock, failed)
+            return
+        if len(out.waiting) >= MAX_WAITING:
+            self._failed(sock, failed)
+            return
+        out.waiting.append(_Waiting(header, sock, failed))
+        if not out.dialling:
+            out.dialling = True
+            self._spawn(self._dial(out))
+
+    async def _dial(self, out: _Outbound) -> None:
+        host, _, port = out.address.rpartition(":")
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _transport, link = await connect_link(
+                    self.loop,
+                    lambda: self.mux.new_link(_Dialler(self, out), self.loop, client=True),
+                    host.strip("[]"),
+                    int(port),
+                    ssl_context=self._client_ctx,
+                    server_hostname=NODE_NAME,
+                    handshake_timeout=CONNECT_TIMEOUT,
+                )
+        except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+            log.warning("cannot link to node %s: %s", out.address, exc or "timed out")
+            out.dialling = False
+            out.failed_at = time.monotonic()
+            waiting, out.waiting = out.waiting, []
+            for item in waiting:
+                self._failed(item.sock, item.failed)
+            return
+        out.dialling = False
+        out.link = link
+        log.info("linked to node %s", out.address)
+        waiting, out.waiting = out.waiting, []
+        for item in waiting:
+            self._start(link, item.header, item.sock, item.failed)
+
+    def _start(self, link: Any, header: bytes, sock: socket.socket, failed: Failed) -> None:
+        # Counted as "cluster" here: the visitor was counted by its kind when accepted.
+        pump = Pump(link, header_factory=lambda _transport: header, kind=CLUSTER_KIND)
+        self.forwarded += 1
+        task = self._spawn(self.loop.connect_accepted_socket(lambda: pump, sock))
+        task.add_done_callback(lambda t: self._started(t, sock, failed))
+
+    def _started(self, task: asyncio.Task[Any], sock: socket.socket, failed: Failed) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self.forwarded -= 1
+            self._failed(sock, failed)
+
+    def _failed(self, sock: socket.socket, failed: Failed) -> None:
+        self.failures += 1
+        try:
+            failed(sock)
+        finally:
+            sock.close()
+
+    def link_lost(self, out: _Outbound, link: Any) -> None:
+        if out.link is link:
+            out.link = None
+            out.failed_at = time.monotonic()
+
+    # --- receiving (node B) ------------------------------------------------------------
+
+    def stream_arrived(self, link: Any, stream_id: int) -> None:
+        link.session.accept_stream(stream_id)
+        channel = link.open_buffer_channel(stream_id)
+        # The header nearly always comes in the same read as the open, but its DATA is
+        # delivered after this call: look once the batch is done.
+        self.loop.call_soon(self._read_header, link, channel, self.loop.time() + HEADER_TIMEOUT)
+
+    def _read_header(self, link: Any, channel: Any, deadline: float) -> None:
+        try:
+            if channel.reset or link.closed or channel.stream_id not in link.channels:
+                return
+            parsed = StreamHeader.parse(channel.peek())
+            if parsed is None:
+                if channel.fin or self.loop.time() >= deadline:
+                    raise ProtocolViolation("inter-node stream ended or stalled in its header")
+                # Look again on more bytes, and at the deadline at the latest.
+                again = _Again(self, link, channel, deadline)
+                channel.wait().add_done_callback(again.fire)
+                again.timer = self.loop.call_at(deadline, again.fire, None)
+                return
+            header, used = parsed
+            channel.take(used)
+            channel.hold()  # credit waits until the socket pair takes the bytes
+            ours, theirs = socket.socketpair()
+        except (RelayError, OSError) as exc:
+            log.warning("inter-node stream %d refused: %s", channel.stream_id, exc)
+            link.channels.pop(channel.stream_id, None)
+            link.session.reset_stream(channel.stream_id)
+            link.schedule_flush()
+            return
+        self.received += 1
+        pump = Pump(link, channel.stream_id, None, b"", CLUSTER_KIND)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        self._spawn(self.loop.connect_accepted_socket(lambda: pump, ours))
+        try:
+            self.deliver(header, theirs)
+        except Exception:
+            log.exception("serving a forwarded visitor failed")
+            theirs.close()
+
+    # --- life ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "links_out": sorted(a for a, o in self._out.items() if o.link is not None),
+            "links_in": len(self._inbound),
+            "forwarded": self.forwarded,
+            "received": self.received,
+            "failed": self.failures,
+        }
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for out in self._out.values():
+            if out.link is not None:
+                out.link.close()
+            for item in out.waiting:
+                item.sock.close()
+            out.waiting.clear()
+        for link in list(self._inbound):
+            link.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _Again:
+    """One more look at a stream's header: on its next bytes or at the deadline."""
+
+    def __init__(self, links: NodeLinks, link: Any, channel: Any, deadline: float) -> None:
+        self.links = links
+        self.link = link
+        self.channel = channel
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def fire(self, _future: object) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.links._read_header(self.link, self.channel, self.deadline)
+
+
+class _Dialler:
+    """The dialling side's link handler: it opens streams; the other node opens none."""
+
+    def __init__(self, links: NodeLinks, out: _Outbound) -> None:
+        self.links = links
+        self.out = out
+        self.link: Any = None
+
+    def link_made(self, link: Any) -> None:
+        self.link = link
+
+    def stream_opened(self, stream_id: int) -> None:
+        self.link.session.reset_stream(stream_id)
+        self.link.schedule_flush()
+
+    def goaway(self, code: int) -> None:
+        log.info("node %s sent GoAway(%d)", self.out.address, code)
+        self.links.link_lost(self.out, self.link)
+
+    def pong(self, rtt_us: int) -> None:
+        pass
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        log.info("link to node %s lost: %s", self.out.address, exc or "closed")
+        self.links.link_lost(self.out, self.link)
+
+
+class _Inbound:
+    """The listening side's link handler: every stream the other node opens is a visitor."""
+
+    def __init__(self, links: NodeLinks) -> None:
+        self.links = links
+        self.link: Any = None
+
+    def link_made(self, link: Any) -> None:
+        self.link = link
+        self.links._inbound.add(link)
+
+    def stream_opened(self, stream_id: int) -> None:
+        self.links.stream_arrived(self.link, stream_id)
+
+    def goaway(self, code: int) -> None:
+        pass
+
+    def pong(self, rtt_us: int) -> None:
+        pass
+
+    def link_lost(self, exc: BaseException | None) -> None:
+        self.links._inbound.discard(self.link)

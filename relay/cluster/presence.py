@@ -1,0 +1,576 @@
+"""Cluster presence: which edge node (PoP) holds which public name, shared through Redis.
+
+A node that receives a visitor for a name another node holds forwards it there
+(relay/cluster/nodelink.py); this module tells it which node and at which link address.
+Every node keeps a local table of the other nodes' names, so :meth:`Presence.lookup` does
+no I/O on the visitor's path, and an outage of Redis only freezes the table: the last
+known names keep being served, and the node republishes its own entry as soon as Redis
+answers again (a Redis restarted empty has the whole cluster back within a heartbeat).
+
+Redis layout
+------------
+``relay:node:<node_id>``
+    A string, JSON ``{"region": str, "link": "host:port", "names": [[family, hostname,
+    kind, host_rewrite], ...]}``, written with ``SET ... PX <ttl ms>`` on every heartbeat
+    and soon after :meth:`Presence.changed`. A node that dies stops refreshing it and it
+    expires after ``ttl``: its names vanish from every table at the next heartbeat.
+    :meth:`Presence.stop` deletes it at once.
+``relay:presence`` (channel)
+    After each write (and delete) a node publishes its id here; every node subscribes and
+    reads that node's key on each message, so a new bind is visible cluster-wide within a
+    round trip or two, not a heartbeat.
+``relay:events`` (channel)
+    Cluster-wide events: JSON objects of strings to strings (:meth:`Presence.publish_event`).
+    Every subscriber gets each one, the publishing node included, as Redis delivers them.
+
+Each heartbeat a node also rereads every node key (``SCAN MATCH relay:node:*`` with a
+``COUNT``, a bounded number of rounds, then ``MGET``) and rebuilds its table from them:
+that catches pub/sub messages lost while a connection was down, and keys that expired.
+A value is parsed again only when its bytes changed, so a quiet cluster costs a ``MGET``.
+
+What another node wrote is checked before it is used: a key that is not JSON, has the
+wrong shape, more than ``MAX_NAMES`` names or a name longer than 253 characters is left
+out of the table (logged once, at debug level, per distinct value), never trusted.
+
+The family of a name is ``http`` for the plain-HTTP port and ``sni`` for the TLS port
+(https and tls endpoints): a visitor's port says which one to look up. When two other
+nodes hold the same name, :meth:`Presence.lookup` prefers one of this node's region, then
+the smallest node id, so that every node of a region forwards the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeGuard, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from relay.errors import ConfigError, RelayError
+
+log = logging.getLogger("relay.cluster.presence")
+
+NODE_PREFIX = "relay:node:"
+PRESENCE_CHANNEL = "relay:presence"
+EVENTS_CHANNEL = "relay:events"
+
+#: Bound on every Redis call: socket connect and read timeouts, and a deadline for the
+#: whole call (a read timeout is per read, and a call may read more than once).
+CALL_TIMEOUT = 1.0
+CALL_DEADLINE = 3.0
+#: How long :meth:`Presence.stop` tries to delete this node's key.
+STOP_TIMEOUT = 1.0
+#: After ``changed()``, how long to wait for more changes before writing once for all.
+COALESCE = 0.02
+#: What a node entry may hold; more is garbage (or an attack on every node's memory).
+MAX_NAMES = 100_000
+MAX_HOSTNAME = 253
+MAX_FIELD = 300
+MAX_NODE_ID = 200
+#: SCAN: keys asked per round, and rounds per heartbeat (an unfinished scan drops no node).
+SCAN_COUNT = 1000
+MAX_SCAN_ROUNDS = 1000
+MGET_CHUNK = 500
+
+FAMILIES = frozenset({"http", "sni"})
+KINDS = frozenset({"http", "https", "tls"})
+
+#: What may go wrong talking to Redis: the node carries on with its last table.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    region: str
+    #: ``host:port`` of the node's inter-node link listener (``[v6]:port`` for IPv6).
+    link: str
+
+
+@dataclass(frozen=True)
+class RemoteName:
+    #: ``http`` (plain-HTTP names) or ``sni`` (names of the TLS port: https and tls).
+    family: str
+    #: An exact name or a ``*.suffix`` wildcard.
+    hostname: str
+    kind: str
+    #: ``""`` when none.
+    host_rewrite: str
+    node: NodeInfo
+
+
+#: The names this node holds live now: (family, hostname, kind, host_rewrite).
+Names = Callable[[], Iterable[tuple[str, str, str, str]]]
+
+
+@dataclass
+class _Entry:
+    """One other node as its key last read: what it is, and the table keys it holds."""
+
+    info: NodeInfo
+    keys: list[tuple[str, str]]
+
+
+class Presence:
+    """This node's presence in the cluster, and its table of the others'.
+
+    The background task runs two loops: the heartbeat (write this node's key, reread all
+    keys) and the subscriber (pub/sub). Neither gives up: on a Redis error it marks the
+    node disconnected, keeps the table and tries again a heartbeat later. Call
+    :meth:`changed` and the lookups from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        me: NodeInfo,
+        names: Names,
+        *,
+        heartbeat: float = 1.0,
+        ttl: float = 5.0,
+        on_event: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
+        if not heartbeat > 0 or not ttl > heartbeat:
+            raise ConfigError(
+                f"cluster presence: need 0 < heartbeat < ttl (heartbeat {heartbeat}, ttl {ttl})"
+            )
+        self._url = url
+        self._me = me
+        self._names = names
+        self._heartbeat = heartbeat
+        self._ttl_ms = max(1, round(ttl * 1000))
+        self._on_event = on_event
+        self._key = NODE_PREFIX + me.node_id
+        self._client: aioredis.Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: Set by changed() and by a fresh subscription: the heartbeat loop goes now.
+        self._wake = asyncio.Event()
+        self._dirty = True
+        self._full_now = False
+        #: Reads from Redis are applied in the order they were made (a heartbeat's MGET
+        #: must not overwrite what a later pub/sub GET applied).
+        self._lock = asyncio.Lock()
+        self._connected = False
+        self._outage_logged = False
+        self._last_error = "not connected yet"
+        self._nodes: dict[str, _Entry] = {}
+        #: node id -> the bytes of its key last applied (garbage included: parsed once).
+        self._raw: dict[str, bytes] = {}
+        #: (family, hostname) -> node id -> the name as that node holds it.
+        self._table: dict[tuple[str, str], dict[str, RemoteName]] = {}
+        self._count = 0
+
+    # -- the edge's interface ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background task. Redis need not be up: the task keeps trying."""
+        if self._task is not None:
+            return
+        try:
+            self._client = aioredis.Redis.from_url(
+                self._url,
+                socket_timeout=CALL_TIMEOUT,
+                socket_connect_timeout=CALL_TIMEOUT,
+                # Our loops retry, a heartbeat apart; redis-py's own retries would hold
+                # one call for seconds with Redis down.
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as err:
+            raise ConfigError(f"cluster presence: bad Redis URL: {err}") from err
+        self._task = asyncio.create_task(self._run(), name=f"presence {self._me.node_id}")
+
+    async def stop(self) -> None:
+        """Stop the task, delete this node's key (others drop its names at once rather
+        than after ttl; best effort, bounded) and close the client."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await client.delete(self._key)
+                await client.publish(PRESENCE_CHANNEL, self._me.node_id)
+        except REDIS_ERRORS as err:
+            log.debug("cluster presence: could not delete %s on stop: %s", self._key, err)
+        finally:
+            await client.aclose()
+
+    def changed(self) -> None:
+        """This node's names changed: write them soon (changes within ``COALESCE`` make
+        one write), not on the next heartbeat. While Redis is down the next heartbeat
+        writes them."""
+        self._dirty = True
+        self._wake.set()
+
+    def lookup(self, family: str, hostname: str) -> RemoteName | None:
+        """Which other node holds ``hostname`` on the ``family`` front: the exact name,
+        else the wildcard with the longest suffix (``*.a.example.com`` before
+        ``*.example.com``; a wildcard covers one label or more). No I/O."""
+        host = hostname.lower()
+        if len(host) > MAX_HOSTNAME:
+            return None
+        holders = self._table.get((family, host))
+        if holders:
+            return self._pick(holders)
+        rest = host
+        while True:
+            _, dot, rest = rest.partition(".")
+            if not dot or not rest:
+                return None
+            holders = self._table.get((family, "*." + rest))
+            if holders:
+                return self._pick(holders)
+
+    def nodes(self) -> list[NodeInfo]:
+        """The other live nodes this node knows of, by id."""
+        return [self._nodes[node_id].info for node_id in sorted(self._nodes)]
+
+    async def publish_event(self, event: dict[str, str]) -> None:
+        """Send ``event`` to every node's ``on_event`` (this one's too). Raises
+        :class:`RelayError` when Redis cannot take it: the caller decides whether it
+        matters."""
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in event.items()):
+            raise TypeError("cluster events map strings to strings")
+        client = self._client
+        if client is None:
+            raise RelayError("cluster presence is not started")
+        try:
+            await self._call(client.publish(EVENTS_CHANNEL, json.dumps(event)))
+        except REDIS_ERRORS as err:
+            self._failed(err)
+            raise RelayError(f"cluster presence: cannot publish an event: {err}") from err
+        self._ok()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last Redis operation succeeded."""
+        return self._connected
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "redis": "connected" if self._connected else "unreachable",
+            "nodes": len(self._nodes),
+            "remote_names": self._count,
+            "last_error": self._last_error,
+        }
+
+    # -- the background task ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._heartbeats())
+            tasks.create_task(self._subscriber())
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        full_at = 0.0  # when the next full beat (write and reread everything) is due
+        while True:
+            self._wake.clear()
+            full = self._full_now or loop.time() >= full_at
+            self._full_now = False
+            if await self._beat(full):
+                if full:
+                    full_at = loop.time() + self._heartbeat
+                try:
+                    async with asyncio.timeout(max(0.0, full_at - loop.time())):
+                        await self._wake.wait()
+                    await asyncio.sleep(COALESCE)
+                except TimeoutError:
+                    pass
+            else:
+                full_at = 0.0
+                await asyncio.sleep(self._heartbeat)
+
+    async def _beat(self, full: bool) -> bool:
+        """Write this node's key if due, and on a full beat reread every node's."""
+        try:
+            if full or self._dirty:
+                self._dirty = False
+                await self._write()
+            if full:
+                await self._refresh()
+        except REDIS_ERRORS as err:
+            self._dirty = True
+            self._failed(err)
+            return False
+        except Exception:
+            # A bug (or names() failing) must not end presence: log it, try again later.
+            log.exception("cluster presence: heartbeat failed")
+            self._dirty = True
+            return False
+        self._ok()
+        return True
+
+    async def _write(self) -> None:
+        client = self._need_client()
+        names = sorted({(str(f), str(h), str(k), str(r)) for f, h, k, r in self._names()})
+        value = json.dumps(
+            {"region": self._me.region, "link": self._me.link, "names": names},
+            separators=(",", ":"),
+        )
+        await self._call(client.set(self._key, value, px=self._ttl_ms))
+        await self._call(client.publish(PRESENCE_CHANNEL, self._me.node_id))
+
+    async def _refresh(self) -> None:
+        """Reread every node key and make the table say what they say."""
+        client = self._need_client()
+        async with self._lock:
+            found: dict[str, bytes | str] = {}
+            cursor, complete = 0, False
+            for _ in range(MAX_SCAN_ROUNDS):
+                cursor, batch = await self._call(
+                    client.scan(cursor, match=NODE_PREFIX + "*", count=SCAN_COUNT)
+                )
+                for key in batch:
+                    node_id = _node_id(key)
+                    if node_id is not None and node_id != self._me.node_id:
+                        found[node_id] = key
+                if cursor == 0:
+                    complete = True
+                    break
+            ids = list(found)
+            values: list[bytes | str | None] = []
+            for i in range(0, len(ids), MGET_CHUNK):
+                chunk = [found[node_id] for node_id in ids[i : i + MGET_CHUNK]]
+                values.extend(await self._call(client.mget(chunk)))
+            for node_id, raw in zip(ids, values, strict=True):
+                self._apply(node_id, raw)
+            if complete:
+                for node_id in set(self._raw) - set(ids):
+                    self._apply(node_id, None)
+            else:
+                log.debug("cluster presence: SCAN unfinished after %d rounds", MAX_SCAN_ROUNDS)
+
+    async def _subscriber(self) -> None:
+        """Follow both channels; subscribe again (a heartbeat after a failure) for ever."""
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._need_client().pubsub(ignore_subscribe_messages=True)
+                await self._call(pubsub.subscribe(PRESENCE_CHANNEL, EVENTS_CHANNEL))
+                self._ok()
+                # Messages may have been lost before: the heartbeat rereads everything.
+                self._full_now = True
+                self._wake.set()
+                await self._listen(pubsub)
+            except REDIS_ERRORS as err:
+                self._failed(err)
+            except Exception:
+                log.exception("cluster presence: subscriber failed")
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self._heartbeat)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Handle messages until the connection fails. A connection that says nothing
+        for a heartbeat is pinged; one that then stays silent for another is dead (a
+        Redis gone without closing it), and that is a failure too."""
+        pinged = False
+        while True:
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=self._heartbeat
+            )
+            if message is None:
+                if pinged:
+                    raise TimeoutError("no answer on the pub/sub connection")
+                await self._call(pubsub.ping())
+                pinged = True
+                continue
+            pinged = False
+            if message.get("type") == "pong":
+                self._ok()
+                continue
+            channel, data = message.get("channel"), message.get("data")
+            if not isinstance(data, bytes):
+                continue
+            if channel == PRESENCE_CHANNEL.encode():
+                await self._node_changed(data)
+            elif channel == EVENTS_CHANNEL.encode():
+                self._event(data)
+
+    async def _node_changed(self, data: bytes) -> None:
+        node_id = _text(data, MAX_NODE_ID)
+        if not node_id or node_id == self._me.node_id:
+            return
+        client = self._need_client()
+        async with self._lock:
+            # MGET, not GET: a key of another type reads as missing, not as an error.
+            (raw,) = await self._call(client.mget([NODE_PREFIX + node_id]))
+            self._apply(node_id, raw)
+
+    def _event(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in event.items()
+        ):
+            log.debug("cluster presence: ignoring a malformed event (%d bytes)", len(data))
+            return
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("cluster presence: on_event failed")
+
+    # -- the table --------------------------------------------------------------------
+
+    def _apply(self, node_id: str, raw: bytes | str | None) -> None:
+        """Make the table say what ``node_id``'s key says (None: it has no key)."""
+        if isinstance(raw, str):
+            raw = raw.encode()
+        if raw is None:
+            self._raw.pop(node_id, None)
+            self._forget(node_id)
+            return
+        if self._raw.get(node_id) == raw:
+            return
+        self._raw[node_id] = raw
+        self._forget(node_id)
+        parsed = _parse(node_id, raw)
+        if parsed is None:
+            log.debug("cluster presence: ignoring %s%s: not a node entry", NODE_PREFIX, node_id)
+            return
+        info, names = parsed
+        keys = []
+        for name in names:
+            key = (name.family, name.hostname)
+            holders = self._table.setdefault(key, {})
+            if node_id not in holders:
+                keys.append(key)
+                self._count += 1
+            holders[node_id] = name
+        self._nodes[node_id] = _Entry(info, keys)
+
+    def _forget(self, node_id: str) -> None:
+        entry = self._nodes.pop(node_id, None)
+        if entry is None:
+            return
+        for key in entry.keys:
+            holders = self._table.get(key)
+            if holders is not None and holders.pop(node_id, None) is not None:
+                self._count -= 1
+                if not holders:
+                    del self._table[key]
+
+    def _pick(self, holders: dict[str, RemoteName]) -> RemoteName:
+        if len(holders) == 1:
+            return next(iter(holders.values()))
+        return min(
+            holders.values(),
+            key=lambda n: (n.node.region != self._me.region, n.node.node_id),
+        )
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _need_client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("cluster presence is not started")
+        return self._client
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        async with asyncio.timeout(CALL_DEADLINE):
+            return await call
+
+    def _ok(self) -> None:
+        if not self._connected:
+            if self._outage_logged:
+                log.warning("cluster presence: Redis is reachable again")
+            self._connected = True
+            self._outage_logged = False
+            self._last_error = ""
+
+    def _failed(self, err: BaseException) -> None:
+        self._connected = False
+        self._last_error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "cluster presence: Redis unreachable (%s); keeping the last table of %d "
+                "nodes, retrying every %gs",
+                self._last_error,
+                len(self._nodes),
+                self._heartbeat,
+            )
+
+
+def _node_id(key: bytes | str) -> str | None:
+    text = _text(key.encode() if isinstance(key, str) else key, len(NODE_PREFIX) + MAX_NODE_ID)
+    if text is None or not text.startswith(NODE_PREFIX):
+        return None
+    return text[len(NODE_PREFIX) :] or None
+
+
+def _text(data: bytes, limit: int) -> str | None:
+    if len(data) > limit:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse(node_id: str, raw: bytes) -> tuple[NodeInfo, list[RemoteName]] | None:
+    """A node entry, checked field by field; None if anything is off."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    region, link, names = doc.get("region"), doc.get("link"), doc.get("names")
+    if not (_short_str(region) and _short_str(link) and _is_link(link)):
+        return None
+    if not isinstance(names, list) or len(names) > MAX_NAMES:
+        return None
+    info = NodeInfo(node_id, region, link)
+    out = []
+    for item in names:
+        if not (isinstance(item, list) and len(item) == 4):
+            return None
+        family, hostname, kind, rewrite = item
+        if family not in FAMILIES or kind not in KINDS:
+            return None
+        if not (isinstance(hostname, str) and _is_hostname(hostname)):
+            return None
+        if not (isinstance(rewrite, str) and len(rewrite) <= MAX_FIELD):
+            return None
+        out.append(RemoteName(family, hostname.lower(), kind, rewrite, info))
+    return info, out
+
+
+def _short_str(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= MAX_FIELD
+
+
+def _is_hostname(name: str) -> bool:
+    if not 0 < len(name) <= MAX_HOSTNAME:
+        return False
+    rest = name[2:] if name.startswith("*.") else name
+    return bool(rest) and "*" not in rest
+
+
+def _is_link(link: str) -> bool:
+    """``host:port`` or ``[v6]:port``: what the link dialler can split."""
+    host, colon, port = link.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    if host.startswith("[") or host.endswith("]"):
+        return host.startswith("[") and host.endswith("]") and len(host) > 2
+    return ":" not in host

@@ -1,0 +1,239 @@
+"""This edge as one node of a cluster (docs/scaling.md).
+
+What the node says about itself, through Redis (relay/cluster/presence.py): its region,
+where other nodes link to it, and the names its agents hold live. What it does with what
+the others say:
+
+* A visitor for a name no endpoint here serves, held by a node of this region, is carried
+  to that node (relay/cluster/nodelink.py): on the HTTP listener after its first head is
+  read (the head goes with it), on the TLS port after its ClientHello is peeked (nothing
+  was consumed). The better match wins, as on one edge: an exact name here is never
+  shadowed by a wildcard there, and a wildcard here yields to an exact name there.
+* A name held only by nodes of another region is refused: 421 RLY_631 over HTTP, a clean
+  TLS alert on the TLS port. Its bytes never cross into another region (the bind side of
+  pinning is in the edge: a pinned name is bound only in its region).
+* A visitor another node carried here is served as if it had connected here, with the
+  address that node saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relay._httpfront import HttpVisitor
+from relay.certs.local_ca import LocalCA, write_file_atomic
+from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
+from relay.cluster.presence import NodeInfo, Presence, RemoteName
+from relay.config import parse_host_port
+from relay.edge.members import hands_over, takes_visitors
+from relay.edge.tcp import format_address
+from relay.error_pages import render
+from relay.protocol import StreamHeader, StreamProtocol
+
+if TYPE_CHECKING:
+    from relay.edge.routes import HostEndpoint
+    from relay.edge.server import Edge
+
+log = logging.getLogger("relay.edge.cluster")
+
+
+class ClusterNode:
+    def __init__(self, edge: Edge) -> None:
+        config = edge.config
+        self.edge = edge
+        self.region = config.region
+        self.node_id = config.node_id or f"{socket.gethostname()}/{config.listen}"
+        self.links: NodeLinks | None = None
+        self.presence: Presence | None = None
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        config = self.edge.config
+        ca_dir = config.cluster_ca_dir or config.data_dir / "cluster"
+        tls = node_certificate(ca_dir, self.node_id)
+        self.links = NodeLinks(loop, tls, self._deliver)
+        host, port = parse_host_port(config.cluster_listen, what="cluster_listen")
+        bound_host, bound_port = await self.links.listen(host, port)
+        advertise = config.cluster_advertise or _address(bound_host, bound_port)
+        me = NodeInfo(self.node_id, self.region, advertise)
+        self.presence = Presence(config.cluster_redis, me, self._names)
+        await self.presence.start()
+        web = self.edge.web
+        if web is not None:
+            if web.http is not None:
+                web.http.serve_elsewhere(self)
+                web.http.region_of = self.region_of
+            if web.tls_front is not None:
+                web.tls_front.elsewhere = self
+                web.tls_front.region_of = self.region_of
+        log.info("node %s of region %s: links at %s", self.node_id, self.region, advertise)
+
+    async def stop(self) -> None:
+        if self.presence is not None:
+            await self.presence.stop()
+        if self.links is not None:
+            await self.links.close()
+
+    def changed(self) -> None:
+        """This node's live names changed (a bind, an unbind, a session's end)."""
+        if self.presence is not None:
+            self.presence.changed()
+
+    def _names(self) -> list[tuple[str, str, str, str]]:
+        names = []
+        for endpoint in list(self.edge.endpoints.values()):
+            if endpoint.kind == "tcp" or not takes_visitors(endpoint):
+                continue
+            host: HostEndpoint = endpoint  # type: ignore[assignment]
+            rewrite = (host.host_rewrite or b"").decode("latin-1")
+            names.append((host.family, host.hostname, host.kind, rewrite))
+        return names
+
+    # --- which node ----------------------------------------------------------------
+
+    def _holder(self, family: str, hostname: str) -> RemoteName | None:
+        if self.presence is None:
+            return None
+        return self.presence.lookup(family, hostname)
+
+    def region_of(self, hostname: str) -> str | None:
+        """The region that holds ``hostname`` when it is not this one (HTTP or TLS)."""
+        for family in ("http", "sni"):
+            remote = self._holder(family, hostname)
+            if remote is not None and remote.node.region != self.region:
+                return remote.node.region
+        return None
+
+    # --- HttpFront's Elsewhere ---------------------------------------------------------
+
+    def http_holder(self, hostname: str) -> RemoteName | None:
+        remote = self._holder("http", hostname)
+        if remote is None or remote.node.region != self.region:
+            return None
+        return remote
+
+    def hand_off(self, transport: Any, carried: bytes, target: Any) -> bool:
+        remote: RemoteName = target
+        sock = _own_copy(transport.get_extra_info("socket"))
+        if sock is None or self.links is None:
+            return False
+        peer = transport.get_extra_info("peername")
+        header = StreamHeader(
+            endpoint_id="",
+            visitor_addr=format_address(peer),
+            protocol=StreamProtocol.HTTP,
+            server_name=remote.hostname,
+        ).to_wire()
+        self.links.forward(remote.node.link, header + carried, sock, _unreachable_page)
+        return True
+
+    # --- TlsFront's TlsElsewhere -------------------------------------------------------
+
+    def sni_handed_off(
+        self, conn: socket.socket, server_name: str, local: HostEndpoint | None
+    ) -> bool:
+        remote = self._holder("sni", server_name)
+        if remote is None or remote.node.region != self.region or self.links is None:
+            return False
+        if not hands_over(local, remote):
+            return False
+        sock = _own_copy(conn)
+        if sock is None:
+            return False
+        header = StreamHeader(
+            endpoint_id="",
+            visitor_addr=format_address(conn.getpeername()),
+            protocol=StreamProtocol.TLS,
+            server_name=server_name,
+        ).to_wire()
+        self.links.forward(remote.node.link, header, sock, _close_only)
+        return True
+
+    # --- visitors other nodes carried here ---------------------------------------------
+
+    def _deliver(self, header: StreamHeader, sock: socket.socket) -> None:
+        web = self.edge.web
+        peer = _peer_tuple(header.visitor_addr)
+        if header.protocol == StreamProtocol.HTTP and web is not None and web.http is not None:
+            http = web.http
+            coro = http.loop.connect_accepted_socket(
+                lambda: HttpVisitor(http, "http", peer=peer), sock
+            )
+            http.loop.create_task(coro)
+        elif header.protocol == StreamProtocol.TLS and web is not None and web.tls_front:
+            web.tls_front.adopt(sock, peer=peer)
+        else:
+            log.warning("a forwarded visitor of protocol %s has no listener here", header.protocol)
+            sock.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "presence": self.presence.status() if self.presence is not None else None,
+            "links": self.links.status() if self.links is not None else None,
+        }
+
+
+def node_certificate(ca_dir: Path, node_id: str) -> NodeTls:
+    """This node's certificate from the cluster CA, issued afresh at every start (it
+    proves membership of the cluster; the CA stays on the node to do so)."""
+    ca = LocalCA.load_or_create(ca_dir)
+    chain, key = ca.issue_server_cert([NODE_NAME], [], days=30, client_auth=True)
+    nodes = ca_dir / "nodes"
+    nodes.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", node_id)
+    cert_path, key_path = nodes / f"{stem}.pem", nodes / f"{stem}.key"
+    write_file_atomic(key_path, key, 0o600)
+    write_file_atomic(cert_path, chain, 0o644)
+    return NodeTls(cert_path, key_path, ca.ca_pem_path)
+
+
+def _own_copy(sock: Any) -> socket.socket | None:
+    """A socket object of our own on the visitor's connection: the transport that has it
+    is aborted right after, which closes only its descriptor."""
+    if sock is None:
+        return None
+    try:
+        fd = os.dup(sock.fileno())
+    except OSError:
+        return None
+    copy = socket.socket(fileno=fd)
+    copy.setblocking(False)
+    return copy
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_tuple(address: str) -> tuple[str, int] | str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address
+    return host.strip("[]"), int(port)
+
+
+def _unreachable_page(sock: socket.socket) -> None:
+    """The node holding the name could not be reached: say so, as one edge would. One
+    non-blocking send: a small page into an idle socket's empty buffer."""
+    page = render(
+        503,
+        "RLY_611",
+        "the agent serving this host cannot be reached",
+        accept=None,
+        request_id=secrets.token_hex(8),
+        head=False,
+    )
+    with contextlib.suppress(OSError):
+        sock.send(page)
+
+
+def _close_only(sock: socket.socket) -> None:
+    pass

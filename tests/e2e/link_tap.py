@@ -1,0 +1,60 @@
+"""A tap on the links between edge nodes: each node advertises its tap's address, so every
+byte another node sends it crosses the tap, which counts connections and bytes (they are
+TLS: the tap sees who talks to whom and how much, never what)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from tests.e2e.procs import ThreadedServer
+
+
+class LinkTap(ThreadedServer):
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.bytes_in = 0  # towards the node behind the tap
+        self.bytes_out = 0
+        self._lock = threading.Lock()
+        super().__init__()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            conn.close()
+            return
+        back = threading.Thread(target=self._copy, args=(upstream, conn, False), daemon=True)
+        back.start()
+        self._copy(conn, upstream, True)
+        back.join(5)
+        conn.close()
+        upstream.close()
+
+    def _copy(self, src: socket.socket, dst: socket.socket, inward: bool) -> None:
+        src.settimeout(0.2)  # polls ``stopping``: ends within a poll of close()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    chunk = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                with self._lock:
+                    if inward:
+                        self.bytes_in += len(chunk)
+                    else:
+                        self.bytes_out += len(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

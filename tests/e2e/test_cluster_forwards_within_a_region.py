@@ -1,0 +1,248 @@
+"""Three edge nodes in two regions sharing one real Redis: a visitor at one node for a name
+an agent holds on another node of its region is carried there (hash-checked, its address
+kept); a name held only in the other region is refused there and none of its bytes cross
+(the links between nodes go through taps that count every connection and byte); Redis
+restarted mid-transfer loses no stream.
+
+Each node has its own loopback address (127.0.0.2 … .4) and the three share one data
+directory, standing in for one control plane (its tokens) and one cluster CA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.http_helpers import exchange, host_of, one_request, read_until_closed, web_agent
+from tests.e2e.link_tap import LinkTap
+from tests.e2e.origin import Origin
+from tests.e2e.procs import Agent, Edge, free_port, free_port_range, payload
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass
+class Node:
+    edge: Edge
+    tap: LinkTap
+    region: str
+
+    @property
+    def host(self) -> str:
+        return self.edge.host
+
+    def cluster(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.edge.worker_status()["cluster"]
+        return status
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, Node]]:  # noqa: F811
+    """a and b in region eu, c in region us."""
+    data_dir = tmp_path / "shared"
+    made: dict[str, Node] = {}
+    try:
+        for name, host, region in (
+            ("a", "127.0.0.2", "eu"),
+            ("b", "127.0.0.3", "eu"),
+            ("c", "127.0.0.4", "us"),
+        ):
+            link_port = free_port()
+            tap = LinkTap((host, link_port))
+            edge = Edge(
+                data_dir,
+                host=host,
+                ports=free_port_range(10),
+                extra=[
+                    "--region",
+                    region,
+                    "--node-id",
+                    name,
+                    "--cluster-redis",
+                    redis_server.url,
+                    "--cluster-listen",
+                    f"{host}:{link_port}",
+                    "--cluster-advertise",
+                    tap.address,
+                ],
+            )
+            made[name] = Node(edge, tap, region)
+            edge.start()  # one after the other: the first makes the shared data directory
+        yield made
+    finally:
+        for node in made.values():
+            node.edge.stop()
+            node.tap.close()
+
+
+def wait_known(node: Node, count: int) -> None:
+    """Until ``node`` knows ``count`` names held by other nodes (bounded: 10 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if node.cluster()["presence"]["remote_names"] >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{node.edge.host} never learned of {count} remote names")
+
+
+def post_sink(node: Node, port: int, host: str, body: bytes, tls: ssl.SSLContext | None) -> Any:
+    head = f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+    answer = exchange(port, host, head.encode(), body, tls=tls, address=node.host)
+    return json.loads(answer)
+
+
+def test_a_visitor_at_another_node_of_the_region_is_carried_to_the_agent(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    agent = web_agent(b.edge, agents, str(origin.port), "--no-https", "--subdomain", "far")
+    host = host_of(agent)
+    wait_known(a, 1)
+    for i in range(5):
+        body = payload(i, 300_000 + i)  # the head and body span several reads
+        assert post_sink(a, a.edge.http_port, host, body, None) == {
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+    # Downloads too, and the origin sees the visitor's own address, not a socket pair's.
+    blob = exchange(
+        a.edge.http_port,
+        host,
+        f"GET /blob/3000000 HTTP/1.1\r\nhost: {host}\r\n".encode(),
+        address=a.host,
+    )
+    assert hashlib.sha256(blob).digest() == hashlib.sha256(payload(99, 3_000_000)).digest()
+    seen = json.loads(
+        exchange(
+            a.edge.http_port,
+            host,
+            f"GET /headers HTTP/1.1\r\nhost: {host}\r\n".encode(),
+            address=a.host,
+        )
+    )
+    forwarded_for = [v for k, v in seen["headers"] if k == "x-forwarded-for"]
+    assert forwarded_for == ["127.0.0.1"], seen
+    # One link from a to b, reused by every visitor; b's tap saw a's bytes go through it.
+    assert b.tap.connections == 1
+    assert b.tap.bytes_in > 5 * 300_000
+    links = a.cluster()["links"]
+    assert links["forwarded"] == 7 and links["failed"] == 0
+    assert b.cluster()["links"]["received"] == 7
+
+
+def test_an_https_visitor_is_carried_before_its_handshake(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    agent = web_agent(b.edge, agents, str(origin.port), "--subdomain", "sealed")
+    host = host_of(agent)
+    wait_known(a, 1)
+    tls = ssl.create_default_context(cafile=str(a.edge.ca_file))
+    body = payload(7, 1_000_000)
+    assert post_sink(a, a.edge.https_port, host, body, tls) == {
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    # a only peeked at the ClientHello: the handshake and the certificate are b's.
+    assert a.cluster()["links"]["forwarded"] == 1
+    assert b.cluster()["links"]["received"] == 1
+
+
+def test_a_name_held_in_another_region_is_refused_and_never_crosses(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    plain = web_agent(b.edge, agents, str(origin.port), "--no-https", "--subdomain", "euonly")
+    sealed = web_agent(b.edge, agents, str(origin.port), "--subdomain", "eusealed")
+    wait_known(c, 2)
+    before = {n: (nodes[n].tap.connections, nodes[n].tap.bytes_in) for n in nodes}
+    secret = b"PINNED-" + payload(5, 4000)
+    for _ in range(3):
+        head = (
+            f"POST /sink HTTP/1.1\r\nhost: {host_of(plain)}\r\ncontent-length: {len(secret)}\r\n"
+        ).encode()
+        answer = one_request(c.edge.http_port, host_of(plain), head, secret, address=c.host)
+        assert answer.startswith(b"HTTP/1.1 421"), answer[:200]
+        assert b"RLY_631" in answer and b"region eu" in answer
+    # The TLS port says no with a clean alert (unrecognized_name), before any handshake.
+    tls = ssl.create_default_context(cafile=str(c.edge.ca_file))
+    with (
+        socket.create_connection((c.host, c.edge.https_port), timeout=10) as raw,
+        pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"),
+    ):
+        tls.wrap_socket(raw, server_hostname=host_of(sealed))
+    # No node of eu was dialled, and nothing reached either: c holds no link at all.
+    after = {n: (nodes[n].tap.connections, nodes[n].tap.bytes_in) for n in nodes}
+    assert after == before
+    assert c.cluster()["links"] == {
+        "links_out": [],
+        "links_in": 0,
+        "forwarded": 0,
+        "received": 0,
+        "failed": 0,
+    }
+    # The same name at a, in its region, is carried to b as usual.
+    body = payload(6, 50_000)
+    assert post_sink(a, a.edge.http_port, host_of(plain), body, None)["size"] == len(body)
+
+
+def test_redis_restarted_mid_transfer_loses_no_stream(
+    nodes: dict[str, Node],
+    origin: Origin,
+    agents: list[Agent],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    agent = web_agent(b.edge, agents, str(origin.port), "--no-https", "--subdomain", "steady")
+    host = host_of(agent)
+    wait_known(a, 1)
+    body = payload(8, 48 * 1024 * 1024)
+    result: dict[str, Any] = {}
+
+    def upload() -> None:
+        try:
+            result["answer"] = _slow_post(a, a.edge.http_port, host, body)
+        except Exception as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    sender = threading.Thread(target=upload, daemon=True)
+    sender.start()
+    time.sleep(0.5)
+    redis_server.restart()  # empty: every node must publish itself again
+    sender.join(120)
+    assert "error" not in result, result.get("error")
+    assert result["answer"] == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    # The name is back in Redis and new visitors at a are carried again.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and a.cluster()["presence"]["redis"] != "connected":
+        time.sleep(0.1)
+    fresh = payload(9, 10_000)
+    assert post_sink(a, a.edge.http_port, host, fresh, None)["size"] == len(fresh)
+
+
+def _slow_post(node: Node, port: int, host: str, body: bytes) -> Any:
+    """A POST sent in 1 MiB pieces over a few seconds: still going when Redis restarts."""
+    with socket.create_connection((node.host, port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode()
+        )
+        step = 1024 * 1024
+        for offset in range(0, len(body), step):
+            sock.sendall(body[offset : offset + step])
+            time.sleep(0.05)
+        data = read_until_closed(sock, 30)
+    status, _, rest = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), data[:300]
+    return json.loads(rest)

@@ -1,0 +1,298 @@
+"""Cluster presence (relay/cluster/presence.py) against a real redis-server: nodes see each
+other's names through Redis, fast through pub/sub, and lose a dead node's after its ttl;
+an outage of Redis (a restart that loses every key) leaves the tables as they were and
+heals by itself; garbage in Redis is ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis
+
+from relay.cluster import presence as presence_module
+from relay.cluster.presence import NodeInfo, Presence, RemoteName
+from relay.errors import RelayError
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+A = NodeInfo("a", "r1", "10.0.0.1:7443")
+B = NodeInfo("b", "r1", "[2001:db8::2]:7443")
+Name = tuple[str, str, str, str]
+
+
+async def eventually(check: Callable[[], bool], within: float, what: str) -> float:
+    """Poll ``check`` until it holds; how long that took. Bounded in time and in count."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(int(within / 0.01) + 1):
+        if check():
+            return loop.time() - start
+        if loop.time() - start > within:
+            break
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {within}s: {what}")
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes: Presence) -> AsyncIterator[None]:
+    """Start ``nodes``; stop them afterwards, also when the test fails."""
+    try:
+        for node in nodes:
+            await node.start()
+        yield
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def sees(node: Presence, family: str, hostname: str, holder: str) -> Callable[[], bool]:
+    def check() -> bool:
+        found = node.lookup(family, hostname)
+        return found is not None and found.node.node_id == holder
+
+    return check
+
+
+def raw_client(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+
+
+async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  # noqa: F811
+    names_a: list[Name] = [("http", "mine.example.com", "http", "")]
+    names_b: list[Name] = [
+        ("http", "app.example.com", "http", "localhost:3000"),
+        ("sni", "*.example.com", "https", ""),
+        ("sni", "*.a.example.com", "tls", ""),
+        ("sni", "mine.example.com", "https", ""),
+    ]
+    a = Presence(redis_server.url, A, lambda: names_a, heartbeat=0.2, ttl=1.0)
+    b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2, ttl=1.0)
+    async with running(a, b):
+        await eventually(sees(a, "http", "app.example.com", "b"), 3, "a sees b's exact name")
+        await eventually(sees(b, "http", "mine.example.com", "a"), 3, "b sees a's name")
+
+        assert a.lookup("http", "app.example.com") == RemoteName(
+            "http", "app.example.com", "http", "localhost:3000", B
+        )
+        assert a.lookup("http", "APP.Example.com") == a.lookup("http", "app.example.com")
+        # The longest wildcard suffix wins; a wildcard covers one label or more.
+        for host, wildcard in [
+            ("x.a.example.com", "*.a.example.com"),
+            ("deep.x.a.example.com", "*.a.example.com"),
+            ("y.example.com", "*.example.com"),
+            ("a.example.com", "*.example.com"),
+            ("app.example.com", "*.example.com"),  # http's name is not the TLS port's
+        ]:
+            found = a.lookup("sni", host)
+            assert found is not None and found.hostname == wildcard, host
+        assert a.lookup("sni", "example.com") is None
+        assert a.lookup("http", "other.example.com") is None
+        assert a.lookup("sni", "x.example.org") is None
+        # Its own names are never a node's answer; another node's of the same name are.
+        assert a.lookup("http", "mine.example.com") is None
+        own_sni = a.lookup("sni", "mine.example.com")
+        assert own_sni is not None and own_sni.hostname == "mine.example.com"
+        assert b.lookup("sni", "mine.example.com") is None
+        assert b.lookup("sni", "q.a.example.com") is None
+
+        assert a.nodes() == [B]
+        assert b.nodes() == [A]
+        assert a.status() == {
+            "redis": "connected",
+            "nodes": 1,
+            "remote_names": 4,
+            "last_error": "",
+        }
+        assert a.connected
+
+
+async def test_changed_is_seen_at_once_through_pubsub(redis_server: RedisServer) -> None:  # noqa: F811
+    """With a 2 s heartbeat, only pub/sub can make a change visible within 0.5 s."""
+    names_a: list[Name] = [("http", "first.example.com", "http", "")]
+    a = Presence(redis_server.url, A, lambda: names_a, heartbeat=2.0, ttl=5.0)
+    b = Presence(redis_server.url, B, list, heartbeat=2.0, ttl=5.0)
+    async with running(a, b):
+        await eventually(sees(b, "http", "first.example.com", "a"), 3, "b sees a")
+        for i in range(3):
+            host = f"new{i}.example.com"
+            names_a.append(("http", host, "http", ""))
+            a.changed()
+            took = await eventually(sees(b, "http", host, "a"), 0.5, f"b sees {host}")
+            assert took < 0.5
+            await asyncio.sleep(0.3)
+        # Changes in a burst make one write, and the last one is in it.
+        for i in range(20):
+            names_a.append(("sni", f"burst{i}.example.com", "tls", ""))
+            a.changed()
+        await eventually(sees(b, "sni", "burst19.example.com", "a"), 0.5, "b sees the burst")
+        # A node that stops deletes its key: the others forget it at once, not after ttl.
+        await a.stop()
+        await eventually(lambda: b.nodes() == [], 0.5, "b forgets a stopped a")
+        assert b.lookup("http", "first.example.com") is None
+
+
+async def test_a_dead_node_vanishes_after_its_ttl(redis_server: RedisServer) -> None:  # noqa: F811
+    a = Presence(
+        redis_server.url, A, lambda: [("http", "a.example.com", "http", "")], heartbeat=0.2, ttl=1.0
+    )
+    b = Presence(redis_server.url, B, list, heartbeat=0.2, ttl=1.0)
+    async with running(a, b):
+        await eventually(sees(b, "http", "a.example.com", "a"), 3, "b sees a")
+        task = a._task
+        assert task is not None
+        task.cancel()  # a dies: it neither refreshes nor deletes its key
+        await asyncio.wait([task])
+        assert b.lookup("http", "a.example.com") is not None
+        took = await eventually(lambda: b.nodes() == [], 3, "b forgets a dead a")
+        assert 0.5 < took < 1.0 + 3 * 0.2 + 0.5
+        assert b.lookup("http", "a.example.com") is None
+        assert b.status()["remote_names"] == 0
+
+
+async def test_redis_restarted_empty_heals(redis_server: RedisServer) -> None:  # noqa: F811
+    names_b: list[Name] = [("http", "b.example.com", "http", "")]
+    a = Presence(
+        redis_server.url, A, lambda: [("sni", "*.a.example.com", "tls", "")], heartbeat=0.3
+    )
+    b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.3)
+    async with running(a, b):
+        await eventually(sees(a, "http", "b.example.com", "b"), 3, "a sees b")
+        await eventually(sees(b, "sni", "x.a.example.com", "a"), 3, "b sees a")
+
+        redis_server.stop()
+        await eventually(lambda: not a.connected and not b.connected, 3, "both see the outage")
+        # The last table keeps serving; a change waits for Redis.
+        names_b.append(("http", "later.example.com", "http", ""))
+        b.changed()
+        await asyncio.sleep(0.7)
+        assert a.lookup("http", "b.example.com") == RemoteName(
+            "http", "b.example.com", "http", "", B
+        )
+        assert b.lookup("sni", "x.a.example.com") is not None
+        assert a.nodes() == [B] and b.nodes() == [A]
+
+        redis_server.restart()  # empty: both must write their keys again
+        await eventually(lambda: a.connected and b.connected, 3, "both reconnect")
+        await eventually(sees(a, "http", "later.example.com", "b"), 3, "a sees b's change")
+        with raw_client(redis_server) as r:
+            await eventually(
+                lambda: r.exists("relay:node:a", "relay:node:b") == 2, 3, "both keys are back"
+            )
+            # Both subscribed again: pub/sub works, not only the heartbeat's rereads.
+            await eventually(
+                lambda: r.pubsub_numsub("relay:presence") == [(b"relay:presence", 2)],
+                3,
+                "both subscribe again",
+            )
+        assert a.lookup("http", "b.example.com") is not None
+        assert b.lookup("sni", "x.a.example.com") is not None
+
+
+async def test_events_reach_the_other_nodes(redis_server: RedisServer) -> None:  # noqa: F811
+    got: list[dict[str, str]] = []
+    a = Presence(redis_server.url, A, list, heartbeat=0.3, on_event=got.append)
+    b = Presence(redis_server.url, B, list, heartbeat=0.3)
+    async with running(a, b):
+        await eventually(lambda: a.nodes() == [B], 3, "a sees b")
+        await eventually(
+            lambda: raw_numsub(redis_server, "relay:events") == 2, 3, "both subscribed"
+        )
+        await b.publish_event({"event": "revoke", "token": "t1"})
+        with raw_client(redis_server) as r:
+            for garbage in [b"not json", b"[1, 2]", b'{"n": 1}', b"\xff\xfe", b'"text"']:
+                r.publish("relay:events", garbage)
+        await b.publish_event({"event": "last"})
+        await eventually(lambda: len(got) == 2, 2, "a gets both events")
+        assert got == [{"event": "revoke", "token": "t1"}, {"event": "last"}]
+        with pytest.raises(TypeError):
+            await b.publish_event({"n": 1})  # type: ignore[dict-item]
+
+
+def raw_numsub(server: RedisServer, channel: str) -> int:
+    with raw_client(server) as r:
+        ((_, count),) = r.pubsub_numsub(channel)
+        return int(count)
+
+
+async def test_garbage_in_redis_is_ignored(
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(presence_module, "MAX_NAMES", 3)
+    good = ["http", "ok.example.com", "http", ""]
+    entries: dict[str, object] = {
+        "shape1": ["region", "link"],
+        "shape2": {"region": 1, "link": "h:1", "names": []},
+        "shape3": {"region": "r1", "link": "h:1", "names": "ok.example.com"},
+        "shape4": {"region": "r1", "link": "h:1", "names": [good[:3]]},
+        "shape5": {"region": "r1", "link": "h:1", "names": [["ftp", *good[1:]]]},
+        "shape6": {"region": "r1", "link": "h:1", "names": [[*good[:2], "udp", ""]]},
+        "toolong": {"region": "r1", "link": "h:1", "names": [["http", "x" * 254, "http", ""]]},
+        "toomany": {"region": "r1", "link": "h:1", "names": [good] * 4},
+        "badlink": {"region": "r1", "link": "nohostport", "names": [good]},
+        "badlink6": {"region": "r1", "link": "2001:db8::1:80", "names": [good]},
+        "wild": {"region": "r1", "link": "h:1", "names": [["sni", "a.*.com", "tls", ""]]},
+    }
+    with raw_client(redis_server) as r:
+        r.set("relay:node:x", b"not json")
+        r.set("relay:node:bin", b"\xff\x00")
+        r.hset("relay:node:h", "region", "r1")
+        r.set(b"relay:node:\xff", json.dumps({"region": "r1", "link": "h:1", "names": [good]}))
+        for node_id, value in entries.items():
+            r.set(f"relay:node:{node_id}", json.dumps(value))
+        names_b: list[Name] = [("http", "b.example.com", "http", "")]
+        a = Presence(redis_server.url, A, list, heartbeat=0.2)
+        b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
+        caplog.set_level(logging.DEBUG, logger="relay.cluster.presence")
+        async with running(a, b):
+            await eventually(sees(a, "http", "b.example.com", "b"), 3, "a sees b")
+            for message in [b"x", b"h", b"\xff", b"y" * 1000, b"shape2", b""]:
+                r.publish("relay:presence", message)
+            await asyncio.sleep(0.6)  # some heartbeats, each rereading the garbage
+            assert a.nodes() == [B]
+            assert a.lookup("http", "ok.example.com") is None
+            assert a.lookup("sni", "a.x.com") is None
+            assert a.connected
+            # Each garbage value is logged once, not on every heartbeat.
+            ignored = [m for m in caplog.messages if m.endswith("not a node entry")]
+            assert len(ignored) == len(ignored_set := set(ignored)), ignored
+            assert "ignoring relay:node:x: not a node entry" in ignored_set
+            # Still working: a change on b shows.
+            names_b.append(("http", "b2.example.com", "http", ""))
+            b.changed()
+            await eventually(sees(a, "http", "b2.example.com", "b"), 0.5, "a sees b's change")
+
+
+async def test_status_says_unreachable_while_redis_is_down(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis_server.stop()
+    a = Presence(
+        redis_server.url, A, lambda: [("http", "a.example.com", "http", "")], heartbeat=0.2
+    )
+    caplog.set_level(logging.WARNING, logger="relay.cluster.presence")
+    async with running(a):  # Redis is down: start() does not mind
+        await asyncio.sleep(1.0)  # several failed heartbeats
+        status = a.status()
+        assert status["redis"] == "unreachable" and status["last_error"], status
+        assert not a.connected
+        assert len([m for m in caplog.messages if "unreachable" in m]) == 1
+        with pytest.raises(RelayError):
+            await a.publish_event({"event": "x"})
+
+        redis_server.start()
+        await eventually(lambda: a.connected, 3, "a reconnects")
+        with raw_client(redis_server) as r:
+            await eventually(lambda: r.exists("relay:node:a") == 1, 3, "a writes its key")
+        assert a.status()["redis"] == "connected" and a.status()["last_error"] == ""
+
+        redis_server.stop()
+        await eventually(lambda: a.status()["redis"] == "unreachable", 3, "a sees the outage")
