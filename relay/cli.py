@@ -264,6 +264,13 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     help="HOST:PORT other nodes dial to reach this one. Default: --cluster-listen.",
 )
 @click.option("--node-id", default=None, help="This node's name in the cluster.")
+@click.option(
+    "--credential-check-interval",
+    type=float,
+    default=None,
+    help="Seconds between checks of live sessions' credentials (revocations, suspensions). "
+    "Default 1.",
+)
 @click.pass_context
 def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
     """Start an edge (PoP): accept agents over TLS and serve their endpoints.

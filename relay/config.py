@@ -74,6 +74,11 @@ class EdgeConfig:
     auth_block_time: float = 300.0
     max_endpoints_per_session: int = 64
     max_sessions: int = 10_000
+    #: How often live sessions' credentials are checked against the control plane: a
+    #: revoked or expired token, or a suspended account, ends its sessions within this
+    #: (plus a round trip). Changes made through this edge's API are acted on at once,
+    #: and with cluster_redis every node hears of them at once: the poll is the net.
+    credential_check_interval: float = 1.0
     #: SIGTERM: how long live streams may take to finish.
     drain_timeout: float = 30.0
     #: HTTP and TLS (https termination + tls passthrough) listeners; "" disables one.
@@ -193,6 +198,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             "auth_failure_window",
             "auth_block_time",
             "drain_timeout",
+            "credential_check_interval",
             "http_header_timeout",
             "http_idle_timeout",
         ):
@@ -305,7 +311,7 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
         )
     if config.auth_failure_limit < 0:
         raise ConfigError(f"auth_failure_limit must be >= 0, not {config.auth_failure_limit}")
-    for key in ("auth_failure_window", "auth_block_time"):
+    for key in ("auth_failure_window", "auth_block_time", "credential_check_interval"):
         if not getattr(config, key) > 0:
             raise ConfigError(f"{key} must be more than 0 seconds, not {getattr(config, key)}")
     if config.cert_issuer not in ("local", "acme", "files"):
@@ -320,6 +326,7 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
 #: test fails on a new field that is in neither, so nobody adds a key without deciding.
 LIVE_KEYS = frozenset(
     (
+        "credential_check_interval",
         "log_format",
         "log_level",
         "access_log",

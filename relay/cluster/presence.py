@@ -380,18 +380,25 @@ class Presence:
         """Handle messages until the connection fails. A connection that says nothing
         for a heartbeat is pinged; one that then stays silent for another is dead (a
         Redis gone without closing it), and that is a failure too."""
-        pinged = False
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged_at: float | None = None
         while True:
             message = await pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=self._heartbeat
             )
+            now = loop.time()
+            # None is also what a message redis-py swallowed (a subscribe reply) gives,
+            # at once: only the clock says the connection was quiet.
             if message is None:
-                if pinged:
-                    raise TimeoutError("no answer on the pub/sub connection")
-                await self._call(pubsub.ping())
-                pinged = True
+                if pinged_at is not None:
+                    if now - pinged_at >= self._heartbeat:
+                        raise TimeoutError("no answer on the pub/sub connection")
+                elif now - heard >= self._heartbeat:
+                    await self._call(pubsub.ping())
+                    pinged_at = now
                 continue
-            pinged = False
+            heard, pinged_at = now, None
             if message.get("type") == "pong":
                 self._ok()
                 continue

@@ -63,7 +63,7 @@ class ClusterNode:
         bound_host, bound_port = await self.links.listen(host, port)
         advertise = config.cluster_advertise or _address(bound_host, bound_port)
         me = NodeInfo(self.node_id, self.region, advertise)
-        self.presence = Presence(config.cluster_redis, me, self._names)
+        self.presence = Presence(config.cluster_redis, me, self._names, on_event=self._event)
         await self.presence.start()
         web = self.edge.web
         if web is not None:
@@ -80,6 +80,17 @@ class ClusterNode:
             await self.presence.stop()
         if self.links is not None:
             await self.links.close()
+
+    def announce(self, event: dict[str, str]) -> None:
+        """Tell every other node (best effort: their poll is the net)."""
+        if self.presence is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.presence.publish_event(event))
+        task.add_done_callback(_log_publish_failure)
+
+    def _event(self, event: dict[str, str]) -> None:
+        if event.get("event") == "credentials":
+            self.edge.credentials_ended(announce=False)
 
     def changed(self) -> None:
         """This node's live names changed (a bind, an unbind, a session's end)."""
@@ -233,6 +244,11 @@ def _unreachable_page(sock: socket.socket) -> None:
     )
     with contextlib.suppress(OSError):
         sock.send(page)
+
+
+def _log_publish_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not tell the other nodes: %s", task.exception())
 
 
 def _close_only(sock: socket.socket) -> None:

@@ -70,11 +70,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.edge")
 
 
-#: How often live sessions' credentials are checked against the store (revocation and
-#: expiry must end a live session within 2 s).
-CREDENTIAL_CHECK_INTERVAL = 1.0
-
-
 def open_store(data_dir: Path, url: str = "") -> Store:
     """The store at ``url`` (PostgreSQL for deployments), or by default SQLite's
     ``relay.db`` in the data directory."""
@@ -258,7 +253,11 @@ class Edge:
             make_api: Callable[[], Any] | None = None
             if self.store is not None:  # with a remote control plane, the API is there
                 plane = ControlPlane(
-                    self.store, self.pepper, live=EdgeLiveView(self), guard=ApiFailureGuard(self)
+                    self.store,
+                    self.pepper,
+                    live=EdgeLiveView(self),
+                    guard=ApiFailureGuard(self),
+                    credentials_ended=self.credentials_ended,
                 )
                 make_api = functools.partial(create_app, plane)
             self.admin = AdminServer(self.metrics, self.readiness, self.status, api=make_api)
@@ -548,7 +547,7 @@ class Edge:
         edge has no news that a credential ended (said once per outage)."""
         unanswered = False
         while True:
-            await asyncio.sleep(CREDENTIAL_CHECK_INTERVAL)
+            await asyncio.sleep(self.config.credential_check_interval)
             try:
                 await self.check_credentials()
             except ControlUnavailable as exc:
@@ -562,6 +561,15 @@ class Edge:
             if unanswered:
                 log.warning("live sessions' credentials are checked again")
                 unanswered = False
+
+    def credentials_ended(self, *, announce: bool = True) -> None:
+        """A credential ended (through this edge's API, or — ``announce`` False — another
+        node of the cluster says so): check live sessions now, not at the next poll."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self.check_credentials())
+        task.add_done_callback(_log_check_failure)
+        if announce and self.cluster is not None:
+            self.cluster.announce({"event": "credentials"})
 
     async def check_credentials(self) -> None:
         assert self.control is not None
@@ -971,6 +979,11 @@ class Edge:
         if not is_live(endpoint):
             log.info("releasing %s: its agent did not come back", endpoint.url)
             self._remove(endpoint)
+
+
+def _log_check_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("checking live sessions' credentials failed: %s", task.exception())
 
 
 def _acl_hint(hostname: str, base_domain: str) -> str:

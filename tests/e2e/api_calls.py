@@ -37,7 +37,7 @@ def call(
 ) -> Answer:
     """One request; ``source``: the loopback address to send it from (default: any)."""
     conn = http.client.HTTPConnection(
-        "127.0.0.1",
+        edge.host,
         edge.admin_port,
         timeout=30,
         source_address=(source, 0) if source is not None else None,

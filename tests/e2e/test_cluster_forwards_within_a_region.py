@@ -23,10 +23,14 @@ from typing import Any
 
 import pytest
 
+from relay.control.store import Store
+from relay.control.tokens import load_or_create_pepper
+from tests.e2e.api_calls import Keys, call
 from tests.e2e.http_helpers import exchange, host_of, one_request, read_until_closed, web_agent
 from tests.e2e.link_tap import LinkTap
 from tests.e2e.origin import Origin
-from tests.e2e.procs import Agent, Edge, free_port, free_port_range, payload
+from tests.e2e.procs import Agent, EchoServer, Edge, free_port, free_port_range, payload
+from tests.e2e.test_credentials_end_live_sessions import SLACK, wait_exit
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
@@ -75,6 +79,10 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, Node]
                     f"{host}:{link_port}",
                     "--cluster-advertise",
                     tap.address,
+                    # Sessions' credentials are polled twice a minute only: a suspension
+                    # that ends a session at once went through Redis.
+                    "--credential-check-interval",
+                    "30",
                 ],
             )
             made[name] = Node(edge, tap, region)
@@ -246,3 +254,34 @@ def _slow_post(node: Node, port: int, host: str, body: bytes) -> Any:
     status, _, rest = data.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200"), data[:300]
     return json.loads(rest)
+
+
+def test_a_suspension_through_one_node_ends_sessions_on_another_within_2_s(
+    nodes: dict[str, Node], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    store = Store.open(f"sqlite:///{a.edge.data_dir / 'relay.db'}")
+    try:
+        acme = store.create_account("acme")
+        _, token = store.create_token(
+            description="acme's agent",
+            pepper=load_or_create_pepper(a.edge.data_dir),
+            account_id=acme.id,
+        )
+    finally:
+        store.close()
+    agent = Agent(b.edge, token, echo.port)
+    agents.append(agent)
+    agent.wait_bound()
+    keys = Keys(a.edge)
+    try:
+        _, key = keys.make(["accounts:write", "accounts:read"])
+    finally:
+        keys.close()
+    answer = call(a.edge, "POST", f"/api/v1/accounts/{acme.id}/suspend", key)
+    assert answer.status == 200, answer.body
+    # b polls every 30 s: only a's word through Redis ends the session this soon.
+    code, took = wait_exit(agent, 2.0)
+    assert code == 3, agent.proc.text()
+    assert took < 2.0 + SLACK, took
+    assert "RLY_104" in agent.proc.text(), agent.proc.text()

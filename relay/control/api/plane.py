@@ -8,6 +8,7 @@ defined here, and the API knows nothing else about it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -86,3 +87,11 @@ class ControlPlane:
     pepper: bytes
     live: LiveView | None = None
     guard: FailureGuard | None = None
+    #: Called after a credential ended through the API (a token revoked, an account
+    #: suspended): an edge checks its live sessions at once, and a node of a cluster tells
+    #: the other nodes to (relay/edge/cluster.py), instead of waiting for their next poll.
+    credentials_ended: Callable[[], None] | None = None
+
+    def announce_credentials_ended(self) -> None:
+        if self.credentials_ended is not None:
+            self.credentials_ended()

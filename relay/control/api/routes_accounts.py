@@ -79,8 +79,12 @@ async def suspend_account(
         # The caller would lock itself out, and maybe the last operator with it.
         raise Conflict("a key cannot suspend its own account")
     _reachable(request, principal, account_id)
-    store = plane_of(request).store
-    return Account.of(store.set_account_status(account_id, "suspended", actor=principal.actor))
+    plane = plane_of(request)
+    account = Account.of(
+        plane.store.set_account_status(account_id, "suspended", actor=principal.actor)
+    )
+    plane.announce_credentials_ended()
+    return account
 
 
 @router.post("/{account_id}/resume", summary="Resume a suspended account", response_model=Account)

@@ -107,8 +107,10 @@ async def revoke_credential(
     principal: Principal = Depends(requires("credentials:write")),  # noqa: B008
 ) -> Credential:
     _credential(request, principal, credential_id)
-    store = plane_of(request).store
-    return Credential.of(store.revoke_token(credential_id, actor=principal.actor))
+    plane = plane_of(request)
+    revoked = Credential.of(plane.store.revoke_token(credential_id, actor=principal.actor))
+    plane.announce_credentials_ended()
+    return revoked
 
 
 # -- API keys ------------------------------------------------------------------------------
