@@ -20,6 +20,9 @@ from relay import _exchanges, _fastpath
 from relay.edge.session import AUTH_FAILURE_REASONS
 from relay.metrics import KINDS, Metrics, SessionsCollector, cumulative_buckets
 
+#: Kinds an endpoint can be (the traffic counters' KINDS end with the inter-node "cluster").
+ENDPOINT_KINDS = ("tcp", "http", "https", "tls")
+
 #: The label values each counter starts with (others appear when they happen).
 SESSION_END_REASONS = (
     "closed",
@@ -161,7 +164,7 @@ class _EdgeStateCollector(Collector):
         endpoints = GaugeMetricFamily(
             "relay_endpoints", "endpoints bound now, by kind", labels=["kind"]
         )
-        for kind in KINDS:
+        for kind in ENDPOINT_KINDS:
             endpoints.add_metric([kind], by_kind.get(kind, 0))
         yield endpoints
         blocked = GaugeMetricFamily(
@@ -170,6 +173,7 @@ class _EdgeStateCollector(Collector):
         blocked.add_metric([], edge.auth_guard.blocked_sources())
         yield blocked
         yield from _handoffs(edge)
+        yield from _cluster(edge)
         ready = GaugeMetricFamily(
             "relay_ready", "1 while the edge serves (listeners bound, store reachable, no drain)"
         )
@@ -203,6 +207,34 @@ def _handoffs(edge: Edge) -> Iterator[Metric]:
     )
     failed.add_metric([], worker.handoffs_failed if worker else 0)
     yield failed
+
+
+def _cluster(edge: Edge) -> Iterator[Metric]:
+    """This node's part in a cluster (relay/edge/cluster.py; 0 on an edge of its own)."""
+    links = edge.cluster.links if edge.cluster is not None else None
+    presence = edge.cluster.presence if edge.cluster is not None else None
+    carried = CounterMetricFamily(
+        "relay_cluster_visitors",
+        "visitors carried to (out) or from (in) another node of the cluster",
+        labels=["direction"],
+    )
+    carried.add_metric(["out"], links.forwarded if links else 0)
+    carried.add_metric(["in"], links.received if links else 0)
+    yield carried
+    failed = CounterMetricFamily(
+        "relay_cluster_forward_failures",
+        "visitors that could not be carried to the node holding their name",
+    )
+    failed.add_metric([], links.failures if links else 0)
+    yield failed
+    nodes = GaugeMetricFamily("relay_cluster_nodes", "other live nodes this node knows of")
+    nodes.add_metric([], len(presence.nodes()) if presence else 0)
+    yield nodes
+    redis_up = GaugeMetricFamily(
+        "relay_cluster_redis_up", "1 while the cluster's Redis answers (0: no cluster, or down)"
+    )
+    redis_up.add_metric([], 1 if presence is not None and presence.connected else 0)
+    yield redis_up
 
 
 class _HttpExchangesCollector(Collector):
