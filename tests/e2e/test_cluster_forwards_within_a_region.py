@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -51,17 +52,23 @@ class Node:
         return status
 
 
+#: The nodes most tests run: a and b in region eu, c in region us.
+TWO_REGIONS = (("a", "127.0.0.2", "eu"), ("b", "127.0.0.3", "eu"), ("c", "127.0.0.4", "us"))
+#: Three nodes of one region.
+ONE_REGION = (("a", "127.0.0.2", "eu"), ("b", "127.0.0.3", "eu"), ("d", "127.0.0.5", "eu"))
+
+
 @pytest.fixture
-def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, Node]]:  # noqa: F811
-    """a and b in region eu, c in region us."""
+def nodes(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[dict[str, Node]]:
+    layout = getattr(request, "param", TWO_REGIONS)
     data_dir = tmp_path / "shared"
     made: dict[str, Node] = {}
     try:
-        for name, host, region in (
-            ("a", "127.0.0.2", "eu"),
-            ("b", "127.0.0.3", "eu"),
-            ("c", "127.0.0.4", "us"),
-        ):
+        for name, host, region in layout:
             link_port = free_port()
             tap = LinkTap((host, link_port))
             edge = Edge(
@@ -285,3 +292,59 @@ def test_a_suspension_through_one_node_ends_sessions_on_another_within_2_s(
     assert code == 3, agent.proc.text()
     assert took < 2.0 + SLACK, took
     assert "RLY_104" in agent.proc.text(), agent.proc.text()
+
+
+@pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
+def test_a_killed_node_s_names_are_served_again_within_5_s(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    a, b, d = nodes["a"], nodes["b"], nodes["d"]
+    _, token = a.edge.token()
+    agent = Agent(
+        a.edge,
+        token,
+        str(origin.port),
+        kind="http",
+        extra=[
+            "--edge",
+            f"{a.edge.address},{b.edge.address}",
+            "--no-https",
+            "--subdomain",
+            "mover",
+        ],
+    )
+    agents.append(agent)
+    agent.wait_bound()
+    host = host_of(agent)
+    wait_known(d, 1)
+    # Visitors come to d, which holds nothing: each is carried to the node with the agent.
+    body = payload(11, 100_000)
+    assert post_sink(d, d.edge.http_port, host, body, None)["size"] == len(body)
+    holder, other = (a, b) if _holds(a, agent.url) else (b, a)
+    assert _holds(holder, agent.url) and not _holds(other, agent.url)
+    assert holder.edge.proc is not None
+    holder.edge.proc.kill()
+    killed = time.monotonic()
+    # Bounded: 8 s of tries, one every 0.1 s; the first that is served again is timed.
+    served_at = None
+    while time.monotonic() - killed < 8:
+        head = (f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n").encode()
+        try:
+            answer = one_request(d.edge.http_port, host, head, body, address=d.host)
+        except OSError:
+            answer = b""
+        if answer.startswith(b"HTTP/1.1 200"):
+            served_at = time.monotonic()
+            break
+        time.sleep(0.1)
+    assert served_at is not None, "never served again"
+    assert served_at - killed < 5.0, served_at - killed
+    _, _, rest = answer.partition(b"\r\n\r\n")
+    assert json.loads(rest)["sha256"] == hashlib.sha256(body).hexdigest()
+    assert _holds(other, agent.url)
+
+
+def _holds(node: Node, url: str) -> bool:
+    """Whether an endpoint of ``node`` has ``url``'s name (each node has its own port)."""
+    name = urlsplit(url).hostname
+    return any(urlsplit(e["url"]).hostname == name for e in node.edge.worker_status()["endpoints"])
