@@ -1,7 +1,7 @@
 """`python -m bench quick|full`: relay beside direct, haproxy, ssh -R, frp, rathole, bore and
 socat+TLS — bulk TCP (iperf3), HTTP max / new connections / fixed-rate latency, head-of-line,
 memory slopes, agent sessions admitted per second, `relay edge --workers 2` beside one process,
-CPU per unit of work."""
+a visitor carried between two cluster nodes, CPU per unit of work."""
 
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ from typing import Any
 
 from bench import (
     charts,
+    cluster,
     httpbench,
     machine,
     memory,
     phases,
     report,
+    report_cluster,
     report_http,
     report_sessions,
     report_workers,
@@ -89,7 +91,7 @@ HTTP_MODES = {
 }
 #: Seconds per run of the sessions phase (its reps are the mode's; --duration/--reps override).
 SESSIONS_DURATION = {"quick": 3.0, "full": 5.0}
-PHASES = ("bulk", "http", "memory", "sessions", "workers")
+PHASES = ("bulk", "http", "memory", "sessions", "workers", "cluster")
 
 
 def log(msg: str) -> None:
@@ -123,7 +125,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--reps",
         type=int,
-        help="repetitions of the bulk, sessions and workers phases (overrides the mode)",
+        help="repetitions of the bulk, sessions, workers and cluster phases (overrides the mode)",
     )
     p.add_argument("--haproxy-nbthread", type=int, default=1, help="haproxy nbthread (default 1)")
     p.add_argument("--relay-bin", help="relay CLI to run (default: .venv/bin/relay, then PATH)")
@@ -133,8 +135,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def tools_missing(keys: list[str]) -> list[str]:
+def tools_missing(keys: list[str], phases_on: set[str] | None = None) -> list[str]:
     need = ["iperf3"]
+    if "cluster" in (phases_on or set()) and "relay" in keys:
+        need.append(cluster.REDIS_SERVER)
     if "haproxy" in keys:
         need.append("haproxy")
     if "ssh" in keys:
@@ -144,8 +148,8 @@ def tools_missing(keys: list[str]) -> list[str]:
     ]
 
 
-def ensure_prereqs(keys: list[str], allow_setup: bool) -> None:
-    missing = tools_missing(keys)
+def ensure_prereqs(keys: list[str], allow_setup: bool, phases_on: set[str]) -> None:
+    missing = tools_missing(keys, phases_on)
     if not missing:
         return
     if not allow_setup:
@@ -161,7 +165,7 @@ def ensure_prereqs(keys: list[str], allow_setup: bool) -> None:
         )
     except subprocess.TimeoutExpired:
         log("bench/setup.sh timed out after 900 s")
-    still = tools_missing(keys)
+    still = tools_missing(keys, phases_on)
     if still:
         log(f"still missing after setup: {', '.join(still)}; those contestants will be skipped")
 
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     command = shlex.join([sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
 
-    ensure_prereqs(keys, not args.no_setup)
+    ensure_prereqs(keys, not args.no_setup, phases_on)
     # Peers and load tools are installed (once, cached in bench/work/tools) before anything is
     # timed; the install time is not part of the run's measurements.
     t_inst = time.monotonic()
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     mem_res: dict[str, Any] = {}
     sess_res: dict[str, Any] = {}
     work_res: dict[str, Any] = {}
+    clu_res: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     bulk_keys = [k for k in keys if k in ALL] if "bulk" in phases_on else []
     active: list[Contestant] = []
@@ -304,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
                 if "workers" in phases_on and "relay" in keys:
                     wreps = args.reps or hmode.reps
                     workers.run_workers(tmp, hmode.duration, wreps, log, work_res)
+                if "cluster" in phases_on and "relay" in keys:
+                    creps = args.reps or hmode.reps
+                    cluster.run_cluster(
+                        tmp, hmode.duration, hmode.lat_duration, creps, log, clu_res
+                    )
             except (KeyboardInterrupt, SystemExit) as e:
                 interrupted = f"interrupted ({type(e).__name__}) after {len(measurements)} runs"
                 log(f"{interrupted}; stopping contestants and writing partial results")
@@ -334,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": mem_res,
         "sessions": sess_res,
         "workers": work_res,
+        "cluster": clu_res,
         "install_seconds": round(install_s, 1),
         "unavailable_tools": missing_tools,
         "http_mode": hmode,
@@ -463,6 +474,10 @@ def write_results(
     if work_res:
         work_res["summary"] = report_workers.summary(work_res)
     tgts += report_workers.targets(work_res, cores)
+    clu_res: dict[str, Any] = extra["cluster"]
+    if clu_res and not clu_res.get("skipped"):
+        clu_res["summary"] = report_cluster.summary(clu_res)
+    tgts += report_cluster.targets(clu_res)
     http_summary: dict[str, dict[str, Any]] = {}
     for (scen, key, rate), cell in hcells.items():
         if scen in ("ka-max", "close-max", "ka-lat", "close-lat", "hol-base", "hol-bulk"):
@@ -485,6 +500,7 @@ def write_results(
         "memory": extra["memory"],
         "sessions": sess_res,
         "workers": work_res,
+        "cluster": clu_res,
         "install_seconds": extra["install_seconds"],
         "unavailable_tools": extra["unavailable_tools"],
         "http_config": {
@@ -535,7 +551,8 @@ def write_results(
     tail = md.rfind("\nTotal wall time")
     smd = report_sessions.markdown(sess_res, cores)
     wmd = report_workers.markdown(work_res, cores)
-    md = md[:tail] + "\n" + "\n".join(hmd + smd + wmd) + _extras_md(result) + md[tail:]
+    cmd = report_cluster.markdown(clu_res, cores)
+    md = md[:tail] + "\n" + "\n".join(hmd + smd + wmd + cmd) + _extras_md(result) + md[tail:]
     md_path.write_text(md)
     latest = out / f"latest-{args.mode}.md"
     with contextlib.suppress(OSError):
@@ -545,13 +562,14 @@ def write_results(
     log(f"wrote {json_path}, {md_path} and {latest} ({wall:.0f} s)")
     if interrupted:
         return 130
-    # Failure only when nothing at all was measured (a run of the http, sessions or workers
-    # phase alone has no bulk measurements).
+    # Failure only when nothing at all was measured (a run of the http, sessions, workers or
+    # cluster phase alone has no bulk measurements).
     ok = (
         any(m.ok for m in measurements)
         or any(m.ok for m in http_ms)
         or any(r.get("ok") for r in sess_res.get("runs", []) if not r.get("error"))
         or any(r.get("requests") for r in work_res.get("runs", []) if not r.get("error"))
+        or any(r.get("requests") for r in clu_res.get("runs", []) if not r.get("error"))
     )
     return 0 if ok else 1
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the bench prerequisites that are missing (Debian/Ubuntu): iperf3, haproxy, OpenSSH.
+# Install the bench prerequisites that are missing (Debian/Ubuntu): iperf3, haproxy, OpenSSH,
+# redis-server (the cluster phase's presence store; scripts/install-test-deps.sh installs it too).
 # Usage: bench/setup.sh   (run as root, or with sudo available)
 set -eu
 declare -A pkg_for=(
@@ -8,6 +9,7 @@ declare -A pkg_for=(
   [/usr/sbin/sshd]=openssh-server
   [ssh]=openssh-client
   [ssh-keygen]=openssh-client
+  [/usr/bin/redis-server]=redis-server
 )
 missing=()
 for tool in "${!pkg_for[@]}"; do

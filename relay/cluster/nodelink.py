@@ -45,6 +45,9 @@ log = logging.getLogger("relay.cluster.link")
 NODE_NAME = "node.relay-cluster.invalid"
 #: A node that could not be dialled is not dialled again sooner than this.
 REDIAL_AFTER = 1.0
+#: A node whose link failed is passed over, while another holds the same name, this long
+#: (its Redis key may outlive it by the presence ttl).
+UNREACHABLE_FOR = 10.0
 #: Visitors waiting for one node's link to come up; more are refused at once.
 MAX_WAITING = 1024
 #: A link must be up within this; a stream's header must arrive within this.
@@ -97,7 +100,10 @@ class _Outbound:
     address: str
     link: Any = None
     dialling: bool = False
+    #: When a dial last failed (no new dial for REDIAL_AFTER), and when a link was last
+    #: lost (dialled again at the next visitor, but passed over meanwhile by lookups).
     failed_at: float = -1e9
+    lost_at: float = -1e9
     waiting: list[_Waiting] = field(default_factory=list)
 
 
@@ -207,10 +213,19 @@ class NodeLinks:
         finally:
             sock.close()
 
+    def unreachable(self, address: str) -> bool:
+        """Whether the node at ``address`` failed lately and has no link up now."""
+        out = self._out.get(address)
+        return (
+            out is not None
+            and out.link is None
+            and time.monotonic() - max(out.failed_at, out.lost_at) < UNREACHABLE_FOR
+        )
+
     def link_lost(self, out: _Outbound, link: Any) -> None:
         if out.link is link:
             out.link = None
-            out.failed_at = time.monotonic()
+            out.lost_at = time.monotonic()
 
     # --- receiving (node B) ------------------------------------------------------------
 
@@ -265,7 +280,9 @@ class NodeLinks:
 
     def status(self) -> dict[str, Any]:
         return {
-            "links_out": sorted(a for a, o in self._out.items() if o.link is not None),
+            "links_out": sorted(
+                a for a, o in self._out.items() if o.link is not None and not o.link.closed
+            ),
             "links_in": len(self._inbound),
             "forwarded": self.forwarded,
             "received": self.received,

@@ -68,6 +68,9 @@ CALL_TIMEOUT = 1.0
 CALL_DEADLINE = 3.0
 #: How long :meth:`Presence.stop` tries to delete this node's key.
 STOP_TIMEOUT = 1.0
+#: Stopping the loops: how many times to cancel them, how long to wait after each.
+CANCEL_ROUNDS = 50
+CANCEL_WAIT = 0.1
 #: After ``changed()``, how long to wait for more changes before writing once for all.
 COALESCE = 0.02
 #: What a node entry may hold; more is garbage (or an attack on every node's memory).
@@ -215,16 +218,20 @@ class Presence:
         self._dirty = True
         self._wake.set()
 
-    def lookup(self, family: str, hostname: str) -> RemoteName | None:
+    def lookup(
+        self, family: str, hostname: str, avoid: Callable[[NodeInfo], bool] | None = None
+    ) -> RemoteName | None:
         """Which other node holds ``hostname`` on the ``family`` front: the exact name,
         else the wildcard with the longest suffix (``*.a.example.com`` before
-        ``*.example.com``; a wildcard covers one label or more). No I/O."""
+        ``*.example.com``; a wildcard covers one label or more). No I/O. Of several
+        holders, one ``avoid`` says no to comes last (a node that cannot be reached: its
+        key outlives it by up to ``ttl``, while its agents bind again elsewhere)."""
         host = hostname.lower()
         if len(host) > MAX_HOSTNAME:
             return None
         holders = self._table.get((family, host))
         if holders:
-            return self._pick(holders)
+            return self._pick(holders, avoid)
         rest = host
         while True:
             _, dot, rest = rest.partition(".")
@@ -232,7 +239,7 @@ class Presence:
                 return None
             holders = self._table.get((family, "*." + rest))
             if holders:
-                return self._pick(holders)
+                return self._pick(holders, avoid)
 
     def nodes(self) -> list[NodeInfo]:
         """The other live nodes this node knows of, by id."""
@@ -270,9 +277,14 @@ class Presence:
     # -- the background task ----------------------------------------------------------
 
     async def _run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._heartbeats())
-            tasks.create_task(self._subscriber())
+        loops = [
+            asyncio.create_task(self._heartbeats(), name=f"presence {self._me.node_id} beat"),
+            asyncio.create_task(self._subscriber(), name=f"presence {self._me.node_id} sub"),
+        ]
+        try:
+            await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _cancel_until_done(loops)
 
     async def _heartbeats(self) -> None:
         loop = asyncio.get_running_loop()
@@ -476,12 +488,18 @@ class Presence:
                 if not holders:
                     del self._table[key]
 
-    def _pick(self, holders: dict[str, RemoteName]) -> RemoteName:
+    def _pick(
+        self, holders: dict[str, RemoteName], avoid: Callable[[NodeInfo], bool] | None
+    ) -> RemoteName:
         if len(holders) == 1:
             return next(iter(holders.values()))
         return min(
             holders.values(),
-            key=lambda n: (n.node.region != self._me.region, n.node.node_id),
+            key=lambda n: (
+                avoid is not None and avoid(n.node),
+                n.node.region != self._me.region,
+                n.node.node_id,
+            ),
         )
 
     # -- plumbing ---------------------------------------------------------------------
@@ -515,6 +533,29 @@ class Presence:
                 len(self._nodes),
                 self._heartbeat,
             )
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again as long as needed (bounded).
+
+    Once is not always enough on Python 3.11: ``asyncio.wait_for`` (which redis-py
+    uses to send) drops a cancellation that arrives as its operation completes, and the
+    loop would go on as if nothing happened. An outer cancellation while this waits
+    (a second ``stop()``) does not cut it short: the loops must not outlive their client.
+    """
+    for _ in range(CANCEL_ROUNDS):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(pending, timeout=CANCEL_WAIT)
+    else:
+        log.error("cluster presence: a loop ignored %d cancellations", CANCEL_ROUNDS)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("cluster presence: a loop failed", exc_info=task.exception())
 
 
 def _node_id(key: bytes | str) -> str | None:

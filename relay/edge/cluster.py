@@ -112,7 +112,9 @@ class ClusterNode:
     def _holder(self, family: str, hostname: str) -> RemoteName | None:
         if self.presence is None:
             return None
-        return self.presence.lookup(family, hostname)
+        links = self.links
+        avoid = (lambda node: links.unreachable(node.link)) if links is not None else None
+        return self.presence.lookup(family, hostname, avoid)
 
     def region_of(self, hostname: str) -> str | None:
         """The region that holds ``hostname`` when it is not this one (HTTP or TLS)."""
