@@ -34,8 +34,9 @@ out of the table (logged once, at debug level, per distinct value), never truste
 
 The family of a name is ``http`` for the plain-HTTP port and ``sni`` for the TLS port
 (https and tls endpoints): a visitor's port says which one to look up. When two other
-nodes hold the same name, :meth:`Presence.lookup` prefers one of this node's region, then
-the smallest node id, so that every node of a region forwards the same way.
+nodes hold the same name, :meth:`Presence.lookup` prefers one the caller does not ask it
+to avoid, then one of this node's region, then the smallest node id, so that every node
+of a region forwards the same way.
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ class Presence:
         except REDIS_ERRORS as err:
             log.debug("cluster presence: could not delete %s on stop: %s", self._key, err)
         finally:
-            await client.aclose()
+            with contextlib.suppress(*REDIS_ERRORS):
+                await client.aclose()
 
     def changed(self) -> None:
         """This node's names changed: write them soon (changes within ``COALESCE`` make
@@ -516,7 +518,7 @@ class Presence:
     def _ok(self) -> None:
         if not self._connected:
             if self._outage_logged:
-                log.warning("cluster presence: Redis is reachable again")
+                log.info("cluster presence: Redis is reachable again")
             self._connected = True
             self._outage_logged = False
             self._last_error = ""

@@ -113,6 +113,29 @@ async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  
         assert a.connected
 
 
+async def test_of_several_holders_this_region_then_the_reachable_win(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    shared: list[Name] = [("http", "shared.example.com", "http", "")]
+    c = NodeInfo("c", "r2", "10.0.0.3:7443")
+    d = NodeInfo("d", "r1", "10.0.0.4:7443")
+    a = Presence(redis_server.url, A, list, heartbeat=0.2)
+    nodes = [Presence(redis_server.url, n, lambda: shared, heartbeat=0.2) for n in (B, c, d)]
+    async with running(a, *nodes):
+        await eventually(lambda: len(a.nodes()) == 3, 3, "a sees b, c and d")
+        # This region first (c, of r2, sorts before d but comes after it), then by id.
+        assert sees(a, "http", "shared.example.com", "b")()
+        unreachable = {"b"}
+        found = a.lookup("http", "shared.example.com", lambda n: n.node_id in unreachable)
+        assert found is not None and found.node == d
+        unreachable = {"b", "d"}
+        found = a.lookup("http", "shared.example.com", lambda n: n.node_id in unreachable)
+        assert found is not None and found.node == c
+        unreachable = {"b", "c", "d"}  # avoided is last, not never
+        found = a.lookup("http", "shared.example.com", lambda n: n.node_id in unreachable)
+        assert found is not None and found.node == B
+
+
 async def test_changed_is_seen_at_once_through_pubsub(redis_server: RedisServer) -> None:  # noqa: F811
     """With a 2 s heartbeat, only pub/sub can make a change visible within 0.5 s."""
     names_a: list[Name] = [("http", "first.example.com", "http", "")]
