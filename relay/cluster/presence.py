@@ -111,10 +111,13 @@ class RemoteName:
     #: ``""`` when none.
     host_rewrite: str
     node: NodeInfo
+    #: Who holds it, as an opaque tag (relay/edge/cluster.py: a digest of the token id):
+    #: a name has one owner across the cluster, so another owner's bind is refused.
+    owner: str = ""
 
 
-#: The names this node holds live now: (family, hostname, kind, host_rewrite).
-Names = Callable[[], Iterable[tuple[str, str, str, str]]]
+#: The names this node holds live now: (family, hostname, kind, host_rewrite, owner).
+Names = Callable[[], Iterable[tuple[str, str, str, str, str]]]
 
 
 @dataclass
@@ -330,7 +333,9 @@ class Presence:
 
     async def _write(self) -> None:
         client = self._need_client()
-        names = sorted({(str(f), str(h), str(k), str(r)) for f, h, k, r in self._names()})
+        names = sorted(
+            {(str(f), str(h), str(k), str(r), str(o)) for f, h, k, r, o in self._names()}
+        )
         value = json.dumps(
             {"region": self._me.region, "link": self._me.link, "names": names},
             separators=(",", ":"),
@@ -592,16 +597,16 @@ def _parse(node_id: str, raw: bytes) -> tuple[NodeInfo, list[RemoteName]] | None
     info = NodeInfo(node_id, region, link)
     out = []
     for item in names:
-        if not (isinstance(item, list) and len(item) == 4):
+        if not (isinstance(item, list) and len(item) == 5):
             return None
-        family, hostname, kind, rewrite = item
+        family, hostname, kind, rewrite, owner = item
         if family not in FAMILIES or kind not in KINDS:
             return None
         if not (isinstance(hostname, str) and _is_hostname(hostname)):
             return None
-        if not (isinstance(rewrite, str) and len(rewrite) <= MAX_FIELD):
+        if not all(isinstance(v, str) and len(v) <= MAX_FIELD for v in (rewrite, owner)):
             return None
-        out.append(RemoteName(family, hostname.lower(), kind, rewrite, info))
+        out.append(RemoteName(family, hostname.lower(), kind, rewrite, info, owner))
     return info, out
 
 

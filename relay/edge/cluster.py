@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ from relay.config import parse_host_port
 from relay.edge.members import hands_over, takes_visitors
 from relay.edge.tcp import format_address
 from relay.error_pages import render
+from relay.errors import EndpointAlreadyBound
 from relay.protocol import StreamHeader, StreamProtocol
 
 if TYPE_CHECKING:
@@ -97,15 +99,34 @@ class ClusterNode:
         if self.presence is not None:
             self.presence.changed()
 
-    def _names(self) -> list[tuple[str, str, str, str]]:
+    def _names(self) -> list[tuple[str, str, str, str, str]]:
         names = []
         for endpoint in list(self.edge.endpoints.values()):
             if endpoint.kind == "tcp" or not takes_visitors(endpoint):
                 continue
             host: HostEndpoint = endpoint  # type: ignore[assignment]
             rewrite = (host.host_rewrite or b"").decode("latin-1")
-            names.append((host.family, host.hostname, host.kind, rewrite))
+            owner = owner_tag(host.holder.token_id)
+            names.append((host.family, host.hostname, host.kind, rewrite, owner))
         return names
+
+    def check_owner(self, hostname: str, token_id: str) -> None:
+        """A name has one owner across the cluster, as on one edge: another token's bind
+        of a name a node holds is refused (links and pool members of the same token, on
+        several nodes, share it). Two binds on two nodes at the same instant can both
+        pass: a node learns of the other's within milliseconds, not atomically."""
+        if self.presence is None:
+            return
+        for family in ("http", "sni"):
+            remote = self.presence.lookup(family, hostname)
+            if (
+                remote is not None
+                and remote.hostname == hostname
+                and remote.owner != owner_tag(token_id)
+            ):
+                raise EndpointAlreadyBound(
+                    f"{hostname} is bound by another token (on node {remote.node.node_id})"
+                )
 
     # --- which node ----------------------------------------------------------------
 
@@ -192,6 +213,12 @@ class ClusterNode:
             "presence": self.presence.status() if self.presence is not None else None,
             "links": self.links.status() if self.links is not None else None,
         }
+
+
+def owner_tag(token_id: str) -> str:
+    """What other nodes learn of a name's owner: enough to tell two tokens apart, and
+    not the token's id (Redis is shared by every node, not by every operator tool)."""
+    return hashlib.sha256(b"relay-owner:" + token_id.encode()).hexdigest()[:16]
 
 
 def node_certificate(ca_dir: Path, node_id: str) -> NodeTls:

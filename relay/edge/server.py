@@ -751,6 +751,8 @@ class Edge:
             )
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
+        if self.cluster is not None:
+            self.cluster.check_owner(hostname, record.id)
         if request.kind == "https":
             self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now, not never
         holder = Holder(

@@ -358,3 +358,30 @@ def _holds(node: Node, url: str) -> bool:
     """Whether an endpoint of ``node`` has ``url``'s name (each node has its own port)."""
     name = urlsplit(url).hostname
     return any(urlsplit(e["url"]).hostname == name for e in node.edge.worker_status()["endpoints"])
+
+
+def test_a_name_held_on_one_node_is_refused_to_another_token_on_another(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    _, owner_token = b.edge.token()
+    flags = ["--no-https", "--subdomain", "owned", "--pool"]
+    owner = Agent(b.edge, owner_token, str(origin.port), kind="http", extra=flags)
+    agents.append(owner)
+    owner.wait_bound()
+    wait_known(a, 1)
+    _, other_token = a.edge.token()
+    squatter = Agent(a.edge, other_token, str(origin.port), kind="http", extra=flags)
+    agents.append(squatter)
+    assert squatter.proc.wait(30) == 4, squatter.proc.text()
+    assert "RLY_204" in squatter.proc.text() and "node b" in squatter.proc.text()
+    # The owner's visitors at a are still carried to it.
+    body = payload(12, 30_000)
+    assert post_sink(a, a.edge.http_port, host_of(owner), body, None)["size"] == len(body)
+    assert a.cluster()["links"]["forwarded"] == 1
+    # The same token may share the name from another node (a pool member on a).
+    member = Agent(a.edge, owner_token, str(origin.port), kind="http", extra=flags)
+    agents.append(member)
+    member.wait_bound()
+    assert post_sink(a, a.edge.http_port, host_of(owner), body, None)["size"] == len(body)
+    assert a.cluster()["links"]["forwarded"] == 1  # served at a by its own member now

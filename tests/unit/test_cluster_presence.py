@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 A = NodeInfo("a", "r1", "10.0.0.1:7443")
 B = NodeInfo("b", "r1", "[2001:db8::2]:7443")
-Name = tuple[str, str, str, str]
+Name = tuple[str, str, str, str, str]
 
 
 async def eventually(check: Callable[[], bool], within: float, what: str) -> float:
@@ -65,12 +65,12 @@ def raw_client(server: RedisServer) -> redis.Redis:
 
 
 async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  # noqa: F811
-    names_a: list[Name] = [("http", "mine.example.com", "http", "")]
+    names_a: list[Name] = [("http", "mine.example.com", "http", "", "")]
     names_b: list[Name] = [
-        ("http", "app.example.com", "http", "localhost:3000"),
-        ("sni", "*.example.com", "https", ""),
-        ("sni", "*.a.example.com", "tls", ""),
-        ("sni", "mine.example.com", "https", ""),
+        ("http", "app.example.com", "http", "localhost:3000", "owner-b"),
+        ("sni", "*.example.com", "https", "", ""),
+        ("sni", "*.a.example.com", "tls", "", ""),
+        ("sni", "mine.example.com", "https", "", ""),
     ]
     a = Presence(redis_server.url, A, lambda: names_a, heartbeat=0.2, ttl=1.0)
     b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2, ttl=1.0)
@@ -79,7 +79,7 @@ async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  
         await eventually(sees(b, "http", "mine.example.com", "a"), 3, "b sees a's name")
 
         assert a.lookup("http", "app.example.com") == RemoteName(
-            "http", "app.example.com", "http", "localhost:3000", B
+            "http", "app.example.com", "http", "localhost:3000", B, "owner-b"
         )
         assert a.lookup("http", "APP.Example.com") == a.lookup("http", "app.example.com")
         # The longest wildcard suffix wins; a wildcard covers one label or more.
@@ -116,7 +116,7 @@ async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  
 async def test_of_several_holders_this_region_then_the_reachable_win(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
-    shared: list[Name] = [("http", "shared.example.com", "http", "")]
+    shared: list[Name] = [("http", "shared.example.com", "http", "", "")]
     c = NodeInfo("c", "r2", "10.0.0.3:7443")
     d = NodeInfo("d", "r1", "10.0.0.4:7443")
     a = Presence(redis_server.url, A, list, heartbeat=0.2)
@@ -138,21 +138,21 @@ async def test_of_several_holders_this_region_then_the_reachable_win(
 
 async def test_changed_is_seen_at_once_through_pubsub(redis_server: RedisServer) -> None:  # noqa: F811
     """With a 2 s heartbeat, only pub/sub can make a change visible within 0.5 s."""
-    names_a: list[Name] = [("http", "first.example.com", "http", "")]
+    names_a: list[Name] = [("http", "first.example.com", "http", "", "")]
     a = Presence(redis_server.url, A, lambda: names_a, heartbeat=2.0, ttl=5.0)
     b = Presence(redis_server.url, B, list, heartbeat=2.0, ttl=5.0)
     async with running(a, b):
         await eventually(sees(b, "http", "first.example.com", "a"), 3, "b sees a")
         for i in range(3):
             host = f"new{i}.example.com"
-            names_a.append(("http", host, "http", ""))
+            names_a.append(("http", host, "http", "", ""))
             a.changed()
             took = await eventually(sees(b, "http", host, "a"), 0.5, f"b sees {host}")
             assert took < 0.5
             await asyncio.sleep(0.3)
         # Changes in a burst make one write, and the last one is in it.
         for i in range(20):
-            names_a.append(("sni", f"burst{i}.example.com", "tls", ""))
+            names_a.append(("sni", f"burst{i}.example.com", "tls", "", ""))
             a.changed()
         await eventually(sees(b, "sni", "burst19.example.com", "a"), 0.5, "b sees the burst")
         # A node that stops deletes its key: the others forget it at once, not after ttl.
@@ -163,7 +163,11 @@ async def test_changed_is_seen_at_once_through_pubsub(redis_server: RedisServer)
 
 async def test_a_dead_node_vanishes_after_its_ttl(redis_server: RedisServer) -> None:  # noqa: F811
     a = Presence(
-        redis_server.url, A, lambda: [("http", "a.example.com", "http", "")], heartbeat=0.2, ttl=1.0
+        redis_server.url,
+        A,
+        lambda: [("http", "a.example.com", "http", "", "")],
+        heartbeat=0.2,
+        ttl=1.0,
     )
     b = Presence(redis_server.url, B, list, heartbeat=0.2, ttl=1.0)
     async with running(a, b):
@@ -180,9 +184,9 @@ async def test_a_dead_node_vanishes_after_its_ttl(redis_server: RedisServer) -> 
 
 
 async def test_redis_restarted_empty_heals(redis_server: RedisServer) -> None:  # noqa: F811
-    names_b: list[Name] = [("http", "b.example.com", "http", "")]
+    names_b: list[Name] = [("http", "b.example.com", "http", "", "")]
     a = Presence(
-        redis_server.url, A, lambda: [("sni", "*.a.example.com", "tls", "")], heartbeat=0.3
+        redis_server.url, A, lambda: [("sni", "*.a.example.com", "tls", "", "")], heartbeat=0.3
     )
     b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.3)
     async with running(a, b):
@@ -192,7 +196,7 @@ async def test_redis_restarted_empty_heals(redis_server: RedisServer) -> None:  
         redis_server.stop()
         await eventually(lambda: not a.connected and not b.connected, 3, "both see the outage")
         # The last table keeps serving; a change waits for Redis.
-        names_b.append(("http", "later.example.com", "http", ""))
+        names_b.append(("http", "later.example.com", "http", "", ""))
         b.changed()
         await asyncio.sleep(0.7)
         assert a.lookup("http", "b.example.com") == RemoteName(
@@ -250,19 +254,19 @@ async def test_garbage_in_redis_is_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(presence_module, "MAX_NAMES", 3)
-    good = ["http", "ok.example.com", "http", ""]
+    good = ["http", "ok.example.com", "http", "", "owner1"]
     entries: dict[str, object] = {
         "shape1": ["region", "link"],
         "shape2": {"region": 1, "link": "h:1", "names": []},
         "shape3": {"region": "r1", "link": "h:1", "names": "ok.example.com"},
-        "shape4": {"region": "r1", "link": "h:1", "names": [good[:3]]},
+        "shape4": {"region": "r1", "link": "h:1", "names": [good[:4]]},
         "shape5": {"region": "r1", "link": "h:1", "names": [["ftp", *good[1:]]]},
-        "shape6": {"region": "r1", "link": "h:1", "names": [[*good[:2], "udp", ""]]},
-        "toolong": {"region": "r1", "link": "h:1", "names": [["http", "x" * 254, "http", ""]]},
+        "shape6": {"region": "r1", "link": "h:1", "names": [[*good[:2], "udp", "", ""]]},
+        "toolong": {"region": "r1", "link": "h:1", "names": [["http", "x" * 254, "http", "", ""]]},
         "toomany": {"region": "r1", "link": "h:1", "names": [good] * 4},
         "badlink": {"region": "r1", "link": "nohostport", "names": [good]},
         "badlink6": {"region": "r1", "link": "2001:db8::1:80", "names": [good]},
-        "wild": {"region": "r1", "link": "h:1", "names": [["sni", "a.*.com", "tls", ""]]},
+        "wild": {"region": "r1", "link": "h:1", "names": [["sni", "a.*.com", "tls", "", ""]]},
     }
     with raw_client(redis_server) as r:
         r.set("relay:node:x", b"not json")
@@ -271,7 +275,7 @@ async def test_garbage_in_redis_is_ignored(
         r.set(b"relay:node:\xff", json.dumps({"region": "r1", "link": "h:1", "names": [good]}))
         for node_id, value in entries.items():
             r.set(f"relay:node:{node_id}", json.dumps(value))
-        names_b: list[Name] = [("http", "b.example.com", "http", "")]
+        names_b: list[Name] = [("http", "b.example.com", "http", "", "")]
         a = Presence(redis_server.url, A, list, heartbeat=0.2)
         b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
         caplog.set_level(logging.DEBUG, logger="relay.cluster.presence")
@@ -290,7 +294,7 @@ async def test_garbage_in_redis_is_ignored(
             assert len(ignored) == 2 + len(entries)  # x, bin and the entries
             assert "cluster presence: ignoring relay:node:x: not a node entry" in ignored
             # Still working: a change on b shows.
-            names_b.append(("http", "b2.example.com", "http", ""))
+            names_b.append(("http", "b2.example.com", "http", "", ""))
             b.changed()
             await eventually(sees(a, "http", "b2.example.com", "b"), 0.5, "a sees b's change")
 
@@ -301,7 +305,7 @@ async def test_status_says_unreachable_while_redis_is_down(
 ) -> None:
     redis_server.stop()
     a = Presence(
-        redis_server.url, A, lambda: [("http", "a.example.com", "http", "")], heartbeat=0.2
+        redis_server.url, A, lambda: [("http", "a.example.com", "http", "", "")], heartbeat=0.2
     )
     caplog.set_level(logging.WARNING, logger="relay.cluster.presence")
     async with running(a):  # Redis is down: start() does not mind
