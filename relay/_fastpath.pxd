@@ -60,6 +60,17 @@ cdef class BufferChannel(Channel):
     cdef void _wake(self)
 
 
+cdef class Joint(Channel):
+    cdef Joint other
+    cdef readonly bint held
+    cdef readonly bint done
+    cdef bint counted
+
+    cdef void _forward(self, object data, Py_ssize_t length)
+    cdef void _reset_both(self)
+    cdef void _reset_other(self)
+
+
 cdef class Pump(Channel):
     cdef readonly object transport
     cdef int _fd

@@ -43,6 +43,17 @@ class Link(asyncio.BufferedProtocol):
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int: ...
     def pump_count(self) -> int: ...
 
+class Joint(Channel):
+    """Two streams on two links joined: each end forwards what its stream receives."""
+
+    held: bool
+    done: bool
+    def __init__(self, link: Link, stream_id: int, counted: bool = False) -> None: ...
+    @staticmethod
+    def join(
+        a: Link, a_stream: int, b: Link, b_stream: int, count_a: bool = True
+    ) -> tuple[Joint, Joint]: ...
+
 class BufferChannel(Channel):
     fin: bool
     reset: bool

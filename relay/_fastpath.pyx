@@ -143,6 +143,7 @@ cdef Py_ssize_t _PUMP_MIN_READ = PUMP_MIN_READ
 KINDS = ("tcp", "http", "https", "tls", "cluster")
 cdef enum:
     N_KINDS = 5
+    KIND_CLUSTER = 4
     N_OPEN_BUCKETS = 12
 cdef unsigned long long _from_socket[N_KINDS]
 cdef unsigned long long _to_socket[N_KINDS]
@@ -477,7 +478,11 @@ cdef class Link:
                 self.unread_paused = True
                 self.transport.pause_reading()
             return
-        budget = LINK_WRITE_HIGH - self.transport.get_write_buffer_size()
+        # One byte past the limit: a buffer filled to exactly LINK_WRITE_HIGH does not
+        # pause the transport (it pauses above it), so no resume_writing would ever
+        # schedule the next flush, and a link with nothing more to read (its peer
+        # withholding credit, then granting it) stalled until its next input.
+        budget = LINK_WRITE_HIGH + 1 - self.transport.get_write_buffer_size()
         if budget <= 0:
             return
         queued = session.outgoing_len
@@ -642,6 +647,125 @@ cdef class BufferChannel(Channel):
         if self._waiter is None or self._waiter.done():
             self._waiter = self.link.loop.create_future()
         return self._waiter
+
+
+cdef class Joint(Channel):
+    """One end of two streams on two links joined to each other: what arrives on this
+    end's stream is sent on the other end's, FIN and RST included. Between edge nodes
+    (relay/cluster/nodelink.py) a visitor's stream from another node is joined to a new
+    stream to its agent: no socket between them, and no Python per chunk.
+
+    Backpressure as a pump's: when the other stream's backlog passes the other link's
+    ``pending_high_water``, this stream's credit is withheld (``set_read_paused``) until
+    the other stream is writable again. ``counted``: this end's bytes count as kind
+    "cluster" (the end on the link between nodes)."""
+
+
+    def __init__(self, Link link, int stream_id, bint counted=False):
+        self.link = link
+        self.stream_id = stream_id
+        self.other = None
+        self.held = False
+        self.done = False
+        self.counted = counted
+
+    @staticmethod
+    def join(Link a, int a_stream, Link b, int b_stream, bint count_a=True):
+        """Join stream ``a_stream`` of ``a`` to ``b_stream`` of ``b`` (both open, neither
+        with a channel yet, or with one this replaces); returns the two ends."""
+        cdef Joint ja = Joint(a, a_stream, count_a)
+        cdef Joint jb = Joint(b, b_stream, not count_a)
+        ja.other = jb
+        jb.other = ja
+        a.channels[a_stream] = ja
+        b.channels[b_stream] = jb
+        return ja, jb
+
+    cdef void deliver(self, const char* data, Py_ssize_t length):
+        self._forward(PyMemoryView_FromMemory(<char*>data, length, PyBUF_READ), length)
+
+    cdef void deliver_bytes(self, bytes data):
+        self._forward(data, PyBytes_GET_SIZE(data))
+
+    cdef void deliver_run(self, const char* base, const uint32_t* ev, Py_ssize_t first,
+                          Py_ssize_t n):
+        cdef Py_ssize_t j
+        for j in range(first, first + n):
+            if self.done:
+                return
+            self.deliver(base + ev[4 * j + 2], ev[4 * j + 3])
+
+    cdef void _forward(self, object data, Py_ssize_t length):
+        cdef Joint other = self.other
+        if self.done or other is None or other.done or other.link.closed:
+            return
+        if self.counted:
+            _from_socket[KIND_CLUSTER] += length
+        elif other.counted:
+            _to_socket[KIND_CLUSTER] += length
+        try:
+            backlog = other.link.session.send(other.stream_id, data)
+        except YamuxError:
+            self._reset_both()
+            return
+        other.link.schedule_flush()
+        if backlog > other.link.pending_high_water and not self.held:
+            self.held = True
+            self.link.session.set_read_paused(self.stream_id, True)
+
+    cdef void writable(self):
+        # This stream drained: the other end may take in again what it forwards here.
+        cdef Joint other = self.other
+        if other is None or not other.held or other.done or other.link.closed:
+            return
+        other.held = False
+        other.link.session.set_read_paused(other.stream_id, False)
+        other.link.schedule_flush()
+
+    cdef void remote_fin(self):
+        cdef Joint other = self.other
+        if other is None or other.done or other.link.closed:
+            return
+        try:
+            other.link.session.close_stream(other.stream_id)
+        except YamuxError:
+            pass
+        other.link.schedule_flush()
+
+    cdef void remote_reset(self):
+        self.done = True
+        self._reset_other()
+
+    cdef void stream_closed(self):
+        self.done = True  # both directions ended cleanly; the other end hears it itself
+
+    cdef void _reset_both(self):
+        cdef Link link = self.link
+        self.done = True
+        if not link.closed:
+            if link.channels.get(self.stream_id) is self:
+                del link.channels[self.stream_id]
+            try:
+                link.session.reset_stream(self.stream_id)
+            except YamuxError:
+                pass
+            link.schedule_flush()
+        self._reset_other()
+
+    cdef void _reset_other(self):
+        cdef Joint other = self.other
+        if other is None or other.done:
+            return
+        other.done = True
+        if other.link.closed:
+            return
+        if other.link.channels.get(other.stream_id) is other:
+            del other.link.channels[other.stream_id]
+        try:
+            other.link.session.reset_stream(other.stream_id)
+        except YamuxError:
+            pass
+        other.link.schedule_flush()
 
 
 cdef class Pump(Channel):

@@ -4,16 +4,23 @@ carried to B over one link per pair of nodes.
 A link is TLS with a certificate on both ends, each signed by the cluster CA (a CA of its
 own, not the one that signs endpoint certificates), and yamux on top: the same Rust
 session and Cython byte path as an agent link. Node A is the dialling side and opens one
-stream per visitor; the stream starts with a StreamHeader (the visitor's address, the name,
-the protocol) followed by the bytes A already read (an HTTP head; nothing for the TLS port,
-where A only peeked), then the visitor's bytes as they come. Its socket is pumped on A by
-an ordinary visitor ``Pump``.
+stream per visitor, which starts with a StreamHeader (the visitor's address, the name,
+the protocol). B does one of two things with it:
 
-On B the stream is joined to one end of a socket pair, and the other end is served as if
-the visitor had connected to B itself (relay/edge/cluster.py): B's HTTP front parses and
-rewrites the requests, B's TLS port terminates or passes the TLS through. So B applies its
-own endpoint's rules, and A needs to know nothing about them. The pair costs B a copy
-through the kernel each way; a stream-to-stream join in the byte path would save it.
+* **Join** (the header's endpoint id is ``JOIN``): A did the endpoint's work already (an
+  http visitor's requests parsed and rewritten by A's HTTP front, with B's host rewrite
+  from presence; a tls visitor's ciphertext passed through), so B opens a stream to the
+  agent serving the name, with a header of its own endpoint id, and joins the two
+  streams (``relay._fastpath.Joint``): no socket between them, no Python per chunk.
+  A routes an http visitor this way once the link to B is up.
+* **Serve** (any other id): the header is followed by the bytes A read (an HTTP head, read
+  before the link was up; nothing on the TLS port, where A only peeked), then the
+  visitor's bytes as they come, pumped on A by an ordinary ``Pump``. B joins the stream
+  to one end of a socket pair and serves the other end as if the visitor had connected
+  to B itself (relay/edge/cluster.py): B's HTTP front parses it, B's TLS port terminates
+  an https visitor with B's certificate. That costs B a copy through the kernel each
+  way, and is left for what only B can do (https) and for the first visitors while the
+  link is dialled.
 
 Links are dialled on the first visitor for a node, reused for every later one, and
 redialled after a failure no sooner than ``REDIAL_AFTER``; visitors that arrive while one
@@ -33,6 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import relay_native
+
+from relay._fastpath import Joint
 from relay.errors import ProtocolViolation, RelayError
 from relay.mux import MuxConfig, Pump
 from relay.protocol import StreamHeader
@@ -58,6 +68,13 @@ CLUSTER_KIND = 4
 
 #: What B does with a forwarded visitor: its header and B's end of the socket pair.
 Deliver = Callable[[StreamHeader, socket.socket], None]
+#: For a stream to be joined (its header's endpoint is JOIN): the agent link to join it
+#: to and the header that agent must get, or None when nothing here serves it.
+Route = Callable[[StreamHeader], "tuple[Any, bytes] | None"]
+#: A StreamHeader's endpoint id that asks the receiving node to join the stream to its
+#: agent's as it is (HTTP already parsed and rewritten, or TLS passed through), rather
+#: than serve it as a visitor of its own (the socket pair).
+JOIN = "*"
 #: A visitor that could not be forwarded (its socket, still A's to answer and close).
 Failed = Callable[[socket.socket], None]
 
@@ -113,9 +130,11 @@ class NodeLinks:
         loop: asyncio.AbstractEventLoop,
         tls: NodeTls,
         deliver: Deliver,
+        route: Route,
         mux: MuxConfig | None = None,
     ) -> None:
         self.loop = loop
+        self.route = route
         self._server_ctx = tls.server()
         self._client_ctx = tls.client()
         self.deliver = deliver
@@ -126,6 +145,7 @@ class NodeLinks:
         self._listener: Listener | None = None
         self.forwarded = 0  # visitors sent to another node
         self.received = 0  # visitors another node sent here
+        self.joined = 0  # of which joined to an agent's stream (no socket pair)
         self.failures = 0  # visitors that could not be sent
 
     # --- listening (node B) ------------------------------------------------------------
@@ -251,13 +271,14 @@ class NodeLinks:
                 return
             header, used = parsed
             channel.take(used)
+            if header.endpoint_id == JOIN:
+                self._join(link, channel, header)
+                return
             channel.hold()  # credit waits until the socket pair takes the bytes
             ours, theirs = socket.socketpair()
         except (RelayError, OSError) as exc:
             log.warning("inter-node stream %d refused: %s", channel.stream_id, exc)
-            link.channels.pop(channel.stream_id, None)
-            link.session.reset_stream(channel.stream_id)
-            link.schedule_flush()
+            self._refuse(link, channel.stream_id)
             return
         self.received += 1
         pump = Pump(link, channel.stream_id, None, b"", CLUSTER_KIND)
@@ -269,6 +290,42 @@ class NodeLinks:
         except Exception:
             log.exception("serving a forwarded visitor failed")
             theirs.close()
+
+    def _join(self, link: Any, channel: Any, header: StreamHeader) -> None:
+        """Join the stream to a new stream to the agent serving its name here."""
+        found = self.route(header)
+        agent_link = found[0] if found is not None else None
+        if found is None or agent_link is None or agent_link.closed:
+            log.info("inter-node stream for %s: nothing here serves it", header.server_name)
+            self._refuse(link, channel.stream_id)
+            return
+        try:
+            stream_id = agent_link.session.open_stream()
+            agent_link.session.send(stream_id, found[1] + channel.take(-1))
+        except relay_native.YamuxError as exc:
+            log.info("inter-node stream for %s: %s", header.server_name, exc)
+            self._refuse(link, channel.stream_id)
+            return
+        Joint.join(link, channel.stream_id, agent_link, stream_id)
+        if channel.fin:
+            agent_link.session.close_stream(stream_id)
+        link.session.set_read_paused(channel.stream_id, False)  # a full channel paused it
+        agent_link.schedule_flush()
+        link.schedule_flush()
+        self.received += 1
+        self.joined += 1
+
+    def _refuse(self, link: Any, stream_id: int) -> None:
+        link.channels.pop(stream_id, None)
+        link.session.reset_stream(stream_id)
+        link.schedule_flush()
+
+    def link_to(self, address: str) -> Any | None:
+        """The link up now to the node at ``address``, if any (nothing is dialled)."""
+        out = self._out.get(address)
+        if out is None or out.link is None or out.link.closed:
+            return None
+        return out.link
 
     # --- life ------------------------------------------------------------------------
 
@@ -286,6 +343,7 @@ class NodeLinks:
             "links_in": len(self._inbound),
             "forwarded": self.forwarded,
             "received": self.received,
+            "joined": self.joined,
             "failed": self.failures,
         }
 

@@ -173,6 +173,10 @@ class Presence:
         self._nodes: dict[str, _Entry] = {}
         #: node id -> the bytes of its key last applied (garbage included: parsed once).
         self._raw: dict[str, bytes] = {}
+        #: When each other node's key was last read (the loop's clock): a full reread
+        #: that misses a key forgets its node only once the key would have expired,
+        #: because a Redis restarted empty misses every key until each node writes again.
+        self._seen: dict[str, float] = {}
         #: (family, hostname) -> node id -> the name as that node holds it.
         self._table: dict[tuple[str, str], dict[str, RemoteName]] = {}
         self._count = 0
@@ -365,11 +369,17 @@ class Presence:
             for i in range(0, len(ids), MGET_CHUNK):
                 chunk = [found[node_id] for node_id in ids[i : i + MGET_CHUNK]]
                 values.extend(await self._call(client.mget(chunk)))
+            now = asyncio.get_running_loop().time()
             for node_id, raw in zip(ids, values, strict=True):
+                if raw is not None:
+                    self._seen[node_id] = now
                 self._apply(node_id, raw)
             if complete:
+                expired = now - self._ttl_ms / 1000
                 for node_id in set(self._raw) - set(ids):
-                    self._apply(node_id, None)
+                    if self._seen.get(node_id, expired) <= expired:
+                        self._seen.pop(node_id, None)
+                        self._apply(node_id, None)
             else:
                 log.debug("cluster presence: SCAN unfinished after %d rounds", MAX_SCAN_ROUNDS)
 

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from relay._httpfront import HttpVisitor
 from relay.certs.local_ca import LocalCA, write_file_atomic
-from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
+from relay.cluster.nodelink import JOIN, NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import NodeInfo, Presence, RemoteName
 from relay.config import parse_host_port
-from relay.edge.members import hands_over, takes_visitors
+from relay.edge.members import hands_over, serving_session, takes_visitors
 from relay.edge.tcp import format_address
 from relay.error_pages import render
 from relay.errors import EndpointAlreadyBound
@@ -60,7 +60,7 @@ class ClusterNode:
         config = self.edge.config
         ca_dir = config.cluster_ca_dir or config.data_dir / "cluster"
         tls = node_certificate(ca_dir, self.node_id)
-        self.links = NodeLinks(loop, tls, self._deliver)
+        self.links = NodeLinks(loop, tls, self._deliver, self._route_joined)
         host, port = parse_host_port(config.cluster_listen, what="cluster_listen")
         bound_host, bound_port = await self.links.listen(host, port)
         advertise = config.cluster_advertise or _address(bound_host, bound_port)
@@ -72,6 +72,7 @@ class ClusterNode:
             if web.http is not None:
                 web.http.serve_elsewhere(self)
                 web.http.region_of = self.region_of
+                web.http.carrier = self._carrier
             if web.tls_front is not None:
                 web.tls_front.elsewhere = self
                 web.tls_front.region_of = self.region_of
@@ -182,7 +183,9 @@ class ClusterNode:
         if sock is None:
             return False
         header = StreamHeader(
-            endpoint_id="",
+            # A tls endpoint's bytes go to its agent as they are; an https one's are
+            # served there as a visitor's (that node has its certificate).
+            endpoint_id=JOIN if remote.kind == "tls" else "",
             visitor_addr=format_address(conn.getpeername()),
             protocol=StreamProtocol.TLS,
             server_name=server_name,
@@ -190,7 +193,43 @@ class ClusterNode:
         self.links.forward(remote.node.link, header, sock, _close_only)
         return True
 
+    def _carrier(self, target: Any) -> Any | None:
+        """HttpFront: the link to ``target``'s node when it is up (its visitors are then
+        parsed here and their stream joined there); None: hand the socket over."""
+        remote: RemoteName = target
+        if self.links is None:
+            return None
+        link = self.links.link_to(remote.node.link)
+        if link is not None:
+            self.links.forwarded += 1
+        return link
+
     # --- visitors other nodes carried here ---------------------------------------------
+
+    def _route_joined(self, header: StreamHeader) -> tuple[Any, bytes] | None:
+        """A stream to join to an agent's: the agent link serving its name here, and the
+        header that agent gets (this node's endpoint id)."""
+        if header.protocol == StreamProtocol.HTTP:
+            endpoint = self.edge.http_routes.lookup(header.server_name)
+            kinds: tuple[str, ...] = ("http",)
+        elif header.protocol == StreamProtocol.TLS:
+            endpoint = self.edge.sni_routes.lookup(header.server_name)
+            kinds = ("tls",)
+        else:
+            return None
+        if endpoint is None or endpoint.kind not in kinds:
+            return None
+        session = serving_session(endpoint)
+        if session is None:
+            return None
+        rebuilt = StreamHeader(
+            endpoint.endpoint_id,
+            header.visitor_addr,
+            header.protocol,
+            header.server_name,
+            dict(header.extra),
+        )
+        return session.link, rebuilt.to_wire()
 
     def _deliver(self, header: StreamHeader, sock: socket.socket) -> None:
         web = self.edge.web

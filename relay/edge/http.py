@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from relay.cluster.nodelink import JOIN
 from relay.edge.members import hands_over, serving_session
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
@@ -73,6 +74,9 @@ class HttpFront:
         self.hand_off: Callable[[Any, bytes, Any], bool] | None = None
         #: On a node of a cluster: the region that holds a name no node of this one does.
         self.region_of: Callable[[str], str | None] | None = None
+        #: On a node of a cluster: the link up now to the node holding an ``elsewhere``
+        #: target (None: not up; the visitor is handed over instead, socket and all).
+        self.carrier: Callable[[Any], Any | None] | None = None
 
     def serve_elsewhere(self, elsewhere: Elsewhere) -> None:
         self.elsewhere = elsewhere
@@ -112,6 +116,9 @@ class HttpFront:
         if may_hand_off and self.elsewhere is not None:
             target = self.elsewhere.http_holder(hostname)
             if target is not None and hands_over(endpoint, target):
+                link = self.carrier(target) if self.carrier is not None else None
+                if link is not None:
+                    return self._carried(link, target, hostname, scheme, peer, accept)
                 return (-2, target, None, None, 0)
         if endpoint is None and self.region_of is not None:
             region = self.region_of(hostname)
@@ -138,6 +145,21 @@ class HttpFront:
             extra=extra,
         ).to_wire()
         return (0, session.link, header, endpoint.host_rewrite, endpoint.metric_slot)
+
+    def _carried(
+        self, link: Any, target: Any, hostname: str, scheme: str, peer: Any, accept: str | None
+    ) -> RouteResult:
+        """The visitor's requests go, parsed and rewritten here, on a stream of the link
+        to the node holding ``target``, which joins it to its agent's stream."""
+        header = StreamHeader(
+            endpoint_id=JOIN,
+            visitor_addr=format_address(peer),
+            protocol=StreamProtocol.HTTPS if scheme == "https" else StreamProtocol.HTTP,
+            server_name=hostname,
+            extra={"accept": accept} if accept else {},
+        ).to_wire()
+        rewrite = target.host_rewrite.encode("latin-1") if target.host_rewrite else None
+        return (0, link, header, rewrite, 0)
 
     def _error(self, status: int, code: str, message: str) -> RouteResult:
         return (status, code, message, None, 0)

@@ -32,6 +32,7 @@ from tests.e2e.link_tap import LinkTap
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, free_port, free_port_range, payload
 from tests.e2e.test_credentials_end_live_sessions import SLACK, wait_exit
+from tests.e2e.test_tls_endpoints import PASS_NAME, TlsEchoServer, tls_echo, tls_upstream  # noqa: F401
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
@@ -153,7 +154,12 @@ def test_a_visitor_at_another_node_of_the_region_is_carried_to_the_agent(
     assert b.tap.bytes_in > 5 * 300_000
     links = a.cluster()["links"]
     assert links["forwarded"] == 7 and links["failed"] == 0
-    assert b.cluster()["links"]["received"] == 7
+    received = b.cluster()["links"]
+    assert received["received"] == 7
+    # The first came while the link was being dialled: its socket went over and b served
+    # it through a socket pair. The rest were parsed at a and their streams joined at b
+    # straight to the agent's.
+    assert received["joined"] == 6
 
 
 def test_an_https_visitor_is_carried_before_its_handshake(
@@ -172,6 +178,25 @@ def test_an_https_visitor_is_carried_before_its_handshake(
     # a only peeked at the ClientHello: the handshake and the certificate are b's.
     assert a.cluster()["links"]["forwarded"] == 1
     assert b.cluster()["links"]["received"] == 1
+    assert b.cluster()["links"]["joined"] == 0  # served at b as a visitor of its own
+
+
+def test_a_tls_passthrough_visitor_is_joined_to_the_agent_on_another_node(
+    nodes: dict[str, Node],
+    agents: list[Agent],
+    tls_upstream: TlsEchoServer,  # noqa: F811
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    agent = web_agent(b.edge, agents, str(tls_upstream.port), "--domain", PASS_NAME, kind="tls")
+    assert host_of(agent) == PASS_NAME
+    wait_known(a, 1)
+    for i in range(3):
+        data = payload(30 + i, 2_000_000)
+        der, back = tls_echo(a.edge.https_port, tls_upstream, data, address=a.host)
+        assert der == tls_upstream.cert_der  # the upstream's own certificate, end to end
+        assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    assert a.cluster()["links"]["forwarded"] == 3
+    assert b.cluster()["links"]["joined"] == 3
 
 
 def test_a_name_held_in_another_region_is_refused_and_never_crosses(
@@ -205,6 +230,7 @@ def test_a_name_held_in_another_region_is_refused_and_never_crosses(
         "links_in": 0,
         "forwarded": 0,
         "received": 0,
+        "joined": 0,
         "failed": 0,
     }
     # The same name at a, in its region, is carried to b as usual.
@@ -242,8 +268,11 @@ def test_redis_restarted_mid_transfer_loses_no_stream(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and a.cluster()["presence"]["redis"] != "connected":
         time.sleep(0.1)
-    fresh = payload(9, 10_000)
-    assert post_sink(a, a.edge.http_port, host, fresh, None)["size"] == len(fresh)
+    # Right after it, before every node has written itself again, a still knows b's
+    # names (a key missing from a Redis restarted empty is not a node gone).
+    for i in range(5):
+        fresh = payload(9 + i, 10_000)
+        assert post_sink(a, a.edge.http_port, host, fresh, None)["size"] == len(fresh)
 
 
 def _slow_post(node: Node, port: int, host: str, body: bytes) -> Any:

@@ -243,7 +243,9 @@ def tls_upstream(tmp_path: Path) -> Iterator[TlsEchoServer]:
         server.close()
 
 
-def tls_echo(port: int, upstream: TlsEchoServer, data: bytes) -> tuple[bytes, bytes]:
+def tls_echo(
+    port: int, upstream: TlsEchoServer, data: bytes, address: str = "127.0.0.1"
+) -> tuple[bytes, bytes]:
     """Connect to the edge with the upstream's certificate as the only trust anchor, echo
     ``data`` in lock-step chunks; return (peer certificate DER, what came back)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system roots: only the upstream's cert
@@ -251,7 +253,7 @@ def tls_echo(port: int, upstream: TlsEchoServer, data: bytes) -> tuple[bytes, by
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     back = bytearray()
     with (
-        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        socket.create_connection((address, port), timeout=30) as raw,
         ctx.wrap_socket(raw, server_hostname=PASS_NAME) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
