@@ -36,7 +36,6 @@ ones were not.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import resource
@@ -44,7 +43,6 @@ import select
 import socket
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,7 +52,7 @@ from typing import Any
 from bench import httpbench
 from bench.contestants import START_TIMEOUT, Relay
 from bench.origin import FILES, Origin
-from bench.procs import CLK_TCK, BenchError, Proc, run_tool, wait_until
+from bench.procs import CLK_TCK, BenchError, Proc, get_status, run_tool, wait_until
 from bench.sessions import machine_busy_ticks
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -80,7 +78,6 @@ UPLOAD_BODY = 1 << 20
 #: The fixed rate: this fraction of the slower path's median keep-alive maximum.
 RATE_FRACTION = 0.5
 PRESENCE_TIMEOUT = 20.0
-STATUS_TIMEOUT = 5.0
 #: Socket timeout of the bulk client, and what a bulk run may take past its length.
 IO_TIMEOUT = 30.0
 BULK_GRACE_S = 60.0
@@ -242,15 +239,7 @@ class Node(Relay):
         return presence.get("redis") == "connected"
 
     def status(self) -> dict[str, Any]:
-        url = f"http://{self.host}:{self.admin_port}/status"
-        try:
-            with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT) as r:
-                data = json.loads(r.read())
-        except (OSError, ValueError) as e:
-            raise BenchError(f"node {self.name}: GET {url}: {e}") from e
-        if not isinstance(data, dict):
-            raise BenchError(f"node {self.name}: {url} is not a JSON object")
-        return data
+        return get_status(f"http://{self.host}:{self.admin_port}/status", f"node {self.name}")
 
     def cluster(self) -> dict[str, Any]:
         block = self.status().get("cluster")

@@ -8,21 +8,39 @@ the PID still names the same process). Waits are bounded everywhere.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
     """A tool or contestant failed; the run records it and goes on."""
+
+
+#: How long a GET of an edge's admin /status may take.
+STATUS_TIMEOUT = 5.0
+
+
+def get_status(url: str, who: str) -> dict[str, Any]:
+    """An edge's admin ``/status`` (a JSON object), or BenchError naming ``who``."""
+    try:
+        with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT) as answer:
+            data = json.loads(answer.read())
+    except (OSError, ValueError) as e:
+        raise BenchError(f"{who}: GET {url}: {e}") from e
+    if not isinstance(data, dict):
+        raise BenchError(f"{who}: {url} is not a JSON object")
+    return data
 
 
 # --------------------------------------------------------------------------- /proc

@@ -462,8 +462,9 @@ def _reading(c: dict[tuple[str, str], CCell], cores: int) -> str:
         )
     figures = (
         " Here, " + "; ".join(parts) + ": besides a's own share, b pays more per byte for a"
-        " forwarded visitor — the node link's TLS and yamux on its side, and the socket pair"
-        " it serves such a visitor through (relay/cluster/nodelink.py)."
+        " forwarded visitor: the node link's TLS and yamux on its side, a second encryption"
+        " or decryption of every byte (its stream is joined to the agent's in the byte path,"
+        " relay/cluster/nodelink.py; no socket between them)."
         if parts
         else ""
     )
@@ -497,7 +498,9 @@ def _links_line(res: dict[str, Any]) -> str:
         f"Node-link counters at the end of the phase (`/status` `cluster.links`, warm-ups"
         f" and the hash-checked downloads included): a forwarded {a.get('forwarded')} visitors"
         f" over {len(a.get('links_out') or [])} link(s) (failed {a.get('failed')}); b received"
-        f" {b.get('received')} over {b.get('links_in')} link(s); b forwarded"
-        f" {b.get('forwarded')}. A forwarded run counts one visitor per connection: 1 per"
-        " bulk run, the connection count per wrk or oha run."
+        f" {b.get('received')} over {b.get('links_in')} link(s), and joined"
+        f" {b.get('joined')} of them to its agent's streams (the rest, sent while the link was"
+        f" dialled, through a socket pair); b forwarded {b.get('forwarded')}. A forwarded run"
+        " counts one visitor per connection: 1 per bulk run, the connection count per wrk or"
+        " oha run."
     )

@@ -29,12 +29,10 @@ rates depend on what the others took, the edge's CPU per request much less.
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import socket
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from bench.procs import (
     BenchError,
     Proc,
     free_port_in_range,
+    get_status,
     own_cpu_ticks,
     wait_listening,
     wait_until,
@@ -75,7 +74,6 @@ PLACEMENT_BUDGET_S = 180.0
 #: Admin listeners: worker i of an edge listens on base + i, so the base is taken from a
 #: range outside the kernel's ephemeral ports, where wrk's connections cannot take it.
 ADMIN_PORTS = (23000, 23999)
-STATUS_TIMEOUT = 5.0
 #: Bound on one wrk run beyond its own duration.
 WRK_GRACE_S = 30.0
 WARMUP_S = 1.0
@@ -178,15 +176,7 @@ class WorkersEdge(Relay):
     # --- what the edge says -------------------------------------------------------------
 
     def status(self, index: int) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.admin_base + index}/status"
-        try:
-            with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT) as r:
-                data = json.loads(r.read())
-        except (OSError, ValueError) as e:
-            raise BenchError(f"{self.key}: GET {url}: {e}") from e
-        if not isinstance(data, dict):
-            raise BenchError(f"{self.key}: {url} is not a JSON object")
-        return data
+        return get_status(f"http://127.0.0.1:{self.admin_base + index}/status", self.key)
 
     def statuses(self) -> list[dict[str, Any]]:
         return [self.status(i) for i in range(self.workers)]

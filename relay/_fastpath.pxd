@@ -69,6 +69,7 @@ cdef class Joint(Channel):
     cdef void _forward(self, object data, Py_ssize_t length)
     cdef void _reset_both(self)
     cdef void _reset_other(self)
+    cdef void _reset_end(self)
 
 
 cdef class Pump(Channel):

@@ -733,39 +733,35 @@ cdef class Joint(Channel):
         other.link.schedule_flush()
 
     cdef void remote_reset(self):
-        self.done = True
+        self.done = True  # the peer reset it: nothing to send back
         self._reset_other()
 
     cdef void stream_closed(self):
         self.done = True  # both directions ended cleanly; the other end hears it itself
 
     cdef void _reset_both(self):
-        cdef Link link = self.link
-        self.done = True
-        if not link.closed:
-            if link.channels.get(self.stream_id) is self:
-                del link.channels[self.stream_id]
-            try:
-                link.session.reset_stream(self.stream_id)
-            except YamuxError:
-                pass
-            link.schedule_flush()
+        self._reset_end()
         self._reset_other()
 
     cdef void _reset_other(self):
-        cdef Joint other = self.other
-        if other is None or other.done:
+        if self.other is not None:
+            self.other._reset_end()
+
+    cdef void _reset_end(self):
+        """Reset this end's stream (unless it ended) and stop taking its events."""
+        cdef Link link = self.link
+        if self.done:
             return
-        other.done = True
-        if other.link.closed:
+        self.done = True
+        if link.closed:
             return
-        if other.link.channels.get(other.stream_id) is other:
-            del other.link.channels[other.stream_id]
+        if link.channels.get(self.stream_id) is self:
+            del link.channels[self.stream_id]
         try:
-            other.link.session.reset_stream(other.stream_id)
+            link.session.reset_stream(self.stream_id)
         except YamuxError:
             pass
-        other.link.schedule_flush()
+        link.schedule_flush()
 
 
 cdef class Pump(Channel):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.procs import free_port
+
 BINARY = "/usr/bin/redis-server"
 #: How long the server may take to answer PING after it starts.
 START_TIMEOUT = 5.0
@@ -36,13 +38,6 @@ def unavailable() -> str | None:
     if not os.access(BINARY, os.X_OK):
         return f"{BINARY} is not installed (apt-get install redis-server)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:
@@ -70,7 +65,7 @@ class RedisServer:
         """Start on a free port, or on the same port again after :meth:`stop`."""
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            self.port = _free_port()
+            self.port = free_port()
         with (self.root / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [

@@ -18,32 +18,21 @@ import uvloop
 
 from relay._fastpath import BufferChannel, Joint
 from relay.mux import MuxConfig
+from tests.unit.test_agent_visitor_streams import EdgeSide
 
 MUX = MuxConfig()
 
 
-class Handler:
-    """A link's Python side: records the streams the peer opens, as buffer channels."""
+class Handler(EdgeSide):
+    """A link's Python side: accepts and records the streams the peer opens."""
 
     def __init__(self) -> None:
         self.link: Any = None
         self.opened: asyncio.Queue[int] = asyncio.Queue()
 
-    def link_made(self, link: Any) -> None:
-        self.link = link
-
     def stream_opened(self, stream_id: int) -> None:
         self.link.session.accept_stream(stream_id)
         self.opened.put_nowait(stream_id)
-
-    def goaway(self, code: int) -> None:
-        pass
-
-    def pong(self, rtt_us: int) -> None:
-        pass
-
-    def link_lost(self, exc: BaseException | None) -> None:
-        pass
 
 
 #: Every link a scenario made, aborted when it ends (their keepalive timers would
