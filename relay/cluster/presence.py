@@ -22,6 +22,13 @@ Redis layout
 ``relay:events`` (channel)
     Cluster-wide events: JSON objects of strings to strings (:meth:`Presence.publish_event`).
     Every subscriber gets each one, the publishing node included, as Redis delivers them.
+``relay:to:<node_id>`` (channel)
+    Events for one node only (:meth:`Presence.publish_to`): the answers to what it asked
+    the others (relay/edge/cluster_asks.py), which no other node needs to read.
+``relay:claim:<hostname>``
+    The owner tag that holds the name cluster-wide (relay/cluster/name_claims.py): claimed
+    by :meth:`Presence.claim` before a bind, refreshed with the node key, released when
+    the node no longer holds the name.
 
 Each heartbeat a node also rereads every node key (``SCAN MATCH relay:node:*`` with a
 ``COUNT``, a bounded number of rounds, then ``MGET``) and rebuilds its table from them:
@@ -55,6 +62,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from relay.cluster.name_claims import NameClaims
 from relay.errors import ConfigError, RelayError
 
 log = logging.getLogger("relay.cluster.presence")
@@ -62,11 +70,14 @@ log = logging.getLogger("relay.cluster.presence")
 NODE_PREFIX = "relay:node:"
 PRESENCE_CHANNEL = "relay:presence"
 EVENTS_CHANNEL = "relay:events"
+DIRECT_PREFIX = "relay:to:"
 
 #: Bound on every Redis call: socket connect and read timeouts, and a deadline for the
 #: whole call (a read timeout is per read, and a call may read more than once).
 CALL_TIMEOUT = 1.0
 CALL_DEADLINE = 3.0
+#: Connections to Redis at most: the subscriber's, the heartbeat's, and binds' claims.
+MAX_CONNECTIONS = 16
 #: How long :meth:`Presence.stop` tries to delete this node's key.
 STOP_TIMEOUT = 1.0
 #: Stopping the loops: how many times to cancel them, how long to wait after each.
@@ -146,6 +157,7 @@ class Presence:
         heartbeat: float = 1.0,
         ttl: float = 5.0,
         on_event: Callable[[dict[str, str]], None] | None = None,
+        owned: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         if not heartbeat > 0 or not ttl > heartbeat:
             raise ConfigError(
@@ -157,7 +169,11 @@ class Presence:
         self._heartbeat = heartbeat
         self._ttl_ms = max(1, round(ttl * 1000))
         self._on_event = on_event
+        #: hostname -> owner tag of every name this node keeps, serving or not (one kept
+        #: for its agent's return keeps its claim); by default the names it serves.
+        self._owned = owned
         self._key = NODE_PREFIX + me.node_id
+        self._direct = DIRECT_PREFIX + me.node_id
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         #: Set by changed() and by a fresh subscription: the heartbeat loop goes now.
@@ -180,6 +196,11 @@ class Presence:
         #: (family, hostname) -> node id -> the name as that node holds it.
         self._table: dict[tuple[str, str], dict[str, RemoteName]] = {}
         self._count = 0
+        self._claims: NameClaims | None = None
+        #: hostname -> owner tag: the claims this node holds in Redis.
+        self._claimed: dict[str, str] = {}
+        #: Names held here that another owner claims (bound on both sides of an outage).
+        self._conflicts: dict[str, str] = {}
 
     # -- the edge's interface ---------------------------------------------------------
 
@@ -188,16 +209,23 @@ class Presence:
         if self._task is not None:
             return
         try:
-            self._client = aioredis.Redis.from_url(
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self._url,
+                # Many binds at once (agents admitted together) each claim a name: they
+                # queue for a connection (for at most a call's timeout) rather than
+                # open one each.
+                max_connections=MAX_CONNECTIONS,
+                timeout=CALL_TIMEOUT,
                 socket_timeout=CALL_TIMEOUT,
                 socket_connect_timeout=CALL_TIMEOUT,
                 # Our loops retry, a heartbeat apart; redis-py's own retries would hold
                 # one call for seconds with Redis down.
                 retry=Retry(NoBackoff(), 0),
             )
+            self._client = aioredis.Redis(connection_pool=pool)
         except ValueError as err:
             raise ConfigError(f"cluster presence: bad Redis URL: {err}") from err
+        self._claims = NameClaims(self._client, self._ttl_ms, self._call)
         self._task = asyncio.create_task(self._run(), name=f"presence {self._me.node_id}")
 
     async def stop(self) -> None:
@@ -214,11 +242,15 @@ class Presence:
             async with asyncio.timeout(STOP_TIMEOUT):
                 await client.delete(self._key)
                 await client.publish(PRESENCE_CHANNEL, self._me.node_id)
+                if self._claims is not None and self._claimed:
+                    await self._claims.release(self._claimed)
+                    self._claimed = {}
         except REDIS_ERRORS as err:
             log.debug("cluster presence: could not delete %s on stop: %s", self._key, err)
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
                 await client.aclose()
+                await client.connection_pool.aclose()
 
     def changed(self) -> None:
         """This node's names changed: write them soon (changes within ``COALESCE`` make
@@ -226,6 +258,26 @@ class Presence:
         writes them."""
         self._dirty = True
         self._wake.set()
+
+    async def claim(self, hostname: str, owner: str) -> str | None:
+        """Claim ``hostname`` for ``owner`` cluster-wide before binding it: None when it
+        is this owner's now, else the owner tag that holds it. Raises
+        :class:`RelayError` when Redis cannot answer (the caller decides). A claim whose
+        bind then fails is released by the next write (or expires)."""
+        claims = self._claims
+        if claims is None:
+            raise RelayError("cluster presence is not started")
+        host = hostname.lower()
+        try:
+            refused = await claims.claim({host: owner})
+        except REDIS_ERRORS as err:
+            self._failed(err)
+            raise RelayError(f"cluster presence: cannot claim {host}: {err}") from err
+        self._ok()
+        if host in refused:
+            return refused[host]
+        self._claimed[host] = owner
+        return None
 
     def lookup(
         self, family: str, hostname: str, avoid: Callable[[NodeInfo], bool] | None = None
@@ -258,13 +310,20 @@ class Presence:
         """Send ``event`` to every node's ``on_event`` (this one's too). Raises
         :class:`RelayError` when Redis cannot take it: the caller decides whether it
         matters."""
+        await self._publish(EVENTS_CHANNEL, event)
+
+    async def publish_to(self, node_id: str, event: dict[str, str]) -> None:
+        """Send ``event`` to ``node_id``'s ``on_event`` only (as :meth:`publish_event`)."""
+        await self._publish(DIRECT_PREFIX + node_id, event)
+
+    async def _publish(self, channel: str, event: dict[str, str]) -> None:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in event.items()):
             raise TypeError("cluster events map strings to strings")
         client = self._client
         if client is None:
             raise RelayError("cluster presence is not started")
         try:
-            await self._call(client.publish(EVENTS_CHANNEL, json.dumps(event)))
+            await self._call(client.publish(channel, json.dumps(event)))
         except REDIS_ERRORS as err:
             self._failed(err)
             raise RelayError(f"cluster presence: cannot publish an event: {err}") from err
@@ -280,6 +339,8 @@ class Presence:
             "redis": "connected" if self._connected else "unreachable",
             "nodes": len(self._nodes),
             "remote_names": self._count,
+            "claims": len(self._claimed),
+            "claim_conflicts": sorted(self._conflicts),
             "last_error": self._last_error,
         }
 
@@ -346,6 +407,36 @@ class Presence:
         )
         await self._call(client.set(self._key, value, px=self._ttl_ms))
         await self._call(client.publish(PRESENCE_CHANNEL, self._me.node_id))
+        if self._owned is not None:
+            held = {h.lower(): o for h, o in self._owned().items()}
+        else:
+            held = {h.lower(): o for _f, h, _k, _r, o in names}
+        await self._keep_claims(held)
+
+    async def _keep_claims(self, held: dict[str, str]) -> None:
+        """Refresh the claims of the names held, release the others'. A name another
+        owner claims was bound on both sides of a Redis outage (each node checked only
+        its last table): it is logged, once, and served here as it was."""
+        assert self._claims is not None
+        refused = await self._claims.claim(held)
+        gone = {h: o for h, o in self._claimed.items() if held.get(h) != o}
+        if gone:
+            await self._claims.release(gone)
+        for host, owner in gone.items():
+            if self._claimed.get(host) == owner:
+                del self._claimed[host]
+        for host, owner in held.items():
+            if host in refused:
+                if self._conflicts.get(host) != refused[host]:
+                    log.warning(
+                        "cluster presence: %s is held here but claimed by another owner "
+                        "(bound on two nodes while Redis was unreachable)",
+                        host,
+                    )
+                self._claimed.pop(host, None)
+            else:
+                self._claimed[host] = owner
+        self._conflicts = {h: refused[h] for h in held if h in refused}
 
     async def _refresh(self) -> None:
         """Reread every node key and make the table say what they say."""
@@ -384,12 +475,12 @@ class Presence:
                 log.debug("cluster presence: SCAN unfinished after %d rounds", MAX_SCAN_ROUNDS)
 
     async def _subscriber(self) -> None:
-        """Follow both channels; subscribe again (a heartbeat after a failure) for ever."""
+        """Follow the channels; subscribe again (a heartbeat after a failure) for ever."""
         while True:
             pubsub = None
             try:
                 pubsub = self._need_client().pubsub(ignore_subscribe_messages=True)
-                await self._call(pubsub.subscribe(PRESENCE_CHANNEL, EVENTS_CHANNEL))
+                await self._call(pubsub.subscribe(PRESENCE_CHANNEL, EVENTS_CHANNEL, self._direct))
                 self._ok()
                 # Messages may have been lost before: the heartbeat rereads everything.
                 self._full_now = True
@@ -436,7 +527,7 @@ class Presence:
                 continue
             if channel == PRESENCE_CHANNEL.encode():
                 await self._node_changed(data)
-            elif channel == EVENTS_CHANNEL.encode():
+            elif channel in (EVENTS_CHANNEL.encode(), self._direct.encode()):
                 self._event(data)
 
     async def _node_changed(self, data: bytes) -> None:

@@ -34,14 +34,15 @@ from relay.certs.local_ca import LocalCA, write_file_atomic
 from relay.cluster.nodelink import JOIN, NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import NodeInfo, Presence, RemoteName
 from relay.config import parse_host_port
+from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.members import hands_over, serving_session, takes_visitors
+from relay.edge.routes import HostEndpoint
 from relay.edge.tcp import format_address
 from relay.error_pages import render
-from relay.errors import EndpointAlreadyBound
+from relay.errors import EndpointAlreadyBound, RelayError
 from relay.protocol import StreamHeader, StreamProtocol
 
 if TYPE_CHECKING:
-    from relay.edge.routes import HostEndpoint
     from relay.edge.server import Edge
 
 log = logging.getLogger("relay.edge.cluster")
@@ -55,6 +56,11 @@ class ClusterNode:
         self.node_id = config.node_id or f"{socket.gethostname()}/{config.listen}"
         self.links: NodeLinks | None = None
         self.presence: Presence | None = None
+        #: What this node asks the others, and answers them (the API's cluster view).
+        self.asks = ClusterAsks(self.node_id, lambda: self.presence)
+        #: Whether a bind went ahead on the table alone because Redis did not answer
+        #: (logged once per outage).
+        self._unclaimed_logged = False
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.edge.config
@@ -65,7 +71,9 @@ class ClusterNode:
         bound_host, bound_port = await self.links.listen(host, port)
         advertise = config.cluster_advertise or _address(bound_host, bound_port)
         me = NodeInfo(self.node_id, self.region, advertise)
-        self.presence = Presence(config.cluster_redis, me, self._names, on_event=self._event)
+        self.presence = Presence(
+            config.cluster_redis, me, self._names, on_event=self._event, owned=self._owned
+        )
         await self.presence.start()
         web = self.edge.web
         if web is not None:
@@ -92,8 +100,11 @@ class ClusterNode:
         task.add_done_callback(_log_publish_failure)
 
     def _event(self, event: dict[str, str]) -> None:
-        if event.get("event") == "credentials":
+        kind = event.get("event")
+        if kind == "credentials":
             self.edge.credentials_ended(announce=False)
+        elif kind in ("ask", "answer"):
+            self.asks.handle(event)
 
     def changed(self) -> None:
         """This node's live names changed (a bind, an unbind, a session's end)."""
@@ -111,23 +122,40 @@ class ClusterNode:
             names.append((host.family, host.hostname, host.kind, rewrite, owner))
         return names
 
-    def check_owner(self, hostname: str, token_id: str) -> None:
+    def _owned(self) -> dict[str, str]:
+        return {
+            e.hostname: owner_tag(e.holder.token_id)
+            for e in list(self.edge.endpoints.values())
+            if isinstance(e, HostEndpoint)
+        }
+
+    async def claim_name(self, hostname: str, token_id: str) -> None:
         """A name has one owner across the cluster, as on one edge: another token's bind
         of a name a node holds is refused (links and pool members of the same token, on
-        several nodes, share it). Two binds on two nodes at the same instant can both
-        pass: a node learns of the other's within milliseconds, not atomically."""
-        if self.presence is None:
+        several nodes, share it). First the table, which names the node; then the claim
+        in Redis, atomic, so of two binds on two nodes at the same instant one wins.
+        While Redis does not answer, the table alone decides (binds go on; a clash made
+        meanwhile is logged when Redis is back)."""
+        presence = self.presence
+        if presence is None:
             return
+        owner = owner_tag(token_id)
         for family in ("http", "sni"):
-            remote = self.presence.lookup(family, hostname)
-            if (
-                remote is not None
-                and remote.hostname == hostname
-                and remote.owner != owner_tag(token_id)
-            ):
+            remote = presence.lookup(family, hostname)
+            if remote is not None and remote.hostname == hostname and remote.owner != owner:
                 raise EndpointAlreadyBound(
                     f"{hostname} is bound by another token (on node {remote.node.node_id})"
                 )
+        try:
+            holder = await presence.claim(hostname, owner)
+        except RelayError as err:
+            if not self._unclaimed_logged:
+                self._unclaimed_logged = True
+                log.warning("binding names on this node's table alone: %s", err)
+            return
+        self._unclaimed_logged = False
+        if holder is not None:
+            raise EndpointAlreadyBound(f"{hostname} is bound by another token (in the cluster)")
 
     # --- which node ----------------------------------------------------------------
 

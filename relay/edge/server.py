@@ -241,7 +241,9 @@ class Edge:
                 self.web.http.serve_elsewhere(self.worker)
                 if self.web.tls_front is not None:
                     self.web.tls_front.elsewhere = self.worker
+        live = EdgeLiveView(self)
         if self.cluster is not None:
+            self.cluster.asks.serve(live)  # answered with or without an API here
             try:
                 await self.cluster.start(loop)
             except OSError as exc:
@@ -255,7 +257,7 @@ class Edge:
                 plane = ControlPlane(
                     self.store,
                     self.pepper,
-                    live=EdgeLiveView(self),
+                    live=live,
                     guard=ApiFailureGuard(self),
                     credentials_ended=self.credentials_ended,
                 )
@@ -752,7 +754,7 @@ class Edge:
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
         if self.cluster is not None:
-            self.cluster.check_owner(hostname, record.id)
+            await self.cluster.claim_name(hostname, record.id)
         if request.kind == "https":
             self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now, not never
         holder = Holder(

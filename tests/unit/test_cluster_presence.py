@@ -108,6 +108,8 @@ async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  
             "redis": "connected",
             "nodes": 1,
             "remote_names": 4,
+            "claims": 1,
+            "claim_conflicts": [],
             "last_error": "",
         }
         assert a.connected

@@ -1,0 +1,200 @@
+"""One owner per name across the cluster (relay/cluster/name_claims.py, through
+Presence.claim) against a real redis-server: of two binds of one name by two owners on two
+nodes at the same instant exactly one wins; nodes of one owner share a claim; a held name
+keeps its claim, a name given up frees it at once, a dead node's claims expire; a clash made
+while Redis was down is reported, and another owner's claim is never released."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from relay.cluster.name_claims import CLAIM_PREFIX
+from relay.cluster.presence import NodeInfo, Presence
+from relay.errors import RelayError
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.unit.test_cluster_presence import eventually, raw_client
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+A = NodeInfo("a", "r1", "10.0.0.1:7443")
+B = NodeInfo("b", "r1", "10.0.0.2:7443")
+
+
+def node(server: RedisServer, info: NodeInfo, owned: dict[str, str]) -> Presence:
+    return Presence(server.url, info, list, heartbeat=0.2, ttl=1.0, owned=lambda: dict(owned))
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes: Presence) -> AsyncIterator[None]:
+    try:
+        for n in nodes:
+            await n.start()
+        yield
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+def held_by(client: redis.Redis, host: str) -> bytes | None:
+    value = client.get(CLAIM_PREFIX + host)
+    assert value is None or isinstance(value, bytes)
+    return value
+
+
+async def test_of_two_simultaneous_claims_by_two_owners_one_wins(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """200 names, each claimed by two owners on two nodes in the same event-loop turn:
+    every name ends with exactly one owner, the one Redis holds. A check against the
+    presence tables alone would let both through (neither node has heard of the other's
+    bind yet)."""
+    a, b = node(redis_server, A, {}), node(redis_server, B, {})
+    client = raw_client(redis_server)
+    async with running(a, b):
+        hosts = [f"n{i}.example.com" for i in range(200)]
+        replies = await asyncio.gather(
+            *(c for h in hosts for c in (a.claim(h, "owner-a"), b.claim(h, "owner-b")))
+        )
+        wins = {"owner-a": 0, "owner-b": 0}
+        for i, host in enumerate(hosts):
+            ra, rb = replies[2 * i], replies[2 * i + 1]
+            assert (ra is None) != (rb is None), (host, ra, rb)
+            winner = "owner-a" if ra is None else "owner-b"
+            loser_saw = rb if ra is None else ra
+            assert loser_saw == winner
+            assert held_by(client, host) == winner.encode()
+            wins[winner] += 1
+        assert sum(wins.values()) == len(hosts)
+
+
+async def test_nodes_of_one_owner_share_a_claim(redis_server: RedisServer) -> None:  # noqa: F811
+    a, b = node(redis_server, A, {}), node(redis_server, B, {})
+    async with running(a, b):
+        assert await a.claim("pool.example.com", "owner-x") is None
+        assert await b.claim("pool.example.com", "owner-x") is None
+        assert await b.claim("POOL.example.com", "owner-y") == "owner-x"
+
+
+async def test_a_held_name_keeps_its_claim_and_a_name_given_up_frees_it(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    owned_a: dict[str, str] = {}
+    a, b = node(redis_server, A, owned_a), node(redis_server, B, {})
+    client = raw_client(redis_server)
+    async with running(a, b):
+        assert await a.claim("kept.example.com", "owner-a") is None
+        owned_a["kept.example.com"] = "owner-a"
+        a.changed()
+        # Three ttls later the claim is still there: each heartbeat refreshes it.
+        await asyncio.sleep(3.0)
+        assert held_by(client, "kept.example.com") == b"owner-a"
+        ttl_ms = client.pttl(CLAIM_PREFIX + "kept.example.com")
+        assert isinstance(ttl_ms, int) and 0 < ttl_ms <= 1000
+        assert await b.claim("kept.example.com", "owner-b") == "owner-a"
+        # Given up: the next write releases it, and another owner may claim it.
+        del owned_a["kept.example.com"]
+        a.changed()
+        await eventually(
+            lambda: held_by(client, "kept.example.com") is None, 2, "a releases its claim"
+        )
+        assert await b.claim("kept.example.com", "owner-b") is None
+        assert a.status()["claims"] == 0
+
+
+async def test_a_bind_that_failed_after_its_claim_gives_it_back(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """The claim comes before the bind; a bind refused after it (e.g. a name taken here
+    as another kind) holds no name, so the next write releases the claim."""
+    a = node(redis_server, A, {})
+    client = raw_client(redis_server)
+    async with running(a):
+        assert await a.claim("failed.example.com", "owner-a") is None
+        a.changed()
+        await eventually(
+            lambda: held_by(client, "failed.example.com") is None, 2, "the claim is released"
+        )
+
+
+async def test_a_dead_nodes_claims_expire(redis_server: RedisServer) -> None:  # noqa: F811
+    owned_a = {"dead.example.com": "owner-a"}
+    a, b = node(redis_server, A, owned_a), node(redis_server, B, {})
+    client = raw_client(redis_server)
+    async with running(b):
+        await a.start()
+        try:
+            assert await a.claim("dead.example.com", "owner-a") is None
+            assert await b.claim("dead.example.com", "owner-b") == "owner-a"
+            # The node dies: its loops stop without a word (no release, no delete).
+            task = a._task
+            assert task is not None
+            task.cancel()
+            await asyncio.wait([task])
+            await eventually(
+                lambda: held_by(client, "dead.example.com") is None, 3, "the claim expires"
+            )
+            assert await b.claim("dead.example.com", "owner-b") is None
+        finally:
+            a._task = None
+            await a.stop()
+
+
+async def test_stop_releases_the_claims_it_holds_and_no_others(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    owned_a = {"mine.example.com": "owner-a", "clash.example.com": "owner-a"}
+    a = node(redis_server, A, owned_a)
+    client = raw_client(redis_server)
+    client.set(CLAIM_PREFIX + "clash.example.com", "owner-z", px=60_000)
+    await a.start()
+    try:
+        assert await a.claim("mine.example.com", "owner-a") is None
+        a.changed()
+        await eventually(lambda: a.status()["claim_conflicts"] != [], 2, "a sees the clash")
+    finally:
+        await a.stop()
+    assert held_by(client, "mine.example.com") is None
+    assert held_by(client, "clash.example.com") == b"owner-z"
+
+
+async def test_a_clash_made_during_an_outage_is_reported_once(
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two nodes bound the name while Redis was down (each on its last table): when the
+    claims are refreshed, the node whose claim lost says so, once, and keeps serving; the
+    other owner's claim is neither taken nor released."""
+    owned_a = {"clash.example.com": "owner-a"}
+    a = node(redis_server, A, owned_a)
+    client = raw_client(redis_server)
+    client.set(CLAIM_PREFIX + "clash.example.com", "owner-b", px=60_000)
+    caplog.set_level(logging.WARNING, logger="relay.cluster.presence")
+    async with running(a):
+        await eventually(
+            lambda: a.status()["claim_conflicts"] == ["clash.example.com"], 2, "the clash"
+        )
+        await asyncio.sleep(1.0)  # five more heartbeats
+        clash_lines = [r for r in caplog.records if "clash.example.com" in r.getMessage()]
+        assert len(clash_lines) == 1
+        assert held_by(client, "clash.example.com") == b"owner-b"
+        # a gives the name up: the other owner's claim stays.
+        del owned_a["clash.example.com"]
+        a.changed()
+        await eventually(lambda: a.status()["claim_conflicts"] == [], 2, "the clash is over")
+        assert held_by(client, "clash.example.com") == b"owner-b"
+
+
+async def test_a_claim_while_redis_is_down_says_so(redis_server: RedisServer) -> None:  # noqa: F811
+    a = node(redis_server, A, {})
+    async with running(a):
+        assert await a.claim("up.example.com", "owner-a") is None
+        redis_server.stop()
+        with pytest.raises(RelayError, match=r"cannot claim down\.example\.com"):
+            await a.claim("down.example.com", "owner-a")
+        assert a.status()["redis"] == "unreachable"
