@@ -1,5 +1,6 @@
 """The edge as the control-plane API sees it: its live sessions, endpoints and
-certificates, stopping or restarting a session (relay.control.api.LiveView), and the
+certificates, stopping or restarting a session (relay.control.api.LiveView; on a node of a
+cluster, every node's sessions and endpoints: relay/edge/cluster_asks.py), and the
 per-source refusal of callers that fail to authenticate (relay.control.api.FailureGuard).
 
 Ownership comes from the token each session authenticated with: the edge keeps the
@@ -34,7 +35,37 @@ class EdgeLiveView:
     def _live(self) -> dict[str, AgentSession]:
         return {s.session_id: s for s in self.edge.sessions if s.authenticated}
 
-    def sessions(self) -> list[SessionView]:
+    # --- the API's LiveView: this node's, and on a node of a cluster every node's -------
+
+    async def sessions(self) -> list[SessionView]:
+        views = self.local_sessions()
+        cluster = self.edge.cluster
+        if cluster is not None:
+            views += await cluster.asks.sessions()
+        return views
+
+    async def endpoints(self) -> list[EndpointView]:
+        views = self.local_endpoints()
+        cluster = self.edge.cluster
+        if cluster is not None:
+            views += await cluster.asks.endpoints()
+        return views
+
+    async def stop_session(self, session_id: str, *, actor: str) -> bool:
+        if self.local_stop(session_id, actor=actor):
+            return True
+        cluster = self.edge.cluster
+        return cluster is not None and await cluster.asks.act("stop", session_id, actor=actor)
+
+    async def restart_session(self, session_id: str, *, actor: str) -> bool:
+        if self.local_restart(session_id, actor=actor):
+            return True
+        cluster = self.edge.cluster
+        return cluster is not None and await cluster.asks.act("restart", session_id, actor=actor)
+
+    # --- this node's own (relay/edge/cluster_asks.py answers the others from these) ----
+
+    def local_sessions(self) -> list[SessionView]:
         views = []
         for s in self._live().values():
             account = self._account_of(s.token_id)
@@ -52,7 +83,7 @@ class EdgeLiveView:
             )
         return views
 
-    def endpoints(self) -> list[EndpointView]:
+    def local_endpoints(self) -> list[EndpointView]:
         return [
             EndpointView(
                 id=e.endpoint_id,
@@ -70,7 +101,7 @@ class EdgeLiveView:
             return []
         return [CertificateView(name, certs.not_after(name)) for name in certs.names()]
 
-    def stop_session(self, session_id: str, *, actor: str) -> bool:
+    def local_stop(self, session_id: str, *, actor: str) -> bool:
         session = self._live().get(session_id)
         if session is None:
             return False
@@ -80,7 +111,7 @@ class EdgeLiveView:
         session.stop(stopped.code, stopped.message)
         return True
 
-    def restart_session(self, session_id: str, *, actor: str) -> bool:
+    def local_restart(self, session_id: str, *, actor: str) -> bool:
         session = self._live().get(session_id)
         if session is None or session.control is None:
             return False

@@ -414,3 +414,75 @@ def test_a_name_held_on_one_node_is_refused_to_another_token_on_another(
     member.wait_bound()
     assert post_sink(a, a.edge.http_port, host_of(owner), body, None)["size"] == len(body)
     assert a.cluster()["links"]["forwarded"] == 1  # served at a by its own member now
+
+
+def _session_ids(node: Node) -> list[str]:
+    return [s["id"] for s in node.edge.worker_status()["sessions_list"]]
+
+
+def test_any_node_s_api_lists_stops_and_restarts_the_cluster_s_sessions(
+    nodes: dict[str, Node], echo: EchoServer, agents: list[Agent]
+) -> None:
+    """The API at a speaks for every node: it lists the sessions and endpoints held on b
+    and on c (another region), stops b's session (the agent is told not to come back,
+    within 2 s) and restarts c's (its agent comes back with its endpoint); another
+    account's key sees none of them and stops nothing."""
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    on_b = Agent(b.edge, b.edge.token()[1], echo.port)
+    on_c = Agent(c.edge, c.edge.token()[1], echo.port)
+    agents.extend([on_b, on_c])
+    on_b.wait_bound()
+    on_c.wait_bound()
+    (b_session,), (c_session,) = _session_ids(b), _session_ids(c)
+    assert _session_ids(a) == []
+    keys = Keys(a.edge)
+    try:
+        _, key = keys.make(["sessions:read", "sessions:write", "endpoints:read"])
+        stranger = keys.store.create_account("stranger")
+        _, stranger_key = keys.make(["sessions:read", "sessions:write"], account=stranger)
+    finally:
+        keys.close()
+
+    listed = call(a.edge, "GET", "/api/v1/tunnel_sessions", key)
+    assert listed.status == 200, listed.body
+    regions = {s["id"]: s["region"] for s in listed.body["items"]}
+    assert regions == {b_session: "eu", c_session: "us"}
+    one = call(a.edge, "GET", f"/api/v1/tunnel_sessions/{c_session}", key)
+    assert one.status == 200 and one.body["endpoints"] == [on_c.url], one.body
+    urls = {e["url"] for e in call(a.edge, "GET", "/api/v1/endpoints", key).body["items"]}
+    assert urls == {on_b.url, on_c.url}
+
+    # Another account's key reaches none of them, on any node.
+    assert call(a.edge, "GET", "/api/v1/tunnel_sessions", stranger_key).body["items"] == []
+    refused = call(a.edge, "POST", f"/api/v1/tunnel_sessions/{b_session}/stop", stranger_key)
+    assert refused.status == 404, refused.body
+    assert on_b.proc.proc.poll() is None
+
+    asked = time.monotonic()
+    stopped = call(a.edge, "POST", f"/api/v1/tunnel_sessions/{b_session}/stop", key)
+    assert stopped.status == 200 and stopped.body["id"] == b_session, stopped.body
+    code, took = wait_exit(on_b, 2.0)
+    assert code == 1 and "RLY_122" in on_b.proc.text(), on_b.proc.text()
+    assert time.monotonic() - asked < 2.0 + SLACK, took
+
+    restarted = call(a.edge, "POST", f"/api/v1/tunnel_sessions/{c_session}/restart", key)
+    assert restarted.status == 200, restarted.body
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _session_ids(c) in ([], [c_session]):
+        time.sleep(0.05)
+    (again,) = _session_ids(c)
+    assert again != c_session and on_c.proc.proc.poll() is None
+    sent = payload(31, 64_000)
+    assert hashlib.sha256(echo_through(c, on_c, sent)).digest() == hashlib.sha256(sent).digest()
+    gone = call(a.edge, "POST", f"/api/v1/tunnel_sessions/{b_session}/stop", key)
+    assert gone.status == 404, gone.body
+
+
+def echo_through(node: Node, agent: Agent, data: bytes) -> bytes:
+    """``data`` through ``agent``'s TCP endpoint on ``node`` to the echo server and back
+    (64 KB fit the loopback buffers: sent whole before reading)."""
+    port = int(urlsplit(agent.url).port or 0)
+    with socket.create_connection((node.host, port), timeout=5) as conn:
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        return read_until_closed(conn)

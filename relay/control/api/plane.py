@@ -49,20 +49,21 @@ class CertificateView:
 
 
 class LiveView(Protocol):
-    """The edge's live state, as the API may read and act on it."""
+    """The edge's live state, as the API may read and act on it (on a node of a cluster:
+    every node's)."""
 
-    def sessions(self) -> list[SessionView]: ...
+    async def sessions(self) -> list[SessionView]: ...
 
-    def endpoints(self) -> list[EndpointView]: ...
+    async def endpoints(self) -> list[EndpointView]: ...
 
     def certificates(self) -> list[CertificateView]: ...
 
-    def stop_session(self, session_id: str, *, actor: str) -> bool:
+    async def stop_session(self, session_id: str, *, actor: str) -> bool:
         """End the session for good (the agent is told not to come back); False when
         there is no such live session."""
         ...
 
-    def restart_session(self, session_id: str, *, actor: str) -> bool:
+    async def restart_session(self, session_id: str, *, actor: str) -> bool:
         """Ask the agent to reconnect (it gets its endpoints back); False when there is
         no such live session."""
         ...

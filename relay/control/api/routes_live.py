@@ -42,13 +42,13 @@ async def list_sessions(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("sessions:read")),  # noqa: B008
 ) -> Page[TunnelSession]:
-    reached = (s for s in _live(request).sessions() if principal.reaches(s.account_id))
+    reached = (s for s in await _live(request).sessions() if principal.reaches(s.account_id))
     items, next_cursor = cut(after(reached, cursor, lambda s: s.id), limit, lambda s: s.id)
     return Page[TunnelSession](items=[_session(s) for s in items], next_cursor=next_cursor)
 
 
-def _find(request: Request, principal: Principal, session_id: str) -> SessionView:
-    for s in _live(request).sessions():
+async def _find(request: Request, principal: Principal, session_id: str) -> SessionView:
+    for s in await _live(request).sessions():
         if s.id == session_id and principal.reaches(s.account_id):
             return s
     raise NotFound(f"no live session with id {session_id!r}")
@@ -60,7 +60,7 @@ async def get_session(
     session_id: str,
     principal: Principal = Depends(requires("sessions:read")),  # noqa: B008
 ) -> TunnelSession:
-    return _session(_find(request, principal, session_id))
+    return _session(await _find(request, principal, session_id))
 
 
 @sessions.post(
@@ -73,8 +73,8 @@ async def stop_session(
     session_id: str,
     principal: Principal = Depends(requires("sessions:write")),  # noqa: B008
 ) -> TunnelSession:
-    found = _find(request, principal, session_id)
-    if not _live(request).stop_session(session_id, actor=principal.actor):
+    found = await _find(request, principal, session_id)
+    if not await _live(request).stop_session(session_id, actor=principal.actor):
         raise NotFound(f"no live session with id {session_id!r}")
     return _session(found)
 
@@ -89,8 +89,8 @@ async def restart_session(
     session_id: str,
     principal: Principal = Depends(requires("sessions:write")),  # noqa: B008
 ) -> TunnelSession:
-    found = _find(request, principal, session_id)
-    if not _live(request).restart_session(session_id, actor=principal.actor):
+    found = await _find(request, principal, session_id)
+    if not await _live(request).restart_session(session_id, actor=principal.actor):
         raise NotFound(f"no live session with id {session_id!r}")
     return _session(found)
 
@@ -102,7 +102,7 @@ async def list_endpoints(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("endpoints:read")),  # noqa: B008
 ) -> Page[Endpoint]:
-    reached = (e for e in _live(request).endpoints() if principal.reaches(e.account_id))
+    reached = (e for e in await _live(request).endpoints() if principal.reaches(e.account_id))
     items, next_cursor = cut(after(reached, cursor, lambda e: e.id), limit, lambda e: e.id)
     return Page[Endpoint](
         items=[

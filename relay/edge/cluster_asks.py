@@ -1,0 +1,199 @@
+"""The API of any node speaks for the whole cluster: it lists every node's live sessions
+and endpoints, and stops or restarts a session wherever it is (docs/scaling.md).
+
+A node asks the others through Redis pub/sub (relay/cluster/presence.py): it publishes an
+``ask`` event on the channel every node follows, and each other node answers on the
+asker's own channel with what it holds (a list), or whether it acted (a stop or restart:
+only the node holding the session does, and audits it there with the caller as actor).
+The asker waits for one answer from each node it knows of, at most ``ASK_TIMEOUT``: a node
+that does not answer in time is left out of a list, and said so in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from relay.control.api import EndpointView, SessionView
+from relay.errors import NotFound, RelayError
+
+if TYPE_CHECKING:
+    from relay.cluster.presence import Presence
+
+log = logging.getLogger("relay.edge.cluster")
+
+#: How long an API call waits for the other nodes' answers (a live node answers in
+#: milliseconds: this bounds a call while a node has just died).
+ASK_TIMEOUT = 1.5
+#: Asks of this node waiting at once; more are refused (a runaway client of the API must
+#: not grow the table without bound).
+MAX_WAITING = 256
+OPS = ("sessions", "endpoints", "stop", "restart")
+
+V = TypeVar("V")
+
+
+class LocalLive(Protocol):
+    """This node's own part (relay/edge/control_view.py)."""
+
+    def local_sessions(self) -> list[SessionView]: ...
+
+    def local_endpoints(self) -> list[EndpointView]: ...
+
+    def local_stop(self, session_id: str, *, actor: str) -> bool: ...
+
+    def local_restart(self, session_id: str, *, actor: str) -> bool: ...
+
+
+@dataclass
+class _Waiting:
+    nodes: set[str]
+    answers: dict[str, Any] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A stop or restart is done as soon as one node acted.
+    first_yes: bool = False
+
+
+class ClusterAsks:
+    def __init__(self, node_id: str, presence: Callable[[], Presence | None]) -> None:
+        self.node_id = node_id
+        self._presence = presence
+        self._local: LocalLive | None = None
+        self._waiting: dict[str, _Waiting] = {}
+        self._answering: set[asyncio.Task[None]] = set()
+
+    def serve(self, local: LocalLive) -> None:
+        """Answer the other nodes' asks from ``local``."""
+        self._local = local
+
+    # --- asking -----------------------------------------------------------------------
+
+    async def sessions(self) -> list[SessionView]:
+        views = []
+        for answer in (await self._ask({"op": "sessions"})).values():
+            views.extend(_views(answer, SessionView, _session_from))
+        return views
+
+    async def endpoints(self) -> list[EndpointView]:
+        views = []
+        for answer in (await self._ask({"op": "endpoints"})).values():
+            views.extend(_views(answer, EndpointView, _endpoint_from))
+        return views
+
+    async def act(self, op: str, session_id: str, *, actor: str) -> bool:
+        """Stop or restart ``session_id`` on the node that holds it: whether one did."""
+        answers = await self._ask({"op": op, "session": session_id, "actor": actor}, True)
+        return any(answer is True for answer in answers.values())
+
+    async def _ask(self, fields: dict[str, str], first_yes: bool = False) -> dict[str, Any]:
+        presence = self._presence()
+        if presence is None:
+            return {}
+        nodes = {info.node_id for info in presence.nodes()}
+        if not nodes:
+            return {}
+        if len(self._waiting) >= MAX_WAITING:
+            raise NotFound("too many questions to the other nodes at once; try again")
+        ask_id = secrets.token_hex(8)
+        waiting = _Waiting(nodes, first_yes=first_yes)
+        self._waiting[ask_id] = waiting
+        try:
+            try:
+                await presence.publish_event(
+                    {"event": "ask", "ask": ask_id, "from": self.node_id, **fields}
+                )
+            except RelayError as err:
+                raise NotFound(f"the other nodes cannot be asked now: {err}") from err
+            try:
+                async with asyncio.timeout(ASK_TIMEOUT):
+                    await waiting.done.wait()
+            except TimeoutError:
+                silent = sorted(nodes - set(waiting.answers))
+                log.warning("cluster: no answer from node(s) %s to %s", silent, fields["op"])
+            return waiting.answers
+        finally:
+            del self._waiting[ask_id]
+
+    # --- the other nodes' asks and answers ----------------------------------------------
+
+    def handle(self, event: dict[str, str]) -> None:
+        """An ``ask`` or ``answer`` event from presence."""
+        if event.get("event") == "ask":
+            self._answer(event)
+        elif event.get("event") == "answer":
+            self._take(event)
+
+    def _answer(self, event: dict[str, str]) -> None:
+        asker, op, ask_id = event.get("from", ""), event.get("op", ""), event.get("ask", "")
+        local = self._local
+        if local is None or not asker or asker == self.node_id or op not in OPS:
+            return
+        body: Any
+        if op == "sessions":
+            body = [_plain(v) for v in local.local_sessions()]
+        elif op == "endpoints":
+            body = [_plain(v) for v in local.local_endpoints()]
+        else:
+            act = local.local_stop if op == "stop" else local.local_restart
+            body = act(event.get("session", ""), actor=event.get("actor", "api"))
+        reply = {"event": "answer", "ask": ask_id, "node": self.node_id, "body": json.dumps(body)}
+        presence = self._presence()
+        if presence is None:
+            return
+        task = asyncio.get_running_loop().create_task(presence.publish_to(asker, reply))
+        self._answering.add(task)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cluster: could not answer another node: %s", task.exception())
+
+    def _take(self, event: dict[str, str]) -> None:
+        waiting = self._waiting.get(event.get("ask", ""))
+        node = event.get("node", "")
+        if waiting is None or node not in waiting.nodes:
+            return
+        try:
+            body = json.loads(event.get("body", "null"))
+        except ValueError:
+            body = None
+        waiting.answers[node] = body
+        if set(waiting.answers) >= waiting.nodes or (waiting.first_yes and body is True):
+            waiting.done.set()
+
+
+def _plain(view: SessionView | EndpointView) -> dict[str, Any]:
+    return dataclasses.asdict(view)
+
+
+def _views(answer: Any, kind: type[V], build: Callable[[dict[str, Any]], V]) -> list[V]:
+    if not isinstance(answer, list):
+        return []
+    views = []
+    for item in answer:
+        try:
+            views.append(build(item))
+        except (TypeError, ValueError, KeyError):
+            log.debug("cluster: ignoring a malformed %s in an answer", kind.__name__)
+    return views
+
+
+def _session_from(item: dict[str, Any]) -> SessionView:
+    view = SessionView(**{**item, "endpoints": tuple(item["endpoints"])})
+    if not all(isinstance(getattr(view, f), str) for f in ("id", "account_id", "token_id")):
+        raise TypeError("not a session")
+    return view
+
+
+def _endpoint_from(item: dict[str, Any]) -> EndpointView:
+    view = EndpointView(**item)
+    if not all(isinstance(getattr(view, f), str) for f in ("id", "url", "kind")):
+        raise TypeError("not an endpoint")
+    return view
