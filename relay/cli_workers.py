@@ -56,10 +56,11 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
         def announce(banner: list[str]) -> None:
             lines = list(banner)
             at = len(lines) - 1 if lines else 0  # before "listening for agents on …"
+            links = "; cluster links" if config.cluster_redis else ""
             lines.insert(
                 at,
                 f"workers: {config.workers} processes on every listener (SO_REUSEPORT); "
-                "admin listeners on consecutive ports, one per worker",
+                f"admin listeners{links} on consecutive ports, one per worker",
             )
             for line in lines:
                 click.echo(line, err=True)

@@ -295,11 +295,13 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
     if config.cluster_redis and not config.cluster_listen:
         raise ConfigError("cluster_redis needs cluster_listen: where other nodes link to this one")
     if config.cluster_redis and config.workers > 1:
-        # A forwarded visitor arrives on one worker, which would hand it to another
-        # without the address the first node saw.
-        raise ConfigError(
-            "cluster_redis with several workers is not supported yet: run workers: 1 per node"
-        )
+        # Each worker is a node of its own, linked to at cluster_listen's port + its index.
+        for key in ("cluster_listen", "cluster_advertise"):
+            value = getattr(config, key)
+            if value and parse_host_port(value, what=key)[1] == 0:
+                raise ConfigError(
+                    f"{key} needs a port with several workers: worker i links at port + i"
+                )
     for key in ("cluster_listen", "cluster_advertise"):
         if getattr(config, key):
             parse_host_port(getattr(config, key), what=key)

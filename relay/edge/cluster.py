@@ -38,6 +38,7 @@ from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.members import hands_over, serving_session, takes_visitors
 from relay.edge.routes import HostEndpoint
 from relay.edge.tcp import format_address
+from relay.edge.workers_then_nodes import WorkersThenNodes
 from relay.error_pages import render
 from relay.errors import EndpointAlreadyBound, RelayError
 from relay.protocol import StreamHeader, StreamProtocol
@@ -54,6 +55,14 @@ class ClusterNode:
         self.edge = edge
         self.region = config.region
         self.node_id = config.node_id or f"{socket.gethostname()}/{config.listen}"
+        #: Under --workers each worker is a node of its own (its own key, names and link
+        #: listener at cluster_listen's port + its index): a visitor another node carries
+        #: here lands on the worker that holds its name, never handed on without the
+        #: address the first node saw.
+        self.port_offset = 0
+        if edge.worker is not None:
+            self.port_offset = edge.worker.index
+            self.node_id = f"{self.node_id}.w{edge.worker.index}"
         self.links: NodeLinks | None = None
         self.presence: Presence | None = None
         #: What this node asks the others, and answers them (the API's cluster view).
@@ -68,21 +77,28 @@ class ClusterNode:
         tls = node_certificate(ca_dir, self.node_id)
         self.links = NodeLinks(loop, tls, self._deliver, self._route_joined)
         host, port = parse_host_port(config.cluster_listen, what="cluster_listen")
-        bound_host, bound_port = await self.links.listen(host, port)
-        advertise = config.cluster_advertise or _address(bound_host, bound_port)
+        bound_host, bound_port = await self.links.listen(host, port + self.port_offset)
+        advertise = _address(bound_host, bound_port)
+        if config.cluster_advertise:
+            host, port = parse_host_port(config.cluster_advertise, what="cluster_advertise")
+            advertise = _address(host, port + self.port_offset)
         me = NodeInfo(self.node_id, self.region, advertise)
         self.presence = Presence(
             config.cluster_redis, me, self._names, on_event=self._event, owned=self._owned
         )
         await self.presence.start()
         web = self.edge.web
+        worker = self.edge.worker
+        elsewhere: ClusterNode | WorkersThenNodes = self
+        if worker is not None:
+            elsewhere = WorkersThenNodes(worker, self)
         if web is not None:
             if web.http is not None:
-                web.http.serve_elsewhere(self)
+                web.http.serve_elsewhere(elsewhere)
                 web.http.region_of = self.region_of
                 web.http.carrier = self._carrier
             if web.tls_front is not None:
-                web.tls_front.elsewhere = self
+                web.tls_front.elsewhere = elsewhere
                 web.tls_front.region_of = self.region_of
         log.info("node %s of region %s: links at %s", self.node_id, self.region, advertise)
 
@@ -199,11 +215,17 @@ class ClusterNode:
 
     # --- TlsFront's TlsElsewhere -------------------------------------------------------
 
+    def sni_holder(self, server_name: str) -> RemoteName | None:
+        remote = self._holder("sni", server_name)
+        if remote is None or remote.node.region != self.region:
+            return None
+        return remote
+
     def sni_handed_off(
         self, conn: socket.socket, server_name: str, local: HostEndpoint | None
     ) -> bool:
-        remote = self._holder("sni", server_name)
-        if remote is None or remote.node.region != self.region or self.links is None:
+        remote = self.sni_holder(server_name)
+        if remote is None or self.links is None:
             return False
         if not hands_over(local, remote):
             return False
@@ -224,10 +246,9 @@ class ClusterNode:
     def _carrier(self, target: Any) -> Any | None:
         """HttpFront: the link to ``target``'s node when it is up (its visitors are then
         parsed here and their stream joined there); None: hand the socket over."""
-        remote: RemoteName = target
-        if self.links is None:
-            return None
-        link = self.links.link_to(remote.node.link)
+        if self.links is None or not isinstance(target, RemoteName):
+            return None  # another worker's: handed over within the host
+        link = self.links.link_to(target.node.link)
         if link is not None:
             self.links.forwarded += 1
         return link

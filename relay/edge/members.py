@@ -127,5 +127,13 @@ def hands_over(local: Any | None, remote: _Named) -> bool:
     return _specificity(remote.hostname) > _specificity(local.hostname)
 
 
+def better_match(first: _Named | None, second: _Named | None) -> _Named | None:
+    """Of two holders of a name found in two places, the more specific name; ``first``
+    when they are as specific (the caller puts the cheaper place first)."""
+    if first is None or second is None:
+        return first if second is None else second
+    return second if _specificity(second.hostname) > _specificity(first.hostname) else first
+
+
 def _specificity(hostname: str) -> tuple[bool, int]:
     return (not hostname.startswith("*."), len(hostname))

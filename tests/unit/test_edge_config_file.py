@@ -55,3 +55,22 @@ def test_relative_paths_in_a_file_are_relative_to_the_file_and_flags_to_the_cwd(
     assert config.key_file == Path("/abs/key.pem")
     flagged = load_edge_config(path, {"cert_file": "here.pem"})
     assert flagged.cert_file == Path("here.pem")  # the shell's cwd, as typed
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("cluster_listen", "127.0.0.1:0"), ("cluster_advertise", "10.0.0.1:0")],
+)
+def test_a_cluster_node_with_workers_needs_link_ports_it_can_count_up_from(
+    key: str, value: str
+) -> None:
+    """Worker i of a cluster node links at the port + i: a port 0 has no such run."""
+    settings = {
+        "cluster_redis": "redis://127.0.0.1:6379",
+        "cluster_listen": "127.0.0.1:7400",
+        "workers": 2,
+        key: value,
+    }
+    with pytest.raises(ConfigError, match=f"{key} needs a port with several workers"):
+        load_edge_config(None, settings)
+    load_edge_config(None, {**settings, key: value.replace(":0", ":7400")})
