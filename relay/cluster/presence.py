@@ -10,15 +10,22 @@ answers again (a Redis restarted empty has the whole cluster back within a heart
 Redis layout
 ------------
 ``relay:node:<node_id>``
-    A string, JSON ``{"region": str, "link": "host:port", "names": [[family, hostname,
-    kind, host_rewrite], ...]}``, written with ``SET ... PX <ttl ms>`` on every heartbeat
-    and soon after :meth:`Presence.changed`. A node that dies stops refreshing it and it
-    expires after ``ttl``: its names vanish from every table at the next heartbeat.
-    :meth:`Presence.stop` deletes it at once.
+    A string, JSON ``{"region": str, "link": "host:port", "version": str, "count": int}``,
+    written with ``SET ... PX <ttl ms>`` on every heartbeat. ``version`` is a digest of
+    the node's names. A node that dies stops refreshing it and it expires after ``ttl``:
+    its names vanish from every table at the next heartbeat. :meth:`Presence.stop`
+    deletes it at once.
+``relay:names:<node_id>``
+    The node's names, JSON ``[[family, hostname, kind, host_rewrite, owner], ...]``,
+    written only when they change (soon after :meth:`Presence.changed`), its expiry
+    renewed with ``PEXPIRE`` on every heartbeat. Readers fetch it only when the version
+    in the node key is not the one they hold: a quiet cluster of nodes with 10,000
+    names each rereads a few hundred bytes per node per heartbeat, not every name.
+    (A node key with the names inline, ``"names": [...]``, is read too.)
 ``relay:presence`` (channel)
-    After each write (and delete) a node publishes its id here; every node subscribes and
-    reads that node's key on each message, so a new bind is visible cluster-wide within a
-    round trip or two, not a heartbeat.
+    After each change of its names (and its delete) a node publishes its id here; every
+    node subscribes and reads that node's keys on each message, so a new bind is visible
+    cluster-wide within a round trip or two, not a heartbeat.
 ``relay:events`` (channel)
     Cluster-wide events: JSON objects of strings to strings (:meth:`Presence.publish_event`).
     Every subscriber gets each one, the publishing node included, as Redis delivers them.
@@ -33,7 +40,8 @@ Redis layout
 Each heartbeat a node also rereads every node key (``SCAN MATCH relay:node:*`` with a
 ``COUNT``, a bounded number of rounds, then ``MGET``) and rebuilds its table from them:
 that catches pub/sub messages lost while a connection was down, and keys that expired.
-A value is parsed again only when its bytes changed, so a quiet cluster costs a ``MGET``.
+Names are fetched (``MGET`` of ``relay:names:*``) only for node keys whose bytes changed,
+so a quiet cluster costs one ``MGET`` of small values.
 
 What another node wrote is checked before it is used: a key that is not JSON, has the
 wrong shape, more than ``MAX_NAMES`` names or a name longer than 253 characters is left
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -68,6 +77,7 @@ from relay.errors import ConfigError, RelayError
 log = logging.getLogger("relay.cluster.presence")
 
 NODE_PREFIX = "relay:node:"
+NAMES_PREFIX = "relay:names:"
 PRESENCE_CHANNEL = "relay:presence"
 EVENTS_CHANNEL = "relay:events"
 DIRECT_PREFIX = "relay:to:"
@@ -173,6 +183,9 @@ class Presence:
         #: for its agent's return keeps its claim); by default the names it serves.
         self._owned = owned
         self._key = NODE_PREFIX + me.node_id
+        self._names_key = NAMES_PREFIX + me.node_id
+        #: The version of this node's names last written to Redis (None: write them).
+        self._written: str | None = None
         self._direct = DIRECT_PREFIX + me.node_id
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
@@ -240,7 +253,7 @@ class Presence:
             return
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
-                await client.delete(self._key)
+                await client.delete(self._key, self._names_key)
                 await client.publish(PRESENCE_CHANNEL, self._me.node_id)
                 if self._claims is not None and self._claimed:
                     await self._claims.release(self._claimed)
@@ -397,16 +410,33 @@ class Presence:
         return True
 
     async def _write(self) -> None:
+        """This node's keys: the names only when they changed (or the key is gone: a
+        Redis restarted empty), the node key every time; a change is announced."""
         client = self._need_client()
         names = sorted(
             {(str(f), str(h), str(k), str(r), str(o)) for f, h, k, r, o in self._names()}
         )
+        blob = json.dumps(names, separators=(",", ":")).encode()
+        version = hashlib.sha256(blob).hexdigest()[:16]
+        fresh = version != self._written
+        if not fresh:
+            # 0: the key is gone (Redis restarted empty, or it expired in an outage).
+            fresh = not await self._call(client.pexpire(self._names_key, self._ttl_ms))
+        if fresh:
+            await self._call(client.set(self._names_key, blob, px=self._ttl_ms))
         value = json.dumps(
-            {"region": self._me.region, "link": self._me.link, "names": names},
+            {
+                "region": self._me.region,
+                "link": self._me.link,
+                "version": version,
+                "count": len(names),
+            },
             separators=(",", ":"),
         )
         await self._call(client.set(self._key, value, px=self._ttl_ms))
-        await self._call(client.publish(PRESENCE_CHANNEL, self._me.node_id))
+        self._written = version
+        if fresh:
+            await self._call(client.publish(PRESENCE_CHANNEL, self._me.node_id))
         if self._owned is not None:
             held = {h.lower(): o for h, o in self._owned().items()}
         else:
@@ -460,17 +490,27 @@ class Presence:
             for i in range(0, len(ids), MGET_CHUNK):
                 chunk = [found[node_id] for node_id in ids[i : i + MGET_CHUNK]]
                 values.extend(await self._call(client.mget(chunk)))
+            changed = [
+                node_id
+                for node_id, raw in zip(ids, values, strict=True)
+                if raw is not None and _bytes(raw) != self._raw.get(node_id)
+            ]
+            names: dict[str, bytes | str | None] = {}
+            for i in range(0, len(changed), MGET_CHUNK):
+                part = changed[i : i + MGET_CHUNK]
+                got = await self._call(client.mget([NAMES_PREFIX + n for n in part]))
+                names.update(zip(part, got, strict=True))
             now = asyncio.get_running_loop().time()
             for node_id, raw in zip(ids, values, strict=True):
                 if raw is not None:
                     self._seen[node_id] = now
-                self._apply(node_id, raw)
+                self._apply(node_id, raw, names.get(node_id))
             if complete:
                 expired = now - self._ttl_ms / 1000
                 for node_id in set(self._raw) - set(ids):
                     if self._seen.get(node_id, expired) <= expired:
                         self._seen.pop(node_id, None)
-                        self._apply(node_id, None)
+                        self._apply(node_id, None, None)
             else:
                 log.debug("cluster presence: SCAN unfinished after %d rounds", MAX_SCAN_ROUNDS)
 
@@ -536,9 +576,12 @@ class Presence:
             return
         client = self._need_client()
         async with self._lock:
-            # MGET, not GET: a key of another type reads as missing, not as an error.
-            (raw,) = await self._call(client.mget([NODE_PREFIX + node_id]))
-            self._apply(node_id, raw)
+            # MGET, not GET: a key of another type reads as missing, not as an error; and
+            # both keys as of one instant.
+            raw, names = await self._call(
+                client.mget([NODE_PREFIX + node_id, NAMES_PREFIX + node_id])
+            )
+            self._apply(node_id, raw, names)
 
     def _event(self, data: bytes) -> None:
         try:
@@ -558,19 +601,22 @@ class Presence:
 
     # -- the table --------------------------------------------------------------------
 
-    def _apply(self, node_id: str, raw: bytes | str | None) -> None:
-        """Make the table say what ``node_id``'s key says (None: it has no key)."""
-        if isinstance(raw, str):
-            raw = raw.encode()
+    def _apply(self, node_id: str, raw: bytes | str | None, names_raw: bytes | str | None) -> None:
+        """Make the table say what ``node_id``'s keys say (``raw`` None: it has no key;
+        ``names_raw``: its names key, read with or after ``raw``)."""
         if raw is None:
             self._raw.pop(node_id, None)
             self._forget(node_id)
             return
+        raw = _bytes(raw)
         if self._raw.get(node_id) == raw:
+            return
+        parsed = _parse(node_id, raw, None if names_raw is None else _bytes(names_raw))
+        if parsed is _NAMES_MISSING:
+            # Its names key is not there (yet): keep what the table says, read again.
             return
         self._raw[node_id] = raw
         self._forget(node_id)
-        parsed = _parse(node_id, raw)
         if parsed is None:
             log.debug("cluster presence: ignoring %s%s: not a node entry", NODE_PREFIX, node_id)
             return
@@ -682,7 +728,17 @@ def _text(data: bytes, limit: int) -> str | None:
         return None
 
 
-def _parse(node_id: str, raw: bytes) -> tuple[NodeInfo, list[RemoteName]] | None:
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+#: What :func:`_parse` says when a node key names a version whose names are not there.
+_NAMES_MISSING: Any = object()
+
+
+def _parse(
+    node_id: str, raw: bytes, names_raw: bytes | None
+) -> tuple[NodeInfo, list[RemoteName]] | None:
     """A node entry, checked field by field; None if anything is off."""
     try:
         doc = json.loads(raw)
@@ -693,6 +749,13 @@ def _parse(node_id: str, raw: bytes) -> tuple[NodeInfo, list[RemoteName]] | None
     region, link, names = doc.get("region"), doc.get("link"), doc.get("names")
     if not (_short_str(region) and _short_str(link) and _is_link(link)):
         return None
+    if names is None and _short_str(doc.get("version")):
+        if names_raw is None:
+            return _NAMES_MISSING  # type: ignore[no-any-return]
+        try:
+            names = json.loads(names_raw)
+        except ValueError:
+            return None
     if not isinstance(names, list) or len(names) > MAX_NAMES:
         return None
     info = NodeInfo(node_id, region, link)

@@ -214,6 +214,9 @@ async def test_redis_restarted_empty_heals(redis_server: RedisServer) -> None:  
             await eventually(
                 lambda: r.exists("relay:node:a", "relay:node:b") == 2, 3, "both keys are back"
             )
+            # Each node's names too, though a's did not change: its renewal found the key
+            # gone and wrote it again.
+            assert r.exists("relay:names:a", "relay:names:b") == 2
             # Both subscribed again: pub/sub works, not only the heartbeat's rereads.
             await eventually(
                 lambda: r.pubsub_numsub("relay:presence") == [(b"relay:presence", 2)],
@@ -222,6 +225,39 @@ async def test_redis_restarted_empty_heals(redis_server: RedisServer) -> None:  
             )
         assert a.lookup("http", "b.example.com") is not None
         assert b.lookup("sni", "x.a.example.com") is not None
+
+
+async def test_a_quiet_cluster_rereads_versions_not_names(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Two nodes with 5,000 names each, heartbeats every 0.1 s: over 2 s of quiet, Redis
+    sends the nodes less than one copy of one node's names (each rereads the other's
+    small node key each beat, and its names only when their version changes), yet a
+    change is seen, and a names key lost in Redis is written again within a beat."""
+    names_a: list[Name] = [
+        ("http", f"a{i}.example.com", "http", "", "owner-a") for i in range(5000)
+    ]
+    names_b: list[Name] = [("sni", f"b{i}.example.com", "tls", "", "owner-b") for i in range(5000)]
+    a = Presence(redis_server.url, A, lambda: names_a, heartbeat=0.1, ttl=1.0)
+    b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.1, ttl=1.0)
+    with raw_client(redis_server) as r:
+        async with running(a, b):
+            await eventually(lambda: a.status()["remote_names"] == 5000, 5, "a has b's names")
+            await eventually(lambda: b.status()["remote_names"] == 5000, 5, "b has a's names")
+            one_copy = r.strlen("relay:names:b")
+            assert isinstance(one_copy, int) and one_copy > 200_000
+            await asyncio.sleep(0.5)  # every write of the start is done
+            before = int(r.info("stats")["total_net_output_bytes"])
+            await asyncio.sleep(2.0)
+            sent = int(r.info("stats")["total_net_output_bytes"]) - before
+            assert sent < one_copy, (sent, one_copy)
+
+            names_b.append(("sni", "late.example.com", "tls", "", "owner-b"))
+            b.changed()
+            await eventually(sees(a, "sni", "late.example.com", "b"), 2, "a sees the change")
+            r.delete("relay:names:a")
+            await eventually(lambda: r.exists("relay:names:a") == 1, 1, "a writes it again")
+            assert b.lookup("http", "a1.example.com") is not None
 
 
 async def test_events_reach_the_other_nodes(redis_server: RedisServer) -> None:  # noqa: F811
