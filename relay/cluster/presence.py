@@ -47,8 +47,9 @@ What another node wrote is checked before it is used: a key that is not JSON, ha
 wrong shape, more than ``MAX_NAMES`` names or a name longer than 253 characters is left
 out of the table (logged once, at debug level, per distinct value), never trusted.
 
-The family of a name is ``http`` for the plain-HTTP port and ``sni`` for the TLS port
-(https and tls endpoints): a visitor's port says which one to look up. When two other
+The family of a name is ``http`` for the plain-HTTP port, ``sni`` for the TLS port (https
+and tls endpoints) and ``tcp`` for a TCP endpoint, named by its port number: a visitor's
+port says which one to look up. When two other
 nodes hold the same name, :meth:`Presence.lookup` prefers one the caller does not ask it
 to avoid, then one of this node's region, then the smallest node id, so that every node
 of a region forwards the same way.
@@ -105,8 +106,8 @@ SCAN_COUNT = 1000
 MAX_SCAN_ROUNDS = 1000
 MGET_CHUNK = 500
 
-FAMILIES = frozenset({"http", "sni"})
-KINDS = frozenset({"http", "https", "tls"})
+FAMILIES = frozenset({"http", "sni", "tcp"})
+KINDS = frozenset({"http", "https", "tls", "tcp"})
 
 #: What may go wrong talking to Redis: the node carries on with its last table.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -168,6 +169,7 @@ class Presence:
         ttl: float = 5.0,
         on_event: Callable[[dict[str, str]], None] | None = None,
         owned: Callable[[], dict[str, str]] | None = None,
+        on_table: Callable[[], None] | None = None,
     ) -> None:
         if not heartbeat > 0 or not ttl > heartbeat:
             raise ConfigError(
@@ -179,6 +181,8 @@ class Presence:
         self._heartbeat = heartbeat
         self._ttl_ms = max(1, round(ttl * 1000))
         self._on_event = on_event
+        #: Called after the table changed (the other nodes' names).
+        self._on_table = on_table
         #: hostname -> owner tag of every name this node keeps, serving or not (one kept
         #: for its agent's return keeps its claim); by default the names it serves.
         self._owned = owned
@@ -209,6 +213,7 @@ class Presence:
         #: (family, hostname) -> node id -> the name as that node holds it.
         self._table: dict[tuple[str, str], dict[str, RemoteName]] = {}
         self._count = 0
+        self._table_news = False
         self._claims: NameClaims | None = None
         #: hostname -> owner tag: the claims this node holds in Redis.
         self._claimed: dict[str, str] = {}
@@ -314,6 +319,15 @@ class Presence:
             holders = self._table.get((family, "*." + rest))
             if holders:
                 return self._pick(holders, avoid)
+
+    def held(self, family: str) -> dict[str, RemoteName]:
+        """Every name of ``family`` other nodes hold, each with the holder a lookup
+        would pick."""
+        return {
+            host: self._pick(holders, None)
+            for (fam, host), holders in self._table.items()
+            if fam == family and holders
+        }
 
     def nodes(self) -> list[NodeInfo]:
         """The other live nodes this node knows of, by id."""
@@ -606,7 +620,9 @@ class Presence:
         ``names_raw``: its names key, read with or after ``raw``)."""
         if raw is None:
             self._raw.pop(node_id, None)
-            self._forget(node_id)
+            if node_id in self._nodes:
+                self._forget(node_id)
+                self._table_changed()
             return
         raw = _bytes(raw)
         if self._raw.get(node_id) == raw:
@@ -617,6 +633,7 @@ class Presence:
             return
         self._raw[node_id] = raw
         self._forget(node_id)
+        self._table_changed()
         if parsed is None:
             log.debug("cluster presence: ignoring %s%s: not a node entry", NODE_PREFIX, node_id)
             return
@@ -630,6 +647,20 @@ class Presence:
                 self._count += 1
             holders[node_id] = name
         self._nodes[node_id] = _Entry(info, keys)
+
+    def _table_changed(self) -> None:
+        """Tell ``on_table`` once the current batch of changes is applied."""
+        if self._on_table is not None and not self._table_news:
+            self._table_news = True
+            asyncio.get_running_loop().call_soon(self._tell_table)
+
+    def _tell_table(self) -> None:
+        self._table_news = False
+        if self._on_table is not None:
+            try:
+                self._on_table()
+            except Exception:
+                log.exception("cluster presence: on_table failed")
 
     def _forget(self, node_id: str) -> None:
         entry = self._nodes.pop(node_id, None)
@@ -764,14 +795,22 @@ def _parse(
         if not (isinstance(item, list) and len(item) == 5):
             return None
         family, hostname, kind, rewrite, owner = item
-        if family not in FAMILIES or kind not in KINDS:
+        if family not in FAMILIES or kind not in KINDS or (family == "tcp") != (kind == "tcp"):
             return None
-        if not (isinstance(hostname, str) and _is_hostname(hostname)):
+        if family == "tcp":
+            if not (isinstance(hostname, str) and _is_port(hostname)):
+                return None
+        elif not (isinstance(hostname, str) and _is_hostname(hostname)):
             return None
         if not all(isinstance(v, str) and len(v) <= MAX_FIELD for v in (rewrite, owner)):
             return None
         out.append(RemoteName(family, hostname.lower(), kind, rewrite, info, owner))
     return info, out
+
+
+def _is_port(text: str) -> bool:
+    """A TCP port's name: its number, in decimal, 1..65535."""
+    return text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535 and text[0] != "0"
 
 
 def _short_str(value: object) -> TypeGuard[str]:

@@ -35,9 +35,10 @@ from relay.cluster.nodelink import JOIN, NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import NodeInfo, Presence, RemoteName
 from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
+from relay.edge.cluster_ports import RemotePorts
 from relay.edge.members import hands_over, serving_session, takes_visitors
 from relay.edge.routes import HostEndpoint
-from relay.edge.tcp import format_address
+from relay.edge.tcp import TcpEndpoint, format_address
 from relay.edge.workers_then_nodes import WorkersThenNodes
 from relay.error_pages import render
 from relay.errors import EndpointAlreadyBound, RelayError
@@ -55,6 +56,8 @@ class ClusterNode:
         self.edge = edge
         self.region = config.region
         self.node_id = config.node_id or f"{socket.gethostname()}/{config.listen}"
+        #: Under --workers: this node's name without the worker (its siblings' prefix).
+        self.base_id = self.node_id
         #: Under --workers each worker is a node of its own (its own key, names and link
         #: listener at cluster_listen's port + its index): a visitor another node carries
         #: here lands on the worker that holds its name, never handed on without the
@@ -65,6 +68,8 @@ class ClusterNode:
             self.node_id = f"{self.node_id}.w{edge.worker.index}"
         self.links: NodeLinks | None = None
         self.presence: Presence | None = None
+        #: TCP ports other nodes hold, listened on here too.
+        self.ports: RemotePorts | None = None
         #: What this node asks the others, and answers them (the API's cluster view).
         self.asks = ClusterAsks(self.node_id, lambda: self.presence)
         #: Whether a bind went ahead on the table alone because Redis did not answer
@@ -83,8 +88,20 @@ class ClusterNode:
             host, port = parse_host_port(config.cluster_advertise, what="cluster_advertise")
             advertise = _address(host, port + self.port_offset)
         me = NodeInfo(self.node_id, self.region, advertise)
+        self.ports = RemotePorts(
+            self,
+            config.tcp_ports,
+            config.tcp_bind,
+            reuse_port=self.edge.worker is not None,
+            refused=lambda: self.edge.metrics.visitors_refused.labels("tcp", "other_region"),
+        )
         self.presence = Presence(
-            config.cluster_redis, me, self._names, on_event=self._event, owned=self._owned
+            config.cluster_redis,
+            me,
+            self._names,
+            on_event=self._event,
+            owned=self._owned,
+            on_table=self._sync_ports,
         )
         await self.presence.start()
         web = self.edge.web
@@ -103,6 +120,8 @@ class ClusterNode:
         log.info("node %s of region %s: links at %s", self.node_id, self.region, advertise)
 
     async def stop(self) -> None:
+        if self.ports is not None:
+            self.ports.close()
         if self.presence is not None:
             await self.presence.stop()
         if self.links is not None:
@@ -126,13 +145,36 @@ class ClusterNode:
         """This node's live names changed (a bind, an unbind, a session's end)."""
         if self.presence is not None:
             self.presence.changed()
+        if self.ports is not None:
+            # After the change is done (a port released, an endpoint removed).
+            asyncio.get_running_loop().call_soon(self._sync_ports)
+
+    def _sync_ports(self) -> None:
+        if self.ports is None or self.presence is None:
+            return
+        sibling = self.base_id + ".w"
+        elsewhere = {
+            int(port): remote
+            for port, remote in self.presence.held("tcp").items()
+            # Another worker of this host: the workers share its port themselves.
+            if not (self.edge.worker is not None and remote.node.node_id.startswith(sibling))
+        }
+        # Ports of endpoints here, and ports being bound here (a sync while a bind
+        # waits must not listen on the port it is about to take).
+        here = {p for p in elsewhere if self.edge.ports.taken(p)}
+        here |= {e.port for e in self.edge.endpoints.values() if isinstance(e, TcpEndpoint)}
+        self.ports.sync(elsewhere, here)
 
     def _names(self) -> list[tuple[str, str, str, str, str]]:
         names = []
         for endpoint in list(self.edge.endpoints.values()):
-            if endpoint.kind == "tcp" or not takes_visitors(endpoint):
+            if not takes_visitors(endpoint):
                 continue
-            host: HostEndpoint = endpoint  # type: ignore[assignment]
+            if isinstance(endpoint, TcpEndpoint):
+                owner = owner_tag(endpoint.holder.token_id)
+                names.append(("tcp", str(endpoint.port), "tcp", "", owner))
+                continue
+            host: HostEndpoint = endpoint
             rewrite = (host.host_rewrite or b"").decode("latin-1")
             owner = owner_tag(host.holder.token_id)
             names.append((host.family, host.hostname, host.kind, rewrite, owner))
@@ -140,9 +182,10 @@ class ClusterNode:
 
     def _owned(self) -> dict[str, str]:
         return {
-            e.hostname: owner_tag(e.holder.token_id)
+            e.hostname if isinstance(e, HostEndpoint) else f"tcp:{e.port}": owner_tag(
+                e.holder.token_id
+            )
             for e in list(self.edge.endpoints.values())
-            if isinstance(e, HostEndpoint)
         }
 
     async def claim_name(self, hostname: str, token_id: str) -> None:
@@ -162,8 +205,11 @@ class ClusterNode:
                 raise EndpointAlreadyBound(
                     f"{hostname} is bound by another token (on node {remote.node.node_id})"
                 )
+        await self._claim(presence, hostname, owner, hostname)
+
+    async def _claim(self, presence: Presence, key: str, owner: str, shown: str) -> None:
         try:
-            holder = await presence.claim(hostname, owner)
+            holder = await presence.claim(key, owner)
         except RelayError as err:
             if not self._unclaimed_logged:
                 self._unclaimed_logged = True
@@ -171,7 +217,21 @@ class ClusterNode:
             return
         self._unclaimed_logged = False
         if holder is not None:
-            raise EndpointAlreadyBound(f"{hostname} is bound by another token (in the cluster)")
+            raise EndpointAlreadyBound(f"{shown} is bound by another token (in the cluster)")
+
+    async def claim_port(self, port: int, token_id: str) -> None:
+        """A TCP port has one owner across the cluster, as a name has (its visitors may
+        reach any node of the region)."""
+        presence = self.presence
+        if presence is None:
+            return
+        owner = owner_tag(token_id)
+        remote = presence.lookup("tcp", str(port))
+        if remote is not None and remote.owner != owner:
+            raise EndpointAlreadyBound(
+                f"tcp port {port} is bound by another token (on node {remote.node.node_id})"
+            )
+        await self._claim(presence, f"tcp:{port}", owner, f"tcp port {port}")
 
     # --- which node ----------------------------------------------------------------
 
@@ -212,6 +272,22 @@ class ClusterNode:
         ).to_wire()
         self.links.forward(remote.node.link, header + carried, sock, _unreachable_page)
         return True
+
+    # --- TCP ports other nodes hold (relay/edge/cluster_ports.py) ----------------------
+
+    def tcp_holder(self, port: int) -> RemoteName | None:
+        return self._holder("tcp", str(port))
+
+    def carry_tcp(self, transport: Any, remote: RemoteName, header: bytes) -> None:
+        """A TCP visitor for ``remote``'s node while no link to it is up: its socket
+        waits for the dial, then goes over (closed if that node cannot be reached)."""
+        sock = _own_copy(transport.get_extra_info("socket"))
+        transport.abort()  # our descriptor only: the copy is the visitor's now
+        if sock is None or self.links is None:
+            if sock is not None:
+                sock.close()
+            return
+        self.links.forward(remote.node.link, header, sock, _close_only)
 
     # --- TlsFront's TlsElsewhere -------------------------------------------------------
 
@@ -258,12 +334,16 @@ class ClusterNode:
     def _route_joined(self, header: StreamHeader) -> tuple[Any, bytes] | None:
         """A stream to join to an agent's: the agent link serving its name here, and the
         header that agent gets (this node's endpoint id)."""
+        endpoint: HostEndpoint | TcpEndpoint | None
         if header.protocol == StreamProtocol.HTTP:
             endpoint = self.edge.http_routes.lookup(header.server_name)
             kinds: tuple[str, ...] = ("http",)
         elif header.protocol == StreamProtocol.TLS:
             endpoint = self.edge.sni_routes.lookup(header.server_name)
             kinds = ("tls",)
+        elif header.protocol == StreamProtocol.TCP:
+            endpoint = self.edge.by_key.get(f"tcp:{header.server_name}")
+            kinds = ("tcp",)
         else:
             return None
         if endpoint is None or endpoint.kind not in kinds:
@@ -275,7 +355,7 @@ class ClusterNode:
             endpoint.endpoint_id,
             header.visitor_addr,
             header.protocol,
-            header.server_name,
+            "" if header.protocol == StreamProtocol.TCP else header.server_name,
             dict(header.extra),
         )
         return session.link, rebuilt.to_wire()
@@ -300,6 +380,7 @@ class ClusterNode:
             "node": self.node_id,
             "presence": self.presence.status() if self.presence is not None else None,
             "links": self.links.status() if self.links is not None else None,
+            "tcp_ports": self.ports.listening if self.ports is not None else [],
         }
 
 

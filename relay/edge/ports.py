@@ -59,5 +59,9 @@ class PortAllocator:
         random.shuffle(free)
         return free
 
+    def taken(self, port: int) -> bool:
+        """Whether ``port`` is this edge's (an endpoint's, or one being bound)."""
+        return port in self._taken
+
     def release(self, port: int) -> None:
         self._taken.discard(port)

@@ -698,6 +698,17 @@ class Edge:
             except BaseException:
                 self.ports.release(candidate)
                 raise
+            if self.cluster is not None:
+                try:
+                    await self.cluster.claim_port(candidate, session.token_id)
+                except BaseException as exc:
+                    self.ports.release(candidate)
+                    self.report(f"tcp:{candidate}")  # the workers' claim is given up
+                    if isinstance(exc, EndpointAlreadyBound) and candidate != port:
+                        continue  # another node's port: try the next
+                    raise
+                if self.cluster.ports is not None:
+                    self.cluster.ports.give_up(candidate)  # it listened for another node
             endpoint = TcpEndpoint(
                 "ep_" + secrets.token_hex(6),
                 candidate,

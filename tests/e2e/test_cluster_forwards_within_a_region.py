@@ -4,18 +4,21 @@ kept); a name held only in the other region is refused there and none of its byt
 (the links between nodes go through taps that count every connection and byte); Redis
 restarted mid-transfer loses no stream.
 
-Each node has its own loopback address (127.0.0.2 … .4) and the three share one data
-directory, standing in for one control plane (its tokens) and one cluster CA.
+Each node has its own loopback address (127.0.0.2 … .5), all share one TCP port range
+and one data directory, standing in for one control plane (its tokens) and one cluster
+CA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +71,9 @@ def nodes(
     layout = getattr(request, "param", TWO_REGIONS)
     data_dir = tmp_path / "shared"
     made: dict[str, Node] = {}
+    # One TCP port range for all (each node on its own address): a node listens on the
+    # ports of its range that another node holds.
+    tcp_ports = free_port_range(10)
     try:
         for name, host, region in layout:
             link_port = free_port()
@@ -75,7 +81,7 @@ def nodes(
             edge = Edge(
                 data_dir,
                 host=host,
-                ports=free_port_range(10),
+                ports=tcp_ports,
                 extra=[
                     "--region",
                     region,
@@ -486,3 +492,85 @@ def echo_through(node: Node, agent: Agent, data: bytes) -> bytes:
         conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
         return read_until_closed(conn)
+
+
+def wait_listening(node: Node, port: int) -> None:
+    """Until ``node`` listens on ``port`` for another node (bounded: 10 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if port in node.cluster()["tcp_ports"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{node.host} never listened on {port} for another node")
+
+
+def test_a_tcp_visitor_at_another_node_of_the_region_is_carried_to_the_agent(
+    nodes: dict[str, Node], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    agent = Agent(b.edge, b.edge.token()[1], echo.port)
+    agents.append(agent)
+    agent.wait_bound()
+    port = int(urlsplit(agent.url).port or 0)
+    wait_listening(a, port)
+    # The first visitor waits for the link to be dialled; the rest go straight onto it.
+    for i in range(5):
+        sent = payload(70 + i, 200_000 + i)
+        back = echo_at(a.host, port, sent)
+        assert hashlib.sha256(back).digest() == hashlib.sha256(sent).digest(), i
+    assert a.cluster()["links"]["forwarded"] == 5
+    assert b.cluster()["links"]["joined"] == 5  # every one joined to the agent's stream
+    assert b.tap.connections == 1
+    # The port stays b's: a third node of the region cannot bind it for another token,
+    # and b's agent leaving makes a stop listening.
+    squatter = Agent(a.edge, a.edge.token()[1], echo.port, remote_port=port)
+    agents.append(squatter)
+    assert squatter.proc.wait(30) == 4, squatter.proc.text()
+    assert "RLY_204" in squatter.proc.text() and "node b" in squatter.proc.text()
+    agent.proc.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and port in a.cluster()["tcp_ports"]:
+        time.sleep(0.05)
+    assert port not in a.cluster()["tcp_ports"]
+
+
+def test_a_tcp_port_held_in_another_region_is_closed_cleanly_and_never_crosses(
+    nodes: dict[str, Node], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, c = nodes["a"], nodes["c"]
+    agent = Agent(c.edge, c.edge.token()[1], echo.port)
+    agents.append(agent)
+    agent.wait_bound()
+    port = int(urlsplit(agent.url).port or 0)
+    wait_listening(a, port)
+    before = {n: (nodes[n].tap.connections, nodes[n].tap.bytes_in) for n in nodes}
+    for _ in range(3):
+        with socket.create_connection((a.host, port), timeout=5) as conn:
+            conn.settimeout(5)
+            assert conn.recv(1024) == b""  # a FIN, not a reset and not a byte
+    assert {n: (nodes[n].tap.connections, nodes[n].tap.bytes_in) for n in nodes} == before
+    assert a.cluster()["links"]["forwarded"] == 0
+    metrics = (
+        urllib.request.urlopen(f"http://{a.host}:{a.edge.admin_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
+    refused = 'relay_visitor_connections_refused_total{kind="tcp",reason="other_region"} 3.0'
+    assert refused in metrics
+
+
+def echo_at(host: str, port: int, data: bytes) -> bytes:
+    """``data`` through a TCP endpoint to the echo server and back: sent from a thread
+    while this one reads (more than the loopback buffers hold), then half-closed."""
+    with socket.create_connection((host, port), timeout=10) as conn:
+        sender = threading.Thread(target=_send_all, args=(conn, data), daemon=True)
+        sender.start()
+        back = read_until_closed(conn)
+        sender.join(10)
+        return back
+
+
+def _send_all(conn: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)

@@ -227,6 +227,32 @@ async def test_redis_restarted_empty_heals(redis_server: RedisServer) -> None:  
         assert b.lookup("sni", "x.a.example.com") is not None
 
 
+async def test_tcp_ports_are_names_of_their_own_family(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A node's TCP ports are known to the others by number (``held`` lists them for the
+    listeners other nodes open), and the table tells every change to ``on_table``."""
+    names_b: list[Name] = [
+        ("tcp", "20001", "tcp", "", "owner-b"),
+        ("http", "web.example.com", "http", "", "owner-b"),
+    ]
+    told: list[int] = []
+    a = Presence(redis_server.url, A, list, heartbeat=0.2, on_table=lambda: told.append(len(told)))
+    b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
+    async with running(a, b):
+        await eventually(sees(a, "tcp", "20001", "b"), 3, "a sees b's port")
+        assert set(a.held("tcp")) == {"20001"}
+        assert a.held("tcp")["20001"].owner == "owner-b"
+        assert a.lookup("tcp", "20002") is None
+        assert a.lookup("http", "20001") is None
+        seen = len(told)
+        assert seen >= 1
+        names_b[0] = ("tcp", "20002", "tcp", "", "owner-b")
+        b.changed()
+        await eventually(lambda: set(a.held("tcp")) == {"20002"}, 2, "a sees the new port")
+        assert len(told) > seen
+
+
 async def test_a_quiet_cluster_rereads_versions_not_names(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
@@ -305,6 +331,14 @@ async def test_garbage_in_redis_is_ignored(
         "badlink": {"region": "r1", "link": "nohostport", "names": [good]},
         "badlink6": {"region": "r1", "link": "2001:db8::1:80", "names": [good]},
         "wild": {"region": "r1", "link": "h:1", "names": [["sni", "a.*.com", "tls", "", ""]]},
+        # A TCP port is named by its number, 1..65535, and only as kind tcp.
+        "port0": {"region": "r1", "link": "h:1", "names": [["tcp", "0", "tcp", "", ""]]},
+        "portbig": {"region": "r1", "link": "h:1", "names": [["tcp", "65536", "tcp", "", ""]]},
+        "portpad": {"region": "r1", "link": "h:1", "names": [["tcp", "080", "tcp", "", ""]]},
+        "portname": {"region": "r1", "link": "h:1", "names": [["tcp", "a.com", "tcp", "", ""]]},
+        "portkind": {"region": "r1", "link": "h:1", "names": [["tcp", "80", "http", "", ""]]},
+        "kindtcp": {"region": "r1", "link": "h:1", "names": [["http", "a.com", "tcp", "", ""]]},
+        "versioned": {"region": "r1", "link": "h:1", "version": "v1", "count": 1},
     }
     with raw_client(redis_server) as r:
         r.set("relay:node:x", b"not json")
@@ -313,6 +347,7 @@ async def test_garbage_in_redis_is_ignored(
         r.set(b"relay:node:\xff", json.dumps({"region": "r1", "link": "h:1", "names": [good]}))
         for node_id, value in entries.items():
             r.set(f"relay:node:{node_id}", json.dumps(value))
+        r.set("relay:names:versioned", b"not json")
         names_b: list[Name] = [("http", "b.example.com", "http", "", "")]
         a = Presence(redis_server.url, A, list, heartbeat=0.2)
         b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
