@@ -46,14 +46,21 @@ log = logging.getLogger("relay.edge.worker")
 CLAIM_TIMEOUT = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class RemoteEndpoint:
-    """A host-routed name another worker holds live (``hostname`` as HostRoutes wants)."""
+    """A name or port another worker holds live (``hostname`` as HostRoutes wants; a
+    port's number for a TCP one). Each worker keeps one per name every other worker
+    holds: slots and no stored key keep that table small (memory per agent session
+    must not grow with the workers)."""
 
-    key: str
+    family: str
     hostname: str
-    workers: list[int]
+    workers: tuple[int, ...]
     turn: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.family}:{self.hostname}"
 
     def next_worker(self) -> int:
         self.turn = (self.turn + 1) % len(self.workers)
@@ -105,7 +112,7 @@ class EdgeWorker:
         return {
             "index": self.index,
             "count": self.place.count,
-            "elsewhere": {key: r.workers for key, r in sorted(self._remote.items())},
+            "elsewhere": {key: list(r.workers) for key, r in sorted(self._remote.items())},
             "handed_off": dict(self.handed_off),
             "handed_in": dict(self.handed_in),
             "handoffs_failed": self.handoffs_failed,
@@ -174,7 +181,7 @@ class EdgeWorker:
                 # Granted to a bind that gave up: say what this worker really holds.
                 self.edge.report(key)
         elif op == "where":
-            workers = [int(w) for w in message.get("workers", []) if int(w) != self.index]
+            workers = tuple(int(w) for w in message.get("workers", []) if int(w) != self.index)
             self._where(str(message["key"]), workers)
         elif op == "drop":
             agent = message.get("agent")
@@ -186,13 +193,13 @@ class EdgeWorker:
         else:
             log.warning("unknown message from the supervisor: %s", op)
 
-    def _where(self, key: str, workers: list[int]) -> None:
+    def _where(self, key: str, workers: tuple[int, ...]) -> None:
         family, _, hostname = key.partition(":")
         if family == "tcp":
             # Accepted where a member is (only those workers listen); handed over only
             # from a worker whose members left while another's serve on.
             if workers:
-                self._remote_tcp[key] = RemoteEndpoint(key, "", workers)
+                self._remote_tcp[key] = RemoteEndpoint(family, hostname, workers)
             else:
                 self._remote_tcp.pop(key, None)
             return
@@ -203,7 +210,7 @@ class EdgeWorker:
         if old is not None:
             routes.remove(old)
         if workers:
-            remote = RemoteEndpoint(key, hostname, workers)
+            remote = RemoteEndpoint(family, hostname, workers)
             self._remote[key] = remote
             routes.add(remote)
 
