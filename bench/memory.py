@@ -78,7 +78,7 @@ def slope(points: list[tuple[int, int]]) -> float | None:
 class LineProc:
     """A helper process with stdin/stdout pipes; stopped by PID in stop()."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log.open("wb")
         self.p = subprocess.Popen(
             argv,
@@ -87,6 +87,7 @@ class LineProc:
             stderr=self.log,
             start_new_session=True,
             text=True,
+            env=env,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
