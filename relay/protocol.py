@@ -292,6 +292,13 @@ class StreamProtocol(IntEnum):
 STREAM_HEADER_VERSION = 1
 
 
+#: A StreamHeader's endpoint id between two nodes of a cluster (relay/cluster/nodelink.py)
+#: that asks the receiving node to join the stream to its agent's as it is (HTTP already
+#: parsed and rewritten, TLS passed through, TCP as it comes), rather than serve it as a
+#: visitor of its own. Never a real endpoint id (those are ``ep_`` and hex).
+JOIN = "*"
+
+
 @dataclass(frozen=True)
 class StreamHeader:
     """What the agent needs to know about a visitor before the first byte of payload."""

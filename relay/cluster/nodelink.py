@@ -45,7 +45,7 @@ import relay_native
 from relay._fastpath import Joint
 from relay.errors import ProtocolViolation, RelayError
 from relay.mux import MuxConfig, Pump
-from relay.protocol import StreamHeader
+from relay.protocol import JOIN, StreamHeader
 from relay.tlslink import Listener, connect_link, serve_links
 
 log = logging.getLogger("relay.cluster.link")
@@ -71,10 +71,6 @@ Deliver = Callable[[StreamHeader, socket.socket], None]
 #: For a stream to be joined (its header's endpoint is JOIN): the agent link to join it
 #: to and the header that agent must get, or None when nothing here serves it.
 Route = Callable[[StreamHeader], "tuple[Any, bytes] | None"]
-#: A StreamHeader's endpoint id that asks the receiving node to join the stream to its
-#: agent's as it is (HTTP already parsed and rewritten, or TLS passed through), rather
-#: than serve it as a visitor of its own (the socket pair).
-JOIN = "*"
 #: A visitor that could not be forwarded (its socket, still A's to answer and close).
 Failed = Callable[[socket.socket], None]
 

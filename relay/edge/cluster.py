@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay._httpfront import HttpVisitor
 from relay.certs.local_ca import LocalCA, write_file_atomic
-from relay.cluster.nodelink import JOIN, NODE_NAME, NodeLinks, NodeTls
+from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import NodeInfo, Presence, RemoteName
 from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
@@ -42,7 +42,7 @@ from relay.edge.tcp import TcpEndpoint, format_address
 from relay.edge.workers_then_nodes import WorkersThenNodes
 from relay.error_pages import render
 from relay.errors import EndpointAlreadyBound, RelayError
-from relay.protocol import StreamHeader, StreamProtocol
+from relay.protocol import JOIN, StreamHeader, StreamProtocol
 
 if TYPE_CHECKING:
     from relay.edge.server import Edge

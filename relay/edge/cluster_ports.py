@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from relay._fastpath import Pump
-from relay.cluster.nodelink import CLUSTER_KIND, JOIN
+from relay.cluster.nodelink import CLUSTER_KIND
 from relay.edge.ports import PortRange
 from relay.edge.tcp import format_address
-from relay.protocol import StreamHeader, StreamProtocol
+from relay.protocol import JOIN, StreamHeader, StreamProtocol
 
 if TYPE_CHECKING:
     from relay.cluster.presence import RemoteName

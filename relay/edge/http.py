@@ -12,12 +12,11 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.cluster.nodelink import JOIN
 from relay.edge.members import hands_over, serving_session
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
 from relay.error_pages import render
-from relay.protocol import StreamHeader, StreamProtocol
+from relay.protocol import JOIN, StreamHeader, StreamProtocol
 
 if TYPE_CHECKING:
     from relay.edge.metrics import EdgeMetrics
