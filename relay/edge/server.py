@@ -356,6 +356,9 @@ class Edge:
             if session.link is not None:
                 session.drain()
         deadline = time.monotonic() + self.config.drain_timeout
+        # Visitors accepted just before the listeners closed open their streams in
+        # connection_made, a loop turn later: count them before deciding nothing is live.
+        await asyncio.sleep(0.05)
         while time.monotonic() < deadline and any(s.live_streams() for s in self.sessions):
             await asyncio.sleep(0.05)
         for session in list(self.sessions):

@@ -84,6 +84,25 @@ def one_request(
     return data
 
 
+def first_served(
+    port: int, host: str, body: bytes, since: float, *, address: str, within: float = 8.0
+) -> tuple[float | None, bytes]:
+    """POST ``body`` to /sink on ``host`` every 0.1 s until a 200 comes back (bounded:
+    ``within`` seconds after ``since``, a time.monotonic()): how long after ``since`` it
+    was served (None: never) and the last answer."""
+    head = f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n".encode()
+    answer = b""
+    while time.monotonic() - since < within:
+        try:
+            answer = one_request(port, host, head, body, address=address)
+        except OSError:
+            answer = b""
+        if answer.startswith(b"HTTP/1.1 200"):
+            return time.monotonic() - since, answer
+        time.sleep(0.1)
+    return None, answer
+
+
 def get_body(port: int, host: str) -> bytes:
     """One GET / on a new connection: the body of its 200 response."""
     return exchange(port, host, f"GET / HTTP/1.1\r\nhost: {host}\r\n".encode())

@@ -30,7 +30,14 @@ import pytest
 from relay.control.store import Store
 from relay.control.tokens import load_or_create_pepper
 from tests.e2e.api_calls import Keys, call
-from tests.e2e.http_helpers import exchange, host_of, one_request, read_until_closed, web_agent
+from tests.e2e.http_helpers import (
+    exchange,
+    first_served,
+    host_of,
+    one_request,
+    read_until_closed,
+    web_agent,
+)
 from tests.e2e.link_tap import LinkTap
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, free_port, free_port_range, payload
@@ -365,19 +372,9 @@ def test_a_killed_node_s_names_are_served_again_within_5_s(
     a.edge.proc.kill()
     killed = time.monotonic()
     # Bounded: 8 s of tries, one every 0.1 s; the first that is served again is timed.
-    served_at = None
-    while time.monotonic() - killed < 8:
-        head = (f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n").encode()
-        try:
-            answer = one_request(d.edge.http_port, host, head, body, address=d.host)
-        except OSError:
-            answer = b""
-        if answer.startswith(b"HTTP/1.1 200"):
-            served_at = time.monotonic()
-            break
-        time.sleep(0.1)
-    assert served_at is not None, "never served again"
-    assert served_at - killed < 5.0, served_at - killed
+    took, answer = first_served(d.edge.http_port, host, body, killed, address=d.host)
+    assert took is not None, "never served again"
+    assert took < 5.0, took
     _, _, rest = answer.partition(b"\r\n\r\n")
     assert json.loads(rest)["sha256"] == hashlib.sha256(body).hexdigest()
     assert _holds(b, agent.url)
@@ -494,14 +491,15 @@ def echo_through(node: Node, agent: Agent, data: bytes) -> bytes:
         return read_until_closed(conn)
 
 
-def wait_listening(node: Node, port: int) -> None:
-    """Until ``node`` listens on ``port`` for another node (bounded: 10 s)."""
+def wait_listening(node: Node, port: int, listening: bool = True) -> None:
+    """Until ``node`` listens on ``port`` for another node, or (``listening`` False) no
+    longer does (bounded: 10 s)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if port in node.cluster()["tcp_ports"]:
+        if (port in node.cluster()["tcp_ports"]) == listening:
             return
         time.sleep(0.05)
-    raise AssertionError(f"{node.host} never listened on {port} for another node")
+    raise AssertionError(f"{node.host} listening on {port} never became {listening}")
 
 
 def test_a_tcp_visitor_at_another_node_of_the_region_is_carried_to_the_agent(
@@ -528,10 +526,7 @@ def test_a_tcp_visitor_at_another_node_of_the_region_is_carried_to_the_agent(
     assert squatter.proc.wait(30) == 4, squatter.proc.text()
     assert "RLY_204" in squatter.proc.text() and "node b" in squatter.proc.text()
     agent.proc.stop()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and port in a.cluster()["tcp_ports"]:
-        time.sleep(0.05)
-    assert port not in a.cluster()["tcp_ports"]
+    wait_listening(a, port, listening=False)
 
 
 def test_a_tcp_port_held_in_another_region_is_closed_cleanly_and_never_crosses(
