@@ -353,12 +353,14 @@ class Edge:
         for endpoint in list(self.endpoints.values()):
             endpoint.close()
         for session in list(self.sessions):
+            session.draining = True  # no visitor is routed to it from now on
+        # Visitors accepted or routed just before open their streams in connection_made,
+        # a loop turn later: after a GoAway that open would fail (a reset visitor).
+        await asyncio.sleep(0.05)
+        for session in list(self.sessions):
             if session.link is not None:
                 session.drain()
         deadline = time.monotonic() + self.config.drain_timeout
-        # Visitors accepted just before the listeners closed open their streams in
-        # connection_made, a loop turn later: count them before deciding nothing is live.
-        await asyncio.sleep(0.05)
         while time.monotonic() < deadline and any(s.live_streams() for s in self.sessions):
             await asyncio.sleep(0.05)
         for session in list(self.sessions):

@@ -250,13 +250,15 @@ class AgentSession:
         self.link.session.go_away(0)
         self.link.close()
 
-    def drain(self) -> None:
-        """Edge shutdown: no new streams, ask the agent to reconnect elsewhere/later."""
+    def drain(self, why: str = "edge is shutting down") -> None:
+        """No new streams; ask the agent to reconnect (elsewhere, or later). Set
+        ``draining`` a loop turn or more before: visitors routed here just before open
+        their streams then, and a stream opened after our GoAway fails."""
         self.draining = True
         if self.link.closed:
             return
         if self.control is not None and self.authenticated:
-            self.control.send(Restart("edge is shutting down"))
+            self.control.send(Restart(why))
         self.link.session.go_away(0)
         self.link.schedule_flush()
 
