@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -70,6 +71,7 @@ class ClusterNode:
         self.presence: Presence | None = None
         #: TCP ports other nodes hold, listened on here too.
         self.ports: RemotePorts | None = None
+        self._sync_due = False
         #: What this node asks the others, and answers them (the API's cluster view).
         self.asks = ClusterAsks(self.node_id, lambda: self.presence)
         #: Whether a bind went ahead on the table alone because Redis did not answer
@@ -145,11 +147,14 @@ class ClusterNode:
         """This node's live names changed (a bind, an unbind, a session's end)."""
         if self.presence is not None:
             self.presence.changed()
-        if self.ports is not None:
-            # After the change is done (a port released, an endpoint removed).
+        if self.ports is not None and not self._sync_due:
+            # After the change is done (a port released, an endpoint removed); once per
+            # loop turn, however many binds a storm of agents makes in it.
+            self._sync_due = True
             asyncio.get_running_loop().call_soon(self._sync_ports)
 
     def _sync_ports(self) -> None:
+        self._sync_due = False
         if self.ports is None or self.presence is None:
             return
         sibling = self.base_id + ".w"
@@ -195,19 +200,26 @@ class ClusterNode:
         in Redis, atomic, so of two binds on two nodes at the same instant one wins.
         While Redis does not answer, the table alone decides (binds go on; a clash made
         meanwhile is logged when Redis is back)."""
+        await self._claim(("http", "sni"), hostname, hostname, token_id, hostname)
+
+    async def claim_port(self, port: int, token_id: str) -> None:
+        """A TCP port has one owner across the cluster, as a name has (its visitors may
+        reach any node of the region)."""
+        await self._claim(("tcp",), str(port), f"tcp:{port}", token_id, f"tcp port {port}")
+
+    async def _claim(
+        self, families: tuple[str, ...], name: str, key: str, token_id: str, shown: str
+    ) -> None:
         presence = self.presence
         if presence is None:
             return
         owner = owner_tag(token_id)
-        for family in ("http", "sni"):
-            remote = presence.lookup(family, hostname)
-            if remote is not None and remote.hostname == hostname and remote.owner != owner:
+        for family in families:
+            remote = presence.lookup(family, name)
+            if remote is not None and remote.hostname == name and remote.owner != owner:
                 raise EndpointAlreadyBound(
-                    f"{hostname} is bound by another token (on node {remote.node.node_id})"
+                    f"{shown} is bound by another token (on node {remote.node.node_id})"
                 )
-        await self._claim(presence, hostname, owner, hostname)
-
-    async def _claim(self, presence: Presence, key: str, owner: str, shown: str) -> None:
         try:
             holder = await presence.claim(key, owner)
         except RelayError as err:
@@ -218,20 +230,6 @@ class ClusterNode:
         self._unclaimed_logged = False
         if holder is not None:
             raise EndpointAlreadyBound(f"{shown} is bound by another token (in the cluster)")
-
-    async def claim_port(self, port: int, token_id: str) -> None:
-        """A TCP port has one owner across the cluster, as a name has (its visitors may
-        reach any node of the region)."""
-        presence = self.presence
-        if presence is None:
-            return
-        owner = owner_tag(token_id)
-        remote = presence.lookup("tcp", str(port))
-        if remote is not None and remote.owner != owner:
-            raise EndpointAlreadyBound(
-                f"tcp port {port} is bound by another token (on node {remote.node.node_id})"
-            )
-        await self._claim(presence, f"tcp:{port}", owner, f"tcp port {port}")
 
     # --- which node ----------------------------------------------------------------
 
@@ -384,9 +382,11 @@ class ClusterNode:
         }
 
 
+@functools.lru_cache(maxsize=4096)
 def owner_tag(token_id: str) -> str:
     """What other nodes learn of a name's owner: enough to tell two tokens apart, and
-    not the token's id (Redis is shared by every node, not by every operator tool)."""
+    not the token's id (Redis is shared by every node, not by every operator tool).
+    Cached: every heartbeat asks it for every endpoint, twice (names and claims)."""
     return hashlib.sha256(b"relay-owner:" + token_id.encode()).hexdigest()[:16]
 
 
