@@ -279,13 +279,6 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
         )
     if not 1 <= config.workers <= MAX_WORKERS:
         raise ConfigError(f"workers must be 1..{MAX_WORKERS} or auto, not {config.workers}")
-    if config.workers > 1 and config.cert_issuer == "acme":
-        # Each worker would order its names and answer only its own challenges, while
-        # the CA's check lands on any worker.
-        raise ConfigError(
-            "cert_issuer acme with several workers is not supported yet: run workers: 1, "
-            "or cert_issuer local or files"
-        )
     if config.workers > 1 and config.http_max_head > MAX_HANDED_HEAD:
         # What a worker read before routing travels with a handed-over visitor, bounded.
         raise ConfigError(

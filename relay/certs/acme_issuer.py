@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
 import email.utils
 import hashlib
@@ -61,6 +62,7 @@ from josepy.errors import DeserializationError
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
+from relay.certs.acme_challenges import SharedChallenges
 from relay.certs.issuers import IssuedCert, normalize_hostname
 from relay.certs.local_ca import write_file_atomic
 from relay.certs.sealed import (
@@ -69,6 +71,7 @@ from relay.certs.sealed import (
     ACCOUNT_OWNER,
     acme_account_dir,
     acme_account_secret,
+    locked,
 )
 from relay.control.secrets import SecretBox
 from relay.errors import (
@@ -141,6 +144,15 @@ class AcmeLimits:
     orders_window: dt.timedelta = dt.timedelta(hours=3)
     failed_validations: int = 5
     failed_validations_window: dt.timedelta = dt.timedelta(hours=1)
+
+    def shared_by(self, workers: int) -> AcmeLimits:
+        """The share of one of ``workers`` processes ordering on one account (each keeps
+        its own count): the orders per account split between them, so that together they
+        stay within the CA's. Failed validations stay per name: a name is ordered by one
+        process at a time (the certificate manager's order lock), nearly always its holder."""
+        if workers <= 1:
+            return self
+        return dataclasses.replace(self, orders=max(1, self.orders // workers))
 
 
 class _Pace:
@@ -288,19 +300,19 @@ class AcmeIssuer:
         self.account_dir = acme_account_dir(data_dir, directory_url)
         self._account: _Account | None = None
         self._account_lock = threading.Lock()
-        self._http01: dict[str, bytes] = {}
-        self._alpn: dict[str, tuple[bytes, bytes]] = {}
+        #: Pending challenges, written where every worker of this edge can answer them.
+        self.challenges = SharedChallenges(data_dir / "acme" / "challenges")
 
     # -- what the edge calls -----------------------------------------------------------------
 
     def http01_response(self, token: str) -> bytes | None:
         """The key authorization to serve at ``/.well-known/acme-challenge/<token>``, if that
         token belongs to a pending order."""
-        return self._http01.get(token)
+        return self.challenges.http01(token)
 
     def tls_alpn01_certificate(self, server_name: str) -> tuple[bytes, bytes] | None:
         """``(cert PEM, key PEM)`` of the RFC 8737 certificate for a pending ``server_name``."""
-        return self._alpn.get(server_name.lower().rstrip("."))
+        return self.challenges.tls_alpn01(server_name.lower().rstrip("."))
 
     def not_before(self, hostname: str) -> dt.datetime | None:
         """The earliest time an order for ``hostname`` may be placed (the CA's Retry-After,
@@ -386,10 +398,12 @@ class AcmeIssuer:
                 token = str(challb.to_partial_json()["token"])
                 key_authz = f"{token}.{thumb}"
                 if self.challenge == "http-01":
-                    self._http01[token] = key_authz.encode("ascii")
+                    self.challenges.put_http01(token, key_authz.encode("ascii"))
                     tokens.append(token)
                 else:
-                    self._alpn[ident] = tls_alpn01_challenge_cert(ident, key_authz)
+                    self.challenges.put_tls_alpn01(
+                        ident, tls_alpn01_challenge_cert(ident, key_authz)
+                    )
                     alpn_names.append(ident)
                 # Not client.answer_challenge: it insists on a Link "up" header that RFC 8555
                 # does not require (pebble 2.4 omits it). The authorization is polled below.
@@ -403,9 +417,9 @@ class AcmeIssuer:
             orderr = client.finalize_order(orderr, finalize_deadline)
         finally:
             for token in tokens:
-                self._http01.pop(token, None)
+                self.challenges.drop_http01(token)
             for name in alpn_names:
-                self._alpn.pop(name, None)
+                self.challenges.drop_tls_alpn01(name)
         if not orderr.fullchain_pem:
             raise AcmeError("the ACME CA finalized the order but returned no certificate")
         key_pem = key.private_bytes(
@@ -502,6 +516,12 @@ class AcmeIssuer:
 
     def _load_or_create_account_key(self) -> JWKEC:
         self.account_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Locked: the workers of one edge start together, and each would otherwise make
+        # (and register) an account of its own, of which the last one written stays.
+        with locked(self.account_dir):
+            return self._load_or_create_account_key_locked()
+
+    def _load_or_create_account_key_locked(self) -> JWKEC:
         path = self.account_dir / ACCOUNT_KEY
         name = acme_account_secret(self.directory_url)
         if path.exists():

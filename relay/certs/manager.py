@@ -57,6 +57,7 @@ from relay.certs.issuers import (
     normalize_hostname,
 )
 from relay.certs.local_ca import write_file_atomic
+from relay.certs.order_lock import order_lock
 from relay.certs.sealed import CERTS_OWNER, cert_name, cert_paths, locked
 from relay.control.secrets import SecretBox
 from relay.errors import (
@@ -442,8 +443,10 @@ class CertificateManager:
         if not valid and not isinstance(self.issuer, SyncIssuer):
             self._emit(CertEvent(name, "pending"))
         try:
-            issued = await self.issuer.issue([name])
-            entry = self._install(name, issued)
+            if isinstance(self.issuer, SyncIssuer):
+                entry = self._install(name, await self.issuer.issue([name]))
+            else:
+                entry = await self._order_alone(name)
         except RelayError as exc:
             self._failed(name, exc)
             raise
@@ -465,6 +468,16 @@ class CertificateManager:
             )
         self._emit(CertEvent(name, "issued", expires=entry.not_after))
         return entry
+
+    async def _order_alone(self, name: str) -> _Entry:
+        """Order ``name`` holding its order lock, unless the process that held it before us
+        (another worker of this edge) stored a certificate that is fresh."""
+        async with order_lock(self.certs_dir, self._paths(name)[0].name[: -len(".pem")]):
+            stored = self._load_one(name)
+            if stored is not None and self._fresh(stored):
+                log.info("certificate for %s: taken from another worker's order", name)
+                return stored
+            return self._install(name, await self.issuer.issue([name]))
 
     def _failed(self, name: str, exc: RelayError, *, report: bool = True) -> None:
         prev = self._retry.get(name)

@@ -253,7 +253,7 @@ class WebFronts:
                 raise ConfigError("cert_issuer files needs cert_file and key_file")
             issuer: Any = FileIssuer(config.cert_file, config.key_file)
         elif config.cert_issuer == "acme":
-            from relay.certs.acme_issuer import AcmeIssuer
+            from relay.certs.acme_issuer import AcmeIssuer, AcmeLimits
 
             if not config.acme_directory:
                 raise ConfigError("cert_issuer acme needs acme_directory")
@@ -264,6 +264,7 @@ class WebFronts:
                 box,
                 ca_bundle=config.acme_ca_bundle,
                 challenge="tls-alpn-01" if config.acme_challenge == "tls-alpn-01" else "http-01",
+                limits=AcmeLimits().shared_by(config.workers),
             )
             self.acme = issuer
         else:
