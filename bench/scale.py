@@ -224,7 +224,7 @@ class ScaleEdge(WorkersEdge):
                    30.0 + 5.0 * self.workers, [self.edge], interval=0.3)  # fmt: skip
 
     def admin_ports(self) -> list[int]:
-        return [self.admin_base + i for i in range(self.workers)]
+        return [self.admin_port(i) for i in range(self.workers)]
 
     def series(self, names: tuple[str, ...]) -> list[dict[str, float]]:
         """``names`` of every worker's /metrics, worker 0 first."""

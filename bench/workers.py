@@ -146,10 +146,12 @@ class WorkersEdge(Relay):
     def choose_admin_port(self) -> int:
         for _ in range(50):
             first = free_port_in_range(*ADMIN_PORTS)
-            if all(_bindable(first + i) for i in range(1, self.workers)):
+            # With workers: the supervisor's listener at ``first``, worker i's at first + 1 + i.
+            span = self.workers + 1 if self.workers > 1 else 1
+            if all(_bindable(first + i) for i in range(1, span)):
                 self.admin_base = first
                 return first
-        raise BenchError(f"no {self.workers} consecutive free ports in {ADMIN_PORTS}")
+        raise BenchError(f"no {span} consecutive free ports in {ADMIN_PORTS}")
 
     @property
     def edge(self) -> Proc:
@@ -175,8 +177,12 @@ class WorkersEdge(Relay):
 
     # --- what the edge says -------------------------------------------------------------
 
+    def admin_port(self, index: int) -> int:
+        """Worker ``index``'s own admin listener (without workers: the edge's)."""
+        return self.admin_base + (1 + index if self.workers > 1 else 0)
+
     def status(self, index: int) -> dict[str, Any]:
-        return get_status(f"http://127.0.0.1:{self.admin_base + index}/status", self.key)
+        return get_status(f"http://127.0.0.1:{self.admin_port(index)}/status", self.key)
 
     def statuses(self) -> list[dict[str, Any]]:
         return [self.status(i) for i in range(self.workers)]

@@ -380,6 +380,8 @@ def edge_banner(server: Any) -> list[str]:
         )
     if server.admin is not None and server.admin.address is not None:
         admin_host, admin_port = server.admin.address
+        if server.worker is not None:  # the banner is worker 0's: the edge's is before it
+            admin_port -= 1 + server.worker.index
         lines.append(
             f"  admin              {_address(admin_host, admin_port)}   --admin-listen  "
             "(/metrics /healthz /readyz)"

@@ -23,6 +23,7 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
     """Prepare what the workers share, then run ``config.workers`` of them until SIGTERM;
     returns the exit code (a worker's, if one could not start)."""
     from relay.cluster.supervisor import Supervisor, reserve_port
+    from relay.cluster.supervisor_admin import SupervisorAdmin
     from relay.edge.server import prepare_shared_files
 
     # The data directory, pepper, database schema, CA and agent-link certificate are made
@@ -30,6 +31,7 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
     prepare_shared_files(config)
     held: list[socket.socket] = []
     overrides: list[str] = []
+    admin: SupervisorAdmin | None = None
     try:
         for flag, value in (
             ("--listen", config.listen),
@@ -60,7 +62,8 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
             lines.insert(
                 at,
                 f"workers: {config.workers} processes on every listener (SO_REUSEPORT); "
-                f"admin listeners{links} on consecutive ports, one per worker",
+                f"the edge's admin listener sums them, each worker's{links} on the "
+                "ports after it",
             )
             for line in lines:
                 click.echo(line, err=True)
@@ -72,7 +75,15 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
             on_ready=announce,
             reclaim_grace=config.reclaim_grace,
         )
-        code = await supervisor.run(stopped, hangup)
+        if config.admin_listen:
+            admin_host, admin_port = parse_host_port(config.admin_listen, what="--admin-listen")
+            admin = SupervisorAdmin(admin_host, admin_port, supervisor.views)
+            await admin.start()
+        try:
+            code = await supervisor.run(stopped, hangup)
+        finally:
+            if admin is not None:
+                admin.close()
         if code == 0:
             click.echo("drained", err=True)
         return code

@@ -298,6 +298,16 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
     for key in ("cluster_listen", "cluster_advertise"):
         if getattr(config, key):
             parse_host_port(getattr(config, key), what=key)
+    # The supervisor sums the workers' listeners: it must know where they are.
+    if (
+        config.workers > 1
+        and config.admin_listen
+        and parse_host_port(config.admin_listen, what="admin_listen")[1] == 0
+    ):
+        raise ConfigError(
+            "admin_listen needs a port with several workers: the edge's is the port, "
+            "worker i's the port + 1 + i"
+        )
     if config.control_url and config.control_key_file is None:
         raise ConfigError("control_url needs control_key_file: the edge's API key (scope edge)")
     if config.control_url and config.store:

@@ -27,6 +27,7 @@ from pathlib import Path
 from relay.cluster.channel import Channel, Message, socket_pair
 from relay.cluster.claims import ClaimTable, Member
 from relay.cluster.place import WORKER_ENV, WorkerPlace
+from relay.cluster.supervisor_admin import WorkerView
 
 log = logging.getLogger("relay.cluster")
 
@@ -50,6 +51,7 @@ class _Worker:
     ready: bool = False
     banner: list[str] = field(default_factory=list)
     delay: float = RESTART_FIRST
+    restarts: int = 0
 
 
 def make_run_dir() -> Path:
@@ -130,6 +132,17 @@ class Supervisor:
         finally:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return self.failed or 0
+
+    def views(self) -> list[WorkerView]:
+        """Each worker now, for the supervisor's admin listener."""
+        return [
+            WorkerView(
+                w.index,
+                w.process.pid if w.process is not None and w.process.returncode is None else None,
+                w.restarts,
+            )
+            for w in self.workers
+        ]
 
     def signal_all(self, signum: int) -> None:
         for worker in self.workers:
@@ -230,6 +243,7 @@ class Supervisor:
                 return
             try:
                 await self._start(worker)
+                worker.restarts += 1
             except (OSError, ValueError) as exc:  # out of descriptors, memory, processes
                 log.error("worker %d could not be started: %s; trying again", worker.index, exc)
                 continue

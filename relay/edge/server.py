@@ -265,7 +265,8 @@ class Edge:
             self.admin = AdminServer(self.metrics, self.readiness, self.status, api=make_api)
             admin_host, admin_port = parse_host_port(config.admin_listen, what="admin_listen")
             if self.worker is not None and admin_port:
-                admin_port += self.worker.index  # one admin listener per worker, in a row
+                # The supervisor's is at the port itself, worker i's at the port + 1 + i.
+                admin_port += self.worker.index + 1
             await self.admin.start(admin_host, admin_port)
         # TCP endpoints and the HTTP listener are uvloop servers: at the descriptor limit
         # libuv drops their visitors silently. Say so, once per episode.

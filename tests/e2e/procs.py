@@ -174,8 +174,9 @@ class Edge:
         workers: int = 1,
         host: str = "127.0.0.1",
     ) -> None:
-        """``workers``: run it as ``--workers N``; worker i's admin listener is then
-        ``admin_port`` + i (a free run of N ports). ``host``: the loopback address every
+        """``workers``: run it as ``--workers N``; the edge's admin listener (the
+        supervisor's, summing the workers') is then ``admin_port`` and worker i's
+        ``admin_port`` + 1 + i (a free run of N + 1 ports). ``host``: the loopback address every
         listener of this edge binds (a PoP of its own: 127.0.0.2, 127.0.0.3, …)."""
         self.host = host
         self.data_dir = data_dir
@@ -184,7 +185,8 @@ class Edge:
         self.ports = ports or free_port_range()
         self.http_port = free_port()
         self.https_port = free_port()
-        self.admin_port = free_port() if workers == 1 else free_port_range(workers)[0]
+        # With workers: the supervisor's (summing) listener, then one per worker.
+        self.admin_port = free_port() if workers == 1 else free_port_range(workers + 1)[0]
         self.extra = (extra or []) + (["--workers", str(workers)] if workers > 1 else [])
         self.proc: Proc | None = None
 
@@ -228,8 +230,8 @@ class Edge:
         return self.proc.stop() if self.proc else 0
 
     def worker_status(self, worker: int = 0) -> dict[str, Any]:
-        """``/status`` of worker ``worker`` (its admin listener: ``admin_port`` + index)."""
-        url = f"http://{self.host}:{self.admin_port + worker}/status"
+        """``/status`` of worker ``worker`` (its admin listener: ``admin_port`` + 1 + index)."""
+        url = f"http://{self.host}:{self.admin_port + 1 + worker}/status"
         with urllib.request.urlopen(url, timeout=10) as answer:
             result: dict[str, Any] = json.loads(answer.read())
         return result

@@ -74,3 +74,13 @@ def test_a_cluster_node_with_workers_needs_link_ports_it_can_count_up_from(
     with pytest.raises(ConfigError, match=f"{key} needs a port with several workers"):
         load_edge_config(None, settings)
     load_edge_config(None, {**settings, key: value.replace(":0", ":7400")})
+
+
+def test_the_admin_listener_of_an_edge_with_workers_needs_a_port() -> None:
+    """The supervisor sums its workers' listeners at the port + 1 + i: it must know it."""
+    settings = {"workers": 2, "admin_listen": "127.0.0.1:0"}
+    with pytest.raises(ConfigError, match="admin_listen needs a port with several workers"):
+        load_edge_config(None, settings)
+    load_edge_config(None, {**settings, "admin_listen": "127.0.0.1:9190"})
+    load_edge_config(None, {**settings, "admin_listen": ""})  # no admin listener at all
+    load_edge_config(None, {"workers": 1, "admin_listen": "127.0.0.1:0"})
