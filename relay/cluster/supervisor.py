@@ -264,10 +264,37 @@ class Supervisor:
                 self._state(worker, message)
             elif op == "ready":
                 self._ready(worker, message)
+            elif op == "ask":
+                self._ask(worker, message)
+            elif op == "answer":
+                self._pass_answer(message)
             else:
                 log.warning("worker %d sent an unknown message: %s", worker.index, op)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("worker %d sent a malformed %s message: %s", worker.index, op, exc)
+
+    def _ask(self, worker: _Worker, message: Message) -> None:
+        """An API's ask of the other workers (relay/edge/worker_asks.py): passed to each,
+        answered at once for one that is down (it holds nothing now)."""
+        event = message["event"]
+        ask_id = str(event["ask"])
+        for other in self.workers:
+            if other is worker:
+                continue
+            if other.channel is not None:
+                other.channel.send({"op": "ask", "event": event})
+            elif worker.channel is not None:
+                nothing = {"event": "answer", "ask": ask_id, "node": str(other.index)}
+                worker.channel.send(
+                    {"op": "answer", "to": worker.index, "event": {**nothing, "body": "null"}}
+                )
+
+    def _pass_answer(self, message: Message) -> None:
+        to = int(message["to"])
+        if 0 <= to < len(self.workers):
+            channel = self.workers[to].channel
+            if channel is not None:
+                channel.send(message)
 
     def _claim(self, worker: _Worker, message: Message) -> None:
         key = str(message["key"])

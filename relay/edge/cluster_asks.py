@@ -16,15 +16,12 @@ import dataclasses
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from relay.control.api import EndpointView, SessionView
 from relay.errors import NotFound, RelayError
-
-if TYPE_CHECKING:
-    from relay.cluster.presence import Presence
 
 log = logging.getLogger("relay.edge.cluster")
 
@@ -37,6 +34,22 @@ MAX_WAITING = 256
 OPS = ("sessions", "endpoints", "stop", "restart")
 
 V = TypeVar("V")
+
+
+class Asked(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+
+class AskWire(Protocol):
+    """What carries the asks: Redis presence between nodes, or the supervisor between the
+    workers of one edge (relay/edge/worker_asks.py)."""
+
+    def nodes(self) -> Sequence[Asked]: ...
+
+    async def publish_event(self, event: dict[str, str]) -> None: ...
+
+    async def publish_to(self, node_id: str, event: dict[str, str]) -> None: ...
 
 
 class LocalLive(Protocol):
@@ -61,7 +74,7 @@ class _Waiting:
 
 
 class ClusterAsks:
-    def __init__(self, node_id: str, presence: Callable[[], Presence | None]) -> None:
+    def __init__(self, node_id: str, presence: Callable[[], AskWire | None]) -> None:
         self.node_id = node_id
         self._presence = presence
         self._local: LocalLive | None = None

@@ -1,6 +1,7 @@
 """The edge as the control-plane API sees it: its live sessions, endpoints and
 certificates, stopping or restarting a session (relay.control.api.LiveView; on a node of a
-cluster, every node's sessions and endpoints: relay/edge/cluster_asks.py), and the
+cluster, every node's sessions and endpoints: relay/edge/cluster_asks.py; with workers,
+every worker's: relay/edge/worker_asks.py), and the
 per-source refusal of callers that fail to authenticate (relay.control.api.FailureGuard).
 
 Ownership comes from the token each session authenticated with: the edge keeps the
@@ -18,6 +19,7 @@ from relay.edge.auth_guard import source_of
 from relay.errors import SessionStopped
 
 if TYPE_CHECKING:
+    from relay.edge.cluster_asks import ClusterAsks
     from relay.edge.server import Edge
     from relay.edge.session import AgentSession
 
@@ -36,31 +38,38 @@ class EdgeLiveView:
 
     # --- the API's LiveView: this node's, and on a node of a cluster every node's -------
 
+    def _others(self) -> ClusterAsks | None:
+        """Who to ask for the rest: the other nodes of a cluster (a worker's siblings are
+        nodes too), or else the other workers of this edge."""
+        if self.edge.cluster is not None:
+            return self.edge.cluster.asks
+        return self.edge.worker.asks if self.edge.worker is not None else None
+
     async def sessions(self) -> list[SessionView]:
         views = self.local_sessions()
-        cluster = self.edge.cluster
-        if cluster is not None:
-            views += await cluster.asks.sessions()
+        others = self._others()
+        if others is not None:
+            views += await others.sessions()
         return views
 
     async def endpoints(self) -> list[EndpointView]:
         views = self.local_endpoints()
-        cluster = self.edge.cluster
-        if cluster is not None:
-            views += await cluster.asks.endpoints()
+        others = self._others()
+        if others is not None:
+            views += await others.endpoints()
         return views
 
     async def stop_session(self, session_id: str, *, actor: str) -> bool:
         if self.local_stop(session_id, actor=actor):
             return True
-        cluster = self.edge.cluster
-        return cluster is not None and await cluster.asks.act("stop", session_id, actor=actor)
+        others = self._others()
+        return others is not None and await others.act("stop", session_id, actor=actor)
 
     async def restart_session(self, session_id: str, *, actor: str) -> bool:
         if self.local_restart(session_id, actor=actor):
             return True
-        cluster = self.edge.cluster
-        return cluster is not None and await cluster.asks.act("restart", session_id, actor=actor)
+        others = self._others()
+        return others is not None and await others.act("restart", session_id, actor=actor)
 
     # --- this node's own (relay/edge/cluster_asks.py answers the others from these) ----
 

@@ -242,6 +242,8 @@ class Edge:
                 if self.web.tls_front is not None:
                     self.web.tls_front.elsewhere = self.worker
         live = EdgeLiveView(self)
+        if self.worker is not None:
+            self.worker.asks.serve(live)
         if self.cluster is not None:
             self.cluster.asks.serve(live)  # answered with or without an API here
             try:

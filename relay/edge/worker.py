@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 from relay.cluster.channel import Channel, Message
 from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
 from relay.cluster.place import WorkerPlace
+from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.members import hands_over
 from relay.edge.registry import Holder
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import TcpEndpoint
+from relay.edge.worker_asks import SiblingWire
 from relay.errors import BindError, EndpointAlreadyBound
 
 if TYPE_CHECKING:
@@ -87,6 +89,9 @@ class EdgeWorker:
         self.handed_off = {"http": 0, "tls": 0, "tcp": 0}
         self.handed_in = {"http": 0, "tls": 0, "tcp": 0}
         self.handoffs_failed = 0
+        #: The other workers' sessions and endpoints, for the API (relay/edge/worker_asks.py).
+        self.wire = SiblingWire(self.index, place.count, self._to_supervisor)
+        self.asks = ClusterAsks(str(self.index), lambda: self.wire)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         sock = socket.socket(fileno=self.place.channel_fd)
@@ -94,6 +99,10 @@ class EdgeWorker:
         self.inbox = Inbox(self.place.run_dir, self.index)
         self.inbox.start(loop, self._handed_in)
         self.outbox = Outbox(self.place.run_dir, loop)
+
+    def _to_supervisor(self, message: Message) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
 
     def ready(self, banner: list[str]) -> None:
         assert self.channel is not None
@@ -183,6 +192,14 @@ class EdgeWorker:
         elif op == "where":
             workers = tuple(int(w) for w in message.get("workers", []) if int(w) != self.index)
             self._where(str(message["key"]), workers)
+        elif op == "ask":
+            event = message.get("event")
+            if isinstance(event, dict):
+                self.asks.handle(event)
+        elif op == "answer":
+            whole = self.wire.take(message)
+            if whole is not None:
+                self.asks.handle(whole)
         elif op == "drop":
             agent = message.get("agent")
             self.edge.drop_endpoint(
