@@ -220,6 +220,7 @@ class Node(Relay):
             "--region", REGION, "--node-id", self.name,
             "--cluster-redis", self.redis_url,
             "--cluster-listen", f"{h}:{self.cluster_port}",
+            "--workers", "1",  # one process per node, as the direct edge it is compared with
         ]  # fmt: skip
         edge = self._spawn("edge", argv)
         self.config = {"edge": " ".join(argv)}

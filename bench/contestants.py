@@ -338,6 +338,10 @@ class Relay(Contestant):
             edge_argv += ["--https-listen", f"127.0.0.1:{free_port()}"]
             edge_argv += ["--base-domain", "relay.localhost"]
         edge_argv += self.edge_extra()
+        if "--workers" in self.edge_help and "--workers" not in edge_argv:
+            # One process unless a variant says (the default is one per core): the
+            # peers it is compared with each run one server process.
+            edge_argv += ["--workers", "1"]
         edge = self._spawn("edge", edge_argv)
         self.config = {"edge": " ".join(edge_argv)}
         wait_listening(self.edge_port, "relay edge", START_TIMEOUT, [edge])

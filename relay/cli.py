@@ -248,7 +248,7 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     "--workers",
     default=None,
     help="Edge processes, each on every listener (SO_REUSEPORT), under one supervisor; "
-    "'auto': one per core. Default 1.",
+    "'auto' (the default): one per core this process may use; 1 runs no supervisor.",
 )
 @click.option(
     "--cluster-redis",

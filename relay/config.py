@@ -10,6 +10,7 @@ directory, as a shell user expects.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -108,8 +109,9 @@ class EdgeConfig:
     admin_listen: str = "127.0.0.1:9190"
     #: Endpoints (the first N names bound) with metric series of their own; 0: none.
     metrics_endpoint_labels: int = 0
-    #: Worker processes under one supervisor (relay/cluster/): "auto" in the file or on
-    #: the command line is one per core. 1 (the default) runs no supervisor.
+    #: Worker processes under one supervisor (relay/cluster/): "auto" (what
+    #: load_edge_config gives when neither the file nor the command line says) is one per
+    #: core this process may use. 1 runs no supervisor (an EdgeConfig built in-process).
     workers: int = 1
     #: A cluster of edge nodes (docs/scaling.md): the Redis URL of their shared presence
     #: ("": this edge is on its own). A visitor for a name another node of this region
@@ -217,7 +219,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             return int(value)
         if name == "workers":
             if str(value).strip().lower() == "auto":
-                return os.cpu_count() or 1
+                return usable_cores()
             return int(value)
         if name == "log_level":
             return str(value).lower()
@@ -228,6 +230,26 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+#: cgroup v2's CPU quota of this process's group: "max PERIOD" or "QUOTA PERIOD".
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity), at most its cgroup's CPU quota
+    (a container given 2 CPUs of 64 gets 2 workers), within 1..MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        pass  # no cgroup v2 quota to honour
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig:
@@ -256,6 +278,9 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             raw["access_log"] = str(given if given.is_absolute() else path.parent / given)
         values.update(raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    # An edge uses every core it may run on unless told otherwise (EdgeConfig's own
+    # default stays 1: an edge built in-process, as the demo's, runs no supervisor).
+    values.setdefault("workers", "auto")
     converted = {k: _convert(k, None, v) for k, v in values.items()}
     config = replace(config, **converted)
     config.listen_address()  # validate early

@@ -187,7 +187,8 @@ class Edge:
         self.https_port = free_port()
         # With workers: the supervisor's (summing) listener, then one per worker.
         self.admin_port = free_port() if workers == 1 else free_port_range(workers + 1)[0]
-        self.extra = (extra or []) + (["--workers", str(workers)] if workers > 1 else [])
+        self.workers = workers
+        self.extra = extra or []
         self.proc: Proc | None = None
 
     @property
@@ -220,6 +221,8 @@ class Edge:
                 "relay.localhost",
                 "--admin-listen",
                 f"{self.host}:{self.admin_port}",
+                # One process unless asked (relay edge's own default is one per core).
+                *([] if "--workers" in self.extra else ["--workers", str(self.workers)]),
                 *self.extra,
             ]
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config import usable_cores
 from tests.e2e.procs import RELAY, Edge, Proc, free_port, free_port_range
 
 
@@ -41,7 +42,8 @@ def edge_args(
         "--base-domain",
         "relay.localhost",
         "--admin-listen",
-        f"127.0.0.1:{admin or free_port()}",
+        # relay edge's default: a worker per core, each at the admin port + 1 + its index.
+        f"127.0.0.1:{admin or free_port_range(usable_cores() + 1)[0]}",
     ]
 
 

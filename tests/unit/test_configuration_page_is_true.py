@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from relay.cli import main
-from relay.config import EdgeConfig
+from relay.config import EdgeConfig, load_edge_config, usable_cores
 from relay.mux import MuxConfig
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -44,9 +44,11 @@ def shown(value: Any) -> str:
 
 def test_every_edge_and_mux_setting_is_on_the_page_with_its_default() -> None:
     documented = rows()
-    config = EdgeConfig()
+    config = load_edge_config(None, {})  # what `relay edge` runs with when nothing is said
+    assert documented["workers"][0] == "auto"
+    assert config.workers == usable_cores()
     for field in fields(EdgeConfig):
-        if field.name in ("mux", "data_dir"):
+        if field.name in ("mux", "data_dir", "workers"):
             continue
         assert field.name in documented, f"{field.name} is not in docs/configuration.md"
         assert documented[field.name][0] == shown(getattr(config, field.name)), field.name

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from relay.config import load_edge_config
+import relay.config as config_module
+from relay.config import EdgeConfig, load_edge_config
 from relay.edge.ports import PortRange
 from relay.errors import ConfigError
 
@@ -84,3 +86,22 @@ def test_the_admin_listener_of_an_edge_with_workers_needs_a_port() -> None:
     load_edge_config(None, {**settings, "admin_listen": "127.0.0.1:9190"})
     load_edge_config(None, {**settings, "admin_listen": ""})  # no admin listener at all
     load_edge_config(None, {"workers": 1, "admin_listen": "127.0.0.1:0"})
+
+
+def test_an_edge_runs_a_worker_per_usable_core_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5})
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(config_module, "CGROUP_CPU_MAX", cpu_max)
+    cpu_max.write_text("max 100000\n")  # no quota: the affinity
+    assert load_edge_config(None, {}).workers == 6
+    cpu_max.write_text("250000 100000\n")  # 2.5 CPUs of quota: 3 workers
+    assert load_edge_config(None, {}).workers == 3
+    cpu_max.unlink()  # no cgroup v2
+    assert load_edge_config(None, {}).workers == 6
+    assert load_edge_config(None, {"workers": "1"}).workers == 1
+    assert load_edge_config(None, {"workers": "auto"}).workers == 6
+    (tmp_path / "edge.yml").write_text("workers: 2\n")
+    assert load_edge_config(tmp_path / "edge.yml", {}).workers == 2
+    assert EdgeConfig().workers == 1  # an edge built in-process runs no supervisor
