@@ -76,6 +76,15 @@ class HostRoutes(Generic[Routed]):
         if table.get(name) is endpoint:
             del table[name]
 
+    def get(self, hostname: str) -> Routed | None:
+        """What was added under exactly ``hostname`` (a wildcard as ``*.example.com``)."""
+        if hostname.startswith("*."):
+            return self._wildcards.get(hostname[1:])
+        return self._exact.get(hostname)
+
+    def values(self) -> list[Routed]:
+        return [*self._exact.values(), *self._wildcards.values()]
+
     def lookup(self, hostname: str) -> Routed | None:
         found = self._exact.get(hostname)
         if found is not None:

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,9 @@ class EdgeWorker:
         self._claims: dict[int, asyncio.Future[Message]] = {}
         #: Claims whose bind stopped waiting (timed out, cancelled): key by claim id.
         self._abandoned: dict[int, str] = {}
-        self._remote: dict[str, RemoteEndpoint] = {}
+        #: One tuple per set of workers, shared by every name they hold (a table of
+        #: 10,000 names by 7 other workers holds a handful of tuples, not 10,000).
+        self._worker_sets: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._remote_tcp: dict[str, RemoteEndpoint] = {}
         self.remote_http: HostRoutes[RemoteEndpoint] = HostRoutes()
         self.remote_sni: HostRoutes[RemoteEndpoint] = HostRoutes()
@@ -121,7 +124,13 @@ class EdgeWorker:
         return {
             "index": self.index,
             "count": self.place.count,
-            "elsewhere": {key: list(r.workers) for key, r in sorted(self._remote.items())},
+            "elsewhere": {
+                r.key: list(r.workers)
+                for r in sorted(
+                    (*self.remote_http.values(), *self.remote_sni.values()),
+                    key=lambda r: r.key,
+                )
+            },
             "handed_off": dict(self.handed_off),
             "handed_in": dict(self.handed_in),
             "handoffs_failed": self.handoffs_failed,
@@ -212,6 +221,8 @@ class EdgeWorker:
 
     def _where(self, key: str, workers: tuple[int, ...]) -> None:
         family, _, hostname = key.partition(":")
+        family = sys.intern(family)  # one "http" for all, not a copy per name
+        workers = self._worker_sets.setdefault(workers, workers)
         if family == "tcp":
             # Accepted where a member is (only those workers listen); handed over only
             # from a worker whose members left while another's serve on.
@@ -223,13 +234,15 @@ class EdgeWorker:
         routes = {"http": self.remote_http, "sni": self.remote_sni}.get(family)
         if routes is None:
             return
-        old = self._remote.pop(key, None)
-        if old is not None:
+        # The routes are the only index of these (no table by key: each worker keeps one
+        # entry per name every other worker holds, so each byte counts N - 1 times).
+        old = routes.get(hostname)
+        if old is not None and not workers:
             routes.remove(old)
-        if workers:
-            remote = RemoteEndpoint(family, hostname, workers)
-            self._remote[key] = remote
-            routes.add(remote)
+        elif old is not None:
+            old.workers, old.turn = workers, 0
+        elif workers:
+            routes.add(RemoteEndpoint(family, hostname, workers))
 
     def _supervisor_gone(self) -> None:
         # Workers live only under their supervisor: without it nothing arbitrates binds.
