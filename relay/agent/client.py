@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from relay import __version__
@@ -181,13 +181,22 @@ def stop_error(message: Stop) -> RelayError:
     return FatalAgentError(message.message, code=message.code)
 
 
+class LinkLeader(Protocol):
+    """What another link of an agent follows: the names and ports link 0 was given (link
+    0's Agent itself, or relay/agent/link_process.py's view of it in another process)."""
+
+    remembered_ports: dict[EndpointSpec, int]
+    remembered_names: dict[EndpointSpec, str]
+    urls: dict[EndpointSpec, str]
+
+
 class Agent:
     def __init__(
         self,
         options: AgentOptions,
         *,
         status: Callable[[str], None] | None = None,
-        leader: Agent | None = None,
+        leader: LinkLeader | None = None,
     ) -> None:
         """``leader``: this is another link of that agent (``--links``): it binds exactly
         the names and ports the leader was given, and never asks for new ones."""

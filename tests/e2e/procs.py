@@ -233,8 +233,10 @@ class Edge:
         return self.proc.stop() if self.proc else 0
 
     def worker_status(self, worker: int = 0) -> dict[str, Any]:
-        """``/status`` of worker ``worker`` (its admin listener: ``admin_port`` + 1 + index)."""
-        url = f"http://{self.host}:{self.admin_port + 1 + worker}/status"
+        """``/status`` of worker ``worker``: its own admin listener, ``admin_port`` + 1 +
+        index (one process: ``admin_port``, there is no supervisor)."""
+        port = self.admin_port + (1 + worker if self.workers > 1 else 0)
+        url = f"http://{self.host}:{port}/status"
         with urllib.request.urlopen(url, timeout=10) as answer:
             result: dict[str, Any] = json.loads(answer.read())
         return result

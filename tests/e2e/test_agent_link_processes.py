@@ -1,0 +1,91 @@
+"""`relay tcp --links 3`: links 1 and 2 each run in a process of their own (so one agent
+uses more than one core), started with the token on stdin, never on their command line;
+a link process that is killed is started again and its link serves again; the agent's
+stop ends every link process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def edge(tmp_path: Path) -> Iterator[Edge]:
+    server = Edge(tmp_path / "edge", workers=2).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def link_processes(agent: Agent) -> list[int]:
+    pid = agent.proc.proc.pid
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(
+        p
+        for p in children
+        if b"relay.agent.link_process" in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
+
+
+def sessions(edge: Edge) -> int:
+    return sum(int(edge.worker_status(w)["sessions"]) for w in range(2))
+
+
+def wait_for(what: str, done: object, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not done():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def echoes(port: int, count: int) -> None:
+    for i in range(count):
+        data = payload(i, 40_000)
+        back = echo_roundtrip(port, data, timeout=10)
+        assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest(), i
+
+
+def test_links_run_in_processes_of_their_own(edge: Edge, agents: list[Agent]) -> None:
+    echo = EchoServer()
+    try:
+        _, token = edge.token()
+        agent = Agent(edge, token, echo.port, extra=["--links", "3"])
+        agents.append(agent)
+        port = agent.wait_bound()
+        agent.proc.wait_all("link 1: session", "link 2: session")
+        wait_for("3 sessions at the edge", lambda: sessions(edge) == 3)
+        first = link_processes(agent)
+        assert len(first) == 2, first
+        for pid in first:  # the token travels on stdin, not where `ps` shows it
+            assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        echoes(port, 20)
+
+        os.kill(first[0], signal.SIGKILL)
+        agent.proc.wait_line("its process ended; starting it again", 15)
+        wait_for("the link process started again", lambda: len(link_processes(agent)) == 2)
+        assert first[0] not in link_processes(agent)
+        wait_for("its link back at the edge", lambda: sessions(edge) == 3)
+        echoes(port, 20)
+
+        now = link_processes(agent)
+        agent.proc.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(20) == 0, agent.proc.text()
+        for pid in now:
+            wait_for(
+                f"link process {pid} to end", lambda pid=pid: not Path(f"/proc/{pid}").exists()
+            )
+    finally:
+        echo.close()
