@@ -76,3 +76,13 @@ def origin() -> Iterator[Origin]:
 def haproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """HAProxy with accept-proxy that answers with the addresses it was told (its port)."""
     yield from run_haproxy(tmp_path_factory.mktemp("haproxy"))
+
+
+@pytest.fixture
+def edge_of_two_workers(tmp_path: Path) -> Iterator[Edge]:
+    """``relay edge --workers 2``, stopped afterwards."""
+    server = Edge(tmp_path / "edge", workers=2).start()
+    try:
+        yield server
+    finally:
+        server.stop()

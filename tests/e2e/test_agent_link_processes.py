@@ -9,7 +9,6 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
-    server = Edge(tmp_path / "edge", workers=2).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def edge(edge_of_two_workers: Edge) -> Edge:
+    return edge_of_two_workers
 
 
 def link_processes(agent: Agent) -> list[int]:

@@ -14,7 +14,6 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,17 @@ from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, Edge, payload
 from tests.e2e.prometheus import Prometheus, needs_prometheus, promtool
 from tests.e2e.test_admin_listener import sample
-from tests.e2e.test_edge_workers import worker_pids
+from tests.e2e.test_edge_workers import WORKERS, worker_pids
 
 pytestmark = pytest.mark.timeout(180)
 
-WORKERS = 2
-VISITORS = 40
-
 
 @pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
-    server = Edge(tmp_path / "edge", workers=WORKERS).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def edge(edge_of_two_workers: Edge) -> Edge:
+    return edge_of_two_workers
+
+
+VISITORS = 40
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,8 @@ WORKERS = 2
 
 
 @pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
-    server = Edge(tmp_path / "edge", workers=WORKERS).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def edge(edge_of_two_workers: Edge) -> Edge:
+    return edge_of_two_workers
 
 
 def status(edge: Edge, worker: int) -> dict[str, Any]:

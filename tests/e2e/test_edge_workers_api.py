@@ -12,30 +12,24 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.e2e.api_calls import Answer, Keys, call
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
-from tests.e2e.test_edge_workers import worker_pids
+from tests.e2e.test_edge_workers import WORKERS, worker_pids
 
 pytestmark = pytest.mark.timeout(180)
 
-WORKERS = 2
-#: Agent starts allowed to get one session onto each worker.
-PLACEMENT_TRIES = 20
-
 
 @pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
-    server = Edge(tmp_path / "edge", workers=WORKERS).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def edge(edge_of_two_workers: Edge) -> Edge:
+    return edge_of_two_workers
+
+
+#: Agent starts allowed to get one session onto each worker.
+PLACEMENT_TRIES = 20
 
 
 def sessions_on(edge: Edge, worker: int) -> list[str]:
