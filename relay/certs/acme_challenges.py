@@ -10,8 +10,10 @@ a worker that does not know a token or name looks there.
 * HTTP-01: ``http-01.<token>`` holds the key authorization. Tokens are base64url
   (RFC 8555 §8.1): anything else is never looked up, so no request path reaches outside
   the directory.
-* TLS-ALPN-01: ``tls-alpn-01.<name>.pem`` holds the RFC 8737 certificate and its key (a
-  throwaway key made for the challenge, not the certificate's).
+* TLS-ALPN-01: ``tls-alpn-01.<name>.sealed`` holds the RFC 8737 certificate and its key
+  (a throwaway key made for the challenge, not the certificate's), sealed by the edge's
+  SecretBox like every private key relay writes (owner ``acme``, name ``challenge
+  <name>``): no private key is on disk in plaintext, even for a minute.
 
 A file lives as long as its order: removed when the order ends, and one older than
 :data:`MAX_AGE` (a worker killed mid-order) is ignored and removed.
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.certs.local_ca import write_file_atomic
+from relay.control.secrets import SecretBox
+from relay.errors import SecretError
 
 __all__ = ["MAX_AGE", "SharedChallenges"]
 
@@ -41,14 +45,19 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 #: A normalized hostname (what the CA validates): lowercase labels, no wildcard.
 _NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 _PEM_KEY = b"-----BEGIN PRIVATE KEY-----"
+#: The SecretBox owner of a sealed challenge (its name: ``challenge <hostname>``).
+CHALLENGE_OWNER = "acme"
 
 
 class SharedChallenges:
     """The challenges of this process's pending orders (in memory) and of every other
     process's of the same data directory (files)."""
 
-    def __init__(self, directory: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, directory: Path, box: SecretBox, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.directory = directory
+        self.box = box
         self._now = clock
         self._http01: dict[str, bytes] = {}
         self._alpn: dict[str, tuple[bytes, bytes]] = {}
@@ -67,7 +76,8 @@ class SharedChallenges:
         if _NAME.fullmatch(name) is None:
             raise ValueError(f"not a hostname to validate: {name!r}")
         self._alpn[name] = pair
-        self._write(f"tls-alpn-01.{name}.pem", pair[0] + pair[1])
+        sealed = self.box.seal(pair[0] + pair[1], owner=CHALLENGE_OWNER, name=f"challenge {name}")
+        self._write(f"tls-alpn-01.{name}.sealed", sealed)
 
     def drop_http01(self, token: str) -> None:
         self._http01.pop(token, None)
@@ -75,7 +85,7 @@ class SharedChallenges:
 
     def drop_tls_alpn01(self, name: str) -> None:
         self._alpn.pop(name, None)
-        self._remove(f"tls-alpn-01.{name}.pem")
+        self._remove(f"tls-alpn-01.{name}.sealed")
 
     # -- what a front asks -------------------------------------------------------------------
 
@@ -91,8 +101,13 @@ class SharedChallenges:
         found = self._alpn.get(name)
         if found is not None or _NAME.fullmatch(name) is None:
             return found
-        data = self._read(f"tls-alpn-01.{name}.pem")
-        if data is None:
+        sealed = self._read(f"tls-alpn-01.{name}.sealed")
+        if sealed is None:
+            return None
+        try:
+            data = self.box.open(sealed, owner=CHALLENGE_OWNER, name=f"challenge {name}")
+        except SecretError as exc:
+            log.warning("ACME challenge for %s does not open: %s", name, exc.one_line())
             return None
         cut = data.find(_PEM_KEY)
         if cut <= 0:

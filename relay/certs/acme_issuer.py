@@ -301,7 +301,7 @@ class AcmeIssuer:
         self._account: _Account | None = None
         self._account_lock = threading.Lock()
         #: Pending challenges, written where every worker of this edge can answer them.
-        self.challenges = SharedChallenges(data_dir / "acme" / "challenges")
+        self.challenges = SharedChallenges(data_dir / "acme" / "challenges", secret_box)
 
     # -- what the edge calls -----------------------------------------------------------------
 

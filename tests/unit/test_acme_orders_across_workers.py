@@ -30,6 +30,7 @@ from relay.control.secrets import SecretBox
 from relay.errors import CertificateError
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+BOX = SecretBox({"k1": os.urandom(32)}, "k1")
 
 
 # --- challenges ------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 
 def test_a_challenge_set_up_by_one_worker_is_answered_by_another(tmp_path: Path) -> None:
     directory = tmp_path / "acme" / "challenges"
-    ordering, other = SharedChallenges(directory), SharedChallenges(directory)
+    ordering, other = SharedChallenges(directory, BOX), SharedChallenges(directory, BOX)
     assert other.http01(TOKEN) is None
 
     ordering.put_http01(TOKEN, b"key-authorization")
@@ -64,7 +65,7 @@ def test_a_challenge_set_up_by_one_worker_is_answered_by_another(tmp_path: Path)
 )
 def test_a_token_that_is_not_base64url_is_never_looked_up(tmp_path: Path, token: str) -> None:
     directory = tmp_path / "challenges"
-    shared = SharedChallenges(directory)
+    shared = SharedChallenges(directory, BOX)
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "x").write_bytes(b"secret")
     (directory / "a.b").write_bytes(b"not a challenge")
@@ -75,7 +76,7 @@ def test_a_token_that_is_not_base64url_is_never_looked_up(tmp_path: Path, token:
 
 @pytest.mark.parametrize("name", ["", "../x", "*.relay.test", "a/b.test", "-a.test", "A.TEST"])
 def test_a_name_that_is_not_a_plain_hostname_is_never_looked_up(tmp_path: Path, name: str) -> None:
-    shared = SharedChallenges(tmp_path / "challenges")
+    shared = SharedChallenges(tmp_path / "challenges", BOX)
     assert shared.tls_alpn01(name) is None
     with pytest.raises(ValueError):
         shared.put_tls_alpn01(name, (b"c", b"k"))
@@ -84,24 +85,41 @@ def test_a_name_that_is_not_a_plain_hostname_is_never_looked_up(tmp_path: Path, 
 def test_a_killed_workers_challenges_are_ignored_then_removed(tmp_path: Path) -> None:
     directory = tmp_path / "challenges"
     now = [time.time()]
-    SharedChallenges(directory).put_http01(TOKEN, b"old")  # its worker never dropped it
-    reader = SharedChallenges(directory, clock=lambda: now[0])
+    SharedChallenges(directory, BOX).put_http01(TOKEN, b"old")  # its worker never dropped it
+    reader = SharedChallenges(directory, BOX, clock=lambda: now[0])
     assert reader.http01(TOKEN) == b"old"
     now[0] += MAX_AGE + 1
     assert reader.http01(TOKEN) is None
     assert list(directory.iterdir()) == []
 
     # A worker starting later sweeps what is older than that.
-    SharedChallenges(directory).put_http01(TOKEN, b"old")
-    SharedChallenges(directory, clock=lambda: now[0])
+    SharedChallenges(directory, BOX).put_http01(TOKEN, b"old")
+    SharedChallenges(directory, BOX, clock=lambda: now[0])
     assert list(directory.iterdir()) == []
+
+
+def test_a_challenge_key_is_sealed_on_disk_and_opens_only_for_its_name(tmp_path: Path) -> None:
+    directory = tmp_path / "challenges"
+    ordering, other = SharedChallenges(directory, BOX), SharedChallenges(directory, BOX)
+    pair = tls_alpn01_challenge_cert("app.relay.test", "x.y")
+    ordering.put_tls_alpn01("app.relay.test", pair)
+    [stored] = directory.iterdir()
+    assert b"PRIVATE KEY" not in stored.read_bytes()  # no private key in plaintext
+    # Copied onto another name's file, it does not open: no challenge there.
+    (directory / "tls-alpn-01.evil.relay.test.sealed").write_bytes(stored.read_bytes())
+    assert other.tls_alpn01("evil.relay.test") is None
+    # Nor under another edge's keys.
+    stranger = SharedChallenges(directory, SecretBox({"k2": os.urandom(32)}, "k2"))
+    assert stranger.tls_alpn01("app.relay.test") is None
+    assert other.tls_alpn01("app.relay.test") == pair
 
 
 def test_a_tls_alpn_file_without_its_key_is_no_challenge(tmp_path: Path) -> None:
     directory = tmp_path / "challenges"
-    shared = SharedChallenges(directory)
+    shared = SharedChallenges(directory, BOX)
     cert, _key = tls_alpn01_challenge_cert("app.relay.test", "x.y")
-    (directory / "tls-alpn-01.app.relay.test.pem").write_bytes(cert)
+    sealed = BOX.seal(cert, owner="acme", name="challenge app.relay.test")
+    (directory / "tls-alpn-01.app.relay.test.sealed").write_bytes(sealed)
     assert shared.tls_alpn01("app.relay.test") is None
 
 
