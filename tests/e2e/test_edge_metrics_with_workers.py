@@ -26,6 +26,7 @@ from tests.e2e.procs import Agent, Edge, payload
 from tests.e2e.prometheus import Prometheus, needs_prometheus, promtool
 from tests.e2e.test_admin_listener import sample
 from tests.e2e.test_edge_workers import WORKERS, worker_pids
+from tests.e2e.test_per_endpoint_metrics import SUPERVISOR_FAMILIES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,6 +95,8 @@ def test_the_edges_admin_listener_is_its_workers_summed(
     )
     assert sample(text, "relay_edge_workers") == WORKERS
     assert sample(text, "relay_edge_workers_answering") == WORKERS
+    for family in SUPERVISOR_FAMILIES:  # each one the metrics page says it exports
+        assert f"\n{family}" in text, family
     # The edge's memory is its workers' and the supervisor's.
     workers_rss = sum(sample(t, "process_resident_memory_bytes") for t in per_worker)
     assert sample(text, "process_resident_memory_bytes") > workers_rss
