@@ -100,8 +100,8 @@ def test_names_on_both_workers_are_each_ordered_once_and_served(
         edge.extra += acme_flags(proxy.directory_url, pebble.ca_bundle, challenge=challenge)
         edge.start()
         try:
-            bound = [web_agent(edge, agents, str(origin.port), "--domain", n) for n in names]
-            holders = {min(workers_holding(edge, agent.url)) for agent in bound}
+            for n in names:  # placed by the kernel: validations land on either worker
+                web_agent(edge, agents, str(origin.port), "--domain", n)
             root_pem = pebble.root_pem()
             for seed, name in enumerate(names):
                 wait_certified(edge, pebble, name, root_pem)
@@ -109,7 +109,6 @@ def test_names_on_both_workers_are_each_ordered_once_and_served(
             assert len(proxy.order_times()) == len(names), proxy.orders
             log = pebble.output()
             assert log.count("set VALID by completed challenge") == len(names), log
-            print(f"holders of the {len(names)} names: workers {sorted(holders)}")
         finally:
             for started in agents:
                 started.stop()
