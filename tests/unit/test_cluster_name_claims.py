@@ -74,7 +74,11 @@ async def test_of_two_simultaneous_claims_by_two_owners_one_wins(
 
 
 async def test_nodes_of_one_owner_share_a_claim(redis_server: RedisServer) -> None:  # noqa: F811
-    a, b = node(redis_server, A, {}), node(redis_server, B, {})
+    # Both nodes hold the name, as they would once their binds are done: a claim of a
+    # name not held is released by the node's next heartbeat (0.2 s here), which could
+    # fall between two claims below.
+    held = {"pool.example.com": "owner-x"}
+    a, b = node(redis_server, A, held), node(redis_server, B, held)
     async with running(a, b):
         assert await a.claim("pool.example.com", "owner-x") is None
         assert await b.claim("pool.example.com", "owner-x") is None
