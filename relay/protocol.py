@@ -52,10 +52,13 @@ class Message:
     TYPE: ClassVar[str] = ""
 
     def to_wire(self) -> bytes:
-        body = json.dumps({"type": self.TYPE, **asdict(self)}, separators=(",", ":")).encode()
+        body = json.dumps({"type": self.TYPE, **self._on_wire()}, separators=(",", ":")).encode()
         if len(body) > MAX_CONTROL_MESSAGE:
             raise ProtocolViolation(f"control message {self.TYPE} too large ({len(body)} bytes)")
         return _LEN32.pack(len(body)) + body
+
+    def _on_wire(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,22 @@ class AuthOk(Message):
     edge_version: str
     region: str
     token_id: str
+    #: Told to links 1..K-1 of an agent (``Auth.link`` > 0) on an edge with workers
+    #: only: which of the edge's ``workers`` holds this session, and ``beside``, a bit
+    #: for each lower link of the agent that worker holds too (bit i: link i). A link
+    #: beside a lower one connects again (relay/agent/placement.py). Link 0 is never
+    #: told: an agent of one link has no use for it.
+    worker: int = 0
+    workers: int = 1
+    beside: int = 0
+
+    def _on_wire(self) -> dict[str, Any]:
+        # Agents that predate the placement refuse unknown fields: only a link told
+        # where it is gets them.
+        fields = asdict(self)
+        if self.workers == 1:
+            del fields["worker"], fields["workers"], fields["beside"]
+        return fields
 
 
 @dataclass(frozen=True)

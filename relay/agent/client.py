@@ -19,6 +19,7 @@ from relay import __version__
 from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
 from relay.agent.metrics import AgentMetrics
+from relay.agent.placement import MAX_PLACEMENT_TRIES, Place, crowded
 from relay.agent.pops import WRONG_REGION_FOR, Pop, PopChooser
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
 from relay.error_pages import render
@@ -148,6 +149,10 @@ class SessionEnded(Exception):
     """The link is gone; reconnect."""
 
 
+class Crowded(SessionEnded):
+    """This link reached a worker a lower link of the agent holds: it connects again."""
+
+
 class WrongRegion(SessionEnded):
     """The PoP is in another region than ``--region``: try the next one at once."""
 
@@ -219,6 +224,11 @@ class Agent:
             options.edges or ((options.edge_host, options.edge_port),), options.region
         )
         self.pop: Pop | None = None  # the PoP of the current attempt
+        #: Where this link's session is, once established (relay/agent/placement.py).
+        self.place: Place | None = None
+        #: Where the agent's lower links are (``--links``; link 0 has none).
+        self.lower_places: Callable[[], list[Place]] = lambda: []
+        self._placement_tries = 0
         self.link: Any = None
         self.sessions_started = 0
         self._stopping = False
@@ -296,6 +306,9 @@ class Agent:
             except WrongRegion as exc:
                 self.status(str(exc))
                 continue  # the next PoP at once: this one is not the agent's region
+            except Crowded as exc:
+                self.status(str(exc))
+                continue  # at once: a new connection is another draw of the kernel's
             except BindError as exc:
                 if not self.sessions_started_ok:
                     raise
@@ -423,6 +436,7 @@ class Agent:
                 f"{self.pop} is a PoP of region {reply.region}, not {self.options.region}; "
                 "trying another"
             )
+        self._place(reply)
         self._established = True
         where = f", {self.pop}" if len(self.pops.last_rtts) > 1 and self.pop else ""
         self.status(f"session {reply.session_id} established (edge {reply.edge_version}{where})")
@@ -435,6 +449,26 @@ class Agent:
             parked, self._awaiting_bind = self._awaiting_bind, []
             for channel in parked:
                 self._start_visitor(channel, None)
+
+    def _place(self, reply: AuthOk) -> None:
+        """Raise Crowded when this link should be on another worker of its PoP (and
+        tries remain); else keep where it is."""
+        pop = self.pop or Pop(self.options.edge_host, self.options.edge_port, "")
+        lower_on_pop = sum(p.pop == pop for p in self.lower_places())
+        if crowded(self.options.link, reply.workers, reply.beside, lower_on_pop):
+            if self._placement_tries < MAX_PLACEMENT_TRIES:
+                self._placement_tries += 1
+                raise Crowded(
+                    f"worker {reply.worker} of {reply.workers} holds a lower link too; "
+                    f"connecting again for another ({self._placement_tries}"
+                    f"/{MAX_PLACEMENT_TRIES})"
+                )
+            self.status(
+                f"staying on worker {reply.worker} beside a lower link after "
+                f"{MAX_PLACEMENT_TRIES} new connections"
+            )
+        self._placement_tries = 0
+        self.place = Place(pop, reply.worker)
 
     async def _bind_all(self, control: ControlChannel) -> None:
         for request_id, spec in enumerate(self.options.endpoints, start=1):

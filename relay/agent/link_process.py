@@ -9,12 +9,13 @@ link 0 was given) as the first line on its stdin, never on its command line, whe
 would show the token. Then JSON lines go both ways:
 
 * agent → child: ``{"leader": …}`` when link 0 was given other names or ports (after an
-  edge restart); ``{"busy": [pop, …]}``, the PoPs the other links are on (a link prefers
-  another, as in one process).
-* child → agent: ``{"status": line}``, printed as ``link i: line``; ``{"pop": pop}`` (or
-  null) when its connection comes or goes; ``{"fatal": {"code", "message"}}`` before it
-  exits with an error that cannot heal. The agent then ends with that error, as it would
-  for a link of its own.
+  edge restart); ``{"links": [[index, host, port, name, worker], …]}``, where the other
+  links are: a link prefers a PoP none is on, as in one process, and a worker no lower
+  link holds (relay/agent/placement.py).
+* child → agent: ``{"status": line}``, printed as ``link i: line``; ``{"place": [host,
+  port, name, worker]}`` (or null) when its session comes or goes; ``{"fatal": {"code",
+  "message"}}`` before it exits with an error that cannot heal. The agent then ends with
+  that error, as it would for a link of its own.
 
 A child exits when its stdin ends: the agent is gone, however it went. A child that dies
 otherwise (killed) is started again after :data:`RESTART_DELAY`.
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.agent.client import Agent, AgentOptions, EndpointSpec
+from relay.agent.placement import Place
 from relay.agent.pops import Pop
 from relay.errors import RelayError, error_from_code
 from relay.mux import MuxConfig
@@ -41,7 +43,7 @@ log = logging.getLogger("relay.agent")
 
 #: A child that died without an error of its own is started again after this long.
 RESTART_DELAY = 1.0
-#: How often the agent looks whether a link's PoP changed, to tell the others.
+#: How often the agent looks whether a link's place changed, to tell the others.
 BUSY_PERIOD = 0.25
 #: The longest line either side reads: the description with every endpoint.
 MAX_LINE = 1024 * 1024
@@ -100,14 +102,22 @@ def options_from(plain: dict[str, Any]) -> AgentOptions:
     return AgentOptions(**fields)
 
 
-def _pop_plain(pop: Pop | None) -> list[Any] | None:
-    return None if pop is None else [pop.host, pop.port, pop.name]
+def _place_plain(place: Place) -> list[Any]:
+    return [place.pop.host, place.pop.port, place.pop.name, place.worker]
 
 
-def _pop_from(plain: Any) -> Pop | None:
-    if not isinstance(plain, list) or len(plain) != 3:
+def _place_from(plain: Any) -> Place | None:
+    if not isinstance(plain, list) or len(plain) != 4:
         return None
-    return Pop(str(plain[0]), int(plain[1]), str(plain[2]))
+    return Place(Pop(str(plain[0]), int(plain[1]), str(plain[2])), int(plain[3]))
+
+
+#: The other links of an agent, as (link index, place), for the one asking.
+Others = Callable[["LinkChild"], list[tuple[int, Place]]]
+
+
+def _links_plain(others: list[tuple[int, Place]]) -> list[list[Any]]:
+    return sorted([index, *_place_plain(place)] for index, place in others)
 
 
 # --- the agent's side ---------------------------------------------------------------------
@@ -122,19 +132,24 @@ class LinkChild:
         options: AgentOptions,
         leader: Agent,
         status: Callable[[str], None],
-        busy: Callable[[LinkChild], set[Pop]],
+        others: Others,
     ) -> None:
-        """``busy``: the PoPs the agent's other links are on now."""
+        """``others``: where the agent's other links are now."""
         self.index = index
-        self.busy = busy
+        self.others = others
         self.options = dataclasses.replace(options, link=index, admin_listen=None)
         self.leader = leader
         self.status = status
-        self.pop: Pop | None = None
+        #: Where this link's session is (None: it has none now).
+        self.place: Place | None = None
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._told_leader: list[dict[str, Any]] = []
-        self._told_busy: list[Any] = []
+        self._told_links: list[list[Any]] = []
+
+    @property
+    def pop(self) -> Pop | None:
+        return None if self.place is None else self.place.pop
 
     def stop(self) -> None:
         self._stopping = True
@@ -165,11 +180,11 @@ class LinkChild:
         assert process.stdin is not None and process.stdout is not None
         self._told_leader = describe_leader(self.leader)
         # Where the other links are goes with the start: the child picks its PoP at once.
-        self._told_busy = sorted(_pop_plain(p) for p in self.busy(self))
+        self._told_links = _links_plain(self.others(self))
         first = {
             "options": describe_options(self.options),
             "leader": self._told_leader,
-            "busy": self._told_busy,
+            "links": self._told_links,
         }
         process.stdin.write(json.dumps(first).encode() + b"\n")
         fatal: RelayError | None = None
@@ -179,7 +194,7 @@ class LinkChild:
         except (ValueError, asyncio.LimitOverrunError) as exc:
             log.warning("link %d's process said something unreadable: %s", self.index, exc)
         finally:
-            self.pop = None
+            self.place = None
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
@@ -189,16 +204,16 @@ class LinkChild:
     def _heard(self, message: dict[str, Any]) -> RelayError | None:
         if "status" in message:
             self.status(f"link {self.index}: {message['status']}")
-        if "pop" in message:
-            self.pop = _pop_from(message["pop"])
+        if "place" in message:
+            self.place = _place_from(message["place"])
         fatal = message.get("fatal")
         if isinstance(fatal, dict):
             return error_from_code(str(fatal.get("code", "")), str(fatal.get("message", "")))
         return None
 
     def tell(self) -> None:
-        """Send what changed: link 0's names and ports, the other links' PoPs."""
-        busy = self.busy(self)
+        """Send what changed: link 0's names and ports, where the other links are."""
+        links = _links_plain(self.others(self))
         process = self.process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return
@@ -206,10 +221,9 @@ class LinkChild:
         if leader != self._told_leader:
             self._told_leader = leader
             process.stdin.write(json.dumps({"leader": leader}).encode() + b"\n")
-        plain = sorted(_pop_plain(p) for p in busy)  # type: ignore[type-var]
-        if plain != self._told_busy:
-            self._told_busy = plain
-            process.stdin.write(json.dumps({"busy": plain}).encode() + b"\n")
+        if links != self._told_links:
+            self._told_links = links
+            process.stdin.write(json.dumps({"links": links}).encode() + b"\n")
 
 
 # --- the child's side ---------------------------------------------------------------------
@@ -223,32 +237,42 @@ async def _child() -> int:
     options = options_from(first["options"])
     view = LeaderView({}, {}, {})
     apply_leader(view, first["leader"])
-    busy = {p for p in map(_pop_from, first.get("busy", [])) if p is not None}
+    others: dict[int, Place] = {}
+
+    def learn(links: list[Any]) -> None:
+        others.clear()
+        for plain in links:
+            place = _place_from(plain[1:]) if isinstance(plain, list) and plain else None
+            if place is not None:
+                others[int(plain[0])] = place
+
+    learn(first.get("links", []))
 
     def say(message: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
         sys.stdout.flush()
 
     agent = Agent(options, status=lambda line: say({"status": line}), leader=view)
-    agent.pops.busy = lambda: busy
+    agent.pops.busy = lambda: {place.pop for place in others.values()}
+    agent.lower_places = lambda: [p for i, p in others.items() if i < options.link]
 
     async def listen() -> None:
         while line := await reader.readline():
             message = json.loads(line)
             if "leader" in message:
                 apply_leader(view, message["leader"])
-            if "busy" in message:
-                busy.clear()
-                busy.update(p for p in map(_pop_from, message["busy"]) if p is not None)
+            if "links" in message:
+                learn(message["links"])
         agent.stop()  # the agent is gone
 
     async def report() -> None:
         told: Any = object()
         while True:
-            now = _pop_plain(agent.pop) if agent.connected else None
+            place = agent.place if agent.connected else None
+            now = None if place is None else _place_plain(place)
             if now != told:
                 told = now
-                say({"pop": now})
+                say({"place": now})
             await asyncio.sleep(BUSY_PERIOD)
 
     helpers = [asyncio.ensure_future(listen()), asyncio.ensure_future(report())]

@@ -4,8 +4,10 @@ Each link is a whole session with the same agent id and its own link index. Link
 the endpoints; once it holds them all, links 1..K-1 connect, each in a process of its own
 (relay/agent/link_process.py: a core each), and bind exactly the same names and ports.
 The edge shares each endpoint's visitors among the links (relay/edge/members.py); on an
-edge with workers the links usually land on different workers, so one agent's visitors
-use several cores at both ends. A link that is lost takes no visitors from that moment
+edge with workers each link moves to a worker no lower link holds, while there is one
+(relay/agent/placement.py), so one agent's visitors use several cores at both ends. The
+link processes start one after another, each once the one before has its place, so each
+knows where the lower ones are. A link that is lost takes no visitors from that moment
 (the edge sends new ones to the others) and reconnects by itself (a link process that
 dies is started again). What cannot heal (a refused token, a Stop) ends every link.
 """
@@ -14,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from relay.agent.client import Agent, AgentOptions
 from relay.agent.link_process import BUSY_PERIOD, LinkChild
-from relay.agent.pops import Pop
+from relay.agent.placement import Place
 
 #: At most this many links (the edge refuses a link index of 16 or more).
 MAX_LINKS = 16
+#: How long the next link process waits for the one before it to have a place: past
+#: that (an edge slow to answer) it starts anyway.
+PLACE_WAIT = 10.0
 
 
 class LinkedAgent:
@@ -52,11 +57,14 @@ class LinkedAgent:
             await asyncio.wait({tasks[0], bound}, return_when=asyncio.FIRST_COMPLETED)
             bound.cancel()
             if not tasks[0].done() and not self._stopping:
+                telling = asyncio.ensure_future(self._tell_links())
                 for index in range(1, self.links):
-                    child = LinkChild(index, self.options, leader, self.status, self._busy_for)
+                    if self._stopping or any(t.done() for t in tasks):
+                        break
+                    child = LinkChild(index, self.options, leader, self.status, self._others_of)
                     self.children.append(child)
                     tasks.append(asyncio.ensure_future(child.run()))
-                telling = asyncio.ensure_future(self._tell_links())
+                    await self._placed(child, tasks)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
@@ -72,12 +80,20 @@ class LinkedAgent:
                 if not task.done():
                     task.cancel()
 
-    def _busy_for(self, child: LinkChild) -> set[Pop]:
-        """The PoPs the links other than ``child`` are connected to now."""
-        busy = {c.pop for c in self.children if c is not child and c.pop is not None}
-        if self.leader.connected and self.leader.pop is not None:
-            busy.add(self.leader.pop)
-        return busy
+    async def _placed(self, child: LinkChild, tasks: Sequence[asyncio.Future[None]]) -> None:
+        """Wait (bounded) until ``child`` has a place or any link ended."""
+        deadline = asyncio.get_running_loop().time() + PLACE_WAIT
+        while child.place is None and not self._stopping and not any(t.done() for t in tasks):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(BUSY_PERIOD / 5)
+
+    def _others_of(self, child: LinkChild) -> list[tuple[int, Place]]:
+        """Where the links other than ``child`` are now, with their link indexes."""
+        others = [(c.index, c.place) for c in self.children if c is not child and c.place]
+        if self.leader.connected and self.leader.place is not None:
+            others.append((0, self.leader.place))
+        return others
 
     async def _tell_links(self) -> None:
         """Tell each link process what link 0 holds and where the other links are."""

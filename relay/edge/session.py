@@ -167,6 +167,26 @@ class AgentSession:
             self.link.session.go_away(2)
             self.link.close()
 
+    def _place(self) -> tuple[int, int, int]:
+        """(worker, workers, beside) for this session's auth_ok. Links 1.. of an agent
+        are told which worker they reached and which lower links of the agent it holds
+        (they move off a lower link's worker: relay/agent/placement.py); link 0, and
+        any link of an edge of one process, are told nothing."""
+        worker = self.edge.worker
+        if worker is None or self.link_index == 0:
+            return (0, 1, 0)
+        beside = 0
+        for other in self.edge.sessions:
+            if (
+                other.authenticated
+                and other is not self
+                and other.link_index < self.link_index
+                and other.token_id == self.token_id
+                and other.agent_id == self.agent_id
+            ):
+                beside |= 1 << other.link_index
+        return (worker.place.index, worker.place.count, beside)
+
     def _refuse(self, exc: RelayError) -> None:
         """Answer a failed authentication with its code and end the link."""
         assert self.control is not None
@@ -208,7 +228,8 @@ class AgentSession:
         self.link_index = auth.link
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()
-        self.control.send(AuthOk(self.session_id, __version__, self.edge.config.region, record.id))
+        region = self.edge.config.region
+        self.control.send(AuthOk(self.session_id, __version__, region, record.id, *self._place()))
         log.info(
             "session %s: agent %s (token %s, %s) authenticated",
             self.session_id,

@@ -1,7 +1,8 @@
 """`relay tcp --links 3`: links 1 and 2 each run in a process of their own (so one agent
 uses more than one core), started with the token on stdin, never on their command line;
 a link process that is killed is started again and its link serves again; the agent's
-stop ends every link process."""
+stop ends every link process. On an edge of two workers the links take both workers,
+whichever worker the kernel gives each connection first."""
 
 from __future__ import annotations
 
@@ -82,5 +83,31 @@ def test_links_run_in_processes_of_their_own(edge: Edge, agents: list[Agent]) ->
             wait_for(
                 f"link process {pid} to end", lambda pid=pid: not Path(f"/proc/{pid}").exists()
             )
+    finally:
+        echo.close()
+
+
+def per_worker(edge: Edge) -> list[int]:
+    return [int(edge.worker_status(w)["sessions"]) for w in range(2)]
+
+
+def test_links_take_a_worker_each(edge: Edge, agents: list[Agent]) -> None:
+    """Seven starts of an agent: with 2 links each worker holds one, with 3 links neither
+    worker is left out. The kernel picks a worker per connection by a hash: without the
+    placement all seven would pass about once in 85 runs ((1/2)^6 * 3/4)."""
+    echo = EchoServer()
+    try:
+        _, token = edge.token()
+        for start, links in enumerate((2, 3, 2, 2, 2, 2, 2)):
+            agent = Agent(edge, token, echo.port, extra=["--links", str(links)])
+            agents.append(agent)
+            port = agent.wait_bound()
+            agent.proc.wait_all(*(f"link {i}: session" for i in range(1, links)))
+            wait_for(f"{links} sessions at the edge", lambda n=links: sum(per_worker(edge)) == n)
+            where = per_worker(edge)
+            assert (where == [1, 1]) if links == 2 else (min(where) >= 1), (start, where)
+            echoes(port, 1)
+            assert agent.proc.stop() == 0, agent.proc.text()
+            wait_for("the agent's sessions to end", lambda: sum(per_worker(edge)) == 0)
     finally:
         echo.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import contextlib
 import struct
 
@@ -27,6 +29,7 @@ from relay.protocol import (
 SAMPLES: list[Message] = [
     Auth(token="rly_x_y", agent_id="a_1", version="relay-agent/0.1.0", hostname="box"),
     AuthOk(session_id="s_1", edge_version="0.1.0", region="eu", token_id="t1"),
+    AuthOk("s_2", "0.1.0", "eu", "t1", worker=3, workers=4, beside=0b101),
     Bind(request_id=1, kind="tcp", remote_port=20001, upstream="127.0.0.1:22"),
     Bound(request_id=1, endpoint_id="ep_1", url="tcp://127.0.0.1:20001", remote_port=20001),
     Stop(code="RLY_102", message="token revoked"),
@@ -92,3 +95,12 @@ def test_arbitrary_bytes_never_raise_anything_but_relay_errors(data: bytes) -> N
     reader = MessageReader()
     with contextlib.suppress(RelayError):
         reader.feed(data)
+
+
+def test_auth_ok_carries_a_place_only_to_a_link_told_one() -> None:
+    """An agent that predates placement refuses unknown fields: an auth_ok without a
+    worker count (link 0, an edge of one process) has the fields it always had."""
+    plain = json.loads(AuthOk("s_1", "0.1.0", "eu", "t1").to_wire()[4:])
+    assert set(plain) == {"type", "session_id", "edge_version", "region", "token_id"}
+    placed = json.loads(AuthOk("s_1", "0.1.0", "eu", "t1", worker=1, workers=2).to_wire()[4:])
+    assert (placed["worker"], placed["workers"]) == (1, 2)

@@ -1,0 +1,44 @@
+"""``--links K`` on an edge with workers: each link on a worker of its own.
+
+Every worker of an edge listens on the agent port (SO_REUSEPORT), and the kernel picks
+one by a hash of the connection's addresses: two links of an agent land on one worker
+as often as on two (with two workers). Both links then serve their visitors on that one
+worker's core, and the other worker hands every visitor it accepts for the agent over.
+So the edge tells a link (1..K-1) which worker it reached, how many there are, and which
+lower links of the agent that worker holds too (``auth_ok``). A link beside a lower link,
+while the lower links on its PoP are fewer than the PoP's workers (so one holds none of
+them), connects again at once (a new connection, a new source port, another draw)
+before it binds anything: at most :data:`MAX_PLACEMENT_TRIES` times, then it stays.
+
+Only lower links count: link 0 never moves, and of two links on one worker the higher
+one moves, so two links never chase each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.agent.pops import Pop
+
+#: New connections a link makes to reach a worker of its own before it stays where it
+#: is. With two workers each try finds the free one with probability 1/2: eight misses
+#: in a row (1 in 256) mean the kernel keeps choosing one (or the workers are going).
+MAX_PLACEMENT_TRIES = 8
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a link's session is: the PoP it dialled and the worker there that holds it
+    (0 when the edge did not say: link 0, or an edge of one process)."""
+
+    pop: Pop
+    worker: int
+
+
+def crowded(link: int, workers: int, beside: int, lower_on_pop: int) -> bool:
+    """Whether link ``link`` should connect again: its worker (of ``workers``) holds a
+    lower link (``beside``: bit i for link i), and the agent's ``lower_on_pop`` lower
+    links on this PoP are fewer than its workers, so one worker holds none of them."""
+    if workers < 2 or link < 1:
+        return False
+    return beside & ((1 << link) - 1) != 0 and lower_on_pop < workers
