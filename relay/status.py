@@ -102,11 +102,16 @@ def _render_edge(now: Snapshot, before: Snapshot | None, admin: str) -> list[str
         (code, rate(now, before, "relay_error_pages_total", code)) for code in sorted(pages)
     ]
     busy = ", ".join(f"{code} {r:.1f}/s" for code, r in page_rates if r > 0) or "none"
+    workers = s.get("workers") or {}
+    # An edge with workers (relay/cluster/status_sum.py) says how many answer.
+    answering = (
+        f"   workers {workers.get('answering')}/{workers.get('count')}" if "each" in workers else ""
+    )
     lines = [
         f"relay edge {s.get('version', '?')} (region {s.get('region', '?')}) "
         f"admin {admin} — {state}",
         f"sessions {s.get('sessions', 0)}/{s.get('sessions_limit', 0)}   endpoints {kinds}"
-        f"   streams {now.total('relay_streams_open'):.0f}",
+        f"   streams {now.total('relay_streams_open'):.0f}{answering}",
         f"traffic  in {_bytes(rate(now, before, 'relay_visitor_bytes_total', 'in'))}/s"
         f"  out {_bytes(rate(now, before, 'relay_visitor_bytes_total', 'out'))}/s"
         f"  connections {rate(now, before, 'relay_visitor_connections_total'):.0f}/s"

@@ -10,9 +10,11 @@ It listens at ``admin_listen`` itself; worker *i*'s own admin listener is at tha
   ``relay_edge_worker_restarts_total`` and ``relay_edge_worker_scrape_failures_total``.
 * ``/healthz``: the supervisor is alive.
 * ``/readyz``: 200 while every worker's ``/readyz`` is; 503 naming those that are not.
-* Anything else (``/status``, the API under ``/api/``) is passed through, byte for
-  byte, to the first worker that takes the connection: worker 0 unless it is being
-  started again.
+* ``/status``: every worker's ``/status`` (read at once, each within
+  :data:`SCRAPE_TIMEOUT`), combined by :mod:`relay.cluster.status_sum`.
+* Anything else (the API under ``/api/``) is passed through, byte for byte, to the
+  first worker that takes the connection: worker 0 unless it is being started again.
+  Any worker's API speaks for all of them (relay/edge/worker_asks.py).
 
 The same limits as a worker's listener: a head of at most 8 KiB, within 10 s.
 """
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +41,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from relay.admin import HEAD_TIMEOUT, MAX_HEAD
 from relay.cluster.metrics_sum import MetricsSum, Scrape
+from relay.cluster.status_sum import combine_status
 from relay.errors import ListenError
 
 __all__ = ["SCRAPE_TIMEOUT", "SupervisorAdmin", "WorkerView"]
@@ -172,6 +177,17 @@ class SupervisorAdmin:
                 why.append(f"worker {view.index}: {text}")
         return not why, "; ".join(why)
 
+    async def status(self) -> dict[str, Any]:
+        """The edge's /status: every worker's, combined."""
+        views = self.workers()
+        answers = await asyncio.gather(*(self._get(v.index, b"/status") for v in views))
+        return combine_status(
+            [
+                (view.index, view.pid, _json_object(got[1]) if got and got[0] == 200 else None)
+                for view, got in zip(views, answers, strict=True)
+            ]
+        )
+
     async def _get(self, index: int, path: bytes) -> tuple[int, bytes] | None:
         """One GET to worker ``index``'s listener: (status, body), or None."""
         writer: asyncio.StreamWriter | None = None
@@ -214,7 +230,7 @@ class SupervisorAdmin:
                 return
             method, target = request_line[0], request_line[1]
             path = target.split(b"?", 1)[0]
-            if path not in (b"/metrics", b"/healthz", b"/readyz"):
+            if path not in (b"/metrics", b"/healthz", b"/readyz", b"/status"):
                 await self._pass_through(head, reader, writer)
                 return
             if method not in _GET_ONLY:
@@ -226,6 +242,9 @@ class SupervisorAdmin:
                 ready, why = await self.readiness()
                 status, kind = (200, "text/plain") if ready else (503, "text/plain")
                 body = b"ready\n" if ready else f"not ready: {why}\n".encode()
+            elif path == b"/status":
+                status, kind = 200, "application/json"
+                body = json.dumps(await self.status()).encode()
             else:
                 try:
                     status, kind, body = 200, CONTENT_TYPE_LATEST, await self.metrics()
@@ -259,6 +278,14 @@ class SupervisorAdmin:
                 up_writer.close()
             return
         await _answer(writer, 503, "text/plain", b"no worker of this edge answers\n")
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class _Fixed(Collector):

@@ -1,6 +1,7 @@
 """`relay edge --workers 2` seen as one edge at its admin listener: the supervisor's
 /metrics is the sum of its workers' (and its own process), /readyz speaks for every
-worker, /status and the API are passed through to a worker, and a killed worker's counts
+worker, /status lists every worker's sessions, the API is passed through to a worker,
+and a killed worker's counts
 are kept, so the edge's counters never go down. A real Prometheus scrapes it through a
 worker's SIGKILL and sees no counter reset.
 """
@@ -22,11 +23,12 @@ import pytest
 from tests.e2e.api_calls import Keys, call
 from tests.e2e.http_helpers import exchange, host_of, web_agent
 from tests.e2e.origin import Origin
-from tests.e2e.procs import Agent, Edge, payload
+from tests.e2e.procs import Agent, EchoServer, Edge, payload
 from tests.e2e.prometheus import Prometheus, needs_prometheus, promtool
 from tests.e2e.test_admin_listener import sample
 from tests.e2e.test_edge_workers import WORKERS, worker_pids
 from tests.e2e.test_per_endpoint_metrics import SUPERVISOR_FAMILIES
+from tests.e2e.test_relay_status import status_once
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -103,9 +105,10 @@ def test_the_edges_admin_listener_is_its_workers_summed(
 
     assert get(edge.admin_port, "/healthz") == (200, "ok\n")
     assert get(edge.admin_port, "/readyz") == (200, "ready\n")
-    # /status and the API answer at the edge's listener, from a worker.
+    # /status speaks for the whole edge; the API answers there too, from a worker.
     status, body = get(edge.admin_port, "/status")
-    assert status == 200 and json.loads(body)["worker"] == 0
+    assert status == 200, body
+    assert (json.loads(body)["worker"], json.loads(body)["sessions"]) == (None, 2)
     keys = Keys(edge)
     try:
         _, key = keys.make(["sessions:read"])
@@ -214,3 +217,47 @@ def test_prometheus_sees_one_edge_and_no_reset_across_a_worker_kill(
         }, lint
     finally:
         prometheus.stop()
+
+
+def test_the_edges_status_lists_every_workers_sessions(edge: Edge, agents: list[Agent]) -> None:
+    """An agent with a link on each worker (the links take a worker each): the edge's
+    /status lists both sessions with their workers and its endpoint once, held by both;
+    a worker that does not answer makes it not ready, naming that worker."""
+    echo = EchoServer()
+    try:
+        _, token = edge.token()
+        agent = Agent(edge, token, echo.port, extra=["--links", "2"])
+        agents.append(agent)
+        agent.wait_bound()
+        agent.proc.wait_line("link 1: session", 20)
+        deadline = time.monotonic() + 15
+        while [int(edge.worker_status(w)["sessions"]) for w in range(WORKERS)] != [1, 1]:
+            assert time.monotonic() < deadline, "the links on a worker each"
+            time.sleep(0.1)
+        ids = {w: edge.worker_status(w)["sessions_list"][0]["id"] for w in range(WORKERS)}
+
+        code, body = get(edge.admin_port, "/status")
+        status = json.loads(body)
+        assert code == 200 and status["ready"] and status["worker"] is None, body
+        assert status["sessions"] == 2
+        assert {s["id"]: s["worker"] for s in status["sessions_list"]} == {
+            ids[w]: w for w in range(WORKERS)
+        }
+        assert [(e["url"], e["workers"]) for e in status["endpoints"]] == [(agent.url, [0, 1])]
+        assert status["endpoints_by_kind"] == {"tcp": 1}
+        assert [w["sessions"] for w in status["workers"]["each"]] == [1, 1]
+        assert status["workers"]["each"][1]["pid"] == worker_pids(edge)[1]
+        shown = status_once(edge.admin_port)  # `relay status` reads the same page
+        assert "workers 2/2" in shown and all(i in shown for i in ids.values()), shown
+
+        os.kill(worker_pids(edge)[1], signal.SIGSTOP)
+        try:
+            code, body = get(edge.admin_port, "/status")
+        finally:
+            os.kill(worker_pids(edge)[1], signal.SIGCONT)
+        status = json.loads(body)
+        assert code == 200, body
+        assert (status["ready"], status["why"]) == (False, "worker 1: not answering")
+        assert [s["id"] for s in status["sessions_list"]] == [ids[0]]
+    finally:
+        echo.close()
