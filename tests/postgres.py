@@ -15,11 +15,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.ports import free_port
 
 #: How long the server may take to accept connections after it starts.
 START_TIMEOUT = 30.0
@@ -53,13 +54,6 @@ def unavailable() -> str | None:
         except KeyError:
             return "running as root and there is no postgres user to run the server as"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PostgresServer:
@@ -101,7 +95,7 @@ class PostgresServer:
             timeout=120,
             **self._as_user,  # type: ignore[call-overload]
         )
-        self.port = _free_port()
+        self.port = free_port()
         log = (self.root / "server.log").open("wb")
         if self._as_user:
             os.chown(self.root / "server.log", self._as_user["user"], self._as_user["group"])

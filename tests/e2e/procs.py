@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import queue
-import random
 import signal
 import socket
 import ssl
@@ -24,35 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port, free_port_range
+
 RELAY = [sys.executable, "-m", "relay.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_range(size: int = 20) -> tuple[int, int]:
-    """A run of ports that are free right now, below the kernel's ephemeral range so that
-    outgoing connections (of this test or a benchmark running beside it) cannot take
-    them meanwhile."""
-    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    rng = random.Random()
-    for _ in range(200):
-        first = rng.randrange(10000, max(10001, low - size))
-        if all(_port_free(port) for port in range(first, first + size)):
-            return first, first + size - 1
-    raise RuntimeError("no free port range found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_for_port(
