@@ -13,8 +13,10 @@ would show the token. Then JSON lines go both ways:
   links are: a link prefers a PoP none is on, as in one process, and a worker no lower
   link holds (relay/agent/placement.py).
 * child → agent: ``{"status": line}``, printed as ``link i: line``; ``{"place": [host,
-  port, name, worker]}`` (or null) when its session comes or goes; ``{"fatal": {"code",
-  "message"}}`` before it exits with an error that cannot heal. The agent then ends with
+  port, name, worker]}`` (or null) when its session comes or goes; ``{"metrics": text}``,
+  its exposition, every second while the agent has an admin listener
+  (relay/agent/link_metrics.py); ``{"fatal": {"code", "message"}}`` before it exits
+  with an error that cannot heal. The agent then ends with
   that error, as it would for a link of its own.
 
 A child exits when its stdin ends: the agent is gone, however it went. A child that dies
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.agent.client import Agent, AgentOptions, EndpointSpec
+from relay.agent.link_metrics import PUSH_PERIOD
+from relay.agent.metrics import AgentMetrics
 from relay.agent.placement import Place
 from relay.agent.pops import Pop
 from relay.errors import RelayError, error_from_code
@@ -142,6 +146,9 @@ class LinkChild:
         self.status = status
         #: Where this link's session is (None: it has none now).
         self.place: Place | None = None
+        #: The link process's id and its last exposition (only with an admin listener).
+        self.scrape: tuple[int, str] | None = None
+        self._wants_metrics = options.admin_listen is not None
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._told_leader: list[dict[str, Any]] = []
@@ -185,6 +192,7 @@ class LinkChild:
             "options": describe_options(self.options),
             "leader": self._told_leader,
             "links": self._told_links,
+            "metrics": self._wants_metrics,
         }
         process.stdin.write(json.dumps(first).encode() + b"\n")
         fatal: RelayError | None = None
@@ -195,6 +203,7 @@ class LinkChild:
             log.warning("link %d's process said something unreadable: %s", self.index, exc)
         finally:
             self.place = None
+            self.scrape = None
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
@@ -206,6 +215,8 @@ class LinkChild:
             self.status(f"link {self.index}: {message['status']}")
         if "place" in message:
             self.place = _place_from(message["place"])
+        if isinstance(message.get("metrics"), str) and self.process is not None:
+            self.scrape = (self.process.pid, message["metrics"])
         fatal = message.get("fatal")
         if isinstance(fatal, dict):
             return error_from_code(str(fatal.get("code", "")), str(fatal.get("message", "")))
@@ -253,6 +264,8 @@ async def _child() -> int:
         sys.stdout.flush()
 
     agent = Agent(options, status=lambda line: say({"status": line}), leader=view)
+    if first.get("metrics"):
+        agent.metrics = AgentMetrics(agent)
     agent.pops.busy = lambda: {place.pop for place in others.values()}
     agent.lower_places = lambda: [p for i, p in others.items() if i < options.link]
 
@@ -275,7 +288,14 @@ async def _child() -> int:
                 say({"place": now})
             await asyncio.sleep(BUSY_PERIOD)
 
+    async def push_metrics(metrics: AgentMetrics) -> None:
+        while True:
+            say({"metrics": metrics.exposition().decode("utf-8")})
+            await asyncio.sleep(PUSH_PERIOD)
+
     helpers = [asyncio.ensure_future(listen()), asyncio.ensure_future(report())]
+    if agent.metrics is not None:
+        helpers.append(asyncio.ensure_future(push_metrics(agent.metrics)))
     try:
         await agent.run()
     except RelayError as err:

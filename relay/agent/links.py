@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 from relay.agent.client import Agent, AgentOptions
+from relay.agent.link_metrics import LinkScrapes, LinksExposition
 from relay.agent.link_process import BUSY_PERIOD, LinkChild
 from relay.agent.placement import Place
 
@@ -50,6 +51,10 @@ class LinkedAgent:
         """Run every link until stopped; raise the first error that cannot heal."""
         leader = self.leader
         leader.pops.busy = lambda: {c.pop for c in self.children if c.pop is not None}
+        if leader.metrics is not None and self.links > 1:
+            leader.metrics.combine = LinksExposition(
+                self.links, self._scrapes, self._connected
+            ).combine
         tasks = [asyncio.ensure_future(leader.run())]
         telling: asyncio.Future[None] | None = None
         try:
@@ -87,6 +92,12 @@ class LinkedAgent:
             if asyncio.get_running_loop().time() > deadline:
                 return
             await asyncio.sleep(BUSY_PERIOD / 5)
+
+    def _scrapes(self) -> LinkScrapes:
+        return {c.index: c.scrape for c in self.children}
+
+    def _connected(self) -> int:
+        return int(self.leader.connected) + sum(c.place is not None for c in self.children)
 
     def _others_of(self, child: LinkChild) -> list[tuple[int, Place]]:
         """Where the links other than ``child`` are now, with their link indexes."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -39,6 +39,13 @@ class AgentMetrics(Metrics):
         self.recent: deque[tuple[float, str, str, str]] = deque(maxlen=RECENT_STREAMS)
         self.register(SessionsCollector(self._live_sessions, self.mux))
         self.register(_AgentStateCollector(agent))
+        #: ``--links``: combines this process's exposition with the link processes'
+        #: (relay/agent/link_metrics.py).
+        self.combine: Callable[[bytes], bytes] | None = None
+
+    def exposition(self) -> bytes:
+        own = super().exposition()
+        return own if self.combine is None else self.combine(own)
 
     def _live_sessions(self) -> list[Any]:
         link = self.agent.link

@@ -4,7 +4,7 @@ It listens at ``admin_listen`` itself; worker *i*'s own admin listener is at tha
 + 1 + *i* (for a look at one worker).
 
 * ``/metrics``: every worker's ``/metrics``, scraped now (all at once, each within
-  :data:`SCRAPE_TIMEOUT`), combined by :mod:`relay.cluster.metrics_sum`, with the
+  :data:`SCRAPE_TIMEOUT`), combined by :mod:`relay.metrics_sum`, with the
   supervisor's own process metrics added in and four families of its own:
   ``relay_edge_workers``, ``relay_edge_workers_answering``,
   ``relay_edge_worker_restarts_total`` and ``relay_edge_worker_scrape_failures_total``.
@@ -37,12 +37,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
 from relay.admin import HEAD_TIMEOUT, MAX_HEAD
-from relay.cluster.metrics_sum import MetricsSum, Scrape
 from relay.cluster.status_sum import combine_status
 from relay.errors import ListenError
+from relay.metrics_sum import MetricsSum, Scrape, render
 
 __all__ = ["SCRAPE_TIMEOUT", "SupervisorAdmin", "WorkerView"]
 
@@ -124,9 +124,7 @@ class SupervisorAdmin:
         own = Scrape.parse(generate_latest(self._own).decode("utf-8"))
         families = self.sum.combine(answers, own=own)
         answering = sum(1 for a in answers.values() if a is not None)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Fixed([*families, *self._own_families(views, answering)]))
-        return generate_latest(registry)
+        return render([*families, *self._own_families(views, answering)])
 
     async def _scrape(self, view: WorkerView) -> Scrape | None:
         if view.pid is None:
@@ -286,14 +284,6 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-class _Fixed(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.families)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed", 500: "Internal Error"}

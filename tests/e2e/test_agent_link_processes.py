@@ -6,15 +6,20 @@ whichever worker the kernel gives each connection first."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
+from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, free_port, payload
+from tests.e2e.test_admin_listener import sample
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,3 +116,43 @@ def test_links_take_a_worker_each(edge: Edge, agents: list[Agent]) -> None:
             wait_for("the agent's sessions to end", lambda: sum(per_worker(edge)) == 0)
     finally:
         echo.close()
+
+
+def failures(admin: int) -> tuple[float, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    total = sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "relay_agent_upstream_failures_total"
+    )
+    return total, text
+
+
+def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]) -> None:
+    """`--links 2 --admin-listen`: visitors whose upstream refuses them, served by the
+    link on the worker that accepted each (about half by each link): the agent's
+    /metrics counts every one, and says both links are connected."""
+    _, token = edge.token()
+    admin = free_port()
+    nothing = free_port()  # nothing listens here: every visitor's dial fails
+    agent = Agent(
+        edge, token, nothing, extra=["--links", "2", "--admin-listen", f"127.0.0.1:{admin}"]
+    )
+    agents.append(agent)
+    port = agent.wait_bound()
+    agent.proc.wait_line("link 1: session", 20)
+    wait_for("a link on each worker", lambda: per_worker(edge) == [1, 1])
+    visitors = 20
+    for _ in range(visitors):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"hello")
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(100) == b""  # closed: the upstream refused
+    wait_for("every refusal counted", lambda: failures(admin)[0] == visitors, within=10)
+    _, text = failures(admin)
+    assert sample(text, "relay_agent_links") == 2
+    assert sample(text, "relay_agent_links_connected") == 2
+    assert sample(text, "relay_agent_connected") == 1
+    assert sample(text, "relay_endpoints", kind="tcp") == 1

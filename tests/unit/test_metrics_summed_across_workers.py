@@ -1,4 +1,4 @@
-"""The edge's /metrics with workers (relay/cluster/metrics_sum.py): counters and histograms
+"""The edge's /metrics with workers (relay/metrics_sum.py): counters and histograms
 summed and never going down across a worker's restart or a missed scrape; gauges summed,
 or the largest or the smallest where a sum means nothing.
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.cluster.metrics_sum import MetricsSum, Scrape
+from relay.metrics_sum import MetricsSum, Scrape
 
 BUCKETS = (0.01, 0.1, 1.0)
 

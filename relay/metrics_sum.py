@@ -1,5 +1,6 @@
-"""One exposition for an edge of several workers: what each worker's ``/metrics`` says,
-combined (sans-IO; relay/cluster/supervisor_admin.py scrapes and serves it).
+"""One exposition for several processes: what each one's ``/metrics`` says, combined
+(sans-IO). relay/cluster/supervisor_admin.py combines an edge's workers; for an agent's
+link processes, relay/agent/link_metrics.py.
 
 So a Prometheus job and a dashboard see one edge whatever ``--workers`` is:
 
@@ -19,13 +20,15 @@ those that have it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["CUMULATIVE", "MAX_GAUGES", "MIN_GAUGES", "MetricsSum", "Scrape"]
+__all__ = ["CUMULATIVE", "MAX_GAUGES", "MIN_GAUGES", "MetricsSum", "Scrape", "render"]
 
 #: Families whose samples only grow while a process lives.
 CUMULATIVE = frozenset({"counter", "histogram", "summary"})
@@ -95,10 +98,16 @@ class _Worker:
 class MetricsSum:
     """Combines the workers' scrapes, remembering what restarted workers had counted."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, largest: frozenset[str] = MAX_GAUGES, smallest: frozenset[str] = MIN_GAUGES
+    ) -> None:
+        """``largest`` and ``smallest``: the gauges that take the largest or smallest
+        value instead of the sum (the edge's by default)."""
         self._workers: dict[int, _Worker] = {}
         #: Cumulative samples of worker processes that are gone, summed.
         self._retired: dict[str, _Family] = {}
+        self._largest = largest
+        self._smallest = smallest
 
     def combine(
         self, answers: dict[int, tuple[int, Scrape] | None], *, own: Scrape | None = None
@@ -149,18 +158,32 @@ class MetricsSum:
                 metric.add_sample(sample_name, dict(labels), value)
             yield metric
 
-    @staticmethod
-    def _add(merged: dict[str, _Family], family: _Family) -> None:
+    def _add(self, merged: dict[str, _Family], family: _Family) -> None:
         into = merged.get(family.name)
         if into is None:
             into = merged[family.name] = _Family(family.name, family.typ, family.documentation)
         if family.typ in CUMULATIVE or (
-            family.name not in MAX_GAUGES and family.name not in MIN_GAUGES
+            family.name not in self._largest and family.name not in self._smallest
         ):
             for key, value in family.samples.items():
                 into.samples[key] = into.samples.get(key, 0.0) + value
             return
-        pick = max if family.name in MAX_GAUGES else min
+        pick = max if family.name in self._largest else min
         for key, value in family.samples.items():
             now = into.samples.get(key)
             into.samples[key] = value if now is None else pick(now, value)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def render(families: Iterable[Metric]) -> bytes:
+    """The Prometheus text exposition of ``families``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families)))
+    return generate_latest(registry)

@@ -1,0 +1,53 @@
+"""An agent's /metrics with link processes (relay/agent/link_metrics.py): counters of
+every link summed and kept across a link process's restart; the endpoints and
+"connected" gauges the largest (every link binds the same endpoints); the links gauges."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from relay.agent.link_metrics import LinkScrapes, LinksExposition
+from tests.e2e.test_admin_listener import sample
+
+
+def link(failures: int, connected: int) -> bytes:
+    """What one link's process exposes."""
+    registry = CollectorRegistry()
+    Counter("relay_agent_upstream_failures", "failed", ["code"], registry=registry).labels(
+        "RLY_613"
+    ).inc(failures)
+    Gauge("relay_endpoints", "bound", ["kind"], registry=registry).labels("tcp").set(1)
+    Gauge("relay_agent_connected", "up", registry=registry).set(connected)
+    Gauge("process_resident_memory_bytes", "rss", registry=registry).set(1000)
+    return generate_latest(registry)
+
+
+def test_links_summed_and_kept_across_a_restart() -> None:
+    scrapes: LinkScrapes = {1: (101, link(4, 1).decode()), 2: (102, link(5, 0).decode())}
+    connected = [2]
+    combined = LinksExposition(3, lambda: scrapes, lambda: connected[0])
+    text = combined.combine(link(3, 1)).decode()
+    assert sample(text, "relay_agent_upstream_failures_total", code="RLY_613") == 12
+    assert sample(text, "relay_endpoints", kind="tcp") == 1
+    assert sample(text, "relay_agent_connected") == 1
+    assert sample(text, "process_resident_memory_bytes") == 3000
+    assert (sample(text, "relay_agent_links"), sample(text, "relay_agent_links_connected")) == (
+        3,
+        2,
+    )
+
+    # Link 2's process is gone (its last counts stay), then started again from zero.
+    scrapes[2] = None
+    connected[0] = 1
+    text = combined.combine(link(3, 1)).decode()
+    assert sample(text, "relay_agent_upstream_failures_total", code="RLY_613") == 12
+    assert sample(text, "process_resident_memory_bytes") == 2000
+    scrapes[2] = (202, link(1, 1).decode())
+    text = combined.combine(link(3, 1)).decode()
+    assert sample(text, "relay_agent_upstream_failures_total", code="RLY_613") == 13
+
+
+def test_an_unreadable_push_counts_as_none() -> None:
+    scrapes: LinkScrapes = {1: (101, "not an exposition {")}
+    text = LinksExposition(2, lambda: scrapes, lambda: 1).combine(link(2, 1)).decode()
+    assert sample(text, "relay_agent_upstream_failures_total", code="RLY_613") == 2
