@@ -9,13 +9,16 @@ gauges are the largest, not the sum: ``relay_endpoints`` (every link binds the s
 endpoints) and ``relay_agent_connected`` (1 while any link has a session). Its own:
 ``relay_agent_links`` (links configured) and ``relay_agent_links_connected``.
 
-A link process's counts reach the agent up to :data:`PUSH_PERIOD` late, and the counts
-of its last period before it dies are lost.
+``/status`` lists every link (connected or not, its PoP and worker) and the recent
+streams of all of them, newest last. A link process's counts and streams reach the
+agent up to :data:`PUSH_PERIOD` late, and those of its last period before it dies are
+lost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -29,6 +32,8 @@ LARGEST = MAX_GAUGES | {"relay_endpoints", "relay_agent_connected"}
 
 #: Link index -> (its process id, its last exposition), or None while it has none.
 LinkScrapes = dict[int, tuple[int, str] | None]
+#: As many recent streams as one process keeps (relay/agent/metrics.py).
+RECENT = 50
 
 
 class LinksExposition:
@@ -61,3 +66,13 @@ class LinksExposition:
         )
         up.add_metric([], self.connected())
         yield up
+
+
+def links_status(
+    own: dict[str, Any], links: list[dict[str, Any]], recent: list[list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The agent's /status: link 0's (``own``), with ``links`` (one entry per link) and
+    the recent streams of every link (``recent``: each link process's last list)."""
+    streams = [s for part in [own.get("recent", []), *recent] for s in part]
+    streams.sort(key=lambda s: float(s.get("time", 0)))
+    return {**own, "links": links, "recent": streams[-RECENT:]}

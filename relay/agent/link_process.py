@@ -13,11 +13,11 @@ would show the token. Then JSON lines go both ways:
   links are: a link prefers a PoP none is on, as in one process, and a worker no lower
   link holds (relay/agent/placement.py).
 * child → agent: ``{"status": line}``, printed as ``link i: line``; ``{"place": [host,
-  port, name, worker]}`` (or null) when its session comes or goes; ``{"metrics": text}``,
-  its exposition, every second while the agent has an admin listener
-  (relay/agent/link_metrics.py); ``{"fatal": {"code", "message"}}`` before it exits
-  with an error that cannot heal. The agent then ends with
-  that error, as it would for a link of its own.
+  port, name, worker]}`` (or null) when its session comes or goes; ``{"metrics": text,
+  "recent": […]}``, its exposition and recent streams, every second while the agent has
+  an admin listener (relay/agent/link_metrics.py); ``{"fatal": {"code", "message"}}``
+  before it exits with an error that cannot heal. The agent then ends with that error,
+  as it would for a link of its own.
 
 A child exits when its stdin ends: the agent is gone, however it went. A child that dies
 otherwise (killed) is started again after :data:`RESTART_DELAY`.
@@ -146,8 +146,10 @@ class LinkChild:
         self.status = status
         #: Where this link's session is (None: it has none now).
         self.place: Place | None = None
-        #: The link process's id and its last exposition (only with an admin listener).
+        #: The link process's id and its last exposition, and its recent streams (only
+        #: with an admin listener).
         self.scrape: tuple[int, str] | None = None
+        self.recent: list[dict[str, Any]] = []
         self._wants_metrics = options.admin_listen is not None
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = False
@@ -217,6 +219,8 @@ class LinkChild:
             self.place = _place_from(message["place"])
         if isinstance(message.get("metrics"), str) and self.process is not None:
             self.scrape = (self.process.pid, message["metrics"])
+        if isinstance(message.get("recent"), list):
+            self.recent = [s for s in message["recent"] if isinstance(s, dict)]
         fatal = message.get("fatal")
         if isinstance(fatal, dict):
             return error_from_code(str(fatal.get("code", "")), str(fatal.get("message", "")))
@@ -290,7 +294,8 @@ async def _child() -> int:
 
     async def push_metrics(metrics: AgentMetrics) -> None:
         while True:
-            say({"metrics": metrics.exposition().decode("utf-8")})
+            recent = metrics.own_status()["recent"]
+            say({"metrics": metrics.exposition().decode("utf-8"), "recent": recent})
             await asyncio.sleep(PUSH_PERIOD)
 
     helpers = [asyncio.ensure_future(listen()), asyncio.ensure_future(report())]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from relay.agent.client import Agent, AgentOptions
-from relay.agent.link_metrics import LinkScrapes, LinksExposition
+from relay.agent.link_metrics import LinkScrapes, LinksExposition, links_status
 from relay.agent.link_process import BUSY_PERIOD, LinkChild
 from relay.agent.placement import Place
 
@@ -55,6 +56,7 @@ class LinkedAgent:
             leader.metrics.combine = LinksExposition(
                 self.links, self._scrapes, self._connected
             ).combine
+            leader.metrics.combine_status = self._status
         tasks = [asyncio.ensure_future(leader.run())]
         telling: asyncio.Future[None] | None = None
         try:
@@ -96,6 +98,13 @@ class LinkedAgent:
     def _scrapes(self) -> LinkScrapes:
         return {c.index: c.scrape for c in self.children}
 
+    def _status(self, own: dict[str, Any]) -> dict[str, Any]:
+        leader = self.leader
+        links = [_link_row(0, leader.place if leader.connected else None)]
+        links += [_link_row(c.index, c.place) for c in self.children]
+        links += [_link_row(i, None) for i in range(len(links), self.links)]  # not started
+        return links_status(own, links, [c.recent for c in self.children])
+
     def _connected(self) -> int:
         return int(self.leader.connected) + sum(c.place is not None for c in self.children)
 
@@ -112,3 +121,11 @@ class LinkedAgent:
             for child in self.children:
                 child.tell()
             await asyncio.sleep(BUSY_PERIOD)
+
+
+def _link_row(index: int, place: Place | None) -> dict[str, Any]:
+    if place is None:
+        return {"link": index, "connected": False, "pop": None, "worker": None}
+    # Link 0 is not told its worker (relay/agent/placement.py): None, not a guess.
+    return {"link": index, "connected": True, "pop": str(place.pop),
+            "worker": place.worker if index else None}  # fmt: skip

@@ -39,9 +39,10 @@ class AgentMetrics(Metrics):
         self.recent: deque[tuple[float, str, str, str]] = deque(maxlen=RECENT_STREAMS)
         self.register(SessionsCollector(self._live_sessions, self.mux))
         self.register(_AgentStateCollector(agent))
-        #: ``--links``: combines this process's exposition with the link processes'
-        #: (relay/agent/link_metrics.py).
+        #: ``--links``: combine this process's exposition and /status with the link
+        #: processes' (relay/agent/link_metrics.py).
         self.combine: Callable[[bytes], bytes] | None = None
+        self.combine_status: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def exposition(self) -> bytes:
         own = super().exposition()
@@ -59,6 +60,11 @@ class AgentMetrics(Metrics):
 
     def status(self) -> dict[str, Any]:
         """What `relay status` shows for an agent."""
+        own = self.own_status()
+        return own if self.combine_status is None else self.combine_status(own)
+
+    def own_status(self) -> dict[str, Any]:
+        """This process's link: its endpoints and recent streams."""
         agent = self.agent
         return {
             "role": "agent",

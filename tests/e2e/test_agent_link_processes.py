@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, free_port, payload
 from tests.e2e.test_admin_listener import sample
+from tests.e2e.test_relay_status import status_once
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,7 +135,8 @@ def failures(admin: int) -> tuple[float, str]:
 def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]) -> None:
     """`--links 2 --admin-listen`: visitors whose upstream refuses them, served by the
     link on the worker that accepted each (about half by each link): the agent's
-    /metrics counts every one, and says both links are connected."""
+    /metrics counts every one and says both links are connected; its /status lists
+    both links and every refusal, and `relay status` shows them."""
     _, token = edge.token()
     admin = free_port()
     nothing = free_port()  # nothing listens here: every visitor's dial fails
@@ -156,3 +159,12 @@ def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]
     assert sample(text, "relay_agent_links_connected") == 2
     assert sample(text, "relay_agent_connected") == 1
     assert sample(text, "relay_endpoints", kind="tcp") == 1
+    # /status: both links, and the refusals of both in its recent streams.
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as answer:
+        status = json.loads(answer.read())
+    assert [(r["link"], r["connected"]) for r in status["links"]] == [(0, True), (1, True)]
+    assert status["links"][1]["worker"] in (0, 1)
+    assert len(status["recent"]) == visitors
+    assert all(s["outcome"] != "ok" for s in status["recent"]), status["recent"]
+    shown = status_once(admin)
+    assert "LINK" in shown and shown.count(" connected ") == 2, shown

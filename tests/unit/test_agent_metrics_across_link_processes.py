@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from relay.agent.link_metrics import LinkScrapes, LinksExposition
+from relay.agent.link_metrics import RECENT, LinkScrapes, LinksExposition, links_status
 from tests.e2e.test_admin_listener import sample
 
 
@@ -51,3 +51,13 @@ def test_an_unreadable_push_counts_as_none() -> None:
     scrapes: LinkScrapes = {1: (101, "not an exposition {")}
     text = LinksExposition(2, lambda: scrapes, lambda: 1).combine(link(2, 1)).decode()
     assert sample(text, "relay_agent_upstream_failures_total", code="RLY_613") == 2
+
+
+def test_status_lists_every_link_and_the_newest_streams_of_all() -> None:
+    own = {"role": "agent", "connected": True, "recent": [{"time": t} for t in (1.0, 4.0)]}
+    others = [[{"time": float(t)} for t in range(5, 60)], [{"time": 2.0}, {"time": 3.0}]]
+    rows = [{"link": 0, "connected": True}, {"link": 1, "connected": False}]
+    status = links_status(own, rows, others)
+    assert status["links"] == rows and status["connected"] is True
+    times = [s["time"] for s in status["recent"]]
+    assert times == sorted(times) and len(times) == RECENT and times[-1] == 59.0
