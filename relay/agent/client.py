@@ -19,7 +19,7 @@ from relay import __version__
 from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
 from relay.agent.metrics import AgentMetrics
-from relay.agent.placement import MAX_PLACEMENT_TRIES, Place, crowded
+from relay.agent.placement import MAX_PLACEMENT_TRIES, Place, crowded, placement_delay
 from relay.agent.pops import WRONG_REGION_FOR, Pop, PopChooser
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
 from relay.error_pages import render
@@ -151,6 +151,10 @@ class SessionEnded(Exception):
 
 class Crowded(SessionEnded):
     """This link reached a worker a lower link of the agent holds: it connects again."""
+
+    def __init__(self, message: str, tries: int) -> None:
+        super().__init__(message)
+        self.tries = tries
 
 
 class WrongRegion(SessionEnded):
@@ -307,8 +311,11 @@ class Agent:
                 self.status(str(exc))
                 continue  # the next PoP at once: this one is not the agent's region
             except Crowded as exc:
+                # Soon, not at once: the free worker may be one being started again.
                 self.status(str(exc))
-                continue  # at once: a new connection is another draw of the kernel's
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), placement_delay(exc.tries))
+                continue
             except BindError as exc:
                 if not self.sessions_started_ok:
                     raise
@@ -461,7 +468,8 @@ class Agent:
                 raise Crowded(
                     f"worker {reply.worker} of {reply.workers} holds a lower link too; "
                     f"connecting again for another ({self._placement_tries}"
-                    f"/{MAX_PLACEMENT_TRIES})"
+                    f"/{MAX_PLACEMENT_TRIES})",
+                    self._placement_tries,
                 )
             self.status(
                 f"staying on worker {reply.worker} beside a lower link after "

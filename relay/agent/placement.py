@@ -7,8 +7,12 @@ worker's core, and the other worker hands every visitor it accepts for the agent
 So the edge tells a link (1..K-1) which worker it reached, how many there are, and which
 lower links of the agent that worker holds too (``auth_ok``). A link beside a lower link,
 while the lower links on its PoP are fewer than the PoP's workers (so one holds none of
-them), connects again at once (a new connection, a new source port, another draw)
-before it binds anything: at most :data:`MAX_PLACEMENT_TRIES` times, then it stays.
+them), connects again soon (a new connection, a new source port, another draw) before
+it binds anything: at most :data:`MAX_PLACEMENT_TRIES` times, then it stays.
+
+A link that comes back (its worker died, the network blinked) may land beside a higher
+link of its agent: the edge then restarts that higher link gracefully (its streams
+finish, relay/edge/session.py), and it places itself again.
 
 Only lower links count: link 0 never moves, and of two links on one worker the higher
 one moves, so two links never chase each other.
@@ -21,9 +25,20 @@ from dataclasses import dataclass
 from relay.agent.pops import Pop
 
 #: New connections a link makes to reach a worker of its own before it stays where it
-#: is. With two workers each try finds the free one with probability 1/2: eight misses
-#: in a row (1 in 256) mean the kernel keeps choosing one (or the workers are going).
-MAX_PLACEMENT_TRIES = 8
+#: is. With two workers each try finds the free one with probability 1/2, so 16 misses
+#: in a row mean the kernel keeps choosing one, or the free worker never came back.
+MAX_PLACEMENT_TRIES = 16
+#: The wait before the first new connection, doubling up to :data:`LONGEST_WAIT`: the
+#: free worker may be one the supervisor is starting again (a second or two), and tries
+#: made before it listens all reach the same worker.
+FIRST_WAIT = 0.05
+LONGEST_WAIT = 1.0
+
+
+def placement_delay(tries: int) -> float:
+    """How long to wait before new connection number ``tries`` (1, 2, …): about 12 s
+    over all of them, 11 tries after the first 1.5 s."""
+    return min(FIRST_WAIT * (1 << max(tries - 1, 0)), LONGEST_WAIT)
 
 
 @dataclass(frozen=True)

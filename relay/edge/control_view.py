@@ -10,8 +10,6 @@ records it verified (``Edge.tokens``), each naming its account.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import TYPE_CHECKING
 
 from relay.control.api import CertificateView, EndpointView, SessionView
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
 class EdgeLiveView:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
-        self._closing: set[asyncio.Task[None]] = set()
 
     def _account_of(self, token_id: str | None) -> str | None:
         record = self.edge.tokens.get(token_id or "")
@@ -124,11 +121,7 @@ class EdgeLiveView:
         if session is None or session.control is None:
             return False
         self._audit(actor, "session.restart", session, "restarted through the API")
-        session.draining = True  # no visitor is routed to it from now on
-        # As in a drain: live streams finish, then the link closes and the agent comes back.
-        task = asyncio.get_running_loop().create_task(_restart(session))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        session.restart("the session was restarted by an operator; reconnect")
         return True
 
     def _audit(self, actor: str, action: str, session: AgentSession, reason: str) -> None:
@@ -139,25 +132,6 @@ class EdgeLiveView:
             session.token_id or "",
             {"session": session.session_id, "peer": session.peer, "reason": reason},
         )
-
-
-#: How long a restarted session's streams may take to finish before its link is closed.
-RESTART_GRACE = 30.0
-#: Between a restarted session's last visitor routed to it and its GoAway. A visitor
-#: routed just before has its Pump, but the Pump opens its stream only in connection_made,
-#: which the event loop runs a turn later; after our GoAway that open fails and the
-#: visitor is reset (the links test of the full suite caught it, about 1 run in 10).
-SETTLE = 0.1
-
-
-async def _restart(session: AgentSession) -> None:
-    await asyncio.sleep(SETTLE)
-    session.drain("the session was restarted by an operator; reconnect")
-    deadline = time.monotonic() + RESTART_GRACE
-    while time.monotonic() < deadline and session.live_streams():
-        await asyncio.sleep(0.1)
-    if not session.link.closed:
-        session.link.close()
 
 
 class ApiFailureGuard:

@@ -38,6 +38,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.edge.session")
 
+#: How long a restarted session's streams may take to finish before its link is closed.
+RESTART_GRACE = 30.0
+#: Between a restarted session's last visitor routed to it and its GoAway. A visitor
+#: routed just before has its Pump, but the Pump opens its stream only in connection_made,
+#: which the event loop runs a turn later; after our GoAway that open fails and the
+#: visitor is reset (the links test of the full suite caught it, about 1 run in 10).
+SETTLE = 0.1
+#: Restarts under way (a task must be referenced until it is done).
+_restarting: set[asyncio.Task[None]] = set()
+
 #: The ``reason`` label of relay_auth_failures_total, by the failure's code.
 AUTH_FAILURE_REASONS = {
     "RLY_101": "invalid_token",
@@ -64,6 +74,9 @@ class AgentSession:
         self.agent_id: str | None = None
         #: Which of its agent's links this session is (``--links``; relay/edge/members.py).
         self.link_index = 0
+        #: This link was told, when it authenticated, that a lower link of its agent is
+        #: on this worker too (relay/agent/placement.py).
+        self.beside_lower = False
         self.peer = ""
         #: What failed authentications count against (relay.edge.auth_guard.source_of).
         self.source = "-"
@@ -187,6 +200,36 @@ class AgentSession:
                 beside |= 1 << other.link_index
         return (worker.place.index, worker.place.count, beside)
 
+    def _make_room(self) -> None:
+        """A link arrived here and no lower link of its agent is here: a higher link of
+        the agent on this worker moves to another (a graceful restart: its streams
+        finish), so the agent's links take a worker each again after this one came back
+        (relay/agent/placement.py). A higher link told it was beside a lower one when it
+        came stays: it either moved at once or stayed knowing there was no free worker."""
+        worker = self.edge.worker
+        if worker is None or worker.place.count < 2:
+            return
+        same = [
+            other
+            for other in self.edge.sessions
+            if other is not self
+            and other.authenticated
+            and not other.draining
+            and other.token_id == self.token_id
+            and other.agent_id == self.agent_id
+        ]
+        if any(other.link_index < self.link_index for other in same):
+            return  # this link is the one beside a lower link: it moves, or knowingly stays
+        for other in same:
+            if other.link_index > self.link_index and not other.beside_lower:
+                log.info(
+                    "session %s: link %d of its agent came to this worker; link %d moves",
+                    other.session_id,
+                    self.link_index,
+                    other.link_index,
+                )
+                other.restart(f"link {self.link_index} of this agent came to this worker")
+
     def _refuse(self, exc: RelayError) -> None:
         """Answer a failed authentication with its code and end the link."""
         assert self.control is not None
@@ -229,7 +272,10 @@ class AgentSession:
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()
         region = self.edge.config.region
-        self.control.send(AuthOk(self.session_id, __version__, region, record.id, *self._place()))
+        place = self._place()
+        self.beside_lower = place[2] != 0
+        self.control.send(AuthOk(self.session_id, __version__, region, record.id, *place))
+        self._make_room()
         log.info(
             "session %s: agent %s (token %s, %s) authenticated",
             self.session_id,
@@ -282,6 +328,24 @@ class AgentSession:
             self.control.send(Restart(why))
         self.link.session.go_away(0)
         self.link.schedule_flush()
+
+    def restart(self, why: str) -> None:
+        """Ask the agent to reconnect without cutting a stream: no visitor is routed
+        here from now on, live streams finish (for up to :data:`RESTART_GRACE`), then
+        the link closes and the agent comes back."""
+        self.draining = True
+        task = asyncio.get_running_loop().create_task(self._restart(why))
+        _restarting.add(task)
+        task.add_done_callback(_restarting.discard)
+
+    async def _restart(self, why: str) -> None:
+        await asyncio.sleep(SETTLE)
+        self.drain(why)
+        deadline = asyncio.get_running_loop().time() + RESTART_GRACE
+        while asyncio.get_running_loop().time() < deadline and self.live_streams():
+            await asyncio.sleep(0.1)
+        if not self.link.closed:
+            self.link.close()
 
     def live_streams(self) -> int:
         return 0 if self.link is None or self.link.closed else int(self.link.pump_count())

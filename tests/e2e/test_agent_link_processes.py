@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, free_port, payload
 from tests.e2e.test_admin_listener import sample
+from tests.e2e.test_edge_workers import worker_pids
 from tests.e2e.test_relay_status import status_once
 
 pytestmark = pytest.mark.timeout(120)
@@ -168,3 +170,43 @@ def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]
     assert all(s["outcome"] != "ok" for s in status["recent"]), status["recent"]
     shown = status_once(admin)
     assert "LINK" in shown and shown.count(" connected ") == 2, shown
+
+
+def sessions_by_worker(edge: Edge) -> list[set[str]] | None:
+    """The session ids each worker holds (None while a worker does not answer)."""
+    try:
+        return [{x["id"] for x in edge.worker_status(w)["sessions_list"]} for w in range(2)]
+    except OSError:
+        return None
+
+
+def test_links_spread_again_after_link_0_comes_back(edge: Edge, agents: list[Agent]) -> None:
+    """Link 0's worker is killed, three times: link 0 comes back on whichever worker
+    answers first (often the one link 1 is on, the killed one being started again), the
+    edge restarts link 1 gracefully, and link 1 places itself again: each worker holds
+    one link again. Without the edge's restart, each round would end so about half the
+    time."""
+    echo = EchoServer()
+    try:
+        _, token = edge.token()
+        agent = Agent(edge, token, echo.port, extra=["--links", "2"])
+        agents.append(agent)
+        port = agent.wait_bound()
+        agent.proc.wait_line("link 1: session", 20)
+        wait_for("a link on each worker", lambda: per_worker(edge) == [1, 1])
+        for round_ in range(3):
+            leaders = re.findall(r"^session (s_\w+) established", agent.proc.text(), re.M)
+            held = sessions_by_worker(edge)
+            assert held is not None
+            worker = next(w for w in range(2) if leaders[-1] in held[w])
+            os.kill(worker_pids(edge)[worker], signal.SIGKILL)
+
+            def spread(before: int = len(leaders)) -> bool:
+                now = re.findall(r"^session (s_\w+) established", agent.proc.text(), re.M)
+                held = sessions_by_worker(edge)
+                return len(now) > before and held is not None and [len(h) for h in held] == [1, 1]
+
+            wait_for(f"link 0 back and the links spread (round {round_})", spread, within=30)
+            echoes(port, 2)
+    finally:
+        echo.close()

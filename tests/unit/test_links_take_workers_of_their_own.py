@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.agent.placement import crowded
+from relay.agent.placement import LONGEST_WAIT, MAX_PLACEMENT_TRIES, crowded, placement_delay
 
 
 def test_link_1_beside_link_0_moves_while_a_worker_is_free() -> None:
@@ -37,3 +37,12 @@ def test_with_as_many_lower_links_as_workers_a_link_stays() -> None:
 def test_higher_links_beside_never_move_a_link(link: int, workers: int, beside: int) -> None:
     higher_only = beside & ~((1 << (link + 1)) - 1)
     assert not crowded(link, workers, higher_only, lower_on_pop=link)
+
+
+def test_new_connections_wait_longer_and_outlast_a_worker_restart() -> None:
+    """A worker the supervisor starts again listens after a second or two: tries made
+    before it all reach the other worker, so most of them must come after."""
+    waits = [placement_delay(t) for t in range(1, MAX_PLACEMENT_TRIES + 1)]
+    assert waits == sorted(waits) and max(waits) == LONGEST_WAIT
+    late = [t for t in range(MAX_PLACEMENT_TRIES) if sum(waits[: t + 1]) > 2.0]
+    assert len(late) >= 10
