@@ -63,14 +63,23 @@ def echoes(port: int, count: int) -> None:
         assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest(), i
 
 
+def start_linked(
+    edge: Edge, agents: list[Agent], token: str, upstream: int, links: int, *extra: str
+) -> tuple[Agent, int]:
+    """An agent with ``links`` links in front of ``upstream``, once every link has its
+    session: (the agent, its endpoint's port)."""
+    agent = Agent(edge, token, upstream, extra=["--links", str(links), *extra])
+    agents.append(agent)
+    port = agent.wait_bound()
+    agent.proc.wait_all(*(f"link {i}: session" for i in range(1, links)))
+    return agent, port
+
+
 def test_links_run_in_processes_of_their_own(edge: Edge, agents: list[Agent]) -> None:
     echo = EchoServer()
     try:
         _, token = edge.token()
-        agent = Agent(edge, token, echo.port, extra=["--links", "3"])
-        agents.append(agent)
-        port = agent.wait_bound()
-        agent.proc.wait_all("link 1: session", "link 2: session")
+        agent, port = start_linked(edge, agents, token, echo.port, 3)
         wait_for("3 sessions at the edge", lambda: sessions(edge) == 3)
         first = link_processes(agent)
         assert len(first) == 2, first
@@ -108,10 +117,7 @@ def test_links_take_a_worker_each(edge: Edge, agents: list[Agent]) -> None:
     try:
         _, token = edge.token()
         for start, links in enumerate((2, 3, 2, 2, 2, 2, 2)):
-            agent = Agent(edge, token, echo.port, extra=["--links", str(links)])
-            agents.append(agent)
-            port = agent.wait_bound()
-            agent.proc.wait_all(*(f"link {i}: session" for i in range(1, links)))
+            agent, port = start_linked(edge, agents, token, echo.port, links)
             wait_for(f"{links} sessions at the edge", lambda n=links: sum(per_worker(edge)) == n)
             where = per_worker(edge)
             assert (where == [1, 1]) if links == 2 else (min(where) >= 1), (start, where)
@@ -142,12 +148,7 @@ def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]
     _, token = edge.token()
     admin = free_port()
     nothing = free_port()  # nothing listens here: every visitor's dial fails
-    agent = Agent(
-        edge, token, nothing, extra=["--links", "2", "--admin-listen", f"127.0.0.1:{admin}"]
-    )
-    agents.append(agent)
-    port = agent.wait_bound()
-    agent.proc.wait_line("link 1: session", 20)
+    _, port = start_linked(edge, agents, token, nothing, 2, "--admin-listen", f"127.0.0.1:{admin}")
     wait_for("a link on each worker", lambda: per_worker(edge) == [1, 1])
     visitors = 20
     for _ in range(visitors):
@@ -189,10 +190,7 @@ def test_links_spread_again_after_link_0_comes_back(edge: Edge, agents: list[Age
     echo = EchoServer()
     try:
         _, token = edge.token()
-        agent = Agent(edge, token, echo.port, extra=["--links", "2"])
-        agents.append(agent)
-        port = agent.wait_bound()
-        agent.proc.wait_line("link 1: session", 20)
+        agent, port = start_linked(edge, agents, token, echo.port, 2)
         wait_for("a link on each worker", lambda: per_worker(edge) == [1, 1])
         for round_ in range(3):
             leaders = re.findall(r"^session (s_\w+) established", agent.proc.text(), re.M)

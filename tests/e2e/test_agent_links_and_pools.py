@@ -20,6 +20,7 @@ from tests.e2e.api_calls import Keys, call
 from tests.e2e.http_helpers import get_body
 from tests.e2e.origin import NamedOrigin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
+from tests.e2e.test_agent_link_processes import start_linked
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,10 +49,7 @@ def test_an_agents_links_share_its_visitors_and_survive_losing_one(
     echo = EchoServer()
     try:
         _, token = edge.token()
-        agent = Agent(edge, token, echo.port, extra=["--links", "3"])
-        agents.append(agent)
-        port = agent.wait_bound()
-        agent.proc.wait_all("link 1: session", "link 2: session")
+        agent, port = start_linked(edge, agents, token, echo.port, 3)
         deadline = time.monotonic() + 10
         while len(sessions_of(edge, admin)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
