@@ -462,8 +462,10 @@ class Presence:
         owner claims was bound on both sides of a Redis outage (each node checked only
         its last table): it is logged, once, and served here as it was."""
         assert self._claims is not None
-        refused = await self._claims.claim(held)
+        # Taken with ``held``, before any await: a claim made while this write waits is
+        # for a bind not in ``held`` yet, and is not this write's to release.
         gone = {h: o for h, o in self._claimed.items() if held.get(h) != o}
+        refused = await self._claims.claim(held)
         if gone:
             await self._claims.release(gone)
         for host, owner in gone.items():

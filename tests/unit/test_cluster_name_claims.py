@@ -53,13 +53,35 @@ async def test_of_two_simultaneous_claims_by_two_owners_one_wins(
     """200 names, each claimed by two owners on two nodes in the same event-loop turn:
     every name ends with exactly one owner, the one Redis holds. A check against the
     presence tables alone would let both through (neither node has heard of the other's
-    bind yet)."""
-    a, b = node(redis_server, A, {}), node(redis_server, B, {})
+    bind yet).
+
+    A node holds each name it wins at once, as a bind right after its claim would; the
+    heartbeats (every 0.2 s) go on among the claims and must release none in flight."""
+    held_a: dict[str, str] = {}
+    held_b: dict[str, str] = {}
+    a, b = node(redis_server, A, held_a), node(redis_server, B, held_b)
     client = raw_client(redis_server)
+
+    async def claim_and_hold(
+        n: Presence, held: dict[str, str], host: str, owner: str
+    ) -> str | None:
+        refused_by = await n.claim(host, owner)
+        if refused_by is None:
+            held[host] = owner
+            n.changed()
+        return refused_by
+
     async with running(a, b):
         hosts = [f"n{i}.example.com" for i in range(200)]
         replies = await asyncio.gather(
-            *(c for h in hosts for c in (a.claim(h, "owner-a"), b.claim(h, "owner-b")))
+            *(
+                c
+                for h in hosts
+                for c in (
+                    claim_and_hold(a, held_a, h, "owner-a"),
+                    claim_and_hold(b, held_b, h, "owner-b"),
+                )
+            )
         )
         wins = {"owner-a": 0, "owner-b": 0}
         for i, host in enumerate(hosts):
@@ -202,3 +224,32 @@ async def test_a_claim_while_redis_is_down_says_so(redis_server: RedisServer) ->
         with pytest.raises(RelayError, match=r"cannot claim down\.example\.com"):
             await a.claim("down.example.com", "owner-a")
         assert a.status()["redis"] == "unreachable"
+
+
+async def test_a_claim_made_while_a_write_refreshes_claims_is_kept(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A write snapshots the names held, then refreshes their claims (2,000 names: four
+    script calls). A bind's claim that completes meanwhile is not in that snapshot, and
+    that write must not release it: the bind is about to hold the name."""
+    held = {f"h{i}.example.com": "owner-a" for i in range(2000)}
+    in_flight: list[asyncio.Task[str | None]] = []
+
+    def owned() -> dict[str, str]:
+        if pending:
+            pending.clear()
+            in_flight.append(asyncio.ensure_future(a.claim("late.example.com", "owner-a")))
+        return dict(held)
+
+    pending: list[bool] = []
+    a = Presence(redis_server.url, A, list, heartbeat=10.0, ttl=30.0, owned=owned)
+    client = raw_client(redis_server)
+    async with running(a):
+        await eventually(lambda: a.status()["claims"] == 2000, 5, "the held names are claimed")
+        pending.append(True)
+        a.changed()
+        await eventually(lambda: bool(in_flight) and in_flight[0].done(), 5, "the late claim")
+        assert in_flight[0].result() is None
+        # The write that began with the claim finishes: its claims are 2,001 then.
+        await eventually(lambda: a.status()["claims"] == 2001, 5, "the write keeps it")
+        assert held_by(client, "late.example.com") == b"owner-a"
