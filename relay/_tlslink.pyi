@@ -12,6 +12,10 @@ DEFAULT_WRITE_LOW: int
 def unavailable() -> str | None:
     """Why the direct TLS link cannot be used in this process, or None when it can."""
 
+def set_tls13_suites(context: ssl.SSLContext, suites: str) -> None:
+    """Set ``context``'s TLS 1.3 cipher suites in order of preference (RuntimeError when
+    OpenSSL cannot be reached, ValueError when it refuses ``suites``)."""
+
 def check_layout(sslsock: ssl.SSLSocket) -> None:
     """Prove the SSL* behind ``sslsock`` can be driven directly (RuntimeError if not)."""
 

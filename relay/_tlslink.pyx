@@ -80,6 +80,7 @@ ctypedef void* (*bio_new_t)(const void* method) nogil
 ctypedef void (*bio_set_init_t)(void* bio, int init) nogil
 ctypedef void* (*ssl_get_wbio_t)(const void* ssl) nogil
 ctypedef void (*ssl_set0_wbio_t)(void* ssl, void* bio) nogil
+ctypedef int (*ssl_ctx_set_ciphersuites_t)(void* ctx, const char* suites) nogil
 
 cdef enum:
     SSL_ERROR_NONE = 0
@@ -111,6 +112,7 @@ cdef bio_new_t _BIO_new = NULL
 cdef bio_set_init_t _BIO_set_init = NULL
 cdef ssl_get_wbio_t _SSL_get_wbio = NULL
 cdef ssl_set0_wbio_t _SSL_set0_wbio = NULL
+cdef ssl_ctx_set_ciphersuites_t _SSL_CTX_set_ciphersuites = NULL
 cdef void* _STAGE_METHOD = NULL
 
 #: OpenSSL's read buffer per link while data is arriving: with read_ahead, one read
@@ -166,6 +168,7 @@ cdef object _resolve():
     global _SSL_shutdown, _ERR_get_error, _ERR_clear_error, _ERR_error_string_n
     global _BIO_meth_new, _BIO_meth_set_write_ex, _BIO_meth_set_ctrl, _BIO_get_new_index
     global _BIO_new, _BIO_set_init, _SSL_get_wbio, _SSL_set0_wbio, _STAGE_METHOD
+    global _SSL_CTX_set_ciphersuites
     import _ssl  # noqa: F401  (loads libssl if nothing did yet)
     try:
         path = _mapped_libssl()
@@ -181,10 +184,10 @@ cdef object _resolve():
              b"SSL_CTX_get_options", b"SSL_shutdown", b"ERR_get_error", b"ERR_clear_error",
              b"ERR_error_string_n", b"BIO_meth_new", b"BIO_meth_set_write_ex",
              b"BIO_meth_set_ctrl", b"BIO_get_new_index", b"BIO_new", b"BIO_set_init",
-             b"SSL_get_wbio", b"SSL_set0_wbio")
-    cdef void* found[20]
+             b"SSL_get_wbio", b"SSL_set0_wbio", b"SSL_CTX_set_ciphersuites")
+    cdef void* found[21]
     cdef int i
-    for i in range(20):
+    for i in range(21):
         found[i] = dlsym(handle, <const char*>names[i])
         if found[i] == NULL:
             return f"{names[i].decode()} not found in {path.decode(errors='replace')}"
@@ -208,6 +211,7 @@ cdef object _resolve():
     _BIO_set_init = <bio_set_init_t>found[17]
     _SSL_get_wbio = <ssl_get_wbio_t>found[18]
     _SSL_set0_wbio = <ssl_set0_wbio_t>found[19]
+    _SSL_CTX_set_ciphersuites = <ssl_ctx_set_ciphersuites_t>found[20]
     _STAGE_METHOD = _BIO_meth_new(_BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, b"relay-stage")
     if _STAGE_METHOD == NULL:
         return "BIO_meth_new failed"
@@ -259,9 +263,14 @@ cdef long _stage_ctrl(void* bio, int cmd, long larg, void* parg) noexcept nogil:
 def unavailable():
     """Why the direct TLS link cannot be used in this process, or None when it can.
     ``RELAY_TLS_DIRECT=0`` turns it off (uvloop's TLS transport is used instead)."""
-    global _unavailable, _resolved
     if os.environ.get("RELAY_TLS_DIRECT", "1") == "0":
         return "turned off by RELAY_TLS_DIRECT=0"
+    return _library()
+
+
+cdef object _library():
+    """Why OpenSSL's functions cannot be reached here, or None (resolved once)."""
+    global _unavailable, _resolved
     if not _resolved:
         _unavailable = _resolve()
         _resolved = True
@@ -272,6 +281,12 @@ cdef void* _ssl_pointer(object sslsock) except? NULL:
     """The ``SSL*`` behind an ``ssl.SSLSocket``, after proving the layout (see above)."""
     if unavailable() is not None:
         raise RuntimeError(f"direct TLS link unavailable: {unavailable()}")
+    return _proven_ssl(sslsock)
+
+
+cdef void* _proven_ssl(object sslsock) except? NULL:
+    """The ``SSL*`` behind an ``ssl.SSLSocket`` or ``ssl.SSLObject`` (both hold an
+    ``_ssl._SSLSocket`` and their context), after proving the layout."""
     sslobj = sslsock._sslobj
     context = sslsock.context
     if type(sslobj).__name__ != "_SSLSocket" or not isinstance(context, ssl.SSLContext):
@@ -286,6 +301,30 @@ cdef void* _ssl_pointer(object sslsock) except? NULL:
     if _SSL_CTX_get_options(ctx) != <uint64_t>context.options:
         raise RuntimeError("OpenSSL and the ssl module disagree on the context options")
     return layout.ssl
+
+
+def set_tls13_suites(context, str suites):
+    """Set ``context``'s TLS 1.3 cipher suites, in order of preference. The ssl module
+    has no call for them (``set_ciphers`` is TLS 1.2's), so this calls
+    ``SSL_CTX_set_ciphersuites`` on the context's ``SSL_CTX*``, once the layout is
+    proven on a throwaway ``SSLObject`` of that very context (as for a link). Not
+    affected by ``RELAY_TLS_DIRECT``. Raises RuntimeError when it cannot be done, or
+    ValueError when OpenSSL refuses ``suites``."""
+    reason = _library()
+    if reason is not None:
+        raise RuntimeError(f"cannot reach OpenSSL: {reason}")
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError("an ssl.SSLContext is needed")
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    else:
+        probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="probe.invalid")
+    _proven_ssl(probe)
+    cdef void* ctx = (<_SSLContextLayout*><void*>context).ctx
+    encoded = suites.encode("ascii")
+    if _SSL_CTX_set_ciphersuites(ctx, <const char*>encoded) != 1:
+        _ERR_clear_error()
+        raise ValueError(f"OpenSSL refused the TLS 1.3 suites {suites!r}")
 
 
 def check_layout(sslsock):

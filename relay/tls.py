@@ -8,9 +8,11 @@ store when the edge has a publicly trusted certificate.
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 from pathlib import Path
 
+from relay._tlslink import set_tls13_suites
 from relay.certs.local_ca import cert_pem_fingerprint_matches
 from relay.errors import ConfigError, TlsError
 from relay.protocol import ALPN_PROTOCOL
@@ -22,10 +24,34 @@ INTERMEDIATE_CIPHERS = (
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 
+#: TLS 1.3 suites, AES-128-GCM first (OpenSSL's default puts AES-256-GCM first). All
+#: three are TLS 1.3's own AEADs; AES-128-GCM is the one TLS 1.3 requires, and the one
+#: Go's clients offer first on AES-NI hardware. It seals about 15% more bytes per
+#: CPU-second than AES-256-GCM on the bench machine (`openssl speed -evp`, 16 KiB, best
+#: of 4 alternated runs: 4.88 against 4.20 GB/s), and every byte of a tunnel is sealed
+#: and opened once per TLS hop. The bench method asks for it too: the peers' TLS (Go's,
+#: OpenSSH's aes128-gcm) is AES-128-GCM. A server picks by its own order (the ssl
+#: module sets OP_CIPHER_SERVER_PREFERENCE), so an edge with this order gets
+#: AES-128-GCM from every agent, old or new.
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+log = logging.getLogger("relay.tls")
+
+
+def prefer_tls13_suites(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Give ``ctx`` :data:`TLS13_SUITES`; where OpenSSL cannot be reached (a Python
+    with OpenSSL linked in statically) it keeps OpenSSL's default order."""
+    try:
+        set_tls13_suites(ctx, TLS13_SUITES)
+    except RuntimeError as exc:
+        log.debug("TLS 1.3 suites left in OpenSSL's order: %s", exc)
+    return ctx
+
 
 def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
+    prefer_tls13_suites(ctx)
     ctx.set_alpn_protocols([ALPN_PROTOCOL])
     ctx.options |= ssl.OP_NO_COMPRESSION
     return ctx

@@ -46,6 +46,7 @@ from relay._fastpath import Joint
 from relay.errors import ProtocolViolation, RelayError
 from relay.mux import MuxConfig, Pump
 from relay.protocol import JOIN, StreamHeader
+from relay.tls import prefer_tls13_suites
 from relay.tlslink import Listener, connect_link, serve_links
 
 log = logging.getLogger("relay.cluster.link")
@@ -89,14 +90,14 @@ class NodeTls:
         ctx.load_cert_chain(self.cert, self.key)
         ctx.load_verify_locations(self.ca)
         ctx.verify_mode = ssl.CERT_REQUIRED  # a node, or nothing
-        return ctx
+        return prefer_tls13_suites(ctx)
 
     def client(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.load_cert_chain(self.cert, self.key)
         ctx.load_verify_locations(self.ca)
-        return ctx
+        return prefer_tls13_suites(ctx)
 
 
 @dataclass
