@@ -120,20 +120,27 @@ def _render_edge(now: Snapshot, before: Snapshot | None, admin: str) -> list[str
         f"   refused {rate(now, before, 'relay_visitor_connections_refused_total'):.1f}/s"
         f"   auth failures {now.total('relay_auth_failures_total'):.0f}",
         "",
-        f"{'SESSION':<20} {'AGENT':<22} {'TOKEN':<13} {'ENDPOINTS':>9} {'RTT':>9}",
+        f"{'SESSION':<20} {'AGENT':<22} {'TOKEN':<13} {'ENDPOINTS':>9} {'RTT':>9}"
+        + ("  WORKER" if answering else ""),
     ]
     for session in s.get("sessions_list", []):
         rtt = session.get("rtt_us", 0) / 1000
+        worker = f"  {session.get('worker', '-')}" if answering else ""
         lines.append(
             f"{session['id']:<20} {session['peer']:<22} {session.get('token') or '-':<13} "
-            f"{session['endpoints']:>9} {rtt:>7.1f}ms"
+            f"{session['endpoints']:>9} {rtt:>7.1f}ms{worker}"
         )
-    lines += ["", f"{'ENDPOINT':<44} {'KIND':<6} SESSION"]
+    lines += [
+        "",
+        f"{'ENDPOINT':<44} {'KIND':<6} {'SESSION':<20}" + (" WORKERS" if answering else ""),
+    ]
     for endpoint in s.get("endpoints", []):
+        held = ",".join(str(w) for w in endpoint.get("workers", [])) or "-"
         lines.append(
-            f"{endpoint['url']:<44} {endpoint['kind']:<6} {endpoint.get('session') or 'orphaned'}"
+            f"{endpoint['url']:<44} {endpoint['kind']:<6} "
+            f"{endpoint.get('session') or 'orphaned':<20}" + (f" {held}" if answering else "")
         )
-    return lines
+    return [line.rstrip() for line in lines]
 
 
 def _render_agent(now: Snapshot, before: Snapshot | None, admin: str) -> list[str]:

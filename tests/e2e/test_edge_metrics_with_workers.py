@@ -249,6 +249,10 @@ def test_the_edges_status_lists_every_workers_sessions(edge: Edge, agents: list[
         assert status["workers"]["each"][1]["pid"] == worker_pids(edge)[1]
         shown = status_once(edge.admin_port)  # `relay status` reads the same page
         assert "workers 2/2" in shown and all(i in shown for i in ids.values()), shown
+        # Each session's row ends in its worker; the endpoint's in the workers holding it.
+        rows = {line.split()[0]: line.split() for line in shown.splitlines() if line.strip()}
+        assert [rows[ids[w]][-1] for w in range(WORKERS)] == ["0", "1"], shown
+        assert rows[agent.url][-1] == "0,1", shown
 
         os.kill(worker_pids(edge)[1], signal.SIGSTOP)
         try:
