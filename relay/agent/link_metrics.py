@@ -68,6 +68,30 @@ class LinksExposition:
         yield up
 
 
+def endpoints_bound(exposition: str) -> int:
+    """How many endpoints a link process's exposition says it holds (``relay_endpoints``
+    over every kind); 0 when it cannot be read."""
+    try:
+        family = Scrape.parse(exposition).families.get("relay_endpoints")
+    except ValueError:
+        return 0
+    return 0 if family is None else int(sum(family.samples.values()))
+
+
+def links_ready(
+    own: tuple[bool, str], wanted: int, links: list[tuple[bool, str | None]]
+) -> tuple[bool, str]:
+    """The agent's readiness: link 0's (``own``), or any other link's that is connected
+    and, by its last exposition (at most PUSH_PERIOD old), holds all ``wanted``
+    endpoints. ``links``: (connected, last exposition or None) of links 1..K-1."""
+    if own[0]:
+        return own
+    for connected, exposition in links:
+        if connected and exposition is not None and endpoints_bound(exposition) >= wanted:
+            return True, ""
+    return False, f"link 0: {own[1]}; no other link serves every endpoint"
+
+
 def links_status(
     own: dict[str, Any], links: list[dict[str, Any]], recent: list[list[dict[str, Any]]]
 ) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from relay.agent.client import Agent, AgentOptions
-from relay.agent.link_metrics import LinkScrapes, LinksExposition, links_status
+from relay.agent.link_metrics import LinkScrapes, LinksExposition, links_ready, links_status
 from relay.agent.link_process import BUSY_PERIOD, LinkChild
 from relay.agent.placement import Place
 
@@ -57,6 +57,7 @@ class LinkedAgent:
                 self.links, self._scrapes, self._connected
             ).combine
             leader.metrics.combine_status = self._status
+            leader.metrics.combine_ready = self._ready
         tasks = [asyncio.ensure_future(leader.run())]
         telling: asyncio.Future[None] | None = None
         try:
@@ -104,6 +105,11 @@ class LinkedAgent:
         links += [_link_row(c.index, c.place) for c in self.children]
         links += [_link_row(i, None) for i in range(len(links), self.links)]  # not started
         return links_status(own, links, [c.recent for c in self.children])
+
+    def _ready(self, own: tuple[bool, str]) -> tuple[bool, str]:
+        # While link 0 reconnects, the edge sends every visitor to the other links.
+        links = [(c.place is not None, c.scrape[1] if c.scrape else None) for c in self.children]
+        return links_ready(own, len(self.options.endpoints), links)
 
     def _connected(self) -> int:
         return int(self.leader.connected) + sum(c.place is not None for c in self.children)

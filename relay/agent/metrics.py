@@ -43,6 +43,8 @@ class AgentMetrics(Metrics):
         #: processes' (relay/agent/link_metrics.py).
         self.combine: Callable[[bytes], bytes] | None = None
         self.combine_status: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        #: ``--links``: this link's readiness -> the agent's (any link serving).
+        self.combine_ready: Callable[[tuple[bool, str]], tuple[bool, str]] | None = None
 
     def exposition(self) -> bytes:
         own = super().exposition()
@@ -81,6 +83,10 @@ class AgentMetrics(Metrics):
         }
 
     def readiness(self) -> tuple[bool, str]:
+        own = self.own_readiness()
+        return own if self.combine_ready is None else self.combine_ready(own)
+
+    def own_readiness(self) -> tuple[bool, str]:
         if not self.agent.connected:
             return False, "not connected to the edge"
         if len(self.agent.bound) < len(self.agent.options.endpoints):

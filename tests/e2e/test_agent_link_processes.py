@@ -171,6 +171,9 @@ def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]
     assert all(s["outcome"] != "ok" for s in status["recent"]), status["recent"]
     shown = status_once(admin)
     assert "LINK" in shown and shown.count(" connected ") == 2, shown
+    # /readyz asks every link (relay/agent/links.py; the rule: the unit tests of links_ready).
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=10) as answer:
+        assert (answer.status, answer.read()) == (200, b"ready\n")
 
 
 def sessions_by_worker(edge: Edge) -> list[set[str]] | None:

@@ -6,17 +6,26 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from relay.agent.link_metrics import RECENT, LinkScrapes, LinksExposition, links_status
+from relay.agent.link_metrics import (
+    RECENT,
+    LinkScrapes,
+    LinksExposition,
+    endpoints_bound,
+    links_ready,
+    links_status,
+)
 from tests.e2e.test_admin_listener import sample
 
 
-def link(failures: int, connected: int) -> bytes:
-    """What one link's process exposes."""
+def link(failures: int, connected: int, bound: dict[str, int] | None = None) -> bytes:
+    """What one link's process exposes (``bound``: its endpoints by kind; one tcp)."""
     registry = CollectorRegistry()
     Counter("relay_agent_upstream_failures", "failed", ["code"], registry=registry).labels(
         "RLY_613"
     ).inc(failures)
-    Gauge("relay_endpoints", "bound", ["kind"], registry=registry).labels("tcp").set(1)
+    endpoints = Gauge("relay_endpoints", "bound", ["kind"], registry=registry)
+    for kind, n in (bound if bound is not None else {"tcp": 1}).items():
+        endpoints.labels(kind).set(n)
     Gauge("relay_agent_connected", "up", registry=registry).set(connected)
     Gauge("process_resident_memory_bytes", "rss", registry=registry).set(1000)
     return generate_latest(registry)
@@ -61,3 +70,20 @@ def test_status_lists_every_link_and_the_newest_streams_of_all() -> None:
     assert status["links"] == rows and status["connected"] is True
     times = [s["time"] for s in status["recent"]]
     assert times == sorted(times) and len(times) == RECENT and times[-1] == 59.0
+
+
+def test_the_agent_is_ready_while_any_link_serves_every_endpoint() -> None:
+    """/readyz with links: link 0 reconnecting does not make the agent unready while
+    another link is connected and holds every endpoint (the edge sends it every visitor
+    meanwhile); a link that holds only some, or is not connected, does not count."""
+    down = (False, "not connected to the edge")
+    every = link(0, 1, {"http": 2, "tcp": 1}).decode()
+    some = link(0, 1, {"http": 1, "tcp": 1}).decode()
+    assert endpoints_bound(every) == 3 and endpoints_bound(some) == 2
+    assert endpoints_bound("not an exposition {") == 0
+    assert links_ready((True, ""), 3, []) == (True, "")
+    assert links_ready(down, 3, [(True, some), (True, every)]) == (True, "")
+    for others in ([], [(True, some)], [(False, every)], [(True, None)]):
+        ready, why = links_ready(down, 3, others)
+        assert not ready
+        assert why == "link 0: not connected to the edge; no other link serves every endpoint"
