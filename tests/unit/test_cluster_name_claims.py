@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 import redis
 
-from relay.cluster.name_claims import CLAIM_PREFIX
+from relay.cluster.name_claims import CLAIM_PREFIX, NameClaims
 from relay.cluster.presence import NodeInfo, Presence
 from relay.errors import RelayError
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
@@ -228,28 +228,50 @@ async def test_a_claim_while_redis_is_down_says_so(redis_server: RedisServer) ->
 
 async def test_a_claim_made_while_a_write_refreshes_claims_is_kept(
     redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A write snapshots the names held, then refreshes their claims (2,000 names: four
-    script calls). A bind's claim that completes meanwhile is not in that snapshot, and
-    that write must not release it: the bind is about to hold the name."""
-    held = {f"h{i}.example.com": "owner-a" for i in range(2000)}
+    """A write snapshots the names held, then refreshes their claims in Redis. A bind's
+    claim that completes meanwhile is not in that snapshot, and that write must not
+    release it: the bind holds the name from then on. The refresh is made to wait for
+    that claim, so the order is certain; every release is recorded, so a release undone
+    by a later write still fails the test."""
+    held = {f"h{i}.example.com": "owner-a" for i in range(100)}
     in_flight: list[asyncio.Task[str | None]] = []
+    released: list[str] = []
+    claim, release = NameClaims.claim, NameClaims.release
+
+    async def refresh_after_the_late_claim(
+        self: NameClaims, names: Mapping[str, str]
+    ) -> dict[str, str]:
+        if len(names) > 1 and in_flight:  # a write's refresh, not the bind's claim
+            await asyncio.wait_for(asyncio.shield(in_flight[0]), 5)
+        return await claim(self, names)
+
+    async def recorded(self: NameClaims, names: Mapping[str, str]) -> None:
+        released.extend(names)
+        await release(self, names)
+
+    monkeypatch.setattr(NameClaims, "claim", refresh_after_the_late_claim)
+    monkeypatch.setattr(NameClaims, "release", recorded)
 
     def owned() -> dict[str, str]:
         if pending:
             pending.clear()
-            in_flight.append(asyncio.ensure_future(a.claim("late.example.com", "owner-a")))
+            late = asyncio.ensure_future(a.claim("late.example.com", "owner-a"))
+            late.add_done_callback(lambda _: held.update({"late.example.com": "owner-a"}))
+            in_flight.append(late)
         return dict(held)
 
     pending: list[bool] = []
     a = Presence(redis_server.url, A, list, heartbeat=10.0, ttl=30.0, owned=owned)
     client = raw_client(redis_server)
     async with running(a):
-        await eventually(lambda: a.status()["claims"] == 2000, 5, "the held names are claimed")
+        await eventually(lambda: a.status()["claims"] == 100, 5, "the held names are claimed")
         pending.append(True)
         a.changed()
         await eventually(lambda: bool(in_flight) and in_flight[0].done(), 5, "the late claim")
         assert in_flight[0].result() is None
-        # The write that began with the claim finishes: its claims are 2,001 then.
-        await eventually(lambda: a.status()["claims"] == 2001, 5, "the write keeps it")
+        # The write that began with the claim finishes: its claims are 101 then.
+        await eventually(lambda: a.status()["claims"] == 101, 5, "the write keeps it")
         assert held_by(client, "late.example.com") == b"owner-a"
+        assert "late.example.com" not in released
