@@ -212,6 +212,10 @@ class Presence:
         self._seen: dict[str, float] = {}
         #: (family, hostname) -> node id -> the name as that node holds it.
         self._table: dict[tuple[str, str], dict[str, RemoteName]] = {}
+        #: (family, hostname) -> how many lookups of a name several nodes hold were
+        #: answered: the next one goes to the next of those nodes (pooled agents, or one
+        #: agent's links to two PoPs, share the visitors of nodes that hold none).
+        self._turns: dict[tuple[str, str], int] = {}
         self._count = 0
         self._table_news = False
         self._claims: NameClaims | None = None
@@ -298,27 +302,36 @@ class Presence:
         return None
 
     def lookup(
-        self, family: str, hostname: str, avoid: Callable[[NodeInfo], bool] | None = None
+        self,
+        family: str,
+        hostname: str,
+        avoid: Callable[[NodeInfo], bool] | None = None,
+        *,
+        rotate: bool = False,
     ) -> RemoteName | None:
         """Which other node holds ``hostname`` on the ``family`` front: the exact name,
         else the wildcard with the longest suffix (``*.a.example.com`` before
         ``*.example.com``; a wildcard covers one label or more). No I/O. Of several
         holders, one ``avoid`` says no to comes last (a node that cannot be reached: its
-        key outlives it by up to ``ttl``, while its agents bind again elsewhere)."""
+        key outlives it by up to ``ttl``, while its agents bind again elsewhere), then
+        those of other regions. Among the best, ``rotate`` lookups take turns (round
+        robin: one per visitor sent on); others get the first by node id."""
         host = hostname.lower()
         if len(host) > MAX_HOSTNAME:
             return None
-        holders = self._table.get((family, host))
+        key = (family, host)
+        holders = self._table.get(key)
         if holders:
-            return self._pick(holders, avoid)
+            return self._pick(holders, avoid, key if rotate else None)
         rest = host
         while True:
             _, dot, rest = rest.partition(".")
             if not dot or not rest:
                 return None
-            holders = self._table.get((family, "*." + rest))
+            key = (family, "*." + rest)
+            holders = self._table.get(key)
             if holders:
-                return self._pick(holders, avoid)
+                return self._pick(holders, avoid, key if rotate else None)
 
     def held(self, family: str) -> dict[str, RemoteName]:
         """Every name of ``family`` other nodes hold, each with the holder a lookup
@@ -672,22 +685,34 @@ class Presence:
             holders = self._table.get(key)
             if holders is not None and holders.pop(node_id, None) is not None:
                 self._count -= 1
+                if len(holders) < 2:
+                    self._turns.pop(key, None)
                 if not holders:
                     del self._table[key]
 
     def _pick(
-        self, holders: dict[str, RemoteName], avoid: Callable[[NodeInfo], bool] | None
+        self,
+        holders: dict[str, RemoteName],
+        avoid: Callable[[NodeInfo], bool] | None,
+        turn_key: tuple[str, str] | None = None,
     ) -> RemoteName:
+        """The holder a visitor goes to. With ``turn_key``, successive picks rotate over
+        the holders that rank first; without, the first by node id (a stable answer
+        for listings, which must not use up turns)."""
         if len(holders) == 1:
             return next(iter(holders.values()))
-        return min(
-            holders.values(),
-            key=lambda n: (
-                avoid is not None and avoid(n.node),
-                n.node.region != self._me.region,
-                n.node.node_id,
-            ),
-        )
+
+        def rank(n: RemoteName) -> tuple[bool, bool]:
+            return (avoid is not None and avoid(n.node), n.node.region != self._me.region)
+
+        ordered = sorted(holders.values(), key=lambda n: (rank(n), n.node.node_id))
+        best = rank(ordered[0])
+        tied = [n for n in ordered if rank(n) == best]
+        if turn_key is None or len(tied) == 1:
+            return tied[0]
+        turn = self._turns.get(turn_key, -1) + 1
+        self._turns[turn_key] = turn % len(tied)
+        return tied[turn % len(tied)]
 
     # -- plumbing ---------------------------------------------------------------------
 

@@ -233,12 +233,14 @@ class ClusterNode:
 
     # --- which node ----------------------------------------------------------------
 
-    def _holder(self, family: str, hostname: str) -> RemoteName | None:
+    def _holder(self, family: str, hostname: str, rotate: bool = False) -> RemoteName | None:
+        """``rotate``: the holder a visitor is sent to (several holders take turns);
+        called once per visitor, so that each visitor uses one turn."""
         if self.presence is None:
             return None
         links = self.links
         avoid = (lambda node: links.unreachable(node.link)) if links is not None else None
-        return self.presence.lookup(family, hostname, avoid)
+        return self.presence.lookup(family, hostname, avoid, rotate=rotate)
 
     def region_of(self, hostname: str) -> str | None:
         """The region that holds ``hostname`` when it is not this one (HTTP or TLS)."""
@@ -251,7 +253,7 @@ class ClusterNode:
     # --- HttpFront's Elsewhere ---------------------------------------------------------
 
     def http_holder(self, hostname: str) -> RemoteName | None:
-        remote = self._holder("http", hostname)
+        remote = self._holder("http", hostname, rotate=True)
         if remote is None or remote.node.region != self.region:
             return None
         return remote
@@ -274,7 +276,7 @@ class ClusterNode:
     # --- TCP ports other nodes hold (relay/edge/cluster_ports.py) ----------------------
 
     def tcp_holder(self, port: int) -> RemoteName | None:
-        return self._holder("tcp", str(port))
+        return self._holder("tcp", str(port), rotate=True)
 
     def carry_tcp(self, transport: Any, remote: RemoteName, header: bytes) -> None:
         """A TCP visitor for ``remote``'s node while no link to it is up: its socket
@@ -289,16 +291,23 @@ class ClusterNode:
 
     # --- TlsFront's TlsElsewhere -------------------------------------------------------
 
-    def sni_holder(self, server_name: str) -> RemoteName | None:
-        remote = self._holder("sni", server_name)
+    def sni_holder(self, server_name: str, rotate: bool = False) -> RemoteName | None:
+        remote = self._holder("sni", server_name, rotate)
         if remote is None or remote.node.region != self.region:
             return None
         return remote
 
     def sni_handed_off(
-        self, conn: socket.socket, server_name: str, local: HostEndpoint | None
+        self,
+        conn: socket.socket,
+        server_name: str,
+        local: HostEndpoint | None,
+        remote: RemoteName | None = None,
     ) -> bool:
-        remote = self.sni_holder(server_name)
+        """Send a TLS visitor to the node that holds ``server_name`` (``remote``: the
+        holder the caller already chose for it)."""
+        if remote is None:
+            remote = self.sni_holder(server_name, rotate=True)
         if remote is None or self.links is None:
             return False
         if not hands_over(local, remote):

@@ -42,10 +42,10 @@ class WorkersThenNodes:
         self, conn: socket.socket, server_name: str, local: HostEndpoint | None
     ) -> bool:
         worker = self.workers.remote_sni.lookup(server_name)
-        node = self.nodes.sni_holder(server_name)
+        node = self.nodes.sni_holder(server_name, rotate=True)
         best = better_match(worker, node)
         if best is None or not hands_over(local, best):
             return False
         if best is worker:
             return self.workers.sni_handed_off(conn, server_name, local)
-        return self.nodes.sni_handed_off(conn, server_name, local)
+        return self.nodes.sni_handed_off(conn, server_name, local, node)

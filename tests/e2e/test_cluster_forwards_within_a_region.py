@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from tests.e2e.http_helpers import (
     web_agent,
 )
 from tests.e2e.link_tap import LinkTap
-from tests.e2e.origin import Origin
+from tests.e2e.origin import NamedOrigin, Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, free_port, free_port_range, payload
 from tests.e2e.test_credentials_end_live_sessions import SLACK, wait_exit
 from tests.e2e.test_tls_endpoints import PASS_NAME, TlsEchoServer, tls_echo, tls_upstream  # noqa: F401
@@ -417,6 +418,46 @@ def test_a_name_held_on_one_node_is_refused_to_another_token_on_another(
     member.wait_bound()
     assert post_sink(a, a.edge.http_port, host_of(owner), body, None)["size"] == len(body)
     assert a.cluster()["links"]["forwarded"] == 1  # served at a by its own member now
+
+
+@pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
+def test_pool_members_on_two_nodes_share_the_visitors_of_a_third(
+    nodes: dict[str, Node], agents: list[Agent], named: list[NamedOrigin]
+) -> None:
+    """A node that holds no member of a pool sends its visitors round robin to the
+    nodes that do (it sent every one to the first node by id before); once a member
+    leaves, all go to the other, and none fails."""
+    a, b, d = nodes["a"], nodes["b"], nodes["d"]
+    on_b, on_d = NamedOrigin("member-on-b"), NamedOrigin("member-on-d")
+    named += [on_b, on_d]
+    _, token = b.edge.token()
+    flags = ["--no-https", "--subdomain", "shared", "--pool"]
+    members = []
+    for node, origin in ((b, on_b), (d, on_d)):
+        member = Agent(node.edge, token, str(origin.port), kind="http", extra=flags)
+        agents.append(member)
+        member.wait_bound()
+        members.append(member)
+    host = host_of(members[0])
+    wait_known(a, 2)  # the name, as b holds it and as d does
+
+    def visit() -> bytes:
+        return exchange(
+            a.edge.http_port, host, f"GET / HTTP/1.1\r\nhost: {host}\r\n".encode(), address=a.host
+        )
+
+    seen = Counter(visit() for _ in range(20))
+    assert seen == Counter({b"member-on-b": 10, b"member-on-d": 10}), seen
+    assert a.cluster()["links"]["forwarded"] == 20
+    assert b.tap.connections == 1 and d.tap.connections == 1  # one link each, reused
+
+    members[1].stop()  # the member on d leaves: d's name goes with it
+    deadline = time.monotonic() + 10
+    while a.cluster()["presence"]["remote_names"] > 1:
+        assert time.monotonic() < deadline, "a never learned that d let the name go"
+        time.sleep(0.05)
+    seen = Counter(visit() for _ in range(10))
+    assert seen == Counter({b"member-on-b": 10}), seen
 
 
 def _session_ids(node: Node) -> list[str]:

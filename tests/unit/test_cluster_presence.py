@@ -138,6 +138,58 @@ async def test_of_several_holders_this_region_then_the_reachable_win(
         assert found is not None and found.node == B
 
 
+async def test_visitors_of_a_name_several_nodes_hold_take_turns_among_the_best(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Pooled agents on several nodes (or one agent's links to two PoPs) share the
+    visitors of a node that holds none: rotating lookups go round robin over the holders
+    of the best rank, per name; plain lookups (listings, ownership checks) use no turn."""
+    shared: list[Name] = [
+        ("http", "pool.example.com", "http", "", ""),
+        ("sni", "*.pool.example.com", "https", "", ""),
+    ]
+    other = NodeInfo("c", "r2", "10.0.0.3:7443")
+    d = NodeInfo("d", "r1", "10.0.0.4:7443")
+    solo: list[Name] = [("http", "solo.example.com", "http", "", "")]
+    a = Presence(redis_server.url, A, list, heartbeat=0.2)
+    holders = [Presence(redis_server.url, n, lambda: shared, heartbeat=0.2) for n in (other, d)]
+    b = Presence(redis_server.url, B, lambda: shared + solo, heartbeat=0.2)
+    async with running(a, b, *holders):
+        await eventually(lambda: len(a.nodes()) == 3, 3, "a sees b, c and d")
+
+        def picks(family: str, host: str, n: int, **kw: object) -> list[str]:
+            got = [a.lookup(family, host, rotate=True, **kw) for _ in range(n)]  # type: ignore[arg-type]
+            return [g.node.node_id for g in got if g is not None]
+
+        # b and d share region r1 with a; c (r2) gets none while they can be reached.
+        assert Counter(picks("http", "pool.example.com", 10)) == {"b": 5, "d": 5}
+        # Turns alternate, they do not come in runs.
+        run = picks("http", "pool.example.com", 4)
+        assert run[0] != run[1] and run[1] != run[2] and run[2] != run[3]
+        # A wildcard's names share one turn counter (the wildcard's).
+        wild = picks("sni", "x.pool.example.com", 3) + picks("sni", "y.pool.example.com", 3)
+        assert Counter(wild) == {"b": 3, "d": 3}
+        # One unreachable: the other takes every visitor; then both again.
+        avoid = lambda n: n.node_id == "d"  # noqa: E731
+        assert set(picks("http", "pool.example.com", 4, avoid=avoid)) == {"b"}
+        assert Counter(picks("http", "pool.example.com", 4)) == {"b": 2, "d": 2}
+        # A name one node holds always goes there.
+        assert set(picks("http", "solo.example.com", 3)) == {"b"}
+        # Plain lookups give the first by node id and leave the turn where it was.
+        before = picks("http", "pool.example.com", 1)
+        for _ in range(3):
+            found = a.lookup("http", "pool.example.com")
+            assert found is not None and found.node == B
+        after = picks("http", "pool.example.com", 1)
+        assert before != after
+
+        # d leaves: its turn is gone with it, b takes everything.
+        await holders[1].stop()
+        holders.pop()
+        await eventually(lambda: len(a.nodes()) == 2, 5, "a forgets d")
+        assert set(picks("http", "pool.example.com", 4)) == {"b"}
+
+
 async def test_changed_is_seen_at_once_through_pubsub(redis_server: RedisServer) -> None:  # noqa: F811
     """With a 2 s heartbeat, only pub/sub can make a change visible within 0.5 s."""
     names_a: list[Name] = [("http", "first.example.com", "http", "", "")]
