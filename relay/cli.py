@@ -318,9 +318,8 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
         else:
             for line in edge_banner(server):
                 click.echo(line, err=True)
-        reloads = loop.create_task(
-            _reload_on(hangup, lambda: server.reload_from(reload_config, source))
-        )
+        server.reloader = lambda: server.reload_from(reload_config, source)
+        reloads = loop.create_task(_reload_on(hangup, server.reloader))
         await stopped.wait()
         reloads.cancel()
         click.echo("draining…", err=True)

@@ -1,5 +1,6 @@
 """The API of any node speaks for the whole cluster: it lists every node's live sessions
-and endpoints, and stops or restarts a session wherever it is (docs/scaling.md).
+and endpoints, stops or restarts a session wherever it is, and reloads every node's
+configuration (docs/scaling.md).
 
 A node asks the others through Redis pub/sub (relay/cluster/presence.py): it publishes an
 ``ask`` event on the channel every node follows, and each other node answers on the
@@ -31,7 +32,7 @@ ASK_TIMEOUT = 1.5
 #: Asks of this node waiting at once; more are refused (a runaway client of the API must
 #: not grow the table without bound).
 MAX_WAITING = 256
-OPS = ("sessions", "endpoints", "stop", "restart")
+OPS = ("sessions", "endpoints", "stop", "restart", "reload")
 
 V = TypeVar("V")
 
@@ -62,6 +63,8 @@ class LocalLive(Protocol):
     def local_stop(self, session_id: str, *, actor: str) -> bool: ...
 
     def local_restart(self, session_id: str, *, actor: str) -> bool: ...
+
+    def local_reload(self, *, actor: str) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -103,6 +106,16 @@ class ClusterAsks:
         """Stop or restart ``session_id`` on the node that holds it: whether one did."""
         answers = await self._ask({"op": op, "session": session_id, "actor": actor}, True)
         return any(answer is True for answer in answers.values())
+
+    async def reload(self, *, actor: str) -> dict[str, dict[str, Any] | None]:
+        """Every other node reloads its own configuration: each one's outcome by node id
+        (None: it did not answer in time, or answered something else)."""
+        presence = self._presence()
+        nodes = sorted(info.node_id for info in presence.nodes()) if presence else []
+        answers = await self._ask({"op": "reload", "actor": actor})
+        return {
+            n: a if isinstance(a, dict) else None for n, a in ((n, answers.get(n)) for n in nodes)
+        }
 
     async def _ask(self, fields: dict[str, str], first_yes: bool = False) -> dict[str, Any]:
         presence = self._presence()
@@ -152,6 +165,8 @@ class ClusterAsks:
             body = [_plain(v) for v in local.local_sessions()]
         elif op == "endpoints":
             body = [_plain(v) for v in local.local_endpoints()]
+        elif op == "reload":
+            body = local.local_reload(actor=event.get("actor", "api"))
         else:
             act = local.local_stop if op == "stop" else local.local_restart
             body = act(event.get("session", ""), actor=event.get("actor", "api"))

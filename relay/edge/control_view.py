@@ -10,9 +10,9 @@ records it verified (``Edge.tokens``), each naming its account.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from relay.control.api import CertificateView, EndpointView, SessionView
+from relay.control.api import CertificateView, EndpointView, ReloadView, SessionView
 from relay.edge.auth_guard import source_of
 from relay.errors import SessionStopped
 
@@ -68,7 +68,40 @@ class EdgeLiveView:
         others = self._others()
         return others is not None and await others.act("restart", session_id, actor=actor)
 
+    async def reload(self, *, actor: str) -> list[ReloadView]:
+        views = [_reload_view(self.node_name(), self.local_reload(actor=actor))]
+        others = self._others()
+        if others is not None:
+            for node, outcome in (await others.reload(actor=actor)).items():
+                views.append(_reload_view(node, outcome))
+        return views
+
     # --- this node's own (relay/edge/cluster_asks.py answers the others from these) ----
+
+    def node_name(self) -> str:
+        """How a reload names this process: its node id in a cluster (a worker's is
+        its own), its worker index on an edge with workers, else ``edge``."""
+        if self.edge.cluster is not None:
+            return self.edge.cluster.node_id
+        if self.edge.worker is not None:
+            return str(self.edge.worker.index)
+        return "edge"
+
+    def local_reload(self, *, actor: str) -> dict[str, Any]:
+        """Read the configuration file again, as SIGHUP does (``Edge.reloader``)."""
+        reloader = self.edge.reloader
+        if reloader is None:
+            outcome: dict[str, Any] = {"refused": "this edge was not started with a file"}
+        else:
+            result = reloader()
+            outcome = {
+                "applied": list(result.applied),
+                "kept": list(result.kept),
+                "refused": result.refused.one_line() if result.refused is not None else None,
+            }
+        if self.edge.control is not None:
+            self.edge.control.audit(actor, "edge.reload", self.node_name(), outcome)
+        return outcome
 
     def local_sessions(self) -> list[SessionView]:
         views = []
@@ -132,6 +165,26 @@ class EdgeLiveView:
             session.token_id or "",
             {"session": session.session_id, "peer": session.peer, "reason": reason},
         )
+
+
+def _reload_view(node: str, outcome: dict[str, Any] | None) -> ReloadView:
+    """A node's answer to a reload, as the API shows it; anything malformed is taken as
+    no answer (another node's reply comes off the wire)."""
+    if not isinstance(outcome, dict):
+        return ReloadView(node, answered=False)
+
+    def names(key: str) -> tuple[str, ...]:
+        value = outcome.get(key)
+        return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+    refused = outcome.get("refused")
+    return ReloadView(
+        node,
+        answered=True,
+        applied=names("applied"),
+        kept=names("kept"),
+        refused=refused if isinstance(refused, str) else None,
+    )
 
 
 class ApiFailureGuard:

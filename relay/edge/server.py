@@ -157,6 +157,10 @@ class Edge:
 
             self.cluster = ClusterNode(self)
         self.web: Any = None  # relay.edge.web.WebFronts once started
+        #: Reads the configuration file again and applies it, as SIGHUP does (set by the
+        #: command that started the edge: it knows the file and the flags); the API's
+        #: reload calls it on every node.
+        self.reloader: Callable[[], ReloadResult] | None = None
         self.registry = InMemoryRegistry()
         self.ports = PortAllocator(config.tcp_ports)
         self.server: Listener | None = None

@@ -214,6 +214,14 @@ def test_every_route_answers_401_403_or_2xx_by_the_key_it_is_given(
             assert answer.status == 200, answer.body
             if action == "restart":
                 session = wait_new_session(edge, admin, old=session["id"])
+        # Reload needs admin itself: every other scope is refused, admin reloads.
+        for key, raw in refused.values():
+            answer = call(edge, "POST", f"{API}/reload", key, raw_auth=raw)
+            assert_error(answer, 401, {"RLY_111", "RLY_112", "RLY_113"})
+        for key in by_scope.values():
+            assert_error(call(edge, "POST", f"{API}/reload", key), 403, {"RLY_120"})
+        answer = call(edge, "POST", f"{API}/reload", admin)
+        assert answer.status == 200 and answer.body["nodes"][0]["answered"], answer.body
         # Stopped for good: the agent exits (1, an error that is not its credential's)
         # instead of reconnecting.
         assert agent.proc.wait(10) == 1, agent.proc.text()

@@ -15,6 +15,7 @@ from relay.control.api.plane import (
     EndpointView,
     FailureGuard,
     LiveView,
+    ReloadView,
     SessionView,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "EndpointView",
     "FailureGuard",
     "LiveView",
+    "ReloadView",
     "SessionView",
     "create_app",
 ]

@@ -15,7 +15,7 @@ from relay.control.api.routes_accounts import router as accounts
 from relay.control.api.routes_audit import router as audit
 from relay.control.api.routes_credentials import api_keys, credentials
 from relay.control.api.routes_edge import router as edge
-from relay.control.api.routes_live import certificates, endpoints, sessions
+from relay.control.api.routes_live import certificates, endpoints, reload, sessions
 from relay.control.api.routes_reserved import addrs as reserved_addrs
 from relay.control.api.routes_reserved import domains as reserved_domains
 
@@ -43,6 +43,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         sessions,
         endpoints,
         certificates,
+        reload,
         edge,
         reserved_domains,
         reserved_addrs,

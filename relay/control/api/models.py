@@ -174,6 +174,18 @@ class TunnelSession(BaseModel):
     endpoints: list[str]
 
 
+class NodeReload(BaseModel):
+    node: str = Field(description="A node of the cluster, a worker of the edge, or `edge`.")
+    answered: bool = Field(description="False: it did not answer within 1.5 s.")
+    applied: list[str] = Field(description="Settings that changed.")
+    kept: list[str] = Field(description="Settings changed in the file that need a restart.")
+    refused: str | None = Field(description="Why nothing changed (a bad file, draining).")
+
+
+class Reloaded(BaseModel):
+    nodes: list[NodeReload]
+
+
 class Endpoint(BaseModel):
     id: str
     url: str

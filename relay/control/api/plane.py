@@ -41,6 +41,18 @@ class EndpointView:
 
 
 @dataclass(frozen=True)
+class ReloadView:
+    """What one node (or worker) did when asked to read its configuration file again:
+    ``answered`` False when it did not answer in time (then nothing else is known)."""
+
+    node: str
+    answered: bool
+    applied: tuple[str, ...] = ()  # the settings that changed
+    kept: tuple[str, ...] = ()  # changed in the file, but need a restart
+    refused: str | None = None  # why nothing changed (a bad file, a draining edge)
+
+
+@dataclass(frozen=True)
 class CertificateView:
     """A certificate the edge serves for an https name."""
 
@@ -66,6 +78,11 @@ class LiveView(Protocol):
     async def restart_session(self, session_id: str, *, actor: str) -> bool:
         """Ask the agent to reconnect (it gets its endpoints back); False when there is
         no such live session."""
+        ...
+
+    async def reload(self, *, actor: str) -> list[ReloadView]:
+        """This edge, and every other node of its cluster (or worker of its own), reads
+        its configuration file again, as on SIGHUP: what each did."""
         ...
 
 

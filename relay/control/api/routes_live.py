@@ -1,20 +1,30 @@
 """The serving edge's live state: /tunnel_sessions (list, get, stop, restart),
-/endpoints and /certificates. Served only where an edge is attached; elsewhere these
-answer 404 with RLY_601 saying so."""
+/endpoints and /certificates, and /reload (every node reads its configuration file
+again). Served only where an edge is attached; elsewhere these answer 404 with RLY_601
+saying so."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
 from relay.control.api.auth import Principal, plane_of, requires
-from relay.control.api.models import Certificate, Endpoint, Page, TunnelSession
+from relay.control.api.models import (
+    Certificate,
+    Endpoint,
+    NodeReload,
+    Page,
+    Reloaded,
+    TunnelSession,
+)
 from relay.control.api.paging import Cursor, Limit, after, cut
 from relay.control.api.plane import LiveView, SessionView
+from relay.control.scopes import ADMIN
 from relay.errors import NotFound
 
 sessions = APIRouter(prefix="/tunnel_sessions", tags=["tunnel_sessions"])
 endpoints = APIRouter(prefix="/endpoints", tags=["endpoints"])
 certificates = APIRouter(prefix="/certificates", tags=["certificates"])
+reload = APIRouter(prefix="/reload", tags=["reload"])
 
 
 def _live(request: Request) -> LiveView:
@@ -135,3 +145,28 @@ async def list_certificates(
         )
         for c in sorted(_live(request).certificates(), key=lambda c: c.name)
     ]
+
+
+@reload.post(
+    "",
+    summary="Every node (and worker) reads its configuration file again, as on SIGHUP",
+    response_model=Reloaded,
+)
+async def reload_edges(
+    request: Request,
+    principal: Principal = Depends(requires(ADMIN)),  # noqa: B008
+) -> Reloaded:
+    principal.must_be_operator("reload the edges")
+    views = await _live(request).reload(actor=principal.actor)
+    return Reloaded(
+        nodes=[
+            NodeReload(
+                node=v.node,
+                answered=v.answered,
+                applied=list(v.applied),
+                kept=list(v.kept),
+                refused=v.refused,
+            )
+            for v in views
+        ]
+    )
