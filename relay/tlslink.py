@@ -205,9 +205,12 @@ class LinkServer:
         handshake_timeout: float,
         on_handshake: Callable[[bool], None] | None = None,
         admit: Callable[[Any], bool] | None = None,
+        what: str = "agent link",
     ) -> None:
         self.loop = loop
         self.sockets = sockets
+        #: How the log names a connection here (``agent link``, ``node link``).
+        self.what = what
         self._factory = protocol_factory
         self._ctx = ssl_context
         self._timeout = handshake_timeout
@@ -219,7 +222,7 @@ class LinkServer:
         # on the connection that stays queued.
         self._acceptors = [
             AcceptLoop(
-                loop, sock, self._accepted, what="agent listener", per_wakeup=ACCEPTS_PER_WAKEUP
+                loop, sock, self._accepted, what=f"{what} listener", per_wakeup=ACCEPTS_PER_WAKEUP
             )
             for sock in sockets
         ]
@@ -229,7 +232,7 @@ class LinkServer:
             conn.close()  # refused before its TLS handshake costs anything
             return
         if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
-            log.warning("refusing agent link: %d handshakes in progress", len(self._handshakes))
+            log.warning("refusing %s: %d handshakes in progress", self.what, len(self._handshakes))
             conn.close()
             return
         task = self.loop.create_task(self._serve(conn))
@@ -249,7 +252,7 @@ class LinkServer:
             transport = _tlslink.TlsLinkTransport(self.loop, sslsock)
             await _handshake(self.loop, sslsock, self._timeout)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            log.info("agent link from %s: TLS handshake failed: %s", peer, exc or "timed out")
+            log.info("%s from %s: TLS handshake failed: %s", self.what, peer, exc or "timed out")
             self._on_handshake(False)
             (sslsock or conn).close()
             return
@@ -265,7 +268,7 @@ class LinkServer:
         except OSError as exc:
             # The peer reset right after its handshake: nothing was started, so nothing
             # (no session, no place among max_sessions) is held for it.
-            log.info("agent link from %s: gone before it started: %s", peer, exc)
+            log.info("%s from %s: gone before it started: %s", self.what, peer, exc)
             transport.abort()
 
     def close(self) -> None:
@@ -296,6 +299,7 @@ async def serve_links(
     on_handshake: Callable[[bool], None] | None = None,
     admit: Callable[[Any], bool] | None = None,
     reuse_port: bool = False,
+    what: str = "agent link",
 ) -> Listener:
     """Listen for agent links on ``host:port``; each gets ``protocol_factory()`` once its
     TLS handshake is done. ``on_handshake(ok)`` hears of every handshake's outcome, and
@@ -334,5 +338,5 @@ async def serve_links(
             sock.close()
         raise
     return LinkServer(
-        loop, sockets, protocol_factory, ssl_context, handshake_timeout, on_handshake, admit
+        loop, sockets, protocol_factory, ssl_context, handshake_timeout, on_handshake, admit, what
     )

@@ -144,6 +144,10 @@ class NodeLinks:
         self.received = 0  # visitors another node sent here
         self.joined = 0  # of which joined to an agent's stream (no socket pair)
         self.failures = 0  # visitors that could not be sent
+        #: Connections to the link port whose TLS handshake failed: no cluster
+        #: certificate, another cluster's, an expired one, not TLS (counted where relay
+        #: runs TLS on the socket itself; uvloop's TLS keeps its handshakes to itself).
+        self.refused = 0
 
     # --- listening (node B) ------------------------------------------------------------
 
@@ -155,9 +159,15 @@ class NodeLinks:
             port,
             ssl_context=self._server_ctx,
             handshake_timeout=CONNECT_TIMEOUT,
+            on_handshake=self._handshake_done,
+            what="node link",
         )
         bound = self._listener.sockets[0].getsockname()
         return bound[0], bound[1]
+
+    def _handshake_done(self, ok: bool) -> None:
+        if not ok:
+            self.refused += 1
 
     # --- forwarding (node A) -----------------------------------------------------------
 
@@ -342,6 +352,7 @@ class NodeLinks:
             "received": self.received,
             "joined": self.joined,
             "failed": self.failures,
+            "refused": self.refused,
         }
 
     async def close(self) -> None:

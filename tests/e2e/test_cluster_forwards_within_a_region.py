@@ -246,6 +246,7 @@ def test_a_name_held_in_another_region_is_refused_and_never_crosses(
         "received": 0,
         "joined": 0,
         "failed": 0,
+        "refused": 0,
     }
     # The same name at a, in its region, is carried to b as usual.
     body = payload(6, 50_000)

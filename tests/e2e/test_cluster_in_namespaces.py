@@ -311,7 +311,15 @@ def holds(node: Node, url: str) -> bool:
     return any(urlsplit(e["url"]).hostname == name for e in node.edge.worker_status()["endpoints"])
 
 
-NO_LINKS = {"links_out": [], "links_in": 0, "forwarded": 0, "received": 0, "joined": 0, "failed": 0}
+NO_LINKS = {
+    "links_out": [],
+    "links_in": 0,
+    "forwarded": 0,
+    "received": 0,
+    "joined": 0,
+    "failed": 0,
+    "refused": 0,
+}
 
 
 # --- the tests ------------------------------------------------------------------------------

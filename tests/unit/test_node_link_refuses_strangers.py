@@ -415,7 +415,8 @@ def test_a_stranger_is_refused_before_any_stream_and_members_still_cross(
             assert b.links.status()["links_in"] == 1  # only a's link
             if transport == "direct":
                 [line] = handshake_failures(caplog)
-                assert reason in line, line
+                assert line.startswith("node link from") and reason in line, line
+                assert b.links.status()["refused"] == 1
             await visitor_crosses(a, b, b"after, same link")
             async with dialling_node(certs.c) as c:
                 await visitor_crosses(c, b, b"after, new link")
@@ -433,6 +434,8 @@ def test_plain_tcp_to_the_node_port_is_refused(certs: Certificates, transport: s
             assert seen.refused and not seen.timed_out, seen
             assert seen.frames == [], seen
             assert b.nothing_delivered()
+            if transport == "direct":
+                assert b.links.status()["refused"] == 1
             await visitor_crosses(a, b, b"after")
 
     run(scenario)
