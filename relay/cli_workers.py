@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], None]], None]) -> int:
     """Prepare what the workers share, then run ``config.workers`` of them until SIGTERM;
     returns the exit code (a worker's, if one could not start)."""
-    from relay.cluster.supervisor import Supervisor, reserve_port
+    from relay.cluster.supervisor import DRAIN_FAILED, Supervisor, reserve_port
     from relay.cluster.supervisor_admin import SupervisorAdmin
     from relay.edge.server import prepare_shared_files
 
@@ -86,6 +86,8 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
                 admin.close()
         if code == 0:
             click.echo("drained", err=True)
+        elif code == DRAIN_FAILED:
+            click.echo("drain incomplete: a worker was killed or failed (see above)", err=True)
         return code
     finally:
         for sock in held:

@@ -38,6 +38,9 @@ RESTART_MAX = 10.0
 RESTART_RESET = 30.0
 #: After a drain's own timeout, how long workers get to exit before they are killed.
 EXIT_GRACE = 15.0
+#: The supervisor's exit code when a worker had to be killed, or exited with an error,
+#: during the drain.
+DRAIN_FAILED = 1
 #: A worker's report names at most this many members of one key (links and pool).
 MAX_MEMBERS_PER_KEY = 1024
 
@@ -110,7 +113,8 @@ class Supervisor:
 
     async def run(self, stopped: asyncio.Event, hangup: asyncio.Event) -> int:
         """Run the workers until ``stopped``; pass each ``hangup`` on as SIGHUP. Returns
-        the exit code: 0, or a worker's that failed to start."""
+        the exit code: 0, a worker's that failed to start, or ``DRAIN_FAILED`` when the
+        drain did not end with every worker exiting cleanly by itself."""
         self._loop = asyncio.get_running_loop()
         try:
             for worker in self.workers:
@@ -128,10 +132,14 @@ class Supervisor:
                     hangup.clear()
                     log.info("reloading: SIGHUP to every worker")
                     self.signal_all(signal.SIGHUP)
-            await self.stop()
+            drained = await self.stop()
         finally:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        return self.failed or 0
+        if self.failed:
+            return self.failed
+        # A drain that had to kill a worker, or that a worker ended with an error, is not
+        # a clean stop: say so in the exit code (systemd marks the unit failed).
+        return 0 if drained else DRAIN_FAILED
 
     def views(self) -> list[WorkerView]:
         """Each worker now, for the supervisor's admin listener."""
@@ -150,24 +158,32 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
 
-    async def stop(self) -> None:
+    async def stop(self) -> bool:
         """Drain: SIGTERM to every worker (each drains its own agents and visitors); kill
-        what has not exited once the drain's time and a grace have passed."""
+        what has not exited once the drain's time and a grace have passed. Whether every
+        worker exited by itself, with 0."""
         self._stopping = True
         self.signal_all(signal.SIGTERM)
         running = [w.process for w in self.workers if w.process is not None]
         waits = [asyncio.ensure_future(p.wait()) for p in running]
+        clean = True
         if waits:
             _, late = await asyncio.wait(waits, timeout=self.drain_timeout + EXIT_GRACE)
             if late:
-                log.warning("%d worker(s) did not exit after the drain; killing them", len(late))
+                log.error("%d worker(s) did not exit after the drain; killing them", len(late))
                 self.signal_all(signal.SIGKILL)
                 await asyncio.wait(waits, timeout=5)
+                clean = False
+            failed = [p.pid for p in running if p.returncode not in (0, None)]
+            if failed and clean:
+                log.error("worker(s) %s ended their drain with an error", failed)
+            clean = clean and not failed
         for task in list(self._watchers):
             task.cancel()
         for worker in self.workers:
             if worker.channel is not None:
                 worker.channel.close()
+        return clean
 
     # --- workers ----------------------------------------------------------------------
 

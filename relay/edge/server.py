@@ -347,6 +347,11 @@ class Edge:
         if self._stopping:
             return
         self._stopping = True
+        log.info(
+            "draining: %d agent session(s); live streams get up to %gs",
+            len(self.sessions),
+            self.config.drain_timeout,
+        )
         if self._credential_watch is not None:
             self._credential_watch.cancel()
         if self._limit_watch is not None:

@@ -145,14 +145,63 @@ def test_a_killed_worker_comes_back_and_its_agents_serve_again(
         assert json.loads(post_sink(edge.http_port, host_of(agent), body)) == expected, i
 
 
-def test_reload_and_drain_reach_every_worker(edge: Edge) -> None:
+def test_reload_and_drain_reach_every_worker(
+    edge: Edge, origin: Origin, agents: list[Agent]
+) -> None:
+    """SIGHUP reloads every worker; SIGTERM drains them: a download in flight through
+    the edge completes (hash-checked) while the workers drain, each exits by itself, and
+    the supervisor exits 0."""
     assert edge.proc is not None
     pids = worker_pids(edge)
     os.kill(edge.proc.pid, signal.SIGHUP)
     edge.proc.wait_all(*(f"relay.edge[worker {w}]: reloaded" for w in range(WORKERS)))
-    assert edge.proc.stop() == 0
+    agent = web_agent(edge, agents, str(origin.port), "--no-https", "--subdomain", "drained")
+    host, size = host_of(agent), 8_000_000
+    with socket.create_connection(("127.0.0.1", edge.http_port), timeout=30) as visitor:
+        visitor.sendall(f"GET /blob/{size} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+        got = visitor.recv(65536)  # the head and a first part; the rest waits for us
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        os.kill(edge.proc.pid, signal.SIGTERM)
+        edge.proc.wait_all(*(f"relay.edge[worker {w}]: draining" for w in range(WORKERS)))
+        while len(got) < size + got.index(b"\r\n\r\n") + 4:
+            chunk = visitor.recv(1 << 20)
+            assert chunk, "the download was cut by the drain"
+            got += chunk
+    body = got.partition(b"\r\n\r\n")[2]
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload(99, size)).digest()
+    assert edge.proc.wait(30) == 0, edge.proc.text()
+    assert "drained" in edge.proc.text() and "killing" not in edge.proc.text()
     for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the drain"
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_that_does_not_drain_is_killed_and_the_exit_code_says_so(
+    tmp_path: Path,
+) -> None:
+    """A worker that never exits (here: stopped) is killed after the drain's time and a
+    grace, and the supervisor exits 1, not 0: the stop was not clean."""
+    edge = Edge(tmp_path / "edge", workers=2, extra=["--drain-timeout", "1"]).start()
+    stopped: int | None = None
+    try:
+        assert edge.proc is not None
+        pids = worker_pids(edge)
+        os.kill(pids[1], signal.SIGSTOP)
+        stopped = pids[1]
+        started = time.monotonic()
+        code = edge.proc.stop(timeout=60)
+        stopped = None  # the supervisor's SIGKILL ended it (asserted below)
+        took = time.monotonic() - started
+        assert code == 1, edge.proc.text()
+        assert "did not exit after the drain; killing them" in edge.proc.text()
+        assert "drain incomplete" in edge.proc.text()
+        assert 1 + 15 - 1 < took < 1 + 15 + 10, took  # the drain, then the grace
+        for pid in pids.values():
+            assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the kill"
+    finally:
+        if stopped is not None:  # failed before the drain: let it run, and drain
+            os.kill(stopped, signal.SIGCONT)
+        edge.stop()
 
 
 def test_a_name_has_one_owner_across_workers(
