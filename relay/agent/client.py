@@ -321,7 +321,10 @@ class Agent:
                     raise
                 lost = f"re-binding failed: {exc}"
             except (OSError, ConnectError, SessionEnded, ProtocolViolation) as exc:
-                lost = f"session lost: {exc}" if self._established else str(exc)
+                if self._established:
+                    lost = f"session lost: {exc}"
+                else:  # refused or unreachable: with its code (RLY_502, RLY_504, ...)
+                    lost = exc.one_line() if isinstance(exc, RelayError) else str(exc)
             else:
                 lost = "session ended"
             if self._stopping:
