@@ -11,23 +11,26 @@ Answers about reservations are reused for up to ``RESERVATION_TTL`` (1 s); crede
 are asked about every second and never cached. When a remote control plane cannot be
 reached, the edge keeps its live sessions (it has no news that any credential ended) and
 refuses new agents (it cannot verify them), and says so once per outage.
-Audit events from a remote edge are queued and sent in batches, off the event loop;
-past ``MAX_QUEUED_EVENTS`` unsent events, the oldest are dropped and counted.
+Audit events from a remote edge are queued and sent in batches, off the event loop
+(relay/control/audit_queue.py). An edge holding a PostgreSQL store itself asks it off the
+loop too, each call bounded in time (relay/control/store_thread.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from relay.api_client import ApiClient
+from relay.control.audit_queue import AuditQueue
 from relay.control.store import Store, TokenRecord
+from relay.control.store_thread import StoreThread, store_answers
 from relay.errors import AuthError, ControlUnavailable, RelayError
 
 log = logging.getLogger("relay.control.for_edge")
@@ -38,10 +41,12 @@ log = logging.getLogger("relay.control.for_edge")
 RESERVATION_TTL = 1.0
 #: Reservation answers kept at most (the cache is emptied when full).
 MAX_CACHED_OWNERS = 10_000
-#: Audit events a remote edge keeps while its control plane does not take them.
-MAX_QUEUED_EVENTS = 10_000
 #: Events sent in one request.
 AUDIT_BATCH = 500
+#: How often an edge on a store across a network asks it whether it answers (readiness).
+PING_EVERY = 2.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,37 +92,87 @@ class EdgeControl(Protocol):
 
 
 class LocalControl:
-    """The store and the pepper in the edge's own process. Each call is one short
-    transaction (well under a millisecond on SQLite), so it runs on the event loop."""
+    """The store and the pepper in the edge's own process. On SQLite each call is one
+    short transaction (well under a millisecond), run on the event loop. A store across a
+    network (PostgreSQL) is asked on a thread of its own, each call bounded in time
+    (relay/control/store_thread.py), its audit events queued and written in order
+    (relay/control/audit_queue.py) and its readiness pinged every ``PING_EVERY`` seconds:
+    a database that stops answering never holds the edge's event loop."""
 
     def __init__(self, store: Store, pepper: bytes) -> None:
         self.store = store
         self.pepper = pepper
+        self._thread: StoreThread | None = None
+        self._audit: AuditQueue | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        if store.engine.dialect.name != "sqlite":
+            self._thread = StoreThread()
+            # One event per write: a batch that failed halfway would be written twice.
+            self._audit = AuditQueue(self._write_events, batch=1, what="store")
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._audit is not None:
+            self._audit.start(loop)
+            self._pinger = loop.create_task(self._ping_every())
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self._thread is None:
+            with store_answers():
+                return fn()
+        return await self._thread.call(fn)
 
     async def verify_token(self, token: str, *, peer: str, address: str | None) -> TokenRecord:
-        return self.store.verify_token(
-            token, pepper=self.pepper, actor=f"agent@{peer}", address=address
+        return await self._call(
+            lambda: self.store.verify_token(
+                token, pepper=self.pepper, actor=f"agent@{peer}", address=address
+            )
         )
 
     async def inactive_tokens(self, token_ids: Collection[str]) -> Mapping[str, str]:
-        return self.store.inactive_tokens(token_ids)
+        return await self._call(lambda: self.store.inactive_tokens(token_ids))
 
     async def reservation_owner(self, kind: str, name: str | int) -> Reservation | None:
-        owner = self.store.bind_owner(kind, name)
+        owner = await self._call(lambda: self.store.bind_owner(kind, name))
         return Reservation(owner.account_id, owner.region) if owner is not None else None
 
     async def reserved_ports(self) -> set[int]:
-        return self.store.reserved_ports()
+        return await self._call(self.store.reserved_ports)
 
     def audit(
         self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
     ) -> None:
-        self.store.audit.append(actor, action, target, detail)
+        if self._audit is not None:
+            self._audit.put(actor, action, target, detail)
+        else:
+            self.store.audit.append(actor, action, target, detail)
+
+    async def _write_events(self, batch: list[dict[str, Any]]) -> None:
+        def write() -> None:
+            for e in batch:
+                self.store.audit.append(e["actor"], e["action"], e["target"], e["detail"])
+
+        await self._call(write)
+
+    async def _ping_every(self) -> None:
+        while True:
+            with contextlib.suppress(ControlUnavailable):
+                await self._call(self.store.ping)
+            await asyncio.sleep(PING_EVERY)
 
     def ping(self) -> None:
-        self.store.ping()
+        if self._thread is None:
+            self.store.ping()
+        elif not self._thread.reachable:
+            raise ConnectionError(self._thread.last_error)
 
     async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            await asyncio.gather(self._pinger, return_exceptions=True)
+        if self._audit is not None:
+            await self._audit.close()
+        if self._thread is not None:
+            self._thread.close()
         self.store.close()
 
 
@@ -127,16 +182,13 @@ class RemoteControl:
 
     def __init__(self, client: ApiClient) -> None:
         self.client = client
-        self._events: deque[dict[str, Any]] = deque()
-        self.dropped_events = 0
-        self._wake = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
+        self._audit = AuditQueue(self._send_events, batch=AUDIT_BATCH, what="control plane")
         self.reachable = True
         self._owners: dict[tuple[str, str], tuple[float, Reservation | None]] = {}
         self._ports: tuple[float, set[int]] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._sender = loop.create_task(self._send_events())
+        self._audit.start(loop)
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         """The control plane's answer; an AuthError it gives passes through, anything
@@ -190,49 +242,21 @@ class RemoteControl:
     def audit(
         self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
     ) -> None:
-        if len(self._events) >= MAX_QUEUED_EVENTS:
-            self._events.popleft()
-            self.dropped_events += 1
-        self._events.append(
-            {"actor": actor, "action": action, "target": target, "detail": dict(detail or {})}
-        )
-        self._wake.set()
+        self._audit.put(actor, action, target, detail)
 
     def ping(self) -> None:
         if not self.reachable:
             raise ConnectionError("the control plane did not answer the last request")
 
-    async def _send_events(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._events:
-                batch = [self._events[i] for i in range(min(AUDIT_BATCH, len(self._events)))]
-                try:
-                    await self._post("/edge/audit_events", {"events": batch})
-                except RelayError as exc:
-                    self.reachable = False
-                    log.warning("control plane: %d audit events wait: %s", len(self._events), exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                self.reachable = True
-                # What was sent leaves the queue; events dropped meanwhile were older.
-                sent = {id(event) for event in batch}
-                while self._events and id(self._events[0]) in sent:
-                    self._events.popleft()
+    async def _send_events(self, batch: list[dict[str, Any]]) -> None:
+        await self._post("/edge/audit_events", {"events": batch})
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Send what is queued (at shutdown), for at most ``timeout`` seconds."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._events and asyncio.get_running_loop().time() < deadline:
-            self._wake.set()
-            await asyncio.sleep(0.05)
+        await self._audit.flush(timeout)
 
     async def close(self) -> None:
-        await self.flush()
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
+        await self._audit.close()
 
 
 def token_record(answer: Mapping[str, Any]) -> TokenRecord:

@@ -138,6 +138,20 @@ def _record(m: Any) -> TokenRecord:
     )
 
 
+#: libpq connection settings for PostgreSQL unless the URL gives its own: a connect
+#: gives up after 5 s, data the server does not acknowledge within 5 s ends the
+#: connection (``tcp_user_timeout``, ms), and an idle connection whose peer is gone is
+#: noticed within about 20 s (keepalives).
+POSTGRES_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 5000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+
 class Store:
     """Control-plane storage. Create with :meth:`Store.open`."""
 
@@ -163,7 +177,13 @@ class Store:
         if parsed.drivername == "postgresql":
             # SQLAlchemy's default PostgreSQL driver is psycopg2; relay ships psycopg 3.
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = create_engine(parsed)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            # A database that goes silent (a partition drops every packet) must fail a
+            # call within seconds, not after TCP's minutes of retries: the edge's store
+            # thread is blocked meanwhile. The URL's own settings win.
+            connect_args = {k: v for k, v in POSTGRES_TIMEOUTS.items() if k not in parsed.query}
+        engine = create_engine(parsed, connect_args=connect_args)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine, memory=parsed.database in (None, "", ":memory:"))
         try:

@@ -199,7 +199,9 @@ class Edge:
         else:
             self.pepper = load_or_create_pepper(config.data_dir)
             self.store = open_store(config.data_dir, config.store)
-            self.control = LocalControl(self.store, self.pepper)
+            local = LocalControl(self.store, self.pepper)
+            local.start(loop)
+            self.control = local
         host, port = config.listen_address()
         if config.tls_cert is not None and config.tls_key is not None:
             cert_file, key_file = config.tls_cert, config.tls_key
