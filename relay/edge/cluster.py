@@ -19,7 +19,6 @@ the others say:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -439,8 +438,8 @@ def _peer_tuple(address: str) -> tuple[str, int] | str:
 
 
 def _unreachable_page(sock: socket.socket) -> None:
-    """The node holding the name could not be reached: say so, as one edge would. One
-    non-blocking send: a small page into an idle socket's empty buffer."""
+    """The node holding the name could not be reached: say so, as one edge would (on a
+    copy of the descriptor: the caller closes its own), and close gently."""
     page = render(
         503,
         "RLY_611",
@@ -449,8 +448,56 @@ def _unreachable_page(sock: socket.socket) -> None:
         request_id=secrets.token_hex(8),
         head=False,
     )
-    with contextlib.suppress(OSError):
-        sock.send(page)
+    try:
+        kept = sock.dup()
+    except OSError:
+        return
+    _LingeringClose(asyncio.get_running_loop(), kept, page)
+
+
+#: After a refusal page, how long and how much more a visitor may send (the rest of its
+#: request's body) before its socket closes. Closing with its bytes unread would make
+#: the kernel answer with a reset, and the visitor, still sending, would lose the page.
+LINGER_FOR = 2.0
+LINGER_BYTES = 1 << 20
+
+
+class _LingeringClose:
+    """Send ``page``, shut the sending side, and read and drop what the visitor still
+    sends until it closes, ``LINGER_BYTES`` came or ``LINGER_FOR`` passed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, page: bytes):
+        self.loop = loop
+        self.sock = sock
+        self.left = LINGER_BYTES
+        sock.setblocking(False)
+        try:
+            sock.send(page)  # a small page into an idle socket's empty buffer
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        self.fd = sock.fileno()
+        loop.add_reader(self.fd, self._read)
+        self.timer = loop.call_later(LINGER_FOR, self._close)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.left -= len(data)
+        if not data or self.left <= 0:
+            self._close()
+
+    def _close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        self.loop.remove_reader(self.fd)
+        self.timer.cancel()
+        self.sock.close()
 
 
 def _log_publish_failure(task: asyncio.Task[None]) -> None:

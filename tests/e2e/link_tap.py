@@ -1,12 +1,15 @@
 """A tap on the links between edge nodes: each node advertises its tap's address, so every
 byte another node sends it crosses the tap, which counts connections and bytes (they are
-TLS: the tap sees who talks to whom and how much, never what)."""
+TLS: the tap sees who talks to whom and how much, never what). ``silence()`` stands for a
+partition that drops every packet: the tap stops passing bytes either way, on live
+connections and new ones, without closing anything, until ``restore()``."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 from tests.e2e.procs import ThreadedServer
 
@@ -17,13 +20,23 @@ class LinkTap(ThreadedServer):
         self.bytes_in = 0  # towards the node behind the tap
         self.bytes_out = 0
         self._lock = threading.Lock()
+        #: Set: nothing passes (what arrives stays in the kernel's buffers unread).
+        self.silent = threading.Event()
         super().__init__()
+
+    def silence(self) -> None:
+        self.silent.set()
+
+    def restore(self) -> None:
+        self.silent.clear()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def serve(self, conn: socket.socket) -> None:
+        while self.silent.is_set() and not self.stopping.is_set():
+            time.sleep(0.05)  # a dial into the partition: no answer, no refusal
         try:
             upstream = socket.create_connection(self.target, timeout=5)
         except OSError:
@@ -40,6 +53,9 @@ class LinkTap(ThreadedServer):
         src.settimeout(0.2)  # polls ``stopping``: ends within a poll of close()
         try:
             while not self.stopping.is_set():
+                if self.silent.is_set():
+                    time.sleep(0.05)
+                    continue
                 try:
                     chunk = src.recv(65536)
                 except TimeoutError:

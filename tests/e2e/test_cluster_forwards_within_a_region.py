@@ -478,6 +478,59 @@ def test_pool_members_on_two_nodes_share_the_visitors_of_a_third(
     assert seen == Counter({b"member-on-b": 10}), seen
 
 
+def test_a_silent_network_between_nodes_cuts_its_visitors_within_5_s_and_heals(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    """The network between a and b goes silent (b's tap passes nothing either way and
+    closes nothing, as a partition that drops every packet): a download in flight over
+    the link is cut within 5 s (the link's pings go unanswered), a new visitor gets 503
+    RLY_611 within the dial's 5 s, and once the network is back visitors are carried
+    again."""
+    a, b = nodes["a"], nodes["b"]
+    agent = web_agent(b.edge, agents, str(origin.port), "--no-https", "--subdomain", "across")
+    host = host_of(agent)
+    wait_known(a, 1)
+    body = payload(5, 100_000)
+    assert post_sink(a, a.edge.http_port, host, body, None)["sha256"] == (
+        hashlib.sha256(body).hexdigest()
+    )
+    size = 200_000_000  # far more than the buffers on the way hold
+    with socket.create_connection((a.host, a.edge.http_port), timeout=30) as visitor:
+        visitor.sendall(f"GET /blob/{size} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+        received = len(visitor.recv(65536))
+        assert received > 0
+        b.tap.silence()
+        silent_at = time.monotonic()
+        visitor.settimeout(1.0)
+        while time.monotonic() - silent_at < 20:
+            try:
+                chunk = visitor.recv(1 << 20)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+        cut_after = time.monotonic() - silent_at
+    assert received < size, "the download was not cut"
+    assert cut_after < 5.0 + SLACK, f"the visitor hung {cut_after:.1f} s on a silent link"
+
+    head = f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+    asked = time.monotonic()
+    answer = one_request(a.edge.http_port, host, head.encode(), body, address=a.host)
+    took = time.monotonic() - asked
+    assert answer.startswith(b"HTTP/1.1 503") and b"RLY_611" in answer, answer[:300]
+    assert took < 5.0 + SLACK, f"a new visitor waited {took:.1f} s"
+
+    b.tap.restore()
+    served, last = first_served(
+        a.edge.http_port, host, body, time.monotonic(), address=a.host, within=15
+    )
+    assert served is not None, last[:300]
+    assert a.edge.proc is not None and "Traceback" not in a.edge.proc.text()
+
+
 def _session_ids(node: Node) -> list[str]:
     return [s["id"] for s in node.edge.worker_status()["sessions_list"]]
 
