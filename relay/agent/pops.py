@@ -52,18 +52,13 @@ class PopChooser:
     last_rtts: dict[Pop, float] = field(default_factory=dict)
 
     async def ranked(self) -> list[Pop]:
-        """Every candidate, best first: reachable before unreachable, then those no other
-        link of the agent is on, then by round-trip time; those set aside last."""
+        """Every candidate, best first (:func:`rank`)."""
         pops = await self._resolve()
         if len(pops) > 1:
             rtts = await asyncio.gather(*(_probe(p) for p in pops))
             self.last_rtts = dict(zip(pops, rtts, strict=True))
-            busy = self.busy()
-            pops.sort(
-                key=lambda p: (self.last_rtts[p] == float("inf"), p in busy, self.last_rtts[p])
-            )
-        now = time.monotonic()
-        return sorted(pops, key=lambda p: self._away.get(p, 0.0) > now)
+            return rank(pops, self.last_rtts, self.busy(), self._away, time.monotonic())
+        return rank(pops, {}, set(), self._away, time.monotonic())
 
     @property
     def several(self) -> bool:
@@ -95,6 +90,27 @@ class PopChooser:
                 if pop not in found:
                     found.append(pop)
         return found[:MAX_CANDIDATES]
+
+
+def rank(
+    pops: list[Pop],
+    rtts: dict[Pop, float],
+    busy: set[Pop],
+    away: dict[Pop, float],
+    now: float,
+) -> list[Pop]:
+    """``pops`` best first: those not set aside (``away``: until when) before those that
+    are; within each, reachable (a finite round-trip time in ``rtts``) before
+    unreachable, then those no other link of the agent is on (``busy``), then by
+    round-trip time. Ties keep the resolver's order. Without ``rtts`` (one candidate, or
+    none probed) only the set-aside rule applies."""
+    inf = float("inf")
+
+    def key(p: Pop) -> tuple[bool, bool, bool, float]:
+        rtt = rtts.get(p, 0.0) if rtts else 0.0
+        return (away.get(p, 0.0) > now, rtt == inf, p in busy if rtts else False, rtt)
+
+    return sorted(pops, key=key)
 
 
 async def _probe(pop: Pop) -> float:

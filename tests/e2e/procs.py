@@ -426,8 +426,10 @@ def unanswered_port() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def connect(port: int, timeout: float = 30.0) -> Iterator[socket.socket]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def connect(
+    port: int, timeout: float = 30.0, address: str = "127.0.0.1"
+) -> Iterator[socket.socket]:
+    sock = socket.create_connection((address, port), timeout=timeout)
     try:
         yield sock
     finally:
@@ -435,10 +437,15 @@ def connect(port: int, timeout: float = 30.0) -> Iterator[socket.socket]:
 
 
 def echo_roundtrip(
-    port: int, data: bytes, *, half_close: bool = True, timeout: float = 60.0
+    port: int,
+    data: bytes,
+    *,
+    half_close: bool = True,
+    timeout: float = 60.0,
+    address: str = "127.0.0.1",
 ) -> bytes:
     """Send ``data`` (from a thread), half-close, read everything back until EOF."""
-    with connect(port, timeout) as sock:
+    with connect(port, timeout, address) as sock:
         error: list[BaseException] = []
 
         def send() -> None:
