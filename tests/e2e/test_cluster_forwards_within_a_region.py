@@ -281,7 +281,8 @@ def test_redis_restarted_mid_transfer_loses_no_stream(
     assert result["answer"] == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     # The name is back in Redis and new visitors at a are carried again.
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and a.cluster()["presence"]["redis"] != "connected":
+    while any(n.cluster()["presence"]["redis"] != "connected" for n in (a, b)):
+        assert time.monotonic() < deadline, "a node never reconnected to Redis"
         time.sleep(0.1)
     # Right after it, before every node has written itself again, a still knows b's
     # names (a key missing from a Redis restarted empty is not a node gone).

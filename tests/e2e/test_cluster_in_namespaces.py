@@ -22,7 +22,9 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from relay.control.store import Store
+from relay.control.tokens import load_or_create_pepper
+from tests.e2e.api_calls import call
 from tests.e2e.http_helpers import exchange, first_served, host_of, one_request
-from tests.e2e.origin import Origin
+from tests.e2e.origin import NamedOrigin, Origin
 from tests.e2e.procs import Agent, Edge, free_port, free_port_range, payload
 from tests.netns import Netns, Network, Tally, network, stop_process  # noqa: F401
 from tests.postgres import PostgresServer, server_binaries
@@ -191,6 +195,7 @@ class Cluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     agents: list[Agent] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)
+    redis: NsRedis | None = None
 
     def token(self, node: Node) -> str:
         _, token = node.edge.token("--store", self.store_url)
@@ -244,6 +249,7 @@ def cluster(
         redis = NsRedis(network.add("redis"), tmp_path / "redis")
         stack.callback(redis.stop)
         redis.start()
+        made.redis = redis
         made.store_url = postgres.database().replace("postgresql+psycopg://", "postgresql://")
         settings = tmp_path / "cluster.yml"
         settings.write_text(f"cluster_ca_dir: {tmp_path / 'cluster'}\n")
@@ -478,3 +484,141 @@ def test_a_killed_node_s_agent_moves_and_a_third_node_serves_again_within_5_s(
         if listed and d.cluster()["presence"]["nodes"] == 2:
             passed_over += 1
     assert passed_over >= 1, d.cluster()
+
+
+@pytest.mark.parametrize("cluster", [ONE_REGION], indirect=True)
+def test_pool_members_on_two_machines_share_a_third_node_s_visitors(cluster: Cluster) -> None:
+    """Pooled agents on b and d (one token, each in front of an origin that says who it
+    is): visitors at a alternate between them, over a's links to both, on the wire."""
+    a, b, d = cluster.nodes["a"], cluster.nodes["b"], cluster.nodes["d"]
+    home = cluster.network.add("m")
+    capture = cluster.network.capture(b.space, d.space)
+    named = []
+    try:
+        for who in ("member-on-b", "member-on-d"):
+            with home.entered():
+                named.append(NamedOrigin(who))
+        token = cluster.token(b)
+        flags = ["--no-https", "--subdomain", "pool", "--pool"]
+        for node, origin in ((b, named[0]), (d, named[1])):
+            with home.entered():
+                agent = Agent(
+                    node.edge, token, f"127.0.0.1:{origin.port}", kind="http", extra=flags
+                )
+            cluster.agents.append(agent)
+            agent.wait_bound()
+        host = host_of(agent)
+        wait_known(a, 2)
+        before = capture.snapshot()
+        seen = Counter(
+            exchange(
+                a.edge.http_port,
+                host,
+                f"GET / HTTP/1.1\r\nhost: {host}\r\n".encode(),
+                address=a.host,
+            )
+            for _ in range(20)
+        )
+        assert seen == Counter({b"member-on-b": 10, b"member-on-d": 10}), seen
+        crossed = capture.snapshot() - before
+        for node in (b, d):
+            link = crossed.between([a.host], [node.host], port=node.link_port)
+            assert link.bytes > 0, (node.host, crossed)
+    finally:
+        for origin in named:
+            origin.close()
+
+
+def test_a_suspension_through_one_node_ends_sessions_on_every_machine_within_2_s(
+    cluster: Cluster,
+) -> None:
+    """An account's agents on b (region eu) and c (region us), suspended through a's API
+    on the PostgreSQL store: each node ends its session within 2 s, measured at the node
+    (through Redis at once, or at the node's own poll, once a second)."""
+    a, b, c = cluster.nodes["a"], cluster.nodes["b"], cluster.nodes["c"]
+    home = cluster.network.add("m")
+    origin = cluster.origin_in(home)
+    store = Store.open(cluster.store_url)
+    try:
+        pepper = load_or_create_pepper(a.edge.data_dir)
+        acme = store.create_account("acme", actor="test")
+        _, token = store.create_token(description="acme", pepper=pepper, account_id=acme.id)
+        _, key = store.create_api_key(
+            store.default_account().id, scopes=["accounts:write"], pepper=pepper, actor="test"
+        )
+    finally:
+        store.close()
+    held = {}
+    for node in (b, c):
+        with home.entered():
+            agent = Agent(
+                node.edge, token, f"127.0.0.1:{origin.port}", kind="http", extra=["--no-https"]
+            )
+        cluster.agents.append(agent)
+        agent.wait_bound()
+        [session] = [s["id"] for s in node.edge.worker_status()["sessions_list"]]
+        held[node.host] = (node, session)
+    asked = time.monotonic()
+    answer = call(a.edge, "POST", f"/api/v1/accounts/{acme.id}/suspend", key)
+    assert answer.status == 200, answer.body
+    ended: dict[str, float] = {}
+    while len(ended) < len(held) and time.monotonic() - asked < 10:
+        for where, (node, session) in held.items():
+            live = [s["id"] for s in node.edge.worker_status()["sessions_list"]]
+            if where not in ended and session not in live:
+                ended[where] = time.monotonic() - asked
+        time.sleep(0.02)
+    assert set(ended) == set(held), f"sessions still live after 10 s: {ended}"
+    assert all(took < 2.0 for took in ended.values()), ended
+
+
+def test_redis_restarted_on_its_machine_loses_no_stream_and_presence_heals(
+    cluster: Cluster,
+) -> None:
+    """Redis restarted empty while a 48 MiB upload rides a → b: the upload completes
+    (hash-checked), every node writes itself again, and a name bound on b afterwards
+    is carried from a."""
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    assert cluster.redis is not None
+    home = cluster.network.add("m")
+    origin = cluster.origin_in(home)
+    first = cluster.agent(home, b, origin, "--no-https", "--subdomain", "steady")
+    host = host_of(first)
+    wait_known(a, 1)
+    body = payload(8, 48 * 1024 * 1024)
+    result: dict[str, Any] = {}
+
+    def upload() -> None:
+        try:
+            head = f"POST /sink HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"
+            with socket.create_connection((a.host, a.edge.http_port), timeout=30) as sock:
+                sock.sendall(head.encode() + b"connection: close\r\n\r\n")
+                for offset in range(0, len(body), 1 << 20):
+                    sock.sendall(body[offset : offset + (1 << 20)])
+                    time.sleep(0.05)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            result["answer"] = json.loads(data.partition(b"\r\n\r\n")[2])
+        except Exception as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    sender = threading.Thread(target=upload, daemon=True)
+    sender.start()
+    time.sleep(0.5)
+    cluster.redis.stop()
+    cluster.redis.start()  # empty: every node must write itself again
+    sender.join(120)
+    assert "error" not in result, result.get("error")
+    assert result["answer"] == digest(body)
+    deadline = time.monotonic() + 10
+    while any(n.cluster()["presence"]["redis"] != "connected" for n in cluster.nodes.values()):
+        assert time.monotonic() < deadline, "a node never reconnected to Redis"
+        time.sleep(0.1)
+    second = cluster.agent(home, b, origin, "--no-https", "--subdomain", "after")
+    more = payload(9, 100_000)
+    took, answer = first_served(
+        a.edge.http_port, host_of(second), more, time.monotonic(), address=a.host
+    )
+    assert took is not None, answer[:300]
+    assert post_sink(a, host, more) == digest(more)  # the first name, still carried
