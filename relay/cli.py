@@ -25,6 +25,7 @@ from relay.errors import (
     RelayError,
 )
 from relay.logs import setup_logging
+from relay.stop_signals import install_stop_handlers
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -54,12 +55,6 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         fail(err)
     except KeyboardInterrupt:
         pass
-
-
-def install_stop_handlers(stop: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
 
 
 @click.group(
@@ -596,6 +591,14 @@ def agent_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "the others at once.",
         ),
         click.option(
+            "--grace-period",
+            type=click.FloatRange(0, 3600),
+            default=30.0,
+            help="On SIGTERM or Ctrl-C, seconds live visitors' streams may take to finish "
+            "(new visitors go to other links or pool members at once); a second signal "
+            "stops at once.",
+        ),
+        click.option(
             "--pool",
             is_flag=True,
             help="Share the endpoint's name or port with other agents of the same token "
@@ -618,6 +621,7 @@ def run_agent(
     links: int = 1,
     pool: bool = False,
     region: str = "",
+    grace_period: float = 30.0,
 ) -> None:
     import dataclasses
 
@@ -648,11 +652,12 @@ def run_agent(
         pin=pin,
         server_name=server_name,
         admin_listen=admin,
+        grace_period=grace_period,
     )
 
     async def serve() -> None:
         agent = LinkedAgent(options, links, status=lambda line: click.echo(line))
-        install_stop_handlers(agent.stop)
+        install_stop_handlers(agent.stop, lambda: agent.stop(now=True))
         await agent.run()
 
     run_async(serve)
@@ -823,6 +828,7 @@ def start(names: tuple[str, ...], config_file: Path) -> None:
         agent.admin_listen or None,
         links=agent.links,
         region=agent.region,
+        grace_period=agent.grace_period,
     )
 
 

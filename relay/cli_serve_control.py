@@ -42,7 +42,8 @@ def control_command(
 ) -> None:
     """Run the control plane apart from any edge: the REST API for operators, and for
     edges started with --control-url."""
-    from relay.cli import install_stop_handlers, run_async
+    from relay.cli import run_async
+    from relay.stop_signals import install_stop_handlers
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")

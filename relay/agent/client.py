@@ -63,6 +63,8 @@ HEADER_TIMEOUT = 10.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 #: How long the edge may take to answer Auth or Bind.
 REPLY_TIMEOUT = 15.0
+#: How often a draining agent looks whether its last stream ended.
+DRAIN_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,9 @@ class AgentOptions:
     edges: tuple[tuple[str, int], ...] = ()
     #: Only PoPs of this region serve the agent ("": any).
     region: str = ""
+    #: On a stop (SIGTERM, Ctrl-C), how long visitors' live streams may take to finish;
+    #: new visitors go elsewhere from the first moment (another link or pool member).
+    grace_period: float = 30.0
 
 
 class SessionEnded(Exception):
@@ -236,6 +241,8 @@ class Agent:
         self.link: Any = None
         self.sessions_started = 0
         self._stopping = False
+        #: The drain a stop started (streams still live), until the link closes.
+        self._draining: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
         self._context: ssl.SSLContext | None = None
         # Whether the current attempt got as far as an authenticated session.
@@ -343,8 +350,47 @@ class Agent:
         """An authenticated session with the edge is up."""
         return self._established and self.link is not None and not self.link.closed
 
-    def stop(self) -> None:
+    def live_streams(self) -> int:
+        """Visitors' streams open on the link now (the control stream not counted)."""
+        link = self.link
+        if link is None or link.closed or not self._established:
+            return 0
+        return max(0, int(link.session.stream_count) - 1)
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop: at once when ``now`` or no visitor's stream is live; else drain: GoAway
+        (the edge sends no new visitor here: another link or pool member gets them),
+        and the link closes once its streams end or ``grace_period`` passed. A stop
+        while draining changes nothing; ``stop(now=True)`` ends the drain."""
+        if self._draining is not None and not now:
+            return
+        live = 0 if now or self._stopping else self.live_streams()
         self._stopping = True
+        if live and self.options.grace_period > 0 and self.link is not None:
+            self.status(
+                f"draining {live} live stream(s) for up to {self.options.grace_period:g}s; "
+                "no new visitors (stop again to quit now)"
+            )
+            self.link.session.go_away(0)
+            self.link.schedule_flush()
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+            return
+        self._stop_now()
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.grace_period
+        while self.live_streams() and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        left = self.live_streams()
+        if left:
+            self.status(f"grace period over: closing {left} stream(s)")
+        self._stop_now()
+
+    def _stop_now(self) -> None:
+        self._stopping = True
+        if self._draining is not None and self._draining is not asyncio.current_task():
+            self._draining.cancel()
         if self._stopped is not None:
             self._stopped.set()
         if self.link is not None and not self.link.closed:

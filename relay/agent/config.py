@@ -11,6 +11,7 @@
       # edge: [eu1.example.com:7000, eu2.example.com:7000]   # several PoPs
       # region: eu                  # only PoPs of this region
       # links: 2                    # connections, each serving a share of visitors
+      # grace_period: 30            # seconds live streams get on a stop (SIGTERM, Ctrl-C)
     endpoints:
       - name: web
         kind: http                  # tcp | http | https | tls
@@ -80,9 +81,12 @@ _AGENT_KEYS = (
     "admin_listen",
     "region",
     "links",
+    "grace_period",
 )
 #: At most this many links (the edge refuses more).
 MAX_LINKS = 16
+#: The longest grace period a stop may give live streams (an hour).
+MAX_GRACE_PERIOD = 3600.0
 _ENDPOINT_KEYS = (
     "name",
     "kind",
@@ -159,6 +163,8 @@ class AgentSection:
     #: Only PoPs of this region ("": any); connections to the edge (``--links``).
     region: str = ""
     links: int = 1
+    #: Seconds live streams may take to finish when the agent is stopped.
+    grace_period: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -391,6 +397,16 @@ def _agent_section(raw: Any, env: Mapping[str, str]) -> AgentSection:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LINKS:
             _fail("agent.links", f"must be a number 1..{MAX_LINKS}, not {value!r}")
         links = value
+    grace_period = 30.0
+    if data.get("grace_period") is not None:
+        value = data["grace_period"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_GRACE_PERIOD
+        ):
+            _fail("agent.grace_period", f"must be seconds 0..{MAX_GRACE_PERIOD:g}, not {value!r}")
+        grace_period = float(value)
     token: str | None = None
     if data.get("authtoken") is not None:
         token = _string(data["authtoken"], "agent.authtoken")
@@ -425,6 +441,7 @@ def _agent_section(raw: Any, env: Mapping[str, str]) -> AgentSection:
         edges=tuple(edges),
         region=region,
         links=links,
+        grace_period=grace_period,
     )
 
 

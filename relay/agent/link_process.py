@@ -42,6 +42,7 @@ from relay.agent.placement import Place
 from relay.agent.pops import Pop
 from relay.errors import RelayError, error_from_code
 from relay.mux import MuxConfig
+from relay.stop_signals import install_stop_handlers
 
 log = logging.getLogger("relay.agent")
 
@@ -160,10 +161,18 @@ class LinkChild:
     def pop(self) -> Pop | None:
         return None if self.place is None else self.place.pop
 
-    def stop(self) -> None:
+    def stop(self, *, now: bool = False) -> None:
+        """The child drains its link and exits (its stdin ends); ``now``: SIGKILL by pid,
+        its streams cut (a second stop, or a drain that outlived its grace)."""
         self._stopping = True
-        if self.process is not None and self.process.stdin is not None:
-            self.process.stdin.close()  # the child's stdin ends: it stops its link
+        process = self.process
+        if process is None:
+            return
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()  # the child's stdin ends: it drains and stops its link
+        if now and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     async def run(self) -> None:
         """Keep the child running until stopped; raise the error it ended with, if one
@@ -301,6 +310,9 @@ async def _child() -> int:
     helpers = [asyncio.ensure_future(listen()), asyncio.ensure_future(report())]
     if agent.metrics is not None:
         helpers.append(asyncio.ensure_future(push_metrics(agent.metrics)))
+    # SIGTERM or Ctrl-C reach the link processes too (systemd signals the whole unit, a
+    # terminal the whole process group): drain as the agent does, then stop now.
+    install_stop_handlers(agent.stop, lambda: agent.stop(now=True))
     try:
         await agent.run()
     except RelayError as err:

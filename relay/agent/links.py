@@ -42,11 +42,12 @@ class LinkedAgent:
         self.children: list[LinkChild] = []
         self._stopping = False
 
-    def stop(self) -> None:
+    def stop(self, *, now: bool = False) -> None:
+        """Every link drains (relay/agent/client.py ``Agent.stop``); ``now``: at once."""
         self._stopping = True
-        self.leader.stop()
+        self.leader.stop(now=now)
         for child in self.children:
-            child.stop()
+            child.stop(now=now)
 
     async def run(self) -> None:
         """Run every link until stopped; raise the first error that cannot heal."""
@@ -82,8 +83,12 @@ class LinkedAgent:
             if telling is not None:
                 telling.cancel()
             with contextlib.suppress(Exception):
-                # Children end when their stdin does; their tasks wait for them to exit.
-                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+                # Children drain and end when their stdin does; their tasks wait for them
+                # to exit (a drain may take its grace period).
+                await asyncio.wait_for(
+                    asyncio.gather(*tasks, return_exceptions=True),
+                    self.options.grace_period + 15,
+                )
             for task in tasks:
                 if not task.done():
                     task.cancel()

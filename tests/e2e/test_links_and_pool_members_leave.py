@@ -9,8 +9,9 @@
   was the only member on its worker (its visitors are then handed to the other worker).
 * A pool member that leaves gracefully — the API's restart of its session, the edge's way
   of letting a session go without cutting a stream — gets no new visitor from that moment,
-  while its slow download finishes whole; then it comes back and round robin resumes. The
-  agent's own stop (SIGTERM) closes its link at once and cuts its streams: xfail, strict.
+  while its slow download finishes whole; then it comes back and round robin resumes. So
+  does a member whose agent is stopped (SIGTERM): it drains, and exits once its
+  download is done.
 * A pool member whose link is saturated (its agent stopped with SIGSTOP, so it reads
   nothing and the edge's writes to it pile up until its transport pauses writing) is
   skipped: every new visitor reaches the other member; once it reads again the uploads
@@ -469,35 +470,122 @@ def test_a_leaving_pool_member_gets_no_new_visitor_and_its_slow_download_finishe
         b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the agent's stop (SIGTERM/SIGINT: relay/agent/client.py Agent.stop) sends GoAway "
-    "and closes its link at once, so a pool member stopped this way cuts its live streams; "
-    "only the edge's restart or drain of its session lets them finish",
-)
 def test_a_pool_member_stopped_with_sigterm_lets_its_slow_download_finish(
     edge: Edge, agents: list[Agent]
 ) -> None:
+    """SIGTERM to a member's agent: it drains. The edge sends it no new visitor from that
+    moment (its GoAway), its slow download finishes whole, and the agent exits 0 by
+    itself once it is done; an idle member stopped the same way exits at once."""
     a, b = MemberOrigin("a"), MemberOrigin("b")
     try:
         _, token = edge.token()
         first = web(edge, agents, token, a.port, "stop", "--pool")
-        web(edge, agents, token, b.port, "stop", "--pool")
+        second = web(edge, agents, token, b.port, "stop", "--pool")
         host = "stop.relay.localhost"
         for _ in range(3):  # b served the last one: the next visitor is a's
             if fetch(edge.http_port, host).member == "b":
                 break
         download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
-        if not download.wait_head(10) or download.member != "a":
-            raise RuntimeError(f"the download did not start at a: {download.error}")
-        if first.stop() != 0:
-            raise RuntimeError(first.proc.text())
+        assert download.wait_head(10), download.error
+        assert (download.status, download.member) == (200, "a")
+        os.kill(first.proc.proc.pid, signal.SIGTERM)
+        first.proc.wait_line("draining 1 live stream(s)", 5)
+        after = [fetch(edge.http_port, host) for _ in range(20)]
+        assert not download.done.is_set(), "the download ended before the visitors: too fast"
+        assert [(v.member, v.status, v.error) for v in after if not v.whole(BODY_SIZE)] == []
+        assert Counter(v.member for v in after) == Counter({"b": 20})
+        assert first.proc.proc.poll() is None  # still draining
         download.join(SLOW_SECONDS + 20)
-        assert download.whole(SLOW_SIZE), (download.error, len(download.body))
+        assert download.whole(SLOW_SIZE), (download.status, download.error, len(download.body))
+        assert first.proc.wait(10) == 0, first.proc.text()
+        # b, idle: SIGTERM stops it at once.
+        os.kill(second.proc.proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        assert second.proc.wait(10) == 0, second.proc.text()
+        assert time.monotonic() - started < 2.0
+        assert "draining" not in second.proc.text()
     finally:
         a.close()
         b.close()
+
+
+def test_a_second_signal_ends_the_drain_at_once(edge: Edge, agents: list[Agent]) -> None:
+    """Ctrl-C twice (here SIGINT, then SIGTERM): the first drains, the second cuts the
+    live stream and exits."""
+    a = MemberOrigin("a")
+    try:
+        _, token = edge.token()
+        agent = web(edge, agents, token, a.port, "twice")
+        download = Visit(
+            edge.http_port, "twice.relay.localhost", f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0"
+        ).start()
+        assert download.wait_head(10), download.error
+        os.kill(agent.proc.proc.pid, signal.SIGINT)
+        agent.proc.wait_line("draining 1 live stream(s)", 5)
+        os.kill(agent.proc.proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        assert agent.proc.wait(10) == 0, agent.proc.text()
+        assert time.monotonic() - started < 2.0
+        download.join(20)
+        assert not download.whole(SLOW_SIZE)  # cut: the second signal did not wait
+    finally:
+        a.close()
+
+
+def test_the_drain_ends_when_its_grace_period_does(edge: Edge, agents: list[Agent]) -> None:
+    a = MemberOrigin("a")
+    try:
+        _, token = edge.token()
+        agent = web(edge, agents, token, a.port, "grace", "--grace-period", "1")
+        download = Visit(
+            edge.http_port, "grace.relay.localhost", f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0"
+        ).start()
+        assert download.wait_head(10), download.error
+        os.kill(agent.proc.proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        assert agent.proc.wait(10) == 0, agent.proc.text()
+        took = time.monotonic() - started
+        assert 0.9 < took < 3.0, took
+        assert "grace period over: closing 1 stream(s)" in agent.proc.text()
+        download.join(20)
+        assert not download.whole(SLOW_SIZE)
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("whom", ["the agent", "every process of the agent"])
+def test_an_agent_with_links_drains_every_link_on_sigterm(
+    edge: Edge, agents: list[Agent], whom: str
+) -> None:
+    """``--links 2``: slow downloads on both links, then SIGTERM to the agent alone (its
+    link process hears through its stdin) or to all its processes at once (as systemd
+    signals a unit): every download finishes whole and every process exits by itself."""
+    a = MemberOrigin("a")
+    try:
+        _, token = edge.token()
+        agent = web(edge, agents, token, a.port, "linked", "--links", "2")
+        wait_for("the second link", lambda: len(link_processes(agent)) == 1)
+        wait_for("both links' sessions", lambda: len(edge.worker_status()["sessions_list"]) == 2)
+        host = "linked.relay.localhost"
+        downloads = [
+            Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/{i}").start()
+            for i in range(4)
+        ]
+        for download in downloads:
+            assert download.wait_head(10), download.error
+        children = link_processes(agent)
+        targets = [agent.proc.proc.pid] + (children if whom != "the agent" else [])
+        for pid in targets:
+            os.kill(pid, signal.SIGTERM)
+        agent.proc.wait_line("draining", 5)
+        for download in downloads:
+            download.join(SLOW_SECONDS + 20)
+            assert download.whole(SLOW_SIZE), (download.error, len(download.body))
+        assert agent.proc.wait(15) == 0, agent.proc.text()
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists(), f"link process {pid} outlived the agent"
+    finally:
+        a.close()
 
 
 # --- (c) a pool member's link is saturated ---------------------------------------------------

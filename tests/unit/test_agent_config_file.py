@@ -142,6 +142,7 @@ def test_several_pops_a_region_links_and_a_pool() -> None:
                 "edge": ["eu1.example.com:7000", "[::1]:7001"],
                 "region": "eu",
                 "links": 2,
+                "grace_period": 5,
             },
             "endpoints": [{"name": "a", "kind": "tcp", "upstream": 1, "pool": True}],
         },
@@ -150,7 +151,7 @@ def test_several_pops_a_region_links_and_a_pool() -> None:
     agent = config.agent
     assert agent.edge == ("eu1.example.com", 7000)
     assert agent.edges == (("eu1.example.com", 7000), ("::1", 7001))
-    assert (agent.region, agent.links) == ("eu", 2)
+    assert (agent.region, agent.links, agent.grace_period) == ("eu", 2, 5.0)
     assert config.endpoints[0].spec().pool is True
 
 
@@ -161,6 +162,8 @@ def test_several_pops_a_region_links_and_a_pool() -> None:
         ({"edge": ["a:1", "b"]}, {}, "agent.edge[1]: 'b': no port"),
         ({"links": 0}, {}, "agent.links: must be a number 1..16, not 0"),
         ({"links": True}, {}, "agent.links: must be a number 1..16, not True"),
+        ({"grace_period": -1}, {}, "agent.grace_period: must be seconds 0..3600, not -1"),
+        ({"grace_period": "30s"}, {}, "agent.grace_period: must be seconds 0..3600, not '30s'"),
         ({}, {"pool": "yes"}, "endpoints[0].pool: must be true or false, not 'yes'"),
     ],
 )
