@@ -87,3 +87,12 @@ class Keys:
 
     def close(self) -> None:
         self.store.close()
+
+
+def api_key(edge: Edge, scopes: list[str]) -> str:
+    """One API key of the default (operator) account holding ``scopes``."""
+    keys = Keys(edge)
+    try:
+        return keys.make(scopes)[1]
+    finally:
+        keys.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.api_calls import Keys, call
+from tests.e2e.api_calls import api_key, call
 from tests.e2e.http_helpers import get_body
 from tests.e2e.origin import NamedOrigin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
@@ -41,11 +41,7 @@ def sessions_of(edge: Edge, key: str) -> list[dict[str, Any]]:
 def test_an_agents_links_share_its_visitors_and_survive_losing_one(
     edge: Edge, agents: list[Agent]
 ) -> None:
-    keys = Keys(edge)
-    try:
-        _, admin = keys.make(["sessions:read", "sessions:write"])
-    finally:
-        keys.close()
+    admin = api_key(edge, ["sessions:read", "sessions:write"])
     echo = EchoServer()
     try:
         _, token = edge.token()

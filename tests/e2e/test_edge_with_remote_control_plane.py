@@ -22,11 +22,16 @@ SLACK = 1.0  # as in test_credentials_end_live_sessions.py
 
 
 class Control:
-    def __init__(self, data_dir: Path, port: int) -> None:
+    """`relay control` on 127.0.0.1:``port`` (``store``: its --store URL; else SQLite in
+    ``data_dir``), stopped by its pid."""
+
+    def __init__(self, data_dir: Path, port: int, store: str | None = None) -> None:
         self.data_dir = data_dir
+        self.store = store
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.proc: Proc | None = None
+        self.edge_key_id = ""  # the key the last edge() made
 
     def start(self) -> Control:
         self.proc = Proc(
@@ -35,6 +40,7 @@ class Control:
                 "control",
                 "--data-dir",
                 str(self.data_dir),
+                *(["--store", self.store] if self.store is not None else []),
                 "--listen",
                 f"127.0.0.1:{self.port}",
             ]
@@ -46,6 +52,18 @@ class Control:
         if self.proc is not None:
             self.proc.stop()
             self.proc = None
+
+    def edge(self, admin: str, work: Path) -> Edge:
+        """An edge (started) that asks this control plane, with a key of the ``edge``
+        scope that ``admin`` makes, in a 0600 file under ``work``."""
+        edge_key = self.api(admin, "POST", "/api_keys", {"scopes": ["edge"]})
+        self.edge_key_id = str(edge_key["id"])
+        key_file = work / "edge.key"
+        key_file.write_text(edge_key["key"] + "\n")
+        key_file.chmod(0o600)
+        return Edge(
+            work / "edge", extra=["--control-url", self.url, "--control-key-file", str(key_file)]
+        ).start()
 
     def api(self, key: str, method: str, path: str, body: Any = None) -> Any:
         request = Request(
@@ -89,14 +107,7 @@ def test_an_edge_on_a_remote_control_plane_verifies_audits_and_ends_sessions(
     control: Control, tmp_path: Path, echo: EchoServer, agents: list[Agent]
 ) -> None:
     admin = bootstrap_key(control)
-    edge_key = control.api(admin, "POST", "/api_keys", {"scopes": ["edge"]})
-    key_file = tmp_path / "edge.key"
-    key_file.write_text(edge_key["key"] + "\n")
-    key_file.chmod(0o600)
-    edge = Edge(
-        tmp_path / "edge",
-        extra=["--control-url", control.url, "--control-key-file", str(key_file)],
-    ).start()
+    edge = control.edge(admin, tmp_path)
     try:
         team = control.api(admin, "POST", "/accounts", {"name": "team-r"})
         first = control.api(admin, "POST", "/credentials", {"description": "first"})
@@ -152,7 +163,7 @@ def test_an_edge_on_a_remote_control_plane_verifies_audits_and_ends_sessions(
             stops = events["items"]
             time.sleep(0.2)
         assert sorted(e["detail"]["reason"] for e in stops) == ["revoked", "suspended"]
-        assert {e["detail"]["edge"] for e in stops} == {f"api_key:{edge_key['id']}"}
+        assert {e["detail"]["edge"] for e in stops} == {f"api_key:{control.edge_key_id}"}
         fails = control.api(admin, "GET", "/audit_events?action=auth.fail")["items"]
         assert any(e["target"] == first["id"] for e in fails)
         assert control.api(admin, "GET", "/audit_events/verify")["intact"] is True

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.api_calls import Keys, call
+from tests.e2e.api_calls import api_key, call
 from tests.e2e.origin import blob
 from tests.e2e.procs import Agent, Edge
 from tests.e2e.test_agent_link_processes import link_processes
@@ -429,11 +429,7 @@ def test_a_killed_link_process_alone_on_its_worker_hands_new_visitors_over_at_on
 def test_a_leaving_pool_member_gets_no_new_visitor_and_its_slow_download_finishes(
     edge: Edge, agents: list[Agent]
 ) -> None:
-    keys = Keys(edge)
-    try:
-        _, admin = keys.make(["sessions:read", "sessions:write"])
-    finally:
-        keys.close()
+    admin = api_key(edge, ["sessions:read", "sessions:write"])
     a, b = MemberOrigin("a"), MemberOrigin("b")
     try:
         _, token = edge.token()

@@ -29,14 +29,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.request import Request, urlopen
 
 import pytest
 
 from relay.agent.backoff import Backoff
 from tests import postgres
-from tests.e2e.procs import RELAY, Agent, EchoServer, Edge, Proc, echo_roundtrip, payload
+from tests.e2e.procs import RELAY, Agent, EchoServer, Edge, echo_roundtrip, payload
+from tests.e2e.test_edge_with_remote_control_plane import Control
 from tests.ports import free_port
 
 #: From an agent's start (a fresh Python process) to the edge's RLY_504 in its output.
@@ -88,48 +87,6 @@ def own_postgres() -> Iterator[RestartablePostgres]:
         yield server
     finally:
         server.stop()
-
-
-class ControlPlane:
-    """`relay control --store postgresql://…`, stopped by its pid."""
-
-    def __init__(self, data_dir: Path, store: str) -> None:
-        self.data_dir = data_dir
-        self.store = store
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: Proc | None = None
-
-    def start(self) -> ControlPlane:
-        self.proc = Proc(
-            [
-                *RELAY,
-                "control",
-                "--data-dir",
-                str(self.data_dir),
-                "--store",
-                self.store,
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ]
-        )
-        self.proc.wait_line("control plane serving on", timeout=30)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
-
-    def api(self, key: str, method: str, path: str, body: Any = None) -> Any:
-        request = Request(
-            f"{self.url}/api/v1{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        with urlopen(request, timeout=30) as answer:
-            return json.loads(answer.read())
 
 
 def relay_cli(*args: str) -> str:
@@ -246,7 +203,7 @@ def edge_on_a_control_plane(
     tmp_path: Path, server: RestartablePostgres, *, what_fails: str
 ) -> StoreSetUp:
     url = server.database().replace("postgresql+psycopg://", "postgresql://")
-    control = ControlPlane(tmp_path / "control", url)
+    control = Control(tmp_path / "control", free_port(), url)
     control.start()
     stopped: list[Callable[[], object]] = [control.stop]
     try:
@@ -255,14 +212,7 @@ def edge_on_a_control_plane(
             "json",
         )  # fmt: skip
         admin = str(json.loads(bootstrap)["key"])
-        edge_key = control.api(admin, "POST", "/api_keys", {"scopes": ["edge"]})
-        key_file = tmp_path / "edge.key"
-        key_file.write_text(edge_key["key"] + "\n")
-        key_file.chmod(0o600)
-        edge = Edge(
-            tmp_path / "edge",
-            extra=["--control-url", control.url, "--control-key-file", str(key_file)],
-        ).start()
+        edge = control.edge(admin, tmp_path)
         stopped.insert(0, edge.stop)
         tokens = []
         for _ in range(3):
