@@ -222,7 +222,11 @@ class LinkServer:
         # on the connection that stays queued.
         self._acceptors = [
             AcceptLoop(
-                loop, sock, self._accepted, what=f"{what} listener", per_wakeup=ACCEPTS_PER_WAKEUP
+                loop,
+                sock,
+                self._accepted,
+                what=f"{what.removesuffix(' link')} listener",  # "agent listener"
+                per_wakeup=ACCEPTS_PER_WAKEUP,
             )
             for sock in sockets
         ]

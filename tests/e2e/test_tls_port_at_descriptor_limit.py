@@ -88,6 +88,7 @@ def test_tls_port_at_the_descriptor_limit_pauses_and_tunnels_keep_serving(
     assert https.url == f"https://{name}:{edge.https_port}"
     fillers: list[socket.socket] = []
     queued: socket.socket | None = None
+    queued_link: socket.socket | None = None
     with socket.create_connection(("127.0.0.1", tcp_port), timeout=30) as carried:
         try:
             assert echo_roundtrip(tcp_port, b"warm") == b"warm"
@@ -128,6 +129,13 @@ def test_tls_port_at_the_descriptor_limit_pauses_and_tunnels_keep_serving(
                 assert chunk, "the carried tunnel closed"
                 echoed += chunk
             assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
+        except BaseException:
+            # Failing: the waiting sockets too, or the garbage collector would warn about
+            # them in whichever test runs next.
+            for waiting in (queued, queued_link):
+                if waiting is not None:
+                    waiting.close()
+            raise
         finally:
             for visitor in fillers:
                 visitor.close()
