@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.control")
 
 DEFAULT_LISTEN = "127.0.0.1:9191"
+#: Threads the API's store calls run on for PostgreSQL: every edge's agents are verified
+#: here, so one slow call must not queue the rest behind it.
+STORE_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class _Guard:
         self.guard = AuthGuard(
             config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
         )
+        self._writes: set[asyncio.Task[None]] = set()
 
     def blocked_for(self, host: str) -> float:
         return self.guard.blocked_for(source_of(host))
@@ -59,12 +63,20 @@ class _Guard:
         if not self.guard.failed(source):
             return
         log.warning("API requests from %s refused for %gs", source, self.config.auth_block_time)
-        self.plane.store.audit.append(
-            f"api@{host}",
-            "auth.block",
-            "",
-            self.guard.block_detail(source),
-        )
+        detail = self.guard.block_detail(source)
+        # Written off the loop like every store call; the refusal does not wait for it.
+        task = asyncio.get_running_loop().create_task(self._record_block(host, detail))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _record_block(self, host: str, detail: dict[str, Any]) -> None:
+        store = self.plane.store
+        try:
+            await self.plane.ask(
+                lambda: store.audit.append(f"api@{host}", "auth.block", "", detail)
+            )
+        except Exception as exc:
+            log.warning("could not record the block of %s in the audit log: %s", host, exc)
 
 
 async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
@@ -80,13 +92,14 @@ async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
 
     prepare_data_dir(config.data_dir)
     store = open_store(config.data_dir, config.store)
-    plane = ControlPlane(store, load_or_create_pepper(config.data_dir))
+    plane = ControlPlane(store, load_or_create_pepper(config.data_dir), store_threads=STORE_THREADS)
     plane.guard = _Guard(config, plane)
+    plane.calls.start(asyncio.get_running_loop())
     metrics = Metrics("control")
 
     def ready() -> tuple[bool, str]:
         try:
-            store.ping()
+            plane.calls.ping()
         except Exception as exc:
             return False, f"store unreachable: {exc}"
         return True, ""
@@ -115,4 +128,5 @@ async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
         await stopped.wait()
     finally:
         server.close()
+        await plane.calls.close()
         store.close()

@@ -19,10 +19,9 @@ loop too, each call bounded in time (relay/control/store_thread.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -30,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 from relay.api_client import ApiClient
 from relay.control.audit_queue import AuditQueue
 from relay.control.store import Store, TokenRecord
-from relay.control.store_thread import StoreThread, store_answers
+from relay.control.store_thread import StoreCalls
 from relay.errors import AuthError, ControlUnavailable, RelayError
 
 log = logging.getLogger("relay.control.for_edge")
@@ -43,8 +42,6 @@ RESERVATION_TTL = 1.0
 MAX_CACHED_OWNERS = 10_000
 #: Events sent in one request.
 AUDIT_BATCH = 500
-#: How often an edge on a store across a network asks it whether it answers (readiness).
-PING_EVERY = 2.0
 
 T = TypeVar("T")
 
@@ -96,30 +93,22 @@ class LocalControl:
     short transaction (well under a millisecond), run on the event loop. A store across a
     network (PostgreSQL) is asked on a thread of its own, each call bounded in time
     (relay/control/store_thread.py), its audit events queued and written in order
-    (relay/control/audit_queue.py) and its readiness pinged every ``PING_EVERY`` seconds:
+    (relay/control/audit_queue.py) and its readiness pinged every two seconds:
     a database that stops answering never holds the edge's event loop."""
 
     def __init__(self, store: Store, pepper: bytes) -> None:
         self.store = store
         self.pepper = pepper
-        self._thread: StoreThread | None = None
+        self._call = StoreCalls(store)
         self._audit: AuditQueue | None = None
-        self._pinger: asyncio.Task[None] | None = None
-        if store.engine.dialect.name != "sqlite":
-            self._thread = StoreThread()
+        if self._call.thread is not None:
             # One event per write: a batch that failed halfway would be written twice.
             self._audit = AuditQueue(self._write_events, batch=1, what="store")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._call.start(loop)
         if self._audit is not None:
             self._audit.start(loop)
-            self._pinger = loop.create_task(self._ping_every())
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        if self._thread is None:
-            with store_answers():
-                return fn()
-        return await self._thread.call(fn)
 
     async def verify_token(self, token: str, *, peer: str, address: str | None) -> TokenRecord:
         return await self._call(
@@ -153,26 +142,13 @@ class LocalControl:
 
         await self._call(write)
 
-    async def _ping_every(self) -> None:
-        while True:
-            with contextlib.suppress(ControlUnavailable):
-                await self._call(self.store.ping)
-            await asyncio.sleep(PING_EVERY)
-
     def ping(self) -> None:
-        if self._thread is None:
-            self.store.ping()
-        elif not self._thread.reachable:
-            raise ConnectionError(self._thread.last_error)
+        self._call.ping()
 
     async def close(self) -> None:
-        if self._pinger is not None:
-            self._pinger.cancel()
-            await asyncio.gather(self._pinger, return_exceptions=True)
         if self._audit is not None:
             await self._audit.close()
-        if self._thread is not None:
-            self._thread.close()
+        await self._call.close()
         self.store.close()
 
 

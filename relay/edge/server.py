@@ -186,6 +186,7 @@ class Edge:
         )
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
+        self.api_plane: ControlPlane | None = None  # the REST API's, when this edge serves it
         self.access_log: AccessLog | None = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -262,7 +263,7 @@ class Edge:
         if config.admin_listen:
             make_api: Callable[[], Any] | None = None
             if self.store is not None:  # with a remote control plane, the API is there
-                plane = ControlPlane(
+                self.api_plane = plane = ControlPlane(
                     self.store,
                     self.pepper,
                     live=live,
@@ -390,6 +391,8 @@ class Edge:
             await self.cluster.stop()
         if self.admin is not None:
             self.admin.close()
+        if self.api_plane is not None:
+            await self.api_plane.calls.close()
         if self.access_log is not None:
             self.access_log.close()
         if self.worker is not None:

@@ -7,7 +7,7 @@ import http.client
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from relay.control.store import AccountRecord, Store
 from relay.control.tokens import load_or_create_pepper
@@ -25,8 +25,15 @@ class Answer:
         return self.body.get("code") if isinstance(self.body, dict) else None
 
 
+class ServesApi(Protocol):
+    """What serves the API: an edge's admin listener, or `relay control`'s."""
+
+    host: str
+    admin_port: int
+
+
 def call(
-    edge: Edge,
+    edge: ServesApi,
     method: str,
     path: str,
     key: str | None = None,

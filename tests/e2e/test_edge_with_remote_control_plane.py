@@ -29,6 +29,8 @@ class Control:
         self.data_dir = data_dir
         self.store = store
         self.port = port
+        self.host = "127.0.0.1"
+        self.admin_port = port  # the API, /readyz and /metrics share its one listener
         self.url = f"http://127.0.0.1:{port}"
         self.proc: Proc | None = None
         self.edge_key_id = ""  # the key the last edge() made

@@ -14,9 +14,9 @@ import time
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from relay.control import audit_queue
+from relay.control import audit_queue, store_thread
 from relay.control.audit_queue import AuditQueue, Event
-from relay.control.store_thread import StoreThread
+from relay.control.store_thread import StoreCalls, StoreThread
 from relay.errors import ControlUnavailable
 
 pytestmark = pytest.mark.timeout(30)
@@ -73,6 +73,63 @@ def test_a_silent_store_is_unavailable_after_the_timeout_and_the_loop_runs_on() 
         finally:
             release.set()
             thread.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_given_a_longer_bound_waits_past_the_threads_own() -> None:
+    """An audit verification reads the whole chain: it may take longer than a lookup."""
+
+    async def scenario() -> None:
+        thread = StoreThread(timeout=0.1)
+        try:
+            assert await thread.call(lambda: time.sleep(0.3) or "read", timeout=2) == "read"
+            with pytest.raises(ControlUnavailable, match=r"within 0\.1 s"):
+                await thread.call(lambda: time.sleep(0.3))
+        finally:
+            thread.close()
+
+    asyncio.run(scenario())
+
+
+class _SilentStore:
+    """A store across a network whose ping waits until ``answering`` is set."""
+
+    class engine:  # the path StoreCalls reads: store.engine.dialect.name
+        class dialect:
+            name = "postgresql"
+
+    def __init__(self) -> None:
+        self.answering = threading.Event()
+
+    def ping(self) -> None:
+        if not self.answering.wait(5):
+            raise OperationalError("SELECT 1", {}, Exception("timeout expired"))
+
+
+def test_readiness_fails_once_a_ping_waits_longer_than_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ping's own call bound is 5 s; readiness does not wait for it to run out."""
+    monkeypatch.setattr(store_thread, "PING_EVERY", 0.05)
+    monkeypatch.setattr(store_thread, "PING_WAIT", 0.2)
+
+    async def scenario() -> None:
+        store = _SilentStore()
+        calls = StoreCalls(store)  # type: ignore[arg-type]
+        calls.start(asyncio.get_running_loop())
+        try:
+            await asyncio.sleep(0.1)
+            with pytest.raises(ConnectionError, match="has not answered a ping for"):
+                for _ in range(20):  # bounded: 20 x 0.05 s
+                    calls.ping()
+                    await asyncio.sleep(0.05)
+            store.answering.set()
+            await asyncio.sleep(0.3)
+            calls.ping()  # answered again: ready
+        finally:
+            store.answering.set()
+            await calls.close()
 
     asyncio.run(scenario())
 

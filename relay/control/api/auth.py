@@ -86,8 +86,10 @@ async def authenticate(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise InvalidApiKey("an API key is required: Authorization: Bearer rlk_…")
     try:
-        key, account = plane.store.verify_api_key(
-            credentials.credentials, pepper=plane.pepper, address=host
+        key, account = await plane.ask(
+            lambda: plane.store.verify_api_key(
+                credentials.credentials, pepper=plane.pepper, address=host
+            )
         )
     except _GUESSES:
         if plane.guard is not None:

@@ -24,7 +24,10 @@ STATUS_BY_CODE = {
     "RLY_401": 400,  # ConfigError: a value the API cannot take
     "RLY_601": 404,  # NotFound
     "RLY_602": 409,  # Conflict
+    "RLY_504": 503,  # ControlUnavailable: the store did not answer in time
 }
+#: When a client may ask again after a 503: the store's readiness is checked this often.
+RETRY_AFTER_UNAVAILABLE = 2
 
 
 class ErrorBody(BaseModel):
@@ -43,6 +46,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         (404, "no such object, or not one this key may see (RLY_601)"),
         (422, "a malformed request (RLY_401)"),
         (429, "too many failed authentications from this address (RLY_121)"),
+        (503, "the store does not answer; retry after the Retry-After seconds (RLY_504)"),
     )
 }
 
@@ -80,6 +84,8 @@ def install(app: FastAPI) -> None:
         retry = getattr(exc, "retry_after", None)
         if status == 429 and retry:
             response.headers["retry-after"] = str(max(1, int(retry)))
+        elif status == 503:
+            response.headers["retry-after"] = str(RETRY_AFTER_UNAVAILABLE)
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -9,12 +9,15 @@ defined here, and the API knows nothing else about it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:  # the store's module loads SQLAlchemy; the interfaces need none of it
     from relay.control.store import Store
+    from relay.control.store_thread import StoreCalls
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,13 +105,29 @@ class FailureGuard(Protocol):
 @dataclass
 class ControlPlane:
     store: Store
-    pepper: bytes
+    pepper: bytes = field(repr=False)  # a secret: never in a log line
     live: LiveView | None = None
     guard: FailureGuard | None = None
     #: Called after a credential ended through the API (a token revoked, an account
     #: suspended): an edge checks its live sessions at once, and a node of a cluster tells
     #: the other nodes to (relay/edge/cluster.py), instead of waiting for their next poll.
     credentials_ended: Callable[[], None] | None = None
+    #: How routes ask the store (every route does, through :meth:`ask`): off the event
+    #: loop for PostgreSQL, so a database gone silent costs its callers a 503 after 5 s
+    #: and not the loop, which serves the edge's visitors too.
+    calls: StoreCalls = field(init=False)
+    #: Threads those calls run on (`relay control` serves many edges: several).
+    store_threads: InitVar[int] = 1
+
+    def __post_init__(self, store_threads: int) -> None:
+        from relay.control.store_thread import StoreCalls
+
+        self.calls = StoreCalls(self.store, threads=store_threads)
+
+    async def ask(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """``fn()``, which calls the store: ControlUnavailable (503, RLY_504) when the
+        store does not answer."""
+        return await self.calls(fn, timeout=timeout)
 
     def announce_credentials_ended(self) -> None:
         if self.credentials_ended is not None:

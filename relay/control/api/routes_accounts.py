@@ -29,9 +29,9 @@ async def list_accounts(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("accounts:read")),  # noqa: B008
 ) -> Page[Account]:
-    store = plane_of(request).store
+    plane = plane_of(request)
     if principal.operator:
-        fetched = store.list_accounts(after=cursor, limit=limit + 1)
+        fetched = await plane.ask(lambda: plane.store.list_accounts(after=cursor, limit=limit + 1))
     else:
         fetched = after([principal.account], cursor, lambda a: a.id)
     items, next_cursor = cut(fetched, limit, lambda a: a.id)
@@ -45,14 +45,19 @@ async def create_account(
     principal: Principal = Depends(requires("accounts:write")),  # noqa: B008
 ) -> Account:
     principal.must_be_operator("create accounts")
-    store = plane_of(request).store
-    return Account.of(store.create_account(body.name, role=body.role, actor=principal.actor))
+    plane = plane_of(request)
+    return Account.of(
+        await plane.ask(
+            lambda: plane.store.create_account(body.name, role=body.role, actor=principal.actor)
+        )
+    )
 
 
-def _reachable(request: Request, principal: Principal, account_id: str) -> Account:
+async def _reachable(request: Request, principal: Principal, account_id: str) -> Account:
     if not principal.reaches(account_id):
         raise NotFound(f"no account with id {account_id!r}")
-    return Account.of(plane_of(request).store.get_account(account_id))
+    plane = plane_of(request)
+    return Account.of(await plane.ask(lambda: plane.store.get_account(account_id)))
 
 
 @router.get("/{account_id}", summary="One account", response_model=Account)
@@ -61,7 +66,7 @@ async def get_account(
     account_id: str,
     principal: Principal = Depends(requires("accounts:read")),  # noqa: B008
 ) -> Account:
-    return _reachable(request, principal, account_id)
+    return await _reachable(request, principal, account_id)
 
 
 @router.post(
@@ -78,10 +83,12 @@ async def suspend_account(
     if account_id == principal.account.id:
         # The caller would lock itself out, and maybe the last operator with it.
         raise Conflict("a key cannot suspend its own account")
-    _reachable(request, principal, account_id)
+    await _reachable(request, principal, account_id)
     plane = plane_of(request)
     account = Account.of(
-        plane.store.set_account_status(account_id, "suspended", actor=principal.actor)
+        await plane.ask(
+            lambda: plane.store.set_account_status(account_id, "suspended", actor=principal.actor)
+        )
     )
     plane.announce_credentials_ended()
     return account
@@ -94,6 +101,10 @@ async def resume_account(
     principal: Principal = Depends(requires("accounts:write")),  # noqa: B008
 ) -> Account:
     principal.must_be_operator("resume accounts")
-    _reachable(request, principal, account_id)
-    store = plane_of(request).store
-    return Account.of(store.set_account_status(account_id, "active", actor=principal.actor))
+    await _reachable(request, principal, account_id)
+    plane = plane_of(request)
+    return Account.of(
+        await plane.ask(
+            lambda: plane.store.set_account_status(account_id, "active", actor=principal.actor)
+        )
+    )

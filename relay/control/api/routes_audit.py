@@ -13,6 +13,9 @@ from relay.control.api.models import AuditEvent, AuditVerification, Page
 from relay.control.api.paging import Cursor, Limit, cut
 from relay.errors import AuditChainBroken, ConfigError
 
+#: How long a verification may read the chain (other calls wait 5 s at most).
+VERIFY_TIMEOUT = 300.0
+
 router = APIRouter(prefix="/audit_events", tags=["audit_events"])
 
 Filter = Annotated[str | None, Query(max_length=200)]
@@ -35,13 +38,16 @@ async def list_events(
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise ConfigError(f"{name} needs a time zone, e.g. 2026-12-03T10:00:00Z")
-    fetched = plane_of(request).store.audit.search(
-        after_seq=int(cursor or 0),
-        limit=limit + 1,
-        since=since,
-        until=until,
-        actor=actor,
-        action=action,
+    plane = plane_of(request)
+    fetched = await plane.ask(
+        lambda: plane.store.audit.search(
+            after_seq=int(cursor or 0),
+            limit=limit + 1,
+            since=since,
+            until=until,
+            actor=actor,
+            action=action,
+        )
     )
     items, next_cursor = cut(fetched, limit, lambda e: str(e.seq))
     events = [
@@ -69,10 +75,13 @@ async def verify(
     principal: Principal = Depends(requires("audit:read")),  # noqa: B008
 ) -> AuditVerification:
     principal.must_be_operator("verify the audit log")
-    audit = plane_of(request).store.audit
-    seq, head_hash = audit.head()
+    plane = plane_of(request)
+    audit = plane.store.audit
+    seq, head_hash = await plane.ask(audit.head)
     try:
-        count = audit.verify()
+        # Reading every event of a long chain may take its time; a silent store is still
+        # cut by the connection's own timeouts (relay/control/store.py).
+        count = await plane.ask(audit.verify, timeout=VERIFY_TIMEOUT)
     except AuditChainBroken as exc:
         return AuditVerification(
             intact=False,

@@ -53,9 +53,11 @@ async def list_credentials(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("credentials:read")),  # noqa: B008
 ) -> Page[Credential]:
-    store = plane_of(request).store
+    plane = plane_of(request)
     owner = _listed_account(principal, account_id)
-    fetched = store.list_tokens(account_id=owner, after=cursor, limit=limit + 1)
+    fetched = await plane.ask(
+        lambda: plane.store.list_tokens(account_id=owner, after=cursor, limit=limit + 1)
+    )
     items, next_cursor = cut(fetched, limit, lambda t: t.id)
     return Page[Credential](items=[Credential.of(t) for t in items], next_cursor=next_cursor)
 
@@ -69,19 +71,23 @@ async def create_credential(
     principal: Principal = Depends(requires("credentials:write")),  # noqa: B008
 ) -> CredentialCreated:
     plane = plane_of(request)
-    record, token = plane.store.create_token(
-        account_id=_owner(principal, body.account_id),
-        description=body.description,
-        expires_at=body.expires_at,
-        bind_acl=body.bind_acl,
-        pepper=plane.pepper,
-        actor=principal.actor,
+    owner = _owner(principal, body.account_id)
+    record, token = await plane.ask(
+        lambda: plane.store.create_token(
+            account_id=owner,
+            description=body.description,
+            expires_at=body.expires_at,
+            bind_acl=body.bind_acl,
+            pepper=plane.pepper,
+            actor=principal.actor,
+        )
     )
     return CredentialCreated(**Credential.of(record).model_dump(), token=token)
 
 
-def _credential(request: Request, principal: Principal, token_id: str) -> Credential:
-    record = plane_of(request).store.get_token(token_id)
+async def _credential(request: Request, principal: Principal, token_id: str) -> Credential:
+    plane = plane_of(request)
+    record = await plane.ask(lambda: plane.store.get_token(token_id))
     if not principal.reaches(record.account_id):
         raise NotFound(f"no token with id {token_id!r}")
     return Credential.of(record)
@@ -93,7 +99,7 @@ async def get_credential(
     credential_id: str,
     principal: Principal = Depends(requires("credentials:read")),  # noqa: B008
 ) -> Credential:
-    return _credential(request, principal, credential_id)
+    return await _credential(request, principal, credential_id)
 
 
 @credentials.delete(
@@ -106,9 +112,11 @@ async def revoke_credential(
     credential_id: str,
     principal: Principal = Depends(requires("credentials:write")),  # noqa: B008
 ) -> Credential:
-    _credential(request, principal, credential_id)
+    await _credential(request, principal, credential_id)
     plane = plane_of(request)
-    revoked = Credential.of(plane.store.revoke_token(credential_id, actor=principal.actor))
+    revoked = Credential.of(
+        await plane.ask(lambda: plane.store.revoke_token(credential_id, actor=principal.actor))
+    )
     plane.announce_credentials_ended()
     return revoked
 
@@ -124,9 +132,11 @@ async def list_api_keys(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("credentials:read")),  # noqa: B008
 ) -> Page[ApiKey]:
-    store = plane_of(request).store
+    plane = plane_of(request)
     owner = _listed_account(principal, account_id)
-    fetched = store.list_api_keys(account_id=owner, after=cursor, limit=limit + 1)
+    fetched = await plane.ask(
+        lambda: plane.store.list_api_keys(account_id=owner, after=cursor, limit=limit + 1)
+    )
     items, next_cursor = cut(fetched, limit, lambda k: k.id)
     return Page[ApiKey](items=[ApiKey.of(k) for k in items], next_cursor=next_cursor)
 
@@ -142,19 +152,23 @@ async def create_api_key(
     if beyond:
         raise Forbidden(f"a key cannot grant scopes it lacks: {', '.join(beyond)}")
     plane = plane_of(request)
-    record, key = plane.store.create_api_key(
-        _owner(principal, body.account_id),
-        scopes=scopes,
-        description=body.description,
-        expires_at=body.expires_at,
-        pepper=plane.pepper,
-        actor=principal.actor,
+    owner = _owner(principal, body.account_id)
+    record, key = await plane.ask(
+        lambda: plane.store.create_api_key(
+            owner,
+            scopes=scopes,
+            description=body.description,
+            expires_at=body.expires_at,
+            pepper=plane.pepper,
+            actor=principal.actor,
+        )
     )
     return ApiKeyCreated(**ApiKey.of(record).model_dump(), key=key)
 
 
-def _api_key(request: Request, principal: Principal, key_id: str) -> ApiKey:
-    record = plane_of(request).store.get_api_key(key_id)
+async def _api_key(request: Request, principal: Principal, key_id: str) -> ApiKey:
+    plane = plane_of(request)
+    record = await plane.ask(lambda: plane.store.get_api_key(key_id))
     if not principal.reaches(record.account_id):
         raise NotFound(f"no API key with id {key_id!r}")
     return ApiKey.of(record)
@@ -166,7 +180,7 @@ async def get_api_key(
     key_id: str,
     principal: Principal = Depends(requires("credentials:read")),  # noqa: B008
 ) -> ApiKey:
-    return _api_key(request, principal, key_id)
+    return await _api_key(request, principal, key_id)
 
 
 @api_keys.delete("/{key_id}", summary="Revoke an API key", response_model=ApiKey)
@@ -175,6 +189,8 @@ async def revoke_api_key(
     key_id: str,
     principal: Principal = Depends(requires("credentials:write")),  # noqa: B008
 ) -> ApiKey:
-    _api_key(request, principal, key_id)
-    store = plane_of(request).store
-    return ApiKey.of(store.revoke_api_key(key_id, actor=principal.actor))
+    await _api_key(request, principal, key_id)
+    plane = plane_of(request)
+    return ApiKey.of(
+        await plane.ask(lambda: plane.store.revoke_api_key(key_id, actor=principal.actor))
+    )

@@ -76,8 +76,10 @@ async def verify_token(
 ) -> Credential:
     principal.must_be_operator("act as an edge")
     plane = plane_of(request)
-    record = plane.store.verify_token(
-        body.token, pepper=plane.pepper, actor=f"agent@{body.peer}", address=body.address
+    record = await plane.ask(
+        lambda: plane.store.verify_token(
+            body.token, pepper=plane.pepper, actor=f"agent@{body.peer}", address=body.address
+        )
     )
     return Credential.of(record)
 
@@ -93,7 +95,8 @@ async def inactive_tokens(
     principal: Principal = Depends(requires("edge")),  # noqa: B008
 ) -> Inactive:
     principal.must_be_operator("act as an edge")
-    return Inactive(inactive=dict(plane_of(request).store.inactive_tokens(body.ids)))
+    plane = plane_of(request)
+    return Inactive(inactive=dict(await plane.ask(lambda: plane.store.inactive_tokens(body.ids))))
 
 
 @router.post("/audit_events", summary="Record an edge's audit events", response_model=Recorded)
@@ -103,12 +106,16 @@ async def record_events(
     principal: Principal = Depends(requires("edge")),  # noqa: B008
 ) -> Recorded:
     principal.must_be_operator("act as an edge")
-    audit = plane_of(request).store.audit
-    for event in body.events:
-        # The edge is named beside the actor it reports: an edge key cannot pass its
-        # events off as the control plane's own.
-        detail = {**event.detail, "edge": principal.actor}
-        audit.append(event.actor, event.action, event.target, detail)
+    plane = plane_of(request)
+
+    def record() -> None:
+        for event in body.events:
+            # The edge is named beside the actor it reports: an edge key cannot pass its
+            # events off as the control plane's own.
+            detail = {**event.detail, "edge": principal.actor}
+            plane.store.audit.append(event.actor, event.action, event.target, detail)
+
+    await plane.ask(record)
     return Recorded(recorded=len(body.events))
 
 
@@ -128,7 +135,8 @@ async def reservation_owner(
         if not body.name.isdigit() or not 1 <= int(body.name) <= 65535:
             raise ConfigError(f"a tcp reservation is a port number, not {body.name!r}")
         name = int(body.name)
-    owner = plane_of(request).store.bind_owner(body.kind, name)
+    plane = plane_of(request)
+    owner = await plane.ask(lambda: plane.store.bind_owner(body.kind, name))
     if owner is None:
         return Owner(account_id=None)
     return Owner(account_id=owner.account_id, region=owner.region)
@@ -141,4 +149,5 @@ async def reserved_ports(
     principal: Principal = Depends(requires("edge")),  # noqa: B008
 ) -> Ports:
     principal.must_be_operator("act as an edge")
-    return Ports(ports=sorted(plane_of(request).store.reserved_ports()))
+    plane = plane_of(request)
+    return Ports(ports=sorted(await plane.ask(plane.store.reserved_ports)))

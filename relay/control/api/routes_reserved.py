@@ -46,9 +46,11 @@ async def list_reserved_domains(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
 ) -> Page[ReservedDomain]:
-    store = plane_of(request).store
+    plane = plane_of(request)
     owner = _listed_account(principal, account_id)
-    fetched = store.list_reserved_domains(account_id=owner, after=cursor, limit=limit + 1)
+    fetched = await plane.ask(
+        lambda: plane.store.list_reserved_domains(account_id=owner, after=cursor, limit=limit + 1)
+    )
     items, next_cursor = cut(fetched, limit, lambda r: r.id)
     return Page[ReservedDomain](
         items=[ReservedDomain.of(r) for r in items], next_cursor=next_cursor
@@ -66,18 +68,23 @@ async def reserve_domain(
     body: ReservedDomainCreate,
     principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
 ) -> ReservedDomain:
-    record = plane_of(request).store.reserve_domain(
-        _owner(principal, body.account_id),
-        body.domain,
-        certificate_mode=body.certificate_mode,
-        region=body.region,
-        actor=principal.actor,
+    plane = plane_of(request)
+    owner = _owner(principal, body.account_id)
+    record = await plane.ask(
+        lambda: plane.store.reserve_domain(
+            owner,
+            body.domain,
+            certificate_mode=body.certificate_mode,
+            region=body.region,
+            actor=principal.actor,
+        )
     )
     return ReservedDomain.of(record)
 
 
-def _domain(request: Request, principal: Principal, reservation_id: str) -> ReservedDomain:
-    record = plane_of(request).store.get_reserved_domain(reservation_id)
+async def _domain(request: Request, principal: Principal, reservation_id: str) -> ReservedDomain:
+    plane = plane_of(request)
+    record = await plane.ask(lambda: plane.store.get_reserved_domain(reservation_id))
     if not principal.reaches(record.account_id):
         raise NotFound(f"no reserved domain with id {reservation_id!r}")
     return ReservedDomain.of(record)
@@ -89,7 +96,7 @@ async def get_reserved_domain(
     reservation_id: str,
     principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
 ) -> ReservedDomain:
-    return _domain(request, principal, reservation_id)
+    return await _domain(request, principal, reservation_id)
 
 
 @domains.delete(
@@ -102,9 +109,11 @@ async def release_domain(
     reservation_id: str,
     principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
 ) -> ReservedDomain:
-    _domain(request, principal, reservation_id)
-    store = plane_of(request).store
-    return ReservedDomain.of(store.release_domain(reservation_id, actor=principal.actor))
+    await _domain(request, principal, reservation_id)
+    plane = plane_of(request)
+    return ReservedDomain.of(
+        await plane.ask(lambda: plane.store.release_domain(reservation_id, actor=principal.actor))
+    )
 
 
 # -- TCP addresses -------------------------------------------------------------------------
@@ -118,9 +127,11 @@ async def list_reserved_addrs(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
 ) -> Page[ReservedAddr]:
-    store = plane_of(request).store
+    plane = plane_of(request)
     owner = _listed_account(principal, account_id)
-    fetched = store.list_reserved_addrs(account_id=owner, after=cursor, limit=limit + 1)
+    fetched = await plane.ask(
+        lambda: plane.store.list_reserved_addrs(account_id=owner, after=cursor, limit=limit + 1)
+    )
     items, next_cursor = cut(fetched, limit, lambda r: r.id)
     return Page[ReservedAddr](items=[ReservedAddr.of(r) for r in items], next_cursor=next_cursor)
 
@@ -136,14 +147,19 @@ async def reserve_addr(
     body: ReservedAddrCreate,
     principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
 ) -> ReservedAddr:
-    record = plane_of(request).store.reserve_addr(
-        _owner(principal, body.account_id), body.port, region=body.region, actor=principal.actor
+    plane = plane_of(request)
+    owner = _owner(principal, body.account_id)
+    record = await plane.ask(
+        lambda: plane.store.reserve_addr(
+            owner, body.port, region=body.region, actor=principal.actor
+        )
     )
     return ReservedAddr.of(record)
 
 
-def _addr(request: Request, principal: Principal, reservation_id: str) -> ReservedAddr:
-    record = plane_of(request).store.get_reserved_addr(reservation_id)
+async def _addr(request: Request, principal: Principal, reservation_id: str) -> ReservedAddr:
+    plane = plane_of(request)
+    record = await plane.ask(lambda: plane.store.get_reserved_addr(reservation_id))
     if not principal.reaches(record.account_id):
         raise NotFound(f"no reserved address with id {reservation_id!r}")
     return ReservedAddr.of(record)
@@ -155,7 +171,7 @@ async def get_reserved_addr(
     reservation_id: str,
     principal: Principal = Depends(requires("reserved:read")),  # noqa: B008
 ) -> ReservedAddr:
-    return _addr(request, principal, reservation_id)
+    return await _addr(request, principal, reservation_id)
 
 
 @addrs.delete(
@@ -168,6 +184,8 @@ async def release_addr(
     reservation_id: str,
     principal: Principal = Depends(requires("reserved:write")),  # noqa: B008
 ) -> ReservedAddr:
-    _addr(request, principal, reservation_id)
-    store = plane_of(request).store
-    return ReservedAddr.of(store.release_addr(reservation_id, actor=principal.actor))
+    await _addr(request, principal, reservation_id)
+    plane = plane_of(request)
+    return ReservedAddr.of(
+        await plane.ask(lambda: plane.store.release_addr(reservation_id, actor=principal.actor))
+    )
