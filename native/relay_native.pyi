@@ -183,6 +183,11 @@ class Session:
     def go_away(self, code: int = 0) -> None:
         """Queue GoAway(code): no new streams either way; existing streams go on."""
 
+    def go_away_draining(self, code: int = 0) -> None:
+        """Queue GoAway(code) and a ping behind it, for a side whose live streams finish:
+        streams the peer opened before it read the GoAway are still accepted, until the
+        ping's answer (``goaway_crossing`` turns False); later ones are refused."""
+
     def take_outgoing(self, max_bytes: int | None = None) -> OutgoingBuffer:
         """Bytes to write to the link, as an OutgoingBuffer that owns them (``len() == 0``
         if nothing is sendable).
@@ -229,6 +234,10 @@ class Session:
         """True after a fatal error or once GoAway went both ways and no stream is left."""
     @property
     def local_went_away(self) -> bool: ...
+    @property
+    def goaway_crossing(self) -> bool:
+        """After ``go_away_draining``: the peer may still be opening streams it opened
+        before reading our GoAway (they are accepted)."""
     @property
     def remote_went_away(self) -> bool: ...
     @property

@@ -324,6 +324,11 @@ impl PySession {
         self.inner.go_away(code)
     }
 
+    #[pyo3(signature = (code = 0))]
+    fn go_away_draining(&mut self, code: u32) {
+        self.inner.go_away_draining(code)
+    }
+
     /// Control frames, then stream data framed round-robin, at most `max_bytes` (see the
     /// stub), moved (not copied) into an OutgoingBuffer.
     #[pyo3(signature = (max_bytes = None))]
@@ -372,6 +377,11 @@ impl PySession {
     fn local_went_away(&self) -> bool {
         self.inner.local_went_away()
     }
+    #[getter]
+    fn goaway_crossing(&self) -> bool {
+        self.inner.goaway_crossing()
+    }
+
     #[getter]
     fn remote_went_away(&self) -> bool {
         self.inner.remote_went_away()

@@ -414,6 +414,10 @@ pub struct Session {
     next_keepalive: Instant,
     // ---- lifecycle ----
     local_goaway: bool,
+    /// The ping sent right behind a draining GoAway (`go_away_draining`): until its answer
+    /// comes back, the peer may have opened streams before it read our GoAway, and they
+    /// are accepted. Its answer follows every SYN the peer sent before reading the GoAway.
+    crossing_ping: Option<u32>,
     remote_goaway: bool,
     dead: bool,
     // ---- rapid-reset defence ----
@@ -462,6 +466,7 @@ impl Session {
             rtt_probes_sent: 0,
             rtt_probe_at: None,
             local_goaway: false,
+            crossing_ping: None,
             remote_goaway: false,
             dead: false,
             reset_window_start: now,
@@ -508,6 +513,12 @@ impl Session {
     }
     pub fn local_went_away(&self) -> bool {
         self.local_goaway
+    }
+    /// After `go_away_draining`: true until the peer has surely read our GoAway (the
+    /// answer to the ping behind it came back), i.e. while streams it opened before that
+    /// may still arrive, and are accepted.
+    pub fn goaway_crossing(&self) -> bool {
+        self.crossing_ping.is_some()
     }
     pub fn remote_went_away(&self) -> bool {
         self.remote_goaway
@@ -960,7 +971,7 @@ impl Session {
             return Err(Error::PeerStreamLimit(sid));
         }
         self.peer_ids.mark(sid);
-        if self.local_goaway
+        if (self.local_goaway && self.crossing_ping.is_none())
             || self.remote_goaway
             || self.streams.len() >= self.cfg.max_streams as usize
             || self.unaccepted_at_receive >= self.cfg.accept_backlog
@@ -1050,6 +1061,12 @@ impl Session {
         if let Some(i) = self.pings.iter().position(|&(o, _)| o == h.length) {
             let sent = self.pings[i].1;
             self.pings.drain(..=i);
+            if let Some(p) = self.crossing_ping {
+                // Answers come in order: once this one is in, so is every earlier one.
+                if !self.pings.iter().any(|&(o, _)| o == p) {
+                    self.crossing_ping = None;
+                }
+            }
             let rtt = now.saturating_duration_since(sent);
             self.srtt = Some(match self.srtt {
                 None => rtt,
@@ -1358,6 +1375,27 @@ impl Session {
         self.local_goaway = true;
         self.emit(Header::new(FrameType::GoAway, Flags::NONE, 0, code));
         self.stats.goaways_out += 1;
+    }
+
+    /// `go_away_draining` now.
+    pub fn go_away_draining(&mut self, code: u32) {
+        self.go_away_draining_at(code, Instant::now())
+    }
+
+    /// Queue GoAway(code) and a ping right behind it, for a side that drains (its live
+    /// streams finish): the peer may have opened streams before it read the GoAway, and
+    /// refusing them would fail visitors it had already routed here. Those are accepted
+    /// until the ping's answer comes back, which the peer sends after every SYN it queued
+    /// before reading the GoAway; later opens are refused as after `go_away`. A GoAway
+    /// already sent is not sent again, and then nothing crosses.
+    pub fn go_away_draining_at(&mut self, code: u32, now: Instant) {
+        if self.dead || self.local_goaway {
+            return;
+        }
+        self.go_away(code);
+        if self.pings.len() < MAX_TRACKED_PINGS {
+            self.crossing_ping = Some(self.send_ping(now));
+        }
     }
 
     // ================================================================ internals

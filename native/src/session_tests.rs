@@ -1498,6 +1498,57 @@ fn ping_syn_is_answered_with_the_same_opaque_and_pong_reports_rtt() {
 }
 
 #[test]
+fn a_draining_goaway_accepts_streams_that_crossed_it_until_its_ping_is_answered() {
+    let (mut c, t) = client();
+    c.go_away_draining_at(0, t);
+    let out = headers(&c.take_outgoing());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0], Header::new(FrameType::GoAway, Flags::NONE, 0, 0));
+    assert_eq!((out[1].typ, out[1].flags), (FrameType::Ping, Flags::SYN));
+    let ping = out[1].length;
+    assert!(c.local_went_away() && c.goaway_crossing());
+    assert_eq!(c.open_stream_at(t), Err(Error::SessionClosed));
+    // The peer opened stream 2 before it read the GoAway: accepted, answered with ACK.
+    let e = evs(c.receive_at(&hdr(WU, Flags::SYN, 2, 0), t).unwrap());
+    assert_eq!(e, vec![ev(EVENT_OPENED, 2, 0, 0)]);
+    c.accept_stream(2).unwrap();
+    assert_eq!(
+        headers(&c.take_outgoing()),
+        vec![Header::new(WU, Flags::ACK, 2, 0)]
+    );
+    // Its answer to the ping comes after every such open; a later one is refused.
+    let mut input = hdr(FrameType::Ping, Flags::ACK, 0, ping);
+    input.extend(hdr(WU, Flags::SYN, 4, 0));
+    c.receive_at(&input, t + Duration::from_millis(50)).unwrap();
+    assert!(!c.goaway_crossing());
+    assert_eq!(
+        headers(&c.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 4, 0)]
+    );
+    assert_eq!(c.stream_count(), 1);
+    // A second draining GoAway sends nothing and opens no window again.
+    c.go_away_draining_at(0, t);
+    assert!(headers(&c.take_outgoing()).is_empty() && !c.goaway_crossing());
+}
+
+#[test]
+fn a_draining_goaway_after_a_plain_one_lets_nothing_cross() {
+    let (mut c, t) = client();
+    c.go_away(0);
+    c.go_away_draining_at(0, t);
+    assert!(!c.goaway_crossing());
+    assert_eq!(
+        headers(&c.take_outgoing()),
+        vec![Header::new(FrameType::GoAway, Flags::NONE, 0, 0)]
+    );
+    c.receive_at(&hdr(WU, Flags::SYN, 2, 0), t).unwrap();
+    assert_eq!(
+        headers(&c.take_outgoing()),
+        vec![Header::new(WU, Flags::RST, 2, 0)]
+    );
+}
+
+#[test]
 fn goaway_received_is_an_event_and_existing_streams_go_on() {
     let (mut s, t) = server_with_stream();
     let mut input = hdr(FrameType::GoAway, Flags::NONE, 0, 2);

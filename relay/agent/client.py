@@ -65,6 +65,9 @@ UPSTREAM_CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 15.0
 #: How often a draining agent looks whether its last stream ended.
 DRAIN_POLL = 0.05
+#: The most a stopping agent waits for the edge to have read its GoAway (the answer to
+#: the ping behind it: one round trip), accepting the visitors routed here meanwhile.
+CROSSING_WAIT = 3.0
 
 
 @dataclass(frozen=True)
@@ -358,29 +361,48 @@ class Agent:
         return max(0, int(link.session.stream_count) - 1)
 
     def stop(self, *, now: bool = False) -> None:
-        """Stop: at once when ``now`` or no visitor's stream is live; else drain: GoAway
-        (the edge sends no new visitor here: another link or pool member gets them),
-        and the link closes once its streams end or ``grace_period`` passed. A stop
-        while draining changes nothing; ``stop(now=True)`` ends the drain."""
+        """Stop: at once when ``now`` (or ``grace_period`` is 0); else drain: GoAway (the
+        edge sends no new visitor here: another link or pool member gets them), and the
+        link closes once the edge has read the GoAway and every stream ended, or
+        ``grace_period`` passed. A stop while draining changes nothing; ``stop(now=True)``
+        ends the drain."""
         if self._draining is not None and not now:
             return
-        live = 0 if now or self._stopping else self.live_streams()
+        link = self.link
+        if (
+            now
+            or self._stopping
+            or self.options.grace_period <= 0
+            or link is None
+            or link.closed
+            or not self._established
+        ):
+            self._stop_now()
+            return
         self._stopping = True
-        if live and self.options.grace_period > 0 and self.link is not None:
+        live = self.live_streams()
+        if live:
             self.status(
                 f"draining {live} live stream(s) for up to {self.options.grace_period:g}s; "
                 "no new visitors (stop again to quit now)"
             )
-            self.link.session.go_away(0)
-            self.link.schedule_flush()
-            self._draining = asyncio.get_running_loop().create_task(self._drain())
-            return
-        self._stop_now()
+        # Even an idle agent waits the one round trip until the edge has read the GoAway:
+        # a visitor it routed here before that is accepted and served, not refused.
+        link.session.go_away_draining(0)
+        link.schedule_flush()
+        self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    def _goaway_crossing(self) -> bool:
+        link = self.link
+        return link is not None and not link.closed and bool(link.session.goaway_crossing)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.grace_period
-        while self.live_streams() and loop.time() < deadline:
+        crossing_until = min(deadline, loop.time() + CROSSING_WAIT)
+        while loop.time() < deadline and (
+            self.live_streams() or (self._goaway_crossing() and loop.time() < crossing_until)
+        ):
             await asyncio.sleep(DRAIN_POLL)
         left = self.live_streams()
         if left:

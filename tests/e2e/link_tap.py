@@ -2,11 +2,14 @@
 byte another node sends it crosses the tap, which counts connections and bytes (they are
 TLS: the tap sees who talks to whom and how much, never what). ``silence()`` stands for a
 partition that drops every packet: the tap stops passing bytes either way, on live
-connections and new ones, without closing anything, until ``restore()``."""
+connections and new ones, without closing anything, until ``restore()``. ``delay``
+holds every chunk that long before passing it on, in order: a link across a distance
+(this kernel has no netem)."""
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import threading
 import time
@@ -15,8 +18,9 @@ from tests.e2e.procs import ThreadedServer
 
 
 class LinkTap(ThreadedServer):
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], delay: float = 0.0) -> None:
         self.target = target
+        self.delay = delay
         self.bytes_in = 0  # towards the node behind the tap
         self.bytes_out = 0
         self._lock = threading.Lock()
@@ -51,6 +55,8 @@ class LinkTap(ThreadedServer):
 
     def _copy(self, src: socket.socket, dst: socket.socket, inward: bool) -> None:
         src.settimeout(0.2)  # polls ``stopping``: ends within a poll of close()
+        if self.delay > 0:
+            dst = _Delayed(dst, self.delay, self.stopping)  # type: ignore[assignment]
         try:
             while not self.stopping.is_set():
                 if self.silent.is_set():
@@ -74,3 +80,36 @@ class LinkTap(ThreadedServer):
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Delayed:
+    """A socket's sending side whose every chunk leaves ``delay`` seconds after it was
+    given, in order (a thread sends them); ``shutdown`` comes after the last chunk."""
+
+    def __init__(self, sock: socket.socket, delay: float, stopping: threading.Event) -> None:
+        self.sock = sock
+        self.delay = delay
+        self.stopping = stopping
+        self.chunks: queue.Queue[tuple[float, bytes | None]] = queue.Queue()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def sendall(self, chunk: bytes) -> None:
+        self.chunks.put((time.monotonic() + self.delay, chunk))
+
+    def shutdown(self, how: int) -> None:
+        self.chunks.put((time.monotonic() + self.delay, None))
+        self.thread.join(self.delay + 5)
+        self.sock.shutdown(how)
+
+    def _send(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self.stopping.is_set():
+                try:
+                    due, chunk = self.chunks.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                time.sleep(max(0.0, due - time.monotonic()))
+                if chunk is None:
+                    return
+                self.sock.sendall(chunk)

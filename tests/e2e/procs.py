@@ -258,14 +258,16 @@ class Agent:
         remote_port: int = 0,
         extra: list[str] | None = None,
         kind: str = "tcp",
+        via: str | None = None,
     ) -> None:
+        """``via``: the address the agent dials instead of the edge's (a tap in between)."""
         upstream = upstream_port if isinstance(upstream_port, str) else f"127.0.0.1:{upstream_port}"
         args = [
             *RELAY,
             kind,
             upstream,
             "--edge",
-            edge.address,
+            via or edge.address,
             "--token",
             token,
             "--ca-file",

@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.api_calls import api_key, call
+from tests.e2e.link_tap import LinkTap
 from tests.e2e.origin import blob
 from tests.e2e.procs import Agent, Edge
 from tests.e2e.test_agent_link_processes import link_processes
@@ -655,5 +656,55 @@ def test_a_saturated_pool_member_is_skipped_until_it_reads_again(
         seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
         assert seen == Counter({"a": 5, "b": 5}), seen
     finally:
+        a.close()
+        b.close()
+
+
+def test_no_visitor_fails_while_a_pool_members_goaway_crosses_them(
+    edge: Edge, agents: list[Agent]
+) -> None:
+    """A member 50 ms away (a tap delays its link both ways) is stopped with SIGTERM while
+    four loops of back-to-back visitors run. For 50 ms the edge has not heard its GoAway
+    and still routes visitors to it; those streams cross the GoAway on the wire. The agent
+    accepts them (it is draining: live streams finish anyway), so not one visitor is
+    refused, and once the edge hears the GoAway every visitor goes to the other member."""
+    a, b = MemberOrigin("a"), MemberOrigin("b")
+    tap = LinkTap((edge.host, edge.listen_port), delay=0.05)
+    try:
+        _, token = edge.token()
+        far = Agent(
+            edge,
+            token,
+            a.port,
+            kind="http",
+            extra=["--no-https", "--subdomain", "cross", "--pool"],
+            via=tap.address,
+        )
+        agents.append(far)
+        far.wait_bound()
+        web(edge, agents, token, b.port, "cross", "--pool")
+        host = "cross.relay.localhost"
+        for _ in range(3):  # b served the last one: the next visitor is a's
+            if fetch(edge.http_port, host).member == "b":
+                break
+        # A slow download keeps a draining after its GoAway instead of stopping at once.
+        download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
+        assert download.wait_head(10), download.error
+        assert download.member == "a"
+        loops = [VisitorLoop(edge.http_port, host) for _ in range(4)]
+        time.sleep(1.0)
+        os.kill(far.proc.proc.pid, signal.SIGTERM)
+        far.proc.wait_line("draining", 5)
+        time.sleep(1.0)
+        visits = [v for loop in loops for v in loop.stop()]
+        failed = [(v.member, v.status, repr(v.error)) for v in visits if not v.whole(BODY_SIZE)]
+        assert failed == [], f"{len(failed)} of {len(visits)} visitors failed: {failed[:5]}"
+        members = Counter(v.member for v in visits)
+        assert members["a"] > 0 and members["b"] > 0, members
+        download.join(SLOW_SECONDS + 20)
+        assert download.whole(SLOW_SIZE), (download.status, download.error, len(download.body))
+        assert far.proc.wait(10) == 0, far.proc.text()
+    finally:
+        tap.close()
         a.close()
         b.close()
