@@ -730,6 +730,16 @@ cdef class HttpVisitor(Pump):
             return
         Pump.remote_reset(self)
 
+    cdef void link_lost(self):
+        # Not the upstream's fault: the connection carrying the request (the agent's
+        # link, or the link to the node that holds the agent) went down under it.
+        if not self.response_started and self.transport is not None and not self.finished:
+            self._write_page(502, "RLY_616", "the tunnel carrying this request was lost")
+            self.finished = True
+            self.transport.close()
+            return
+        Pump.link_lost(self)
+
     # --- timers -------------------------------------------------------------------------
 
     # One watchdog timer per connection, not a timer per request: arming and cancelling

@@ -72,6 +72,8 @@ RLY_613   502     the agent could not reach its upstream (refused, TLS failure, 
 RLY_614   504     the upstream did not answer in time
 RLY_615   503     the certificate for this name is not issued yet (the edge finished the
                   TLS handshake with a stand-in certificate to say so)
+RLY_616   502     the tunnel carrying the request was lost before its answer began (the
+                  agent's link, or the link to the node holding the agent, went down)
 RLY_620   400     malformed HTTP request
 RLY_621   502     the edge could not forward the request (internal error)
 RLY_622   431     request head larger than the limit

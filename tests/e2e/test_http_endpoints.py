@@ -206,6 +206,39 @@ def test_error_pages_carry_codes_for_each_failure(
     assert offline.startswith(b"HTTP/1.1 503 ") and b"RLY_611" in offline
 
 
+def test_a_request_whose_agent_dies_before_answering_gets_rly_616_at_once(
+    edge: Edge, agents: list[Agent]
+) -> None:
+    """The upstream has the request and has not answered when the agent's process is
+    SIGKILLed: the visitor is told at once that the tunnel went (502 RLY_616), not that
+    the upstream could not be reached (RLY_613)."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    try:
+        agent = web_agent(edge, agents, str(silent.getsockname()[1]), "--no-https")
+        request = b"GET / HTTP/1.1\r\nHost: %b\r\n\r\n" % host_of(agent).encode()
+        answer: list[bytes] = []
+        visitor = threading.Thread(
+            target=lambda: answer.append(raw_request(edge.http_port, request)), daemon=True
+        )
+        visitor.start()
+        deadline = time.monotonic() + 10
+        while not held:
+            assert time.monotonic() < deadline, "the request never reached the upstream"
+            time.sleep(0.02)
+        agent.proc.kill()
+        killed = time.monotonic()
+        visitor.join(10)
+        assert time.monotonic() - killed < 3.0
+        assert answer and answer[0].startswith(b"HTTP/1.1 502 "), answer
+        assert b"RLY_616" in answer[0] and b"RLY_613" not in answer[0], answer
+    finally:
+        for conn in held:
+            conn.close()
+        silent.close()
+
+
 def test_plain_http_request_for_an_https_name_is_redirected(
     edge: Edge, origin: Origin, agents: list[Agent]
 ) -> None:
