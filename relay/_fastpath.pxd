@@ -89,6 +89,9 @@ cdef class Pump(Channel):
     #: is not a visitor's, or the log does not want it).
     cdef public object log_endpoint
     cdef public object log_visitor
+    #: A visitor's pump (it opens the stream): called when the session it was routed to
+    #: went away before the socket connected; returns the protocol to serve it instead.
+    cdef public object reroute
     cdef bint _counted
     cdef bint _was_reset
     cdef double _opened_at

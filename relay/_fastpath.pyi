@@ -74,6 +74,9 @@ class Pump(Channel, asyncio.BufferedProtocol):
     #: The access log's name for the endpoint (None: no access log line for this pump).
     log_endpoint: str | None
     log_visitor: Any
+    #: A visitor's pump: called when the session it was routed to went away before its
+    #: socket connected; the protocol to serve the visitor instead (None: abort it).
+    reroute: Callable[[], Any] | None
     #: Endpoint series slot, 1..MAX_ENDPOINT_SERIES (0: none); set before the connection
     #: is made, else ValueError.
     metric_slot: int

@@ -789,6 +789,7 @@ cdef class Pump(Channel):
         self.remote_eof = False
         self.finished = False
         self._fd = -1
+        self.reroute = None
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -802,6 +803,22 @@ cdef class Pump(Channel):
         if (sock is not None and transport.get_extra_info("sslcontext") is None
                 and transport.get_extra_info("ssl_object") is None):
             self._fd = sock.fileno()  # deliveries may send(2) directly
+        if opens_stream and self.reroute is not None and (
+                link.closed or link.session.remote_went_away or link.session.local_went_away):
+            # Routed a loop turn ago (the protocol is made before the socket connects) to
+            # a session that went away since: its agent's GoAway, a restart, its link
+            # lost. Routed once more instead (another link or pool member, a handover or
+            # a refusal), rather than reset.
+            other = self.reroute()
+            self.reroute = None
+            self.finished = True
+            self.transport = None
+            if other is None:
+                transport.abort()
+            else:
+                transport.set_protocol(other)
+                other.connection_made(transport)
+            return
         if link.closed:
             transport.abort()
             self.finished = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,23 +94,30 @@ class TcpEndpoint:
             backlog=1024,
         )
 
-    def _new_visitor(self) -> asyncio.BaseProtocol:
+    def _new_visitor(self, *, again: bool = False) -> asyncio.BaseProtocol:
+        """``again``: the session first chosen went away before the socket connected."""
         session = serving_session(self)
         if session is None:
             if self.hand_off is not None:
                 return _HandOver(self)
             self.refused.inc()
             return Refuse()
-        return self._pump(session)
+        pump = self._pump(session)
+        if not again:
+            pump.reroute = functools.partial(self._new_visitor, again=True)
+        return pump
 
-    def adopt(self) -> asyncio.BaseProtocol:
+    def adopt(self, *, again: bool = False) -> asyncio.BaseProtocol:
         """A visitor another worker handed here: served here or refused, never again
         handed on."""
         session = serving_session(self)
         if session is None:
             self.refused.inc()
             return Refuse()
-        return self._pump(session)
+        pump = self._pump(session)
+        if not again:
+            pump.reroute = functools.partial(self.adopt, again=True)
+        return pump
 
     def _pump(self, session: Any) -> Pump:
         pump = Pump(session.link, header_factory=self._header)

@@ -195,9 +195,20 @@ class TlsFront:
                 ).to_wire()
 
             slot = endpoint.metric_slot
-            self._start(
-                conn, lambda: self._passthrough(session, name, header_factory, slot, peer), None
-            )
+
+            def again() -> Pump | None:
+                # The session went away before the socket connected: another, or none.
+                other = serving_session(endpoint)
+                if other is None:
+                    return None
+                return self._passthrough(other, name, header_factory, slot, peer)
+
+            def first() -> Pump:
+                pump = self._passthrough(session, name, header_factory, slot, peer)
+                pump.reroute = again
+                return pump
+
+            self._start(conn, first, None)
             return
         ctx = self.context_for(name)
         endpoint_id = endpoint.endpoint_id
