@@ -296,7 +296,9 @@ def targets(res: dict[str, Any], cores: int) -> list[Target]:
                 f" per rep {_range(h['handed_to_local_per_rep'])})",
             )
         )
-    return out
+    from bench.report_workers_paced import paced_targets  # it builds on this module
+
+    return out + paced_targets(res)
 
 
 def _f(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
@@ -487,7 +489,9 @@ def markdown(res: dict[str, Any], cores: int) -> list[str]:
     if died:
         add(f"**Processes died during the phase:** {died}")
         add("")
-    return L
+    from bench.report_workers_paced import paced_markdown
+
+    return L + paced_markdown(res)
 
 
 def _links(c: dict[tuple[str, str], WCell]) -> str | None:

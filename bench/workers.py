@@ -21,6 +21,9 @@ Five closed-loop wrk workloads, the http phase's connection counts:
   only: one agent whose two links each serve the visitors their own worker accepted (none
   handed over), against the same agent with one link on one worker.
 
+Then the control runs of bench/workers_paced.py: the ``links-*`` workloads at fixed rates,
+to compare CPU per request at equal load per process.
+
 CPU is charged to the edge over every one of its processes (supervisor and workers, read
 from /proc), the load generator's from the harness's reaped children, the agents' and the
 origin's from /proc, and the machine's busy time from /proc/stat: on a shared machine the
@@ -400,6 +403,8 @@ class WRun:
     handed_in: int = 0
     handoffs_failed: int = 0
     error: str | None = None
+    rate: float | None = None  # offered req/s of a paced run (bench/workers_paced.py)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # a paced run's percentiles
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -420,8 +425,22 @@ class _Snapshot:
     machine: int | None
     children_s: float
 
+    def fill(self, run: WRun, s0: _Snapshot) -> None:
+        """The CPU of ``run``: from ``s0`` (its start) to this snapshot (its end)."""
+        run.edge_cpu_s = (self.edge - s0.edge) / CLK_TCK
+        run.edge_cpu_by_process = {
+            role: (b - a) / CLK_TCK
+            for role in s0.own
+            if (a := s0.own[role]) is not None and (b := self.own.get(role)) is not None
+        }
+        run.agents_cpu_s = (self.agents - s0.agents) / CLK_TCK
+        run.origin_cpu_s = (self.origin - s0.origin) / CLK_TCK
+        if s0.machine is not None and self.machine is not None:
+            run.machine_cpu_s = (self.machine - s0.machine) / CLK_TCK
+        run.wrk_cpu_s = self.children_s - s0.children_s
 
-def _snapshot(edge: WorkersEdge, pids: dict[str, int], origin: Proc) -> _Snapshot:
+
+def snapshot_cpu(edge: WorkersEdge, pids: dict[str, int], origin: Proc) -> _Snapshot:
     return _Snapshot(
         edge.edge.cpu_ticks(),
         {role: own_cpu_ticks(pid) for role, pid in pids.items()},
@@ -444,7 +463,7 @@ def measure(edge: WorkersEdge, origin: Proc, workload: str, rep: int, secs: floa
                 raise BenchError(f"{role}: {p.describe_exit()}")
         pids = edge.process_pids()
         before = edge.handoffs()
-        s0 = _snapshot(edge, pids, origin)
+        s0 = snapshot_cpu(edge, pids, origin)
         for i, sub in enumerate(subs):
             n = conns // len(subs) + (1 if i < conns % len(subs) else 0)
             argv = ["wrk", f"-t{httpbench.WRK_THREADS}", f"-c{n}", f"-d{secs:g}s", "--latency",
@@ -457,7 +476,7 @@ def measure(edge: WorkersEdge, origin: Proc, workload: str, rep: int, secs: floa
         for sub, w in wrks:
             if w.wait(secs + WRK_GRACE_S) is None:
                 raise BenchError(f"wrk for {sub} did not finish within {secs + WRK_GRACE_S:g} s")
-        s1 = _snapshot(edge, pids, origin)
+        s1 = snapshot_cpu(edge, pids, origin)
         after = edge.handoffs()
         if edge.process_pids() != pids:
             raise BenchError(f"the edge's processes changed during the run: {pids}")
@@ -470,17 +489,7 @@ def measure(edge: WorkersEdge, origin: Proc, workload: str, rep: int, secs: floa
             for kind, n in res["errors"].items():
                 run.errors[kind] = run.errors.get(kind, 0) + n
         run.rps = sum(run.rps_by_host.values())
-        run.edge_cpu_s = (s1.edge - s0.edge) / CLK_TCK
-        run.edge_cpu_by_process = {
-            role: (b - a) / CLK_TCK
-            for role in pids
-            if (a := s0.own[role]) is not None and (b := s1.own[role]) is not None
-        }
-        run.agents_cpu_s = (s1.agents - s0.agents) / CLK_TCK
-        run.origin_cpu_s = (s1.origin - s0.origin) / CLK_TCK
-        if s0.machine is not None and s1.machine is not None:
-            run.machine_cpu_s = (s1.machine - s0.machine) / CLK_TCK
-        run.wrk_cpu_s = s1.children_s - s0.children_s
+        s1.fill(run, s0)
         run.handed_off = after["handed_off"] - before["handed_off"]
         run.handed_in = after["handed_in"] - before["handed_in"]
         run.handoffs_failed = after["failed"] - before["failed"]
@@ -497,6 +506,8 @@ def measure(edge: WorkersEdge, origin: Proc, workload: str, rep: int, secs: floa
 def progress_line(run: WRun, label: str) -> str:
     rep = "warm-up" if run.rep == 0 else f"rep {run.rep}"
     head = f"workers {rep:<7} {run.workload:<11} {label:<9}"
+    if run.rate is not None:
+        head += f" at {run.rate:6.0f}/s"
     if run.error:
         return f"{head} FAILED: {run.error.splitlines()[0]}"
     cpu = run.edge_cpu_s or 0.0
@@ -575,11 +586,15 @@ def run_workers(
                 f" ({placement['tries']} start(s) of b); {LINKED}'s links on worker(s)"
                 f" {linked['workers']} ({linked['tries']} start(s))")  # fmt: skip
 
-        def one(edge: WorkersEdge, workload: str, rep: int, secs: float) -> None:
-            run = measure(edge, origin_proc, workload, rep, secs)
+        labels = {e.key.removeprefix("relay-"): e.label for e in edges}
+
+        def record(run: WRun) -> None:
             res["runs"].append(run.to_json())
-            log(progress_line(run, edge.label))
+            log(progress_line(run, labels[run.config]))
             time.sleep(0.2)
+
+        def one(edge: WorkersEdge, workload: str, rep: int, secs: float) -> None:
+            record(measure(edge, origin_proc, workload, rep, secs))
 
         est = len(WORKLOADS) * len(edges) * (WARMUP_S + 0.5 + reps * (duration + 0.5))
         log(f"workers: {len(WORKLOADS)} workloads x {len(edges)} edges x (1 warm-up + {reps}"
@@ -593,6 +608,10 @@ def run_workers(
                 shift = (rep - 1 + wi) % len(edges)
                 for edge in edges[shift:] + edges[:shift]:
                     one(edge, workload, rep, duration)
+        from bench.workers_paced import run_paced  # it builds on this module
+
+        by_config = {e.key.removeprefix("relay-"): e for e in edges}
+        run_paced(by_config, origin_proc, res, reps, duration, record, log)
         for edge in edges:
             info = res["edges"][edge.key]
             try:
