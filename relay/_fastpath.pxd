@@ -89,9 +89,6 @@ cdef class Pump(Channel):
     #: is not a visitor's, or the log does not want it).
     cdef public object log_endpoint
     cdef public object log_visitor
-    #: A visitor's pump (it opens the stream): called when the session it was routed to
-    #: went away before the socket connected; returns the protocol to serve it instead.
-    cdef public object reroute
     cdef bint _counted
     cdef bint _was_reset
     cdef double _opened_at
@@ -100,6 +97,10 @@ cdef class Pump(Channel):
     cdef unsigned long long _bytes_to
     #: Endpoint series slot (relay/_series.pxd; 0: none), see ``metric_slot``.
     cdef int _slot
+    #: A visitor's pump (it opens the stream): called when the session it was routed to
+    #: went away before the socket connected; returns the protocol to serve it instead.
+    #: Last, so that the fields the byte path reads keep their places.
+    cdef public object reroute
 
     cdef bint _direct_ok(self)
     cdef Py_ssize_t _send_direct(self, const char* data, Py_ssize_t length)
