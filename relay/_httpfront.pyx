@@ -722,23 +722,25 @@ cdef class HttpVisitor(Pump):
             return
         Pump.remote_fin(self)
 
+    cdef bint _page_instead_of_answer(self, str code, str message):
+        """A 502 page and the end of the connection, when no answer has begun (after one
+        began, the visitor can only be cut); whether it was sent."""
+        if self.response_started or self.transport is None or self.finished:
+            return False
+        self._write_page(502, code, message)
+        self.finished = True
+        self.transport.close()
+        return True
+
     cdef void remote_reset(self):
-        if not self.response_started and self.transport is not None and not self.finished:
-            self._write_page(502, "RLY_613", "the agent could not reach the upstream")
-            self.finished = True
-            self.transport.close()
-            return
-        Pump.remote_reset(self)
+        if not self._page_instead_of_answer("RLY_613", "the agent could not reach the upstream"):
+            Pump.remote_reset(self)
 
     cdef void link_lost(self):
         # Not the upstream's fault: the connection carrying the request (the agent's
         # link, or the link to the node that holds the agent) went down under it.
-        if not self.response_started and self.transport is not None and not self.finished:
-            self._write_page(502, "RLY_616", "the tunnel carrying this request was lost")
-            self.finished = True
-            self.transport.close()
-            return
-        Pump.link_lost(self)
+        if not self._page_instead_of_answer("RLY_616", "the tunnel carrying this request was lost"):
+            Pump.link_lost(self)
 
     # --- timers -------------------------------------------------------------------------
 

@@ -254,14 +254,36 @@ class VisitorLoop:
 
 
 def web(
-    edge: Edge, agents: list[Agent], token: str, upstream: int, name: str, *flags: str
+    edge: Edge,
+    agents: list[Agent],
+    token: str,
+    upstream: int,
+    name: str,
+    *flags: str,
+    via: str | None = None,
 ) -> Agent:
     agent = Agent(
-        edge, token, upstream, kind="http", extra=["--no-https", "--subdomain", name, *flags]
+        edge,
+        token,
+        upstream,
+        kind="http",
+        extra=["--no-https", "--subdomain", name, *flags],
+        via=via,
     )
     agents.append(agent)
     agent.wait_bound()
     return agent
+
+
+def slow_download_from_a(edge: Edge, host: str) -> Visit:
+    """A slow download served by member a of two (a, then b, take turns), under way."""
+    for _ in range(3):  # b served the last one: the next visitor is a's
+        if fetch(edge.http_port, host).member == "b":
+            break
+    download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
+    assert download.wait_head(10), download.error
+    assert (download.status, download.member) == (200, "a")
+    return download
 
 
 def wait_for(what: str, done: Callable[[], bool], within: float = 20.0) -> None:
@@ -439,13 +461,7 @@ def test_a_leaving_pool_member_gets_no_new_visitor_and_its_slow_download_finishe
         host = "pool.relay.localhost"
         seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
         assert seen == Counter({"a": 5, "b": 5}), seen  # both serve, round robin
-        # b served the last one: the next visitor is a's.
-        for _ in range(3):
-            if fetch(edge.http_port, host).member == "b":
-                break
-        download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
-        assert download.wait_head(10), download.error
-        assert (download.status, download.member) == (200, "a")
+        download = slow_download_from_a(edge, host)
 
         # a leaves: the edge lets its session go without cutting a stream.
         answer = call(edge, "POST", f"/api/v1/tunnel_sessions/{session_of(first)}/restart", admin)
@@ -479,12 +495,7 @@ def test_a_pool_member_stopped_with_sigterm_lets_its_slow_download_finish(
         first = web(edge, agents, token, a.port, "stop", "--pool")
         second = web(edge, agents, token, b.port, "stop", "--pool")
         host = "stop.relay.localhost"
-        for _ in range(3):  # b served the last one: the next visitor is a's
-            if fetch(edge.http_port, host).member == "b":
-                break
-        download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
-        assert download.wait_head(10), download.error
-        assert (download.status, download.member) == (200, "a")
+        download = slow_download_from_a(edge, host)
         os.kill(first.proc.proc.pid, signal.SIGTERM)
         first.proc.wait_line("draining 1 live stream(s)", 5)
         after = [fetch(edge.http_port, host) for _ in range(20)]
@@ -672,25 +683,11 @@ def test_no_visitor_fails_while_a_pool_members_goaway_crosses_them(
     tap = LinkTap((edge.host, edge.listen_port), delay=0.05)
     try:
         _, token = edge.token()
-        far = Agent(
-            edge,
-            token,
-            a.port,
-            kind="http",
-            extra=["--no-https", "--subdomain", "cross", "--pool"],
-            via=tap.address,
-        )
-        agents.append(far)
-        far.wait_bound()
+        far = web(edge, agents, token, a.port, "cross", "--pool", via=tap.address)
         web(edge, agents, token, b.port, "cross", "--pool")
-        host = "cross.relay.localhost"
-        for _ in range(3):  # b served the last one: the next visitor is a's
-            if fetch(edge.http_port, host).member == "b":
-                break
         # A slow download keeps a draining after its GoAway instead of stopping at once.
-        download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
-        assert download.wait_head(10), download.error
-        assert download.member == "a"
+        host = "cross.relay.localhost"
+        download = slow_download_from_a(edge, host)
         loops = [VisitorLoop(edge.http_port, host) for _ in range(4)]
         time.sleep(1.0)
         os.kill(far.proc.proc.pid, signal.SIGTERM)
