@@ -275,6 +275,12 @@ def web(
     return agent
 
 
+def assert_round_robin(edge: Edge, host: str) -> None:
+    """Ten visitors: five to member a, five to member b."""
+    seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
+    assert seen == Counter({"a": 5, "b": 5}), seen
+
+
 def slow_download_from_a(edge: Edge, host: str) -> Visit:
     """A slow download served by member a of two (a, then b, take turns), under way."""
     for _ in range(3):  # b served the last one: the next visitor is a's
@@ -459,8 +465,7 @@ def test_a_leaving_pool_member_gets_no_new_visitor_and_its_slow_download_finishe
         first = web(edge, agents, token, a.port, "pool", "--pool")
         web(edge, agents, token, b.port, "pool", "--pool")
         host = "pool.relay.localhost"
-        seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
-        assert seen == Counter({"a": 5, "b": 5}), seen  # both serve, round robin
+        assert_round_robin(edge, host)  # both serve
         download = slow_download_from_a(edge, host)
 
         # a leaves: the edge lets its session go without cutting a stream.
@@ -476,8 +481,7 @@ def test_a_leaving_pool_member_gets_no_new_visitor_and_its_slow_download_finishe
 
         # Its streams done, its link closes; the agent comes back and takes its turns again.
         first.proc.wait_line("reconnected", 20)
-        seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
-        assert seen == Counter({"a": 5, "b": 5}), seen
+        assert_round_robin(edge, host)
     finally:
         a.close()
         b.close()
@@ -621,8 +625,7 @@ def test_a_saturated_pool_member_is_skipped_until_it_reads_again(
         stalled = web(edge, agents, token, a.port, "full", "--pool")
         web(edge, agents, token, b.port, "full", "--pool")
         host = "full.relay.localhost"
-        seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
-        assert seen == Counter({"a": 5, "b": 5}), seen
+        assert_round_robin(edge, host)
 
         data = os.urandom(UPLOAD)
         digest = hashlib.sha256(data).hexdigest().encode()
@@ -664,8 +667,7 @@ def test_a_saturated_pool_member_is_skipped_until_it_reads_again(
             {"a": len(uploads) - len(b.asked), "b": len(b.asked)}
         )
         assert "session lost" not in stalled.proc.text()
-        seen = Counter(fetch(edge.http_port, host).member for _ in range(10))
-        assert seen == Counter({"a": 5, "b": 5}), seen
+        assert_round_robin(edge, host)
     finally:
         a.close()
         b.close()
