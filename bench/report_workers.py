@@ -165,7 +165,7 @@ def per_rep_cpu_ratios(one: WCell, two: WCell) -> list[float]:
     return [x for x in pairs if x is not None]
 
 
-def _handed(local: float | None, two: float | None, f: float | None) -> float | None:
+def handed_ratio(local: float | None, two: float | None, f: float | None) -> float | None:
     """From cost_2w = (1 - f) * local + f * handed: handed ÷ local."""
     if local is None or two is None or not f or not local:
         return None
@@ -179,15 +179,10 @@ def handed_over(res: dict[str, Any]) -> dict[str, Any] | None:
     if one is None or two is None:
         return None
     local, cost2, f = one.cpu_us(), two.cpu_us(), two.handed_fraction()
-    ratio = _handed(local, cost2, f)
+    ratio = handed_ratio(local, cost2, f)
     reps = sorted({r["rep"] for r in one.good} & {r["rep"] for r in two.good})
-    per_rep = [_handed(one.cpu_us_of_rep(k), two.cpu_us_of_rep(k), f) for k in reps]
-    # The worker without a's session only accepts, reads the head, routes and hands over:
-    # its CPU per visitor it handed over is the sending half of a handoff on its own.
-    holder = res.get("edges", {}).get("relay-w2", {}).get("placement", {}).get("workers", {})
-    sender = f"worker {1 - int(holder['a'])}" if "a" in holder else None
-    handed_n = sum(r["handed_off"] for r in two.good)
-    sent_s = sum(r["edge_cpu_by_process"].get(sender, 0.0) for r in two.good) if sender else 0.0
+    per_rep = [handed_ratio(one.cpu_us_of_rep(k), two.cpu_us_of_rep(k), f) for k in reps]
+    sender = handoff_sender(res)
     return {
         "local_cpu_us": local,
         "two_workers_cpu_us": cost2,
@@ -196,8 +191,24 @@ def handed_over(res: dict[str, Any]) -> dict[str, Any] | None:
         "handed_to_local": ratio,
         "handed_to_local_per_rep": [x for x in per_rep if x is not None],
         "sender": sender,
-        "sender_cpu_us_per_handoff": sent_s * 1e6 / handed_n if sender and handed_n else None,
+        "sender_cpu_us_per_handoff": sender_cpu_us(two, sender),
     }
+
+
+def handoff_sender(res: dict[str, Any]) -> str | None:
+    """The worker of ``w2`` without agent a's session: for a's visitors it only accepts,
+    reads the head, routes and hands over."""
+    holder = res.get("edges", {}).get("relay-w2", {}).get("placement", {}).get("workers", {})
+    return f"worker {1 - int(holder['a'])}" if "a" in holder else None
+
+
+def sender_cpu_us(cell: WCell, sender: str | None) -> float | None:
+    """The sender's CPU per visitor it handed over: the sending half of a handoff."""
+    handed_n = sum(r["handed_off"] for r in cell.good)
+    if sender is None or not handed_n:
+        return None
+    spent = sum(float(r["edge_cpu_by_process"].get(sender, 0.0)) for r in cell.good)
+    return float(spent * 1e6 / handed_n)
 
 
 def _at_end(info: dict[str, Any], subs: tuple[str, ...]) -> Any:

@@ -7,9 +7,16 @@ import statistics
 from typing import Any
 
 from bench.report import EN, Target, X
-from bench.report_workers import MAX_CPU_GROWTH, WCell
+from bench.report_workers import (
+    MAX_CPU_GROWTH,
+    MAX_HANDED,
+    WCell,
+    handed_ratio,
+    handoff_sender,
+    sender_cpu_us,
+)
 from bench.workers import LINKED
-from bench.workers_paced import PACED, PLAN
+from bench.workers_paced import HANDOFF, HANDOFF_LABEL, HANDOFF_OF, HANDOFF_SUB, PACED, PLAN
 
 #: How each run of PLAN is named in the table.
 PLAN_LABELS = {("w1", 0.5): "1 worker at R/2", ("w1", 1.0): "1 worker at R",
@@ -44,6 +51,56 @@ def _per_rep(a: WCell, b: WCell) -> list[float]:
         if x is not None and y:
             out.append(x / y)
     return out
+
+
+HANDOFF_TARGET = (
+    f"edge workers: a handed-over visitor connection costs the edge ≤ {MAX_HANDED:g}{X} a"
+    " local one (control: one edge of 2 workers at one fixed rate, agent"
+    f" {HANDOFF_SUB} against agent {LINKED})"
+)
+
+
+def handoff_control(res: dict[str, Any]) -> dict[str, Any] | None:
+    """The handed-over visitor priced on one edge at one load: agent a's runs (fraction f
+    handed over) against agent l's (none) on ``w2`` at the same R."""
+    c = paced_cells(res)
+    mixed, local = c.get((HANDOFF, "w2", 1.0)), c.get((HANDOFF_OF, "w2", 1.0))
+    if mixed is None or local is None:
+        return None
+    f = mixed.handed_fraction()
+    ratio = handed_ratio(local.cpu_us(), mixed.cpu_us(), f)
+    reps = sorted({r["rep"] for r in mixed.good} & {r["rep"] for r in local.good})
+    per_rep = [handed_ratio(local.cpu_us_of_rep(k), mixed.cpu_us_of_rep(k), f) for k in reps]
+    local_us = local.cpu_us()
+    return {
+        "local_cpu_us": local_us,
+        "mixed_cpu_us": mixed.cpu_us(),
+        "handed_fraction": f,
+        "handed_cpu_us": ratio * local_us if ratio is not None and local_us else None,
+        "handed_to_local": ratio,
+        "handed_to_local_per_rep": [x for x in per_rep if x is not None],
+        "sender_cpu_us_per_handoff": sender_cpu_us(mixed, handoff_sender(res)),
+        "handoffs_failed": mixed.handoffs_failed(),
+    }
+
+
+def _handoff_target(res: dict[str, Any]) -> Target:
+    h = handoff_control(res)
+    if h is None or h["handed_to_local"] is None:
+        return Target(HANDOFF_TARGET, None, "not evaluated: a paced run is missing")
+    r, per_rep = h["handed_to_local"], h["handed_to_local_per_rep"]
+    spread = f"{min(per_rep):.2f}{EN}{max(per_rep):.2f}{X}" if per_rep else "—"
+    sender = h["sender_cpu_us_per_handoff"]
+    sent = f"; the sending worker spent {sender:.1f} per visitor it handed over" if sender else ""
+    return Target(
+        HANDOFF_TARGET,
+        r <= MAX_HANDED,
+        f"R = {res['config']['paced']['rates'][HANDOFF]:,.0f} req/s offered to each:"
+        f" {h['handed_fraction']:.0%} of agent {HANDOFF_SUB}'s connections handed over,"
+        f" {h['mixed_cpu_us']:.1f} CPU-µs per connection vs {h['local_cpu_us']:.1f} for agent"
+        f" {LINKED}'s (all local) ⇒ handed-over {h['handed_cpu_us']:.1f} = {r:.2f}{X} a local"
+        f" one (need ≤ {MAX_HANDED:g}{X}; per rep {spread}){sent}",
+    )
 
 
 def paced_targets(res: dict[str, Any]) -> list[Target]:
@@ -82,6 +139,8 @@ def paced_targets(res: dict[str, Any]) -> list[Target]:
                 f" (need ≤ {MAX_CPU_GROWTH:g}{X}; per rep {spread}){load}",
             )
         )
+    if HANDOFF in res.get("config", {}).get("paced", {}).get("rates", {}):
+        out.append(_handoff_target(res))
     return out
 
 
@@ -129,5 +188,39 @@ def paced_markdown(res: dict[str, Any]) -> list[str]:
                 f" {statistics.median(p99) if p99 else 0:.2f} | {cell.errors()} |"
             )
             first = False
+    lines += _handoff_rows(res, c)
     lines.append("")
+    return lines
+
+
+def _handoff_rows(res: dict[str, Any], c: dict[tuple[str, str, float], WCell]) -> list[str]:
+    """The handoff control's row, under the table, and what it prices."""
+    rate = res["config"]["paced"].get("rates", {}).get(HANDOFF)
+    cell = c.get((HANDOFF, "w2", 1.0))
+    h = handoff_control(res)
+    if rate is None or cell is None or h is None:
+        return []
+    us = cell.cpu_us()
+    lat = [r.get("latency_ms", {}) for r in cell.good]
+    p50 = [x["p50"] for x in lat if "p50" in x]
+    p99 = [x["p99"] for x in lat if "p99" in x]
+    f = h["handed_fraction"] or 0.0
+    lines = [
+        f"| {HANDOFF_LABEL} | 2 workers at R, {f:.0%} handed over | {rate:,.0f} |"
+        f" {cell.median or 0:,.0f} | {'—' if us is None else f'{us:.1f}'} | — |"
+        f" {statistics.median(p50) if p50 else 0:.2f} |"
+        f" {statistics.median(p99) if p99 else 0:.2f} | {cell.errors()} |",
+        "",
+    ]
+    if h["handed_to_local"] is not None:
+        sender = h["sender_cpu_us_per_handoff"]
+        lines.append(
+            f"Handoff control: agent {HANDOFF_SUB} has one link, so about half of its visitors"
+            " land on the other worker and are handed over; agent"
+            f" {LINKED}'s are all served where they land. On the same edge at the same rate,"
+            f" a handed-over connection costs {h['handed_cpu_us']:.1f} CPU-µs against"
+            f" {h['local_cpu_us']:.1f} for a local one ({h['handed_to_local']:.2f}{X})"
+            + (f", of which the sending worker spent {sender:.1f}." if sender else ".")
+            + f" Handoffs failed: {h['handoffs_failed']}."
+        )
     return lines
