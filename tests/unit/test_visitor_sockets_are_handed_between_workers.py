@@ -3,7 +3,9 @@ worker in one datagram; anything else sent to an inbox is dropped, not served.""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import os
 import socket
 from pathlib import Path
 
@@ -104,6 +106,39 @@ def test_an_inbox_drops_what_is_not_a_tcp_visitor(tmp_path: Path) -> None:
             b.close()
             inbox.close()
             outbox.close()
+
+    asyncio.run(main())
+
+
+def test_an_inbox_closes_every_descriptor_of_a_datagram_it_refuses(tmp_path: Path) -> None:
+    # Two TCP sockets in one datagram: not a handoff. Both arrive here as new descriptors,
+    # and both must be closed, or each such datagram would leak two.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        served: list[Handoff] = []
+        inbox = Inbox(tmp_path, 0)
+        inbox.start(loop, lambda sock, handoff: served.append(handoff))
+        x, y = socket.socket(), socket.socket()
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            before = len(os.listdir("/proc/self/fd"))
+            rights = array.array("i", [x.fileno(), y.fileno()])
+            raw.sendmsg(
+                [Handoff("http", "host:a.x", b"GET / HTTP/1.1\r\n\r\n").encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)],
+                0,
+                str(inbox_path(tmp_path, 0)),
+            )
+            for _ in range(100):  # bounded: the datagram is read within 1 s
+                if inbox.rejected:
+                    break
+                await asyncio.sleep(0.01)
+            assert inbox.rejected == 1 and served == []
+            assert len(os.listdir("/proc/self/fd")) == before
+        finally:
+            for s in (x, y, raw):
+                s.close()
+            inbox.close()
 
     asyncio.run(main())
 
