@@ -101,6 +101,13 @@ MAX_NAMES = 100_000
 MAX_HOSTNAME = 253
 MAX_FIELD = 300
 MAX_NODE_ID = 200
+#: Bytes of a node key, and of a names key (MAX_NAMES names of at most about 600
+#: bytes each), read before any parsing: anything longer is garbage.
+MAX_NODE_KEY = 4096
+MAX_NAMES_KEY = 64 * 1024 * 1024
+#: Bytes of a pub/sub event: Redis itself cuts off a subscriber that falls 32 MiB
+#: behind (``client-output-buffer-limit pubsub``), so no larger one can arrive whole.
+MAX_EVENT = 32 * 1024 * 1024
 #: SCAN: keys asked per round, and rounds per heartbeat (an unfinished scan drops no node).
 SCAN_COUNT = 1000
 MAX_SCAN_ROUNDS = 1000
@@ -613,10 +620,7 @@ class Presence:
             self._apply(node_id, raw, names)
 
     def _event(self, data: bytes) -> None:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            event = None
+        event = _json(data, MAX_EVENT)
         if not isinstance(event, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in event.items()
         ):
@@ -642,7 +646,13 @@ class Presence:
         raw = _bytes(raw)
         if self._raw.get(node_id) == raw:
             return
-        parsed = _parse(node_id, raw, None if names_raw is None else _bytes(names_raw))
+        try:
+            parsed = _parse(node_id, raw, None if names_raw is None else _bytes(names_raw))
+        except Exception:
+            # _parse refuses what it does not expect; should it raise all the same, one
+            # node's bad key must not end the reread of every other's (or the subscriber).
+            log.exception("cluster presence: cannot read %s%s", NODE_PREFIX, node_id)
+            parsed = None
         if parsed is _NAMES_MISSING:
             # Its names key is not there (yet): keep what the table says, read again.
             return
@@ -797,23 +807,24 @@ _NAMES_MISSING: Any = object()
 def _parse(
     node_id: str, raw: bytes, names_raw: bytes | None
 ) -> tuple[NodeInfo, list[RemoteName]] | None:
-    """A node entry, checked field by field; None if anything is off."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
+    """A node entry, checked field by field; None if anything is off. Its names come
+    from the names key only when that key is the version the node key names (the two are
+    read by separate calls, and a node may write both in between)."""
+    doc = _json(raw, MAX_NODE_KEY)
     if not isinstance(doc, dict):
         return None
-    region, link, names = doc.get("region"), doc.get("link"), doc.get("names")
+    region, link, names, version = (
+        doc.get("region"),
+        doc.get("link"),
+        doc.get("names"),
+        doc.get("version"),
+    )
     if not (_short_str(region) and _short_str(link) and _is_link(link)):
         return None
-    if names is None and _short_str(doc.get("version")):
-        if names_raw is None:
+    if names is None and _short_str(version):
+        if names_raw is None or not _is_version(names_raw, version):
             return _NAMES_MISSING  # type: ignore[no-any-return]
-        try:
-            names = json.loads(names_raw)
-        except ValueError:
-            return None
+        names = _json(names_raw, MAX_NAMES_KEY)
     if not isinstance(names, list) or len(names) > MAX_NAMES:
         return None
     info = NodeInfo(node_id, region, link)
@@ -822,6 +833,8 @@ def _parse(
         if not (isinstance(item, list) and len(item) == 5):
             return None
         family, hostname, kind, rewrite, owner = item
+        if not (isinstance(family, str) and isinstance(kind, str)):
+            return None
         if family not in FAMILIES or kind not in KINDS or (family == "tcp") != (kind == "tcp"):
             return None
         if family == "tcp":
@@ -833,6 +846,22 @@ def _parse(
             return None
         out.append(RemoteName(family, hostname.lower(), kind, rewrite, info, owner))
     return info, out
+
+
+def _is_version(names_raw: bytes, version: str) -> bool:
+    """Whether ``names_raw`` is the names blob ``version`` (its digest's prefix) names."""
+    return hashlib.sha256(names_raw).hexdigest()[: len(version)] == version
+
+
+def _json(data: bytes, limit: int) -> Any:
+    """``data`` as JSON, or None when it is longer than ``limit``, not JSON, or nested
+    too deep for the parser (RecursionError, not a ValueError)."""
+    if len(data) > limit:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _is_port(text: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -58,6 +59,11 @@ def sees(node: Presence, family: str, hostname: str, holder: str) -> Callable[[]
         return found is not None and found.node.node_id == holder
 
     return check
+
+
+def digest(blob: bytes) -> str:
+    """The version a node key gives for its names blob ``blob``."""
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def raw_client(server: RedisServer) -> redis.Redis:
@@ -390,7 +396,8 @@ async def test_garbage_in_redis_is_ignored(
         "portname": {"region": "r1", "link": "h:1", "names": [["tcp", "a.com", "tcp", "", ""]]},
         "portkind": {"region": "r1", "link": "h:1", "names": [["tcp", "80", "http", "", ""]]},
         "kindtcp": {"region": "r1", "link": "h:1", "names": [["http", "a.com", "tcp", "", ""]]},
-        "versioned": {"region": "r1", "link": "h:1", "version": "v1", "count": 1},
+        # Its names key is the version it names, but not JSON.
+        "versioned": {"region": "r1", "link": "h:1", "version": digest(b"not json"), "count": 1},
     }
     with raw_client(redis_server) as r:
         r.set("relay:node:x", b"not json")
@@ -422,6 +429,70 @@ async def test_garbage_in_redis_is_ignored(
             names_b.append(("http", "b2.example.com", "http", "", ""))
             b.changed()
             await eventually(sees(a, "http", "b2.example.com", "b"), 0.5, "a sees b's change")
+
+
+async def test_a_poisoned_key_or_event_leaves_rereads_and_events_working(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Values no relay writes, each of which once raised out of the parser (a list where
+    a string goes; JSON nested past the parser's recursion limit): they are refused like
+    other garbage, and the reread that meets them still forgets a dead node, and the
+    subscriber that hears of them still hears the next event."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    listed = {"region": "r1", "link": "h:1", "names": [[["x"], "p.com", "http", "", ""]]}
+    got: list[dict[str, str]] = []
+    with raw_client(redis_server) as r:
+        r.set("relay:node:listed", json.dumps(listed))
+        r.set("relay:node:deep", deep)
+        r.set("relay:node:deepnames", json.dumps({"region": "r1", "link": "h:1",
+                                                  "version": digest(deep)}))  # fmt: skip
+        r.set("relay:names:deepnames", deep)
+        a = Presence(redis_server.url, A, list, heartbeat=0.2, ttl=1.0, on_event=got.append)
+        b = Presence(
+            redis_server.url, B, lambda: [("http", "b.example.com", "http", "", "")],
+            heartbeat=0.2, ttl=1.0,
+        )  # fmt: skip
+        async with running(a, b):
+            await eventually(sees(a, "http", "b.example.com", "b"), 3, "a sees b")
+            for node_id in ("listed", "deep", "deepnames"):
+                r.publish("relay:presence", node_id)
+            r.publish("relay:events", deep)
+            await b.publish_event({"event": "after"})
+            await eventually(lambda: got == [{"event": "after"}], 2, "a hears the next event")
+            assert a.nodes() == [B]
+            task = b._task
+            assert task is not None
+            task.cancel()  # b dies; its key expires after the ttl
+            await asyncio.wait([task])
+            await eventually(lambda: a.nodes() == [], 3, "a's rereads forget the dead b")
+            assert a.connected
+
+
+async def test_names_of_another_version_than_the_node_key_names_are_not_taken(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A node key and its names key are read in two calls, and the node may write both
+    in between: names whose digest is not the version the node key names are not put in
+    the table (they would stay there, stale, once the node went back to that version)."""
+    old = json.dumps([["http", "old.example.com", "http", "", "o"]]).encode()
+    new = json.dumps([["http", "new.example.com", "http", "", "o"]]).encode()
+    with raw_client(redis_server) as r:
+        r.set("relay:node:z", json.dumps({"region": "r1", "link": "h:1", "version": digest(old)}))
+        r.set("relay:names:z", new)  # z's next names, its node key not written yet
+        a = Presence(redis_server.url, A, list, heartbeat=0.2)
+        async with running(a):
+            await asyncio.sleep(0.5)  # rereads, each finding the mismatch
+            assert a.lookup("http", "new.example.com") is None
+            assert a.lookup("http", "old.example.com") is None
+            r.set("relay:names:z", old)
+            r.publish("relay:presence", "z")
+            await eventually(sees(a, "http", "old.example.com", "z"), 2, "a takes z's names")
+            r.set("relay:node:z", json.dumps({"region": "r1", "link": "h:1",
+                                              "version": digest(new)}))  # fmt: skip
+            r.set("relay:names:z", new)
+            r.publish("relay:presence", "z")
+            await eventually(sees(a, "http", "new.example.com", "z"), 2, "a takes the new ones")
+            assert a.lookup("http", "old.example.com") is None
 
 
 async def test_status_says_unreachable_while_redis_is_down(
