@@ -304,6 +304,10 @@ class _PendingHello:
         self.loop = loop
         self.deadline = loop.time() + front.hello_timeout
         self.timer: asyncio.TimerHandle | None = None
+        # The deadline holds for a visitor that never sends a byte too: without this
+        # timer only a read checked it, and a silent connection kept its descriptor
+        # for ever (enough of them and the port stops accepting).
+        self.expiry = loop.call_at(self.deadline, self.abandon)
         loop.add_reader(conn.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -331,6 +335,7 @@ class _PendingHello:
                 self._wait_more()
             return
         self.front.pending.discard(self)
+        self.expiry.cancel()
         self.front.dispatch(
             self.conn,
             hello.server_name,
@@ -353,6 +358,7 @@ class _PendingHello:
 
     def abandon(self) -> None:
         self.front.pending.discard(self)
+        self.expiry.cancel()
         if self.timer is not None:
             self.timer.cancel()
         with contextlib.suppress(ValueError, OSError):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import ssl
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.procs import Agent, EchoServer, Edge, SourceServer, echo_roundtrip, payload
+
+#: Connections opened to the TLS port that never send a byte.
+SILENT_VISITORS = 20
 
 
 def bound_agent(edge: Edge, upstream: int, agents: list[Agent]) -> int:
@@ -137,3 +142,34 @@ def test_visitor_that_never_reads_does_not_grow_edge_memory(
         assert grown < 48 * 1024 * 1024, grown
     finally:
         source.close()
+
+
+def test_visitors_silent_on_the_tls_port_are_cut_at_the_header_timeout(
+    tmp_path: Path, echo: EchoServer, agents: list[Agent]
+) -> None:
+    """Connections to the TLS port that never send a byte (no ClientHello) are closed
+    when the header timeout runs out, each of them; none keeps its descriptor, and a
+    visitor that does speak is served meanwhile."""
+    edge = Edge(tmp_path / "edge", extra=["--http-header-timeout", "1"]).start()
+    silent: list[socket.socket] = []
+    try:
+        port = bound_agent(edge, echo.port, agents)
+        assert edge.proc is not None
+        before = len(os.listdir(f"/proc/{edge.proc.pid}/fd"))
+        opened = time.monotonic()
+        for _ in range(SILENT_VISITORS):
+            silent.append(socket.create_connection(("127.0.0.1", edge.https_port), timeout=10))
+        data = payload(12, 100_000)
+        assert echo_roundtrip(port, data) == data  # others go on meanwhile
+        for sock in silent:
+            assert closed_by_peer(sock, timeout=5.0)
+        took = time.monotonic() - opened
+        assert 0.9 < took < 1.0 + 3.0, took
+        deadline = time.monotonic() + 5  # bounded: the edge closes its ends at once
+        while len(os.listdir(f"/proc/{edge.proc.pid}/fd")) > before:
+            assert time.monotonic() < deadline, "the edge kept silent visitors' descriptors"
+            time.sleep(0.05)
+    finally:
+        for sock in silent:
+            sock.close()
+        edge.stop()
