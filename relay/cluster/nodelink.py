@@ -139,6 +139,7 @@ class NodeLinks:
         self.route = route
         self._server_ctx = tls.server()
         self._client_ctx = tls.client()
+        self.tls = tls
         self.deliver = deliver
         self.mux = mux or NODE_LINK_MUX
         self._out: dict[str, _Outbound] = {}
@@ -153,6 +154,13 @@ class NodeLinks:
         #: certificate, another cluster's, an expired one, not TLS (counted where relay
         #: runs TLS on the socket itself; uvloop's TLS keeps its handshakes to itself).
         self.refused = 0
+
+    def reload_tls(self, tls: NodeTls) -> None:
+        """Use ``tls``'s certificate (the same cluster CA) for every handshake from now
+        on, both ways; links already up keep theirs."""
+        for ctx in (self._server_ctx, self._client_ctx):
+            ctx.load_cert_chain(tls.cert, tls.key)
+        self.tls = tls
 
     # --- listening (node B) ------------------------------------------------------------
 
@@ -200,19 +208,32 @@ class NodeLinks:
 
     async def _dial(self, out: _Outbound) -> None:
         host, _, port = out.address.rpartition(":")
+        dialler = _Dialler(self, out, self.loop.create_future())
+        link: Any = None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _transport, link = await connect_link(
                     self.loop,
-                    lambda: self.mux.new_link(_Dialler(self, out), self.loop, client=True),
+                    lambda: self.mux.new_link(dialler, self.loop, client=True),
                     host.strip("[]"),
                     int(port),
                     ssl_context=self._client_ctx,
                     server_hostname=NODE_NAME,
                     handshake_timeout=CONNECT_TIMEOUT,
                 )
+                # In TLS 1.3 this side's handshake is done before the other node has
+                # checked this node's certificate: a refusal (expired, another cluster's)
+                # comes as an alert after it. Only a ping answered proves the link, so no
+                # visitor is started on one about to be cut (each would get a reset, not
+                # the 503 a failed dial gives, and nothing would stop the next redial).
+                link.session.ping()
+                link.schedule_flush()
+                await dialler.proven
         except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
             log.warning("cannot link to node %s: %s", out.address, exc or "timed out")
+            dialler.proven.cancel()  # a loss after a timeout has nobody to tell
+            if link is not None:
+                link.close()
             out.dialling = False
             out.failed_at = time.monotonic()
             waiting, out.waiting = out.waiting, []
@@ -398,12 +419,15 @@ class _Again:
 
 
 class _Dialler:
-    """The dialling side's link handler: it opens streams; the other node opens none."""
+    """The dialling side's link handler: it opens streams; the other node opens none.
+    ``proven``: done at the first pong (the other node took this one's certificate),
+    failed if the link is lost before."""
 
-    def __init__(self, links: NodeLinks, out: _Outbound) -> None:
+    def __init__(self, links: NodeLinks, out: _Outbound, proven: asyncio.Future[None]) -> None:
         self.links = links
         self.out = out
         self.link: Any = None
+        self.proven = proven
 
     def link_made(self, link: Any) -> None:
         self.link = link
@@ -417,9 +441,14 @@ class _Dialler:
         self.links.link_lost(self.out, self.link)
 
     def pong(self, rtt_us: int) -> None:
-        pass
+        if not self.proven.done():
+            self.proven.set_result(None)
 
     def link_lost(self, exc: BaseException | None) -> None:
+        if not self.proven.done():
+            # Still being dialled: _dial says why (once), as for any failed dial.
+            self.proven.set_exception(ConnectionError(f"refused after the handshake: {exc}"))
+            return
         log.info("link to node %s lost: %s", self.out.address, exc or "closed")
         self.links.link_lost(self.out, self.link)
 

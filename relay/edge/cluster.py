@@ -50,6 +50,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.edge.cluster")
 
 
+#: A node certificate is valid this long and issued again this often: weeks of margin
+#: should issuing fail for a while (it is retried every NODE_CERT_RETRY).
+NODE_CERT_DAYS = 30
+NODE_CERT_RENEW_EVERY = 24 * 3600.0
+NODE_CERT_RETRY = 3600.0
+
+
 class ClusterNode:
     def __init__(self, edge: Edge) -> None:
         config = edge.config
@@ -76,12 +83,14 @@ class ClusterNode:
         #: Whether a bind went ahead on the table alone because Redis did not answer
         #: (logged once per outage).
         self._unclaimed_logged = False
+        self._renewal: asyncio.TimerHandle | None = None
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.edge.config
         ca_dir = config.cluster_ca_dir or config.data_dir / "cluster"
         tls = node_certificate(ca_dir, self.node_id)
         self.links = NodeLinks(loop, tls, self._deliver, self._route_joined)
+        self._renewal = loop.call_later(NODE_CERT_RENEW_EVERY, self.renew_certificate, ca_dir)
         host, port = parse_host_port(config.cluster_listen, what="cluster_listen")
         bound_host, bound_port = await self.links.listen(host, port + self.port_offset)
         advertise = _address(bound_host, bound_port)
@@ -120,7 +129,25 @@ class ClusterNode:
                 web.tls_front.region_of = self.region_of
         log.info("node %s of region %s: links at %s", self.node_id, self.region, advertise)
 
+    def renew_certificate(self, ca_dir: Path) -> None:
+        """Issue this node's certificate afresh and use it for new links: one issued at
+        start would expire under a node that runs longer than it is valid, and no node
+        could link to it, nor it to them, from then on."""
+        loop = asyncio.get_running_loop()
+        again = NODE_CERT_RENEW_EVERY
+        try:
+            tls = node_certificate(ca_dir, self.node_id)
+            if self.links is not None:
+                self.links.reload_tls(tls)
+            log.info("node certificate issued again (valid %d days)", NODE_CERT_DAYS)
+        except Exception:
+            log.exception("cannot issue the node certificate again; retrying in an hour")
+            again = NODE_CERT_RETRY
+        self._renewal = loop.call_later(again, self.renew_certificate, ca_dir)
+
     async def stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
         if self.ports is not None:
             self.ports.close()
         if self.presence is not None:
@@ -399,10 +426,11 @@ def owner_tag(token_id: str) -> str:
 
 
 def node_certificate(ca_dir: Path, node_id: str) -> NodeTls:
-    """This node's certificate from the cluster CA, issued afresh at every start (it
-    proves membership of the cluster; the CA stays on the node to do so)."""
+    """This node's certificate from the cluster CA, issued afresh at every start and
+    every NODE_CERT_RENEW_EVERY (it proves membership of the cluster; the CA stays on the
+    node to do so)."""
     ca = LocalCA.load_or_create(ca_dir)
-    chain, key = ca.issue_server_cert([NODE_NAME], [], days=30, client_auth=True)
+    chain, key = ca.issue_server_cert([NODE_NAME], [], days=NODE_CERT_DAYS, client_auth=True)
     nodes = ca_dir / "nodes"
     nodes.mkdir(mode=0o700, parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", node_id)

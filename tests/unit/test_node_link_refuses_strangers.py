@@ -547,10 +547,28 @@ def listen_as_impostor(listener: socket.socket, cert: NodeTls) -> Listened:
                     chunk = conn.recv(65536)
                     if not chunk:
                         break
+                    for opaque in pings_in(heard.received, chunk):
+                        conn.sendall(FRAME.pack(0, PING, ACK, 0, opaque))
                     heard.received += chunk
             except (ssl.SSLError, OSError):
                 pass
     return heard
+
+
+def pings_in(before: bytes, chunk: bytes) -> list[int]:
+    """The opaque values of the PING SYN frames that end in ``chunk`` (frames parsed from
+    the start of what was received): a dialling node starts no visitor on a link until
+    its first ping is answered."""
+    data, at, found = before + chunk, 0, []
+    while len(data) - at >= FRAME.size:
+        _version, kind, flags, _stream, length = FRAME.unpack_from(data, at)
+        size = FRAME.size + (length if kind == DATA else 0)
+        if len(data) - at < size:
+            break
+        if kind == PING and flags & SYN and at + size > len(before):
+            found.append(length)
+        at += size
+    return found
 
 
 IMPOSTORS = {
@@ -559,6 +577,71 @@ IMPOSTORS = {
     # the control: a member's certificate does get the visitor's bytes
     "member": ("member", True),
 }
+
+
+def test_a_node_whose_certificate_is_refused_after_its_handshake_fails_the_dial(
+    certs: Certificates, transport: str
+) -> None:
+    """In TLS 1.3 the dialling side's handshake completes before the listening node has
+    checked its certificate; the refusal is an alert after it. The dial still fails as
+    a dial: the visitor gets the failure callback (a 503 page, not a reset), the node is
+    not dialled again at once, and the listening node never sees the visitor."""
+
+    async def scenario() -> None:
+        async with listening_node(certs.b) as b, dialling_node(certs.expired) as a:
+            visitor, dialler_end = socket.socketpair()
+            failed: list[socket.socket] = []
+            try:
+                dialler_end.setblocking(False)
+                a.forward(b.address, VISITOR_HEADER.to_wire(), dialler_end, failed.append)
+                await eventually(lambda: bool(failed))
+                assert failed == [dialler_end]
+                assert a.failures == 1 and a.forwarded == 0
+                assert a.status()["links_out"] == []
+                assert a.unreachable(b.address)
+                again, again_end = socket.socketpair()
+                try:
+                    a.forward(b.address, VISITOR_HEADER.to_wire(), again_end, failed.append)
+                    assert failed == [dialler_end, again_end]  # at once: no second dial
+                finally:
+                    again.close()
+                assert b.nothing_delivered()
+            finally:
+                visitor.close()
+
+    run(scenario)
+
+
+def test_a_node_certificate_issued_again_is_shown_to_new_links(
+    certs: Certificates, transport: str, tmp_path: Path
+) -> None:
+    """``NodeLinks.reload_tls``, as a node calls it when it issues its certificate again
+    (ClusterNode.renew_certificate): new handshakes show the new certificate, both ways,
+    and visitors still cross over the link made before and over a new one."""
+
+    def shown_by(port: int) -> bytes:
+        ctx = stranger_context(certs.member)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with raw, ctx.wrap_socket(raw, server_hostname=NODE_NAME) as conn:
+            cert = conn.getpeercert(binary_form=True)
+            assert cert is not None
+            return cert
+
+    async def scenario() -> None:
+        async with listening_node(certs.b) as b, dialling_node(certs.a) as a:
+            await visitor_crosses(a, b, b"before")
+            first = await asyncio.to_thread(shown_by, b.port)
+            renewed = node_certificate(tmp_path / "cluster-ca", "node-b")
+            b.links.reload_tls(renewed)
+            second = await asyncio.to_thread(shown_by, b.port)
+            assert second != first
+            assert renewed.cert.read_bytes().startswith(ssl.DER_cert_to_PEM_cert(second).encode())
+            await visitor_crosses(a, b, b"after, same link")
+            async with dialling_node(certs.c) as c:
+                c.reload_tls(node_certificate(tmp_path / "cluster-ca", "node-c"))
+                await visitor_crosses(c, b, b"after, new link")
+
+    run(scenario)
 
 
 @pytest.mark.parametrize("impostor", list(IMPOSTORS))
