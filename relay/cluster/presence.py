@@ -62,6 +62,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar
@@ -228,6 +229,10 @@ class Presence:
         self._claims: NameClaims | None = None
         #: hostname -> owner tag: the claims this node holds in Redis.
         self._claimed: dict[str, str] = {}
+        #: (hostname, owner) -> binds that claimed it and have not settled: their names
+        #: are not in ``owned`` yet, and a write meanwhile must keep (refresh) the claim,
+        #: not release it, or another token could claim the name while the bind ends.
+        self._pending: Counter[tuple[str, str]] = Counter()
         #: Names held here that another owner claims (bound on both sides of an outage).
         self._conflicts: dict[str, str] = {}
 
@@ -271,8 +276,9 @@ class Presence:
             async with asyncio.timeout(STOP_TIMEOUT):
                 await client.delete(self._key, self._names_key)
                 await client.publish(PRESENCE_CHANNEL, self._me.node_id)
-                if self._claims is not None and self._claimed:
-                    await self._claims.release(self._claimed)
+                mine = {h: o for h, o in self._claimed.items() if not self._held_elsewhere(h, o)}
+                if self._claims is not None and mine:
+                    await self._claims.release(mine)
                     self._claimed = {}
         except REDIS_ERRORS as err:
             log.debug("cluster presence: could not delete %s on stop: %s", self._key, err)
@@ -291,8 +297,10 @@ class Presence:
     async def claim(self, hostname: str, owner: str) -> str | None:
         """Claim ``hostname`` for ``owner`` cluster-wide before binding it: None when it
         is this owner's now, else the owner tag that holds it. Raises
-        :class:`RelayError` when Redis cannot answer (the caller decides). A claim whose
-        bind then fails is released by the next write (or expires)."""
+        :class:`RelayError` when Redis cannot answer (the caller decides). After a None
+        the caller must call :meth:`settle` once its bind has ended, held or not: until
+        then the claim is kept; after, a claim whose bind failed is released by the next
+        write (or expires)."""
         claims = self._claims
         if claims is None:
             raise RelayError("cluster presence is not started")
@@ -306,7 +314,17 @@ class Presence:
         if host in refused:
             return refused[host]
         self._claimed[host] = owner
+        self._pending[(host, owner)] += 1
         return None
+
+    def settle(self, hostname: str, owner: str) -> None:
+        """A bind that :meth:`claim` let go ahead has ended (its name is in ``owned`` now,
+        or the bind failed)."""
+        key = (hostname.lower(), owner)
+        if self._pending[key] > 1:
+            self._pending[key] -= 1
+        else:
+            self._pending.pop(key, None)
 
     def lookup(
         self,
@@ -475,6 +493,8 @@ class Presence:
             held = {h.lower(): o for h, o in self._owned().items()}
         else:
             held = {h.lower(): o for _f, h, _k, _r, o in names}
+        for host, owner in self._pending:
+            held.setdefault(host, owner)  # a bind in flight: its claim is kept
         await self._keep_claims(held)
 
     async def _keep_claims(self, held: dict[str, str]) -> None:
@@ -484,7 +504,11 @@ class Presence:
         assert self._claims is not None
         # Taken with ``held``, before any await: a claim made while this write waits is
         # for a bind not in ``held`` yet, and is not this write's to release.
-        gone = {h: o for h, o in self._claimed.items() if held.get(h) != o}
+        gone = {
+            h: o
+            for h, o in self._claimed.items()
+            if held.get(h) != o and not self._held_elsewhere(h, o)
+        }
         refused = await self._claims.claim(held)
         if gone:
             await self._claims.release(gone)
@@ -503,6 +527,19 @@ class Presence:
             else:
                 self._claimed[host] = owner
         self._conflicts = {h: refused[h] for h in held if h in refused}
+
+    def _held_elsewhere(self, claim_key: str, owner: str) -> bool:
+        """Whether another node holds ``claim_key`` (a hostname, or ``tcp:<port>``) for
+        ``owner``: links and pool members of one token on several nodes share a claim,
+        and one of them leaving must not release it under the others (the next
+        heartbeat of one would claim it again, but another token could claim it first)."""
+        if claim_key.startswith("tcp:"):
+            keys = [("tcp", claim_key[4:])]
+        else:
+            keys = [("http", claim_key), ("sni", claim_key)]
+        return any(
+            name.owner == owner for key in keys for name in self._table.get(key, {}).values()
+        )
 
     async def _refresh(self) -> None:
         """Reread every node key and make the table say what they say."""

@@ -219,26 +219,35 @@ class ClusterNode:
             for e in list(self.edge.endpoints.values())
         }
 
-    async def claim_name(self, hostname: str, token_id: str) -> None:
+    async def claim_name(self, hostname: str, token_id: str) -> bool:
         """A name has one owner across the cluster, as on one edge: another token's bind
         of a name a node holds is refused (links and pool members of the same token, on
         several nodes, share it). First the table, which names the node; then the claim
         in Redis, atomic, so of two binds on two nodes at the same instant one wins.
         While Redis does not answer, the table alone decides (binds go on; a clash made
-        meanwhile is logged when Redis is back)."""
-        await self._claim(("http", "sni"), hostname, hostname, token_id, hostname)
+        meanwhile is logged when Redis is back). True when a claim was made: the caller
+        then calls :meth:`settle_name` once the bind has ended, held or not."""
+        return await self._claim(("http", "sni"), hostname, hostname, token_id, hostname)
 
-    async def claim_port(self, port: int, token_id: str) -> None:
+    def settle_name(self, hostname: str, token_id: str) -> None:
+        if self.presence is not None:
+            self.presence.settle(hostname, owner_tag(token_id))
+
+    async def claim_port(self, port: int, token_id: str) -> bool:
         """A TCP port has one owner across the cluster, as a name has (its visitors may
-        reach any node of the region)."""
-        await self._claim(("tcp",), str(port), f"tcp:{port}", token_id, f"tcp port {port}")
+        reach any node of the region). True as for :meth:`claim_name`."""
+        return await self._claim(("tcp",), str(port), f"tcp:{port}", token_id, f"tcp port {port}")
+
+    def settle_port(self, port: int, token_id: str) -> None:
+        if self.presence is not None:
+            self.presence.settle(f"tcp:{port}", owner_tag(token_id))
 
     async def _claim(
         self, families: tuple[str, ...], name: str, key: str, token_id: str, shown: str
-    ) -> None:
+    ) -> bool:
         presence = self.presence
         if presence is None:
-            return
+            return False
         owner = owner_tag(token_id)
         for family in families:
             remote = presence.lookup(family, name)
@@ -252,10 +261,11 @@ class ClusterNode:
             if not self._unclaimed_logged:
                 self._unclaimed_logged = True
                 log.warning("binding names on this node's table alone: %s", err)
-            return
+            return False
         self._unclaimed_logged = False
         if holder is not None:
             raise EndpointAlreadyBound(f"{shown} is bound by another token (in the cluster)")
+        return True
 
     # --- which node ----------------------------------------------------------------
 

@@ -720,49 +720,64 @@ class Edge:
             except BaseException:
                 self.ports.release(candidate)
                 raise
+            claimed = False
             if self.cluster is not None:
                 try:
-                    await self.cluster.claim_port(candidate, session.token_id)
+                    claimed = await self.cluster.claim_port(candidate, session.token_id)
                 except BaseException as exc:
                     self.ports.release(candidate)
                     self.report(f"tcp:{candidate}")  # the workers' claim is given up
                     if isinstance(exc, EndpointAlreadyBound) and candidate != port:
                         continue  # another node's port: try the next
                     raise
-                if self.cluster.ports is not None:
-                    self.cluster.ports.give_up(candidate)  # it listened for another node
-            endpoint = TcpEndpoint(
-                "ep_" + secrets.token_hex(6),
-                candidate,
-                holder,
-                self.config.public_host,
-                self.metrics.visitors_refused.labels("tcp", "no_agent"),
-            )
-            endpoint.log_access = self.access_log is not None
-            if self.worker is not None:
-                endpoint.hand_off = self.worker.tcp_handed_off
             try:
-                await endpoint.listen(self.config.tcp_bind, reuse_port=self.worker is not None)
+                endpoint = await self._listen_tcp(session, holder, candidate)
             except OSError as exc:
-                self.ports.release(candidate)
-                self.report(endpoint.key)  # what was claimed for it is given up
                 last_error = exc
                 continue
-            except BaseException:
-                endpoint.close()
-                self.ports.release(candidate)
-                self.report(endpoint.key)
-                raise
-            # Only now: a port that would not bind must not use up a series.
-            endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, "tcp")
-            self.registry.claim(endpoint.key, holder)
-            self.endpoints[endpoint.endpoint_id] = endpoint
-            self.by_key[endpoint.key] = endpoint
-            session.endpoints[endpoint.endpoint_id] = endpoint
-            self.report(endpoint.key)
-            log.info("session %s bound %s", session.session_id, endpoint.url)
+            finally:
+                if claimed and self.cluster is not None:
+                    self.cluster.settle_port(candidate, session.token_id)
             return endpoint
         raise PortUnavailable(f"cannot listen on tcp port(s) {candidates[:3]}…: {last_error}")
+
+    async def _listen_tcp(
+        self, session: AgentSession, holder: Holder, candidate: int
+    ) -> TcpEndpoint:
+        """Listen on ``candidate``, claimed: the endpoint, registered; OSError (the port
+        released, what was claimed for it given up) when it will not bind."""
+        if self.cluster is not None and self.cluster.ports is not None:
+            self.cluster.ports.give_up(candidate)  # it listened for another node
+        endpoint = TcpEndpoint(
+            "ep_" + secrets.token_hex(6),
+            candidate,
+            holder,
+            self.config.public_host,
+            self.metrics.visitors_refused.labels("tcp", "no_agent"),
+        )
+        endpoint.log_access = self.access_log is not None
+        if self.worker is not None:
+            endpoint.hand_off = self.worker.tcp_handed_off
+        try:
+            await endpoint.listen(self.config.tcp_bind, reuse_port=self.worker is not None)
+        except OSError:
+            self.ports.release(candidate)
+            self.report(endpoint.key)  # what was claimed for it is given up
+            raise
+        except BaseException:
+            endpoint.close()
+            self.ports.release(candidate)
+            self.report(endpoint.key)
+            raise
+        # Only now: a port that would not bind must not use up a series.
+        endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, "tcp")
+        self.registry.claim(endpoint.key, holder)
+        self.endpoints[endpoint.endpoint_id] = endpoint
+        self.by_key[endpoint.key] = endpoint
+        session.endpoints[endpoint.endpoint_id] = endpoint
+        self.report(endpoint.key)
+        log.info("session %s bound %s", session.session_id, endpoint.url)
+        return endpoint
 
     async def _bind_host(self, session: AgentSession, request: Bind) -> HostEndpoint:
         assert session.token_id is not None and session.agent_id is not None
@@ -786,19 +801,23 @@ class Edge:
             )
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
-        if self.cluster is not None:
-            await self.cluster.claim_name(hostname, record.id)
-        if request.kind == "https":
-            self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now, not never
-        holder = Holder(
-            session.token_id, session.agent_id, session, session.link_index, request.pool
-        )
-        key = f"{family}:{hostname}"
-        await self._claim(key, holder)
+        claimed = self.cluster is not None and await self.cluster.claim_name(hostname, record.id)
         try:
-            return self._bind_host_claimed(session, request, hostname, family, holder)
+            if request.kind == "https":
+                self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now
+            holder = Holder(
+                session.token_id, session.agent_id, session, session.link_index, request.pool
+            )
+            key = f"{family}:{hostname}"
+            await self._claim(key, holder)
+            try:
+                return self._bind_host_claimed(session, request, hostname, family, holder)
+            finally:
+                self.report(key)  # what this worker holds now, whether the bind held or not
         finally:
-            self.report(key)  # what this worker holds now, whether the bind held or not
+            if claimed and self.cluster is not None:
+                # Held (in the cluster's ``owned`` now) or failed: the claim is settled.
+                self.cluster.settle_name(hostname, record.id)
 
     def _bind_host_claimed(
         self, session: AgentSession, request: Bind, hostname: str, family: str, holder: Holder

@@ -68,6 +68,7 @@ async def test_of_two_simultaneous_claims_by_two_owners_one_wins(
         refused_by = await n.claim(host, owner)
         if refused_by is None:
             held[host] = owner
+            n.settle(host, owner)
             n.changed()
         return refused_by
 
@@ -116,6 +117,7 @@ async def test_a_held_name_keeps_its_claim_and_a_name_given_up_frees_it(
     async with running(a, b):
         assert await a.claim("kept.example.com", "owner-a") is None
         owned_a["kept.example.com"] = "owner-a"
+        a.settle("kept.example.com", "owner-a")  # the bind is done
         a.changed()
         # Three ttls later the claim is still there: each heartbeat refreshes it.
         await asyncio.sleep(3.0)
@@ -137,15 +139,72 @@ async def test_a_bind_that_failed_after_its_claim_gives_it_back(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     """The claim comes before the bind; a bind refused after it (e.g. a name taken here
-    as another kind) holds no name, so the next write releases the claim."""
+    as another kind) holds no name, so the next write after it settled releases the
+    claim."""
     a = node(redis_server, A, {})
     client = raw_client(redis_server)
     async with running(a):
         assert await a.claim("failed.example.com", "owner-a") is None
+        a.settle("failed.example.com", "owner-a")
         a.changed()
         await eventually(
             lambda: held_by(client, "failed.example.com") is None, 2, "the claim is released"
         )
+
+
+async def test_a_claim_whose_bind_is_in_flight_is_kept_until_the_bind_settles(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Between its claim and its name showing in ``owned`` a bind waits (the workers'
+    supervisor, a listen): writes meanwhile must keep the claim, or another token on
+    another node could claim the name and both would serve it."""
+    a, b = node(redis_server, A, {}), node(redis_server, B, {})
+    client = raw_client(redis_server)
+    async with running(a, b):
+        assert await a.claim("inflight.example.com", "owner-a") is None
+        a.changed()
+        await asyncio.sleep(0.7)  # writes and heartbeats (every 0.2 s) meanwhile
+        assert held_by(client, "inflight.example.com") == b"owner-a"
+        assert await b.claim("inflight.example.com", "owner-b") == "owner-a"
+        a.settle("inflight.example.com", "owner-a")  # the bind failed after all
+        a.changed()
+        await eventually(
+            lambda: held_by(client, "inflight.example.com") is None, 2, "released once settled"
+        )
+        assert await b.claim("inflight.example.com", "owner-b") is None
+
+
+async def test_a_node_giving_up_a_shared_name_leaves_the_claim_to_the_others(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Pool members (or links) of one token on two nodes share a name's claim: the node
+    whose member leaves must not release it while the other still serves the name. The
+    other node writes rarely here, so it would not claim the name back in time."""
+    name = ("http", "pool.example.com", "http", "", "owner-x")
+    names_a = [name]
+    owned_a = {"pool.example.com": "owner-x"}
+    a = Presence(
+        redis_server.url, A, lambda: list(names_a), heartbeat=0.2, ttl=1.0,
+        owned=lambda: dict(owned_a),
+    )  # fmt: skip
+    b = Presence(
+        redis_server.url, B, lambda: [name], heartbeat=0.9, ttl=3.0,
+        owned=lambda: {"pool.example.com": "owner-x"},
+    )  # fmt: skip
+    c = node(redis_server, NodeInfo("c", "r1", "10.0.0.3:7443"), {})
+    client = raw_client(redis_server)
+    async with running(a, b, c):
+        assert await a.claim("pool.example.com", "owner-x") is None
+        a.settle("pool.example.com", "owner-x")
+        assert await b.claim("pool.example.com", "owner-x") is None
+        b.settle("pool.example.com", "owner-x")
+        await eventually(lambda: a.lookup("http", "pool.example.com") is not None, 3, "a sees b")
+        names_a.clear()
+        owned_a.clear()
+        a.changed()
+        await asyncio.sleep(0.5)  # a's writes, none of b's
+        assert held_by(client, "pool.example.com") == b"owner-x"
+        assert await c.claim("pool.example.com", "owner-y") == "owner-x"
 
 
 async def test_a_dead_nodes_claims_expire(redis_server: RedisServer) -> None:  # noqa: F811
