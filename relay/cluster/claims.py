@@ -15,6 +15,11 @@ the rules a single edge keeps (relay/edge/members.py), across workers:
 
 ``live``, per worker, says whether its session(s) for the key are up: visitors are
 handed only to workers that hold a key live.
+
+A dead worker's orphaned keys are forgotten when its grace runs out, but only those
+orphaned by the run of the worker that died: a key its restarted worker bound again and
+then orphaned afresh waits out a full grace of its own (the new run's orphan timer, or
+the grace of that run's death), never the rest of the earlier death's.
 """
 
 from __future__ import annotations
@@ -38,12 +43,29 @@ class Claim:
     members: list[Member] = field(default_factory=list)
     #: worker -> whether its members of the key are live (False: orphaned, in grace).
     live: dict[int, bool] = field(default_factory=dict)
+    #: worker -> the run of that worker (ClaimTable.worker_down) in which its members of
+    #: the key were orphaned; exactly the workers ``live`` says False of.
+    orphaned_in: dict[int, int] = field(default_factory=dict)
 
     def live_workers(self) -> list[int]:
         return sorted(w for w, up in self.live.items() if up)
 
     def live_members(self) -> list[Member]:
         return [m for m in self.members if self.live.get(m.worker)]
+
+    def hold_live(self, worker: int) -> None:
+        self.live[worker] = True
+        self.orphaned_in.pop(worker, None)
+
+    def orphan(self, worker: int, run: int) -> None:
+        # Still orphaned keeps its first run: the grace counts from the first orphaning.
+        if self.live.get(worker) is not False:
+            self.orphaned_in[worker] = run
+        self.live[worker] = False
+
+    def let_go(self, worker: int) -> None:
+        self.live.pop(worker, None)
+        self.orphaned_in.pop(worker, None)
 
 
 @dataclass(frozen=True)
@@ -54,9 +76,23 @@ class Verdict:
     dropped: tuple[Member, ...] = ()
 
 
+@dataclass(frozen=True)
+class WorkerDown:
+    """A worker's death as the table took it: hand it to ``forget_orphans`` once the
+    reclaim grace has run out."""
+
+    worker: int
+    #: Which run of the worker died (0 for its first process, one more per death).
+    run: int
+    #: The keys whose live workers changed: every worker is told where they are now.
+    changed: list[str]
+
+
 class ClaimTable:
     def __init__(self) -> None:
         self._claims: dict[str, Claim] = {}
+        #: worker -> its run now: how many times it died.
+        self._runs: dict[int, int] = {}
 
     def claim(self, key: str, token: str, member: Member) -> Verdict:
         sibling = self._claims.get(_sibling(key))
@@ -83,10 +119,10 @@ class ClaimTable:
         if not (same_agent or pool):
             return Verdict(False, f"{key} is bound by another agent session")
         current.members = [*others, member]
-        current.live[member.worker] = True
+        current.hold_live(member.worker)
         for gone in same_link:  # a worker that kept no member of the key holds it no more
             if not any(m.worker == gone.worker for m in current.members):
-                current.live.pop(gone.worker, None)
+                current.let_go(gone.worker)
         return Verdict(True, dropped=tuple(m for m in same_link if m.worker != member.worker))
 
     def apply_state(
@@ -102,7 +138,7 @@ class ClaimTable:
         if not members:
             if current is None or worker not in current.live:
                 return "same"
-            del current.live[worker]
+            current.let_go(worker)
             current.members = [m for m in current.members if m.worker != worker]
             if not current.live:
                 del self._claims[key]
@@ -122,29 +158,41 @@ class ClaimTable:
         current.members = [
             m for m in current.members if m.worker != worker and (m.agent, m.link) not in places
         ] + mine
-        current.live[worker] = live
+        if live:
+            current.hold_live(worker)
+        else:
+            current.orphan(worker, self._runs.get(worker, 0))
         return "same" if before == (mine, live) else "changed"
 
     def release(self, worker: int, key: str) -> bool:
         """``worker`` no longer holds ``key``; True if it did."""
         return self.apply_state(worker, key, "", [], False) == "changed"
 
-    def worker_down(self, worker: int) -> list[str]:
+    def worker_down(self, worker: int) -> WorkerDown:
         """``worker`` died: its members stay, orphaned (not live), so that the names it
-        held wait for their agents as on one edge; the keys whose live workers changed."""
+        held wait for their agents as on one edge. Its next process is its next run."""
+        run = self._runs.get(worker, 0)
+        self._runs[worker] = run + 1
         changed = []
         for key, claim in self._claims.items():
             if claim.live.get(worker):
-                claim.live[worker] = False
+                claim.orphan(worker, run)
                 changed.append(key)
-        return changed
+        return WorkerDown(worker, run, changed)
 
-    def forget_orphans(self, worker: int, keys: list[str]) -> list[str]:
-        """The grace of a dead ``worker``'s ``keys`` ran out: those it still holds
-        without a live member go (a restarted worker that bound one again keeps it)."""
-        gone = [k for k in keys if self.holders(k).get(worker) is False]
+    def forget_orphans(self, down: WorkerDown) -> list[str]:
+        """The grace of ``down`` ran out: the keys its worker still holds orphaned since
+        that run or before go, and are returned. Those orphaned before the death go too,
+        because the orphan timer the worker kept for them died with it. A key a later
+        run bound again stays, live or orphaned afresh (then it waits out its own
+        grace)."""
+        gone = []
+        for key, claim in self._claims.items():
+            orphaned_in = claim.orphaned_in.get(down.worker)
+            if orphaned_in is not None and orphaned_in <= down.run:
+                gone.append(key)
         for key in gone:
-            self.release(worker, key)
+            self.release(down.worker, key)
         return gone
 
     def live_workers(self, key: str) -> list[int]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.cluster.channel import Channel, Message, socket_pair
-from relay.cluster.claims import ClaimTable, Member
+from relay.cluster.claims import ClaimTable, Member, WorkerDown
 from relay.cluster.place import WORKER_ENV, WorkerPlace
 from relay.cluster.supervisor_admin import WorkerView
 
@@ -228,11 +228,13 @@ class Supervisor:
             worker.channel = None
         # Its names wait for their agents (reconnecting to any worker) for the grace an
         # orphaned endpoint gets on one edge; nobody else's agent takes them meanwhile.
-        orphaned = self.table.worker_down(worker.index)
-        for key in orphaned:
+        # The timer is for this death only: what the restarted worker orphans afresh
+        # waits out a grace of its own.
+        down = self.table.worker_down(worker.index)
+        for key in down.changed:
             self._tell_where(key)
         loop = asyncio.get_running_loop()
-        loop.call_later(self.reclaim_grace, self._forget, worker.index, orphaned)
+        loop.call_later(self.reclaim_grace, self._forget, down)
         if self._stopping:
             return
         if not self._announced:
@@ -265,8 +267,8 @@ class Supervisor:
                 continue
             return
 
-    def _forget(self, index: int, keys: list[str]) -> None:
-        for key in self.table.forget_orphans(index, keys):
+    def _forget(self, down: WorkerDown) -> None:
+        for key in self.table.forget_orphans(down):
             self._tell_where(key)
 
     # --- messages -----------------------------------------------------------------------

@@ -83,10 +83,11 @@ def test_a_dead_workers_names_wait_for_their_agents_then_are_free() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1"))
     table.claim("tcp:20001", "t1", Member(1, "agent1"))
-    assert table.worker_down(0) == ["http:a.example"]
+    down = table.worker_down(0)
+    assert down.changed == ["http:a.example"]
     # Within the grace: another token is refused, the agent itself (on any worker) not.
     assert not table.claim("http:a.example", "t2", Member(2, "agent2")).granted
-    assert table.forget_orphans(0, ["http:a.example"]) == ["http:a.example"]
+    assert table.forget_orphans(down) == ["http:a.example"]
     assert table.claim("http:a.example", "t2", Member(2, "agent2")).granted
     assert table.live_workers("tcp:20001") == [1]
 
@@ -94,11 +95,44 @@ def test_a_dead_workers_names_wait_for_their_agents_then_are_free() -> None:
 def test_a_dead_workers_agent_coming_back_keeps_its_name_past_the_grace() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1"))
-    table.worker_down(0)
+    down = table.worker_down(0)
     verdict = table.claim("http:a.example", "t1", Member(1, "agent1"))
     assert verdict.granted and verdict.dropped == (Member(0, "agent1"),)
-    assert table.forget_orphans(0, ["http:a.example"]) == []
+    assert table.forget_orphans(down) == []
     assert table.live_workers("http:a.example") == [1]
+
+
+def test_a_name_orphaned_afresh_after_a_restart_outlives_the_earlier_deaths_grace() -> None:
+    """Worker 1 dies; restarted, it takes its agent back, whose link then drops: the name
+    is orphaned anew, and the timer of the first death must not free it for another
+    token (on one edge it is refused for a full grace from the new orphaning)."""
+    table = ClaimTable()
+    table.claim("http:a.example", "t1", Member(1, "agent1"))
+    first_death = table.worker_down(1)
+    assert table.claim("http:a.example", "t1", Member(1, "agent1")).granted
+    assert orphaned(table, 1, "http:a.example", "t1", Member(1, "agent1")) == "changed"
+    assert table.forget_orphans(first_death) == []
+    assert table.holders("http:a.example") == {1: False}
+    verdict = table.claim("http:a.example", "t2", Member(0, "agent2"))
+    assert not verdict.granted and "another token" in verdict.why
+    # The worker's own orphan timer frees it when its grace runs out; or, should the
+    # worker die first, the grace of that death does.
+    second_death = table.worker_down(1)
+    assert second_death.changed == []
+    assert table.forget_orphans(second_death) == ["http:a.example"]
+    assert table.claim("http:a.example", "t2", Member(0, "agent2")).granted
+
+
+def test_a_name_orphaned_before_its_worker_died_goes_with_that_deaths_grace() -> None:
+    """The worker kept the orphan's timer, and it died with the worker: the grace of the
+    death frees the name, which no restarted worker knows of."""
+    table = ClaimTable()
+    table.claim("tcp:20001", "t1", Member(0, "agent1"))
+    orphaned(table, 0, "tcp:20001", "t1", Member(0, "agent1"))
+    down = table.worker_down(0)
+    assert down.changed == []
+    assert table.forget_orphans(down) == ["tcp:20001"]
+    assert table.held_keys() == []
 
 
 def test_a_reports_last_word_wins_over_a_claim_it_crossed() -> None:
@@ -190,10 +224,11 @@ class ClaimsMachine(RuleBasedStateMachine):
 
     @rule(worker=WORKERS)
     def worker_down_and_forgotten(self, worker: int) -> None:
-        keys = self.table.worker_down(worker)
-        assert all(self.table.holders(k).get(worker) is False for k in keys)
-        self.table.forget_orphans(worker, keys)
-        assert all(worker not in self.table.holders(k) for k in keys)
+        down = self.table.worker_down(worker)
+        assert all(self.table.holders(k).get(worker) is False for k in down.changed)
+        self.table.forget_orphans(down)
+        for key in self.table.held_keys():
+            assert self.table.holders(key).get(worker) is None, f"{key} outlived its grace"
 
     @invariant()
     def one_owner(self) -> None:
@@ -201,6 +236,8 @@ class ClaimsMachine(RuleBasedStateMachine):
         for key, claim in claims.items():
             assert claim.live, f"{key} kept with no holding worker"
             assert {m.worker for m in claim.members} <= set(claim.live)
+            orphaned_on = {worker for worker, up in claim.live.items() if not up}
+            assert set(claim.orphaned_in) == orphaned_on, f"{key}: orphaned, but since when?"
             places = [(m.agent, m.link) for m in claim.members]
             assert len(places) == len(set(places)), f"{key}: a link in two places"
             name = key.partition(":")[2]
