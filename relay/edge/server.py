@@ -967,6 +967,8 @@ class Edge:
         # (or any agent of the token, once no member is live) takes its place.
         try:
             replaced = members.admit(endpoint, holder)  # raises if not ours to share or take
+            if replaced is None and self.worker is not None:
+                self.worker.check_member_room(endpoint)  # a report of the key must still fit
         except BindError:
             self.report(endpoint.key)  # a claim granted for it must not outlive the refusal
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,14 @@ AUTH_FAILURE_REASONS = {
 GUESSING_CODES = frozenset(("RLY_101", "RLY_102", "RLY_103"))
 #: Links one agent may hold at once (``--links``): cloudflared holds 4.
 MAX_AGENT_LINKS = 16
+#: The longest agent id (the agent's own is ``a_`` and 16 hex digits). Every member of
+#: an endpoint is reported with its agent id in one bounded message between an edge's
+#: workers (relay/edge/worker.py derives how many members fit from this).
+MAX_AGENT_ID = 64
+#: Visible ASCII only: an id is logged, shown on /status and sent as JSON, where a control
+#: character, a space or a non-ASCII character (escaped to 6 or 12 bytes) would mislead
+#: or grow it.
+AGENT_ID_RE = re.compile(rf"[!-~]{{1,{MAX_AGENT_ID}}}")
 
 
 class AgentSession:
@@ -241,6 +250,12 @@ class AgentSession:
         assert self.control is not None
         if not 0 <= auth.link < MAX_AGENT_LINKS:
             raise ProtocolViolation(f"auth: link {auth.link} is not 0..{MAX_AGENT_LINKS - 1}")
+        if AGENT_ID_RE.fullmatch(auth.agent_id) is None:
+            # Refused before the token is verified: a malformed message costs no lookup.
+            raise ProtocolViolation(
+                f"auth: agent_id must be 1 to {MAX_AGENT_ID} visible ASCII characters "
+                f"(no spaces or control characters), not {auth.agent_id[:MAX_AGENT_ID]!r}"
+            )
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -267,7 +282,7 @@ class AgentSession:
             self._refuse(exc)
             return False
         self.token_id = record.id
-        self.agent_id = auth.agent_id[:128]
+        self.agent_id = auth.agent_id
         self.link_index = auth.link
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()

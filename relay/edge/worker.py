@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import signal
@@ -29,13 +30,15 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from relay.cluster.channel import Channel, Message
+from relay.cluster.channel import MAX_MESSAGE, Channel, ChannelError, Message, encode
 from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
 from relay.cluster.place import WorkerPlace
+from relay.control.tokens import ID_LENGTH
 from relay.edge.cluster_asks import ClusterAsks
-from relay.edge.members import hands_over
+from relay.edge.members import Pooled, hands_over
 from relay.edge.registry import Holder
 from relay.edge.routes import HostEndpoint, HostRoutes
+from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
 from relay.edge.tcp import TcpEndpoint
 from relay.edge.worker_asks import SiblingWire
 from relay.errors import BindError, EndpointAlreadyBound
@@ -47,6 +50,35 @@ log = logging.getLogger("relay.edge.worker")
 
 #: How long a bind waits for the supervisor's answer.
 CLAIM_TIMEOUT = 5.0
+#: The longest host name a bind is given (relay/edge/server.py ``_hostname_for``).
+MAX_HOSTNAME = 253
+#: Distinct sets of workers kept for sharing (``_worker_sets``). An edge of 8 workers has
+#: at most 128 sets of the 7 others; past this the cache starts again: names keep their
+#: tuples, only later ones share less. The supervisor's ``where`` is what fills it, and
+#: without a bound every set ever seen stays.
+MAX_WORKER_SETS = 1024
+
+
+def _most_members_per_key() -> int:
+    """How many members of one key a ``state`` report may name and still be one channel
+    message, whoever they are: the longest key and token id, and members with the longest
+    agent id JSON escapes most (every character a quote, two bytes each), on the highest
+    link, not pooled. A member more would make the report unsendable, so the supervisor
+    would never hear of the key again."""
+    bare = {
+        "op": "state",
+        "key": "http:" + "x" * MAX_HOSTNAME,
+        "token": "t" * ID_LENGTH,
+        "members": [],
+        "live": False,
+    }
+    worst = ['"' * MAX_AGENT_ID, MAX_AGENT_LINKS - 1, False]
+    each = len(json.dumps(worst, separators=(",", ":"))) + len(",")
+    return (MAX_MESSAGE - len(encode(bare))) // each
+
+
+#: Members (links of one agent, pooled agents) one key may have on a worker.
+MAX_MEMBERS_PER_KEY = _most_members_per_key()
 
 
 @dataclass(slots=True)
@@ -83,7 +115,8 @@ class EdgeWorker:
         #: Claims whose bind stopped waiting (timed out, cancelled): key by claim id.
         self._abandoned: dict[int, str] = {}
         #: One tuple per set of workers, shared by every name they hold (a table of
-        #: 10,000 names by 7 other workers holds a handful of tuples, not 10,000).
+        #: 10,000 names by 7 other workers holds a handful of tuples, not 10,000); at
+        #: most MAX_WORKER_SETS of them.
         self._worker_sets: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._remote_tcp: dict[str, RemoteEndpoint] = {}
         self.remote_http: HostRoutes[RemoteEndpoint] = HostRoutes()
@@ -170,11 +203,22 @@ class EdgeWorker:
         if not answer.get("ok"):
             raise EndpointAlreadyBound(str(answer.get("why") or f"{key} is bound elsewhere"))
 
+    def check_member_room(self, endpoint: Pooled) -> None:
+        """BindError when ``endpoint`` has as many members as a report of its key may
+        name (MAX_MEMBERS_PER_KEY): asked before a session joins it as one more member."""
+        if len(endpoint.members) >= MAX_MEMBERS_PER_KEY:
+            raise BindError(
+                f"{endpoint.key} has {len(endpoint.members)} members (links and pooled "
+                f"agents), the most one endpoint may have on a worker of this edge"
+            )
+
     def report(self, key: str, token_id: str, members: list[Holder], live: bool) -> None:
         """Everything this worker holds of ``key`` now (no members: nothing). Sent after
         every change, so the supervisor's table ends up as the workers are, whatever
-        crossed on the way."""
-        if self.channel is not None:
+        crossed on the way. Never raises: it is called while sessions are cleaned up."""
+        if self.channel is None:
+            return
+        try:
             self.channel.send(
                 {
                     "op": "state",
@@ -184,6 +228,10 @@ class EdgeWorker:
                     "live": live,
                 }
             )
+        except ChannelError as exc:
+            # Unreachable while binds keep to MAX_MEMBERS_PER_KEY; if not, the cleanup
+            # that called this must still finish (the supervisor's table lags instead).
+            log.error("the state of %s (%d members) was not reported: %s", key, len(members), exc)
 
     # --- from the supervisor --------------------------------------------------------------
 
@@ -222,6 +270,8 @@ class EdgeWorker:
     def _where(self, key: str, workers: tuple[int, ...]) -> None:
         family, _, hostname = key.partition(":")
         family = sys.intern(family)  # one "http" for all, not a copy per name
+        if len(self._worker_sets) >= MAX_WORKER_SETS and workers not in self._worker_sets:
+            self._worker_sets.clear()
         workers = self._worker_sets.setdefault(workers, workers)
         if family == "tcp":
             # Accepted where a member is (only those workers listen); handed over only
