@@ -337,10 +337,11 @@ class Presence:
         """Which other node holds ``hostname`` on the ``family`` front: the exact name,
         else the wildcard with the longest suffix (``*.a.example.com`` before
         ``*.example.com``; a wildcard covers one label or more). No I/O. Of several
-        holders, one ``avoid`` says no to comes last (a node that cannot be reached: its
-        key outlives it by up to ``ttl``, while its agents bind again elsewhere), then
-        those of other regions. Among the best, ``rotate`` lookups take turns (round
-        robin: one per visitor sent on); others get the first by node id."""
+        holders, those of this region come first, and within a region one ``avoid`` says
+        no to comes last (a node that cannot be reached: its key outlives it by up to
+        ``ttl``, while its agents bind again elsewhere). Among the best, ``rotate``
+        lookups take turns (round robin: one per visitor sent on); others get the first
+        by node id."""
         host = hostname.lower()
         if len(host) > MAX_HOSTNAME:
             return None
@@ -750,7 +751,11 @@ class Presence:
             return next(iter(holders.values()))
 
         def rank(n: RemoteName) -> tuple[bool, bool]:
-            return (avoid is not None and avoid(n.node), n.node.region != self._me.region)
+            # This region first, reachable or not: no visitor is ever carried to another
+            # region, so a holder there only says "refused here" (421), which is wrong
+            # while a node of this region holds the name and is briefly unreachable (its
+            # visitors get 503 RLY_611 from the dial instead).
+            return (n.node.region != self._me.region, avoid is not None and avoid(n.node))
 
         ordered = sorted(holders.values(), key=lambda n: (rank(n), n.node.node_id))
         best = rank(ordered[0])

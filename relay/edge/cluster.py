@@ -183,12 +183,13 @@ class ClusterNode:
         self._sync_due = False
         if self.ports is None or self.presence is None:
             return
-        sibling = self.base_id + ".w"
+        # Another worker of this host (``NODE_ID.wI``, exactly: a node of another host may
+        # be named ``NODE_ID.west``): the workers share its port themselves.
+        sibling = re.compile(re.escape(self.base_id) + r"\.w\d+")
         elsewhere = {
             int(port): remote
             for port, remote in self.presence.held("tcp").items()
-            # Another worker of this host: the workers share its port themselves.
-            if not (self.edge.worker is not None and remote.node.node_id.startswith(sibling))
+            if not (self.edge.worker is not None and sibling.fullmatch(remote.node.node_id))
         }
         # Ports of endpoints here, and ports being bound here (a sync while a bind
         # waits must not listen on the port it is about to take).
@@ -278,11 +279,18 @@ class ClusterNode:
         avoid = (lambda node: links.unreachable(node.link)) if links is not None else None
         return self.presence.lookup(family, hostname, avoid, rotate=rotate)
 
-    def region_of(self, hostname: str) -> str | None:
-        """The region that holds ``hostname`` when it is not this one (HTTP or TLS)."""
+    def region_of(self, hostname: str, local: HostEndpoint | None = None) -> str | None:
+        """The region that holds ``hostname`` when it is not this one (HTTP or TLS) and
+        its name there is a better match than ``local`` (this node's endpoint for it, if
+        any): a name pinned to another region is refused here even when a wildcard here
+        covers it, as it would be were that wildcard on another node of this region."""
         for family in ("http", "sni"):
             remote = self._holder(family, hostname)
-            if remote is not None and remote.node.region != self.region:
+            if (
+                remote is not None
+                and remote.node.region != self.region
+                and hands_over(local, remote)
+            ):
                 return remote.node.region
         return None
 

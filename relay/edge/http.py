@@ -72,7 +72,7 @@ class HttpFront:
         #: HttpVisitor keeps what it reads before routing only when this is set.
         self.hand_off: Callable[[Any, bytes, Any], bool] | None = None
         #: On a node of a cluster: the region that holds a name no node of this one does.
-        self.region_of: Callable[[str], str | None] | None = None
+        self.region_of: Callable[[str, HostEndpoint | None], str | None] | None = None
         #: On a node of a cluster: the link up now to the node holding an ``elsewhere``
         #: target (None: not up; the visitor is handed over instead, socket and all).
         self.carrier: Callable[[Any], Any | None] | None = None
@@ -119,8 +119,8 @@ class HttpFront:
                 if link is not None:
                     return self._carried(link, target, hostname, scheme, peer, accept)
                 return (-2, target, None, None, 0)
-        if endpoint is None and self.region_of is not None:
-            region = self.region_of(hostname)
+        if self.region_of is not None:
+            region = self.region_of(hostname, endpoint)
             if region:
                 return self._error(
                     421, "RLY_631", f"{hostname} is served in region {region}, not this one"

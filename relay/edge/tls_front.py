@@ -89,7 +89,7 @@ class TlsFront:
         #: on a node of a cluster: other nodes' (relay/edge/cluster.py).
         self.elsewhere: TlsElsewhere | None = None
         #: On a node of a cluster: the region that holds a name no node of this one does.
-        self.region_of: Callable[[str], str | None] | None = None
+        self.region_of: Callable[[str, HostEndpoint | None], str | None] | None = None
 
     def listen(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         self.loop = asyncio.get_running_loop()
@@ -164,7 +164,7 @@ class TlsFront:
         ):
             conn.close()  # our descriptor; the socket is the other worker's now
             return
-        if endpoint is None and name and self.region_of is not None and self.region_of(name):
+        if name and self.region_of is not None and self.region_of(name, endpoint):
             # Held in another region (pinned there): never carried across, refused cleanly.
             self._refuse(conn, hello_len, "other_region")
             return

@@ -136,12 +136,16 @@ async def test_of_several_holders_this_region_then_the_reachable_win(
         unreachable = {"b"}
         found = a.lookup("http", "shared.example.com", lambda n: n.node_id in unreachable)
         assert found is not None and found.node == d
+        # Every holder of this region unreachable: still one of them, not c of r2 (no
+        # visitor goes to another region; c would only make the name look foreign).
         unreachable = {"b", "d"}
         found = a.lookup("http", "shared.example.com", lambda n: n.node_id in unreachable)
-        assert found is not None and found.node == c
+        assert found is not None and found.node == B
         unreachable = {"b", "c", "d"}  # avoided is last, not never
         found = a.lookup("http", "shared.example.com", lambda n: n.node_id in unreachable)
         assert found is not None and found.node == B
+        found = a.lookup("http", "shared.example.com", lambda n: n.node_id in {"b"})
+        assert found is not None and found.node == d
 
 
 async def test_visitors_of_a_name_several_nodes_hold_take_turns_among_the_best(
