@@ -7,7 +7,10 @@ A node asks the others through Redis pub/sub (relay/cluster/presence.py): it pub
 asker's own channel with what it holds (a list), or whether it acted (a stop or restart:
 only the node holding the session does, and audits it there with the caller as actor).
 The asker waits for one answer from each node it knows of, at most ``ASK_TIMEOUT``: a node
-that does not answer in time is left out of a list, and said so in the log.
+that does not answer in time is left out of a list, and said so in the log. While the ask
+cannot be published at all (Redis does not answer), :class:`OthersUnasked` says so, and
+the caller goes on with this node's own part (relay/edge/control_view.py); the log says
+so once per outage.
 """
 
 from __future__ import annotations
@@ -67,6 +70,12 @@ class LocalLive(Protocol):
     def local_reload(self, *, actor: str) -> dict[str, Any]: ...
 
 
+class OthersUnasked(NotFound):
+    """The other nodes cannot be asked now: the ask could not be published. A 404 where
+    it reaches the API (a stop of a session that is not here), since none of them could
+    say whether they hold it."""
+
+
 @dataclass
 class _Waiting:
     nodes: set[str]
@@ -83,6 +92,9 @@ class ClusterAsks:
         self._local: LocalLive | None = None
         self._waiting: dict[str, _Waiting] = {}
         self._answering: set[asyncio.Task[None]] = set()
+        #: Whether the last ask could not be published: the log says so once per outage,
+        #: not once per API call (a dashboard polling the list would flood it).
+        self._cut_off = False
 
     def serve(self, local: LocalLive) -> None:
         """Answer the other nodes' asks from ``local``."""
@@ -109,10 +121,16 @@ class ClusterAsks:
 
     async def reload(self, *, actor: str) -> dict[str, dict[str, Any] | None]:
         """Every other node reloads its own configuration: each one's outcome by node id
-        (None: it did not answer in time, or answered something else)."""
+        (None: it did not answer in time, answered something else, or could not be
+        asked)."""
         presence = self._presence()
         nodes = sorted(info.node_id for info in presence.nodes()) if presence else []
-        answers = await self._ask({"op": "reload", "actor": actor})
+        try:
+            answers = await self._ask({"op": "reload", "actor": actor})
+        except OthersUnasked:
+            # This node has reloaded already: a 404 would hide what it did. The others
+            # are listed as not answering, as a silent node is.
+            answers = {}
         return {
             n: a if isinstance(a, dict) else None for n, a in ((n, answers.get(n)) for n in nodes)
         }
@@ -135,7 +153,11 @@ class ClusterAsks:
                     {"event": "ask", "ask": ask_id, "from": self.node_id, **fields}
                 )
             except RelayError as err:
-                raise NotFound(f"the other nodes cannot be asked now: {err}") from err
+                self._note_cut_off(err)
+                raise OthersUnasked(f"the other nodes cannot be asked now: {err}") from err
+            if self._cut_off:
+                self._cut_off = False
+                log.info("cluster: the other nodes can be asked again")
             try:
                 async with asyncio.timeout(ASK_TIMEOUT):
                     await waiting.done.wait()
@@ -145,6 +167,15 @@ class ClusterAsks:
             return waiting.answers
         finally:
             del self._waiting[ask_id]
+
+    def _note_cut_off(self, err: RelayError) -> None:
+        if not self._cut_off:
+            self._cut_off = True
+            log.warning(
+                "cluster: the other nodes cannot be asked (%s); until they can, the API "
+                "lists this node's own sessions and endpoints only, and reloads this node",
+                err,
+            )
 
     # --- the other nodes' asks and answers ----------------------------------------------
 

@@ -10,16 +10,21 @@ records it verified (``Edge.tokens``), each naming its account.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from relay.control.api import CertificateView, EndpointView, ReloadView, SessionView
+from relay.control.api.plane import Listing
 from relay.edge.auth_guard import source_of
+from relay.edge.cluster_asks import OthersUnasked
 from relay.errors import SessionStopped
 
 if TYPE_CHECKING:
     from relay.edge.cluster_asks import ClusterAsks
     from relay.edge.server import Edge
     from relay.edge.session import AgentSession
+
+V = TypeVar("V")
 
 
 class EdgeLiveView:
@@ -42,19 +47,24 @@ class EdgeLiveView:
             return self.edge.cluster.asks
         return self.edge.worker.asks if self.edge.worker is not None else None
 
-    async def sessions(self) -> list[SessionView]:
-        views = self.local_sessions()
-        others = self._others()
-        if others is not None:
-            views += await others.sessions()
-        return views
+    async def sessions(self) -> Listing[SessionView]:
+        return await self._with_others(self.local_sessions(), lambda asks: asks.sessions())
 
-    async def endpoints(self) -> list[EndpointView]:
-        views = self.local_endpoints()
+    async def endpoints(self) -> Listing[EndpointView]:
+        return await self._with_others(self.local_endpoints(), lambda asks: asks.endpoints())
+
+    async def _with_others(
+        self, own: list[V], theirs: Callable[[ClusterAsks], Awaitable[list[V]]]
+    ) -> Listing[V]:
         others = self._others()
-        if others is not None:
-            views += await others.endpoints()
-        return views
+        if others is None:
+            return Listing(own)
+        try:
+            return Listing(own + await theirs(others))
+        except OthersUnasked as err:
+            # Redis is down: this node's own part is still true, and its sessions must
+            # stay listable and stoppable (ClusterAsks logs the outage once).
+            return Listing(own, others_unasked=str(err))
 
     async def stop_session(self, session_id: str, *, actor: str) -> bool:
         if self.local_stop(session_id, actor=actor):

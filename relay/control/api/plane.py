@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:  # the store's module loads SQLAlchemy; the interfaces need none of it
     from relay.control.store import Store
     from relay.control.store_thread import StoreCalls
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,19 @@ class ReloadView:
 
 
 @dataclass(frozen=True)
+class Listing(Generic[V]):
+    """A list of the edge's live state, and whether it is the whole cluster's: while the
+    other nodes cannot be asked (Redis does not answer), it holds this node's own only.
+    A node that was asked but did not answer in time is left out of ``items`` without a
+    word here, as before: it is gone or going (docs/scaling.md)."""
+
+    items: list[V]
+    #: Why the other nodes' part is missing ("the other nodes cannot be asked now: …");
+    #: None when they were asked.
+    others_unasked: str | None = None
+
+
+@dataclass(frozen=True)
 class CertificateView:
     """A certificate the edge serves for an https name."""
 
@@ -67,9 +81,9 @@ class LiveView(Protocol):
     """The edge's live state, as the API may read and act on it (on a node of a cluster:
     every node's)."""
 
-    async def sessions(self) -> list[SessionView]: ...
+    async def sessions(self) -> Listing[SessionView]: ...
 
-    async def endpoints(self) -> list[EndpointView]: ...
+    async def endpoints(self) -> Listing[EndpointView]: ...
 
     def certificates(self) -> list[CertificateView]: ...
 
@@ -85,7 +99,8 @@ class LiveView(Protocol):
 
     async def reload(self, *, actor: str) -> list[ReloadView]:
         """This edge, and every other node of its cluster (or worker of its own), reads
-        its configuration file again, as on SIGHUP: what each did."""
+        its configuration file again, as on SIGHUP: what each did (a node that could not
+        be asked is listed as not answering)."""
         ...
 
 

@@ -52,15 +52,20 @@ async def list_sessions(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("sessions:read")),  # noqa: B008
 ) -> Page[TunnelSession]:
-    reached = (s for s in await _live(request).sessions() if principal.reaches(s.account_id))
+    listed = await _live(request).sessions()
+    reached = (s for s in listed.items if principal.reaches(s.account_id))
     items, next_cursor = cut(after(reached, cursor, lambda s: s.id), limit, lambda s: s.id)
     return Page[TunnelSession](items=[_session(s) for s in items], next_cursor=next_cursor)
 
 
 async def _find(request: Request, principal: Principal, session_id: str) -> SessionView:
-    for s in await _live(request).sessions():
+    listed = await _live(request).sessions()
+    for s in listed.items:
         if s.id == session_id and principal.reaches(s.account_id):
             return s
+    if listed.others_unasked is not None:
+        # Not here, and another node may hold it: say why it cannot be known.
+        raise NotFound(f"no live session with id {session_id!r} here; {listed.others_unasked}")
     raise NotFound(f"no live session with id {session_id!r}")
 
 
@@ -112,7 +117,8 @@ async def list_endpoints(
     cursor: Cursor = None,
     principal: Principal = Depends(requires("endpoints:read")),  # noqa: B008
 ) -> Page[Endpoint]:
-    reached = (e for e in await _live(request).endpoints() if principal.reaches(e.account_id))
+    listed = await _live(request).endpoints()
+    reached = (e for e in listed.items if principal.reaches(e.account_id))
     items, next_cursor = cut(after(reached, cursor, lambda e: e.id), limit, lambda e: e.id)
     return Page[Endpoint](
         items=[
