@@ -22,6 +22,10 @@ Redis layout
     in the node key is not the one they hold: a quiet cluster of nodes with 10,000
     names each rereads a few hundred bytes per node per heartbeat, not every name.
     (A node key with the names inline, ``"names": [...]``, is read too.)
+``relay:nodes``
+    A sorted set of node ids, each scored with the time (ms) it last wrote its key:
+    every node adds itself each heartbeat and removes itself at stop; a reader drops a
+    registration an hour old. It is how the nodes find each other's keys.
 ``relay:presence`` (channel)
     After each change of its names (and its delete) a node publishes its id here; every
     node subscribes and reads that node's keys on each message, so a new bind is visible
@@ -37,9 +41,10 @@ Redis layout
     by :meth:`Presence.claim` before a bind, refreshed with the node key, released when
     the node no longer holds the name.
 
-Each heartbeat a node also rereads every node key (``SCAN MATCH relay:node:*`` with a
-``COUNT``, a bounded number of rounds, then ``MGET``) and rebuilds its table from them:
-that catches pub/sub messages lost while a connection was down, and keys that expired.
+Each heartbeat a node also rereads the key of every node registered or in its table
+(``ZRANGE relay:nodes``, then ``MGET``; never a walk of the keyspace, whose claim keys,
+one per name, outnumber the nodes by far) and rebuilds its table from them: that
+catches pub/sub messages lost while a connection was down, and keys that expired.
 Names are fetched (``MGET`` of ``relay:names:*``) only for node keys whose bytes changed,
 so a quiet cluster costs one ``MGET`` of small values.
 
@@ -50,8 +55,8 @@ out of the table (logged once, at debug level, per distinct value), never truste
 The family of a name is ``http`` for the plain-HTTP port, ``sni`` for the TLS port (https
 and tls endpoints) and ``tcp`` for a TCP endpoint, named by its port number: a visitor's
 port says which one to look up. When two other
-nodes hold the same name, :meth:`Presence.lookup` prefers one the caller does not ask it
-to avoid, then one of this node's region, then the smallest node id, so that every node
+nodes hold the same name, :meth:`Presence.lookup` prefers one of this node's region, then
+one the caller does not ask it to avoid, then the smallest node id, so that every node
 of a region forwards the same way.
 """
 
@@ -62,6 +67,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -71,7 +77,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from relay.cluster.name_claims import NameClaims
 from relay.errors import ConfigError, RelayError
@@ -80,6 +86,7 @@ log = logging.getLogger("relay.cluster.presence")
 
 NODE_PREFIX = "relay:node:"
 NAMES_PREFIX = "relay:names:"
+NODES_KEY = "relay:nodes"
 PRESENCE_CHANNEL = "relay:presence"
 EVENTS_CHANNEL = "relay:events"
 DIRECT_PREFIX = "relay:to:"
@@ -109,9 +116,10 @@ MAX_NAMES_KEY = 64 * 1024 * 1024
 #: Bytes of a pub/sub event: Redis itself cuts off a subscriber that falls 32 MiB
 #: behind (``client-output-buffer-limit pubsub``), so no larger one can arrive whole.
 MAX_EVENT = 32 * 1024 * 1024
-#: SCAN: keys asked per round, and rounds per heartbeat (an unfinished scan drops no node).
-SCAN_COUNT = 1000
-MAX_SCAN_ROUNDS = 1000
+#: Node ids read from the registry per heartbeat, and how long a node that stopped
+#: writing stays registered (its key expired long before).
+MAX_NODES = 10_000
+FORGET_REGISTRATION_MS = 3600 * 1000
 MGET_CHUNK = 500
 
 FAMILIES = frozenset({"http", "sni", "tcp"})
@@ -275,6 +283,7 @@ class Presence:
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
                 await client.delete(self._key, self._names_key)
+                await client.zrem(NODES_KEY, self._me.node_id)
                 await client.publish(PRESENCE_CHANNEL, self._me.node_id)
                 mine = {h: o for h, o in self._claimed.items() if not self._held_elsewhere(h, o)}
                 if self._claims is not None and mine:
@@ -487,6 +496,10 @@ class Presence:
             separators=(",", ":"),
         )
         await self._call(client.set(self._key, value, px=self._ttl_ms))
+        try:
+            await self._call(client.zadd(NODES_KEY, {self._me.node_id: time.time() * 1000}))
+        except ResponseError as err:  # not a sorted set: see _refresh
+            log.debug("cluster presence: cannot register in %s: %s", NODES_KEY, err)
         self._written = version
         if fresh:
             await self._call(client.publish(PRESENCE_CHANNEL, self._me.node_id))
@@ -543,26 +556,30 @@ class Presence:
         )
 
     async def _refresh(self) -> None:
-        """Reread every node key and make the table say what they say."""
+        """Reread the key of every node registered or in the table, and make the table
+        say what they say: one MGET per heartbeat for a quiet cluster, whatever else
+        Redis holds (its claim keys, one per name, are many)."""
         client = self._need_client()
+        try:
+            got: Any = await self._call(client.zrange(NODES_KEY, 0, MAX_NODES - 1, withscores=True))
+            registered: list[tuple[bytes, float]] = [(m, float(sc)) for m, sc in got]
+        except ResponseError as err:
+            # Not a sorted set (garbage): nodes are still found through the table and
+            # their announcements, and the key is left to whoever wrote it.
+            log.debug("cluster presence: cannot read %s: %s", NODES_KEY, err)
+            registered = []
+        # A registration older than this is a node gone for good (its key long expired):
+        # drop it, by this node's clock (the writer's, hence a generous bound).
+        oldest = time.time() * 1000 - FORGET_REGISTRATION_MS
+        stale = [member for member, score in registered if score < oldest]
+        if stale:
+            await self._call(client.zrem(NODES_KEY, *stale))
         async with self._lock:
-            found: dict[str, bytes | str] = {}
-            cursor, complete = 0, False
-            for _ in range(MAX_SCAN_ROUNDS):
-                cursor, batch = await self._call(
-                    client.scan(cursor, match=NODE_PREFIX + "*", count=SCAN_COUNT)
-                )
-                for key in batch:
-                    node_id = _node_id(key)
-                    if node_id is not None and node_id != self._me.node_id:
-                        found[node_id] = key
-                if cursor == 0:
-                    complete = True
-                    break
-            ids = list(found)
+            known = {_text(_bytes(m), MAX_NODE_ID) for m, _ in registered} | set(self._raw)
+            ids = sorted(n for n in known if n and n != self._me.node_id)
             values: list[bytes | str | None] = []
             for i in range(0, len(ids), MGET_CHUNK):
-                chunk = [found[node_id] for node_id in ids[i : i + MGET_CHUNK]]
+                chunk = [NODE_PREFIX + node_id for node_id in ids[i : i + MGET_CHUNK]]
                 values.extend(await self._call(client.mget(chunk)))
             changed = [
                 node_id
@@ -575,18 +592,16 @@ class Presence:
                 got = await self._call(client.mget([NAMES_PREFIX + n for n in part]))
                 names.update(zip(part, got, strict=True))
             now = asyncio.get_running_loop().time()
+            expired = now - self._ttl_ms / 1000
             for node_id, raw in zip(ids, values, strict=True):
                 if raw is not None:
                     self._seen[node_id] = now
-                self._apply(node_id, raw, names.get(node_id))
-            if complete:
-                expired = now - self._ttl_ms / 1000
-                for node_id in set(self._raw) - set(ids):
-                    if self._seen.get(node_id, expired) <= expired:
-                        self._seen.pop(node_id, None)
-                        self._apply(node_id, None, None)
-            else:
-                log.debug("cluster presence: SCAN unfinished after %d rounds", MAX_SCAN_ROUNDS)
+                    self._apply(node_id, raw, names.get(node_id))
+                elif self._seen.get(node_id, expired) <= expired:
+                    # Gone, and not just missing from a Redis restarted empty (each node
+                    # writes its key again within a heartbeat of that).
+                    self._seen.pop(node_id, None)
+                    self._apply(node_id, None, None)
 
     async def _subscriber(self) -> None:
         """Follow the channels; subscribe again (a heartbeat after a failure) for ever."""

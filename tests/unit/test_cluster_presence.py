@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -411,6 +412,11 @@ async def test_garbage_in_redis_is_ignored(
         for node_id, value in entries.items():
             r.set(f"relay:node:{node_id}", json.dumps(value))
         r.set("relay:names:versioned", b"not json")
+        # Registered, as a node registers itself each heartbeat; and garbage members.
+        now_ms = time.time() * 1000
+        members: dict[str | bytes, float] = {n: now_ms for n in ["x", "bin", "h", *entries]}
+        members.update({b"\xff": now_ms, "z" * 300: now_ms, "gone": now_ms - 7200_000})
+        r.zadd("relay:nodes", members)
         names_b: list[Name] = [("http", "b.example.com", "http", "", "")]
         a = Presence(redis_server.url, A, list, heartbeat=0.2)
         b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
@@ -429,6 +435,9 @@ async def test_garbage_in_redis_is_ignored(
             assert set(ignored.values()) == {2}, ignored
             assert len(ignored) == 2 + len(entries)  # x, bin and the entries
             assert "cluster presence: ignoring relay:node:x: not a node entry" in ignored
+            # A registration an hour old is dropped (its node's key expired long ago).
+            assert r.zscore("relay:nodes", "gone") is None
+            assert r.zscore("relay:nodes", "b") is not None
             # Still working: a change on b shows.
             names_b.append(("http", "b2.example.com", "http", "", ""))
             b.changed()
@@ -497,6 +506,49 @@ async def test_names_of_another_version_than_the_node_key_names_are_not_taken(
             r.publish("relay:presence", "z")
             await eventually(sees(a, "http", "new.example.com", "z"), 2, "a takes the new ones")
             assert a.lookup("http", "old.example.com") is None
+
+
+async def test_rereads_read_the_registry_not_the_keyspace(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Each heartbeat rereads the nodes registered in ``relay:nodes``: it never walks the
+    keyspace (SCAN), whose claim keys (one per name) outnumber the nodes by far."""
+    with raw_client(redis_server) as r:
+        r.mset({f"relay:claim:n{i}.example.com": "owner" for i in range(20_000)})
+        r.config_resetstat()
+        names_b: list[Name] = [("http", "b.example.com", "http", "", "")]
+        a = Presence(redis_server.url, A, list, heartbeat=0.2)
+        b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
+        async with running(a, b):
+            await eventually(sees(a, "http", "b.example.com", "b"), 3, "a sees b")
+            await asyncio.sleep(0.6)  # full rereads
+            stats = r.info("commandstats")
+            assert "cmdstat_scan" not in stats, stats["cmdstat_scan"]
+            assert stats["cmdstat_zrange"]["calls"] >= 4  # the rereads did run
+            assert set(r.zrange("relay:nodes", 0, -1)) == {b"a", b"b"}
+        assert r.zrange("relay:nodes", 0, -1) == []  # each left it at stop
+
+
+async def test_a_registry_of_another_type_leaves_presence_working(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """``relay:nodes`` is not a sorted set (someone else's key): nodes still see each
+    other through their announcements, and Redis is not taken for unreachable."""
+    with raw_client(redis_server) as r:
+        r.set("relay:nodes", b"not a sorted set")
+    names_b: list[Name] = [("http", "b.example.com", "http", "", "")]
+    a = Presence(redis_server.url, A, list, heartbeat=0.2)
+    b = Presence(redis_server.url, B, lambda: names_b, heartbeat=0.2)
+    async with running(a, b):
+        await eventually(
+            lambda: raw_numsub(redis_server, "relay:presence") == 2, 3, "both subscribed"
+        )
+        names_b.append(("http", "b2.example.com", "http", "", ""))
+        b.changed()  # announced now that a listens: nothing else tells a of b here
+        await eventually(sees(a, "http", "b2.example.com", "b"), 2, "a sees b's change")
+        assert sees(a, "http", "b.example.com", "b")()
+        await asyncio.sleep(0.5)  # heartbeats, each failing to read the registry
+        assert a.connected and b.connected
 
 
 async def test_status_says_unreachable_while_redis_is_down(
