@@ -105,8 +105,10 @@ class Outbox:
         self.run_dir = run_dir
         self.loop = loop
         self._targets: dict[int, _Target] = {}
-        #: Visitors that waited for room in an inbox (a burst met a busy worker).
+        #: Visitors that waited for room in an inbox (a burst met a busy worker), and of
+        #: those the ones dropped after MAX_PENDING_FOR (a worker that read none).
         self.queued = 0
+        self.expired = 0
 
     def send(self, worker: int, visitor: socket.socket | int, handoff: Handoff) -> None:
         """Hand ``visitor`` (a socket or its descriptor) to ``worker``. The caller still
@@ -127,8 +129,13 @@ class Outbox:
         self._targets.clear()
 
 
-#: Visitors waiting for room in one worker's inbox before sends to it fail.
+#: Visitors waiting for room in one worker's inbox before sends to it fail, and the
+#: bytes they carry (each up to MAX_CARRIED: 1,024 of those would be 165 MiB).
 MAX_PENDING = 1024
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+#: How long a visitor waits for a worker that does not read its inbox (a stalled loop,
+#: a stopped process) before it is dropped: it has been waiting for an answer meanwhile.
+MAX_PENDING_FOR = 10.0
 
 
 class _Target:
@@ -137,8 +144,11 @@ class _Target:
         self.worker = worker
         self.address = str(inbox_path(outbox.run_dir, worker))
         self.sock: socket.socket | None = None
-        self.pending: collections.deque[tuple[bytes, int]] = collections.deque()
+        #: (datagram, duplicated descriptor, when it was queued), oldest first.
+        self.pending: collections.deque[tuple[bytes, int, float]] = collections.deque()
+        self.pending_bytes = 0
         self._watching = False
+        self._expiry: asyncio.TimerHandle | None = None
 
     def send(self, data: bytes, fd: int) -> None:
         if self.pending:
@@ -189,13 +199,46 @@ class _Target:
     def _queue(self, data: bytes, fd: int) -> None:
         if len(self.pending) >= MAX_PENDING:
             raise HandoffError(f"worker {self.worker} is {MAX_PENDING} visitors behind")
+        if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
+            raise HandoffError(
+                f"worker {self.worker} is {self.pending_bytes} bytes of visitors behind"
+            )
         try:
             duplicate = os.dup(fd)
         except OSError as exc:  # at the descriptor limit
             raise HandoffError(f"cannot keep a visitor for worker {self.worker}: {exc}") from None
-        self.pending.append((data, duplicate))
+        loop = self.outbox.loop
+        self.pending.append((data, duplicate, loop.time()))
+        self.pending_bytes += len(data)
         self.outbox.queued += 1
+        if self._expiry is None:
+            self._expiry = loop.call_later(MAX_PENDING_FOR, self._expire)
         self._watch()
+
+    def _expire(self) -> None:
+        """Drop the visitors that waited MAX_PENDING_FOR (closing our duplicates; the
+        visitor sees its connection close), and look again when the next one's time
+        is up."""
+        self._expiry = None
+        loop = self.outbox.loop
+        dropped = 0
+        while self.pending and loop.time() - self.pending[0][2] >= MAX_PENDING_FOR:
+            self._pop()
+            dropped += 1
+        if dropped:
+            self.outbox.expired += dropped
+            log.warning(
+                "worker %d read no visitor for %gs; dropped %d waiting", self.worker,
+                MAX_PENDING_FOR, dropped,
+            )  # fmt: skip
+        if self.pending:
+            due = self.pending[0][2] + MAX_PENDING_FOR - loop.time()
+            self._expiry = loop.call_later(max(due, 0.0), self._expire)
+
+    def _pop(self) -> None:
+        data, fd, _ = self.pending.popleft()
+        self.pending_bytes -= len(data)
+        os.close(fd)
 
     def _watch(self) -> None:
         if not self._watching and self.sock is not None:
@@ -204,7 +247,7 @@ class _Target:
 
     def _writable(self) -> None:
         while self.pending:
-            data, fd = self.pending[0]
+            data, fd, _ = self.pending[0]
             try:
                 self._send_now(data, fd)
             except BlockingIOError:
@@ -214,9 +257,11 @@ class _Target:
                 log.warning("%s; dropping %d waiting visitor(s)", exc, len(self.pending))
                 self._drop_pending()
                 return
-            self.pending.popleft()
-            os.close(fd)
+            self._pop()
         self._unwatch()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def _unwatch(self) -> None:
         if self._watching and self.sock is not None:
@@ -225,7 +270,10 @@ class _Target:
 
     def _drop_pending(self) -> None:
         while self.pending:
-            os.close(self.pending.popleft()[1])
+            self._pop()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def close(self) -> None:
         self._drop_pending()

@@ -124,7 +124,8 @@ class EdgeWorker:
         #: Visitors handed to other workers, and handed here, by front.
         self.handed_off = {"http": 0, "tls": 0, "tcp": 0}
         self.handed_in = {"http": 0, "tls": 0, "tcp": 0}
-        self.handoffs_failed = 0
+        #: Sends refused at once (a worker gone, or too far behind).
+        self.sends_failed = 0
         #: The other workers' sessions and endpoints, for the API (relay/edge/worker_asks.py).
         self.wire = SiblingWire(self.index, place.count, self._to_supervisor)
         self.asks = ClusterAsks(str(self.index), lambda: self.wire)
@@ -331,16 +332,28 @@ class EdgeWorker:
             return False
         return self._send(fd, Handoff("tcp", key), target)
 
+    @property
+    def handoffs_failed(self) -> int:
+        """Visitors not handed over: refused at once, or dropped after waiting for a
+        worker that read none (Outbox.expired)."""
+        return self.sends_failed + (self.outbox.expired if self.outbox is not None else 0)
+
     def _send(self, fd: int, handoff: Handoff, target: RemoteEndpoint) -> bool:
+        """Hand the visitor to one of ``target``'s workers, in turn; another of them if
+        that one cannot take it (gone, or too far behind)."""
         assert self.outbox is not None
-        try:
-            self.outbox.send(target.next_worker(), fd, handoff)
-        except HandoffError as exc:
-            self.handoffs_failed += 1
-            log.warning("handing a visitor of %s over failed: %s", handoff.key, exc)
-            return False
-        self.handed_off[handoff.front] += 1
-        return True
+        why: HandoffError | None = None
+        for _ in range(len(target.workers)):
+            try:
+                self.outbox.send(target.next_worker(), fd, handoff)
+            except HandoffError as exc:
+                why = exc
+                continue
+            self.handed_off[handoff.front] += 1
+            return True
+        self.sends_failed += 1
+        log.warning("handing a visitor of %s over failed: %s", handoff.key, why)
+        return False
 
     def _handed_in(self, conn: socket.socket, handoff: Handoff) -> None:
         web = self.edge.web

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.cluster import handoff as handoff_module
 from relay.cluster.handoff import (
     FRONTS,
     MAX_CARRIED,
@@ -218,6 +219,66 @@ def test_a_restarted_workers_new_inbox_is_found(tmp_path: Path) -> None:
             assert [h.key for h in got] == ["sni:0.x", "sni:1.x"]
         finally:
             listener.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_visitors_waiting_for_a_worker_that_reads_none_are_dropped_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose loop is stuck reads no inbox: the visitors queued for it do not wait
+    (each holding a descriptor and its carried bytes) for ever, but are dropped once they
+    waited MAX_PENDING_FOR, each duplicate closed, and counted."""
+    monkeypatch.setattr(handoff_module, "MAX_PENDING_FOR", 0.3)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        inbox = Inbox(tmp_path, 4)  # bound, never started: it reads nothing
+        outbox = Outbox(tmp_path, loop)
+        visitors = [socket.socket() for _ in range(30)]
+        try:
+            before = len(os.listdir("/proc/self/fd"))
+            for sock in visitors:
+                outbox.send(4, sock, Handoff("http", "host:a.x", b"GET / HTTP/1.1\r\n\r\n"))
+            waiting = outbox.pending()
+            assert waiting > 0  # past the kernel's queue: kept here, a duplicate each
+            assert len(os.listdir("/proc/self/fd")) == before + waiting + 1  # + its socket
+            for _ in range(100):  # bounded: dropped within 1 s
+                if outbox.pending() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert outbox.pending() == 0 and outbox.expired == waiting
+            assert len(os.listdir("/proc/self/fd")) == before + 1
+        finally:
+            for sock in visitors:
+                sock.close()
+            inbox.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_the_bytes_waiting_for_one_worker_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"x-pad: " + b"p" * 8000 + b"\r\n\r\n"
+    size = len(Handoff("http", "host:a.x", head).encode())
+    monkeypatch.setattr(handoff_module, "MAX_PENDING_BYTES", 3 * size)
+
+    async def main() -> None:
+        inbox = Inbox(tmp_path, 5)  # never started
+        outbox = Outbox(tmp_path, asyncio.get_running_loop())
+        visitors = [socket.socket() for _ in range(40)]
+        try:
+            with pytest.raises(HandoffError, match="bytes of visitors behind"):
+                for sock in visitors:
+                    outbox.send(5, sock, Handoff("http", "host:a.x", head))
+            assert outbox.pending() == 3
+        finally:
+            for sock in visitors:
+                sock.close()
+            inbox.close()
             outbox.close()
 
     asyncio.run(main())
