@@ -97,6 +97,11 @@ CALL_TIMEOUT = 1.0
 CALL_DEADLINE = 3.0
 #: Connections to Redis at most: the subscriber's, the heartbeat's, and binds' claims.
 MAX_CONNECTIONS = 16
+#: Claims in flight at once: a storm of binds (agents admitted together, Redis far
+#: away) waits for a slot here, and leaves the other connections to the subscriber,
+#: the heartbeat and publishes, which would otherwise time out waiting for the pool
+#: and take Redis for unreachable (the subscriber torn down, events lost).
+CLAIM_SLOTS = MAX_CONNECTIONS - 4
 #: How long :meth:`Presence.stop` tries to delete this node's key.
 STOP_TIMEOUT = 1.0
 #: Stopping the loops: how many times to cancel them, how long to wait after each.
@@ -241,6 +246,7 @@ class Presence:
         #: are not in ``owned`` yet, and a write meanwhile must keep (refresh) the claim,
         #: not release it, or another token could claim the name while the bind ends.
         self._pending: Counter[tuple[str, str]] = Counter()
+        self._claim_slots = asyncio.Semaphore(CLAIM_SLOTS)
         #: Names held here that another owner claims (bound on both sides of an outage).
         self._conflicts: dict[str, str] = {}
 
@@ -315,10 +321,18 @@ class Presence:
             raise RelayError("cluster presence is not started")
         host = hostname.lower()
         try:
+            async with asyncio.timeout(CALL_DEADLINE):
+                await self._claim_slots.acquire()
+        except TimeoutError:
+            # Busy here, not a Redis failure: Redis is not taken for unreachable.
+            raise RelayError(f"cluster presence: too many claims at once to claim {host}") from None
+        try:
             refused = await claims.claim({host: owner})
         except REDIS_ERRORS as err:
             self._failed(err)
             raise RelayError(f"cluster presence: cannot claim {host}: {err}") from err
+        finally:
+            self._claim_slots.release()
         self._ok()
         if host in refused:
             return refused[host]

@@ -334,3 +334,45 @@ async def test_a_claim_made_while_a_write_refreshes_claims_is_kept(
         await eventually(lambda: a.status()["claims"] == 101, 5, "the write keeps it")
         assert held_by(client, "late.example.com") == b"owner-a"
         assert "late.example.com" not in released
+
+
+async def test_a_storm_of_claims_waits_for_slots_and_leaves_redis_taken_for_up(
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Claims in flight at once are bounded (CLAIM_SLOTS), so a storm of binds leaves
+    connections to the subscriber and the heartbeat; one that cannot get a slot in time
+    fails as busy, and Redis is not taken for unreachable for it."""
+    from relay.cluster import presence as presence_module
+
+    monkeypatch.setattr(presence_module, "CLAIM_SLOTS", 2)
+    monkeypatch.setattr(presence_module, "CALL_DEADLINE", 0.5)
+    claim = NameClaims.claim
+    in_flight, most = [0], [0]
+    gate = asyncio.Event()
+
+    async def held_at_the_gate(self: NameClaims, names: Mapping[str, str]) -> dict[str, str]:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        try:
+            if len(names) == 1:  # a bind's claim, not a write's refresh
+                await gate.wait()
+            return await claim(self, names)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(NameClaims, "claim", held_at_the_gate)
+    a = node(redis_server, A, {})
+    async with running(a):
+        await eventually(lambda: a.connected, 2, "a is connected")
+        first = [asyncio.ensure_future(a.claim(f"s{i}.example.com", "o")) for i in range(2)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(RelayError, match="too many claims at once"):
+            await a.claim("late.example.com", "o")  # no slot within the deadline
+        assert a.connected
+        gate.set()
+        assert await asyncio.gather(*first) == [None, None]
+        rest = await asyncio.gather(*(a.claim(f"r{i}.example.com", "o") for i in range(10)))
+        assert rest == [None] * 10
+        assert most[0] <= 2 + 1  # two binds' claims, and at most one write's refresh
+        assert a.connected
