@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -224,6 +226,25 @@ def test_a_restarted_workers_new_inbox_is_found(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+@contextlib.asynccontextmanager
+async def stalled_worker(
+    tmp_path: Path, index: int, visitors: int
+) -> AsyncIterator[tuple[Outbox, list[socket.socket]]]:
+    """An outbox, ``visitors`` TCP sockets to hand over, and worker ``index``'s inbox,
+    bound but never started (a worker whose loop is stuck reads nothing); all closed
+    after, also when the test fails."""
+    inbox = Inbox(tmp_path, index)
+    outbox = Outbox(tmp_path, asyncio.get_running_loop())
+    socks = [socket.socket() for _ in range(visitors)]
+    try:
+        yield outbox, socks
+    finally:
+        for sock in socks:
+            sock.close()
+        inbox.close()
+        outbox.close()
+
+
 def test_visitors_waiting_for_a_worker_that_reads_none_are_dropped_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,11 +254,7 @@ def test_visitors_waiting_for_a_worker_that_reads_none_are_dropped_in_time(
     monkeypatch.setattr(handoff_module, "MAX_PENDING_FOR", 0.3)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        inbox = Inbox(tmp_path, 4)  # bound, never started: it reads nothing
-        outbox = Outbox(tmp_path, loop)
-        visitors = [socket.socket() for _ in range(30)]
-        try:
+        async with stalled_worker(tmp_path, 4, 30) as (outbox, visitors):
             before = len(os.listdir("/proc/self/fd"))
             for sock in visitors:
                 outbox.send(4, sock, Handoff("http", "host:a.x", b"GET / HTTP/1.1\r\n\r\n"))
@@ -250,11 +267,6 @@ def test_visitors_waiting_for_a_worker_that_reads_none_are_dropped_in_time(
                 await asyncio.sleep(0.01)
             assert outbox.pending() == 0 and outbox.expired == waiting
             assert len(os.listdir("/proc/self/fd")) == before + 1
-        finally:
-            for sock in visitors:
-                sock.close()
-            inbox.close()
-            outbox.close()
 
     asyncio.run(main())
 
@@ -267,18 +279,10 @@ def test_the_bytes_waiting_for_one_worker_are_bounded(
     monkeypatch.setattr(handoff_module, "MAX_PENDING_BYTES", 3 * size)
 
     async def main() -> None:
-        inbox = Inbox(tmp_path, 5)  # never started
-        outbox = Outbox(tmp_path, asyncio.get_running_loop())
-        visitors = [socket.socket() for _ in range(40)]
-        try:
+        async with stalled_worker(tmp_path, 5, 40) as (outbox, visitors):
             with pytest.raises(HandoffError, match="bytes of visitors behind"):
                 for sock in visitors:
                     outbox.send(5, sock, Handoff("http", "host:a.x", head))
             assert outbox.pending() == 3
-        finally:
-            for sock in visitors:
-                sock.close()
-            inbox.close()
-            outbox.close()
 
     asyncio.run(main())

@@ -6,26 +6,15 @@ already held keep their workers, and names held by one set still share one tuple
 from __future__ import annotations
 
 import itertools
-import json
-from types import SimpleNamespace
-from typing import Any
 
 from relay.config import MAX_WORKERS
-from relay.edge.routes import HostRoutes
 from relay.edge.worker import MAX_WORKER_SETS, EdgeWorker
+from tests.unit.test_worker_table_of_other_names import where
+from tests.unit.test_worker_table_of_other_names import worker as worker_of
 
 
 def worker() -> EdgeWorker:
-    place = SimpleNamespace(index=0, count=MAX_WORKERS, channel_fd=-1, run_dir=None)
-    edge = SimpleNamespace(http_routes=HostRoutes())
-    return EdgeWorker(edge, place)  # type: ignore[arg-type]
-
-
-def where(w: EdgeWorker, key: str, workers: list[int]) -> None:
-    message: dict[str, Any] = json.loads(
-        json.dumps({"op": "where", "key": key, "workers": workers})
-    )
-    w._message(message)
+    return worker_of(index=0, count=MAX_WORKERS)
 
 
 def test_distinct_sets_of_workers_past_the_limit_are_not_all_kept() -> None:
