@@ -183,13 +183,13 @@ class ClusterNode:
         self._sync_due = False
         if self.ports is None or self.presence is None:
             return
-        # Another worker of this host (``NODE_ID.wI``, exactly: a node of another host may
-        # be named ``NODE_ID.west``): the workers share its port themselves.
-        sibling = re.compile(re.escape(self.base_id) + r"\.w\d+")
+        # Another worker of this host: the workers share its port themselves.
         elsewhere = {
             int(port): remote
             for port, remote in self.presence.held("tcp").items()
-            if not (self.edge.worker is not None and sibling.fullmatch(remote.node.node_id))
+            if not (
+                self.edge.worker is not None and is_worker_of(self.base_id, remote.node.node_id)
+            )
         }
         # Ports of endpoints here, and ports being bound here (a sync while a bind
         # waits must not listen on the port it is about to take).
@@ -433,6 +433,13 @@ class ClusterNode:
             "links": self.links.status() if self.links is not None else None,
             "tcp_ports": self.ports.listening if self.ports is not None else [],
         }
+
+
+def is_worker_of(base_id: str, node_id: str) -> bool:
+    """Whether ``node_id`` is a worker of the node ``base_id`` (``BASE.wI``, exactly: a
+    node of another host may be named ``BASE.west``)."""
+    head, dot_w, index = node_id.rpartition(".w")
+    return head == base_id and bool(dot_w) and index.isdigit() and index.isascii()
 
 
 @functools.lru_cache(maxsize=4096)
