@@ -139,7 +139,6 @@ class NodeLinks:
         self.route = route
         self._server_ctx = tls.server()
         self._client_ctx = tls.client()
-        self.tls = tls
         self.deliver = deliver
         self.mux = mux or NODE_LINK_MUX
         self._out: dict[str, _Outbound] = {}
@@ -160,7 +159,6 @@ class NodeLinks:
         on, both ways; links already up keep theirs."""
         for ctx in (self._server_ctx, self._client_ctx):
             ctx.load_cert_chain(tls.cert, tls.key)
-        self.tls = tls
 
     # --- listening (node B) ------------------------------------------------------------
 

@@ -851,13 +851,6 @@ async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
             log.error("cluster presence: a loop failed", exc_info=task.exception())
 
 
-def _node_id(key: bytes | str) -> str | None:
-    text = _text(key.encode() if isinstance(key, str) else key, len(NODE_PREFIX) + MAX_NODE_ID)
-    if text is None or not text.startswith(NODE_PREFIX):
-        return None
-    return text[len(NODE_PREFIX) :] or None
-
-
 def _text(data: bytes, limit: int) -> str | None:
     if len(data) > limit:
         return None

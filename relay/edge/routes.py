@@ -12,6 +12,9 @@ from typing import Generic, Protocol, TypeVar
 
 from relay.edge.registry import Holder
 
+#: The longest host name a bind is given (DNS: 253 characters).
+MAX_HOSTNAME = 253
+
 
 @dataclass
 class HostEndpoint:

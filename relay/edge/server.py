@@ -36,7 +36,7 @@ from relay.edge.members import is_live
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
-from relay.edge.routes import HostEndpoint, HostRoutes
+from relay.edge.routes import MAX_HOSTNAME, HostEndpoint, HostRoutes
 from relay.edge.session import AgentSession
 from relay.edge.tcp import Refuse, TcpEndpoint
 from relay.edge.worker import EdgeWorker
@@ -956,7 +956,8 @@ class Edge:
                 raise BindError(f"subdomain {label!r} is not a DNS label")
             name = f"{label}.{base}"
         bare = name[2:] if name.startswith("*.") else name
-        if not bare or len(name) > 253 or not all(_valid_label(p) for p in bare.split(".")):
+        labels_ok = all(_valid_label(p) for p in bare.split("."))
+        if not bare or len(name) > MAX_HOSTNAME or not labels_ok:
             raise BindError(f"{name!r} is not a valid hostname")
         return name
 

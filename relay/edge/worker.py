@@ -37,7 +37,7 @@ from relay.control.tokens import ID_LENGTH
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.members import Pooled, hands_over
 from relay.edge.registry import Holder
-from relay.edge.routes import HostEndpoint, HostRoutes
+from relay.edge.routes import MAX_HOSTNAME, HostEndpoint, HostRoutes
 from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
 from relay.edge.tcp import TcpEndpoint
 from relay.edge.worker_asks import SiblingWire
@@ -50,8 +50,6 @@ log = logging.getLogger("relay.edge.worker")
 
 #: How long a bind waits for the supervisor's answer.
 CLAIM_TIMEOUT = 5.0
-#: The longest host name a bind is given (relay/edge/server.py ``_hostname_for``).
-MAX_HOSTNAME = 253
 #: Distinct sets of workers kept for sharing (``_worker_sets``). An edge of 8 workers has
 #: at most 128 sets of the 7 others; past this the cache starts again: names keep their
 #: tuples, only later ones share less. The supervisor's ``where`` is what fills it, and

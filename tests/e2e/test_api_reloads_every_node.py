@@ -23,6 +23,7 @@ import yaml
 
 from relay.control.scopes import SCOPES
 from tests.e2e.api_calls import Keys, call
+from tests.e2e.cluster_nodes import cluster_args, known_nodes
 from tests.e2e.procs import Edge, free_port, free_port_range
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -70,12 +71,7 @@ def nodes(
                 extra=[
                     "--config",
                     str(config),
-                    "--node-id",
-                    name,
-                    "--cluster-redis",
-                    redis_server.url,
-                    "--cluster-listen",
-                    f"{host}:{free_port()}",
+                    *cluster_args(name, redis_server.url, f"{host}:{free_port()}"),
                 ],
             )
             made[name] = (edge, config)
@@ -84,11 +80,6 @@ def nodes(
     finally:
         for edge, _ in made.values():
             edge.stop()
-
-
-def known_nodes(edge: Edge) -> int:
-    status: dict[str, Any] = edge.worker_status()["cluster"]
-    return int(status["presence"]["nodes"])
 
 
 def by_node(answer: Any) -> dict[str, dict[str, Any]]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.e2e.api_calls import Keys, call
+from tests.e2e.cluster_nodes import cluster_args, known_nodes
 from tests.e2e.procs import Agent, EchoServer, Edge
 from tests.e2e.test_credentials_end_live_sessions import SLACK, wait_exit
 from tests.ports import free_port, free_port_range
@@ -46,14 +46,7 @@ def nodes(
                 data_dir,
                 host=host,
                 ports=tcp_ports,
-                extra=[
-                    "--node-id",
-                    name,
-                    "--cluster-redis",
-                    redis_server.url,
-                    "--cluster-listen",
-                    f"{host}:{free_port()}",
-                ],
+                extra=cluster_args(name, redis_server.url, f"{host}:{free_port()}"),
             )
             made[name] = edge
             edge.start()  # one after the other: the first makes the shared data directory
@@ -61,11 +54,6 @@ def nodes(
     finally:
         for edge in made.values():
             edge.stop()
-
-
-def known_nodes(edge: Edge) -> int:
-    status: dict[str, Any] = edge.worker_status()["cluster"]
-    return int(status["presence"]["nodes"])
 
 
 def session_ids(edge: Edge) -> set[str]:

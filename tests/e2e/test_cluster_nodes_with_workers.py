@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.cluster_nodes import cluster_args
 from tests.e2e.http_helpers import exchange, first_served, host_of, web_agent
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, Edge, free_port_range, payload
@@ -51,12 +52,7 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, Edge]
                 extra=[
                     "--region",
                     "eu",
-                    "--node-id",
-                    name,
-                    "--cluster-redis",
-                    redis_server.url,
-                    "--cluster-listen",
-                    f"{host}:{first_link_port}",
+                    *cluster_args(name, redis_server.url, f"{host}:{first_link_port}"),
                 ],
             )
             made[name] = edge
