@@ -24,6 +24,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger("relay.cluster")
 
@@ -91,6 +92,12 @@ def inbox_path(run_dir: Path, worker: int) -> Path:
     return run_dir / f"worker-{worker}.sock"
 
 
+#: Told of each visitor dropped while it waited (its front, and the duplicate descriptor
+#: it was kept by, which the outbox closes right after): the owner may answer it first.
+#: Called from the event loop; must not close the descriptor.
+OnDropped = Callable[[str, int], None]
+
+
 class Outbox:
     """Sends visitors to other workers' inboxes: one socket connected to each inbox.
 
@@ -99,16 +106,26 @@ class Outbox:
     EAGAIN. Those wait here, in order, with a duplicate of their descriptor, until the
     inbox has room (a connected datagram socket polls writable then), up to
     ``MAX_PENDING`` per worker; only past that, or when the worker is gone, does a send
-    fail."""
+    fail. A visitor that waited in vain (MAX_PENDING_FOR passed, its worker went, or the
+    outbox closed) is given to ``on_dropped`` before its duplicate closes: the sender
+    already said yes to it, so only its owner can still answer it (an HTTP visitor's
+    503)."""
 
-    def __init__(self, run_dir: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        loop: asyncio.AbstractEventLoop,
+        on_dropped: OnDropped | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.loop = loop
+        self.on_dropped = on_dropped
         self._targets: dict[int, _Target] = {}
         #: Visitors that waited for room in an inbox (a burst met a busy worker), and of
-        #: those the ones dropped after MAX_PENDING_FOR (a worker that read none).
+        #: those the ones dropped: after MAX_PENDING_FOR (a worker that read none), or
+        #: when their worker went or this outbox closed.
         self.queued = 0
-        self.expired = 0
+        self.dropped = 0
 
     def send(self, worker: int, visitor: socket.socket | int, handoff: Handoff) -> None:
         """Hand ``visitor`` (a socket or its descriptor) to ``worker``. The caller still
@@ -118,7 +135,7 @@ class Outbox:
         target = self._targets.get(worker)
         if target is None:
             target = self._targets[worker] = _Target(self, worker)
-        target.send(handoff.encode(), fd)
+        target.send(handoff.encode(), fd, handoff.front)
 
     def pending(self) -> int:
         return sum(len(t.pending) for t in self._targets.values())
@@ -138,26 +155,36 @@ MAX_PENDING_BYTES = 16 * 1024 * 1024
 MAX_PENDING_FOR = 10.0
 
 
+class _Waiting(NamedTuple):
+    """A visitor queued for a full inbox: its datagram, our duplicate of its descriptor,
+    its front (what on_dropped needs to answer it) and when it was queued."""
+
+    data: bytes
+    fd: int
+    front: str
+    since: float
+
+
 class _Target:
     def __init__(self, outbox: Outbox, worker: int) -> None:
         self.outbox = outbox
         self.worker = worker
         self.address = str(inbox_path(outbox.run_dir, worker))
         self.sock: socket.socket | None = None
-        #: (datagram, duplicated descriptor, when it was queued), oldest first.
-        self.pending: collections.deque[tuple[bytes, int, float]] = collections.deque()
+        #: Oldest first.
+        self.pending: collections.deque[_Waiting] = collections.deque()
         self.pending_bytes = 0
         self._watching = False
         self._expiry: asyncio.TimerHandle | None = None
 
-    def send(self, data: bytes, fd: int) -> None:
+    def send(self, data: bytes, fd: int, front: str) -> None:
         if self.pending:
-            self._queue(data, fd)
+            self._queue(data, fd, front)
             return
         try:
             self._send_now(data, fd)
         except BlockingIOError:
-            self._queue(data, fd)
+            self._queue(data, fd, front)
 
     def _send_now(self, data: bytes, fd: int) -> None:
         """Raises BlockingIOError when the inbox is full, HandoffError when it is gone."""
@@ -196,7 +223,7 @@ class _Target:
             self.sock.close()
             self.sock = None
 
-    def _queue(self, data: bytes, fd: int) -> None:
+    def _queue(self, data: bytes, fd: int, front: str) -> None:
         if len(self.pending) >= MAX_PENDING:
             raise HandoffError(f"worker {self.worker} is {MAX_PENDING} visitors behind")
         if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
@@ -208,7 +235,7 @@ class _Target:
         except OSError as exc:  # at the descriptor limit
             raise HandoffError(f"cannot keep a visitor for worker {self.worker}: {exc}") from None
         loop = self.outbox.loop
-        self.pending.append((data, duplicate, loop.time()))
+        self.pending.append(_Waiting(data, duplicate, front, loop.time()))
         self.pending_bytes += len(data)
         self.outbox.queued += 1
         if self._expiry is None:
@@ -216,29 +243,51 @@ class _Target:
         self._watch()
 
     def _expire(self) -> None:
-        """Drop the visitors that waited MAX_PENDING_FOR (closing our duplicates; the
-        visitor sees its connection close), and look again when the next one's time
-        is up."""
+        """Drop the visitors that waited MAX_PENDING_FOR, and look again when the next
+        one's time is up."""
         self._expiry = None
         loop = self.outbox.loop
-        dropped = 0
-        while self.pending and loop.time() - self.pending[0][2] >= MAX_PENDING_FOR:
-            self._pop()
-            dropped += 1
+        dropped = self._drop(loop.time())
         if dropped:
-            self.outbox.expired += dropped
             log.warning(
                 "worker %d read no visitor for %gs; dropped %d waiting", self.worker,
                 MAX_PENDING_FOR, dropped,
             )  # fmt: skip
         if self.pending:
-            due = self.pending[0][2] + MAX_PENDING_FOR - loop.time()
+            due = self.pending[0].since + MAX_PENDING_FOR - loop.time()
             self._expiry = loop.call_later(max(due, 0.0), self._expire)
 
-    def _pop(self) -> None:
-        data, fd, _ = self.pending.popleft()
-        self.pending_bytes -= len(data)
-        os.close(fd)
+    def _sent(self) -> None:
+        """The oldest waiting visitor is in the inbox now: the datagram carries its own
+        descriptor, so ours goes."""
+        waiting = self.pending.popleft()
+        self.pending_bytes -= len(waiting.data)
+        os.close(waiting.fd)
+
+    def _drop(self, now: float | None = None) -> int:
+        """Drop waiting visitors, oldest first: every one, or those that have waited
+        MAX_PENDING_FOR at ``now``; how many went. Each is given to the owner's
+        ``on_dropped`` (an HTTP visitor is owed an answer) before our duplicate closes."""
+        on_dropped = self.outbox.on_dropped
+        dropped = 0
+        failure: Exception | None = None
+        while self.pending and (now is None or now - self.pending[0].since >= MAX_PENDING_FOR):
+            waiting = self.pending.popleft()
+            self.pending_bytes -= len(waiting.data)
+            dropped += 1
+            try:
+                if on_dropped is not None:
+                    on_dropped(waiting.front, waiting.fd)
+            except Exception as exc:
+                # The owner's bug: the other visitors must still go, and no descriptor
+                # stay open; said once for the batch.
+                failure = exc
+            finally:
+                os.close(waiting.fd)
+        self.outbox.dropped += dropped
+        if failure is not None:
+            log.error("answering the %d dropped visitor(s) failed", dropped, exc_info=failure)
+        return dropped
 
     def _watch(self) -> None:
         if not self._watching and self.sock is not None:
@@ -247,9 +296,9 @@ class _Target:
 
     def _writable(self) -> None:
         while self.pending:
-            data, fd, _ = self.pending[0]
+            waiting = self.pending[0]
             try:
-                self._send_now(data, fd)
+                self._send_now(waiting.data, waiting.fd)
             except BlockingIOError:
                 self._watch()  # still full (maybe a new socket): wait for writable
                 return
@@ -257,7 +306,7 @@ class _Target:
                 log.warning("%s; dropping %d waiting visitor(s)", exc, len(self.pending))
                 self._drop_pending()
                 return
-            self._pop()
+            self._sent()
         self._unwatch()
         if self._expiry is not None:
             self._expiry.cancel()
@@ -269,8 +318,7 @@ class _Target:
         self._watching = False
 
     def _drop_pending(self) -> None:
-        while self.pending:
-            self._pop()
+        self._drop()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

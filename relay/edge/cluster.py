@@ -24,7 +24,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,10 @@ from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.cluster_ports import RemotePorts
 from relay.edge.members import hands_over, serving_session, takes_visitors
+from relay.edge.refusal import unreachable_page
 from relay.edge.routes import HostEndpoint
 from relay.edge.tcp import TcpEndpoint, format_address
 from relay.edge.workers_then_nodes import WorkersThenNodes
-from relay.error_pages import render
 from relay.errors import EndpointAlreadyBound, RelayError
 from relay.protocol import JOIN, StreamHeader, StreamProtocol
 
@@ -314,7 +313,7 @@ class ClusterNode:
             protocol=StreamProtocol.HTTP,
             server_name=remote.hostname,
         ).to_wire()
-        self.links.forward(remote.node.link, header + carried, sock, _unreachable_page)
+        self.links.forward(remote.node.link, header + carried, sock, unreachable_page)
         return True
 
     # --- TCP ports other nodes hold (relay/edge/cluster_ports.py) ----------------------
@@ -488,69 +487,6 @@ def _peer_tuple(address: str) -> tuple[str, int] | str:
     if not sep or not port.isdigit():
         return address
     return host.strip("[]"), int(port)
-
-
-def _unreachable_page(sock: socket.socket) -> None:
-    """The node holding the name could not be reached: say so, as one edge would (on a
-    copy of the descriptor: the caller closes its own), and close gently."""
-    page = render(
-        503,
-        "RLY_611",
-        "the agent serving this host cannot be reached",
-        accept=None,
-        request_id=secrets.token_hex(8),
-        head=False,
-    )
-    try:
-        kept = sock.dup()
-    except OSError:
-        return
-    _LingeringClose(asyncio.get_running_loop(), kept, page)
-
-
-#: After a refusal page, how long and how much more a visitor may send (the rest of its
-#: request's body) before its socket closes. Closing with its bytes unread would make
-#: the kernel answer with a reset, and the visitor, still sending, would lose the page.
-LINGER_FOR = 2.0
-LINGER_BYTES = 1 << 20
-
-
-class _LingeringClose:
-    """Send ``page``, shut the sending side, and read and drop what the visitor still
-    sends until it closes, ``LINGER_BYTES`` came or ``LINGER_FOR`` passed."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, page: bytes):
-        self.loop = loop
-        self.sock = sock
-        self.left = LINGER_BYTES
-        sock.setblocking(False)
-        try:
-            sock.send(page)  # a small page into an idle socket's empty buffer
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        self.fd = sock.fileno()
-        loop.add_reader(self.fd, self._read)
-        self.timer = loop.call_later(LINGER_FOR, self._close)
-
-    def _read(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        self.left -= len(data)
-        if not data or self.left <= 0:
-            self._close()
-
-    def _close(self) -> None:
-        if self.sock.fileno() < 0:
-            return
-        self.loop.remove_reader(self.fd)
-        self.timer.cancel()
-        self.sock.close()
 
 
 def _log_publish_failure(task: asyncio.Task[None]) -> None:

@@ -36,6 +36,7 @@ from relay.cluster.place import WorkerPlace
 from relay.control.tokens import ID_LENGTH
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.members import Pooled, hands_over
+from relay.edge.refusal import unreachable_page
 from relay.edge.registry import Holder
 from relay.edge.routes import MAX_HOSTNAME, HostEndpoint, HostRoutes
 from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
@@ -133,7 +134,7 @@ class EdgeWorker:
         self.channel = Channel(sock, loop, self._message, self._supervisor_gone)
         self.inbox = Inbox(self.place.run_dir, self.index)
         self.inbox.start(loop, self._handed_in)
-        self.outbox = Outbox(self.place.run_dir, loop)
+        self.outbox = Outbox(self.place.run_dir, loop, on_dropped=self._dropped)
 
     def _to_supervisor(self, message: Message) -> None:
         if self.channel is not None:
@@ -333,8 +334,8 @@ class EdgeWorker:
     @property
     def handoffs_failed(self) -> int:
         """Visitors not handed over: refused at once, or dropped after waiting for a
-        worker that read none (Outbox.expired)."""
-        return self.sends_failed + (self.outbox.expired if self.outbox is not None else 0)
+        worker that read none or went (Outbox.dropped)."""
+        return self.sends_failed + (self.outbox.dropped if self.outbox is not None else 0)
 
     def _send(self, fd: int, handoff: Handoff, target: RemoteEndpoint) -> bool:
         """Hand the visitor to one of ``target``'s workers, in turn; another of them if
@@ -352,6 +353,20 @@ class EdgeWorker:
         self.sends_failed += 1
         log.warning("handing a visitor of %s over failed: %s", handoff.key, why)
         return False
+
+    def _dropped(self, front: str, fd: int) -> None:
+        """A visitor handed to a worker that never took it (it read none for
+        MAX_PENDING_FOR, or went; or this worker stops), given back by the outbox, which
+        closes ``fd`` after. An HTTP visitor waited for an answer: it gets the page a
+        handoff that fails at once gets. On the TLS port and a TCP port nothing was read
+        and no handshake made: there is nothing to say, and the close is all it gets."""
+        if front != "http":
+            return
+        sock = socket.socket(fileno=fd)
+        try:
+            unreachable_page(sock)  # on its own copy of the descriptor
+        finally:
+            sock.detach()  # ``fd`` stays the outbox's: closed once, by it
 
     def _handed_in(self, conn: socket.socket, handoff: Handoff) -> None:
         web = self.edge.web

@@ -1,5 +1,7 @@
 """relay/cluster/handoff.py: a visitor's socket and what was read of it go to another
-worker in one datagram; anything else sent to an inbox is dropped, not served."""
+worker in one datagram; anything else sent to an inbox is dropped, not served. A visitor
+that waited for a worker that never took it is answered by the sending worker
+(relay/edge/worker.py): 503 RLY_611 over HTTP, a close on the TLS port."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import array
 import asyncio
 import contextlib
 import os
+import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -25,6 +29,11 @@ from relay.cluster.handoff import (
     Outbox,
     inbox_path,
 )
+from relay.cluster.place import WorkerPlace
+from relay.edge.http import HttpFront
+from relay.edge.routes import HostRoutes
+from relay.edge.worker import EdgeWorker, RemoteEndpoint
+from relay.error_pages import render
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -265,7 +274,7 @@ def test_visitors_waiting_for_a_worker_that_reads_none_are_dropped_in_time(
                 if outbox.pending() == 0:
                     break
                 await asyncio.sleep(0.01)
-            assert outbox.pending() == 0 and outbox.expired == waiting
+            assert outbox.pending() == 0 and outbox.dropped == waiting
             assert len(os.listdir("/proc/self/fd")) == before + 1
 
     asyncio.run(main())
@@ -284,5 +293,250 @@ def test_the_bytes_waiting_for_one_worker_are_bounded(
                 for sock in visitors:
                     outbox.send(5, sock, Handoff("http", "host:a.x", head))
             assert outbox.pending() == 3
+
+    asyncio.run(main())
+
+
+# --- what a dropped visitor is told -----------------------------------------------------
+
+HEAD = b"POST /upload HTTP/1.1\r\nhost: a.example.com\r\ncontent-length: 4096\r\n\r\n"
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def descriptors_back_to(before: int) -> None:
+    """A refused HTTP visitor's socket lingers until the visitor closes its side
+    (relay/edge/refusal.py): the loop must run to see that. Bounded: 2 s."""
+    for _ in range(200):
+        if open_descriptors() == before:
+            return
+        await asyncio.sleep(0.01)
+    assert open_descriptors() == before
+
+
+@contextlib.asynccontextmanager
+async def worker_and_stalled_sibling(tmp_path: Path) -> AsyncIterator[tuple[EdgeWorker, Inbox]]:
+    """Worker 0 of two, started as the edge starts it (its outbox given back the visitors
+    it drops), with a plain-HTTP front; and worker 1's inbox, bound but never read (a
+    worker whose loop is stuck). All closed after, also when the test fails."""
+    loop = asyncio.get_running_loop()
+    front = HttpFront(
+        HostRoutes(),
+        loop=loop,
+        max_head=16384,
+        max_headers=100,
+        max_body=1 << 20,
+        header_timeout=10.0,
+        idle_timeout=10.0,
+    )
+    mine, supervisor = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    place = WorkerPlace(0, 2, mine.detach(), tmp_path)
+    worker = EdgeWorker(SimpleNamespace(web=SimpleNamespace(http=front)), place)  # type: ignore[arg-type]
+    worker.start(loop)
+    stalled = Inbox(tmp_path, 1)
+    try:
+        yield worker, stalled
+    finally:
+        stalled.close()  # again, if the test closed it: a no-op then
+        worker.close()
+        assert worker.channel is not None
+        worker.channel.close()  # before its other end: an end of the supervisor is a SIGTERM
+        supervisor.close()
+
+
+@contextlib.contextmanager
+def tcp_visitors(count: int, request: bytes) -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    """``count`` TCP visitors on 127.0.0.1, each (its socket, the edge's accepted socket),
+    each having sent ``request``; closed after."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=count)
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        for _ in range(count):
+            visitor = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+            pairs.append((visitor, accepted))
+            if request:
+                visitor.sendall(request)
+        yield pairs
+    finally:
+        for visitor, accepted in pairs:
+            visitor.close()
+            accepted.close()
+        listener.close()
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """What the HTTP listener reads before it routes: the head (the body stays unread)."""
+    sock.settimeout(5)
+    head = b""
+    for _ in range(100):  # bounded: the head is on loopback already
+        head += sock.recv(len(HEAD) - len(head))
+        if len(head) == len(HEAD):
+            return head
+    raise AssertionError(f"only {len(head)} bytes of the head arrived")
+
+
+def hand_over_http(worker: EdgeWorker, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    """As HttpVisitor does: read the head, hand socket and head to worker 1, then close
+    this worker's descriptor (transport.abort)."""
+    holder = RemoteEndpoint("http", "a.example.com", (1,))
+    for _, accepted in pairs:
+        head = read_head(accepted)
+        assert worker._send(accepted.fileno(), Handoff("http", holder.key, head), holder)
+        accepted.close()
+
+
+def read_to_the_end(sock: socket.socket) -> tuple[bytes, str]:
+    """All a visitor receives, and how it ended: ``eof`` or ``reset``."""
+    sock.settimeout(5)
+    got = b""
+    for _ in range(1000):  # bounded: a page is a few hundred bytes
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return got, "reset"
+        if not data:
+            return got, "eof"
+        got += data
+    raise AssertionError("the visitor's connection did not end")
+
+
+def assert_is_the_unreachable_page(response: bytes) -> None:
+    """Byte for byte the page a visitor gets when its handoff fails at once (503 RLY_611),
+    up to its request id, which is random."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), response[:80]
+    assert b"\r\nconnection: close\r\n" in head
+    assert b"\r\nx-relay-error-code: RLY_611\r\n" in head
+    assert b"\r\ncontent-length: %d\r\n" % len(body) in head
+    found = re.search(rb"\r\nx-relay-request-id: ([0-9a-f]+)(?:\r\n|$)", head)
+    assert found is not None
+    assert response == render(
+        503,
+        "RLY_611",
+        "the agent serving this host cannot be reached",
+        accept=None,
+        request_id=found.group(1).decode(),
+    )
+
+
+def test_an_http_visitor_dropped_after_waiting_in_vain_gets_a_503_and_nothing_leaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker 1 reads no visitor: those queued for it are dropped after MAX_PENDING_FOR,
+    and each, which has been waiting for an answer, gets the whole 503 RLY_611 page and
+    then the end of the connection, as if its handoff had failed at once; the rest of its
+    request unread is no reset. Every descriptor the handoff took is closed."""
+    monkeypatch.setattr(handoff_module, "MAX_PENDING_FOR", 0.3)
+
+    async def main() -> None:
+        before = open_descriptors()
+        async with worker_and_stalled_sibling(tmp_path) as (worker, _):
+            with tcp_visitors(20, HEAD + b"b" * 1000) as pairs:
+                hand_over_http(worker, pairs)
+                assert worker.outbox is not None
+                waiting = worker.outbox.pending()
+                assert 0 < waiting < 20  # the kernel took the first, the rest wait here
+                for _ in range(200):  # bounded: dropped within 2 s
+                    if worker.outbox.pending() == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert worker.outbox.pending() == 0 and worker.outbox.dropped == waiting
+                assert worker.handoffs_failed == waiting
+                for visitor, _ in pairs[-waiting:]:
+                    response, end = read_to_the_end(visitor)
+                    assert_is_the_unreachable_page(response)
+                    assert end == "eof"
+                for visitor, _ in pairs[:-waiting]:  # in worker 1's inbox: not ours
+                    with pytest.raises(BlockingIOError):
+                        visitor.recv(1, socket.MSG_DONTWAIT)
+        await descriptors_back_to(before)
+
+    asyncio.run(main())
+
+
+def test_an_http_visitor_waiting_for_a_worker_that_went_gets_a_503(tmp_path: Path) -> None:
+    """Worker 1 goes (its inbox closed) while visitors wait for room in it: those waiting
+    here get the 503 page at once, not after MAX_PENDING_FOR (10 s). Those already in its
+    inbox went with it: the kernel closes them, and no worker can say anything to them."""
+
+    async def main() -> None:
+        before = open_descriptors()
+        async with worker_and_stalled_sibling(tmp_path) as (worker, stalled):
+            with tcp_visitors(20, HEAD) as pairs:
+                hand_over_http(worker, pairs)
+                assert worker.outbox is not None
+                waiting = worker.outbox.pending()
+                assert 0 < waiting < 20
+                stalled.close()
+                for _ in range(200):  # bounded: dropped within 2 s
+                    if worker.outbox.pending() == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert worker.outbox.pending() == 0 and worker.outbox.dropped == waiting
+                assert worker.handoffs_failed == waiting
+                for visitor, _ in pairs[-waiting:]:
+                    response, end = read_to_the_end(visitor)
+                    assert_is_the_unreachable_page(response)
+                    assert end == "eof"
+                for visitor, _ in pairs[:-waiting]:
+                    assert read_to_the_end(visitor)[0] == b""
+        await descriptors_back_to(before)
+
+    asyncio.run(main())
+
+
+def test_a_tls_visitor_dropped_after_waiting_is_only_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the TLS port nothing was consumed and no handshake made: a visitor dropped is
+    closed, with not a byte written to it (a 503 would be garbage to a TLS client)."""
+    monkeypatch.setattr(handoff_module, "MAX_PENDING_FOR", 0.3)
+
+    async def main() -> None:
+        before = open_descriptors()
+        async with worker_and_stalled_sibling(tmp_path) as (worker, _):
+            with tcp_visitors(20, b"") as pairs:
+                holder = RemoteEndpoint("sni", "a.example.com", (1,))
+                for _, accepted in pairs:
+                    handoff = Handoff("tls", holder.key)
+                    assert worker._send(accepted.fileno(), handoff, holder)
+                    accepted.close()
+                assert worker.outbox is not None
+                waiting = worker.outbox.pending()
+                assert 0 < waiting < 20
+                for _ in range(200):  # bounded: dropped within 2 s
+                    if worker.outbox.pending() == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert worker.outbox.dropped == waiting
+                for visitor, _ in pairs[-waiting:]:
+                    assert read_to_the_end(visitor) == (b"", "eof")
+        assert open_descriptors() == before
+
+    asyncio.run(main())
+
+
+def test_http_visitors_waiting_when_the_worker_stops_get_a_503(tmp_path: Path) -> None:
+    """The sending worker stops (its outbox closes) while visitors wait: each still gets
+    its answer before its descriptor closes."""
+
+    async def main() -> None:
+        before = open_descriptors()
+        async with worker_and_stalled_sibling(tmp_path) as (worker, _):
+            with tcp_visitors(20, HEAD) as pairs:
+                hand_over_http(worker, pairs)
+                assert worker.outbox is not None
+                waiting = worker.outbox.pending()
+                assert 0 < waiting < 20
+                worker.outbox.close()
+                assert worker.outbox.pending() == 0
+                for visitor, _ in pairs[-waiting:]:
+                    response, end = read_to_the_end(visitor)
+                    assert_is_the_unreachable_page(response)
+                    assert end == "eof"
+        await descriptors_back_to(before)
 
     asyncio.run(main())
