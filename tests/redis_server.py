@@ -8,7 +8,9 @@ importing it (it is not in a conftest, so only the suites that want Redis see it
     from tests.redis_server import redis_server  # noqa: F401
 
 and asks for ``redis_server: RedisServer`` in a test; the server is stopped afterwards,
-also when the test fails. :meth:`RedisServer.restart` is an outage that loses every key.
+also when the test fails. :meth:`RedisServer.restart` is an outage that loses every key;
+:meth:`RedisServer.pause` one where Redis accepts connections but answers nothing, until
+:meth:`RedisServer.resume`.
 """
 
 from __future__ import annotations
@@ -113,6 +115,19 @@ class RedisServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=STOP_TIMEOUT)
+
+    def pause(self) -> None:
+        """Freeze the process by its id (SIGSTOP): it keeps its port, and the kernel still
+        accepts connections to it, but nothing is answered (a hung or partitioned Redis).
+        A test that pauses resumes in a ``finally``: a stopped process ignores SIGTERM
+        until it is continued, so :meth:`stop` would wait for the SIGKILL."""
+        assert self.proc is not None and self.proc.poll() is None, "redis-server is not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process go on (SIGCONT, by its id)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> RedisServer:
         """Stop, then start on the same port with no data (nothing is saved)."""

@@ -6,11 +6,12 @@ A node asks the others through Redis pub/sub (relay/cluster/presence.py): it pub
 ``ask`` event on the channel every node follows, and each other node answers on the
 asker's own channel with what it holds (a list), or whether it acted (a stop or restart:
 only the node holding the session does, and audits it there with the caller as actor).
-The asker waits for one answer from each node it knows of, at most ``ASK_TIMEOUT``: a node
-that does not answer in time is left out of a list, and said so in the log. While the ask
-cannot be published at all (Redis does not answer), :class:`OthersUnasked` says so, and
-the caller goes on with this node's own part (relay/edge/control_view.py); the log says
-so once per outage.
+The asker waits for one answer from each node it knows of: ``ASK_TIMEOUT`` bounds the whole
+ask, its publish and the wait for the answers together. A node that does not answer in
+time is left out of a list, and said so in the log. While the ask cannot be published at
+all, or not within ``ASK_TIMEOUT`` (Redis does not answer), :class:`OthersUnasked` says
+so, and the caller goes on with this node's own part (relay/edge/control_view.py); the
+log says so once per outage.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from relay.errors import NotFound, RelayError
 
 log = logging.getLogger("relay.edge.cluster")
 
-#: How long an API call waits for the other nodes' answers (a live node answers in
-#: milliseconds: this bounds a call while a node has just died).
+#: How long an API call waits for the other nodes, publishing the ask included (a live
+#: node answers in milliseconds: this bounds a call while a node has just died, or while
+#: Redis takes connections but does not answer, whose own deadline is longer).
 ASK_TIMEOUT = 1.5
 #: Asks of this node waiting at once; more are refused (a runaway client of the API must
 #: not grow the table without bound).
@@ -146,11 +148,17 @@ class ClusterAsks:
             raise NotFound("too many questions to the other nodes at once; try again")
         ask_id = secrets.token_hex(8)
         waiting = _Waiting(nodes, first_yes=first_yes)
+        # One deadline for the publish and the wait: presence bounds a publish to a Redis
+        # that does not answer by its own, longer deadline (a wait for a pooled
+        # connection, a reconnect and a read, each up to a second: up to 3 s in all).
+        deadline = asyncio.get_running_loop().time() + ASK_TIMEOUT
         self._waiting[ask_id] = waiting
         try:
             try:
-                await presence.publish_event(
-                    {"event": "ask", "ask": ask_id, "from": self.node_id, **fields}
+                await _publish_by(
+                    presence,
+                    {"event": "ask", "ask": ask_id, "from": self.node_id, **fields},
+                    deadline,
                 )
             except RelayError as err:
                 self._note_cut_off(err)
@@ -159,7 +167,7 @@ class ClusterAsks:
                 self._cut_off = False
                 log.info("cluster: the other nodes can be asked again")
             try:
-                async with asyncio.timeout(ASK_TIMEOUT):
+                async with asyncio.timeout_at(deadline):
                     await waiting.done.wait()
             except TimeoutError:
                 silent = sorted(nodes - set(waiting.answers))
@@ -226,6 +234,21 @@ class ClusterAsks:
         waiting.answers[node] = body
         if set(waiting.answers) >= waiting.nodes or (waiting.first_yes and body is True):
             waiting.done.set()
+
+
+async def _publish_by(presence: AskWire, event: dict[str, str], deadline: float) -> None:
+    """Publish ``event`` by ``deadline`` (the loop's clock). One that is not published by
+    then raises :class:`RelayError`, as one that failed does.
+
+    The publish is cancelled at the deadline, as presence's own deadline cancels it
+    (Presence._call): redis-py closes a connection whose command was cancelled halfway
+    and gives it back to the pool, which connects it again on its next use, so the
+    client stays usable."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await presence.publish_event(event)
+    except TimeoutError:
+        raise RelayError(f"Redis did not answer within {ASK_TIMEOUT:g} s") from None
 
 
 def _plain(view: SessionView | EndpointView) -> dict[str, Any]:

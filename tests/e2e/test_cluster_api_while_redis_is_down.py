@@ -2,7 +2,9 @@
 (docs/scaling.md, "One API for the cluster"): it lists its own sessions and endpoints,
 stops and restarts its own sessions, and reloads itself; a session it does not hold is
 answered 404 saying the other nodes cannot be asked now. The log says so once, not once
-per call. When Redis is back, the lists are the whole cluster's again.
+per call. When Redis is back, the lists are the whole cluster's again. A Redis that takes
+connections but answers nothing (frozen, or cut off) does not hold a call longer than
+the ask's bound.
 
 Two nodes on loopback addresses of their own share one real Redis and one data directory
 (one control plane), as in test_api_reloads_every_node.py.
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.api_calls import Keys, call
+from relay.cluster.presence import MAX_CONNECTIONS
+from relay.edge.cluster_asks import ASK_TIMEOUT
+from tests.e2e.api_calls import Answer, Keys, call
 from tests.e2e.cluster_nodes import cluster_args, known_nodes
 from tests.e2e.procs import Agent, EchoServer, Edge
 from tests.e2e.test_credentials_end_live_sessions import SLACK, wait_exit
@@ -29,6 +34,14 @@ NODES = (("a", "127.0.0.2"), ("b", "127.0.0.3"))
 #: What a's log says when an ask cannot be published (relay/edge/cluster_asks.py).
 CUT_OFF = "cluster: the other nodes cannot be asked"
 UNASKED = "the other nodes cannot be asked now"
+#: Lists asked for at once while Redis is frozen (a dashboard's polls piling up): more
+#: than presence's connections to Redis, so some publishes queue for one.
+BURST = 2 * MAX_CONNECTIONS
+#: What a call may take past ASK_TIMEOUT (an HTTP round trip on loopback). Less than a
+#: second: with Redis frozen a publish fails after presence's one-second read timeout,
+#: or two seconds for one that first waited for a connection, so a larger slack would
+#: not tell an ask bounded by ASK_TIMEOUT from one bounded by presence's deadline.
+BOUND_SLACK = 0.3
 
 
 @pytest.fixture
@@ -171,4 +184,73 @@ def test_a_node_s_api_speaks_for_itself_while_redis_is_down(
     assert gone.status == 404, gone.body
     assert gone.body["message"] == f"no live session with id {doomed_session!r}", gone.body
     assert kept.proc.proc.poll() is None and on_b.proc.proc.poll() is None
+    assert "Traceback" not in a.proc.text()
+
+
+def timed(edge: Edge, method: str, path: str, key: str) -> tuple[Answer, float]:
+    """One call to ``edge``'s API, and how long it took to answer (seconds)."""
+    started = time.monotonic()
+    answer = call(edge, method, path, key)
+    return answer, time.monotonic() - started
+
+
+def test_a_call_is_bounded_while_redis_is_frozen(
+    nodes: dict[str, Edge],
+    redis_server: RedisServer,  # noqa: F811
+    echo: EchoServer,
+    agents: list[Agent],
+) -> None:
+    """Redis stopped with SIGSTOP takes connections and answers nothing: an ask's publish
+    does not complete, and every call still answers within ASK_TIMEOUT (the publish and
+    the wait share it) with this node's own part, however many come at once."""
+    a, b = nodes["a"], nodes["b"]
+    deadline = time.monotonic() + 10
+    while not (known_nodes(a) == 1 and known_nodes(b) == 1):
+        assert time.monotonic() < deadline, "the nodes never saw each other"
+        time.sleep(0.05)
+    on_a, on_b = bound_agent(a, echo, agents), bound_agent(b, echo, agents)
+    keys = Keys(a)
+    try:
+        _, key = keys.make(["sessions:read", "sessions:write"])
+    finally:
+        keys.close()
+    session_of = {urls[0]: session for session, urls in listed(a, key).items()}
+    a_session, b_session = session_of[on_a.url], session_of[on_b.url]
+
+    bound = ASK_TIMEOUT + BOUND_SLACK
+    redis_server.pause()
+    try:
+        with ThreadPoolExecutor(BURST) as pool:
+            lists = list(
+                pool.map(lambda _: timed(a, "GET", "/api/v1/tunnel_sessions", key), range(BURST))
+            )
+        for answer, _ in lists:
+            assert answer.status == 200, answer.body
+            assert {s["id"] for s in answer.body["items"]} == {a_session}, answer.body
+        took = sorted(round(t, 2) for _, t in lists)
+        assert took[-1] < bound, f"lists took {took} s while Redis was frozen"
+        refused, took_stop = timed(a, "POST", f"/api/v1/tunnel_sessions/{b_session}/stop", key)
+        assert refused.status == 404 and refused.code == "RLY_601", refused.body
+        assert UNASKED in refused.body["message"], refused.body
+        assert took_stop < bound, f"a stop took {took_stop:.2f} s while Redis was frozen"
+        assert on_b.proc.proc.poll() is None
+        assert a.proc is not None
+        a.proc.wait_all(CUT_OFF, timeout=5)
+        assert a.proc.text().count(CUT_OFF) == 1, a.proc.text()
+    finally:
+        # Always: a frozen server does not stop on the fixture's SIGTERM.
+        redis_server.resume()
+
+    # The publishes cut off left the client usable: the list is the cluster's again, and
+    # a stop through a reaches b.
+    deadline = time.monotonic() + 20
+    while set(now := listed(a, key)) != {a_session, b_session}:
+        assert time.monotonic() < deadline, f"a lists {now} after Redis answered again"
+        time.sleep(0.2)
+    a.proc.wait_all("cluster: the other nodes can be asked again", timeout=5)
+    stopped = call(a, "POST", f"/api/v1/tunnel_sessions/{b_session}/stop", key)
+    assert stopped.status == 200 and stopped.body["id"] == b_session, stopped.body
+    code, _ = wait_exit(on_b, 2.0)
+    assert code == 1 and "RLY_122" in on_b.proc.text(), on_b.proc.text()
+    assert on_a.proc.proc.poll() is None
     assert "Traceback" not in a.proc.text()
