@@ -14,7 +14,9 @@ the rules a single edge keeps (relay/edge/members.py), across workers:
   agent was restarted and its endpoint is orphaned within its grace).
 
 ``live``, per worker, says whether its session(s) for the key are up: visitors are
-handed only to workers that hold a key live.
+handed only to workers that hold a key live, and of those to the ones whose members
+take new visitors (a worker whose members all drain keeps the key, but gets none while
+another takes them).
 
 A dead worker's orphaned keys are forgotten when its grace runs out, but only those
 orphaned by the run of the worker that died: a key its restarted worker bound again and
@@ -46,16 +48,27 @@ class Claim:
     #: worker -> the run of that worker (ClaimTable.worker_down) in which its members of
     #: the key were orphaned; exactly the workers ``live`` says False of.
     orphaned_in: dict[int, int] = field(default_factory=dict)
+    #: Workers whose members of the key are live but all drain (a GoAway, a restart):
+    #: they still hold it, but take no new visitor.
+    resting: set[int] = field(default_factory=set)
 
     def live_workers(self) -> list[int]:
-        return sorted(w for w, up in self.live.items() if up)
+        """The workers visitors of the key go to: those whose members take them; while
+        every live member drains, the draining ones (which answer as they can)."""
+        live = sorted(w for w, up in self.live.items() if up)
+        taking = [w for w in live if w not in self.resting]
+        return taking or live
 
     def live_members(self) -> list[Member]:
         return [m for m in self.members if self.live.get(m.worker)]
 
-    def hold_live(self, worker: int) -> None:
+    def hold_live(self, worker: int, taking: bool = True) -> None:
         self.live[worker] = True
         self.orphaned_in.pop(worker, None)
+        if taking:
+            self.resting.discard(worker)
+        else:
+            self.resting.add(worker)
 
     def orphan(self, worker: int, run: int) -> None:
         # Still orphaned keeps its first run: the grace counts from the first orphaning.
@@ -66,6 +79,7 @@ class Claim:
     def let_go(self, worker: int) -> None:
         self.live.pop(worker, None)
         self.orphaned_in.pop(worker, None)
+        self.resting.discard(worker)
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,13 @@ class ClaimTable:
         return Verdict(True, dropped=tuple(m for m in same_link if m.worker != member.worker))
 
     def apply_state(
-        self, worker: int, key: str, token: str, members: list[Member], live: bool
+        self,
+        worker: int,
+        key: str,
+        token: str,
+        members: list[Member],
+        live: bool,
+        taking: bool = True,
     ) -> str:
         """What ``worker`` holds of ``key`` now, all of it: its members (none: it holds
         the key no more) and whether one is live. Workers send it after every change, in
@@ -152,17 +172,22 @@ class ClaimTable:
             current = self._claims[key] = Claim(token)
         unique = {(m.agent, m.link): m for m in members}  # one place per link
         mine = [Member(worker, m.agent, m.link, m.pooled) for m in unique.values()]
-        before = ([m for m in current.members if m.worker == worker], current.live.get(worker))
+        before = (
+            [m for m in current.members if m.worker == worker],
+            current.live.get(worker),
+            worker in current.resting,
+        )
         # A link reported here is here: any copy of it another worker kept is stale.
         places = {(m.agent, m.link) for m in mine}
         current.members = [
             m for m in current.members if m.worker != worker and (m.agent, m.link) not in places
         ] + mine
         if live:
-            current.hold_live(worker)
+            current.hold_live(worker, taking)
         else:
             current.orphan(worker, self._runs.get(worker, 0))
-        return "same" if before == (mine, live) else "changed"
+        after = (mine, live, worker in current.resting)
+        return "same" if before == after else "changed"
 
     def release(self, worker: int, key: str) -> bool:
         """``worker`` no longer holds ``key``; True if it did."""

@@ -342,7 +342,12 @@ class Supervisor:
             for agent, link, pooled in message["members"][:MAX_MEMBERS_PER_KEY]
         ]
         outcome = self.table.apply_state(
-            worker.index, key, str(message["token"]), members, bool(message["live"])
+            worker.index,
+            key,
+            str(message["token"]),
+            members,
+            bool(message["live"]),
+            taking=bool(message.get("taking", True)),
         )
         if outcome == "changed":
             self._tell_where(key)

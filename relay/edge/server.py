@@ -32,7 +32,7 @@ from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
-from relay.edge.members import is_live
+from relay.edge.members import is_live, takes_visitors
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
@@ -886,6 +886,13 @@ class Edge:
         log.info("%s moved to another worker", endpoint.url)
         self._remove(endpoint)
 
+    def session_draining(self, session: AgentSession) -> None:
+        """``session`` takes no new visitor from now on: the supervisor and the other
+        nodes hear it at once, so they hand or carry its endpoints' visitors to members
+        that still take them."""
+        for endpoint in list(session.endpoints.values()):
+            self.report(endpoint.key)
+
     def report(self, key: str) -> None:
         """Tell the supervisor everything this worker holds of ``key`` now (workers only):
         sent after every change, so its table follows the workers whatever crossed. A
@@ -898,7 +905,13 @@ class Edge:
         if endpoint is None:
             self.worker.report(key, "", [], False)
         else:
-            self.worker.report(key, endpoint.holder.token_id, endpoint.members, is_live(endpoint))
+            self.worker.report(
+                key,
+                endpoint.holder.token_id,
+                endpoint.members,
+                is_live(endpoint),
+                takes_visitors(endpoint),
+            )
 
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         """The agent has its Bound reply (a new endpoint, or one taken back): an https

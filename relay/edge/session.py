@@ -90,7 +90,7 @@ class AgentSession:
         #: What failed authentications count against (relay.edge.auth_guard.source_of).
         self.source = "-"
         self.authenticated = False
-        self.draining = False
+        self._draining = False
         self.endpoints: dict[str, Any] = {}
         #: Why the session ended, for metrics: set by whoever ended it; "closed" when the
         #: agent just went away.
@@ -102,6 +102,21 @@ class AgentSession:
     @property
     def accepting_visitors(self) -> bool:
         return self.authenticated and not self.draining and not self.link.closed
+
+    @property
+    def draining(self) -> bool:
+        """No new visitor is routed here (a GoAway, a stop, a restart, the edge's drain);
+        live streams finish."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        started = value and not self._draining
+        self._draining = value
+        if started and self.endpoints:
+            # The other workers and nodes route visitors by what this one reports: from
+            # now on they must send none here, not until the session ends (up to 30 s).
+            self.edge.session_draining(self)
 
     # --- Link handler -----------------------------------------------------------------
 

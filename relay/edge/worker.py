@@ -70,6 +70,7 @@ def _most_members_per_key() -> int:
         "token": "t" * ID_LENGTH,
         "members": [],
         "live": False,
+        "taking": False,
     }
     worst = ['"' * MAX_AGENT_ID, MAX_AGENT_LINKS - 1, False]
     each = len(json.dumps(worst, separators=(",", ":"))) + len(",")
@@ -212,10 +213,14 @@ class EdgeWorker:
                 f"agents), the most one endpoint may have on a worker of this edge"
             )
 
-    def report(self, key: str, token_id: str, members: list[Holder], live: bool) -> None:
+    def report(
+        self, key: str, token_id: str, members: list[Holder], live: bool, taking: bool = True
+    ) -> None:
         """Everything this worker holds of ``key`` now (no members: nothing). Sent after
         every change, so the supervisor's table ends up as the workers are, whatever
-        crossed on the way. Never raises: it is called while sessions are cleaned up."""
+        crossed on the way. ``live``: a member's session is up (else the key is orphaned,
+        in grace); ``taking``: one of them takes new visitors (not all draining). Never
+        raises: it is called while sessions are cleaned up."""
         if self.channel is None:
             return
         try:
@@ -226,6 +231,7 @@ class EdgeWorker:
                     "token": token_id,
                     "members": [[m.agent_id, m.link, m.pooled] for m in members],
                     "live": live,
+                    "taking": taking,
                 }
             )
         except ChannelError as exc:

@@ -521,6 +521,65 @@ def test_a_pool_member_stopped_with_sigterm_lets_its_slow_download_finish(
         b.close()
 
 
+def test_a_draining_pool_member_gets_no_visitor_handed_from_another_worker(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    """Three workers, two pool members on two of them: the third holds none and hands
+    every visitor it accepts over. Member a drains (SIGTERM, a slow download live): from
+    that moment the workers hand it none, so no visitor fails while it drains, and the
+    worker it is on hands its own visitors to b too."""
+    edge = Edge(tmp_path / "edge", workers=3).start()
+    a, b = MemberOrigin("a"), MemberOrigin("b")
+    try:
+        _, token = edge.token()
+        host = "drain3.relay.localhost"
+        first = web(edge, agents, token, a.port, "drain3", "--pool")
+        # The kernel picks a worker per link: b tries again until it is on another one
+        # than a (each try a 2 in 3 chance; 20 misses in a row: once in 3^20).
+        for _ in range(20):
+            second = web(edge, agents, token, b.port, "drain3", "--pool")
+            if sorted(serving_sessions(edge)) == [0, 1, 1]:
+                break
+            second.stop()
+            agents.remove(second)
+            wait_for("b's session gone", lambda: sum(serving_sessions(edge)) == 1)
+        else:
+            pytest.fail("the two members never landed on two workers in 20 tries")
+        # Each serves: a worker's visitors go to its own member, the third's in turn.
+        wait_for(
+            "both members serving",
+            lambda: {fetch(edge.http_port, host).member for _ in range(12)} == {"a", "b"},
+        )
+        for _ in range(40):  # the kernel's pick of a worker decides who serves it
+            download = Visit(edge.http_port, host, f"/slow/{SLOW_SIZE}/{SLOW_SECONDS}/0").start()
+            assert download.wait_head(10), download.error
+            if download.member == "a":
+                break
+            download.join(SLOW_SECONDS + 10)
+        assert download.member == "a"
+        handed_before = sum(
+            int(edge.worker_status(w)["workers"]["handed_off"]["http"]) for w in range(3)
+        )
+
+        os.kill(first.proc.proc.pid, signal.SIGTERM)
+        first.proc.wait_line("draining 1 live stream(s)", 5)
+        after = [fetch(edge.http_port, host) for _ in range(60)]
+        assert not download.done.is_set(), "the download ended before the visitors: too fast"
+        assert [(v.member, v.status, v.error) for v in after if not v.whole(BODY_SIZE)] == []
+        assert Counter(v.member for v in after) == Counter({"b": 60})
+        handed = sum(int(edge.worker_status(w)["workers"]["handed_off"]["http"]) for w in range(3))
+        assert handed > handed_before  # visitors did cross workers meanwhile
+        download.join(SLOW_SECONDS + 20)
+        assert download.whole(SLOW_SIZE), (download.status, download.error, len(download.body))
+        assert first.proc.wait(10) == 0, first.proc.text()
+    finally:
+        a.close()
+        b.close()
+        for agent in list(agents):
+            agent.stop()
+        edge.stop()
+
+
 def test_a_second_signal_ends_the_drain_at_once(edge: Edge, agents: list[Agent]) -> None:
     """Ctrl-C twice (here SIGINT, then SIGTERM): the first drains, the second cuts the
     live stream and exits."""

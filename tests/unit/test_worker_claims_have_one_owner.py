@@ -162,6 +162,32 @@ def test_reports_by_a_non_holder_or_unchanged_change_nothing() -> None:
     assert table.live_workers("http:a.example") == [0]
 
 
+def test_a_worker_whose_members_drain_gets_no_visitor_while_another_takes_them() -> None:
+    """Visitors go where a member takes them: a worker whose pooled members all drain
+    (a GoAway, a restart) still holds the key, but is left out of ``live_workers``
+    while another worker's member takes visitors; when every one drains, the draining
+    workers are all there is."""
+    table = ClaimTable()
+    key = "http:p.example"
+    table.claim(key, "t1", Member(1, "a", pooled=True))
+    table.claim(key, "t1", Member(2, "b", pooled=True))
+    assert table.live_workers(key) == [1, 2]
+    draining = [Member(1, "a", pooled=True)]
+    assert table.apply_state(1, key, "t1", draining, live=True, taking=False) == "changed"
+    assert table.live_workers(key) == [2]
+    assert table.holders(key) == {1: True, 2: True}  # still held: no other token takes it
+    assert table.apply_state(1, key, "t1", draining, live=True, taking=False) == "same"
+    both = [Member(2, "b", pooled=True)]
+    assert table.apply_state(2, key, "t1", both, live=True, taking=False) == "changed"
+    assert table.live_workers(key) == [1, 2]
+    # One takes visitors again (a member bound anew on worker 2): only it gets them.
+    assert table.claim(key, "t1", Member(2, "c", pooled=True)).granted
+    assert table.live_workers(key) == [2]
+    # Gone, a draining worker's key is forgotten there, draining state and all.
+    assert table.apply_state(1, key, "t1", [], live=False) == "changed"
+    assert table.live_workers(key) == [2]
+
+
 def test_a_member_that_left_is_forgotten() -> None:
     table = ClaimTable()
     table.claim("http:a.example", "t1", Member(0, "agent1", link=0))
