@@ -26,7 +26,8 @@ RLY_122   SessionStopped          an operator stopped the agent's session (do no
 RLY_201   BindError               an endpoint could not be bound (family root)
 RLY_202   PortUnavailable         port in use or outside the allowed range
 RLY_203   PortRangeExhausted      no free port left in the configured range
-RLY_204   EndpointAlreadyBound    the endpoint is held by another agent
+RLY_204   EndpointAlreadyBound    the endpoint is held by another agent (or by pool members
+                                  with another Host rewrite than the joining one's)
 RLY_205   BindNotAllowed          the token's bind ACL forbids this endpoint
 RLY_206   TooManyEndpoints        the per-session/per-token endpoint limit is reached
 RLY_207   NameReserved            the name or port is reserved by another account, or a

@@ -17,7 +17,8 @@ log = logging.getLogger("relay.cluster")
 
 #: The largest message: a claim or a notice is well under 2 KiB; a worker's banner too.
 #: A worker's ``state`` report names every member of a key, so the members one key may
-#: have on a worker are derived from this (relay/edge/worker.py MAX_MEMBERS_PER_KEY).
+#: have on an edge process are derived from this (relay/edge/members.py
+#: MAX_MEMBERS_PER_KEY).
 MAX_MESSAGE = 64 * 1024
 
 Message = dict[str, Any]

@@ -71,6 +71,13 @@ class EdgeControl(Protocol):
         TCP port: its account and region pin; None when it is not reserved."""
         ...
 
+    async def pins_under(self, wildcard: str, region: str) -> dict[str, str | None]:
+        """Asked once per bind of a wildcard on an edge of ``region``: the names and
+        narrower wildcards under it reserved with a pin to another region (→ that region),
+        and those under such a pin that are servable here again (→ None); empty when no
+        reservation under it is pinned elsewhere (Store.pins_under)."""
+        ...
+
     async def reserved_ports(self) -> set[int]:
         """Every reserved TCP port (never handed out at random)."""
         ...
@@ -123,6 +130,9 @@ class LocalControl:
     async def reservation_owner(self, kind: str, name: str | int) -> Reservation | None:
         owner = await self._call(lambda: self.store.bind_owner(kind, name))
         return Reservation(owner.account_id, owner.region) if owner is not None else None
+
+    async def pins_under(self, wildcard: str, region: str) -> dict[str, str | None]:
+        return await self._call(lambda: self.store.pins_under(wildcard, region))
 
     async def reserved_ports(self) -> set[int]:
         return await self._call(self.store.reserved_ports)
@@ -205,6 +215,13 @@ class RemoteControl:
             self._owners.clear()
         self._owners[key] = (now, owner)
         return owner
+
+    async def pins_under(self, wildcard: str, region: str) -> dict[str, str | None]:
+        # Not cached: asked once per bind of a wildcard, not once per visitor.
+        answer = await self._post("/edge/pins_under", {"wildcard": wildcard, "region": region})
+        return {
+            str(name): (None if pin is None else str(pin)) for name, pin in answer["pins"].items()
+        }
 
     async def reserved_ports(self) -> set[int]:
         now = time.monotonic()

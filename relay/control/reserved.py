@@ -23,6 +23,7 @@ transactions.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -42,6 +43,7 @@ __all__ = [
     "ReservedAddrRecord",
     "ReservedDomainRecord",
     "covering_names",
+    "decisive_pins",
     "validate_domain",
     "validate_port",
     "validate_region",
@@ -359,6 +361,49 @@ def bind_owner(conn: Connection, kind: str, name_or_port: str | int) -> Reservat
     if kind == "tcp" and isinstance(name_or_port, int) and not isinstance(name_or_port, bool):
         return addr_owner(conn, name_or_port)
     raise ConfigError(f"no reservation can cover a {kind} bind of {name_or_port!r}")
+
+
+def pins_under(conn: Connection, wildcard: str, region: str) -> dict[str, str | None]:
+    """What an endpoint of ``wildcard`` bound in ``region`` must not serve: one query for
+    the reservations strictly under it, reduced by :func:`decisive_pins`."""
+    name = wildcard.strip().lower().rstrip(".")
+    if not name.startswith("*.") or len(name) > MAX_DOMAIN:
+        return {}
+    table = reserved_domains_table
+    rows = conn.execute(
+        select(table.c.domain, table.c.region)
+        .where(table.c.domain.endswith(name[1:], autoescape=True))
+        .where(table.c.domain != name)
+    ).all()
+    return decisive_pins({row.domain: row.region for row in rows}, name, region)
+
+
+def decisive_pins(
+    covered: Mapping[str, str | None], wildcard: str, region: str
+) -> dict[str, str | None]:
+    """Of the reservations ``covered`` by ``wildcard`` (name → its pin), those whose
+    answer differs from the reservation above them, as the edge's router asks them: the
+    region a name (or a narrower wildcard's names) is pinned to when that is not
+    ``region``, or None where a name under such a pin is servable here again (its own
+    reservation is unpinned or pinned to ``region``). A name the map does not decide
+    takes the wildcard's own answer (served here). Pruned, so that an account whose
+    names under a wildcard are not pinned elsewhere costs the edge an empty map."""
+
+    def refused(pin: str | None) -> str | None:
+        return pin if pin is not None and pin != region else None
+
+    out: dict[str, str | None] = {}
+    for name, pin in covered.items():
+        above: str | None = None  # the wildcard's own answer: served here
+        for candidate in covering_names(name)[1:]:
+            if candidate == wildcard:
+                break
+            if candidate in covered:
+                above = refused(covered[candidate])
+                break
+        if refused(pin) != above:
+            out[name] = refused(pin)
+    return out
 
 
 def _take_turns(conn: Connection) -> None:

@@ -703,6 +703,14 @@ class Store:
         with self.engine.connect() as conn:
             return reserved.bind_owner(conn, kind, name_or_port)
 
+    def pins_under(self, wildcard: str, region: str) -> dict[str, str | None]:
+        """What an endpoint of ``wildcard`` bound on an edge of ``region`` must refuse:
+        the names (and narrower wildcards) under it reserved with a pin to another region
+        (name → that region), and names under those that are servable here again (None).
+        One query (relay/control/reserved.py ``pins_under``)."""
+        with self.engine.connect() as conn:
+            return reserved.pins_under(conn, wildcard, region)
+
     def reserved_ports(self) -> set[int]:
         """Every reserved TCP port, whoever holds it: the edge never hands one out at
         random."""

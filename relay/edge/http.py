@@ -103,7 +103,11 @@ class HttpFront:
         another tenant's site, and a ``tls`` endpoint, whose traffic the edge must never
         decrypt, could be sent plaintext the edge decrypted.
         """
-        endpoint = self.routes.lookup(hostname)
+        endpoint, pinned = self.routes.find(hostname)
+        if pinned is not None:
+            # A wildcard here covers it, but its reservation pins it to another region:
+            # never served here, whoever holds it or whether anyone does (data residency).
+            return self._region_refusal(hostname, pinned)
         if tls_endpoint is not None and (
             endpoint is None or endpoint.endpoint_id != tls_endpoint or endpoint.kind != "https"
         ):
@@ -122,9 +126,7 @@ class HttpFront:
         if self.region_of is not None:
             region = self.region_of(hostname, endpoint)
             if region:
-                return self._error(
-                    421, "RLY_631", f"{hostname} is served in region {region}, not this one"
-                )
+                return self._region_refusal(hostname, region)
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)
             if location is not None:
@@ -159,6 +161,9 @@ class HttpFront:
         ).to_wire()
         rewrite = target.host_rewrite.encode("latin-1") if target.host_rewrite else None
         return (0, link, header, rewrite, 0)
+
+    def _region_refusal(self, hostname: str, region: str) -> RouteResult:
+        return self._error(421, "RLY_631", f"{hostname} is served in region {region}, not this one")
 
     def _error(self, status: int, code: str, message: str) -> RouteResult:
         return (status, code, message, None, 0)

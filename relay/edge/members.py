@@ -15,10 +15,41 @@ streams finish. The endpoint is orphaned only when its last member is gone.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
+from relay.cluster.channel import MAX_MESSAGE, encode
+from relay.control.tokens import ID_LENGTH
 from relay.edge.registry import Holder
-from relay.errors import EndpointAlreadyBound
+from relay.edge.routes import MAX_HOSTNAME
+from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
+from relay.errors import BindError, EndpointAlreadyBound
+
+
+def _most_members_per_key() -> int:
+    """How many members of one key a worker's ``state`` report (relay/edge/worker.py) may
+    name and still be one channel message, whoever they are: the longest key and token
+    id, and members with the longest agent id JSON escapes most (every character a quote,
+    two bytes each), on the highest link, not pooled. A member more would make the report
+    unsendable, so the supervisor would never hear of the key again."""
+    bare = {
+        "op": "state",
+        "key": "http:" + "x" * MAX_HOSTNAME,
+        "token": "t" * ID_LENGTH,
+        "members": [],
+        "live": False,
+        "taking": False,
+    }
+    worst = ['"' * MAX_AGENT_ID, MAX_AGENT_LINKS - 1, False]
+    each = len(json.dumps(worst, separators=(",", ":"))) + len(",")
+    return (MAX_MESSAGE - len(encode(bare))) // each
+
+
+#: Members (links of one agent, pooled agents) one endpoint may have on one edge process,
+#: with workers or without: what a worker's report of the key can name, and a bound on
+#: the walks over the members each visitor and each leave make (at 10,000 members one
+#: visitor cost 1.2 ms of the loop).
+MAX_MEMBERS_PER_KEY = _most_members_per_key()
 
 
 class Pooled(Protocol):
@@ -50,6 +81,16 @@ def admit(endpoint: Pooled, newcomer: Holder) -> Holder | None:
     if same_agent or pool:
         return None
     raise EndpointAlreadyBound(f"{endpoint.key} is bound by another agent session")
+
+
+def check_room(endpoint: Pooled) -> None:
+    """BindError (RLY_201) when ``endpoint`` already has MAX_MEMBERS_PER_KEY members:
+    asked before a session joins it as one more member."""
+    if len(endpoint.members) >= MAX_MEMBERS_PER_KEY:
+        raise BindError(
+            f"{endpoint.key} has {len(endpoint.members)} members (links and pooled agents), "
+            "the most one endpoint may have on one edge process"
+        )
 
 
 def add(endpoint: Pooled, newcomer: Holder, replaced: Holder | None) -> None:

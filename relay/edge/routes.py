@@ -1,7 +1,10 @@
 """Host-routed endpoints (http, https, tls) and the table that finds them.
 
 Lookup: an exact hostname wins; otherwise the wildcard with the longest suffix
-(``*.a.example.com`` before ``*.example.com``). A wildcard covers one or more labels.
+(``*.a.example.com`` before ``*.example.com``). A wildcard covers one or more labels,
+except the names under it reserved with a pin to another region (``HostEndpoint.pins``,
+asked of the control plane when the wildcard was bound): those it never serves, wherever
+their own agent is (``find`` says which region they belong to).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class HostEndpoint:
     #: Every session serving it, ``holder`` first (relay/edge/members.py).
     members: list[Holder] = field(default_factory=list, repr=False)
     turn: int = 0
+    #: A wildcard's: names and narrower wildcards under it reserved with a pin to another
+    #: region (→ that region), and names under those servable here again (→ None); see
+    #: relay/control/reserved.py ``decisive_pins``. Asked at each bind of the wildcard, so
+    #: a reservation made later acts on its next bind. Empty for nearly every wildcard.
+    pins: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -89,17 +97,54 @@ class HostRoutes(Generic[Routed]):
         return [*self._exact.values(), *self._wildcards.values()]
 
     def lookup(self, hostname: str) -> Routed | None:
+        """What serves ``hostname``; None for a name a wildcard here covers but must not
+        serve (pinned to another region): whoever asks — a front, a visitor another node
+        carried here — finds nothing to serve it."""
         found = self._exact.get(hostname)
         if found is not None:
             return found
+        return self._by_wildcard(hostname)[0]
+
+    def find(self, hostname: str) -> tuple[Routed | None, str | None]:
+        """(what serves ``hostname``, None) — or (None, region) when the wildcard that
+        matches it must not serve it: it is reserved with a pin to ``region``."""
+        found = self._exact.get(hostname)
+        if found is not None:
+            return found, None
+        return self._by_wildcard(hostname)
+
+    def _by_wildcard(self, hostname: str) -> tuple[Routed | None, str | None]:
         # Walk suffixes from the longest: a.b.example.com → .b.example.com → .example.com
         dot = hostname.find(".")
         while dot != -1:
             found = self._wildcards.get(hostname[dot:])
             if found is not None:
-                return found
+                # Only a wildcard's match pays more, and only an empty dict's truth test
+                # unless a reservation under it is pinned elsewhere. (A table of other
+                # workers' names has no pins: the worker holding the wildcard refuses.)
+                pins: dict[str, str | None] | None = getattr(found, "pins", None)
+                if pins:
+                    region = _pinned(pins, hostname, dot)
+                    if region is not None:
+                        return None, region
+                return found, None
             dot = hostname.find(".", dot + 1)
-        return None
+        return None, None
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._wildcards)
+
+
+def _pinned(pins: dict[str, str | None], hostname: str, end: int) -> str | None:
+    """The region ``hostname`` is pinned to by ``pins`` (a wildcard's, matched at
+    ``hostname[end:]``), or None: the name itself first, then each narrower wildcard above
+    it from the nearest, as reservations decide (relay/control/reserved.py)."""
+    if hostname in pins:
+        return pins[hostname]
+    dot = hostname.find(".")
+    while dot != -1 and dot < end:
+        wildcard = "*" + hostname[dot:]
+        if wildcard in pins:
+            return pins[wildcard]
+        dot = hostname.find(".", dot + 1)
+    return None

@@ -801,6 +801,7 @@ class Edge:
             )
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
+        pins = await self._pins_under(hostname)
         claimed = self.cluster is not None and await self.cluster.claim_name(hostname, record.id)
         try:
             if request.kind == "https":
@@ -811,7 +812,7 @@ class Edge:
             key = f"{family}:{hostname}"
             await self._claim(key, holder)
             try:
-                return self._bind_host_claimed(session, request, hostname, family, holder)
+                return self._bind_host_claimed(session, request, hostname, family, holder, pins)
             finally:
                 self.report(key)  # what this worker holds now, whether the bind held or not
         finally:
@@ -820,16 +821,24 @@ class Edge:
                 self.cluster.settle_name(hostname, record.id)
 
     def _bind_host_claimed(
-        self, session: AgentSession, request: Bind, hostname: str, family: str, holder: Holder
+        self,
+        session: AgentSession,
+        request: Bind,
+        hostname: str,
+        family: str,
+        holder: Holder,
+        pins: dict[str, str | None],
     ) -> HostEndpoint:
         assert self.web is not None
         key = f"{family}:{hostname}"
+        rewrite = request.host_header.encode("latin-1") if request.host_header else None
         existing = self.by_key.get(key)
         if existing is not None:
             if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
                 raise EndpointAlreadyBound(f"{hostname} is bound as another kind of endpoint")
-            taken = self._take_over(existing, holder, session)
+            taken = self._take_over(existing, holder, session, rewrite)
             assert isinstance(taken, HostEndpoint)
+            taken.pins = pins  # the reservations as they are at this bind
             return taken
         scheme = "http" if request.kind == "http" else request.kind
         port = self.web.public_port(request.kind)
@@ -842,7 +851,8 @@ class Edge:
             hostname=hostname,
             holder=holder,
             url=f"{scheme}://{shown}{suffix}",
-            host_rewrite=request.host_header.encode("latin-1") if request.host_header else None,
+            host_rewrite=rewrite,
+            pins=pins,
         )
         endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, endpoint.kind)
         self.registry.claim(endpoint.key, holder)
@@ -949,6 +959,18 @@ class Edge:
             )
         return False
 
+    async def _pins_under(self, hostname: str) -> dict[str, str | None]:
+        """For a wildcard: the names under it reserved with a pin to another region than
+        this edge's (one question to the control plane, per bind of the wildcard). Its
+        endpoint refuses them (421 RLY_631, a TLS alert), as a name held in another
+        region is refused: served here by the wildcard whenever its own agent is away
+        (or with no cluster to say where it is), a pinned name's traffic would leave its
+        region. A reservation made later acts on the wildcard's next bind."""
+        if not hostname.startswith("*."):
+            return {}
+        assert self.control is not None
+        return await self.control.pins_under(hostname, self.config.region)
+
     def _check_name_owner(self, hostname: str, other_family: str, token_id: str) -> None:
         """A name belongs to one owner across http, https and tls: while token 1 serves
         https://s.<base>, token 2 must not take its plain-HTTP visitors (who would be
@@ -975,14 +997,23 @@ class Edge:
         return name
 
     def _take_over(
-        self, endpoint: TcpEndpoint | HostEndpoint, holder: Holder, session: AgentSession
+        self,
+        endpoint: TcpEndpoint | HostEndpoint,
+        holder: Holder,
+        session: AgentSession,
+        rewrite: bytes | None = None,
     ) -> TcpEndpoint | HostEndpoint:
-        # A link of the same agent, or a pool member, joins; the same link reconnected
-        # (or any agent of the token, once no member is live) takes its place.
+        """A link of the same agent, or a pool member, joins; the same link reconnected
+        (or any agent of the token, once no member is live) takes its place. ``rewrite``:
+        the Host a host endpoint's newcomer rewrites to (``--host-header``)."""
         try:
             replaced = members.admit(endpoint, holder)  # raises if not ours to share or take
-            if replaced is None and self.worker is not None:
-                self.worker.check_member_room(endpoint)  # a report of the key must still fit
+            if replaced is None:
+                # Every edge, not only one of workers: a report of the key must fit one
+                # message there, and visitor routing walks the members.
+                members.check_room(endpoint)
+            if isinstance(endpoint, HostEndpoint):
+                _check_rewrite(endpoint, replaced, rewrite)
         except BindError:
             self.report(endpoint.key)  # a claim granted for it must not outlive the refusal
             raise
@@ -992,6 +1023,9 @@ class Edge:
             endpoint.orphan_timer.cancel()
             endpoint.orphan_timer = None
         members.add(endpoint, holder, replaced)
+        if isinstance(endpoint, HostEndpoint):
+            # Equal unless no other member is live: then the newcomer's own rewrite holds.
+            endpoint.host_rewrite = rewrite
         self.registry.promote(endpoint.key, endpoint.holder)
         session.endpoints[endpoint.endpoint_id] = endpoint
         self.report(endpoint.key)
@@ -1056,6 +1090,24 @@ class Edge:
 def _log_check_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("checking live sessions' credentials failed: %s", task.exception())
+
+
+def _check_rewrite(endpoint: HostEndpoint, replaced: Holder | None, rewrite: bytes | None) -> None:
+    """One Host rewrite per endpoint: it is the endpoint's, applied to every visitor
+    whichever member serves it, so a member joining live members with another
+    ``--host-header`` (or none where they have one) is refused (RLY_204) rather than have
+    its visitors reach its upstream with their Host. Once no other member is live, the
+    newcomer's rewrite replaces the endpoint's."""
+    if rewrite == endpoint.host_rewrite:
+        return
+    if not any(m.session is not None and m is not replaced for m in endpoint.members):
+        return
+    theirs = endpoint.host_rewrite.decode("latin-1") if endpoint.host_rewrite else None
+    raise EndpointAlreadyBound(
+        f"{endpoint.hostname} is served by members with "
+        + (f"--host-header {theirs}" if theirs else "no --host-header")
+        + "; a member joins with the same Host rewrite as theirs"
+    )
 
 
 def _acl_hint(hostname: str, base_domain: str) -> str:

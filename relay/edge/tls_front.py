@@ -155,7 +155,12 @@ class TlsFront:
             if ctx is not None:
                 self._start(conn, _Hangup, ctx)
                 return
-        endpoint = self.routes.lookup(name) if name else None
+        endpoint, pinned = self.routes.find(name) if name else (None, None)
+        if pinned is not None:
+            # A wildcard here covers it, but its reservation pins it to another region:
+            # refused as a name held there is, before any hand-over (data residency).
+            self._refuse(conn, hello_len, "other_region")
+            return
         if (
             may_hand_off
             and self.elsewhere is not None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import signal
@@ -30,16 +29,14 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from relay.cluster.channel import MAX_MESSAGE, Channel, ChannelError, Message, encode
+from relay.cluster.channel import Channel, ChannelError, Message
 from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
 from relay.cluster.place import WorkerPlace
-from relay.control.tokens import ID_LENGTH
 from relay.edge.cluster_asks import ClusterAsks
-from relay.edge.members import Pooled, hands_over
+from relay.edge.members import hands_over
 from relay.edge.refusal import unreachable_page
 from relay.edge.registry import Holder
-from relay.edge.routes import MAX_HOSTNAME, HostEndpoint, HostRoutes
-from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
+from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import TcpEndpoint
 from relay.edge.worker_asks import SiblingWire
 from relay.errors import BindError, EndpointAlreadyBound
@@ -56,29 +53,6 @@ CLAIM_TIMEOUT = 5.0
 #: tuples, only later ones share less. The supervisor's ``where`` is what fills it, and
 #: without a bound every set ever seen stays.
 MAX_WORKER_SETS = 1024
-
-
-def _most_members_per_key() -> int:
-    """How many members of one key a ``state`` report may name and still be one channel
-    message, whoever they are: the longest key and token id, and members with the longest
-    agent id JSON escapes most (every character a quote, two bytes each), on the highest
-    link, not pooled. A member more would make the report unsendable, so the supervisor
-    would never hear of the key again."""
-    bare = {
-        "op": "state",
-        "key": "http:" + "x" * MAX_HOSTNAME,
-        "token": "t" * ID_LENGTH,
-        "members": [],
-        "live": False,
-        "taking": False,
-    }
-    worst = ['"' * MAX_AGENT_ID, MAX_AGENT_LINKS - 1, False]
-    each = len(json.dumps(worst, separators=(",", ":"))) + len(",")
-    return (MAX_MESSAGE - len(encode(bare))) // each
-
-
-#: Members (links of one agent, pooled agents) one key may have on a worker.
-MAX_MEMBERS_PER_KEY = _most_members_per_key()
 
 
 @dataclass(slots=True)
@@ -204,15 +178,6 @@ class EdgeWorker:
         if not answer.get("ok"):
             raise EndpointAlreadyBound(str(answer.get("why") or f"{key} is bound elsewhere"))
 
-    def check_member_room(self, endpoint: Pooled) -> None:
-        """BindError when ``endpoint`` has as many members as a report of its key may
-        name (MAX_MEMBERS_PER_KEY): asked before a session joins it as one more member."""
-        if len(endpoint.members) >= MAX_MEMBERS_PER_KEY:
-            raise BindError(
-                f"{endpoint.key} has {len(endpoint.members)} members (links and pooled "
-                f"agents), the most one endpoint may have on a worker of this edge"
-            )
-
     def report(
         self, key: str, token_id: str, members: list[Holder], live: bool, taking: bool = True
     ) -> None:
@@ -235,7 +200,7 @@ class EdgeWorker:
                 }
             )
         except ChannelError as exc:
-            # Unreachable while binds keep to MAX_MEMBERS_PER_KEY; if not, the cleanup
+            # Unreachable while binds keep to members.MAX_MEMBERS_PER_KEY; if not, the cleanup
             # that called this must still finish (the supervisor's table lags instead).
             log.error("the state of %s (%d members) was not reported: %s", key, len(members), exc)
 

@@ -220,3 +220,33 @@ def _tcp_holders(edge: Edge, url: str) -> set[int]:
         for w in (0, 1)
         if any(e["url"] == url and e["session"] for e in _status(edge, w)["endpoints"])
     }
+
+
+def test_a_pool_member_with_another_host_header_is_refused(
+    edge: Edge, agents: list[Agent], named: list[NamedOrigin]
+) -> None:
+    """The Host rewrite is the endpoint's: a member joining with another ``--host-header``
+    would have its visitors reach its upstream with the first member's Host. It is
+    refused (RLY_204, exit 4) and the pool serves on, every visitor with its rewrite."""
+    a, b = NamedOrigin("member-a"), NamedOrigin("member-b")
+    named += [a, b]
+    _, token = edge.token()
+    first = web(edge, token, a.port, "rewritten", "--pool", "--host-header", "one.internal")
+    agents.append(first)
+    first.wait_bound()
+    for flags in (["--host-header", "two.internal"], []):
+        other = web(edge, token, b.port, "rewritten", "--pool", *flags)
+        try:
+            assert other.proc.wait(30) == 4, other.proc.text()
+        finally:
+            other.stop()
+        assert (
+            "error RLY_204: rewritten.relay.localhost is served by members with --host-header "
+            "one.internal; a member joins with the same Host rewrite as theirs"
+        ) in other.proc.text()
+    same = web(edge, token, b.port, "rewritten", "--pool", "--host-header", "one.internal")
+    agents.append(same)
+    same.wait_bound()
+    host = "rewritten.relay.localhost"
+    seen = Counter(get_body(edge.http_port, host) for _ in range(10))
+    assert seen == Counter({b"member-a": 5, b"member-b": 5}), seen

@@ -118,6 +118,12 @@ def routes(
             "edge",
             {"kind": "http", "name": "x.example.com"},
         ),
+        Route(
+            "POST",
+            f"{API}/edge/pins_under",
+            "edge",
+            {"wildcard": "*.example.com", "region": "eu"},
+        ),
         Route("POST", f"{API}/edge/reserved_ports", "edge", {}),
         Route("POST", f"{API}/edge/audit_events", "edge", {"events": []}),
     ]

@@ -13,14 +13,16 @@ import os
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from relay.edge.tls_front import ALERT_UNRECOGNIZED_NAME
 from tests.e2e.api_calls import Keys, call
-from tests.e2e.http_helpers import curl, host_of
+from tests.e2e.http_helpers import curl, host_of, one_request, read_until_closed
 from tests.e2e.origin import Origin, blob
 from tests.e2e.procs import (
     RELAY,
@@ -464,3 +466,96 @@ def test_a_reservation_pinned_to_another_region_is_not_bound_here(
     assert any(d["code"] == "RLY_208" for d in world.edge.audit_details("bind.refuse")), (
         "the refused bind is audited"
     )
+
+
+def client_hello(name: str) -> bytes:
+    """A real ClientHello for ``name`` (from an ``ssl`` object that never gets an answer)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def tls_port_answer(world: World, name: str) -> bytes:
+    """All the TLS port sends back to a ClientHello for ``name`` before it closes."""
+    with socket.create_connection(("127.0.0.1", world.edge.https_port), timeout=10) as sock:
+        sock.sendall(client_hello(name))
+        return read_until_closed(sock, 10)
+
+
+def refused_in_region(answer: bytes, name: str, region: str) -> None:
+    """HTTP 421 RLY_631 naming the region, and nothing of the upstream's."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 421 "), answer[:300]
+    assert b"RLY_631" in body, answer[:600]
+    assert f"{name} is served in region {region}, not this one".encode() in body, answer[:600]
+    assert b"origin ok" not in answer
+
+
+@pytest.mark.timeout(240)
+def test_a_wildcard_never_serves_a_name_under_it_pinned_to_another_region(
+    world: World, origin: Origin, agents: list[Agent], tmp_path: Path
+) -> None:
+    """This edge is in region eu. The account reserves ``*.pin.example.com`` (any region),
+    ``app.pin.example.com`` and ``*.us.pin.example.com`` pinned to us; its agents bind the
+    wildcard here, for http and https. No agent of the pinned names is connected anywhere
+    (and there is no cluster): their visitors get 421 RLY_631 naming us, on the TLS port
+    the ``unrecognized_name`` alert; every other name under the wildcard is served as
+    before, hash-checked. A name reserved with a pin after the bind is refused from the
+    wildcard's next bind on."""
+    wild, pinned, deep = "*.pin.example.com", "app.pin.example.com", "x.us.pin.example.com"
+    cli(world.env, "domains", "reserve", wild, "--account", world.account_a)
+    for name in (pinned, "*.us.pin.example.com"):
+        cli(world.env, "domains", "reserve", name, "--account", world.account_a, "--region", "us")
+    upstream = str(origin.port)
+    serving(world, agents, world.token_a, upstream, "http", "--domain", wild)
+    serving(world, agents, world.token_a, upstream, "https", "--domain", wild)
+    http_port, https_port = world.edge.http_port, world.edge.https_port
+
+    # Plain HTTP: refused for the pinned names, byte for byte the region's refusal.
+    for name in (pinned, deep):
+        head = f"GET /hello HTTP/1.1\r\nhost: {name}\r\n".encode()
+        refused_in_region(one_request(http_port, name, head), name, "us")
+    # Other names under the wildcard: served, a download and an upload hash-checked.
+    size = 300_000
+    got = curl(f"http://www.pin.example.com:{http_port}/blob/{size}")
+    assert got.returncode == 0 and sha(got.stdout) == sha(blob(size)), got.stderr
+    body = payload(5, 200_000)
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(body)
+    sent = curl(f"http://www.pin.example.com:{http_port}/sink", "--data-binary", f"@{upload}")
+    assert json.loads(sent.stdout) == {"size": len(body), "sha256": sha(body)}, sent
+
+    # The TLS port: the same alert a name held in another region gets, and no handshake.
+    for name in (pinned, deep):
+        assert tls_port_answer(world, name) == ALERT_UNRECOGNIZED_NAME, name
+    # A Host of a pinned name inside another name's TLS connection: 421 RLY_631 too.
+    trusted = ssl.create_default_context(cafile=str(world.edge.ca_file))
+    deadline = time.monotonic() + 30  # the wildcard's certificate is issued on its bind
+    while True:
+        got = curl(f"https://www.pin.example.com:{https_port}/blob/{size}", edge=world.edge)
+        if got.returncode == 0 and sha(got.stdout) == sha(blob(size)):
+            break
+        assert time.monotonic() < deadline, (got.returncode, got.stderr, got.stdout[:300])
+        time.sleep(0.2)
+    head = f"GET /hello HTTP/1.1\r\nhost: {pinned}\r\n".encode()
+    inside = one_request(https_port, "www.pin.example.com", head, tls=trusted)
+    refused_in_region(inside, pinned, "us")
+
+    # Reserved with a pin after the bind: it acts on the wildcard's next bind.
+    later = "later.pin.example.com"
+    cli(world.env, "domains", "reserve", later, "--account", world.account_a, "--region", "us")
+    again = curl(f"http://{later}:{http_port}/hello")
+    assert again.stdout == b"origin ok /hello", again  # bound before: served until rebound
+    http_agent = next(a for a in agents if a.url.startswith("http://"))
+    http_agent.stop()
+    agents.remove(http_agent)
+    serving(world, agents, world.token_a, upstream, "http", "--domain", wild)
+    head = f"GET /hello HTTP/1.1\r\nhost: {later}\r\n".encode()
+    refused_in_region(one_request(http_port, later, head), later, "us")
+    got = curl(f"http://www.pin.example.com:{http_port}/blob/{size}")
+    assert got.returncode == 0 and sha(got.stdout) == sha(blob(size)), got.stderr

@@ -1,8 +1,8 @@
 """A worker's ``state`` report of a key names every member (relay/edge/worker.py) and is
 one channel message (relay/cluster/channel.py MAX_MESSAGE). A key may have at most
-MAX_MEMBERS_PER_KEY members on a worker, so the report of the worst members fits; a
-session joining a key that has them all is refused with a BindError; and a report that
-still would not fit is logged, never raised into the cleanup that sent it."""
+MAX_MEMBERS_PER_KEY members (relay/edge/members.py, on any edge), so the report of the
+worst members fits; a session joining a key that has them all is refused with a BindError;
+and a report that still would not fit is logged, never raised into the cleanup that sent it."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ from hypothesis import strategies as st
 from relay.cluster import supervisor
 from relay.cluster.channel import MAX_MESSAGE, Channel, ChannelError, Message, decode, encode
 from relay.control.tokens import ID_LENGTH
+from relay.edge import members
+from relay.edge.members import MAX_MEMBERS_PER_KEY
 from relay.edge.registry import Holder
+from relay.edge.routes import MAX_HOSTNAME
 from relay.edge.session import AGENT_ID_RE, MAX_AGENT_ID, MAX_AGENT_LINKS
-from relay.edge.worker import MAX_HOSTNAME, MAX_MEMBERS_PER_KEY, EdgeWorker
+from relay.edge.worker import EdgeWorker
 from relay.errors import BindError
 
 LONGEST_KEY = "http:" + "x" * MAX_HOSTNAME
@@ -111,16 +114,16 @@ def test_no_agent_id_the_edge_accepts_is_longer_in_json_than_the_worst(agent_id:
     assert len(json.dumps(agent_id)) <= len(json.dumps(WORST_ID))
 
 
-def test_a_member_more_than_the_limit_is_refused_with_a_bind_error(wired: Wired) -> None:
+def test_a_member_more_than_the_limit_is_refused_with_a_bind_error() -> None:
     endpoint = Endpoint("http:app.relay.localhost", holders(MAX_MEMBERS_PER_KEY - 1, "a_1"))
-    wired.worker.check_member_room(endpoint)  # room for one more
+    members.check_room(endpoint)  # room for one more
     endpoint.members.append(Holder(TOKEN, "a_2", None))
     with pytest.raises(BindError) as refused:
-        wired.worker.check_member_room(endpoint)
+        members.check_room(endpoint)
     assert refused.value.code == "RLY_201"
     assert str(refused.value) == (
         f"http:app.relay.localhost has {MAX_MEMBERS_PER_KEY} members (links and pooled "
-        "agents), the most one endpoint may have on a worker of this edge"
+        "agents), the most one endpoint may have on one edge process"
     )
 
 

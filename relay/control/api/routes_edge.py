@@ -60,6 +60,17 @@ class Owner(Strict):
     region: str | None = None
 
 
+class WildcardQuery(Strict):
+    wildcard: str = Field(max_length=300, description="A bound wildcard, e.g. *.example.com.")
+    region: str = Field(max_length=64, description="The binding edge's region.")
+
+
+class Pins(Strict):
+    #: Name (or narrower wildcard) → the other region it is pinned to; None: a name under
+    #: such a pin that is servable in the asking edge's region again.
+    pins: dict[str, str | None]
+
+
 class NoArguments(Strict):
     pass
 
@@ -140,6 +151,21 @@ async def reservation_owner(
     if owner is None:
         return Owner(account_id=None)
     return Owner(account_id=owner.account_id, region=owner.region)
+
+
+@router.post(
+    "/pins_under",
+    summary="Reservations under a wildcard pinned to another region than the edge's",
+    response_model=Pins,
+)
+async def pins_under(
+    request: Request,
+    body: WildcardQuery,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Pins:
+    principal.must_be_operator("act as an edge")
+    plane = plane_of(request)
+    return Pins(pins=await plane.ask(lambda: plane.store.pins_under(body.wildcard, body.region)))
 
 
 @router.post("/reserved_ports", summary="Every reserved TCP port", response_model=Ports)
