@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import relay_native
+
 from relay import __version__
 from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
 from relay.agent.metrics import AgentMetrics
 from relay.agent.placement import MAX_PLACEMENT_TRIES, Place, crowded, placement_delay
-from relay.agent.pops import WRONG_REGION_FOR, Pop, PopChooser
+from relay.agent.pops import FAILED_FOR, WRONG_REGION_FOR, Pop, PopChooser
 from relay.agent.proxy_protocol import encode_v1, encode_v2, parse_visitor_addr
 from relay.error_pages import render
 from relay.errors import (
@@ -63,6 +66,21 @@ HEADER_TIMEOUT = 10.0
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 #: How long the edge may take to answer Auth or Bind.
 REPLY_TIMEOUT = 15.0
+#: With several PoPs, the most the TCP connect and TLS handshake with one may take. A live
+#: edge answers in milliseconds, and another PoP is waiting: a hung edge process (still
+#: completing TCP handshakes from its listen backlog) or a load balancer with no backend
+#: costs this long, not ``connect_timeout``, before the next PoP is tried.
+SEVERAL_CONNECT_TIMEOUT = 3.0
+#: With several PoPs, the most the edge may take to answer Auth. Longer than the TLS
+#: bound: verifying a token may wait on the control plane (a PostgreSQL store call is
+#: given up on after 5 s, answered RLY_504).
+SEVERAL_AUTH_TIMEOUT = 5.0
+#: With several PoPs, the link's keepalive: a ping every 5 s, dead when one is unanswered
+#: for 5 s, so a PoP that goes silent (frozen, host gone: no RST) is noticed within 10 s
+#: instead of 25 s (the mux's 15 s + 10 s), and another PoP is waiting. It costs an edge
+#: with 10,000 such agents 2,000 pings (and pongs) a second instead of 667.
+SEVERAL_KEEPALIVE_INTERVAL_MS = 5_000
+SEVERAL_KEEPALIVE_TIMEOUT_MS = 5_000
 #: How often a draining agent looks whether its last stream ended.
 DRAIN_POLL = 0.05
 #: The most a stopping agent waits for the edge to have read its GoAway (the answer to
@@ -169,6 +187,10 @@ class WrongRegion(SessionEnded):
     """The PoP is in another region than ``--region``: try the next one at once."""
 
 
+class PopSilent(SessionEnded):
+    """The edge stopped answering the link's keepalive pings: frozen, or its host gone."""
+
+
 class FatalAgentError(RelayError):
     """Reconnecting would not help (bad token, forbidden bind, Stop from the edge)."""
 
@@ -250,6 +272,8 @@ class Agent:
         self._context: ssl.SSLContext | None = None
         # Whether the current attempt got as far as an authenticated session.
         self._established = False
+        # When the current session started serving (its binds done; loop time), if it did.
+        self._serving_since: float | None = None
         self._session_done: asyncio.Future[BaseException | None] | None = None
         self._control: ControlChannel | None = None
         # Visitor streams opened in the current receive batch, not yet looked at.
@@ -284,15 +308,17 @@ class Agent:
 
     async def _run(self) -> None:
         assert self._stopped is not None
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._established = False
+            self._serving_since = None
             ranked = await self.pops.ranked()
             if self.pops.all_away(ranked):
                 raise ConfigError(
                     f"no PoP of region {self.options.region} among "
                     f"{', '.join(str(p) for p in ranked)}"
                 )
-            self.pop = ranked[0]
+            self.pop = self.pops.choose(ranked)
             session = asyncio.ensure_future(self._run_session())
             stopped = asyncio.ensure_future(self._stopped.wait())
             try:
@@ -335,10 +361,24 @@ class Agent:
                     lost = f"session lost: {exc}"
                 else:  # refused or unreachable: with its code (RLY_502, RLY_504, ...)
                     lost = exc.one_line() if isinstance(exc, RelayError) else str(exc)
+                if (
+                    self.pops.several
+                    and self.pop is not None
+                    and (not self._established or isinstance(exc, PopSilent))
+                ):
+                    # The probe cannot tell a hung PoP from a live one (its kernel still
+                    # completes TCP handshakes): without this the next attempt picks it
+                    # again, for ever. The next attempt takes another PoP.
+                    self.pops.failed(self.pop)
+                    lost += f" ({self.pop} set aside for {FAILED_FOR:g}s)"
             else:
                 lost = "session ended"
             if self._stopping:
                 break
+            if self._serving_since is not None:
+                # Only a session that lasted resets the backoff: an edge that takes the
+                # agent and drops it at once is not redialled every 0.25 s for ever.
+                self.backoff.session_ended(loop.time() - self._serving_since)
             delay = self.backoff.next_delay()
             self.status(f"{lost}; reconnecting in {delay:.1f}s")
             with contextlib.suppress(TimeoutError):
@@ -426,10 +466,15 @@ class Agent:
         options = self.options
         assert self._context is not None
         self._session_done = loop.create_future()
-        link = options.mux.new_link(self, loop, client=True)
+        several = self.pops.several
+        link = self._mux(several).new_link(self, loop, client=True)
         pop = self.pop or Pop(options.edge_host, options.edge_port, options.edge_host)
         server_name = options.server_name or pop.name
         where = str(pop)
+        if several:
+            handshake = overall = SEVERAL_CONNECT_TIMEOUT
+        else:
+            handshake, overall = options.connect_timeout, options.connect_timeout + 1
         try:
             await asyncio.wait_for(
                 connect_link(
@@ -439,12 +484,14 @@ class Agent:
                     pop.port,
                     ssl_context=self._context,
                     server_hostname=server_name,
-                    handshake_timeout=options.connect_timeout,
+                    handshake_timeout=handshake,
                 ),
-                options.connect_timeout + 1,
+                overall,
             )
         except TimeoutError:
-            raise ConnectError(f"timed out connecting to the edge at {where}") from None
+            raise ConnectError(
+                f"timed out connecting to the edge at {where} (after {overall:g}s)"
+            ) from None
         except ssl.SSLCertVerificationError as exc:
             raise TlsError(
                 f"the edge's certificate is not trusted ({exc.verify_message}): pass "
@@ -480,12 +527,26 @@ class Agent:
             self.sessions_started += 1
             if self.metrics is not None:
                 self.metrics.sessions_started.inc()
-            self.backoff.reset()
+            # The backoff is reset when the session ends, if it lasted (Backoff.session_ended).
+            self._serving_since = loop.time()
             await self._serve_control()
         finally:
             if not link.closed:
                 link.close()
             self.link = None
+
+    def _mux(self, several: bool) -> MuxConfig:
+        """The link's mux settings: with several PoPs a shorter keepalive (never a longer
+        one, nor one switched off), since a silent PoP is only noticed by it and another
+        PoP could serve meanwhile."""
+        mux = self.options.mux
+        if not several or mux.keepalive_interval_ms == 0:
+            return mux
+        return dataclasses.replace(
+            mux,
+            keepalive_interval_ms=min(mux.keepalive_interval_ms, SEVERAL_KEEPALIVE_INTERVAL_MS),
+            keepalive_timeout_ms=min(mux.keepalive_timeout_ms, SEVERAL_KEEPALIVE_TIMEOUT_MS),
+        )
 
     async def _handshake(self, link: Any) -> None:
         if self.options.pin is not None:
@@ -503,7 +564,9 @@ class Agent:
                 link=self.options.link,
             )
         )
-        reply = await self._reply(control)
+        reply = await self._reply(
+            control, SEVERAL_AUTH_TIMEOUT if self.pops.several else REPLY_TIMEOUT
+        )
         if isinstance(reply, AuthErrorMessage):
             raise error_from_code(reply.code, reply.message)
         if not isinstance(reply, AuthOk):
@@ -516,6 +579,8 @@ class Agent:
             )
         self._place(reply)
         self._established = True
+        if self.pop is not None:
+            self.pops.served(self.pop)
         where = f", {self.pop}" if len(self.pops.last_rtts) > 1 and self.pop else ""
         self.status(f"session {reply.session_id} established (edge {reply.edge_version}{where})")
         self.bound.clear()
@@ -615,9 +680,9 @@ class Agent:
             raise ProtocolViolation(f"expected bound, got {answer.TYPE}")
         return answer
 
-    async def _reply(self, control: ControlChannel) -> Message:
+    async def _reply(self, control: ControlChannel, timeout: float = REPLY_TIMEOUT) -> Message:
         try:
-            return await asyncio.wait_for(self._recv_or_end(control), REPLY_TIMEOUT)
+            return await asyncio.wait_for(self._recv_or_end(control), timeout)
         except TimeoutError:
             raise SessionEnded("the edge did not answer in time") from None
 
@@ -652,6 +717,11 @@ class Agent:
         finally:
             receiver.cancel()
         failure = receiver.exception() if receiver.done() and not receiver.cancelled() else None
+        # Whichever noticed first (the control stream's reader or link_lost), a link
+        # that died of an unanswered ping says so: with several PoPs that one is set aside.
+        lost = self._session_done.result() if self._session_done.done() else None
+        if isinstance(lost, relay_native.KeepaliveTimeout) and not self._stopping:
+            raise PopSilent(f"the edge stopped answering keepalive pings ({lost})")
         if failure is not None:
             raise failure
         if not self._stopping:

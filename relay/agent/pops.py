@@ -4,7 +4,14 @@ name with several addresses).
 Each attempt starts with the candidates ordered by round-trip time: one TCP connect to
 each agent port, all at once, at most ``PROBE_TIMEOUT`` each; unreachable ones go last.
 With ``--region`` only PoPs of that region serve: a PoP whose AuthOk names another
-region is set aside for ``WRONG_REGION_FOR`` and the next one is tried at once. A link of
+region is set aside for ``WRONG_REGION_FOR`` and the next one is tried at once. A PoP
+that fails an attempt before any session (no TLS handshake or auth reply in time, a
+refused or reset connection), or whose session went silent (keepalive), is set aside for
+``FAILED_FOR``: a hung edge process still completes TCP handshakes from its listen
+backlog, so the probe alone ranks it reachable, often fastest, for ever. A PoP set aside
+is never the end of the agent: when every candidate is, the one that failed longest ago
+is tried again (:meth:`PopChooser.choose`); only PoPs that *refused* the agent (another
+region, a certificate it cannot trust, not an agent port) can leave it nothing. A link of
 an agent with ``--links`` prefers PoPs its other links are not on (``busy``), so two links
 hold two PoPs when there are two: losing one PoP then costs no reconnect at all. (Each
 link probes by itself, and PoPs about as near come in any order for each: an offset in
@@ -24,6 +31,10 @@ from dataclasses import dataclass, field
 PROBE_TIMEOUT = 1.0
 #: How long a PoP of another region is left out.
 WRONG_REGION_FOR = 60.0
+#: How long a PoP that failed an attempt (or went silent) is left out: long enough that
+#: the next attempts go to the others, short enough that it gets agents again soon after
+#: it comes back (a restart, a load balancer with a backend again).
+FAILED_FOR = 30.0
 #: At most this many addresses are probed (names resolve to a few PoPs, not hundreds).
 MAX_CANDIDATES = 16
 
@@ -41,13 +52,24 @@ class Pop:
         return f"{host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class Aside:
+    """Why and since when a PoP is left out (``time.monotonic()`` seconds)."""
+
+    since: float
+    until: float
+    #: The PoP said no (another region, an untrusted certificate, not an agent port), as
+    #: opposed to failing to answer: only refusals may leave the agent with no PoP.
+    refused: bool
+
+
 @dataclass
 class PopChooser:
     edges: tuple[tuple[str, int], ...]
     region: str = ""
     #: The PoPs the agent's other links are connected to now (``--links``).
     busy: Callable[[], set[Pop]] = field(default=lambda: set())
-    _away: dict[Pop, float] = field(default_factory=dict)
+    _away: dict[Pop, Aside] = field(default_factory=dict)
     #: Round-trip times of the last probe, for status lines and tests (seconds).
     last_rtts: dict[Pop, float] = field(default_factory=dict)
 
@@ -57,8 +79,22 @@ class PopChooser:
         if len(pops) > 1:
             rtts = await asyncio.gather(*(_probe(p) for p in pops))
             self.last_rtts = dict(zip(pops, rtts, strict=True))
-            return rank(pops, self.last_rtts, self.busy(), self._away, time.monotonic())
-        return rank(pops, {}, set(), self._away, time.monotonic())
+            now = time.monotonic()
+            return rank(pops, self.last_rtts, self.busy(), self._until(now), now)
+        now = time.monotonic()
+        return rank(pops, {}, set(), self._until(now), now)
+
+    def choose(self, ranked: list[Pop]) -> Pop:
+        """The PoP to try of ``ranked`` (best first, from :meth:`ranked`): the first unless
+        every candidate is set aside; then the one that *failed* longest ago (not the
+        fastest: a hung PoP answers probes fastest, and would be tried every time), or,
+        when every one refused the agent, the first (the caller gives up: ``all_away``)."""
+        now = time.monotonic()
+        first = ranked[0]
+        if not self._is_away(first, now):
+            return first
+        failed = {p: a.since for p in ranked if (a := self._away.get(p)) and not a.refused}
+        return min(failed, key=failed.__getitem__) if failed else first
 
     @property
     def several(self) -> bool:
@@ -68,13 +104,48 @@ class PopChooser:
         self.set_aside(pop, WRONG_REGION_FOR)
 
     def set_aside(self, pop: Pop, seconds: float) -> None:
-        """Leave ``pop`` out for ``seconds`` (another region, a certificate the agent
-        cannot trust, not an agent port): other PoPs are tried first."""
-        self._away[pop] = time.monotonic() + seconds
+        """Leave ``pop`` out for ``seconds`` because it refused the agent (another region,
+        a certificate the agent cannot trust, not an agent port): other PoPs are tried
+        first, and when every PoP refused, the agent gives up (``all_away``)."""
+        self._put(pop, seconds, refused=True)
+
+    def failed(self, pop: Pop, seconds: float = FAILED_FOR) -> None:
+        """Leave ``pop`` out for ``seconds`` because an attempt on it failed before any
+        session, or its session went silent: other PoPs are tried first, but this one
+        stays a candidate (``choose``), so the agent never runs out of PoPs for it."""
+        self._put(pop, seconds, refused=False)
+
+    def served(self, pop: Pop) -> None:
+        """A session on ``pop`` was established: whatever failure set it aside is over
+        (a refusal stays: it was about the PoP, not about a moment)."""
+        aside = self._away.get(pop)
+        if aside is not None and not aside.refused:
+            del self._away[pop]
 
     def all_away(self, pops: list[Pop]) -> bool:
+        """Whether every one of ``pops`` is set aside for refusing the agent: then no PoP
+        can serve it. PoPs that only failed do not count: they are tried again."""
         now = time.monotonic()
-        return all(self._away.get(p, 0.0) > now for p in pops)
+        return all(self._is_away(p, now) and self._away[p].refused for p in pops)
+
+    def _put(self, pop: Pop, seconds: float, *, refused: bool) -> None:
+        now = time.monotonic()
+        self._prune(now)
+        self._away[pop] = Aside(now, now + seconds, refused)
+
+    def _is_away(self, pop: Pop, now: float) -> bool:
+        aside = self._away.get(pop)
+        return aside is not None and aside.until > now
+
+    def _until(self, now: float) -> dict[Pop, float]:
+        """Until when each PoP is left out, as :func:`rank` takes it; expired entries go
+        (otherwise every address DNS ever returned would stay here)."""
+        self._prune(now)
+        return {p: a.until for p, a in self._away.items()}
+
+    def _prune(self, now: float) -> None:
+        for pop in [p for p, a in self._away.items() if a.until <= now]:
+            del self._away[pop]
 
     async def _resolve(self) -> list[Pop]:
         loop = asyncio.get_running_loop()

@@ -1,6 +1,9 @@
 """An agent that knows several PoPs (``--edge A,B``): it uses one of its region, fails over
 to another within 5 s when that PoP dies, and with ``--links 2`` holds both at once, so a
-PoP's death costs its visitors at the other PoP nothing.
+PoP's death costs its visitors at the other PoP nothing. A PoP frozen with SIGSTOP (its
+kernel still completes TCP handshakes, so the probe ranks it reachable) is left for the
+other: by a running agent once its keepalive notices, by a new agent after one short TLS
+timeout.
 
 Each PoP is an edge on a loopback address of its own (127.0.0.2, 127.0.0.3), in a region
 of its own; they share one data directory, as PoPs share one control plane (its tokens).
@@ -8,7 +11,10 @@ of its own; they share one data directory, as PoPs share one control plane (its 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -146,3 +152,88 @@ def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
     while b.worker_status()["sessions"] < 2:
         assert time.monotonic() < deadline, "the lost link did not come to B"
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def frozen(edge: Edge) -> Iterator[None]:
+    """``edge`` stopped with SIGSTOP (by its pid: one process, ``--workers 1``): its kernel
+    still completes TCP handshakes on its listen backlog, its process answers nothing. It
+    is resumed on the way out, failed or not, so the fixture can stop it."""
+    assert edge.proc is not None and edge.proc.proc.poll() is None
+    os.kill(edge.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(edge.proc.pid, signal.SIGCONT)
+
+
+# The bounds are numbers here, not the client's constants, so that this file runs (and
+# fails) against an agent without them.
+#: A running agent on a PoP that freezes: its keepalive notices within one interval plus
+#: one timeout (relay/agent/client.py SEVERAL_KEEPALIVE_*: 5 s + 5 s with several PoPs),
+#: the frozen PoP is set aside, and the next attempt (after at most 0.25 s of backoff, the
+#: session's first loss) binds at the other over loopback in milliseconds; 3 s more for a
+#: loaded host. The mux's own keepalive (15 s + 10 s) takes up to 25 s, and the old
+#: chooser could go back to the frozen PoP after it.
+FROZEN_WHILE_ON_IT = 5 + 5 + 3.0
+#: A new agent while a PoP is frozen: the agent's start (Python's imports, about 1 s),
+#: the frozen PoP tried first at worst (the probe cannot tell it from the live one):
+#: SEVERAL_CONNECT_TIMEOUT (3 s), at most 0.25 s of backoff, then the other PoP; 4 s more
+#: for a loaded host (measured: 3.9-5.0 s in all). The old agent waited connect_timeout +
+#: 1 (11 s) on the frozen PoP, and then could pick it again.
+FRESH_WHILE_FROZEN = 1 + 3 + 0.25 + 4.0
+
+
+def test_an_agent_on_a_pop_that_freezes_serves_again_through_the_other(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = pops
+    agent, port, _ = bound_across(pops, echo, agents, "--region", "eu")
+    data = payload(4, 100_000)
+    first = a if served_by(A_HOST, port, data) else b
+    other = b if first is a else a
+    assert served_by(first.host, port, data), "served by neither PoP"
+    with frozen(first):
+        froze = time.monotonic()
+        served = False
+        for _ in range(int(FROZEN_WHILE_ON_IT / 0.1) + 1):  # bounded in count and time
+            if time.monotonic() - froze > FROZEN_WHILE_ON_IT:
+                break
+            served = served_by(other.host, port, data)
+            if served:
+                break
+            time.sleep(0.1)
+        took = time.monotonic() - froze
+        print(f"frozen PoP {first.address}: serving again at {other.address} after {took:.2f}s")
+        assert served, f"not served at {other.address} after {took:.1f}s:\n{agent.proc.text()}"
+        assert took < FROZEN_WHILE_ON_IT, f"serving again after {took:.1f}s"
+        # Hash-checked again, the other PoP serving for good (not a moment's luck).
+        for i in range(3):
+            assert served_by(other.host, port, payload(10 + i, 200_000))
+
+
+def test_a_new_agent_binds_on_the_live_pop_while_the_other_is_frozen(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    """Three agents at once while b is frozen: the probe ranks a frozen PoP and a live
+    one alike (their kernels answer both), and on loopback it ranks b (127.0.0.3) first,
+    so the agents try the frozen PoP first and must leave it for a."""
+    a, b = pops
+    hung, live = b, a
+    _, token = a.token()
+    with frozen(hung):
+        started = time.monotonic()
+        fresh = [across(a, b, echo, token, "--region", "eu") for _ in range(3)]
+        agents.extend(fresh)
+        ports = [
+            one.wait_bound(timeout=max(0.1, FRESH_WHILE_FROZEN - (time.monotonic() - started)))
+            for one in fresh
+        ]
+        took = time.monotonic() - started
+        tried = sum(f"at {hung.address}" in one.proc.text() for one in fresh)
+        print(f"3 new agents bound at {live.address} in {took:.2f}s; {tried} tried {hung.address}")
+        assert took < FRESH_WHILE_FROZEN
+        # What this test is for: agents that tried the frozen PoP first, and left it.
+        assert tried >= 1, "no agent tried the frozen PoP: the test proved nothing"
+        for i, port in enumerate(ports):
+            assert served_by(live.host, port, payload(20 + i, 100_000)), fresh[i].proc.text()
