@@ -40,6 +40,9 @@ RLY_302   UnsupportedVersion      the peer speaks a protocol version we don't
 RLY_401   ConfigError             invalid configuration or argument
 RLY_402   DataDirError            the data directory is unusable (permissions, corrupt files)
 RLY_403   ListenError             a listener cannot bind its address (in use, not permitted)
+RLY_404   RelayError              the agent's link processes (``--links``) kept dying right
+                                  after their start (a broken install, an upgrade under a
+                                  running agent); raised with ``code=``, no class of its own
 RLY_501   TlsError                edge certificate not trusted / fingerprint mismatch
 RLY_502   ConnectError            cannot reach the edge
 RLY_503   NotAnEdge               the address is not a relay edge's agent port (no TLS, no ALPN)

@@ -421,16 +421,18 @@ class Agent:
             return
         self._stopping = True
         live = self.live_streams()
-        if live:
-            self.status(
-                f"draining {live} live stream(s) for up to {self.options.grace_period:g}s; "
-                "no new visitors (stop again to quit now)"
-            )
         # Even an idle agent waits the one round trip until the edge has read the GoAway:
         # a visitor it routed here before that is accepted and served, not refused.
         link.session.go_away_draining(0)
         link.schedule_flush()
         self._draining = asyncio.get_running_loop().create_task(self._drain())
+        # Said last: the drain is under way whatever the status callback does (a link
+        # process's agent may be gone, and its pipe with it).
+        if live:
+            self.status(
+                f"draining {live} live stream(s) for up to {self.options.grace_period:g}s; "
+                "no new visitors (stop again to quit now)"
+            )
 
     def _goaway_crossing(self) -> bool:
         link = self.link

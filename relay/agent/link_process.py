@@ -19,8 +19,14 @@ would show the token. Then JSON lines go both ways:
   before it exits with an error that cannot heal. The agent then ends with that error,
   as it would for a link of its own.
 
-A child exits when its stdin ends: the agent is gone, however it went. A child that dies
-otherwise (killed) is started again after :data:`RESTART_DELAY`.
+A child stops when its stdin ends or its stdout does (a write fails: the agent is gone,
+however it went, SIGKILL included): it drains as on SIGTERM (GoAway, its streams get the
+grace period) and exits. A child that dies otherwise (killed) is started again, after
+:data:`RESTART_DELAY`; one that dies young (within :data:`YOUNG`) after twice as long as
+the one before it, up to :data:`MAX_RESTART_DELAY` (:func:`restart_delay`), and
+:data:`MAX_YOUNG_DEATHS` young deaths in a row end the agent with RLY_404: what kills a
+child at its start (an import error, a module of another version after an in-place
+upgrade) does not heal by starting it again.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from relay.agent.client import Agent, AgentOptions, EndpointSpec
 from relay.agent.link_metrics import PUSH_PERIOD
@@ -46,8 +53,18 @@ from relay.stop_signals import install_stop_handlers
 
 log = logging.getLogger("relay.agent")
 
-#: A child that died without an error of its own is started again after this long.
+#: A child that died without an error of its own is started again after this long, and
+#: after twice as long for each young death in a row before it, up to
+#: :data:`MAX_RESTART_DELAY`.
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+#: A child that lived less than this long died young; one that lived longer starts the
+#: count of young deaths again (it had worked: a later death is a new fault).
+YOUNG = 10.0
+#: This many young deaths in a row end the agent (RLY_404).
+MAX_YOUNG_DEATHS = 8
+#: The code of that error (relay/errors.py).
+LINK_PROCESS_FAILED = "RLY_404"
 #: How often the agent looks whether a link's place changed, to tell the others.
 BUSY_PERIOD = 0.25
 #: The longest line either side reads: the description with every endpoint.
@@ -125,6 +142,12 @@ def _links_plain(others: list[tuple[int, Place]]) -> list[list[Any]]:
     return sorted([index, *_place_plain(place)] for index, place in others)
 
 
+def restart_delay(young_deaths: int) -> float:
+    """How long to wait before starting a child again, after ``young_deaths`` children in
+    a row died young (0: the last one had lived long)."""
+    return min(MAX_RESTART_DELAY, RESTART_DELAY * 2.0 ** max(0, young_deaths - 1))
+
+
 # --- the agent's side ---------------------------------------------------------------------
 
 
@@ -154,6 +177,9 @@ class LinkChild:
         self._wants_metrics = options.admin_listen is not None
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = False
+        self._stopping_now = False
+        # Set by stop(): ends the wait before a restart at once.
+        self._stop_asked = asyncio.Event()
         self._told_leader: list[dict[str, Any]] = []
         self._told_links: list[list[Any]] = []
 
@@ -165,26 +191,50 @@ class LinkChild:
         """The child drains its link and exits (its stdin ends); ``now``: SIGKILL by pid,
         its streams cut (a second stop, or a drain that outlived its grace)."""
         self._stopping = True
+        self._stopping_now = self._stopping_now or now
+        self._stop_asked.set()
         process = self.process
         if process is None:
-            return
+            return  # none yet, or one being started: _run_once does this once it is
+        self._end(process)
+
+    def _end(self, process: asyncio.subprocess.Process) -> None:
         if process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()  # the child's stdin ends: it drains and stops its link
-        if now and process.returncode is None:
+        if self._stopping_now and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
 
     async def run(self) -> None:
         """Keep the child running until stopped; raise the error it ended with, if one
         cannot heal."""
+        loop = asyncio.get_running_loop()
+        young = 0
         while not self._stopping:
+            started = loop.time()
             fatal = await self._run_once()
             if fatal is not None:
                 raise fatal
             if self._stopping:
                 return
-            self.status(f"link {self.index}: its process ended; starting it again")
-            await asyncio.sleep(RESTART_DELAY)
+            lived = loop.time() - started
+            young = young + 1 if lived < YOUNG else 0
+            ended = self.process.returncode if self.process is not None else None
+            if young >= MAX_YOUNG_DEATHS:
+                raise RelayError(
+                    f"link {self.index}'s process died within {YOUNG:g}s of its start "
+                    f"{young} times in a row (last exit status {ended}); its own error "
+                    "output says why (an upgrade under a running agent? start it again)",
+                    code=LINK_PROCESS_FAILED,
+                )
+            delay = restart_delay(young)
+            self.status(
+                f"link {self.index}: its process ended; starting it again in {delay:g}s "
+                f"(exit status {ended}, after {lived:.1f}s)"
+            )
+            # A stop during the wait ends it (it may be MAX_RESTART_DELAY long).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_asked.wait(), delay)
 
     async def _run_once(self) -> RelayError | None:
         process = self.process = await asyncio.create_subprocess_exec(
@@ -196,6 +246,12 @@ class LinkChild:
             limit=MAX_LINE,
         )
         assert process.stdin is not None and process.stdout is not None
+        if self._stopping:
+            # Stopped while it was being started (stop() found no process): it gets no
+            # description, not even the token, and exits as soon as it reads its stdin.
+            self._end(process)
+            await process.wait()
+            return None
         self._told_leader = describe_leader(self.leader)
         # Where the other links are goes with the start: the child picks its PoP at once.
         self._told_links = _links_plain(self.others(self))
@@ -253,11 +309,47 @@ class LinkChild:
 # --- the child's side ---------------------------------------------------------------------
 
 
+class ToAgent:
+    """A child's lines to the agent, on its stdout. Once the agent is gone (SIGKILLed,
+    say), a write fails (BrokenPipeError): ``say`` never raises (its caller may be
+    ``Agent.stop``, between setting its flag and starting its drain), writes nothing more,
+    and calls ``gone`` once, soon, from the loop rather than from inside its caller."""
+
+    def __init__(self, stream: TextIO, gone: Callable[[], None]) -> None:
+        self.stream = stream
+        self.gone = gone
+        self.lost = False
+
+    def say(self, message: dict[str, Any]) -> None:
+        if self.lost:
+            return
+        try:
+            self.stream.write(json.dumps(message) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost = True
+            self._silence()
+            asyncio.get_running_loop().call_soon(self.gone)
+
+    def _silence(self) -> None:
+        # What the stream still buffers would be flushed again at exit and fail again
+        # ("Exception ignored ... BrokenPipeError", exit status 120): /dev/null takes it.
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self.stream.fileno())
+            finally:
+                os.close(null)
+
+
 async def _child() -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    first = json.loads(await reader.readline())
+    line = await reader.readline()
+    if not line:
+        return 0  # the agent stopped (or died) before it described this link
+    first = json.loads(line)
     options = options_from(first["options"])
     view = LeaderView({}, {}, {})
     apply_leader(view, first["leader"])
@@ -272,10 +364,9 @@ async def _child() -> int:
 
     learn(first.get("links", []))
 
-    def say(message: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
-
+    # The agent gone, this link stops as it would on SIGTERM: a drain, then the exit.
+    to_agent = ToAgent(sys.stdout, lambda: agent.stop())
+    say = to_agent.say
     agent = Agent(options, status=lambda line: say({"status": line}), leader=view)
     if first.get("metrics"):
         agent.metrics = AgentMetrics(agent)
@@ -283,13 +374,22 @@ async def _child() -> int:
     agent.lower_places = lambda: [p for i, p in others.items() if i < options.link]
 
     async def listen() -> None:
-        while line := await reader.readline():
-            message = json.loads(line)
-            if "leader" in message:
-                apply_leader(view, message["leader"])
-            if "links" in message:
-                learn(message["links"])
-        agent.stop()  # the agent is gone
+        try:
+            while line := await reader.readline():
+                try:
+                    message = json.loads(line)
+                    if "leader" in message:
+                        apply_leader(view, message["leader"])
+                    if "links" in message:
+                        learn(message["links"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    # A line cut short by the agent's death, most likely: EOF follows.
+                    log.warning("link %d: an unreadable line from the agent: %s", options.link, exc)
+        except (OSError, ValueError) as exc:  # ValueError: a line past MAX_LINE
+            log.warning("link %d: the agent's lines ended unreadable: %s", options.link, exc)
+        # However stdin ended, the agent is gone: drain and stop (not a task that just ends
+        # while the link serves on).
+        agent.stop()
 
     async def report() -> None:
         told: Any = object()

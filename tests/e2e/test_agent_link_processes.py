@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -209,5 +210,150 @@ def test_links_spread_again_after_link_0_comes_back(edge: Edge, agents: list[Age
 
             wait_for(f"link 0 back and the links spread (round {round_})", spread, within=30)
             echoes(port, 2)
+    finally:
+        echo.close()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie nobody reaped yet does not: it serves nothing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def upstream_connections(pid: int, upstream: int) -> int:
+    """How many TCP connections process ``pid`` holds to 127.0.0.1:``upstream`` (each is
+    a visitor's stream its link carries)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) == upstream and fields[9] in inodes:
+            count += 1
+    return count
+
+
+def test_a_link_process_drains_and_ends_when_its_agent_is_killed(
+    edge: Edge, agents: list[Agent]
+) -> None:
+    """The agent is SIGKILLed while its link process carries visitors: the link process
+    sees its stdin end and its stdout fail, drains (GoAway: the edge sends it no new
+    visitor) and exits once the grace period is over. Before, the status line of that
+    drain raised BrokenPipeError on the dead agent's pipe, the stop was cut short before
+    its GoAway, and the orphaned link served new visitors until the edge dropped it."""
+    grace = 3.0
+    echo = EchoServer()
+    held: list[socket.socket] = []
+    child = 0
+    try:
+        _, token = edge.token()
+        agent, port = start_linked(
+            edge, agents, token, echo.port, 2, "--grace-period", f"{grace:g}"
+        )
+        wait_for("2 sessions at the edge", lambda: sessions(edge) == 2)
+        (child,) = link_processes(agent)
+        # Visitors until the link process carries some (the edge gives each visitor to
+        # the link on the worker the kernel picked: about half of them).
+        for _ in range(40):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(conn)
+            conn.sendall(b"x")
+            assert conn.recv(1) == b"x"
+            if len(held) >= 8 and upstream_connections(child, echo.port) >= 2:
+                break
+        assert upstream_connections(child, echo.port) >= 2, "the link process carries none"
+
+        agent.proc.proc.kill()
+        agent.proc.proc.wait(5)
+        killed = time.monotonic()
+        time.sleep(0.5)  # the GoAway's round trip
+        # The link process drains (the held visitors keep it busy for the whole grace
+        # period): new visitors are not its any more, and link 0 died with the agent, so
+        # the edge has nobody to give them to.
+        served = 0
+        for i in range(6):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"y")
+                    served += conn.recv(1) == b"y"
+            assert alive(child) or time.monotonic() - killed > grace, i
+        assert served == 0, f"{served} of 6 new visitors served by the orphaned link"
+        wait_for("the link process to end", lambda: not alive(child), within=grace + 5)
+        assert time.monotonic() - killed < grace + 5
+        for conn in held:  # cut at the end of the grace period
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                assert conn.recv(100) == b""
+        assert "Traceback" not in agent.proc.text(), agent.proc.text()
+    finally:
+        for conn in held:
+            conn.close()
+        if child and alive(child):
+            os.kill(child, signal.SIGKILL)  # the orphan a failed test leaves behind
+        echo.close()
+
+
+#: relay/agent/link_process.py MAX_YOUNG_DEATHS: this many link processes in a row that
+#: die young end the agent.
+YOUNG_DEATHS = 8
+#: A sitecustomize.py, on the agent's PYTHONPATH in the crash test (no hook in relay
+#: itself): every link process dies at its start, as after an upgrade that broke the
+#: install, and the agent waits 10 times shorter between starts (the same schedule).
+CRASHING_LINKS = """\
+import os
+import sys
+
+if "relay.agent.link_process" in sys.orig_argv:
+    sys.stderr.write("link process: a crash at start-up (the test's sitecustomize)\\n")
+    sys.stderr.flush()
+    os._exit(3)
+if "relay.cli" in sys.orig_argv:
+    import relay.agent.link_process as link_process
+
+    link_process.RESTART_DELAY /= 10
+    link_process.MAX_RESTART_DELAY /= 10
+"""
+
+
+def test_a_link_process_that_dies_at_its_start_ends_the_agent(
+    edge: Edge, agents: list[Agent], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every link process dies right after its start: it is started again after 1 s,
+    then twice as long each time (here scaled down 10 times), up to 30 s, and the 8th
+    death in a row ends the agent with RLY_404 and exit status 1. Before, it was started
+    again every second, for ever."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASHING_LINKS)
+    paths = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    echo = EchoServer()
+    try:
+        _, token = edge.token()
+        agent = Agent(edge, token, echo.port, extra=["--links", "2"])
+        agents.append(agent)
+        agent.wait_bound()
+        restarts: list[tuple[float, float]] = []  # (when it was said, the delay it says)
+        for _ in range(YOUNG_DEATHS - 1):
+            line = agent.proc.wait_line("link 1: its process ended; starting it again", 15)
+            said = re.search(r"again in ([0-9.]+)s", line)
+            assert said is not None, line
+            restarts.append((time.monotonic(), float(said.group(1))))
+        # relay/agent/link_process.py restart_delay, scaled: 1 s doubling up to 30 s.
+        assert [d for _, d in restarts] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.0, 3.0], agent.proc.text()
+        for (was, delay), (now, _) in itertools.pairwise(restarts):
+            assert now - was >= delay - 0.05, (now - was, delay)  # it did wait
+        line = agent.proc.wait_line("error RLY_404", 15)
+        assert f"died within 10s of its start {YOUNG_DEATHS} times in a row" in line
+        assert agent.proc.wait(15) == 1, agent.proc.text()
+        assert agent.proc.text().count("a crash at start-up") == YOUNG_DEATHS
     finally:
         echo.close()
