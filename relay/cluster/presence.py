@@ -16,12 +16,16 @@ Redis layout
     its names vanish from every table at the next heartbeat. :meth:`Presence.stop`
     deletes it at once.
 ``relay:names:<node_id>``
-    The node's names, JSON ``[[family, hostname, kind, host_rewrite, owner], ...]``,
+    The node's names, JSON ``[[family, hostname, kind, host_rewrite, owner, share], ...]``,
     written only when they change (soon after :meth:`Presence.changed`), its expiry
     renewed with ``PEXPIRE`` on every heartbeat. Readers fetch it only when the version
     in the node key is not the one they hold: a quiet cluster of nodes with 10,000
     names each rereads a few hundred bytes per node per heartbeat, not every name.
-    (A node key with the names inline, ``"names": [...]``, is read too.)
+    (A node key with the names inline, ``"names": [...]``, is read too.) ``share`` says
+    who else of the owner's token may bind the name too (:func:`may_share`): ``pool``
+    when every member of the endpoint bound it with pooling, else ``agent:<agent id>``,
+    the one agent whose links hold it. A name of five fields (a node of an older
+    version) does not say, and is checked by its owner alone.
 ``relay:nodes``
     A sorted set of node ids, each scored with the time (ms) it last wrote its key:
     every node adds itself each heartbeat and removes itself at stop; a reader drops a
@@ -49,8 +53,9 @@ Names are fetched (``MGET`` of ``relay:names:*``) only for node keys whose bytes
 so a quiet cluster costs one ``MGET`` of small values.
 
 What another node wrote is checked before it is used: a key that is not JSON, has the
-wrong shape, more than ``MAX_NAMES`` names or a name longer than 253 characters is left
-out of the table (logged once, at debug level, per distinct value), never trusted.
+wrong shape, more than ``MAX_NAMES`` names, a name longer than 253 characters or a share
+that is not ``pool`` or ``agent:`` and an agent id (1 to 64 visible ASCII characters) is
+left out of the table (logged once, at debug level, per distinct value), never trusted.
 
 The family of a name is ``http`` for the plain-HTTP port, ``sni`` for the TLS port (https
 and tls endpoints) and ``tcp`` for a TCP endpoint, named by its port number: a visitor's
@@ -67,6 +72,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -114,8 +120,9 @@ MAX_NAMES = 100_000
 MAX_HOSTNAME = 253
 MAX_FIELD = 300
 MAX_NODE_ID = 200
-#: Bytes of a node key, and of a names key (MAX_NAMES names of at most about 600
-#: bytes each), read before any parsing: anything longer is garbage.
+#: Bytes of a node key, and of a names key (MAX_NAMES names of at most about 650
+#: bytes each, a share of up to 70 included), read before any parsing: anything longer
+#: is garbage.
 MAX_NODE_KEY = 4096
 MAX_NAMES_KEY = 64 * 1024 * 1024
 #: Bytes of a pub/sub event: Redis itself cuts off a subscriber that falls 32 MiB
@@ -129,6 +136,13 @@ MGET_CHUNK = 500
 
 FAMILIES = frozenset({"http", "sni", "tcp"})
 KINDS = frozenset({"http", "https", "tls", "tcp"})
+#: A name's ``share`` (:func:`may_share`): pooled by all its members, or one agent's.
+SHARE_POOL = "pool"
+SHARE_AGENT = "agent:"
+#: An agent id, as relay/edge/session.py AGENT_ID_RE checks it at authentication (this
+#: floor imports nothing of the edge; a unit test keeps the two the same): 1 to 64
+#: visible ASCII characters.
+AGENT_ID_RE = re.compile(r"[!-~]{1,64}")
 
 #: What may go wrong talking to Redis: the node carries on with its last table.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -157,10 +171,48 @@ class RemoteName:
     #: Who holds it, as an opaque tag (relay/edge/cluster.py: a digest of the token id):
     #: a name has one owner across the cluster, so another owner's bind is refused.
     owner: str = ""
+    #: How the owner's other agents may share it (:func:`may_share`); ``""``: not said
+    #: (a node of an older version), and only the owner is compared.
+    share: str = ""
 
 
-#: The names this node holds live now: (family, hostname, kind, host_rewrite, owner).
-Names = Callable[[], Iterable[tuple[str, str, str, str, str]]]
+def share_of(pooled: bool, agent_id: str) -> str:
+    """What a node publishes as an endpoint's ``share``: ``pool`` when every live
+    member bound it with pooling (``pooled``), else ``agent:`` and ``agent_id``, the
+    agent whose links hold it."""
+    return SHARE_POOL if pooled else SHARE_AGENT + agent_id
+
+
+def may_share(share: str, agent_id: str, pooled: bool) -> bool:
+    """Whether an agent (``agent_id``, binding with pooling or not) of the owner's token
+    may bind a name another node holds with ``share``: the rule of one edge
+    (relay/edge/members.py ``admit``) and of the workers (relay/cluster/claims.py),
+    with the other node's members summed up by its ``share`` — it joins a pool when it
+    pools too, and the links of one agent share the name wherever they are. A member
+    that pools and one that does not never share (one edge refuses that as well)."""
+    if share == "":
+        return True  # not said (a node of an older version): the owner alone decides
+    if share == SHARE_POOL:
+        return pooled
+    return share == SHARE_AGENT + agent_id
+
+
+def _is_share(value: object) -> bool:
+    """``pool`` or ``agent:<agent id>``, nothing else."""
+    if not isinstance(value, str):
+        return False
+    if value == SHARE_POOL:
+        return True
+    return value.startswith(SHARE_AGENT) and (
+        AGENT_ID_RE.fullmatch(value[len(SHARE_AGENT) :]) is not None
+    )
+
+
+#: One name this node holds live: (family, hostname, kind, host_rewrite, owner, share);
+#: without ``share`` (five fields) it does not say how the name may be shared.
+Name = tuple[str, str, str, str, str, str] | tuple[str, str, str, str, str]
+#: The names this node holds live now.
+Names = Callable[[], Iterable[Name]]
 
 
 @dataclass
@@ -382,6 +434,12 @@ class Presence:
             if holders:
                 return self._pick(holders, avoid, key if rotate else None)
 
+    def holders(self, family: str, hostname: str) -> list[RemoteName]:
+        """Every other node's hold of exactly ``hostname`` (a wildcard as itself) on the
+        ``family`` front, by node id. No I/O."""
+        holders = self._table.get((family, hostname.lower()), {})
+        return [holders[node_id] for node_id in sorted(holders)]
+
     def held(self, family: str) -> dict[str, RemoteName]:
         """Every name of ``family`` other nodes hold, each with the holder a lookup
         would pick."""
@@ -489,9 +547,7 @@ class Presence:
         """This node's keys: the names only when they changed (or the key is gone: a
         Redis restarted empty), the node key every time; a change is announced."""
         client = self._need_client()
-        names = sorted(
-            {(str(f), str(h), str(k), str(r), str(o)) for f, h, k, r, o in self._names()}
-        )
+        names = sorted({tuple(str(field) for field in name) for name in self._names()})
         blob = json.dumps(names, separators=(",", ":")).encode()
         version = hashlib.sha256(blob).hexdigest()[:16]
         fresh = version != self._written
@@ -520,7 +576,7 @@ class Presence:
         if self._owned is not None:
             held = {h.lower(): o for h, o in self._owned().items()}
         else:
-            held = {h.lower(): o for _f, h, _k, _r, o in names}
+            held = {name[1].lower(): name[4] for name in names}
         for host, owner in self._pending:
             held.setdefault(host, owner)  # a bind in flight: its claim is kept
         await self._keep_claims(held)
@@ -894,9 +950,13 @@ def _parse(
     info = NodeInfo(node_id, region, link)
     out = []
     for item in names:
-        if not (isinstance(item, list) and len(item) == 5):
+        # Six fields; five from a node of an older version, which says no share.
+        if not (isinstance(item, list) and len(item) in (5, 6)):
             return None
-        family, hostname, kind, rewrite, owner = item
+        family, hostname, kind, rewrite, owner = item[:5]
+        share = item[5] if len(item) == 6 else ""
+        if len(item) == 6 and not _is_share(share):
+            return None
         if not (isinstance(family, str) and isinstance(kind, str)):
             return None
         if family not in FAMILIES or kind not in KINDS or (family == "tcp") != (kind == "tcp"):
@@ -908,7 +968,7 @@ def _parse(
             return None
         if not all(isinstance(v, str) and len(v) <= MAX_FIELD for v in (rewrite, owner)):
             return None
-        out.append(RemoteName(family, hostname.lower(), kind, rewrite, info, owner))
+        out.append(RemoteName(family, hostname.lower(), kind, rewrite, info, owner, share))
     return info, out
 
 

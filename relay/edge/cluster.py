@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from relay._httpfront import HttpVisitor
 from relay.certs.local_ca import LocalCA, write_file_atomic
 from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
-from relay.cluster.presence import NodeInfo, Presence, RemoteName
+from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_share, share_of
 from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.cluster_ports import RemotePorts
-from relay.edge.members import hands_over, serving_session, takes_visitors
+from relay.edge.members import Pooled, hands_over, serving_session, takes_visitors
 from relay.edge.refusal import unreachable_page
 from relay.edge.routes import HostEndpoint
 from relay.edge.tcp import TcpEndpoint, format_address
@@ -196,19 +196,25 @@ class ClusterNode:
         here |= {e.port for e in self.edge.endpoints.values() if isinstance(e, TcpEndpoint)}
         self.ports.sync(elsewhere, here)
 
-    def _names(self) -> list[tuple[str, str, str, str, str]]:
-        names = []
+    def _names(self) -> list[Name]:
+        """The names this node's endpoints serve now, each with its owner and how it may
+        be shared (``_claim`` on the other nodes checks a bind against both). Only
+        endpoints that take visitors: a name kept in grace for its agent (orphaned) is
+        not published, so another agent of the token may take it from any node, as on
+        one edge."""
+        names: list[Name] = []
         for endpoint in list(self.edge.endpoints.values()):
             if not takes_visitors(endpoint):
                 continue
+            share = endpoint_share(endpoint)
             if isinstance(endpoint, TcpEndpoint):
                 owner = owner_tag(endpoint.holder.token_id)
-                names.append(("tcp", str(endpoint.port), "tcp", "", owner))
+                names.append(("tcp", str(endpoint.port), "tcp", "", owner, share))
                 continue
             host: HostEndpoint = endpoint
             rewrite = (host.host_rewrite or b"").decode("latin-1")
             owner = owner_tag(host.holder.token_id)
-            names.append((host.family, host.hostname, host.kind, rewrite, owner))
+            names.append((host.family, host.hostname, host.kind, rewrite, owner, share))
         return names
 
     def _owned(self) -> dict[str, str]:
@@ -219,31 +225,57 @@ class ClusterNode:
             for e in list(self.edge.endpoints.values())
         }
 
-    async def claim_name(self, hostname: str, token_id: str) -> bool:
+    async def claim_name(
+        self,
+        hostname: str,
+        token_id: str,
+        family: str | None = None,
+        agent_id: str | None = None,
+        pooled: bool = False,
+    ) -> bool:
         """A name has one owner across the cluster, as on one edge: another token's bind
         of a name a node holds is refused (links and pool members of the same token, on
         several nodes, share it). First the table, which names the node; then the claim
         in Redis, atomic, so of two binds on two nodes at the same instant one wins.
         While Redis does not answer, the table alone decides (binds go on; a clash made
         meanwhile is logged when Redis is back). True when a claim was made: the caller
-        then calls :meth:`settle_name` once the bind has ended, held or not."""
-        return await self._claim(("http", "sni"), hostname, hostname, token_id, hostname)
+        then calls :meth:`settle_name` once the bind has ended, held or not.
+
+        With ``family`` (``http`` or ``sni``) and ``agent_id`` (the binding agent's,
+        ``pooled``: whether it binds with pooling), the token's own agents are held to
+        one edge's rule too: another agent may share a name another node holds live
+        only when both pool (see :meth:`_check_shares`). Without them only the owner is
+        compared."""
+        shares = (family, agent_id, pooled) if family and agent_id is not None else None
+        return await self._claim(("http", "sni"), hostname, hostname, token_id, hostname, shares)
 
     def settle_name(self, hostname: str, token_id: str) -> None:
         if self.presence is not None:
             self.presence.settle(hostname, owner_tag(token_id))
 
-    async def claim_port(self, port: int, token_id: str) -> bool:
+    async def claim_port(
+        self, port: int, token_id: str, agent_id: str | None = None, pooled: bool = False
+    ) -> bool:
         """A TCP port has one owner across the cluster, as a name has (its visitors may
-        reach any node of the region). True as for :meth:`claim_name`."""
-        return await self._claim(("tcp",), str(port), f"tcp:{port}", token_id, f"tcp port {port}")
+        reach any node of the region), and is shared as one edge shares it (with
+        ``agent_id``, as for :meth:`claim_name`). True as for :meth:`claim_name`."""
+        shares = ("tcp", agent_id, pooled) if agent_id is not None else None
+        return await self._claim(
+            ("tcp",), str(port), f"tcp:{port}", token_id, f"tcp port {port}", shares
+        )
 
     def settle_port(self, port: int, token_id: str) -> None:
         if self.presence is not None:
             self.presence.settle(f"tcp:{port}", owner_tag(token_id))
 
     async def _claim(
-        self, families: tuple[str, ...], name: str, key: str, token_id: str, shown: str
+        self,
+        families: tuple[str, ...],
+        name: str,
+        key: str,
+        token_id: str,
+        shown: str,
+        shares: tuple[str, str, bool] | None = None,
     ) -> bool:
         presence = self.presence
         if presence is None:
@@ -255,6 +287,8 @@ class ClusterNode:
                 raise EndpointAlreadyBound(
                     f"{shown} is bound by another token (on node {remote.node.node_id})"
                 )
+        if shares is not None:
+            self._check_shares(presence, name, owner, shown, *shares)
         try:
             holder = await presence.claim(key, owner)
         except RelayError as err:
@@ -266,6 +300,42 @@ class ClusterNode:
         if holder is not None:
             raise EndpointAlreadyBound(f"{shown} is bound by another token (in the cluster)")
         return True
+
+    def _check_shares(
+        self,
+        presence: Presence,
+        name: str,
+        owner: str,
+        shown: str,
+        family: str,
+        agent_id: str,
+        pooled: bool,
+    ) -> None:
+        """Refuse a bind of ``name`` by an agent of ``owner``'s token that one edge would
+        refuse (relay/edge/members.py ``admit``): another node holds it live for another
+        agent, and not both pool (:func:`may_share`). Only the same front counts, as on
+        one edge (an http name and the TLS port's are two endpoints). Orphaned names are
+        not published, so an agent of the token may still take one kept for an agent
+        that is gone.
+
+        This reads this node's table, which learns of another node's bind a publish
+        round trip later (milliseconds): two such binds made on two nodes within that
+        both pass, and both serve until one agent leaves. The Redis claim does not close
+        that gap, because it knows the owner alone; it cannot tell a second instance
+        from the agent's own link on another PoP, or from the agent restarted (a new
+        agent id) taking back its orphaned name, without keeping members there too.
+
+        Sibling workers of this host are left to the supervisor, which applies the
+        same rule with what each worker holds now (a stale row here must not refuse a
+        bind it would grant)."""
+        for remote in presence.holders(family, name):
+            if remote.owner != owner or may_share(remote.share, agent_id, pooled):
+                continue
+            if self.edge.worker is not None and is_worker_of(self.base_id, remote.node.node_id):
+                continue
+            raise EndpointAlreadyBound(
+                f"{shown} is bound by another agent session (on node {remote.node.node_id})"
+            )
 
     # --- which node ----------------------------------------------------------------
 
@@ -439,6 +509,15 @@ def is_worker_of(base_id: str, node_id: str) -> bool:
     node of another host may be named ``BASE.west``)."""
     head, dot_w, index = node_id.rpartition(".w")
     return head == base_id and bool(dot_w) and index.isdigit() and index.isascii()
+
+
+def endpoint_share(endpoint: Pooled) -> str:
+    """How ``endpoint`` may be shared, as other nodes check a bind against it: pooled
+    when every live member bound it with pooling, else held by the agent of its
+    (live) primary. One edge admits no other agent beside a member that does not pool,
+    so all such members are that one agent's links."""
+    live = [m for m in endpoint.members if m.session is not None] or [endpoint.holder]
+    return share_of(all(m.pooled for m in live), endpoint.holder.agent_id)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -723,7 +723,9 @@ class Edge:
             claimed = False
             if self.cluster is not None:
                 try:
-                    claimed = await self.cluster.claim_port(candidate, session.token_id)
+                    claimed = await self.cluster.claim_port(
+                        candidate, session.token_id, session.agent_id, request.pool
+                    )
                 except BaseException as exc:
                     self.ports.release(candidate)
                     self.report(f"tcp:{candidate}")  # the workers' claim is given up
@@ -802,7 +804,9 @@ class Edge:
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
         pins = await self._pins_under(hostname)
-        claimed = self.cluster is not None and await self.cluster.claim_name(hostname, record.id)
+        claimed = self.cluster is not None and await self.cluster.claim_name(
+            hostname, record.id, family, session.agent_id, request.pool
+        )
         try:
             if request.kind == "https":
                 self.web.check_servable(hostname)  # e.g. an ACME wildcard: RLY_806 now
