@@ -223,21 +223,26 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def upstream_connections(pid: int, upstream: int) -> int:
-    """How many TCP connections process ``pid`` holds to 127.0.0.1:``upstream`` (each is
-    a visitor's stream its link carries)."""
+def upstream_ports_of(pid: int, upstream: int) -> set[int]:
+    """The local ports of process ``pid``'s TCP connections to 127.0.0.1:``upstream``."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
             target = os.readlink(fd)
             if target.startswith("socket:["):
                 inodes.add(target[len("socket:[") : -1])
-    count = 0
-    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = row.split()
-        if int(fields[2].rsplit(":", 1)[1], 16) == upstream and fields[9] in inodes:
-            count += 1
-    return count
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes and fields[2] == f"0100007F:{upstream:04X}":
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def upstream_connections(pid: int, upstream: int) -> int:
+    """How many TCP connections process ``pid`` holds to 127.0.0.1:``upstream`` (each is
+    a visitor's stream its link carries)."""
+    return len(upstream_ports_of(pid, upstream))
 
 
 def test_a_link_process_drains_and_ends_when_its_agent_is_killed(

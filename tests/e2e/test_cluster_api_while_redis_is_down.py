@@ -81,6 +81,24 @@ def listed(edge: Edge, key: str) -> dict[str, list[str]]:
     return {s["id"]: s["endpoints"] for s in answer.body["items"]}
 
 
+def said_cut_off_once(edge: Edge) -> None:
+    """However many calls could not ask the others, ``edge``'s log said so once."""
+    assert edge.proc is not None
+    edge.proc.wait_all(CUT_OFF, timeout=5)
+    assert edge.proc.text().count(CUT_OFF) == 1, edge.proc.text()
+
+
+def lists_again(edge: Edge, key: str, sessions: set[str]) -> None:
+    """Redis answers again: ``edge``'s API lists the whole cluster's ``sessions`` within
+    20 s, and its log says the others can be asked again."""
+    deadline = time.monotonic() + 20
+    while set(now := listed(edge, key)) != sessions:
+        assert time.monotonic() < deadline, f"{edge.host} lists {now} after Redis answered"
+        time.sleep(0.2)
+    assert edge.proc is not None
+    edge.proc.wait_all("cluster: the other nodes can be asked again", timeout=5)
+
+
 def bound_agent(edge: Edge, echo: EchoServer, agents: list[Agent]) -> Agent:
     agent = Agent(edge, edge.token()[1], echo.port)
     agents.append(agent)
@@ -169,16 +187,10 @@ def test_a_node_s_api_speaks_for_itself_while_redis_is_down(
     assert len(a.audit_details("edge.reload")) == 1
 
     # Nine calls could not ask b: the log said so once.
-    assert a.proc is not None
-    a.proc.wait_all(CUT_OFF, timeout=5)
-    assert a.proc.text().count(CUT_OFF) == 1, a.proc.text()
+    said_cut_off_once(a)
 
     redis_server.start()
-    deadline = time.monotonic() + 20
-    while set(now := listed(a, key)) != {kept_again, b_session}:
-        assert time.monotonic() < deadline, f"a lists {now} after Redis came back"
-        time.sleep(0.2)
-    a.proc.wait_all("cluster: the other nodes can be asked again", timeout=5)
+    lists_again(a, key, {kept_again, b_session})
     # Every node asked again: a session held nowhere gets the 404 it always got.
     gone = call(a, "POST", f"/api/v1/tunnel_sessions/{doomed_session}/stop", key)
     assert gone.status == 404, gone.body
@@ -234,20 +246,14 @@ def test_a_call_is_bounded_while_redis_is_frozen(
         assert UNASKED in refused.body["message"], refused.body
         assert took_stop < bound, f"a stop took {took_stop:.2f} s while Redis was frozen"
         assert on_b.proc.proc.poll() is None
-        assert a.proc is not None
-        a.proc.wait_all(CUT_OFF, timeout=5)
-        assert a.proc.text().count(CUT_OFF) == 1, a.proc.text()
+        said_cut_off_once(a)
     finally:
         # Always: a frozen server does not stop on the fixture's SIGTERM.
         redis_server.resume()
 
     # The publishes cut off left the client usable: the list is the cluster's again, and
     # a stop through a reaches b.
-    deadline = time.monotonic() + 20
-    while set(now := listed(a, key)) != {a_session, b_session}:
-        assert time.monotonic() < deadline, f"a lists {now} after Redis answered again"
-        time.sleep(0.2)
-    a.proc.wait_all("cluster: the other nodes can be asked again", timeout=5)
+    lists_again(a, key, {a_session, b_session})
     stopped = call(a, "POST", f"/api/v1/tunnel_sessions/{b_session}/stop", key)
     assert stopped.status == 200 and stopped.body["id"] == b_session, stopped.body
     code, _ = wait_exit(on_b, 2.0)

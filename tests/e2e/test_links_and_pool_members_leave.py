@@ -42,7 +42,7 @@ from tests.e2e.api_calls import api_key, call
 from tests.e2e.link_tap import LinkTap
 from tests.e2e.origin import blob
 from tests.e2e.procs import Agent, Edge
-from tests.e2e.test_agent_link_processes import link_processes
+from tests.e2e.test_agent_link_processes import link_processes, upstream_ports_of
 from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -314,22 +314,6 @@ def serving_sessions(edge: Edge) -> list[int]:
 def handed_off(edge: Edge) -> int:
     """HTTP visitors the workers handed to another worker, so far."""
     return sum(int(edge.worker_status(w)["workers"]["handed_off"]["http"]) for w in range(2))
-
-
-def upstream_ports_of(pid: int, upstream: int) -> set[int]:
-    """The local ports of process ``pid``'s TCP connections to 127.0.0.1:``upstream``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] in inodes and fields[2] == f"0100007F:{upstream:04X}":
-            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def is_dead(pid: int) -> bool:

@@ -422,6 +422,24 @@ def assert_is_the_unreachable_page(response: bytes) -> None:
     )
 
 
+async def all_dropped(worker: EdgeWorker, waiting: int) -> None:
+    """The ``waiting`` visitors queued for a stalled worker all dropped (bounded: 2 s),
+    and counted as failed handoffs."""
+    assert worker.outbox is not None
+    for _ in range(200):
+        if worker.outbox.pending() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.outbox.pending() == 0 and worker.outbox.dropped == waiting
+    assert worker.handoffs_failed == waiting
+
+
+def assert_told_unreachable(visitor: socket.socket) -> None:
+    response, end = read_to_the_end(visitor)
+    assert_is_the_unreachable_page(response)
+    assert end == "eof"
+
+
 def test_an_http_visitor_dropped_after_waiting_in_vain_gets_a_503_and_nothing_leaks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -439,16 +457,9 @@ def test_an_http_visitor_dropped_after_waiting_in_vain_gets_a_503_and_nothing_le
                 assert worker.outbox is not None
                 waiting = worker.outbox.pending()
                 assert 0 < waiting < 20  # the kernel took the first, the rest wait here
-                for _ in range(200):  # bounded: dropped within 2 s
-                    if worker.outbox.pending() == 0:
-                        break
-                    await asyncio.sleep(0.01)
-                assert worker.outbox.pending() == 0 and worker.outbox.dropped == waiting
-                assert worker.handoffs_failed == waiting
+                await all_dropped(worker, waiting)
                 for visitor, _ in pairs[-waiting:]:
-                    response, end = read_to_the_end(visitor)
-                    assert_is_the_unreachable_page(response)
-                    assert end == "eof"
+                    assert_told_unreachable(visitor)
                 for visitor, _ in pairs[:-waiting]:  # in worker 1's inbox: not ours
                     with pytest.raises(BlockingIOError):
                         visitor.recv(1, socket.MSG_DONTWAIT)
@@ -471,16 +482,9 @@ def test_an_http_visitor_waiting_for_a_worker_that_went_gets_a_503(tmp_path: Pat
                 waiting = worker.outbox.pending()
                 assert 0 < waiting < 20
                 stalled.close()
-                for _ in range(200):  # bounded: dropped within 2 s
-                    if worker.outbox.pending() == 0:
-                        break
-                    await asyncio.sleep(0.01)
-                assert worker.outbox.pending() == 0 and worker.outbox.dropped == waiting
-                assert worker.handoffs_failed == waiting
+                await all_dropped(worker, waiting)
                 for visitor, _ in pairs[-waiting:]:
-                    response, end = read_to_the_end(visitor)
-                    assert_is_the_unreachable_page(response)
-                    assert end == "eof"
+                    assert_told_unreachable(visitor)
                 for visitor, _ in pairs[:-waiting]:
                     assert read_to_the_end(visitor)[0] == b""
         await descriptors_back_to(before)
@@ -507,11 +511,7 @@ def test_a_tls_visitor_dropped_after_waiting_is_only_closed(
                 assert worker.outbox is not None
                 waiting = worker.outbox.pending()
                 assert 0 < waiting < 20
-                for _ in range(200):  # bounded: dropped within 2 s
-                    if worker.outbox.pending() == 0:
-                        break
-                    await asyncio.sleep(0.01)
-                assert worker.outbox.dropped == waiting
+                await all_dropped(worker, waiting)
                 for visitor, _ in pairs[-waiting:]:
                     assert read_to_the_end(visitor) == (b"", "eof")
         assert open_descriptors() == before
@@ -534,9 +534,7 @@ def test_http_visitors_waiting_when_the_worker_stops_get_a_503(tmp_path: Path) -
                 worker.outbox.close()
                 assert worker.outbox.pending() == 0
                 for visitor, _ in pairs[-waiting:]:
-                    response, end = read_to_the_end(visitor)
-                    assert_is_the_unreachable_page(response)
-                    assert end == "eof"
+                    assert_told_unreachable(visitor)
         await descriptors_back_to(before)
 
     asyncio.run(main())
