@@ -86,6 +86,9 @@ DRAIN_POLL = 0.05
 #: The most a stopping agent waits for the edge to have read its GoAway (the answer to
 #: the ping behind it: one round trip), accepting the visitors routed here meanwhile.
 CROSSING_WAIT = 3.0
+#: The most a link moving to another PoP waits for its live streams (as the edge's
+#: graceful restart of a session does): longer ones are cut.
+LEAVE_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,8 @@ class Agent:
         self._stopping = False
         #: The drain a stop started (streams still live), until the link closes.
         self._draining: asyncio.Task[None] | None = None
+        #: A move to another PoP under way (:meth:`leave_pop`).
+        self._leaving: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
         self._context: ssl.SSLContext | None = None
         # Whether the current attempt got as far as an authenticated session.
@@ -433,6 +438,44 @@ class Agent:
                 f"draining {live} live stream(s) for up to {self.options.grace_period:g}s; "
                 "no new visitors (stop again to quit now)"
             )
+
+    def leave_pop(self, why: str) -> bool:
+        """Move to another PoP without cutting a stream: GoAway (the edge sends new
+        visitors to the agent's other links), live streams finish (for up to
+        :data:`LEAVE_GRACE`), then the link closes and :meth:`run` connects again, to a
+        PoP no other link is on where there is one (``PopChooser.busy``). Whether a move
+        began (not while stopping, moving, or not serving)."""
+        link = self.link
+        if (
+            self._stopping
+            or self._leaving is not None
+            or link is None
+            or link.closed
+            or not self._established
+        ):
+            return False
+        self.status(f"moving to another PoP: {why}")
+        link.session.go_away_draining(0)
+        link.schedule_flush()
+        self._leaving = asyncio.get_running_loop().create_task(self._leave(link))
+        self._leaving.add_done_callback(self._left)
+        return True
+
+    async def _leave(self, link: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_GRACE
+        crossing_until = loop.time() + CROSSING_WAIT
+        while (
+            not link.closed
+            and loop.time() < deadline
+            and (self.live_streams() or (self._goaway_crossing() and loop.time() < crossing_until))
+        ):
+            await asyncio.sleep(DRAIN_POLL)
+        if not link.closed:
+            link.close()  # run's session ends here: it connects again
+
+    def _left(self, task: asyncio.Task[None]) -> None:
+        self._leaving = None
 
     def _goaway_crossing(self) -> bool:
         link = self.link

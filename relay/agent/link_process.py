@@ -67,6 +67,11 @@ MAX_YOUNG_DEATHS = 8
 LINK_PROCESS_FAILED = "RLY_404"
 #: How often the agent looks whether a link's place changed, to tell the others.
 BUSY_PERIOD = 0.25
+#: How often a link on the same PoP as a lower link looks for a PoP no link is on (one
+#: that died and came back), doubling after each move that did not get it one (a PoP
+#: that answers the probe but not the handshake), up to MAX_SPREAD_EVERY.
+SPREAD_EVERY = 10.0
+MAX_SPREAD_EVERY = 300.0
 #: The longest line either side reads: the description with every endpoint.
 MAX_LINE = 1024 * 1024
 
@@ -401,13 +406,40 @@ async def _child() -> int:
                 say({"place": now})
             await asyncio.sleep(BUSY_PERIOD)
 
+    async def spread() -> None:
+        """With several PoPs, links hold as many as there are; a link that lost its PoP
+        reconnects beside another link, and stays there when the PoP comes back. So a
+        link on the PoP of a lower link (only lower ones: two links never chase each
+        other) moves, without cutting a stream, to a PoP no link is on once the probe
+        finds one; then the next PoP's death costs no reconnect again."""
+        every = SPREAD_EVERY
+        moved = False
+        while True:
+            await asyncio.sleep(every)
+            here = agent.pop if agent.connected else None
+            if here is None or not agent.pops.several:
+                continue
+            if here not in {p.pop for i, p in others.items() if i < options.link}:
+                every, moved = SPREAD_EVERY, False
+                continue
+            if moved:  # beside a lower link again (or still draining): wait longer
+                every, moved = min(every * 2, MAX_SPREAD_EVERY), False
+                continue
+            free = await agent.pops.free_pop(here)
+            if free is not None:
+                moved = agent.leave_pop(f"{free} holds no link of this agent")
+
     async def push_metrics(metrics: AgentMetrics) -> None:
         while True:
             recent = metrics.own_status()["recent"]
             say({"metrics": metrics.exposition().decode("utf-8"), "recent": recent})
             await asyncio.sleep(PUSH_PERIOD)
 
-    helpers = [asyncio.ensure_future(listen()), asyncio.ensure_future(report())]
+    helpers = [
+        asyncio.ensure_future(listen()),
+        asyncio.ensure_future(report()),
+        asyncio.ensure_future(spread()),
+    ]
     if agent.metrics is not None:
         helpers.append(asyncio.ensure_future(push_metrics(agent.metrics)))
     # SIGTERM or Ctrl-C reach the link processes too (systemd signals the whole unit, a

@@ -96,6 +96,22 @@ class PopChooser:
         failed = {p: a.since for p in ranked if (a := self._away.get(p)) and not a.refused}
         return min(failed, key=failed.__getitem__) if failed else first
 
+    async def free_pop(self, here: Pop) -> Pop | None:
+        """A PoP other than ``here`` that no other link of the agent is on (``busy``),
+        reachable by the probe now and not set aside: where a link that shares ``here``
+        with a lower link moves to, once the PoP it lost comes back. None: none is."""
+        ranked = await self.ranked()
+        if not self.several:
+            return None
+        now = time.monotonic()
+        busy = self.busy()
+        for pop in ranked:
+            if pop == here or pop in busy or self._is_away(pop, now):
+                continue
+            if self.last_rtts.get(pop, float("inf")) < float("inf"):
+                return pop
+        return None
+
     @property
     def several(self) -> bool:
         return len(self.last_rtts) > 1

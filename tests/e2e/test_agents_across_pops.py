@@ -116,18 +116,17 @@ def test_an_agent_uses_only_pops_of_its_region(
     assert "no PoP of region ap" in nowhere.proc.text()
 
 
-def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
-    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
-) -> None:
-    a, b = pops
-    agent, port, _ = bound_across(pops, echo, agents, "--links", "2")
-    agent.proc.wait_all("link 1: session")
+def both_pops_serve(port: int, within: float) -> None:
+    """The agent's port is served at A and at B (hash-checked), within ``within`` s."""
     data = payload(3, 30_000)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + within
     while not (served_by(A_HOST, port, data) and served_by(B_HOST, port, data)):
         assert time.monotonic() < deadline, "the two links do not hold both PoPs"
         time.sleep(0.1)
-    # Visitors of B go on while A dies: not one fails.
+
+
+def no_visitor_fails_at(host: str, port: int, dying: Edge) -> None:
+    """Visitors of ``host`` go on while ``dying`` is killed: not one fails."""
     failures: list[str] = []
     stop = threading.Event()
 
@@ -135,23 +134,58 @@ def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
         for i in range(3000):
             if stop.is_set():
                 return
-            if not served_by(B_HOST, port, payload(i, 10_000)):
+            if not served_by(host, port, payload(i, 10_000)):
                 failures.append(f"visitor {i}")
 
     visitor = threading.Thread(target=visit, daemon=True)
     visitor.start()
     time.sleep(0.3)
-    assert a.proc is not None
-    a.proc.kill()
+    assert dying.proc is not None
+    dying.proc.kill()
     time.sleep(1.5)
     stop.set()
     visitor.join(30)
     assert failures == []
-    # The link that was on A reconnects to the survivor: B holds both.
+
+
+def both_links_at(edge: Edge) -> None:
+    """The link that was on the other PoP reconnected here: ``edge`` holds both."""
     deadline = time.monotonic() + 10
-    while b.worker_status()["sessions"] < 2:
-        assert time.monotonic() < deadline, "the lost link did not come to B"
+    while edge.worker_status()["sessions"] < 2:
+        assert time.monotonic() < deadline, f"the lost link did not come to {edge.host}"
         time.sleep(0.1)
+
+
+def test_two_links_hold_two_pops_and_one_dying_costs_the_other_nothing(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    a, b = pops
+    agent, port, _ = bound_across(pops, echo, agents, "--links", "2")
+    agent.proc.wait_all("link 1: session")
+    both_pops_serve(port, 10)
+    no_visitor_fails_at(B_HOST, port, dying=a)
+    both_links_at(b)
+
+
+def test_two_links_spread_again_when_a_lost_pop_comes_back(
+    pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
+) -> None:
+    """A dies and comes back: the link that reconnected beside the other at B moves back
+    to A, its streams unhurt (relay/agent/link_process.py ``spread``: every 10 s), so B's
+    death now costs A's visitors nothing either. Before, both links stayed at B, and B's
+    death cost a reconnect."""
+    a, b = pops
+    agent, port, _ = bound_across(pops, echo, agents, "--links", "2")
+    agent.proc.wait_all("link 1: session")
+    both_pops_serve(port, 10)
+    no_visitor_fails_at(B_HOST, port, dying=a)
+    both_links_at(b)
+    a.stop()  # already dead: its output closed, before a new process takes its place
+    a.start()
+    # The next look (at most 10 s), a probe, the drain of an idle link, a reconnect.
+    both_pops_serve(port, 25)
+    assert "moving to another PoP" in agent.proc.text(), agent.proc.text()
+    no_visitor_fails_at(A_HOST, port, dying=b)
 
 
 @contextlib.contextmanager

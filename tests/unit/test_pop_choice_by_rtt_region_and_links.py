@@ -57,9 +57,8 @@ def test_without_probes_only_the_set_aside_ones_move(pops: list[Pop]) -> None:
     assert ranked == [*pops[1:], pops[0]]
 
 
-def listener() -> socket.socket:
-    sock = socket.create_server(("127.0.0.1", free_port()))
-    return sock
+def listener(port: int | None = None) -> socket.socket:
+    return socket.create_server(("127.0.0.1", port or free_port()))
 
 
 def test_a_closed_port_ranks_last_and_a_set_aside_pop_after_the_others() -> None:
@@ -97,6 +96,33 @@ def test_a_link_prefers_a_pop_no_other_link_of_its_agent_is_on() -> None:
                 taken.add(ranked[0])
                 again = await chooser.ranked()
                 assert again[0] != ranked[0] and again[1] == ranked[0]
+
+    asyncio.run(scenario())
+
+
+def test_a_link_beside_another_finds_the_pop_no_link_is_on_once_it_answers() -> None:
+    """``free_pop``: where a link sharing its PoP with a lower link moves to — a PoP no
+    other link is on, that the probe reaches and that is not set aside; none while the
+    lost PoP is down, or while it is set aside, or when the other links hold it."""
+
+    async def scenario() -> None:
+        with listener() as here_sock:
+            here = Pop("127.0.0.1", here_sock.getsockname()[1], "127.0.0.1")
+            back_port = free_port()
+            back = Pop("127.0.0.1", back_port, "127.0.0.1")
+            taken = {here}  # the lower link's PoP, which this link shares
+            chooser = PopChooser((("127.0.0.1", here.port), ("127.0.0.1", back_port)))
+            chooser.busy = lambda: taken
+            assert await chooser.free_pop(here) is None  # the lost PoP is still down
+            with listener(back_port):
+                assert await chooser.free_pop(here) == back
+                chooser.failed(back)
+                assert await chooser.free_pop(here) is None  # set aside: not yet
+                chooser.served(back)
+                taken.add(back)  # another link got there first
+                assert await chooser.free_pop(here) is None
+                taken.discard(back)
+                assert await chooser.free_pop(here) == back
 
     asyncio.run(scenario())
 
