@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ WRONG_REGION_FOR = 60.0
 FAILED_FOR = 30.0
 #: At most this many addresses are probed (names resolve to a few PoPs, not hundreds).
 MAX_CANDIDATES = 16
+#: How long one name's resolution may take: a resolver that does not answer must not hold
+#: every reconnect (nor a stop) for its own timeouts.
+RESOLVE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,19 +168,11 @@ class PopChooser:
             del self._away[pop]
 
     async def _resolve(self) -> list[Pop]:
-        loop = asyncio.get_running_loop()
-        found: list[Pop] = []
-        for host, port in self.edges:
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError:
-                found.append(Pop(host, port, host))  # let the connect say why
-                continue
-            for info in infos:
-                pop = Pop(str(info[4][0]), port, host)
-                if pop not in found:
-                    found.append(pop)
-        return found[:MAX_CANDIDATES]
+        """Every ``--edge`` entry's addresses, all names asked at once (each within
+        :data:`RESOLVE_TIMEOUT`), taken in turns: the first address of each entry, then
+        the second of each, … up to :data:`MAX_CANDIDATES`, so a name with many
+        addresses does not crowd the other entries out."""
+        return in_turns(await asyncio.gather(*(_addresses(h, p) for h, p in self.edges)))
 
 
 def rank(
@@ -198,6 +194,35 @@ def rank(
         return (away.get(p, 0.0) > now, rtt == inf, p in busy if rtts else False, rtt)
 
     return sorted(pops, key=key)
+
+
+def in_turns(per_entry: list[list[Pop]]) -> list[Pop]:
+    """The first PoP of each entry, then the second of each, …: each once, at most
+    :data:`MAX_CANDIDATES`."""
+    found: list[Pop] = []
+    for turn in itertools.zip_longest(*per_entry):
+        for pop in turn:
+            if pop is not None and pop not in found:
+                found.append(pop)
+    return found[:MAX_CANDIDATES]
+
+
+async def _addresses(host: str, port: int) -> list[Pop]:
+    """``host``'s addresses as PoPs; itself alone when it does not resolve in time (the
+    connect then says why)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        return [Pop(host, port, host)]
+    found: list[Pop] = []
+    for info in infos:
+        pop = Pop(str(info[4][0]), port, host)
+        if pop not in found:
+            found.append(pop)
+    return found
 
 
 async def _probe(pop: Pop) -> float:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.agent.pops import Pop, PopChooser, rank
+from relay.agent.pops import MAX_CANDIDATES, Pop, PopChooser, in_turns, rank
 from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -140,3 +140,15 @@ def test_a_name_is_resolved_to_each_of_its_addresses() -> None:
             assert ("127.0.0.1", "localhost") in names and ("127.0.0.1", "127.0.0.1") in names
 
     asyncio.run(scenario())
+
+
+def test_a_name_with_many_addresses_does_not_crowd_out_the_other_entries() -> None:
+    """``--edge big.example,small.example``: the big name's 20 addresses and the small
+    one's 2 are taken in turns up to MAX_CANDIDATES, so the small entry's are probed."""
+    big = [Pop(f"10.1.0.{i}", 7000, "big.example") for i in range(20)]
+    small = [Pop(f"10.2.0.{i}", 7000, "small.example") for i in range(2)]
+    taken = in_turns([big, small])
+    assert len(taken) == MAX_CANDIDATES
+    assert taken[:4] == [big[0], small[0], big[1], small[1]]
+    assert taken[4:] == big[2 : MAX_CANDIDATES - 2]
+    assert in_turns([small, small[:1]]) == small  # each once
