@@ -462,15 +462,7 @@ class Agent:
         return True
 
     async def _leave(self, link: Any) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEAVE_GRACE
-        crossing_until = loop.time() + CROSSING_WAIT
-        while (
-            not link.closed
-            and loop.time() < deadline
-            and (self.live_streams() or (self._goaway_crossing() and loop.time() < crossing_until))
-        ):
-            await asyncio.sleep(DRAIN_POLL)
+        await self._streams_end(LEAVE_GRACE)
         if not link.closed:
             link.close()  # run's session ends here: it connects again
 
@@ -481,14 +473,20 @@ class Agent:
         link = self.link
         return link is not None and not link.closed and bool(link.session.goaway_crossing)
 
-    async def _drain(self) -> None:
+    async def _streams_end(self, grace: float) -> None:
+        """After a GoAway: until the edge has read it (at most CROSSING_WAIT: visitors it
+        routed here meanwhile are served) and every stream ended, or ``grace`` passed.
+        A link that closes has no stream left, so this ends with it too."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.grace_period
+        deadline = loop.time() + grace
         crossing_until = min(deadline, loop.time() + CROSSING_WAIT)
         while loop.time() < deadline and (
             self.live_streams() or (self._goaway_crossing() and loop.time() < crossing_until)
         ):
             await asyncio.sleep(DRAIN_POLL)
+
+    async def _drain(self) -> None:
+        await self._streams_end(self.options.grace_period)
         left = self.live_streams()
         if left:
             self.status(f"grace period over: closing {left} stream(s)")

@@ -80,15 +80,20 @@ def bound_across(
     return agent, agent.wait_bound(), token
 
 
+def serving_pop(pops: tuple[Edge, Edge], port: int, data: bytes) -> tuple[Edge, Edge]:
+    """(the PoP the bound agent serves ``port`` at, hash-checked; the other one)."""
+    a, b = pops
+    first = a if served_by(A_HOST, port, data) else b
+    assert served_by(first.host, port, data), "served by neither PoP"
+    return first, (b if first is a else a)
+
+
 def test_an_agent_fails_over_to_another_pop_of_its_region_within_5_s(
     pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
 ) -> None:
-    a, b = pops
     agent, port, _ = bound_across(pops, echo, agents, "--region", "eu")
     data = payload(1, 100_000)
-    first = a if served_by(A_HOST, port, data) else b
-    other = b if first is a else a
-    assert served_by(first.host, port, data), "served by neither PoP"
+    first, other = serving_pop(pops, port, data)
     assert first.proc is not None
     first.proc.kill()
     died = time.monotonic()
@@ -221,12 +226,9 @@ FRESH_WHILE_FROZEN = 1 + 3 + 0.25 + 4.0
 def test_an_agent_on_a_pop_that_freezes_serves_again_through_the_other(
     pops: tuple[Edge, Edge], echo: EchoServer, agents: list[Agent]
 ) -> None:
-    a, b = pops
     agent, port, _ = bound_across(pops, echo, agents, "--region", "eu")
     data = payload(4, 100_000)
-    first = a if served_by(A_HOST, port, data) else b
-    other = b if first is a else a
-    assert served_by(first.host, port, data), "served by neither PoP"
+    first, other = serving_pop(pops, port, data)
     with frozen(first):
         froze = time.monotonic()
         served = False
