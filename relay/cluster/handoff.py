@@ -32,8 +32,10 @@ log = logging.getLogger("relay.cluster")
 #: listener reads at most ``http_max_head`` plus one 16 KiB read before it routes (see
 #: HttpVisitor), and ``http_max_head`` is capped well below this.
 MAX_CARRIED = 160 * 1024
-#: Each datagram: magic, front, key length, then the key and the carried bytes.
+#: Each datagram: magic, front (its high bit: the visitor may be handed on once more),
+#: key length, then the key and the carried bytes.
 _MAGIC = b"RH1"
+_AGAIN = 0x80
 _HEAD = struct.Struct("!3sBH")
 #: The receive buffer's size: the largest datagram a sender may send.
 MAX_DATAGRAM = _HEAD.size + 1024 + MAX_CARRIED
@@ -57,11 +59,18 @@ class Handoff:
     """Where a handed-over visitor goes: ``front`` (``http``: the HTTP listener, with
     ``carried`` its bytes already read; ``tls``: the TLS port; ``tcp``: a TCP endpoint
     whose members here are gone while another worker's serve) and the endpoint ``key``
-    it was routed by."""
+    it was routed by.
+
+    ``again``: the worker it reaches may hand it on once more, when its own members of
+    ``key`` take no visitors there while another worker's do. That is a visitor handed
+    in the moment between a member starting to drain and the supervisor's ``where``
+    reaching the sender. A visitor handed on is sent with ``again`` false, so two workers
+    whose views disagree cannot pass it back and forth."""
 
     front: str
     key: str
     carried: bytes = b""
+    again: bool = True
 
     def encode(self) -> bytes:
         key = self.key.encode("utf-8")
@@ -71,13 +80,15 @@ class Handoff:
             raise HandoffError("endpoint key too long")
         if len(self.carried) > MAX_CARRIED:
             raise HandoffError(f"{len(self.carried)} carried bytes (at most {MAX_CARRIED})")
-        return _HEAD.pack(_MAGIC, FRONTS.index(self.front), len(key)) + key + self.carried
+        front = FRONTS.index(self.front) | (_AGAIN if self.again else 0)
+        return _HEAD.pack(_MAGIC, front, len(key)) + key + self.carried
 
     @classmethod
     def decode(cls, data: bytes) -> Handoff:
         if len(data) < _HEAD.size:
             raise HandoffError("short handoff datagram")
-        magic, front, key_len = _HEAD.unpack_from(data)
+        magic, flagged, key_len = _HEAD.unpack_from(data)
+        front = flagged & ~_AGAIN
         if magic != _MAGIC or front >= len(FRONTS) or len(data) < _HEAD.size + key_len:
             raise HandoffError("not a handoff datagram")
         end = _HEAD.size + key_len
@@ -85,7 +96,7 @@ class Handoff:
             key = data[_HEAD.size : end].decode("utf-8")
         except UnicodeDecodeError:
             raise HandoffError("handoff key is not UTF-8") from None
-        return cls(FRONTS[front], key, data[end:])
+        return cls(FRONTS[front], key, data[end:], bool(flagged & _AGAIN))
 
 
 def inbox_path(run_dir: Path, worker: int) -> Path:

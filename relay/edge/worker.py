@@ -33,7 +33,7 @@ from relay.cluster.channel import Channel, ChannelError, Message
 from relay.cluster.handoff import Handoff, HandoffError, Inbox, Outbox
 from relay.cluster.place import WorkerPlace
 from relay.edge.cluster_asks import ClusterAsks
-from relay.edge.members import hands_over
+from relay.edge.members import hands_over, takes_visitors
 from relay.edge.refusal import unreachable_page
 from relay.edge.registry import Holder
 from relay.edge.routes import HostEndpoint, HostRoutes
@@ -342,6 +342,8 @@ class EdgeWorker:
     def _handed_in(self, conn: socket.socket, handoff: Handoff) -> None:
         web = self.edge.web
         self.handed_in[handoff.front] += 1
+        if handoff.again and self._handed_on(conn, handoff):
+            return
         if handoff.front == "tcp":
             endpoint = self.edge.by_key.get(handoff.key)
             if not isinstance(endpoint, TcpEndpoint):
@@ -358,6 +360,27 @@ class EdgeWorker:
             web.tls_front.adopt(conn)
         else:
             conn.close()
+
+    def _handed_on(self, conn: socket.socket, handoff: Handoff) -> bool:
+        """Pass a visitor handed here on to another worker holding its key, when no
+        member of it here takes visitors (it drains, or went) while the sender's view
+        said otherwise: the supervisor's ``where`` had not reached it yet. Once only
+        (``again`` false on the way on); False: it is served here."""
+        if takes_visitors(self.edge.by_key.get(handoff.key)):
+            return False
+        family, _, name = handoff.key.partition(":")
+        if family == "tcp":
+            target = self._remote_tcp.get(handoff.key)
+        else:
+            routes = self.remote_sni if family == "sni" else self.remote_http
+            target = routes.get(name)
+        if target is None:
+            return False
+        again = Handoff(handoff.front, handoff.key, handoff.carried, again=False)
+        if not self._send(conn.fileno(), again, target):
+            return False  # served here: an answer (503 for HTTP), not a silent close
+        conn.close()  # our descriptor; the socket is the other worker's now
+        return True
 
 
 def _adoption_done(task: asyncio.Task[Any]) -> None:

@@ -547,10 +547,8 @@ def test_a_draining_pool_member_gets_no_visitor_handed_from_another_worker(
 
         os.kill(first.proc.proc.pid, signal.SIGTERM)
         first.proc.wait_line("draining 1 live stream(s)", 5)
-        # Let a's worker read the GoAway and the supervisor tell the others (milliseconds).
-        # A visitor handed to a's worker inside that window still gets 503: that worker
-        # does not pass a handed-in visitor on again (left open, in the note).
-        time.sleep(0.5)
+        # At once: a visitor handed to a's worker before the supervisor has told the
+        # others of the drain is handed on to b's worker (Handoff.again).
         after = [fetch(edge.http_port, host) for _ in range(60)]
         assert not download.done.is_set(), "the download ended before the visitors: too fast"
         assert [(v.member, v.status, v.error) for v in after if not v.whole(BODY_SIZE)] == []

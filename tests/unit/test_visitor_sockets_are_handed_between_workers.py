@@ -42,9 +42,12 @@ pytestmark = pytest.mark.timeout(30)
     st.sampled_from(FRONTS),
     st.text(min_size=1, max_size=200),
     st.binary(max_size=4096),
+    st.booleans(),
 )
-def test_a_handoff_decodes_to_what_was_encoded(front: str, key: str, carried: bytes) -> None:
-    handoff = Handoff(front, key, carried)
+def test_a_handoff_decodes_to_what_was_encoded(
+    front: str, key: str, carried: bytes, again: bool
+) -> None:
+    handoff = Handoff(front, key, carried, again)
     assert Handoff.decode(handoff.encode()) == handoff
 
 
