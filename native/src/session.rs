@@ -412,6 +412,10 @@ pub struct Session {
     rtt_probes_sent: u32,
     rtt_probe_at: Option<Instant>,
     next_keepalive: Instant,
+    /// When bytes last came from the peer. A ping counts as unanswered only after the
+    /// peer has been silent for the timeout since it went: on a saturated link its pong
+    /// may wait seconds behind bulk data, which proves the peer alive meanwhile.
+    last_input: Instant,
     // ---- lifecycle ----
     local_goaway: bool,
     /// The ping sent right behind a draining GoAway (`go_away_draining`): until its answer
@@ -440,6 +444,7 @@ impl Session {
         let budget = Budget::new(cfg.session_budget);
         Ok(Session {
             next_keepalive: now + Duration::from_millis(cfg.keepalive_interval_ms),
+            last_input: now,
             cfg,
             streams: StreamMap::default(),
             next_id,
@@ -786,6 +791,9 @@ impl Session {
 
     fn receive_inner(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
         self.unaccepted_at_receive = self.unaccepted;
+        if !data.is_empty() {
+            self.last_input = now;
+        }
         let mut pos = 0usize;
         while pos < data.len() {
             if let Some(mut p) = self.payload {
@@ -1332,10 +1340,15 @@ impl Session {
             return Ok(IDLE.as_millis() as u64);
         }
         let timeout = Duration::from_millis(self.cfg.keepalive_timeout_ms);
-        if let Some(&(_, sent)) = self.pings.front() {
-            if now.saturating_duration_since(sent) >= timeout {
-                return Err(self.fail(Error::KeepaliveTimeout));
-            }
+        // The oldest ping's deadline: the timeout after it went, or after the peer's last
+        // bytes if those came later (a pong queued behind bulk data is late, not lost).
+        let deadline = |s: &Session| {
+            s.pings
+                .front()
+                .map(|&(_, sent)| sent.max(s.last_input) + timeout)
+        };
+        if deadline(self).is_some_and(|d| now >= d) {
+            return Err(self.fail(Error::KeepaliveTimeout));
         }
         // Measure the path on the first ticks, while the link is quiet: a first ping sent
         // once bulk data fills the link measures that queue instead.
@@ -1361,8 +1374,8 @@ impl Session {
         if let Some(p) = probe_wait {
             wait = wait.min(p);
         }
-        if let Some(&(_, sent)) = self.pings.front() {
-            wait = wait.min((sent + timeout).saturating_duration_since(now));
+        if let Some(d) = deadline(self) {
+            wait = wait.min(d.saturating_duration_since(now));
         }
         Ok((wait.as_micros().div_ceil(1000) as u64).max(1))
     }

@@ -1470,6 +1470,51 @@ fn keepalive_pings_when_due_and_times_out_unanswered() {
 }
 
 #[test]
+fn keepalive_waits_for_a_late_pong_while_the_peer_sends() {
+    let mut c = cfg(false);
+    c.keepalive_interval_ms = 1000;
+    c.keepalive_timeout_ms = 500;
+    let (mut s, t) = server_with(c);
+    let ms = Duration::from_millis;
+    for i in 0..RTT_PROBES {
+        let at = t + RTT_PROBE_INTERVAL * i;
+        s.tick_at(at).unwrap();
+        s.take_outgoing();
+        s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, i + 1), at + ms(2))
+            .unwrap();
+    }
+    s.tick_at(t + ms(1000)).unwrap();
+    let ping = RTT_PROBES + 1;
+    assert_eq!(
+        headers(&s.take_outgoing()),
+        vec![Header::new(FrameType::Ping, Flags::SYN, 0, ping)]
+    );
+    // The pong is stuck behind the peer's bulk data: bytes keep coming (a window update
+    // every 300 ms), so the peer is alive long past the 500 ms timeout.
+    s.receive_at(&data(1, Flags::SYN, b"x"), t + ms(1100))
+        .unwrap();
+    for k in 1..=10u64 {
+        let at = t + ms(1100 + 300 * k);
+        assert!(s.tick_at(at).is_ok(), "at {k}: the peer sent 300 ms ago");
+        s.receive_at(&hdr(WU, Flags::NONE, 1, 0), at).unwrap();
+    }
+    // The next tick is due when the peer's silence would reach the timeout.
+    let last = t + ms(4100);
+    assert_eq!(s.tick_at(last + ms(100)).unwrap(), 400);
+    // The pong arrives, late: no timeout, and no second ping was sent meanwhile.
+    let late = headers(&s.take_outgoing());
+    assert!(late.iter().all(|h| h.typ != FrameType::Ping), "{late:?}");
+    s.receive_at(&hdr(FrameType::Ping, Flags::ACK, 0, ping), last + ms(200))
+        .unwrap();
+    // Then silence: the next ping goes unanswered, and 500 ms after it the session dies.
+    let next = last + ms(200) + ms(1000);
+    s.tick_at(next).unwrap();
+    assert_eq!(headers(&s.take_outgoing()).len(), 1);
+    s.tick_at(next + ms(499)).unwrap();
+    assert_eq!(s.tick_at(next + ms(500)), Err(Error::KeepaliveTimeout));
+}
+
+#[test]
 fn ping_syn_is_answered_with_the_same_opaque_and_pong_reports_rtt() {
     let (mut s, t) = server();
     s.receive_at(&hdr(FrameType::Ping, Flags::SYN, 0, 0xdead_beef), t)

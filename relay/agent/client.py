@@ -76,9 +76,10 @@ SEVERAL_CONNECT_TIMEOUT = 3.0
 #: given up on after 5 s, answered RLY_504).
 SEVERAL_AUTH_TIMEOUT = 5.0
 #: With several PoPs, the link's keepalive: a ping every 5 s, dead when one is unanswered
-#: for 5 s, so a PoP that goes silent (frozen, host gone: no RST) is noticed within 10 s
-#: instead of 25 s (the mux's 15 s + 10 s), and another PoP is waiting. It costs an edge
-#: with 10,000 such agents 2,000 pings (and pongs) a second instead of 667.
+#: and the edge sent nothing for 5 s, so a PoP that goes silent (frozen, host gone: no
+#: RST) is noticed within 10 s instead of 25 s (the mux's 15 s + 10 s), and another PoP
+#: is waiting. It costs an edge with 10,000 such agents 2,000 pings (and pongs) a second
+#: instead of 667.
 SEVERAL_KEEPALIVE_INTERVAL_MS = 5_000
 SEVERAL_KEEPALIVE_TIMEOUT_MS = 5_000
 #: How often a draining agent looks whether its last stream ended.
