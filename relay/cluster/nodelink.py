@@ -76,7 +76,9 @@ CLUSTER_KIND = 4
 Deliver = Callable[[StreamHeader, socket.socket], None]
 #: For a stream to be joined (its header's endpoint is JOIN): the agent link to join it
 #: to and the header that agent must get, or None when nothing here serves it.
-Route = Callable[[StreamHeader], "tuple[Any, bytes] | None"]
+#: A joined stream's agent link and the header its agent gets; or, when nothing here
+#: serves it, the answer to send on the stream before closing it (empty: a reset).
+Route = Callable[[StreamHeader], "tuple[Any, bytes] | bytes"]
 #: A visitor that could not be forwarded (its socket, still A's to answer and close).
 Failed = Callable[[socket.socket], None]
 
@@ -148,6 +150,7 @@ class NodeLinks:
         self.forwarded = 0  # visitors sent to another node
         self.received = 0  # visitors another node sent here
         self.joined = 0  # of which joined to an agent's stream (no socket pair)
+        self.answered = 0  # joins nothing here serves, answered with an error page
         self.failures = 0  # visitors that could not be sent
         #: Connections to the link port whose TLS handshake failed: no cluster
         #: certificate, another cluster's, an expired one, not TLS (counted where relay
@@ -325,9 +328,13 @@ class NodeLinks:
     def _join(self, link: Any, channel: Any, header: StreamHeader) -> None:
         """Join the stream to a new stream to the agent serving its name here."""
         found = self.route(header)
-        agent_link = found[0] if found is not None else None
-        if found is None or agent_link is None or agent_link.closed:
+        if isinstance(found, bytes):
             log.info("inter-node stream for %s: nothing here serves it", header.server_name)
+            self._answer(link, channel.stream_id, found)
+            return
+        agent_link = found[0]
+        if agent_link.closed:
+            log.info("inter-node stream for %s: its agent's link closed", header.server_name)
             self._refuse(link, channel.stream_id)
             return
         try:
@@ -345,6 +352,23 @@ class NodeLinks:
         link.schedule_flush()
         self.received += 1
         self.joined += 1
+
+    def _answer(self, link: Any, stream_id: int, answer: bytes) -> None:
+        """Send ``answer`` and end the stream (a reset when there is nothing to say). What
+        the other node still sends on it (a request's body) is dropped: it has no
+        channel here any more."""
+        if not answer:
+            self._refuse(link, stream_id)
+            return
+        link.channels.pop(stream_id, None)
+        try:
+            link.session.send(stream_id, answer)
+            link.session.close_stream(stream_id)
+        except relay_native.YamuxError:
+            self._refuse(link, stream_id)  # the other node reset it meanwhile
+            return
+        self.answered += 1
+        link.schedule_flush()
 
     def _refuse(self, link: Any, stream_id: int) -> None:
         link.channels.pop(stream_id, None)
@@ -375,6 +399,7 @@ class NodeLinks:
             "forwarded": self.forwarded,
             "received": self.received,
             "joined": self.joined,
+            "answered": self.answered,
             "failed": self.failures,
             "refused": self.refused,
         }

@@ -35,6 +35,7 @@ from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_sha
 from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.cluster_ports import RemotePorts
+from relay.edge.http import HttpFront
 from relay.edge.members import Pooled, hands_over, serving_session, takes_visitors
 from relay.edge.refusal import unreachable_page
 from relay.edge.routes import HostEndpoint
@@ -451,26 +452,35 @@ class ClusterNode:
 
     # --- visitors other nodes carried here ---------------------------------------------
 
-    def _route_joined(self, header: StreamHeader) -> tuple[Any, bytes] | None:
+    def _route_joined(self, header: StreamHeader) -> tuple[Any, bytes] | bytes:
         """A stream to join to an agent's: the agent link serving its name here, and the
-        header that agent gets (this node's endpoint id)."""
+        header that agent gets (this node's endpoint id). Or, when nothing here serves
+        it, what to answer on the stream before closing it: the page one edge gives an
+        HTTP visitor (the node that carried it relays it), nothing for TLS and TCP."""
         endpoint: HostEndpoint | TcpEndpoint | None
+        name = header.server_name
         if header.protocol == StreamProtocol.HTTP:
-            endpoint = self.edge.http_routes.lookup(header.server_name)
+            endpoint, pinned = self.edge.http_routes.find(name)
+            if pinned is not None:
+                # A wildcard here covers it, but it is pinned to another region: the node
+                # that carried it knew the wildcard, not the pin.
+                return self._unserved(
+                    header, 421, "RLY_631", f"{name} is served in region {pinned}, not this one"
+                )
             kinds: tuple[str, ...] = ("http",)
         elif header.protocol == StreamProtocol.TLS:
-            endpoint = self.edge.sni_routes.lookup(header.server_name)
+            endpoint = self.edge.sni_routes.lookup(name)
             kinds = ("tls",)
         elif header.protocol == StreamProtocol.TCP:
-            endpoint = self.edge.by_key.get(f"tcp:{header.server_name}")
+            endpoint = self.edge.by_key.get(f"tcp:{name}")
             kinds = ("tcp",)
         else:
-            return None
+            return b""
         if endpoint is None or endpoint.kind not in kinds:
-            return None
+            return self._unserved(header, 404, "RLY_610", f"no tunnel is serving {name}")
         session = serving_session(endpoint)
         if session is None:
-            return None
+            return self._unserved(header, 503, "RLY_611", f"the agent serving {name} is offline")
         rebuilt = StreamHeader(
             endpoint.endpoint_id,
             header.visitor_addr,
@@ -479,6 +489,13 @@ class ClusterNode:
             dict(header.extra),
         )
         return session.link, rebuilt.to_wire()
+
+    def _unserved(self, header: StreamHeader, status: int, code: str, message: str) -> bytes:
+        web = self.edge.web
+        if header.protocol != StreamProtocol.HTTP or web is None or web.http is None:
+            return b""
+        http: HttpFront = web.http
+        return http.error_page(status, code, message, header.extra.get("accept"), False)
 
     def _deliver(self, header: StreamHeader, sock: socket.socket) -> None:
         web = self.edge.web

@@ -224,15 +224,16 @@ class Edge:
         finally:
             store.close()
 
-    def reserve_domain(self, domain: str) -> str:
+    def reserve_domain(self, domain: str, region: str | None = None) -> str:
         """Reserve ``domain`` in the edge's (SQLite) store for the ``default`` account, the
         one ``relay token create`` makes tokens for: names outside the base domain, and
-        wildcards, are bound only by their account. Returns the reservation's id."""
+        wildcards, are bound only by their account; ``region``: pinned there. Returns the
+        reservation's id."""
         from relay.control.store import Store
 
         store = Store.open(f"sqlite:///{self.data_dir / 'relay.db'}")
         try:
-            return store.reserve_domain(None, domain, actor="test").id
+            return store.reserve_domain(None, domain, region=region, actor="test").id
         finally:
             store.close()
 

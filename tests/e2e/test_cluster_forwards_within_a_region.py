@@ -246,6 +246,39 @@ def test_a_name_held_in_another_region_is_refused_and_never_crosses(
     assert post_sink(a, a.edge.http_port, host_of(plain), body, None)["size"] == len(body)
 
 
+def test_a_pinned_name_under_a_wildcard_on_another_node_gets_421_when_carried(
+    nodes: dict[str, Node], origin: Origin, agents: list[Agent]
+) -> None:
+    """b (eu) holds ``*.pin.example.com``; ``app.pin.example.com`` is reserved pinned to
+    us and no agent holds it. a (eu) knows b's wildcard, not the pin, so it carries the
+    name's visitors to b over their link; b answers them on the stream as one edge
+    would, 421 RLY_631 naming us (it reset the stream before: a 502 at a). Other names
+    under the wildcard are carried and served, hash-checked."""
+    a, b = nodes["a"], nodes["b"]
+    b.edge.reserve_domain("*.pin.example.com")
+    b.edge.reserve_domain("app.pin.example.com", region="us")
+    web_agent(b.edge, agents, str(origin.port), "--no-https", "--domain", "*.pin.example.com")
+    wait_known(a, 1)
+    body = payload(13, 40_000)
+    served = post_sink(a, a.edge.http_port, "www.pin.example.com", body, None)
+    assert served == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert a.cluster()["links"]["links_out"], "the link to b is not up"
+    pinned = "app.pin.example.com"
+    for _ in range(3):
+        head = f"POST /sink HTTP/1.1\r\nhost: {pinned}\r\ncontent-length: 5000\r\n".encode()
+        answer = one_request(a.edge.http_port, pinned, head, b"s" * 5000, address=a.host)
+        status, _, page = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 421 "), answer[:300]
+        assert b"RLY_631" in status and b"served in region us, not this one" in page, answer
+    # The first visitor came while a dialled b (served through a socket pair at b); the
+    # three refused ones were carried on streams b answered.
+    links = b.cluster()["links"]
+    assert (links["received"], links["answered"], links["joined"]) == (1, 3, 0), links
+    # Served again after the refusals, joined on the same link.
+    assert post_sink(a, a.edge.http_port, "www.pin.example.com", body, None) == served
+    assert b.cluster()["links"]["joined"] == 1
+
+
 def test_redis_restarted_mid_transfer_loses_no_stream(
     nodes: dict[str, Node],
     origin: Origin,

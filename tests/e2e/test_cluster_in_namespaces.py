@@ -323,6 +323,7 @@ NO_LINKS = {
     "forwarded": 0,
     "received": 0,
     "joined": 0,
+    "answered": 0,
     "failed": 0,
     "refused": 0,
 }

@@ -169,8 +169,8 @@ class ListeningNode:
         return self.delivered.empty() and self.links.received == 0
 
 
-def no_route(header: StreamHeader) -> None:
-    return None
+def no_route(header: StreamHeader) -> bytes:
+    return b""  # nothing serves it: a reset
 
 
 @contextlib.asynccontextmanager
