@@ -358,7 +358,7 @@ cdef class HttpVisitor(Pump):
         if self.max_body and content_length > self.max_body:
             raise _LimitExceeded(413, "RLY_624", "request body too large")
         if not self.routed:
-            self._route(hostname, target)
+            self._route(hostname, target, method == b"HEAD")
             if self.refusing:
                 return
         elif hostname != self.host:
@@ -393,7 +393,7 @@ cdef class HttpVisitor(Pump):
 
     # --- routing and rewriting ----------------------------------------------------------
 
-    cdef void _route(self, str hostname, bytes url):
+    cdef void _route(self, str hostname, bytes url, bint head):
         accept = self._header(b"accept")
         challenge = self.front.acme_http01(url)
         if challenge is not None:
@@ -401,7 +401,7 @@ cdef class HttpVisitor(Pump):
             return
         result = self.front.route(
             hostname, url, self.scheme, self.peer, accept, self.tls_endpoint,
-            self.may_hand_off
+            self.may_hand_off, head
         )
         if result[0] == -2:
             self._hand_off(result[1])

@@ -354,14 +354,16 @@ class NodeLinks:
         self.joined += 1
 
     def _answer(self, link: Any, stream_id: int, answer: bytes) -> None:
-        """Send ``answer`` and end the stream (a reset when there is nothing to say). What
-        the other node still sends on it (a request's body) is dropped: it has no
-        channel here any more."""
+        """Send ``answer`` and end the stream (a reset when there is nothing to say). The
+        stream is no longer read: what the other node still sends on it (a request's
+        body) stops at its window, and its visitor then at its own limits, instead of
+        flowing here to be dropped for as long as it keeps sending."""
         if not answer:
             self._refuse(link, stream_id)
             return
         link.channels.pop(stream_id, None)
         try:
+            link.session.set_read_paused(stream_id, True)
             link.session.send(stream_id, answer)
             link.session.close_stream(stream_id)
         except relay_native.YamuxError:

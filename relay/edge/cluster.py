@@ -35,7 +35,7 @@ from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_sha
 from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.cluster_ports import RemotePorts
-from relay.edge.http import HttpFront
+from relay.edge.http import HEAD_REQUEST, HttpFront
 from relay.edge.members import Pooled, hands_over, serving_session, takes_visitors
 from relay.edge.refusal import unreachable_page
 from relay.edge.routes import HostEndpoint
@@ -486,7 +486,7 @@ class ClusterNode:
             header.visitor_addr,
             header.protocol,
             "" if header.protocol == StreamProtocol.TCP else header.server_name,
-            dict(header.extra),
+            {k: v for k, v in header.extra.items() if k != HEAD_REQUEST},
         )
         return session.link, rebuilt.to_wire()
 
@@ -495,7 +495,8 @@ class ClusterNode:
         if header.protocol != StreamProtocol.HTTP or web is None or web.http is None:
             return b""
         http: HttpFront = web.http
-        return http.error_page(status, code, message, header.extra.get("accept"), False)
+        head = header.extra.get(HEAD_REQUEST) == "1"  # a HEAD's page has no body
+        return http.error_page(status, code, message, header.extra.get("accept"), head)
 
     def _deliver(self, header: StreamHeader, sock: socket.socket) -> None:
         web = self.edge.web

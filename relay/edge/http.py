@@ -25,6 +25,9 @@ ACME_PREFIX = b"/.well-known/acme-challenge/"
 ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 
 RouteResult = tuple[int, Any, Any, Any, int]
+#: In the header of a stream carried to another node (``_carried``): the first request is
+#: a HEAD, so a page that node answers instead of its agent has no body.
+HEAD_REQUEST = "head"
 
 
 class Elsewhere(Protocol):
@@ -90,6 +93,7 @@ class HttpFront:
         accept: str | None,
         tls_endpoint: str | None = None,
         may_hand_off: bool = False,
+        head: bool = False,
     ) -> RouteResult:
         """(0, link, stream header, host rewrite, endpoint series slot) — or (status, code,
         message, None, 0) for an error page — or (-1, response bytes, None, None, 0) for a
@@ -121,7 +125,7 @@ class HttpFront:
             if target is not None and hands_over(endpoint, target):
                 link = self.carrier(target) if self.carrier is not None else None
                 if link is not None:
-                    return self._carried(link, target, hostname, scheme, peer, accept)
+                    return self._carried(link, target, hostname, scheme, peer, accept, head)
                 return (-2, target, None, None, 0)
         if self.region_of is not None:
             region = self.region_of(hostname, endpoint)
@@ -148,16 +152,27 @@ class HttpFront:
         return (0, session.link, header, endpoint.host_rewrite, endpoint.metric_slot)
 
     def _carried(
-        self, link: Any, target: Any, hostname: str, scheme: str, peer: Any, accept: str | None
+        self,
+        link: Any,
+        target: Any,
+        hostname: str,
+        scheme: str,
+        peer: Any,
+        accept: str | None,
+        head: bool = False,
     ) -> RouteResult:
         """The visitor's requests go, parsed and rewritten here, on a stream of the link
-        to the node holding ``target``, which joins it to its agent's stream."""
+        to the node holding ``target``, which joins it to its agent's stream (or answers
+        it with the page one edge would give, when it finds nothing to serve it)."""
+        extra = {"accept": accept} if accept else {}
+        if head:
+            extra[HEAD_REQUEST] = "1"
         header = StreamHeader(
             endpoint_id=JOIN,
             visitor_addr=format_address(peer),
             protocol=StreamProtocol.HTTPS if scheme == "https" else StreamProtocol.HTTP,
             server_name=hostname,
-            extra={"accept": accept} if accept else {},
+            extra=extra,
         ).to_wire()
         rewrite = target.host_rewrite.encode("latin-1") if target.host_rewrite else None
         return (0, link, header, rewrite, 0)

@@ -111,6 +111,7 @@ class _AnswerFront(HttpFront):
         accept: str | None,
         tls_endpoint: str | None = None,
         may_hand_off: bool = False,
+        head: bool = False,
     ) -> RouteResult:
         endpoint = self.routes.lookup(hostname)
         if (
