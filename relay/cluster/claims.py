@@ -7,7 +7,8 @@ the rules a single edge keeps (relay/edge/members.py), across workers:
 * a key held under another token is refused, and so is a name whose other front (http
   or the TLS port) another token holds;
 * the same link of the same agent asking again (its reconnect landed on another worker)
-  takes its place over: the worker that had it drops that member;
+  takes its place over: the worker that had it drops that member (an orphan report it
+  sends before it reads its ``drop`` does not bring the link back);
 * another link of the same agent (``--links``), or any agent of the token when every
   holder bound it with ``pool``, joins the holders: visitors are shared;
 * any other agent of the token takes the key once no worker holds it live (the owner's
@@ -155,6 +156,17 @@ class ClaimTable:
         ``same``, or ``conflict``: the key (or its name on the other front) is another
         token's now, and the worker must drop its copy."""
         current = self._claims.get(key)
+        if not live and current is not None:
+            # An orphan of a link another worker holds live is stale: this is the worker
+            # the link left, reporting its dead session before it read its ``drop``. The
+            # link is live where it went (a link is in one place), so the report does
+            # not move it back.
+            elsewhere = {
+                (m.agent, m.link)
+                for m in current.members
+                if m.worker != worker and current.live.get(m.worker)
+            }
+            members = [m for m in members if (m.agent, m.link) not in elsewhere]
         if not members:
             if current is None or worker not in current.live:
                 return "same"

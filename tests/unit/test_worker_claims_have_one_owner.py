@@ -196,6 +196,26 @@ def test_a_member_that_left_is_forgotten() -> None:
     assert table.members("http:a.example") == [Member(0, "agent1", link=0)]
 
 
+def test_a_late_orphan_report_from_the_worker_a_link_left_keeps_one_owner() -> None:
+    """Agent X's link 0 moves from worker 0 to worker 1. Before worker 0 reads its
+    ``drop`` it reports the dead session orphaned: the link stays live on worker 1, and
+    when worker 0 then lets go, worker 1 still holds the name for X. Another agent of the
+    token is refused, as on one edge (it used to be granted: two owners of one name)."""
+    table = ClaimTable()
+    key, token = "http:a.example", "t1"
+    assert table.claim(key, token, Member(0, "agent-x", 0)).granted
+    table.apply_state(0, key, token, [Member(0, "agent-x", 0)], True)
+    moved = table.claim(key, token, Member(1, "agent-x", 0))
+    assert moved.granted and [m.worker for m in moved.dropped] == [0]
+    table.apply_state(1, key, token, [Member(1, "agent-x", 0)], True)
+    table.apply_state(0, key, token, [Member(0, "agent-x", 0)], False)  # before the drop
+    assert table.members(key) == [Member(1, "agent-x", 0)]
+    table.apply_state(0, key, token, [], False)  # the drop, read
+    assert table.live_workers(key) == [1]
+    assert table.members(key) == [Member(1, "agent-x", 0)]
+    assert not table.claim(key, token, Member(2, "agent-z", 0)).granted
+
+
 KEYS = st.sampled_from(["http:a.x", "sni:a.x", "http:b.x", "tcp:20001"])
 WORKERS = st.integers(0, 2)
 TOKENS = st.sampled_from(["t1", "t2"])
@@ -234,11 +254,20 @@ class ClaimsMachine(RuleBasedStateMachine):
     )
     def report(self, worker: int, key: str, token: str, members: list[Member], live: bool) -> None:
         before = self.table.members(key)
+        held = self.table.holders(key)
         outcome = self.table.apply_state(worker, key, token, members, live)
+        # An orphan of a link another worker holds live is stale (the worker it left,
+        # before its ``drop``): it stays where it is live.
+        live_elsewhere = set()
+        if not live:
+            live_elsewhere = {
+                (m.agent, m.link) for m in before if m.worker != worker and held.get(m.worker)
+            }
+        placed = {(m.agent, m.link) for m in members} - live_elsewhere
         if outcome == "conflict":
             assert self.table.members(key) == before
-        elif members:
-            assert {(m.agent, m.link) for m in members} <= {
+        elif placed:
+            assert placed <= {
                 (m.agent, m.link) for m in self.table.members(key) if m.worker == worker
             }
         else:
