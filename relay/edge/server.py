@@ -141,6 +141,11 @@ class ReloadResult:
 
 
 class Edge:
+    #: The check of live sessions' credentials that :meth:`credentials_ended` started and
+    #: that has not ended yet, and whether another credential ended since it began.
+    _credentials_check: asyncio.Task[None] | None = None
+    _check_again: bool = False
+
     def __init__(self, config: EdgeConfig, worker: WorkerPlace | None = None) -> None:
         """``worker``: this edge is one worker of several (relay/edge/worker.py)."""
         self.config = config
@@ -588,12 +593,29 @@ class Edge:
 
     def credentials_ended(self, *, announce: bool = True) -> None:
         """A credential ended (through this edge's API, or — ``announce`` False — another
-        node of the cluster says so): check live sessions now, not at the next poll."""
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self.check_credentials())
-        task.add_done_callback(_log_check_failure)
+        node of the cluster says so): check live sessions now, not at the next poll.
+
+        One check at a time: a credential that ends while one runs gets one more check
+        after it. A bulk revocation (or a flood of events from Redis) is then two queries
+        to the control plane per node, not one per credential."""
+        running = self._credentials_check
+        if running is not None and not running.done():
+            self._check_again = True
+        else:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(self._check_credentials_until_settled())
+            task.add_done_callback(_log_check_failure)
+            self._credentials_check = task
         if announce and self.cluster is not None:
             self.cluster.announce({"event": "credentials"})
+
+    async def _check_credentials_until_settled(self) -> None:
+        # Bounded: each round begins only if a credential ended during the previous one.
+        while True:
+            self._check_again = False
+            await self.check_credentials()
+            if not self._check_again:
+                return
 
     async def check_credentials(self) -> None:
         assert self.control is not None
