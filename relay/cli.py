@@ -291,7 +291,7 @@ def edge(ctx: click.Context, /, config_file: Path | None, **flags: Any) -> None:
         if place is None and config.workers > 1:
             from relay.cli_workers import supervise
 
-            exit_code.append(await supervise(config, install_stop_handlers))
+            exit_code.append(await supervise(config, install_stop_handlers, reload_config))
             return
         if place is not None:
             from relay.cli_workers import name_worker_logs

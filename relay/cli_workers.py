@@ -19,9 +19,14 @@ if TYPE_CHECKING:
     import socket
 
 
-async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], None]], None]) -> int:
+async def supervise(
+    config: EdgeConfig,
+    install_stop: Callable[[Callable[[], None]], None],
+    reload_config: Callable[[], EdgeConfig] | None = None,
+) -> int:
     """Prepare what the workers share, then run ``config.workers`` of them until SIGTERM;
-    returns the exit code (a worker's, if one could not start)."""
+    returns the exit code (a worker's, if one could not start). ``reload_config``: what a
+    reload reads (the file and flags the workers read too); None: the settings stay."""
     from relay.cluster.supervisor import DRAIN_FAILED, Supervisor, reserve_port
     from relay.cluster.supervisor_admin import SupervisorAdmin
     from relay.edge.server import prepare_shared_files
@@ -74,6 +79,7 @@ async def supervise(config: EdgeConfig, install_stop: Callable[[Callable[[], Non
             drain_timeout=config.drain_timeout,
             on_ready=announce,
             reclaim_grace=config.reclaim_grace,
+            reload_config=reload_config,
         )
         if config.admin_listen:
             admin_host, admin_port = parse_host_port(config.admin_listen, what="--admin-listen")

@@ -20,6 +20,12 @@ log = logging.getLogger("relay.cluster")
 #: have on an edge process are derived from this (relay/edge/members.py
 #: MAX_MEMBERS_PER_KEY).
 MAX_MESSAGE = 64 * 1024
+#: The most one end keeps queued (bytes of encoded messages) for a peer that does not
+#: read: a SIGSTOPped worker or supervisor, or one whose loop is stuck. Far above a
+#: normal burst: a worker's start queues the whole ``where`` table (about 100 bytes a
+#: name, so some 300,000 names) while it imports. Python's overhead per queued message
+#: at most about doubles the memory. See :class:`Channel` for what a full queue does.
+MAX_QUEUED = 32 * 1024 * 1024
 
 Message = dict[str, Any]
 
@@ -54,7 +60,16 @@ def socket_pair() -> tuple[socket.socket, socket.socket]:
 
 class Channel:
     """One end. ``on_message`` gets each message; ``on_closed`` once, when the other end
-    is gone (its process exited)."""
+    is gone (its process exited).
+
+    What the kernel does not take waits in a queue of at most ``max_queued`` bytes. A
+    message that would pass it means the peer reads nothing (stuck). With ``on_full``
+    (the supervisor's end) the channel closes, freeing the queue, and calls it once: the
+    supervisor kills that worker and starts it afresh. Without (a worker's end: it
+    cannot restart its supervisor, and draining every worker for a supervisor that may
+    only be paused would cut every visitor) such messages are dropped and logged once
+    per stall: a claim then times out, a state report is lost until the key's next one.
+    """
 
     def __init__(
         self,
@@ -62,22 +77,53 @@ class Channel:
         loop: asyncio.AbstractEventLoop,
         on_message: Callable[[Message], None],
         on_closed: Callable[[], None],
+        *,
+        on_full: Callable[[], None] | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.loop = loop
         self._on_message = on_message
         self._on_closed = on_closed
+        self._on_full = on_full
+        self.max_queued = max_queued
         self._queue: collections.deque[bytes] = collections.deque()
+        #: Bytes in ``_queue``.
+        self.queued = 0
+        #: Messages dropped since the peer last read (no ``on_full`` only).
+        self.dropped = 0
         self._closed = False
         loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def send(self, message: Message) -> None:
         if self._closed:
             return
-        self._queue.append(encode(message))
+        data = encode(message)
+        if self.queued + len(data) > self.max_queued:
+            self._full()
+            return
+        self._queue.append(data)
+        self.queued += len(data)
         if len(self._queue) == 1:
             self._flush()
+
+    def _full(self) -> None:
+        if self._on_full is not None:
+            self.close()
+            self._on_full()
+            return
+        if not self.dropped:
+            log.error(
+                "the other end of a channel reads nothing (%d bytes queued); dropping "
+                "messages to it until it reads again",
+                self.queued,
+            )
+        self.dropped += 1
 
     def _flush(self) -> None:
         while self._queue:
@@ -89,7 +135,12 @@ class Channel:
             except OSError:
                 self._close()
                 return
-            self._queue.popleft()
+            self.queued -= len(self._queue.popleft())
+        if self.dropped:  # every queued message went: the peer reads again
+            log.warning(
+                "the other end of a channel reads again; %d messages were dropped", self.dropped
+            )
+            self.dropped = 0
 
     def _writable(self) -> None:
         self.loop.remove_writer(self.sock.fileno())
@@ -126,6 +177,8 @@ class Channel:
         if self._closed:
             return
         self._closed = True
+        self._queue.clear()
+        self.queued = 0
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
         with contextlib.suppress(ValueError, OSError):

@@ -6,6 +6,11 @@ socket pair), keeps the table of who holds which endpoint (claims.py) and tells 
 worker where each name is live, passes SIGHUP (reload) and SIGTERM (drain) on to every
 worker, and starts a worker again when it dies: its agents reconnect — to any worker,
 the kernel chooses — and bind their endpoints again.
+
+A worker is signalled only once it said ``ready``: until then (imports, its file, its
+listeners) it may not have its handlers yet, and SIGHUP's and SIGTERM's default is to
+end it. A reload asked meanwhile reaches it as SIGHUP when it is ready, a drain as
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay.cluster.channel import Channel, Message, socket_pair
 from relay.cluster.claims import ClaimTable, Member, WorkerDown
 from relay.cluster.place import WORKER_ENV, WorkerPlace
 from relay.cluster.supervisor_admin import WorkerView
+from relay.errors import RelayError
+
+if TYPE_CHECKING:
+    from relay.config import EdgeConfig
 
 log = logging.getLogger("relay.cluster")
 
@@ -43,6 +53,10 @@ EXIT_GRACE = 15.0
 DRAIN_FAILED = 1
 #: A worker's report names at most this many members of one key (links and pool).
 MAX_MEMBERS_PER_KEY = 1024
+#: How a process that was never ready may have ended in a drain and still count as a
+#: clean stop: a stop signal that reached it before its handlers (the service manager
+#: signals the whole group; Ctrl-C the terminal's). It held no agent and no visitor.
+STOPPED_UNREADY = frozenset((-signal.SIGTERM, -signal.SIGINT))
 
 
 @dataclass
@@ -52,6 +66,8 @@ class _Worker:
     channel: Channel | None = None
     started: float = 0.0
     ready: bool = False
+    #: A reload was asked while this process was not ready: SIGHUP when it is.
+    reload_due: bool = False
     banner: list[str] = field(default_factory=list)
     delay: float = RESTART_FIRST
     restarts: int = 0
@@ -92,12 +108,16 @@ class Supervisor:
         on_ready: Callable[[list[str]], None],
         run_dir: Path | None = None,
         reclaim_grace: float = 60.0,
+        reload_config: Callable[[], EdgeConfig] | None = None,
     ) -> None:
-        """``reclaim_grace``: how long a dead worker's names wait for their agents."""
+        """``reclaim_grace``: how long a dead worker's names wait for their agents.
+        ``reload_config``: the configuration a reload reads (the workers' file and flags),
+        of which the supervisor applies ``drain_timeout`` and ``reclaim_grace`` too."""
         self.argv = argv
         self.count = count
         self.drain_timeout = drain_timeout
         self.reclaim_grace = reclaim_grace
+        self.reload_config = reload_config
         self.on_ready = on_ready
         self.run_dir = run_dir or make_run_dir()
         self.table = ClaimTable()
@@ -130,8 +150,7 @@ class Supervisor:
                     wait.cancel()
                 if hangup.is_set() and not stopped.is_set():
                     hangup.clear()
-                    log.info("reloading: SIGHUP to every worker")
-                    self.signal_all(signal.SIGHUP)
+                    self.reload()
             drained = await self.stop()
         finally:
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -152,20 +171,65 @@ class Supervisor:
             for w in self.workers
         ]
 
+    def _running(self) -> list[_Worker]:
+        return [w for w in self.workers if w.process is not None and w.process.returncode is None]
+
     def signal_all(self, signum: int) -> None:
-        for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signum)
+        """``signum`` to every running worker, ready or not (SIGKILL)."""
+        for worker in self._running():
+            _signal(worker, signum)
+
+    def reload(self) -> None:
+        """SIGHUP: the supervisor's own settings, then every ready worker; one still
+        starting gets its SIGHUP when it reports ready (it may have read the file
+        before it changed)."""
+        self._reload_settings()
+        log.info("reloading: SIGHUP to every worker")
+        for worker in self._running():
+            if worker.ready:
+                _signal(worker, signal.SIGHUP)
+            else:
+                worker.reload_due = True
+
+    def _reload_settings(self) -> None:
+        """What of the configuration the supervisor itself applies: the drain's deadline
+        and a dead worker's reclaim grace, as the workers apply them on a reload. A file
+        that does not load keeps the running values (each worker says why, too)."""
+        if self.reload_config is None:
+            return
+        try:
+            config = self.reload_config()
+        except RelayError as err:
+            reason = " ".join(err.one_line().split())
+            log.error(
+                "supervisor: reload refused, drain_timeout and reclaim_grace stay: %s", reason
+            )
+            return
+        except Exception:  # a reload's bug must not end the edge
+            log.exception("supervisor: reload failed; drain_timeout and reclaim_grace stay")
+            return
+        if (config.drain_timeout, config.reclaim_grace) != (self.drain_timeout, self.reclaim_grace):
+            log.info(
+                "supervisor: drain_timeout %s, reclaim_grace %s",
+                config.drain_timeout,
+                config.reclaim_grace,
+            )
+        self.drain_timeout = config.drain_timeout
+        self.reclaim_grace = config.reclaim_grace
 
     async def stop(self) -> bool:
-        """Drain: SIGTERM to every worker (each drains its own agents and visitors); kill
-        what has not exited once the drain's time and a grace have passed. Whether every
-        worker exited by itself, with 0."""
+        """Drain: SIGTERM to every ready worker (each drains its own agents and visitors),
+        and to each other one when it reports ready; kill what has not exited once the
+        drain's time and a grace have passed. Whether every worker running when the drain
+        began exited by itself, with 0. A worker that died earlier and waits for its
+        restart is not judged; nor is one never ready that a stop signal ended (one sent
+        to the whole group): it had nothing to drain."""
         self._stopping = True
-        self.signal_all(signal.SIGTERM)
-        running = [w.process for w in self.workers if w.process is not None]
-        waits = [asyncio.ensure_future(p.wait()) for p in running]
+        running = [(w, w.process) for w in self._running() if w.process is not None]
+        for worker, _ in running:
+            if worker.ready:
+                _signal(worker, signal.SIGTERM)
+        waits = [asyncio.ensure_future(p.wait()) for _, p in running]
         clean = True
         if waits:
             _, late = await asyncio.wait(waits, timeout=self.drain_timeout + EXIT_GRACE)
@@ -174,7 +238,12 @@ class Supervisor:
                 self.signal_all(signal.SIGKILL)
                 await asyncio.wait(waits, timeout=5)
                 clean = False
-            failed = [p.pid for p in running if p.returncode not in (0, None)]
+            failed = [
+                p.pid
+                for w, p in running
+                if p.returncode not in (0, None)
+                and not (p.returncode in STOPPED_UNREADY and not w.ready)
+            ]
             if failed and clean:
                 log.error("worker(s) %s ended their drain with an error", failed)
             clean = clean and not failed
@@ -203,14 +272,23 @@ class Supervisor:
             raise
         finally:
             theirs.close()
+        if self._stopping:
+            # A restart that crossed the drain's start: the drain does not wait for it,
+            # and it holds nothing yet.
+            ours.close()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            return
         worker.process = process
         worker.started = time.monotonic()
         worker.ready = False
+        worker.reload_due = False  # it reads the file as it is now
         worker.channel = Channel(
             ours,
             loop,
             functools.partial(self._message, worker),
             lambda: None,  # its exit is watched on the process
+            on_full=functools.partial(self._stuck, worker, process),
         )
         # What every other worker holds, before the new one serves anything.
         for key in self.table.held_keys():
@@ -267,6 +345,18 @@ class Supervisor:
                 continue
             return
 
+    def _stuck(self, worker: _Worker, process: asyncio.subprocess.Process) -> None:
+        """Its channel is full: alive but reading nothing (SIGSTOPped, its loop stuck).
+        Killed by pid, so its watcher starts it again, with the whole table."""
+        log.error(
+            "worker %d (pid %d) reads nothing from its channel; killing it to start it again",
+            worker.index,
+            process.pid,
+        )
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
     def _forget(self, down: WorkerDown) -> None:
         for key in self.table.forget_orphans(down):
             self._tell_where(key)
@@ -296,6 +386,10 @@ class Supervisor:
         answered at once for one that is down (it holds nothing now)."""
         event = message["event"]
         ask_id = str(event["ask"])
+        if event.get("op") == "reload":
+            # The API's reload for every node: the workers read their file again, so
+            # the supervisor takes its part as on SIGHUP.
+            self._reload_settings()
         for other in self.workers:
             if other is worker:
                 continue
@@ -364,6 +458,12 @@ class Supervisor:
     def _ready(self, worker: _Worker, message: Message) -> None:
         worker.ready = True
         worker.banner = [str(line) for line in message.get("banner", [])]
+        # Its handlers are installed now: what was asked while it started reaches it.
+        if self._stopping:
+            _signal(worker, signal.SIGTERM)
+        elif worker.reload_due:
+            _signal(worker, signal.SIGHUP)
+        worker.reload_due = False
         if self._announced:
             assert worker.process is not None
             log.info("worker %d (pid %d) serves again", worker.index, worker.process.pid)
@@ -371,3 +471,9 @@ class Supervisor:
         if all(w.ready for w in self.workers):
             self._announced = True
             self.on_ready(self.workers[0].banner)
+
+
+def _signal(worker: _Worker, signum: int) -> None:
+    if worker.process is not None and worker.process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signum)
