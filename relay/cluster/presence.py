@@ -28,12 +28,15 @@ Redis layout
     version) does not say, and is checked by its owner alone.
 ``relay:nodes``
     A sorted set of node ids, each scored with the time (ms) it last wrote its key:
-    every node adds itself each heartbeat and removes itself at stop; a reader drops a
-    registration an hour old. It is how the nodes find each other's keys.
+    every node adds itself each heartbeat and removes itself at stop; readers read the
+    newest ``MAX_NODES`` (live nodes are always among them) and drop registrations an
+    hour old. It is how the nodes find each other's keys.
 ``relay:presence`` (channel)
     After each change of its names (and its delete) a node publishes its id here; every
-    node subscribes and reads that node's keys on each message, so a new bind is visible
-    cluster-wide within a round trip or two, not a heartbeat.
+    node subscribes and rereads that node's key on each message, and its names only if
+    the key changed, so a new bind is visible cluster-wide within a round trip or two,
+    not a heartbeat, and an announcement of a node that did not change (anyone may
+    publish one) costs a few hundred bytes. A burst of them makes one read.
 ``relay:events`` (channel)
     Cluster-wide events: JSON objects of strings to strings (:meth:`Presence.publish_event`).
     Every subscriber gets each one, the publishing node included, as Redis delivers them.
@@ -46,16 +49,19 @@ Redis layout
     the node no longer holds the name.
 
 Each heartbeat a node also rereads the key of every node registered or in its table
-(``ZRANGE relay:nodes``, then ``MGET``; never a walk of the keyspace, whose claim keys,
+(``ZREVRANGE relay:nodes``, then ``MGET``; never a walk of the keyspace, whose claim keys,
 one per name, outnumber the nodes by far) and rebuilds its table from them: that
 catches pub/sub messages lost while a connection was down, and keys that expired.
 Names are fetched (``MGET`` of ``relay:names:*``) only for node keys whose bytes changed,
 so a quiet cluster costs one ``MGET`` of small values.
 
-What another node wrote is checked before it is used: a key that is not JSON, has the
-wrong shape, more than ``MAX_NAMES`` names, a name longer than 253 characters or a share
-that is not ``pool`` or ``agent:`` and an agent id (1 to 64 visible ASCII characters) is
-left out of the table (logged once, at debug level, per distinct value), never trusted.
+What another node wrote is checked before it is used: a key or an event longer than its
+byte cap, or that would parse into more JSON values than its item caps allow (counted
+before it is parsed: ``[[],[],...]`` costs ~20 times its bytes), is not parsed; a key that
+is not JSON, has the wrong shape, more than ``MAX_NAMES`` names, a name longer than 253
+characters or a share that is not ``pool`` or ``agent:`` and an agent id (1 to 64 visible
+ASCII characters) is left out of the table (logged once, at debug level, per distinct
+value), never trusted.
 
 The family of a name is ``http`` for the plain-HTTP port, ``sni`` for the TLS port (https
 and tls endpoints) and ``tcp`` for a TCP endpoint, named by its port number: a visitor's
@@ -127,12 +133,18 @@ MAX_NODE_KEY = 4096
 MAX_NAMES_KEY = 64 * 1024 * 1024
 #: Bytes of a pub/sub event: Redis itself cuts off a subscriber that falls 32 MiB
 #: behind (``client-output-buffer-limit pubsub``), so no larger one can arrive whole.
+#: (One is that big only for a long string: an answer listing a node's sessions.)
 MAX_EVENT = 32 * 1024 * 1024
+#: Fields of an event: relay's have under ten.
+MAX_EVENT_FIELDS = 64
 #: Node ids read from the registry per heartbeat, and how long a node that stopped
 #: writing stays registered (its key expired long before).
 MAX_NODES = 10_000
 FORGET_REGISTRATION_MS = 3600 * 1000
 MGET_CHUNK = 500
+#: Messages handled before the nodes they announce are read (one MGET of their keys):
+#: a flood of events does not hold back the reads.
+MAX_DRAINED = MGET_CHUNK
 
 FAMILIES = frozenset({"http", "sni", "tcp"})
 KINDS = frozenset({"http", "https", "tls", "tcp"})
@@ -301,6 +313,7 @@ class Presence:
         self._claim_slots = asyncio.Semaphore(CLAIM_SLOTS)
         #: Names held here that another owner claims (bound on both sides of an outage).
         self._conflicts: dict[str, str] = {}
+        self._refused_event_logged = False
 
     # -- the edge's interface ---------------------------------------------------------
 
@@ -630,37 +643,36 @@ class Presence:
         say what they say: one MGET per heartbeat for a quiet cluster, whatever else
         Redis holds (its claim keys, one per name, are many)."""
         client = self._need_client()
+        # A registration older than this is a node gone for good (its key long expired):
+        # dropped, by this node's clock (the writer's, hence a generous bound).
+        oldest = time.time() * 1000 - FORGET_REGISTRATION_MS
         try:
-            got: Any = await self._call(client.zrange(NODES_KEY, 0, MAX_NODES - 1, withscores=True))
+            # Newest first: live nodes register again every heartbeat, so when more ids
+            # than MAX_NODES are registered (ids churned within the hour, or junk), those
+            # left out are the ones that stopped writing, not the live ones.
+            got: Any = await self._call(
+                client.zrevrange(NODES_KEY, 0, MAX_NODES - 1, withscores=True)
+            )
             registered: list[tuple[bytes, float]] = [(m, float(sc)) for m, sc in got]
+            # Stale ids may lie beyond what was read: drop them by score, all at once
+            # (only when some could be there, not on every heartbeat).
+            if len(registered) >= MAX_NODES or any(sc < oldest for _, sc in registered):
+                await self._call(client.zremrangebyscore(NODES_KEY, "-inf", f"({oldest}"))
         except ResponseError as err:
             # Not a sorted set (garbage): nodes are still found through the table and
             # their announcements, and the key is left to whoever wrote it.
             log.debug("cluster presence: cannot read %s: %s", NODES_KEY, err)
             registered = []
-        # A registration older than this is a node gone for good (its key long expired):
-        # drop it, by this node's clock (the writer's, hence a generous bound).
-        oldest = time.time() * 1000 - FORGET_REGISTRATION_MS
-        stale = [member for member, score in registered if score < oldest]
-        if stale:
-            await self._call(client.zrem(NODES_KEY, *stale))
         async with self._lock:
-            known = {_text(_bytes(m), MAX_NODE_ID) for m, _ in registered} | set(self._raw)
+            known = {
+                _text(_bytes(m), MAX_NODE_ID) for m, score in registered if score >= oldest
+            } | set(self._raw)
             ids = sorted(n for n in known if n and n != self._me.node_id)
             values: list[bytes | str | None] = []
             for i in range(0, len(ids), MGET_CHUNK):
                 chunk = [NODE_PREFIX + node_id for node_id in ids[i : i + MGET_CHUNK]]
                 values.extend(await self._call(client.mget(chunk)))
-            changed = [
-                node_id
-                for node_id, raw in zip(ids, values, strict=True)
-                if raw is not None and _bytes(raw) != self._raw.get(node_id)
-            ]
-            names: dict[str, bytes | str | None] = {}
-            for i in range(0, len(changed), MGET_CHUNK):
-                part = changed[i : i + MGET_CHUNK]
-                got = await self._call(client.mget([NAMES_PREFIX + n for n in part]))
-                names.update(zip(part, got, strict=True))
+            names = await self._read_names(ids, values)
             now = asyncio.get_running_loop().time()
             expired = now - self._ttl_ms / 1000
             for node_id, raw in zip(ids, values, strict=True):
@@ -672,6 +684,24 @@ class Presence:
                     # writes its key again within a heartbeat of that).
                     self._seen.pop(node_id, None)
                     self._apply(node_id, None, None)
+
+    async def _read_names(
+        self, ids: list[str], values: list[bytes | str | None]
+    ) -> dict[str, bytes | str | None]:
+        """The names keys of the nodes of ``ids`` whose node key (``values``, as just
+        read) is not the one applied: an unchanged node's names are not downloaded."""
+        client = self._need_client()
+        changed = [
+            node_id
+            for node_id, raw in zip(ids, values, strict=True)
+            if raw is not None and _bytes(raw) != self._raw.get(node_id)
+        ]
+        names: dict[str, bytes | str | None] = {}
+        for i in range(0, len(changed), MGET_CHUNK):
+            part = changed[i : i + MGET_CHUNK]
+            got = await self._call(client.mget([NAMES_PREFIX + n for n in part]))
+            names.update(zip(part, got, strict=True))
+        return names
 
     async def _subscriber(self) -> None:
         """Follow the channels; subscribe again (a heartbeat after a failure) for ever."""
@@ -718,32 +748,70 @@ class Presence:
                     pinged_at = now
                 continue
             heard, pinged_at = now, None
-            if message.get("type") == "pong":
-                self._ok()
-                continue
-            channel, data = message.get("channel"), message.get("data")
-            if not isinstance(data, bytes):
-                continue
-            if channel == PRESENCE_CHANNEL.encode():
-                await self._node_changed(data)
-            elif channel in (EVENTS_CHANNEL.encode(), self._direct.encode()):
-                self._event(data)
+            # Announcements are read after the messages already here are handled: those
+            # that came while the last read was in flight (a burst, every node
+            # republishing after a Redis restart) make one read, each node once.
+            announced: dict[str, None] = {}
+            for _ in range(MAX_DRAINED):
+                self._message(message, announced)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+                if message is None:
+                    break
+            else:
+                self._message(message, announced)
+            if announced:
+                await self._nodes_changed(list(announced))
 
-    async def _node_changed(self, data: bytes) -> None:
-        node_id = _text(data, MAX_NODE_ID)
-        if not node_id or node_id == self._me.node_id:
+    def _message(self, message: dict[str, Any], announced: dict[str, None]) -> None:
+        """Handle an event now; add the node an announcement names to ``announced``."""
+        if message.get("type") == "pong":
+            self._ok()
             return
+        channel, data = message.get("channel"), message.get("data")
+        if not isinstance(data, bytes):
+            return
+        if channel == PRESENCE_CHANNEL.encode():
+            node_id = _text(data, MAX_NODE_ID)
+            if node_id and node_id != self._me.node_id:
+                announced[node_id] = None
+        elif channel in (EVENTS_CHANNEL.encode(), self._direct.encode()):
+            self._event(data)
+
+    async def _nodes_changed(self, node_ids: list[str]) -> None:
+        """Read the announced nodes' keys; their names only for a node key that is not
+        the one applied. An announcement is only a hint (anyone can PUBLISH one), and
+        one for a node that did not change (every node republishes after a Redis
+        restart) costs its node key, a few hundred bytes, not its names."""
         client = self._need_client()
         async with self._lock:
-            # MGET, not GET: a key of another type reads as missing, not as an error; and
-            # both keys as of one instant.
-            raw, names = await self._call(
-                client.mget([NODE_PREFIX + node_id, NAMES_PREFIX + node_id])
-            )
-            self._apply(node_id, raw, names)
+            # MGET, not GET: a key of another type reads as missing, not as an error.
+            values = await self._call(client.mget([NODE_PREFIX + n for n in node_ids]))
+            # Read after the node keys: a names key of a later version than its node key
+            # names is not taken (_parse), and the write that made it announces again.
+            names = await self._read_names(node_ids, values)
+            now = asyncio.get_running_loop().time()
+            for node_id, raw in zip(node_ids, values, strict=True):
+                if raw is not None:
+                    self._seen[node_id] = now
+                else:
+                    self._seen.pop(node_id, None)
+                self._apply(node_id, raw, names.get(node_id))
 
     def _event(self, data: bytes) -> None:
-        event = _json(data, MAX_EVENT)
+        if not _fits(data, MAX_EVENT, 1 + 2 * MAX_EVENT_FIELDS):
+            # Not parsed at all (see _fits). Said once: anyone who can PUBLISH can send
+            # these as fast as Redis delivers them.
+            if not self._refused_event_logged:
+                self._refused_event_logged = True
+                log.warning(
+                    "cluster presence: ignoring an event of %d bytes: more than %d fields "
+                    "or %d bytes (said once)",
+                    len(data),
+                    MAX_EVENT_FIELDS,
+                    MAX_EVENT,
+                )
+            return
+        event = _loads(data)
         if not isinstance(event, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in event.items()
         ):
@@ -930,7 +998,8 @@ def _parse(
     """A node entry, checked field by field; None if anything is off. Its names come
     from the names key only when that key is the version the node key names (the two are
     read by separate calls, and a node may write both in between)."""
-    doc = _json(raw, MAX_NODE_KEY)
+    # A value per byte at most: the byte cap of a node key bounds it well enough.
+    doc = _json(raw, MAX_NODE_KEY, MAX_NODE_KEY)
     if not isinstance(doc, dict):
         return None
     region, link, names, version = (
@@ -944,7 +1013,7 @@ def _parse(
     if names is None and _short_str(version):
         if names_raw is None or not _is_version(names_raw, version):
             return _NAMES_MISSING  # type: ignore[no-any-return]
-        names = _json(names_raw, MAX_NAMES_KEY)
+        names = _json(names_raw, MAX_NAMES_KEY, _names_values())
     if not isinstance(names, list) or len(names) > MAX_NAMES:
         return None
     info = NodeInfo(node_id, region, link)
@@ -972,20 +1041,77 @@ def _parse(
     return info, out
 
 
+def _names_values() -> int:
+    """JSON values in a names key of ``MAX_NAMES`` names: the list, and each name's list
+    and its six strings."""
+    return 1 + 7 * MAX_NAMES
+
+
 def _is_version(names_raw: bytes, version: str) -> bool:
     """Whether ``names_raw`` is the names blob ``version`` (its digest's prefix) names."""
     return hashlib.sha256(names_raw).hexdigest()[: len(version)] == version
 
 
-def _json(data: bytes, limit: int) -> Any:
-    """``data`` as JSON, or None when it is longer than ``limit``, not JSON, or nested
-    too deep for the parser (RecursionError, not a ValueError)."""
-    if len(data) > limit:
-        return None
+def _json(data: bytes, limit: int, values: int) -> Any:
+    """``data`` as JSON, or None when it is longer than ``limit`` bytes, would make more
+    than ``values`` JSON values (:func:`_fits`), is not JSON, or is nested too deep for
+    the parser (RecursionError, not a ValueError)."""
+    return _loads(data) if _fits(data, limit, values) else None
+
+
+def _loads(data: bytes) -> Any:
+    """``data`` as JSON, or None. Check it with :func:`_fits` first."""
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
+
+
+#: A JSON string once its escaped quotes and backslashes are gone (:func:`_unescaped`).
+_STRING = re.compile(rb'"[^"]*"')
+#: What precedes every JSON value but the first: an array's or object's first element or
+#: key, the next one, an object's value.
+_BEFORE_VALUE = (b"[", b"{", b",", b":")
+
+
+def _fits(data: bytes, limit: int, values: int) -> bool:
+    """Whether ``data`` is at most ``limit`` bytes and ``json.loads`` would make at most
+    ``values`` values of it (containers, strings, numbers, keys), checked before it is
+    parsed. The bytes alone do not bound the parse: ``[[],[],...]`` is three bytes per
+    list and some 64 bytes of Python objects each, and a payload within its byte cap
+    would cost every node that reads it ~20 times its size before its item count is
+    checked. Bounded in values, a payload costs what the item caps allow, whatever its
+    shape.
+
+    Every value but the first follows one of ``[ { , :``, so they bound the count. Those
+    in strings (an answer event's body is JSON in a string; a host rewrite has a port)
+    are counted only when the plain count is over: then the strings, each a value with
+    two quotes, are counted, and only when they are few enough are they cut out to count
+    the rest; with copies no larger than ``data``, and no parse."""
+    if len(data) > limit:
+        return False
+    if _values_at_most(data) <= values:
+        return True
+    plain = _unescaped(data)
+    if plain.count(b'"') > 2 * values:
+        return False
+    return _values_at_most(_STRING.sub(b"", plain)) <= values
+
+
+def _values_at_most(data: bytes) -> int:
+    return 1 + sum(data.count(c) for c in _BEFORE_VALUE)
+
+
+def _unescaped(data: bytes) -> bytes:
+    """``data`` without its escaped backslashes, then its escaped quotes (a run of
+    backslashes pairs up from its start, as the parser reads it): every quote left opens
+    or closes a string. Up to where the parser would stop (the end, or the first error)
+    this is exact; past it, bytes the parser never reads only add to the counts."""
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"")
+    if b'\\"' in data:
+        data = data.replace(b'\\"', b"")
+    return data
 
 
 def _is_port(text: str) -> bool:
