@@ -1418,12 +1418,17 @@ fn a_light_stream_that_can_receive_no_more_is_no_contention() {
     );
 }
 
-#[test]
-fn keepalive_pings_when_due_and_times_out_unanswered() {
+/// A server pinging every 1000 ms, a ping unanswered after 500 ms.
+fn keepalive_server() -> (Session, Instant) {
     let mut c = cfg(false);
     c.keepalive_interval_ms = 1000;
     c.keepalive_timeout_ms = 500;
-    let (mut s, t) = server_with(c);
+    server_with(c)
+}
+
+#[test]
+fn keepalive_pings_when_due_and_times_out_unanswered() {
+    let (mut s, t) = keepalive_server();
     // The first ticks measure the path while the link is quiet: RTT_PROBES pings,
     // RTT_PROBE_INTERVAL apart, each sent once the previous one is answered.
     let ms = Duration::from_millis;
@@ -1471,10 +1476,7 @@ fn keepalive_pings_when_due_and_times_out_unanswered() {
 
 #[test]
 fn keepalive_waits_for_a_late_pong_while_the_peer_sends() {
-    let mut c = cfg(false);
-    c.keepalive_interval_ms = 1000;
-    c.keepalive_timeout_ms = 500;
-    let (mut s, t) = server_with(c);
+    let (mut s, t) = keepalive_server();
     let ms = Duration::from_millis;
     for i in 0..RTT_PROBES {
         let at = t + RTT_PROBE_INTERVAL * i;

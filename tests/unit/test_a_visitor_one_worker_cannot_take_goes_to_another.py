@@ -6,7 +6,9 @@ inboxes and outbox on Unix datagram sockets; the worker's table alone, no superv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,19 +21,37 @@ from relay.edge.worker import EdgeWorker, RemoteEndpoint
 pytestmark = pytest.mark.timeout(30)
 
 
+@contextlib.asynccontextmanager
+async def worker_2_and_a_visitor(
+    worker: EdgeWorker, tmp_path: Path
+) -> AsyncIterator[tuple[list[tuple[socket.socket, Handoff]], socket.socket, socket.socket]]:
+    """``worker``'s outbox, worker 2's inbox (what arrives there), and one visitor (its
+    socket, and the edge's accepted one), all closed after."""
+    loop = asyncio.get_running_loop()
+    worker.outbox = Outbox(tmp_path, loop)
+    arrived: list[tuple[socket.socket, Handoff]] = []
+    inbox = Inbox(tmp_path, 2)
+    inbox.start(loop, lambda sock, handoff: arrived.append((sock, handoff)))
+    listener = socket.create_server(("127.0.0.1", 0))
+    visitor = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    try:
+        yield arrived, visitor, accepted
+    finally:
+        for sock, _ in arrived:
+            sock.close()
+        for sock in (visitor, accepted, listener):
+            sock.close()
+        inbox.close()
+        worker.outbox.close()
+
+
 def test_a_visitor_goes_to_another_holder_when_the_first_is_gone(tmp_path: Path) -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         place = SimpleNamespace(index=0, count=4, channel_fd=-1, run_dir=tmp_path)
         worker = EdgeWorker(SimpleNamespace(http_routes=HostRoutes()), place)  # type: ignore[arg-type]
-        worker.outbox = Outbox(tmp_path, loop)
-        arrived: list[tuple[socket.socket, Handoff]] = []
-        inbox = Inbox(tmp_path, 2)  # worker 2 is up; 1 and 3 are gone (no inbox)
-        inbox.start(loop, lambda sock, handoff: arrived.append((sock, handoff)))
-        listener = socket.create_server(("127.0.0.1", 0))
-        visitor = socket.create_connection(listener.getsockname())
-        accepted, _ = listener.accept()
-        try:
+        # Worker 2 is up; 1 and 3 are gone (no inbox).
+        async with worker_2_and_a_visitor(worker, tmp_path) as (arrived, _, accepted):
             pooled = RemoteEndpoint("http", "a.example.com", (1, 2))
             for _ in range(4):  # whichever of the two comes first in turn
                 assert worker._send(accepted.fileno(), Handoff("http", pooled.key), pooled)
@@ -44,13 +64,6 @@ def test_a_visitor_goes_to_another_holder_when_the_first_is_gone(tmp_path: Path)
             nowhere = RemoteEndpoint("http", "b.example.com", (1, 3))
             assert not worker._send(accepted.fileno(), Handoff("http", nowhere.key), nowhere)
             assert worker.handoffs_failed == 1
-        finally:
-            for sock, _ in arrived:
-                sock.close()
-            for sock in (visitor, accepted, listener):
-                sock.close()
-            inbox.close()
-            worker.outbox.close()
 
     asyncio.run(main())
 
@@ -76,7 +89,6 @@ def test_a_visitor_handed_to_a_draining_member_goes_on_once(
     already (``again`` false), or a member here takes visitors: it is served here."""
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         key = f"{family}:{name}"
         served: list[tuple[str, bytes]] = []
         web = SimpleNamespace(
@@ -87,16 +99,9 @@ def test_a_visitor_handed_to_a_draining_member_goes_on_once(
         edge = SimpleNamespace(web=web, by_key={key: local} if local is not None else {})
         place = SimpleNamespace(index=1, count=3, channel_fd=-1, run_dir=tmp_path)
         worker = EdgeWorker(edge, place)  # type: ignore[arg-type]
-        worker.outbox = Outbox(tmp_path, loop)
         worker._where(key, (1, 2))  # worker 2 holds it too, as the supervisor said
-        arrived: list[tuple[socket.socket, Handoff]] = []
-        inbox = Inbox(tmp_path, 2)
-        inbox.start(loop, lambda sock, handoff: arrived.append((sock, handoff)))
-        listener = socket.create_server(("127.0.0.1", 0))
-        visitor = socket.create_connection(listener.getsockname())
-        accepted, _ = listener.accept()
         head = b"GET / HTTP/1.1\r\nhost: a.example.com\r\n\r\n" if front == "http" else b""
-        try:
+        async with worker_2_and_a_visitor(worker, tmp_path) as (arrived, visitor, accepted):
             worker._handed_in(accepted, Handoff(front, key, head, again))
             goes_on = again and here != "taking"
             for _ in range(100):  # bounded: a handoff arrives within 1 s
@@ -114,12 +119,5 @@ def test_a_visitor_handed_to_a_draining_member_goes_on_once(
                 # none, so the worker closes it.
                 assert served == ([] if front == "tcp" else [(front, head)])
             assert worker.handed_in[front] == 1
-        finally:
-            for sock, _ in arrived:
-                sock.close()
-            for sock in (visitor, accepted, listener):
-                sock.close()
-            inbox.close()
-            worker.outbox.close()
 
     asyncio.run(main())
