@@ -91,6 +91,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from relay.cluster.event_seal import EventSeal
 from relay.cluster.name_claims import NameClaims
 from relay.errors import ConfigError, RelayError
 
@@ -135,6 +136,8 @@ MAX_NAMES_KEY = 64 * 1024 * 1024
 #: behind (``client-output-buffer-limit pubsub``), so no larger one can arrive whole.
 #: (One is that big only for a long string: an answer listing a node's sessions.)
 MAX_EVENT = 32 * 1024 * 1024
+#: A sealed event's bytes at most: the event's, and the seal's header.
+MAX_SEALED = MAX_EVENT + 256
 #: Fields of an event: relay's have under ten.
 MAX_EVENT_FIELDS = 64
 #: Node ids read from the registry per heartbeat, and how long a node that stopped
@@ -255,7 +258,10 @@ class Presence:
         on_event: Callable[[dict[str, str]], None] | None = None,
         owned: Callable[[], dict[str, str]] | None = None,
         on_table: Callable[[], None] | None = None,
+        seal: EventSeal | None = None,
     ) -> None:
+        """``seal``: events go sealed and only sealed ones are taken
+        (relay/cluster/event_seal.py); None: plain (a cluster of one test)."""
         if not heartbeat > 0 or not ttl > heartbeat:
             raise ConfigError(
                 f"cluster presence: need 0 < heartbeat < ttl (heartbeat {heartbeat}, ttl {ttl})"
@@ -266,6 +272,9 @@ class Presence:
         self._heartbeat = heartbeat
         self._ttl_ms = max(1, round(ttl * 1000))
         self._on_event = on_event
+        self._seal = seal
+        #: Why events were refused, each logged once (anyone who can PUBLISH sends them).
+        self._refusals_logged: set[str] = set()
         #: Called after the table changed (the other nodes' names).
         self._on_table = on_table
         #: hostname -> owner tag of every name this node keeps, serving or not (one kept
@@ -483,7 +492,10 @@ class Presence:
         if client is None:
             raise RelayError("cluster presence is not started")
         try:
-            await self._call(client.publish(channel, json.dumps(event)))
+            data = json.dumps(event).encode()
+            if self._seal is not None:
+                data = self._seal.seal(channel, data)
+            await self._call(client.publish(channel, data))
         except REDIS_ERRORS as err:
             self._failed(err)
             raise RelayError(f"cluster presence: cannot publish an event: {err}") from err
@@ -775,7 +787,7 @@ class Presence:
             if node_id and node_id != self._me.node_id:
                 announced[node_id] = None
         elif channel in (EVENTS_CHANNEL.encode(), self._direct.encode()):
-            self._event(data)
+            self._event(data, channel.decode())
 
     async def _nodes_changed(self, node_ids: list[str]) -> None:
         """Read the announced nodes' keys; their names only for a node key that is not
@@ -797,7 +809,17 @@ class Presence:
                     self._seen.pop(node_id, None)
                 self._apply(node_id, raw, names.get(node_id))
 
-    def _event(self, data: bytes) -> None:
+    def _event(self, data: bytes, channel: str = EVENTS_CHANNEL) -> None:
+        if self._seal is not None:
+            # Bounded before the seal is computed over it, as before it is parsed.
+            opened = self._seal.open(channel, data) if len(data) <= MAX_SEALED else None
+            if opened is None:
+                why = self._seal.refusal if len(data) <= MAX_SEALED else "too long"
+                if why not in self._refusals_logged:
+                    self._refusals_logged.add(why)
+                    log.warning("cluster presence: ignoring an event: %s (said once)", why)
+                return
+            data = opened
         if not _fits(data, MAX_EVENT, 1 + 2 * MAX_EVENT_FIELDS):
             # Not parsed at all (see _fits). Said once: anyone who can PUBLISH can send
             # these as fast as Redis delivers them.

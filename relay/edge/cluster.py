@@ -28,8 +28,11 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import serialization
+
 from relay._httpfront import HttpVisitor
 from relay.certs.local_ca import LocalCA, write_file_atomic
+from relay.cluster.event_seal import EventSeal, event_key
 from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_share, share_of
 from relay.config import parse_host_port
@@ -112,6 +115,7 @@ class ClusterNode:
             on_event=self._event,
             owned=self._owned,
             on_table=self._sync_ports,
+            seal=cluster_event_seal(ca_dir),
         )
         await self.presence.start()
         web = self.edge.web
@@ -544,6 +548,18 @@ def owner_tag(token_id: str) -> str:
     not the token's id (Redis is shared by every node, not by every operator tool).
     Cached: every heartbeat asks it for every endpoint, twice (names and claims)."""
     return hashlib.sha256(b"relay-owner:" + token_id.encode()).hexdigest()[:16]
+
+
+def cluster_event_seal(ca_dir: Path) -> EventSeal:
+    """The seal of the events nodes send each other through Redis: its key derived from
+    the cluster CA's private key, which every node holds and Redis does not."""
+    ca = LocalCA.load_or_create(ca_dir)
+    der = ca.key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return EventSeal(event_key(der))
 
 
 def node_certificate(ca_dir: Path, node_id: str) -> NodeTls:
