@@ -38,7 +38,14 @@ from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_sha
 from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.cluster_ports import RemotePorts
-from relay.edge.http import HEAD_REQUEST, HttpFront
+from relay.edge.http import (
+    HEAD_REQUEST,
+    HttpFront,
+    Refusal,
+    agent_offline,
+    no_tunnel,
+    other_region,
+)
 from relay.edge.members import Pooled, hands_over, serving_session, takes_visitors
 from relay.edge.refusal import unreachable_page
 from relay.edge.routes import HostEndpoint
@@ -468,9 +475,7 @@ class ClusterNode:
             if pinned is not None:
                 # A wildcard here covers it, but it is pinned to another region: the node
                 # that carried it knew the wildcard, not the pin.
-                return self._unserved(
-                    header, 421, "RLY_631", f"{name} is served in region {pinned}, not this one"
-                )
+                return self._unserved(header, other_region(name, pinned))
             kinds: tuple[str, ...] = ("http",)
         elif header.protocol == StreamProtocol.TLS:
             endpoint = self.edge.sni_routes.lookup(name)
@@ -481,10 +486,10 @@ class ClusterNode:
         else:
             return b""
         if endpoint is None or endpoint.kind not in kinds:
-            return self._unserved(header, 404, "RLY_610", f"no tunnel is serving {name}")
+            return self._unserved(header, no_tunnel(name))
         session = serving_session(endpoint)
         if session is None:
-            return self._unserved(header, 503, "RLY_611", f"the agent serving {name} is offline")
+            return self._unserved(header, agent_offline(name))
         rebuilt = StreamHeader(
             endpoint.endpoint_id,
             header.visitor_addr,
@@ -494,13 +499,13 @@ class ClusterNode:
         )
         return session.link, rebuilt.to_wire()
 
-    def _unserved(self, header: StreamHeader, status: int, code: str, message: str) -> bytes:
+    def _unserved(self, header: StreamHeader, refusal: Refusal) -> bytes:
         web = self.edge.web
         if header.protocol != StreamProtocol.HTTP or web is None or web.http is None:
             return b""
         http: HttpFront = web.http
         head = header.extra.get(HEAD_REQUEST) == "1"  # a HEAD's page has no body
-        return http.error_page(status, code, message, header.extra.get("accept"), head)
+        return http.error_page(*refusal, header.extra.get("accept"), head)
 
     def _deliver(self, header: StreamHeader, sock: socket.socket) -> None:
         web = self.edge.web

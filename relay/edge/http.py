@@ -25,6 +25,23 @@ ACME_PREFIX = b"/.well-known/acme-challenge/"
 ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"
 
 RouteResult = tuple[int, Any, Any, Any, int]
+#: An error page's status, code and message.
+Refusal = tuple[int, str, str]
+
+
+def no_tunnel(hostname: str) -> Refusal:
+    return (404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
+
+
+def agent_offline(hostname: str) -> Refusal:
+    return (503, "RLY_611", f"the agent serving {hostname} is offline")
+
+
+def other_region(hostname: str, region: str) -> Refusal:
+    """A name pinned to (or held only in) another region: never served here."""
+    return (421, "RLY_631", f"{hostname} is served in region {region}, not this one")
+
+
 #: In the header of a stream carried to another node (``_carried``): the first request is
 #: a HEAD, so a page that node answers instead of its agent has no body.
 HEAD_REQUEST = "head"
@@ -111,7 +128,7 @@ class HttpFront:
         if pinned is not None:
             # A wildcard here covers it, but its reservation pins it to another region:
             # never served here, whoever holds it or whether anyone does (data residency).
-            return self._region_refusal(hostname, pinned)
+            return self._error(*other_region(hostname, pinned))
         if tls_endpoint is not None and (
             endpoint is None or endpoint.endpoint_id != tls_endpoint or endpoint.kind != "https"
         ):
@@ -130,16 +147,16 @@ class HttpFront:
         if self.region_of is not None:
             region = self.region_of(hostname, endpoint)
             if region:
-                return self._region_refusal(hostname, region)
+                return self._error(*other_region(hostname, region))
         if endpoint is None and self.redirect_to_https is not None:
             location = self.redirect_to_https(hostname, url)
             if location is not None:
                 return (-1, _redirect(location), None, None, 0)
         if endpoint is None:
-            return self._error(404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
+            return self._error(*no_tunnel(hostname))
         session = serving_session(endpoint)
         if session is None:
-            return self._error(503, "RLY_611", f"the agent serving {hostname} is offline")
+            return self._error(*agent_offline(hostname))
         protocol = StreamProtocol.HTTPS if scheme == "https" else StreamProtocol.HTTP
         extra = {"accept": accept} if accept else {}
         header = StreamHeader(
@@ -176,9 +193,6 @@ class HttpFront:
         ).to_wire()
         rewrite = target.host_rewrite.encode("latin-1") if target.host_rewrite else None
         return (0, link, header, rewrite, 0)
-
-    def _region_refusal(self, hostname: str, region: str) -> RouteResult:
-        return self._error(421, "RLY_631", f"{hostname} is served in region {region}, not this one")
 
     def _error(self, status: int, code: str, message: str) -> RouteResult:
         return (status, code, message, None, 0)

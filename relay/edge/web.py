@@ -53,7 +53,7 @@ from relay.certs.manager import (
 from relay.config import EdgeConfig, parse_host_port
 from relay.control.keyring import KeySet
 from relay.control.secrets import SecretBox
-from relay.edge.http import HttpFront, RouteResult
+from relay.edge.http import HttpFront, RouteResult, no_tunnel
 from relay.edge.routes import HostEndpoint
 from relay.edge.tls_front import TlsFront
 from relay.errors import ConfigError, ListenError, RelayError, UnsupportedIdentifier
@@ -126,7 +126,7 @@ class _AnswerFront(HttpFront):
                 "the edge keeps asking for it, try again in a few minutes",
             )
         if endpoint is None:
-            return self._error(404, "RLY_610", f"no tunnel is serving {hostname or 'this host'}")
+            return self._error(*no_tunnel(hostname))
         return self._error(421, "RLY_630", f"{hostname} is not the name this TLS connection is for")
 
 

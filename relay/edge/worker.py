@@ -20,6 +20,7 @@ hands its visitors over too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -252,7 +253,7 @@ class EdgeWorker:
             else:
                 self._remote_tcp.pop(key, None)
             return
-        routes = {"http": self.remote_http, "sni": self.remote_sni}.get(family)
+        routes = self._remote_routes(family)
         if routes is None:
             return
         # The routes are the only index of these (no table by key: each worker keeps one
@@ -264,6 +265,12 @@ class EdgeWorker:
             old.workers, old.turn = workers, 0
         elif workers:
             routes.add(RemoteEndpoint(family, hostname, workers))
+
+    def _remote_routes(self, family: str) -> HostRoutes[RemoteEndpoint] | None:
+        """The table of other workers' names of ``family``; None for ``tcp`` (ports)."""
+        if family == "sni":
+            return self.remote_sni
+        return self.remote_http if family == "http" else None
 
     def _supervisor_gone(self) -> None:
         # Workers live only under their supervisor: without it nothing arbitrates binds.
@@ -369,15 +376,11 @@ class EdgeWorker:
         if takes_visitors(self.edge.by_key.get(handoff.key)):
             return False
         family, _, name = handoff.key.partition(":")
-        if family == "tcp":
-            target = self._remote_tcp.get(handoff.key)
-        else:
-            routes = self.remote_sni if family == "sni" else self.remote_http
-            target = routes.get(name)
+        routes = self._remote_routes(family)
+        target = self._remote_tcp.get(handoff.key) if routes is None else routes.get(name)
         if target is None:
             return False
-        again = Handoff(handoff.front, handoff.key, handoff.carried, again=False)
-        if not self._send(conn.fileno(), again, target):
+        if not self._send(conn.fileno(), dataclasses.replace(handoff, again=False), target):
             return False  # served here: an answer (503 for HTTP), not a silent close
         conn.close()  # our descriptor; the socket is the other worker's now
         return True

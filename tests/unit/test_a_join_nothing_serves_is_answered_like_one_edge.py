@@ -21,7 +21,7 @@ import pytest
 
 from relay.cluster.nodelink import NodeLinks
 from relay.edge.cluster import ClusterNode
-from relay.edge.http import HttpFront
+from relay.edge.http import HttpFront, other_region
 from relay.edge.routes import HostRoutes
 from relay.protocol import StreamHeader
 from tests.unit.test_joined_streams import linked, run
@@ -100,9 +100,7 @@ def test_a_carried_head_request_gets_its_page_without_a_body(head: bool) -> None
         page = ClusterNode._unserved(
             node,  # type: ignore[arg-type]
             parsed[0],
-            421,
-            "RLY_631",
-            "app.pin.example.com is served in region us, not this one",
+            other_region("app.pin.example.com", "us"),
         )
         status, _, body = page.partition(b"\r\n\r\n")
         assert status.startswith(b"HTTP/1.1 421 ")
