@@ -4,6 +4,8 @@ from typing import Any
 
 from relay._fastpath import Pump
 
+def plain_host(data: bytes) -> str | None: ...
+
 class HttpVisitor(Pump):
     scheme: str
     upgraded: bool

@@ -77,6 +77,49 @@ cdef object _READ_VIEW = memoryview(_READ_BUFFER)
 # read before routing travels with it (relay/cluster/handoff.py bounds it).
 cdef Py_ssize_t UNROUTED_READ = 16 * 1024
 cdef object _UNROUTED_VIEW = _READ_VIEW[:UNROUTED_READ]
+# Answered by whichever worker reads it (HttpFront.acme_http01): never handed by name.
+cdef bytes ACME_PATH = b"/.well-known/acme-challenge/"
+
+
+cdef str _hostname_of(bytes host):
+    """The name a Host value routes by (lower case, without its port); None when it has
+    a character no host name or IP literal has."""
+    if host.translate(None, HOST_CHARS):
+        return None
+    cdef str text = host.decode("latin-1").lower()
+    return text.rsplit(":", 1)[0] if not text.endswith("]") else text
+
+
+cdef tuple _plain_head(bytearray data):
+    """(Host value, target) of the first request head in ``data`` when
+    its bytes alone say which host it is for: complete, an origin-form target, exactly
+    one Host line and no folded line. None otherwise (incomplete, or anything unusual):
+    such a head is parsed in full before it is routed.
+
+    Whenever httptools accepts a head this returns a value for, its parse finds the same
+    Host: llhttp ends lines at CRLF only (a bare CR or LF is an error), as this scan does
+    (tests/unit/test_a_plain_head_is_routed_as_its_parse_would.py)."""
+    cdef Py_ssize_t end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    cdef Py_ssize_t first = data.find(b"\r\n")
+    cdef list request_line = data[:first].split(b" ")
+    if len(request_line) != 3:
+        return None
+    cdef bytes target = bytes(request_line[1])
+    if target[:1] != b"/":
+        return None
+    cdef bytes host = None
+    for line in data[first + 2 : end].split(b"\r\n"):
+        if line[:1] == b" " or line[:1] == b"\t":
+            return None
+        if line[:5].lower() == b"host:":
+            if host is not None:
+                return None
+            host = bytes(line[5:]).strip()
+    if host is None:
+        return None
+    return (host, target)
 
 
 class _LimitExceeded(Exception):
@@ -86,6 +129,13 @@ class _LimitExceeded(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def plain_host(data):
+    """The name the first request head in ``data`` is routed by when its bytes alone say
+    it (as a worker hands a visitor over by it, unparsed); None otherwise."""
+    found = _plain_head(bytearray(data))
+    return None if found is None else _hostname_of(found[0])
 
 
 cdef class HttpVisitor(Pump):
@@ -223,7 +273,31 @@ cdef class HttpVisitor(Pump):
                 self._refuse(431, "RLY_622", "request head too large")
                 return
             self.carried += data
+            # Not where node links carry visitors: those need their head parsed here.
+            if self.front.carrier is None and self._handed_by_name():
+                return
         self._feed(data)
+
+    cdef bint _handed_by_name(self):
+        """Hand the visitor over before parsing it when its head's bytes alone say which
+        worker holds its Host: a handed-over visitor then costs this worker no parse (the
+        worker that serves it parses it whole, and answers anything wrong with it as this
+        one would have). True when it was handed over. A visitor this decides to serve
+        here is parsed and routed without being looked up again."""
+        found = _plain_head(self.carried)
+        if found is None:
+            return False
+        cdef bytes target = found[1]
+        hostname = _hostname_of(found[0])
+        if hostname is None or target.startswith(ACME_PATH):
+            return False
+        holder = self.front.handed_by_name(hostname)
+        if holder is None:
+            self.may_hand_off = False
+            self.carried = None
+            return False
+        self._hand_off(holder)
+        return True
 
     cdef void _feed(self, object data):
         """Parse visitor bytes as HTTP (callbacks below forward each request)."""
@@ -345,11 +419,10 @@ cdef class HttpVisitor(Pump):
             host, target = _split_absolute(target)
         if host != self.last_host:
             # Keep-alive requests repeat their Host: checked and parsed once per connection.
-            if host.translate(None, HOST_CHARS):
+            hostname = _hostname_of(host)
+            if hostname is None:
                 raise _LimitExceeded(400, "RLY_628", "malformed host")
-            host_text = host.decode("latin-1").lower()
-            self.last_hostname = (host_text.rsplit(":", 1)[0] if not host_text.endswith("]")
-                                  else host_text)
+            self.last_hostname = hostname
             self.last_host = host
         hostname = self.last_hostname
         self.client_close = b"close" in connection_tokens
@@ -433,13 +506,13 @@ cdef class HttpVisitor(Pump):
         """The endpoint is held by another worker: give it this connection's socket and
         what was read so far. The visitor sees nothing of it."""
         self.refusing = True
-        self.transport.pause_reading()
         carried = bytes(self.carried)
         self.carried = None
         if self.front.hand_off(self.transport, carried, target):
             self.finished = True
             self.transport.abort()  # our descriptor only: the socket lives on over there
             return
+        self.transport.pause_reading()
         self._write_page(503, "RLY_611", "the agent serving this host cannot be reached")
         self.finished = True
         self.transport.close()

@@ -137,9 +137,9 @@ class HttpFront:
                 "RLY_630",
                 f"{hostname or 'this host'} is not the name this TLS connection is for",
             )
-        if may_hand_off and self.elsewhere is not None:
-            target = self.elsewhere.http_holder(hostname)
-            if target is not None and hands_over(endpoint, target):
+        if may_hand_off:
+            target = self._held_elsewhere(hostname, endpoint)
+            if target is not None:
                 link = self.carrier(target) if self.carrier is not None else None
                 if link is not None:
                     return self._carried(link, target, hostname, scheme, peer, accept, head)
@@ -167,6 +167,27 @@ class HttpFront:
             extra=extra,
         ).to_wire()
         return (0, session.link, header, endpoint.host_rewrite, endpoint.metric_slot)
+
+    def handed_by_name(self, hostname: str) -> Any | None:
+        """Where a visitor for ``hostname`` is handed, decided from its name alone (the
+        worker that holds it), for a head whose Host is plain from its bytes: its
+        sending worker then never parses it (the receiving one does, whole). None: it is
+        served or refused here, and ``route`` need not look elsewhere again. Not asked
+        where node links carry visitors (``carrier``): those need their head parsed."""
+        endpoint, pinned = self.routes.find(hostname)
+        if pinned is not None:
+            return None  # refused here, as ``route`` does before any hand-over
+        return self._held_elsewhere(hostname, endpoint)
+
+    def _held_elsewhere(self, hostname: str, endpoint: HostEndpoint | None) -> Any | None:
+        """The other worker or node a visitor for ``hostname`` goes to, rather than to
+        ``endpoint`` (this edge's match for it, if any); None: not elsewhere."""
+        if self.elsewhere is None:
+            return None
+        target = self.elsewhere.http_holder(hostname)
+        if target is None or not hands_over(endpoint, target):
+            return None
+        return target
 
     def _carried(
         self,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.http_helpers import exchange, get_body, host_of, web_agent
+from tests.e2e.http_helpers import exchange, get_body, host_of, one_request, web_agent
 from tests.e2e.origin import NamedOrigin, Origin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 
@@ -100,6 +100,47 @@ def test_visitors_on_every_worker_reach_every_endpoint(
         assert handed >= 3, f"{front}: {sent} visitors, {handed} handed over"
         assert status(edge, holder)["workers"]["handed_in"][front] >= handed
         assert status(edge, other)["workers"]["handoffs_failed"] == 0
+
+
+def test_every_form_of_head_gets_what_one_edge_gives_whichever_worker_accepts_it(
+    edge: Edge, origin: Origin, agents: list[Agent]
+) -> None:
+    """A worker hands a visitor over by its head's bytes when they plainly say its Host,
+    unparsed; any other head after a full parse. Either way the visitor gets the answer
+    one edge gives: its body through (SHA-256), or the same refusal."""
+    agent = web_agent(edge, agents, str(origin.port), "--no-https", "--subdomain", "forms")
+    host = host_of(agent)
+    other = 1 - holder_of(edge, agent.url)
+    before = status(edge, other)["workers"]["handed_off"]["http"]
+    port = edge.http_port
+    forms: list[tuple[str, str, bytes | None]] = [
+        ("plain", f"POST /sink HTTP/1.1\r\nHost: {host}\r\n", None),
+        ("upper case, a port", f"POST /sink HTTP/1.1\r\nHOST: {host.upper()}:{port}\r\n", None),
+        ("absolute form", f"POST http://{host}:{port}/sink HTTP/1.1\r\nHost: {host}\r\n", None),
+        ("HTTP/1.0", f"POST /sink HTTP/1.0\r\nHost: {host}\r\n", None),
+        ("two hosts", f"POST /sink HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\n", b"RLY_628"),
+        (
+            "framing named hop-by-hop",
+            f"POST /sink HTTP/1.1\r\nHost: {host}\r\nConnection: content-length\r\n",
+            b"RLY_627",
+        ),
+    ]
+    for n, (what, head, refused) in enumerate(forms):
+        # 12 connections each: all on one worker of two is 1 in 2,048.
+        for i in range(12):
+            body = b"" if refused else payload(n * 100 + i, 5_000 + i)
+            length = b"" if refused else b"content-length: %d\r\n" % len(body)
+            answer = one_request(port, host, head.encode() + length, body)
+            if refused is not None:
+                assert answer.startswith(b"HTTP/1.1 400"), (what, answer[:300])
+                assert refused in answer, (what, answer[:300])
+                continue
+            assert answer.startswith(b"HTTP/1.1 200"), (what, answer[:300])
+            got = json.loads(answer.partition(b"\r\n\r\n")[2])
+            assert got == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}, what
+    handed = status(edge, other)["workers"]["handed_off"]["http"] - before
+    assert handed >= 12, f"{handed} of {12 * len(forms)} visitors handed over"
+    assert status(edge, other)["workers"]["handoffs_failed"] == 0
 
 
 def test_a_tcp_endpoint_is_served_by_the_worker_that_holds_it(
