@@ -34,6 +34,13 @@ import relay_native
 
 from libc.stdint cimport uint32_t
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
+
+cdef extern from "sys/socket.h":
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    enum:
+        MSG_DONTWAIT
+
 from relay._exchanges cimport Exchanges
 from relay._fastpath cimport Link, Pump
 
@@ -245,6 +252,8 @@ cdef class HttpVisitor(Pump):
         self.watchdog = loop.call_later(self._watch_period(), self._watch)
         if self.handed_in is None:
             self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
+            if self.may_hand_off and self.front.carrier is None:
+                self._read_at_accept()
             return
         self._count_adopted()
         data = self.handed_in
@@ -278,12 +287,27 @@ cdef class HttpVisitor(Pump):
                 return
         self._feed(data)
 
+    cdef void _read_at_accept(self):
+        """A worker's HTTP listener accepts a connection once its first bytes came
+        (TCP_DEFER_ACCEPT, relay/edge/web.py): read them now, as the transport would a
+        loop turn later. A visitor for another worker's name then goes over before this
+        worker's transport reads at all (it never starts). Nothing there (the deferral
+        timed out), the end, or an error: left to the transport's own read."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        cdef ssize_t n = recv(sock.fileno(), PyByteArray_AS_STRING(_READ_BUFFER),
+                              UNROUTED_READ, MSG_DONTWAIT)
+        if n > 0:
+            self.buffer_updated(n)
+
     cdef bint _handed_by_name(self):
         """Hand the visitor over before parsing it when its head's bytes alone say which
         worker holds its Host: a handed-over visitor then costs this worker no parse (the
         worker that serves it parses it whole, and answers anything wrong with it as this
-        one would have). True when it was handed over. A visitor this decides to serve
-        here is parsed and routed without being looked up again."""
+        one would have), with what was read of it. True when it was handed over. A
+        visitor this decides to serve here is parsed and routed without being looked up
+        again."""
         found = _plain_head(self.carried)
         if found is None:
             return False

@@ -143,6 +143,38 @@ def test_every_form_of_head_gets_what_one_edge_gives_whichever_worker_accepts_it
     assert status(edge, other)["workers"]["handoffs_failed"] == 0
 
 
+def test_a_visitor_silent_past_the_deferred_accept_is_still_handed_over(
+    edge: Edge, origin: Origin, agents: list[Agent]
+) -> None:
+    """A worker's HTTP listener accepts a connection once its first bytes came, or a
+    second after its handshake (TCP_DEFER_ACCEPT): the head is then read when the
+    connection is made. A visitor that waits longer is accepted with nothing to read,
+    and is read, routed and handed over when its head comes."""
+    agent = web_agent(edge, agents, str(origin.port), "--no-https", "--subdomain", "late")
+    host = host_of(agent)
+    other = 1 - holder_of(edge, agent.url)
+    before = status(edge, other)["workers"]["handed_off"]["http"]
+    # 12 at once: all on one worker of two is 1 in 2,048.
+    socks = [socket.create_connection(("127.0.0.1", edge.http_port), timeout=20) for _ in range(12)]
+    try:
+        time.sleep(2.5)  # past the deferral: SYN-ACK retransmitted at 1 s, acked, accepted
+        bodies = [payload(i, 3_000 + i) for i in range(len(socks))]
+        for sock, body in zip(socks, bodies, strict=True):
+            head = f"POST /sink HTTP/1.1\r\nHost: {host}\r\ncontent-length: {len(body)}\r\n"
+            sock.sendall(head.encode() + b"connection: close\r\n\r\n" + body)
+        for sock, body in zip(socks, bodies, strict=True):
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+            got = json.loads(answer.partition(b"\r\n\r\n")[2])
+            assert got == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    finally:
+        for sock in socks:
+            sock.close()
+    assert status(edge, other)["workers"]["handed_off"]["http"] - before >= 1
+
+
 def test_a_tcp_endpoint_is_served_by_the_worker_that_holds_it(
     edge: Edge, echo: EchoServer, agents: list[Agent]
 ) -> None:
