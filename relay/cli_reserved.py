@@ -36,7 +36,10 @@ REGION_OPTION = click.option(
     "--region",
     default=None,
     metavar="REGION",
-    help="Pin it to a region, e.g. eu: only edges of that region (relay edge --region) bind it.",
+    help=(
+        "Pin it to a region, e.g. eu: only edges of that region (relay edge --region) bind "
+        "it; endpoints serving it elsewhere end at once."
+    ),
 )
 
 

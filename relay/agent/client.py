@@ -199,6 +199,12 @@ class FatalAgentError(RelayError):
     """Reconnecting would not help (bad token, forbidden bind, Stop from the edge)."""
 
 
+class EndpointRefused(FatalAgentError, BindError):
+    """A Stop whose code refuses a bind (RLY_207, RLY_208): a reservation made since the
+    bind refuses its endpoint now. The agent ends as a refused bind ends it (exit 4),
+    and does not come back to be refused again."""
+
+
 class EndpointNotReady(RelayError):
     """A visitor stream names an endpoint this session has not bound (or no longer has):
     not the upstream's fault, so not a 502 RLY_613."""
@@ -217,10 +223,13 @@ def bind_error(message: BindErrorMessage) -> RelayError:
 def stop_error(message: Stop) -> RelayError:
     """What a Stop from the edge ends the agent with: the error its code names when that
     is an authentication error (a revoked or expired token: `relay tcp` exits 3 with the
-    code), else a FatalAgentError carrying the code. Either way the agent does not retry."""
+    code), an EndpointRefused when it is a bind's (its only endpoint refused now: exit
+    4), else a FatalAgentError carrying the code. Either way the agent does not retry."""
     error = error_from_code(message.code, message.message)
     if isinstance(error, AuthError):
         return error
+    if isinstance(error, BindError):
+        return EndpointRefused(message.message, code=message.code)
     return FatalAgentError(message.message, code=message.code)
 
 

@@ -6,9 +6,12 @@ itself. Remote (:class:`RemoteControl`): the store and the pepper live in a sepa
 ``edge`` scope; the edge then never sees the pepper or the database.
 
 Either way the edge's once-a-second credential watch asks :meth:`inactive_tokens` about
-its live sessions, so a revoked token or a suspended account ends its sessions within 2 s.
-Answers about reservations are reused for up to ``RESERVATION_TTL`` (1 s); credentials
-are asked about every second and never cached. When a remote control plane cannot be
+its live sessions, so a revoked token or a suspended account ends its sessions within 2 s,
+and :meth:`reservation_changes` which names were reserved or released since it last asked,
+so a reservation made elsewhere acts on live endpoints within 2 s too
+(relay/edge/live_reservations.py). Answers about reservations are reused for up to
+``RESERVATION_TTL`` (1 s), and forgotten as soon as a change is read; credentials are
+asked about every second and never cached. When a remote control plane cannot be
 reached, the edge keeps its live sessions (it has no news that any credential ended) and
 refuses new agents (it cannot verify them), and says so once per outage.
 Audit events from a remote edge are queued and sent in batches, off the event loop
@@ -28,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from relay.api_client import ApiClient
 from relay.control.audit_queue import AuditQueue
+from relay.control.reserved import ReservationChanges
 from relay.control.store import Store, TokenRecord
 from relay.control.store_thread import StoreCalls
 from relay.errors import AuthError, ControlUnavailable, RelayError
@@ -36,7 +40,8 @@ log = logging.getLogger("relay.control.for_edge")
 
 #: How long a remote edge reuses an answer about reservations: every bind asks, and a
 #: burst of reconnecting agents would otherwise ask the control plane once per endpoint.
-#: A reservation made or released takes effect on the next bind after this at most.
+#: Forgotten as soon as the edge reads that a reservation changed; a bind that used a
+#: stale answer meanwhile is checked again (relay/edge/live_reservations.py).
 RESERVATION_TTL = 1.0
 #: Reservation answers kept at most (the cache is emptied when full).
 MAX_CACHED_OWNERS = 10_000
@@ -80,6 +85,22 @@ class EdgeControl(Protocol):
 
     async def reserved_ports(self) -> set[int]:
         """Every reserved TCP port (never handed out at random)."""
+        ...
+
+    async def reservation_changes(self, after: int | None, limit: int) -> ReservationChanges:
+        """The domains and ports reserved or released since ``after`` (the mark of the
+        last answer; None: the edge knows none yet), at most ``limit`` events."""
+        ...
+
+    async def reservation_owners(
+        self, hostnames: Collection[str], ports: Collection[int]
+    ) -> tuple[dict[str, Reservation], dict[int, Reservation]]:
+        """:meth:`reservation_owner` for many live names and ports at once (each at most
+        ``reserved.MAX_ASKED``), never from a cache: the reserved ones only."""
+        ...
+
+    def forget_reservations(self) -> None:
+        """A reservation changed: answers kept about reservations are stale."""
         ...
 
     def audit(
@@ -136,6 +157,21 @@ class LocalControl:
 
     async def reserved_ports(self) -> set[int]:
         return await self._call(self.store.reserved_ports)
+
+    async def reservation_changes(self, after: int | None, limit: int) -> ReservationChanges:
+        return await self._call(lambda: self.store.reservation_changes(after, limit))
+
+    async def reservation_owners(
+        self, hostnames: Collection[str], ports: Collection[int]
+    ) -> tuple[dict[str, Reservation], dict[int, Reservation]]:
+        names, held = await self._call(lambda: self.store.reservation_owners(hostnames, ports))
+        return (
+            {n: Reservation(r.account_id, r.region) for n, r in names.items()},
+            {p: Reservation(r.account_id, r.region) for p, r in held.items()},
+        )
+
+    def forget_reservations(self) -> None:
+        pass  # nothing kept: every answer comes from the store
 
     def audit(
         self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
@@ -232,6 +268,30 @@ class RemoteControl:
         self._ports = (now, ports)
         return ports
 
+    async def reservation_changes(self, after: int | None, limit: int) -> ReservationChanges:
+        answer = await self._post("/edge/reservation_changes", {"after": after, "limit": limit})
+        return ReservationChanges(
+            int(answer["mark"]),
+            tuple(str(d) for d in answer["domains"]),
+            tuple(int(p) for p in answer["ports"]),
+            everything=bool(answer["everything"]),
+            more=bool(answer["more"]),
+        )
+
+    async def reservation_owners(
+        self, hostnames: Collection[str], ports: Collection[int]
+    ) -> tuple[dict[str, Reservation], dict[int, Reservation]]:
+        body = {"names": sorted(hostnames), "ports": sorted(ports)}
+        answer = await self._post("/edge/reservation_owners", body)
+        return (
+            {str(n): _reservation(o) for n, o in answer["names"].items()},
+            {int(p): _reservation(o) for p, o in answer["ports"].items()},
+        )
+
+    def forget_reservations(self) -> None:
+        self._owners.clear()
+        self._ports = None
+
     def audit(
         self, actor: str, action: str, target: str, detail: Mapping[str, Any] | None = None
     ) -> None:
@@ -250,6 +310,11 @@ class RemoteControl:
 
     async def close(self) -> None:
         await self._audit.close()
+
+
+def _reservation(owner: Mapping[str, Any]) -> Reservation:
+    region = owner.get("region")
+    return Reservation(str(owner["account_id"]), None if region is None else str(region))
 
 
 def token_record(answer: Mapping[str, Any]) -> TokenRecord:

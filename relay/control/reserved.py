@@ -23,22 +23,23 @@ transactions.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 
 from relay.control import tokens
 from relay.control.accounts import account_for_grant
-from relay.control.audit import append_event
+from relay.control.audit import append_event, audit_table
 from relay.control.tables import reserved_addrs_table, reserved_domains_table
 from relay.errors import ConfigError, Conflict, NotFound
 
 __all__ = [
     "CERTIFICATE_MODES",
     "CertificateMode",
+    "ReservationChanges",
     "ReservationRecord",
     "ReservedAddrRecord",
     "ReservedDomainRecord",
@@ -65,6 +66,19 @@ _REGION_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 #: The PostgreSQL advisory lock key reservers take turns on ("relayres" as an integer):
 #: the overlap checks read other rows, which a unique constraint alone cannot guard.
 RESERVE_LOCK = int.from_bytes(b"relayres", "big") & 0x7FFF_FFFF_FFFF_FFFF
+#: The audit actions that change what a bind would be told (the change feed's events).
+CHANGE_ACTIONS = (
+    "reserved_domain.create",
+    "reserved_domain.release",
+    "reserved_addr.create",
+    "reserved_addr.release",
+)
+#: Changes one read of the feed returns at most, and names or ports one owners' question
+#: may ask about (each name costs up to a candidate per label: chunked below).
+MAX_CHANGES = 1000
+MAX_ASKED = 1000
+#: Values in one ``IN (…)``: SQLite's limit on bound parameters was 999 before 3.32.
+_IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -404,6 +418,94 @@ def decisive_pins(
         if refused(pin) != above:
             out[name] = refused(pin)
     return out
+
+
+# -- live endpoints: what changed, and who holds it now ------------------------------------
+
+
+@dataclass(frozen=True)
+class ReservationChanges:
+    """What the reservation events after a mark name: the domains (exact or wildcard) and
+    ports reserved or released since, and the mark to ask from next time. ``everything``:
+    the asker cannot know what changed (it had no mark, or its mark is past the newest
+    event: another database) and must take every name as changed. ``more``: the events
+    were cut at the limit; ask again from ``mark``."""
+
+    mark: int
+    domains: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    everything: bool = False
+    more: bool = False
+
+
+def changes_after(conn: Connection, after: int | None, limit: int) -> ReservationChanges:
+    """The reservation events after audit event ``after``, from the audit log: every
+    reservation and release appends its event in its own transaction, and appenders take
+    turns until their transaction ends (relay/control/audit.py), so the events' order is
+    the order they were committed in and a mark never skips one committed later. The
+    newest seq is one index lookup; only the events after ``after`` are read (a second's
+    worth for an edge that asks every second), whatever their action."""
+    limit = max(1, min(limit, MAX_CHANGES))
+    newest = int(conn.execute(select(func.max(audit_table.c.seq))).scalar() or 0)
+    if after is None or after > newest:
+        return ReservationChanges(newest, everything=True)
+    if after == newest:
+        return ReservationChanges(newest)
+    rows = conn.execute(
+        select(audit_table.c.seq, audit_table.c.detail)
+        .where(audit_table.c.seq > after)
+        .where(audit_table.c.seq <= newest)
+        .where(audit_table.c.action.in_(CHANGE_ACTIONS))
+        .order_by(audit_table.c.seq)
+        .limit(limit + 1)
+    ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    domains: dict[str, None] = {}
+    ports: dict[int, None] = {}
+    for row in rows:
+        detail = row.detail if isinstance(row.detail, Mapping) else {}
+        domain, port = detail.get("domain"), detail.get("port")
+        if isinstance(domain, str) and 0 < len(domain) <= MAX_DOMAIN:
+            domains[domain] = None
+        elif isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
+            ports[port] = None
+    mark = int(rows[-1].seq) if more else newest
+    return ReservationChanges(mark, tuple(domains), tuple(ports), more=more)
+
+
+def owners_of(
+    conn: Connection, hostnames: Collection[str], ports: Collection[int]
+) -> tuple[dict[str, ReservedDomainRecord], dict[int, ReservedAddrRecord]]:
+    """:func:`bind_owner` for many names and ports at once (those reserved only): the
+    reservations each name's covering names hold, read in a few ``IN`` queries."""
+    if len(hostnames) > MAX_ASKED or len(ports) > MAX_ASKED:
+        raise ConfigError(f"ask about at most {MAX_ASKED} names and {MAX_ASKED} ports at once")
+    wanted = {name: covering_names(name) for name in hostnames}
+    candidates = sorted({c for names in wanted.values() for c in names})
+    found: dict[str, ReservedDomainRecord] = {}
+    table = reserved_domains_table
+    for i in range(0, len(candidates), _IN_CHUNK):
+        chunk = candidates[i : i + _IN_CHUNK]
+        for row in conn.execute(select(table).where(table.c.domain.in_(chunk))):
+            found[row.domain] = domain_record(row._mapping)
+    names: dict[str, ReservedDomainRecord] = {}
+    for name, covering in wanted.items():
+        decisive = next((found[c] for c in covering if c in found), None)
+        if decisive is not None:
+            names[name] = decisive
+    held: dict[int, ReservedAddrRecord] = {}
+    numbers = sorted({validate_port(p) for p in ports})
+    for i in range(0, len(numbers), _IN_CHUNK):
+        rows = conn.execute(
+            select(reserved_addrs_table).where(
+                reserved_addrs_table.c.port.in_(numbers[i : i + _IN_CHUNK])
+            )
+        )
+        for row in rows:
+            record = addr_record(row._mapping)
+            held[record.port] = record
+    return names, held
 
 
 def _take_turns(conn: Connection) -> None:

@@ -44,6 +44,7 @@ from relay.control.accounts import (
 from relay.control.audit import AuditLog, append_event
 from relay.control.reserved import (
     CertificateMode,
+    ReservationChanges,
     ReservationRecord,
     ReservedAddrRecord,
     ReservedDomainRecord,
@@ -645,8 +646,10 @@ class Store:
     def release_domain(self, reservation_id: str, *, actor: str = "admin") -> ReservedDomainRecord:
         """Release a reserved domain (audited as ``reserved_domain.release``) and return it
         as it was; :class:`~relay.errors.NotFound` if there is no such reservation (a
-        second release included). Live endpoints keep serving; the next bind of the name
-        follows the rules for an unreserved one."""
+        second release included). The next bind of the name follows the rules for an
+        unreserved one; edges re-check their live endpoints under it at once
+        (relay/edge/live_reservations.py): one is ended only if a reservation that still
+        covers it (a wildcard above) refuses it."""
         return self.run_in_transaction(
             lambda conn: reserved.release_domain(conn, reservation_id, now=self.now(), actor=actor)
         )
@@ -716,6 +719,22 @@ class Store:
         random."""
         with self.engine.connect() as conn:
             return reserved.reserved_ports(conn)
+
+    def reservation_changes(self, after: int | None, limit: int) -> ReservationChanges:
+        """The domains and ports reserved or released after audit event ``after`` (the
+        ``mark`` of the previous answer; None at first), at most ``limit`` of the events:
+        what an edge re-checks its live endpoints against (relay/control/reserved.py
+        ``changes_after``)."""
+        with self.engine.connect() as conn:
+            return reserved.changes_after(conn, after, limit)
+
+    def reservation_owners(
+        self, hostnames: Collection[str], ports: Collection[int]
+    ) -> tuple[dict[str, ReservedDomainRecord], dict[int, ReservedAddrRecord]]:
+        """:meth:`bind_owner` for many live names and ports at once (the reserved ones
+        only), at most ``reserved.MAX_ASKED`` of each."""
+        with self.engine.connect() as conn:
+            return reserved.owners_of(conn, hostnames, ports)
 
 
 def _configure_sqlite(engine: Engine, *, memory: bool) -> None:

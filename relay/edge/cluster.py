@@ -177,6 +177,8 @@ class ClusterNode:
         kind = event.get("event")
         if kind == "credentials":
             self.edge.credentials_ended(announce=False)
+        elif kind == "reservations":
+            self.edge.reservations.changed(announce=False)
         elif kind in ("ask", "answer"):
             self.asks.handle(event)
 

@@ -1,6 +1,8 @@
 """The API of any node speaks for the whole cluster: it lists every node's live sessions
 and endpoints, stops or restarts a session wherever it is, and reloads every node's
-configuration (docs/scaling.md).
+configuration (docs/scaling.md). Between the workers of one edge it also carries news
+that needs no answer (:meth:`ClusterAsks.tell`: a reservation changed); nodes of a
+cluster send theirs as sealed events of their own (relay/edge/cluster.py).
 
 A node asks the others through Redis pub/sub (relay/cluster/presence.py): it publishes an
 ``ask`` event on the channel every node follows, and each other node answers on the
@@ -38,6 +40,8 @@ ASK_TIMEOUT = 1.5
 #: not grow the table without bound).
 MAX_WAITING = 256
 OPS = ("sessions", "endpoints", "stop", "restart", "reload")
+#: News the other nodes act on and do not answer.
+TELLS = ("reservations",)
 
 V = TypeVar("V")
 
@@ -70,6 +74,8 @@ class LocalLive(Protocol):
     def local_restart(self, session_id: str, *, actor: str) -> bool: ...
 
     def local_reload(self, *, actor: str) -> dict[str, Any]: ...
+
+    def local_reservations_changed(self) -> None: ...
 
 
 class OthersUnasked(NotFound):
@@ -137,6 +143,22 @@ class ClusterAsks:
             n: a if isinstance(a, dict) else None for n, a in ((n, answers.get(n)) for n in nodes)
         }
 
+    def tell(self, op: str) -> None:
+        """Tell every other node ``op`` (one of :data:`TELLS`), answered by none: best
+        effort, as the cluster's events (their poll is the net)."""
+        presence = self._presence()
+        if presence is None or op not in TELLS:
+            return
+        event = {"event": "ask", "ask": secrets.token_hex(8), "from": self.node_id, "op": op}
+        task = asyncio.get_running_loop().create_task(presence.publish_event(event))
+        self._answering.add(task)
+        task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task[None]) -> None:
+        self._answering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not tell the others: %s", task.exception())
+
     async def _ask(self, fields: dict[str, str], first_yes: bool = False) -> dict[str, Any]:
         presence = self._presence()
         if presence is None:
@@ -197,7 +219,12 @@ class ClusterAsks:
     def _answer(self, event: dict[str, str]) -> None:
         asker, op, ask_id = event.get("from", ""), event.get("op", ""), event.get("ask", "")
         local = self._local
-        if local is None or not asker or asker == self.node_id or op not in OPS:
+        if local is None or not asker or asker == self.node_id:
+            return
+        if op in TELLS:
+            local.local_reservations_changed()
+            return
+        if op not in OPS:
             return
         body: Any
         if op == "sessions":

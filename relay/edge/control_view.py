@@ -97,6 +97,10 @@ class EdgeLiveView:
             return str(self.edge.worker.index)
         return "edge"
 
+    def local_reservations_changed(self) -> None:
+        """Another worker's API made or released a reservation."""
+        self.edge.reservations.changed(announce=False)
+
     def local_reload(self, *, actor: str) -> dict[str, Any]:
         """Read the configuration file again, as SIGHUP does (``Edge.reloader``)."""
         reloader = self.edge.reloader

@@ -3,8 +3,9 @@
 Lookup: an exact hostname wins; otherwise the wildcard with the longest suffix
 (``*.a.example.com`` before ``*.example.com``). A wildcard covers one or more labels,
 except the names under it reserved with a pin to another region (``HostEndpoint.pins``,
-asked of the control plane when the wildcard was bound): those it never serves, wherever
-their own agent is (``find`` says which region they belong to).
+asked of the control plane when the wildcard was bound and whenever a reservation under it
+changes): those it never serves, wherever their own agent is (``find`` says which region
+they belong to).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class HostEndpoint:
     turn: int = 0
     #: A wildcard's: names and narrower wildcards under it reserved with a pin to another
     #: region (→ that region), and names under those servable here again (→ None); see
-    #: relay/control/reserved.py ``decisive_pins``. Asked at each bind of the wildcard, so
-    #: a reservation made later acts on its next bind. Empty for nearly every wildcard.
+    #: relay/control/reserved.py ``decisive_pins``. Asked at each bind of the wildcard,
+    #: and again whenever a reservation under it is made or released
+    #: (relay/edge/live_reservations.py). Empty for nearly every wildcard.
     pins: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
+from relay.edge.live_reservations import LiveReservations, reservation_refusal
 from relay.edge.members import is_live, takes_visitors
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
@@ -53,7 +54,6 @@ from relay.errors import (
     NameReserved,
     PortRangeExhausted,
     PortUnavailable,
-    RegionPinned,
     RelayError,
     RevokedToken,
     TooManyEndpoints,
@@ -181,6 +181,8 @@ class Edge:
         self.pepper = b""
         self.tokens: dict[str, TokenRecord] = {}  # token_id -> record, for bind ACLs
         self._credential_watch: asyncio.Task[None] | None = None
+        #: Applies reservations made or released later to the live endpoints.
+        self.reservations = LiveReservations(self)
         self._limit_watch: LimitWatch | None = None
         # An agent opens its control stream and nothing else: a second open ends the link
         # in the native session, before any stream is allocated for it.
@@ -208,6 +210,9 @@ class Edge:
             local = LocalControl(self.store, self.pepper)
             local.start(loop)
             self.control = local
+        # The reservation feed's head, before any agent binds (its first read checks
+        # whatever is live then, so a late answer misses nothing).
+        self.reservations.changed(announce=False)
         host, port = config.listen_address()
         if config.tls_cert is not None and config.tls_key is not None:
             cert_file, key_file = config.tls_cert, config.tls_key
@@ -274,6 +279,7 @@ class Edge:
                     live=live,
                     guard=ApiFailureGuard(self),
                     credentials_ended=self.credentials_ended,
+                    reservations_changed=self.reservations.changed,
                 )
                 make_api = functools.partial(create_app, plane)
             self.admin = AdminServer(self.metrics, self.readiness, self.status, api=make_api)
@@ -362,6 +368,7 @@ class Edge:
         )
         if self._credential_watch is not None:
             self._credential_watch.cancel()
+        self.reservations.close()
         if self._limit_watch is not None:
             self._limit_watch.close()
         # The admin listener stays up through the drain: /readyz says "draining" to the
@@ -573,10 +580,15 @@ class Edge:
         """Revoking or expiring a token, or suspending its account, ends its live sessions
         (within 2 s): they hold no credential any more. The control plane is asked once a
         second, one question for all. While it does not answer, live sessions go on: the
-        edge has no news that a credential ended (said once per outage)."""
+        edge has no news that a credential ended (said once per outage).
+
+        Each tick also reads the reservations changed since the last (one more question,
+        relay/edge/live_reservations.py): the net for reservations made where this edge
+        hears nothing of them at once (another control-plane process, the store itself)."""
         unanswered = False
         while True:
             await asyncio.sleep(self.config.credential_check_interval)
+            self.reservations.changed(announce=False)  # a task of its own; it logs itself
             try:
                 await self.check_credentials()
             except ControlUnavailable as exc:
@@ -683,6 +695,12 @@ class Edge:
         )
 
     async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
+        epoch = self.reservations.epoch
+        endpoint = await self._bind(session, request)
+        self.reservations.bound(endpoint, epoch)  # checked again if a change came meanwhile
+        return endpoint
+
+    async def _bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
         assert session.token_id is not None and session.agent_id is not None
         if len(session.endpoints) >= self.config.max_endpoints_per_session:
             raise TooManyEndpoints(
@@ -963,20 +981,17 @@ class Edge:
         any wildcard, is bound only by the account that reserved it; the base domain's
         other names are first come, first served. A reservation pinned to a region is
         bound only on edges of that region (RegionPinned), so its traffic is never served
-        anywhere else. True when the binding account holds the reservation: its ACL's
-        catch-alls then cover the name (the ACL only narrows)."""
+        anywhere else (a live endpoint is held to the same rule when a reservation changes:
+        relay/edge/live_reservations.py). True when the binding account holds the
+        reservation: its ACL's catch-alls then cover the name (the ACL only narrows)."""
         assert self.control is not None
         owner = await self.control.reservation_owner(kind, name)
-        shown = f"tcp port {name}" if kind == "tcp" else str(name)
+        refused = reservation_refusal(kind, name, owner, account_id, self.config.region)
+        if refused is not None:
+            raise refused
         if owner is not None:
-            if owner.account_id != account_id:
-                raise NameReserved(f"{shown} is reserved by another account")
-            if owner.region is not None and owner.region != self.config.region:
-                raise RegionPinned(
-                    f"{shown} is pinned to region {owner.region}; this edge is in region "
-                    f"{self.config.region}: connect its agent to a PoP of {owner.region}"
-                )
             return True
+        shown = f"tcp port {name}" if kind == "tcp" else str(name)
         if isinstance(name, str) and not _first_come(name, self.config.base_domain):
             raise NameReserved(
                 f"{shown} is not reserved for this token's account: names outside "
@@ -991,7 +1006,8 @@ class Edge:
         endpoint refuses them (421 RLY_631, a TLS alert), as a name held in another
         region is refused: served here by the wildcard whenever its own agent is away
         (or with no cluster to say where it is), a pinned name's traffic would leave its
-        region. A reservation made later acts on the wildcard's next bind."""
+        region. A reservation under it made or released later replaces the map at once
+        (relay/edge/live_reservations.py)."""
         if not hostname.startswith("*."):
             return {}
         assert self.control is not None
@@ -1067,6 +1083,15 @@ class Edge:
             self.registry.promote(endpoint.key, endpoint.holder)
             self.report(endpoint.key)
             return
+        self._remove(endpoint)
+
+    def end_endpoint(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
+        """``endpoint`` is no longer served here, whichever sessions serve it (a
+        reservation made since its bind refuses it): its sessions let go of it and it is
+        removed, as the last member's unbind removes it."""
+        for member in endpoint.members:
+            if member.session is not None:
+                member.session.endpoints.pop(endpoint.endpoint_id, None)
         self._remove(endpoint)
 
     def _remove(self, endpoint: TcpEndpoint | HostEndpoint) -> None:

@@ -125,6 +125,13 @@ def routes(
             {"wildcard": "*.example.com", "region": "eu"},
         ),
         Route("POST", f"{API}/edge/reserved_ports", "edge", {}),
+        Route("POST", f"{API}/edge/reservation_changes", "edge", {"after": 0}),
+        Route(
+            "POST",
+            f"{API}/edge/reservation_owners",
+            "edge",
+            {"names": ["x.example.com"], "ports": [20022]},
+        ),
         Route("POST", f"{API}/edge/audit_events", "edge", {"events": []}),
     ]
 

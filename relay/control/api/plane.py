@@ -127,6 +127,10 @@ class ControlPlane:
     #: suspended): an edge checks its live sessions at once, and a node of a cluster tells
     #: the other nodes to (relay/edge/cluster.py), instead of waiting for their next poll.
     credentials_ended: Callable[[], None] | None = None
+    #: Called after a reservation was made or released through the API: an edge checks
+    #: its live endpoints against it at once (relay/edge/live_reservations.py), and tells
+    #: the other nodes of its cluster, or its other workers, to.
+    reservations_changed: Callable[[], None] | None = None
     #: How routes ask the store (every route does, through :meth:`ask`): off the event
     #: loop for PostgreSQL, so a database gone silent costs its callers a 503 after 5 s
     #: and not the loop, which serves the edge's visitors too.
@@ -147,3 +151,7 @@ class ControlPlane:
     def announce_credentials_ended(self) -> None:
         if self.credentials_ended is not None:
             self.credentials_ended()
+
+    def announce_reservations_changed(self) -> None:
+        if self.reservations_changed is not None:
+            self.reservations_changed()

@@ -1,17 +1,19 @@
 """/edge/…: what an edge running apart from its control plane asks of it (relay/control/
 for_edge.py RemoteControl), with an operator's API key that has the ``edge`` scope:
 verify an agent's token, say which live sessions' tokens ended, who holds a reserved
-name or port, and take the edge's audit events."""
+name or port, which reservations changed since the edge last asked, and take the edge's
+audit events."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
 from relay.control.api.auth import Principal, plane_of, requires
 from relay.control.api.models import Credential, Strict
+from relay.control.reserved import MAX_ASKED, MAX_CHANGES
 from relay.errors import ConfigError
 
 router = APIRouter(prefix="/edge", tags=["edge"])
@@ -77,6 +79,41 @@ class NoArguments(Strict):
 
 class Ports(Strict):
     ports: list[int]
+
+
+class ChangesQuery(Strict):
+    after: int | None = Field(
+        None, ge=0, description="The mark of the last answer; null: the edge knows none yet."
+    )
+    limit: int = Field(500, ge=1, le=MAX_CHANGES, description="Reservation events at most.")
+
+
+class Changes(Strict):
+    #: The mark to ask from next time.
+    mark: int
+    #: The domains (exact or wildcard) and ports reserved or released since ``after``.
+    domains: list[str]
+    ports: list[int]
+    #: The edge cannot know what changed (no mark, or a mark from another database):
+    #: every live name is to be checked again.
+    everything: bool
+    #: Cut at ``limit``: ask again from ``mark``.
+    more: bool
+
+
+class OwnersQuery(Strict):
+    names: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list, max_length=MAX_ASKED
+    )
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list, max_length=MAX_ASKED
+    )
+
+
+class Owners(Strict):
+    #: Of the names and ports asked about, the reserved ones (ports as strings: JSON keys).
+    names: dict[str, Owner]
+    ports: dict[str, Owner]
 
 
 @router.post("/verify_token", summary="Verify an agent's authtoken", response_model=Credential)
@@ -177,3 +214,44 @@ async def reserved_ports(
     principal.must_be_operator("act as an edge")
     plane = plane_of(request)
     return Ports(ports=sorted(await plane.ask(plane.store.reserved_ports)))
+
+
+@router.post(
+    "/reservation_changes",
+    summary="The domains and ports reserved or released since the edge last asked",
+    response_model=Changes,
+)
+async def reservation_changes(
+    request: Request,
+    body: ChangesQuery,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Changes:
+    principal.must_be_operator("act as an edge")
+    plane = plane_of(request)
+    changes = await plane.ask(lambda: plane.store.reservation_changes(body.after, body.limit))
+    return Changes(
+        mark=changes.mark,
+        domains=list(changes.domains),
+        ports=list(changes.ports),
+        everything=changes.everything,
+        more=changes.more,
+    )
+
+
+@router.post(
+    "/reservation_owners",
+    summary="The reservations covering many hostnames and TCP ports (the reserved ones)",
+    response_model=Owners,
+)
+async def reservation_owners(
+    request: Request,
+    body: OwnersQuery,
+    principal: Principal = Depends(requires("edge")),  # noqa: B008
+) -> Owners:
+    principal.must_be_operator("act as an edge")
+    plane = plane_of(request)
+    names, held = await plane.ask(lambda: plane.store.reservation_owners(body.names, body.ports))
+    return Owners(
+        names={n: Owner(account_id=r.account_id, region=r.region) for n, r in names.items()},
+        ports={str(p): Owner(account_id=r.account_id, region=r.region) for p, r in held.items()},
+    )

@@ -1,7 +1,9 @@
 """/reserved_domains and /reserved_addrs: names and TCP ports that belong to one account.
 An edge refuses a bind of a reserved name or port by any other account (RLY_207), and
 binds a name outside its base domain only for the account that reserved it. A member's
-key reaches its own account's reservations; an operator's every account's."""
+key reaches its own account's reservations; an operator's every account's. A reservation
+made or released acts on live endpoints at once: the edge serving the API is told, and
+tells the others (ControlPlane.announce_reservations_changed)."""
 
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ async def reserve_domain(
             actor=principal.actor,
         )
     )
+    plane.announce_reservations_changed()
     return ReservedDomain.of(record)
 
 
@@ -111,9 +114,11 @@ async def release_domain(
 ) -> ReservedDomain:
     await _domain(request, principal, reservation_id)
     plane = plane_of(request)
-    return ReservedDomain.of(
-        await plane.ask(lambda: plane.store.release_domain(reservation_id, actor=principal.actor))
+    released = await plane.ask(
+        lambda: plane.store.release_domain(reservation_id, actor=principal.actor)
     )
+    plane.announce_reservations_changed()
+    return ReservedDomain.of(released)
 
 
 # -- TCP addresses -------------------------------------------------------------------------
@@ -154,6 +159,7 @@ async def reserve_addr(
             owner, body.port, region=body.region, actor=principal.actor
         )
     )
+    plane.announce_reservations_changed()
     return ReservedAddr.of(record)
 
 
@@ -186,6 +192,8 @@ async def release_addr(
 ) -> ReservedAddr:
     await _addr(request, principal, reservation_id)
     plane = plane_of(request)
-    return ReservedAddr.of(
-        await plane.ask(lambda: plane.store.release_addr(reservation_id, actor=principal.actor))
+    released = await plane.ask(
+        lambda: plane.store.release_addr(reservation_id, actor=principal.actor)
     )
+    plane.announce_reservations_changed()
+    return ReservedAddr.of(released)
