@@ -34,11 +34,10 @@ import relay_native
 
 from libc.stdint cimport uint32_t
 
-from cpython.bytearray cimport PyByteArray_AS_STRING
-
 cdef extern from "sys/socket.h":
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
     enum:
+        MSG_PEEK
         MSG_DONTWAIT
 
 from relay._exchanges cimport Exchanges
@@ -86,6 +85,10 @@ cdef Py_ssize_t UNROUTED_READ = 16 * 1024
 cdef object _UNROUTED_VIEW = _READ_VIEW[:UNROUTED_READ]
 # Answered by whichever worker reads it (HttpFront.acme_http01): never handed by name.
 cdef bytes ACME_PATH = b"/.well-known/acme-challenge/"
+# A head peeked at as its connection is made (HttpVisitor._handed_unread).
+cdef char _PEEKED[16 * 1024]
+# HttpVisitor._holder_by_name: the head must be parsed before it is routed.
+cdef object _PARSE_FIRST = object()
 
 
 cdef str _hostname_of(bytes host):
@@ -97,7 +100,7 @@ cdef str _hostname_of(bytes host):
     return text.rsplit(":", 1)[0] if not text.endswith("]") else text
 
 
-cdef tuple _plain_head(bytearray data):
+cdef tuple _plain_head(object data):
     """(Host value, target) of the first request head in ``data`` when
     its bytes alone say which host it is for: complete, an origin-form target, exactly
     one Host line and no folded line. None otherwise (incomplete, or anything unusual):
@@ -199,6 +202,7 @@ cdef class HttpVisitor(Pump):
     # worker that holds its endpoint, so what it read before routing is kept in
     # ``carried``; ``handed_in``: the bytes another worker read before handing it here.
     cdef bint may_hand_off
+    cdef bint by_name
     cdef bytearray carried
     cdef bytes handed_in
     # The visitor's address: its socket's peer, or (a visitor another node forwarded
@@ -234,6 +238,7 @@ cdef class HttpVisitor(Pump):
                              and front.hand_off is not None)
         if self.may_hand_off:
             self.carried = bytearray()
+            self.by_name = True
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -246,14 +251,15 @@ cdef class HttpVisitor(Pump):
         peer = self.peer
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
         self.forwarded_for = self.peer_ip.encode()
+        if self.handed_in is None:
+            self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
+            if self.may_hand_off and self.front.carrier is None and self._handed_unread():
+                return
         loop = self.front.loop
         self.head_started = loop.time()
         self.idle_since = self.head_started
         self.watchdog = loop.call_later(self._watch_period(), self._watch)
         if self.handed_in is None:
-            self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
-            if self.may_hand_off and self.front.carrier is None:
-                self._read_at_accept()
             return
         self._count_adopted()
         data = self.handed_in
@@ -283,23 +289,37 @@ cdef class HttpVisitor(Pump):
                 return
             self.carried += data
             # Not where node links carry visitors: those need their head parsed here.
-            if self.front.carrier is None and self._handed_by_name():
+            if self.by_name and self.front.carrier is None and self._handed_by_name():
                 return
         self._feed(data)
 
-    cdef void _read_at_accept(self):
+    cdef bint _handed_unread(self):
         """A worker's HTTP listener accepts a connection once its first bytes came
-        (TCP_DEFER_ACCEPT, relay/edge/web.py): read them now, as the transport would a
-        loop turn later. A visitor for another worker's name then goes over before this
-        worker's transport reads at all (it never starts). Nothing there (the deferral
-        timed out), the end, or an error: left to the transport's own read."""
+        (TCP_DEFER_ACCEPT, relay/edge/web.py): its head, peeked at as the connection is
+        made, sends a visitor for another worker's name over before this worker reads a
+        byte of it (its transport never starts reading; the other worker reads the head
+        itself). True when it was handed over.
+
+        Peeked, not read: bytes read here but kept would be fed to the parser inside
+        ``connection_made``, where a pause of reading (backpressure, an Upgrade's hold)
+        is lost, as uvloop starts reading after it whatever was asked. A visitor kept
+        here is read as usual, and ``route`` looks elsewhere once more when its parse
+        routes it: a member here may begin to drain before its bytes are read."""
         sock = self.transport.get_extra_info("socket")
         if sock is None:
-            return
-        cdef ssize_t n = recv(sock.fileno(), PyByteArray_AS_STRING(_READ_BUFFER),
-                              UNROUTED_READ, MSG_DONTWAIT)
-        if n > 0:
-            self.buffer_updated(n)
+            return False
+        cdef ssize_t n = recv(sock.fileno(), _PEEKED, sizeof(_PEEKED), MSG_PEEK | MSG_DONTWAIT)
+        if n <= 0:
+            return False  # nothing yet (the deferral timed out), the end, or an error
+        found = _plain_head(_PEEKED[:n])
+        if found is None:
+            return False  # all of it not there yet, or unusual: read as usual
+        self.by_name = False  # decided from these bytes; not again when they are read
+        holder = self._holder_by_name(found)
+        if holder is None or holder is _PARSE_FIRST:
+            return False
+        self._hand_off(holder)
+        return True
 
     cdef bint _handed_by_name(self):
         """Hand the visitor over before parsing it when its head's bytes alone say which
@@ -307,21 +327,29 @@ cdef class HttpVisitor(Pump):
         worker that serves it parses it whole, and answers anything wrong with it as this
         one would have), with what was read of it. True when it was handed over. A
         visitor this decides to serve here is parsed and routed without being looked up
-        again."""
+        again (at once: nothing can change meanwhile)."""
         found = _plain_head(self.carried)
         if found is None:
             return False
-        cdef bytes target = found[1]
-        hostname = _hostname_of(found[0])
-        if hostname is None or target.startswith(ACME_PATH):
+        holder = self._holder_by_name(found)
+        if holder is _PARSE_FIRST:
             return False
-        holder = self.front.handed_by_name(hostname)
         if holder is None:
             self.may_hand_off = False
             self.carried = None
             return False
         self._hand_off(holder)
         return True
+
+    cdef object _holder_by_name(self, tuple found):
+        """The other worker a head (``_plain_head``'s Host and target) goes to; None: it
+        is served here; _PARSE_FIRST: it must be parsed first (a Host no name has, which
+        the parse refuses; an ACME challenge, which any worker answers)."""
+        cdef bytes target = found[1]
+        hostname = _hostname_of(found[0])
+        if hostname is None or target.startswith(ACME_PATH):
+            return _PARSE_FIRST
+        return self.front.handed_by_name(hostname)
 
     cdef void _feed(self, object data):
         """Parse visitor bytes as HTTP (callbacks below forward each request)."""

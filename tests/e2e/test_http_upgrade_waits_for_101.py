@@ -9,6 +9,7 @@ import hashlib
 import socket
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,19 @@ from tests.e2e.http_helpers import (
 )
 from tests.e2e.origin import RecordingOrigin
 from tests.e2e.procs import Agent, Edge, payload
+
+
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def edge(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Edge]:
+    """One process, and ``--workers 2``: there a visitor that lands on the worker not
+    holding its agent is handed over by its head's bytes before any is read, and one that
+    lands right is peeked at first (relay/_httpfront.pyx); either way its Upgrade waits
+    for the 101 alike."""
+    server = Edge(tmp_path / "edge", workers=int(request.param)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
