@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.e2e.api_calls import Answer, Keys, call
+from tests.e2e.cluster_nodes import cluster_args
 from tests.e2e.http_helpers import error_code, one_request
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, Edge, payload
@@ -52,12 +53,7 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, Node]
                 extra=[
                     "--region",
                     region,
-                    "--node-id",
-                    name,
-                    "--cluster-redis",
-                    redis_server.url,
-                    "--cluster-listen",
-                    f"{host}:{free_port()}",
+                    *cluster_args(name, redis_server.url, f"{host}:{free_port()}"),
                     *SLOW_POLL,
                 ],
             )
