@@ -318,8 +318,7 @@ cdef class HttpVisitor(Pump):
         holder = self._holder_by_name(found)
         if holder is None or holder is _PARSE_FIRST:
             return False
-        self._hand_off(holder)
-        return True
+        return self._hand_off(holder, False)  # not taken: read, parsed and routed as usual
 
     cdef bint _handed_by_name(self):
         """Hand the visitor over before parsing it when its head's bytes alone say which
@@ -338,8 +337,10 @@ cdef class HttpVisitor(Pump):
             self.may_hand_off = False
             self.carried = None
             return False
-        self._hand_off(holder)
-        return True
+        if self._hand_off(holder, False):
+            return True
+        self.by_name = False  # not taken: parsed and routed as usual
+        return False
 
     cdef object _holder_by_name(self, tuple found):
         """The other worker a head (``_plain_head``'s Host and target) goes to; None: it
@@ -529,7 +530,7 @@ cdef class HttpVisitor(Pump):
             self.may_hand_off, head
         )
         if result[0] == -2:
-            self._hand_off(result[1])
+            self._hand_off(result[1], True)
             return
         if result[0] == -1:
             self._respond_local(result[1])
@@ -554,20 +555,30 @@ cdef class HttpVisitor(Pump):
         (<Link>link).channels[self.stream_id] = self
         self._send(header)
 
-    cdef void _hand_off(self, object target):
+    cdef bint _hand_off(self, object target, bint answer_failure):
         """The endpoint is held by another worker: give it this connection's socket and
-        what was read so far. The visitor sees nothing of it."""
+        what was read so far. The visitor sees nothing of it. True when it went over, or
+        (``answer_failure``) was refused here: 503 RLY_611 and a close.
+
+        A hand-over decided from the head's bytes alone does not answer a failure (False,
+        nothing done): the head is then parsed here and routed again, so that the page
+        knows its request (a HEAD gets no body, an Accept its format) and the head is read
+        before the close (a close with unread bytes is a reset, which loses the page)."""
         self.refusing = True
-        carried = bytes(self.carried)
-        self.carried = None
-        if self.front.hand_off(self.transport, carried, target):
+        if self.front.hand_off(self.transport, bytes(self.carried), target):
+            self.carried = None
             self.finished = True
             self.transport.abort()  # our descriptor only: the socket lives on over there
-            return
+            return True
+        if not answer_failure:
+            self.refusing = False
+            return False
+        self.carried = None
         self.transport.pause_reading()
         self._write_page(503, "RLY_611", "the agent serving this host cannot be reached")
         self.finished = True
         self.transport.close()
+        return True
 
     cdef bytes _rewrite_head(self, bytes method, str version, bytes target, bytes host,
                              set connection_tokens):

@@ -1,0 +1,110 @@
+"""A worker's HTTP listener peeks at a visitor's head as its connection is made, and hands
+it to the worker holding its Host before reading a byte of it. When every worker holding
+that name refuses it at once (gone, or too far behind), the visitor is read, parsed and
+routed here after all: its 503 RLY_611 is the page its request gets (a HEAD none of the
+body, an Accept its format), and its connection ends cleanly after it. Answered straight
+from the peek, the page would ignore the request, and the close with the head still
+unread would be a reset, which loses the page on the way.
+
+A real EdgeWorker (worker 0 of two, its outbox and inbox on Unix sockets) behind a real
+uvloop HTTP listener with TCP_DEFER_ACCEPT; worker 1 holds the name and has no inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import uvloop
+
+from relay._httpfront import HttpVisitor
+from relay.cluster.place import WorkerPlace
+from relay.edge.http import HttpFront
+from relay.edge.routes import HostRoutes
+from relay.edge.web import _defer_accepts
+from relay.edge.worker import EdgeWorker
+from relay.error_pages import render
+
+NAME = "a.example.com"
+MESSAGE = "the agent serving this host cannot be reached"
+
+
+async def answer_to(tmp_path: Path, request: bytes) -> tuple[bytes, str, dict[str, int]]:
+    """What a visitor sending ``request`` in one write receives, how its connection ended
+    (``eof`` or ``reset``), and worker 0's handoff counters."""
+    loop = asyncio.get_running_loop()
+    front = HttpFront(
+        HostRoutes(),
+        loop=loop,
+        max_head=16384,
+        max_headers=100,
+        max_body=1 << 20,
+        header_timeout=10.0,
+        idle_timeout=10.0,
+    )
+    mine, supervisor = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    place = WorkerPlace(0, 2, mine.detach(), tmp_path)
+    edge = SimpleNamespace(web=SimpleNamespace(http=front), http_routes=HostRoutes())
+    worker = EdgeWorker(edge, place)  # type: ignore[arg-type]
+    worker.start(loop)
+    front.serve_elsewhere(worker)
+    worker._where(f"http:{NAME}", (1,))  # worker 1 holds it, and has no inbox
+    server = await loop.create_server(lambda: HttpVisitor(front, "http"), "127.0.0.1", 0)
+    try:
+        _defer_accepts(server.sockets)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        got, end = b"", "eof"
+        try:
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(65536):
+                    got += chunk
+        except ConnectionResetError:
+            end = "reset"
+        writer.close()
+        counters = {
+            "handed_off": worker.handed_off["http"],
+            "unread": worker.handed_off_unread,
+            "failed": worker.handoffs_failed,
+        }
+        return got, end, counters
+    finally:
+        server.close()
+        worker.close()
+        assert worker.channel is not None
+        worker.channel.close()  # before its other end: an end of the supervisor is a SIGTERM
+        supervisor.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "accept"),
+    [("GET", None), ("HEAD", None), ("GET", "application/json")],
+    ids=["get", "head", "json"],
+)
+def test_a_visitor_no_worker_takes_gets_the_page_its_request_asks_for(
+    tmp_path: Path, method: str, accept: str | None
+) -> None:
+    request = f"{method} / HTTP/1.1\r\nHost: {NAME}\r\n".encode()
+    if accept is not None:
+        request += f"Accept: {accept}\r\n".encode()
+    got, end, counters = uvloop.run(answer_to(tmp_path, request + b"\r\n"))
+    assert end == "eof", f"the connection was reset after {got[:80]!r}"
+    found = re.search(rb"\r\nx-relay-request-id: ([0-9a-f]+)\r\n", got)
+    assert found is not None, got[:300]
+    expected = render(
+        503,
+        "RLY_611",
+        MESSAGE,
+        accept=accept,
+        request_id=found.group(1).decode(),
+        head=method == "HEAD",
+    )
+    assert got == expected
+    # Tried from the peek, then once more after the parse: nothing went over.
+    assert counters["handed_off"] == 0 and counters["unread"] == 0
+    assert counters["failed"] == 2
