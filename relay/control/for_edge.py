@@ -286,6 +286,10 @@ class RemoteControl:
             tuple(int(p) for p in answer["ports"]),
             everything=bool(answer["everything"]),
             more=bool(answer["more"]),
+            # A control plane that does not say: nothing ends another account's endpoint
+            # at once (it is refused at its next bind).
+            operator_domains=tuple(str(d) for d in answer.get("operator_domains", ())),
+            operator_ports=tuple(int(p) for p in answer.get("operator_ports", ())),
         )
 
     async def reservation_owners(
