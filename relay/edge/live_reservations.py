@@ -16,7 +16,8 @@ applied to the live endpoints it decides, as their bind would be decided now:
   on every other node of its cluster (the sealed ``reservations`` event, as
   ``credentials``) or every other worker of its edge (through the supervisor); and on
   every tick of the credential watch (``credential_check_interval``), the net for a
-  control plane elsewhere (`relay control`) or a store other processes write. One read
+  control plane elsewhere (`relay control`) or a store other processes write, while the
+  edge has any endpoint (an idle one does not ask; it reads on from its mark later). One read
   at a time; a change signalled during it gets one more read after it, so a burst of
   reservations costs a few reads, not one each. A read of an unchanged feed is one
   question to the control plane; nothing here runs per visitor or per byte.
@@ -154,6 +155,15 @@ class LiveReservations:
             self._task.add_done_callback(self._finished)
         if announce:
             self._tell_others()
+
+    def tick(self) -> None:
+        """The credential watch's tick: :meth:`changed`, unless this edge (or worker)
+        has no endpoints. Then there is nothing to check, and every worker and node of an
+        idle edge asking the control plane every second would be load for nothing; the
+        mark stays where it is, and the first tick with an endpoint live reads on from
+        it, a page at a time. (A bind meanwhile asked the control plane itself.)"""
+        if self.edge.endpoints or self._recheck:
+            self.changed(announce=False)
 
     def bound(self, endpoint: Endpoint, epoch: int) -> None:
         """``endpoint`` was just bound (or taken over) by a bind that began at ``epoch``.
