@@ -31,8 +31,10 @@ from relay.errors import (
     BindError,
     ConfigError,
     ConnectError,
+    NameReserved,
     NotAnEdge,
     ProtocolViolation,
+    RegionPinned,
     RelayError,
     TlsError,
     error_from_code,
@@ -223,12 +225,13 @@ def bind_error(message: BindErrorMessage) -> RelayError:
 def stop_error(message: Stop) -> RelayError:
     """What a Stop from the edge ends the agent with: the error its code names when that
     is an authentication error (a revoked or expired token: `relay tcp` exits 3 with the
-    code), an EndpointRefused when it is a bind's (its only endpoint refused now: exit
-    4), else a FatalAgentError carrying the code. Either way the agent does not retry."""
+    code), an EndpointRefused when it is RLY_207 or RLY_208 (its only endpoint refused
+    now by a reservation: exit 4), else a FatalAgentError carrying the code (any other
+    bind code included). Either way the agent does not retry."""
     error = error_from_code(message.code, message.message)
     if isinstance(error, AuthError):
         return error
-    if isinstance(error, BindError):
+    if isinstance(error, NameReserved | RegionPinned):
         return EndpointRefused(message.message, code=message.code)
     return FatalAgentError(message.message, code=message.code)
 

@@ -208,6 +208,11 @@ class RemoteControl:
         self.reachable = True
         self._owners: dict[tuple[str, str], tuple[float, Reservation | None]] = {}
         self._ports: tuple[float, set[int]] | None = None
+        #: Raised by :meth:`forget_reservations`. An answer is kept only if this did not
+        #: change while it was asked for: one fetched across a forget may predate the
+        #: change that caused it, and kept it would be reused for up to RESERVATION_TTL
+        #: by binds that began after the change (which nothing would check again).
+        self._generation = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._audit.start(loop)
@@ -241,12 +246,15 @@ class RemoteControl:
         cached = self._owners.get(key)
         if cached is not None and now - cached[0] < RESERVATION_TTL:
             return cached[1]
+        generation = self._generation
         answer = await self._post("/edge/reservation_owner", {"kind": kind, "name": str(name)})
         owner = (
             Reservation(str(answer["account_id"]), answer.get("region"))
             if answer["account_id"] is not None
             else None
         )
+        if generation != self._generation:
+            return owner  # fresh enough for this bind (checked again: its epoch), not kept
         if len(self._owners) >= MAX_CACHED_OWNERS:
             self._owners.clear()
         self._owners[key] = (now, owner)
@@ -263,9 +271,11 @@ class RemoteControl:
         now = time.monotonic()
         if self._ports is not None and now - self._ports[0] < RESERVATION_TTL:
             return self._ports[1]
+        generation = self._generation
         answer = await self._post("/edge/reserved_ports", {})
         ports = {int(p) for p in answer["ports"]}
-        self._ports = (now, ports)
+        if generation == self._generation:  # not kept if fetched across a forget
+            self._ports = (now, ports)
         return ports
 
     async def reservation_changes(self, after: int | None, limit: int) -> ReservationChanges:
@@ -276,6 +286,10 @@ class RemoteControl:
             tuple(int(p) for p in answer["ports"]),
             everything=bool(answer["everything"]),
             more=bool(answer["more"]),
+            # A control plane that does not say: nothing ends another account's endpoint
+            # at once (it is refused at its next bind).
+            operator_domains=tuple(str(d) for d in answer.get("operator_domains", ())),
+            operator_ports=tuple(int(p) for p in answer.get("operator_ports", ())),
         )
 
     async def reservation_owners(
@@ -289,6 +303,7 @@ class RemoteControl:
         )
 
     def forget_reservations(self) -> None:
+        self._generation += 1  # answers in flight now are not kept either
         self._owners.clear()
         self._ports = None
 

@@ -33,7 +33,12 @@ from sqlalchemy import Connection, delete, func, select
 from relay.control import tokens
 from relay.control.accounts import account_for_grant
 from relay.control.audit import append_event, audit_table
-from relay.control.tables import reserved_addrs_table, reserved_domains_table
+from relay.control.tables import (
+    accounts_table,
+    api_keys_table,
+    reserved_addrs_table,
+    reserved_domains_table,
+)
 from relay.errors import ConfigError, Conflict, NotFound
 
 __all__ = [
@@ -429,13 +434,45 @@ class ReservationChanges:
     ports reserved or released since, and the mark to ask from next time. ``everything``:
     the asker cannot know what changed (it had no mark, or its mark is past the newest
     event: another database) and must take every name as changed. ``more``: the events
-    were cut at the limit; ask again from ``mark``."""
+    were cut at the limit; ask again from ``mark``.
+
+    ``operator_domains`` and ``operator_ports``: of those, the ones an operator changed
+    (an operator account's API key, or a writer of the store itself such as `relay
+    control`'s CLI; see :func:`operator_actors`). Only such a change may end another
+    account's live endpoint at once (RLY_207): a member's key reserving a first-come name
+    or port that another account serves acts on that account's next bind, as before
+    reservations acted on live endpoints, so that no member can take another account's
+    live endpoints down at will."""
 
     mark: int
     domains: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
     everything: bool = False
     more: bool = False
+    operator_domains: tuple[str, ...] = ()
+    operator_ports: tuple[int, ...] = ()
+
+
+#: How the API names a key in the audit log (relay/control/api/auth.py Principal.actor).
+API_KEY_ACTOR = "api_key:"
+
+
+def operator_actors(conn: Connection, actors: Collection[str]) -> set[str]:
+    """Of audit ``actors``, the operators': an API key whose account is an operator
+    account, or any actor that is not an API key (it wrote to the store itself: `relay
+    control`'s CLI, a script holding the database). A key not found is not an operator's."""
+    keys = {a[len(API_KEY_ACTOR) :] for a in actors if a.startswith(API_KEY_ACTOR)}
+    operators: set[str] = set()
+    wanted = sorted(keys)
+    for i in range(0, len(wanted), _IN_CHUNK):
+        rows = conn.execute(
+            select(api_keys_table.c.id)
+            .join(accounts_table, accounts_table.c.id == api_keys_table.c.account_id)
+            .where(api_keys_table.c.id.in_(wanted[i : i + _IN_CHUNK]))
+            .where(accounts_table.c.role == "operator")
+        )
+        operators.update(API_KEY_ACTOR + str(key) for key in rows.scalars())
+    return operators | {a for a in actors if not a.startswith(API_KEY_ACTOR)}
 
 
 def changes_after(conn: Connection, after: int | None, limit: int) -> ReservationChanges:
@@ -452,7 +489,7 @@ def changes_after(conn: Connection, after: int | None, limit: int) -> Reservatio
     if after == newest:
         return ReservationChanges(newest)
     rows = conn.execute(
-        select(audit_table.c.seq, audit_table.c.detail)
+        select(audit_table.c.seq, audit_table.c.actor, audit_table.c.detail)
         .where(audit_table.c.seq > after)
         .where(audit_table.c.seq <= newest)
         .where(audit_table.c.action.in_(CHANGE_ACTIONS))
@@ -461,17 +498,32 @@ def changes_after(conn: Connection, after: int | None, limit: int) -> Reservatio
     ).all()
     more = len(rows) > limit
     rows = rows[:limit]
+    operators = operator_actors(conn, {str(row.actor) for row in rows})
     domains: dict[str, None] = {}
     ports: dict[int, None] = {}
+    by_operator_domains: dict[str, None] = {}
+    by_operator_ports: dict[int, None] = {}
     for row in rows:
         detail = row.detail if isinstance(row.detail, Mapping) else {}
         domain, port = detail.get("domain"), detail.get("port")
+        by_operator = str(row.actor) in operators
         if isinstance(domain, str) and 0 < len(domain) <= MAX_DOMAIN:
             domains[domain] = None
+            if by_operator:
+                by_operator_domains[domain] = None
         elif isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
             ports[port] = None
+            if by_operator:
+                by_operator_ports[port] = None
     mark = int(rows[-1].seq) if more else newest
-    return ReservationChanges(mark, tuple(domains), tuple(ports), more=more)
+    return ReservationChanges(
+        mark,
+        tuple(domains),
+        tuple(ports),
+        more=more,
+        operator_domains=tuple(by_operator_domains),
+        operator_ports=tuple(by_operator_ports),
+    )
 
 
 def owners_of(

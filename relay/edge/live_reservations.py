@@ -16,7 +16,8 @@ applied to the live endpoints it decides, as their bind would be decided now:
   on every other node of its cluster (the sealed ``reservations`` event, as
   ``credentials``) or every other worker of its edge (through the supervisor); and on
   every tick of the credential watch (``credential_check_interval``), the net for a
-  control plane elsewhere (`relay control`) or a store other processes write. One read
+  control plane elsewhere (`relay control`) or a store other processes write, while the
+  edge has any endpoint (an idle one does not ask; it reads on from its mark later). One read
   at a time; a change signalled during it gets one more read after it, so a burst of
   reservations costs a few reads, not one each. A read of an unchanged feed is one
   question to the control plane; nothing here runs per visitor or per byte.
@@ -24,9 +25,14 @@ applied to the live endpoints it decides, as their bind would be decided now:
   names under a changed wildcard, the port; each is asked about again (a few questions
   for up to :data:`~relay.control.reserved.MAX_ASKED` names), and every wildcard endpoint
   above a changed name has its pins asked again (one question per wildcard).
-* **What follows.** An endpoint whose name or port is now reserved by another account
-  (RLY_207) or pinned to another region than this edge's (RLY_208) ends here, as its bind
-  would now be refused: removed from the routes, its port closed, its name given up in
+* **What follows.** An endpoint whose name or port is now pinned to another region than
+  this edge's (RLY_208), or reserved by another account (RLY_207) by an operator's change
+  (``operator_domains``/``operator_ports`` of the feed: an operator account's API key, or
+  a writer of the store itself), ends here, as its bind would now be refused. A member's
+  key reserving what another account serves (a first-come name or port, a wildcard)
+  does not end that account's endpoints: they are refused at their next bind, as before,
+  so that no member can take another account's live endpoints down at will. An endpoint
+  ended: removed from the routes, its port closed, its name given up in
   the cluster; logged, audited as ``endpoint.end``. The protocol has no message for one
   endpoint that ends, so each agent session serving it is told the least surprising way:
   a session that serves nothing else gets ``Stop`` with the code (the agent ends as its
@@ -47,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeGuard
 
 from relay.control.for_edge import Reservation
@@ -150,6 +156,15 @@ class LiveReservations:
         if announce:
             self._tell_others()
 
+    def tick(self) -> None:
+        """The credential watch's tick: :meth:`changed`, unless this edge (or worker)
+        has no endpoints. Then there is nothing to check, and every worker and node of an
+        idle edge asking the control plane every second would be load for nothing; the
+        mark stays where it is, and the first tick with an endpoint live reads on from
+        it, a page at a time. (A bind meanwhile asked the control plane itself.)"""
+        if self.edge.endpoints or self._recheck:
+            self.changed(announce=False)
+
     def bound(self, endpoint: Endpoint, epoch: int) -> None:
         """``endpoint`` was just bound (or taken over) by a bind that began at ``epoch``.
         If a change was read since, the bind may have asked about its name before that
@@ -207,12 +222,16 @@ class LiveReservations:
             live = list(self.edge.endpoints.values())
             if changes.everything:
                 hit, wild = live, [e for e in live if _is_wildcard(e)]
+                forced = {e.endpoint_id for e in live}  # nothing to tell who changed what
             else:
                 hit, wild = affected(live, changes.domains, changes.ports)
+                by_operator, _ = affected(hit, changes.operator_domains, changes.operator_ports)
+                forced = {e.endpoint_id for e in by_operator}
             pending, self._recheck = self._recheck, {}
             _add(hit, wild, pending.values())
+            forced.update(pending)  # a bind across a change: the bind's own rule, in full
             try:
-                await self._check(hit, wild)
+                await self._check(hit, wild, forced)
             except BaseException:
                 self._recheck.update(pending)  # asked again on the next read
                 raise
@@ -220,7 +239,15 @@ class LiveReservations:
             if not changes.more:
                 return
 
-    async def _check(self, hit: Sequence[Endpoint], wild: Sequence[HostEndpoint]) -> None:
+    async def _check(
+        self, hit: Sequence[Endpoint], wild: Sequence[HostEndpoint], forced: Collection[str]
+    ) -> None:
+        """End each endpoint of ``hit`` its bind would now be refused, and replace the
+        pins of each wildcard of ``wild``. Now reserved by another account (RLY_207), an
+        endpoint ends only if its id is in ``forced`` (an operator's change decides it, or
+        its bind crossed a change): a member's reservation of a name or port another
+        account serves acts on that account's next bind. A pin (RLY_208: the endpoint's
+        own account reserved it) always acts at once."""
         edge = self.edge
         control = edge.control
         assert control is not None
@@ -252,7 +279,13 @@ class LiveReservations:
             else:
                 name, owner = endpoint.hostname, owners.get(endpoint.hostname)
             error = reservation_refusal(endpoint.kind, name, owner, record.account_id, region)
-            if error is not None:
+            if isinstance(error, NameReserved) and endpoint.endpoint_id not in forced:
+                log.info(
+                    "%s is reserved by another account now (by a member's key): refused at "
+                    "its next bind, served until then",
+                    endpoint.url,
+                )
+            elif error is not None:
                 self._end(endpoint, error)
         for wildcard in wild:
             if edge.endpoints.get(wildcard.endpoint_id) is not wildcard:

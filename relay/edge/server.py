@@ -584,11 +584,13 @@ class Edge:
 
         Each tick also reads the reservations changed since the last (one more question,
         relay/edge/live_reservations.py): the net for reservations made where this edge
-        hears nothing of them at once (another control-plane process, the store itself)."""
+        hears nothing of them at once (another control-plane process, the store itself).
+        Not while this edge has no endpoints: nothing live to check, and the first tick
+        after a bind reads on from the old mark, a page at a time."""
         unanswered = False
         while True:
             await asyncio.sleep(self.config.credential_check_interval)
-            self.reservations.changed(announce=False)  # a task of its own; it logs itself
+            self.reservations.tick()  # a task of its own, if anything is live; it logs itself
             try:
                 await self.check_credentials()
             except ControlUnavailable as exc:

@@ -8,6 +8,8 @@ makes them:
   which serves nothing else, exits 4 with RLY_208, as its bind would now be refused;
 * a name or port reserved for another account while served ends within 2 s (RLY_207):
   an agent serving other endpoints too keeps them, hash-checked, and is told by a notice;
+* but one reserved for account B by B's own member key serves on, hash-checked, and is
+  refused at its next bind: a member cannot take another account's endpoints down;
 * a name under a live wildcard pinned elsewhere is refused at once (421 RLY_631), other
   names under it are served on, hash-checked; released, it is served again;
 * a release ends nothing live;
@@ -64,6 +66,8 @@ class World:
     account_a: str
     account_b: str
     token_a: str
+    #: An API key of account B's own (a member account): reserved:write only.
+    member_b: str
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +83,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             a = keys.store.create_account("team-a", actor="test")
             b = keys.store.create_account("team-b", actor="test")
             _, token_a = keys.store.create_token(account_id=a.id, pepper=keys.pepper, actor="test")
+            _, member_b = keys.make(["reserved:read", "reserved:write"], account=b)
         finally:
             keys.close()
-        yield World(edge, admin, a.id, b.id, token_a)
+        yield World(edge, admin, a.id, b.id, token_a, member_b)
     finally:
         edge.stop()
 
@@ -257,6 +262,61 @@ def test_a_name_and_a_port_reserved_for_another_account_while_served_end_there(
         served_whole(world, host)
     finally:
         owner.stop()
+
+
+def test_a_members_reservation_of_what_another_account_serves_acts_on_its_next_bind(
+    world: World, origin: Origin, echo: EchoServer, agents: list[Agent]
+) -> None:
+    """Account B's own key (a member's, reserved:write) reserves the first-come name and
+    the port account A's agents serve. A member must not take another account's live
+    endpoints down at will: both are served on, hash-checked, nothing is ended or told;
+    the reservation acts on A's next bind (RLY_207, exit 4), as it always did. An
+    operator's reservation ends them at once (the test above)."""
+    name = "kept"
+    host = f"{name}.{BASE}"
+    port = world.edge.ports[0] + 7
+    web = Agent(
+        world.edge,
+        world.token_a,
+        str(origin.port),
+        kind="http",
+        extra=["--no-https", "--subdomain", name],
+    )
+    tcp = Agent(world.edge, world.token_a, echo.port, remote_port=port)
+    agents.extend((web, tcp))
+    web.wait_bound()
+    assert tcp.wait_bound() == port
+    served_whole(world, host)
+    data = payload(31, 512 * 1024)
+    assert sha(echo_roundtrip(port, data)) == sha(data)
+
+    for path, body in (
+        (f"{API}/reserved_domains", {"domain": host}),
+        (f"{API}/reserved_addrs", {"port": port}),
+    ):
+        made = call(world.edge, "POST", path, world.member_b, body)
+        assert made.status == 201, made.body
+        assert made.body["account_id"] == world.account_b, made.body
+    time.sleep(1.5)  # the check these started has long run
+    served_whole(world, host)
+    assert sha(echo_roundtrip(port, data)) == sha(data)
+    assert web.proc.proc.poll() is None and tcp.proc.proc.poll() is None
+    assert ended(world, host) == [] and ended(world, str(port)) == []
+    assert "no longer served" not in web.proc.text() + tcp.proc.text()
+
+    # A's next bind of the name is refused, as before reservations acted on live ones.
+    web.stop()
+    again = Agent(
+        world.edge,
+        world.token_a,
+        str(origin.port),
+        kind="http",
+        extra=["--no-https", "--subdomain", name],
+    )
+    agents.append(again)
+    assert again.proc.wait(30) == 4, again.proc.text()
+    assert f"{host} is reserved by another account" in again.proc.text(), again.proc.text()
+    assert sha(echo_roundtrip(port, data)) == sha(data)  # the port: until its next bind
 
 
 def test_a_pin_under_a_live_wildcard_refuses_that_name_at_once_and_a_release_serves_it(

@@ -92,13 +92,22 @@ def sink_ok(answer: bytes, body: bytes) -> bool:
     }
 
 
-def until(check: Callable[[], bool], within: float, what: str) -> float:
-    """Seconds until ``check()`` is true, polled every 50 ms (bounded by ``within``)."""
-    started = time.monotonic()
+def until(check: Callable[[], bool], within: float, what: str, since: float | None = None) -> float:
+    """Seconds from ``since`` (default: now) until ``check()`` is true, polled every
+    50 ms, bounded by ``within``."""
+    started = time.monotonic() if since is None else since
     while not check():
         assert time.monotonic() - started < within, f"{what}: not within {within} s"
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def unserved(edge: Edge, host: str) -> bool:
+    """Whether ``host`` gets what an unserved name gets (404 RLY_610); never its origin's
+    answer once it has stopped being served."""
+    answer = get(edge, host)
+    assert b"origin ok" not in answer, answer[:300]
+    return answer.startswith(b"HTTP/1.1 404") and error_code(answer) == "RLY_610"
 
 
 def test_a_pin_made_through_another_node_ends_the_endpoint_here_at_once(
@@ -115,16 +124,14 @@ def test_a_pin_made_through_another_node_ends_the_endpoint_here_at_once(
     body = payload(41, 100_000)
     assert sink_ok(post_sink(us1, host, body), body)
 
+    key = admin_key(eu1)  # opens the store: not part of the 2 s
     asked = time.monotonic()
-    made = call(
-        eu1, "POST", "/api/v1/reserved_domains", admin_key(eu1), {"domain": host, "region": "eu"}
-    )
+    made = call(eu1, "POST", "/api/v1/reserved_domains", key, {"domain": host, "region": "eu"})
     assert made.status == 201, made.body
     answered = time.monotonic()
-    took = until(lambda: not get(us1, host).startswith(b"HTTP/1.1 200"), 5, "us1")
-    assert time.monotonic() - asked < 2.0, took
-    answer = get(us1, host)
-    assert answer.startswith(b"HTTP/1.1 404") and error_code(answer) == "RLY_610", answer[:300]
+    took = until(lambda: not get(us1, host).startswith(b"HTTP/1.1 200"), 2.0, "us1", asked)
+    # The name given up in the cluster (Redis) may lag its removal here a moment.
+    until(lambda: unserved(us1, host), 2.0, "404 RLY_610 at us1")
     assert agent.proc.wait(2.0 + SLACK) == 4, agent.proc.text()
     assert f"{host} is pinned to region eu; this edge is in region us" in agent.proc.text()
     print(f"through another node: API call {(answered - asked) * 1000:.0f} ms, then refused")
@@ -165,23 +172,19 @@ def test_a_pin_made_through_another_worker_ends_the_endpoint_there_at_once(
         body = payload(43, 100_000)
         assert sink_ok(post_sink(edge, host, body), body)
 
+        key = admin_key(edge)  # opens the store: not part of the 2 s
         asked = time.monotonic()
         made = at_worker(
-            edge,
-            other,
-            "POST",
-            "/api/v1/reserved_domains",
-            admin_key(edge),
-            {"domain": host, "region": "eu"},
+            edge, other, "POST", "/api/v1/reserved_domains", key, {"domain": host, "region": "eu"}
         )
         assert made.status == 201, made.body
         answered = time.monotonic()
-        took = until(lambda: not edge.worker_status(holding)["endpoints"], 5, "holding worker")
-        assert time.monotonic() - asked < 2.0
-        for _ in range(4):  # whichever worker a visitor lands on
-            answer = get(edge, host)
-            assert answer.startswith(b"HTTP/1.1 404"), answer[:300]
-            assert error_code(answer) == "RLY_610", answer[:300]
+        took = until(
+            lambda: not edge.worker_status(holding)["endpoints"], 2.0, "holding worker", asked
+        )
+        for _ in range(4):  # whichever worker a visitor lands on (the other's view of
+            # where the name is may lag a moment: bounded, and never the origin's answer)
+            until(lambda: unserved(edge, host), 2.0, "404 RLY_610 on either worker")
         assert agent.proc.wait(2.0 + SLACK) == 4, agent.proc.text()
         assert "RLY_208" in agent.proc.text()
         print(f"through another worker: API call {(answered - asked) * 1000:.0f} ms, then")

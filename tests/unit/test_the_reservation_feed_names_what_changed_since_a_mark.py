@@ -87,3 +87,28 @@ def test_owners_are_decided_as_a_bind_decides_them(store: Store) -> None:
     assert set(ports) == {20022} and ports[20022].region == "us"
     with pytest.raises(ConfigError):
         store.reservation_owners([f"n{i}.example.com" for i in range(MAX_ASKED + 1)], [])
+
+
+def test_the_feed_tells_an_operators_changes_from_a_members(store: Store) -> None:
+    """Only an operator's change may end another account's live endpoint at once: an
+    operator account's API key, or a writer of the store itself (`relay control`'s CLI);
+    never a member's key (relay/control/api/auth.py names a key ``api_key:ID``)."""
+    mark = store.reservation_changes(None, 10).mark
+    ops = store.create_account("ops", role="operator", actor="test")
+    b = store.create_account("b", actor="test")
+    operator_key, _ = store.create_api_key(ops.id, scopes=["admin"], pepper=b"p" * 32)
+    member_key, _ = store.create_api_key(b.id, scopes=["reserved:write"], pepper=b"p" * 32)
+    store.reserve_domain(b.id, "by-member.example.com", actor=f"api_key:{member_key.id}")
+    store.reserve_addr(b.id, 20030, actor=f"api_key:{member_key.id}")
+    store.reserve_domain(b.id, "by-operator.example.com", actor=f"api_key:{operator_key.id}")
+    store.reserve_addr(b.id, 20031, actor="cli")
+    store.reserve_domain(b.id, "unknown-key.example.com", actor="api_key:nosuchkey")
+    changes = store.reservation_changes(mark, 100)
+    assert changes.domains == (
+        "by-member.example.com",
+        "by-operator.example.com",
+        "unknown-key.example.com",
+    )
+    assert changes.ports == (20030, 20031)
+    assert changes.operator_domains == ("by-operator.example.com",)
+    assert changes.operator_ports == (20031,)

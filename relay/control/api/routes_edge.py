@@ -99,6 +99,10 @@ class Changes(Strict):
     everything: bool
     #: Cut at ``limit``: ask again from ``mark``.
     more: bool
+    #: Of ``domains`` and ``ports``, those an operator changed: only these end another
+    #: account's live endpoint at once (a member's reservation acts on its next bind).
+    operator_domains: list[str] = Field(default_factory=list)
+    operator_ports: list[int] = Field(default_factory=list)
 
 
 class OwnersQuery(Strict):
@@ -235,6 +239,8 @@ async def reservation_changes(
         ports=list(changes.ports),
         everything=changes.everything,
         more=changes.more,
+        operator_domains=list(changes.operator_domains),
+        operator_ports=list(changes.operator_ports),
     )
 
 
