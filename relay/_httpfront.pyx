@@ -34,12 +34,6 @@ import relay_native
 
 from libc.stdint cimport uint32_t
 
-cdef extern from "sys/socket.h":
-    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
-    enum:
-        MSG_PEEK
-        MSG_DONTWAIT
-
 from relay._exchanges cimport Exchanges
 from relay._fastpath cimport Link, Pump
 
@@ -85,8 +79,6 @@ cdef Py_ssize_t UNROUTED_READ = 16 * 1024
 cdef object _UNROUTED_VIEW = _READ_VIEW[:UNROUTED_READ]
 # Answered by whichever worker reads it (HttpFront.acme_http01): never handed by name.
 cdef bytes ACME_PATH = b"/.well-known/acme-challenge/"
-# A head peeked at as its connection is made (HttpVisitor._handed_unread).
-cdef char _PEEKED[16 * 1024]
 # HttpVisitor._holder_by_name: the head must be parsed before it is routed.
 cdef object _PARSE_FIRST = object()
 
@@ -100,7 +92,7 @@ cdef str _hostname_of(bytes host):
     return text.rsplit(":", 1)[0] if not text.endswith("]") else text
 
 
-cdef tuple _plain_head(object data):
+cdef tuple _plain_head(bytearray data):
     """(Host value, target) of the first request head in ``data`` when
     its bytes alone say which host it is for: complete, an origin-form target, exactly
     one Host line and no folded line. None otherwise (incomplete, or anything unusual):
@@ -251,15 +243,12 @@ cdef class HttpVisitor(Pump):
         peer = self.peer
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
         self.forwarded_for = self.peer_ip.encode()
-        if self.handed_in is None:
-            self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
-            if self.may_hand_off and self.front.carrier is None and self._handed_unread():
-                return
         loop = self.front.loop
         self.head_started = loop.time()
         self.idle_since = self.head_started
         self.watchdog = loop.call_later(self._watch_period(), self._watch)
         if self.handed_in is None:
+            self._count_open(True)  # a visitor connection from its accept (or TLS handshake)
             return
         self._count_adopted()
         data = self.handed_in
@@ -292,33 +281,6 @@ cdef class HttpVisitor(Pump):
             if self.by_name and self.front.carrier is None and self._handed_by_name():
                 return
         self._feed(data)
-
-    cdef bint _handed_unread(self):
-        """A worker's HTTP listener accepts a connection once its first bytes came
-        (TCP_DEFER_ACCEPT, relay/edge/web.py): its head, peeked at as the connection is
-        made, sends a visitor for another worker's name over before this worker reads a
-        byte of it (its transport never starts reading; the other worker reads the head
-        itself). True when it was handed over.
-
-        Peeked, not read: bytes read here but kept would be fed to the parser inside
-        ``connection_made``, where a pause of reading (backpressure, an Upgrade's hold)
-        is lost, as uvloop starts reading after it whatever was asked. A visitor kept
-        here is read as usual, and ``route`` looks elsewhere once more when its parse
-        routes it: a member here may begin to drain before its bytes are read."""
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        cdef ssize_t n = recv(sock.fileno(), _PEEKED, sizeof(_PEEKED), MSG_PEEK | MSG_DONTWAIT)
-        if n <= 0:
-            return False  # nothing yet (the deferral timed out), the end, or an error
-        found = _plain_head(_PEEKED[:n])
-        if found is None:
-            return False  # all of it not there yet, or unusual: read as usual
-        self.by_name = False  # decided from these bytes; not again when they are read
-        holder = self._holder_by_name(found)
-        if holder is None or holder is _PARSE_FIRST:
-            return False
-        return self._hand_off(holder, False)  # not taken: read, parsed and routed as usual
 
     cdef bint _handed_by_name(self):
         """Hand the visitor over before parsing it when its head's bytes alone say which

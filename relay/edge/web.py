@@ -30,11 +30,9 @@ Names outside the base domain that no endpoint serves always get the alert.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
-import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -226,8 +224,6 @@ class WebFronts:
             except OSError as exc:
                 raise ListenError.for_address(config.http_listen, "--http-listen", exc) from None
             self.http_port = self.http_server.sockets[0].getsockname()[1]
-            if self.edge.worker is not None:
-                _defer_accepts(self.http_server.sockets)
         if config.https_listen:
             host, port = parse_host_port(config.https_listen, what="https_listen")
             self.tls_front = TlsFront(
@@ -540,20 +536,6 @@ class WebFronts:
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-
-
-#: A worker's HTTP listener accepts a connection once its first bytes came, or this many
-#: seconds after its handshake: a visitor's head is then there to peek at when its
-#: connection is made, and one for another worker's name goes over before this worker
-#: reads it (HttpVisitor._handed_unread). HTTP visitors speak first; one that does not
-#: is accepted all the same, and then has ``http_header_timeout`` to send its head.
-DEFER_ACCEPT_S = 1
-
-
-def _defer_accepts(sockets: Any) -> None:
-    for sock in sockets:
-        with contextlib.suppress(OSError, AttributeError):  # not Linux: accepted at once
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
 
 
 def _adoption_done(task: asyncio.Task[Any]) -> None:

@@ -99,9 +99,6 @@ class EdgeWorker:
         #: Visitors handed to other workers, and handed here, by front.
         self.handed_off = {"http": 0, "tls": 0, "tcp": 0}
         self.handed_in = {"http": 0, "tls": 0, "tcp": 0}
-        #: Of the HTTP visitors handed off, those handed before this worker read a byte
-        #: of them (their head peeked at as their connection was made: HttpVisitor).
-        self.handed_off_unread = 0
         #: Sends refused at once (a worker gone, or too far behind).
         self.sends_failed = 0
         #: The other workers' sessions and endpoints, for the API (relay/edge/worker_asks.py).
@@ -145,7 +142,6 @@ class EdgeWorker:
             },
             "handed_off": dict(self.handed_off),
             "handed_in": dict(self.handed_in),
-            "handed_off_unread": self.handed_off_unread,
             "handoffs_failed": self.handoffs_failed,
         }
 
@@ -297,11 +293,7 @@ class EdgeWorker:
         sock = transport.get_extra_info("socket")
         if sock is None:
             return False
-        if not self._send(sock.fileno(), Handoff("http", target.key, carried), target):
-            return False
-        if not carried:
-            self.handed_off_unread += 1
-        return True
+        return self._send(sock.fileno(), Handoff("http", target.key, carried), target)
 
     def sni_handed_off(
         self, conn: socket.socket, server_name: str, local: HostEndpoint | None

@@ -27,9 +27,9 @@ from tests.e2e.procs import Agent, Edge, payload
 @pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
 def edge(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Edge]:
     """One process, and ``--workers 2``: there a visitor that lands on the worker not
-    holding its agent is handed over by its head's bytes before any is read, and one that
-    lands right is peeked at first (relay/_httpfront.pyx); either way its Upgrade waits
-    for the 101 alike."""
+    holding its agent is handed over by its head's bytes, unparsed (relay/_httpfront.pyx),
+    and one that lands right is decided from them too; either way its Upgrade waits for
+    the 101 alike."""
     server = Edge(tmp_path / "edge", workers=int(request.param)).start()
     try:
         yield server

@@ -1,13 +1,12 @@
-"""A worker's HTTP listener peeks at a visitor's head as its connection is made, and hands
-it to the worker holding its Host before reading a byte of it. When every worker holding
-that name refuses it at once (gone, or too far behind), the visitor is read, parsed and
-routed here after all: its 503 RLY_611 is the page its request gets (a HEAD none of the
-body, an Accept its format), and its connection ends cleanly after it. Answered straight
-from the peek, the page would ignore the request, and the close with the head still
-unread would be a reset, which loses the page on the way.
+"""A worker hands a visitor to the worker holding its Host from its head's bytes, before
+parsing it. When every worker holding that name refuses it at once (gone, or too far
+behind), the visitor is parsed and routed here after all: its 503 RLY_611 is the page
+its request gets (a HEAD none of the body, an Accept its format), and its connection
+ends cleanly after it. Answered straight from the bytes, the page would ignore the
+request.
 
 A real EdgeWorker (worker 0 of two, its outbox and inbox on Unix sockets) behind a real
-uvloop HTTP listener with TCP_DEFER_ACCEPT; worker 1 holds the name and has no inbox.
+uvloop HTTP listener; worker 1 holds the name and has no inbox.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from relay._httpfront import HttpVisitor
 from relay.cluster.place import WorkerPlace
 from relay.edge.http import HttpFront
 from relay.edge.routes import HostRoutes
-from relay.edge.web import _defer_accepts
 from relay.edge.worker import EdgeWorker
 from relay.error_pages import render
 
@@ -55,7 +53,6 @@ async def answer_to(tmp_path: Path, request: bytes) -> tuple[bytes, str, dict[st
     worker._where(f"http:{NAME}", (1,))  # worker 1 holds it, and has no inbox
     server = await loop.create_server(lambda: HttpVisitor(front, "http"), "127.0.0.1", 0)
     try:
-        _defer_accepts(server.sockets)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request)
@@ -69,7 +66,6 @@ async def answer_to(tmp_path: Path, request: bytes) -> tuple[bytes, str, dict[st
         writer.close()
         counters = {
             "handed_off": worker.handed_off["http"],
-            "unread": worker.handed_off_unread,
             "failed": worker.handoffs_failed,
         }
         return got, end, counters
@@ -105,6 +101,6 @@ def test_a_visitor_no_worker_takes_gets_the_page_its_request_asks_for(
         head=method == "HEAD",
     )
     assert got == expected
-    # Tried from the peek, then once more after the parse: nothing went over.
-    assert counters["handed_off"] == 0 and counters["unread"] == 0
+    # Tried from the bytes, then once more after the parse: nothing went over.
+    assert counters["handed_off"] == 0
     assert counters["failed"] == 2
