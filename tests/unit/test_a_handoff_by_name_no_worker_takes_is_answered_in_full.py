@@ -6,26 +6,23 @@ ends cleanly after it. Answered straight from the bytes, the page would ignore t
 request.
 
 A real EdgeWorker (worker 0 of two, its outbox and inbox on Unix sockets) behind a real
-uvloop HTTP listener; worker 1 holds the name and has no inbox.
+uvloop HTTP listener; worker 1 holds the name and its inbox is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import uvloop
 
 from relay._httpfront import HttpVisitor
-from relay.cluster.place import WorkerPlace
-from relay.edge.http import HttpFront
-from relay.edge.routes import HostRoutes
-from relay.edge.worker import EdgeWorker
 from relay.error_pages import render
+from tests.unit.test_visitor_sockets_are_handed_between_workers import (
+    worker_and_stalled_sibling,
+)
 
 NAME = "a.example.com"
 MESSAGE = "the agent serving this host cannot be reached"
@@ -35,46 +32,28 @@ async def answer_to(tmp_path: Path, request: bytes) -> tuple[bytes, str, dict[st
     """What a visitor sending ``request`` in one write receives, how its connection ended
     (``eof`` or ``reset``), and worker 0's handoff counters."""
     loop = asyncio.get_running_loop()
-    front = HttpFront(
-        HostRoutes(),
-        loop=loop,
-        max_head=16384,
-        max_headers=100,
-        max_body=1 << 20,
-        header_timeout=10.0,
-        idle_timeout=10.0,
-    )
-    mine, supervisor = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    place = WorkerPlace(0, 2, mine.detach(), tmp_path)
-    edge = SimpleNamespace(web=SimpleNamespace(http=front), http_routes=HostRoutes())
-    worker = EdgeWorker(edge, place)  # type: ignore[arg-type]
-    worker.start(loop)
-    front.serve_elsewhere(worker)
-    worker._where(f"http:{NAME}", (1,))  # worker 1 holds it, and has no inbox
-    server = await loop.create_server(lambda: HttpVisitor(front, "http"), "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        got, end = b"", "eof"
+    async with worker_and_stalled_sibling(tmp_path) as (worker, sibling):
+        sibling.close()  # worker 1 is gone: a hand-over to it is refused at once
+        front = worker.edge.web.http
+        front.serve_elsewhere(worker)
+        worker._where(f"http:{NAME}", (1,))  # worker 1 holds the name
+        server = await loop.create_server(lambda: HttpVisitor(front, "http"), "127.0.0.1", 0)
         try:
-            async with asyncio.timeout(5):
-                while chunk := await reader.read(65536):
-                    got += chunk
-        except ConnectionResetError:
-            end = "reset"
-        writer.close()
-        counters = {
-            "handed_off": worker.handed_off["http"],
-            "failed": worker.handoffs_failed,
-        }
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            got, end = b"", "eof"
+            try:
+                async with asyncio.timeout(5):
+                    while chunk := await reader.read(65536):
+                        got += chunk
+            except ConnectionResetError:
+                end = "reset"
+            writer.close()
+        finally:
+            server.close()
+        counters = {"handed_off": worker.handed_off["http"], "failed": worker.handoffs_failed}
         return got, end, counters
-    finally:
-        server.close()
-        worker.close()
-        assert worker.channel is not None
-        worker.channel.close()  # before its other end: an end of the supervisor is a SIGTERM
-        supervisor.close()
 
 
 @pytest.mark.parametrize(
