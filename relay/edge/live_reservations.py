@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, TypeGuard
 
 from relay.control.for_edge import Reservation
 from relay.control.reserved import MAX_ASKED, covering_names
+from relay.edge.coalesced import Coalesced
 from relay.edge.routes import HostEndpoint
 from relay.edge.tcp import TcpEndpoint
 from relay.errors import NameReserved, RegionPinned, RelayError
@@ -135,8 +136,7 @@ class LiveReservations:
         self.epoch = 0
         #: Endpoints bound across a change, to check again (endpoint id -> endpoint).
         self._recheck: dict[str, Endpoint] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._again = False
+        self._reads = Coalesced(self._read, self._finished)
         #: Whether the last read failed (said once per outage, as the credential watch).
         self._failing = False
 
@@ -147,12 +147,7 @@ class LiveReservations:
         told too; False when they told us, or for the watch's tick.
 
         One read at a time: a change signalled while one runs gets one more after it."""
-        running = self._task
-        if running is not None and not running.done():
-            self._again = True
-        else:
-            self._task = asyncio.get_running_loop().create_task(self._until_settled())
-            self._task.add_done_callback(self._finished)
+        self._reads.ask()
         if announce:
             self._tell_others()
 
@@ -175,8 +170,7 @@ class LiveReservations:
             self.changed(announce=False)
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._reads.cancel()
 
     def _tell_others(self) -> None:
         edge = self.edge
@@ -184,14 +178,6 @@ class LiveReservations:
             edge.cluster.announce({"event": "reservations"})
         elif edge.worker is not None:
             edge.worker.asks.tell("reservations")
-
-    async def _until_settled(self) -> None:
-        # Bounded: each round begins only if a change was signalled during the previous.
-        while True:
-            self._again = False
-            await self._read()
-            if not self._again:
-                return
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

@@ -30,6 +30,7 @@ from relay.control.tokens import load_or_create_pepper
 from relay.edge import members
 from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.auth_guard import AuthGuard, source_of
+from relay.edge.coalesced import Coalesced
 from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
 from relay.edge.live_reservations import LiveReservations, reservation_refusal
@@ -141,10 +142,10 @@ class ReloadResult:
 
 
 class Edge:
-    #: The check of live sessions' credentials that :meth:`credentials_ended` started and
-    #: that has not ended yet, and whether another credential ended since it began.
-    _credentials_check: asyncio.Task[None] | None = None
-    _check_again: bool = False
+    #: The checks of live sessions' credentials that :meth:`credentials_ended` asks for,
+    #: one at a time (made at the first; a class attribute so tests can build an Edge
+    #: without listeners).
+    _credentials_checks: Coalesced | None = None
 
     def __init__(self, config: EdgeConfig, worker: WorkerPlace | None = None) -> None:
         """``worker``: this edge is one worker of several (relay/edge/worker.py)."""
@@ -612,24 +613,11 @@ class Edge:
         One check at a time: a credential that ends while one runs gets one more check
         after it. A bulk revocation (or a flood of events from Redis) is then two queries
         to the control plane per node, not one per credential."""
-        running = self._credentials_check
-        if running is not None and not running.done():
-            self._check_again = True
-        else:
-            loop = asyncio.get_running_loop()
-            task = loop.create_task(self._check_credentials_until_settled())
-            task.add_done_callback(_log_check_failure)
-            self._credentials_check = task
+        if self._credentials_checks is None:
+            self._credentials_checks = Coalesced(self.check_credentials, _log_check_failure)
+        self._credentials_checks.ask()
         if announce and self.cluster is not None:
             self.cluster.announce({"event": "credentials"})
-
-    async def _check_credentials_until_settled(self) -> None:
-        # Bounded: each round begins only if a credential ended during the previous one.
-        while True:
-            self._check_again = False
-            await self.check_credentials()
-            if not self._check_again:
-                return
 
     async def check_credentials(self) -> None:
         assert self.control is not None

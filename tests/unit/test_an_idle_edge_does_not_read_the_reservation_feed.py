@@ -42,8 +42,9 @@ def test_a_tick_asks_nothing_while_no_endpoint_is_live() -> None:
         endpoint = TcpEndpoint("ep_1", 20022, Holder("tok", "a_1", None), "127.0.0.1", None)
         edge.endpoints[endpoint.endpoint_id] = endpoint
         live.tick()
-        assert live._task is not None
-        await live._task
+        task = live._reads.running
+        assert task is not None
+        await task
 
     asyncio.run(run())
     assert control.asked == [3]  # from the mark kept while idle
