@@ -280,6 +280,13 @@ cdef class HttpVisitor(Pump):
             # Not where node links carry visitors: those need their head parsed here.
             if self.by_name and self.front.carrier is None and self._handed_by_name():
                 return
+        if self.upgrade_parsed:
+            # Read while an Upgrade waits for its verdict, which holds reads: uvloop reads
+            # a handed-in visitor after connection_made whatever that asked. It is the
+            # tail's: raw if the origin switches, requests again if not.
+            self.upgrade_tail = self.upgrade_tail + bytes(data)
+            self.transport.pause_reading()
+            return
         self._feed(data)
 
     cdef bint _handed_by_name(self):

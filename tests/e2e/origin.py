@@ -195,13 +195,21 @@ class RecordingOrigin(ThreadedServer):
     every later byte of that connection is echoed raw; anything else → an ordinary
     response, and the bytes after it are parsed as HTTP again (a server that ignores
     Upgrade, as RFC 9110 §7.8 allows). ``interim`` (e.g. a ``100 Continue`` head) is sent
-    before that answer; with ``drip`` the answer's head goes out a byte at a time.
+    before that answer; with ``drip`` the answer's head goes out a byte at a time;
+    ``answer_after`` seconds pass before it.
     """
 
-    def __init__(self, upgrade_status: int = 101, interim: bytes = b"", drip: bool = False) -> None:
+    def __init__(
+        self,
+        upgrade_status: int = 101,
+        interim: bytes = b"",
+        drip: bool = False,
+        answer_after: float = 0.0,
+    ) -> None:
         self.upgrade_status = upgrade_status
         self.interim = interim
         self.drip = drip
+        self.answer_after = answer_after
         self.records: list[bytearray] = []
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
@@ -285,6 +293,7 @@ class RecordingOrigin(ThreadedServer):
 
     def _send_head(self, conn: socket.socket, head: bytes) -> None:
         """The answer to an Upgrade request: after ``interim``, maybe a byte at a time."""
+        time.sleep(self.answer_after)
         if self.interim:
             conn.sendall(self.interim)
         if not self.drip:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,31 @@ def test_upgrade_answered_101_carries_raw_bytes_both_ways(
         echoed = _recv_exactly(sock, len(data))
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
     assert [r.target for r in switching.requests] == [b"/ws"]
+
+
+def test_bytes_sent_after_an_upgrade_request_wait_for_its_101(
+    edge: Edge, agents: list[Agent]
+) -> None:
+    """The visitor's next bytes arrive while the origin is still deciding. On two workers
+    some of these visitors are handed over with the Upgrade's head: the worker that takes
+    one reads the rest itself, and must hold it as it holds its own visitors' bytes (not
+    parse it as a request: a 400)."""
+    origin = RecordingOrigin(upgrade_status=101, answer_after=0.3)
+    try:
+        agent = web_agent(edge, agents, str(origin.port), "--no-https")
+        host = _host(edge, agent)
+        for visitor in range(6):  # on two workers, all six landing local: 1 in 64
+            early = b"frame %d sent before the 101\r\n" % visitor
+            with socket.create_connection(("127.0.0.1", edge.http_port), timeout=10) as sock:
+                sock.sendall(_upgrade(host))
+                time.sleep(0.1)
+                sock.sendall(early)
+                head = _read_head(sock)
+                assert head.startswith(b"HTTP/1.1 101 "), (visitor, head)
+                assert _recv_exactly(sock, len(early)) == early
+    finally:
+        origin.close()
+    assert [r.target for r in origin.requests] == [b"/ws"] * 6
 
 
 def test_upgrade_after_earlier_requests_on_the_connection_still_waits_for_101(
