@@ -192,9 +192,12 @@ cdef class HttpVisitor(Pump):
     cdef Exchanges exchanges
     # Workers (relay/cluster/): ``may_hand_off``: this connection may still go to the
     # worker that holds its endpoint, so what it read before routing is kept in
-    # ``carried``; ``handed_in``: the bytes another worker read before handing it here.
+    # ``carried``; ``handed_in``: the bytes another worker read before handing it here;
+    # ``handoff_refused``: a hand-over decided from the head's bytes was refused (the
+    # parse that follows answers it, and does not try again).
     cdef bint may_hand_off
     cdef bint by_name
+    cdef bint handoff_refused
     cdef bytearray carried
     cdef bytes handed_in
     # The visitor's address: its socket's peer, or (a visitor another node forwarded
@@ -309,6 +312,7 @@ cdef class HttpVisitor(Pump):
         if self._hand_off(holder, False):
             return True
         self.by_name = False  # not taken: parsed and routed as usual
+        self.handoff_refused = True
         return False
 
     cdef object _holder_by_name(self, tuple found):
@@ -530,11 +534,13 @@ cdef class HttpVisitor(Pump):
         (``answer_failure``) was refused here: 503 RLY_611 and a close.
 
         A hand-over decided from the head's bytes alone does not answer a failure (False,
-        nothing done): the head is then parsed here and routed again, so that the page
+        nothing done): the head is then parsed here and routed again, not tried again
+        (one visitor, one failure counted), so that the page
         knows its request (a HEAD gets no body, an Accept its format) and the head is read
         before the close (a close with unread bytes is a reset, which loses the page)."""
         self.refusing = True
-        if self.front.hand_off(self.transport, bytes(self.carried), target):
+        if not self.handoff_refused and self.front.hand_off(
+                self.transport, bytes(self.carried), target):
             self.carried = None
             self.finished = True
             self.transport.abort()  # our descriptor only: the socket lives on over there
