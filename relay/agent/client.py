@@ -243,6 +243,7 @@ class LinkLeader(Protocol):
     remembered_ports: dict[EndpointSpec, int]
     remembered_names: dict[EndpointSpec, str]
     urls: dict[EndpointSpec, str]
+    refused: set[EndpointSpec]
 
 
 class Agent:
@@ -264,10 +265,14 @@ class Agent:
         # Names the edge assigned at random (http/https), asked for again on reconnect.
         self.remembered_names: dict[EndpointSpec, str] = {}
         self.urls: dict[EndpointSpec, str] = {}
+        #: Endpoints a reservation made since took away (RLY_207, RLY_208: refused on a
+        #: re-bind): no longer asked for, while the others serve on.
+        self.refused: set[EndpointSpec] = set()
         if leader is not None:  # the leader's, shared: what it was given, this link asks
             self.remembered_ports = leader.remembered_ports
             self.remembered_names = leader.remembered_names
             self.urls = leader.urls
+            self.refused = leader.refused
         #: Set once every endpoint is bound (the other links start then).
         self.all_bound = asyncio.Event()
         self.pops = PopChooser(
@@ -672,8 +677,12 @@ class Agent:
 
     async def _bind_all(self, control: ControlChannel) -> None:
         for request_id, spec in enumerate(self.options.endpoints, start=1):
+            if spec in self.refused:
+                continue
             answer = await self._bind(control, request_id, spec, remembered=True)
             if isinstance(answer, BindErrorMessage) and self.leader is not None:
+                if self._taken_away(spec, bind_error(answer)):
+                    continue
                 # Another link may join only what the leader holds; if that moved, try
                 # again later (the leader asks anew, this link then follows it).
                 raise SessionEnded(
@@ -685,7 +694,10 @@ class Agent:
                 self.status(f"{self.urls[spec]} is taken now ({answer.message}); asking anew")
                 answer = await self._bind(control, request_id, spec, remembered=False)
             if isinstance(answer, BindErrorMessage):
-                raise bind_error(answer)
+                error = bind_error(answer)
+                if self._taken_away(spec, error):
+                    continue
+                raise error
             self.bound[answer.endpoint_id] = BoundEndpoint(
                 spec, answer.endpoint_id, answer.url, answer.remote_port
             )
@@ -703,6 +715,33 @@ class Agent:
         if self.sessions_started_ok:
             self.status(f"reconnected; {len(self.bound)} endpoint(s) serving again")
         self.all_bound.set()
+
+    def _taken_away(self, spec: EndpointSpec, error: RelayError) -> bool:
+        """Whether a refused re-bind of ``spec`` only ends that endpoint: a reservation or
+        region pin made since it was served took it away (an operator's decision, which
+        retrying cannot change). The other endpoints serve on, and it is not asked for
+        again: retried, it would end their session at every reconnect. When it was the
+        last one, the agent ends as a Stop with that code ends it (exit 4). A bind refused
+        before any session served, or for another reason, fails as before.
+
+        Another link (``--links``) that cannot join such an endpoint skips it too, rather
+        than reconnect until link 0 learns (link 0 may never re-bind: its session was
+        only told by a notice). Until link 0's next change of what it holds, which puts
+        it back in the list, this link's next session skips it as well."""
+        if not isinstance(error, NameReserved | RegionPinned):
+            return False
+        if self.leader is None and not self.sessions_started_ok:
+            return False
+        self.refused.add(spec)
+        left = [s for s in self.options.endpoints if s not in self.refused]
+        url = self.urls.get(spec, spec.upstream)
+        if not left and self.leader is None:
+            raise EndpointRefused(f"{url} is no longer served: {error}", code=error.code)
+        self.status(
+            f"{url} is no longer served ({error.one_line()}); not asked for again, "
+            f"{len(left)} endpoint(s) serve on"
+        )
+        return True
 
     def _remembered(self, spec: EndpointSpec) -> bool:
         """Whether the last bind of ``spec`` asked for something only remembered (a port

@@ -83,16 +83,23 @@ class LeaderView:
     remembered_ports: dict[EndpointSpec, int]
     remembered_names: dict[EndpointSpec, str]
     urls: dict[EndpointSpec, str]
+    refused: set[EndpointSpec] = dataclasses.field(default_factory=set)
 
 
 def describe_leader(leader: LeaderView | Agent) -> list[dict[str, Any]]:
-    specs = set(leader.remembered_ports) | set(leader.remembered_names) | set(leader.urls)
+    specs = (
+        set(leader.remembered_ports)
+        | set(leader.remembered_names)
+        | set(leader.urls)
+        | leader.refused
+    )
     return [
         {
             "spec": dataclasses.asdict(spec),
             "port": leader.remembered_ports.get(spec),
             "name": leader.remembered_names.get(spec),
             "url": leader.urls.get(spec),
+            "refused": spec in leader.refused,
         }
         for spec in specs
     ]
@@ -102,6 +109,7 @@ def apply_leader(view: LeaderView, described: list[dict[str, Any]]) -> None:
     """Update ``view`` in place (the follower's Agent holds these very dicts)."""
     for mapping in (view.remembered_ports, view.remembered_names, view.urls):
         mapping.clear()
+    view.refused.clear()
     for item in described:
         spec = EndpointSpec(**item["spec"])
         if item.get("port") is not None:
@@ -110,6 +118,8 @@ def apply_leader(view: LeaderView, described: list[dict[str, Any]]) -> None:
             view.remembered_names[spec] = str(item["name"])
         if item.get("url") is not None:
             view.urls[spec] = str(item["url"])
+        if item.get("refused"):
+            view.refused.add(spec)
 
 
 def describe_options(options: AgentOptions) -> dict[str, Any]:
