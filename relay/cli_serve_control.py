@@ -33,12 +33,22 @@ from relay.control_process import DEFAULT_LISTEN, ControlConfig, serve
     default=None,
     help="The private key of --tls-cert.",
 )
+@click.option(
+    "--base-domain",
+    "base_domains",
+    multiple=True,
+    envvar="RELAY_BASE_DOMAIN",
+    help="The base domain of the edges this control plane serves (repeat for several): "
+    "their names are every account's, first come, so only an operator may reserve a "
+    "wildcard over one.",
+)
 def control_command(
     data_dir: Path | None,
     store_url: str | None,
     listen: str,
     tls_cert: Path | None,
     tls_key: Path | None,
+    base_domains: tuple[str, ...],
 ) -> None:
     """Run the control plane apart from any edge: the REST API for operators, and for
     edges started with --control-url."""
@@ -53,6 +63,7 @@ def control_command(
         listen=listen,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        base_domains=tuple(d.strip().lower().rstrip(".") for d in base_domains if d.strip()),
     )
 
     async def main() -> None:

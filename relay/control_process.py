@@ -38,6 +38,8 @@ class ControlConfig:
     listen: str = DEFAULT_LISTEN
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: The edges' base domains (ControlPlane.shared_domains).
+    base_domains: tuple[str, ...] = ()
     auth_failure_limit: int = 10
     auth_failure_window: float = 60.0
     auth_block_time: float = 300.0
@@ -92,7 +94,12 @@ async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
 
     prepare_data_dir(config.data_dir)
     store = open_store(config.data_dir, config.store)
-    plane = ControlPlane(store, load_or_create_pepper(config.data_dir), store_threads=STORE_THREADS)
+    plane = ControlPlane(
+        store,
+        load_or_create_pepper(config.data_dir),
+        shared_domains=config.base_domains,
+        store_threads=STORE_THREADS,
+    )
     plane.guard = _Guard(config, plane)
     plane.calls.start(asyncio.get_running_loop())
     metrics = Metrics("control")

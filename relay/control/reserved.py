@@ -50,6 +50,7 @@ __all__ = [
     "ReservedDomainRecord",
     "covering_names",
     "decisive_pins",
+    "shared_domain_covered",
     "validate_domain",
     "validate_port",
     "validate_region",
@@ -173,6 +174,19 @@ def covering_names(hostname: str) -> list[str]:
             out.append(wildcard)
         dot = name.find(".", dot + 1)
     return out
+
+
+def shared_domain_covered(domain: str, shared: Collection[str]) -> str | None:
+    """The shared domain (an edge's base domain, whose names accounts bind first come)
+    whose every name the wildcard ``domain`` would take (``*.<base>``, or a wildcard
+    above it), or None. A member may not reserve such a wildcard: one account would
+    take every other account's next bind of a name there (relay/control/api)."""
+    if not domain.startswith("*."):
+        return None
+    for base in shared:
+        if domain in covering_names(f"name.{base}")[1:]:
+            return base
+    return None
 
 
 # -- domains -------------------------------------------------------------------------------

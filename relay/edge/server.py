@@ -281,6 +281,7 @@ class Edge:
                     guard=ApiFailureGuard(self),
                     credentials_ended=self.credentials_ended,
                     reservations_changed=self.reservations.changed,
+                    shared_domains=(config.base_domain,) if config.base_domain else (),
                 )
                 make_api = functools.partial(create_app, plane)
             self.admin = AdminServer(self.metrics, self.readiness, self.status, api=make_api)

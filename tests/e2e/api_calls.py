@@ -7,6 +7,7 @@ import http.client
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from relay.control.store import AccountRecord, Store
@@ -68,10 +69,16 @@ def call(
         conn.close()
 
 
+class KeepsData(Protocol):
+    """What keeps a SQLite store in its data directory: an edge, or `relay control`."""
+
+    data_dir: Path
+
+
 class Keys:
     """API keys made straight in the edge's store (as `relay api-keys bootstrap` does)."""
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: KeepsData) -> None:
         self.store = Store.open(f"sqlite:///{edge.data_dir / 'relay.db'}")
         self.pepper = load_or_create_pepper(edge.data_dir)
 

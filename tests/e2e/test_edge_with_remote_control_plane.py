@@ -25,9 +25,12 @@ class Control:
     """`relay control` on 127.0.0.1:``port`` (``store``: its --store URL; else SQLite in
     ``data_dir``), stopped by its pid."""
 
-    def __init__(self, data_dir: Path, port: int, store: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, store: str | None = None, extra: list[str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.store = store
+        self.extra = extra or []
         self.port = port
         self.host = "127.0.0.1"
         self.admin_port = port  # the API, /readyz and /metrics share its one listener
@@ -45,6 +48,7 @@ class Control:
                 *(["--store", self.store] if self.store is not None else []),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                *self.extra,
             ]
         )
         self.proc.wait_line("control plane serving on", timeout=30)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from relay.control.reserved import shared_domain_covered
 from relay.control.store import (
     AccountRecord,
     ReservedAddrRecord,
@@ -398,3 +399,21 @@ def test_the_catch_all_acl_covers_the_accounts_reserved_names_and_narrower_acls_
     assert token_allows_bind(
         narrow, "http", hostname="other.example.com", base_domain=base, reserved=True
     )
+
+
+@pytest.mark.parametrize(
+    ("domain", "covered"),
+    [
+        ("*.edge.example.com", "edge.example.com"),
+        ("*.example.com", "edge.example.com"),  # above it: every name under it too
+        ("*.example.net", "pop.example.net"),
+        ("*.team.edge.example.com", None),  # a part of its names, not all
+        ("app.edge.example.com", None),  # one name
+        ("*.xedge.example.com", None),  # labels, not letters
+        ("*.other.org", None),
+    ],
+)
+def test_only_a_wildcard_over_all_of_a_shared_domain_is_covered(
+    domain: str, covered: str | None
+) -> None:
+    assert shared_domain_covered(domain, ("edge.example.com", "pop.example.net")) == covered

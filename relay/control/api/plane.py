@@ -131,6 +131,9 @@ class ControlPlane:
     #: its live endpoints against it at once (relay/edge/live_reservations.py), and tells
     #: the other nodes of its cluster, or its other workers, to.
     reservations_changed: Callable[[], None] | None = None
+    #: The base domains of the edges this plane serves: their names are bound first
+    #: come, and only an operator may reserve a wildcard over all of one.
+    shared_domains: tuple[str, ...] = ()
     #: How routes ask the store (every route does, through :meth:`ask`): off the event
     #: loop for PostgreSQL, so a database gone silent costs its callers a 503 after 5 s
     #: and not the loop, which serves the edge's visitors too.

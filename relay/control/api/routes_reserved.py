@@ -1,9 +1,11 @@
 """/reserved_domains and /reserved_addrs: names and TCP ports that belong to one account.
 An edge refuses a bind of a reserved name or port by any other account (RLY_207), and
 binds a name outside its base domain only for the account that reserved it. A member's
-key reaches its own account's reservations; an operator's every account's. A reservation
-made or released acts on live endpoints at once: the edge serving the API is told, and
-tells the others (ControlPlane.announce_reservations_changed)."""
+key reaches its own account's reservations; an operator's every account's, and only an
+operator's reserves a wildcard over an edge's whole base domain (its names are every
+account's, first come). A reservation made or released acts on live endpoints at once:
+the edge serving the API is told, and tells the others
+(ControlPlane.announce_reservations_changed)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from relay.control.api.paging import Cursor, Limit, cut
 
 # Whose objects a caller reaches is decided as for credentials: one rule, one place.
 from relay.control.api.routes_credentials import _listed_account, _owner
-from relay.errors import NotFound
+from relay.control.reserved import shared_domain_covered, validate_domain
+from relay.errors import Forbidden, NotFound
 
 _TAKEN: dict[int | str, dict[str, Any]] = {
     409: {
@@ -72,6 +75,14 @@ async def reserve_domain(
 ) -> ReservedDomain:
     plane = plane_of(request)
     owner = _owner(principal, body.account_id)
+    if not principal.operator:
+        domain = validate_domain(body.domain)
+        shared = shared_domain_covered(domain, plane.shared_domains)
+        if shared is not None:
+            raise Forbidden(
+                f"only an operator account's key may reserve {domain}: it covers every "
+                f"name under {shared}, which accounts bind first come"
+            )
     record = await plane.ask(
         lambda: plane.store.reserve_domain(
             owner,

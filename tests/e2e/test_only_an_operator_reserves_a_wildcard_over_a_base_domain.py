@@ -1,0 +1,67 @@
+"""The names under an edge's base domain are every account's, first come: a member's key
+may reserve one of them, or a wildcard over a part of them, but not a wildcard over all
+of them (``*.<base>``, or one above it). Reserved, such a wildcard would take every other
+account's next bind of a name there (RLY_207), random names included. An operator's key
+may (the operator runs the edge). Both where the API is served: an edge's own control
+plane (it knows its base domain) and `relay control --base-domain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.api_calls import Keys, call
+from tests.e2e.procs import Edge
+from tests.e2e.test_edge_with_remote_control_plane import Control
+from tests.ports import free_port
+
+API = "/api/v1"
+BASE = "relay.localhost"  # tests/e2e/procs.py's Edge passes --base-domain relay.localhost
+
+
+@pytest.fixture(params=["edge", "relay-control"])
+def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Edge | Control]:
+    server: Edge | Control
+    if request.param == "edge":
+        server = Edge(tmp_path / "edge").start()
+    else:
+        server = Control(tmp_path / "control", free_port(), extra=["--base-domain", BASE])
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_member_may_not_reserve_a_wildcard_over_the_whole_base_domain(
+    plane: Edge | Control,
+) -> None:
+    keys = Keys(plane)
+    try:
+        _, admin = keys.make(["admin"])
+        team = keys.store.create_account("team-b", actor="test")
+        _, member = keys.make(["reserved:read", "reserved:write"], account=team)
+    finally:
+        keys.close()
+
+    def reserve(key: str, domain: str) -> tuple[int, str | None]:
+        body = {"domain": domain, **({"account_id": team.id} if key == admin else {})}
+        answer = call(plane, "POST", f"{API}/reserved_domains", key, body)
+        return answer.status, answer.code
+
+    for over_all in (f"*.{BASE}", f"*.{BASE.upper()}."):
+        assert reserve(member, over_all) == (403, "RLY_120"), over_all
+    answer = call(plane, "POST", f"{API}/reserved_domains", member, {"domain": f"*.{BASE}"})
+    assert answer.body["message"] == (
+        f"only an operator account's key may reserve *.{BASE}: it covers every name under "
+        f"{BASE}, which accounts bind first come"
+    ), answer.body
+    allowed = [f"*.team-b.{BASE}", f"app.{BASE}", "*.team-b.example.org"]
+    for domain in allowed:
+        assert reserve(member, domain) == (201, None), domain
+    assert reserve(admin, f"*.{BASE}") == (201, None)
+    listed = call(plane, "GET", f"{API}/reserved_domains", member).body["items"]
+    assert sorted(d["domain"] for d in listed) == sorted([*allowed, f"*.{BASE}"])
