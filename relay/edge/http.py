@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.edge.members import hands_over, serving_session
+from relay.edge.members import hands_over, serving_session, takes_visitors
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
 from relay.error_pages import render
@@ -183,6 +183,10 @@ class HttpFront:
         """The other worker or node a visitor for ``hostname`` goes to, rather than to
         ``endpoint`` (this edge's match for it, if any); None: not elsewhere."""
         if self.elsewhere is None:
+            return None
+        if endpoint is not None and endpoint.hostname == hostname and takes_visitors(endpoint):
+            # The exact name, taking visitors here: nothing elsewhere can be a better match
+            # (hands_over), so the other workers' names are not looked up for it.
             return None
         target = self.elsewhere.http_holder(hostname)
         if target is None or not hands_over(endpoint, target):
