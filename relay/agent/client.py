@@ -10,10 +10,10 @@ import logging
 import secrets
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import relay_native
@@ -61,6 +61,7 @@ from relay.tls import check_pin, client_context
 from relay.tlslink import connect_link
 
 log = logging.getLogger("relay.agent")
+T = TypeVar("T")
 
 #: How long a visitor stream may take to deliver its StreamHeader.
 HEADER_TIMEOUT = 10.0
@@ -335,23 +336,19 @@ class Agent:
         while not self._stopping:
             self._established = False
             self._serving_since = None
-            ranked = await self.pops.ranked()
+            found = await self._unless_stopped(self.pops.ranked())
+            if found is None:
+                break
+            ranked = found.result()
             if self.pops.all_away(ranked):
                 raise ConfigError(
                     f"no PoP of region {self.options.region} among "
                     f"{', '.join(str(p) for p in ranked)}"
                 )
             self.pop = self.pops.choose(ranked)
-            session = asyncio.ensure_future(self._run_session())
-            stopped = asyncio.ensure_future(self._stopped.wait())
-            try:
-                await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopped.cancel()
-            if not session.done():
-                session.cancel()  # stopped while connecting or handshaking
-                await asyncio.gather(session, return_exceptions=True)
-                break
+            session = await self._unless_stopped(self._run_session())
+            if session is None:
+                break  # stopped while connecting or handshaking
             try:
                 session.result()
             except (TlsError, NotAnEdge) as exc:
@@ -360,7 +357,10 @@ class Agent:
                 if not self.pops.several or self.pop is None:
                     raise
                 self.pops.set_aside(self.pop, WRONG_REGION_FOR)
-                if self.pops.all_away(await self.pops.ranked()):
+                found = await self._unless_stopped(self.pops.ranked())
+                if found is None:
+                    break
+                if self.pops.all_away(found.result()):
                     raise
                 self.status(f"{self.pop}: {exc}; trying another PoP")
                 continue
@@ -406,6 +406,24 @@ class Agent:
             self.status(f"{lost}; reconnecting in {delay:.1f}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), delay)
+
+    async def _unless_stopped(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
+        """``work`` run to its end (its future, done: take its result or error), or None
+        when the agent was stopped first, and ``work`` cancelled: a connect or handshake
+        under way, or a resolver that does not answer (up to 5 s a name), must not hold
+        a stop."""
+        assert self._stopped is not None
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            return task
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
 
     @property
     def sessions_started_ok(self) -> bool:
