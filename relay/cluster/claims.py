@@ -10,7 +10,9 @@ the rules a single edge keeps (relay/edge/members.py), across workers:
   takes its place over: the worker that had it drops that member (an orphan report it
   sends before it reads its ``drop`` does not bring the link back);
 * another link of the same agent (``--links``), or any agent of the token when every
-  holder bound it with ``pool``, joins the holders: visitors are shared;
+  holder bound it with ``pool``, joins the holders: visitors are shared, all with the
+  endpoint's one Host rewrite (a member asking with another is refused, as on one edge:
+  which worker took a visitor must not decide the Host its upstream sees);
 * any other agent of the token takes the key once no worker holds it live (the owner's
   agent was restarted and its endpoint is orphaned within its grace).
 
@@ -52,6 +54,8 @@ class Claim:
     #: Workers whose members of the key are live but all drain (a GoAway, a restart):
     #: they still hold it, but take no new visitor.
     resting: set[int] = field(default_factory=set)
+    #: The Host its visitors' heads are rewritten to (``--host-header``; None: kept).
+    rewrite: str | None = None
 
     def live_workers(self) -> list[int]:
         """The workers visitors of the key go to: those whose members take them; while
@@ -109,14 +113,14 @@ class ClaimTable:
         #: worker -> its run now: how many times it died.
         self._runs: dict[int, int] = {}
 
-    def claim(self, key: str, token: str, member: Member) -> Verdict:
+    def claim(self, key: str, token: str, member: Member, rewrite: str | None = None) -> Verdict:
         sibling = self._claims.get(_sibling(key))
         if sibling is not None and sibling.token != token:
             # A name has one owner across http and the TLS port (https, tls).
             return Verdict(False, f"{key.partition(':')[2]} is bound by another token")
         current = self._claims.get(key)
         if current is None:
-            self._claims[key] = Claim(token, [member], {member.worker: True})
+            self._claims[key] = Claim(token, [member], {member.worker: True}, rewrite=rewrite)
             return Verdict(True)
         if current.token != token:
             return Verdict(False, f"{key} is bound by another token")
@@ -127,12 +131,14 @@ class ClaimTable:
         live = [m for m in others if current.live.get(m.worker)]
         if not live:
             dropped = tuple(m for m in current.members if m.worker != member.worker)
-            self._claims[key] = Claim(token, [member], {member.worker: True})
+            self._claims[key] = Claim(token, [member], {member.worker: True}, rewrite=rewrite)
             return Verdict(True, dropped=dropped)
         same_agent = all(m.agent == member.agent for m in live)
         pool = member.pooled and all(m.pooled for m in live)
         if not (same_agent or pool):
             return Verdict(False, f"{key} is bound by another agent session")
+        if rewrite != current.rewrite:
+            return Verdict(False, rewrite_refused(key.partition(":")[2], current.rewrite))
         current.members = [*others, member]
         current.hold_live(member.worker)
         for gone in same_link:  # a worker that kept no member of the key holds it no more
@@ -148,6 +154,7 @@ class ClaimTable:
         members: list[Member],
         live: bool,
         taking: bool = True,
+        rewrite: str | None = None,
     ) -> str:
         """What ``worker`` holds of ``key`` now, all of it: its members (none: it holds
         the key no more) and whether one is live. Workers send it after every change, in
@@ -196,6 +203,7 @@ class ClaimTable:
         ] + mine
         if live:
             current.hold_live(worker, taking)
+            current.rewrite = rewrite
         else:
             current.orphan(worker, self._runs.get(worker, 0))
         after = (mine, live, worker in current.resting)
@@ -246,6 +254,16 @@ class ClaimTable:
     def members(self, key: str) -> list[Member]:
         current = self._claims.get(key)
         return list(current.members) if current is not None else []
+
+
+def rewrite_refused(name: str, theirs: str | None) -> str:
+    """Why a member is refused ``name`` when its live members rewrite the Host to
+    ``theirs`` (None: they keep it) and it asks for another rewrite."""
+    return (
+        f"{name} is served by members with "
+        + (f"--host-header {theirs}" if theirs else "no --host-header")
+        + "; a member joins with the same Host rewrite as theirs"
+    )
 
 
 def _sibling(key: str) -> str:

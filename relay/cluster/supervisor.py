@@ -416,7 +416,7 @@ class Supervisor:
             int(message.get("link", 0)),
             bool(message.get("pooled", False)),
         )
-        verdict = self.table.claim(key, str(message["token"]), member)
+        verdict = self.table.claim(key, str(message["token"]), member, _rewrite(message))
         assert worker.channel is not None
         worker.channel.send(
             {"op": "claimed", "id": message["id"], "ok": verdict.granted, "why": verdict.why}
@@ -442,6 +442,7 @@ class Supervisor:
             members,
             bool(message["live"]),
             taking=bool(message.get("taking", True)),
+            rewrite=_rewrite(message),
         )
         if outcome == "changed":
             self._tell_where(key)
@@ -477,3 +478,9 @@ def _signal(worker: _Worker, signum: int) -> None:
     if worker.process is not None and worker.process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             worker.process.send_signal(signum)
+
+
+def _rewrite(message: Message) -> str | None:
+    """The Host rewrite a worker's claim or report carries (None: the Host is kept)."""
+    rewrite = message.get("rewrite")
+    return str(rewrite) if rewrite is not None else None

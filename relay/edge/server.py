@@ -21,6 +21,7 @@ from relay.accepting import LimitWatch
 from relay.admin import AdminServer
 from relay.api_client import ApiClient
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
+from relay.cluster.claims import rewrite_refused
 from relay.cluster.place import WorkerPlace
 from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.api import ControlPlane, create_app
@@ -845,7 +846,7 @@ class Edge:
                 session.token_id, session.agent_id, session, session.link_index, request.pool
             )
             key = f"{family}:{hostname}"
-            await self._claim(key, holder)
+            await self._claim(key, holder, request.host_header or None)
             try:
                 return self._bind_host_claimed(session, request, hostname, family, holder, pins)
             finally:
@@ -898,11 +899,12 @@ class Edge:
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
 
-    async def _claim(self, key: str, holder: Holder) -> None:
+    async def _claim(self, key: str, holder: Holder, rewrite: str | None = None) -> None:
         """With several workers, a name or port is first claimed across them (the
-        supervisor's rules; EndpointAlreadyBound when another worker's agent has it)."""
+        supervisor's rules; EndpointAlreadyBound when another worker's agent has it, or
+        its members there rewrite the Host otherwise than ``rewrite``)."""
         if self.worker is not None:
-            await self.worker.claim(key, holder)
+            await self.worker.claim(key, holder, rewrite)
 
     def drop_endpoint(self, key: str, agent_id: str | None = None, link: int = 0) -> None:
         """The supervisor gave ``key`` — or, with ``agent_id``, that agent's link ``link``
@@ -950,12 +952,14 @@ class Edge:
         if endpoint is None:
             self.worker.report(key, "", [], False)
         else:
+            rewrite = endpoint.host_rewrite if isinstance(endpoint, HostEndpoint) else None
             self.worker.report(
                 key,
                 endpoint.holder.token_id,
                 endpoint.members,
                 is_live(endpoint),
                 takes_visitors(endpoint),
+                rewrite.decode("latin-1") if rewrite is not None else None,
             )
 
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
@@ -1145,11 +1149,7 @@ def _check_rewrite(endpoint: HostEndpoint, replaced: Holder | None, rewrite: byt
     if not any(m.session is not None and m is not replaced for m in endpoint.members):
         return
     theirs = endpoint.host_rewrite.decode("latin-1") if endpoint.host_rewrite else None
-    raise EndpointAlreadyBound(
-        f"{endpoint.hostname} is served by members with "
-        + (f"--host-header {theirs}" if theirs else "no --host-header")
-        + "; a member joins with the same Host rewrite as theirs"
-    )
+    raise EndpointAlreadyBound(rewrite_refused(endpoint.hostname, theirs))
 
 
 def _acl_hint(hostname: str, base_domain: str) -> str:

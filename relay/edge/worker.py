@@ -147,9 +147,10 @@ class EdgeWorker:
 
     # --- claims -------------------------------------------------------------------------
 
-    async def claim(self, key: str, holder: Holder) -> None:
-        """Ask the supervisor for ``key`` for ``holder`` (an agent's link, maybe pooled);
-        EndpointAlreadyBound when it is another's."""
+    async def claim(self, key: str, holder: Holder, rewrite: str | None = None) -> None:
+        """Ask the supervisor for ``key`` for ``holder`` (an agent's link, maybe pooled,
+        rewriting the Host to ``rewrite``); EndpointAlreadyBound when it is another's, or
+        its live members rewrite the Host otherwise."""
         assert self.channel is not None
         claim_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -163,6 +164,7 @@ class EdgeWorker:
                 "agent": holder.agent_id,
                 "link": holder.link,
                 "pooled": holder.pooled,
+                "rewrite": rewrite,
             }
         )
         try:
@@ -180,7 +182,13 @@ class EdgeWorker:
             raise EndpointAlreadyBound(str(answer.get("why") or f"{key} is bound elsewhere"))
 
     def report(
-        self, key: str, token_id: str, members: list[Holder], live: bool, taking: bool = True
+        self,
+        key: str,
+        token_id: str,
+        members: list[Holder],
+        live: bool,
+        taking: bool = True,
+        rewrite: str | None = None,
     ) -> None:
         """Everything this worker holds of ``key`` now (no members: nothing). Sent after
         every change, so the supervisor's table ends up as the workers are, whatever
@@ -198,6 +206,7 @@ class EdgeWorker:
                     "members": [[m.agent_id, m.link, m.pooled] for m in members],
                     "live": live,
                     "taking": taking,
+                    "rewrite": rewrite,
                 }
             )
         except ChannelError as exc:

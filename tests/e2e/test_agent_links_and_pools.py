@@ -250,3 +250,35 @@ def test_a_pool_member_with_another_host_header_is_refused(
     host = "rewritten.relay.localhost"
     seen = Counter(get_body(edge.http_port, host) for _ in range(10))
     assert seen == Counter({b"member-a": 5, b"member-b": 5}), seen
+
+
+def test_a_pool_member_with_another_host_header_is_refused_on_every_worker(
+    tmp_path: Path, agents: list[Agent], named: list[NamedOrigin]
+) -> None:
+    """With workers the Host rewrite is checked across them (the supervisor's claim), not
+    only by the worker a member lands on. Six members with another rewrite (or none) are
+    each refused, RLY_204; the kernel lands all six on the first member's worker (where
+    that worker's own check would refuse them anyway) once in 64 runs."""
+    edge = Edge(tmp_path / "edge", workers=2).start()
+    try:
+        origin = NamedOrigin("member-a")
+        named.append(origin)
+        _, token = edge.token()
+        first = web(edge, token, origin.port, "rewritten", "--pool", "--host-header", "one")
+        agents.append(first)
+        first.wait_bound()
+        for attempt in range(6):
+            flags = ["--host-header", "two"] if attempt % 2 == 0 else []
+            other = web(edge, token, origin.port, "rewritten", "--pool", *flags)
+            try:
+                assert other.proc.wait(30) == 4, other.proc.text()
+            finally:
+                other.stop()
+            assert (
+                "error RLY_204: rewritten.relay.localhost is served by members with "
+                "--host-header one; a member joins with the same Host rewrite as theirs"
+            ) in other.proc.text()
+        seen = Counter(get_body(edge.http_port, "rewritten.relay.localhost") for _ in range(8))
+        assert seen == Counter({b"member-a": 8}), seen
+    finally:
+        edge.stop()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from relay.cluster.claims import ClaimTable, Member
+from relay.cluster.claims import ClaimTable, Member, rewrite_refused
 
 
 def test_a_free_key_goes_to_whoever_asks() -> None:
@@ -67,6 +67,27 @@ def test_pooled_agents_share_and_an_unpooled_one_does_not() -> None:
 def orphaned(table: ClaimTable, worker: int, key: str, token: str, *members: Member) -> str:
     """``worker`` reports ``key``'s members, none live (their sessions ended)."""
     return table.apply_state(worker, key, token, list(members), False)
+
+
+def test_pooled_members_on_any_worker_share_one_host_rewrite() -> None:
+    """As on one edge (relay/edge/server.py ``_check_rewrite``): which worker took a
+    visitor must not decide the Host its upstream sees."""
+    table = ClaimTable()
+    key = "http:p.example"
+    assert table.claim(key, "t1", Member(0, "a1", pooled=True), "one.internal").granted
+    for rewrite in ("two.internal", None):
+        verdict = table.claim(key, "t1", Member(1, "a2", pooled=True), rewrite)
+        assert not verdict.granted
+        assert verdict.why == rewrite_refused("p.example", "one.internal")
+    assert table.claim(key, "t1", Member(1, "a3", pooled=True), "one.internal").granted
+    # Every member gone (their workers say so): the next agent's rewrite is the key's.
+    for worker in (0, 1):
+        table.apply_state(worker, key, "t1", [], False)
+    assert table.claim(key, "t1", Member(1, "a4", pooled=True), None).granted
+    assert not table.claim(key, "t1", Member(0, "a5", pooled=True), "one.internal").granted
+    # A worker's report is the last word on it too.
+    table.apply_state(1, key, "t1", [Member(1, "a4", pooled=True)], True, rewrite="three")
+    assert table.claim(key, "t1", Member(0, "a6", pooled=True), "three").granted
 
 
 def test_another_agent_of_the_token_waits_until_no_worker_holds_it_live() -> None:
