@@ -103,6 +103,32 @@ class Keys:
         self.store.close()
 
 
+@dataclass(frozen=True)
+class TwoAccounts:
+    """An operator's admin key, and two member accounts: A with an authtoken, B with an
+    API key of its own that reserves (``reserved:read``, ``reserved:write``)."""
+
+    admin: str
+    account_a: str
+    account_b: str
+    token_a: str
+    member_b: str
+
+
+def two_accounts(edge: KeepsData) -> TwoAccounts:
+    """:class:`TwoAccounts` made straight in ``edge``'s store (teams ``team-a``, ``team-b``)."""
+    keys = Keys(edge)
+    try:
+        _, admin = keys.make(["admin"])
+        a = keys.store.create_account("team-a", actor="test")
+        b = keys.store.create_account("team-b", actor="test")
+        _, token_a = keys.store.create_token(account_id=a.id, pepper=keys.pepper, actor="test")
+        _, member_b = keys.make(["reserved:read", "reserved:write"], account=b)
+    finally:
+        keys.close()
+    return TwoAccounts(admin, a.id, b.id, token_a, member_b)
+
+
 def api_key(edge: Edge, scopes: list[str]) -> str:
     """One API key of the default (operator) account holding ``scopes``."""
     keys = Keys(edge)

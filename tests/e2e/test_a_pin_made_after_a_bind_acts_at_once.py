@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.api_calls import Answer, Keys, call
+from tests.e2e.api_calls import Answer, Keys, call, two_accounts
 from tests.e2e.http_helpers import error_code, one_request
 from tests.e2e.origin import Origin, blob
 from tests.e2e.procs import (
@@ -77,16 +77,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         root / "edge", extra=["--region", "us", "--credential-check-interval", "30"]
     ).start()
     try:
-        keys = Keys(edge)
-        try:
-            _, admin = keys.make(["admin"])
-            a = keys.store.create_account("team-a", actor="test")
-            b = keys.store.create_account("team-b", actor="test")
-            _, token_a = keys.store.create_token(account_id=a.id, pepper=keys.pepper, actor="test")
-            _, member_b = keys.make(["reserved:read", "reserved:write"], account=b)
-        finally:
-            keys.close()
-        yield World(edge, admin, a.id, b.id, token_a, member_b)
+        made = two_accounts(edge)
+        yield World(edge, made.admin, made.account_a, made.account_b, made.token_a, made.member_b)
     finally:
         edge.stop()
 

@@ -222,6 +222,22 @@ def _tcp_holders(edge: Edge, url: str) -> set[int]:
     }
 
 
+def refused_for_its_rewrite(
+    edge: Edge, token: str, upstream: int, flags: list[str], theirs: str
+) -> None:
+    """A member of the pool ``rewritten`` with ``flags`` is refused (RLY_204, exit 4):
+    the live members rewrite the Host to ``theirs``."""
+    other = web(edge, token, upstream, "rewritten", "--pool", *flags)
+    try:
+        assert other.proc.wait(30) == 4, other.proc.text()
+    finally:
+        other.stop()
+    assert (
+        f"error RLY_204: rewritten.relay.localhost is served by members with --host-header "
+        f"{theirs}; a member joins with the same Host rewrite as theirs"
+    ) in other.proc.text()
+
+
 def test_a_pool_member_with_another_host_header_is_refused(
     edge: Edge, agents: list[Agent], named: list[NamedOrigin]
 ) -> None:
@@ -235,15 +251,7 @@ def test_a_pool_member_with_another_host_header_is_refused(
     agents.append(first)
     first.wait_bound()
     for flags in (["--host-header", "two.internal"], []):
-        other = web(edge, token, b.port, "rewritten", "--pool", *flags)
-        try:
-            assert other.proc.wait(30) == 4, other.proc.text()
-        finally:
-            other.stop()
-        assert (
-            "error RLY_204: rewritten.relay.localhost is served by members with --host-header "
-            "one.internal; a member joins with the same Host rewrite as theirs"
-        ) in other.proc.text()
+        refused_for_its_rewrite(edge, token, b.port, flags, "one.internal")
     same = web(edge, token, b.port, "rewritten", "--pool", "--host-header", "one.internal")
     agents.append(same)
     same.wait_bound()
@@ -269,15 +277,7 @@ def test_a_pool_member_with_another_host_header_is_refused_on_every_worker(
         first.wait_bound()
         for attempt in range(6):
             flags = ["--host-header", "two"] if attempt % 2 == 0 else []
-            other = web(edge, token, origin.port, "rewritten", "--pool", *flags)
-            try:
-                assert other.proc.wait(30) == 4, other.proc.text()
-            finally:
-                other.stop()
-            assert (
-                "error RLY_204: rewritten.relay.localhost is served by members with "
-                "--host-header one; a member joins with the same Host rewrite as theirs"
-            ) in other.proc.text()
+            refused_for_its_rewrite(edge, token, origin.port, flags, "one")
         seen = Counter(get_body(edge.http_port, "rewritten.relay.localhost") for _ in range(8))
         assert seen == Counter({b"member-a": 8}), seen
     finally:

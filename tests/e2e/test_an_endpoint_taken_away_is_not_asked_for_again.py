@@ -18,13 +18,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.api_calls import Keys, call
+from tests.e2e.api_calls import TwoAccounts, call, two_accounts
 from tests.e2e.procs import RELAY, Agent, EchoServer, Edge, Proc, echo_roundtrip
 from tests.e2e.test_agent_config_start import agent_config, forwarding_urls, write_config
 
@@ -34,35 +32,9 @@ BASE = "relay.localhost"
 pytestmark = pytest.mark.timeout(180)
 
 
-@dataclass(frozen=True)
-class Accounts:
-    admin: str
-    account_b: str
-    token_a: str
-    member_b: str
-
-
 @pytest.fixture
-def edge(tmp_path: Path) -> Iterator[Edge]:
-    server = Edge(tmp_path / "edge").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def accounts(edge: Edge) -> Accounts:
-    keys = Keys(edge)
-    try:
-        _, admin = keys.make(["admin"])
-        a = keys.store.create_account("team-a", actor="test")
-        b = keys.store.create_account("team-b", actor="test")
-        _, token_a = keys.store.create_token(account_id=a.id, pepper=keys.pepper, actor="test")
-        _, member_b = keys.make(["reserved:read", "reserved:write"], account=b)
-    finally:
-        keys.close()
-    return Accounts(admin, b.id, token_a, member_b)
+def accounts(edge: Edge) -> TwoAccounts:
+    return two_accounts(edge)
 
 
 def reserve_name(edge: Edge, key: str, host: str, account: str = "") -> None:
@@ -105,7 +77,7 @@ def until_reconnected(agent: Proc, times: int, within: float = 20.0) -> None:
 
 
 def test_a_name_taken_away_is_dropped_and_the_other_endpoint_serves_across_restarts(
-    edge: Edge, accounts: Accounts, echo: EchoServer, procs: list[Proc], tmp_path: Path
+    edge: Edge, accounts: TwoAccounts, echo: EchoServer, procs: list[Proc], tmp_path: Path
 ) -> None:
     name = "taken"
     host = f"{name}.{BASE}"
@@ -140,7 +112,7 @@ def test_a_name_taken_away_is_dropped_and_the_other_endpoint_serves_across_resta
 
 
 def test_a_members_reservation_ends_an_agent_serving_nothing_else_at_its_next_bind(
-    edge: Edge, accounts: Accounts, echo: EchoServer, agents: list[Agent]
+    edge: Edge, accounts: TwoAccounts, echo: EchoServer, agents: list[Agent]
 ) -> None:
     name = "kept"
     host = f"{name}.{BASE}"

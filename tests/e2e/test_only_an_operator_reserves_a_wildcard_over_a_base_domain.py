@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.api_calls import Keys, call
+from tests.e2e.api_calls import call, two_accounts
 from tests.e2e.procs import Edge
 from tests.e2e.test_edge_with_remote_control_plane import Control
 from tests.ports import free_port
@@ -39,16 +39,11 @@ def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Edge | Con
 def test_a_member_may_not_reserve_a_wildcard_over_the_whole_base_domain(
     plane: Edge | Control,
 ) -> None:
-    keys = Keys(plane)
-    try:
-        _, admin = keys.make(["admin"])
-        team = keys.store.create_account("team-b", actor="test")
-        _, member = keys.make(["reserved:read", "reserved:write"], account=team)
-    finally:
-        keys.close()
+    made = two_accounts(plane)
+    admin, member = made.admin, made.member_b
 
     def reserve(key: str, domain: str) -> tuple[int, str | None]:
-        body = {"domain": domain, **({"account_id": team.id} if key == admin else {})}
+        body = {"domain": domain, **({"account_id": made.account_b} if key == admin else {})}
         answer = call(plane, "POST", f"{API}/reserved_domains", key, body)
         return answer.status, answer.code
 
