@@ -570,10 +570,10 @@ cdef class HttpVisitor(Pump):
         (``answer_failure``) was refused here: 503 RLY_611 and a close.
 
         A hand-over decided from the head's bytes alone does not answer a failure (False,
-        nothing done): the head is then parsed here and routed again, not tried again
-        (one visitor, one failure counted), so that the page
-        knows its request (a HEAD gets no body, an Accept its format) and the head is read
-        before the close (a close with unread bytes is a reset, which loses the page)."""
+        nothing done): the head is then parsed here and routed again, without a second
+        try (one visitor, one failure counted), so that the page knows its request (a
+        HEAD gets no body, an Accept its format) and the head is read before the close
+        (a close with unread bytes is a reset, which loses the page)."""
         self.refusing = True
         if not self.handoff_refused and self.front.hand_off(
                 self.transport, bytes(self.carried), target):
