@@ -25,6 +25,7 @@ import pytest
 from tests.e2e.api_calls import TwoAccounts, call, two_accounts
 from tests.e2e.procs import RELAY, Agent, EchoServer, Edge, Proc, echo_roundtrip
 from tests.e2e.test_agent_config_start import agent_config, forwarding_urls, write_config
+from tests.e2e.test_agent_links_and_pools import web
 
 API = "/api/v1"
 BASE = "relay.localhost"
@@ -121,13 +122,7 @@ def test_a_members_reservation_ends_an_agent_serving_nothing_else_at_its_next_bi
 ) -> None:
     name = "kept"
     host = f"{name}.{BASE}"
-    agent = Agent(
-        edge,
-        accounts.token_a,
-        str(echo.port),
-        kind="http",
-        extra=["--no-https", "--subdomain", name],
-    )
+    agent = web(edge, accounts.token_a, echo.port, name)
     agents.append(agent)
     agent.wait_bound()
     reserve_name(edge, accounts.member_b, host)  # B's own key: acts at A's next bind
