@@ -837,7 +837,7 @@ class Edge:
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
         pins = await self._pins_under(hostname)
         claimed = self.cluster is not None and await self.cluster.claim_name(
-            hostname, record.id, family, session.agent_id, request.pool
+            hostname, record.id, family, session.agent_id, request.pool, request.host_header or ""
         )
         try:
             if request.kind == "https":

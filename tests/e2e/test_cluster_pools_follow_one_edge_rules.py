@@ -62,12 +62,12 @@ def visits(node: Node, host: str, count: int) -> Counter[bytes]:
     )
 
 
-def assert_refused(agent: Agent, node_id: str) -> None:
+def assert_refused(agent: Agent, node_id: str, said: str = "another agent session") -> None:
     code = agent.proc.wait(REFUSED_WITHIN)
     text = agent.proc.text()
     assert code == 4, text
     assert "RLY_204" in text, text
-    assert "another agent session" in text and f"node {node_id}" in text, text
+    assert said in text and f"node {node_id}" in text, text
 
 
 def second_refused_and_first_keeps_every_visitor(
@@ -78,9 +78,10 @@ def second_refused_and_first_keeps_every_visitor(
     first_flags: list[str],
     second_flags: list[str],
     subdomain: str,
+    said: str = "another agent session",
 ) -> None:
     """An agent on b binds ``subdomain``; another agent of its token on d binds it too,
-    and is refused; every visitor, at any node, reaches the first."""
+    and is refused (``said`` why); every visitor, at any node, reaches the first."""
     a, b, d = nodes["a"], nodes["b"], nodes["d"]
     _, token = b.edge.token()
     base = ["--no-https", "--subdomain", subdomain]
@@ -93,7 +94,7 @@ def second_refused_and_first_keeps_every_visitor(
     named.append(stray)
     second = Agent(d.edge, token, str(stray.port), kind="http", extra=[*base, *second_flags])
     agents.append(second)
-    assert_refused(second, "b")
+    assert_refused(second, "b", said)
     assert not holds(d, host)
     for i, node in enumerate((a, b, d)):
         all_served_by_origin(node, host, 6, seed=100 * (i + 1))
@@ -126,6 +127,39 @@ def test_a_pooled_and_an_unpooled_agent_on_two_nodes_do_not_share(
 ) -> None:
     second_refused_and_first_keeps_every_visitor(
         nodes, agents, origin, named, first_flags, second_flags, "halfpool"
+    )
+
+
+@pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
+@pytest.mark.parametrize(
+    ("first_flags", "second_flags", "said"),
+    [
+        (["--host-header", "internal.local"], [], "with --host-header internal.local;"),
+        ([], ["--host-header", "internal.local"], "with no --host-header;"),
+    ],
+    ids=["rewrite-then-none", "none-then-rewrite"],
+)
+def test_a_pool_member_with_another_host_rewrite_on_another_node_is_refused(
+    nodes: dict[str, Node],  # noqa: F811
+    agents: list[Agent],
+    origin: Origin,
+    named: list[NamedOrigin],
+    first_flags: list[str],
+    second_flags: list[str],
+    said: str,
+) -> None:
+    """One edge refuses a member that would rewrite the Host otherwise than the live
+    members do; so does another node, or which node took a visitor would decide the
+    Host its upstream saw."""
+    second_refused_and_first_keeps_every_visitor(
+        nodes,
+        agents,
+        origin,
+        named,
+        ["--pool", *first_flags],
+        ["--pool", *second_flags],
+        "rewrites",
+        said,
     )
 
 

@@ -235,19 +235,31 @@ def node_with(held: list[RemoteName], worker: int | None = None) -> tuple[Cluste
 
 
 def held_by(
-    node_id: str, share: str, family: str = "http", name: str = "app.example.com"
+    node_id: str,
+    share: str,
+    family: str = "http",
+    name: str = "app.example.com",
+    rewrite: str = "",
 ) -> RemoteName:
     kind = {"http": "http", "sni": "https", "tcp": "tcp"}[family]
     return RemoteName(
-        family, name, kind, "", NodeInfo(node_id, "eu", "10.0.0.9:7400"), owner_tag("t1"), share
+        family,
+        name,
+        kind,
+        rewrite,
+        NodeInfo(node_id, "eu", "10.0.0.9:7400"),
+        owner_tag("t1"),
+        share,
     )
 
 
-def bind(node: ClusterNode, family: str, agent: str | None, pooled: bool) -> bool:
+def bind(
+    node: ClusterNode, family: str, agent: str | None, pooled: bool, rewrite: str = ""
+) -> bool:
     async def go() -> bool:
         if family == "tcp":
             return await node.claim_port(20001, "t1", agent, pooled)
-        return await node.claim_name("app.example.com", "t1", family, agent, pooled)
+        return await node.claim_name("app.example.com", "t1", family, agent, pooled, rewrite)
 
     return asyncio.run(go())
 
@@ -307,3 +319,55 @@ def test_a_sibling_worker_s_hold_is_left_to_the_supervisor() -> None:
     node, _ = node_with([held_by("eu2.w0", "agent:a1")], worker=1)
     with pytest.raises(EndpointAlreadyBound):
         bind(node, "http", "a2", False)
+
+
+# --- one Host rewrite per pooled name, across nodes -------------------------------------
+
+
+@pytest.mark.parametrize("family", ["http", "sni"])
+@pytest.mark.parametrize(
+    ("theirs", "mine", "said"),
+    [
+        ("internal.local", "", "with --host-header internal.local;"),
+        ("", "internal.local", "with no --host-header;"),
+        ("internal.local", "other.local", "with --host-header internal.local;"),
+    ],
+)
+def test_a_pool_member_with_another_host_rewrite_on_another_node_is_refused(
+    family: str, theirs: str, mine: str, said: str
+) -> None:
+    """One edge refuses it (relay/edge/server.py ``_check_rewrite``): were it let in on
+    another node, which node took a visitor would decide the Host its upstream saw."""
+    node, presence = node_with([held_by("b", "pool", family, rewrite=theirs)])
+    with pytest.raises(EndpointAlreadyBound) as refused:
+        bind(node, family, "a2", True, mine)
+    assert refused.value.code == "RLY_204"
+    assert said in str(refused.value) and "(on node b)" in str(refused.value)
+    assert presence.claimed == []  # refused before any claim is made in Redis
+
+
+def test_a_pool_member_with_the_same_host_rewrite_joins_on_another_node() -> None:
+    node, presence = node_with([held_by("b", "pool", rewrite="internal.local")])
+    assert bind(node, "http", "a2", True, "internal.local")
+    assert presence.claimed == ["app.example.com"]
+
+
+def test_every_pool_row_s_rewrite_is_checked() -> None:
+    held = [held_by("b", "pool", rewrite="x.local"), held_by("c", "pool", rewrite="y.local")]
+    node, _ = node_with(held)
+    with pytest.raises(EndpointAlreadyBound, match="on node c"):
+        bind(node, "http", "a2", True, "x.local")
+
+
+def test_the_agent_s_own_row_is_not_compared_by_its_rewrite() -> None:
+    """An agent's links share its flags: a row under its own id with another rewrite is
+    one its restarted self left (the session there not yet timed out), not a member."""
+    node, _ = node_with([held_by("b", "agent:a1", rewrite="old.local")])
+    assert bind(node, "http", "a1", False, "new.local")
+
+
+def test_a_sibling_worker_s_rewrite_is_left_to_the_supervisor() -> None:
+    """The supervisor's claim table compares the host's workers' rewrites with what each
+    holds now (relay/cluster/claims.py); a stale row here must not refuse first."""
+    node, _ = node_with([held_by("eu1.w0", "pool", rewrite="x.local")], worker=1)
+    assert bind(node, "http", "a2", True, "")
