@@ -4,6 +4,9 @@ from typing import Any
 
 from relay._fastpath import Pump
 
+#: ``HttpFront.handed_by_name``'s answer when a visitor's head must be parsed first.
+PARSE_FIRST: object
+
 def plain_host(data: bytes) -> str | None: ...
 
 class HttpVisitor(Pump):

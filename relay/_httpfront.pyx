@@ -79,8 +79,10 @@ cdef Py_ssize_t UNROUTED_READ = 16 * 1024
 cdef object _UNROUTED_VIEW = _READ_VIEW[:UNROUTED_READ]
 # Answered by whichever worker reads it (HttpFront.acme_http01): never handed by name.
 cdef bytes ACME_PATH = b"/.well-known/acme-challenge/"
-# HttpVisitor._holder_by_name: the head must be parsed before it is routed.
-cdef object _PARSE_FIRST = object()
+# HttpFront.handed_by_name's answer: the head must be parsed before it is routed (where
+# it goes is not decided by its name alone).
+PARSE_FIRST = object()
+cdef object _PARSE_FIRST = PARSE_FIRST
 
 
 cdef bint _HOST_BYTE[256]
@@ -269,7 +271,7 @@ cdef class HttpVisitor(Pump):
                              and front.hand_off is not None)
         if self.may_hand_off:
             self.carried = bytearray()
-            self.by_name = True
+            self.by_name = front.decides_by_name()
 
     # --- asyncio protocol -----------------------------------------------------------
 
@@ -316,8 +318,7 @@ cdef class HttpVisitor(Pump):
                 self._refuse(431, "RLY_622", "request head too large")
                 return
             self.carried += data
-            # Not where node links carry visitors: those need their head parsed here.
-            if self.by_name and self.front.carrier is None and self._handed_by_name():
+            if self.by_name and self._handed_by_name():
                 return
         if self.upgrade_parsed:
             # Read while an Upgrade waits for its verdict, which holds reads: uvloop reads
@@ -340,6 +341,7 @@ cdef class HttpVisitor(Pump):
             return False
         holder = self._holder_by_name(found)
         if holder is _PARSE_FIRST:
+            self.by_name = False  # whole, and still not decided: the parse routes it
             return False
         if holder is None:
             self.may_hand_off = False
@@ -354,7 +356,8 @@ cdef class HttpVisitor(Pump):
     cdef object _holder_by_name(self, tuple found):
         """The other worker a head (``_plain_head``'s Host and target) goes to; None: it
         is served here; _PARSE_FIRST: it must be parsed first (a Host no name has, which
-        the parse refuses; an ACME challenge, which any worker answers)."""
+        the parse refuses; an ACME challenge, which any worker answers; on a node of a
+        cluster, a name not placed by its name alone)."""
         cdef bytes target = found[1]
         hostname = _hostname_of(found[0])
         if hostname is None or target.startswith(ACME_PATH):

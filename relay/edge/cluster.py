@@ -136,6 +136,8 @@ class ClusterNode:
                 web.http.serve_elsewhere(elsewhere)
                 web.http.region_of = self.region_of
                 web.http.carrier = self._carrier
+                if worker is not None:
+                    web.http.sibling_holder = worker.http_holder
             if web.tls_front is not None:
                 web.tls_front.elsewhere = elsewhere
                 web.tls_front.region_of = self.region_of

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from relay._httpfront import PARSE_FIRST
 from relay.edge.members import hands_over, serving_session, takes_visitors
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.tcp import format_address
@@ -96,6 +97,10 @@ class HttpFront:
         #: On a node of a cluster: the link up now to the node holding an ``elsewhere``
         #: target (None: not up; the visitor is handed over instead, socket and all).
         self.carrier: Callable[[Any], Any | None] | None = None
+        #: On a worker of a node of a cluster: the other worker of this host that holds a
+        #: name (relay/edge/worker.py ``EdgeWorker.http_holder``), asked from a visitor's
+        #: unparsed head by :meth:`handed_by_name`.
+        self.sibling_holder: Callable[[str], Any | None] | None = None
 
     def serve_elsewhere(self, elsewhere: Elsewhere) -> None:
         self.elsewhere = elsewhere
@@ -168,16 +173,37 @@ class HttpFront:
         ).to_wire()
         return (0, session.link, header, endpoint.host_rewrite, endpoint.metric_slot)
 
+    def decides_by_name(self) -> bool:
+        """Whether :meth:`handed_by_name` may place a visitor from its unparsed head:
+        under workers, and on a node of a cluster that runs workers (a node alone sends
+        its visitors over node links, and those need their head parsed)."""
+        return self.elsewhere is not None and (
+            self.carrier is None or self.sibling_holder is not None
+        )
+
     def handed_by_name(self, hostname: str) -> Any | None:
         """Where a visitor for ``hostname`` is handed, decided from its name alone (the
         worker that holds it), for a head whose Host is plain from its bytes: its
         sending worker then never parses it (the receiving one does, whole). None: it is
-        served or refused here, and ``route`` need not look elsewhere again. Not asked
-        where node links carry visitors (``carrier``): those need their head parsed."""
+        served or refused here, and ``route`` need not look elsewhere again.
+        ``PARSE_FIRST``: ``route`` decides it, once parsed.
+
+        On a node of a cluster (``carrier``) only another worker of this host holding
+        the exact name is decided here: no node can hold a better match, and of two
+        holders as good the worker wins (relay/edge/workers_then_nodes.py). Any other
+        name may be another node's, and node links carry visitors parsed, so the nodes
+        are not looked up here (their lookup takes a pool's turn)."""
         endpoint, pinned = self.routes.find(hostname)
         if pinned is not None:
             return None  # refused here, as ``route`` does before any hand-over
-        return self._held_elsewhere(hostname, endpoint)
+        if self.carrier is None:
+            return self._held_elsewhere(hostname, endpoint)
+        if endpoint is not None and endpoint.hostname == hostname and takes_visitors(endpoint):
+            return None  # the exact name, served here: nothing matches better anywhere
+        sibling = self.sibling_holder(hostname) if self.sibling_holder is not None else None
+        if sibling is None or sibling.hostname != hostname or not hands_over(endpoint, sibling):
+            return PARSE_FIRST
+        return sibling
 
     def _held_elsewhere(self, hostname: str, endpoint: HostEndpoint | None) -> Any | None:
         """The other worker or node a visitor for ``hostname`` goes to, rather than to

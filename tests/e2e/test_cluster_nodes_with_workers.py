@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster_nodes import cluster_args
-from tests.e2e.http_helpers import exchange, first_served, host_of, web_agent
+from tests.e2e.http_helpers import exchange, first_served, host_of, one_request, web_agent
 from tests.e2e.origin import Origin
 from tests.e2e.procs import Agent, Edge, free_port_range, payload
 from tests.e2e.test_edge_workers import worker_pids
@@ -151,6 +151,43 @@ def test_a_name_another_worker_of_the_node_holds_is_handed_over_not_linked(
     assert all(links(a, w)["forwarded"] == 0 for w in range(WORKERS))
     handed = a.worker_status(1 - at)["workers"]["handed_off"]["http"]
     assert handed > 0, a.worker_status(1 - at)["workers"]
+
+
+def test_a_sibling_worker_s_exact_name_is_handed_over_before_any_parse(
+    nodes: dict[str, Edge], origin: Origin, agents: list[Agent]
+) -> None:
+    """As under workers alone: the worker that accepts a visitor for an exact name another
+    worker of its host holds hands it over from its head's bytes, unparsed (no node can
+    hold a better match). So a head that is malformed after its Host line is answered
+    400 by the worker serving the name, and the one that accepted it only handed it
+    over; a worker that parsed first would have answered it itself."""
+    a = nodes["a"]
+    agent = web_agent(a, agents, str(origin.port), "--no-https", "--subdomain", "unparsed")
+    host = host_of(agent)
+    at = holder(a, agent.url)
+    other = 1 - at
+    wait_known(a, host, range(other, other + 1))
+    # Valid visitors until one was handed over: the other worker knows the name by then.
+    deadline = time.monotonic() + 10
+    for _ in range(500):
+        if handed(a, other) > 0 or time.monotonic() > deadline:
+            break
+        assert post_sink(a, host, b"x")["size"] == 1
+    before = handed(a, other)
+    assert before > 0
+    malformed = f"GET / HTTP/1.1\r\nhost: {host}\r\nno colon on this line\r\n".encode()
+    for _ in range(24):  # all 24 on the holder: once in 16 million runs
+        answer = one_request(a.http_port, host, malformed, address=a.host)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+        assert b"RLY_620" in answer, answer[:600]
+    assert handed(a, other) > before
+    assert all(links(a, w)["forwarded"] == 0 for w in range(WORKERS))
+
+
+def handed(edge: Edge, worker: int) -> int:
+    """HTTP visitors ``worker`` of ``edge`` handed to another worker."""
+    count: int = edge.worker_status(worker)["workers"]["handed_off"]["http"]
+    return count
 
 
 def test_a_killed_worker_s_name_is_served_again_through_the_other_node(
