@@ -427,7 +427,7 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text: str) -> timedelta:
     unit = text[-1:]
-    if unit not in DURATION_UNITS or not text[:-1].isdigit():
+    if unit not in DURATION_UNITS or not (text[:-1].isascii() and text[:-1].isdigit()):
         raise ConfigError(f"duration {text!r} is not like 30m, 12h or 90d")
     return timedelta(seconds=int(text[:-1]) * DURATION_UNITS[unit])
 

@@ -120,7 +120,7 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> dt.datetime | None
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return now + min(dt.timedelta(seconds=int(value[:9])), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -1138,7 +1138,13 @@ def _unescaped(data: bytes) -> bytes:
 
 def _is_port(text: str) -> bool:
     """A TCP port's name: its number, in decimal, 1..65535."""
-    return text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535 and text[0] != "0"
+    return (
+        text.isascii()
+        and text.isdigit()
+        and len(text) <= 5
+        and 1 <= int(text) <= 65535
+        and text[0] != "0"
+    )
 
 
 def _short_str(value: object) -> TypeGuard[str]:
@@ -1155,7 +1161,9 @@ def _is_hostname(name: str) -> bool:
 def _is_link(link: str) -> bool:
     """``host:port`` or ``[v6]:port``: what the link dialler can split."""
     host, colon, port = link.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not host or not (port.isascii() and port.isdigit()):
+        return False
+    if not 0 < int(port) < 65536:
         return False
     if host.startswith("[") or host.endswith("]"):
         return host.startswith("[") and host.endswith("]") and len(host) > 2

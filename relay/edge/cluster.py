@@ -621,7 +621,7 @@ def _address(host: str, port: int) -> str:
 
 def _peer_tuple(address: str) -> tuple[str, int] | str:
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         return address
     return host.strip("[]"), int(port)
 

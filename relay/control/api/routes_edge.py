@@ -184,7 +184,8 @@ async def reservation_owner(
     principal.must_be_operator("act as an edge")
     name: str | int = body.name
     if body.kind == "tcp":
-        if not body.name.isdigit() or not 1 <= int(body.name) <= 65535:
+        digits = body.name.isascii() and body.name.isdigit()
+        if not digits or not 1 <= int(body.name) <= 65535:
             raise ConfigError(f"a tcp reservation is a port number, not {body.name!r}")
         name = int(body.name)
     plane = plane_of(request)
