@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -77,6 +77,18 @@ def test_filters_and_pages_return_exactly_the_events_asked_for(plane: ControlPla
     assert seqs == sorted(seqs) and len(seqs) == plane.store.audit.head()[0]
     status, naive = get(plane, key, "/audit_events", since="2026-01-01T00:00:00")
     assert status == 400 and naive["code"] == "RLY_401"
+    # Within the calendar as written, outside it in UTC (schemathesis found the 500).
+    for name, edge in (
+        ("since", "0001-01-01T00:01:00+07:43"),
+        ("until", "9999-12-31T23:59:00-05:00"),
+    ):
+        status, off = get(plane, key, "/audit_events", **{name: edge})
+        assert (status, off["code"]) == (400, "RLY_401"), off
+        assert off["message"].startswith(f"{name} is out of range"), off
+    # An offset is honoured: an hour ahead of UTC, "later" in local time is the same instant.
+    local = (datetime.now(UTC) + timedelta(hours=1)).astimezone(timezone(timedelta(hours=1)))
+    _, none = get(plane, key, "/audit_events", since=local.isoformat())
+    assert none["items"] == []
 
 
 def _verify(plane: ControlPlane, key: str) -> dict[str, Any]:

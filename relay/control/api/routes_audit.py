@@ -3,7 +3,7 @@ whether the chain still verifies. Operators only: events name every account."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -35,9 +35,8 @@ async def list_events(
     principal.must_be_operator("read the audit log")
     if cursor is not None and not cursor.isdigit():
         raise ConfigError("cursor must be the next_cursor of an earlier page")
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ConfigError(f"{name} needs a time zone, e.g. 2026-12-03T10:00:00Z")
+    since = _in_utc("since", since)
+    until = _in_utc("until", until)
     plane = plane_of(request)
     fetched = await plane.ask(
         lambda: plane.store.audit.search(
@@ -63,6 +62,19 @@ async def list_events(
         for e in items
     ]
     return Page[AuditEvent](items=events, next_cursor=next_cursor)
+
+
+def _in_utc(name: str, value: datetime | None) -> datetime | None:
+    """``value`` in UTC; a clear 400 when it has no time zone or has no UTC time (a
+    date at the edge of the calendar, shifted past it by its offset)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ConfigError(f"{name} needs a time zone, e.g. 2026-12-03T10:00:00Z")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ConfigError(f"{name} is out of range: {value.isoformat()}") from None
 
 
 @router.get(
