@@ -113,53 +113,40 @@ def test_a_second_agent_without_pool_on_another_node_is_refused(
 
 @pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
 @pytest.mark.parametrize(
-    ("first_flags", "second_flags"),
-    [(["--pool"], []), ([], ["--pool"])],
-    ids=["pooled-then-not", "not-then-pooled"],
-)
-def test_a_pooled_and_an_unpooled_agent_on_two_nodes_do_not_share(
-    nodes: dict[str, Node],  # noqa: F811
-    agents: list[Agent],
-    origin: Origin,
-    named: list[NamedOrigin],
-    first_flags: list[str],
-    second_flags: list[str],
-) -> None:
-    second_refused_and_first_keeps_every_visitor(
-        nodes, agents, origin, named, first_flags, second_flags, "halfpool"
-    )
-
-
-@pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
-@pytest.mark.parametrize(
-    ("first_flags", "second_flags", "said"),
+    ("first_flags", "second_flags", "subdomain", "said"),
     [
-        (["--host-header", "internal.local"], [], "with --host-header internal.local;"),
-        ([], ["--host-header", "internal.local"], "with no --host-header;"),
+        (["--pool"], [], "halfpool", "another agent session"),
+        ([], ["--pool"], "halfpool", "another agent session"),
+        (
+            ["--pool", "--host-header", "internal.local"],
+            ["--pool"],
+            "rewrites",
+            "with --host-header internal.local;",
+        ),
+        (
+            ["--pool"],
+            ["--pool", "--host-header", "internal.local"],
+            "rewrites",
+            "with no --host-header;",
+        ),
     ],
-    ids=["rewrite-then-none", "none-then-rewrite"],
+    ids=["pooled-then-not", "not-then-pooled", "rewrite-then-none", "none-then-rewrite"],
 )
-def test_a_pool_member_with_another_host_rewrite_on_another_node_is_refused(
+def test_a_second_agent_one_edge_would_refuse_is_refused_on_another_node(
     nodes: dict[str, Node],  # noqa: F811
     agents: list[Agent],
     origin: Origin,
     named: list[NamedOrigin],
     first_flags: list[str],
     second_flags: list[str],
+    subdomain: str,
     said: str,
 ) -> None:
-    """One edge refuses a member that would rewrite the Host otherwise than the live
-    members do; so does another node, or which node took a visitor would decide the
-    Host its upstream saw."""
+    """One pooled and one unpooled agent do not share a name; nor do pool members that
+    would rewrite the Host otherwise than the live members do (which node took a visitor
+    would decide the Host its upstream saw)."""
     second_refused_and_first_keeps_every_visitor(
-        nodes,
-        agents,
-        origin,
-        named,
-        ["--pool", *first_flags],
-        ["--pool", *second_flags],
-        "rewrites",
-        said,
+        nodes, agents, origin, named, first_flags, second_flags, subdomain, said
     )
 
 

@@ -23,6 +23,7 @@ from relay.edge.http import HttpFront
 from relay.edge.registry import Holder
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.worker import RemoteEndpoint
+from tests.unit.test_a_wildcard_never_serves_names_pinned_elsewhere import front as plain_front
 
 NAME = "app.example.com"
 
@@ -54,15 +55,7 @@ def node_front(
     routes: HostRoutes[HostEndpoint] = HostRoutes()
     if local is not None:
         routes.add(local)
-    front = HttpFront(
-        routes,
-        loop=loop,
-        max_head=8192,
-        max_headers=100,
-        max_body=0,
-        header_timeout=5,
-        idle_timeout=5,
-    )
+    front = plain_front(routes, loop)
     front.serve_elsewhere(NodesNeverAsked())
     front.carrier = lambda target: None
     if siblings is not None:
