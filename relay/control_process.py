@@ -101,6 +101,12 @@ async def serve(config: ControlConfig, stopped: asyncio.Event) -> None:
         store_threads=STORE_THREADS,
     )
     plane.guard = _Guard(config, plane)
+    if not config.base_domains:
+        log.warning(
+            "no --base-domain: a member's key may reserve a wildcard over an edge's whole "
+            "base domain (*.<base>) and so take every other account's names there; give "
+            "the edges' base domains"
+        )
     plane.calls.start(asyncio.get_running_loop())
     metrics = Metrics("control")
 

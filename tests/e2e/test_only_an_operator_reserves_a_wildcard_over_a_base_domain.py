@@ -60,3 +60,18 @@ def test_a_member_may_not_reserve_a_wildcard_over_the_whole_base_domain(
     assert reserve(admin, f"*.{BASE}") == (201, None)
     listed = call(plane, "GET", f"{API}/reserved_domains", member).body["items"]
     assert sorted(d["domain"] for d in listed) == sorted([*allowed, f"*.{BASE}"])
+
+
+def test_relay_control_without_a_base_domain_says_what_it_cannot_check(tmp_path: Path) -> None:
+    """It cannot tell a wildcard over an edge's whole base domain from any other: the
+    operator is told at start, once, and not when the base domains are given."""
+    warning = "no --base-domain: a member's key may reserve a wildcard over an edge's whole"
+    for extra in ([], ["--base-domain", BASE]):
+        server = Control(tmp_path / f"control{len(extra)}", free_port(), extra=extra)
+        server.start()
+        try:
+            assert server.proc is not None
+            said = server.proc.text()
+        finally:
+            server.stop()
+        assert said.count(warning) == (0 if extra else 1), said
