@@ -40,6 +40,7 @@ MAX_GAUGES = frozenset(
         "relay_agent_sessions_limit",
         "relay_endpoint_series_limit",
         "relay_cluster_nodes",
+        "relay_cluster_member",
         "relay_auth_sources_blocked",  # each worker blocks an abusive source itself
         "relay_link_rtt_seconds",  # p50/p90/max over links: the worst worker's
         "process_max_fds",

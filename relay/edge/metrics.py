@@ -238,6 +238,27 @@ def _cluster(edge: Edge) -> Iterator[Metric]:
     )
     redis_up.add_metric([], 1 if presence is not None and presence.connected else 0)
     yield redis_up
+    member = GaugeMetricFamily(
+        "relay_cluster_member", "1 when this edge is a node of a cluster (--cluster-redis)"
+    )
+    member.add_metric([], 1 if edge.cluster is not None else 0)
+    yield member
+    up = links.status() if links is not None else None
+    node_links = GaugeMetricFamily(
+        "relay_cluster_links",
+        "links between nodes up now: dialled by this node (out) or by another (in)",
+        labels=["direction"],
+    )
+    node_links.add_metric(["out"], len(up["links_out"]) if up else 0)
+    node_links.add_metric(["in"], up["links_in"] if up else 0)
+    yield node_links
+    refused = CounterMetricFamily(
+        "relay_cluster_link_refusals",
+        "connections to the node-link port whose TLS handshake failed (no certificate of "
+        "this cluster's CA, an expired one, not TLS)",
+    )
+    refused.add_metric([], links.refused if links else 0)
+    yield refused
 
 
 class _HttpExchangesCollector(Collector):

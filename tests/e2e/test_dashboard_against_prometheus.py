@@ -83,8 +83,17 @@ BOUNDED_LABELS = {
     "issuer",
     "stat",
     "le",
+    "front",
 }
-ROWS = ["Traffic", "Errors", "Latency", "Sessions", "Saturation", "Certificates"]
+ROWS = [
+    "Traffic",
+    "Errors",
+    "Latency",
+    "Sessions",
+    "Saturation",
+    "Certificates",
+    "Workers and cluster",
+]
 
 
 # --- the dashboard as data ----------------------------------------------------------------
