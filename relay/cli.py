@@ -423,13 +423,18 @@ def _open_store(data_dir: Path | None, store_url: str | None, *, create: bool = 
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Past this a time computed from now overflows the calendar; no credential lives so long.
+MAX_DURATION_S = 100 * 366 * 86400
 
 
 def parse_duration(text: str) -> timedelta:
     unit = text[-1:]
     if unit not in DURATION_UNITS or not (text[:-1].isascii() and text[:-1].isdigit()):
         raise ConfigError(f"duration {text!r} is not like 30m, 12h or 90d")
-    return timedelta(seconds=int(text[:-1]) * DURATION_UNITS[unit])
+    seconds = int(text[:-1]) * DURATION_UNITS[unit]
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(f"duration {text!r} is longer than 100 years")
+    return timedelta(seconds=seconds)
 
 
 @token.command("create")

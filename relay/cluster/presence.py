@@ -25,7 +25,7 @@ Redis layout
     who else of the owner's token may bind the name too (:func:`may_share`): ``pool``
     when every member of the endpoint bound it with pooling, else ``agent:<agent id>``,
     the one agent whose links hold it. A name of five fields (a node of an older
-    version) does not say, and is checked by its owner alone.
+    version) does not say, and is checked by its owner and its Host rewrite alone.
 ``relay:nodes``
     A sorted set of node ids, each scored with the time (ms) it last wrote its key:
     every node adds itself each heartbeat and removes itself at stop; readers read the
@@ -187,7 +187,7 @@ class RemoteName:
     #: a name has one owner across the cluster, so another owner's bind is refused.
     owner: str = ""
     #: How the owner's other agents may share it (:func:`may_share`); ``""``: not said
-    #: (a node of an older version), and only the owner is compared.
+    #: (a node of an older version), and only the owner and the rewrite are compared.
     share: str = ""
 
 

@@ -338,7 +338,9 @@ class ClusterNode:
         visitor must not decide the Host its upstream sees). The agent's own links are
         not compared: they share its flags, so another rewrite under its id is a stale
         row. Only the same front counts, as on one edge (an http name and the TLS
-        port's are two endpoints). Orphaned names are
+        port's are two endpoints). A pool whose members all drain is not published
+        (it takes no new visitor), so a member joining meanwhile is not compared with
+        it, where one edge would still compare it with the draining members. Orphaned names are
         not published, so an agent of the token may still take one kept for an agent
         that is gone.
 

@@ -360,8 +360,9 @@ def test_every_pool_row_s_rewrite_is_checked() -> None:
 
 
 def test_the_agent_s_own_row_is_not_compared_by_its_rewrite() -> None:
-    """An agent's links share its flags: a row under its own id with another rewrite is
-    one its restarted self left (the session there not yet timed out), not a member."""
+    """An agent's links share its flags (an agent id is one process's): a row under the
+    binding agent's own id is one of its own links, never a member with another rewrite,
+    so it is not compared (one edge compares only other agents' members too)."""
     node, _ = node_with([held_by("b", "agent:a1", rewrite="old.local")])
     assert bind(node, "http", "a1", False, "new.local")
 

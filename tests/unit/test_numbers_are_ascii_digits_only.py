@@ -3,7 +3,8 @@ ASCII digits. ``str.isdigit`` is true of a superscript one (U+00B9) and an
 Arabic-Indic three (U+0663) too, and ``int`` refuses the first and reads the second: a
 check by ``isdigit`` alone let the API answer 500 to a reservation_owner query for tcp
 port U+00B9 (found by the schemathesis run of tests/e2e/test_api_against_its_openapi.py)
-and let ports be written in other scripts.
+and let ports be written in other scripts. And a number no longer than what reads it
+can hold: a duration past 100 years, an audit cursor past a 64-bit seq.
 """
 
 from __future__ import annotations
@@ -106,3 +107,21 @@ def test_ascii_digits_are_still_numbers() -> None:
     assert _peer_tuple("10.0.0.2:5555") == ("10.0.0.2", 5555)
     now = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
     assert parse_retry_after("30", now) == now + dt.timedelta(seconds=30)
+
+
+def test_a_duration_past_a_hundred_years_is_refused_not_overflowed() -> None:
+    """``99999999999d`` once raised OverflowError (a traceback, not a usage error)."""
+    assert parse_duration("36600d") == dt.timedelta(days=36600)
+    for text in ("36601d", "99999999999d", "9" * 40 + "s"):
+        with pytest.raises(ConfigError, match="longer than 100 years"):
+            parse_duration(text)
+
+
+def test_an_audit_cursor_longer_than_a_seq_is_a_400(plane: ControlPlane) -> None:
+    """A seq is a 64-bit integer in the store: 64 digits once reached it and failed (500)."""
+    for cursor in ("9" * 19, "1" * 64):
+        status, answer = call(plane, "GET", f"/audit_events?cursor={cursor}")
+        assert (status, answer["code"]) == (400, "RLY_401"), answer
+        assert "cursor must be the next_cursor" in answer["message"], answer
+    status, answer = call(plane, "GET", "/audit_events?cursor=" + "9" * 18)
+    assert status == 200 and answer["items"] == [], answer
