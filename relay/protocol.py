@@ -24,9 +24,22 @@ from typing import Any, ClassVar
 
 from relay.errors import ProtocolViolation, UnsupportedVersion
 
-#: ALPN protocol name on the agent link; the number is the control-protocol version.
-ALPN_PROTOCOL = "relay/1"
-PROTOCOL_VERSION = 1
+#: The control-protocol versions this side speaks, newest first. Each has its ALPN token
+#: on the agent link, ``relay/<version>``: both sides offer all of theirs and the TLS
+#: handshake settles on the newest both speak (the edge's order wins), so a newer agent
+#: and an older edge, or the reverse, agree on the older one. 2 adds ``EndpointEnded``.
+PROTOCOL_VERSIONS = (2, 1)
+PROTOCOL_VERSION = PROTOCOL_VERSIONS[0]
+ALPN_PROTOCOLS = tuple(f"relay/{version}" for version in PROTOCOL_VERSIONS)
+
+
+def protocol_of(alpn: str | None) -> int | None:
+    """The control-protocol version an agreed ALPN token names; None: not one of ours."""
+    for version, token in zip(PROTOCOL_VERSIONS, ALPN_PROTOCOLS, strict=True):
+        if alpn == token:
+            return version
+    return None
+
 
 #: Largest control message accepted (a Bind with a long hostname list is far smaller).
 MAX_CONTROL_MESSAGE = 64 * 1024
@@ -176,6 +189,19 @@ class Notice(Message):
 
 
 @dataclass(frozen=True)
+class EndpointEnded(Message):
+    """Edge → agent (protocol 2 and later): one endpoint of the session is no longer
+    served, for ``code`` (e.g. RLY_207, a reservation made while it was served took it
+    away), while the session's other endpoints serve on. The agent drops it and does not
+    ask for it again. (Protocol 1 agents get a ``Notice`` saying so instead.)"""
+
+    TYPE: ClassVar[str] = "endpoint_ended"
+    endpoint_id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class CertStatus(Message):
     """Edge → agent: where an https endpoint's certificate stands, sent after Bound and
     again whenever it changes.
@@ -210,6 +236,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Stop,
         Restart,
         Notice,
+        EndpointEnded,
         CertStatus,
     )
 }

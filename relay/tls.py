@@ -15,7 +15,7 @@ from pathlib import Path
 from relay._tlslink import set_tls13_suites
 from relay.certs.local_ca import cert_pem_fingerprint_matches
 from relay.errors import ConfigError, TlsError
-from relay.protocol import ALPN_PROTOCOL
+from relay.protocol import ALPN_PROTOCOLS
 
 #: Mozilla "intermediate" TLS 1.2 suites (TLS 1.3 suites are always on and all AEAD).
 INTERMEDIATE_CIPHERS = (
@@ -52,7 +52,7 @@ def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     prefer_tls13_suites(ctx)
-    ctx.set_alpn_protocols([ALPN_PROTOCOL])
+    ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))
     ctx.options |= ssl.OP_NO_COMPRESSION
     return ctx
 

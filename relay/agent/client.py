@@ -42,18 +42,20 @@ from relay.errors import (
 from relay.mux import ControlChannel, MuxConfig, MuxStream, StreamReset
 from relay.mux import Pump as _Pump
 from relay.protocol import (
-    ALPN_PROTOCOL,
+    ALPN_PROTOCOLS,
     Auth,
     AuthOk,
     Bind,
     Bound,
     CertStatus,
+    EndpointEnded,
     Message,
     Notice,
     Restart,
     Stop,
     StreamHeader,
     StreamProtocol,
+    protocol_of,
 )
 from relay.protocol import AuthError as AuthErrorMessage
 from relay.protocol import BindError as BindErrorMessage
@@ -596,13 +598,14 @@ class Agent:
             raise ConnectError(f"cannot reach the edge at {where}: {exc.strerror or exc}") from None
         try:
             alpn = link.transport.get_extra_info("ssl_object").selected_alpn_protocol()
-            if alpn != ALPN_PROTOCOL:
+            protocol = protocol_of(alpn)
+            if protocol is None:
                 raise NotAnEdge(
                     f"the TLS server at {where} is not a relay edge's agent port "
-                    f"(it did not agree to {ALPN_PROTOCOL}): is --edge the address "
-                    "`relay edge` prints for agents?"
+                    f"(it agreed to none of {', '.join(ALPN_PROTOCOLS)}): is --edge the "
+                    "address `relay edge` prints for agents?"
                 )
-            await self._handshake(link)
+            await self._handshake(link, protocol)
             self.sessions_started += 1
             if self.metrics is not None:
                 self.metrics.sessions_started.inc()
@@ -627,7 +630,7 @@ class Agent:
             keepalive_timeout_ms=min(mux.keepalive_timeout_ms, SEVERAL_KEEPALIVE_TIMEOUT_MS),
         )
 
-    async def _handshake(self, link: Any) -> None:
+    async def _handshake(self, link: Any, protocol: int) -> None:
         if self.options.pin is not None:
             check_pin(link.transport.get_extra_info("ssl_object"), self.options.pin)
         stream_id = link.session.open_stream()
@@ -641,6 +644,7 @@ class Agent:
                 version=f"relay-agent/{__version__}",
                 hostname=socket.gethostname(),
                 link=self.options.link,
+                protocol=protocol,
             )
         )
         reply = await self._reply(
@@ -761,6 +765,17 @@ class Agent:
         )
         return True
 
+    def _ended(self, message: EndpointEnded) -> None:
+        """The edge no longer serves one of this session's endpoints (protocol 2): taken
+        away as a refused re-bind would have been (:meth:`_taken_away`), at once rather
+        than at the next reconnect; for any other reason, only said."""
+        bound = self.bound.pop(message.endpoint_id, None)
+        if bound is None:
+            return  # not (or no longer) this session's
+        error = error_from_code(message.code, message.message)
+        if not self._taken_away(bound.spec, error):
+            self.status(f"{bound.url} is no longer served ({error.one_line()})")
+
     def _remembered(self, spec: EndpointSpec) -> bool:
         """Whether the last bind of ``spec`` asked for something only remembered (a port
         or name the edge assigned before), not something the user asked for."""
@@ -815,6 +830,8 @@ class Agent:
                 raise stop_error(message)
             if isinstance(message, Notice):
                 self.status(f"notice from the edge: {message.message}")
+            elif isinstance(message, EndpointEnded):
+                self._ended(message)
             elif isinstance(message, CertStatus):
                 self.status(describe_certificate(message))
             else:

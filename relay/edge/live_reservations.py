@@ -62,7 +62,7 @@ from relay.edge.coalesced import Coalesced
 from relay.edge.routes import HostEndpoint
 from relay.edge.tcp import TcpEndpoint
 from relay.errors import NameReserved, RegionPinned, RelayError
-from relay.protocol import Notice
+from relay.protocol import EndpointEnded, Notice
 
 if TYPE_CHECKING:
     from relay.edge.server import Edge
@@ -313,15 +313,18 @@ class LiveReservations:
         )
         edge.end_endpoint(endpoint)
         for session in sessions:
-            _tell(session, endpoint.url, error)
+            _tell(session, endpoint, error)
 
 
-def _tell(session: AgentSession, url: str, error: RelayError) -> None:
+def _tell(session: AgentSession, endpoint: Endpoint, error: RelayError) -> None:
     if session.link is None or session.link.closed or session.control is None:
         return
-    message = f"{url} is no longer served: {error}"
-    if session.endpoints:
-        # It serves other endpoints: they go on; the agent shows the notice.
+    message = f"{endpoint.url} is no longer served: {error}"
+    if session.endpoints and session.protocol >= 2:
+        # It serves other endpoints: they go on, and the agent drops this one.
+        session.control.send(EndpointEnded(endpoint.endpoint_id, error.code, str(error)))
+    elif session.endpoints:
+        # An agent of protocol 1 has no word for it: it shows the notice.
         session.control.send(Notice("error", f"{error.code} {message}"))
     else:
         session.end_reason = END_REASON

@@ -21,7 +21,7 @@ from relay.errors import BindError as BindFailure
 from relay.errors import CertificateError, ControlUnavailable, ProtocolViolation, RelayError
 from relay.mux import ControlChannel, MuxStream
 from relay.protocol import (
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
     Auth,
     AuthError,
     AuthOk,
@@ -83,6 +83,9 @@ class AgentSession:
         self.agent_id: str | None = None
         #: Which of its agent's links this session is (``--links``; relay/edge/members.py).
         self.link_index = 0
+        #: The control-protocol version its agent speaks (relay/protocol.py): what the
+        #: edge may send it.
+        self.protocol = 1
         #: This link was told, when it authenticated, that a lower link of its agent is
         #: on this worker too (relay/agent/placement.py).
         self.beside_lower = False
@@ -275,10 +278,10 @@ class AgentSession:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         try:
-            if auth.protocol != PROTOCOL_VERSION:
+            if auth.protocol not in PROTOCOL_VERSIONS:
+                speaks = " and ".join(str(v) for v in sorted(PROTOCOL_VERSIONS))
                 raise AuthFailure(
-                    f"agent speaks protocol {auth.protocol}, edge {PROTOCOL_VERSION}",
-                    code="RLY_302",
+                    f"agent speaks protocol {auth.protocol}, edge {speaks}", code="RLY_302"
                 )
             record = await self.edge.verify_token(auth.token, peer=self.peer)
         except ControlUnavailable as exc:
@@ -299,6 +302,7 @@ class AgentSession:
         self.token_id = record.id
         self.agent_id = auth.agent_id
         self.link_index = auth.link
+        self.protocol = auth.protocol
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()
         region = self.edge.config.region

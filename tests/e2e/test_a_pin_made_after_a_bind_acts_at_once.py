@@ -7,7 +7,8 @@ makes them:
   (visitors get what an unserved name gets on one edge: 404 RLY_610), and its agent,
   which serves nothing else, exits 4 with RLY_208, as its bind would now be refused;
 * a name or port reserved for another account while served ends within 2 s (RLY_207):
-  an agent serving other endpoints too keeps them, hash-checked, and is told by a notice;
+  an agent serving other endpoints too keeps them, hash-checked, and drops the ended
+  one at once;
 * but one reserved for account B by B's own member key serves on, hash-checked, and is
   refused at its next bind: a member cannot take another account's endpoints down;
 * a name under a live wildcard pinned elsewhere is refused at once (421 RLY_631), other
@@ -194,8 +195,9 @@ def test_a_name_and_a_port_reserved_for_another_account_while_served_end_there(
 ) -> None:
     """One agent (``relay start``) serves a first-come name and a first-come port. The
     name is reserved for account B: it ends within 2 s (RLY_207), the port serves on and
-    the agent is told by a notice; then the port is reserved for B: the agent's last
-    endpoint ends and it exits 4. B's agent then binds the name and is served."""
+    the agent drops the name at once (an ``EndpointEnded``); then the port is reserved
+    for B: the agent's last endpoint ends and it exits 4. B's agent then binds the name
+    and is served."""
     name = "taken"
     host = f"{name}.{BASE}"
     port = world.edge.ports[0] + 2
@@ -215,8 +217,8 @@ def test_a_name_and_a_port_reserved_for_another_account_while_served_end_there(
     not_served(get(world, host), b"404", "RLY_610")
     assert sha(echo_roundtrip(port, data)) == sha(data)  # its other endpoint serves on
     agent.wait_line(
-        f"notice from the edge: RLY_207 http://{host}:{world.edge.http_port} is no longer "
-        f"served: {host} is reserved by another account",
+        f"http://{host}:{world.edge.http_port} is no longer served (error RLY_207: {host} "
+        "is reserved by another account); not asked for again, 1 endpoint(s) serve on",
         timeout=2.0 + SLACK,
     )
     assert agent.proc.poll() is None

@@ -4,10 +4,10 @@ their session at every reconnect (relay/agent/client.py ``Agent._taken_away``).
 
 On a real edge restarted under real agents (``relay start``, two links):
 
-* a name reserved for another account by an operator while served ends at once and
-  the agent is told by a notice; after the edge restarts, the agent's re-bind of it is
-  refused: it says so once, and its TCP port is served again, hash-checked, after this
-  restart and the next (no reconnect loop);
+* a name reserved for another account by an operator while served ends at once, and
+  the agent (protocol 2: an ``EndpointEnded``) drops it at once and says so, once; it
+  does not ask for it again when the edge restarts, and its TCP port is served again,
+  hash-checked, after this restart and the next (no reconnect loop);
 * a name reserved for another account by that account's member key acts at the next
   bind only: an agent serving nothing else, refused on its re-bind after a restart,
   exits 4 with RLY_207 (it used to reconnect for ever).
@@ -98,7 +98,12 @@ def test_a_name_taken_away_is_dropped_and_the_other_endpoint_serves_across_resta
     serves_again(port, data, within=5.0)
 
     reserve_name(edge, accounts.admin, host, accounts.account_b)
-    agent.wait_line(f"notice from the edge: RLY_207 http://{host}", timeout=10)
+    said = (
+        f"http://{host}:{edge.http_port} is no longer served (error RLY_207: {host} is "
+        "reserved by another account); not asked for again, 1 endpoint(s) serve on"
+    )
+    agent.wait_line(said, timeout=10)  # at once, before any reconnect
+    assert "reconnected" not in agent.text(), agent.text()
 
     for restarts in (1, 2):
         restart(edge)
@@ -106,11 +111,7 @@ def test_a_name_taken_away_is_dropped_and_the_other_endpoint_serves_across_resta
         serves_again(port, data)
     assert agent.proc.poll() is None, agent.text()
     gone = [x for x in leader_lines(agent) if "is no longer served (" in x]
-    assert len(gone) == 1, agent.text()
-    assert gone[0] == (
-        f"http://{host}:{edge.http_port} is no longer served (error RLY_207: {host} is "
-        "reserved by another account); not asked for again, 1 endpoint(s) serve on"
-    ), gone
+    assert gone == [said], agent.text()
     # Link 1 skips it too (said at most once: it may have learnt it from link 0 first).
     text = agent.text()
     assert text.count("link 1: http://") <= 1, text

@@ -18,8 +18,10 @@ AES_128 = "TLS_AES_128_GCM_SHA256"
 AES_256 = "TLS_AES_256_GCM_SHA384"
 
 
-def negotiated(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> str:
-    """The suite a full handshake between the two settles on (both ends agree)."""
+def handshake(
+    server: ssl.SSLContext, client: ssl.SSLContext, hostname: str
+) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    """A full handshake between the two, done: (the client's end, the server's)."""
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     srv = server.wrap_bio(s_in, s_out, server_side=True)
     cli = client.wrap_bio(c_in, c_out, server_hostname=hostname)
@@ -37,6 +39,12 @@ def negotiated(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) ->
         if all(done):
             break
     assert all(done), "the handshake did not finish"
+    return cli, srv
+
+
+def negotiated(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> str:
+    """The suite a full handshake between the two settles on (both ends agree)."""
+    cli, srv = handshake(server, client, hostname)
     suite, server_suite = cli.cipher(), srv.cipher()
     assert suite is not None and server_suite is not None
     assert suite[0] == server_suite[0]
