@@ -11,6 +11,7 @@ from typing import Any
 
 from relay.agent.client import Agent, AgentOptions, EndpointSpec
 from relay.mux import ControlChannel, MuxConfig, MuxStream
+from relay.protocol import PROTOCOL_VERSION
 
 
 class ScriptedEdge:
@@ -52,7 +53,7 @@ async def handshaken_agent(
     agent_link = MuxConfig().new_link(agent, loop, client=True)
     try:
         await loop.create_connection(lambda: agent_link, "127.0.0.1", port)
-        await agent._handshake(agent_link)
+        await agent._handshake(agent_link, PROTOCOL_VERSION)
         yield agent
     finally:
         agent_link.close()
