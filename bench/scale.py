@@ -590,7 +590,7 @@ def sessions_run(tmp: Path, workers: int, total: int, log: Callable[[str], None]
 
 async def _admit(args: argparse.Namespace) -> dict[str, Any]:
     from bench.sessions import _control_frame, _error_kind, _Fail, _Link
-    from relay.protocol import Auth, AuthError, AuthOk, Bind, BindError, Bound
+    from relay.protocol import Auth, AuthError, AuthOk, Bind, BindError, Bound, protocol_of
     from relay.tls import client_context
 
     loop = asyncio.get_running_loop()
@@ -608,10 +608,13 @@ async def _admit(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             links.append(transport)
             ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is None or ssl_object.selected_alpn_protocol() != "relay/1":
-                raise _Fail("the edge did not agree to ALPN relay/1")
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            protocol = protocol_of(alpn)
+            if protocol is None:
+                raise _Fail(f"the edge agreed to no relay protocol (ALPN {alpn!r})")
             auth = Auth(token=token, agent_id=f"a_scale_{os.getpid()}_{i}",
-                        version="relay-bench/scale", hostname="bench")  # fmt: skip
+                        version="relay-bench/scale", hostname="bench",
+                        protocol=protocol)  # fmt: skip
             transport.write(_control_frame(auth, syn=True))
             got = await link.reply()
             if isinstance(got, AuthError):

@@ -46,6 +46,7 @@ from relay.protocol import (
     Message,
     MessageReader,
     Notice,
+    protocol_of,
 )
 
 #: The three workloads, in the order the report shows them.
@@ -205,11 +206,13 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
                     ssl_handshake_timeout=STEP_TIMEOUT,
                 )
                 ssl_object = transport.get_extra_info("ssl_object")
-                if ssl_object is None or ssl_object.selected_alpn_protocol() != "relay/1":
-                    raise _Fail("the edge did not agree to ALPN relay/1")
+                alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+                protocol = protocol_of(alpn)
+                if protocol is None:
+                    raise _Fail(f"the edge agreed to no relay protocol (ALPN {alpn!r})")
                 if args.mode != "handshake":
                     auth = Auth(token=token, agent_id=agent_id, version="relay-bench/sessions",
-                                hostname="bench")  # fmt: skip
+                                hostname="bench", protocol=protocol)  # fmt: skip
                     transport.write(_control_frame(auth, syn=True))
                     got = await link.reply()
                     if isinstance(got, AuthError):

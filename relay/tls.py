@@ -1,4 +1,4 @@
-"""TLS for the agent link: TLS 1.2+ only, Mozilla "intermediate" ciphers, ALPN ``relay/1``.
+"""TLS for the agent link: TLS 1.2+ only, Mozilla "intermediate" ciphers, ALPN ``relay/<version>``.
 
 The agent trusts the edge in one of three ways: a CA file (the edge's local CA by
 default), a pinned SHA-256 fingerprint of the edge's certificate, or the system trust
