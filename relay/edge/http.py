@@ -203,6 +203,8 @@ class HttpFront:
         sibling = self.sibling_holder(hostname) if self.sibling_holder is not None else None
         if sibling is None or sibling.hostname != hostname or not hands_over(endpoint, sibling):
             return PARSE_FIRST
+        if sibling.family != "http":
+            return PARSE_FIRST  # only its https endpoint: a node's http one would come first
         return sibling
 
     def _held_elsewhere(self, hostname: str, endpoint: HostEndpoint | None) -> Any | None:

@@ -4,9 +4,11 @@ relayed), else to another node of the region (relay/edge/cluster.py).
 
 Both places are asked; the more specific name wins (an exact name before a wildcard, as
 on one edge), and of two holders of the same name the other worker wins: handing a socket
-over within the host costs less than a link between hosts. The other workers of this host
-are nodes in the presence table too (each worker is a node of its own); finding them
-first as workers keeps their visitors off the links.
+over within the host costs less than a link between hosts. One exception, also as on one
+edge: a plain-HTTP visitor whose name another worker holds only as an https endpoint
+(which redirects it) goes to a node's http endpoint for it, when one matches. The other
+workers of this host are nodes in the presence table too (each worker is a node of its
+own); finding them first as workers keeps their visitors off the links.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ class WorkersThenNodes:
         self.nodes = nodes
 
     def http_holder(self, hostname: str) -> Any | None:
-        return better_match(self.workers.http_holder(hostname), self.nodes.http_holder(hostname))
+        worker = self.workers.http_holder(hostname)
+        node = self.nodes.http_holder(hostname)
+        if worker is not None and worker.family == "sni" and node is not None:
+            # The other worker holds only the name's https endpoint (it would redirect
+            # the visitor); an http endpoint of a node serves it, as on one edge any
+            # http endpoint that matches comes before the redirect.
+            return node
+        return better_match(worker, node)
 
     def hand_off(self, transport: Any, carried: bytes, target: Any) -> bool:
         if isinstance(target, RemoteEndpoint):

@@ -1,6 +1,6 @@
 """On a node of a cluster that runs workers, the HTTP front places a visitor from its
-unparsed head only when another worker of the host holds the visitor's exact name
-(``HttpFront.handed_by_name``): no node can hold a better match, and of two holders as
+unparsed head only when another worker of the host holds the visitor's exact name as an
+http endpoint (``HttpFront.handed_by_name``): no node can hold a better match, and of two holders as
 good the worker wins (relay/edge/workers_then_nodes.py). Any other name is parsed first
 and routed with the nodes (node links carry parsed visitors), and the nodes are never
 asked from the bytes: their lookup takes a pool's turn.
@@ -23,6 +23,7 @@ from relay.edge.http import HttpFront
 from relay.edge.registry import Holder
 from relay.edge.routes import HostEndpoint, HostRoutes
 from relay.edge.worker import RemoteEndpoint
+from relay.edge.workers_then_nodes import WorkersThenNodes
 from tests.unit.test_a_wildcard_never_serves_names_pinned_elsewhere import front as plain_front
 
 NAME = "app.example.com"
@@ -117,3 +118,42 @@ def test_workers_without_a_cluster_decide_by_name(loop: asyncio.AbstractEventLoo
     front = node_front(loop, None)
     front.carrier = None
     assert front.decides_by_name()
+
+
+def test_a_sibling_s_https_name_waits_for_the_parse(loop: asyncio.AbstractEventLoop) -> None:
+    """The sibling would only redirect the visitor to https; another node's http
+    endpoint for the name serves it instead (``WorkersThenNodes.http_holder``)."""
+    front = node_front(loop, {NAME: RemoteEndpoint("sni", NAME, (1,))})
+    assert front.handed_by_name(NAME) is PARSE_FIRST
+
+
+class Holders:
+    """One place's answer to ``http_holder``, for any name."""
+
+    def __init__(self, found: Any | None) -> None:
+        self.found = found
+
+    def http_holder(self, hostname: str) -> Any | None:
+        return self.found
+
+
+@pytest.mark.parametrize(
+    ("worker", "node", "chosen"),
+    [
+        # The sibling's http endpoint: the worker wins a tie, the more specific wins.
+        (RemoteEndpoint("http", NAME, (1,)), "exact", "worker"),
+        (RemoteEndpoint("http", "*.example.com", (1,)), "exact", "node"),
+        # The sibling's https endpoint (a redirect): any http endpoint of a node first.
+        (RemoteEndpoint("sni", NAME, (1,)), "exact", "node"),
+        (RemoteEndpoint("sni", NAME, (1,)), "wildcard", "node"),
+        (RemoteEndpoint("sni", NAME, (1,)), None, "worker"),
+        (None, "exact", "node"),
+    ],
+)
+def test_workers_then_nodes_put_an_http_endpoint_before_a_redirect(
+    worker: RemoteEndpoint | None, node: str | None, chosen: str
+) -> None:
+    held = {"exact": NAME, "wildcard": "*.example.com"}
+    remote = None if node is None else types.SimpleNamespace(hostname=held[node])
+    both = WorkersThenNodes(Holders(worker), Holders(remote))  # type: ignore[arg-type]
+    assert both.http_holder(NAME) is (worker if chosen == "worker" else remote)
