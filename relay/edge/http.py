@@ -198,23 +198,19 @@ class HttpFront:
             return None  # refused here, as ``route`` does before any hand-over
         if self.carrier is None:
             return self._held_elsewhere(hostname, endpoint)
-        if endpoint is not None and endpoint.hostname == hostname and takes_visitors(endpoint):
-            return None  # the exact name, served here: nothing matches better anywhere
+        if _served_here_exactly(hostname, endpoint):
+            return None
         sibling = self.sibling_holder(hostname) if self.sibling_holder is not None else None
-        if sibling is None or sibling.hostname != hostname or not hands_over(endpoint, sibling):
+        # Only the sibling's http endpoint of the exact name: for its https one (a
+        # redirect) a node's http endpoint would come first.
+        if sibling is None or (sibling.family, sibling.hostname) != ("http", hostname):
             return PARSE_FIRST
-        if sibling.family != "http":
-            return PARSE_FIRST  # only its https endpoint: a node's http one would come first
-        return sibling
+        return sibling if hands_over(endpoint, sibling) else PARSE_FIRST
 
     def _held_elsewhere(self, hostname: str, endpoint: HostEndpoint | None) -> Any | None:
         """The other worker or node a visitor for ``hostname`` goes to, rather than to
         ``endpoint`` (this edge's match for it, if any); None: not elsewhere."""
-        if self.elsewhere is None:
-            return None
-        if endpoint is not None and endpoint.hostname == hostname and takes_visitors(endpoint):
-            # The exact name, taking visitors here: nothing elsewhere can be a better match
-            # (hands_over), so the other workers' names are not looked up for it.
+        if self.elsewhere is None or _served_here_exactly(hostname, endpoint):
             return None
         target = self.elsewhere.http_holder(hostname)
         if target is None or not hands_over(endpoint, target):
@@ -284,3 +280,9 @@ def _redirect(location: str) -> bytes:
         b"HTTP/1.1 308 Permanent Redirect\r\nlocation: %b\r\ncontent-length: 0\r\n"
         b"connection: close\r\n\r\n" % target
     )
+
+
+def _served_here_exactly(hostname: str, endpoint: HostEndpoint | None) -> bool:
+    """``endpoint`` is ``hostname`` itself and takes visitors here: nothing elsewhere can
+    be a better match (``hands_over``), so no other worker or node is looked up for it."""
+    return endpoint is not None and endpoint.hostname == hostname and takes_visitors(endpoint)
