@@ -258,7 +258,12 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     default=None,
     help="HOST:PORT other nodes dial to reach this one. Default: --cluster-listen.",
 )
-@click.option("--node-id", default=None, help="This node's name in the cluster.")
+@click.option(
+    "--node-id",
+    default=None,
+    help="This node's name, in the cluster and to agents (which tell PoPs apart by it);"
+    " default: host name/--listen.",
+)
 @click.option(
     "--credential-check-interval",
     type=float,

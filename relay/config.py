@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ class EdgeConfig:
     #: HOST:PORT to listen on, and the address other nodes dial ("": cluster_listen).
     cluster_listen: str = ""
     cluster_advertise: str = ""
-    #: This node's name in the cluster ("": host name and agent listener, host:port).
+    #: This node's name, in the cluster and to agents of protocol 2, which tell PoPs
+    #: apart by it ("": :func:`node_name`'s default).
     node_id: str = ""
     #: A directory whose ca/ holds the cluster CA, the same on every node (created on
     #: first start when missing; default: <data_dir>/cluster).
@@ -137,6 +139,13 @@ class EdgeConfig:
 
     def listen_address(self) -> tuple[str, int]:
         return parse_host_port(self.listen, what="listen")
+
+
+def node_name(node_id: str, listen: str) -> str:
+    """A PoP's name (``EdgeConfig.node_id``): the one given, else the host's name and the
+    agent listener (``edge-1/0.0.0.0:7000``), the same in every worker and at every
+    address the PoP answers on."""
+    return node_id or f"{socket.gethostname()}/{listen}"
 
 
 def parse_host_port(text: str, *, what: str) -> tuple[str, int]:

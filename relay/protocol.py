@@ -27,7 +27,8 @@ from relay.errors import ProtocolViolation, UnsupportedVersion
 #: The control-protocol versions this side speaks, newest first. Each has its ALPN token
 #: on the agent link, ``relay/<version>``: both sides offer all of theirs and the TLS
 #: handshake settles on the newest both speak (the edge's order wins), so a newer agent
-#: and an older edge, or the reverse, agree on the older one. 2 adds ``EndpointEnded``.
+#: and an older edge, or the reverse, agree on the older one. 2 adds ``EndpointEnded``
+#: and ``AuthOk.pop``.
 PROTOCOL_VERSIONS = (2, 1)
 PROTOCOL_VERSION = PROTOCOL_VERSIONS[0]
 ALPN_PROTOCOLS = tuple(f"relay/{version}" for version in PROTOCOL_VERSIONS)
@@ -106,13 +107,19 @@ class AuthOk(Message):
     worker: int = 0
     workers: int = 1
     beside: int = 0
+    #: Protocol 2: the PoP this edge is (its node name, ``--node-id``), the same at every
+    #: address it answers on. An agent given several addresses of one PoP (IPv4 and
+    #: IPv6, a name with both) learns they are one, and keeps its links on two PoPs.
+    pop: str = ""
 
     def _on_wire(self) -> dict[str, Any]:
         # Agents that predate the placement refuse unknown fields: only a link told
-        # where it is gets them.
+        # where it is gets them, and only an agent of protocol 2 is told its PoP.
         fields = asdict(self)
         if self.workers == 1:
             del fields["worker"], fields["workers"], fields["beside"]
+        if not self.pop:
+            del fields["pop"]
         return fields
 
 

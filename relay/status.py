@@ -158,11 +158,14 @@ def _render_agent(now: Snapshot, before: Snapshot | None, admin: str) -> list[st
     for endpoint in s.get("endpoints", []):
         lines.append(f"{endpoint['url']:<44} {endpoint['kind']:<6} {endpoint['upstream']}")
     if s.get("links"):  # --links K (relay/agent/link_metrics.py)
-        lines += ["", f"{'LINK':<5} {'STATE':<14} {'POP':<30} WORKER"]
+        lines += ["", f"{'LINK':<5} {'STATE':<14} {'POP':<30} {'WORKER':<7} NAME"]
         for row in s["links"]:
             state = "connected" if row.get("connected") else "NOT CONNECTED"
             worker = "-" if row.get("worker") is None else str(row["worker"])
-            lines.append(f"{row['link']:<5} {state:<14} {row.get('pop') or '-':<30} {worker}")
+            # The PoP's own name (an edge of protocol 2 tells it): two addresses, one PoP.
+            name = row.get("pop_name") or "-"
+            pop = row.get("pop") or "-"
+            lines.append(f"{row['link']:<5} {state:<14} {pop:<30} {worker:<7} {name}")
     lines += ["", f"{'TIME':<9} {'VISITOR':<22} {'OUTCOME':<8} ENDPOINT"]
     for stream in s.get("recent", [])[-15:]:
         at = time.strftime("%H:%M:%S", time.localtime(stream["time"]))

@@ -680,7 +680,9 @@ class Agent:
         """Raise Crowded when this link should be on another worker of its PoP (and
         tries remain); else keep where it is."""
         pop = self.pop or Pop(self.options.edge_host, self.options.edge_port, "")
-        lower_on_pop = sum(p.pop == pop for p in self.lower_places())
+        here = Place(pop, reply.worker, reply.pop)
+        self.pops.learn(pop, reply.pop)
+        lower_on_pop = sum(here.same_pop(p) for p in self.lower_places())
         if crowded(self.options.link, reply.workers, reply.beside, lower_on_pop):
             if self._placement_tries < MAX_PLACEMENT_TRIES:
                 self._placement_tries += 1
@@ -695,7 +697,7 @@ class Agent:
                 f"{MAX_PLACEMENT_TRIES} new connections"
             )
         self._placement_tries = 0
-        self.place = Place(pop, reply.worker)
+        self.place = here
 
     async def _bind_all(self, control: ControlChannel) -> None:
         for request_id, spec in enumerate(self.options.endpoints, start=1):

@@ -140,13 +140,14 @@ def options_from(plain: dict[str, Any]) -> AgentOptions:
 
 
 def _place_plain(place: Place) -> list[Any]:
-    return [place.pop.host, place.pop.port, place.pop.name, place.worker]
+    return [place.pop.host, place.pop.port, place.pop.name, place.worker, place.pop_name]
 
 
 def _place_from(plain: Any) -> Place | None:
-    if not isinstance(plain, list) or len(plain) != 4:
+    if not isinstance(plain, list) or len(plain) != 5:
         return None
-    return Place(Pop(str(plain[0]), int(plain[1]), str(plain[2])), int(plain[3]))
+    pop = Pop(str(plain[0]), int(plain[1]), str(plain[2]))
+    return Place(pop, int(plain[3]), str(plain[4]))
 
 
 #: The other links of an agent, as (link index, place), for the one asking.
@@ -197,10 +198,6 @@ class LinkChild:
         self._stop_asked = asyncio.Event()
         self._told_leader: list[dict[str, Any]] = []
         self._told_links: list[list[Any]] = []
-
-    @property
-    def pop(self) -> Pop | None:
-        return None if self.place is None else self.place.pop
 
     def stop(self, *, now: bool = False) -> None:
         """The child drains its link and exits (its stdin ends); ``now``: SIGKILL by pid,
@@ -385,7 +382,7 @@ async def _child() -> int:
     agent = Agent(options, status=lambda line: say({"status": line}), leader=view)
     if first.get("metrics"):
         agent.metrics = AgentMetrics(agent)
-    agent.pops.busy = lambda: {place.pop for place in others.values()}
+    agent.pops.busy = lambda: {place.pop: place.pop_name for place in others.values()}
     agent.lower_places = lambda: [p for i, p in others.items() if i < options.link]
 
     async def listen() -> None:
@@ -426,16 +423,16 @@ async def _child() -> int:
         moved = False
         while True:
             await asyncio.sleep(every)
-            here = agent.pop if agent.connected else None
+            here = agent.place if agent.connected else None
             if here is None or not agent.pops.several:
                 continue
-            if here not in {p.pop for i, p in others.items() if i < options.link}:
+            if not any(here.same_pop(p) for i, p in others.items() if i < options.link):
                 every, moved = SPREAD_EVERY, False
                 continue
             if moved:  # beside a lower link again (or still draining): wait longer
                 every, moved = min(every * 2, MAX_SPREAD_EVERY), False
                 continue
-            free = await agent.pops.free_pop(here)
+            free = await agent.pops.free_pop(here.pop)
             if free is not None:
                 moved = agent.leave_pop(f"{free} holds no link of this agent")
 

@@ -52,7 +52,9 @@ class LinkedAgent:
     async def run(self) -> None:
         """Run every link until stopped; raise the first error that cannot heal."""
         leader = self.leader
-        leader.pops.busy = lambda: {c.pop for c in self.children if c.pop is not None}
+        leader.pops.busy = lambda: {
+            c.place.pop: c.place.pop_name for c in self.children if c.place is not None
+        }
         if leader.metrics is not None and self.links > 1:
             leader.metrics.combine = LinksExposition(
                 self.links, self._scrapes, self._connected
@@ -136,7 +138,8 @@ class LinkedAgent:
 
 def _link_row(index: int, place: Place | None) -> dict[str, Any]:
     if place is None:
-        return {"link": index, "connected": False, "pop": None, "worker": None}
+        return {"link": index, "connected": False, "pop": None, "pop_name": None, "worker": None}
     # Link 0 is not told its worker (relay/agent/placement.py): None, not a guess.
     return {"link": index, "connected": True, "pop": str(place.pop),
+            "pop_name": place.pop_name or None,
             "worker": place.worker if index else None}  # fmt: skip

@@ -44,10 +44,17 @@ def placement_delay(tries: int) -> float:
 @dataclass(frozen=True)
 class Place:
     """Where a link's session is: the PoP it dialled and the worker there that holds it
-    (0 when the edge did not say: link 0, or an edge of one process)."""
+    (0 when the edge did not say: link 0, or an edge of one process), and the PoP's name
+    as its edge told it (protocol 2; "" from an older edge)."""
 
     pop: Pop
     worker: int
+    pop_name: str = ""
+
+    def same_pop(self, other: Place) -> bool:
+        """Whether ``other`` is on this PoP: the same address, or the same name at
+        another address (its IPv6 one, another address of its DNS name)."""
+        return self.pop == other.pop or (bool(self.pop_name) and self.pop_name == other.pop_name)
 
 
 def crowded(link: int, workers: int, beside: int, lower_on_pop: int) -> bool:

@@ -15,7 +15,9 @@ region, a certificate it cannot trust, not an agent port) can leave it nothing. 
 an agent with ``--links`` prefers PoPs its other links are not on (``busy``), so two links
 hold two PoPs when there are two: losing one PoP then costs no reconnect at all. (Each
 link probes by itself, and PoPs about as near come in any order for each: an offset in
-that order alone put two links on one PoP.)
+that order alone put two links on one PoP.) One PoP may answer at several addresses (IPv4
+and IPv6, a name with both): an edge of protocol 2 tells its name (``AuthOk.pop``), and an
+address known to be a busy PoP's is busy too.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ MAX_CANDIDATES = 16
 #: How long one name's resolution may take: a resolver that does not answer must not hold
 #: every reconnect (nor a stop) for its own timeouts.
 RESOLVE_TIMEOUT = 5.0
+#: PoP names remembered, by address (the oldest learned go first): a name's addresses
+#: come and go with its DNS records.
+MAX_NAMES = 64
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,12 @@ class Aside:
 class PopChooser:
     edges: tuple[tuple[str, int], ...]
     region: str = ""
-    #: The PoPs the agent's other links are connected to now (``--links``).
-    busy: Callable[[], set[Pop]] = field(default=lambda: set())
+    #: The PoPs the agent's other links are connected to now (``--links``), with each
+    #: one's name as its edge told it ("": not told).
+    busy: Callable[[], dict[Pop, str]] = field(default=lambda: {})
     _away: dict[Pop, Aside] = field(default_factory=dict)
+    #: The name each address's edge told (``AuthOk.pop``), here or to another link.
+    _names: dict[Pop, str] = field(default_factory=dict)
     #: Round-trip times of the last probe, for status lines and tests (seconds).
     last_rtts: dict[Pop, float] = field(default_factory=dict)
 
@@ -84,7 +92,7 @@ class PopChooser:
             rtts = await asyncio.gather(*(_probe(p) for p in pops))
             self.last_rtts = dict(zip(pops, rtts, strict=True))
             now = time.monotonic()
-            return rank(pops, self.last_rtts, self.busy(), self._until(now), now)
+            return rank(pops, self.last_rtts, self._busy(), self._until(now), now)
         now = time.monotonic()
         return rank(pops, {}, set(), self._until(now), now)
 
@@ -108,13 +116,35 @@ class PopChooser:
         if not self.several:
             return None
         now = time.monotonic()
-        busy = self.busy()
+        busy = self._busy()
         for pop in ranked:
-            if pop == here or pop in busy or self._is_away(pop, now):
+            if self.same(pop, here) or pop in busy or self._is_away(pop, now):
                 continue
             if self.last_rtts.get(pop, float("inf")) < float("inf"):
                 return pop
         return None
+
+    def learn(self, pop: Pop, name: str) -> None:
+        """``pop``'s edge says it is the PoP ``name`` ("": an edge that does not say)."""
+        self._names.pop(pop, None)
+        if name:
+            self._names[pop] = name
+            while len(self._names) > MAX_NAMES:
+                del self._names[next(iter(self._names))]
+
+    def same(self, a: Pop, b: Pop) -> bool:
+        """Whether ``a`` and ``b`` are one PoP: one address, or one name told at both."""
+        name = self._names.get(a)
+        return a == b or (name is not None and name == self._names.get(b))
+
+    def _busy(self) -> set[Pop]:
+        """The addresses other links are on, and every address of the same PoPs."""
+        others = self.busy()
+        for pop, name in others.items():
+            if name and self._names.get(pop) != name:
+                self.learn(pop, name)
+        names = {self._names[p] for p in others if p in self._names}
+        return set(others) | {p for p, name in self._names.items() if name in names}
 
     @property
     def several(self) -> bool:

@@ -168,10 +168,14 @@ def test_the_agents_metrics_speak_for_every_link(edge: Edge, agents: list[Agent]
         status = json.loads(answer.read())
     assert [(r["link"], r["connected"]) for r in status["links"]] == [(0, True), (1, True)]
     assert status["links"][1]["worker"] in (0, 1)
+    # The edge named its PoP to both links (protocol 2): its host name and --listen.
+    pop_name = f"{socket.gethostname()}/{edge.address}"
+    assert [r["pop_name"] for r in status["links"]] == [pop_name, pop_name], status["links"]
     assert len(status["recent"]) == visitors
     assert all(s["outcome"] != "ok" for s in status["recent"]), status["recent"]
     shown = status_once(admin)
     assert "LINK" in shown and shown.count(" connected ") == 2, shown
+    assert shown.count(pop_name) == 2, shown
     # /readyz asks every link (relay/agent/links.py; the rule: the unit tests of links_ready).
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=10) as answer:
         assert (answer.status, answer.read()) == (200, b"ready\n")

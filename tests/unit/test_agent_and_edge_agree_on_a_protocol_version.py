@@ -22,12 +22,14 @@ from relay.errors import NameReserved
 from relay.protocol import (
     ALPN_PROTOCOLS,
     PROTOCOL_VERSIONS,
+    AuthOk,
     EndpointEnded,
     Notice,
     decode_message,
     protocol_of,
 )
 from relay.tls import client_context
+from tests.unit.test_agent_ids_are_short_visible_ascii import authenticate
 from tests.unit.test_tls13_suite_preference import edge_contexts, handshake  # noqa: F401
 
 
@@ -130,3 +132,12 @@ def test_a_session_serving_nothing_else_is_stopped_with_the_code(protocol: int) 
             "another account",
         )
     ]
+
+
+@pytest.mark.parametrize(("protocol", "told"), [(2, "fra-1"), (1, "")])
+def test_only_an_agent_of_protocol_2_is_told_its_pop_s_name(protocol: int, told: str) -> None:
+    """An agent of protocol 1 refuses unknown fields: its auth_ok has none."""
+    session, sent, _ = authenticate("a_1", protocol)
+    assert session.authenticated and session.protocol == protocol
+    assert isinstance(sent[0], AuthOk) and sent[0].pop == told
+    assert (b'"pop"' in sent[0].to_wire()) == (protocol == 2)

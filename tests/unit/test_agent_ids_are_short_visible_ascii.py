@@ -33,9 +33,9 @@ class Control:
         self.sent.append(message)
 
 
-def authenticate(agent_id: str) -> tuple[AgentSession, list[Message], list[str]]:
+def authenticate(agent_id: str, protocol: int = 2) -> tuple[AgentSession, list[Message], list[str]]:
     """Run a session's control stream for one Auth: (session, what the agent was sent,
-    the tokens the edge verified)."""
+    the tokens the edge verified). The edge's PoP is named ``fra-1``."""
     verified: list[str] = []
 
     async def verify_token(token: str, peer: str) -> Any:
@@ -46,13 +46,13 @@ def authenticate(agent_id: str) -> tuple[AgentSession, list[Message], list[str]]
         verify_token=verify_token,
         metrics=MagicMock(),
         auth_failed=lambda session: None,
-        config=SimpleNamespace(region="eu"),
+        config=SimpleNamespace(region="eu", node_id="fra-1", listen="0.0.0.0:7000"),
         worker=None,
         sessions=set(),
     )
     session = AgentSession(edge)  # type: ignore[arg-type]
     session.link = MagicMock()
-    control = Control(Auth(token="rly_x_y", agent_id=agent_id, version="t/0"))
+    control = Control(Auth(token="rly_x_y", agent_id=agent_id, version="t/0", protocol=protocol))
     session.control = control  # type: ignore[assignment]
     asyncio.run(session._serve_control())
     return session, control.sent, verified

@@ -29,6 +29,7 @@ SAMPLES: list[Message] = [
     Auth(token="rly_x_y", agent_id="a_1", version="relay-agent/0.1.0", hostname="box"),
     AuthOk(session_id="s_1", edge_version="0.1.0", region="eu", token_id="t1"),
     AuthOk("s_2", "0.1.0", "eu", "t1", worker=3, workers=4, beside=0b101),
+    AuthOk("s_3", "0.1.0", "eu", "t1", pop="fra-1"),
     Bind(request_id=1, kind="tcp", remote_port=20001, upstream="127.0.0.1:22"),
     Bound(request_id=1, endpoint_id="ep_1", url="tcp://127.0.0.1:20001", remote_port=20001),
     Stop(code="RLY_102", message="token revoked"),
@@ -103,3 +104,7 @@ def test_auth_ok_carries_a_place_only_to_a_link_told_one() -> None:
     assert set(plain) == {"type", "session_id", "edge_version", "region", "token_id"}
     placed = json.loads(AuthOk("s_1", "0.1.0", "eu", "t1", worker=1, workers=2).to_wire()[4:])
     assert (placed["worker"], placed["workers"]) == (1, 2)
+    # Its PoP's name only to an agent of protocol 2 (the edge leaves it empty otherwise).
+    assert "pop" not in placed
+    named = json.loads(AuthOk("s_1", "0.1.0", "eu", "t1", pop="fra-1").to_wire()[4:])
+    assert named["pop"] == "fra-1" and "worker" not in named

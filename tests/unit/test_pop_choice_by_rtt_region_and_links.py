@@ -88,12 +88,12 @@ def test_a_link_prefers_a_pop_no_other_link_of_its_agent_is_on() -> None:
     async def scenario() -> None:
         with listener() as one, listener() as two:
             pops = tuple(("127.0.0.1", s.getsockname()[1]) for s in (one, two))
-            taken: set[Pop] = set()
+            taken: dict[Pop, str] = {}
             chooser = PopChooser(pops, busy=lambda: taken)
             for _ in range(5):  # whatever their round-trip times, the free one first
                 taken.clear()
                 ranked = await chooser.ranked()
-                taken.add(ranked[0])
+                taken[ranked[0]] = ""
                 again = await chooser.ranked()
                 assert again[0] != ranked[0] and again[1] == ranked[0]
 
@@ -110,7 +110,7 @@ def test_a_link_beside_another_finds_the_pop_no_link_is_on_once_it_answers() -> 
             here = Pop("127.0.0.1", here_sock.getsockname()[1], "127.0.0.1")
             back_port = free_port()
             back = Pop("127.0.0.1", back_port, "127.0.0.1")
-            taken = {here}  # the lower link's PoP, which this link shares
+            taken = {here: ""}  # the lower link's PoP, which this link shares
             chooser = PopChooser((("127.0.0.1", here.port), ("127.0.0.1", back_port)))
             chooser.busy = lambda: taken
             assert await chooser.free_pop(here) is None  # the lost PoP is still down
@@ -119,9 +119,9 @@ def test_a_link_beside_another_finds_the_pop_no_link_is_on_once_it_answers() -> 
                 chooser.failed(back)
                 assert await chooser.free_pop(here) is None  # set aside: not yet
                 chooser.served(back)
-                taken.add(back)  # another link got there first
+                taken[back] = ""  # another link got there first
                 assert await chooser.free_pop(here) is None
-                taken.discard(back)
+                del taken[back]
                 assert await chooser.free_pop(here) == back
 
     asyncio.run(scenario())
