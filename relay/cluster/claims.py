@@ -11,8 +11,9 @@ the rules a single edge keeps (relay/edge/members.py), across workers:
   sends before it reads its ``drop`` does not bring the link back);
 * another link of the same agent (``--links``), or any agent of the token when every
   holder bound it with ``pool``, joins the holders: visitors are shared, all with the
-  endpoint's one Host rewrite (a member asking with another is refused, as on one edge:
-  which worker took a visitor must not decide the Host its upstream sees);
+  endpoint's one Host rewrite and, on the TLS port, its one kind (https or tls): a
+  member asking with another is refused, as on one edge (which worker took a visitor
+  must not decide the Host its upstream sees, nor whether its TLS is terminated);
 * any other agent of the token takes the key once no worker holds it live (the owner's
   agent was restarted and its endpoint is orphaned within its grace).
 
@@ -56,6 +57,8 @@ class Claim:
     resting: set[int] = field(default_factory=set)
     #: The Host its visitors' heads are rewritten to (``--host-header``; None: kept).
     rewrite: str | None = None
+    #: A TLS-port name's kind, https or tls (None: a key of one kind, http or tcp).
+    kind: str | None = None
 
     def live_workers(self) -> list[int]:
         """The workers visitors of the key go to: those whose members take them; while
@@ -113,14 +116,23 @@ class ClaimTable:
         #: worker -> its run now: how many times it died.
         self._runs: dict[int, int] = {}
 
-    def claim(self, key: str, token: str, member: Member, rewrite: str | None = None) -> Verdict:
+    def claim(
+        self,
+        key: str,
+        token: str,
+        member: Member,
+        rewrite: str | None = None,
+        kind: str | None = None,
+    ) -> Verdict:
         sibling = self._claims.get(_sibling(key))
         if sibling is not None and sibling.token != token:
             # A name has one owner across http and the TLS port (https, tls).
             return Verdict(False, f"{key.partition(':')[2]} is bound by another token")
         current = self._claims.get(key)
         if current is None:
-            self._claims[key] = Claim(token, [member], {member.worker: True}, rewrite=rewrite)
+            self._claims[key] = Claim(
+                token, [member], {member.worker: True}, rewrite=rewrite, kind=kind
+            )
             return Verdict(True)
         if current.token != token:
             return Verdict(False, f"{key} is bound by another token")
@@ -131,12 +143,16 @@ class ClaimTable:
         live = [m for m in others if current.live.get(m.worker)]
         if not live:
             dropped = tuple(m for m in current.members if m.worker != member.worker)
-            self._claims[key] = Claim(token, [member], {member.worker: True}, rewrite=rewrite)
+            self._claims[key] = Claim(
+                token, [member], {member.worker: True}, rewrite=rewrite, kind=kind
+            )
             return Verdict(True, dropped=dropped)
         same_agent = all(m.agent == member.agent for m in live)
         pool = member.pooled and all(m.pooled for m in live)
         if not (same_agent or pool):
             return Verdict(False, f"{key} is bound by another agent session")
+        if kind is not None and current.kind is not None and kind != current.kind:
+            return Verdict(False, kind_refused(key.partition(":")[2], current.kind))
         if rewrite != current.rewrite:
             return Verdict(False, rewrite_refused(key.partition(":")[2], current.rewrite))
         current.members = [*others, member]
@@ -155,6 +171,7 @@ class ClaimTable:
         live: bool,
         taking: bool = True,
         rewrite: str | None = None,
+        kind: str | None = None,
     ) -> str:
         """What ``worker`` holds of ``key`` now, all of it: its members (none: it holds
         the key no more) and whether one is live. Workers send it after every change, in
@@ -203,7 +220,7 @@ class ClaimTable:
         ] + mine
         if live:
             current.hold_live(worker, taking)
-            current.rewrite = rewrite
+            current.rewrite, current.kind = rewrite, kind
         else:
             current.orphan(worker, self._runs.get(worker, 0))
         after = (mine, live, worker in current.resting)
@@ -264,6 +281,13 @@ def rewrite_refused(name: str, theirs: str | None) -> str:
         + (f"--host-header {theirs}" if theirs else "no --host-header")
         + "; a member joins with the same Host rewrite as theirs"
     )
+
+
+def kind_refused(name: str, theirs: str) -> str:
+    """Why a member is refused ``name`` on the TLS port when its live members serve it as
+    ``theirs`` (https: the edge terminates TLS; tls: passed through) and it asks for the
+    other kind."""
+    return f"{name} is served as a {theirs} endpoint; a member joins as the same kind"
 
 
 def _sibling(key: str) -> str:

@@ -416,7 +416,9 @@ class Supervisor:
             int(message.get("link", 0)),
             bool(message.get("pooled", False)),
         )
-        verdict = self.table.claim(key, str(message["token"]), member, _rewrite(message))
+        verdict = self.table.claim(
+            key, str(message["token"]), member, _rewrite(message), _kind(message)
+        )
         assert worker.channel is not None
         worker.channel.send(
             {"op": "claimed", "id": message["id"], "ok": verdict.granted, "why": verdict.why}
@@ -443,6 +445,7 @@ class Supervisor:
             bool(message["live"]),
             taking=bool(message.get("taking", True)),
             rewrite=_rewrite(message),
+            kind=_kind(message),
         )
         if outcome == "changed":
             self._tell_where(key)
@@ -478,6 +481,12 @@ def _signal(worker: _Worker, signum: int) -> None:
     if worker.process is not None and worker.process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             worker.process.send_signal(signum)
+
+
+def _kind(message: Message) -> str | None:
+    """The kind a worker's claim or report of a TLS-port name carries (https or tls)."""
+    kind = message.get("kind")
+    return str(kind) if kind is not None else None
 
 
 def _rewrite(message: Message) -> str | None:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from relay._httpfront import HttpVisitor
 from relay.certs.local_ca import LocalCA, write_file_atomic
-from relay.cluster.claims import rewrite_refused
+from relay.cluster.claims import kind_refused, rewrite_refused
 from relay.cluster.event_seal import EventSeal, event_key
 from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_share, share_of
@@ -250,6 +250,7 @@ class ClusterNode:
         agent_id: str | None = None,
         pooled: bool = False,
         rewrite: str = "",
+        kind: str = "",
     ) -> bool:
         """A name has one owner across the cluster, as on one edge: another token's bind
         of a name a node holds is refused (links and pool members of the same token, on
@@ -264,8 +265,11 @@ class ClusterNode:
         one edge's rule too: another agent may share a name another node holds live
         only when both pool (see :meth:`_check_shares`), and with the Host rewrite its
         other agents serve it with (``rewrite``: the bind's ``--host-header``, ``""``
-        for none). Without them only the owner is compared."""
-        shares = (family, agent_id, pooled, rewrite) if family and agent_id is not None else None
+        for none), and as the same ``kind`` (https or tls, on the TLS port). Without
+        them only the owner is compared."""
+        shares = (
+            (family, agent_id, pooled, rewrite, kind) if family and agent_id is not None else None
+        )
         return await self._claim(("http", "sni"), hostname, hostname, token_id, hostname, shares)
 
     def settle_name(self, hostname: str, token_id: str) -> None:
@@ -278,7 +282,7 @@ class ClusterNode:
         """A TCP port has one owner across the cluster, as a name has (its visitors may
         reach any node of the region), and is shared as one edge shares it (with
         ``agent_id``, as for :meth:`claim_name`). True as for :meth:`claim_name`."""
-        shares = ("tcp", agent_id, pooled, "") if agent_id is not None else None
+        shares = ("tcp", agent_id, pooled, "", "tcp") if agent_id is not None else None
         return await self._claim(
             ("tcp",), str(port), f"tcp:{port}", token_id, f"tcp port {port}", shares
         )
@@ -294,7 +298,7 @@ class ClusterNode:
         key: str,
         token_id: str,
         shown: str,
-        shares: tuple[str, str, bool, str] | None = None,
+        shares: tuple[str, str, bool, str, str] | None = None,
     ) -> bool:
         presence = self.presence
         if presence is None:
@@ -330,12 +334,14 @@ class ClusterNode:
         agent_id: str,
         pooled: bool,
         rewrite: str,
+        kind: str,
     ) -> None:
         """Refuse a bind of ``name`` by an agent of ``owner``'s token that one edge would
         refuse (relay/edge/members.py ``admit``): another node holds it live for another
         agent, and not both pool (:func:`may_share`); or another agent's pool serves it
-        there with another Host rewrite (one edge's ``_check_rewrite``: which node took a
-        visitor must not decide the Host its upstream sees). The agent's own links are
+        there as the other kind (https or tls), or with another Host rewrite (one edge's
+        ``_check_rewrite``: which node took a visitor must not decide the Host its
+        upstream sees, nor whether its TLS is terminated). The agent's own links are
         not compared: they share its flags, so another rewrite under its id is a stale
         row. Only the same front counts, as on one edge (an http name and the TLS
         port's are two endpoints). A pool whose members all drain is not published
@@ -363,6 +369,10 @@ class ClusterNode:
             if not may_share(remote.share, agent_id, pooled):
                 raise EndpointAlreadyBound(
                     f"{shown} is bound by another agent session (on node {remote.node.node_id})"
+                )
+            if kind and remote.kind and remote.kind != kind and remote.share != own:
+                raise EndpointAlreadyBound(
+                    kind_refused(shown, remote.kind) + f" (on node {remote.node.node_id})"
                 )
             if remote.host_rewrite != rewrite and remote.share != own:
                 raise EndpointAlreadyBound(

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from relay.cluster.channel import MAX_MESSAGE, encode
 from relay.control.tokens import ID_LENGTH
 from relay.edge.registry import Holder
-from relay.edge.routes import MAX_HOSTNAME
+from relay.edge.routes import MAX_HOST_HEADER, MAX_HOSTNAME
 from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
 from relay.errors import BindError, EndpointAlreadyBound
 
@@ -39,6 +39,8 @@ def _most_members_per_key() -> int:
         "members": [],
         "live": False,
         "taking": False,
+        "rewrite": '"' * MAX_HOST_HEADER,  # visible ASCII: a quote JSON escapes most
+        "kind": "https",
     }
     worst = ['"' * MAX_AGENT_ID, MAX_AGENT_LINKS - 1, False]
     each = len(json.dumps(worst, separators=(",", ":"))) + len(",")

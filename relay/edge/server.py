@@ -21,7 +21,7 @@ from relay.accepting import LimitWatch
 from relay.admin import AdminServer
 from relay.api_client import ApiClient
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
-from relay.cluster.claims import rewrite_refused
+from relay.cluster.claims import kind_refused, rewrite_refused
 from relay.cluster.place import WorkerPlace
 from relay.config import EdgeConfig, config_change, parse_host_port
 from relay.control.api import ControlPlane, create_app
@@ -39,7 +39,7 @@ from relay.edge.members import is_live, takes_visitors
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
-from relay.edge.routes import MAX_HOSTNAME, HostEndpoint, HostRoutes
+from relay.edge.routes import MAX_HOST_HEADER, MAX_HOSTNAME, HostEndpoint, HostRoutes
 from relay.edge.session import AgentSession
 from relay.edge.tcp import Refuse, TcpEndpoint
 from relay.edge.worker import EdgeWorker
@@ -819,6 +819,7 @@ class Edge:
             raise BindError(f"this edge serves no {request.kind} endpoints")
         if request.kind in ("https", "tls") and self.web.https_port is None:
             raise BindError(f"this edge serves no {request.kind} endpoints")
+        _check_host_header(request)
         hostname = self._hostname_for(request)
         record = self.tokens[session.token_id]
         owned = await self._check_reserved(request.kind, hostname, record.account_id)
@@ -837,7 +838,13 @@ class Edge:
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
         pins = await self._pins_under(hostname)
         claimed = self.cluster is not None and await self.cluster.claim_name(
-            hostname, record.id, family, session.agent_id, request.pool, request.host_header or ""
+            hostname,
+            record.id,
+            family,
+            session.agent_id,
+            request.pool,
+            request.host_header or "",
+            request.kind,
         )
         try:
             if request.kind == "https":
@@ -846,7 +853,7 @@ class Edge:
                 session.token_id, session.agent_id, session, session.link_index, request.pool
             )
             key = f"{family}:{hostname}"
-            await self._claim(key, holder, request.host_header or None)
+            await self._claim(key, holder, request.host_header or None, request.kind)
             try:
                 return self._bind_host_claimed(session, request, hostname, family, holder, pins)
             finally:
@@ -870,8 +877,10 @@ class Edge:
         rewrite = request.host_header.encode("latin-1") if request.host_header else None
         existing = self.by_key.get(key)
         if existing is not None:
-            if not isinstance(existing, HostEndpoint) or existing.kind != request.kind:
+            if not isinstance(existing, HostEndpoint):
                 raise EndpointAlreadyBound(f"{hostname} is bound as another kind of endpoint")
+            if existing.kind != request.kind:
+                raise EndpointAlreadyBound(kind_refused(hostname, existing.kind))
             taken = self._take_over(existing, holder, session, rewrite)
             assert isinstance(taken, HostEndpoint)
             taken.pins = pins  # the reservations as they are at this bind
@@ -899,12 +908,15 @@ class Edge:
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
 
-    async def _claim(self, key: str, holder: Holder, rewrite: str | None = None) -> None:
+    async def _claim(
+        self, key: str, holder: Holder, rewrite: str | None = None, kind: str | None = None
+    ) -> None:
         """With several workers, a name or port is first claimed across them (the
         supervisor's rules; EndpointAlreadyBound when another worker's agent has it, or
-        its members there rewrite the Host otherwise than ``rewrite``)."""
+        its members there rewrite the Host otherwise than ``rewrite``, or serve the name
+        as another ``kind``)."""
         if self.worker is not None:
-            await self.worker.claim(key, holder, rewrite)
+            await self.worker.claim(key, holder, rewrite, kind)
 
     def drop_endpoint(self, key: str, agent_id: str | None = None, link: int = 0) -> None:
         """The supervisor gave ``key`` — or, with ``agent_id``, that agent's link ``link``
@@ -952,7 +964,8 @@ class Edge:
         if endpoint is None:
             self.worker.report(key, "", [], False)
         else:
-            rewrite = endpoint.host_rewrite if isinstance(endpoint, HostEndpoint) else None
+            host = endpoint if isinstance(endpoint, HostEndpoint) else None
+            rewrite = host.host_rewrite if host is not None else None
             self.worker.report(
                 key,
                 endpoint.holder.token_id,
@@ -960,6 +973,7 @@ class Edge:
                 is_live(endpoint),
                 takes_visitors(endpoint),
                 rewrite.decode("latin-1") if rewrite is not None else None,
+                host.kind if host is not None else None,
             )
 
     def endpoint_bound(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
@@ -1163,6 +1177,23 @@ def _first_come(hostname: str, base_domain: str) -> bool:
     edge's base domain. Not a wildcard, even there: it would catch every other name."""
     base = base_domain.lower().rstrip(".")
     return bool(base) and not hostname.startswith("*.") and hostname.endswith("." + base)
+
+
+def _check_host_header(request: Bind) -> None:
+    """BindError unless the bind's Host rewrite is a Host header's value: a host[:port]
+    of visible ASCII. Every visitor's head gets it (a CR or LF would split the head), and
+    a worker's report of the endpoint and the cluster's row of the name carry it, both
+    bounded."""
+    value = request.host_header
+    if not value:
+        return
+    if request.kind not in ("http", "https"):
+        raise BindError(f"host_header applies to http and https endpoints, not {request.kind}")
+    if len(value) > MAX_HOST_HEADER or not all("!" <= c <= "~" for c in value):
+        raise BindError(
+            f"host_header must be a host[:port] of 1 to {MAX_HOST_HEADER} visible ASCII "
+            "characters, without spaces"
+        )
 
 
 def _valid_label(label: str) -> bool:

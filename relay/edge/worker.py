@@ -147,10 +147,13 @@ class EdgeWorker:
 
     # --- claims -------------------------------------------------------------------------
 
-    async def claim(self, key: str, holder: Holder, rewrite: str | None = None) -> None:
+    async def claim(
+        self, key: str, holder: Holder, rewrite: str | None = None, kind: str | None = None
+    ) -> None:
         """Ask the supervisor for ``key`` for ``holder`` (an agent's link, maybe pooled,
-        rewriting the Host to ``rewrite``); EndpointAlreadyBound when it is another's, or
-        its live members rewrite the Host otherwise."""
+        rewriting the Host to ``rewrite``, an endpoint of ``kind``); EndpointAlreadyBound
+        when it is another's, or its live members rewrite the Host otherwise or serve a
+        TLS-port name as the other kind."""
         assert self.channel is not None
         claim_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -165,6 +168,7 @@ class EdgeWorker:
                 "link": holder.link,
                 "pooled": holder.pooled,
                 "rewrite": rewrite,
+                "kind": kind,
             }
         )
         try:
@@ -189,6 +193,7 @@ class EdgeWorker:
         live: bool,
         taking: bool = True,
         rewrite: str | None = None,
+        kind: str | None = None,
     ) -> None:
         """Everything this worker holds of ``key`` now (no members: nothing). Sent after
         every change, so the supervisor's table ends up as the workers are, whatever
@@ -207,6 +212,7 @@ class EdgeWorker:
                     "live": live,
                     "taking": taking,
                     "rewrite": rewrite,
+                    "kind": kind,
                 }
             )
         except ChannelError as exc:

@@ -21,6 +21,7 @@ from tests.e2e.http_helpers import get_body
 from tests.e2e.origin import NamedOrigin
 from tests.e2e.procs import Agent, EchoServer, Edge, echo_roundtrip, payload
 from tests.e2e.test_agent_link_processes import start_linked
+from tests.e2e.test_https_unknown_name_page import https_get
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -280,5 +281,41 @@ def test_a_pool_member_with_another_host_header_is_refused_on_every_worker(
             refused_for_its_rewrite(edge, token, origin.port, flags, "one")
         seen = Counter(get_body(edge.http_port, "rewritten.relay.localhost") for _ in range(8))
         assert seen == Counter({b"member-a": 8}), seen
+    finally:
+        edge.stop()
+
+
+def test_a_pool_member_of_the_other_tls_port_kind_is_refused_on_every_worker(
+    tmp_path: Path, agents: list[Agent], named: list[NamedOrigin]
+) -> None:
+    """A name on the TLS port is https (the edge terminates TLS) or tls (passed through)
+    for all its members: which worker took a visitor must not decide that. Four pooled
+    ``relay tls`` agents for the name of a pooled ``relay http`` (https) agent are each
+    refused, RLY_204 (the supervisor's claim, or the worker's own check when the kernel
+    lands one beside the first), and the name's https visitors reach the first one."""
+    edge = Edge(tmp_path / "edge", workers=2).start()
+    try:
+        origin = NamedOrigin("member-a")
+        named.append(origin)
+        _, token = edge.token()
+        first = Agent(
+            edge, token, origin.port, kind="http", extra=["--subdomain", "kinds", "--pool"]
+        )
+        agents.append(first)
+        first.wait_bound()
+        host = "kinds.relay.localhost"
+        for _ in range(4):
+            other = Agent(edge, token, origin.port, kind="tls", extra=["--domain", host, "--pool"])
+            try:
+                assert other.proc.wait(30) == 4, other.proc.text()
+            finally:
+                other.stop()
+            assert (
+                f"error RLY_204: {host} is served as a https endpoint; a member joins as the "
+                "same kind"
+            ) in other.proc.text(), other.proc.text()
+        for _ in range(4):
+            response, _ = https_get(edge.https_port, host, edge.ca_file)
+            assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"member-a")
     finally:
         edge.stop()

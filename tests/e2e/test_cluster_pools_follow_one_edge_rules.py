@@ -151,6 +151,30 @@ def test_a_second_agent_one_edge_would_refuse_is_refused_on_another_node(
 
 
 @pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
+def test_a_pool_member_of_the_other_tls_port_kind_on_another_node_is_refused(
+    nodes: dict[str, Node],  # noqa: F811
+    agents: list[Agent],
+    origin: Origin,
+) -> None:
+    """An https name (the edge terminates TLS) is not joined by a pooled ``relay tls``
+    agent (passed through) on another node: which node took a visitor would decide it."""
+    b, d = nodes["b"], nodes["d"]
+    _, token = b.edge.token()
+    first = Agent(
+        b.edge, token, str(origin.port), kind="http", extra=["--subdomain", "kinds", "--pool"]
+    )
+    agents.append(first)
+    first.wait_bound()
+    host = host_of(first)
+    wait_known(d, 1)  # its https name (http only redirects there)
+    second = Agent(d.edge, token, str(origin.port), kind="tls", extra=["--domain", host, "--pool"])
+    agents.append(second)
+    assert_refused(second, "b", f"{host} is served as a https endpoint")
+    assert not holds(d, host)
+    assert first.proc.proc.poll() is None, first.proc.text()
+
+
+@pytest.mark.parametrize("nodes", [ONE_REGION], indirect=True)
 def test_pooled_agents_on_two_nodes_both_serve(
     nodes: dict[str, Node],  # noqa: F811
     agents: list[Agent],

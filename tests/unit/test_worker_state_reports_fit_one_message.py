@@ -24,7 +24,7 @@ from relay.control.tokens import ID_LENGTH
 from relay.edge import members
 from relay.edge.members import MAX_MEMBERS_PER_KEY
 from relay.edge.registry import Holder
-from relay.edge.routes import MAX_HOSTNAME
+from relay.edge.routes import MAX_HOST_HEADER, MAX_HOSTNAME
 from relay.edge.session import AGENT_ID_RE, MAX_AGENT_ID, MAX_AGENT_LINKS
 from relay.edge.worker import EdgeWorker
 from relay.errors import BindError
@@ -33,6 +33,8 @@ LONGEST_KEY = "http:" + "x" * MAX_HOSTNAME
 TOKEN = "t" * ID_LENGTH
 #: The id JSON makes longest: every character a quote (escaped to two bytes).
 WORST_ID = '"' * MAX_AGENT_ID
+#: The Host rewrite JSON makes longest (relay/edge/server.py ``_check_host_header``).
+WORST_REWRITE = '"' * MAX_HOST_HEADER
 
 
 def holders(count: int, agent_id: str = WORST_ID) -> list[Holder]:
@@ -90,12 +92,18 @@ def state(members: list[Holder]) -> Message:
         "token": TOKEN,
         "members": [[m.agent_id, m.link, m.pooled] for m in members],
         "live": False,
+        "taking": False,
+        "rewrite": WORST_REWRITE,
+        "kind": "https",
     }
 
 
 def test_the_report_of_the_most_and_worst_members_reaches_the_supervisor(wired: Wired) -> None:
-    wired.worker.report(LONGEST_KEY, TOKEN, holders(MAX_MEMBERS_PER_KEY), False)
+    wired.worker.report(
+        LONGEST_KEY, TOKEN, holders(MAX_MEMBERS_PER_KEY), False, False, WORST_REWRITE, "https"
+    )
     [message] = wired.received()
+    assert (message["rewrite"], message["kind"]) == (WORST_REWRITE, "https")
     assert message["key"] == LONGEST_KEY
     assert message["members"] == [[WORST_ID, MAX_AGENT_LINKS - 1, False]] * MAX_MEMBERS_PER_KEY
 

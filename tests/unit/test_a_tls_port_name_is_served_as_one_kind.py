@@ -1,0 +1,103 @@
+"""A name on the TLS port is one kind of endpoint, https (the edge terminates TLS) or tls
+(passed through), wherever its members are: a pool member binding it as the other kind
+is refused with RLY_204, on one edge (``Edge._bind_host_claimed``), across workers (the
+supervisor's ``ClaimTable``) and across nodes (``ClusterNode._check_shares``). Were it
+let in, which worker or node took a visitor would decide whether its TLS is terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+
+import pytest
+
+from relay.cluster.claims import ClaimTable, Member, kind_refused
+from relay.cluster.presence import NodeInfo, RemoteName
+from relay.config import EdgeConfig
+from relay.edge.cluster import owner_tag
+from relay.edge.registry import Holder
+from relay.edge.routes import HostEndpoint
+from relay.edge.server import Edge
+from relay.errors import EndpointAlreadyBound
+from relay.protocol import Bind
+from tests.unit.test_cluster_name_shares import node_with
+
+NAME = "app.example.com"
+
+
+def test_the_message_names_the_kind_the_members_serve() -> None:
+    assert kind_refused(NAME, "https") == (
+        "app.example.com is served as a https endpoint; a member joins as the same kind"
+    )
+
+
+@pytest.mark.parametrize(("theirs", "mine"), [("https", "tls"), ("tls", "https")])
+def test_one_edge_refuses_a_member_of_the_other_kind(
+    tmp_path: Path, theirs: str, mine: str
+) -> None:
+    edge = Edge(EdgeConfig(data_dir=tmp_path))
+    edge.web = types.SimpleNamespace(public_port=lambda kind: 443)
+    first = Holder("t1", "a1", types.SimpleNamespace(endpoints={}), 0, True)
+    endpoint = HostEndpoint("ep_1", theirs, NAME, first, f"{theirs}://{NAME}")
+    edge.by_key[endpoint.key] = endpoint
+    newcomer_session = types.SimpleNamespace(endpoints={}, session_id="s_2")
+    newcomer = Holder("t1", "a2", newcomer_session, 0, True)
+    request = Bind(request_id=1, kind=mine, domain=NAME, pool=True)
+    with pytest.raises(EndpointAlreadyBound) as refused:
+        edge._bind_host_claimed(newcomer, request, NAME, "sni", newcomer, {})  # type: ignore[arg-type]
+    assert refused.value.code == "RLY_204"
+    assert str(refused.value) == kind_refused(NAME, theirs)
+    assert endpoint.members == [first] and not newcomer_session.endpoints
+
+
+def test_pooled_members_on_any_worker_serve_one_kind() -> None:
+    table = ClaimTable()
+    key = f"sni:{NAME}"
+    assert table.claim(key, "t1", Member(0, "a1", pooled=True), kind="https").granted
+    verdict = table.claim(key, "t1", Member(1, "a2", pooled=True), kind="tls")
+    assert not verdict.granted and verdict.why == kind_refused(NAME, "https")
+    assert table.claim(key, "t1", Member(1, "a3", pooled=True), kind="https").granted
+    # Every member gone: the next agent's kind is the key's.
+    for worker in (0, 1):
+        table.apply_state(worker, key, "t1", [], False)
+    assert table.claim(key, "t1", Member(1, "a4", pooled=True), kind="tls").granted
+    assert not table.claim(key, "t1", Member(0, "a5", pooled=True), kind="https").granted
+    # A worker's report is the last word on it too.
+    table.apply_state(1, key, "t1", [Member(1, "a4", pooled=True)], True, kind="https")
+    assert table.claim(key, "t1", Member(0, "a6", pooled=True), kind="https").granted
+
+
+def held_as(kind: str, share: str = "pool", node_id: str = "b") -> RemoteName:
+    info = NodeInfo(node_id, "eu", "10.0.0.9:7400")
+    return RemoteName("sni", NAME, kind, "", info, owner_tag("t1"), share)
+
+
+def bind(node: object, agent: str, kind: str) -> bool:
+    async def go() -> bool:
+        return await node.claim_name(NAME, "t1", "sni", agent, True, "", kind)  # type: ignore[attr-defined]
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(("theirs", "mine"), [("https", "tls"), ("tls", "https")])
+def test_a_pool_member_of_the_other_kind_on_another_node_is_refused(theirs: str, mine: str) -> None:
+    node, presence = node_with([held_as(theirs)])
+    with pytest.raises(EndpointAlreadyBound) as refused:
+        bind(node, "a2", mine)
+    assert refused.value.code == "RLY_204"
+    assert str(refused.value) == kind_refused(NAME, theirs) + " (on node b)"
+    assert presence.claimed == []  # refused before any claim is made in Redis
+    node, presence = node_with([held_as(theirs)])
+    assert bind(node, "a2", theirs)  # the same kind joins
+    assert len(presence.claimed) == 1
+
+
+def test_the_agent_s_own_row_and_a_sibling_worker_s_are_not_compared_by_kind() -> None:
+    """The agent's own links share its spec (another kind under its id is a stale row);
+    the host's sibling workers are the supervisor's to compare."""
+    node, _ = node_with([held_as("https", share="agent:a1")])
+    assert bind(node, "a1", "tls")
+    node, _ = node_with([held_as("https", node_id="eu1.w0")], worker=1)
+    assert bind(node, "a2", "tls")
