@@ -25,6 +25,7 @@ from relay.errors import (
     RelayError,
 )
 from relay.logs import setup_logging
+from relay.protocol import MAX_HOST_HEADER, is_host_header_value
 from relay.stop_signals import install_stop_handlers
 
 EXIT_OK = 0
@@ -685,6 +686,16 @@ def spec_for(kind: str, upstream: str, **fields: Any) -> Any:
     return EndpointSpec(kind, target.host, target.port, upstream_scheme=scheme, **fields)
 
 
+def _host_header(value: str) -> str:
+    """``--host-header`` as the edge takes it (relay/protocol.py), refused here first."""
+    if value and value != "rewrite" and not is_host_header_value(value):
+        raise click.BadParameter(
+            f"must be 'rewrite' or a host[:port] of 1 to {MAX_HOST_HEADER} visible ASCII "
+            "characters, without spaces"
+        )
+    return value
+
+
 PROXY_PROTOCOL_OPTION = click.option(
     "--proxy-protocol",
     type=click.Choice(["v1", "v2"]),
@@ -742,8 +753,9 @@ def tcp(upstream: str, remote_port: int, proxy_protocol: str | None, **agent: An
     "--host-header",
     default="",
     show_default=False,
-    help="'rewrite' sends the upstream's host as Host; any other value is sent "
-    "literally; default: the visitor's Host.",
+    callback=lambda ctx, param, value: _host_header(value),
+    help="'rewrite' sends the upstream's host as Host; any other value (a host[:port]) is "
+    "sent literally; default: the visitor's Host.",
 )
 @PROXY_PROTOCOL_OPTION
 @click.option(

@@ -51,6 +51,19 @@ MAX_STREAM_HEADER = 4 * 1024
 #: recursion limit before authentication.
 MAX_JSON_DEPTH = 4
 
+#: The longest Host a bind may rewrite its visitors' heads to (``host_header``): a DNS
+#: name (253) and a port.
+MAX_HOST_HEADER = 253 + len(":65535")
+
+
+def is_host_header_value(value: str) -> bool:
+    """Whether ``value`` may be a bind's ``host_header``: a host[:port] of 1 to
+    :data:`MAX_HOST_HEADER` visible ASCII characters. It goes into every visitor's head
+    (a CR or LF would split it), and into the bounded reports and rows that carry the
+    endpoint between workers and nodes."""
+    return 0 < len(value) <= MAX_HOST_HEADER and all("!" <= c <= "~" for c in value)
+
+
 _LEN32 = struct.Struct(">I")
 _LEN16 = struct.Struct(">H")
 

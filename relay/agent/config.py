@@ -47,6 +47,7 @@ import yaml
 
 from relay.agent.client import EndpointSpec
 from relay.errors import ConfigError
+from relay.protocol import MAX_HOST_HEADER, is_host_header_value
 
 __all__ = [
     "CONFIG_VERSION",
@@ -112,7 +113,6 @@ _KEYS_FOR_KIND: dict[str, frozenset[str]] = {
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _PIN_RE = re.compile(r"sha256:[0-9a-fA-F]{64}")
-_HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
 
 class AgentConfigError(ConfigError):
@@ -521,10 +521,11 @@ def _endpoint(raw: Any, index: int) -> EndpointConfig:
     host_header = "keep"
     if data.get("host_header") is not None:
         host_header = _string(data["host_header"], f"{path}.host_header")
-        if host_header not in ("keep", "rewrite") and not _HEADER_VALUE_RE.fullmatch(host_header):
+        if host_header not in ("keep", "rewrite") and not is_host_header_value(host_header):
             _fail(
                 f"{path}.host_header",
-                "must be keep, rewrite or a Host value without control characters",
+                f"must be keep, rewrite or a Host value: a host[:port] of 1 to {MAX_HOST_HEADER} "
+                "visible ASCII characters, without spaces",
             )
     proxy_protocol = "none"
     if "proxy_protocol" in data:

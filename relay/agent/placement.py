@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.agent.pops import Pop
+from relay.agent.pops import Pop, same_pop
 
 #: New connections a link makes to reach a worker of its own before it stays where it
 #: is. With two workers each try finds the free one with probability 1/2, so 16 misses
@@ -54,7 +54,7 @@ class Place:
     def same_pop(self, other: Place) -> bool:
         """Whether ``other`` is on this PoP: the same address, or the same name at
         another address (its IPv6 one, another address of its DNS name)."""
-        return self.pop == other.pop or (bool(self.pop_name) and self.pop_name == other.pop_name)
+        return same_pop(self.pop, self.pop_name, other.pop, other.pop_name)
 
 
 def crowded(link: int, workers: int, beside: int, lower_on_pop: int) -> bool:

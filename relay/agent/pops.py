@@ -133,9 +133,8 @@ class PopChooser:
                 del self._names[next(iter(self._names))]
 
     def same(self, a: Pop, b: Pop) -> bool:
-        """Whether ``a`` and ``b`` are one PoP: one address, or one name told at both."""
-        name = self._names.get(a)
-        return a == b or (name is not None and name == self._names.get(b))
+        """Whether ``a`` and ``b`` are one PoP, by the names learned for them."""
+        return same_pop(a, self._names.get(a, ""), b, self._names.get(b, ""))
 
     def _busy(self) -> set[Pop]:
         """The addresses other links are on, and every address of the same PoPs."""
@@ -203,6 +202,12 @@ class PopChooser:
         the second of each, … up to :data:`MAX_CANDIDATES`, so a name with many
         addresses does not crowd the other entries out."""
         return in_turns(await asyncio.gather(*(_addresses(h, p) for h, p in self.edges)))
+
+
+def same_pop(a: Pop, a_name: str, b: Pop, b_name: str) -> bool:
+    """Whether two addresses are one PoP: one address, or one name their edges told at
+    both ("": not told)."""
+    return a == b or (bool(a_name) and a_name == b_name)
 
 
 def rank(

@@ -417,7 +417,11 @@ class Supervisor:
             bool(message.get("pooled", False)),
         )
         verdict = self.table.claim(
-            key, str(message["token"]), member, _rewrite(message), _kind(message)
+            key,
+            str(message["token"]),
+            member,
+            _optional(message, "rewrite"),
+            _optional(message, "kind"),
         )
         assert worker.channel is not None
         worker.channel.send(
@@ -444,8 +448,8 @@ class Supervisor:
             members,
             bool(message["live"]),
             taking=bool(message.get("taking", True)),
-            rewrite=_rewrite(message),
-            kind=_kind(message),
+            rewrite=_optional(message, "rewrite"),
+            kind=_optional(message, "kind"),
         )
         if outcome == "changed":
             self._tell_where(key)
@@ -483,13 +487,8 @@ def _signal(worker: _Worker, signum: int) -> None:
             worker.process.send_signal(signum)
 
 
-def _kind(message: Message) -> str | None:
-    """The kind a worker's claim or report of a TLS-port name carries (https or tls)."""
-    kind = message.get("kind")
-    return str(kind) if kind is not None else None
-
-
-def _rewrite(message: Message) -> str | None:
-    """The Host rewrite a worker's claim or report carries (None: the Host is kept)."""
-    rewrite = message.get("rewrite")
-    return str(rewrite) if rewrite is not None else None
+def _optional(message: Message, field: str) -> str | None:
+    """A field a worker's claim or report may carry: ``rewrite``, the Host rewrite (None:
+    the Host is kept); ``kind``, a TLS-port name's (https or tls; None: a key of one)."""
+    value = message.get(field)
+    return str(value) if value is not None else None

@@ -21,9 +21,10 @@ from typing import Any, Protocol
 from relay.cluster.channel import MAX_MESSAGE, encode
 from relay.control.tokens import ID_LENGTH
 from relay.edge.registry import Holder
-from relay.edge.routes import MAX_HOST_HEADER, MAX_HOSTNAME
+from relay.edge.routes import MAX_HOSTNAME
 from relay.edge.session import MAX_AGENT_ID, MAX_AGENT_LINKS
 from relay.errors import BindError, EndpointAlreadyBound
+from relay.protocol import MAX_HOST_HEADER
 
 
 def _most_members_per_key() -> int:

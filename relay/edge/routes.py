@@ -18,9 +18,6 @@ from relay.edge.registry import Holder
 
 #: The longest host name a bind is given (DNS: 253 characters).
 MAX_HOSTNAME = 253
-#: The longest Host a bind may rewrite its visitors' heads to (``--host-header``): a
-#: name and a port.
-MAX_HOST_HEADER = MAX_HOSTNAME + len(":65535")
 
 
 @dataclass

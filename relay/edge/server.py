@@ -39,7 +39,7 @@ from relay.edge.members import is_live, takes_visitors
 from relay.edge.metrics import EdgeMetrics
 from relay.edge.ports import PortAllocator
 from relay.edge.registry import Holder, InMemoryRegistry
-from relay.edge.routes import MAX_HOST_HEADER, MAX_HOSTNAME, HostEndpoint, HostRoutes
+from relay.edge.routes import MAX_HOSTNAME, HostEndpoint, HostRoutes
 from relay.edge.session import AgentSession
 from relay.edge.tcp import Refuse, TcpEndpoint
 from relay.edge.worker import EdgeWorker
@@ -61,7 +61,7 @@ from relay.errors import (
     TooManyEndpoints,
 )
 from relay.logs import use_format, use_level
-from relay.protocol import Bind
+from relay.protocol import MAX_HOST_HEADER, Bind, is_host_header_value
 from relay.secret_files import read_owner_only_file
 from relay.tls import server_context
 from relay.tlslink import Listener, serve_links
@@ -698,6 +698,7 @@ class Edge:
             raise TooManyEndpoints(
                 f"a session may hold at most {self.config.max_endpoints_per_session} endpoints"
             )
+        _check_host_header(request)
         if request.kind in ("http", "https", "tls"):
             return await self._bind_host(session, request)
         if request.kind != "tcp":
@@ -819,7 +820,6 @@ class Edge:
             raise BindError(f"this edge serves no {request.kind} endpoints")
         if request.kind in ("https", "tls") and self.web.https_port is None:
             raise BindError(f"this edge serves no {request.kind} endpoints")
-        _check_host_header(request)
         hostname = self._hostname_for(request)
         record = self.tokens[session.token_id]
         owned = await self._check_reserved(request.kind, hostname, record.account_id)
@@ -879,23 +879,16 @@ class Edge:
         if existing is not None:
             if not isinstance(existing, HostEndpoint):
                 raise EndpointAlreadyBound(f"{hostname} is bound as another kind of endpoint")
-            if existing.kind != request.kind:
-                raise EndpointAlreadyBound(kind_refused(hostname, existing.kind))
-            taken = self._take_over(existing, holder, session, rewrite)
+            taken = self._take_over(existing, holder, session, rewrite, request.kind)
             assert isinstance(taken, HostEndpoint)
             taken.pins = pins  # the reservations as they are at this bind
             return taken
-        scheme = "http" if request.kind == "http" else request.kind
-        port = self.web.public_port(request.kind)
-        default = {"http": 80, "https": 443, "tls": 443}[request.kind]
-        suffix = "" if port == default else f":{port}"
-        shown = hostname.replace("*", "<any>", 1)
         endpoint = HostEndpoint(
             endpoint_id="ep_" + secrets.token_hex(6),
             kind=request.kind,
             hostname=hostname,
             holder=holder,
-            url=f"{scheme}://{shown}{suffix}",
+            url=self._host_url(request.kind, hostname),
             host_rewrite=rewrite,
             pins=pins,
         )
@@ -907,6 +900,13 @@ class Edge:
         session.endpoints[endpoint.endpoint_id] = endpoint
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
+
+    def _host_url(self, kind: str, hostname: str) -> str:
+        assert self.web is not None
+        port = self.web.public_port(kind)
+        default = {"http": 80, "https": 443, "tls": 443}[kind]
+        suffix = "" if port == default else f":{port}"
+        return f"{kind}://{hostname.replace('*', '<any>', 1)}{suffix}"
 
     async def _claim(
         self, key: str, holder: Holder, rewrite: str | None = None, kind: str | None = None
@@ -1053,10 +1053,12 @@ class Edge:
         holder: Holder,
         session: AgentSession,
         rewrite: bytes | None = None,
+        kind: str | None = None,
     ) -> TcpEndpoint | HostEndpoint:
         """A link of the same agent, or a pool member, joins; the same link reconnected
         (or any agent of the token, once no member is live) takes its place. ``rewrite``:
-        the Host a host endpoint's newcomer rewrites to (``--host-header``)."""
+        the Host a host endpoint's newcomer rewrites to (``--host-header``); ``kind``:
+        what it binds the name as (https or tls on the TLS port)."""
         try:
             replaced = members.admit(endpoint, holder)  # raises if not ours to share or take
             if replaced is None:
@@ -1064,6 +1066,7 @@ class Edge:
                 # message there, and visitor routing walks the members.
                 members.check_room(endpoint)
             if isinstance(endpoint, HostEndpoint):
+                _check_kind(endpoint, replaced, kind)
                 _check_rewrite(endpoint, replaced, rewrite)
         except BindError:
             self.report(endpoint.key)  # a claim granted for it must not outlive the refusal
@@ -1075,8 +1078,13 @@ class Edge:
             endpoint.orphan_timer = None
         members.add(endpoint, holder, replaced)
         if isinstance(endpoint, HostEndpoint):
-            # Equal unless no other member is live: then the newcomer's own rewrite holds.
+            # Equal unless no other member is live: then the newcomer's own rewrite holds,
+            # and so does its kind.
             endpoint.host_rewrite = rewrite
+            if kind is not None and kind != endpoint.kind:
+                endpoint.kind = kind
+                endpoint.url = self._host_url(kind, endpoint.hostname)
+                endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, kind)
         self.registry.promote(endpoint.key, endpoint.holder)
         session.endpoints[endpoint.endpoint_id] = endpoint
         self.report(endpoint.key)
@@ -1152,6 +1160,16 @@ def _log_check_failure(task: asyncio.Task[None]) -> None:
         log.warning("checking live sessions' credentials failed: %s", task.exception())
 
 
+def _check_kind(endpoint: HostEndpoint, replaced: Holder | None, kind: str | None) -> None:
+    """One kind per TLS-port name, https (terminated) or tls (passed through): a member
+    joining live members as the other kind is refused (RLY_204). Once no other member is
+    live, the newcomer's kind replaces the endpoint's (its agent changed what it serves)."""
+    if kind is None or kind == endpoint.kind:
+        return
+    if any(m.session is not None and m is not replaced for m in endpoint.members):
+        raise EndpointAlreadyBound(kind_refused(endpoint.hostname, endpoint.kind))
+
+
 def _check_rewrite(endpoint: HostEndpoint, replaced: Holder | None, rewrite: bytes | None) -> None:
     """One Host rewrite per endpoint: it is the endpoint's, applied to every visitor
     whichever member serves it, so a member joining live members with another
@@ -1189,7 +1207,7 @@ def _check_host_header(request: Bind) -> None:
         return
     if request.kind not in ("http", "https"):
         raise BindError(f"host_header applies to http and https endpoints, not {request.kind}")
-    if len(value) > MAX_HOST_HEADER or not all("!" <= c <= "~" for c in value):
+    if not is_host_header_value(value):
         raise BindError(
             f"host_header must be a host[:port] of 1 to {MAX_HOST_HEADER} visible ASCII "
             "characters, without spaces"

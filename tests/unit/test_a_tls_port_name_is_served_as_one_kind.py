@@ -33,23 +33,62 @@ def test_the_message_names_the_kind_the_members_serve() -> None:
     )
 
 
+def one_edge(tmp_path: Path, theirs: str, token: str = "t1") -> tuple[Edge, HostEndpoint]:
+    """A single-process edge whose TLS port serves ``NAME`` as ``theirs`` for agent a1 of
+    ``token``, pooled."""
+    edge = Edge(EdgeConfig(data_dir=tmp_path))
+    edge.web = types.SimpleNamespace(public_port=lambda kind: 443)
+    first = Holder(token, "a1", types.SimpleNamespace(endpoints={}), 0, True)
+    endpoint = HostEndpoint("ep_1", theirs, NAME, first, f"{theirs}://{NAME}")
+    edge.registry.claim(endpoint.key, first)
+    edge.by_key[endpoint.key] = endpoint
+    edge.endpoints[endpoint.endpoint_id] = endpoint
+    return edge, endpoint
+
+
+def bind_on(edge: Edge, kind: str, pooled: bool = True, token: str = "t1") -> HostEndpoint:
+    session = types.SimpleNamespace(endpoints={}, session_id="s_2")
+    newcomer = Holder(token, "a2", session, 0, pooled)
+    request = Bind(request_id=1, kind=kind, domain=NAME, pool=pooled)
+    return edge._bind_host_claimed(session, request, NAME, "sni", newcomer, {})  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("theirs", "mine"), [("https", "tls"), ("tls", "https")])
 def test_one_edge_refuses_a_member_of_the_other_kind(
     tmp_path: Path, theirs: str, mine: str
 ) -> None:
-    edge = Edge(EdgeConfig(data_dir=tmp_path))
-    edge.web = types.SimpleNamespace(public_port=lambda kind: 443)
-    first = Holder("t1", "a1", types.SimpleNamespace(endpoints={}), 0, True)
-    endpoint = HostEndpoint("ep_1", theirs, NAME, first, f"{theirs}://{NAME}")
-    edge.by_key[endpoint.key] = endpoint
-    newcomer_session = types.SimpleNamespace(endpoints={}, session_id="s_2")
-    newcomer = Holder("t1", "a2", newcomer_session, 0, True)
-    request = Bind(request_id=1, kind=mine, domain=NAME, pool=True)
+    edge, endpoint = one_edge(tmp_path, theirs)
+    first = endpoint.members[0]
     with pytest.raises(EndpointAlreadyBound) as refused:
-        edge._bind_host_claimed(newcomer, request, NAME, "sni", newcomer, {})  # type: ignore[arg-type]
+        bind_on(edge, mine)
     assert refused.value.code == "RLY_204"
     assert str(refused.value) == kind_refused(NAME, theirs)
-    assert endpoint.members == [first] and not newcomer_session.endpoints
+    assert endpoint.members == [first] and endpoint.kind == theirs
+    joined = bind_on(edge, theirs)  # the same kind joins
+    assert joined is endpoint and len(endpoint.members) == 2
+
+
+def test_one_edge_asks_who_binds_before_it_compares_kinds(tmp_path: Path) -> None:
+    """Another token's agent, or an agent not in the pool, hears why it may not share
+    the name at all, not what kind another account serves it as."""
+    edge, _ = one_edge(tmp_path, "https", token="t_other")
+    with pytest.raises(EndpointAlreadyBound, match="bound by another token"):
+        bind_on(edge, "tls")
+    edge, _ = one_edge(tmp_path, "https")
+    with pytest.raises(EndpointAlreadyBound, match="bound by another agent session"):
+        bind_on(edge, "tls", pooled=False)
+
+
+def test_a_name_kept_for_an_agent_that_is_gone_takes_the_newcomer_s_kind(
+    tmp_path: Path,
+) -> None:
+    """As the supervisor and the cluster decide: nothing serves it, so the agent of the
+    token that binds it now (its kind changed with its config) takes it as its kind."""
+    edge, endpoint = one_edge(tmp_path, "https")
+    endpoint.members[0].session = None  # orphaned, in its grace
+    taken = bind_on(edge, "tls")
+    assert taken is endpoint and endpoint.kind == "tls"
+    assert endpoint.url == f"tls://{NAME}" and [m.agent_id for m in endpoint.members] == ["a2"]
 
 
 def test_pooled_members_on_any_worker_serve_one_kind() -> None:

@@ -378,8 +378,18 @@ def ep(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
         ),
         (
             doc(ep(WEB, host_header="bad\r\nx: y")),
-            "endpoints[0].host_header: must be keep, rewrite or a Host value "
-            "without control characters",
+            "endpoints[0].host_header: must be keep, rewrite or a Host value: a host[:port] "
+            "of 1 to 259 visible ASCII characters, without spaces",
+        ),
+        (
+            doc(ep(WEB, host_header="two words")),
+            "endpoints[0].host_header: must be keep, rewrite or a Host value: a host[:port] "
+            "of 1 to 259 visible ASCII characters, without spaces",
+        ),
+        (
+            doc(ep(WEB, host_header="x" * 260)),
+            "endpoints[0].host_header: must be keep, rewrite or a Host value: a host[:port] "
+            "of 1 to 259 visible ASCII characters, without spaces",
         ),
         (
             doc(ep(WEB, upstream_tls_verify="yes")),

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from hypothesis import given
-from hypothesis import strategies as st
+import pytest
 
 from relay.agent.placement import Place
 from relay.agent.pops import MAX_NAMES, Pop, PopChooser
@@ -92,16 +91,20 @@ def test_names_are_remembered_for_a_bounded_number_of_addresses() -> None:
     assert len(chooser._names) == MAX_NAMES
 
 
-@given(
-    st.sampled_from(["a", "b"]),
-    st.sampled_from(["", "n", "m"]),
-    st.sampled_from(["a", "b"]),
-    st.sampled_from(["", "n", "m"]),
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (("v4", ""), ("v4", ""), True),  # one address
+        (("v4", "fra-1"), ("v4", ""), True),
+        (("v4", "fra-1"), ("v6", "fra-1"), True),  # one name told at both
+        (("v4", "fra-1"), ("v6", "ams-1"), False),
+        (("v4", ""), ("v6", ""), False),  # older edges: addresses are PoPs
+        (("v4", "fra-1"), ("v6", ""), False),
+    ],
 )
 def test_two_places_are_one_pop_by_address_or_by_a_name_both_told(
-    host_a: str, name_a: str, host_b: str, name_b: str
+    a: tuple[str, str], b: tuple[str, str], same: bool
 ) -> None:
-    a = Place(Pop(host_a, 7000, "e"), 0, name_a)
-    b = Place(Pop(host_b, 7000, "e"), 1, name_b)
-    expected = host_a == host_b or (name_a != "" and name_a == name_b)
-    assert a.same_pop(b) == expected == b.same_pop(a)
+    first = Place(Pop(a[0], 7000, "e"), 0, a[1])
+    second = Place(Pop(b[0], 7000, "e"), 1, b[1])
+    assert first.same_pop(second) is same and second.same_pop(first) is same

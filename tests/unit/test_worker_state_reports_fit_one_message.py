@@ -24,10 +24,11 @@ from relay.control.tokens import ID_LENGTH
 from relay.edge import members
 from relay.edge.members import MAX_MEMBERS_PER_KEY
 from relay.edge.registry import Holder
-from relay.edge.routes import MAX_HOST_HEADER, MAX_HOSTNAME
+from relay.edge.routes import MAX_HOSTNAME
 from relay.edge.session import AGENT_ID_RE, MAX_AGENT_ID, MAX_AGENT_LINKS
 from relay.edge.worker import EdgeWorker
 from relay.errors import BindError
+from relay.protocol import MAX_HOST_HEADER
 
 LONGEST_KEY = "http:" + "x" * MAX_HOSTNAME
 TOKEN = "t" * ID_LENGTH
