@@ -483,6 +483,7 @@ class Network:
         self.tag = str(os.getpid())
         self.spaces: dict[str, Netns] = {}
         self.captures: list[Capture] = []
+        self._extra = 0  # addresses added by add_address
         self.bridge = f"{LINK_PREFIX}{self.tag}b"
         self._made_bridge = False
         try:
@@ -519,6 +520,14 @@ class Network:
         _ip("-n", space.name, "link", "set", "eth0", "up")
         _ip("-n", space.name, "link", "set", "lo", "up")
         return space
+
+    def add_address(self, space: Netns) -> str:
+        """One more address of the subnet on ``space``'s eth0 (.201, .202, …): a machine
+        that answers at two addresses."""
+        self._extra += 1
+        address = str(self.subnet.network_address + 200 + self._extra)
+        _ip("-n", space.name, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        return address
 
     def capture(self, *spaces: Netns, max_seconds: float = 300.0) -> Capture:
         """A :class:`Capture` on the veths of ``spaces``, running until :meth:`close`."""

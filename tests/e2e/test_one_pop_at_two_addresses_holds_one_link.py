@@ -33,7 +33,7 @@ from tests.e2e.procs import (
     payload,
 )
 from tests.e2e.test_cluster_in_namespaces import NsEdge
-from tests.netns import Netns, Network, _ip, network  # noqa: F401
+from tests.netns import Network, network  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -70,8 +70,7 @@ def test_a_link_beside_another_at_a_second_address_of_its_pop_moves_to_a_free_po
 ) -> None:
     home = network.add("home")
     space1, space2 = network.add("pop1"), network.add("pop2")
-    second = str(network.subnet.network_address + 201)  # PoP 1's other address
-    _ip("-n", space1.name, "addr", "add", f"{second}/{network.subnet.prefixlen}", "dev", "eth0")
+    second = network.add_address(space1)  # PoP 1's other address
     listen_port = free_port()
     tcp_ports = free_port_range(10)  # the same on both: the agent asks for one of them
     port = tcp_ports[0] + 4
