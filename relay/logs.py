@@ -10,6 +10,26 @@ from datetime import UTC, datetime
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+#: Control characters as escapes: a message is one line whatever an agent or visitor put
+#: in the text it carries (an agent's version, a refused name), so nobody writes lines of
+#: their own into the edge's log. A traceback keeps its lines: it is added after.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, each message on one line (:data:`_ESCAPES`)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
+
 
 class JsonFormatter(logging.Formatter):
     """``{"time", "level", "logger", "message"[, "exception"]}`` on one line."""
@@ -45,6 +65,6 @@ def use_level(level: str) -> None:
 
 def use_format(fmt: str) -> None:
     """Switch every root handler to ``fmt`` ("text" or "json")."""
-    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)

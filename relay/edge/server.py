@@ -671,11 +671,13 @@ class Edge:
         """Refused binds are audited: who asked for which name or port, and why not."""
         assert self.control is not None
         self.metrics.binds_refused.labels(exc.code).inc()
-        target = request.domain or request.subdomain or str(request.remote_port or "")
+        # What the agent asked for, as it asked, but bounded: it is logged and audited.
+        target = _cut(request.domain or request.subdomain or str(request.remote_port or ""))
+        kind = _cut(request.kind, len("https"))
         log.info(
             "session %s: bind of %s %s refused: %s",
             session.session_id,
-            request.kind,
+            kind,
             target or "(any)",
             exc.one_line(),
         )
@@ -683,7 +685,7 @@ class Edge:
             f"agent@{session.peer}",
             "bind.refuse",
             session.token_id or "",
-            {"kind": request.kind, "target": target, "code": exc.code, "reason": str(exc)},
+            {"kind": kind, "target": target, "code": exc.code, "reason": str(exc)},
         )
 
     async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
@@ -702,7 +704,7 @@ class Edge:
         if request.kind in ("http", "https", "tls"):
             return await self._bind_host(session, request)
         if request.kind != "tcp":
-            raise BindError(f"endpoint kind {request.kind!r} is not supported by this edge")
+            raise BindError(f"endpoint kind {_quoted(request.kind)} is not supported by this edge")
         record = self.tokens[session.token_id]
         port = request.remote_port
         if port:
@@ -1039,12 +1041,12 @@ class Edge:
         else:
             label = request.subdomain.strip().lower() or secrets.token_hex(4)
             if not _valid_label(label):
-                raise BindError(f"subdomain {label!r} is not a DNS label")
+                raise BindError(f"subdomain {_quoted(label)} is not a DNS label")
             name = f"{label}.{base}"
         bare = name[2:] if name.startswith("*.") else name
         labels_ok = all(_valid_label(p) for p in bare.split("."))
         if not bare or len(name) > MAX_HOSTNAME or not labels_ok:
-            raise BindError(f"{name!r} is not a valid hostname")
+            raise BindError(f"{_quoted(name)} is not a valid hostname")
         return name
 
     def _take_over(
@@ -1158,6 +1160,17 @@ class Edge:
 def _log_check_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("checking live sessions' credentials failed: %s", task.exception())
+
+
+def _cut(text: str, limit: int = MAX_HOSTNAME) -> str:
+    """``text``, cut after ``limit`` characters: what an agent sent may be up to a
+    control message long (64 KiB), and its answer, log line and audit entry are not."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _quoted(text: str, limit: int = MAX_HOSTNAME) -> str:
+    """``text`` as a Python literal for an error message, cut as :func:`_cut` cuts."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
 def _check_kind(endpoint: HostEndpoint, replaced: Holder | None, kind: str | None) -> None:
