@@ -32,6 +32,7 @@ SESSION_END_REASONS = (
     "link_error",
     "revoked",
     "expired",
+    "refused_binds",
 )
 AUTH_REASONS = (*AUTH_FAILURE_REASONS.values(), "timeout", "protocol")
 BIND_CODES = (

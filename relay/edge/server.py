@@ -31,6 +31,7 @@ from relay.control.tokens import load_or_create_pepper
 from relay.edge import members
 from relay.edge.access_log import AccessLog, Output, open_output
 from relay.edge.auth_guard import AuthGuard, source_of
+from relay.edge.bind_refusals import BURST, PER_SECOND, RefusedBinds, Verdict
 from relay.edge.coalesced import Coalesced
 from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
@@ -59,6 +60,7 @@ from relay.errors import (
     RelayError,
     RevokedToken,
     TooManyEndpoints,
+    TooManyRefusedBinds,
 )
 from relay.logs import use_format, use_level
 from relay.protocol import MAX_HOST_HEADER, Bind, is_host_header_value
@@ -193,6 +195,7 @@ class Edge:
         self.auth_guard = AuthGuard(
             config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
         )
+        self.refused_binds = RefusedBinds()
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
         self.api_plane: ControlPlane | None = None  # the REST API's, when this edge serves it
@@ -668,12 +671,18 @@ class Edge:
         session.stop(error.code, str(error))
 
     def bind_refused(self, session: AgentSession, request: Bind, exc: RelayError) -> None:
-        """Refused binds are audited: who asked for which name or port, and why not."""
+        """Refused binds are audited: who asked for which name or port, and why not. A
+        token past its budget of them (relay/edge/bind_refusals.py) has its session
+        stopped instead, and only the first such refusal is audited."""
         assert self.control is not None
         self.metrics.binds_refused.labels(exc.code).inc()
         # What the agent asked for, as it asked, but bounded: it is logged and audited.
         target = _cut(request.domain or request.subdomain or str(request.remote_port or ""))
         kind = _cut(request.kind, len("https"))
+        verdict = self.refused_binds.refused(session.token_id or "")
+        if verdict is not Verdict.AUDIT:
+            self._stop_refused_binds(session, verdict, kind, target)
+            return
         log.info(
             "session %s: bind of %s %s refused: %s",
             session.session_id,
@@ -687,6 +696,25 @@ class Edge:
             session.token_id or "",
             {"kind": kind, "target": target, "code": exc.code, "reason": str(exc)},
         )
+
+    def _stop_refused_binds(
+        self, session: AgentSession, verdict: Verdict, kind: str, target: str
+    ) -> None:
+        assert self.control is not None
+        error = TooManyRefusedBinds(
+            f"token {session.token_id} sent more binds the edge refused than it takes "
+            f"({BURST} at once, then {PER_SECOND:g} a second); the last: {kind} {target}"
+        )
+        if verdict is Verdict.FLOOD_BEGINS:
+            log.warning("session %s (%s): %s; stopped", session.session_id, session.peer, error)
+            self.control.audit(
+                f"agent@{session.peer}",
+                "bind.flood",
+                session.token_id or "",
+                {"session": session.session_id, "burst": BURST, "per_second": PER_SECOND},
+            )
+        session.end_reason = "refused_binds"
+        session.stop(error.code, str(error))
 
     async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
         epoch = self.reservations.epoch

@@ -87,6 +87,8 @@ class AgentSession:
         #: The control-protocol version its agent speaks (relay/protocol.py): what the
         #: edge may send it.
         self.protocol = 1
+        #: Told to go away for good (:meth:`stop`): nothing it still sends is acted on.
+        self.stopped = False
         #: This link was told, when it authenticated, that a lower link of its agent is
         #: on this worker too (relay/agent/placement.py).
         self.beside_lower = False
@@ -325,14 +327,16 @@ class AgentSession:
 
     async def _handle(self, message: Message) -> None:
         assert self.control is not None
+        if self.stopped:
+            return  # its messages already read are not acted on
         if isinstance(message, Bind):
             if not await self.edge.credential_still_valid(self):
                 return  # the session was stopped with the credential's code
             try:
                 endpoint = await self.edge.bind(self, message)
             except (BindFailure, CertificateError) as exc:
-                self.edge.bind_refused(self, message, exc)
                 self.control.send(BindError(message.request_id, exc.code, str(exc)))
+                self.edge.bind_refused(self, message, exc)  # may stop the session: after
                 return
             self.control.send(
                 Bound(message.request_id, endpoint.endpoint_id, endpoint.url, endpoint.port)
@@ -347,6 +351,7 @@ class AgentSession:
 
     def stop(self, code: str, message: str) -> None:
         """Tell the agent to go away for good (revoked token, suspension)."""
+        self.stopped = True
         if self.link.closed:
             return
         self.draining = True  # no new visitors meanwhile
