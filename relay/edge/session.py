@@ -33,6 +33,7 @@ from relay.protocol import (
     Restart,
     Stop,
     Unbind,
+    protocol_of,
 )
 
 if TYPE_CHECKING:
@@ -267,6 +268,14 @@ class AgentSession:
         self.link.session.go_away(0)
         self.link.close()
 
+    def _spoken(self, said: int) -> int:
+        """The protocol this session speaks: what its ``auth`` says, but never newer than
+        the version the link's ALPN settled on (a client that offered only ``relay/1``
+        and says 2 is sent nothing protocol 1 does not know). Without ALPN, ``said``."""
+        ssl_object = self.link.transport.get_extra_info("ssl_object")
+        agreed = protocol_of(ssl_object.selected_alpn_protocol()) if ssl_object else None
+        return said if agreed is None else min(said, agreed)
+
     async def _authenticate(self, auth: Auth) -> bool:
         assert self.control is not None
         if not 0 <= auth.link < MAX_AGENT_LINKS:
@@ -305,7 +314,7 @@ class AgentSession:
         self.token_id = record.id
         self.agent_id = auth.agent_id
         self.link_index = auth.link
-        self.protocol = auth.protocol
+        self.protocol = self._spoken(auth.protocol)
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()
         region = self.edge.config.region

@@ -37,9 +37,15 @@ def control_message(message: Message | bytes, *, syn: bool = False) -> bytes:
     return frame(DATA, SYN if syn else 0, CONTROL_STREAM, len(wire), wire)
 
 
-def tls_link(address: tuple[str, int], ca_file: Path, *, timeout: float = 10.0) -> ssl.SSLSocket:
+def tls_link(
+    address: tuple[str, int],
+    ca_file: Path,
+    *,
+    timeout: float = 10.0,
+    alpn: tuple[str, ...] = ("relay/1",),
+) -> ssl.SSLSocket:
     ctx = ssl.create_default_context(cafile=str(ca_file))
-    ctx.set_alpn_protocols(["relay/1"])
+    ctx.set_alpn_protocols(list(alpn))
     raw = socket.create_connection(address, timeout=timeout)
     try:
         return ctx.wrap_socket(raw, server_hostname="localhost")
