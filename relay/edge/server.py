@@ -1067,7 +1067,10 @@ class Edge:
         if request.domain:
             name = request.domain.strip().lower().rstrip(".")
         else:
-            label = request.subdomain.strip().lower() or secrets.token_hex(4)
+            label = request.subdomain.strip().lower()
+            if request.subdomain and not label:  # blanks are no label, not "any name"
+                raise BindError(f"subdomain {_quoted(request.subdomain)} is not a DNS label")
+            label = label or secrets.token_hex(4)
             if not _valid_label(label):
                 raise BindError(f"subdomain {_quoted(label)} is not a DNS label")
             name = f"{label}.{base}"

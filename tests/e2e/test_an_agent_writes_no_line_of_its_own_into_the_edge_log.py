@@ -4,7 +4,8 @@ refused binds (logged and audited) used to go into the text log as they came: a 
 in them wrote lines of the agent's own making, dated and levelled like the edge's. Now
 every text log message has its control characters escaped, and a refused bind's name
 is cut at 253 characters in the log, the audit entry and the answer (a name of 10,000
-NULs once made an answer larger than any control message).
+NULs once made an answer larger than any control message). A subdomain of blanks alone
+is refused too: it used to be stripped to nothing, and bound a random name.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def test_an_agent_s_text_stays_on_its_line_and_within_bounds(edge: Edge) -> None
             Bind(request_id=2, kind="http", domain="\x00" * 10_000),
             Bind(request_id=3, kind="k" * 30_000, subdomain="s"),
             Bind(request_id=4, kind="http", subdomain="a\n" * 10_000),
+            Bind(request_id=6, kind="http", subdomain="\n" * 20_000),  # no label: no name
         ]
         for bind in binds:
             link.sendall(control_message(bind))
