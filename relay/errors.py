@@ -35,8 +35,6 @@ RLY_207   NameReserved            the name or port is reserved by another accoun
                                   binding account
 RLY_208   RegionPinned            the name or port is pinned to another region than the
                                   edge's: its agent must connect to a PoP of that region
-RLY_209   TooManyRefusedBinds     the token's agents sent more refused binds than the edge
-                                  takes (60 at once, then one a second): the session stops
 RLY_301   ProtocolViolation       malformed control message
 RLY_302   UnsupportedVersion      the peer speaks a protocol version we don't
 RLY_401   ConfigError             invalid configuration or argument
@@ -145,7 +143,6 @@ __all__ = [
     "SessionStopped",
     "TlsError",
     "TooManyEndpoints",
-    "TooManyRefusedBinds",
     "UnsupportedVersion",
     "error_from_code",
 ]
@@ -316,13 +313,6 @@ class RegionPinned(BindError):
     code = "RLY_208"
 
 
-class TooManyRefusedBinds(BindError):
-    """The token's agents keep sending binds the edge refuses: their session is stopped
-    (relay/edge/bind_refusals.py), so that no agent floods the audit log."""
-
-    code = "RLY_209"
-
-
 class ProtocolViolation(RelayError):
     """A control message was malformed."""
 
@@ -431,7 +421,6 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         TooManyEndpoints,
         NameReserved,
         RegionPinned,
-        TooManyRefusedBinds,
         ProtocolViolation,
         UnsupportedVersion,
         ConfigError,

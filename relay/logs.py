@@ -7,17 +7,27 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-#: Control characters as escapes: a message is one line whatever an agent or visitor put
-#: in the text it carries (an agent's version, a refused name), so nobody writes lines of
-#: their own into the edge's log. A traceback keeps its lines: it is added after.
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+#: Control characters (C0, DEL, C1) and Unicode's line and paragraph separators as
+#: escapes: a message is one line whatever an agent or visitor put in the text it
+#: carries (an agent's version, a refused name), so nobody writes lines of their own into
+#: the edge's log.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
     ord("\n"): "\\n",
     ord("\r"): "\\r",
     ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
 }
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, cut after ``limit`` characters: what a peer sent may be up to a control
+    message long (64 KiB); a log line or an audit entry of it is not."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class TextFormatter(logging.Formatter):
@@ -29,6 +39,12 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(_ESCAPES)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback keeps its lines, each indented (and escaped within): an exception's
+        # message may carry a peer's text, and no line of it may look like a record's.
+        lines = super().formatException(ei).split("\n")
+        return "\n".join("  " + line.translate(_ESCAPES) for line in lines)
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,6 +72,14 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 def _level(name: str) -> int:
     level = getattr(logging, name.upper(), None)
     return level if isinstance(level, int) else logging.INFO
+
+
+def in_use() -> tuple[str, str]:
+    """The level and format this process logs with, as :func:`setup_logging` takes them:
+    what a process it starts (an agent's link process) is told to use too."""
+    root = logging.getLogger()
+    json_format = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.level).lower(), "json" if json_format else "text"
 
 
 def use_level(level: str) -> None:

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from relay import logs
 from relay.agent.client import Agent, AgentOptions, EndpointSpec
 from relay.agent.link_metrics import PUSH_PERIOD
 from relay.agent.metrics import AgentMetrics
@@ -272,6 +273,7 @@ class LinkChild:
             "leader": self._told_leader,
             "links": self._told_links,
             "metrics": self._wants_metrics,
+            "log": list(logs.in_use()),
         }
         process.stdin.write(json.dumps(first).encode() + b"\n")
         fatal: RelayError | None = None
@@ -362,6 +364,8 @@ async def _child() -> int:
     if not line:
         return 0  # the agent stopped (or died) before it described this link
     first = json.loads(line)
+    level, log_format = first.get("log", ("warning", "text"))
+    logs.setup_logging(str(level), str(log_format))  # as the agent logs
     options = options_from(first["options"])
     view = LeaderView({}, {}, {})
     apply_leader(view, first["leader"])

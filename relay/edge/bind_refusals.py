@@ -1,14 +1,18 @@
 """Refused binds per token: a budget, so that no agent can flood the audit log.
 
-Every refused bind is audited: who asked for which name or port, and why not. An honest
-agent sends few: it exits at its first refusal, or asks once more for a name it held. A
-hostile one with a valid token sent 1,357 refused binds a second over one session, each
-about 2 KB of audit store (9 GB an hour). So a token gets :data:`BURST` refusals,
-refilled at :data:`PER_SECOND`; a refusal past that stops its session (RLY_209), and only
-the first such refusal since the token was last within its budget is audited.
+Every refused bind is logged and audited: who asked for which name or port, and why
+not. An honest agent sends few: it exits at its first refusal, or asks once more for a
+name it held. A hostile one with a valid token sent 1,357 refused binds a second over
+one session, each about 2 KB of audit store (9 GB an hour). So a token gets
+:data:`BURST` refusals, refilled at :data:`PER_SECOND`; past that, refusals are still
+answered (the agent does what it always does), but only counted: the first of them is
+audited once as a flood, the rest neither logged nor audited until the token is within
+its budget again. Nothing is stopped: a fleet of agents sharing one token whose names
+were reserved away while an edge restarted must not lose its other endpoints to it.
 
 Sans-IO (a clock is passed in) and bounded: at most :data:`MAX_TOKENS` tokens are
-remembered, the least recently refused forgotten first.
+remembered, the least recently refused forgotten first. The budget is per process:
+each worker and node keeps its own.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ MAX_TOKENS = 65_536
 
 
 class Verdict(enum.Enum):
-    #: Within the budget: audit it.
+    #: Within the budget: log and audit it.
     AUDIT = "audit"
-    #: The first refusal past the budget: audit that the token floods, stop the session.
+    #: The first refusal past the budget: audit that the token floods.
     FLOOD_BEGINS = "flood_begins"
-    #: Past the budget again: stop the session, audit nothing.
+    #: Past the budget still: count it, nothing more.
     FLOOD = "flood"
 
 

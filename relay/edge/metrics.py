@@ -32,7 +32,6 @@ SESSION_END_REASONS = (
     "link_error",
     "revoked",
     "expired",
-    "refused_binds",
 )
 AUTH_REASONS = (*AUTH_FAILURE_REASONS.values(), "timeout", "protocol")
 BIND_CODES = (
@@ -102,6 +101,11 @@ class EdgeMetrics(Metrics):
         )
         self.binds_refused = self.counter(
             "relay_binds_refused", "binds refused, by RLY code", ("code",)
+        )
+        self.bind_refusals_unaudited = self.counter(
+            "relay_bind_refusals_unaudited",
+            "refused binds past their token's budget (60 at once, then 1 a second): "
+            "answered, neither logged nor audited",
         )
         self.visitors_refused = self.counter(
             "relay_visitor_connections_refused",

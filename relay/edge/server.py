@@ -60,9 +60,8 @@ from relay.errors import (
     RelayError,
     RevokedToken,
     TooManyEndpoints,
-    TooManyRefusedBinds,
 )
-from relay.logs import use_format, use_level
+from relay.logs import cut, use_format, use_level
 from relay.protocol import MAX_HOST_HEADER, Bind, is_host_header_value
 from relay.secret_files import read_owner_only_file
 from relay.tls import server_context
@@ -671,18 +670,22 @@ class Edge:
         session.stop(error.code, str(error))
 
     def bind_refused(self, session: AgentSession, request: Bind, exc: RelayError) -> None:
-        """Refused binds are audited: who asked for which name or port, and why not. A
-        token past its budget of them (relay/edge/bind_refusals.py) has its session
-        stopped instead, and only the first such refusal is audited."""
+        """Refused binds are logged and audited: who asked for which name or port, and
+        why not. Past its token's budget (relay/edge/bind_refusals.py) a refusal is
+        only counted; the first such refusal is audited as ``bind.flood``."""
         assert self.control is not None
         self.metrics.binds_refused.labels(exc.code).inc()
-        # What the agent asked for, as it asked, but bounded: it is logged and audited.
-        target = _cut(request.domain or request.subdomain or str(request.remote_port or ""))
-        kind = _cut(request.kind, len("https"))
         verdict = self.refused_binds.refused(session.token_id or "")
         if verdict is not Verdict.AUDIT:
-            self._stop_refused_binds(session, verdict, kind, target)
+            self.metrics.bind_refusals_unaudited.inc()
+            if verdict is Verdict.FLOOD_BEGINS:
+                self._flood_begins(session)
             return
+        # What the agent asked for, as it asked, but bounded: it is logged and audited.
+        target = cut(
+            request.domain or request.subdomain or str(request.remote_port or ""), MAX_HOSTNAME
+        )
+        kind = cut(request.kind, len("https"))
         log.info(
             "session %s: bind of %s %s refused: %s",
             session.session_id,
@@ -697,24 +700,25 @@ class Edge:
             {"kind": kind, "target": target, "code": exc.code, "reason": str(exc)},
         )
 
-    def _stop_refused_binds(
-        self, session: AgentSession, verdict: Verdict, kind: str, target: str
-    ) -> None:
+    def _flood_begins(self, session: AgentSession) -> None:
         assert self.control is not None
-        error = TooManyRefusedBinds(
-            f"token {session.token_id} sent more binds the edge refused than it takes "
-            f"({BURST} at once, then {PER_SECOND:g} a second); the last: {kind} {target}"
+        log.warning(
+            "session %s (%s): token %s sent more refused binds than %d at once and %g a "
+            "second; further ones are answered and counted "
+            "(relay_bind_refusals_unaudited_total), neither logged nor audited, until it "
+            "is within that again",
+            session.session_id,
+            session.peer,
+            session.token_id,
+            BURST,
+            PER_SECOND,
         )
-        if verdict is Verdict.FLOOD_BEGINS:
-            log.warning("session %s (%s): %s; stopped", session.session_id, session.peer, error)
-            self.control.audit(
-                f"agent@{session.peer}",
-                "bind.flood",
-                session.token_id or "",
-                {"session": session.session_id, "burst": BURST, "per_second": PER_SECOND},
-            )
-        session.end_reason = "refused_binds"
-        session.stop(error.code, str(error))
+        self.control.audit(
+            f"agent@{session.peer}",
+            "bind.flood",
+            session.token_id or "",
+            {"session": session.session_id, "burst": BURST, "per_second": PER_SECOND},
+        )
 
     async def bind(self, session: AgentSession, request: Bind) -> TcpEndpoint | HostEndpoint:
         epoch = self.reservations.epoch
@@ -1193,14 +1197,9 @@ def _log_check_failure(task: asyncio.Task[None]) -> None:
         log.warning("checking live sessions' credentials failed: %s", task.exception())
 
 
-def _cut(text: str, limit: int = MAX_HOSTNAME) -> str:
-    """``text``, cut after ``limit`` characters: what an agent sent may be up to a
-    control message long (64 KiB), and its answer, log line and audit entry are not."""
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def _quoted(text: str, limit: int = MAX_HOSTNAME) -> str:
-    """``text`` as a Python literal for an error message, cut as :func:`_cut` cuts."""
+    """``text`` as a Python literal for an error message, cut as :func:`cut` cuts: what
+    an agent sent may be a control message long (64 KiB), its answer must fit one."""
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
@@ -1250,7 +1249,9 @@ def _check_host_header(request: Bind) -> None:
     if not value:
         return
     if request.kind not in ("http", "https"):
-        raise BindError(f"host_header applies to http and https endpoints, not {request.kind}")
+        raise BindError(
+            f"host_header applies to http and https endpoints, not {cut(request.kind, 5)}"
+        )
     if not is_host_header_value(value):
         raise BindError(
             f"host_header must be a host[:port] of 1 to {MAX_HOST_HEADER} visible ASCII "

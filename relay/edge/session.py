@@ -20,6 +20,7 @@ from relay.edge.auth_guard import source_of
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
 from relay.errors import CertificateError, ControlUnavailable, ProtocolViolation, RelayError
+from relay.logs import cut
 from relay.mux import ControlChannel, MuxStream
 from relay.protocol import (
     PROTOCOL_VERSIONS,
@@ -330,7 +331,7 @@ class AgentSession:
             self.session_id,
             self.peer,
             record.id,
-            auth.version,
+            cut(auth.version, MAX_AGENT_ID),  # the agent's own text: bounded
         )
         return True
 
@@ -345,8 +346,10 @@ class AgentSession:
                 endpoint = await self.edge.bind(self, message)
             except (BindFailure, CertificateError) as exc:
                 self.control.send(BindError(message.request_id, exc.code, str(exc)))
-                self.edge.bind_refused(self, message, exc)  # may stop the session: after
+                self.edge.bind_refused(self, message, exc)
                 return
+            if self.stopped:
+                return  # stopped while it bound: its end releases the endpoint
             self.control.send(
                 Bound(message.request_id, endpoint.endpoint_id, endpoint.url, endpoint.port)
             )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from relay.protocol import Auth, Message
+from relay.protocol import PROTOCOL_VERSION, Auth, Message
 
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8
@@ -54,21 +54,29 @@ def tls_link(
         raise
 
 
-def authenticate(link: ssl.SSLSocket, token: str, *, timeout: float = 10.0) -> None:
-    """Open the control stream with an Auth and read until the edge says auth_ok."""
-    link.sendall(
-        control_message(Auth(token=token, agent_id="a_hostile", version="hostile/0"), syn=True)
-    )
+def authenticate(
+    link: ssl.SSLSocket,
+    token: str,
+    *,
+    timeout: float = 10.0,
+    version: str = "hostile/0",
+    protocol: int = PROTOCOL_VERSION,
+) -> bytes:
+    """Open the control stream with an Auth and read until the edge says auth_ok; what
+    the edge sent, from the auth_ok on."""
+    auth = Auth(token=token, agent_id="a_hostile", version=version, protocol=protocol)
+    link.sendall(control_message(auth, syn=True))
     link.settimeout(timeout)
     seen = b""
     deadline = time.monotonic() + timeout
-    while b'"auth_ok"' not in seen:
+    while b'"auth_ok"' not in seen or not seen.rstrip().endswith(b"}"):
         if time.monotonic() > deadline:
             raise TimeoutError(f"no auth_ok; got {seen[:200]!r}")
         chunk = link.recv(65536)
         if not chunk:
             raise ConnectionError(f"edge closed the link before auth_ok; got {seen[:200]!r}")
         seen += chunk
+    return seen[seen.index(b'{"type":"auth_ok"') :]
 
 
 def read_until_closed(link: ssl.SSLSocket, *, timeout: float = 10.0) -> bytes:

@@ -12,45 +12,41 @@ from __future__ import annotations
 
 import pytest
 
-from relay.protocol import Auth, Bind
-from tests.e2e.agent_wire import control_message, tls_link
+from relay.protocol import Bind
+from tests.e2e.agent_wire import authenticate, control_message, tls_link
 from tests.e2e.procs import Edge
 from tests.e2e.test_a_host_rewrite_is_one_host_header_value import replies
 
 pytestmark = pytest.mark.timeout(60)
 
 FORGED = "2026-01-01 00:00:00,000 ERROR relay.edge: forged"
+VERSION = f"h/0\n{FORGED} by version, and then more than 64 characters"
 
 
 def test_an_agent_s_text_stays_on_its_line_and_within_bounds(edge: Edge) -> None:
     _, token = edge.token()
     with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as link:
-        auth = Auth(token=token, agent_id="a_1", version=f"h/0\n{FORGED} by version")
-        link.sendall(control_message(auth, syn=True))
-        link.settimeout(10)
-        seen = b""
-        while b'"auth_ok"' not in seen:
-            chunk = link.recv(65536)
-            assert chunk, seen
-            seen += chunk
+        authenticate(link, token, version=VERSION)
         binds = [
             Bind(request_id=1, kind="http", domain=f"x\r\n{FORGED} by domain"),
             Bind(request_id=2, kind="http", domain="\x00" * 10_000),
             Bind(request_id=3, kind="k" * 30_000, subdomain="s"),
             Bind(request_id=4, kind="http", subdomain="a\n" * 10_000),
             Bind(request_id=6, kind="http", subdomain="\n" * 20_000),  # no label: no name
+            Bind(request_id=7, kind="k" * 30_000 + "\n", host_header="a.example"),
         ]
         for bind in binds:
             link.sendall(control_message(bind))
         answers = replies(link, len(binds))
         assert answers.count(b'"type":"bind_error"') == len(binds), answers[-300:]
-        assert len(answers) < 8_000, len(answers)  # four answers, each bounded
+        assert len(answers) < 8_000, len(answers)  # each answer bounded
         link.sendall(control_message(Bind(request_id=5, kind="http", subdomain="fine")))
         assert b'"type":"bound"' in replies(link, 1)  # the session went on
     assert edge.proc is not None
     text = edge.proc.text()
     assert not any(line.startswith(FORGED) for line in text.splitlines()), text[-2000:]
-    assert f"h/0\\n{FORGED} by version" in text
+    shown = VERSION[:64].replace("\n", "\\n") + "…"  # cut at 64 characters, escaped
+    assert len(VERSION) > 64 and shown in text, text[-2000:]
     assert f"x\\r\\n{FORGED} by domain" in text
     assert "Traceback" not in text
     refused = edge.audit_details("bind.refuse")

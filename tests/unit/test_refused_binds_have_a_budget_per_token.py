@@ -1,7 +1,7 @@
 """relay/edge/bind_refusals.py: a token's refused binds are audited up to a burst, then
-at the refill rate; the first refusal past that stops the session and is audited as a
-flood, later ones only stop their sessions, until the token is within its budget again.
-Tokens are independent, and at most MAX_TOKENS are remembered."""
+at the refill rate; the first refusal past that is audited as a flood, later ones are
+only counted, until the token is within its budget again. Tokens are independent, and
+at most MAX_TOKENS are remembered."""
 
 from __future__ import annotations
 
