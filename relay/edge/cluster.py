@@ -36,7 +36,7 @@ from relay.cluster.claims import kind_refused, rewrite_refused
 from relay.cluster.event_seal import EventSeal, event_key
 from relay.cluster.nodelink import NODE_NAME, NodeLinks, NodeTls
 from relay.cluster.presence import Name, NodeInfo, Presence, RemoteName, may_share, share_of
-from relay.config import node_name, parse_host_port
+from relay.config import parse_host_port
 from relay.edge.cluster_asks import ClusterAsks
 from relay.edge.cluster_ports import RemotePorts
 from relay.edge.http import (
@@ -73,7 +73,7 @@ class ClusterNode:
         config = edge.config
         self.edge = edge
         self.region = config.region
-        self.node_id = node_name(config.node_id, config.listen)
+        self.node_id = edge.pop_name
         #: Under --workers: this node's name without the worker (its siblings' prefix).
         self.base_id = self.node_id
         #: Under --workers each worker is a node of its own (its own key, names and link

@@ -23,7 +23,7 @@ from relay.api_client import ApiClient
 from relay.certs.local_ca import LocalCA, edge_certificate, fingerprint_sha256
 from relay.cluster.claims import kind_refused, rewrite_refused
 from relay.cluster.place import WorkerPlace
-from relay.config import EdgeConfig, config_change, parse_host_port
+from relay.config import EdgeConfig, config_change, node_name, parse_host_port
 from relay.control.api import ControlPlane, create_app
 from relay.control.for_edge import EdgeControl, LocalControl, RemoteControl
 from relay.control.store import Store, TokenRecord, token_allows_bind
@@ -152,6 +152,9 @@ class Edge:
     def __init__(self, config: EdgeConfig, worker: WorkerPlace | None = None) -> None:
         """``worker``: this edge is one worker of several (relay/edge/worker.py)."""
         self.config = config
+        #: What this PoP calls itself to agents (``AuthOk.pop``) and, in a cluster, to
+        #: other nodes: worked out once (a ``gethostname``), the same in every worker.
+        self.pop_name = node_name(config.node_id, config.listen)
         self.sessions: set[AgentSession] = set()
         self.endpoints: dict[str, TcpEndpoint | HostEndpoint] = {}  # endpoint_id -> endpoint
         self.by_key: dict[str, TcpEndpoint | HostEndpoint] = {}

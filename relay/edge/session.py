@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import relay_native
 
 from relay import __version__
-from relay.config import node_name
 from relay.edge.auth_guard import source_of
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
@@ -322,8 +321,7 @@ class AgentSession:
         place = self._place()
         self.beside_lower = place[2] != 0
         # Only an agent of protocol 2 knows the field (older ones refuse unknown fields).
-        config = self.edge.config
-        pop = node_name(config.node_id, config.listen) if self.protocol >= 2 else ""
+        pop = self.edge.pop_name if self.protocol >= 2 else ""
         self.control.send(AuthOk(self.session_id, __version__, region, record.id, *place, pop=pop))
         self._make_room()
         log.info(

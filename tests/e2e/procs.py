@@ -475,3 +475,13 @@ def echo_roundtrip(
         if error:
             raise error[0]
         return b"".join(chunks)
+
+
+def echoed_whole(address: str, port: int, data: bytes, timeout: float = 10.0) -> bool:
+    """An echo at ``address``:``port`` sent ``data`` back whole (SHA-256); False when it
+    did not, or the connection failed (nothing serves there, or it was cut)."""
+    try:
+        back = echo_roundtrip(port, data, address=address, timeout=timeout)
+    except OSError:
+        return False
+    return hashlib.sha256(back).digest() == hashlib.sha256(data).digest()

@@ -12,10 +12,8 @@ of its own; they share one data directory, as PoPs share one control plane (its 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.procs import Agent, EchoServer, Edge, free_port_range, payload
+from tests.e2e.procs import Agent, EchoServer, Edge, echoed_whole, free_port_range, payload
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,25 +44,6 @@ def pops(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Edge,
         b.stop()
 
 
-def roundtrip(host: str, port: int, data: bytes, timeout: float = 10) -> bytes:
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        back = b""
-        while chunk := sock.recv(65536):
-            back += chunk
-    return back
-
-
-def served_by(host: str, port: int, data: bytes) -> bool:
-    try:
-        return hashlib.sha256(roundtrip(host, port, data)).digest() == (
-            hashlib.sha256(data).digest()
-        )
-    except OSError:
-        return False
-
-
 def across(a: Edge, b: Edge, echo: EchoServer, token: str, *flags: str) -> Agent:
     return Agent(a, token, echo.port, extra=["--edge", f"{a.address},{b.address}", *flags])
 
@@ -83,8 +62,8 @@ def bound_across(
 def serving_pop(pops: tuple[Edge, Edge], port: int, data: bytes) -> tuple[Edge, Edge]:
     """(the PoP the bound agent serves ``port`` at, hash-checked; the other one)."""
     a, b = pops
-    first = a if served_by(A_HOST, port, data) else b
-    assert served_by(first.host, port, data), "served by neither PoP"
+    first = a if echoed_whole(A_HOST, port, data) else b
+    assert echoed_whole(first.host, port, data), "served by neither PoP"
     return first, (b if first is a else a)
 
 
@@ -97,10 +76,10 @@ def test_an_agent_fails_over_to_another_pop_of_its_region_within_5_s(
     assert first.proc is not None
     first.proc.kill()
     died = time.monotonic()
-    while time.monotonic() - died < 5 and not served_by(other.host, port, data):
+    while time.monotonic() - died < 5 and not echoed_whole(other.host, port, data):
         time.sleep(0.1)
     took = time.monotonic() - died
-    assert served_by(other.host, port, data), agent.proc.text()
+    assert echoed_whole(other.host, port, data), agent.proc.text()
     assert took < 5, f"serving again after {took:.1f}s"
 
 
@@ -111,8 +90,8 @@ def test_an_agent_uses_only_pops_of_its_region(
     a, b = pops
     _, port, token = bound_across(pops, echo, agents, "--region", "eu")
     data = payload(2, 50_000)
-    assert served_by(B_HOST, port, data)
-    assert not served_by(A_HOST, port, data)
+    assert echoed_whole(B_HOST, port, data)
+    assert not echoed_whole(A_HOST, port, data)
     nowhere = across(a, b, echo, token, "--region", "ap")
     try:
         assert nowhere.proc.wait(30) == 2
@@ -125,7 +104,7 @@ def both_pops_serve(port: int, within: float) -> None:
     """The agent's port is served at A and at B (hash-checked), within ``within`` s."""
     data = payload(3, 30_000)
     deadline = time.monotonic() + within
-    while not (served_by(A_HOST, port, data) and served_by(B_HOST, port, data)):
+    while not (echoed_whole(A_HOST, port, data) and echoed_whole(B_HOST, port, data)):
         assert time.monotonic() < deadline, "the two links do not hold both PoPs"
         time.sleep(0.1)
 
@@ -139,7 +118,7 @@ def no_visitor_fails_at(host: str, port: int, dying: Edge) -> None:
         for i in range(3000):
             if stop.is_set():
                 return
-            if not served_by(host, port, payload(i, 10_000)):
+            if not echoed_whole(host, port, payload(i, 10_000)):
                 failures.append(f"visitor {i}")
 
     visitor = threading.Thread(target=visit, daemon=True)
@@ -235,7 +214,7 @@ def test_an_agent_on_a_pop_that_freezes_serves_again_through_the_other(
         for _ in range(int(FROZEN_WHILE_ON_IT / 0.1) + 1):  # bounded in count and time
             if time.monotonic() - froze > FROZEN_WHILE_ON_IT:
                 break
-            served = served_by(other.host, port, data)
+            served = echoed_whole(other.host, port, data)
             if served:
                 break
             time.sleep(0.1)
@@ -245,7 +224,7 @@ def test_an_agent_on_a_pop_that_freezes_serves_again_through_the_other(
         assert took < FROZEN_WHILE_ON_IT, f"serving again after {took:.1f}s"
         # Hash-checked again, the other PoP serving for good (not a moment's luck).
         for i in range(3):
-            assert served_by(other.host, port, payload(10 + i, 200_000))
+            assert echoed_whole(other.host, port, payload(10 + i, 200_000))
 
 
 def test_a_new_agent_binds_on_the_live_pop_while_the_other_is_frozen(
@@ -275,7 +254,7 @@ def test_a_new_agent_binds_on_the_live_pop_while_the_other_is_frozen(
             assert took < FRESH_WHILE_FROZEN
             for i, port in enumerate(ports):
                 data = payload(20 + 3 * batch + i, 100_000)
-                assert served_by(live.host, port, data), fresh[i].proc.text()
+                assert echoed_whole(live.host, port, data), fresh[i].proc.text()
         for one in fresh:  # bound at a PoP that may freeze next: not this test's concern
             one.stop()
         tried += now_tried

@@ -218,6 +218,12 @@ class Visit:
             and hashlib.sha256(self.body).digest() == hashlib.sha256(blob(size)).digest()
         )
 
+    @property
+    def code(self) -> str:
+        """The RLY_ code of an error page, for a failure's message ("" for none)."""
+        found = re.search(rb"RLY_[0-9]{3}", self.body) if self.status != 200 else None
+        return found.group().decode() if found else ""
+
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -551,7 +557,9 @@ def test_a_draining_pool_member_gets_no_visitor_handed_from_another_worker(
         # others of the drain is handed on to b's worker (Handoff.again).
         after = [fetch(edge.http_port, host) for _ in range(60)]
         assert not download.done.is_set(), "the download ended before the visitors: too fast"
-        assert [(v.member, v.status, v.error) for v in after if not v.whole(BODY_SIZE)] == []
+        assert [
+            (v.member, v.status, v.code, v.error) for v in after if not v.whole(BODY_SIZE)
+        ] == []
         assert Counter(v.member for v in after) == Counter({"b": 60})
         handed = sum(int(edge.worker_status(w)["workers"]["handed_off"]["http"]) for w in range(3))
         assert handed > handed_before  # visitors did cross workers meanwhile

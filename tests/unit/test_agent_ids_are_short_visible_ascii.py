@@ -47,6 +47,7 @@ def authenticate(agent_id: str, protocol: int = 2) -> tuple[AgentSession, list[M
         metrics=MagicMock(),
         auth_failed=lambda session: None,
         config=SimpleNamespace(region="eu", node_id="fra-1", listen="0.0.0.0:7000"),
+        pop_name="fra-1",
         worker=None,
         sessions=set(),
     )

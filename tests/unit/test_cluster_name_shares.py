@@ -226,7 +226,9 @@ class FakePresence:
 def node_with(held: list[RemoteName], worker: int | None = None) -> tuple[ClusterNode, Any]:
     config = SimpleNamespace(region="eu", node_id="eu1", listen="127.0.0.1:7000")
     edge = SimpleNamespace(
-        config=config, worker=None if worker is None else SimpleNamespace(index=worker)
+        config=config,
+        pop_name="eu1",
+        worker=None if worker is None else SimpleNamespace(index=worker),
     )
     node = ClusterNode(edge)  # type: ignore[arg-type]
     presence = FakePresence(held)
