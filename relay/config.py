@@ -104,6 +104,9 @@ class EdgeConfig:
     acme_email: str = ""
     acme_ca_bundle: Path | None = None
     acme_challenge: str = "http-01"
+    #: With acme: certificate orders one account may start in 3 hours (renewals are free);
+    #: 0: no quota. Under workers each has its share, as of the CA's orders.
+    cert_orders_per_account: int = 30
     cert_file: Path | None = None
     key_file: Path | None = None
     #: /metrics, /healthz, /readyz; never a visitor or agent port ("" disables it).
@@ -224,6 +227,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             "http_max_headers",
             "http_max_body",
             "metrics_endpoint_labels",
+            "cert_orders_per_account",
         ):
             return int(value)
         if name == "workers":
@@ -355,6 +359,10 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             raise ConfigError(f"{key} must be more than 0 seconds, not {getattr(config, key)}")
     if config.cert_issuer not in ("local", "acme", "files"):
         raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
+    if config.cert_orders_per_account < 0:
+        raise ConfigError(
+            f"cert_orders_per_account must be >= 0, not {config.cert_orders_per_account}"
+        )
     return config
 
 
@@ -386,6 +394,7 @@ LIVE_KEYS = frozenset(
         "drain_timeout",
         "cert_file",
         "key_file",
+        "cert_orders_per_account",
     )
 )
 

@@ -56,6 +56,7 @@ RLY_803   AcmeError               the ACME server refused (family root)
 RLY_804   AcmeChallengeFailed     ACME validation of a challenge failed
 RLY_805   AcmeUnavailable         the ACME server could not be reached (the edge tries again)
 RLY_806   UnsupportedIdentifier   the issuer cannot issue for this name (e.g. ACME wildcard)
+RLY_807   CertificateQuota        the account ordered its share of certificates lately; later
 RLY_901   SecretError             a sealed secret could not be opened (family root)
 RLY_902   SecretAuthenticationFailed  tampered blob, wrong owner/name, or wrong key bytes
 RLY_903   UnknownKeyId            sealed under a key-encryption key id that is not configured
@@ -461,6 +462,7 @@ def error_from_code(code: str, message: str) -> RelayError:
 # RLY_804   AcmeChallengeFailed         the ACME server could not validate a challenge
 # RLY_805   AcmeUnavailable             the ACME server could not be reached (the edge tries again)
 # RLY_806   UnsupportedIdentifier       the issuer cannot issue for this name (e.g. ACME wildcard)
+# RLY_807   CertificateQuota            the account started its share of orders lately (later)
 # RLY_901   SecretError                 a sealed secret could not be opened (family root)
 # RLY_902   SecretAuthenticationFailed  tampered blob, wrong owner/name, or wrong key bytes
 # RLY_903   UnknownKeyId                the blob names a key-encryption key that isn't configured
@@ -504,6 +506,13 @@ class UnsupportedIdentifier(CertificateError):
     code = "RLY_806"
 
 
+class CertificateQuota(CertificateError):
+    """The binding account started its share of certificate orders in the CA's window
+    (``cert_orders_per_account``): the name is ordered once one of them leaves it."""
+
+    code = "RLY_807"
+
+
 class SecretError(RelayError):
     """A sealed secret could not be opened (family root)."""
 
@@ -535,6 +544,7 @@ _CERT_SECRET_ERRORS: tuple[type[RelayError], ...] = (
     AcmeChallengeFailed,
     AcmeUnavailable,
     UnsupportedIdentifier,
+    CertificateQuota,
     SecretError,
     SecretAuthenticationFailed,
     UnknownKeyId,
@@ -547,6 +557,7 @@ __all__ += [
     "AcmeUnavailable",
     "CertificateError",
     "CertificateNameMismatch",
+    "CertificateQuota",
     "MalformedSecret",
     "SecretAuthenticationFailed",
     "SecretError",

@@ -58,10 +58,12 @@ from relay.certs.issuers import (
 )
 from relay.certs.local_ca import write_file_atomic
 from relay.certs.order_lock import order_lock
+from relay.certs.order_quota import OrderQuota
 from relay.certs.sealed import CERTS_OWNER, cert_name, cert_paths, locked
 from relay.control.secrets import SecretBox
 from relay.errors import (
     CertificateError,
+    CertificateQuota,
     ConfigError,
     DataDirError,
     RelayError,
@@ -206,7 +208,10 @@ class CertificateManager:
     ``allowed(name)`` says the name is one this edge serves. ``bound(name)``: whether a name
     passed to :meth:`want` is still bound (retries and renewals for it stop when it is not);
     without it every cached certificate is renewed. ``on_event``: told each
-    :class:`CertEvent`. ``clock`` is for tests.
+    :class:`CertEvent`. ``order_quota``: how many orders each owner (the account that
+    bound a name, given to :meth:`want`) may start lately; an order of a name with no
+    valid certificate is charged, a renewal is not (:mod:`relay.certs.order_quota`).
+    ``clock`` is for tests.
     """
 
     def __init__(
@@ -221,6 +226,7 @@ class CertificateManager:
         on_event: Callable[[CertEvent], None] | None = None,
         retry: RetryPolicy | None = None,
         alpn: Sequence[str] = HTTPS_ALPN,
+        order_quota: OrderQuota | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -233,10 +239,13 @@ class CertificateManager:
         self.on_event = on_event
         self.retry = retry or RetryPolicy()
         self.alpn = tuple(alpn)
+        self.order_quota = order_quota
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
         self._retry: dict[str, _Retry] = {}
         self._wanted: set[str] = set()
+        #: Who bound each wanted name (their orders are charged to them).
+        self._owners: dict[str, str] = {}
         self._inflight: dict[str, asyncio.Task[_Entry]] = {}
         self._wake: asyncio.Event | None = None
         self._sync_lock = threading.Lock()
@@ -355,19 +364,25 @@ class CertificateManager:
 
     # -- wanted names ------------------------------------------------------------------------
 
-    def want(self, hostname: str) -> CertEvent | None:
-        """``hostname`` is bound and wants a certificate from now on: load it, or order it
-        now if no retry is pending (a retry keeps its time: rebinding must not hurry the CA).
-        Returns the state to report now; None when an order just started for a name with no
-        valid certificate (the order reports itself)."""
+    def want(self, hostname: str, owner: str | None = None) -> CertEvent | None:
+        """``hostname`` is bound (by ``owner``, an account) and wants a certificate from
+        now on: load it, or order it now if no retry is pending (a retry keeps its time:
+        rebinding must not hurry the CA) and the owner's quota allows. Returns the state
+        to report now; None when an order just started for a name with no valid
+        certificate (the order reports itself), or the quota put it off (reported so)."""
         name = normalize_hostname(hostname)
         self._wanted.add(name)
+        if owner is not None:
+            self._owners[name] = owner
         if name not in self._inflight:
             entry = self._lookup(name)
             if not self._fresh(entry):
                 loaded = self._load_one(name)
                 entry = loaded if loaded is not None else entry
-            if not self._fresh(entry) and self._attempt_due(name, self.clock()):
+            now = self.clock()
+            if not self._fresh(entry) and self._attempt_due(name, now):
+                if not self._quota_allows(name, now):
+                    return None
                 self._order_now(name)  # its end wakes the loop
                 if entry is None or entry.not_after <= self.clock():
                     return None
@@ -380,6 +395,7 @@ class CertificateManager:
         predicate, every cached one). Names no longer bound are dropped here."""
         for name in [n for n in self._wanted if self.bound is not None and not self.bound(n)]:
             self._wanted.discard(name)
+            self._owners.pop(name, None)
             log.info("certificate for %s: no longer bound; not pursued any more", name)
         names = set(self._wanted)
         if self.bound is None:
@@ -399,6 +415,35 @@ class CertificateManager:
             return False
         not_before = self._issuer_not_before(name)
         return not_before is None or not_before <= now
+
+    def _quota_allows(self, name: str, now: dt.datetime) -> bool:
+        """Whether an order of ``name`` may start now as far as its owner's quota goes,
+        charging it if so. A name with a valid certificate (a renewal) or no owner is not
+        charged. Refused: the name waits for the time the quota gives, its state failed
+        with CertificateQuota, reported to ``on_event``."""
+        owner = self._owners.get(name)
+        if self.order_quota is None or owner is None:
+            return True
+        entry = self._lookup(name)
+        if entry is not None and entry.not_after > now:
+            return True
+        deferred = self.order_quota.take(owner, now)
+        if deferred is None:
+            return True
+        window_h = self.order_quota.window.total_seconds() / 3600
+        exc = CertificateQuota(
+            f"account {owner} started {self.order_quota.per_owner} certificate orders in "
+            f"the last {window_h:g} h (cert_orders_per_account); {name} is ordered at "
+            f"{deferred.until.isoformat(timespec='seconds')}"
+        )
+        if deferred.first:
+            # One line per account and flood: its other names wait quietly.
+            log.warning("certificate %s: %s", name, exc.one_line())
+        prev = self._retry.get(name)
+        # Not a failure of the CA's: the backoff does not grow.
+        self._retry[name] = _Retry(prev.failures if prev else 0, deferred.until, exc)
+        self._emit(CertEvent(name, "failed", error=exc, next_attempt=deferred.until))
+        return False
 
     def _issuer_not_before(self, name: str) -> dt.datetime | None:
         if isinstance(self.issuer, PacedIssuer):
@@ -626,7 +671,7 @@ class CertificateManager:
                 assert entry is not None
                 upcoming.append(entry.renew_at)
                 continue
-            if self._attempt_due(name, now):
+            if self._attempt_due(name, now) and self._quota_allows(name, now):
                 self._order_now(name)
                 continue
             retry = self._retry.get(name)

@@ -142,7 +142,7 @@ class EdgeMetrics(Metrics):
         for listener in ("agent", "https"):
             for outcome in ("ok", "failed"):
                 self.tls_handshakes.labels(listener, outcome)
-        for outcome in ("issued", "failed"):
+        for outcome in ("issued", "failed", "deferred"):
             self.certificates.labels(edge.config.cert_issuer, outcome)
         self.register(SessionsCollector(lambda: _live_native_sessions(edge), self.mux))
         self.register(_EdgeStateCollector(edge))

@@ -551,6 +551,7 @@ class Edge:
                     "token": s.token_id,
                     "endpoints": len(s.endpoints),
                     "rtt_us": int(s.link.session.rtt_us) if s.link is not None else 0,
+                    "draining": s.draining,
                 }
                 for s in sorted(live, key=lambda s: s.session_id)
             ],

@@ -50,13 +50,20 @@ from relay.certs.manager import (
     context_from_pem,
     renewal_time,
 )
+from relay.certs.order_quota import OrderQuota, share_of
 from relay.config import EdgeConfig, parse_host_port
 from relay.control.keyring import KeySet
 from relay.control.secrets import SecretBox
 from relay.edge.http import HttpFront, RouteResult, no_tunnel
 from relay.edge.routes import HostEndpoint
 from relay.edge.tls_front import TlsFront
-from relay.errors import ConfigError, ListenError, RelayError, UnsupportedIdentifier
+from relay.errors import (
+    CertificateQuota,
+    ConfigError,
+    ListenError,
+    RelayError,
+    UnsupportedIdentifier,
+)
 from relay.protocol import CertStatus
 
 if TYPE_CHECKING:
@@ -180,6 +187,8 @@ class WebFronts:
         self.box: SecretBox | None = None
         self._next_keys: KeySet | None = None
         self.acme: Any = None
+        #: With acme: each account's share of the certificate orders (relay/certs/order_quota.py).
+        self.order_quota: OrderQuota | None = None
         self.issuer_kind = "local"
         self._runner: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -268,6 +277,7 @@ class WebFronts:
                 limits=AcmeLimits().shared_by(config.workers),
             )
             self.acme = issuer
+            self.order_quota = OrderQuota(share_of(config.cert_orders_per_account, config.workers))
         else:
             self.issuer_kind = "local"
             issuer = LocalCAIssuer(LocalCA.load_or_create(config.data_dir))
@@ -280,6 +290,7 @@ class WebFronts:
             bound=self._bound_https,
             on_event=self._certificate_event,
             retry=retry_policy_from_env(),
+            order_quota=self.order_quota,
         )
 
     def _serves_https(self, name: str) -> bool:
@@ -315,8 +326,9 @@ class WebFronts:
         if self.certs is None or (hostname.startswith("*.") and self.acme is not None):
             return
         self._alert_logged.discard(hostname)
+        record = self.edge.tokens.get(endpoint.holder.token_id)
         try:
-            now = self.certs.want(hostname)
+            now = self.certs.want(hostname, record.account_id if record is not None else None)
         except RelayError as exc:
             log.warning("certificate for %s cannot be pursued: %s", hostname, exc.one_line())
             return
@@ -324,7 +336,10 @@ class WebFronts:
             self._send_status(endpoint, now)
 
     def _certificate_event(self, event: CertEvent) -> None:
-        if event.state != "pending":
+        if isinstance(event.error, CertificateQuota):
+            # Not an attempt: the account's quota put the order off (no CA was asked).
+            self.edge.metrics.certificates.labels(self.issuer_kind, "deferred").inc()
+        elif event.state != "pending":
             self.edge.metrics.certificates.labels(self.issuer_kind, event.state).inc()
         endpoint = self._https_endpoint(event.name)
         if endpoint is not None:
@@ -483,6 +498,8 @@ class WebFronts:
             self.http.redirect_to_https = self._https_location if config.https_redirect else None
         if self.tls_front is not None:
             self.tls_front.hello_timeout = config.http_header_timeout
+        if self.order_quota is not None:
+            self.order_quota.per_owner = share_of(config.cert_orders_per_account, config.workers)
         if issuer is None or self.certs is None:
             return []
         self._files = _files_stand_in(issuer)

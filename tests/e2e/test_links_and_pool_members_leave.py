@@ -317,6 +317,14 @@ def serving_sessions(edge: Edge) -> list[int]:
     return counts
 
 
+def draining_sessions(edge: Edge) -> list[int]:
+    """Per worker: its sessions that take no new visitor (they drain)."""
+    return [
+        sum(1 for s in edge.worker_status(w)["sessions_list"] if s["draining"])
+        for w in range(edge.workers)
+    ]
+
+
 def handed_off(edge: Edge) -> int:
     """HTTP visitors the workers handed to another worker, so far."""
     return sum(int(edge.worker_status(w)["workers"]["handed_off"]["http"]) for w in range(2))
@@ -553,6 +561,9 @@ def test_a_draining_pool_member_gets_no_visitor_handed_from_another_worker(
 
         os.kill(first.proc.proc.pid, signal.SIGTERM)
         first.proc.wait_line("draining 1 live stream(s)", 5)
+        # Until a's worker has read the GoAway, it routes visitors to a, which serves them
+        # (they were sent before it knew): not what this test is about.
+        wait_for("a's worker knows a drains", lambda: any(draining_sessions(edge)))
         # At once: a visitor handed to a's worker before the supervisor has told the
         # others of the drain is handed on to b's worker (Handoff.again).
         after = [fetch(edge.http_port, host) for _ in range(60)]
