@@ -40,6 +40,7 @@ import random
 import ssl
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,10 @@ HTTPS_ALPN = ("http/1.1",)
 RENEW_AT = 2 / 3
 #: The background loop's passes start at least this far apart (seconds).
 MIN_PASS_GAP = 0.25
+#: Certificates made on demand for names no endpoint is bound to exactly (a visitor's
+#: name under a wildcard endpoint: the visitor picks it) are kept in memory only, the
+#: most recently used this many (each is an SSLContext, about 28 KB).
+MAX_ON_DEMAND = 1024
 
 
 def context_from_pem(
@@ -247,6 +252,7 @@ class CertificateManager:
         #: Who bound each wanted name (their orders are charged to them).
         self._owners: dict[str, str] = {}
         self._inflight: dict[str, asyncio.Task[_Entry]] = {}
+        self._on_demand: OrderedDict[str, _Entry] = OrderedDict()
         self._wake: asyncio.Event | None = None
         self._sync_lock = threading.Lock()
         self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -257,6 +263,10 @@ class CertificateManager:
     def names(self) -> list[str]:
         """Names with a cached certificate."""
         return sorted(self._entries)
+
+    def held(self) -> tuple[int, int]:
+        """Certificates in memory: (of names, made on demand for names visitors picked)."""
+        return len(self._entries), len(self._on_demand)
 
     def not_after(self, name: str) -> dt.datetime | None:
         entry = self._lookup(name.lower().rstrip("."))
@@ -292,8 +302,14 @@ class CertificateManager:
                 entry = self._lookup(name)
                 if entry is not None and entry.not_after > self.clock():
                     return entry.context  # another thread issued it meanwhile
+                made = self._on_demand.get(name)
+                if made is not None and made.not_after > self.clock():
+                    self._on_demand.move_to_end(name)
+                    return made.context
                 issued = self.issuer.issue_now([name])
-                return self._install(name, issued).context
+                if name in self._wanted:
+                    return self._install(name, issued).context
+                return self._made_on_demand(name, issued).context
         except RelayError as exc:
             log.warning("on-demand certificate for %s failed: %s", name, exc.one_line())
             return entry.context if entry is not None else None
@@ -345,6 +361,7 @@ class CertificateManager:
         their backoff: the operator may just have fixed the files. Returns the names that
         got a new certificate."""
         self.issuer = issuer
+        self._on_demand.clear()  # made again, by the new issuer, when next asked for
         renewed: list[str] = []
         if isinstance(issuer, SyncIssuer):
             for name in [n for n, e in self._entries.items() if not e.persist]:
@@ -363,6 +380,34 @@ class CertificateManager:
         return renewed
 
     # -- wanted names ------------------------------------------------------------------------
+
+    def release(self, hostname: str) -> None:
+        """``hostname``'s endpoint went: unless ``bound`` says it is still bound (another
+        member holds it), its certificate is pursued no more and leaves memory now."""
+        name = hostname.lower().rstrip(".")
+        if name in self._wanted and self.bound is not None and not self.bound(name):
+            self._let_go(name)
+
+    def _let_go(self, name: str) -> None:
+        """A wanted name is bound no more: no more orders, renewals or retries for it,
+        and its certificate leaves memory (each is an SSLContext, about 28 KB: an agent
+        binding and unbinding names at random grew the edge by that much per name, for
+        good). One that the issuer makes again at once (the local CA) leaves the disk
+        too; a CA's stays there, and is loaded again if the name is bound again."""
+        self._wanted.discard(name)
+        self._owners.pop(name, None)
+        log.info("certificate for %s: no longer bound; not pursued any more", name)
+        self._forget(name)  # an order in flight is forgotten when it ends (_order_done)
+
+    def _forget(self, name: str) -> None:
+        entry = self._entries.pop(name, None)
+        if entry is None or not entry.persist:
+            return
+        if self.issue_on_demand and isinstance(self.issuer, SyncIssuer):
+            with locked(self.certs_dir):
+                for path in self._paths(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
 
     def want(self, hostname: str, owner: str | None = None) -> CertEvent | None:
         """``hostname`` is bound (by ``owner``, an account) and wants a certificate from
@@ -394,9 +439,7 @@ class CertificateManager:
         """Names to keep certified: those wanted and still bound (and, with no ``bound``
         predicate, every cached one). Names no longer bound are dropped here."""
         for name in [n for n in self._wanted if self.bound is not None and not self.bound(n)]:
-            self._wanted.discard(name)
-            self._owners.pop(name, None)
-            log.info("certificate for %s: no longer bound; not pursued any more", name)
+            self._let_go(name)
         names = set(self._wanted)
         if self.bound is None:
             names.update(self._entries)
@@ -478,6 +521,8 @@ class CertificateManager:
     def _order_done(self, name: str, task: asyncio.Task[_Entry]) -> None:
         if self._inflight.get(name) is task:
             del self._inflight[name]
+        if name not in self._wanted and self.bound is not None and not self.bound(name):
+            self._forget(name)  # let go while its order ran
         if not task.cancelled():
             task.exception()  # reported by _order; retrieved so asyncio does not log it again
         self._poke()
@@ -555,13 +600,27 @@ class CertificateManager:
         except Exception:  # whoever listens must not break issuance
             log.exception("certificate event handler failed for %s", event.name)
 
-    def _install(self, name: str, issued: IssuedCert) -> _Entry:
+    def _made_on_demand(self, name: str, issued: IssuedCert) -> _Entry:
+        """Keep a certificate made for a name a visitor picked (under a wildcard
+        endpoint) in memory only, among the MAX_ON_DEMAND most recently used: a visitor
+        sending a new name in every ClientHello used to add a stored certificate and its
+        context each time, for good."""
+        entry = self._install(name, issued, keep=False)
+        self._on_demand[name] = entry
+        self._on_demand.move_to_end(name)
+        while len(self._on_demand) > MAX_ON_DEMAND:
+            self._on_demand.popitem(last=False)
+        return entry
+
+    def _install(self, name: str, issued: IssuedCert, *, keep: bool = True) -> _Entry:
+        """The entry of ``issued`` for ``name``; ``keep``: stored (if it persists) and
+        cached as ``name``'s certificate, else only returned."""
         leaf = x509.load_pem_x509_certificate(issued.chain_pem)
         names = cert_names(leaf)
         if not name_covered(name, names):
             raise CertificateError(f"issued certificate does not cover {name} (has {names})")
         ctx = context_from_pem(issued.chain_pem, issued.key_pem, alpn=self.alpn)
-        if issued.persist:
+        if keep and issued.persist:
             sealed = self.box.seal(issued.key_pem, owner=CERTS_OWNER, name=name)
             cert_path, key_path = self._paths(name)
             try:
@@ -581,6 +640,8 @@ class CertificateManager:
             ctx,
             issued.persist,
         )
+        if not keep:
+            return entry
         self._entries[name] = entry
         log.info(
             "certificate for %s installed (expires %s, renewal from %s)",

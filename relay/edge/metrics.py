@@ -195,6 +195,17 @@ class _EdgeStateCollector(Collector):
             )
             soonest.add_metric([], expiry)
             yield soonest
+        certs = edge.web.certs if edge.web is not None else None
+        held = GaugeMetricFamily(
+            "relay_certificates_held",
+            "certificates the edge holds in memory: of names bound or stored (named), made "
+            "for names visitors picked under wildcard endpoints (on_demand)",
+            labels=["held"],
+        )
+        named, on_demand = certs.held() if certs is not None else (0, 0)
+        held.add_metric(["named"], named)
+        held.add_metric(["on_demand"], on_demand)
+        yield held
 
 
 def _handoffs(edge: Edge) -> Iterator[Metric]:

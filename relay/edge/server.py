@@ -1163,6 +1163,8 @@ class Edge:
         else:
             self.ports.release(endpoint.port)
         del self.by_key[endpoint.key]
+        if isinstance(endpoint, HostEndpoint) and endpoint.kind == "https" and self.web:
+            self.web.certificate_released(endpoint.hostname)
         self.report(endpoint.key)
 
     def session_ended(self, session: AgentSession) -> None:

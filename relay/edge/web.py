@@ -335,6 +335,12 @@ class WebFronts:
         if now is not None:
             self._send_status(endpoint, now)
 
+    def certificate_released(self, hostname: str) -> None:
+        """The https endpoint of ``hostname`` went: its certificate leaves memory now
+        (relay/certs/manager.py ``release``), not at the manager's next pass."""
+        if self.certs is not None:
+            self.certs.release(hostname)
+
     def _certificate_event(self, event: CertEvent) -> None:
         if isinstance(event.error, CertificateQuota):
             # Not an attempt: the account's quota put the order off (no CA was asked).
