@@ -256,7 +256,10 @@ class CertificateManager:
         self._wake: asyncio.Event | None = None
         self._sync_lock = threading.Lock()
         self.certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.load_from_disk()
+        if bound is None:
+            self.load_from_disk()
+        # Else each name is loaded when it is bound (``want``): a certificate stored for a
+        # name no agent binds again is not held for good.
 
     # -- lookups (synchronous, in-memory) ----------------------------------------------------
 
@@ -381,10 +384,20 @@ class CertificateManager:
 
     # -- wanted names ------------------------------------------------------------------------
 
+    def quota_changed(self) -> None:
+        """The owners' quota changed (a reload): names it put off are judged again at
+        the next pass, by the new quota."""
+        for name in [n for n, r in self._retry.items() if isinstance(r.error, CertificateQuota)]:
+            del self._retry[name]
+        self._poke()
+
     def release(self, hostname: str) -> None:
         """``hostname``'s endpoint went: unless ``bound`` says it is still bound (another
         member holds it), its certificate is pursued no more and leaves memory now."""
-        name = hostname.lower().rstrip(".")
+        try:
+            name = normalize_hostname(hostname)
+        except RelayError:
+            return  # never wanted: want() takes the same names
         if name in self._wanted and self.bound is not None and not self.bound(name):
             self._let_go(name)
 
@@ -396,18 +409,30 @@ class CertificateManager:
         too; a CA's stays there, and is loaded again if the name is bound again."""
         self._wanted.discard(name)
         self._owners.pop(name, None)
+        retry = self._retry.get(name)
+        if retry is not None and isinstance(retry.error, CertificateQuota):
+            # No CA was asked: whoever binds the name next (another account, maybe) is
+            # judged by its own quota, not held by this one's.
+            del self._retry[name]
         log.info("certificate for %s: no longer bound; not pursued any more", name)
-        self._forget(name)  # an order in flight is forgotten when it ends (_order_done)
+        if name not in self._inflight:  # else when the order ends (_order_done)
+            self._forget(name)
 
     def _forget(self, name: str) -> None:
         entry = self._entries.pop(name, None)
         if entry is None or not entry.persist:
             return
-        if self.issue_on_demand and isinstance(self.issuer, SyncIssuer):
+        if not (self.issue_on_demand and isinstance(self.issuer, SyncIssuer)):
+            return
+        # Another process on this data directory (a worker, a PoP) that serves the name
+        # keeps its copy in memory, and makes it again at its next start.
+        try:
             with locked(self.certs_dir):
                 for path in self._paths(name):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
+        except OSError as exc:  # the endpoint's removal must go on whatever the disk says
+            log.warning("certificate for %s: its files stay: %s", name, exc)
 
     def want(self, hostname: str, owner: str | None = None) -> CertEvent | None:
         """``hostname`` is bound (by ``owner``, an account) and wants a certificate from
@@ -427,6 +452,7 @@ class CertificateManager:
             now = self.clock()
             if not self._fresh(entry) and self._attempt_due(name, now):
                 if not self._quota_allows(name, now):
+                    self._poke()  # the loop learns when it is ordered
                     return None
                 self._order_now(name)  # its end wakes the loop
                 if entry is None or entry.not_after <= self.clock():
@@ -480,7 +506,8 @@ class CertificateManager:
             f"{deferred.until.isoformat(timespec='seconds')}"
         )
         if deferred.first:
-            # One line per account and flood: its other names wait quietly.
+            # One line each time the account runs past its quota: its other names wait
+            # quietly (at most one line per order it may start).
             log.warning("certificate %s: %s", name, exc.one_line())
         prev = self._retry.get(name)
         # Not a failure of the CA's: the backoff does not grow.
@@ -521,10 +548,10 @@ class CertificateManager:
     def _order_done(self, name: str, task: asyncio.Task[_Entry]) -> None:
         if self._inflight.get(name) is task:
             del self._inflight[name]
-        if name not in self._wanted and self.bound is not None and not self.bound(name):
-            self._forget(name)  # let go while its order ran
         if not task.cancelled():
             task.exception()  # reported by _order; retrieved so asyncio does not log it again
+        if name not in self._wanted and self.bound is not None and not self.bound(name):
+            self._forget(name)  # let go while its order ran
         self._poke()
 
     async def _order(self, name: str) -> _Entry:
@@ -655,8 +682,9 @@ class CertificateManager:
         return cert_paths(self.certs_dir, name)
 
     def load_from_disk(self) -> int:
-        """Load every stored certificate into the cache (done by the constructor); a pair that
-        is corrupt, mismatched or does not open is logged and skipped (it gets re-issued)."""
+        """Load every stored certificate into the cache (done by the constructor without
+        ``bound``); a pair that is corrupt, mismatched or does not open is logged and
+        skipped (it gets re-issued)."""
         count = 0
         for cert_path in sorted(self.certs_dir.glob("*.pem")):
             stem = cert_path.name[: -len(".pem")]

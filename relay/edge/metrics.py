@@ -107,6 +107,11 @@ class EdgeMetrics(Metrics):
             "refused binds past their token's budget (60 at once, then 1 a second): "
             "answered, neither logged nor audited",
         )
+        self.control_paced = self.counter(
+            "relay_control_messages_paced",
+            "agent binds and unbinds that waited for their session's pace (128 at once, "
+            "then 20 a second)",
+        )
         self.visitors_refused = self.counter(
             "relay_visitor_connections_refused",
             "visitor connections turned away before reaching an agent, by kind and reason",

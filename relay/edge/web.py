@@ -504,8 +504,9 @@ class WebFronts:
             self.http.redirect_to_https = self._https_location if config.https_redirect else None
         if self.tls_front is not None:
             self.tls_front.hello_timeout = config.http_header_timeout
-        if self.order_quota is not None:
+        if self.order_quota is not None and self.certs is not None:
             self.order_quota.per_owner = share_of(config.cert_orders_per_account, config.workers)
+            self.certs.quota_changed()
         if issuer is None or self.certs is None:
             return []
         self._files = _files_stand_in(issuer)

@@ -317,6 +317,12 @@ def serving_sessions(edge: Edge) -> list[int]:
     return counts
 
 
+def warnings_of(edge: Edge) -> str:
+    """The edge's warning and error lines: why a visitor failed, for a failure's message."""
+    text = edge.proc.text() if edge.proc is not None else ""
+    return "\n".join(line for line in text.splitlines() if " WARNING " in line or " ERROR " in line)
+
+
 def draining_sessions(edge: Edge) -> list[int]:
     """Per worker: its sessions that take no new visitor (they drain)."""
     return [
@@ -568,9 +574,8 @@ def test_a_draining_pool_member_gets_no_visitor_handed_from_another_worker(
         # others of the drain is handed on to b's worker (Handoff.again).
         after = [fetch(edge.http_port, host) for _ in range(60)]
         assert not download.done.is_set(), "the download ended before the visitors: too fast"
-        assert [
-            (v.member, v.status, v.code, v.error) for v in after if not v.whole(BODY_SIZE)
-        ] == []
+        failed = [(v.member, v.status, v.code, v.error) for v in after if not v.whole(BODY_SIZE)]
+        assert failed == [], warnings_of(edge)
         assert Counter(v.member for v in after) == Counter({"b": 60})
         handed = sum(int(edge.worker_status(w)["workers"]["handed_off"]["http"]) for w in range(3))
         assert handed > handed_before  # visitors did cross workers meanwhile

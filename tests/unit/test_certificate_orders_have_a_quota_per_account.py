@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -242,3 +243,82 @@ async def test_a_name_past_its_quota_found_by_the_loop_is_reported(tmp_path: Pat
     assert events[-1].state == "failed" and events[-1].error is not None
     assert events[-1].error.code == "RLY_807"
     assert events[-1].next_attempt is not None and events[-1].next_attempt > retry_at
+
+
+def _quota_manager(
+    tmp_path: Path, issuer: LocalCAIssuer, quota: OrderQuota, bound: set[str], **kw: Any
+) -> CertificateManager:
+    return CertificateManager(
+        tmp_path / "data",
+        issuer,
+        SecretBox({"k1": os.urandom(32)}, "k1"),
+        bound=bound.__contains__,
+        order_quota=quota,
+        **kw,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_name_put_off_and_let_go_is_judged_afresh_for_whoever_binds_it_next(
+    tmp_path: Path,
+) -> None:
+    """Account a, past its quota, lets a name go; account b binds it: b's quota decides,
+    not a's hold (b used to wait up to 3 h, told of a's account)."""
+    issuer = CountingIssuer(LocalCA.load_or_create(tmp_path / "data"))
+    bound = {"mine.example.com", "contested.example.com"}
+    mgr = _quota_manager(tmp_path, issuer, OrderQuota(1), bound)
+    assert mgr.want("mine.example.com", "acct-a") is None
+    assert mgr.want("contested.example.com", "acct-a") is None  # put off
+    assert mgr.next_retry("contested.example.com") is not None
+    bound.discard("contested.example.com")
+    mgr.release("contested.example.com")
+    bound.add("contested.example.com")
+    assert mgr.want("contested.example.com", "acct-b") is None  # ordered for b at once
+    await _settle(mgr)
+    assert issuer.calls == ["mine.example.com", "contested.example.com"]
+    assert mgr.status("contested.example.com") is not None
+    assert mgr.status("contested.example.com").state == "issued"  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_a_name_put_off_at_its_bind_is_ordered_at_its_time_by_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The loop sleeps up to an hour when nothing is due: a name the quota puts off at its
+    bind wakes it, so it is ordered when the quota says, not an hour later."""
+    issuer = CountingIssuer(LocalCA.load_or_create(tmp_path / "data"))
+    bound = {"a1.example.com", "a2.example.com"}
+    quota = OrderQuota(1, window=dt.timedelta(seconds=0.5))
+    mgr = _quota_manager(tmp_path, issuer, quota, bound)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(mgr.run(stop))
+    try:
+        mgr.want("a1.example.com", "acct-a")
+        await _settle(mgr)
+        await asyncio.sleep(0.3)  # the loop is asleep: nothing is due for 60 days
+        assert mgr.want("a2.example.com", "acct-a") is None  # put off for 0.5 s at most
+        for _ in range(300):  # bounded: 3 s
+            if "a2.example.com" in issuer.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert issuer.calls == ["a1.example.com", "a2.example.com"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, timeout=5)
+
+
+@pytest.mark.asyncio
+async def test_a_lowered_or_lifted_quota_judges_the_names_it_put_off_again(
+    tmp_path: Path,
+) -> None:
+    issuer = CountingIssuer(LocalCA.load_or_create(tmp_path / "data"))
+    bound = {"a1.example.com", "a2.example.com"}
+    quota = OrderQuota(1)
+    mgr = _quota_manager(tmp_path, issuer, quota, bound)
+    mgr.want("a1.example.com", "acct-a")
+    assert mgr.want("a2.example.com", "acct-a") is None
+    await _settle(mgr)
+    assert issuer.calls == ["a1.example.com"]
+    quota.per_owner = 0  # a reload lifts it
+    mgr.quota_changed()
+    assert await mgr.renew_due() == ["a2.example.com"]

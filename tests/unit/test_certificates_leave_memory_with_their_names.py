@@ -199,3 +199,51 @@ def test_a_bound_name_made_on_demand_is_kept_as_its_certificate(tmp_path: Path) 
     assert mgr.context_for("a.example.com") is not None
     assert mgr.held() == (1, 0)
     assert stored(data_dir) == ["a.example.com.key.sealed", "a.example.com.pem"]
+
+
+@pytest.mark.asyncio
+async def test_a_name_let_go_and_bound_again_while_it_renews_keeps_being_served(
+    tmp_path: Path,
+) -> None:
+    """Unbound and bound again while its renewal is in flight: its valid certificate is
+    served throughout (it used to leave memory, and the rebind found none)."""
+    data_dir = tmp_path / "data"
+    slow = SlowCA(LocalCA.load_or_create(data_dir))
+    slow.gate.set()
+    bound = {"a.example.com"}
+    mgr = manager(data_dir, AsyncOnly(slow), bound)
+    mgr.want("a.example.com")
+    await settle(mgr)
+    slow.gate.clear()
+    mgr._order_now("a.example.com")  # a renewal, waiting at the gate
+    await asyncio.sleep(0.05)
+    bound.clear()
+    mgr.release("a.example.com")
+    bound.add("a.example.com")
+    again = mgr.want("a.example.com")
+    assert again is not None and again.state == "issued"
+    assert mgr.context_for("a.example.com") is not None
+    slow.gate.set()
+    await settle(mgr)
+    assert mgr.held() == (1, 0)  # still held: the name is bound again
+    assert mgr.context_for("a.example.com") is not None
+
+
+@pytest.mark.asyncio
+async def test_files_that_cannot_be_removed_do_not_stop_a_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    bound = {"a.example.com"}
+    mgr = manager(data_dir, CountingIssuer(LocalCA.load_or_create(data_dir)), bound)
+    mgr.want("a.example.com")
+    await settle(mgr)
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "read-only data directory (test)")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    bound.clear()
+    mgr.release("a.example.com")  # does not raise: the endpoint's removal goes on
+    assert mgr.held() == (0, 0)
+    assert any("its files stay" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,79 @@
+"""A session that binds as fast as it can is paced; the others are not
+(relay/edge/control_pace.py).
+
+A raw agent (the tests' wire client, a valid token) sends 200 binds at once on one
+session: all are answered, in order, none lost (64 bound, the session's limit, the rest
+refused for it); the first 128 at once, the rest at 20 a
+second, so the last answer comes no sooner than (200 - 128) / 20 s after the flood was
+sent. Meanwhile another session's bind is answered before the flood's last one, and
+``relay_control_messages_paced_total`` counts those that waited (at most 72: the pace
+refills while the edge acts on the first). Everything on
+127.0.0.1; the edge is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from relay.edge.control_pace import BURST, PER_SECOND
+from relay.protocol import Bind
+from tests.e2e.agent_wire import authenticate, control_message, tls_link
+from tests.e2e.procs import Edge
+from tests.e2e.test_a_host_rewrite_is_one_host_header_value import replies
+
+pytestmark = pytest.mark.timeout(120)
+
+FLOOD = 200
+
+
+def paced_total(edge: Edge) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{edge.admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(r"^relay_control_messages_paced_total (\S+)$", text, re.M)
+    assert found, "relay_control_messages_paced_total is not exported"
+    return float(found.group(1))
+
+
+def test_a_flood_of_binds_is_paced_and_loses_nothing_while_others_bind(edge: Edge) -> None:
+    _, token = edge.token()
+    answered_at: dict[str, float] = {}
+    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as flood:
+        authenticate(flood, token)
+        flood.sendall(
+            b"".join(
+                control_message(Bind(request_id=i + 1, kind="http", subdomain=f"f{i}"))
+                for i in range(FLOOD)
+            )
+        )
+        sent = time.monotonic()
+        seen: list[bytes] = []
+
+        def read_flood() -> None:
+            seen.append(replies(flood, FLOOD, timeout=60))
+            answered_at["flood"] = time.monotonic()
+
+        reader = threading.Thread(target=read_flood, daemon=True)
+        reader.start()
+        with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as other:
+            authenticate(other, token)
+            other.sendall(control_message(Bind(request_id=1, kind="http", subdomain="calm")))
+            answer = replies(other, 1, timeout=30)
+            answered_at["other"] = time.monotonic()
+            assert b'"type":"bound"' in answer, answer
+        reader.join(60)
+        assert not reader.is_alive()
+
+    answers = re.findall(rb'"type":"(bound|bind_error)","request_id":(\d+)', seen[0])
+    assert [int(i) for _, i in answers] == list(range(1, FLOOD + 1))  # all, in order
+    # As many bound as a session may hold (max_endpoints_per_session), then refused.
+    assert [kind for kind, _ in answers] == [b"bound"] * 64 + [b"bind_error"] * (FLOOD - 64)
+    assert answered_at["flood"] - sent >= (FLOOD - BURST) / PER_SECOND - 0.1
+    assert answered_at["other"] < answered_at["flood"]  # not slowed by the other session
+    # Those past the burst waited, less what the pace refilled while the edge acted on
+    # the first ones (a few, on a fast machine).
+    assert 0 < paced_total(edge) <= FLOOD - BURST
