@@ -8,14 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.edge.control_pace import BURST, PER_SECOND, ControlPace
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.test_refused_binds_have_a_budget_per_token import Clock
 
 
 def test_an_agent_binding_every_endpoint_it_may_never_waits() -> None:

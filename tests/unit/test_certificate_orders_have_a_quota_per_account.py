@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,20 +154,31 @@ async def _settle(mgr: CertificateManager) -> None:
     raise AssertionError("orders still in flight")
 
 
+def _quota_manager(
+    tmp_path: Path,
+    issuer: LocalCAIssuer,
+    quota: OrderQuota,
+    bound: Callable[[str], bool],
+    **kw: Any,
+) -> CertificateManager:
+    return CertificateManager(
+        tmp_path / "data",
+        issuer,
+        SecretBox({"k1": os.urandom(32)}, "k1"),
+        bound=bound,
+        order_quota=quota,
+        **kw,
+    )
+
+
 @pytest.mark.asyncio
 async def test_an_account_past_its_quota_waits_while_others_order(tmp_path: Path) -> None:
     ca = LocalCA.load_or_create(tmp_path / "data")
     issuer = CountingIssuer(ca)
     clock = Clock()
     events: list[CertEvent] = []
-    mgr = CertificateManager(
-        tmp_path / "data",
-        issuer,
-        SecretBox({"k1": os.urandom(32)}, "k1"),
-        bound=lambda _: True,
-        on_event=events.append,
-        order_quota=OrderQuota(2),
-        clock=clock,
+    mgr = _quota_manager(
+        tmp_path, issuer, OrderQuota(2), lambda _: True, on_event=events.append, clock=clock
     )
     started = clock.now
     assert mgr.want("a1.example.com", "acct-a") is None  # ordered: it reports itself
@@ -224,14 +236,8 @@ async def test_a_name_past_its_quota_found_by_the_loop_is_reported(tmp_path: Pat
     issuer = FailingOnce(ca)
     clock = Clock()
     events: list[CertEvent] = []
-    mgr = CertificateManager(
-        tmp_path / "data",
-        issuer,
-        SecretBox({"k1": os.urandom(32)}, "k1"),
-        bound=lambda _: True,
-        on_event=events.append,
-        order_quota=OrderQuota(1),
-        clock=clock,
+    mgr = _quota_manager(
+        tmp_path, issuer, OrderQuota(1), lambda _: True, on_event=events.append, clock=clock
     )
     assert mgr.want("a1.example.com", "acct-a") is None  # charged, and it fails
     await _settle(mgr)
@@ -245,19 +251,6 @@ async def test_a_name_past_its_quota_found_by_the_loop_is_reported(tmp_path: Pat
     assert events[-1].next_attempt is not None and events[-1].next_attempt > retry_at
 
 
-def _quota_manager(
-    tmp_path: Path, issuer: LocalCAIssuer, quota: OrderQuota, bound: set[str], **kw: Any
-) -> CertificateManager:
-    return CertificateManager(
-        tmp_path / "data",
-        issuer,
-        SecretBox({"k1": os.urandom(32)}, "k1"),
-        bound=bound.__contains__,
-        order_quota=quota,
-        **kw,
-    )
-
-
 @pytest.mark.asyncio
 async def test_a_name_put_off_and_let_go_is_judged_afresh_for_whoever_binds_it_next(
     tmp_path: Path,
@@ -266,7 +259,7 @@ async def test_a_name_put_off_and_let_go_is_judged_afresh_for_whoever_binds_it_n
     not a's hold (b used to wait up to 3 h, told of a's account)."""
     issuer = CountingIssuer(LocalCA.load_or_create(tmp_path / "data"))
     bound = {"mine.example.com", "contested.example.com"}
-    mgr = _quota_manager(tmp_path, issuer, OrderQuota(1), bound)
+    mgr = _quota_manager(tmp_path, issuer, OrderQuota(1), bound.__contains__)
     assert mgr.want("mine.example.com", "acct-a") is None
     assert mgr.want("contested.example.com", "acct-a") is None  # put off
     assert mgr.next_retry("contested.example.com") is not None
@@ -289,7 +282,7 @@ async def test_a_name_put_off_at_its_bind_is_ordered_at_its_time_by_the_loop(
     issuer = CountingIssuer(LocalCA.load_or_create(tmp_path / "data"))
     bound = {"a1.example.com", "a2.example.com"}
     quota = OrderQuota(1, window=dt.timedelta(seconds=0.5))
-    mgr = _quota_manager(tmp_path, issuer, quota, bound)
+    mgr = _quota_manager(tmp_path, issuer, quota, bound.__contains__)
     stop = asyncio.Event()
     runner = asyncio.create_task(mgr.run(stop))
     try:
@@ -314,7 +307,7 @@ async def test_a_lowered_or_lifted_quota_judges_the_names_it_put_off_again(
     issuer = CountingIssuer(LocalCA.load_or_create(tmp_path / "data"))
     bound = {"a1.example.com", "a2.example.com"}
     quota = OrderQuota(1)
-    mgr = _quota_manager(tmp_path, issuer, quota, bound)
+    mgr = _quota_manager(tmp_path, issuer, quota, bound.__contains__)
     mgr.want("a1.example.com", "acct-a")
     assert mgr.want("a2.example.com", "acct-a") is None
     await _settle(mgr)

@@ -21,37 +21,20 @@ from pathlib import Path
 import pytest
 
 from relay.certs import manager as manager_mod
-from relay.certs.issuers import IssuedCert, LocalCAIssuer
+from relay.certs.issuers import IssuedCert
 from relay.certs.local_ca import LocalCA
 from relay.certs.manager import CertificateManager
 from relay.control.secrets import SecretBox
-
-
-class CountingIssuer(LocalCAIssuer):
-    def __init__(self, ca: LocalCA) -> None:
-        super().__init__(ca, days=90)
-        self.calls: list[str] = []
-
-    def issue_now(self, hostnames: list[str]) -> IssuedCert:
-        self.calls.extend(hostnames)
-        return super().issue_now(hostnames)
-
-
-class SlowCA(CountingIssuer):
-    """An issuer that is not synchronous (as ACME): its orders wait for ``gate``."""
-
-    def __init__(self, ca: LocalCA) -> None:
-        super().__init__(ca)
-        self.gate = asyncio.Event()
-
-    async def issue(self, hostnames: list[str]) -> IssuedCert:
-        await asyncio.wait_for(self.gate.wait(), timeout=10)
-        return self.issue_now(hostnames)
+from tests.unit.test_certificate_manager import GatedIssuer
+from tests.unit.test_certificate_orders_have_a_quota_per_account import (
+    CountingIssuer,
+    _settle,
+)
 
 
 # A class that is not a SyncIssuer: no issue_now attribute for the Protocol check.
 class AsyncOnly:
-    def __init__(self, inner: SlowCA) -> None:
+    def __init__(self, inner: GatedIssuer) -> None:
         self.inner = inner
 
     async def issue(self, hostnames: list[str]) -> IssuedCert:
@@ -75,14 +58,6 @@ def manager(
     )
 
 
-async def settle(mgr: CertificateManager) -> None:
-    for _ in range(200):  # bounded: 2 s
-        if not mgr._inflight:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("orders still in flight")
-
-
 @pytest.mark.asyncio
 async def test_a_local_certificate_leaves_memory_and_disk_with_its_endpoint(
     tmp_path: Path,
@@ -93,7 +68,7 @@ async def test_a_local_certificate_leaves_memory_and_disk_with_its_endpoint(
     mgr = manager(data_dir, issuer, bound, allowed=set(bound))
     mgr.want("a.example.com")
     mgr.want("b.example.com")
-    await settle(mgr)
+    await _settle(mgr)
     assert mgr.held() == (2, 0)
     assert len(stored(data_dir)) == 4  # chain and sealed key of each
 
@@ -109,7 +84,7 @@ async def test_a_local_certificate_leaves_memory_and_disk_with_its_endpoint(
     # Bound again: made again, at once.
     bound.add("a.example.com")
     mgr.want("a.example.com")
-    await settle(mgr)
+    await _settle(mgr)
     assert mgr.held() == (2, 0) and issuer.calls.count("a.example.com") == 2
 
 
@@ -117,12 +92,12 @@ async def test_a_local_certificate_leaves_memory_and_disk_with_its_endpoint(
 async def test_a_cas_certificate_leaves_memory_but_not_the_disk(tmp_path: Path) -> None:
     """An order from a CA costs a rate-limited order: a rebind loads it, not orders it."""
     data_dir = tmp_path / "data"
-    slow = SlowCA(LocalCA.load_or_create(data_dir))
+    slow = GatedIssuer(LocalCA.load_or_create(data_dir))
     slow.gate.set()
     bound = {"a.example.com"}
     mgr = manager(data_dir, AsyncOnly(slow), bound)
     assert mgr.want("a.example.com") is None
-    await settle(mgr)
+    await _settle(mgr)
     assert mgr.held() == (1, 0)
 
     bound.clear()
@@ -133,7 +108,7 @@ async def test_a_cas_certificate_leaves_memory_but_not_the_disk(tmp_path: Path) 
     bound.add("a.example.com")
     again = mgr.want("a.example.com")
     assert again is not None and again.state == "issued"  # loaded from disk
-    assert slow.calls == ["a.example.com"]  # one order in all
+    assert slow.calls == [["a.example.com"]]  # one order in all
     assert mgr.held() == (1, 0)
 
 
@@ -142,7 +117,7 @@ async def test_a_name_let_go_while_its_order_runs_is_forgotten_when_it_ends(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    slow = SlowCA(LocalCA.load_or_create(data_dir))
+    slow = GatedIssuer(LocalCA.load_or_create(data_dir))
     bound = {"a.example.com"}
     mgr = manager(data_dir, AsyncOnly(slow), bound)
     assert mgr.want("a.example.com") is None  # the order waits at the gate
@@ -150,8 +125,8 @@ async def test_a_name_let_go_while_its_order_runs_is_forgotten_when_it_ends(
     bound.clear()
     mgr.release("a.example.com")
     slow.gate.set()
-    await settle(mgr)
-    assert slow.calls == ["a.example.com"]
+    await _settle(mgr)
+    assert slow.calls == [["a.example.com"]]
     assert mgr.held() == (0, 0)
 
 
@@ -162,7 +137,7 @@ async def test_a_pass_lets_go_of_names_no_longer_bound(tmp_path: Path) -> None:
     bound = {"a.x.io"}
     mgr = manager(data_dir, CountingIssuer(LocalCA.load_or_create(data_dir)), bound)
     mgr.want("a.x.io")
-    await settle(mgr)
+    await _settle(mgr)
     bound.clear()
     assert await mgr.renew_due() == []
     assert mgr.held() == (0, 0) and stored(data_dir) == []
@@ -208,12 +183,12 @@ async def test_a_name_let_go_and_bound_again_while_it_renews_keeps_being_served(
     """Unbound and bound again while its renewal is in flight: its valid certificate is
     served throughout (it used to leave memory, and the rebind found none)."""
     data_dir = tmp_path / "data"
-    slow = SlowCA(LocalCA.load_or_create(data_dir))
+    slow = GatedIssuer(LocalCA.load_or_create(data_dir))
     slow.gate.set()
     bound = {"a.example.com"}
     mgr = manager(data_dir, AsyncOnly(slow), bound)
     mgr.want("a.example.com")
-    await settle(mgr)
+    await _settle(mgr)
     slow.gate.clear()
     mgr._order_now("a.example.com")  # a renewal, waiting at the gate
     await asyncio.sleep(0.05)
@@ -224,7 +199,7 @@ async def test_a_name_let_go_and_bound_again_while_it_renews_keeps_being_served(
     assert again is not None and again.state == "issued"
     assert mgr.context_for("a.example.com") is not None
     slow.gate.set()
-    await settle(mgr)
+    await _settle(mgr)
     assert mgr.held() == (1, 0)  # still held: the name is bound again
     assert mgr.context_for("a.example.com") is not None
 
@@ -237,7 +212,7 @@ async def test_files_that_cannot_be_removed_do_not_stop_a_release(
     bound = {"a.example.com"}
     mgr = manager(data_dir, CountingIssuer(LocalCA.load_or_create(data_dir)), bound)
     mgr.want("a.example.com")
-    await settle(mgr)
+    await _settle(mgr)
 
     def refuse(self: Path, missing_ok: bool = False) -> None:
         raise PermissionError(13, "read-only data directory (test)")
