@@ -93,6 +93,10 @@ class MuxStream:
             self.link.schedule_flush()
 
 
+#: Bytes of the control stream parsed at a time (about a hundred small messages).
+CONTROL_READ = 4096
+
+
 class ControlChannel:
     """Length-prefixed control messages over a MuxStream."""
 
@@ -102,9 +106,12 @@ class ControlChannel:
         self._pending: list[Message] = []
 
     async def recv(self) -> Message:
-        """The next message; raises ProtocolViolation on garbage and EOFError at the end."""
+        """The next message; raises ProtocolViolation on garbage and EOFError at the end.
+        Reads at most CONTROL_READ bytes at a time: what the peer sent beyond them waits
+        as bytes in the stream's buffer, not as parsed messages (a peer whose messages
+        wait their turn could otherwise have a window's worth of objects made)."""
         while not self._pending:
-            data = await self.stream.read()
+            data = await self.stream.read(CONTROL_READ)
             if not data:
                 raise EOFError("control stream closed")
             self._pending.extend(self._reader.feed(data))

@@ -1123,9 +1123,12 @@ class Edge:
             # and so does its kind.
             endpoint.host_rewrite = rewrite
             if kind is not None and kind != endpoint.kind:
+                was = endpoint.kind
                 endpoint.kind = kind
                 endpoint.url = self._host_url(kind, endpoint.hostname)
                 endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, kind)
+                if was == "https" and self.web is not None:
+                    self.web.certificate_released(endpoint.hostname)  # a tls one needs none
         self.registry.promote(endpoint.key, endpoint.holder)
         session.endpoints[endpoint.endpoint_id] = endpoint
         self.report(endpoint.key)

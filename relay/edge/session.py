@@ -16,7 +16,7 @@ import relay_native
 
 from relay import __version__
 from relay.edge.auth_guard import source_of
-from relay.edge.control_pace import ControlPace
+from relay.edge.control_pace import BURST, ControlPace
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
 from relay.errors import CertificateError, ControlUnavailable, ProtocolViolation, RelayError
@@ -91,8 +91,9 @@ class AgentSession:
         self.protocol = 1
         #: Told to go away for good (:meth:`stop`): nothing it still sends is acted on.
         self.stopped = False
-        #: How fast its binds and unbinds are acted on.
-        self.pace = ControlPace()
+        #: How fast its binds and unbinds are acted on: every endpoint it may hold, bound
+        #: twice (as it remembered it, then anew), never waits.
+        self.pace = ControlPace(burst=max(BURST, 2 * edge.config.max_endpoints_per_session))
         #: This link was told, when it authenticated, that a lower link of its agent is
         #: on this worker too (relay/agent/placement.py).
         self.beside_lower = False
@@ -199,9 +200,10 @@ class AgentSession:
                 message = await self.control.recv()
                 wait = self.pace.delay()
                 if wait > 0.0:
-                    # Nothing more of its control stream is read meanwhile: the agent's
-                    # writes wait for its window (relay/edge/control_pace.py).
+                    # No window credit is returned meanwhile: the agent's writes wait for
+                    # it, and what it sent already waits unparsed (relay/edge/control_pace.py).
                     self.edge.metrics.control_paced.inc()
+                    self.control.stream.hold()
                     await asyncio.sleep(wait)
                 await self._handle(message)
         except EOFError:

@@ -46,7 +46,9 @@ def authenticate(agent_id: str, protocol: int = 2) -> tuple[AgentSession, list[M
         verify_token=verify_token,
         metrics=MagicMock(),
         auth_failed=lambda session: None,
-        config=SimpleNamespace(region="eu", node_id="fra-1", listen="0.0.0.0:7000"),
+        config=SimpleNamespace(
+            region="eu", node_id="fra-1", listen="0.0.0.0:7000", max_endpoints_per_session=64
+        ),
         pop_name="fra-1",
         worker=None,
         sessions=set(),

@@ -16,7 +16,9 @@ did every name a visitor sent under a wildcard endpoint, for good.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,7 @@ from relay.certs.issuers import IssuedCert
 from relay.certs.local_ca import LocalCA
 from relay.certs.manager import CertificateManager
 from relay.control.secrets import SecretBox
-from tests.unit.test_certificate_manager import GatedIssuer
+from tests.unit.test_certificate_manager import Clock, GatedIssuer
 from tests.unit.test_certificate_orders_have_a_quota_per_account import (
     CountingIssuer,
     _settle,
@@ -46,7 +48,11 @@ def stored(data_dir: Path) -> list[str]:
 
 
 def manager(
-    data_dir: Path, issuer: object, bound: set[str], allowed: set[str] | None = None
+    data_dir: Path,
+    issuer: object,
+    bound: set[str],
+    allowed: set[str] | None = None,
+    **kw: Any,
 ) -> CertificateManager:
     return CertificateManager(
         data_dir,
@@ -55,6 +61,7 @@ def manager(
         issue_on_demand=True,
         allowed=(allowed or set()).__contains__,
         bound=bound.__contains__,
+        **kw,
     )
 
 
@@ -186,12 +193,15 @@ async def test_a_name_let_go_and_bound_again_while_it_renews_keeps_being_served(
     slow = GatedIssuer(LocalCA.load_or_create(data_dir))
     slow.gate.set()
     bound = {"a.example.com"}
-    mgr = manager(data_dir, AsyncOnly(slow), bound)
+    clock = Clock()
+    mgr = manager(data_dir, AsyncOnly(slow), bound, clock=clock)
     mgr.want("a.example.com")
     await _settle(mgr)
     slow.gate.clear()
-    mgr._order_now("a.example.com")  # a renewal, waiting at the gate
+    clock.offset = dt.timedelta(days=61)  # past two thirds of 90 days: due, still valid
+    mgr._order_now("a.example.com")  # its renewal, waiting at the gate
     await asyncio.sleep(0.05)
+    assert "a.example.com" in mgr._inflight
     bound.clear()
     mgr.release("a.example.com")
     bound.add("a.example.com")
@@ -202,6 +212,7 @@ async def test_a_name_let_go_and_bound_again_while_it_renews_keeps_being_served(
     await _settle(mgr)
     assert mgr.held() == (1, 0)  # still held: the name is bound again
     assert mgr.context_for("a.example.com") is not None
+    assert slow.calls == [["a.example.com"]] * 2  # the renewal was an order of its own
 
 
 @pytest.mark.asyncio
