@@ -37,7 +37,10 @@ def one_edge(tmp_path: Path, theirs: str, token: str = "t1") -> tuple[Edge, Host
     """A single-process edge whose TLS port serves ``NAME`` as ``theirs`` for agent a1 of
     ``token``, pooled."""
     edge = Edge(EdgeConfig(data_dir=tmp_path))
-    edge.web = types.SimpleNamespace(public_port=lambda kind: 443)
+    released: list[str] = []
+    edge.web = types.SimpleNamespace(
+        public_port=lambda kind: 443, certificate_released=released.append, released=released
+    )
     first = Holder(token, "a1", types.SimpleNamespace(endpoints={}), 0, True)
     endpoint = HostEndpoint("ep_1", theirs, NAME, first, f"{theirs}://{NAME}")
     edge.registry.claim(endpoint.key, first)
@@ -89,6 +92,7 @@ def test_a_name_kept_for_an_agent_that_is_gone_takes_the_newcomer_s_kind(
     taken = bind_on(edge, "tls")
     assert taken is endpoint and endpoint.kind == "tls"
     assert endpoint.url == f"tls://{NAME}" and [m.agent_id for m in endpoint.members] == ["a2"]
+    assert edge.web.released == [NAME]  # a tls endpoint needs no certificate: let go now
 
 
 def test_pooled_members_on_any_worker_serve_one_kind() -> None:
