@@ -5,10 +5,11 @@ registry, reports to the supervisor or the cluster, a certificate): one session 
 and unbinding as fast as it could took a third of an edge core, 821 pairs a second
 (measured), and nothing slowed it. An honest agent binds its endpoints when it connects
 (at most ``max_endpoints_per_session``, 64 by default) and seldom after. So a session
-may act on :data:`BURST` of them at once, then :data:`PER_SECOND`; past that the next
-one waits its turn. While it waits the edge reads nothing more of the session's control
-stream, so its window fills and the agent's writes wait too: nothing is dropped and
-nothing piles up at the edge. Other sessions are not slowed.
+may act on :data:`BURST` of them at once (twice ``max_endpoints_per_session`` when that
+is more), then :data:`PER_SECOND`; past that the next one waits its turn. While it waits
+the edge returns no window credit on the session's control stream and parses nothing
+more of it, so the agent's writes wait for the window: nothing is dropped, and what
+waits at the edge is at most a window of bytes. Other sessions are not slowed.
 """
 
 from __future__ import annotations
