@@ -398,8 +398,12 @@ class CertificateManager:
             name = normalize_hostname(hostname)
         except RelayError:
             return  # never wanted: want() takes the same names
-        if name in self._wanted and self.bound is not None and not self.bound(name):
+        if name in self._wanted and self._unbound(name):
             self._let_go(name)
+
+    def _unbound(self, name: str) -> bool:
+        """``bound`` says no endpoint holds ``name`` (never, without ``bound``)."""
+        return self.bound is not None and not self.bound(name)
 
     def _let_go(self, name: str) -> None:
         """A wanted name is bound no more: no more orders, renewals or retries for it,
@@ -464,7 +468,7 @@ class CertificateManager:
     def _relevant(self) -> list[str]:
         """Names to keep certified: those wanted and still bound (and, with no ``bound``
         predicate, every cached one). Names no longer bound are dropped here."""
-        for name in [n for n in self._wanted if self.bound is not None and not self.bound(n)]:
+        for name in [n for n in self._wanted if self._unbound(n)]:
             self._let_go(name)
         names = set(self._wanted)
         if self.bound is None:
@@ -550,7 +554,7 @@ class CertificateManager:
             del self._inflight[name]
         if not task.cancelled():
             task.exception()  # reported by _order; retrieved so asyncio does not log it again
-        if name not in self._wanted and self.bound is not None and not self.bound(name):
+        if name not in self._wanted and self._unbound(name):
             self._forget(name)  # let go while its order ran
         self._poke()
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from relay.certs.acme_issuer import ACME_TLS_ALPN
@@ -42,6 +43,11 @@ from tests.e2e.procs import Proc, free_port, wait_for_port
 
 PEBBLE = Path("/usr/bin/pebble")
 CHALLTESTSRV = Path("/usr/bin/pebble-challtestsrv")
+#: Skips a test on a machine without pebble (the tests' own install script brings it).
+needs_pebble = pytest.mark.skipif(
+    not PEBBLE.exists() or not CHALLTESTSRV.exists(),
+    reason="pebble not installed (scripts/install-test-deps.sh)",
+)
 
 
 class Pebble:

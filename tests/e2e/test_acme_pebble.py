@@ -26,20 +26,16 @@ from relay.certs.manager import CertificateManager
 from relay.control.secrets import SecretBox
 from relay.errors import AcmeChallengeFailed, AcmeUnavailable, UnsupportedIdentifier
 from tests.e2e.pebble import (
-    CHALLTESTSRV,
-    PEBBLE,
     AcmeProxy,
     Pebble,
+    needs_pebble,
     server_port,
     start_http01_server,
     start_tls_alpn01_server,
 )
 
 pytestmark = [
-    pytest.mark.skipif(
-        not PEBBLE.exists() or not CHALLTESTSRV.exists(),
-        reason="pebble not installed (apt-get install -y pebble)",
-    ),
+    needs_pebble,
     pytest.mark.asyncio,
 ]
 

@@ -19,14 +19,11 @@ from cryptography import x509
 
 from tests.e2e.http_helpers import curl, web_agent
 from tests.e2e.origin import Origin
-from tests.e2e.pebble import CHALLTESTSRV, PEBBLE, Pebble
+from tests.e2e.pebble import Pebble, needs_pebble
 from tests.e2e.procs import Agent, Edge
 
 pytestmark = [
-    pytest.mark.skipif(
-        not PEBBLE.exists() or not CHALLTESTSRV.exists(),
-        reason="pebble not installed (scripts/install-test-deps.sh)",
-    ),
+    needs_pebble,
     pytest.mark.slow,
 ]
 

@@ -21,14 +21,11 @@ import pytest
 
 from tests.e2e.http_helpers import exchange, web_agent
 from tests.e2e.origin import Origin
-from tests.e2e.pebble import CHALLTESTSRV, PEBBLE, AcmeProxy, Pebble, acme_flags, verified_leaf
+from tests.e2e.pebble import AcmeProxy, Pebble, acme_flags, needs_pebble, verified_leaf
 from tests.e2e.procs import Agent, Edge, payload
 
 pytestmark = [
-    pytest.mark.skipif(
-        not PEBBLE.exists() or not CHALLTESTSRV.exists(),
-        reason="pebble not installed (scripts/install-test-deps.sh)",
-    ),
+    needs_pebble,
     pytest.mark.slow,
     pytest.mark.timeout(240),
 ]

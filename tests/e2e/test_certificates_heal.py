@@ -30,21 +30,17 @@ from relay.certs.local_ca import LocalCA
 from tests.e2e.http_helpers import curl, web_agent
 from tests.e2e.origin import Origin
 from tests.e2e.pebble import (
-    CHALLTESTSRV,
-    PEBBLE,
     AcmeProxy,
     Pebble,
     acme_flags,
+    needs_pebble,
     verified_leaf,
     wait_lines,
 )
 from tests.e2e.procs import Agent, Edge, free_port
 
 pytestmark = [
-    pytest.mark.skipif(
-        not PEBBLE.exists() or not CHALLTESTSRV.exists(),
-        reason="pebble not installed (scripts/install-test-deps.sh)",
-    ),
+    needs_pebble,
     pytest.mark.slow,
 ]
 
