@@ -76,6 +76,11 @@ class EdgeConfig:
     auth_block_time: float = 300.0
     max_endpoints_per_session: int = 64
     max_sessions: int = 10_000
+    #: What one account may hold of this edge process (relay/edge/account_limits.py):
+    #: no token fills the edge for every other account. 0 turns a limit off.
+    max_sessions_per_account: int = 1_000
+    max_endpoints_per_account: int = 4_000
+    max_tcp_ports_per_account: int = 100
     #: How often live sessions' credentials are checked against the control plane: a
     #: revoked or expired token, or a suspended account, ends its sessions within this
     #: (plus a round trip). Changes made through this edge's API are acted on at once,
@@ -220,6 +225,9 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if name in (
             "max_endpoints_per_session",
             "max_sessions",
+            "max_sessions_per_account",
+            "max_endpoints_per_account",
+            "max_tcp_ports_per_account",
             "auth_failure_limit",
             "http_public_port",
             "https_public_port",
@@ -359,10 +367,14 @@ def load_edge_config(path: Path | None, overrides: dict[str, Any]) -> EdgeConfig
             raise ConfigError(f"{key} must be more than 0 seconds, not {getattr(config, key)}")
     if config.cert_issuer not in ("local", "acme", "files"):
         raise ConfigError(f"cert_issuer must be local, acme or files, not {config.cert_issuer!r}")
-    if config.cert_orders_per_account < 0:
-        raise ConfigError(
-            f"cert_orders_per_account must be >= 0, not {config.cert_orders_per_account}"
-        )
+    for key in (
+        "cert_orders_per_account",
+        "max_sessions_per_account",
+        "max_endpoints_per_account",
+        "max_tcp_ports_per_account",
+    ):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key} must be >= 0 (0: no limit), not {getattr(config, key)}")
     return config
 
 
@@ -387,6 +399,9 @@ LIVE_KEYS = frozenset(
         "https_public_port",
         "max_sessions",
         "max_endpoints_per_session",
+        "max_sessions_per_account",
+        "max_endpoints_per_account",
+        "max_tcp_ports_per_account",
         "reclaim_grace",
         "auth_failure_limit",
         "auth_failure_window",

@@ -29,7 +29,8 @@ RLY_203   PortRangeExhausted      no free port left in the configured range
 RLY_204   EndpointAlreadyBound    the endpoint is held by another agent (or by pool members
                                   with another Host rewrite than the joining one's)
 RLY_205   BindNotAllowed          the token's bind ACL forbids this endpoint
-RLY_206   TooManyEndpoints        the per-session/per-token endpoint limit is reached
+RLY_206   TooManyEndpoints        an endpoint limit is reached: of the session, or of the
+                                  account's endpoints or TCP ports on the edge
 RLY_207   NameReserved            the name or port is reserved by another account, or a
                                   name outside the base domain is not reserved by the
                                   binding account
@@ -47,6 +48,8 @@ RLY_501   TlsError                edge certificate not trusted / fingerprint mis
 RLY_502   ConnectError            cannot reach the edge
 RLY_503   NotAnEdge               the address is not a relay edge's agent port (no TLS, no ALPN)
 RLY_504   ControlUnavailable      the edge cannot reach its control plane now; try again later
+RLY_505   TooManySessions         the edge holds as many sessions of the token's account as it
+                                  allows (max_sessions_per_account); try again later
 RLY_601   NotFound                the named object (e.g. a token id) does not exist
 RLY_602   Conflict                the name is taken
 RLY_701   AuditChainBroken        the audit log's hash chain does not verify
@@ -144,6 +147,7 @@ __all__ = [
     "SessionStopped",
     "TlsError",
     "TooManyEndpoints",
+    "TooManySessions",
     "UnsupportedVersion",
     "error_from_code",
 ]
@@ -377,6 +381,14 @@ class ControlUnavailable(ConnectError):
     code = "RLY_504"
 
 
+class TooManySessions(ConnectError):
+    """The edge holds as many sessions of the token's account as it allows
+    (``max_sessions_per_account``): the token is good, and the agent reconnects with
+    backoff (or tries another PoP) as when the edge itself is away."""
+
+    code = "RLY_505"
+
+
 class NotFound(RelayError):
     """The named object does not exist (e.g. a token id on revoke)."""
 
@@ -431,6 +443,7 @@ ERROR_CODES: dict[str, type[RelayError]] = {
         ConnectError,
         NotAnEdge,
         ControlUnavailable,
+        TooManySessions,
         NotFound,
         Conflict,
         AuditChainBroken,

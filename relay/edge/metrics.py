@@ -87,7 +87,8 @@ class EdgeMetrics(Metrics):
         )
         self.links_refused = self.counter(
             "relay_agent_links_refused",
-            "agent links closed at once, by reason (full: max_sessions; draining; "
+            "agent links closed at once, by reason (full: max_sessions; account_full: "
+            "max_sessions_per_account, after its auth; draining; "
             "source_blocked: too many failed authentications from its source)",
             ("reason",),
         )

@@ -30,6 +30,7 @@ from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge import members
 from relay.edge.access_log import AccessLog, Output, open_output
+from relay.edge.account_limits import AccountLimits
 from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.bind_refusals import BURST, PER_SECOND, RefusedBinds, Verdict
 from relay.edge.coalesced import Coalesced
@@ -198,6 +199,7 @@ class Edge:
             config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
         )
         self.refused_binds = RefusedBinds()
+        self.account_limits = AccountLimits(*_account_limits(config))
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
         self.api_plane: ControlPlane | None = None  # the REST API's, when this edge serves it
@@ -447,6 +449,7 @@ class Edge:
         self.auth_guard.configure(
             config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
         )
+        self.account_limits.configure(*_account_limits(config))
         use_level(config.log_level)
         use_format(config.log_format)
         self._reopen_access_log(config, output)
@@ -757,6 +760,29 @@ class Edge:
                 existing = self.by_key.get(key)  # again: it may have gone meanwhile
                 if existing is not None:
                     return self._take_over(existing, holder, session)
+        # A new endpoint from here: its place among its account's is taken first.
+        try:
+            place = self.account_limits.take(record.account_id, "tcp")
+        except TooManyEndpoints:
+            if port:
+                self.report(f"tcp:{port}")  # a claim just granted must not outlive it
+            raise
+        try:
+            endpoint = await self._new_tcp(session, request, holder, port)
+        except BaseException:
+            self.account_limits.give_back(place)
+            raise
+        self.account_limits.held(place, endpoint.endpoint_id)
+        return endpoint
+
+    async def _new_tcp(
+        self, session: AgentSession, request: Bind, holder: Holder, port: int
+    ) -> TcpEndpoint:
+        """A new TCP endpoint: on ``port``, or on a free port of the range when 0."""
+        assert session.token_id is not None
+        record = self.tokens[session.token_id]
+        if port:
+            key = f"tcp:{port}"
             try:
                 self.ports.reserve(port)
             except PortUnavailable:
@@ -921,6 +947,7 @@ class Edge:
             assert isinstance(taken, HostEndpoint)
             taken.pins = pins  # the reservations as they are at this bind
             return taken
+        place = self.account_limits.take(self.tokens[holder.token_id].account_id, request.kind)
         endpoint = HostEndpoint(
             endpoint_id="ep_" + secrets.token_hex(6),
             kind=request.kind,
@@ -930,6 +957,7 @@ class Edge:
             host_rewrite=rewrite,
             pins=pins,
         )
+        self.account_limits.held(place, endpoint.endpoint_id)
         endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, endpoint.kind)
         self.registry.claim(endpoint.key, holder)
         (self.http_routes if family == "http" else self.sni_routes).add(endpoint)
@@ -1158,6 +1186,7 @@ class Edge:
     def _remove(self, endpoint: TcpEndpoint | HostEndpoint) -> None:
         endpoint.close()
         self.endpoints.pop(endpoint.endpoint_id, None)
+        self.account_limits.released(endpoint.endpoint_id)
         if self.by_key.get(endpoint.key) is not endpoint:
             return  # another endpoint has its key now: what is the key's is not this one's
         self.registry.release(endpoint.key, endpoint.holder)
@@ -1172,6 +1201,9 @@ class Edge:
 
     def session_ended(self, session: AgentSession) -> None:
         self.sessions.discard(session)
+        if session.counted and session.account_id is not None:
+            session.counted = False  # counted out once, however often this is called
+            self.account_limits.session_ends(session.account_id)
         if session.authenticated:
             reason = session.end_reason or ("drained" if self._stopping else "closed")
             self.metrics.sessions_closed.labels(reason).inc()
@@ -1199,6 +1231,14 @@ class Edge:
         if not is_live(endpoint):
             log.info("releasing %s: its agent did not come back", endpoint.url)
             self._remove(endpoint)
+
+
+def _account_limits(config: EdgeConfig) -> tuple[int, int, int]:
+    return (
+        config.max_sessions_per_account,
+        config.max_endpoints_per_account,
+        config.max_tcp_ports_per_account,
+    )
 
 
 def _log_check_failure(task: asyncio.Task[None]) -> None:

@@ -19,7 +19,13 @@ from relay.edge.auth_guard import source_of
 from relay.edge.control_pace import BURST, ControlPace
 from relay.errors import AuthError as AuthFailure
 from relay.errors import BindError as BindFailure
-from relay.errors import CertificateError, ControlUnavailable, ProtocolViolation, RelayError
+from relay.errors import (
+    CertificateError,
+    ControlUnavailable,
+    ProtocolViolation,
+    RelayError,
+    TooManySessions,
+)
 from relay.logs import cut
 from relay.mux import ControlChannel, MuxStream
 from relay.protocol import (
@@ -83,6 +89,10 @@ class AgentSession:
         self.link: Any = None
         self.control: ControlChannel | None = None
         self.token_id: str | None = None
+        #: Its token's account, and whether it is counted among the account's sessions
+        #: (relay/edge/account_limits.py): from its authentication to its end.
+        self.account_id: str | None = None
+        self.counted = False
         self.agent_id: str | None = None
         #: Which of its agent's links this session is (``--links``; relay/edge/members.py).
         self.link_index = 0
@@ -322,6 +332,17 @@ class AgentSession:
                 self.edge.auth_failed(self)
             self._refuse(exc)
             return False
+        try:
+            self.edge.account_limits.session_starts(record.account_id)
+        except TooManySessions as exc:
+            # A good token, refused for its account's sake: not a guess, not a failure
+            # of its own. The agent tries again later, or another PoP.
+            log.warning("agent %s (token %s): %s", self.peer, record.id, exc.one_line())
+            self.edge.metrics.links_refused.labels("account_full").inc()
+            self._refuse(exc)
+            return False
+        self.account_id = record.account_id
+        self.counted = True
         self.token_id = record.id
         self.agent_id = auth.agent_id
         self.link_index = auth.link

@@ -13,6 +13,7 @@ from unittest.mock import MagicMock
 import pytest
 
 from relay.agent.client import AgentOptions
+from relay.edge.account_limits import AccountLimits
 from relay.edge.session import MAX_AGENT_ID, AgentSession
 from relay.protocol import Auth, AuthError, AuthOk, Message
 
@@ -40,7 +41,7 @@ def authenticate(agent_id: str, protocol: int = 2) -> tuple[AgentSession, list[M
 
     async def verify_token(token: str, peer: str) -> Any:
         verified.append(token)
-        return SimpleNamespace(id="abcdefghijkl")
+        return SimpleNamespace(id="abcdefghijkl", account_id="acc_test")
 
     edge = SimpleNamespace(
         verify_token=verify_token,
@@ -52,6 +53,7 @@ def authenticate(agent_id: str, protocol: int = 2) -> tuple[AgentSession, list[M
         pop_name="fra-1",
         worker=None,
         sessions=set(),
+        account_limits=AccountLimits(),
     )
     session = AgentSession(edge)  # type: ignore[arg-type]
     session.link = MagicMock()

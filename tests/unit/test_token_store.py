@@ -567,8 +567,8 @@ def test_error_code_table_is_consistent() -> None:
     classes = [v for v in vars(errors_mod).values() if isinstance(v, type)]
     classes = [c for c in classes if issubclass(c, RelayError)]
     # 39, + NameReserved (RLY_207), + ControlUnavailable (RLY_504), + RegionPinned (RLY_208),
-    # + CertificateQuota (RLY_807).
-    assert len(classes) == 43
+    # + CertificateQuota (RLY_807), + TooManySessions (RLY_505).
+    assert len(classes) == 44
     for cls in classes:
         assert issubclass(ERROR_CODES[cls.code], cls)
 

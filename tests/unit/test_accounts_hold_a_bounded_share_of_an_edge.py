@@ -1,0 +1,130 @@
+"""AccountLimits (relay/edge/account_limits.py): whatever sessions and binds come and go,
+in any order, no account ever holds more than its limits, every other account is judged
+on its own counts, and what is released is counted out exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.edge.account_limits import AccountLimits, Place
+from relay.errors import ConnectError, TooManyEndpoints, TooManySessions
+
+ACCOUNTS = ("acc_a", "acc_b", "acc_c")
+KINDS = ("tcp", "http", "https", "tls")
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("start"), st.sampled_from(ACCOUNTS)),
+        st.tuples(st.just("end"), st.integers(0, 50)),
+        st.tuples(st.just("take"), st.sampled_from(ACCOUNTS), st.sampled_from(KINDS)),
+        st.tuples(st.just("fail"), st.integers(0, 50)),
+        st.tuples(st.just("made"), st.integers(0, 50)),
+        st.tuples(st.just("release"), st.integers(0, 50)),
+    ),
+    min_size=10,
+    max_size=200,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps,
+    st.integers(0, 4),
+    st.integers(0, 6),
+    st.integers(0, 3),
+)
+def test_no_account_ever_holds_more_than_its_limits(
+    script: list[tuple], max_sessions: int, max_endpoints: int, max_ports: int
+) -> None:
+    limits = AccountLimits(max_sessions, max_endpoints, max_ports)
+    sessions: list[str] = []  # the model: accounts of live sessions
+    taken: list[Place] = []  # places not yet made or given back
+    made: list[tuple[str, Place]] = []  # (endpoint id, place)
+    serial = 0
+    for step in script:
+        if step[0] == "start":
+            account = step[1]
+            full = max_sessions and sessions.count(account) >= max_sessions
+            if full:
+                with pytest.raises(TooManySessions, match="max_sessions_per_account"):
+                    limits.session_starts(account)
+            else:
+                limits.session_starts(account)
+                sessions.append(account)
+        elif step[0] == "end" and sessions:
+            limits.session_ends(sessions.pop(step[1] % len(sessions)))
+        elif step[0] == "take":
+            account, kind = step[1], step[2]
+            held = [p for p in taken if p.account == account] + [
+                p for _, p in made if p.account == account
+            ]
+            ports = sum(p.tcp for p in held)
+            if max_endpoints and len(held) >= max_endpoints:
+                with pytest.raises(TooManyEndpoints, match="max_endpoints_per_account"):
+                    limits.take(account, kind)
+            elif kind == "tcp" and max_ports and ports >= max_ports:
+                with pytest.raises(TooManyEndpoints, match="max_tcp_ports_per_account"):
+                    limits.take(account, kind)
+            else:
+                taken.append(limits.take(account, kind))
+        elif step[0] == "fail" and taken:
+            limits.give_back(taken.pop(step[1] % len(taken)))
+        elif step[0] == "made" and taken:
+            serial += 1
+            place = taken.pop(step[1] % len(taken))
+            limits.held(place, f"ep_{serial}")
+            limits.give_back(place)  # a bind's cleanup after it was made: no effect
+            made.append((f"ep_{serial}", place))
+        elif step[0] == "release" and made:
+            endpoint_id, _ = made.pop(step[1] % len(made))
+            limits.released(endpoint_id)
+            limits.released(endpoint_id)  # a second release of one endpoint: no effect
+        # The counts are the model's, exactly, and within the limits.
+        places = taken + [p for _, p in made]
+        assert limits.sessions == Counter(sessions)
+        assert limits.endpoints == Counter(p.account for p in places)
+        assert limits.tcp_ports == Counter(p.account for p in places if p.tcp)
+        for account in ACCOUNTS:
+            assert not max_sessions or limits.sessions[account] <= max_sessions
+            assert not max_endpoints or limits.endpoints[account] <= max_endpoints
+            assert not max_ports or limits.tcp_ports[account] <= max_ports
+
+
+def test_an_account_that_holds_nothing_is_forgotten() -> None:
+    limits = AccountLimits(2, 2, 1)
+    limits.session_starts("acc_a")
+    place = limits.take("acc_a", "tcp")
+    limits.held(place, "ep_1")
+    limits.session_ends("acc_a")
+    limits.released("ep_1")
+    assert (limits.sessions, limits.endpoints, limits.tcp_ports) == (
+        Counter(),
+        Counter(),
+        Counter(),
+    )
+
+
+def test_a_lowered_limit_keeps_what_is_held_and_refuses_the_next() -> None:
+    limits = AccountLimits(3, 0, 0)
+    for _ in range(3):
+        limits.session_starts("acc_a")
+    limits.configure(1, 0, 0)
+    assert limits.sessions["acc_a"] == 3
+    with pytest.raises(TooManySessions):
+        limits.session_starts("acc_a")
+    limits.configure(0, 0, 0)  # off
+    limits.session_starts("acc_a")
+
+
+def test_a_refused_session_is_one_the_agent_retries() -> None:
+    """RLY_505 is a ConnectError: the agent reconnects with backoff (or tries another
+    PoP), as for an edge away, instead of exiting as for a bad token."""
+    limits = AccountLimits(1, 0, 0)
+    limits.session_starts("acc_a")
+    with pytest.raises(ConnectError) as caught:
+        limits.session_starts("acc_a")
+    assert caught.value.code == "RLY_505"
