@@ -111,7 +111,8 @@ class EdgeMetrics(Metrics):
         self.control_paced = self.counter(
             "relay_control_messages_paced",
             "agent binds and unbinds that waited for their session's pace (128 at once, "
-            "then 20 a second)",
+            "then 20 a second) or their account's (2 x max_endpoints_per_account at once, "
+            "then 200 a second)",
         )
         self.visitors_refused = self.counter(
             "relay_visitor_connections_refused",

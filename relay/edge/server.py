@@ -34,6 +34,7 @@ from relay.edge.account_limits import AccountLimits
 from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.bind_refusals import BURST, PER_SECOND, RefusedBinds, Verdict
 from relay.edge.coalesced import Coalesced
+from relay.edge.control_pace import AccountPaces, account_burst
 from relay.edge.control_view import ApiFailureGuard, EdgeLiveView
 from relay.edge.endpoint_series import EndpointSeries
 from relay.edge.live_reservations import LiveReservations, reservation_refusal
@@ -200,6 +201,7 @@ class Edge:
         )
         self.refused_binds = RefusedBinds()
         self.account_limits = AccountLimits(*_account_limits(config))
+        self.account_paces = AccountPaces(account_burst(config.max_endpoints_per_account))
         self.metrics = EdgeMetrics(self)
         self.admin: AdminServer | None = None
         self.api_plane: ControlPlane | None = None  # the REST API's, when this edge serves it
@@ -450,6 +452,7 @@ class Edge:
             config.auth_failure_limit, config.auth_failure_window, config.auth_block_time
         )
         self.account_limits.configure(*_account_limits(config))
+        self.account_paces.configure(account_burst(config.max_endpoints_per_account))
         use_level(config.log_level)
         use_format(config.log_format)
         self._reopen_access_log(config, output)

@@ -206,9 +206,12 @@ class AgentSession:
                 raise ProtocolViolation(f"expected auth, got {first.TYPE}")
             if not await self._authenticate(first):
                 return
+            account = self.account_id
+            assert account is not None  # set by a successful authentication
             while True:
                 message = await self.control.recv()
-                wait = self.pace.delay()
+                # Charged to the session's pace and its account's: the later one holds.
+                wait = max(self.pace.delay(), self.edge.account_paces.delay(account))
                 if wait > 0.0:
                     # No window credit is returned meanwhile: the agent's writes wait for
                     # it, and what it sent already waits unparsed (relay/edge/control_pace.py).

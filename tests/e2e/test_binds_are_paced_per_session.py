@@ -17,14 +17,16 @@ import re
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from relay.edge.control_pace import BURST, PER_SECOND
+from relay.edge.control_pace import ACCOUNT_PER_SECOND, BURST, PER_SECOND
 from relay.protocol import Bind
 from tests.e2e.agent_wire import authenticate, control_message, tls_link
 from tests.e2e.procs import Edge
 from tests.e2e.test_a_host_rewrite_is_one_host_header_value import replies
+from tests.e2e.test_one_account_cannot_fill_the_edge import account_token
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,3 +79,61 @@ def test_a_flood_of_binds_is_paced_and_loses_nothing_while_others_bind(edge: Edg
     # Those past the burst waited, less what the pace refilled while the edge acted on
     # the first ones (a few, on a fast machine).
     assert 0 < paced_total(edge) <= FLOOD - BURST
+
+
+def test_many_sessions_of_one_account_share_its_pace(tmp_path: Path) -> None:
+    """Two sessions of one account each send 100 binds at once, each within its own
+    session's burst (128) but 200 together, past the account's (twice
+    ``max_endpoints_per_account``, here 50, but never below 128): all are answered, in
+    order, the last no sooner than (200 - 128) / ACCOUNT_PER_SECOND after the floods, and
+    waits are counted; another account's bind meanwhile is answered at once."""
+    config = tmp_path / "edge.yaml"
+    config.write_text("max_endpoints_per_account: 50\n")
+    edge = Edge(tmp_path / "edge", extra=["--config", str(config)]).start()
+    try:
+        _, token = edge.token()
+        other_token = account_token(edge, "team-b")
+        per = 100
+        links = [tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) for _ in range(2)]
+        try:
+            for link in links:
+                authenticate(link, token)
+            sent = time.monotonic()
+            for n, link in enumerate(links):
+                link.sendall(
+                    b"".join(
+                        control_message(Bind(request_id=i + 1, kind="http", subdomain=f"s{n}x{i}"))
+                        for i in range(per)
+                    )
+                )
+            seen: list[bytes] = [b"", b""]
+            done: list[float] = [0.0, 0.0]
+
+            def read(n: int) -> None:
+                seen[n] = replies(links[n], per, timeout=60)
+                done[n] = time.monotonic()
+
+            readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in range(2)]
+            for reader in readers:
+                reader.start()
+            with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as other:
+                authenticate(other, other_token)
+                other.sendall(control_message(Bind(request_id=1, kind="http", subdomain="calm")))
+                assert b'"type":"bound"' in replies(other, 1, timeout=30)
+                other_done = time.monotonic()
+            for reader in readers:
+                reader.join(60)
+                assert not reader.is_alive()
+        finally:
+            for link in links:
+                link.close()
+        for n in range(2):
+            answers = re.findall(rb'"type":"(?:bound|bind_error)","request_id":(\d+)', seen[n])
+            assert [int(i) for i in answers] == list(range(1, per + 1))  # all, in order
+        # 50 bound in all (the account's endpoints), the rest refused for it.
+        assert sum(s.count(b'"type":"bound"') for s in seen) == 50
+        assert max(done) - sent >= (2 * per - BURST) / ACCOUNT_PER_SECOND - 0.05
+        assert other_done < max(done)
+        assert paced_total(edge) >= 1
+    finally:
+        edge.stop()
