@@ -262,10 +262,8 @@ def markdown(res: dict[str, Any], cores: int) -> list[str]:
         f" {int(agents.get('1', 0)) * per_agent:,} streams, what one process holds under the"
         " descriptor limit. Every edge runs with edge.yaml `max_sessions: 1000000` (the"
         " default, 10,000 per process, is the whole session count of one worker: a single"
-        " extra link, such as a reconnect racing its old session's end, would be refused),"
-        " `reclaim_grace: 0` (a restarted agent gets its port back at once), and the limits"
-        " per account off (`max_sessions_per_account`, `max_endpoints_per_account`,"
-        " `max_tcp_ports_per_account`: 0): one token stands for every agent here."
+        " extra link, such as a reconnect racing its old session's end, would be refused) and"
+        " `reclaim_grace: 0` (a restarted agent gets its port back at once)."
     )
     add("")
     add(

@@ -104,12 +104,8 @@ STREAM_PORTS = (24000, 24199)
 ADMIT_PORTS = (25000, 26999)
 OTHER_PORTS = (24200, 24209)
 #: What `relay edge` must not do during the phase: refuse a session for the default limit
-#: (10,000 sessions per process) or for its account's (one token stands for every agent
-#: here), or keep a stopped agent's port reserved for a minute.
-EDGE_YAML = (
-    "max_sessions: 1000000\nreclaim_grace: 0\n"
-    "max_sessions_per_account: 0\nmax_endpoints_per_account: 0\nmax_tcp_ports_per_account: 0\n"
-)
+#: (10,000 sessions per process) or keep a stopped agent's port reserved for a minute.
+EDGE_YAML = "max_sessions: 1000000\nreclaim_grace: 0\n"
 TOKEN_ENV = "RELAY_BENCH_SCALE_TOKEN"
 SETTLE_S = 2.0
 _SESSION_LINE = re.compile(r"session (s_\w+) established")

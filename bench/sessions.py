@@ -325,12 +325,8 @@ class SessionsEdge(Relay):
 #: session's endpoint at once (the default 60 s would keep each bound port reserved for a
 #: minute, and at hundreds of binds/s the 1,000-port range runs out within seconds). The
 #: per-source failed-auth guard stays at its defaults: every client authenticates
-#: correctly, so it must count nothing (the counters below check it). The limits per
-#: account are off: every client's sessions are of one token, standing for many accounts.
-EDGE_YAML = (
-    "max_sessions: 1000000\nreclaim_grace: 0\n"
-    "max_sessions_per_account: 0\nmax_endpoints_per_account: 0\nmax_tcp_ports_per_account: 0\n"
-)
+#: correctly, so it must count nothing (the counters below check it).
+EDGE_YAML = "max_sessions: 1000000\nreclaim_grace: 0\n"
 
 #: Edge counters read before and after each run (admin /metrics), to prove the guard and
 #: the session limit did not interfere and to compare the edge's count with the client's.

@@ -28,8 +28,9 @@ from relay.errors import ProtocolViolation, UnsupportedVersion
 #: on the agent link, ``relay/<version>``: both sides offer all of theirs and the TLS
 #: handshake settles on the newest both speak (the edge's order wins), so a newer agent
 #: and an older edge, or the reverse, agree on the older one. 2 adds ``EndpointEnded``
-#: and ``AuthOk.pop``.
-PROTOCOL_VERSIONS = (2, 1)
+#: and ``AuthOk.pop``; 3 an ``AuthError`` of code RLY_505 (the account holds its
+#: sessions: the agent reconnects later), which an older agent would exit on.
+PROTOCOL_VERSIONS = (3, 2, 1)
 PROTOCOL_VERSION = PROTOCOL_VERSIONS[0]
 ALPN_PROTOCOLS = tuple(f"relay/{version}" for version in PROTOCOL_VERSIONS)
 

@@ -37,6 +37,7 @@ from relay.errors import (
     RegionPinned,
     RelayError,
     TlsError,
+    TooManyEndpoints,
     error_from_code,
 )
 from relay.mux import ControlChannel, MuxConfig, MuxStream, StreamReset
@@ -705,21 +706,27 @@ class Agent:
                 continue
             answer = await self._bind(control, request_id, spec, remembered=True)
             if isinstance(answer, BindErrorMessage) and self.leader is not None:
-                if self._taken_away(spec, bind_error(answer)):
+                if self._taken_away(spec, bind_error(answer)) or self._skipped_for_now(
+                    spec, bind_error(answer)
+                ):
                     continue
                 # Another link may join only what the leader holds; if that moved, try
                 # again later (the leader asks anew, this link then follows it).
                 raise SessionEnded(
                     f"could not join {self.urls.get(spec, spec.upstream)}: {answer.message}"
                 )
-            if isinstance(answer, BindErrorMessage) and self._remembered(spec):
+            if (
+                isinstance(answer, BindErrorMessage)
+                and self._remembered(spec)
+                and answer.code != TooManyEndpoints.code  # a new one would be refused too
+            ):
                 # What the edge gave us last time is someone else's now (an edge restart
                 # forgets who held what): take a new one rather than fail for good.
                 self.status(f"{self.urls[spec]} is taken now ({answer.message}); asking anew")
                 answer = await self._bind(control, request_id, spec, remembered=False)
             if isinstance(answer, BindErrorMessage):
                 error = bind_error(answer)
-                if self._taken_away(spec, error):
+                if self._taken_away(spec, error) or self._skipped_for_now(spec, error):
                     continue
                 raise error
             self.bound[answer.endpoint_id] = BoundEndpoint(
@@ -765,6 +772,21 @@ class Agent:
             f"{url} is no longer served ({error.one_line()}); not asked for again, "
             f"{len(left)} endpoint(s) serve on"
         )
+        return True
+
+    def _skipped_for_now(self, spec: EndpointSpec, error: RelayError) -> bool:
+        """Whether a refused re-bind of ``spec`` only leaves that endpoint out of this
+        session: the edge holds as many endpoints of the token's account as it allows
+        (RLY_206; others of the account took the places while this agent was away). The
+        other endpoints serve on, and it is asked for again at the next session: ending
+        this one for it would drop them all at every reconnect. A bind refused before any
+        session served fails as before."""
+        if not isinstance(error, TooManyEndpoints):
+            return False
+        if self.leader is None and not self.sessions_started_ok:
+            return False
+        url = self.urls.get(spec, spec.upstream)
+        self.status(f"{url} is not served now ({error.one_line()}); the others serve on")
         return True
 
     def _ended(self, message: EndpointEnded) -> None:

@@ -351,4 +351,11 @@ def token_record(answer: Mapping[str, Any]) -> TokenRecord:
         bind_acl=tuple(answer["bind_acl"]),
         account_id=str(answer["account_id"]),
         last_used_addr=answer.get("last_used_addr"),
+        # A control plane before roles were sent says nothing: None, the edge's limits
+        # per account then apply to no one (relay/edge/account_limits.py).
+        account_role=_role(answer.get("account_role")),
     )
+
+
+def _role(value: object) -> str | None:
+    return value if value in ("operator", "member") else None

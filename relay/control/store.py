@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -116,6 +116,9 @@ class TokenRecord:
     bind_acl: tuple[str, ...]
     account_id: str
     last_used_addr: str | None
+    #: Its account's role ("operator" or "member") as of a verification
+    #: (:meth:`Store.verify_token`); None where it was not looked up.
+    account_role: str | None = None
 
     def status_at(self, now: datetime) -> TokenStatus:
         return accounts.credential_status(self.revoked_at, self.expires_at, now)
@@ -461,11 +464,12 @@ class Store:
                 refused = Refused("bad_secret", InvalidToken("invalid authtoken"))
             else:
                 status = _record(row._mapping).status_at(now)
+                account = accounts.get_account(conn, row.account_id)
                 if status == "revoked":
                     refused = Refused("revoked", RevokedToken("authtoken has been revoked"))
                 elif status == "expired":
                     refused = Refused("expired", ExpiredToken("authtoken has expired"))
-                elif accounts.get_account(conn, row.account_id).status == "suspended":
+                elif account.status == "suspended":
                     refused = Refused(
                         "account_suspended",
                         AccountSuspended("the authtoken's account is suspended"),
@@ -481,15 +485,16 @@ class Store:
                 )
                 return refused
             assert row is not None
-            if accounts.last_use_is_recorded(row.last_used_at, row.last_used_addr, now, address):
-                return _record(row._mapping)
-            conn.execute(
-                tokens_table.update()
-                .where(tokens_table.c.id == token_id)
-                .values(last_used_at=now, last_used_addr=address)
-            )
-            row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
-            return _record(row._mapping)
+            if not accounts.last_use_is_recorded(
+                row.last_used_at, row.last_used_addr, now, address
+            ):
+                conn.execute(
+                    tokens_table.update()
+                    .where(tokens_table.c.id == token_id)
+                    .values(last_used_at=now, last_used_addr=address)
+                )
+                row = conn.execute(select(tokens_table).where(tokens_table.c.id == token_id)).one()
+            return replace(_record(row._mapping), account_role=account.role)
 
         result = self.run_in_transaction(tx)
         if isinstance(result, Refused):

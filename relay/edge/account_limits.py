@@ -8,6 +8,13 @@ none was left for anyone: a valid token was all it took. So each account may hol
 most ``max_sessions_per_account`` sessions, ``max_endpoints_per_account`` endpoints and,
 of those, ``max_tcp_ports_per_account`` TCP ports. 0 turns a limit off.
 
+The limits are for member accounts, the tenants. An operator account (the ``default``
+account every ``relay token create`` token belongs to is one) is counted but not
+limited: a PoP of one tenant, whose fleet is all in ``default``, is not cut down by a
+limit that only protects tenants from each other. The role comes with the token's
+verification; a control plane that does not send it (an older ``relay control``) leaves
+every account unlimited.
+
 The counts are of this process, as ``max_sessions`` is: with ``--workers N`` each worker
 counts its own, so the share of a node one account may take is the same as of one
 worker. An endpoint counts from its bind to its release, through its agent's absence
@@ -31,12 +38,14 @@ from relay.errors import TooManyEndpoints, TooManySessions
 
 @dataclass
 class Place:
-    """A new endpoint's place among its account's, taken before it exists: :meth:`held`
-    once it does, :meth:`AccountLimits.give_back` if it never will."""
+    """A new endpoint's place among its account's, taken before it exists:
+    :meth:`AccountLimits.held` once it does, :meth:`AccountLimits.give_back` if it never
+    will (either settles it; a second settling does nothing)."""
 
     account: str
     tcp: bool
     endpoint_id: str = ""
+    settled: bool = False
 
 
 class AccountLimits:
@@ -56,11 +65,12 @@ class AccountLimits:
 
     # --- sessions -------------------------------------------------------------------------
 
-    def session_starts(self, account: str) -> None:
-        """Count an authenticated session of ``account``; TooManySessions when it holds
-        its limit already (nothing counted then)."""
+    def session_starts(self, account: str, *, limited: bool = True, room: bool = False) -> None:
+        """Count an authenticated session of ``account``; TooManySessions when it is
+        ``limited`` and holds its limit already (nothing counted then). ``room``: counted
+        whatever it holds (a reconnect whose old session is being ended for it)."""
         held = self.sessions[account]
-        if self.max_sessions and held >= self.max_sessions:
+        if limited and not room and self.max_sessions and held >= self.max_sessions:
             raise TooManySessions(
                 f"account {account} holds {held} agent sessions on this edge, its limit "
                 f"(max_sessions_per_account); try again later or connect to another PoP"
@@ -72,18 +82,19 @@ class AccountLimits:
 
     # --- endpoints ------------------------------------------------------------------------
 
-    def take(self, account: str, kind: str) -> Place:
+    def take(self, account: str, kind: str, *, limited: bool = True) -> Place:
         """A place for a new endpoint of ``kind``; TooManyEndpoints (RLY_206) when the
-        account holds its limit of endpoints, or of TCP ports for a ``tcp`` one."""
+        account is ``limited`` and holds its limit of endpoints, or of TCP ports for a
+        ``tcp`` one."""
         tcp = kind == "tcp"
         held = self.endpoints[account]
-        if self.max_endpoints and held >= self.max_endpoints:
+        if limited and self.max_endpoints and held >= self.max_endpoints:
             raise TooManyEndpoints(
                 f"account {account} holds {held} endpoints on this edge, its limit "
                 f"(max_endpoints_per_account)"
             )
         ports = self.tcp_ports[account]
-        if tcp and self.max_tcp_ports and ports >= self.max_tcp_ports:
+        if limited and tcp and self.max_tcp_ports and ports >= self.max_tcp_ports:
             raise TooManyEndpoints(
                 f"account {account} holds {ports} TCP ports on this edge, its limit "
                 f"(max_tcp_ports_per_account)"
@@ -95,13 +106,18 @@ class AccountLimits:
 
     def held(self, place: Place, endpoint_id: str) -> None:
         """The endpoint of ``place`` exists: it counts until :meth:`released`."""
+        if place.settled:
+            return
+        place.settled = True
         place.endpoint_id = endpoint_id
         self._held[endpoint_id] = place
 
     def give_back(self, place: Place) -> None:
-        """The endpoint ``place`` was taken for was not made (its bind failed)."""
-        if place.endpoint_id:
-            return  # made after all: released with it
+        """The endpoint ``place`` was taken for was not made (its bind failed, or took
+        over an endpoint that was there)."""
+        if place.settled:
+            return  # made after all (released with it), or given back already
+        place.settled = True
         _decrement(self.endpoints, place.account)
         if place.tcp:
             _decrement(self.tcp_ports, place.account)

@@ -12,11 +12,12 @@ more of it, so the agent's writes wait for the window: nothing is dropped, and w
 waits at the edge is at most a window of bytes. Other sessions are not slowed.
 
 A session's pace alone would let one account take the edge's core with many sessions
-(up to ``max_sessions_per_account``, each with its own burst). So each message is also
-charged to its account's pace (:class:`AccountPaces`): twice ``max_endpoints_per_account``
-at once, every endpoint the account may hold bound twice, then
-:data:`ACCOUNT_PER_SECOND`. The message waits for the later of the two. Other accounts
-are not slowed.
+(up to ``max_sessions_per_account``, each with its own burst). So each message of a
+member account's session is also charged to its account's pace (:class:`AccountPaces`):
+twice ``max_endpoints_per_account`` at once, every endpoint the account may hold bound
+twice, then :data:`ACCOUNT_PER_SECOND`. The message waits for the later of the two.
+Other accounts are not slowed; an operator's account has no such pace (its fleet,
+reconnecting all at once after an edge restart, binds at the sessions' own pace).
 """
 
 from __future__ import annotations

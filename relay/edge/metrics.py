@@ -32,6 +32,7 @@ SESSION_END_REASONS = (
     "link_error",
     "revoked",
     "expired",
+    "superseded",
 )
 AUTH_REASONS = (*AUTH_FAILURE_REASONS.values(), "timeout", "protocol")
 BIND_CODES = (
@@ -136,7 +137,7 @@ class EdgeMetrics(Metrics):
         # its first event would hide that event from rate().
         for reason in SESSION_END_REASONS:
             self.sessions_closed.labels(reason)
-        for reason in ("full", "draining", "source_blocked"):
+        for reason in ("full", "account_full", "draining", "source_blocked"):
             self.links_refused.labels(reason)
         for reason in AUTH_REASONS:
             self.auth_failures.labels(reason)

@@ -30,7 +30,7 @@ from relay.control.store import Store, TokenRecord, token_allows_bind
 from relay.control.tokens import load_or_create_pepper
 from relay.edge import members
 from relay.edge.access_log import AccessLog, Output, open_output
-from relay.edge.account_limits import AccountLimits
+from relay.edge.account_limits import AccountLimits, Place
 from relay.edge.auth_guard import AuthGuard, source_of
 from relay.edge.bind_refusals import BURST, PER_SECOND, RefusedBinds, Verdict
 from relay.edge.coalesced import Coalesced
@@ -756,18 +756,20 @@ class Edge:
         holder = Holder(
             session.token_id, session.agent_id, session, session.link_index, request.pool
         )
+        claimed = False
         if port:
             key = f"tcp:{port}"
             if key in self.by_key:
                 await self._claim(key, holder)
+                claimed = True
                 existing = self.by_key.get(key)  # again: it may have gone meanwhile
                 if existing is not None:
                     return self._take_over(existing, holder, session)
         # A new endpoint from here: its place among its account's is taken first.
         try:
-            place = self.account_limits.take(record.account_id, "tcp")
+            place = self._take_place(record, "tcp")
         except TooManyEndpoints:
-            if port:
+            if claimed:
                 self.report(f"tcp:{port}")  # a claim just granted must not outlive it
             raise
         try:
@@ -904,6 +906,30 @@ class Edge:
         family = "http" if request.kind == "http" else "sni"
         self._check_name_owner(hostname, "sni" if family == "http" else "http", record.id)
         pins = await self._pins_under(hostname)
+        key = f"{family}:{hostname}"
+        # A new endpoint takes its place among its account's before any claim: a claim
+        # across workers may move the name here from another worker (whose copy goes),
+        # which a refusal after it would lose.
+        place = None if key in self.by_key else self._take_place(record, request.kind)
+        try:
+            return await self._bind_host_placed(session, request, hostname, family, pins, place)
+        except BaseException:
+            if place is not None:
+                self.account_limits.give_back(place)  # nothing if the endpoint was made
+            raise
+
+    async def _bind_host_placed(
+        self,
+        session: AgentSession,
+        request: Bind,
+        hostname: str,
+        family: str,
+        pins: dict[str, str | None],
+        place: Place | None,
+    ) -> HostEndpoint:
+        assert self.web is not None
+        assert session.token_id is not None and session.agent_id is not None
+        record = self.tokens[session.token_id]
         claimed = self.cluster is not None and await self.cluster.claim_name(
             hostname,
             record.id,
@@ -922,13 +948,21 @@ class Edge:
             key = f"{family}:{hostname}"
             await self._claim(key, holder, request.host_header or None, request.kind)
             try:
-                return self._bind_host_claimed(session, request, hostname, family, holder, pins)
+                return self._bind_host_claimed(
+                    session, request, hostname, family, holder, pins, place
+                )
             finally:
                 self.report(key)  # what this worker holds now, whether the bind held or not
         finally:
             if claimed and self.cluster is not None:
                 # Held (in the cluster's ``owned`` now) or failed: the claim is settled.
                 self.cluster.settle_name(hostname, record.id)
+
+    def _take_place(self, record: TokenRecord, kind: str) -> Place:
+        """A new endpoint's place among its account's (relay/edge/account_limits.py);
+        TooManyEndpoints when a member account holds its limit."""
+        limited = record.account_role == "member"
+        return self.account_limits.take(record.account_id, kind, limited=limited)
 
     def _bind_host_claimed(
         self,
@@ -938,7 +972,10 @@ class Edge:
         family: str,
         holder: Holder,
         pins: dict[str, str | None],
+        place: Place | None,
     ) -> HostEndpoint:
+        """``place``: taken for a new endpoint before the claims (None: the name was held
+        here then); given back when the name is taken over after all."""
         assert self.web is not None
         key = f"{family}:{hostname}"
         rewrite = request.host_header.encode("latin-1") if request.host_header else None
@@ -949,8 +986,11 @@ class Edge:
             taken = self._take_over(existing, holder, session, rewrite, request.kind)
             assert isinstance(taken, HostEndpoint)
             taken.pins = pins  # the reservations as they are at this bind
+            if place is not None:
+                self.account_limits.give_back(place)  # it counts as it did
             return taken
-        place = self.account_limits.take(self.tokens[holder.token_id].account_id, request.kind)
+        if place is None:  # held here before the claims, gone since
+            place = self._take_place(self.tokens[holder.token_id], request.kind)
         endpoint = HostEndpoint(
             endpoint_id="ep_" + secrets.token_hex(6),
             kind=request.kind,
@@ -960,13 +1000,17 @@ class Edge:
             host_rewrite=rewrite,
             pins=pins,
         )
-        self.account_limits.held(place, endpoint.endpoint_id)
-        endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, endpoint.kind)
-        self.registry.claim(endpoint.key, holder)
-        (self.http_routes if family == "http" else self.sni_routes).add(endpoint)
+        try:
+            endpoint.metric_slot = self.endpoint_series.slot_for(endpoint.url, endpoint.kind)
+            self.registry.claim(endpoint.key, holder)
+            (self.http_routes if family == "http" else self.sni_routes).add(endpoint)
+        except BaseException:
+            self.account_limits.give_back(place)
+            raise
         self.endpoints[endpoint.endpoint_id] = endpoint
         self.by_key[endpoint.key] = endpoint
         session.endpoints[endpoint.endpoint_id] = endpoint
+        self.account_limits.held(place, endpoint.endpoint_id)
         log.info("session %s bound %s", session.session_id, endpoint.url)
         return endpoint
 

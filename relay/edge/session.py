@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import relay_native
 
 from relay import __version__
+from relay.control.store import TokenRecord
 from relay.edge.auth_guard import source_of
 from relay.edge.control_pace import BURST, ControlPace
 from relay.errors import AuthError as AuthFailure
@@ -93,6 +94,9 @@ class AgentSession:
         #: (relay/edge/account_limits.py): from its authentication to its end.
         self.account_id: str | None = None
         self.counted = False
+        #: Whether its account is a member's, whose limits and pace apply (an operator's
+        #: are counted only).
+        self.limited = False
         self.agent_id: str | None = None
         #: Which of its agent's links this session is (``--links``; relay/edge/members.py).
         self.link_index = 0
@@ -208,10 +212,13 @@ class AgentSession:
                 return
             account = self.account_id
             assert account is not None  # set by a successful authentication
+            paces = self.edge.account_paces
             while True:
                 message = await self.control.recv()
                 # Charged to the session's pace and its account's: the later one holds.
-                wait = max(self.pace.delay(), self.edge.account_paces.delay(account))
+                wait = self.pace.delay()
+                if self.limited:
+                    wait = max(wait, paces.delay(account))
                 if wait > 0.0:
                     # No window credit is returned meanwhile: the agent's writes wait for
                     # it, and what it sent already waits unparsed (relay/edge/control_pace.py).
@@ -335,21 +342,12 @@ class AgentSession:
                 self.edge.auth_failed(self)
             self._refuse(exc)
             return False
-        try:
-            self.edge.account_limits.session_starts(record.account_id)
-        except TooManySessions as exc:
-            # A good token, refused for its account's sake: not a guess, not a failure
-            # of its own. The agent tries again later, or another PoP.
-            log.warning("agent %s (token %s): %s", self.peer, record.id, exc.one_line())
-            self.edge.metrics.links_refused.labels("account_full").inc()
-            self._refuse(exc)
+        self.protocol = self._spoken(auth.protocol)
+        if not self._count_in(record, auth):
             return False
-        self.account_id = record.account_id
-        self.counted = True
         self.token_id = record.id
         self.agent_id = auth.agent_id
         self.link_index = auth.link
-        self.protocol = self._spoken(auth.protocol)
         self.authenticated = True
         self.edge.metrics.sessions_opened.inc()
         region = self.edge.config.region
@@ -367,6 +365,63 @@ class AgentSession:
             cut(auth.version, MAX_AGENT_ID),  # the agent's own text: bounded
         )
         return True
+
+    def _count_in(self, record: TokenRecord, auth: Auth) -> bool:
+        """Count this session among its account's (relay/edge/account_limits.py); False,
+        the link refused, when a member account holds its limit. The same link of the same
+        agent reconnecting (its old session not yet seen to end: a path that broke
+        silently) is not refused: its old session is ended for it."""
+        limits = self.edge.account_limits
+        limited = record.account_role == "member"
+        try:
+            limits.session_starts(record.account_id, limited=limited)
+        except TooManySessions as exc:
+            old = self._same_link(record.id, auth.agent_id, auth.link)
+            if old is None:
+                self._refuse_for_account(record, exc)
+                return False
+            log.info(
+                "session %s: link %d of agent %s came back while its account holds its "
+                "limit; its old session %s ends for it",
+                self.session_id,
+                auth.link,
+                cut(auth.agent_id, MAX_AGENT_ID),
+                old.session_id,
+            )
+            limits.session_starts(record.account_id, room=True)  # the old one's, going now
+            old.end_reason = "superseded"
+            old.link.abort()
+        self.account_id = record.account_id
+        self.counted = True
+        self.limited = limited
+        return True
+
+    def _refuse_for_account(self, record: TokenRecord, exc: TooManySessions) -> None:
+        """A good token, refused for its account's sake: not a guess, not a failure of
+        its own. The agent tries again later, or another PoP."""
+        log.warning("agent %s (token %s): %s", self.peer, record.id, exc.one_line())
+        self.edge.metrics.links_refused.labels("account_full").inc()
+        if self.protocol >= 3:
+            self._refuse(exc)
+            return
+        # An agent before protocol 3 would exit on a code it does not know: it is told
+        # nothing, and reconnects with backoff as when the edge is full.
+        self.link.session.go_away(0)
+        self.link.close()
+
+    def _same_link(self, token_id: str, agent_id: str, link: int) -> AgentSession | None:
+        """The authenticated session of this very link of this agent, if it has one."""
+        for other in self.edge.sessions:
+            if (
+                other is not self
+                and other.authenticated
+                and other.token_id == token_id
+                and other.agent_id == agent_id
+                and other.link_index == link
+                and not other.link.closed
+            ):
+                return other
+        return None
 
     async def _handle(self, message: Message) -> None:
         assert self.control is not None

@@ -61,10 +61,11 @@ def authenticate(
     timeout: float = 10.0,
     version: str = "hostile/0",
     protocol: int = PROTOCOL_VERSION,
+    agent_id: str = "a_hostile",
 ) -> bytes:
     """Open the control stream with an Auth and read until the edge says auth_ok; what
     the edge sent, from the auth_ok on."""
-    auth = Auth(token=token, agent_id="a_hostile", version=version, protocol=protocol)
+    auth = Auth(token=token, agent_id=agent_id, version=version, protocol=protocol)
     link.sendall(control_message(auth, syn=True))
     link.settimeout(timeout)
     seen = b""

@@ -1,18 +1,22 @@
-"""One account holds a bounded share of an edge (relay/edge/account_limits.py), on a real
-edge with real tokens of two accounts and raw agents speaking the wire protocol.
+"""One member account holds a bounded share of an edge (relay/edge/account_limits.py),
+on a real edge with real tokens of two member accounts and the operator's ``default``
+one, and raw agents speaking the wire protocol (and the real agent).
 
 The edge runs with ``max_sessions_per_account: 2``, ``max_endpoints_per_account: 5`` and
 ``max_tcp_ports_per_account: 3``:
 
 * account A's third session is refused after its auth with RLY_505 (its token is good:
-  not counted as a failed authentication), while account B's session is admitted; once
-  one of A's sessions ends, A is admitted again;
+  not counted as a failed authentication), an agent of protocol 2 with no code it would
+  exit on; account B's session is admitted, and the operator's account is not limited;
+  once one of A's sessions ends, A is admitted again;
+* the same link of the same agent coming back at the limit ends its old session;
 * A's fourth TCP port and sixth endpoint are refused with RLY_206 naming the limit, while
   B binds on; bytes pass through one of A's ports, hash-checked; an unbind gives a place
   back;
 * an agent of A at its limit that reconnects takes back every endpoint it held (they were
   kept for it, so they count once);
-* a reload lowers a limit for what comes next, and turning it off (0) admits again.
+* a reload lowers a limit for what comes next, and turning it off (0) admits again;
+* the real agent, refused RLY_505, says so, retries, and serves once there is room.
 
 Everything on 127.0.0.1; the edge is stopped by PID.
 """
@@ -24,6 +28,7 @@ import os
 import re
 import signal
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +37,7 @@ import pytest
 
 from relay.control.store import Store
 from relay.control.tokens import load_or_create_pepper
-from relay.protocol import Bind, Unbind
+from relay.protocol import Auth, Bind, Unbind
 from tests.e2e.agent_wire import authenticate, control_message, read_until_closed, tls_link
 from tests.e2e.procs import Agent, EchoServer, Edge, echoed_whole
 from tests.e2e.test_a_host_rewrite_is_one_host_header_value import replies
@@ -71,12 +76,35 @@ def account_token(edge: Edge, name: str) -> str:
         store.close()
 
 
-def refused_session(edge: Edge, token: str) -> bytes:
-    """What the edge says to a session it refuses after its auth, until it closes."""
-    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as link:
-        with pytest.raises((ConnectionError, TimeoutError)) as caught:
-            authenticate(link, token, timeout=10)
-        return str(caught.value).encode() + read_until_closed(link)
+def session(edge: Edge, token: str, agent_id: str) -> ssl.SSLSocket:
+    """An admitted raw session of agent ``agent_id`` (link 0), speaking protocol 3."""
+    link = tls_link(("127.0.0.1", edge.listen_port), edge.ca_file, alpn=("relay/3",))
+    try:
+        authenticate(link, token, agent_id=agent_id)
+    except BaseException:
+        link.close()
+        raise
+    return link
+
+
+def refused(edge: Edge, token: str, agent_id: str, alpn: tuple[str, ...] = ("relay/3",)) -> bytes:
+    """Every byte the edge sends a session it refuses after its auth, until it closes the
+    link (a session admitted instead fails the test)."""
+    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file, alpn=alpn) as link:
+        auth = Auth(token=token, agent_id=agent_id, version="hostile/0")
+        link.sendall(control_message(auth, syn=True))
+        said = read_until_closed(link, timeout=10)
+    assert b'"auth_ok"' not in said, said
+    return said
+
+
+def auth_failures(edge: Edge) -> float:
+    """relay_auth_failures_total, every reason."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{edge.admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(v) for v in re.findall(r"^relay_auth_failures_total\{[^}]*\} (\S+)$", text, re.M)
+    )
 
 
 def bind(link: ssl.SSLSocket, request_id: int, kind: str, **fields: object) -> bytes:
@@ -99,43 +127,68 @@ def reload(edge: Edge, config: Path, text: str) -> None:
     assert "max_sessions_per_account" in info, info
 
 
-def test_a_third_session_of_one_account_is_refused_while_another_account_is_admitted(
+def test_a_third_session_of_a_member_account_is_refused_while_others_are_admitted(
     edge: Edge,
 ) -> None:
     token_a, token_b = account_token(edge, "team-a"), account_token(edge, "team-b")
-    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as first:
-        authenticate(first, token_a)
-        with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as second:
-            authenticate(second, token_a)
-            said = refused_session(edge, token_a)
-            assert b'"code":"RLY_505"' in said, said
-            assert b"max_sessions_per_account" in said, said
-            # Another account is not kept out.
-            with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as other:
-                assert b'"auth_ok"' in authenticate(other, token_b)
-        # One of A's sessions ended: A is admitted again (the edge counts it out once it
-        # has read the close, so within a bounded wait).
-        for _ in range(50):
-            with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as again:
-                try:
-                    authenticate(again, token_a)
-                    break
-                except (ConnectionError, TimeoutError):
-                    continue
-        else:
-            pytest.fail("account A was not admitted again after one of its sessions ended")
-    refused = metric(edge, 'relay_agent_links_refused_total{reason="account_full"}')
-    assert refused >= 1
+    _, operator = edge.token()  # the default account's: an operator's, not limited
+    first, second = session(edge, token_a, "a_one"), session(edge, token_a, "a_two")
+    try:
+        said = refused(edge, token_a, "a_three")
+        assert b'"code":"RLY_505"' in said and b"max_sessions_per_account" in said, said
+        # An agent of protocol 2 would exit on a code it does not know: its link is
+        # closed without one, and it reconnects as when the edge is full.
+        older = refused(edge, token_a, "a_old", alpn=("relay/2", "relay/1"))
+        assert b"RLY_505" not in older and b"auth_error" not in older, older
+        # Another member account is not kept out, nor is the operator's, past 2.
+        session(edge, token_b, "b_one").close()
+        operators = [session(edge, operator, f"op_{i}") for i in range(3)]
+        for link in operators:
+            link.close()
+    finally:
+        first.close()
+    # One of A's sessions ended: A is admitted again once the edge has read the close.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            session(edge, token_a, "a_three").close()
+            break
+        except (ConnectionError, TimeoutError):
+            assert time.monotonic() < deadline, "A was not admitted again after a session ended"
+            time.sleep(0.05)
+    second.close()
+    assert metric(edge, 'relay_agent_links_refused_total{reason="account_full"}') >= 2
     # A good token refused for its account's sake is no failed authentication.
-    assert metric(edge, 'relay_auth_failures_total{reason="invalid_token"}') == 0
+    assert auth_failures(edge) == 0
+
+
+def test_the_same_link_coming_back_at_the_limit_ends_its_old_session(edge: Edge) -> None:
+    """A path that broke silently: the edge still holds the agent's old session when the
+    agent comes back on the same link. At the limit it is not refused; its old session
+    ends for it, and the account is still at its limit."""
+    token_a = account_token(edge, "team-a")
+    first, old = session(edge, token_a, "a_one"), session(edge, token_a, "a_two")
+    try:
+        new = session(edge, token_a, "a_two")
+        try:
+            started = time.monotonic()
+            read_until_closed(old, timeout=10)  # the edge ends it (a timeout fails here)
+            assert time.monotonic() - started < 10
+            said = refused(edge, token_a, "a_three")
+            assert b'"code":"RLY_505"' in said, said
+        finally:
+            new.close()
+    finally:
+        first.close()
+        old.close()
+    assert metric(edge, 'relay_agent_sessions_closed_total{reason="superseded"}') == 1
 
 
 def test_endpoints_and_tcp_ports_of_one_account_are_bounded_and_given_back(
     edge: Edge,
 ) -> None:
     token_a, token_b = account_token(edge, "team-a"), account_token(edge, "team-b")
-    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as a:
-        authenticate(a, token_a)
+    with session(edge, token_a, "a_one") as a:
         ports = []
         for i in range(3):
             answer = bind(a, i + 1, "tcp", remote_port=0, upstream="127.0.0.1:9")
@@ -149,8 +202,7 @@ def test_endpoints_and_tcp_ports_of_one_account_are_bounded_and_given_back(
         sixth = bind(a, 12, "http", subdomain="a-sixth")
         assert b'"code":"RLY_206"' in sixth and b"max_endpoints_per_account" in sixth, sixth
         # The other account binds on.
-        with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as b:
-            authenticate(b, token_b)
+        with session(edge, token_b, "b_one") as b:
             assert b'"type":"bound"' in bind(b, 1, "tcp", remote_port=0, upstream="127.0.0.1:9")
             assert b'"type":"bound"' in bind(b, 2, "http", subdomain="b0")
         # An unbind gives its place back: the sixth endpoint binds now.
@@ -173,8 +225,7 @@ def test_an_agent_at_its_limit_that_reconnects_takes_back_every_endpoint(
         first.wait_bound()
         port = int(first.url.rpartition(":")[2])
         # Fill the account up to its TCP limit beside the agent with a raw session.
-        with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as raw:
-            authenticate(raw, token_a)
+        with session(edge, token_a, "a_raw") as raw:
             for i in range(2):
                 assert b'"type":"bound"' in bind(raw, i + 1, "tcp", remote_port=0, upstream="x:9")
             full = bind(raw, 3, "tcp", remote_port=0, upstream="x:9")
@@ -187,6 +238,9 @@ def test_an_agent_at_its_limit_that_reconnects_takes_back_every_endpoint(
                 second.wait_bound()
                 assert second.url == first.url
                 assert echoed_whole("127.0.0.1", port, hashlib.sha256(b"back").digest() * 4096)
+                # Taken back, not made anew: the account still holds exactly its 3 ports.
+                again = bind(raw, 4, "tcp", remote_port=0, upstream="x:9")
+                assert b'"code":"RLY_206"' in again, again
             finally:
                 second.stop()
     finally:
@@ -195,15 +249,13 @@ def test_an_agent_at_its_limit_that_reconnects_takes_back_every_endpoint(
 
 def test_a_reload_changes_the_limits_for_what_comes_next(edge: Edge, config: Path) -> None:
     token_a = account_token(edge, "team-a")
-    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as first:
-        authenticate(first, token_a)
+    with session(edge, token_a, "a_one"):
         reload(edge, config, LIMITS.replace("sessions_per_account: 2", "sessions_per_account: 1"))
-        said = refused_session(edge, token_a)
+        said = refused(edge, token_a, "a_two")
         assert b'"code":"RLY_505"' in said, said
         reload(edge, config, LIMITS.replace("sessions_per_account: 2", "sessions_per_account: 0"))
-        for _ in range(3):
-            with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as more:
-                assert b'"auth_ok"' in authenticate(more, token_a)
+        for i in range(3):
+            session(edge, token_a, f"a_more_{i}").close()
 
 
 def test_a_refused_agent_says_why_retries_and_is_served_once_there_is_room(
@@ -213,11 +265,9 @@ def test_a_refused_agent_says_why_retries_and_is_served_once_there_is_room(
     good: it does not exit); once one of its account's sessions ends it is admitted, and
     bytes pass, hash-checked."""
     token_a = account_token(edge, "team-a")
-    with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as first:
-        authenticate(first, token_a)
-        second = tls_link(("127.0.0.1", edge.listen_port), edge.ca_file)
+    with session(edge, token_a, "a_one"):
+        second = session(edge, token_a, "a_two")
         try:
-            authenticate(second, token_a)
             agent = Agent(edge, token_a, echo.port, kind="tcp")
             try:
                 line = agent.proc.wait_line("RLY_505", timeout=30)

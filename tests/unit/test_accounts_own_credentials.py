@@ -343,3 +343,26 @@ def test_new_codes_round_trip(code: str, name: str, family: type[AuthError] | No
         assert isinstance(err, family)
     else:
         assert not isinstance(err, AuthError)
+
+
+def test_a_verified_token_carries_its_account_s_role_to_the_edge(
+    store: Store, pepper: bytes
+) -> None:
+    """The edge limits what a member account holds, not an operator's
+    (relay/edge/account_limits.py): the role comes with the verification, in process and
+    over the API; a control plane that sends none leaves the edge limiting no one."""
+    from relay.control.api.models import VerifiedCredential
+    from relay.control.for_edge import token_record
+
+    member = store.create_account("acme")
+    _, member_token = store.create_token(pepper=pepper, account_id=member.id)
+    _, operator_token = store.create_token(pepper=pepper)  # the default account's
+    verified = store.verify_token(member_token, pepper=pepper)
+    assert verified.account_role == "member"
+    assert store.verify_token(operator_token, pepper=pepper).account_role == "operator"
+    assert store.get_token(verified.id).account_role is None  # not looked up outside verify
+    wire = VerifiedCredential.verified(verified).model_dump(mode="json")
+    assert token_record(wire).account_role == "member"
+    assert token_record({**wire, "account_role": "root"}).account_role is None
+    older = {k: v for k, v in wire.items() if k != "account_role"}
+    assert token_record(older).account_role is None

@@ -43,8 +43,18 @@ def test_this_agent_and_this_edge_speak_the_newest(
     edge_contexts: tuple[ssl.SSLContext, Path],  # noqa: F811
 ) -> None:
     server, ca_file = edge_contexts
-    assert PROTOCOL_VERSIONS == (2, 1) and ALPN_PROTOCOLS == ("relay/2", "relay/1")
-    assert agreed(server, client_context(ca_file=ca_file)) == 2
+    assert PROTOCOL_VERSIONS == (3, 2, 1)
+    assert ALPN_PROTOCOLS == ("relay/3", "relay/2", "relay/1")
+    assert agreed(server, client_context(ca_file=ca_file)) == 3
+
+
+def test_an_agent_of_protocol_2_and_this_edge_speak_2(
+    edge_contexts: tuple[ssl.SSLContext, Path],  # noqa: F811
+) -> None:
+    server, ca_file = edge_contexts
+    old_agent = client_context(ca_file=ca_file)
+    old_agent.set_alpn_protocols(["relay/2", "relay/1"])  # every agent before protocol 3
+    assert agreed(server, old_agent) == 2
 
 
 def test_an_agent_of_protocol_1_and_this_edge_speak_1(
@@ -64,7 +74,7 @@ def test_this_agent_and_an_edge_of_protocol_1_speak_1(
     assert agreed(server, client_context(ca_file=ca_file)) == 1
 
 
-@pytest.mark.parametrize("alpn", [None, "", "h2", "http/1.1", "relay/3", "relay/0", "relay/"])
+@pytest.mark.parametrize("alpn", [None, "", "h2", "http/1.1", "relay/4", "relay/0", "relay/"])
 def test_a_token_that_is_not_one_of_ours_is_no_version(alpn: str | None) -> None:
     assert protocol_of(alpn) is None
 

@@ -41,7 +41,7 @@ def authenticate(agent_id: str, protocol: int = 2) -> tuple[AgentSession, list[M
 
     async def verify_token(token: str, peer: str) -> Any:
         verified.append(token)
-        return SimpleNamespace(id="abcdefghijkl", account_id="acc_test")
+        return SimpleNamespace(id="abcdefghijkl", account_id="acc_test", account_role="member")
 
     edge = SimpleNamespace(
         verify_token=verify_token,

@@ -171,7 +171,7 @@ def test_bytes_cross_both_ways_intact_and_close_notify_ends_the_link(
 ) -> None:
     async def scenario() -> None:
         server, remote, client = await pair(contexts)
-        assert client.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "relay/2"
+        assert client.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "relay/3"
         assert client.transport.get_extra_info("peername")[0] == "127.0.0.1"
         size = 24 * 1024 * 1024
         up = os.urandom(size)

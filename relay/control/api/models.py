@@ -104,6 +104,18 @@ class Credential(_Secret):
         return cls(**cls._common(r), bind_acl=list(r.bind_acl))
 
 
+class VerifiedCredential(Credential):
+    """An authtoken an edge verified, with its account's role: an edge limits what a
+    member account may hold, not an operator's (relay/edge/account_limits.py)."""
+
+    account_role: str
+
+    @classmethod
+    def verified(cls, r: TokenRecord) -> VerifiedCredential:
+        assert r.account_role is not None
+        return cls(**cls._common(r), bind_acl=list(r.bind_acl), account_role=r.account_role)
+
+
 class CredentialCreated(Credential):
     token: str = Field(description="The authtoken itself: shown this once, never stored.")
 

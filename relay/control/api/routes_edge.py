@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
 from relay.control.api.auth import Principal, plane_of, requires
-from relay.control.api.models import Credential, Strict
+from relay.control.api.models import Strict, VerifiedCredential
 from relay.control.reserved import MAX_ASKED, MAX_CHANGES
 from relay.errors import ConfigError
 
@@ -120,12 +120,14 @@ class Owners(Strict):
     ports: dict[str, Owner]
 
 
-@router.post("/verify_token", summary="Verify an agent's authtoken", response_model=Credential)
+@router.post(
+    "/verify_token", summary="Verify an agent's authtoken", response_model=VerifiedCredential
+)
 async def verify_token(
     request: Request,
     body: TokenCheck,
     principal: Principal = Depends(requires("edge")),  # noqa: B008
-) -> Credential:
+) -> VerifiedCredential:
     principal.must_be_operator("act as an edge")
     plane = plane_of(request)
     record = await plane.ask(
@@ -133,7 +135,7 @@ async def verify_token(
             body.token, pepper=plane.pepper, actor=f"agent@{body.peer}", address=body.address
         )
     )
-    return Credential.of(record)
+    return VerifiedCredential.verified(record)
 
 
 @router.post(
