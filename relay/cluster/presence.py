@@ -93,6 +93,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay.cluster.event_seal import EventSeal
 from relay.cluster.name_claims import NameClaims
+from relay.cluster.own_key import OwnKey
 from relay.errors import ConfigError, RelayError
 
 log = logging.getLogger("relay.cluster.presence")
@@ -281,6 +282,9 @@ class Presence:
         #: for its agent's return keeps its claim); by default the names it serves.
         self._owned = owned
         self._key = NODE_PREFIX + me.node_id
+        #: This node's key, marked as this process's, and who else writes it.
+        self._own = OwnKey(me.node_id)
+        self._set_get = True  # Redis 6.2+: SET ... GET (off after a Redis that refuses it)
         self._names_key = NAMES_PREFIX + me.node_id
         #: The version of this node's names last written to Redis (None: write them).
         self._written: str | None = None
@@ -506,6 +510,11 @@ class Presence:
         """Whether the last Redis operation succeeded."""
         return self._connected
 
+    @property
+    def node_id_conflicts(self) -> int:
+        """Writes of this node's key that found another process had written it since."""
+        return self._own.conflicts
+
     def status(self) -> dict[str, Any]:
         return {
             "redis": "connected" if self._connected else "unreachable",
@@ -513,6 +522,8 @@ class Presence:
             "remote_names": self._count,
             "claims": len(self._claimed),
             "claim_conflicts": sorted(self._conflicts),
+            "node_id_conflicts": self._own.conflicts,
+            "node_id_shared_with": dict(self._own.other),
             "last_error": self._last_error,
         }
 
@@ -581,16 +592,11 @@ class Presence:
             fresh = not await self._call(client.pexpire(self._names_key, self._ttl_ms))
         if fresh:
             await self._call(client.set(self._names_key, blob, px=self._ttl_ms))
-        value = json.dumps(
-            {
-                "region": self._me.region,
-                "link": self._me.link,
-                "version": version,
-                "count": len(names),
-            },
-            separators=(",", ":"),
+        me = self._me
+        value = self._own.value(
+            {"region": me.region, "link": me.link, "version": version, "count": len(names)}
         )
-        await self._call(client.set(self._key, value, px=self._ttl_ms))
+        await self._set_own(client, value)
         try:
             await self._call(client.zadd(NODES_KEY, {self._me.node_id: time.time() * 1000}))
         except ResponseError as err:  # not a sorted set: see _refresh
@@ -605,6 +611,34 @@ class Presence:
         for host, owner in self._pending:
             held.setdefault(host, owner)  # a bind in flight: its claim is kept
         await self._keep_claims(held)
+
+    async def _set_own(self, client: aioredis.Redis, value: bytes) -> None:
+        """Write this node's key, and say so when another live process wrote it since
+        this one's last write (relay/cluster/own_key.py)."""
+        if not self._set_get:
+            await self._call(client.set(self._key, value, px=self._ttl_ms))
+            return
+        try:
+            old = await self._call(client.set(self._key, value, px=self._ttl_ms, get=True))
+        except ResponseError as err:
+            # A Redis before 6.2 has no SET ... GET: written without the check from now
+            # on. (WRONGTYPE: garbage at the key, which a plain SET replaces.)
+            if not str(err).startswith("WRONGTYPE"):
+                self._set_get = False
+                log.warning(
+                    "cluster presence: this Redis cannot SET ... GET (%s): a node id shared "
+                    "by two PoPs will not be noticed",
+                    err,
+                )
+            self._own.unsure()
+            await self._call(client.set(self._key, value, px=self._ttl_ms))
+            return
+        except BaseException:
+            self._own.unsure()
+            raise
+        said = self._own.written(value, None if isinstance(old, bool) else old)
+        if said is not None:
+            log.error("cluster presence: %s", said)
 
     async def _keep_claims(self, held: dict[str, str]) -> None:
         """Refresh the claims of the names held, release the others'. A name another

@@ -262,6 +262,13 @@ def _cluster(edge: Edge) -> Iterator[Metric]:
     )
     redis_up.add_metric([], 1 if presence is not None and presence.connected else 0)
     yield redis_up
+    shared = CounterMetricFamily(
+        "relay_cluster_node_id_conflicts",
+        "writes of this node's presence key that found another live process had written it "
+        "since: two PoPs given one node id",
+    )
+    shared.add_metric([], presence.node_id_conflicts if presence else 0)
+    yield shared
     member = GaugeMetricFamily(
         "relay_cluster_member", "1 when this edge is a node of a cluster (--cluster-redis)"
     )

@@ -117,6 +117,8 @@ async def test_nodes_see_each_others_names(redis_server: RedisServer) -> None:  
             "remote_names": 4,
             "claims": 1,
             "claim_conflicts": [],
+            "node_id_conflicts": 0,  # a and b write their own keys only
+            "node_id_shared_with": {},
             "last_error": "",
         }
         assert a.connected
