@@ -202,7 +202,7 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             unknown = set(value) - known
             if unknown:
                 raise unknown_keys_error("mux", unknown, known)
-            return MuxConfig(**{k: int(v) for k, v in value.items()})
+            return MuxConfig(**{k: _whole(f"mux.{k}", v) for k, v in value.items()})
         if name == "tcp_ports":
             return PortRange.parse(str(value))
         if name in PATH_KEYS:
@@ -237,11 +237,11 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
             "metrics_endpoint_labels",
             "cert_orders_per_account",
         ):
-            return int(value)
+            return _whole(name, value)
         if name == "workers":
             if str(value).strip().lower() == "auto":
                 return usable_cores()
-            return int(value)
+            return _whole(name, value)
         if name == "log_level":
             return str(value).lower()
         if name == "https_redirect":
@@ -251,6 +251,19 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+def _whole(name: str, value: Any) -> int:
+    """A whole number from the file: ``true`` (YAML's boolean, which ``int`` takes as 1)
+    and ``0.5`` (which ``int`` cuts to 0, turning a limit off) are refused, not bent."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{name} must be a whole number, not {value!r}")
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    return int(value)
 
 
 #: cgroup v2's CPU quota of this process's group: "max PERIOD" or "QUOTA PERIOD".

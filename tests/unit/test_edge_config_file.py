@@ -33,6 +33,28 @@ def test_mistakes_are_config_errors(tmp_path: Path, text: str) -> None:
         load_edge_config(path, {})
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("max_tcp_ports_per_account: true\n", "max_tcp_ports_per_account must be a whole number"),
+        ("max_sessions: 0.5\n", "max_sessions must be a whole number, not 0.5"),
+        ("http_max_head: lots\n", "http_max_head must be a whole number, not 'lots'"),
+        ("mux:\n  max_streams: yes\n", "mux.max_streams must be a whole number"),
+    ],
+)
+def test_a_number_that_is_not_whole_is_refused_not_bent(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """int() takes YAML's true as 1 and cuts 0.5 to 0 (a limit off): both refused."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=said):
+        load_edge_config(path, {})
+    path.write_text("max_sessions: 2.0\nhttp_max_head: ' 8192 '\n")
+    config = load_edge_config(path, {})
+    assert (config.max_sessions, config.http_max_head) == (2, 8192)
+
+
 def test_an_unknown_key_names_the_likely_one_and_every_valid_one(tmp_path: Path) -> None:
     path = tmp_path / "edge.yaml"
     path.write_text("lisen: 127.0.0.1:7000\n")
