@@ -21,6 +21,7 @@ import relay_native
 from relay import __version__
 from relay.admin import AdminServer
 from relay.agent.backoff import Backoff
+from relay.agent.binds_later import BindsLater
 from relay.agent.metrics import AgentMetrics
 from relay.agent.placement import MAX_PLACEMENT_TRIES, Place, crowded, placement_delay
 from relay.agent.pops import FAILED_FOR, WRONG_REGION_FOR, Pop, PopChooser
@@ -279,6 +280,9 @@ class Agent:
             self.refused = leader.refused
         #: Set once every endpoint is bound (the other links start then).
         self.all_bound = asyncio.Event()
+        #: Endpoints left out of this session for the account's limit, asked for again.
+        self._later: BindsLater[EndpointSpec] = BindsLater()
+        self._later_timer: asyncio.TimerHandle | None = None
         self.pops = PopChooser(
             options.edges or ((options.edge_host, options.edge_port),), options.region
         )
@@ -701,14 +705,16 @@ class Agent:
         self.place = here
 
     async def _bind_all(self, control: ControlChannel) -> None:
+        self._later.clear()
+        if self._later_timer is not None:  # a last session's, which ended before it fired
+            self._later_timer.cancel()
+            self._later_timer = None
         for request_id, spec in enumerate(self.options.endpoints, start=1):
             if spec in self.refused:
                 continue
             answer = await self._bind(control, request_id, spec, remembered=True)
             if isinstance(answer, BindErrorMessage) and self.leader is not None:
-                if self._taken_away(spec, bind_error(answer)) or self._skipped_for_now(
-                    spec, bind_error(answer)
-                ):
+                if self._taken_away(spec, bind_error(answer)):
                     continue
                 # Another link may join only what the leader holds; if that moved, try
                 # again later (the leader asks anew, this link then follows it).
@@ -726,26 +732,37 @@ class Agent:
                 answer = await self._bind(control, request_id, spec, remembered=False)
             if isinstance(answer, BindErrorMessage):
                 error = bind_error(answer)
-                if self._taken_away(spec, error) or self._skipped_for_now(spec, error):
+                if self._taken_away(spec, error) or self._left_out(spec, error):
                     continue
                 raise error
-            self.bound[answer.endpoint_id] = BoundEndpoint(
-                spec, answer.endpoint_id, answer.url, answer.remote_port
-            )
-            previous = self.urls.get(spec)
-            self.urls[spec] = answer.url
-            self.remembered_ports[spec] = answer.remote_port
-            if spec.kind != "tcp" and not (spec.domain or spec.subdomain):
-                # The random name the edge assigned: asked for again after a reconnect,
-                # so the URL survives an edge restart.
-                self.remembered_names[spec] = (urlsplit(answer.url).hostname or "").split(".")[0]
-            if previous is None:
-                self.status(f"Forwarding  {answer.url} -> {spec.upstream}")
-            elif previous != answer.url:
-                self.status(f"Forwarding  {answer.url} -> {spec.upstream} (was {previous})")
+            self._serving(spec, answer)
+        if self._later.waiting:
+            if not self.bound:
+                raise SessionEnded(
+                    "no endpoint is served now: the edge holds as many endpoints of this "
+                    "token's account as it allows (RLY_206)"
+                )
+            self._ask_later_in(self._later.next_delay())
         if self.sessions_started_ok:
             self.status(f"reconnected; {len(self.bound)} endpoint(s) serving again")
         self.all_bound.set()
+
+    def _serving(self, spec: EndpointSpec, answer: Bound) -> None:
+        """``spec`` is bound: serve it, remember what the edge gave, say where."""
+        self.bound[answer.endpoint_id] = BoundEndpoint(
+            spec, answer.endpoint_id, answer.url, answer.remote_port
+        )
+        previous = self.urls.get(spec)
+        self.urls[spec] = answer.url
+        self.remembered_ports[spec] = answer.remote_port
+        if spec.kind != "tcp" and not (spec.domain or spec.subdomain):
+            # The random name the edge assigned: asked for again after a reconnect,
+            # so the URL survives an edge restart.
+            self.remembered_names[spec] = (urlsplit(answer.url).hostname or "").split(".")[0]
+        if previous is None:
+            self.status(f"Forwarding  {answer.url} -> {spec.upstream}")
+        elif previous != answer.url:
+            self.status(f"Forwarding  {answer.url} -> {spec.upstream} (was {previous})")
 
     def _taken_away(self, spec: EndpointSpec, error: RelayError) -> bool:
         """Whether a refused re-bind of ``spec`` only ends that endpoint: a reservation or
@@ -774,20 +791,49 @@ class Agent:
         )
         return True
 
-    def _skipped_for_now(self, spec: EndpointSpec, error: RelayError) -> bool:
+    def _left_out(self, spec: EndpointSpec, error: RelayError) -> bool:
         """Whether a refused re-bind of ``spec`` only leaves that endpoint out of this
-        session: the edge holds as many endpoints of the token's account as it allows
-        (RLY_206; others of the account took the places while this agent was away). The
-        other endpoints serve on, and it is asked for again at the next session: ending
-        this one for it would drop them all at every reconnect. A bind refused before any
-        session served fails as before."""
-        if not isinstance(error, TooManyEndpoints):
+        session for now: the edge holds as many endpoints of the token's account as it
+        allows (RLY_206; others of the account took the places while this agent was
+        away). The other endpoints serve on, and it is asked for again while the session
+        lasts (relay/agent/binds_later.py); with none served the session ends and the
+        agent reconnects with backoff. A bind refused before any session served fails as
+        before, and another link (``--links``) follows its leader as before."""
+        if not isinstance(error, TooManyEndpoints) or self.leader is not None:
             return False
-        if self.leader is None and not self.sessions_started_ok:
+        if not self.sessions_started_ok:
             return False
+        self._later.leave_out(spec)
         url = self.urls.get(spec, spec.upstream)
-        self.status(f"{url} is not served now ({error.one_line()}); the others serve on")
+        self.status(f"{url} is not served now ({error.one_line()}); asked for again later")
         return True
+
+    def _ask_later_in(self, delay: float) -> None:
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+        self._later_timer = asyncio.get_running_loop().call_later(delay, self._ask_later)
+
+    def _ask_later(self) -> None:
+        """Ask again for the endpoints left out; the control loop takes the answers."""
+        self._later_timer = None
+        control = self._control
+        if control is None or self.link is None or self.link.closed:
+            return
+        for request_id, spec in self._later.due():
+            control.send(self._bind_message(request_id, spec, remembered=True))
+
+    def _answered_later(self, spec: EndpointSpec, answer: Bound | BindErrorMessage) -> None:
+        if isinstance(answer, Bound):
+            self._serving(spec, answer)
+            return
+        error = bind_error(answer)
+        if isinstance(error, TooManyEndpoints):
+            self._later.leave_out(spec)  # still no room: said once, asked again later
+            if self._later_timer is None:
+                self._ask_later_in(self._later.next_delay())
+        elif not self._taken_away(spec, error):
+            url = self.urls.get(spec, spec.upstream)
+            self.status(f"{url} is not served ({error.one_line()})")
 
     def _ended(self, message: EndpointEnded) -> None:
         """The edge no longer serves one of this session's endpoints (protocol 2): taken
@@ -810,27 +856,30 @@ class Agent:
     async def _bind(
         self, control: ControlChannel, request_id: int, spec: EndpointSpec, *, remembered: bool
     ) -> Bound | BindErrorMessage:
-        port = self.remembered_ports.get(spec, spec.remote_port) if remembered else spec.remote_port
-        subdomain = spec.subdomain
-        if remembered and not subdomain and not spec.domain:
-            subdomain = self.remembered_names.get(spec, "")
-        control.send(
-            Bind(
-                request_id,
-                spec.kind,
-                spec.name,
-                port,
-                spec.upstream,
-                domain=spec.domain,
-                subdomain=subdomain,
-                host_header=spec.host_header_value,
-                pool=spec.pool,
-            )
-        )
+        control.send(self._bind_message(request_id, spec, remembered=remembered))
         answer = await self._reply(control)
         if not isinstance(answer, Bound | BindErrorMessage):
             raise ProtocolViolation(f"expected bound, got {answer.TYPE}")
         return answer
+
+    def _bind_message(self, request_id: int, spec: EndpointSpec, *, remembered: bool) -> Bind:
+        """The Bind for ``spec``: with ``remembered``, the port or name the edge gave it
+        before (unless the user named one)."""
+        port = self.remembered_ports.get(spec, spec.remote_port) if remembered else spec.remote_port
+        subdomain = spec.subdomain
+        if remembered and not subdomain and not spec.domain:
+            subdomain = self.remembered_names.get(spec, "")
+        return Bind(
+            request_id,
+            spec.kind,
+            spec.name,
+            port,
+            spec.upstream,
+            domain=spec.domain,
+            subdomain=subdomain,
+            host_header=spec.host_header_value,
+            pool=spec.pool,
+        )
 
     async def _reply(self, control: ControlChannel, timeout: float = REPLY_TIMEOUT) -> Message:
         try:
@@ -870,6 +919,9 @@ class Agent:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             receiver.cancel()
+            if self._later_timer is not None:
+                self._later_timer.cancel()
+                self._later_timer = None
         failure = receiver.exception() if receiver.done() and not receiver.cancelled() else None
         # Whichever noticed first (the control stream's reader or link_lost), a link
         # that died of an unanswered ping says so: with several PoPs that one is set aside.
@@ -888,6 +940,10 @@ class Agent:
                 # The edge is draining: its GoAway stops new streams, live ones finish, and
                 # the edge closes the link when they are done; then we reconnect.
                 self.status(f"the edge is draining ({message.message}); will reconnect")
+            elif isinstance(message, Bound | BindErrorMessage) and (
+                spec := self._later.answered(message.request_id)
+            ):
+                self._answered_later(spec, message)
             else:
                 log.warning("ignoring unexpected %s from the edge", message.TYPE)
 

@@ -9,11 +9,11 @@ failed now and then.
 
 Each process marks its key's value with an ``instance`` of its own, and writes it with
 ``SET ... GET`` (Redis 6.2 and later), which returns what the key held. From the second
-write on, that is what this process wrote the time before, or nothing (a Redis restarted
-empty, a key that expired in an outage): anything else was written by another live
+write on, that is a value of this process (the last, or an older one a Redis restored
+from its files or a promoted replica still had), or nothing (a Redis restarted empty, a
+key that expired in an outage): a value of another instance was written by another live
 process since. The first write is not judged: the value there may be this node's own
-from before a restart (it writes no more). Nor is the write after a failed one, whose
-value may or may not have reached Redis.
+from before a restart (it writes no more).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class OwnKey:
         self.conflicts = 0
         #: What the other writer's value said of it (its link address and region), last.
         self.other: dict[str, str] = {}
-        self._last: bytes | None = None
+        self._written = False
         self._said_at: float | None = None
 
     def value(self, fields: dict[str, Any]) -> bytes:
@@ -50,14 +50,15 @@ class OwnKey:
         """The key now holds ``value`` and held ``old``: the ERROR to log when another
         process wrote it since this one's previous write (at most once a minute), else
         None."""
-        previous, self._last = self._last, value
-        if previous is None or old is None:
+        first, self._written = not self._written, True
+        if first or old is None:
             return None
         old = old.encode() if isinstance(old, str) else old
-        if old == previous:
-            return None
+        other = _described(old)
+        if other.get("instance") == self.instance:
+            return None  # this process's, the last value or an older one
         self.conflicts += 1
-        self.other = _described(old)
+        self.other = other
         now = self.clock()
         if self._said_at is not None and now - self._said_at < SAY_AGAIN_AFTER:
             return None
@@ -70,10 +71,6 @@ class OwnKey:
             f"node id {self.node_id!r}, and other nodes carry visitors to the wrong one; "
             "give each PoP its own node_id"
         )
-
-    def unsure(self) -> None:
-        """A write failed: it may or may not have reached Redis, so the next is not judged."""
-        self._last = None
 
 
 def _described(value: bytes) -> dict[str, str]:

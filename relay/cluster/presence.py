@@ -621,21 +621,22 @@ class Presence:
         try:
             old = await self._call(client.set(self._key, value, px=self._ttl_ms, get=True))
         except ResponseError as err:
-            # A Redis before 6.2 has no SET ... GET: written without the check from now
-            # on. (WRONGTYPE: garbage at the key, which a plain SET replaces.)
-            if not str(err).startswith("WRONGTYPE"):
-                self._set_get = False
-                log.warning(
-                    "cluster presence: this Redis cannot SET ... GET (%s): a node id shared "
-                    "by two PoPs will not be noticed",
-                    err,
-                )
-            self._own.unsure()
+            message = str(err)
+            if message.startswith("WRONGTYPE"):
+                # Garbage at the key (not a string): a plain SET replaces it.
+                await self._call(client.set(self._key, value, px=self._ttl_ms))
+                return
+            if "syntax error" not in message.lower():
+                raise  # READONLY in a failover, OOM, …: this beat fails, the next tries
+            # A Redis before 6.2 has no SET ... GET: written without the check from now on.
+            self._set_get = False
+            log.warning(
+                "cluster presence: this Redis cannot SET ... GET (%s): a node id shared by "
+                "two PoPs will not be noticed",
+                err,
+            )
             await self._call(client.set(self._key, value, px=self._ttl_ms))
             return
-        except BaseException:
-            self._own.unsure()
-            raise
         said = self._own.written(value, None if isinstance(old, bool) else old)
         if said is not None:
             log.error("cluster presence: %s", said)

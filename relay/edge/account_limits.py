@@ -20,8 +20,10 @@ counts its own, so the share of a node one account may take is the same as of on
 worker. An endpoint counts from its bind to its release, through its agent's absence
 (``reclaim_grace``): an endpoint kept for an agent that reconnects is still held, and
 the agent's bind takes it back without counting it again. Only a new endpoint is judged
-against the limit, so an account at its limit whose agent reconnects gets every endpoint
-back.
+against the limit, so an account at its limit whose agent reconnects to the same process
+gets every endpoint back. One that comes back to another worker is judged there, as new
+(each worker counts its own): refused, its agent serves what it got and asks again
+(relay/agent/binds_later.py) until the worker it left lets the kept endpoints go.
 
 A new endpoint's place is taken (:meth:`AccountLimits.take`) before the edge awaits
 anything for it (a claim across workers, a listen), so two binds of one account in

@@ -767,7 +767,7 @@ class Edge:
                     return self._take_over(existing, holder, session)
         # A new endpoint from here: its place among its account's is taken first.
         try:
-            place = self._take_place(record, "tcp")
+            place = self._take_place(session, "tcp")
         except TooManyEndpoints:
             if claimed:
                 self.report(f"tcp:{port}")  # a claim just granted must not outlive it
@@ -910,7 +910,7 @@ class Edge:
         # A new endpoint takes its place among its account's before any claim: a claim
         # across workers may move the name here from another worker (whose copy goes),
         # which a refusal after it would lose.
-        place = None if key in self.by_key else self._take_place(record, request.kind)
+        place = None if key in self.by_key else self._take_place(session, request.kind)
         try:
             return await self._bind_host_placed(session, request, hostname, family, pins, place)
         except BaseException:
@@ -958,11 +958,12 @@ class Edge:
                 # Held (in the cluster's ``owned`` now) or failed: the claim is settled.
                 self.cluster.settle_name(hostname, record.id)
 
-    def _take_place(self, record: TokenRecord, kind: str) -> Place:
+    def _take_place(self, session: AgentSession, kind: str) -> Place:
         """A new endpoint's place among its account's (relay/edge/account_limits.py);
-        TooManyEndpoints when a member account holds its limit."""
-        limited = record.account_role == "member"
-        return self.account_limits.take(record.account_id, kind, limited=limited)
+        TooManyEndpoints when a member account holds its limit. The account and its role
+        are the session's, as its authentication found them."""
+        assert session.account_id is not None
+        return self.account_limits.take(session.account_id, kind, limited=session.limited)
 
     def _bind_host_claimed(
         self,
@@ -990,7 +991,7 @@ class Edge:
                 self.account_limits.give_back(place)  # it counts as it did
             return taken
         if place is None:  # held here before the claims, gone since
-            place = self._take_place(self.tokens[holder.token_id], request.kind)
+            place = self._take_place(session, request.kind)
         endpoint = HostEndpoint(
             endpoint_id="ep_" + secrets.token_hex(6),
             kind=request.kind,

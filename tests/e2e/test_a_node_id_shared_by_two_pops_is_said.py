@@ -10,11 +10,13 @@ every process is stopped by its PID.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.e2e.cluster_nodes import cluster_args
 from tests.e2e.procs import Edge, free_port, free_port_range
@@ -74,18 +76,31 @@ def test_a_node_restarted_under_its_own_id_is_not_taken_for_another(
     """Killed (its key stays in Redis until its ttl) and started again at once: its first
     write finds its own old value, which is not another writer."""
     ports = free_port_range(10)
+    client = redis.Redis.from_url(redis_server.url)
     edge = node(tmp_path / "shared", "127.0.0.2", redis_server, ports).start()
     try:
         assert edge.proc is not None
+        deadline = time.monotonic() + 10
+        while not client.exists("relay:node:same"):  # written once at least
+            assert time.monotonic() < deadline, "the node never wrote its key"
+            time.sleep(0.05)
         edge.proc.kill()
         edge.proc.proc.wait(10)
     finally:
         edge.stop()
+    before = json.loads(client.get("relay:node:same") or b"{}")["instance"]  # still there
     again = node(tmp_path / "shared", "127.0.0.2", redis_server, ports).start()
     try:
-        time.sleep(4.0)  # four heartbeats
-        assert again.proc is not None
-        assert ERROR not in again.proc.text()
-        assert conflicts(again) == 0
+        # Its own key, now of its new instance, written again and again (each write
+        # after the first is judged): within a few heartbeats of 1 s.
+        deadline = time.monotonic() + 10
+        while json.loads(client.get("relay:node:same") or b"{}").get("instance") == before:
+            assert time.monotonic() < deadline, "the restarted node never wrote its key"
+            time.sleep(0.1)
+        time.sleep(3.0)  # three more writes, each judged
+        presence = again.worker_status()["cluster"]["presence"]
+        assert presence["redis"] == "connected" and presence["node_id_conflicts"] == 0
+        assert again.proc is not None and ERROR not in again.proc.text()
     finally:
         again.stop()
+        client.close()

@@ -31,6 +31,8 @@ from tests.e2e.test_one_account_cannot_fill_the_edge import account_token
 pytestmark = pytest.mark.timeout(120)
 
 FLOOD = 200
+#: Sessions of one account flooding together (each within its own burst).
+SESSIONS = 3
 
 
 def paced_total(edge: Edge) -> float:
@@ -81,59 +83,84 @@ def test_a_flood_of_binds_is_paced_and_loses_nothing_while_others_bind(edge: Edg
     assert 0 < paced_total(edge) <= FLOOD - BURST
 
 
+class Floods:
+    """``sessions`` sessions of ``token`` each sending ``per`` binds at once, read by a
+    thread each: every session's answers and when its last came."""
+
+    def __init__(self, edge: Edge, token: str, sessions: int, per: int, tag: str) -> None:
+        self.per = per
+        self.links = [
+            tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) for _ in range(sessions)
+        ]
+        self.seen: list[bytes] = [b""] * sessions
+        self.done: list[float] = [0.0] * sessions
+        for n, link in enumerate(self.links):
+            authenticate(link, token, agent_id=f"{tag}_{n}")
+        self.sent = time.monotonic()
+        for n, link in enumerate(self.links):
+            link.sendall(
+                b"".join(
+                    control_message(Bind(request_id=i + 1, kind="http", subdomain=f"{tag}{n}x{i}"))
+                    for i in range(per)
+                )
+            )
+        self.readers = [
+            threading.Thread(target=self._read, args=(n,), daemon=True) for n in range(sessions)
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, n: int) -> None:
+        self.seen[n] = replies(self.links[n], self.per, timeout=60)
+        self.done[n] = time.monotonic()
+
+    def join(self) -> None:
+        try:
+            for reader in self.readers:
+                reader.join(60)
+                assert not reader.is_alive()
+        finally:
+            for link in self.links:
+                link.close()
+        for seen in self.seen:
+            answers = re.findall(rb'"type":"(?:bound|bind_error)","request_id":(\d+)', seen)
+            assert [int(i) for i in answers] == list(range(1, self.per + 1))  # all, in order
+
+    def bound(self) -> int:
+        return sum(s.count(b'"type":"bound"') for s in self.seen)
+
+
 def test_many_sessions_of_one_account_share_its_pace(tmp_path: Path) -> None:
-    """Two sessions of one member account each send 100 binds at once, each within its own
-    session's burst (128) but 200 together, past the account's (twice
+    """Three sessions of one member account each send 100 binds at once, each within its
+    own session's burst (128) but 300 together, past the account's (twice
     ``max_endpoints_per_account``, here 50, but never below 128): all are answered, in
-    order, the last no sooner than (200 - 128) / ACCOUNT_PER_SECOND after the floods, and
-    waits are counted; another account's bind meanwhile is answered at once."""
+    order, the last no sooner than (300 - 128) / ACCOUNT_PER_SECOND after the floods, and
+    waits are counted; another account's bind meanwhile is answered at once. An
+    operator's account (``default``) has no such pace, nor limit: its three sessions' 180
+    binds are all bound, none waits."""
     config = tmp_path / "edge.yaml"
     config.write_text("max_endpoints_per_account: 50\n")
     edge = Edge(tmp_path / "edge", extra=["--config", str(config)]).start()
     try:
-        token = account_token(edge, "team-a")  # members: an operator's account has no pace
-        other_token = account_token(edge, "team-b")
-        per = 100
-        links = [tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) for _ in range(2)]
-        try:
-            for n, link in enumerate(links):
-                authenticate(link, token, agent_id=f"a_{n}")
-            sent = time.monotonic()
-            for n, link in enumerate(links):
-                link.sendall(
-                    b"".join(
-                        control_message(Bind(request_id=i + 1, kind="http", subdomain=f"s{n}x{i}"))
-                        for i in range(per)
-                    )
-                )
-            seen: list[bytes] = [b"", b""]
-            done: list[float] = [0.0, 0.0]
-
-            def read(n: int) -> None:
-                seen[n] = replies(links[n], per, timeout=60)
-                done[n] = time.monotonic()
-
-            readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in range(2)]
-            for reader in readers:
-                reader.start()
-            with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as other:
-                authenticate(other, other_token)
-                other.sendall(control_message(Bind(request_id=1, kind="http", subdomain="calm")))
-                assert b'"type":"bound"' in replies(other, 1, timeout=30)
-                other_done = time.monotonic()
-            for reader in readers:
-                reader.join(60)
-                assert not reader.is_alive()
-        finally:
-            for link in links:
-                link.close()
-        for n in range(2):
-            answers = re.findall(rb'"type":"(?:bound|bind_error)","request_id":(\d+)', seen[n])
-            assert [int(i) for i in answers] == list(range(1, per + 1))  # all, in order
+        _, operator = edge.token()
+        # 180 in all: past the account burst (128) a member would wait; each session
+        # within its own burst and its 64 endpoints.
+        floods = Floods(edge, operator, 3, 60, "op")
+        floods.join()
+        assert floods.bound() == 180 and paced_total(edge) == 0
+        floods = Floods(edge, account_token(edge, "team-a"), SESSIONS, 100, "a")
+        with tls_link(("127.0.0.1", edge.listen_port), edge.ca_file) as other:
+            authenticate(other, account_token(edge, "team-b"))
+            other.sendall(control_message(Bind(request_id=1, kind="http", subdomain="calm")))
+            assert b'"type":"bound"' in replies(other, 1, timeout=30)
+            other_done = time.monotonic()
+        floods.join()
         # 50 bound in all (the account's endpoints), the rest refused for it.
-        assert sum(s.count(b'"type":"bound"') for s in seen) == 50
-        assert max(done) - sent >= (2 * per - BURST) / ACCOUNT_PER_SECOND - 0.05
-        assert other_done < max(done)
+        assert floods.bound() == 50
+        assert (
+            max(floods.done) - floods.sent >= (SESSIONS * 100 - BURST) / ACCOUNT_PER_SECOND - 0.05
+        )
+        assert other_done < max(floods.done)
         assert paced_total(edge) >= 1
     finally:
         edge.stop()

@@ -178,6 +178,21 @@ def test_the_same_link_coming_back_at_the_limit_ends_its_old_session(edge: Edge)
             assert b'"code":"RLY_505"' in said, said
         finally:
             new.close()
+        # The old session was counted out: with one of the two live ones gone, exactly
+        # one more is admitted, and the next refused.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                third = session(edge, token_a, "a_three")
+                break
+            except (ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, "no room after the new session ended"
+                time.sleep(0.05)
+        try:
+            said = refused(edge, token_a, "a_four")
+            assert b'"code":"RLY_505"' in said, said
+        finally:
+            third.close()
     finally:
         first.close()
         old.close()

@@ -1,7 +1,8 @@
 """OwnKey (relay/cluster/own_key.py): another live process writing this node's presence
 key is said, at most once a minute, with what it says of itself; the first write (the key
-may hold this node's own from before a restart), a Redis restarted empty and the write
-after a failed one are not taken for it."""
+may hold this node's own from before a restart), a Redis restarted empty, and an older
+value of this very process (a Redis restored from its files, a promoted replica that
+missed a write) are not taken for it."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ def test_this_process_alone_is_never_taken_for_another() -> None:
     for _ in range(5):
         assert own.written(value, value) is None
     assert own.written(value, None) is None  # a Redis restarted empty, or a key expired
-    own.unsure()  # a write failed: it may have reached Redis, or not
-    assert own.written(own.value(FIELDS), other_value()) is None
+    # The names changed (a new value each time) and Redis went back to an older one of
+    # this process (restored from its files, or a replica that missed the last write).
+    older = own.value({**FIELDS, "version": "v0"})
+    newer = own.value({**FIELDS, "version": "v2"})
+    assert own.written(newer, value) is None
+    assert own.written(own.value({**FIELDS, "version": "v3"}), older) is None
     assert own.conflicts == 0 and own.other == {}
 
 

@@ -50,10 +50,13 @@ def one_edge(tmp_path: Path, theirs: str, token: str = "t1") -> tuple[Edge, Host
 
 
 def bind_on(edge: Edge, kind: str, pooled: bool = True, token: str = "t1") -> HostEndpoint:
-    session = types.SimpleNamespace(endpoints={}, session_id="s_2")
+    session = types.SimpleNamespace(
+        endpoints={}, session_id="s_2", account_id="acc_1", limited=True
+    )
     newcomer = Holder(token, "a2", session, 0, pooled)
     request = Bind(request_id=1, kind=kind, domain=NAME, pool=pooled)
-    return edge._bind_host_claimed(session, request, NAME, "sni", newcomer, {})  # type: ignore[arg-type]
+    # The name is held here: no place was taken for it (the bind joins or takes over).
+    return edge._bind_host_claimed(session, request, NAME, "sni", newcomer, {}, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("theirs", "mine"), [("https", "tls"), ("tls", "https")])

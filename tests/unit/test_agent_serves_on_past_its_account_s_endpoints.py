@@ -1,9 +1,10 @@
 """A re-bind refused because the edge holds as many endpoints of the token's account as
-it allows (RLY_206): the agent leaves that endpoint out of the session and serves the
-others, instead of ending the session, and so dropping them all, at every reconnect. It
-does not ask for a new port or name either (that would be refused the same). Before any
-session served, the refusal fails the agent as before. Against an edge played by a
-script, over a real multiplexed link."""
+it allows (RLY_206): the agent leaves that endpoint out and serves the others, instead
+of ending the session (and so dropping them all) at every reconnect, and asks for it
+again while the session lasts, until it is served. It does not ask for a new port or
+name (that would be refused the same). With nothing served, the session ends (the agent
+reconnects with backoff); before any session served, the refusal fails the agent as
+before. Against an edge played by a script, over a real multiplexed link."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import asyncio
 import pytest
 import uvloop
 
-from relay.agent.client import Agent, AgentOptions, EndpointSpec
+import relay.agent.binds_later as binds_later
+from relay.agent.client import Agent, AgentOptions, EndpointSpec, SessionEnded
 from relay.errors import TooManyEndpoints
 from relay.mux import ControlChannel, MuxConfig, StreamReset
 from relay.protocol import PROTOCOL_VERSION, Auth, AuthOk, Bind, Bound
@@ -24,10 +26,12 @@ FULL = "account acc_x holds 3 TCP ports on this edge, its limit (max_tcp_ports_p
 
 
 class FullEdge(ScriptedEdge):
-    """Binds the first and third endpoints; refuses the second for the account's limit,
-    and records every bind it was asked for."""
+    """Refuses the binds of ``full`` ports for the account's limit ``refusals`` times
+    each, binds every other; records every bind it was asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, full: set[int], refusals: int = 1_000) -> None:
+        self.full = full
+        self.refusals = refusals
         self.asked: list[tuple[int, int]] = []  # (request id, port asked for)
 
     async def script(self, control: ControlChannel) -> None:
@@ -40,16 +44,20 @@ class FullEdge(ScriptedEdge):
                 return  # the agent's link closed: the test is over
             assert isinstance(bind, Bind)
             self.asked.append((bind.request_id, bind.remote_port))
-            if bind.request_id == 2:
-                control.send(BindErrorMessage(2, TooManyEndpoints.code, FULL))
+            refused = sum(port == bind.remote_port for _, port in self.asked) <= self.refusals
+            if bind.remote_port in self.full and refused:
+                control.send(BindErrorMessage(bind.request_id, TooManyEndpoints.code, FULL))
             else:
-                port = 20000 + bind.request_id
+                port = bind.remote_port
                 control.send(Bound(bind.request_id, f"ep_{port}", f"tcp://e:{port}", port))
 
 
-async def handshake(served_before: bool, lines: list[str]) -> tuple[Agent, FullEdge]:
+async def session(
+    edge: FullEdge, served_before: bool, lines: list[str], serve_for: float = 0.0
+) -> Agent:
+    """The agent's handshake with ``edge`` (as a reconnect when ``served_before``), then
+    its control loop for up to ``serve_for`` s, or until it serves all three."""
     loop = asyncio.get_running_loop()
-    edge = FullEdge()
     edge_link = MuxConfig().new_link(edge, loop, client=False)
     server = await loop.create_server(lambda: edge_link, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -62,7 +70,14 @@ async def handshake(served_before: bool, lines: list[str]) -> tuple[Agent, FullE
     try:
         await loop.create_connection(lambda: agent_link, "127.0.0.1", port)
         await agent._handshake(agent_link, PROTOCOL_VERSION)
-        return agent, edge
+        if serve_for:
+            assert agent._control is not None
+            loop_task = asyncio.ensure_future(agent._control_loop(agent._control))
+            deadline = loop.time() + serve_for
+            while len(agent.bound) < 3 and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            loop_task.cancel()
+        return agent
     finally:
         agent_link.close()
         edge_link.close()
@@ -70,19 +85,45 @@ async def handshake(served_before: bool, lines: list[str]) -> tuple[Agent, FullE
         await asyncio.sleep(0.05)
 
 
-def test_a_reconnected_agent_leaves_the_refused_endpoint_out_and_serves_the_others() -> None:
+def test_a_reconnected_agent_serves_the_others_and_asks_again_until_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(binds_later, "FIRST_AFTER", 0.05)
     lines: list[str] = []
-    agent, edge = uvloop.run(asyncio.wait_for(handshake(True, lines), 30))
-    assert sorted(agent.bound) == ["ep_20001", "ep_20003"]
-    # Each asked for once, as remembered: no second bind of the refused one.
-    assert edge.asked == [(1, 20001), (2, 20002), (3, 20003)]
-    assert f"tcp://e:20002 is not served now (error RLY_206: {FULL}); the others serve on" in (
-        lines
-    )
-    assert agent.refused == set()  # asked for again at the next session
+    edge = FullEdge({20002}, refusals=2)  # room for it after two refusals
+    agent = uvloop.run(asyncio.wait_for(session(edge, True, lines, serve_for=10), 30))
+    assert sorted(agent.bound) == ["ep_20001", "ep_20002", "ep_20003"]
+    # As remembered, never a new port; asked again (ids far above the first binds).
+    assert [port for _, port in edge.asked] == [20001, 20002, 20003, 20002, 20002]
+    assert [i for i, _ in edge.asked][3:] == [binds_later.FIRST_ID, binds_later.FIRST_ID + 1]
+    said = f"tcp://e:20002 is not served now (error RLY_206: {FULL}); asked for again later"
+    assert lines.count(said) == 1  # said once, not at every ask
+    assert agent.refused == set()
+
+
+def test_with_nothing_served_the_session_ends_and_the_agent_reconnects() -> None:
+    lines: list[str] = []
+    edge = FullEdge({20001, 20002, 20003})
+    with pytest.raises(SessionEnded, match="no endpoint is served now"):
+        uvloop.run(asyncio.wait_for(session(edge, True, lines), 30))
 
 
 def test_before_any_session_served_the_refusal_fails_the_agent() -> None:
     lines: list[str] = []
     with pytest.raises(TooManyEndpoints, match="max_tcp_ports_per_account"):
-        uvloop.run(asyncio.wait_for(handshake(False, lines), 30))
+        uvloop.run(asyncio.wait_for(session(FullEdge({0}), False, lines), 30))  # port 0: any
+
+
+def test_asks_again_wait_longer_each_time_up_to_a_minute() -> None:
+    later: binds_later.BindsLater[str] = binds_later.BindsLater()
+    delays = [later.next_delay() for _ in range(8)]
+    assert delays[:5] == [5.0, 10.0, 20.0, 40.0, 60.0] and set(delays[4:]) == {60.0}
+    later.leave_out("a")
+    later.leave_out("a")  # once
+    later.leave_out("b")
+    asks = later.due()
+    assert [spec for _, spec in asks] == ["a", "b"] and later.waiting == []
+    assert later.answered(asks[1][0]) == "b" and later.answered(asks[1][0]) is None
+    assert later.answered(1) is None  # a session's first bind: not an ask again
+    later.clear()
+    assert later.asked == {} and later.next_delay() == 5.0

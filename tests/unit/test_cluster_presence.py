@@ -580,3 +580,37 @@ async def test_status_says_unreachable_while_redis_is_down(
 
         redis_server.stop()
         await eventually(lambda: a.status()["redis"] == "unreachable", 3, "a sees the outage")
+
+
+async def test_a_node_key_that_is_not_a_string_is_replaced_and_a_failover_error_only_fails_a_beat(
+    redis_server: RedisServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Garbage of another type at this node's key (SET ... GET answers WRONGTYPE) is
+    replaced by a plain SET; a READONLY (a replica promoted in a failover) fails that beat
+    only, and the check of the key stays on (relay/cluster/own_key.py)."""
+    sync = redis.Redis.from_url(redis_server.url)
+    sync.rpush("relay:node:a", "garbage")
+    a = Presence(redis_server.url, A, list, heartbeat=0.2, ttl=1.0)
+    async with running(a):
+        await eventually(
+            lambda: sync.type("relay:node:a") == b"string", 3, "a's key replaced by a string"
+        )
+        assert json.loads(sync.get("relay:node:a") or b"{}")["instance"] == a._own.instance
+        real_set = redis.asyncio.Redis.set
+        refused = 0
+
+        async def readonly_once(self: redis.asyncio.Redis, *args: object, **kw: object) -> object:
+            nonlocal refused
+            if kw.get("get") and not refused:
+                refused += 1
+                raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+            return await real_set(self, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(redis.asyncio.Redis, "set", readonly_once)
+        a.changed()
+        await eventually(lambda: refused == 1, 3, "a beat refused")
+        sync.delete("relay:node:a")
+        await eventually(lambda: sync.exists("relay:node:a") == 1, 3, "written again after")
+        assert a._set_get and a.connected and a.node_id_conflicts == 0
+    sync.close()

@@ -76,6 +76,7 @@ def test_token_record_exposes_no_secret_material() -> None:
         "bind_acl",
         "account_id",
         "last_used_addr",
+        "account_role",  # as of a verification: what the edge limits by
     }
 
 

@@ -108,12 +108,20 @@ class VerifiedCredential(Credential):
     """An authtoken an edge verified, with its account's role: an edge limits what a
     member account may hold, not an operator's (relay/edge/account_limits.py)."""
 
-    account_role: str
+    account_role: Literal["operator", "member"] = Field(
+        description="The role of the token's account: an edge limits what a member's "
+        "agents hold (max_sessions_per_account, …), not an operator's."
+    )
 
     @classmethod
     def verified(cls, r: TokenRecord) -> VerifiedCredential:
-        assert r.account_role is not None
-        return cls(**cls._common(r), bind_acl=list(r.bind_acl), account_role=r.account_role)
+        if r.account_role == "operator":
+            role: Literal["operator", "member"] = "operator"
+        elif r.account_role == "member":
+            role = "member"
+        else:
+            raise ValueError(f"a verified token's account has no role: {r.account_role!r}")
+        return cls(**cls._common(r), bind_acl=list(r.bind_acl), account_role=role)
 
 
 class CredentialCreated(Credential):
