@@ -248,32 +248,37 @@ def _cluster(edge: Edge) -> Iterator[Metric]:
     carried.add_metric(["out"], links.forwarded if links else 0)
     carried.add_metric(["in"], links.received if links else 0)
     yield carried
-    failed = CounterMetricFamily(
+    yield _one(
+        CounterMetricFamily,
         "relay_cluster_forward_failures",
         "visitors that could not be carried to the node holding their name",
+        links.failures if links else 0,
     )
-    failed.add_metric([], links.failures if links else 0)
-    yield failed
-    nodes = GaugeMetricFamily("relay_cluster_nodes", "other live nodes this node knows of")
-    nodes.add_metric([], len(presence.nodes()) if presence else 0)
-    yield nodes
-    redis_up = GaugeMetricFamily(
-        "relay_cluster_redis_up", "1 while the cluster's Redis answers (0: no cluster, or down)"
+    yield _one(
+        GaugeMetricFamily,
+        "relay_cluster_nodes",
+        "other live nodes this node knows of",
+        len(presence.nodes()) if presence else 0,
     )
-    redis_up.add_metric([], 1 if presence is not None and presence.connected else 0)
-    yield redis_up
-    shared = CounterMetricFamily(
+    yield _one(
+        GaugeMetricFamily,
+        "relay_cluster_redis_up",
+        "1 while the cluster's Redis answers (0: no cluster, or down)",
+        1 if presence is not None and presence.connected else 0,
+    )
+    yield _one(
+        CounterMetricFamily,
         "relay_cluster_node_id_conflicts",
         "writes of this node's presence key that found another live process had written it "
         "since: two PoPs given one node id",
+        presence.node_id_conflicts if presence else 0,
     )
-    shared.add_metric([], presence.node_id_conflicts if presence else 0)
-    yield shared
-    member = GaugeMetricFamily(
-        "relay_cluster_member", "1 when this edge is a node of a cluster (--cluster-redis)"
+    yield _one(
+        GaugeMetricFamily,
+        "relay_cluster_member",
+        "1 when this edge is a node of a cluster (--cluster-redis)",
+        1 if edge.cluster is not None else 0,
     )
-    member.add_metric([], 1 if edge.cluster is not None else 0)
-    yield member
     up = links.status() if links is not None else None
     node_links = GaugeMetricFamily(
         "relay_cluster_links",
@@ -283,13 +288,22 @@ def _cluster(edge: Edge) -> Iterator[Metric]:
     node_links.add_metric(["out"], len(up["links_out"]) if up else 0)
     node_links.add_metric(["in"], up["links_in"] if up else 0)
     yield node_links
-    refused = CounterMetricFamily(
+    yield _one(
+        CounterMetricFamily,
         "relay_cluster_link_refusals",
         "connections to the node-link port whose TLS handshake failed (no certificate of "
         "this cluster's CA, an expired one, not TLS)",
+        links.refused if links else 0,
     )
-    refused.add_metric([], links.refused if links else 0)
-    yield refused
+
+
+def _one(
+    family: type[CounterMetricFamily | GaugeMetricFamily], name: str, doc: str, value: float
+) -> Metric:
+    """A family of one sample without labels."""
+    metric = family(name, doc)
+    metric.add_metric([], value)
+    return metric
 
 
 class _HttpExchangesCollector(Collector):

@@ -41,15 +41,21 @@ class ScriptedEdge:
 
 @asynccontextmanager
 async def handshaken_agent(
-    edge: ScriptedEdge, specs: tuple[EndpointSpec, ...], status: Callable[[str], None]
+    edge: ScriptedEdge,
+    specs: tuple[EndpointSpec, ...],
+    status: Callable[[str], None],
+    prepare: Callable[[Agent], None] | None = None,
 ) -> AsyncIterator[Agent]:
     """An agent for ``specs`` linked to ``edge``, its handshake done (raises what it
-    raised); both links are closed on the way out."""
+    raised); both links are closed on the way out. ``prepare``: called with the agent
+    before its handshake (to make it one that reconnects, say)."""
     loop = asyncio.get_running_loop()
     edge_link = MuxConfig().new_link(edge, loop, client=False)
     server = await loop.create_server(lambda: edge_link, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     agent = Agent(AgentOptions("127.0.0.1", port, "tok", specs), status=status)
+    if prepare is not None:
+        prepare(agent)
     agent_link = MuxConfig().new_link(agent, loop, client=True)
     try:
         await loop.create_connection(lambda: agent_link, "127.0.0.1", port)

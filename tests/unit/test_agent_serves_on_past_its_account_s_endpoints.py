@@ -14,12 +14,12 @@ import pytest
 import uvloop
 
 import relay.agent.binds_later as binds_later
-from relay.agent.client import Agent, AgentOptions, EndpointSpec, SessionEnded
+from relay.agent.client import Agent, EndpointSpec, SessionEnded
 from relay.errors import TooManyEndpoints
-from relay.mux import ControlChannel, MuxConfig, StreamReset
-from relay.protocol import PROTOCOL_VERSION, Auth, AuthOk, Bind, Bound
+from relay.mux import ControlChannel, StreamReset
+from relay.protocol import Auth, AuthOk, Bind, Bound
 from relay.protocol import BindError as BindErrorMessage
-from tests.unit.scripted_edge import ScriptedEdge
+from tests.unit.scripted_edge import ScriptedEdge, handshaken_agent
 
 SPECS = tuple(EndpointSpec("tcp", "127.0.0.1", port) for port in (1, 2, 3))
 FULL = "account acc_x holds 3 TCP ports on this edge, its limit (max_tcp_ports_per_account)"
@@ -57,19 +57,16 @@ async def session(
 ) -> Agent:
     """The agent's handshake with ``edge`` (as a reconnect when ``served_before``), then
     its control loop for up to ``serve_for`` s, or until it serves all three."""
+
+    def reconnecting(agent: Agent) -> None:
+        if served_before:
+            agent.sessions_started = 1  # a session served: this is a reconnect
+            ports = {spec: 20000 + n for n, spec in enumerate(SPECS, start=1)}
+            agent.remembered_ports = ports
+            agent.urls = {spec: f"tcp://e:{port}" for spec, port in ports.items()}
+
     loop = asyncio.get_running_loop()
-    edge_link = MuxConfig().new_link(edge, loop, client=False)
-    server = await loop.create_server(lambda: edge_link, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    agent = Agent(AgentOptions("127.0.0.1", port, "tok", SPECS), status=lines.append)
-    if served_before:
-        agent.sessions_started = 1  # a session served: this is a reconnect
-        agent.remembered_ports = {spec: 20000 + n for n, spec in enumerate(SPECS, start=1)}
-        agent.urls = {spec: f"tcp://e:{20000 + n}" for n, spec in enumerate(SPECS, start=1)}
-    agent_link = MuxConfig().new_link(agent, loop, client=True)
-    try:
-        await loop.create_connection(lambda: agent_link, "127.0.0.1", port)
-        await agent._handshake(agent_link, PROTOCOL_VERSION)
+    async with handshaken_agent(edge, SPECS, lines.append, reconnecting) as agent:
         if serve_for:
             assert agent._control is not None
             loop_task = asyncio.ensure_future(agent._control_loop(agent._control))
@@ -78,11 +75,6 @@ async def session(
                 await asyncio.sleep(0.02)
             loop_task.cancel()
         return agent
-    finally:
-        agent_link.close()
-        edge_link.close()
-        server.close()
-        await asyncio.sleep(0.05)
 
 
 def test_a_reconnected_agent_serves_the_others_and_asks_again_until_served(
