@@ -32,7 +32,10 @@ flight at once cannot both take the last place.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.errors import TooManyEndpoints, TooManySessions
@@ -50,13 +53,28 @@ class Place:
     settled: bool = False
 
 
+#: A session refused for its account's limit is logged at most once per account this
+#: often; the ones between are counted into the next line. An agent retries with backoff,
+#: but a hostile one at its limit could otherwise write a line per TLS handshake.
+SAY_REFUSALS_EVERY = 60.0
+
+
 class AccountLimits:
-    def __init__(self, sessions: int = 0, endpoints: int = 0, tcp_ports: int = 0) -> None:
+    def __init__(
+        self,
+        sessions: int = 0,
+        endpoints: int = 0,
+        tcp_ports: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.configure(sessions, endpoints, tcp_ports)
         self.sessions: Counter[str] = Counter()
         self.endpoints: Counter[str] = Counter()
         self.tcp_ports: Counter[str] = Counter()
         self._held: dict[str, Place] = {}
+        self.clock = clock
+        #: Accounts whose refused sessions were said lately: when, and how many since.
+        self._said: dict[str, tuple[float, int]] = {}
 
     def configure(self, sessions: int, endpoints: int, tcp_ports: int) -> None:
         """The limits from now on (a reload): what is held stays, past a lowered limit
@@ -81,6 +99,24 @@ class AccountLimits:
 
     def session_ends(self, account: str) -> None:
         _decrement(self.sessions, account)
+
+    def refusal_to_say(self, account: str) -> int | None:
+        """A session of ``account`` was refused: how many more were refused since the
+        last one said (say this one with that count), or None (within
+        :data:`SAY_REFUSALS_EVERY` of the last one said: only counted)."""
+        now = self.clock()
+        # Oldest said first (a line said moves its account to the end): the stale ones
+        # are forgotten from the front, a few a call.
+        for other, (at, _) in list(itertools.islice(self._said.items(), 2)):
+            if now - at >= SAY_REFUSALS_EVERY and other != account:
+                del self._said[other]
+        said = self._said.get(account)
+        if said is not None and now - said[0] < SAY_REFUSALS_EVERY:
+            self._said[account] = (said[0], said[1] + 1)
+            return None
+        self._said.pop(account, None)
+        self._said[account] = (now, 0)
+        return said[1] if said is not None else 0
 
     # --- endpoints ------------------------------------------------------------------------
 

@@ -399,8 +399,16 @@ class AgentSession:
     def _refuse_for_account(self, record: TokenRecord, exc: TooManySessions) -> None:
         """A good token, refused for its account's sake: not a guess, not a failure of
         its own. The agent tries again later, or another PoP."""
-        log.warning("agent %s (token %s): %s", self.peer, record.id, exc.one_line())
         self.edge.metrics.links_refused.labels("account_full").inc()
+        more = self.edge.account_limits.refusal_to_say(record.account_id)
+        if more is not None:
+            log.warning(
+                "agent %s (token %s): %s%s",
+                self.peer,
+                record.id,
+                exc.one_line(),
+                f" ({more} more of its sessions refused since the last said)" if more else "",
+            )
         if self.protocol >= 3:
             self._refuse(exc)
             return

@@ -160,6 +160,12 @@ def test_a_third_session_of_a_member_account_is_refused_while_others_are_admitte
     assert metric(edge, 'relay_agent_links_refused_total{reason="account_full"}') >= 2
     # A good token refused for its account's sake is no failed authentication.
     assert auth_failures(edge) == 0
+    # Said once a minute per account, not once per refusal.
+    assert edge.proc is not None
+    said = [
+        line for line in edge.proc.text().splitlines() if "WARNING" in line and "RLY_505" in line
+    ]
+    assert len(said) == 1, said
 
 
 def test_the_same_link_coming_back_at_the_limit_ends_its_old_session(edge: Edge) -> None:

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.edge.account_limits import AccountLimits, Place
+from relay.edge.account_limits import SAY_REFUSALS_EVERY, AccountLimits, Place
 from relay.errors import ConnectError, TooManyEndpoints, TooManySessions
+from tests.unit.test_refused_binds_have_a_budget_per_token import Clock
 
 ACCOUNTS = ("acc_a", "acc_b", "acc_op")
 #: An operator's account: counted, never limited.
@@ -134,3 +135,21 @@ def test_a_refused_session_is_one_the_agent_retries() -> None:
     with pytest.raises(ConnectError) as caught:
         limits.session_starts("acc_a")
     assert caught.value.code == "RLY_505"
+
+
+def test_refused_sessions_are_said_once_a_minute_per_account_with_the_count_between() -> None:
+    clock = Clock()
+    limits = AccountLimits(1, 0, 0, clock=clock)
+    assert limits.refusal_to_say("acc_a") == 0  # the first: said
+    assert [limits.refusal_to_say("acc_a") for _ in range(500)] == [None] * 500
+    assert limits.refusal_to_say("acc_b") == 0  # another account: said at once
+    clock.now += SAY_REFUSALS_EVERY
+    assert limits.refusal_to_say("acc_a") == 500  # said, with the 500 only counted
+    assert limits.refusal_to_say("acc_a") is None
+    # Accounts refused long ago are forgotten, a few at each call: the set stays small.
+    for i in range(50):
+        limits.refusal_to_say(f"acc_{i}")
+    clock.now += SAY_REFUSALS_EVERY
+    for _ in range(40):
+        limits.refusal_to_say("acc_a")
+    assert list(limits._said) == ["acc_a"]  # the 51 others went, two a call
