@@ -49,7 +49,6 @@ class Place:
 
     account: str
     tcp: bool
-    endpoint_id: str = ""
     settled: bool = False
 
 
@@ -147,7 +146,6 @@ class AccountLimits:
         if place.settled:
             return
         place.settled = True
-        place.endpoint_id = endpoint_id
         self._held[endpoint_id] = place
 
     def give_back(self, place: Place) -> None:

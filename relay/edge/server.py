@@ -773,7 +773,7 @@ class Edge:
                 self.report(f"tcp:{port}")  # a claim just granted must not outlive it
             raise
         try:
-            endpoint = await self._new_tcp(session, request, holder, port)
+            endpoint = await self._new_tcp(session, record, request, holder, port)
         except BaseException:
             self.account_limits.give_back(place)
             raise
@@ -781,11 +781,14 @@ class Edge:
         return endpoint
 
     async def _new_tcp(
-        self, session: AgentSession, request: Bind, holder: Holder, port: int
+        self,
+        session: AgentSession,
+        record: TokenRecord,
+        request: Bind,
+        holder: Holder,
+        port: int,
     ) -> TcpEndpoint:
         """A new TCP endpoint: on ``port``, or on a free port of the range when 0."""
-        assert session.token_id is not None
-        record = self.tokens[session.token_id]
         if port:
             key = f"tcp:{port}"
             try:
@@ -826,7 +829,7 @@ class Edge:
             if self.cluster is not None:
                 try:
                     claimed = await self.cluster.claim_port(
-                        candidate, session.token_id, session.agent_id, request.pool
+                        candidate, record.id, session.agent_id, request.pool
                     )
                 except BaseException as exc:
                     self.ports.release(candidate)
@@ -841,7 +844,7 @@ class Edge:
                 continue
             finally:
                 if claimed and self.cluster is not None:
-                    self.cluster.settle_port(candidate, session.token_id)
+                    self.cluster.settle_port(candidate, record.id)
             return endpoint
         raise PortUnavailable(f"cannot listen on tcp port(s) {candidates[:3]}…: {last_error}")
 
